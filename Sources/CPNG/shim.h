@@ -1,0 +1,4 @@
+#ifndef CUSTOS_CPNG_SHIM_H
+#define CUSTOS_CPNG_SHIM_H
+#include <png.h>
+#endif

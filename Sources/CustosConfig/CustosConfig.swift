@@ -1,0 +1,1 @@
+// Config parser: see Config.swift

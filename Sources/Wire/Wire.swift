@@ -1,0 +1,1 @@
+// Agent <-> collector API types (docs/API.md).

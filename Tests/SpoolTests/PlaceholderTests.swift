@@ -1,0 +1,2 @@
+import Testing
+@Test func spoolPlaceholder() { #expect(1 + 1 == 2) }

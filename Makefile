@@ -1,0 +1,44 @@
+# Custos — one command each for a fresh Debian 12 machine with Swift installed:
+#   make demo   the main job end to end (Xvfb, openssl keys, local collector, agent, decrypt)
+#   make test   every test (installs what is missing, builds, runs)
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+# Debian packages the project needs to build, test and demo.
+DEB_PACKAGES := libssl-dev libx11-dev libxtst-dev libxext-dev libxrandr-dev libpng-dev \
+	libsqlite3-dev pkg-config xvfb xauth xdotool x11-xkb-utils x11-xserver-utils x11-utils \
+	x11-apps sqlite3 openssl lintian systemd dpkg-dev fakeroot ffmpeg python3 procps util-linux tmux
+
+SWIFT ?= swift
+SWIFT_BUILD_FLAGS ?=
+
+.PHONY: deps build test demo bench deb sample clean-demo
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "make deps: all Debian packages present"; fi
+	@command -v $(SWIFT) >/dev/null || { echo "make deps: Swift 6 toolchain not found on PATH (expected /opt/swift/usr/bin)"; exit 1; }
+
+build: deps
+	$(SWIFT) build --build-tests $(SWIFT_BUILD_FLAGS)
+
+test: build
+	$(SWIFT) test --skip-build $(SWIFT_BUILD_FLAGS)
+	@if [ -x packaging/test-packaging.sh ]; then packaging/test-packaging.sh; fi
+
+demo: build
+	scripts/demo.sh
+
+bench: deps
+	@for b in Benchmarks/*.sh; do [ -x "$$b" ] && { echo "== $$b"; "$$b" || exit 1; }; done; true
+
+deb: deps
+	packaging/build-deb.sh
+
+# Rewrites config.cfg.sample from AgentConfig.schema (a test keeps them equal).
+sample: build
+	CUSTOS_WRITE_SAMPLE=1 $(SWIFT) test --skip-build --filter ConfigTests.ConfigSyntaxTests/sampleAgreesWithParser

@@ -1,0 +1,155 @@
+import Foundation
+
+/// The agent's configuration, parsed once from `config.cfg` into a plain value.
+///
+/// Keys (name, type, default) — `config.cfg.sample` lists the same, and a test checks that
+/// the two agree (`AgentConfig.schema` is the single source):
+/// - `enable-encryption` (bool, default 0): seal under the E2EE KEK (`kek-file`) when 1,
+///   under the collector's own key (`server-kek-file`) when 0. Any other value refuses to start.
+/// - `kek-file` (path, default `certs/kek.pem` beside the config)
+/// - `server-kek-file` (path, default `certs/server-kek.pem` beside the config)
+/// - `agent-id` (string, default: the host name), `agent-token` (string, no default)
+/// - `server-url` (https URL, no default: without it captures stay spooled)
+/// - `server-pin` (repeatable, `sha256/BASE64` of the SPKI DER), `server-ca` (path)
+/// - `display`, `xauthority` (defaults: `DISPLAY`, `XAUTHORITY` from the environment)
+/// - `screen-interval-ms` (integer ms, default 5000; 0 disables frames), `png-level` (0...9, default 1)
+/// - `keystroke-idle-ms` (integer ms, default 2000; 0 disables keystroke capture)
+/// - `spool-dir` (path, default `/var/lib/custos`), `spool-max-mb` (MiB, default 512)
+/// - `dek-rotate-blobs` (default 100000), `dek-rotate-mb` (MiB, default 4096),
+///   `dek-rotate-hours` (default 24); 0 turns that limit off.
+public struct AgentConfig: Sendable, Equatable {
+    public var configPath: String
+    public var enableEncryption: Bool
+    public var kekFile: String
+    public var serverKEKFile: String
+    public var agentID: String
+    public var agentToken: String?
+    public var serverURL: URL?
+    public var serverPins: [String]
+    public var serverCA: String?
+    public var display: String?
+    public var xauthority: String?
+    /// Interval between screen captures in ms; 0 = no frames.
+    public var screenIntervalMs: Int
+    /// zlib level for PNG frames (0 = none, 1 = fastest, 9 = smallest).
+    public var pngLevel: Int
+    /// Idle time in ms that closes a keystroke chunk; 0 = no keystroke capture.
+    public var keystrokeIdleMs: Int
+    public var spoolDir: String
+    /// Spool byte cap in MiB (database + WAL).
+    public var spoolMaxMB: Int
+    public var dekRotateBlobs: Int
+    public var dekRotateMB: Int
+    public var dekRotateHours: Int
+
+    /// The KEK file in force: `kek-file` when encryption is on, `server-kek-file` when off.
+    public var activeKEKFile: String { enableEncryption ? kekFile : serverKEKFile }
+
+    /// Every key the agent's config may hold.
+    public static let schema: [ConfigKey] = [
+        ConfigKey("enable-encryption", type: "bool: 1/0, true/false, yes/no", default: "0",
+                  doc: "1: seal every capture under the end-to-end KEK (kek-file); only the holder of the private key's passphrase can read it. 0: seal under the collector's own public key (server-kek-file), so the collector can read it. Any other value refuses to start."),
+        ConfigKey("kek-file", type: "path", default: "certs/kek.pem",
+                  doc: "The end-to-end KEK: an RSA public key of 2048 bits or more (SPKI 'BEGIN PUBLIC KEY' as written by 'openssl rsa -pubout', or PKCS#1). Relative paths are taken from the folder holding this file."),
+        ConfigKey("server-kek-file", type: "path", default: "certs/server-kek.pem",
+                  doc: "The collector's own RSA public key, used when enable-encryption=0."),
+        ConfigKey("agent-id", type: "string: letters, digits, '.', '_', '-' (1-64)", default: nil,
+                  doc: "This endpoint's id at the collector. Default: the host name."),
+        ConfigKey("agent-token", type: "string", default: nil,
+                  doc: "The token printed by 'custos agents add' for this agent id. Required to upload."),
+        ConfigKey("server-url", type: "https URL", default: nil,
+                  doc: "The collector, e.g. https://collector.example:8443. Without it captures stay in the spool."),
+        ConfigKey("server-pin", type: "sha256/BASE64 (repeatable)", default: nil, repeatable: true,
+                  doc: "SHA-256 of the collector certificate's (or an intermediate's) SubjectPublicKeyInfo, base64. Give the current and a backup pin (RFC 7469 section 2.6)."),
+        ConfigKey("server-ca", type: "path", default: nil,
+                  doc: "PEM file of a private CA that signs the collector's certificate. Without it only the system roots or a matching pin are accepted."),
+        ConfigKey("display", type: "X display name", default: nil,
+                  doc: "The X display to record, e.g. :0. Default: DISPLAY from the environment."),
+        ConfigKey("xauthority", type: "path", default: nil,
+                  doc: "The X authority file. Default: XAUTHORITY from the environment."),
+        ConfigKey("screen-interval-ms", type: "integer ms, 0 or 100-86400000", default: "5000",
+                  doc: "Time between screen frames. An unchanged screen costs almost nothing. 0 disables frames."),
+        ConfigKey("png-level", type: "integer 0-9", default: "1",
+                  doc: "zlib level of PNG frames: 1 is fastest, 9 smallest."),
+        ConfigKey("keystroke-idle-ms", type: "integer ms, 0 or 100-3600000", default: "2000",
+                  doc: "Typing idle time that closes a keystroke chunk. 0 disables keystroke capture."),
+        ConfigKey("spool-dir", type: "path", default: "/var/lib/custos",
+                  doc: "Folder of the spool database (created 0700; files 0600). Holds sealed blobs only."),
+        ConfigKey("spool-max-mb", type: "integer MiB, 1-1048576", default: "512",
+                  doc: "Cap on the spool (database + WAL). When full, the oldest frames are evicted first, then the oldest keystroke chunks."),
+        ConfigKey("dek-rotate-blobs", type: "integer, 0 = off", default: "100000",
+                  doc: "Start a new DEK after this many sealed blobs."),
+        ConfigKey("dek-rotate-mb", type: "integer MiB, 0 = off", default: "4096",
+                  doc: "Start a new DEK after this many MiB sealed."),
+        ConfigKey("dek-rotate-hours", type: "integer hours, 0 = off", default: "24",
+                  doc: "Start a new DEK after this many hours. A new DEK is also made at every start."),
+    ]
+
+    /// Loads and validates `config.cfg`. Throws `ConfigError` naming the file, line and key.
+    public init(contentsOf path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) {
+        try self.init(file: ConfigFile(contentsOf: path, schema: Self.schema), environment: environment)
+    }
+
+    /// Parses and validates config text as if it came from `path`.
+    public init(text: String, path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) {
+        try self.init(file: ConfigFile(text: text, path: path, schema: Self.schema), environment: environment)
+    }
+
+    /// Validates a parsed file.
+    public init(file: ConfigFile, environment: [String: String]) throws(ConfigError) {
+        func def(_ key: String) -> String { Self.schema.first { $0.name == key }!.defaultValue! }
+        func intDefault(_ key: String) -> Int { Int(def(key))! }
+        configPath = file.path
+        enableEncryption = try file.bool("enable-encryption", default: false)
+        kekFile = try file.path("kek-file", default: def("kek-file"))!
+        serverKEKFile = try file.path("server-kek-file", default: def("server-kek-file"))!
+
+        let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "agent"
+        let id = try file.string("agent-id") ?? host
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        guard (1...64).contains(id.count), id.allSatisfy({ allowed.contains($0) }) else {
+            throw ConfigError(file: file.path, line: file.value("agent-id")?.line, key: "agent-id",
+                              "expected 1-64 letters, digits, '.', '_' or '-', found \(ConfigFile.quoted(id))")
+        }
+        agentID = id
+        agentToken = try file.string("agent-token")
+
+        if let e = file.value("server-url") {
+            guard let url = URL(string: e.value), url.scheme?.lowercased() == "https", let h = url.host, !h.isEmpty else {
+                throw ConfigError(file: file.path, line: e.line, key: "server-url",
+                                  "expected an https:// URL with a host, found \(ConfigFile.quoted(e.value))")
+            }
+            serverURL = url
+        } else {
+            serverURL = nil
+        }
+        serverPins = try file.values("server-pin").map { (e: ConfigFile.Entry) throws(ConfigError) -> String in
+            guard e.value.hasPrefix("sha256/"),
+                  let raw = Data(base64Encoded: String(e.value.dropFirst("sha256/".count))), raw.count == 32 else {
+                throw ConfigError(file: file.path, line: e.line, key: "server-pin",
+                                  "expected sha256/ followed by the base64 of 32 bytes, found \(ConfigFile.quoted(e.value))")
+            }
+            return e.value
+        }
+        serverCA = try file.path("server-ca", default: nil)
+        display = try file.string("display") ?? environment["DISPLAY"]
+        xauthority = try file.path("xauthority", default: nil) ?? environment["XAUTHORITY"]
+
+        screenIntervalMs = try file.int("screen-interval-ms", default: intDefault("screen-interval-ms"), in: 0...86_400_000)
+        if screenIntervalMs != 0 && screenIntervalMs < 100 {
+            throw ConfigError(file: file.path, line: file.value("screen-interval-ms")?.line, key: "screen-interval-ms",
+                              "expected 0 (off) or at least 100 ms, found \(screenIntervalMs)")
+        }
+        pngLevel = try file.int("png-level", default: intDefault("png-level"), in: 0...9)
+        keystrokeIdleMs = try file.int("keystroke-idle-ms", default: intDefault("keystroke-idle-ms"), in: 0...3_600_000)
+        if keystrokeIdleMs != 0 && keystrokeIdleMs < 100 {
+            throw ConfigError(file: file.path, line: file.value("keystroke-idle-ms")?.line, key: "keystroke-idle-ms",
+                              "expected 0 (off) or at least 100 ms, found \(keystrokeIdleMs)")
+        }
+        spoolDir = try file.path("spool-dir", default: def("spool-dir"))!
+        spoolMaxMB = try file.int("spool-max-mb", default: intDefault("spool-max-mb"), in: 1...1_048_576)
+        dekRotateBlobs = try file.int("dek-rotate-blobs", default: intDefault("dek-rotate-blobs"), in: 0...Int(Int32.max))
+        dekRotateMB = try file.int("dek-rotate-mb", default: intDefault("dek-rotate-mb"), in: 0...1_048_576)
+        dekRotateHours = try file.int("dek-rotate-hours", default: intDefault("dek-rotate-hours"), in: 0...87_600)
+    }
+}

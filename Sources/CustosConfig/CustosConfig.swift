@@ -1,1 +1,0 @@
-// Config parser: see Config.swift

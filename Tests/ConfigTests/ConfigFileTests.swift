@@ -1,0 +1,152 @@
+import Foundation
+import Testing
+import CustosConfig
+import TestSupport
+
+private let path = "/etc/custos/config.cfg"
+private let env: [String: String] = ["DISPLAY": ":7", "XAUTHORITY": "/run/x/auth"]
+
+private func parse(_ text: String) throws(ConfigError) -> AgentConfig {
+    try AgentConfig(text: text, path: path, environment: env)
+}
+
+private func error(_ text: String) -> ConfigError? {
+    do { _ = try parse(text); return nil } catch { return error }
+}
+
+@Suite struct ConfigSyntaxTests {
+    @Test func defaultsWhenEmpty() throws {
+        let c = try parse("")
+        #expect(c.enableEncryption == false)
+        #expect(c.kekFile == "/etc/custos/certs/kek.pem")
+        #expect(c.serverKEKFile == "/etc/custos/certs/server-kek.pem")
+        #expect(c.activeKEKFile == c.serverKEKFile)
+        #expect(c.display == ":7")
+        #expect(c.xauthority == "/run/x/auth")
+        #expect(c.screenIntervalMs == 5000)
+        #expect(c.pngLevel == 1)
+        #expect(c.keystrokeIdleMs == 2000)
+        #expect(c.spoolDir == "/var/lib/custos")
+        #expect(c.spoolMaxMB == 512)
+        #expect(c.serverURL == nil)
+        #expect(c.serverPins.isEmpty)
+        #expect(!c.agentID.isEmpty)
+    }
+
+    @Test func trimsWhitespaceBOMAndCRLF() throws {
+        let c = try parse("\u{FEFF}  enable-encryption =  yes  \r\n\r\n\tdisplay= :3 \r\nagent-id=pc-17\r\n")
+        #expect(c.enableEncryption)
+        #expect(c.activeKEKFile == "/etc/custos/certs/kek.pem")
+        #expect(c.display == ":3")
+        #expect(c.agentID == "pc-17")
+    }
+
+    @Test func commentsAreWholeLinesOnly() throws {
+        let c = try parse("# a comment\n  ; another\nagent-token=abc#def ; ghi\n")
+        #expect(c.agentToken == "abc#def ; ghi")
+    }
+
+    @Test(arguments: [("1", true), ("0", false), ("true", true), ("FALSE", false), ("Yes", true), ("no", false)])
+    func booleans(_ value: String, _ expected: Bool) throws {
+        #expect(try parse("enable-encryption=\(value)").enableEncryption == expected)
+    }
+
+    @Test(arguments: ["on", "off", "2", "", "enabled", "1 # yes"])
+    func badBooleanRefusesToStart(_ value: String) {
+        let e = error("agent-id=a\nenable-encryption=\(value)\n")
+        #expect(e?.line == 2)
+        #expect(e?.key == "enable-encryption")
+        #expect(e?.description.contains("expected 1/0, true/false or yes/no") == true)
+        #expect(e?.description.contains(path) == true)
+    }
+
+    @Test func unknownKeyNamesLine() {
+        let e = error("display=:1\n\nenable-encryptoin=1\n")
+        #expect(e?.line == 3)
+        #expect(e?.key == "enable-encryptoin")
+        #expect(e?.message.hasPrefix("unknown key") == true)
+    }
+
+    @Test func duplicateKeyIsAnError() {
+        let e = error("png-level=1\npng-level=2\n")
+        #expect(e?.line == 2)
+        #expect(e?.message.contains("line 1") == true)
+    }
+
+    @Test func repeatablePinsKeepOrder() throws {
+        let a = "sha256/" + Data(repeating: 1, count: 32).base64EncodedString()
+        let b = "sha256/" + Data(repeating: 2, count: 32).base64EncodedString()
+        let c = try parse("server-pin=\(a)\nserver-pin = \(b)\nserver-url=https://127.0.0.1:8443\n")
+        #expect(c.serverPins == [a, b])
+        #expect(c.serverURL?.port == 8443)
+    }
+
+    @Test(arguments: ["md5/AAAA", "sha256/notbase64!", "sha256/" + Data(count: 31).base64EncodedString()])
+    func badPins(_ pin: String) {
+        #expect(error("server-pin=\(pin)")?.key == "server-pin")
+    }
+
+    @Test(arguments: ["http://collector:80", "collector:8443", "https://", "ftp://x"])
+    func serverURLMustBeHTTPS(_ url: String) {
+        #expect(error("server-url=\(url)")?.key == "server-url")
+    }
+
+    @Test func malformedLines() {
+        #expect(error("display\n")?.line == 1)
+        #expect(error("x\n=3\n")?.line == 1)
+        #expect(error("display=:1\n=3\n")?.message.contains("expected a key") == true)
+    }
+
+    @Test(arguments: ["png-level=10", "png-level=-1", "png-level=one", "screen-interval-ms=50",
+                      "spool-max-mb=0", "keystroke-idle-ms=5", "agent-id=has space", "agent-id=",
+                      "dek-rotate-hours=1e3"])
+    func outOfRangeValuesNameTheKey(_ line: String) {
+        let key = String(line.split(separator: "=")[0])
+        let e = error(line)
+        #expect(e?.key == key, "\(line) gave \(String(describing: e))")
+    }
+
+    @Test func relativePathsResolveBesideTheConfig() throws {
+        let c = try parse("kek-file=keys/k.pem\nserver-ca=/abs/ca.pem\nspool-dir=../spool\n")
+        #expect(c.kekFile == "/etc/custos/keys/k.pem")
+        #expect(c.serverCA == "/abs/ca.pem")
+        #expect(c.spoolDir == "/etc/spool")
+    }
+
+    @Test func missingFileNamesIt() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        do {
+            _ = try AgentConfig(contentsOf: dir.file("nope.cfg"))
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.file == dir.file("nope.cfg"))
+            #expect(error.message.contains("cannot read"))
+        }
+    }
+
+    @Test func invalidUTF8IsAnError() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        try Data([0x64, 0x3d, 0xff, 0xfe, 0x0a]).write(to: URL(fileURLWithPath: dir.file("c.cfg")))
+        #expect(throws: ConfigError.self) { try AgentConfig(contentsOf: dir.file("c.cfg")) }
+    }
+
+    /// `config.cfg.sample` and `AgentConfig.schema` list the same keys, types, defaults and
+    /// meanings; the sample also parses as a valid config whose values are the defaults.
+    @Test func sampleAgreesWithParser() throws {
+        let samplePath = packageRoot + "/config.cfg.sample"
+        let expected = renderSample(AgentConfig.schema, title: "Custos agent configuration (config.cfg)")
+        if ProcessInfo.processInfo.environment["CUSTOS_WRITE_SAMPLE"] == "1" {
+            try expected.write(toFile: samplePath, atomically: true, encoding: .utf8)
+        }
+        let sample = try String(contentsOfFile: samplePath, encoding: .utf8)
+        #expect(sample == expected, "config.cfg.sample is out of date: run `make sample`")
+        let parsed = try AgentConfig(text: sample, path: path, environment: env)
+        let defaults = try parse("")
+        #expect(parsed == defaults)
+        for key in AgentConfig.schema {
+            #expect(sample.contains("# \(key.name) ("), "sample lacks \(key.name)")
+        }
+    }
+}

@@ -1,0 +1,254 @@
+import Foundation
+
+/// A DEK record: a DEK wrapped to a KEK with RSA-OAEP, plus a commitment to the DEK
+/// (docs/FORMAT.md, "DEK record"). Sent once per DEK; the collector stores it in `encryption_dek`.
+public struct DEKRecord: Sendable, Equatable {
+    /// Random id of the DEK; also the record's idempotency key.
+    public let dekID: DEKID
+    /// SHA-256 of the KEK's SPKI DER.
+    public let kekID: KEKID
+    /// The agent that made the DEK (1–255 UTF-8 bytes).
+    public let agentID: String
+    /// When the DEK was made, ms since 1970-01-01 UTC.
+    public let creationTimeMs: Int64
+    /// The DEK, RSA-OAEP(SHA-256, MGF1-SHA-256) encrypted to the KEK (RFC 8017 §7.1); as long as the modulus.
+    public let wrappedDEK: Data
+    /// 32-byte HKDF-SHA256 commitment to the DEK and the record's fields (docs/FORMAT.md).
+    public let commitment: Data
+
+    init(dekID: DEKID, kekID: KEKID, agentID: String, creationTimeMs: Int64, wrappedDEK: Data, commitment: Data) {
+        self.dekID = dekID
+        self.kekID = kekID
+        self.agentID = agentID
+        self.creationTimeMs = creationTimeMs
+        self.wrappedDEK = wrappedDEK
+        self.commitment = commitment
+    }
+
+    /// The bytes the commitment covers: the record from its prefix through the agent id.
+    static func committedBytes(dekID: DEKID, kekID: KEKID, agentIDBytes: [UInt8], creationTimeMs: Int64,
+                               wrappedLength: Int) -> Data {
+        var w = ByteWriter(capacity: 128)
+        let total = Format.dekRecordFixedSize + agentIDBytes.count + wrappedLength
+        w.prefix(.dekRecord, totalLength: total)
+        w.u8(Format.suiteV1)
+        w.bytes(dekID.bytes)
+        w.bytes(kekID.bytes)
+        w.u64(UInt64(bitPattern: creationTimeMs))
+        w.u8(UInt8(agentIDBytes.count))
+        w.bytes(agentIDBytes)
+        return w.data
+    }
+
+    /// The record's bytes (docs/FORMAT.md), starting with the common 10-byte prefix.
+    public var serialized: Data {
+        var w = ByteWriter(capacity: Format.dekRecordFixedSize + 255 + wrappedDEK.count)
+        w.bytes(Self.committedBytes(dekID: dekID, kekID: kekID, agentIDBytes: Array(agentID.utf8),
+                                    creationTimeMs: creationTimeMs, wrappedLength: wrappedDEK.count))
+        w.u16(UInt16(wrappedDEK.count))
+        w.bytes(wrappedDEK)
+        w.bytes(commitment)
+        return w.data
+    }
+
+    /// Parses exactly one DEK record. No key is needed; nothing is decrypted.
+    ///
+    /// - Throws: `EnvelopeError` `.truncated` (input shorter than declared), `.malformed`
+    ///   (bad magic, wrong record type, lengths that disagree, trailing bytes), `.unsupportedVersion`.
+    public init(parsing data: Data) throws {
+        var r = ByteReader(data, what: "DEK record")
+        let (type, length) = try r.prefix()
+        guard type == .dekRecord else {
+            throw EnvelopeError(.malformed, "DEK record: record type is \(type.rawValue) (sealed blob), expected 1 (DEK record)")
+        }
+        guard length == r.data.count else {
+            throw EnvelopeError(.malformed, "DEK record: declared length \(length) but \(r.data.count) bytes given (expected exactly one record)")
+        }
+        let suite = try r.u8("suite")
+        guard suite == Format.suiteV1 else {
+            throw EnvelopeError(.unsupportedVersion, "DEK record: algorithm suite \(suite) (this build knows suite \(Format.suiteV1))")
+        }
+        dekID = DEKID(bytes: try r.take(DEKID.byteCount, "dek id"))!
+        kekID = KEKID(bytes: try r.take(KEKID.byteCount, "kek id"))!
+        creationTimeMs = Int64(bitPattern: try r.u64("creation time"))
+        let n = Int(try r.u8("agent id length"))
+        let agentBytes = try r.take(n, "agent id")
+        guard n >= 1, let agent = String(validating: agentBytes, as: UTF8.self) else {
+            throw EnvelopeError(.malformed, "DEK record \(dekID): agent id is empty or not UTF-8")
+        }
+        agentID = agent
+        let w = Int(try r.u16("wrapped DEK length"))
+        guard length == Format.dekRecordFixedSize + n + w else {
+            throw EnvelopeError(.malformed, "DEK record \(dekID): wrapped DEK length \(w) disagrees with record length \(length)")
+        }
+        wrappedDEK = try r.take(w, "wrapped DEK")
+        commitment = try r.take(Format.commitmentSize, "commitment")
+    }
+}
+
+/// The authenticated header of a sealed blob (docs/FORMAT.md, "Sealed blob"). Every field, and
+/// the prefix before it, is AES-GCM additional authenticated data.
+public struct BlobHeader: Sendable, Equatable {
+    /// Random id of the blob; its idempotency key and HKDF salt.
+    public let blobID: BlobID
+    /// KEK the blob's DEK is wrapped to.
+    public let kekID: KEKID
+    /// DEK the blob is sealed under (names its DEK record).
+    public let dekID: DEKID
+    /// The agent that sealed it (1–255 UTF-8 bytes).
+    public let agentID: String
+    /// What the plaintext is.
+    public let kind: CaptureKind
+    /// Per-DEK sequence number, starting at 0 for the first blob sealed under a DEK.
+    public let sequence: UInt64
+    /// Capture time, ms since 1970-01-01 UTC.
+    public let captureTimeMs: Int64
+
+    public init(blobID: BlobID, kekID: KEKID, dekID: DEKID, agentID: String, kind: CaptureKind,
+                sequence: UInt64, captureTimeMs: Int64) {
+        self.blobID = blobID
+        self.kekID = kekID
+        self.dekID = dekID
+        self.agentID = agentID
+        self.kind = kind
+        self.sequence = sequence
+        self.captureTimeMs = captureTimeMs
+    }
+
+    /// The header bytes (the AAD) for a blob carrying `ciphertextLength` bytes of ciphertext.
+    func serialized(agentIDBytes: [UInt8], ciphertextLength: Int) -> Data {
+        let headerLength = Format.blobHeaderFixedSize + agentIDBytes.count
+        var w = ByteWriter(capacity: headerLength + ciphertextLength + Format.tagSize)
+        w.prefix(.blob, totalLength: headerLength + ciphertextLength + Format.tagSize)
+        w.u8(Format.suiteV1)
+        w.bytes(blobID.bytes)
+        w.bytes(kekID.bytes)
+        w.bytes(dekID.bytes)
+        w.u8(kind.rawValue)
+        w.u64(sequence)
+        w.u64(UInt64(bitPattern: captureTimeMs))
+        w.u8(UInt8(agentIDBytes.count))
+        w.bytes(agentIDBytes)
+        return w.data
+    }
+}
+
+/// A sealed blob: header, AES-256-GCM ciphertext, 16-byte tag (docs/FORMAT.md).
+public struct SealedBlob: Sendable {
+    /// The parsed header (authenticated only when the blob is opened).
+    public let header: BlobHeader
+    /// The whole record, prefix to tag.
+    public let serialized: Data
+    /// Length of the header (= AAD) in bytes.
+    let headerLength: Int
+
+    init(header: BlobHeader, serialized: Data, headerLength: Int) {
+        self.header = header
+        self.serialized = serialized
+        self.headerLength = headerLength
+    }
+
+    /// Plaintext length in bytes.
+    public var plaintextCount: Int { serialized.count - headerLength - Format.tagSize }
+
+    /// Parses exactly one sealed blob and checks its header's structure; no key is needed and
+    /// nothing is authenticated (the collector uses this; `BlobOpener.open` authenticates).
+    ///
+    /// - Throws: `EnvelopeError` `.truncated`, `.malformed` (bad magic, wrong record type,
+    ///   unknown capture kind, lengths that disagree, trailing bytes), `.unsupportedVersion`.
+    public init(parsing data: Data) throws {
+        var r = ByteReader(data, what: "sealed blob")
+        let (type, length) = try r.prefix()
+        guard type == .blob else {
+            throw EnvelopeError(.malformed, "sealed blob: record type is \(type.rawValue) (DEK record), expected 2 (sealed blob)")
+        }
+        guard length == r.data.count else {
+            throw EnvelopeError(.malformed, "sealed blob: declared length \(length) but \(r.data.count) bytes given (expected exactly one record)")
+        }
+        let suite = try r.u8("suite")
+        guard suite == Format.suiteV1 else {
+            throw EnvelopeError(.unsupportedVersion, "sealed blob: algorithm suite \(suite) (this build knows suite \(Format.suiteV1))")
+        }
+        let blobID = BlobID(bytes: try r.take(BlobID.byteCount, "blob id"))!
+        let kekID = KEKID(bytes: try r.take(KEKID.byteCount, "kek id"))!
+        let dekID = DEKID(bytes: try r.take(DEKID.byteCount, "dek id"))!
+        let kindByte = try r.u8("kind")
+        guard let kind = CaptureKind(rawValue: kindByte) else {
+            throw EnvelopeError(.malformed, "sealed blob \(blobID): unknown capture kind \(kindByte) (expected 1, 2 or 3)")
+        }
+        let sequence = try r.u64("sequence")
+        let time = Int64(bitPattern: try r.u64("capture time"))
+        let n = Int(try r.u8("agent id length"))
+        let agentBytes = try r.take(n, "agent id")
+        guard n >= 1, let agent = String(validating: agentBytes, as: UTF8.self) else {
+            throw EnvelopeError(.malformed, "sealed blob \(blobID): agent id is empty or not UTF-8")
+        }
+        guard r.remaining >= Format.tagSize else {
+            throw EnvelopeError(.malformed, "sealed blob \(blobID): record length \(length) leaves no room for the 16-byte tag")
+        }
+        header = BlobHeader(blobID: blobID, kekID: kekID, dekID: dekID, agentID: agent, kind: kind,
+                            sequence: sequence, captureTimeMs: time)
+        serialized = r.data
+        headerLength = r.offset
+    }
+}
+
+/// One record of a record stream (docs/ARCHITECTURE.md, "The record stream").
+public enum EnvelopeRecord: Sendable {
+    case dekRecord(DEKRecord)
+    case blob(SealedBlob)
+
+    /// The record's 16-byte idempotency key: the DEK id of a DEK record, the blob id of a blob.
+    public var id: Data {
+        switch self {
+        case .dekRecord(let r): Data(r.dekID.bytes)
+        case .blob(let b): Data(b.header.blobID.bytes)
+        }
+    }
+
+    /// The record's bytes.
+    public var serialized: Data {
+        switch self {
+        case .dekRecord(let r): r.serialized
+        case .blob(let b): b.serialized
+        }
+    }
+}
+
+/// A record stream: records concatenated, each self-delimited by its 10-byte prefix.
+public enum RecordStream {
+    /// Splits `data` into records and parses each (no key needed).
+    ///
+    /// An empty input is an empty stream. A stream cut at a record boundary parses as the records
+    /// before the cut (the format has no end marker); a cut inside a record throws `.truncated`.
+    /// - Throws: `EnvelopeError` from `DEKRecord(parsing:)` / `SealedBlob(parsing:)`, with the
+    ///   record's index and byte offset in the message.
+    public static func parse(_ data: Data) throws -> [EnvelopeRecord] {
+        let data = data.startIndex == 0 ? data : Data(data)
+        var records: [EnvelopeRecord] = []
+        var offset = 0
+        while offset < data.count {
+            let head = data.subdata(in: offset..<min(offset + Format.prefixSize, data.count))
+            var r = ByteReader(head, what: "record \(records.count) at byte \(offset)")
+            let (type, length) = try r.prefix(available: data.count - offset)
+            let bytes = data.subdata(in: offset..<offset + length)
+            do {
+                switch type {
+                case .dekRecord: records.append(.dekRecord(try DEKRecord(parsing: bytes)))
+                case .blob: records.append(.blob(try SealedBlob(parsing: bytes)))
+                }
+            } catch let e as EnvelopeError {
+                throw EnvelopeError(e.code, "record \(records.count) at byte \(offset): \(e.message)")
+            }
+            offset += length
+        }
+        return records
+    }
+
+    /// Concatenates the records' bytes.
+    public static func encode(_ records: [EnvelopeRecord]) -> Data {
+        var out = Data(capacity: records.reduce(0) { $0 + $1.serialized.count })
+        for r in records { out.append(r.serialized) }
+        return out
+    }
+}

@@ -1,0 +1,94 @@
+import CustosConfig
+import Foundation
+import Wire
+
+/// The collector's settings (`collector.cfg`, the same `key=value` syntax as the agent's config).
+///
+/// Keys (name (type, default)):
+/// - `listen` (HOST:PORT, default `0.0.0.0:8443`): address to serve HTTPS on; port 0 picks a free one.
+/// - `tls-cert` (path, required): PEM certificate chain, leaf first (intermediates may follow).
+/// - `tls-key` (path, required): PEM private key of the leaf certificate.
+/// - `database` (path, default `collector.db` beside the config file): the SQLite file.
+/// - `max-request-bytes` (integer 1024...1073741824, default 16777216): larger upload bodies get 413.
+/// - `max-records-per-request` (integer 1...1000000, default 10000): more records get 413.
+/// - `kek-poll-seconds` (integer 1...3600, default 3): how often `encryption_kek` is re-read (also on SIGHUP).
+public struct CollectorConfiguration: Sendable {
+    public var listenHost: String
+    public var listenPort: Int
+    public var tlsCertFile: String
+    public var tlsKeyFile: String
+    public var databasePath: String
+    public var maxRequestBytes: Int
+    public var maxRecordsPerRequest: Int
+    public var kekPollInterval: Duration
+    /// Whether SIGHUP triggers a KEK refresh (the executable: yes; in-process tests: no).
+    public var trapSIGHUP: Bool
+
+    public init(listenHost: String = "0.0.0.0", listenPort: Int = 8443, tlsCertFile: String, tlsKeyFile: String,
+                databasePath: String, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
+                maxRecordsPerRequest: Int = WireAPI.defaultMaxRecordsPerRequest,
+                kekPollInterval: Duration = .seconds(3), trapSIGHUP: Bool = false) {
+        self.listenHost = listenHost
+        self.listenPort = listenPort
+        self.tlsCertFile = tlsCertFile
+        self.tlsKeyFile = tlsKeyFile
+        self.databasePath = databasePath
+        self.maxRequestBytes = maxRequestBytes
+        self.maxRecordsPerRequest = maxRecordsPerRequest
+        self.kekPollInterval = kekPollInterval
+        self.trapSIGHUP = trapSIGHUP
+    }
+
+    /// The keys `collector.cfg` may hold (also listed in `collector.cfg.sample`).
+    public static let schema: [ConfigKey] = [
+        ConfigKey("listen", type: "HOST:PORT", default: "0.0.0.0:8443",
+                  doc: "Address and TCP port to serve HTTPS on (TLS 1.2 minimum, 1.3 preferred). Port 0 picks a free port."),
+        ConfigKey("tls-cert", type: "path", default: nil,
+                  doc: "PEM certificate chain of the collector, leaf first; intermediates may follow. Required."),
+        ConfigKey("tls-key", type: "path", default: nil,
+                  doc: "PEM private key of the leaf certificate. Required."),
+        ConfigKey("database", type: "path", default: "collector.db",
+                  doc: "SQLite database file (created if missing). Relative paths are relative to this file."),
+        ConfigKey("max-request-bytes", type: "integer 1024...1073741824", default: "16777216",
+                  doc: "Largest accepted upload body in bytes; larger ones get HTTP 413."),
+        ConfigKey("max-records-per-request", type: "integer 1...1000000", default: "10000",
+                  doc: "Most records accepted in one upload; more get HTTP 413."),
+        ConfigKey("kek-poll-seconds", type: "integer 1...3600", default: "3",
+                  doc: "How often the encryption_kek table is re-read for new active keys (SIGHUP re-reads at once)."),
+    ]
+
+    /// Reads `collector.cfg`.
+    /// - Throws: `ConfigError` naming the file, line and key.
+    public init(file path: String) throws(ConfigError) {
+        let f = try ConfigFile(contentsOf: path, schema: Self.schema)
+        let listen = try f.string("listen") ?? "0.0.0.0:8443"
+        guard let (host, port) = Self.parseListen(listen) else {
+            throw ConfigError(file: path, line: f.value("listen")?.line, key: "listen",
+                              "expected HOST:PORT (IPv6 as [ADDR]:PORT, port 0...65535), found '\(listen)'")
+        }
+        guard let cert = try f.path("tls-cert", default: nil) else {
+            throw ConfigError(file: path, key: "tls-cert", "required: the collector serves HTTPS only")
+        }
+        guard let key = try f.path("tls-key", default: nil) else {
+            throw ConfigError(file: path, key: "tls-key", "required: the collector serves HTTPS only")
+        }
+        self.init(listenHost: host, listenPort: port, tlsCertFile: cert, tlsKeyFile: key,
+                  databasePath: try f.path("database", default: "collector.db")!,
+                  maxRequestBytes: try f.int("max-request-bytes", default: WireAPI.defaultMaxRequestBytes,
+                                             in: 1024...1_073_741_824),
+                  maxRecordsPerRequest: try f.int("max-records-per-request", default: WireAPI.defaultMaxRecordsPerRequest,
+                                                  in: 1...1_000_000),
+                  kekPollInterval: .seconds(try f.int("kek-poll-seconds", default: 3, in: 1...3600)),
+                  trapSIGHUP: true)
+    }
+
+    /// Splits `HOST:PORT` / `[V6]:PORT`.
+    static func parseListen(_ s: String) -> (String, Int)? {
+        guard let colon = s.lastIndex(of: ":") else { return nil }
+        var host = String(s[..<colon])
+        guard let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        return (host, port)
+    }
+}

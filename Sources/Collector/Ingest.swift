@@ -1,0 +1,132 @@
+import Envelope
+import Foundation
+import Logging
+import Wire
+
+/// Decides what to do with an authenticated upload body (docs/API.md, `POST /v1/records`).
+///
+/// The body is cut into records by their 10-byte prefix; each record's header is parsed with
+/// Envelope (no key, nothing decrypted), checked (agent id, active KEK) and stored by id, so one
+/// bad record does not fail the others.
+public struct Ingestor: Sendable {
+    let store: any CollectorStore
+    let registry: KEKRegistry
+    let logger: Logger
+    let maxRecords: Int
+
+    public init(store: any CollectorStore, registry: KEKRegistry, logger: Logger,
+                maxRecords: Int = WireAPI.defaultMaxRecordsPerRequest) {
+        self.store = store
+        self.registry = registry
+        self.logger = logger
+        self.maxRecords = maxRecords
+    }
+
+    /// The outcome of one upload.
+    public enum Outcome: Sendable {
+        /// HTTP 200 (something acknowledged, or an empty body) or 422 (nothing acknowledged).
+        case results(status: Int, UploadResponse)
+        /// A request-level error: HTTP status and body.
+        case error(status: Int, ErrorResponse)
+    }
+
+    /// Processes `body` uploaded by `agentID` (already authenticated).
+    public func ingest(agentID: String, body: Data) async -> Outcome {
+        let framed: [FramedRecord]
+        do {
+            framed = try frameRecords(body, maxRecords: maxRecords)
+        } catch {
+            let tooMany = error.description.contains("more than")
+            logger.warning("upload refused: bad record stream", metadata: [
+                "collector.agent_id": "\(agentID)", "collector.error": "\(error.description)"])
+            return .error(status: tooMany ? 413 : 400,
+                          ErrorResponse(error: tooMany ? .tooLarge : .malformed, message: error.description))
+        }
+        var results: [RecordResult?] = Array(repeating: nil, count: framed.count)
+        var items: [IngestItem] = []
+        var itemIndex: [Int] = []
+        for (i, rec) in framed.enumerated() {
+            func refuse(_ reason: RefusalReason, retryable: Bool, id: String?, _ message: String) {
+                results[i] = RecordResult(index: i, id: id, status: .refused, reason: reason, retryable: retryable,
+                                          message: message)
+                logger.warning("record refused", metadata: [
+                    "collector.agent_id": "\(agentID)", "collector.record": "\(id ?? "#\(i)")",
+                    "collector.reason": "\(reason.rawValue)", "collector.error": "\(message)"])
+            }
+            switch rec.type {
+            case 1:
+                let r: DEKRecord
+                do { r = try DEKRecord(parsing: rec.bytes) } catch {
+                    refuse(.malformed, retryable: false, id: nil, "DEK record does not parse: \(error)")
+                    continue
+                }
+                let id = r.dekID.hex, kek = r.kekID.hex
+                guard r.agentID == agentID else {
+                    refuse(.agentMismatch, retryable: false, id: id, "DEK record of agent '\(r.agentID)' uploaded by '\(agentID)'")
+                    continue
+                }
+                guard await registry.isActive(kek) else {
+                    refuse(.unknownKEK, retryable: true, id: id, "KEK \(kek) is not an active encryption_kek row")
+                    continue
+                }
+                items.append(.dek(dekID: id, kekID: kek, agentID: agentID, creationTimeMs: r.creationTimeMs,
+                                  record: rec.bytes))
+                itemIndex.append(i)
+            case 2:
+                let b: SealedBlob
+                do { b = try SealedBlob(parsing: rec.bytes) } catch {
+                    refuse(.malformed, retryable: false, id: nil, "sealed blob does not parse: \(error)")
+                    continue
+                }
+                let h = b.header
+                let id = h.blobID.hex, kek = h.kekID.hex
+                guard h.agentID == agentID else {
+                    refuse(.agentMismatch, retryable: false, id: id, "blob of agent '\(h.agentID)' uploaded by '\(agentID)'")
+                    continue
+                }
+                guard await registry.isActive(kek) else {
+                    refuse(.unknownKEK, retryable: true, id: id, "KEK \(kek) is not an active encryption_kek row")
+                    continue
+                }
+                items.append(.blob(blobID: id, agentID: agentID, kind: h.kind.name, dekID: h.dekID.hex, kekID: kek,
+                                   sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
+                                   blob: rec.bytes))
+                itemIndex.append(i)
+            default:
+                refuse(.malformed, retryable: false, id: nil, "unknown record type \(rec.type)")
+            }
+        }
+        if !items.isEmpty {
+            do {
+                let outcomes = try await store.ingest(items, receivedAtMs: Int64((Date().timeIntervalSince1970 * 1000).rounded()))
+                for (k, outcome) in outcomes.enumerated() {
+                    let i = itemIndex[k], id = items[k].id
+                    switch outcome {
+                    case .stored: results[i] = RecordResult(index: i, id: id, status: .stored)
+                    case .duplicate: results[i] = RecordResult(index: i, id: id, status: .duplicate)
+                    case .conflict:
+                        results[i] = RecordResult(index: i, id: id, status: .refused, reason: .conflict, retryable: false,
+                                                  message: "a different record with this id is stored")
+                        logger.warning("record refused", metadata: ["collector.agent_id": "\(agentID)",
+                                                                    "collector.record": "\(id)", "collector.reason": "conflict"])
+                    case .unknownDEK:
+                        results[i] = RecordResult(index: i, id: id, status: .refused, reason: .unknownDEK, retryable: true,
+                                                  message: "the blob's DEK record has not been uploaded")
+                    }
+                }
+            } catch {
+                logger.error("storing an upload failed", metadata: ["collector.agent_id": "\(agentID)",
+                                                                     "collector.error": "\(error)"])
+                for (k, i) in itemIndex.enumerated() {
+                    results[i] = RecordResult(index: i, id: items[k].id, status: .refused, reason: .storageError,
+                                              retryable: true, message: "the collector could not write")
+                }
+            }
+        }
+        let final = results.enumerated().map { i, r in
+            r ?? RecordResult(index: i, id: nil, status: .refused, reason: .malformed, retryable: false)
+        }
+        let acked = final.contains { $0.isAcknowledged }
+        return .results(status: acked || final.isEmpty ? 200 : 422, UploadResponse(results: final))
+    }
+}

@@ -1,0 +1,373 @@
+import Crypto
+import Foundation
+import GRDB
+import Wire
+
+/// ``CollectorStore`` on one SQLite file (WAL mode), through GRDB.
+///
+/// Schema (docs/API.md, "Storage"): `encryption_kek`, `encryption_dek`, `captures`, `agents`,
+/// `audit_log`. The seed's statement works unchanged with the `sqlite3` CLI:
+/// `insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '/etc/custos/keys/publickey.crt', '/etc/custos/keys/keypair.pem');`
+/// Ids are stored as lowercase hex text so they read well in `sqlite3`; times are Unix ms.
+public final class SQLiteCollectorStore: CollectorStore {
+    /// The database file.
+    public let path: String
+    private let pool: DatabasePool
+
+    /// Opens (creating if needed) the database at `path` and brings the schema up to date.
+    /// - Throws: ``CollectorError`` `.database` naming the file.
+    public init(path: String) throws(CollectorError) {
+        self.path = path
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.label = "custos-collector"
+        do {
+            pool = try DatabasePool(path: path, configuration: config)
+            try Self.migrator.migrate(pool)
+        } catch {
+            throw CollectorError(.database, "\(path): cannot open or migrate the collector database: \(error)")
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE encryption_kek (
+                    id INTEGER PRIMARY KEY,
+                    active BOOLEAN NOT NULL DEFAULT 1,
+                    priv_encrypted BOOLEAN NOT NULL DEFAULT 1,
+                    pub_datafile TEXT NOT NULL,
+                    priv_datafile TEXT,
+                    kek_id TEXT,
+                    created_at TEXT DEFAULT CURRENT_TIMESTAMP
+                );
+                CREATE TABLE encryption_dek (
+                    dek_id TEXT PRIMARY KEY NOT NULL,
+                    kek_id TEXT NOT NULL,
+                    agent_id TEXT NOT NULL,
+                    creation_time INTEGER NOT NULL,
+                    record BLOB NOT NULL,
+                    received_at INTEGER NOT NULL
+                );
+                CREATE INDEX encryption_dek_agent ON encryption_dek(agent_id, creation_time);
+                CREATE TABLE captures (
+                    blob_id TEXT PRIMARY KEY NOT NULL,
+                    agent_id TEXT NOT NULL,
+                    kind TEXT NOT NULL,
+                    dek_id TEXT NOT NULL,
+                    kek_id TEXT NOT NULL,
+                    sequence INTEGER NOT NULL,
+                    capture_time INTEGER NOT NULL,
+                    size INTEGER NOT NULL,
+                    blob BLOB NOT NULL,
+                    received_at INTEGER NOT NULL
+                );
+                CREATE INDEX captures_time ON captures(capture_time, sequence);
+                CREATE INDEX captures_agent_time ON captures(agent_id, capture_time);
+                CREATE TABLE agents (
+                    agent_id TEXT PRIMARY KEY NOT NULL,
+                    token_hash BLOB NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE TABLE audit_log (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    at INTEGER NOT NULL,
+                    actor TEXT NOT NULL,
+                    action TEXT NOT NULL,
+                    detail TEXT NOT NULL
+                );
+                """)
+        }
+        return m
+    }
+
+    private func run<T>(_ what: String, _ body: () throws -> T) throws(CollectorError) -> T {
+        do { return try body() } catch let e as CollectorError { throw e } catch {
+            throw CollectorError(.database, "\(path): \(what): \(error)")
+        }
+    }
+
+    static func nowMs() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+    // MARK: Agents
+
+    /// A new token: 32 random bytes, base64url without padding (43 characters).
+    static func newToken() -> String {
+        let key = SymmetricKey(size: .bits256)
+        let b64 = key.withUnsafeBytes { Data($0).base64EncodedString() }
+        return b64.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    static func tokenHash(_ token: String) -> Data { Data(SHA256.hash(data: Data(token.utf8))) }
+
+    public func addAgent(id: String) throws(CollectorError) -> String {
+        guard WireAPI.isValidAgentID(id) else {
+            throw CollectorError(.invalidArgument, "agent id '\(id)': expected 1-64 characters of A-Z a-z 0-9 . _ -")
+        }
+        let token = Self.newToken()
+        let hash = Self.tokenHash(token)
+        try run("add agent \(id)") {
+            try pool.write { db in
+                if try Bool.fetchOne(db, sql: "SELECT 1 FROM agents WHERE agent_id = ?", arguments: [id]) != nil {
+                    throw CollectorError(.alreadyExists, "agent '\(id)' exists already (rotate its token instead)")
+                }
+                try db.execute(sql: "INSERT INTO agents (agent_id, token_hash, created_at) VALUES (?, ?, ?)",
+                               arguments: [id, hash, Self.nowMs()])
+            }
+        }
+        return token
+    }
+
+    public func rotateAgentToken(id: String) throws(CollectorError) -> String {
+        let token = Self.newToken()
+        let hash = Self.tokenHash(token)
+        try run("rotate token of agent \(id)") {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE agents SET token_hash = ? WHERE agent_id = ?", arguments: [hash, id])
+                if db.changesCount == 0 { throw CollectorError(.notFound, "no agent '\(id)'") }
+            }
+        }
+        return token
+    }
+
+    public func removeAgent(id: String) throws(CollectorError) {
+        try run("remove agent \(id)") {
+            try pool.write { db in
+                try db.execute(sql: "DELETE FROM agents WHERE agent_id = ?", arguments: [id])
+                if db.changesCount == 0 { throw CollectorError(.notFound, "no agent '\(id)'") }
+            }
+        }
+    }
+
+    public func listAgents() throws(CollectorError) -> [AgentInfo] {
+        try run("list agents") {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT agent_id, created_at FROM agents ORDER BY agent_id").map {
+                    AgentInfo(agentID: $0["agent_id"], createdAtMs: $0["created_at"])
+                }
+            }
+        }
+    }
+
+    public func authenticate(agentID: String, token: String) async throws(CollectorError) -> Bool {
+        let stored: Data?
+        do {
+            stored = try await pool.read { db in
+                try Data.fetchOne(db, sql: "SELECT token_hash FROM agents WHERE agent_id = ?", arguments: [agentID])
+            }
+        } catch {
+            throw CollectorError(.database, "\(path): look up agent '\(agentID)': \(error)")
+        }
+        // Compare digests in constant time; an unknown agent is compared against a dummy digest.
+        let presented = Self.tokenHash(token)
+        let expected = stored ?? Data(repeating: 0, count: presented.count)
+        return constantTimeEqual(presented, expected) && stored != nil
+    }
+
+    // MARK: KEKs
+
+    public func registerKEK(pubDatafile: String, privDatafile: String?, privEncrypted: Bool, active: Bool,
+                            kekID: String?) throws(CollectorError) -> Int64 {
+        try run("register KEK \(pubDatafile)") {
+            try pool.write { db in
+                try db.execute(sql: """
+                    INSERT INTO encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile, kek_id)
+                    VALUES (?, ?, ?, ?, ?)
+                    """, arguments: [active, privEncrypted, pubDatafile, privDatafile, kekID])
+                return db.lastInsertedRowID
+            }
+        }
+    }
+
+    public func setKEKActive(rowID: Int64, active: Bool) throws(CollectorError) {
+        try run("set KEK row \(rowID) active") {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE encryption_kek SET active = ? WHERE id = ?", arguments: [active, rowID])
+                if db.changesCount == 0 { throw CollectorError(.notFound, "no encryption_kek row \(rowID)") }
+            }
+        }
+    }
+
+    public func setKEKID(rowID: Int64, kekID: String) throws(CollectorError) {
+        try run("set KEK id of row \(rowID)") {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE encryption_kek SET kek_id = ? WHERE id = ?", arguments: [kekID, rowID])
+            }
+        }
+    }
+
+    static func kekRow(_ r: Row) -> KEKRow {
+        // `active`/`priv_encrypted` may hold 1/0 or, when typed by hand, 'true'/'false' text.
+        func flag(_ v: DatabaseValue) -> Bool {
+            switch v.storage {
+            case .int64(let i): i != 0
+            case .double(let d): d != 0
+            case .string(let s): ["1", "true", "yes", "t", "y"].contains(s.lowercased())
+            default: false
+            }
+        }
+        return KEKRow(rowID: r["id"], active: flag(r["active"]), privEncrypted: flag(r["priv_encrypted"]),
+                      pubDatafile: r["pub_datafile"] ?? "", privDatafile: r["priv_datafile"],
+                      kekID: r["kek_id"], createdAt: r["created_at"])
+    }
+
+    public func listKEKs() throws(CollectorError) -> [KEKRow] {
+        try run("list KEKs") {
+            try pool.read { db in try Row.fetchAll(db, sql: "SELECT * FROM encryption_kek ORDER BY id").map(Self.kekRow) }
+        }
+    }
+
+    public func activeKEKs() async throws(CollectorError) -> [KEKRow] {
+        do {
+            return try await pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT * FROM encryption_kek ORDER BY id").map(Self.kekRow).filter(\.active)
+            }
+        } catch {
+            throw CollectorError(.database, "\(path): list active KEKs: \(error)")
+        }
+    }
+
+    // MARK: Records
+
+    public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(CollectorError) -> [IngestOutcome] {
+        if items.isEmpty { return [] }
+        do {
+            return try await pool.write { db in
+                var outcomes: [IngestOutcome] = []
+                outcomes.reserveCapacity(items.count)
+                var batchDEKs = Set<String>()
+                for item in items {
+                    switch item {
+                    case let .dek(dekID, kekID, agentID, creationTimeMs, record):
+                        try db.execute(sql: """
+                            INSERT OR IGNORE INTO encryption_dek (dek_id, kek_id, agent_id, creation_time, record, received_at)
+                            VALUES (?, ?, ?, ?, ?, ?)
+                            """, arguments: [dekID, kekID, agentID, creationTimeMs, record, receivedAtMs])
+                        if db.changesCount > 0 {
+                            outcomes.append(.stored)
+                        } else {
+                            let old = try Data.fetchOne(db, sql: "SELECT record FROM encryption_dek WHERE dek_id = ?",
+                                                        arguments: [dekID])
+                            outcomes.append(old == record ? .duplicate : .conflict)
+                        }
+                        batchDEKs.insert(dekID)
+                    case let .blob(blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob):
+                        if let old = try Data.fetchOne(db, sql: "SELECT blob FROM captures WHERE blob_id = ?",
+                                                       arguments: [blobID]) {
+                            outcomes.append(old == blob ? .duplicate : .conflict)
+                            continue
+                        }
+                        if !batchDEKs.contains(dekID) {
+                            let known = try Bool.fetchOne(db, sql: "SELECT 1 FROM encryption_dek WHERE dek_id = ?",
+                                                          arguments: [dekID]) != nil
+                            if !known { outcomes.append(.unknownDEK); continue }
+                            batchDEKs.insert(dekID)
+                        }
+                        try db.execute(sql: """
+                            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, received_at)
+                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            """, arguments: [blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob.count,
+                                             blob, receivedAtMs])
+                        outcomes.append(.stored)
+                    }
+                }
+                return outcomes
+            }
+        } catch {
+            throw CollectorError(.database, "\(path): store \(items.count) records: \(error)")
+        }
+    }
+
+    public func listCaptures(_ filter: CaptureFilter) throws(CollectorError) -> [CaptureInfo] {
+        var conditions: [String] = []
+        var args: [(any DatabaseValueConvertible)?] = []
+        if let a = filter.agentID { conditions.append("agent_id = ?"); args.append(a) }
+        if let k = filter.kind { conditions.append("kind = ?"); args.append(k) }
+        if let s = filter.sinceMs { conditions.append("capture_time >= ?"); args.append(s) }
+        if let u = filter.untilMs { conditions.append("capture_time < ?"); args.append(u) }
+        var sql = "SELECT blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, received_at FROM captures"
+        if !conditions.isEmpty { sql += " WHERE " + conditions.joined(separator: " AND ") }
+        sql += " ORDER BY capture_time, agent_id, sequence"
+        if let l = filter.limit { sql += " LIMIT \(max(0, l))" }
+        let arguments = StatementArguments(args)
+        return try run("list captures") {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: sql, arguments: arguments).map {
+                    CaptureInfo(blobID: $0["blob_id"], agentID: $0["agent_id"], kind: $0["kind"], dekID: $0["dek_id"],
+                                kekID: $0["kek_id"], sequence: $0["sequence"], captureTimeMs: $0["capture_time"],
+                                size: $0["size"], receivedAtMs: $0["received_at"])
+                }
+            }
+        }
+    }
+
+    public func counts() throws(CollectorError) -> (captures: Int, deks: Int) {
+        try run("count records") {
+            try pool.read { db in
+                (try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM captures") ?? 0,
+                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM encryption_dek") ?? 0)
+            }
+        }
+    }
+
+    public func dekRecord(dekID: String) throws(CollectorError) -> Data? {
+        try run("read DEK record \(dekID)") {
+            try pool.read { db in
+                try Data.fetchOne(db, sql: "SELECT record FROM encryption_dek WHERE dek_id = ?", arguments: [dekID.lowercased()])
+            }
+        }
+    }
+
+    public func dekRecords(agentID: String?) throws(CollectorError) -> [Data] {
+        try run("read DEK records") {
+            try pool.read { db in
+                if let agentID {
+                    return try Data.fetchAll(db, sql: "SELECT record FROM encryption_dek WHERE agent_id = ? ORDER BY creation_time",
+                                             arguments: [agentID])
+                }
+                return try Data.fetchAll(db, sql: "SELECT record FROM encryption_dek ORDER BY creation_time")
+            }
+        }
+    }
+
+    public func blob(blobID: String) throws(CollectorError) -> Data? {
+        try run("read blob \(blobID)") {
+            try pool.read { db in
+                try Data.fetchOne(db, sql: "SELECT blob FROM captures WHERE blob_id = ?", arguments: [blobID.lowercased()])
+            }
+        }
+    }
+
+    // MARK: Audit
+
+    public func appendAudit(actor: String, action: String, detail: String) throws(CollectorError) {
+        try run("append audit record") {
+            try pool.write { db in
+                try db.execute(sql: "INSERT INTO audit_log (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                               arguments: [Self.nowMs(), actor, action, detail])
+            }
+        }
+    }
+
+    public func listAudit(limit: Int?) throws(CollectorError) -> [AuditEntry] {
+        var sql = "SELECT * FROM audit_log ORDER BY id"
+        if let limit { sql += " LIMIT \(max(0, limit))" }
+        return try run("list audit log") {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: sql).map {
+                    AuditEntry(id: $0["id"], atMs: $0["at"], actor: $0["actor"], action: $0["action"], detail: $0["detail"])
+                }
+            }
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+func constantTimeEqual(_ a: Data, _ b: Data) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for (x, y) in zip(a, b) { diff |= x ^ y }
+    return diff == 0
+}

@@ -1,0 +1,345 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import Synchronization
+import Wire
+
+/// Where and how the agent talks to its collector (agent config keys `server-url`,
+/// `server-pin` (repeatable), `server-ca`, `agent-id`, `agent-token`).
+public struct TransportConfiguration: Sendable {
+    /// Collector host name or IP address (from `server-url`).
+    public var host: String
+    /// Collector TCP port (from `server-url`, default 443).
+    public var port: Int
+    /// Agent id sent in `Authorization: Bearer AGENTID:TOKEN`.
+    public var agentID: String
+    /// The agent's secret token (printed once by `custos agents add`). Never logged.
+    public var agentToken: String
+    /// Certificate trust and pinning.
+    public var policy: TLSPolicy
+    /// TCP connect plus TLS handshake limit (default 10 s).
+    public var connectTimeout: Duration
+    /// One request/response limit (default 60 s).
+    public var requestTimeout: Duration
+
+    public init(host: String, port: Int, agentID: String, agentToken: String, policy: TLSPolicy,
+                connectTimeout: Duration = .seconds(10), requestTimeout: Duration = .seconds(60)) {
+        self.host = host
+        self.port = port
+        self.agentID = agentID
+        self.agentToken = agentToken
+        self.policy = policy
+        self.connectTimeout = connectTimeout
+        self.requestTimeout = requestTimeout
+    }
+
+    /// Builds the configuration from config values.
+    /// - Parameters:
+    ///   - serverURL: `https://HOST[:PORT][/]` (only `https` is accepted; IPv6 literals in brackets).
+    ///   - pins: `server-pin` values, `sha256/BASE64` each.
+    ///   - caFile: `server-ca` PEM file, optional.
+    /// - Throws: ``TransportError`` (`.configuration`) naming the bad key.
+    public init(serverURL: String, agentID: String, agentToken: String, pins: [String], caFile: String?) throws(TransportError) {
+        guard let url = URLComponents(string: serverURL), url.scheme?.lowercased() == "https",
+              var host = url.host, !host.isEmpty else {
+            throw TransportError(.configuration, "server-url '\(serverURL)': expected https://HOST[:PORT]")
+        }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard url.path.isEmpty || url.path == "/" else {
+            throw TransportError(.configuration, "server-url '\(serverURL)': a path is not supported (the API lives at /v1)")
+        }
+        guard WireAPI.isValidAgentID(agentID) else {
+            throw TransportError(.configuration, "agent-id '\(agentID)': expected 1-64 characters of A-Z a-z 0-9 . _ -")
+        }
+        guard !agentToken.isEmpty else { throw TransportError(.configuration, "agent-token is empty") }
+        self.init(host: host, port: url.port ?? 443, agentID: agentID, agentToken: agentToken,
+                  policy: try TLSPolicy(pinStrings: pins, caFile: caFile))
+    }
+}
+
+/// A raw HTTP answer.
+struct HTTPAnswer: Sendable {
+    var status: HTTPResponseStatus
+    var headers: HTTPHeaders
+    var body: ByteBuffer
+}
+
+/// A pinned HTTPS/1.1 client for the collector API. Keeps one keep-alive connection and opens
+/// a new one (with a full certificate check) when it breaks. Requests are serialised.
+///
+/// No request byte is written before the TLS handshake has completed and ``TLSPolicy`` has
+/// accepted the collector's certificate.
+public actor CollectorClient {
+    public let configuration: TransportConfiguration
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let sslContext: NIOSSLContext
+    private var channel: (any Channel)?
+
+    /// - Throws: ``TransportError`` (`.configuration`) when NIOSSL rejects the TLS configuration.
+    public init(configuration: TransportConfiguration,
+                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                logger: Logger) throws(TransportError) {
+        self.configuration = configuration
+        self.group = eventLoopGroup
+        self.logger = logger
+        do {
+            sslContext = try NIOSSLContext(configuration: configuration.policy.makeClientTLSConfiguration())
+        } catch {
+            throw TransportError(.configuration, "TLS configuration: \(error)")
+        }
+    }
+
+    /// Uploads a record stream (`POST /v1/records`).
+    /// - Parameters:
+    ///   - body: concatenated Envelope records (bytes).
+    ///   - timeout: overall limit for this call; default ``TransportConfiguration/requestTimeout``.
+    /// - Returns: the per-record results (HTTP 200 or 422).
+    /// - Throws: ``TransportError``: `.peerRefused`/`.handshake`/`.connect`/`.io` when nothing could be
+    ///   delivered, `.rejected` (with `httpStatus`, `retryAfter`) when the collector refused the request.
+    public func upload(_ body: Data, timeout: Duration? = nil) async throws(TransportError) -> UploadResponse {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: WireAPI.recordsContentType)
+        headers.add(name: "Authorization", value: WireAPI.authorization(agentID: configuration.agentID,
+                                                                        token: configuration.agentToken))
+        var buffer = ByteBuffer()
+        buffer.writeBytes(body)
+        let answer = try await request(.POST, WireAPI.recordsPath, headers: headers, body: buffer, timeout: timeout)
+        switch answer.status.code {
+        case 200, 422:
+            do {
+                return try JSONDecoder().decode(UploadResponse.self, from: Data(answer.body.readableBytesView))
+            } catch {
+                throw TransportError(.protocolError, "collector \(configuration.host): unreadable upload answer: \(error)")
+            }
+        default:
+            throw Self.rejection(answer, host: configuration.host)
+        }
+    }
+
+    /// `GET /v1/health`.
+    public func health(timeout: Duration? = nil) async throws(TransportError) -> HealthResponse {
+        let answer = try await request(.GET, WireAPI.healthPath, headers: HTTPHeaders(), body: nil, timeout: timeout)
+        guard answer.status == .ok,
+              let h = try? JSONDecoder().decode(HealthResponse.self, from: Data(answer.body.readableBytesView)) else {
+            throw Self.rejection(answer, host: configuration.host)
+        }
+        return h
+    }
+
+    /// Closes the kept connection, if any.
+    public func close() async {
+        if let channel { try? await channel.close() }
+        channel = nil
+    }
+
+    static func rejection(_ answer: HTTPAnswer, host: String) -> TransportError {
+        let err = try? JSONDecoder().decode(ErrorResponse.self, from: Data(answer.body.readableBytesView))
+        var retry: Duration?
+        if let v = answer.headers.first(name: "Retry-After"), let s = Int(v.trimmingCharacters(in: .whitespaces)), s >= 0 {
+            retry = .seconds(s)
+        }
+        let what = err.map { "\($0.error.rawValue): \($0.message)" } ?? "no error body"
+        return TransportError(.rejected, "collector \(host) answered \(answer.status.code) (\(what))",
+                              httpStatus: Int(answer.status.code), retryAfter: retry)
+    }
+
+    private func request(_ method: HTTPMethod, _ path: String, headers: HTTPHeaders, body: ByteBuffer?,
+                         timeout: Duration?) async throws(TransportError) -> HTTPAnswer {
+        let limit = timeout ?? configuration.requestTimeout
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
+        head.headers = headers
+        let hostHeader = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
+        head.headers.replaceOrAdd(name: "Host", value: "\(hostHeader):\(configuration.port)")
+        head.headers.replaceOrAdd(name: "Content-Length", value: "\(body?.readableBytes ?? 0)")
+        // A kept connection may have been closed by the collector meanwhile: retry once on a new one
+        // (uploads are idempotent by record id, so a repeated POST is harmless).
+        let reused = channel != nil
+        do {
+            return try await send(head, body, limit: limit)
+        } catch where reused && error.code == .io {
+            return try await send(head, body, limit: limit)
+        }
+    }
+
+    private func send(_ head: HTTPRequestHead, _ body: ByteBuffer?, limit: Duration) async throws(TransportError) -> HTTPAnswer {
+        let ch = try await connectedChannel()
+        let promise = ch.eventLoop.makePromise(of: HTTPAnswer.self)
+        let timeout = ch.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit.components.seconds) * 1_000_000_000
+                                                    + limit.components.attoseconds / 1_000_000_000)) {
+            promise.fail(TransportError(.io, "collector \(self.configuration.host): no answer within \(limit)"))
+            ch.close(promise: nil)
+        }
+        ch.writeAndFlush(PendingRequest(head: head, body: body, promise: promise), promise: nil)
+        do {
+            let answer = try await promise.futureResult.get()
+            timeout.cancel()
+            if answer.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" }) {
+                await close()
+            }
+            return answer
+        } catch {
+            timeout.cancel()
+            await close()
+            if let e = error as? TransportError { throw e }
+            throw TransportError(.io, "collector \(configuration.host):\(configuration.port): \(error)")
+        }
+    }
+
+    private func connectedChannel() async throws(TransportError) -> any Channel {
+        if let channel, channel.isActive { return channel }
+        channel = nil
+        let ch = try await connect()
+        channel = ch
+        return ch
+    }
+
+    /// Opens TCP, runs the TLS handshake with the policy's verification and waits for it to finish.
+    private func connect() async throws(TransportError) -> any Channel {
+        let host = configuration.host
+        let verifier = PeerVerifier(policy: configuration.policy, host: host)
+        let context = sslContext
+        let isIP = host.contains(":") || host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." }
+        let sni: String? = isIP ? nil : host
+        let handshake = FutureBox()
+        let connectTimeout = configuration.connectTimeout
+        let bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(.seconds(connectTimeout.components.seconds))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let tls = try NIOSSLClientHandler(context: context, serverHostname: sni,
+                                                      customVerificationCallback: { certs, promise in
+                                                          promise.succeed(verifier.verify(certs))
+                                                      })
+                    let waiter = HandshakeWaiter(promise: channel.eventLoop.makePromise())
+                    handshake.future.withLock { $0 = waiter.promise.futureResult }
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(tls)
+                    try ops.addHandler(waiter)
+                    try ops.addHTTPClientHandlers()
+                    try ops.addHandler(ResponseCollector())
+                }
+            }
+        let ch: any Channel
+        do {
+            ch = try await bootstrap.connect(host: host, port: configuration.port).get()
+        } catch {
+            throw TransportError(.connect, "collector \(host):\(configuration.port): cannot connect: \(error)")
+        }
+        let deadline = ch.eventLoop.scheduleTask(in: .seconds(connectTimeout.components.seconds)) { ch.close(promise: nil) }
+        defer { deadline.cancel() }
+        do {
+            try await handshake.future.withLock { $0 }!.get()
+            return ch
+        } catch {
+            try? await ch.close()
+            if let v = verifier.verdict.withLock({ $0 }), !v.accepted {
+                logRefusedPeer(v, host: host, logger: logger)
+                throw TransportError(.peerRefused, "collector \(host):\(configuration.port): certificate refused: \(v.reason)",
+                                     presentedPins: v.presentedPins)
+            }
+            throw TransportError(.handshake, "collector \(host):\(configuration.port): TLS handshake failed: \(error)")
+        }
+    }
+}
+
+/// Hands the handshake future out of the channel initializer.
+private final class FutureBox: Sendable {
+    let future = Mutex<EventLoopFuture<Void>?>(nil)
+}
+
+/// Fulfils its promise when the TLS handshake completes; fails it when the channel errors or closes first.
+private final class HandshakeWaiter: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    let promise: EventLoopPromise<Void>
+    private var done = false
+    init(promise: EventLoopPromise<Void>) { self.promise = promise }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? TLSUserEvent, case .handshakeCompleted = e, !done {
+            done = true
+            promise.succeed(())
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if !done { done = true; promise.fail(error) }
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !done { done = true; promise.fail(TransportError(.handshake, "connection closed during the TLS handshake")) }
+        context.fireChannelInactive()
+    }
+}
+
+/// One request written into the pipeline with the promise for its answer.
+struct PendingRequest: Sendable {
+    var head: HTTPRequestHead
+    var body: ByteBuffer?
+    var promise: EventLoopPromise<HTTPAnswer>
+}
+
+/// Writes a ``PendingRequest`` and collects the HTTP/1.1 answer into its promise. One request at a time.
+private final class ResponseCollector: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = PendingRequest
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private var pending: EventLoopPromise<HTTPAnswer>?
+    private var head: HTTPResponseHead?
+    private var body = ByteBuffer()
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let request = unwrapOutboundIn(data)
+        guard pending == nil else {
+            request.promise.fail(TransportError(.io, "a request is already in flight on this connection"))
+            return
+        }
+        pending = request.promise
+        head = nil
+        body.clear()
+        context.write(wrapOutboundOut(.head(request.head)), promise: nil)
+        if let b = request.body, b.readableBytes > 0 {
+            context.write(wrapOutboundOut(.body(.byteBuffer(b))), promise: nil)
+        }
+        context.write(wrapOutboundOut(.end(nil)), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+        case .body(var b):
+            body.writeBuffer(&b)
+        case .end:
+            if let p = pending, let h = head {
+                pending = nil
+                p.succeed(HTTPAnswer(status: h.status, headers: h.headers, body: body))
+            }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(TransportError(.io, "\(error)"))
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(TransportError(.io, "connection closed by the collector"))
+        context.fireChannelInactive()
+    }
+
+    private func fail(_ error: TransportError) {
+        if let p = pending {
+            pending = nil
+            p.fail(error)
+        }
+    }
+}

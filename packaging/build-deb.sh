@@ -1,0 +1,130 @@
+#!/bin/sh
+# Builds custos-agent_VERSION_amd64.deb with dpkg-deb(1) --root-owner-group.
+#
+# Usage: packaging/build-deb.sh            (after `swift build -c release --static-swift-stdlib`)
+# Environment (all optional):
+#   AGENT_BIN   custos-agent binary   (default .build/release/custos-agent)
+#   CUSTOS_BIN  custos admin binary   (default .build/release/custos)
+#   VERSION     package version       (default: packaging/VERSION)
+#   CONFIG_SAMPLE  shipped as the conffile /etc/custos/config.cfg (default config.cfg.sample)
+#   OUT_DIR     where the .deb goes   (default build/)
+#   MAINTAINER  "Name <email>"        (default: author of the first commit)
+#   ALLOW_SWIFT_RUNTIME_DEPS=1  accept binaries linked dynamically with the Swift runtime
+#               (a debug build): the package then runs only where that runtime is on the
+#               loader path, so this is for tests, never for shipping.
+#   DEB_COMPRESS  dpkg-deb compression options (default "-Zxz": smallest; tests use gzip)
+#   SOURCE_DATE_EPOCH  timestamps of the changelog and files (default: last commit time).
+# Prints the path of the .deb on its last line. Exits non-zero on any error.
+set -eu
+umask 022
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+
+AGENT_BIN="${AGENT_BIN:-$REPO/.build/release/custos-agent}"
+CUSTOS_BIN="${CUSTOS_BIN:-$REPO/.build/release/custos}"
+VERSION="${VERSION:-$(cat "$HERE/VERSION")}"
+CONFIG_SAMPLE="${CONFIG_SAMPLE:-$REPO/config.cfg.sample}"
+OUT_DIR="${OUT_DIR:-$REPO/build}"
+if [ -z "${MAINTAINER:-}" ]; then
+    MAINTAINER="$(git -C "$REPO" log --reverse --format='%an <%ae>' 2>/dev/null | head -n 1)"
+    MAINTAINER="${MAINTAINER:-Custos maintainers <root@localhost>}"
+fi
+if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
+    SOURCE_DATE_EPOCH="$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)"
+fi
+export SOURCE_DATE_EPOCH
+
+die() { echo "build-deb: $*" >&2; exit 1; }
+
+for tool in dpkg-deb dpkg-shlibdeps strip gzip; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install dpkg-dev binutils)"
+done
+for f in "$AGENT_BIN" "$CUSTOS_BIN"; do
+    [ -x "$f" ] || die "binary $f missing or not executable (build it, or set AGENT_BIN/CUSTOS_BIN)"
+done
+[ -f "$CONFIG_SAMPLE" ] || die "config sample $CONFIG_SAMPLE missing (set CONFIG_SAMPLE)"
+echo "$VERSION" | grep -Eq '^[0-9][A-Za-z0-9.+~]*$' \
+    || die "VERSION '$VERSION' is not a native Debian version (digits first; A-Za-z0-9.+~)"
+
+# The Swift runtime is not packaged for Debian 12: ship binaries linked with
+# --static-swift-stdlib, so only Debian-packaged system libraries remain dynamic.
+swift_libs=""
+for f in "$AGENT_BIN" "$CUSTOS_BIN"; do
+    needed="$(objdump -p "$f" | awk '/NEEDED/ {print $2}' \
+        | grep -E '^lib(swift|Foundation|_Foundation|dispatch|BlocksRuntime)' || true)"
+    [ -z "$needed" ] || swift_libs="$swift_libs $(basename "$f"): $(echo $needed)"
+done
+if [ -n "$swift_libs" ]; then
+    [ "${ALLOW_SWIFT_RUNTIME_DEPS:-0}" = 1 ] \
+        || die "binaries link the Swift runtime dynamically ($swift_libs); build with
+  swift build -c release --static-swift-stdlib, or set ALLOW_SWIFT_RUNTIME_DEPS=1 for a test package"
+    echo "build-deb: WARNING: test package; Swift runtime linked dynamically:$swift_libs" >&2
+fi
+
+STAGE="$(mktemp -d "${TMPDIR:-/tmp}/custos-deb.XXXXXX")"
+trap 'rm -rf "$STAGE"' EXIT INT TERM
+ROOT="$STAGE/custos-agent"
+DOC="$ROOT/usr/share/doc/custos-agent"
+
+install -d -m 0755 "$ROOT/DEBIAN" "$ROOT/usr/bin" "$ROOT/lib/systemd/system" \
+    "$ROOT/etc/custos" "$ROOT/etc/custos/certs" "$DOC" "$ROOT/usr/share/man/man1" \
+    "$ROOT/usr/share/man/man8" "$ROOT/usr/share/lintian/overrides"
+
+# Binaries, stripped (Debian Policy §10.1); Swift reflection metadata stays (not a symbol table).
+install -m 0755 "$AGENT_BIN" "$ROOT/usr/bin/custos-agent"
+install -m 0755 "$CUSTOS_BIN" "$ROOT/usr/bin/custos"
+strip --strip-unneeded --remove-section=.comment --remove-section=.note \
+    "$ROOT/usr/bin/custos-agent" "$ROOT/usr/bin/custos"
+
+install -m 0644 "$HERE/custos-agent.service" "$ROOT/lib/systemd/system/custos-agent.service"
+# The config holds agent-token: root only.
+install -m 0600 "$CONFIG_SAMPLE" "$ROOT/etc/custos/config.cfg"
+
+sed -e "s|@MAINTAINER@|$MAINTAINER|" -e "s|@YEAR@|$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)|" \
+    "$HERE/debian/copyright.in" > "$DOC/copyright"
+chmod 0644 "$DOC/copyright"
+install -m 0644 "$HERE/README.md" "$DOC/README.md"
+gzip -9n < "$HERE/debian/custos-agent.8" > "$ROOT/usr/share/man/man8/custos-agent.8.gz"
+gzip -9n < "$HERE/debian/custos.1" > "$ROOT/usr/share/man/man1/custos.1.gz"
+install -m 0644 "$HERE/debian/lintian-overrides" "$ROOT/usr/share/lintian/overrides/custos-agent"
+chmod 0644 "$ROOT/usr/share/man/man8/custos-agent.8.gz" "$ROOT/usr/share/man/man1/custos.1.gz"
+changelog_date="$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
+{
+    printf 'custos-agent (%s) unstable; urgency=medium\n\n' "$VERSION"
+    printf '  * Release %s built from git %s.\n\n' "$VERSION" \
+        "$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    printf ' -- %s  %s\n' "$MAINTAINER" "$changelog_date"
+} | gzip -9n > "$DOC/changelog.gz"
+chmod 0644 "$DOC/changelog.gz"
+
+install -m 0755 "$HERE/debian/postinst" "$HERE/debian/prerm" "$HERE/debian/postrm" "$ROOT/DEBIAN/"
+install -m 0644 "$HERE/debian/conffiles" "$ROOT/DEBIAN/conffiles"
+
+# Depends: the shared libraries the binaries need, mapped to packages by dpkg-shlibdeps(1).
+mkdir -p "$STAGE/src/debian"
+printf 'Source: custos\n\nPackage: custos-agent\nArchitecture: amd64\n' > "$STAGE/src/debian/control"
+shlib_flags=""
+[ -z "$swift_libs" ] || shlib_flags="--ignore-missing-info"
+depends="$(cd "$STAGE/src" && dpkg-shlibdeps -O $shlib_flags \
+    "$ROOT/usr/bin/custos-agent" "$ROOT/usr/bin/custos" 2>"$STAGE/shlibdeps.err" \
+    | sed -n 's/^shlibs:Depends=//p')" || { cat "$STAGE/shlibdeps.err" >&2; die "dpkg-shlibdeps failed"; }
+[ -n "$depends" ] || die "dpkg-shlibdeps found no dependencies"
+
+(cd "$ROOT" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \
+    | xargs -0 md5sum) > "$ROOT/DEBIAN/md5sums"
+chmod 0644 "$ROOT/DEBIAN/md5sums"
+
+installed_size="$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)"
+sed -e "s|@VERSION@|$VERSION|" -e "s|@MAINTAINER@|$MAINTAINER|" \
+    -e "s|@INSTALLED_SIZE@|$installed_size|" -e "s|@DEPENDS@|$depends|" \
+    "$HERE/debian/control.in" > "$ROOT/DEBIAN/control"
+chmod 0644 "$ROOT/DEBIAN/control"
+
+find "$ROOT" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+mkdir -p "$OUT_DIR"
+DEB="$OUT_DIR/custos-agent_${VERSION}_amd64.deb"
+# shellcheck disable=SC2086 # DEB_COMPRESS holds several options
+dpkg-deb --root-owner-group ${DEB_COMPRESS:--Zxz} --build "$ROOT" "$DEB" >/dev/null
+echo "build-deb: Depends: $depends" >&2
+echo "$DEB"

@@ -1,0 +1,250 @@
+#!/bin/bash
+# Packaging checks run by `make test`: builds the .deb, runs lintian, systemd-analyze verify and
+# security on the unit, and installs, upgrades, removes and purges the package in throwaway
+# roots with the real dpkg (dpkg --root=DIR --force-script-chrootless; the maintainer scripts
+# honour DPKG_ROOT). Needs root (dpkg sets owners), dpkg-dev, lintian, systemd, python3.
+#
+# Binaries: AGENT_BIN / CUSTOS_BIN if set; else .build/release/{custos-agent,custos} if both
+# exist (make deb builds them statically linked); else the debug build, packaged as a test
+# package (Swift runtime linked dynamically). Prints "N passed, N failed" last; exits non-zero
+# on any failure; removes everything it creates.
+set -u
+set -o pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+PASS=0
+FAIL=0
+ok()   { PASS=$((PASS + 1)); echo "ok   - $*"; }
+bad()  { FAIL=$((FAIL + 1)); echo "FAIL - $*"; }
+# check NAME COMMAND...: passes when COMMAND succeeds; its output is shown on failure only.
+check() {
+    local name="$1"; shift
+    local out
+    if out="$("$@" 2>&1)"; then ok "$name"; else bad "$name"; printf '%s\n' "$out" | sed 's/^/       /' | tail -n 25; fi
+}
+finish() {
+    echo "$PASS passed, $FAIL failed"
+    [ "$FAIL" -eq 0 ]
+    exit $?
+}
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/custos-pkgtest.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
+
+# --- prerequisites ---------------------------------------------------------------------------
+missing=""
+for tool in dpkg dpkg-deb dpkg-shlibdeps dpkg-query lintian systemd-analyze python3 strip objdump; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [ -n "$missing" ]; then bad "required tools present (missing:$missing; run make deps)"; finish; fi
+if [ "$(id -u)" != 0 ]; then bad "running as root (dpkg --root sets file owners)"; finish; fi
+ok "required tools present"
+
+if [ -z "${AGENT_BIN:-}" ] && [ -z "${CUSTOS_BIN:-}" ]; then
+    if [ -x "$REPO/.build/release/custos-agent" ] && [ -x "$REPO/.build/release/custos" ]; then
+        AGENT_BIN="$REPO/.build/release/custos-agent"; CUSTOS_BIN="$REPO/.build/release/custos"
+    else
+        AGENT_BIN="$REPO/.build/debug/custos-agent"; CUSTOS_BIN="$REPO/.build/debug/custos"
+    fi
+fi
+export AGENT_BIN CUSTOS_BIN
+export ALLOW_SWIFT_RUNTIME_DEPS=1   # a debug build may be what we have; reported below
+export DEB_COMPRESS="-Zgzip -z1"    # speed: the shipped package uses xz (build-deb.sh default)
+echo "# agent binary:  $AGENT_BIN"
+echo "# custos binary: $CUSTOS_BIN"
+if objdump -p "$AGENT_BIN" 2>/dev/null | grep -q 'NEEDED *libswiftCore'; then
+    echo "# note: Swift runtime linked dynamically (debug build): a test package, not for shipping"
+fi
+
+SAMPLE="$REPO/config.cfg.sample"
+# Version 2 of the shipped config differs, so an upgrade has a conffile change to resolve.
+SAMPLE2="$WORK/config.cfg.sample.v2"
+{ cat "$SAMPLE"; printf '\n# (0.1.1) a comment added by the upgrade under test\n'; } > "$SAMPLE2"
+
+# --- build -----------------------------------------------------------------------------------
+DEB1="$WORK/out/custos-agent_0.1.0_amd64.deb"
+DEB2="$WORK/out/custos-agent_0.1.1_amd64.deb"
+check "build-deb.sh builds custos-agent_0.1.0_amd64.deb" \
+    env VERSION=0.1.0 OUT_DIR="$WORK/out" CONFIG_SAMPLE="$SAMPLE" "$HERE/build-deb.sh"
+check "build-deb.sh builds custos-agent_0.1.1_amd64.deb (changed conffile)" \
+    env VERSION=0.1.1 OUT_DIR="$WORK/out" CONFIG_SAMPLE="$SAMPLE2" "$HERE/build-deb.sh"
+if [ ! -f "$DEB1" ] || [ ! -f "$DEB2" ]; then finish; fi
+check "dpkg-deb --build refuses a VERSION that is not a Debian version" \
+    bash -c '! env VERSION=v1 OUT_DIR="$1" "$2" >/dev/null 2>&1' _ "$WORK/bad" "$HERE/build-deb.sh"
+
+# Package metadata and the archive's file list: owner root/root and modes as designed.
+field() { dpkg-deb -f "$DEB1" "$1"; }
+check "control: Package custos-agent, Version 0.1.0, Architecture amd64" \
+    test "$(field Package) $(field Version) $(field Architecture)" = "custos-agent 0.1.0 amd64"
+check "control: Depends lists libc6 (from dpkg-shlibdeps)" bash -c '[[ "$1" == *libc6* ]]' _ "$(field Depends)"
+check "control: conffiles lists exactly /etc/custos/config.cfg" \
+    test "$(dpkg-deb --ctrl-tarfile "$DEB1" | tar -xO ./conffiles)" = "/etc/custos/config.cfg"
+listing="$(dpkg-deb -c "$DEB1" | awk '{print $1, $2, $6}')"
+expect_entry() { grep -qxF -e "$1" <<<"$listing" || { echo "not in archive: $1"; echo "$listing"; return 1; }; }
+for e in "-rwxr-xr-x root/root ./usr/bin/custos-agent" \
+         "-rwxr-xr-x root/root ./usr/bin/custos" \
+         "-rw-r--r-- root/root ./lib/systemd/system/custos-agent.service" \
+         "drwxr-xr-x root/root ./etc/custos/" \
+         "-rw------- root/root ./etc/custos/config.cfg" \
+         "drwxr-xr-x root/root ./etc/custos/certs/" \
+         "-rw-r--r-- root/root ./usr/share/doc/custos-agent/copyright"; do
+    check "archive has $e" expect_entry "$e"
+done
+check "archive: every entry is owned by root/root" \
+    bash -c '! grep -v " root/root " <<<"$1"' _ "$listing"
+
+# --- lintian ---------------------------------------------------------------------------------
+lint="$(lintian --tag-display-limit 0 "$DEB1" 2>&1)"; lint_rc=$?
+echo "# lintian (exit $lint_rc):"; printf '%s\n' "$lint" | sed 's/^/#   /'
+check "lintian reports no errors" bash -c '! grep -q "^E:" <<<"$1" && [ "$2" = 0 ]' _ "$lint" "$lint_rc"
+
+# --- systemd-analyze -------------------------------------------------------------------------
+# The unit is checked as installed from the package: a root holding the extracted .deb and the
+# host's targets (the unit's default dependencies), so verify also finds ExecStart's binary.
+VROOT="$WORK/verify-root"
+mkdir -p "$VROOT/lib/systemd/system" "$VROOT/bin"
+dpkg-deb -x "$DEB1" "$VROOT"
+cp -a /lib/systemd/system/*.target "$VROOT/lib/systemd/system/"
+cp /bin/kill "$VROOT/bin/kill"
+verify_out="$WORK/verify.out"
+check "systemd-analyze verify accepts the unit (no warnings)" \
+    bash -c 'systemd-analyze verify --root="$1" custos-agent.service >"$2" 2>&1 && ! [ -s "$2" ] || { cat "$2"; false; }' \
+    _ "$VROOT" "$verify_out"
+check "systemd-analyze verify rejects a broken copy of the unit (the check can fail)" \
+    bash -c 'sed "s/^Type=notify/Type=notifyy/" "$1/lib/systemd/system/custos-agent.service" \
+                 > "$1/lib/systemd/system/custos-broken.service"
+             out="$(systemd-analyze verify --root="$1" custos-broken.service 2>&1)"
+             rm -f "$1/lib/systemd/system/custos-broken.service"; [ -n "$out" ]' _ "$VROOT"
+for d in "Type=notify" "ExecStart=/usr/bin/custos-agent --config /etc/custos/config.cfg" \
+         "ExecReload=/bin/kill -HUP \$MAINPID" "Restart=on-failure" "StateDirectory=custos" \
+         "StateDirectoryMode=0700" "NoNewPrivileges=yes" "ProtectSystem=strict" \
+         "ProtectHome=read-only" "MemoryDenyWriteExecute=yes" "LockPersonality=yes" \
+         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK" \
+         "SystemCallFilter=@system-service" "BindReadOnlyPaths=-/tmp/.X11-unix"; do
+    check "unit sets $d" grep -qxF "$d" "$HERE/custos-agent.service"
+done
+security="$(systemd-analyze security --offline=yes --root="$VROOT" --no-pager custos-agent.service 2>&1)"
+score_line="$(grep -o 'Overall exposure level for custos-agent.service: .*' <<<"$security")"
+echo "# systemd-analyze security: ${score_line:-<no score>}"
+score="$(sed -n 's/.*: \([0-9.]*\) .*/\1/p' <<<"$score_line")"
+check "systemd-analyze security exposure ≤ 3.0 (README documents it)" \
+    python3 -c 'import sys; s=sys.argv[1]; sys.exit(0 if s and float(s) <= 3.0 else 1)' "$score"
+check "README states the measured exposure score $score" grep -qF "exposure level $score" "$HERE/README.md"
+
+# --- throwaway roots -------------------------------------------------------------------------
+# A root with an empty dpkg database plus the status entries of exactly the packages the .deb
+# Depends on (taken from this machine), so dpkg's own dependency check passes for real.
+dep_pkgs="$(dpkg-deb -f "$DEB1" Depends | tr ',' '\n' | sed 's/(.*//; s/|.*//; s/[[:space:]]//g' | grep -v '^$')"
+new_root() {
+    local r="$WORK/root-$1"
+    mkdir -p "$r/var/lib/dpkg/info" "$r/var/lib/dpkg/updates" "$r/var/lib/dpkg/triggers"
+    # Present on every systemd machine (owned by systemd): deb-systemd-helper's state lives there.
+    mkdir -p "$r/etc/systemd/system" "$r/var/lib/systemd"
+    : > "$r/var/lib/dpkg/status"
+    local p
+    for p in $dep_pkgs; do
+        dpkg-query -s "$p" >> "$r/var/lib/dpkg/status" 2>/dev/null && echo >> "$r/var/lib/dpkg/status"
+        local list; list="$(ls /var/lib/dpkg/info/ | grep -E "^${p//+/\\+}(:[a-z0-9]+)?\.list$" | head -n 1)"
+        [ -n "$list" ] && : > "$r/var/lib/dpkg/info/$list"
+    done
+    echo "$r"
+}
+# Runs dpkg against root $1 with the remaining arguments; stdin is not a terminal.
+DPKG() { local r="$1"; shift; dpkg --root="$r" --force-script-chrootless "$@" </dev/null; }
+snapshot() { (cd "$1" && find . -path ./var/lib/dpkg -prune -o -print | LC_ALL=C sort); }
+# mode_of ROOT PATH -> "mode user:group"
+mode_of() { stat -c '%a %U:%G' "$1$2"; }
+active_lines() { grep -Ev '^[[:space:]]*([#;]|$)' "$1"; }
+status_of() { dpkg-query --root="$1" -W -f='${Status} ${Version}' custos-agent 2>/dev/null; }
+
+expect_layout() {
+    local r="$1"
+    check "[$2] /usr/bin/custos-agent 755 root:root" test "$(mode_of "$r" /usr/bin/custos-agent)" = "755 root:root"
+    check "[$2] /usr/bin/custos 755 root:root" test "$(mode_of "$r" /usr/bin/custos)" = "755 root:root"
+    check "[$2] unit 644 root:root" test "$(mode_of "$r" /lib/systemd/system/custos-agent.service)" = "644 root:root"
+    check "[$2] /etc/custos 755 root:root" test "$(mode_of "$r" /etc/custos)" = "755 root:root"
+    check "[$2] /etc/custos/config.cfg 600 root:root" test "$(mode_of "$r" /etc/custos/config.cfg)" = "600 root:root"
+    check "[$2] /etc/custos/certs 755 root:root" test "$(mode_of "$r" /etc/custos/certs)" = "755 root:root"
+    check "[$2] dpkg status: install ok installed" bash -c '[[ "$1" == "install ok installed "* ]]' _ "$(status_of "$r")"
+    check "[$2] config.cfg registered as a conffile" \
+        bash -c 'dpkg-query --root="$1" -W -f="\${Conffiles}" custos-agent | grep -q "^ /etc/custos/config.cfg [0-9a-f]\{32\}$"' _ "$r"
+    check "[$2] installed binary runs (custos-agent --help) under prctl(PR_SET_MDWE) like MemoryDenyWriteExecute=yes" \
+        python3 -c '
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:          # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit("prctl(PR_SET_MDWE): " + os.strerror(ctypes.get_errno()))
+os.execv(sys.argv[1], sys.argv[1:])' "$r/usr/bin/custos-agent" --help
+}
+
+# 1. Install without the flag: the config is the shipped sample, byte for byte.
+R="$(new_root plain)"; before="$(snapshot "$R")"
+check "[plain] dpkg -i 0.1.0 without CUSTOS_ENCRYPTION" env -u CUSTOS_ENCRYPTION dpkg --root="$R" --force-script-chrootless -i "$DEB1"
+expect_layout "$R" plain
+check "[plain] config.cfg equals config.cfg.sample" cmp "$R/etc/custos/config.cfg" "$SAMPLE"
+check "[plain] service not enabled on install (no wants symlink)" \
+    test ! -e "$R/etc/systemd/system/multi-user.target.wants/custos-agent.service"
+# Upgrade of an unmodified conffile: dpkg installs the new version silently.
+check "[plain] upgrade to 0.1.1 (conffile unmodified)" DPKG "$R" -i "$DEB2"
+check "[plain] unmodified conffile replaced by 0.1.1's" cmp "$R/etc/custos/config.cfg" "$SAMPLE2"
+check "[plain] status after upgrade: installed 0.1.1" test "$(status_of "$R")" = "install ok installed 0.1.1"
+check "[plain] purge" DPKG "$R" --purge custos-agent
+check "[plain] purge leaves nothing behind" test "$(snapshot "$R")" = "$before"
+check "[plain] package unknown to dpkg after purge" bash -c '[ -z "$(dpkg-query --root="$1" -W custos-agent 2>/dev/null)" ]' _ "$R"
+
+# 2. Install with CUSTOS_ENCRYPTION=1: exactly one enable-encryption line, set to 1; the rest
+#    of the config unchanged.
+R="$(new_root flag)"; before="$(snapshot "$R")"
+check "[flag] CUSTOS_ENCRYPTION=1 dpkg -i 0.1.0" env CUSTOS_ENCRYPTION=1 dpkg --root="$R" --force-script-chrootless -i "$DEB1"
+expect_layout "$R" flag
+check "[flag] config has exactly one enable-encryption line, =1" \
+    test "$(grep -E '^[[:space:]]*enable-encryption[[:space:]]*=' "$R/etc/custos/config.cfg")" = "enable-encryption=1"
+check "[flag] every other line as shipped" \
+    diff <(grep -v '^enable-encryption=' "$R/etc/custos/config.cfg") <(grep -v '^enable-encryption=' "$SAMPLE")
+# The admin edits the config; an upgrade (with CUSTOS_ENCRYPTION=0 in the environment, which
+# must not matter after the first install) keeps the edit and puts the new one aside.
+printf 'screen-interval-ms=1000\n' >> "$R/etc/custos/config.cfg"
+sed -i '0,/^screen-interval-ms=5000$/{/^screen-interval-ms=5000$/d}' "$R/etc/custos/config.cfg"
+cp "$R/etc/custos/config.cfg" "$WORK/edited.cfg"
+mkdir -p "$R/var/lib/custos" && echo sealed > "$R/var/lib/custos/spool.sqlite"
+check "[flag] upgrade to 0.1.1 with --force-confdef --force-confold (apt -o Dpkg::Options)" \
+    env CUSTOS_ENCRYPTION=0 dpkg --root="$R" --force-script-chrootless --force-confdef --force-confold -i "$DEB2" </dev/null
+check "[flag] upgrade keeps the modified conffile" cmp "$R/etc/custos/config.cfg" "$WORK/edited.cfg"
+check "[flag] upgrade leaves the new conffile as config.cfg.dpkg-dist" cmp "$R/etc/custos/config.cfg.dpkg-dist" "$SAMPLE2"
+check "[flag] kept conffile still mode 600 root:root" test "$(mode_of "$R" /etc/custos/config.cfg)" = "600 root:root"
+check "[flag] status after upgrade: installed 0.1.1" test "$(status_of "$R")" = "install ok installed 0.1.1"
+# Remove keeps config and spool; reinstalling does not re-apply the flag.
+check "[flag] remove" DPKG "$R" --remove custos-agent
+check "[flag] remove deletes the binaries and the unit" \
+    bash -c '! [ -e "$1/usr/bin/custos-agent" ] && ! [ -e "$1/usr/bin/custos" ] && ! [ -e "$1/lib/systemd/system/custos-agent.service" ]' _ "$R"
+check "[flag] remove keeps config.cfg and the spool" \
+    bash -c 'cmp -s "$1/etc/custos/config.cfg" "$2" && [ -f "$1/var/lib/custos/spool.sqlite" ]' _ "$R" "$WORK/edited.cfg"
+check "[flag] status after remove: deinstall ok config-files" \
+    bash -c '[[ "$1" == "deinstall ok config-files "* ]]' _ "$(status_of "$R")"
+check "[flag] reinstall after remove (CUSTOS_ENCRYPTION=0) keeps the kept config" \
+    bash -c 'env CUSTOS_ENCRYPTION=0 dpkg --root="$1" --force-script-chrootless --force-confdef --force-confold -i "$2" </dev/null && cmp "$1/etc/custos/config.cfg" "$3"' \
+    _ "$R" "$DEB2" "$WORK/edited.cfg"
+# Purge removes everything, including what the admin and the agent added.
+echo "-----BEGIN PUBLIC KEY-----" > "$R/etc/custos/certs/kek.pem"
+echo "CUSTOS_ENCRYPTION=1" > "$R/etc/custos/install.env"
+check "[flag] purge" DPKG "$R" --purge custos-agent
+check "[flag] purge leaves nothing behind (config, .dpkg-dist, certs, spool, systemd state)" \
+    bash -c 'diff <(echo "$1") <(echo "$2")' _ "$before" "$(snapshot "$R")"
+
+# 3. The provisioning fallback: /etc/custos/install.env, overridden by the environment.
+R="$(new_root envfile)"
+mkdir -p "$R/etc/custos" && printf '# written by provisioning\nCUSTOS_ENCRYPTION=1\n' > "$R/etc/custos/install.env"
+check "[envfile] dpkg -i with /etc/custos/install.env CUSTOS_ENCRYPTION=1" env -u CUSTOS_ENCRYPTION dpkg --root="$R" --force-script-chrootless -i "$DEB1"
+check "[envfile] config has enable-encryption=1" \
+    test "$(active_lines "$R/etc/custos/config.cfg" | grep enable-encryption)" = "enable-encryption=1"
+check "[envfile] purge" DPKG "$R" --purge custos-agent
+R="$(new_root envwins)"
+mkdir -p "$R/etc/custos" && printf 'CUSTOS_ENCRYPTION=1\n' > "$R/etc/custos/install.env"
+check "[envwins] CUSTOS_ENCRYPTION=0 in the environment beats install.env" \
+    bash -c 'env CUSTOS_ENCRYPTION=0 dpkg --root="$1" --force-script-chrootless -i "$2" </dev/null && cmp "$1/etc/custos/config.cfg" "$3"' \
+    _ "$R" "$DEB1" "$SAMPLE"
+check "[envwins] purge" DPKG "$R" --purge custos-agent
+
+finish

@@ -12,7 +12,9 @@ DEB_PACKAGES := libssl-dev libx11-dev libxtst-dev libxext-dev libxrandr-dev libp
 SWIFT ?= swift
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: deps build test demo bench deb sample clean-demo
+.PHONY: deps build test demo bench sample
+
+include packaging/Makefile.fragment
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -35,9 +37,6 @@ demo: build
 
 bench: deps
 	@for b in Benchmarks/*.sh; do [ -x "$$b" ] && { echo "== $$b"; "$$b" || exit 1; }; done; true
-
-deb: deps
-	packaging/build-deb.sh
 
 # Rewrites config.cfg.sample from AgentConfig.schema (a test keeps them equal).
 sample: build

@@ -1,1 +1,3 @@
 import Agent
+
+await AgentCommand.main()

@@ -1,0 +1,124 @@
+import CustosConfig
+import Envelope
+import Foundation
+import Logging
+import ServiceLifecycle
+import Spool
+import Transport
+import UnixSignals
+
+/// Wires Capture → Sealer (Envelope) → Spool → Transport and runs them under one
+/// `ServiceGroup`.
+///
+/// Order: the spool opens first and closes last; services start as uploader, KEK watcher,
+/// capture, and stop in reverse (capture first). SIGTERM/SIGINT stop gracefully within 2 s
+/// (the uploader makes a bounded final flush). SIGHUP re-reads the config: `enable-encryption`
+/// and the KEK files take effect at once (a new DEK, wrapped to the KEK now in force); the
+/// spool keeps everything sealed before, each record under the KEK it was sealed to.
+struct AgentRunner {
+    let config: AgentConfig
+    let logger: Logger
+
+    func run() async throws {
+        let spool = try Spool(directory: config.spoolDir, maxBytes: Int64(config.spoolMaxMB) << 20, logger: logger)
+        defer { try? spool.close() }
+        let sealer = Sealer(config: config, sink: spool, logger: logger)
+        let uploader = try makeUploader(spool: spool)
+        let watcher = KEKWatcher(config: config, sealer: sealer, spool: spool, uploader: uploader, logger: logger)
+        watcher.check(config)
+        let capture = CaptureService(config: config, sealer: sealer, logger: logger)
+
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let uploader { services.append(.init(service: uploader)) }
+        services.append(.init(service: watcher))
+        services.append(.init(service: capture))
+        var groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                                                    logger: logger)
+        groupConfig.maximumGracefulShutdownDuration = .milliseconds(1800)
+        groupConfig.maximumCancellationDuration = .milliseconds(150)
+        let group = ServiceGroup(configuration: groupConfig)
+        SystemdNotify.send("READY=1\nSTATUS=\(sealer.isAvailable ? "capturing" : "waiting for a usable KEK")")
+        logger.info("ready", metadata: ["spool.dir": "\(config.spoolDir)", "encryption.enabled": "\(config.enableEncryption)"])
+        try await group.run()
+        watcher.recordUploadState()
+        SystemdNotify.send("STOPPING=1")
+        logger.info("stopped")
+    }
+
+    /// The upload loop, or nil (with a warning) when no `server-url` is configured.
+    private func makeUploader(spool: Spool) throws -> Uploader? {
+        guard let url = config.serverURL else {
+            logger.warning("server-url not set: captures stay in the spool")
+            return nil
+        }
+        guard let token = config.agentToken else {
+            throw ConfigError(file: config.configPath, key: "agent-token", "required when server-url is set (run `custos agents add` on the collector)")
+        }
+        let transport = try TransportConfiguration(serverURL: url.absoluteString, agentID: config.agentID, agentToken: token,
+                                                   pins: config.serverPins, caFile: config.serverCA)
+        let client = try CollectorClient(configuration: transport, logger: logger)
+        return Uploader(queue: spool, client: client, logger: logger)
+    }
+}
+
+/// Re-checks the KEK periodically while there is none usable (an admin may add it later), and
+/// re-reads the config on SIGHUP. Records the sealing state in the spool for `status`.
+final class KEKWatcher: Service, Sendable {
+    private let config: AgentConfig
+    private let sealer: Sealer
+    private let spool: Spool
+    private let uploader: Uploader?
+    private let logger: Logger
+    /// How often a missing or unusable KEK is looked for again.
+    static let recheckInterval = Duration.seconds(5)
+
+    init(config: AgentConfig, sealer: Sealer, spool: Spool, uploader: Uploader?, logger: Logger) {
+        self.config = config; self.sealer = sealer; self.spool = spool; self.uploader = uploader; self.logger = logger
+    }
+
+    /// Copies the uploader's last success time into the spool's state table for `status`.
+    func recordUploadState() {
+        if let ms = uploader?.status.lastSuccessMs {
+            try? spool.setState(AgentState.lastUploadMs, String(ms))
+        }
+    }
+
+    func check(_ config: AgentConfig) {
+        sealer.refresh(config: config)
+        let s = sealer.status
+        try? spool.setState(AgentState.kekID, s.kekID?.hex ?? "-")
+        try? spool.setState(AgentState.sealing, s.reason.map { "paused: \($0)" }
+                            ?? (s.encryption ? "sealing end to end" : "sealing to the collector's key"))
+    }
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sighup)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in signals.cancelOnGracefulShutdown() {
+                    do {
+                        let fresh = try AgentConfig(contentsOf: self.config.configPath)
+                        self.logger.info("SIGHUP: config re-read", metadata: ["encryption.enabled": "\(fresh.enableEncryption)",
+                                                                             "kek.file": "\(fresh.activeKEKFile)"])
+                        self.check(fresh)
+                    } catch {
+                        self.logger.error("SIGHUP: config not reloaded, keeping the running one", metadata: ["config.error": "\(error)"])
+                    }
+                }
+            }
+            group.addTask {
+                while !Task.isCancelled && !Task.isShuttingDownGracefully {
+                    try? await Task.sleep(for: Self.recheckInterval)
+                    self.recordUploadState()
+                    if !self.sealer.isAvailable {
+                        let cfg = (try? AgentConfig(contentsOf: self.config.configPath)) ?? self.config
+                        self.check(cfg)
+                    }
+                }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+        recordUploadState()
+    }
+}

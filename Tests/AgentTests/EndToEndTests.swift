@@ -1,0 +1,223 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// The whole pipeline on real input: Xvfb → custos-agent → pinned TLS → custos-collector →
+/// custos decrypt, with keys from the openssl CLI. These run the built binaries.
+@Suite(.serialized) struct EndToEndTests {
+    /// Captures wait while the collector lacks the KEK, flush once the seed's SQL registers it,
+    /// and decrypt to exactly the typed text and the painted pixels; nothing is plaintext at rest.
+    @Test func pipelineHoldsThenFlushesAndDecryptsExactly() throws {
+        let rig = try AgentRig(name: "pipeline")
+        try rig.startCollector()
+        try rig.startAgent()
+        // Refused while the KEK is unknown: captures stay spooled, the collector stores nothing.
+        let refused = waitUntil(timeout: 20) { rig.agent!.log.contains("unknown-kek") }
+        #expect(refused, "agent log: \(rig.agent!.log.suffix(2000))")
+        #expect(try rig.count("select count(*) from captures") == 0)
+        #expect(try rig.count("select count(*) from encryption_dek") == 0)
+
+        try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
+        let flushed = try waitUntil(timeout: 30) { try rig.count("select count(*) from captures where kind='screen'") > 0 }
+        #expect(flushed, "agent log: \(rig.agent!.log.suffix(2000))")
+
+        let typed = "Hello, Custos 42"
+        try rig.xvfb.run(["xdotool", "type", "--delay", "30", typed])
+        let chunked = try waitUntil(timeout: 20) { try rig.count("select count(*) from captures where kind='keystrokes'") > 0 }
+        #expect(chunked)
+
+        let start = Date()
+        rig.agent!.send(SIGTERM)
+        let status = rig.agent!.waitExit(timeout: 10)
+        #expect(status == 0, "agent exit: \(String(describing: status)); log: \(rig.agent!.log.suffix(1500))")
+        #expect(Date().timeIntervalSince(start) < 2.5, "SIGTERM took \(Date().timeIntervalSince(start)) s")
+
+        // Nothing plaintext at rest: neither the typed text nor a PNG signature.
+        for file in rig.filesAtRest() {
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+            #expect(bytes.range(of: Data(typed.utf8)) == nil, "typed text in \(file)")
+            #expect(bytes.range(of: Data("Custos 42".utf8)) == nil, "typed text in \(file)")
+            #expect(bytes.range(of: Data([0x89, 0x50, 0x4E, 0x47])) == nil, "PNG signature in \(file)")
+        }
+
+        // The listing shows sealed items without content.
+        let list = try runChecked([try builtProduct("custos"), "captures", "list", "--db", rig.db])
+        #expect(list.contains("<Encrypted>"))
+        #expect(!list.contains(typed))
+
+        // The wrong key finds nothing to open; the right key and passphrase recover everything.
+        let (wrongStatus, wrongOut) = try rig.decrypt(key: rig.serverKey, name: "wrong")
+        #expect(wrongStatus != 0)
+        #expect(rig.files(in: wrongOut, suffix: ".png").isEmpty)
+        let (okStatus, out) = try rig.decrypt(key: rig.e2e, name: "decrypted")
+        #expect(okStatus == 0)
+        let pngs = rig.files(in: out, suffix: ".png")
+        #expect(!pngs.isEmpty)
+        let expectedPixel = Data([rig.rootColor.0, rig.rootColor.1, rig.rootColor.2])
+        let first = try rig.rgb(ofPNG: try #require(pngs.first))
+        #expect(first.count == 320 * 240 * 3)
+        var expected = Data(capacity: 320 * 240 * 3)
+        for _ in 0..<(320 * 240) { expected.append(expectedPixel) }
+        #expect(first == expected, "decrypted frame pixels differ from the painted root")
+
+        let jsonl = try String(contentsOfFile: out + "/keystrokes.jsonl", encoding: .utf8)
+        let text = jsonl.split(separator: "\n").compactMap { line -> String? in
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { return nil }
+            return obj["text"] as? String
+        }.joined()
+        #expect(text == typed, "recovered \(text)")
+    }
+
+    /// kill -9 mid-run, then a restart: everything that reached the spool arrives, once.
+    @Test func killNineThenRestartLosesNothingAndDuplicatesNothing() throws {
+        let rig = try AgentRig(name: "kill9")
+        try rig.startCollector()
+        try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
+        // Frames change every capture so each is sealed (not "unchanged").
+        try rig.startAgent()
+        for i in 0..<8 {
+            try rig.xvfb.run(["xsetroot", "-solid", String(format: "#%02x%02x%02x", 16 * i, 255 - 16 * i, 90)])
+            usleep(250_000)
+        }
+        rig.agent!.send(SIGKILL)
+        _ = rig.agent!.waitExit(timeout: 5)
+        try rig.startAgent()
+        for i in 0..<4 {
+            try rig.xvfb.run(["xsetroot", "-solid", String(format: "#%02x0000", 40 * i + 10)])
+            usleep(250_000)
+        }
+        rig.agent!.send(SIGTERM)
+        #expect(rig.agent!.waitExit(timeout: 10) == 0)
+        // Let a last restart drain whatever the SIGTERM flush left.
+        try rig.writeConfig(encryption: true, extra: "screen-interval-ms=0\nkeystroke-idle-ms=0")
+        try rig.startAgent()
+        let drained = try waitUntil(timeout: 20) {
+            let s = try runChecked([try builtProduct("custos-agent"), "status", "--config", rig.configPath])
+            let stored = try rig.count("select count(*) from captures")
+            return s.contains("last upload") && stored > 0 && Self.spoolEmpty(s)
+        }
+        rig.agent!.send(SIGTERM)
+        _ = rig.agent!.waitExit(timeout: 10)
+        #expect(drained)
+        #expect(try rig.count("select count(*) from encryption_dek") >= 2, "a new DEK per start")
+        // No duplicates, and no gaps: per DEK, sequences are exactly 0..<count.
+        #expect(try rig.sql("select count(*) from (select dek_id, sequence from captures group by dek_id, sequence having count(*) > 1)") == "0")
+        let gaps = try rig.sql("select count(*) from (select dek_id from captures group by dek_id having max(sequence) + 1 != count(*))")
+        let perDEK = try rig.sql("select dek_id, count(*), max(sequence) from captures group by dek_id")
+        #expect(gaps == "0", "per DEK (id, count, max sequence): \(perDEK)")
+        // Every stored blob references a stored DEK record.
+        #expect(try rig.count("select count(*) from captures c left join encryption_dek d on c.dek_id = d.dek_id where d.dek_id is null") == 0)
+        let (status, out) = try rig.decrypt(key: rig.e2e, name: "out")
+        #expect(status == 0)
+        #expect(rig.files(in: out, suffix: ".png").count == (try rig.count("select count(*) from captures where kind='screen'")))
+    }
+
+    /// SIGHUP switches enable-encryption either way; each blob stays readable with the key it was sealed under.
+    @Test func sighupTogglesEncryptionWithoutLosingData() throws {
+        let rig = try AgentRig(name: "toggle")
+        try rig.startCollector()
+        try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
+        try rig.registerKEK(publicKey: rig.serverKey.publicKey, privateKey: rig.serverKey.privateKey)
+        let e2eID = try rig.kekID(rig.e2e.publicKey)
+        let serverID = try rig.kekID(rig.serverKey.publicKey)
+        try rig.startAgent()
+        #expect(try waitUntil(timeout: 20) { try rig.count("select count(*) from captures where kek_id='\(e2eID)'") > 0 })
+
+        try rig.writeConfig(encryption: false)
+        rig.agent!.send(SIGHUP)
+        try rig.xvfb.run(["xsetroot", "-solid", "#aa0000"])
+        #expect(try waitUntil(timeout: 20) { try rig.count("select count(*) from captures where kek_id='\(serverID)'") > 0 },
+                "agent log: \(rig.agent!.log.suffix(2000))")
+
+        try rig.writeConfig(encryption: true)
+        rig.agent!.send(SIGHUP)
+        try rig.xvfb.run(["xsetroot", "-solid", "#00aa00"])
+        #expect(try waitUntil(timeout: 20) { try rig.count("select count(*) from encryption_dek where kek_id='\(e2eID)'") >= 2 })
+        #expect(try waitUntil(timeout: 20) {
+            try rig.count("select count(*) from captures c join encryption_dek d on c.dek_id = d.dek_id where d.kek_id='\(e2eID)' and d.creation_time = (select max(creation_time) from encryption_dek)") > 0
+        })
+        rig.agent!.send(SIGTERM)
+        #expect(rig.agent!.waitExit(timeout: 10) == 0)
+
+        let e2eFrames = try rig.count("select count(*) from captures where kind='screen' and kek_id='\(e2eID)'")
+        let serverFrames = try rig.count("select count(*) from captures where kind='screen' and kek_id='\(serverID)'")
+        #expect(e2eFrames > 0 && serverFrames > 0)
+        // Each key opens exactly its own blobs (the other key's items are reported, so exit is non-zero).
+        let (_, a) = try rig.decrypt(key: rig.e2e, name: "with-e2e")
+        let (_, b) = try rig.decrypt(key: rig.serverKey, name: "with-server")
+        #expect(rig.files(in: a, suffix: ".png").count == e2eFrames)
+        #expect(rig.files(in: b, suffix: ".png").count == serverFrames)
+    }
+
+    /// With enable-encryption=1 and no kek.pem the agent captures nothing and says why; when the
+    /// key appears it starts on its own.
+    @Test func missingKEKCapturesNothingUntilTheKeyArrives() throws {
+        let rig = try AgentRig(name: "nokek")
+        try FileManager.default.removeItem(atPath: rig.dir.file("agent/certs/kek.pem"))
+        try rig.startCollector()
+        try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
+        try rig.startAgent()
+        #expect(waitUntil(timeout: 10) { rig.agent!.log.contains("no usable KEK") })
+        usleep(1_500_000)
+        #expect(try rig.count("select count(*) from captures") == 0)
+        #expect(try rig.count("select count(*) from encryption_dek") == 0)
+        let status = try runChecked([try builtProduct("custos-agent"), "status", "--config", rig.configPath])
+        #expect(status.contains("paused"))
+        try FileManager.default.copyItem(atPath: rig.e2e.publicKey, toPath: rig.dir.file("agent/certs/kek.pem"))
+        #expect(try waitUntil(timeout: 20) { try rig.count("select count(*) from captures") > 0 }, "log: \(rig.agent!.log.suffix(1500))")
+        rig.agent!.send(SIGTERM)
+        #expect(rig.agent!.waitExit(timeout: 10) == 0)
+    }
+
+    static func spoolEmpty(_ status: String) -> Bool {
+        status.split(separator: "\n").contains { $0.hasPrefix("spooled:") && $0.contains(" 0 records") }
+    }
+}
+
+/// `--check-config` and bad configs exit 2 naming the file and line.
+@Suite struct AgentCLITests {
+    @Test func badConfigExitsTwoNamingTheLine() throws {
+        let dir = try TempDir("custos-cli")
+        defer { dir.remove() }
+        try "display=:1\nenable-encryption=maybe\n".write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
+        let r = try runCommand([try builtProduct("custos-agent"), "--config", dir.file("c.cfg"), "--check-config"])
+        #expect(r.status == 2)
+        #expect(r.stderrString.contains(dir.file("c.cfg") + ":2"))
+        #expect(r.stderrString.contains("enable-encryption"))
+    }
+
+    @Test func checkConfigReportsMissingKEK() throws {
+        let dir = try TempDir("custos-cli")
+        defer { dir.remove() }
+        try "enable-encryption=1\nspool-dir=\(dir.file("spool"))\ndisplay=:9999\n".write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
+        let r = try runCommand([try builtProduct("custos-agent"), "--config", dir.file("c.cfg"), "--check-config"])
+        #expect(r.status == 2)
+        #expect(r.stdoutString.contains("FAIL kek"))
+        #expect(r.stdoutString.contains(dir.file("certs/kek.pem")))
+    }
+
+    @Test func recordWritesASealedFileThatOpensWithThePassphrase() throws {
+        try requireTool("Xvfb")
+        let dir = try TempDir("custos-record")
+        defer { dir.remove() }
+        let x = try Xvfb(width: 200, height: 100, depth: 24)
+        try x.run(["xsetroot", "-solid", "#123456"])
+        let keys = try makeOpenSSLKeyPair(in: dir.path, name: "k")
+        try "enable-encryption=1\nkek-file=\(keys.publicKey)\ndisplay=\(x.name)\nxauthority=/dev/null\nscreen-interval-ms=200\nkeystroke-idle-ms=300\nspool-dir=\(dir.file("spool"))\n"
+            .write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
+        let rec = dir.file("rec.custos")
+        try runChecked([try builtProduct("custos-agent"), "record", "--config", dir.file("c.cfg"), "--seconds", "1.5", "--out", rec])
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: rec))
+        #expect(bytes.prefix(4) == Data("CSTS".utf8))
+        #expect(bytes.range(of: Data([0x89, 0x50, 0x4E, 0x47])) == nil)
+        let attrs = try FileManager.default.attributesOfItem(atPath: rec)
+        #expect((attrs[.posixPermissions] as? Int) == 0o600)
+        try runChecked([try builtProduct("custos"), "open", "--key", keys.privateKey, "--passphrase-file", keys.passphraseFile,
+                        "--in", rec, "--out", dir.file("opened")])
+        let pngs = (try FileManager.default.contentsOfDirectory(atPath: dir.file("opened"))).filter { $0.hasSuffix(".png") }
+        #expect(!pngs.isEmpty)
+        // Refuses to overwrite.
+        let again = try runCommand([try builtProduct("custos-agent"), "record", "--config", dir.file("c.cfg"), "--seconds", "1", "--out", rec])
+        #expect(again.status != 0)
+    }
+}

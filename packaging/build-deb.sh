@@ -88,6 +88,16 @@ install -m 0644 "$HERE/README.md" "$DOC/README.md"
 gzip -9n < "$HERE/debian/custos-agent.8" > "$ROOT/usr/share/man/man8/custos-agent.8.gz"
 gzip -9n < "$HERE/debian/custos.1" > "$ROOT/usr/share/man/man1/custos.1.gz"
 install -m 0644 "$HERE/debian/lintian-overrides" "$ROOT/usr/share/lintian/overrides/custos-agent"
+if [ -n "$swift_libs" ]; then
+    # A test package from a debug build finds the Swift runtime through the toolchain's RUNPATH.
+    for b in custos-agent custos; do
+        rp="$(objdump -p "$ROOT/usr/bin/$b" | awk '/RUNPATH/ {print $2}' | tr ':' '\n' | grep '^/' || true)"
+        for p in $rp; do
+            printf '# test package: Swift runtime from the toolchain\ncustos-agent: custom-library-search-path RUNPATH %s [usr/bin/%s]\n' \
+                "$p" "$b" >> "$ROOT/usr/share/lintian/overrides/custos-agent"
+        done
+    done
+fi
 chmod 0644 "$ROOT/usr/share/man/man8/custos-agent.8.gz" "$ROOT/usr/share/man/man1/custos.1.gz"
 changelog_date="$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
 {

@@ -30,7 +30,13 @@ finish() {
 }
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/custos-pkgtest.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+XVFB_PID=""
+cleanup() {
+    [ -f "$WORK/sandbox/pid1" ] && "$HERE/systemd-sandbox.sh" stop "$WORK/sandbox"
+    [ -n "$XVFB_PID" ] && kill "$XVFB_PID" 2>/dev/null && wait "$XVFB_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- prerequisites ---------------------------------------------------------------------------
@@ -246,5 +252,97 @@ check "[envwins] CUSTOS_ENCRYPTION=0 in the environment beats install.env" \
     bash -c 'env CUSTOS_ENCRYPTION=0 dpkg --root="$1" --force-script-chrootless -i "$2" </dev/null && cmp "$1/etc/custos/config.cfg" "$3"' \
     _ "$R" "$DEB1" "$SAMPLE"
 check "[envwins] purge" DPKG "$R" --purge custos-agent
+
+# --- live: the package under a real systemd ------------------------------------------------
+# systemd-sandbox.sh boots the host's systemd as PID 1 of new namespaces on an overlay of /, so
+# dpkg runs the maintainer scripts' systemd branches and the service runs with the unit's full
+# sandbox (seccomp, namespaces, MemoryDenyWriteExecute, StateDirectory) against a real Xvfb.
+SBX="$WORK/sandbox"
+in_sbx() { "$HERE/systemd-sandbox.sh" run "$SBX" "$@"; }
+sbx_prop() { in_sbx systemctl show -P "$1" custos-agent.service 2>/dev/null; }
+live_ok=1
+for tool in unshare nsenter Xvfb openssl; do
+    command -v "$tool" >/dev/null 2>&1 || { live_ok=0; echo "# live systemd checks: $tool missing"; }
+done
+if [ "$live_ok" = 1 ]; then
+    # The X server runs on the host, started before the sandbox so its socket is in the overlay.
+    exec 3>"$WORK/xdisplay"
+    Xvfb -displayfd 3 -nolisten tcp -screen 0 640x480x24 >"$WORK/xvfb.log" 2>&1 &
+    XVFB_PID=$!
+    exec 3>&-
+    for _ in $(seq 1 100); do [ -s "$WORK/xdisplay" ] && break; sleep 0.1; done
+    DISPLAY_NUM="$(tr -d '[:space:]' < "$WORK/xdisplay")"
+fi
+if [ "$live_ok" = 1 ] && ! "$HERE/systemd-sandbox.sh" start "$SBX" >"$WORK/sbx-start.log" 2>&1; then
+    live_ok=0; echo "# live systemd checks: sandbox did not boot:"; sed 's/^/#   /' "$WORK/sbx-start.log" | tail -n 20
+fi
+if [ "$live_ok" = 0 ]; then
+    if [ "${CI:-}" = true ]; then bad "live systemd sandbox available (required under CI=true)"
+    else echo "# SKIPPED live systemd checks (not under CI=true)"; fi
+else
+    ok "systemd boots as PID 1 of a sandbox (overlay root, new PID and mount namespaces)"
+    check "Xvfb started (display :$DISPLAY_NUM)" test -n "$DISPLAY_NUM"
+    openssl genrsa -out "$WORK/kek-keypair.pem" 2048 2>/dev/null
+    openssl rsa -in "$WORK/kek-keypair.pem" -pubout -out "$WORK/kek.pem" 2>/dev/null
+
+    check "[systemd] CUSTOS_ENCRYPTION=1 dpkg -i 0.1.0 on a systemd machine" \
+        in_sbx env CUSTOS_ENCRYPTION=1 dpkg -i "$DEB1"
+    check "[systemd] unit known to systemd after install, not enabled, not started" \
+        test "$(sbx_prop UnitFileState) $(sbx_prop ActiveState)" = "disabled inactive"
+    in_sbx sed -i -e "s|^#display=\$|display=:$DISPLAY_NUM|" -e 's|^screen-interval-ms=5000$|screen-interval-ms=500|' \
+        /etc/custos/config.cfg
+    in_sbx install -m 0644 "$WORK/kek.pem" /etc/custos/certs/kek.pem
+    check "[systemd] systemctl enable --now custos-agent (Type=notify: returns after READY=1)" \
+        in_sbx timeout 60 systemctl enable --now custos-agent.service
+    check "[systemd] service active/running, enabled" \
+        test "$(sbx_prop ActiveState)/$(sbx_prop SubState) $(sbx_prop UnitFileState)" = "active/running enabled"
+    check "[systemd] sd_notify STATUS says it is capturing (KEK usable)" \
+        test "$(sbx_prop StatusText)" = "capturing"
+    check "[systemd] StateDirectory /var/lib/custos is 700 root:root" \
+        test "$(in_sbx stat -c '%a %U:%G' /var/lib/custos)" = "700 root:root"
+    frames=0
+    for _ in $(seq 1 40); do
+        frames="$(in_sbx custos-agent status --config /etc/custos/config.cfg 2>/dev/null \
+            | sed -n 's/^spool by kind:.*screen \([0-9]*\) .*/\1/p')"
+        [ "${frames:-0}" -gt 0 ] 2>/dev/null && break
+        sleep 0.5
+    done
+    check "[systemd] sandboxed agent reaches the X display and spools sealed frames ($frames)" \
+        test "${frames:-0}" -gt 0 2>/dev/null
+    pid_before="$(sbx_prop MainPID)"
+    # Look into the service's own mount namespace: the X socket is there, the host's /tmp is not,
+    # and /etc is read-only.
+    check "[systemd] service sees /tmp/.X11-unix/X$DISPLAY_NUM (BindReadOnlyPaths) but not the host's /tmp" \
+        in_sbx nsenter -t "$pid_before" -m sh -c "test -S /tmp/.X11-unix/X$DISPLAY_NUM && ! test -e '$WORK'"
+    check "[systemd] service's /etc is read-only (ProtectSystem=strict)" \
+        in_sbx nsenter -t "$pid_before" -m sh -c '! touch /etc/custos/probe 2>/dev/null'
+    check "[systemd] systemctl reload (SIGHUP) keeps the same process running" \
+        bash -c '"$1" run "$2" timeout 20 systemctl reload custos-agent.service && sleep 1 &&
+                 [ "$("$1" run "$2" systemctl show -P MainPID custos-agent.service)" = "$3" ] &&
+                 [ "$("$1" run "$2" systemctl show -P ActiveState custos-agent.service)" = active ]' \
+        _ "$HERE/systemd-sandbox.sh" "$SBX" "$pid_before"
+    check "[systemd] upgrade to 0.1.1 (--force-confold) restarts the enabled service" \
+        bash -c '"$1" run "$2" dpkg --force-confdef --force-confold -i "$3" </dev/null &&
+                 [ "$("$1" run "$2" systemctl show -P ActiveState custos-agent.service)" = active ] &&
+                 [ "$("$1" run "$2" systemctl show -P MainPID custos-agent.service)" != "$4" ]' \
+        _ "$HERE/systemd-sandbox.sh" "$SBX" "$DEB2" "$pid_before"
+    t0="$(date +%s%N)"
+    in_sbx timeout 30 systemctl stop custos-agent.service
+    stop_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    check "[systemd] systemctl stop takes ≤ 3000 ms (took $stop_ms ms), Result=success" \
+        test "$stop_ms" -le 3000 -a "$(sbx_prop Result)" = success
+    check "[systemd] dpkg --purge" in_sbx dpkg --purge custos-agent
+    check "[systemd] after purge: unit, config and spool gone" \
+        bash -c '! "$1" run "$2" test -e /lib/systemd/system/custos-agent.service &&
+                 ! "$1" run "$2" test -e /etc/custos && ! "$1" run "$2" test -e /var/lib/custos &&
+                 ! "$1" run "$2" test -e /etc/systemd/system/multi-user.target.wants/custos-agent.service' \
+        _ "$HERE/systemd-sandbox.sh" "$SBX"
+    if [ "$FAIL" -gt 0 ]; then
+        echo "# journal of custos-agent.service in the sandbox:"
+        in_sbx journalctl --no-pager -o short-monotonic -u custos-agent.service 2>&1 | tail -n 40 | sed 's/^/#   /'
+    fi
+    "$HERE/systemd-sandbox.sh" stop "$SBX"
+    check "[systemd] sandbox stopped: no process left" bash -c '! kill -0 "$(cat "$1/unshare.pid")" 2>/dev/null' _ "$SBX"
+fi
 
 finish

@@ -42,10 +42,11 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "CustosConfig", swiftSettings: strict),
         .target(name: "CaptureFormat", swiftSettings: strict),
+        .target(name: "CPNGWriter", dependencies: ["CPNG"], path: "Sources/CPNGWriter"),
         .target(name: "Capture", dependencies: [
-            "CX11", "CPNG", "CaptureFormat",
+            "CX11", "CPNG", "CPNGWriter", "CaptureFormat",
             .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: strict),
+        ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
         .target(name: "Spool", dependencies: [
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
@@ -88,13 +89,18 @@ let package = Package(
         .executableTarget(name: "custos", dependencies: ["Admin"], swiftSettings: strict),
         .executableTarget(name: "custos-agent", dependencies: ["Agent"], swiftSettings: strict),
         .executableTarget(name: "custos-collector", dependencies: ["Collector"], swiftSettings: strict),
+        .executableTarget(name: "custos-bench-capture", dependencies: [
+            "Capture", "CX11", .product(name: "Logging", package: "swift-log"),
+        ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
 
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "CaptureTests", dependencies: ["Capture", "CaptureFormat", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "CaptureTests", dependencies: [
+            "Capture", "CaptureFormat", "CPNG", "CX11", "TestSupport", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "Wire", "Spool", "Envelope", "TestSupport"],
                     swiftSettings: strict),

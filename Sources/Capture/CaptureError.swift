@@ -1,0 +1,41 @@
+import Foundation
+
+/// The one error type of the Capture module.
+///
+/// `description` names the display, request or field involved and what was expected. It never
+/// contains pixels or keystroke text.
+public struct CaptureError: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, coarsely; `description` has the details.
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        let name: String
+        public var description: String { name }
+        /// The display could not be opened or was lost; capture retries with backoff.
+        public static let displayUnavailable = Code(name: "displayUnavailable")
+        /// The X server answered a request with an X protocol error.
+        public static let xProtocolError = Code(name: "xProtocolError")
+        /// A required X extension (RECORD, XKEYBOARD) is missing on this display.
+        public static let extensionUnavailable = Code(name: "extensionUnavailable")
+        /// libpng failed to encode a frame.
+        public static let pngEncoding = Code(name: "pngEncoding")
+        /// A caller passed a value outside its documented range.
+        public static let invalidArgument = Code(name: "invalidArgument")
+        /// The server sent pixels in a layout this module cannot read.
+        public static let unsupportedFormat = Code(name: "unsupportedFormat")
+        /// The recorder was started twice or used after stop.
+        public static let invalidState = Code(name: "invalidState")
+    }
+
+    public let code: Code
+    public let message: String
+    public let fileID: String
+    public let line: Int
+
+    public init(_ code: Code, _ message: String, fileID: String = #fileID, line: Int = #line) {
+        self.code = code
+        self.message = message
+        self.fileID = fileID
+        self.line = line
+    }
+
+    public var description: String { "\(code): \(message)" }
+}

@@ -1,0 +1,321 @@
+import CX11
+import CaptureFormat
+import Foundation
+import Logging
+
+/// The result of capturing one monitor.
+public enum FrameCapture: Sendable {
+    /// The monitor's pixels differ from its previous frame (or it is new): metadata and PNG.
+    case changed(FrameMetadata, png: Data)
+    /// The monitor's raw pixels equal its previous frame; nothing was encoded.
+    case unchanged(monitor: Int)
+}
+
+/// Captures every monitor of an X display as PNG frames.
+///
+/// Monitors are the RandR 1.5 monitors (`XRRGetMonitors`, active only), clipped to the root
+/// window; the whole root is one monitor named `root` when RandR is absent. Pixels come from
+/// MIT-SHM (`XShmGetImage`) when the server offers it and `XShmAttach` works, else from
+/// `XGetImage`; both give the same bytes. Depth 24/32 (any byte order and channel masks) and
+/// depth 16/15 are read by the visual's masks and each row's `bytes_per_line`.
+///
+/// Not thread-safe: call `captureAll` from one task or thread at a time (it owns the X
+/// connection). When the display is missing or lost, `captureAll` throws
+/// `CaptureError.displayUnavailable`, logs the loss once, and reconnects on a later call after
+/// a backoff delay (doubling from `initialReconnectDelayMs` up to `maxReconnectDelayMs`).
+public final class ScreenCapturer {
+    /// First delay before reconnecting after the display is lost, in ms.
+    public var initialReconnectDelayMs: Int = 250
+    /// Longest delay between reconnection attempts, in ms.
+    public var maxReconnectDelayMs: Int = 30_000
+
+    private let displayName: String?
+    private let xauthority: String?
+    private let encoder: PNGEncoder
+    private let logger: Logger
+
+    private var connection: Connection?
+    private var reconnectDelayMs: Int = 0
+    private var nextAttempt: Date = .distantPast
+    private var lossReported = false
+    private var convertBuffer: [UInt8] = []
+    /// Per monitor index: the geometry and raw-pixel hash of the last frame handed out.
+    private var previous: [Int: (geometry: Geometry, hash: UInt64)] = [:]
+
+    struct Geometry: Equatable {
+        var name: String, x: Int, y: Int, width: Int, height: Int
+    }
+
+    /// The per-connection state: the display, its extensions, SHM buffers per monitor.
+    private final class Connection {
+        let display: X11Display
+        let hasRandR: Bool
+        var useShm: Bool
+        var shmBuffers: [Int: XImageBuffer] = [:]
+        var atomNames: [Atom: String] = [:]
+        let format: PixelFormat
+
+        init(display: X11Display, logger: Logger) throws {
+            self.display = display
+            let dpy = display.dpy
+            var major: Int32 = 0, event: Int32 = 0, error: Int32 = 0
+            if XQueryExtension(dpy, "RANDR", &major, &event, &error) != 0 {
+                display.registerExtension("RANDR", majorOpcode: major)
+            }
+            var rrEvent: Int32 = 0, rrError: Int32 = 0, rrMajor: Int32 = 0, rrMinor: Int32 = 0
+            hasRandR = XRRQueryExtension(dpy, &rrEvent, &rrError) != 0
+                && XRRQueryVersion(dpy, &rrMajor, &rrMinor) != 0 && (rrMajor > 1 || rrMinor >= 5)
+            if XQueryExtension(dpy, "MIT-SHM", &major, &event, &error) != 0 {
+                display.registerExtension("MIT-SHM", majorOpcode: major)
+                useShm = XShmQueryExtension(dpy) != 0
+            } else {
+                useShm = false
+            }
+            let screen = XDefaultScreen(dpy)
+            guard let visual = XDefaultVisual(dpy, screen) else {
+                throw CaptureError(.unsupportedFormat, "display \(display.name) has no default visual")
+            }
+            // The root's pixmap format for the default depth gives bits per pixel.
+            var count: Int32 = 0
+            var bpp = 32
+            let depth = XDefaultDepth(dpy, screen)
+            if let formats = XListPixmapFormats(dpy, &count) {
+                for i in 0..<Int(count) where formats[i].depth == depth { bpp = Int(formats[i].bits_per_pixel) }
+                XFree(formats)
+            }
+            format = PixelFormat(bitsPerPixel: bpp, msbFirst: XImageByteOrder(dpy) == MSBFirst,
+                                 redMask: visual.pointee.red_mask, greenMask: visual.pointee.green_mask,
+                                 blueMask: visual.pointee.blue_mask)
+            guard format.isSupported else {
+                throw CaptureError(.unsupportedFormat,
+                                   "display \(display.name): depth \(depth) at \(bpp) bits per pixel with masks r=0x\(String(visual.pointee.red_mask, radix: 16)) is not a TrueColor layout this module reads")
+            }
+            try display.sync("querying extensions")
+            logger.debug("X display connected", metadata: [
+                "capture.display": "\(display.name)", "capture.shm": "\(useShm)", "capture.randr": "\(hasRandR)",
+                "capture.depth": "\(depth)", "capture.bpp": "\(bpp)",
+            ])
+        }
+    }
+
+    /// Creates a capturer for `display` (nil: `$DISPLAY`) authorised by the `xauthority` file
+    /// (nil: `$XAUTHORITY`), encoding PNG at zlib level `pngLevel` (0…9; 1 is fast).
+    ///
+    /// Connects at once when it can; when the display is not up yet (at boot), logs that once
+    /// and connects on a later `captureAll`.
+    /// - Throws: `CaptureError.invalidArgument` when `pngLevel` is outside 0…9.
+    public init(display: String?, xauthority: String?, pngLevel: Int, logger: Logger) throws {
+        guard (0...9).contains(pngLevel) else {
+            throw CaptureError(.invalidArgument, "pngLevel \(pngLevel) is outside the zlib range 0…9")
+        }
+        displayName = display
+        self.xauthority = xauthority
+        encoder = PNGEncoder(level: Int32(pngLevel))
+        self.logger = logger
+        _ = try? ensureConnection(now: Date())
+    }
+
+    /// Whether frames currently come from MIT-SHM (`XShmGetImage`) rather than `XGetImage`;
+    /// false while disconnected. For diagnostics and tests.
+    public var isUsingSharedMemory: Bool { connection?.useShm ?? false }
+
+    /// Whether the capturer currently holds a live connection to the display.
+    public var isConnected: Bool { connection != nil }
+
+    /// Forgets the previous frames, so the next `captureAll` encodes every monitor (for a
+    /// periodic full frame, e.g. when a new DEK session starts, and for benchmarks).
+    public func resetChangeDetection() {
+        previous.removeAll()
+    }
+
+    deinit {
+        connection?.shmBuffers.removeAll()
+        connection = nil
+    }
+
+    /// Captures every monitor once: a `.changed` frame with PNG for each monitor whose raw
+    /// pixels differ from its previous frame, `.unchanged` for the others. Frames are stamped
+    /// with `now` (ms since the epoch, UTC).
+    /// - Throws: `CaptureError.displayUnavailable` while the display is down (no frame is
+    ///   produced for that time), `.xProtocolError` naming the failed request,
+    ///   `.pngEncoding` when libpng fails.
+    public func captureAll(now: Date = Date()) throws -> [FrameCapture] {
+        let conn = try ensureConnection(now: now)
+        do {
+            return try capture(conn, now: now)
+        } catch let error as CaptureError {
+            if conn.display.isDead || error.code == .displayUnavailable {
+                dropConnection(now: now)
+                let lost = conn.display.lostError()
+                logLoss(lost)
+                throw lost
+            }
+            throw error
+        }
+    }
+
+    // MARK: - Connection management
+
+    private func ensureConnection(now: Date) throws -> Connection {
+        if let connection { return connection }
+        guard now >= nextAttempt else {
+            throw CaptureError(.displayUnavailable,
+                               "X display \(displayName ?? "$DISPLAY") is unavailable; next attempt in \(Int(nextAttempt.timeIntervalSince(now) * 1000)) ms")
+        }
+        do {
+            let display = try X11Display(name: displayName, xauthority: xauthority)
+            let conn = try Connection(display: display, logger: logger)
+            connection = conn
+            previous.removeAll()
+            reconnectDelayMs = 0
+            if lossReported {
+                logger.notice("X display is back; screen capture resumed", metadata: ["capture.display": "\(display.name)"])
+                lossReported = false
+            }
+            return conn
+        } catch let error as CaptureError {
+            reconnectDelayMs = min(maxReconnectDelayMs, max(initialReconnectDelayMs, reconnectDelayMs * 2))
+            nextAttempt = now.addingTimeInterval(Double(reconnectDelayMs) / 1000)
+            logLoss(error)
+            throw error
+        }
+    }
+
+    private func dropConnection(now: Date) {
+        connection?.shmBuffers.removeAll()
+        connection = nil
+        previous.removeAll()
+        reconnectDelayMs = initialReconnectDelayMs
+        nextAttempt = now.addingTimeInterval(Double(reconnectDelayMs) / 1000)
+    }
+
+    private func logLoss(_ error: CaptureError) {
+        guard !lossReported else { return }
+        lossReported = true
+        logger.warning("X display unavailable; screen capture paused, retrying with backoff",
+                       metadata: ["capture.error": "\(error)"])
+    }
+
+    // MARK: - Capture
+
+    private func capture(_ conn: Connection, now: Date) throws -> [FrameCapture] {
+        let timeMs = Int64((now.timeIntervalSince1970 * 1000).rounded())
+        var lastError: CaptureError?
+        // A RandR resize between reading the geometry and grabbing makes the grab fail with
+        // BadMatch; re-read the geometry and grab again, so no frame is sheared or stale.
+        for _ in 0..<3 {
+            let monitors = try readMonitors(conn)
+            var frames: [FrameCapture] = []
+            var hashes: [Int: (geometry: Geometry, hash: UInt64)] = [:]
+            do {
+                for (index, geometry) in monitors.enumerated() {
+                    let frame = try grab(conn, index: index, geometry: geometry, timeMs: timeMs, hashes: &hashes)
+                    frames.append(frame)
+                }
+            } catch let error as CaptureError where error.code == .xProtocolError && !conn.display.isDead {
+                lastError = error
+                conn.shmBuffers.removeAll()
+                continue
+            }
+            previous = hashes
+            return frames
+        }
+        throw lastError ?? CaptureError(.xProtocolError, "screen geometry kept changing during capture")
+    }
+
+    private func readMonitors(_ conn: Connection) throws -> [Geometry] {
+        let dpy = conn.display.dpy
+        let root = conn.display.root
+        var rootReturn: Window = 0
+        var x: Int32 = 0, y: Int32 = 0
+        var width: UInt32 = 0, height: UInt32 = 0, border: UInt32 = 0, depth: UInt32 = 0
+        let ok = XGetGeometry(dpy, root, &rootReturn, &x, &y, &width, &height, &border, &depth)
+        try conn.display.check("reading the root window geometry")
+        guard ok != 0 else { throw conn.display.lostError() }
+        let rootW = Int(width), rootH = Int(height)
+        var result: [Geometry] = []
+        if conn.hasRandR {
+            var count: Int32 = 0
+            if let monitors = XRRGetMonitors(dpy, root, 1, &count) {
+                defer { XRRFreeMonitors(monitors) }
+                for i in 0..<Int(count) {
+                    let m = monitors[i]
+                    let x0 = max(0, Int(m.x)), y0 = max(0, Int(m.y))
+                    let x1 = min(rootW, Int(m.x) + Int(m.width)), y1 = min(rootH, Int(m.y) + Int(m.height))
+                    guard x1 > x0, y1 > y0 else { continue }
+                    let name: String
+                    if let cached = conn.atomNames[m.name] {
+                        name = cached
+                    } else {
+                        name = conn.display.atomName(m.name) ?? "monitor-\(i)"
+                        conn.atomNames[m.name] = name
+                    }
+                    result.append(Geometry(name: name, x: x0, y: y0, width: x1 - x0, height: y1 - y0))
+                }
+            }
+            try conn.display.check("listing RandR monitors")
+        }
+        if result.isEmpty {
+            result = [Geometry(name: "root", x: 0, y: 0, width: rootW, height: rootH)]
+        }
+        return result
+    }
+
+    private func grab(_ conn: Connection, index: Int, geometry g: Geometry, timeMs: Int64,
+                      hashes: inout [Int: (geometry: Geometry, hash: UInt64)]) throws -> FrameCapture {
+        let display = conn.display
+        let buffer: XImageBuffer
+        if conn.useShm {
+            if let existing = conn.shmBuffers[index], existing.width == g.width, existing.height == g.height {
+                buffer = existing
+            } else {
+                conn.shmBuffers[index] = nil
+                do {
+                    buffer = try XImageBuffer(shmFor: display, width: g.width, height: g.height)
+                    conn.shmBuffers[index] = buffer
+                } catch let error as CaptureError where !display.isDead {
+                    logger.info("MIT-SHM unusable on this display; using XGetImage",
+                                metadata: ["capture.display": "\(display.name)", "capture.error": "\(error)"])
+                    conn.useShm = false
+                    return try grab(conn, index: index, geometry: g, timeMs: timeMs, hashes: &hashes)
+                }
+            }
+            let ok = XShmGetImage(display.dpy, display.root, buffer.image, Int32(g.x), Int32(g.y), UInt(bitPattern: ~0))
+            try display.check("grabbing monitor \(g.name) \(g.width)x\(g.height)+\(g.x)+\(g.y) with XShmGetImage")
+            guard ok != 0 else { throw display.lostError() }
+        } else {
+            let image = XGetImage(display.dpy, display.root, Int32(g.x), Int32(g.y), UInt32(g.width), UInt32(g.height),
+                                  UInt(bitPattern: ~0), ZPixmap)
+            try display.check("grabbing monitor \(g.name) \(g.width)x\(g.height)+\(g.x)+\(g.y) with XGetImage")
+            guard let image else { throw display.lostError() }
+            buffer = XImageBuffer(takingOwnership: image, display: display)
+        }
+        guard let pixels = buffer.data else {
+            throw CaptureError(.unsupportedFormat, "X image for monitor \(g.name) has no pixel data")
+        }
+        let format = PixelFormat(bitsPerPixel: buffer.bitsPerPixel, msbFirst: buffer.msbFirst,
+                                 redMask: conn.format.red.mask, greenMask: conn.format.green.mask,
+                                 blueMask: conn.format.blue.mask)
+        let hash = hashRows(pixels, rowBytes: g.width * format.bytesPerPixel, height: g.height,
+                            stride: buffer.bytesPerLine)
+        hashes[index] = (g, hash)
+        if let last = previous[index], last.geometry == g, last.hash == hash {
+            return .unchanged(monitor: index)
+        }
+        let png: Data
+        if let layout = format.directLayout {
+            png = try encoder.encode(pixels: pixels, width: g.width, height: g.height, stride: buffer.bytesPerLine,
+                                     layout: layout)
+        } else {
+            format.convertToRGB(pixels, width: g.width, height: g.height, stride: buffer.bytesPerLine,
+                                into: &convertBuffer)
+            png = try convertBuffer.withUnsafeBytes { raw in
+                try encoder.encode(pixels: raw.baseAddress!, width: g.width, height: g.height, stride: g.width * 3,
+                                   layout: .rgb)
+            }
+        }
+        let meta = FrameMetadata(monitor: index, monitorName: g.name, x: g.x, y: g.y, width: g.width,
+                                 height: g.height, captureTimeMs: timeMs)
+        return .changed(meta, png: png)
+    }
+}

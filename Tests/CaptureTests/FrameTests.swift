@@ -1,0 +1,218 @@
+import Capture
+import CaptureFormat
+import Foundation
+import Testing
+import TestSupport
+
+@Suite("Screen frames on a real Xvfb")
+struct FrameTests {
+    @Test("depth 24 with MIT-SHM: every pixel of the tiled pattern, RGB PNG without alpha")
+    func depth24Pattern() throws {
+        try requireXTools()
+        let dir = try TempDir("capture-frame")
+        defer { dir.remove() }
+        let xvfb = try Xvfb(width: 640, height: 480, depth: 24)
+        let fg = RGB(hex: "#12c5a7"), bg = RGB(hex: "#f0300b")
+        try TilePattern.paint(xvfb, fg: fg.hex, bg: bg.hex, dir: dir)
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        let now = Date(timeIntervalSince1970: 1_800_000_000.123)
+        let frames = try capturer.captureAll(now: now)
+        #expect(capturer.isUsingSharedMemory)
+        try #require(frames.count == 1)
+        let (meta, png) = try #require(frames[0].changedFrame)
+        #expect(meta == FrameMetadata(monitor: 0, monitorName: "screen", x: 0, y: 0, width: 640, height: 480,
+                                      captureTimeMs: 1_800_000_000_123))
+        let decoded = try decodePNG(png)
+        #expect(decoded.colorType == 2, "colour type must be RGB (2), no alpha")
+        #expect(decoded.bitDepth == 8)
+        #expect(decoded.width == 640 && decoded.height == 480)
+        #expect(firstMismatch(decoded, x0: 0, y0: 0, fg: fg, bg: bg) == nil)
+
+        // The payload carries the same metadata and PNG.
+        let payload = FramePayload.encode(meta, png: png)
+        let (meta2, png2) = try FramePayload.decode(payload)
+        #expect(meta2 == meta && png2 == png)
+    }
+
+    @Test("an unchanged screen is not encoded again; a change is")
+    func unchangedThenChanged() throws {
+        try requireXTools()
+        let xvfb = try Xvfb(width: 320, height: 200, depth: 24)
+        try xvfb.run(["xsetroot", "-solid", "#203040"])
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        let first = try capturer.captureAll()
+        #expect(first.count == 1 && first[0].changedFrame != nil)
+        let second = try capturer.captureAll()
+        #expect(second.count == 1 && second[0].isUnchanged)
+        try xvfb.run(["xsetroot", "-solid", "#405060"])
+        let third = try capturer.captureAll()
+        let (_, png) = try #require(third.first?.changedFrame)
+        let decoded = try decodePNG(png)
+        #expect(decoded.pixel(0, 0) == RGB(hex: "#405060") && decoded.pixel(319, 199) == RGB(hex: "#405060"))
+        #expect(try capturer.captureAll().first?.isUnchanged == true)
+    }
+
+    @Test("depth 16, width 1023, no MIT-SHM: RGB565 expanded exactly, padded rows walked by stride")
+    func depth16OddWidthWithoutShm() throws {
+        try requireXTools()
+        let dir = try TempDir("capture-frame16")
+        defer { dir.remove() }
+        let xvfb = try Xvfb(width: 1023, height: 301, depth: 16, extraArgs: ["-extension", "MIT-SHM"])
+        // Colours with 0/max channels are exact in RGB565.
+        let fg = RGB(hex: "#ff00ff"), bg = RGB(hex: "#00ff00")
+        try TilePattern.paint(xvfb, fg: fg.hex, bg: bg.hex, dir: dir)
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 6, logger: testLogger("t"))
+        let frames = try capturer.captureAll()
+        #expect(!capturer.isUsingSharedMemory)
+        let (meta, png) = try #require(frames.first?.changedFrame)
+        #expect(meta.width == 1023 && meta.height == 301)
+        let decoded = try decodePNG(png)
+        #expect(decoded.colorType == 2)
+        #expect(decoded.width == 1023 && decoded.height == 301)
+        #expect(firstMismatch(decoded, x0: 0, y0: 0, fg: fg, bg: bg) == nil)
+    }
+
+    @Test("MIT-SHM and XGetImage give identical pixels")
+    func shmAndGetImageAgree() throws {
+        try requireXTools()
+        let dir = try TempDir("capture-shm")
+        defer { dir.remove() }
+        let withShm = try Xvfb(width: 333, height: 111, depth: 24)
+        let withoutShm = try Xvfb(width: 333, height: 111, depth: 24, extraArgs: ["-extension", "MIT-SHM"])
+        var images: [DecodedPNG] = []
+        for (xvfb, shm) in [(withShm, true), (withoutShm, false)] {
+            try TilePattern.paint(xvfb, fg: "#0a0b0c", bg: "#fefdfc", dir: dir)
+            let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+            let (_, png) = try #require(try capturer.captureAll().first?.changedFrame)
+            #expect(capturer.isUsingSharedMemory == shm)
+            images.append(try decodePNG(png))
+        }
+        #expect(images[0].rgb == images[1].rgb)
+        #expect(firstMismatch(images[0], x0: 0, y0: 0, fg: RGB(hex: "#0a0b0c"), bg: RGB(hex: "#fefdfc")) == nil)
+    }
+
+    @Test("two RandR monitors: one frame each with its geometry and pixels")
+    func twoMonitors() throws {
+        try requireXTools()
+        let dir = try TempDir("capture-mon")
+        defer { dir.remove() }
+        let xvfb = try Xvfb(width: 800, height: 300, depth: 24)
+        try xvfb.run(["xrandr", "--setmonitor", "LEFT", "500/132x300/79+0+0", "screen"])
+        try xvfb.run(["xrandr", "--setmonitor", "RIGHT", "300/79x250/66+500+50", "none"])
+        let fg = RGB(hex: "#102030"), bg = RGB(hex: "#c0d0e0")
+        try TilePattern.paint(xvfb, fg: fg.hex, bg: bg.hex, dir: dir)
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        let frames = try capturer.captureAll()
+        try #require(frames.count == 2)
+        let (left, leftPNG) = try #require(frames[0].changedFrame)
+        let (right, rightPNG) = try #require(frames[1].changedFrame)
+        #expect(left == FrameMetadata(monitor: 0, monitorName: "LEFT", x: 0, y: 0, width: 500, height: 300,
+                                      captureTimeMs: left.captureTimeMs))
+        #expect(right == FrameMetadata(monitor: 1, monitorName: "RIGHT", x: 500, y: 50, width: 300, height: 250,
+                                       captureTimeMs: left.captureTimeMs))
+        #expect(firstMismatch(try decodePNG(leftPNG), x0: 0, y0: 0, fg: fg, bg: bg) == nil)
+        #expect(firstMismatch(try decodePNG(rightPNG), x0: 500, y0: 50, fg: fg, bg: bg) == nil)
+        let again = try capturer.captureAll()
+        #expect(again.count == 2 && again.allSatisfy(\.isUnchanged))
+    }
+
+    @Test("a RandR resize during capture: new geometry, exact pixels, never a stale frame")
+    func resizeDuringCapture() throws {
+        try requireXTools()
+        let dir = try TempDir("capture-resize")
+        defer { dir.remove() }
+        let xvfb = try Xvfb(width: 640, height: 480, depth: 24)
+        let fg = RGB(hex: "#aa5500"), bg = RGB(hex: "#0055aa")
+        try TilePattern.paint(xvfb, fg: fg.hex, bg: bg.hex, dir: dir)
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        let (m1, _) = try #require(try capturer.captureAll().first?.changedFrame)
+        #expect(m1.width == 640 && m1.height == 480)
+        // Xvfb accepts a smaller screen size (the CRTC keeps its mode, so xrandr exits
+        // non-zero after resizing); check the root really shrank.
+        _ = try runCommand(["xrandr", "--fb", "500x300"], environment: xvfb.environment)
+        let size = try xvfb.run(["xwininfo", "-root"])
+        try #require(size.contains("Width: 500") && size.contains("Height: 300"))
+        let (m2, png2) = try #require(try capturer.captureAll().first?.changedFrame)
+        #expect(m2.width == 500 && m2.height == 300)
+        let d2 = try decodePNG(png2)
+        #expect(d2.width == 500 && d2.height == 300)
+        #expect(firstMismatch(d2, x0: 0, y0: 0, fg: fg, bg: bg) == nil)
+        _ = try runCommand(["xrandr", "--fb", "640x480"], environment: xvfb.environment)
+        let (m3, png3) = try #require(try capturer.captureAll().first?.changedFrame)
+        #expect(m3.width == 640 && m3.height == 480)
+        #expect(firstMismatch(try decodePNG(png3), x0: 0, y0: 0, fg: fg, bg: bg) == nil)
+    }
+
+    @Test("resizes racing a capture loop never fail or give a frame of the wrong size")
+    func resizeRace() throws {
+        try requireXTools()
+        let xvfb = try Xvfb(width: 640, height: 480, depth: 24)
+        try xvfb.run(["xsetroot", "-solid", "#336699"])
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        let sizes = ["640x480", "400x300", "600x200", "320x470"]
+        let env = xvfb.environment
+        let resizer = Thread {
+            for i in 0..<24 { _ = try? runCommand(["xrandr", "--fb", sizes[i % sizes.count]], environment: env) }
+        }
+        resizer.start()
+        let end = Date().addingTimeInterval(3)
+        var frames = 0
+        while Date() < end && !resizer.isFinished {
+            for frame in try capturer.captureAll() {
+                guard let (meta, png) = frame.changedFrame else { continue }
+                let decoded = try decodePNG(png)
+                #expect(decoded.width == meta.width && decoded.height == meta.height)
+                #expect(sizes.contains("\(meta.width)x\(meta.height)"))
+                #expect(decoded.pixel(meta.width - 1, meta.height - 1) == RGB(hex: "#336699"))
+                frames += 1
+            }
+        }
+        #expect(frames > 0)
+    }
+
+    @Test("the X server killed and restarted mid-capture: unavailable while down, then resumes")
+    func serverRestart() throws {
+        try requireXTools()
+        let xvfb = try Xvfb(width: 320, height: 240, depth: 24)
+        try xvfb.run(["xsetroot", "-solid", "#111111"])
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        capturer.initialReconnectDelayMs = 50
+        capturer.maxReconnectDelayMs = 200
+        #expect(try capturer.captureAll().first?.changedFrame != nil)
+        xvfb.stop()
+        var sawUnavailable = false
+        for _ in 0..<3 {
+            do {
+                _ = try capturer.captureAll()
+                Issue.record("captured a frame while the X server was down")
+            } catch let error as CaptureError {
+                #expect(error.code == .displayUnavailable)
+                sawUnavailable = true
+            }
+        }
+        #expect(sawUnavailable && !capturer.isConnected)
+        try xvfb.restart()
+        try xvfb.run(["xsetroot", "-solid", "#22aa33"])
+        let deadline = Date().addingTimeInterval(10)
+        var resumed: DecodedPNG?
+        while Date() < deadline && resumed == nil {
+            do {
+                if let (_, png) = try capturer.captureAll().first?.changedFrame { resumed = try decodePNG(png) }
+            } catch let error as CaptureError where error.code == .displayUnavailable {
+                usleep(50_000)
+            }
+        }
+        let frame = try #require(resumed)
+        #expect(frame.pixel(0, 0) == RGB(hex: "#22aa33"))
+    }
+
+    @Test("a display that is not up yet: init succeeds, capture reports unavailable")
+    func displayNotUp() throws {
+        let capturer = try ScreenCapturer(display: ":59999", xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        #expect(!capturer.isConnected)
+        #expect(throws: CaptureError.self) { try capturer.captureAll() }
+        #expect(throws: CaptureError.self) {
+            try ScreenCapturer(display: ":59999", xauthority: nil, pngLevel: 10, logger: testLogger("t"))
+        }
+    }
+}

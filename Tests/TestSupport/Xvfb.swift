@@ -1,0 +1,129 @@
+import Foundation
+
+/// A private `Xvfb` X server for one test.
+///
+/// The display number is chosen by Xvfb itself (`-displayfd`: it takes the first free number
+/// and reports it once it accepts connections), so parallel tests never collide and the
+/// server is ready when `init` returns. `stop()` (or `deinit`) kills it; `restart()` starts it
+/// again on the same number, as a display server restart looks to clients.
+///
+/// Usage: `let x = try Xvfb(width: 1023, height: 768, depth: 16, extraArgs: ["-extension", "MIT-SHM"])`,
+/// then pass `x.name` (":N") as the display, or run X clients with `x.run([...])`.
+public final class Xvfb: @unchecked Sendable {
+    // @unchecked Sendable: the mutable `process` is only touched under `lock`.
+    public let width: Int
+    public let height: Int
+    public let depth: Int
+    public let extraArgs: [String]
+    /// The display number (`:number`).
+    public private(set) var number: Int = -1
+    private var process: Process?
+    private let lock = NSLock()
+
+    /// `":N"`, to pass as DISPLAY.
+    public var name: String { ":\(number)" }
+
+    /// Starts Xvfb with one screen of `width`×`height` pixels at `depth` bits (8, 16, 24),
+    /// plus `extraArgs` (for example `["-extension", "MIT-SHM"]`).
+    /// - Throws: when Xvfb is not installed (see `requireTool`) or does not come up within 10 s.
+    public init(width: Int = 640, height: Int = 480, depth: Int = 24, extraArgs: [String] = []) throws {
+        try requireTool("Xvfb")
+        self.width = width
+        self.height = height
+        self.depth = depth
+        self.extraArgs = extraArgs
+        try start(display: nil)
+    }
+
+    deinit { stop() }
+
+    /// Kills the server (SIGTERM, then SIGKILL after 2 s) and waits for it to exit.
+    public func stop() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let process else { return }
+        self.process = nil
+        if process.isRunning {
+            process.terminate()
+            let deadline = Date().addingTimeInterval(2)
+            while process.isRunning && Date() < deadline { usleep(10_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        }
+        process.waitUntilExit()
+    }
+
+    /// Stops the server and starts a new one on the same display number (retrying for up to
+    /// 10 s while the old one's lock file and socket go away).
+    public func restart() throws {
+        stop()
+        let deadline = Date().addingTimeInterval(10)
+        var lastError: (any Error)?
+        while Date() < deadline {
+            do {
+                try start(display: number)
+                return
+            } catch {
+                lastError = error
+                usleep(100_000)
+            }
+        }
+        throw lastError ?? TestSupportError("Xvfb :\(number) did not restart")
+    }
+
+    /// Whether the server process is running.
+    public var isRunning: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return process?.isRunning ?? false
+    }
+
+    /// Environment for X clients of this server.
+    public var environment: [String: String] { ["DISPLAY": name, "XAUTHORITY": "/dev/null"] }
+
+    /// Runs an X client (`xsetroot`, `xdotool`, `setxkbmap` …) against this server; throws
+    /// unless it exits 0; returns its standard output.
+    @discardableResult
+    public func run(_ arguments: [String], timeout: TimeInterval = 30) throws -> String {
+        try runChecked(arguments, environment: environment, timeout: timeout)
+    }
+
+    private func start(display: Int?) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        var args = ["Xvfb"]
+        if let display { args.append(":\(display)") }
+        args += ["-displayfd", "1", "-screen", "0", "\(width)x\(height)x\(depth)", "-nolisten", "tcp", "-noreset"]
+        args += extraArgs
+        process.arguments = args
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Xvfb writes "N\n" to the displayfd once it accepts connections.
+        let reader = out.fileHandleForReading
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var line = ""
+        DispatchQueue.global().async {
+            var bytes = Data()
+            while true {
+                let chunk = reader.availableData
+                if chunk.isEmpty { break }
+                bytes.append(chunk)
+                if bytes.contains(0x0A) { break }
+            }
+            line = String(decoding: bytes, as: UTF8.self)
+            done.signal()
+        }
+        let ready = done.wait(timeout: .now() + 10) == .success
+        guard ready, let number = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+            throw TestSupportError("Xvfb \(args.dropFirst().joined(separator: " ")) did not report a display (got \"\(line)\")")
+        }
+        lock.lock()
+        self.number = number
+        self.process = process
+        lock.unlock()
+    }
+}

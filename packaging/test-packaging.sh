@@ -337,10 +337,8 @@ else
                  ! "$1" run "$2" test -e /etc/custos && ! "$1" run "$2" test -e /var/lib/custos &&
                  ! "$1" run "$2" test -e /etc/systemd/system/multi-user.target.wants/custos-agent.service' \
         _ "$HERE/systemd-sandbox.sh" "$SBX"
-    if [ "$FAIL" -gt 0 ]; then
-        echo "# journal of custos-agent.service in the sandbox:"
-        in_sbx journalctl --no-pager -o short-monotonic -u custos-agent.service 2>&1 | tail -n 40 | sed 's/^/#   /'
-    fi
+    echo "# journal of custos-agent.service in the sandbox (last 30 lines):"
+    in_sbx journalctl --no-pager -o short-monotonic -u custos-agent.service 2>&1 | tail -n 30 | sed 's/^/#   /'
     "$HERE/systemd-sandbox.sh" stop "$SBX"
     check "[systemd] sandbox stopped: no process left" bash -c '! kill -0 "$(cat "$1/unshare.pid")" 2>/dev/null' _ "$SBX"
 fi

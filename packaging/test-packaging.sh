@@ -5,7 +5,8 @@
 # honour DPKG_ROOT). Needs root (dpkg sets owners), dpkg-dev, lintian, systemd, python3.
 #
 # Binaries: AGENT_BIN / CUSTOS_BIN if set; else .build/release/{custos-agent,custos} if both
-# exist (make deb builds them statically linked); else the debug build, packaged as a test
+# exist and are not older than the debug ones (make deb builds them statically linked); else
+# the debug build, packaged as a test
 # package (Swift runtime linked dynamically). Prints "N passed, N failed" last; exits non-zero
 # on any failure; removes everything it creates.
 set -u
@@ -49,7 +50,10 @@ if [ "$(id -u)" != 0 ]; then bad "running as root (dpkg --root sets file owners)
 ok "required tools present"
 
 if [ -z "${AGENT_BIN:-}" ] && [ -z "${CUSTOS_BIN:-}" ]; then
-    if [ -x "$REPO/.build/release/custos-agent" ] && [ -x "$REPO/.build/release/custos" ]; then
+    rel="$REPO/.build/release" dbg="$REPO/.build/debug"
+    # Release binaries (make deb) only when both are at least as new as the debug ones.
+    if [ -x "$rel/custos-agent" ] && [ -x "$rel/custos" ] \
+        && ! [ "$dbg/custos-agent" -nt "$rel/custos-agent" ] && ! [ "$dbg/custos" -nt "$rel/custos" ]; then
         AGENT_BIN="$REPO/.build/release/custos-agent"; CUSTOS_BIN="$REPO/.build/release/custos"
     else
         AGENT_BIN="$REPO/.build/debug/custos-agent"; CUSTOS_BIN="$REPO/.build/debug/custos"

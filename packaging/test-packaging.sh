@@ -64,7 +64,7 @@ export ALLOW_SWIFT_RUNTIME_DEPS=1   # a debug build may be what we have; reporte
 export DEB_COMPRESS="-Zgzip -z1"    # speed: the shipped package uses xz (build-deb.sh default)
 echo "# agent binary:  $AGENT_BIN"
 echo "# custos binary: $CUSTOS_BIN"
-if objdump -p "$AGENT_BIN" 2>/dev/null | grep -q 'NEEDED *libswiftCore'; then
+if objdump -p "$AGENT_BIN" 2>/dev/null | grep -c 'NEEDED *libswiftCore' >/dev/null; then
     echo "# note: Swift runtime linked dynamically (debug build): a test package, not for shipping"
 fi
 
@@ -265,13 +265,16 @@ SBX="$WORK/sandbox"
 in_sbx() { "$HERE/systemd-sandbox.sh" run "$SBX" "$@"; }
 sbx_prop() { in_sbx systemctl show -P "$1" custos-agent.service 2>/dev/null; }
 live_ok=1
-for tool in unshare nsenter Xvfb openssl; do
+for tool in unshare nsenter setpriv Xvfb xauth xdpyinfo mcookie openssl; do
     command -v "$tool" >/dev/null 2>&1 || { live_ok=0; echo "# live systemd checks: $tool missing"; }
 done
 if [ "$live_ok" = 1 ]; then
     # The X server runs on the host, started before the sandbox so its socket is in the overlay.
+    # It demands a MIT-MAGIC-COOKIE-1 (a wildcard entry: any display number, any address).
+    ( umask 077; echo "ffff 0000  0000  0012 4d49542d4d414749432d434f4f4b49452d31 0010 $(mcookie)" \
+        | xauth -q -f "$WORK/xauthority" nmerge - 2>/dev/null )
     exec 3>"$WORK/xdisplay"
-    Xvfb -displayfd 3 -nolisten tcp -screen 0 640x480x24 >"$WORK/xvfb.log" 2>&1 &
+    Xvfb -displayfd 3 -nolisten tcp -auth "$WORK/xauthority" -screen 0 640x480x24 >"$WORK/xvfb.log" 2>&1 &
     XVFB_PID=$!
     exec 3>&-
     for _ in $(seq 1 100); do [ -s "$WORK/xdisplay" ] && break; sleep 0.1; done
@@ -286,6 +289,9 @@ if [ "$live_ok" = 0 ]; then
 else
     ok "systemd boots as PID 1 of a sandbox (overlay root, new PID and mount namespaces)"
     check "Xvfb started (display :$DISPLAY_NUM)" test -n "$DISPLAY_NUM"
+    check "control: Xvfb :$DISPLAY_NUM accepts a client with the cookie, refuses one without" \
+        bash -c 'DISPLAY=":$1" XAUTHORITY="$2" xdpyinfo >/dev/null && ! DISPLAY=":$1" XAUTHORITY=/dev/null xdpyinfo >/dev/null 2>&1' \
+        _ "$DISPLAY_NUM" "$WORK/xauthority"
     openssl genrsa -out "$WORK/kek-keypair.pem" 2048 2>/dev/null
     openssl rsa -in "$WORK/kek-keypair.pem" -pubout -out "$WORK/kek.pem" 2>/dev/null
 
@@ -293,8 +299,14 @@ else
         in_sbx env CUSTOS_ENCRYPTION=1 dpkg -i "$DEB1"
     check "[systemd] unit known to systemd after install, not enabled, not started" \
         test "$(sbx_prop UnitFileState) $(sbx_prop ActiveState)" = "disabled inactive"
-    in_sbx sed -i -e "s|^#display=\$|display=:$DISPLAY_NUM|" -e 's|^screen-interval-ms=5000$|screen-interval-ms=500|' \
-        /etc/custos/config.cfg
+    # The desktop user's cookie: 0600 in a 0700 home of another uid, as on a real desktop.
+    in_sbx install -d -m 0700 -o 4242 -g 4242 /home/custos-desk
+    in_sbx install -m 0600 -o 4242 -g 4242 "$WORK/xauthority" /home/custos-desk/.Xauthority
+    check "[systemd] control: root without CAP_DAC_READ_SEARCH/CAP_DAC_OVERRIDE cannot read that cookie" \
+        in_sbx sh -c '! setpriv --bounding-set -dac_read_search,-dac_override -- cat /home/custos-desk/.Xauthority >/dev/null 2>&1'
+    in_sbx sed -i -e "s|^#display=\$|display=:$DISPLAY_NUM|" \
+        -e "s|^#xauthority=\$|xauthority=/home/custos-desk/.Xauthority|" \
+        -e 's|^screen-interval-ms=5000$|screen-interval-ms=500|' /etc/custos/config.cfg
     in_sbx install -m 0644 "$WORK/kek.pem" /etc/custos/certs/kek.pem
     check "[systemd] systemctl enable --now custos-agent (Type=notify: returns after READY=1)" \
         in_sbx timeout 60 systemctl enable --now custos-agent.service
@@ -311,7 +323,7 @@ else
         [ "${frames:-0}" -gt 0 ] 2>/dev/null && break
         sleep 0.5
     done
-    check "[systemd] sandboxed agent reaches the X display and spools sealed frames ($frames)" \
+    check "[systemd] sandboxed agent reaches the X display (cookie read through ProtectHome=read-only and CAP_DAC_READ_SEARCH) and spools sealed frames ($frames)" \
         test "${frames:-0}" -gt 0 2>/dev/null
     pid_before="$(sbx_prop MainPID)"
     # Look into the service's own mount namespace: the X socket is there, the host's /tmp is not,

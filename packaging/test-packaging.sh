@@ -295,8 +295,11 @@ else
     openssl genrsa -out "$WORK/kek-keypair.pem" 2048 2>/dev/null
     openssl rsa -in "$WORK/kek-keypair.pem" -pubout -out "$WORK/kek.pem" 2>/dev/null
 
-    check "[systemd] CUSTOS_ENCRYPTION=1 dpkg -i 0.1.0 on a systemd machine" \
-        in_sbx env CUSTOS_ENCRYPTION=1 dpkg -i "$DEB1"
+    # The documented command: apt passes its environment down to dpkg and the postinst.
+    check "[systemd] CUSTOS_ENCRYPTION=1 apt-get install ./custos-agent_0.1.0_amd64.deb on a systemd machine" \
+        in_sbx env CUSTOS_ENCRYPTION=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$DEB1"
+    check "[systemd] the flag reached the postinst through apt: enable-encryption=1" \
+        test "$(in_sbx grep '^enable-encryption=' /etc/custos/config.cfg)" = "enable-encryption=1"
     check "[systemd] unit known to systemd after install, not enabled, not started" \
         test "$(sbx_prop UnitFileState) $(sbx_prop ActiveState)" = "disabled inactive"
     # The desktop user's cookie: 0600 in a 0700 home of another uid, as on a real desktop.
@@ -337,8 +340,9 @@ else
                  [ "$("$1" run "$2" systemctl show -P MainPID custos-agent.service)" = "$3" ] &&
                  [ "$("$1" run "$2" systemctl show -P ActiveState custos-agent.service)" = active ]' \
         _ "$HERE/systemd-sandbox.sh" "$SBX" "$pid_before"
-    check "[systemd] upgrade to 0.1.1 (--force-confold) restarts the enabled service" \
-        bash -c '"$1" run "$2" dpkg --force-confdef --force-confold -i "$3" </dev/null &&
+    check "[systemd] apt-get install of 0.1.1 (Dpkg::Options --force-confold) restarts the enabled service" \
+        bash -c '"$1" run "$2" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+                     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$3" </dev/null &&
                  [ "$("$1" run "$2" systemctl show -P ActiveState custos-agent.service)" = active ] &&
                  [ "$("$1" run "$2" systemctl show -P MainPID custos-agent.service)" != "$4" ]' \
         _ "$HERE/systemd-sandbox.sh" "$SBX" "$DEB2" "$pid_before"

@@ -92,6 +92,11 @@ let package = Package(
         .executableTarget(name: "custos-bench-capture", dependencies: [
             "Capture", "CX11", .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
+        .executableTarget(name: "custos-bench-envelope", dependencies: [
+            "Envelope",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "_CryptoExtras", package: "swift-crypto"),
+        ], path: "Benchmarks/EnvelopeBench", swiftSettings: strict),
 
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),

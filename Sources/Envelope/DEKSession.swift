@@ -38,7 +38,7 @@ enum BlobKey {
 ///
 /// Thread-safe: `seal` may be called from any thread; sequence numbers are unique and increase.
 public final class DEKSession: Sendable {
-    private let dek: SecretBytes
+    let dek: SecretBytes
     /// The DEK record to send once before any blob sealed here.
     public let record: DEKRecord
     /// When the DEK was made.
@@ -86,16 +86,29 @@ public final class DEKSession: Sendable {
         }
         let header = BlobHeader(blobID: BlobID.random(), kekID: record.kekID, dekID: record.dekID,
                                 agentID: record.agentID, kind: kind, sequence: sequence, captureTimeMs: captureTimeMs)
-        var out = header.serialized(agentIDBytes: agentIDBytes, ciphertextLength: plaintext.count)
+        let aad = header.serialized(agentIDBytes: agentIDBytes, ciphertextLength: plaintext.count)
         let (key, nonce) = BlobKey.derive(dek: dek, blobID: header.blobID)
-        let box: AES.GCM.SealedBox
+        let total = headerLength + plaintext.count + Format.tagSize
+        // One output buffer; header, ciphertext and tag are written into it in place.
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: total, alignment: 16)
+        var out = Data(bytesNoCopy: buffer, count: total, deallocator: .custom { p, _ in p.deallocate() })
         do {
-            box = try AES.GCM.seal(plaintext, using: key, nonce: nonce, authenticating: out)
-        } catch {
-            throw EnvelopeError(.internalError, "seal: AES-GCM failed for blob \(header.blobID): \(error)")
+            let sealer = try OpenSSLGCMSealer()
+            try aad.withUnsafeBytes { aadBytes in
+                buffer.copyMemory(from: aadBytes.baseAddress!, byteCount: headerLength)
+                try key.withUnsafeBytes { k in
+                    try nonce.withUnsafeBytes { n in
+                        try plaintext.withUnsafeBytes { p in
+                            try sealer.seal(key: k, nonce: n, aad: aadBytes, plaintext: p,
+                                            ciphertext: buffer + headerLength, tag: buffer + headerLength + plaintext.count)
+                        }
+                    }
+                }
+            }
+        } catch let e as EnvelopeError {
+            out.resetBytes(in: 0..<total)
+            throw EnvelopeError(e.code, "seal of blob \(header.blobID): \(e.message)")
         }
-        out.append(box.ciphertext)
-        out.append(box.tag)
         return SealedBlob(header: header, serialized: out, headerLength: headerLength)
     }
 
@@ -121,7 +134,7 @@ public final class BlobOpener: Sendable {
     public let dekID: DEKID
     /// The KEK the DEK was wrapped to.
     public let kekID: KEKID
-    private let dek: SecretBytes
+    let dek: SecretBytes
 
     init(dekID: DEKID, kekID: KEKID, dek: SecretBytes) {
         self.dekID = dekID

@@ -87,6 +87,18 @@ public final class KEKPrivateKey: Sendable {
         id = KEKID(bytes: Array(SHA256.hash(data: loaded.publicKey.derRepresentation)))!
     }
 
+    /// Whether the PEM private key in `path` is encrypted (PKCS#8 PBES2 or traditional
+    /// `Proc-Type: 4,ENCRYPTED`), so a passphrase must be asked for before loading it.
+    /// - Throws: `EnvelopeError` `.io` or `.invalidKey` when the file is unreadable or not PEM.
+    public static func requiresPassphrase(pemFile path: String) throws -> Bool {
+        let data = try readFile(path, what: "private key")
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw EnvelopeError(.invalidKey, "\(path): private key file is not text (expected PEM)")
+        }
+        let block = try PEMBlock.first(in: text, source: path)
+        return block.label == "ENCRYPTED PRIVATE KEY" || block.isTraditionallyEncrypted
+    }
+
     private static func makeKey(der: some DataProtocol, source: String) throws -> _RSA.Encryption.PrivateKey {
         do {
             return try _RSA.Encryption.PrivateKey(unsafeDERRepresentation: der)

@@ -118,7 +118,7 @@ public struct BlobHeader: Sendable, Equatable {
     /// The header bytes (the AAD) for a blob carrying `ciphertextLength` bytes of ciphertext.
     func serialized(agentIDBytes: [UInt8], ciphertextLength: Int) -> Data {
         let headerLength = Format.blobHeaderFixedSize + agentIDBytes.count
-        var w = ByteWriter(capacity: headerLength + ciphertextLength + Format.tagSize)
+        var w = ByteWriter(capacity: headerLength)
         w.prefix(.blob, totalLength: headerLength + ciphertextLength + Format.tagSize)
         w.u8(Format.suiteV1)
         w.bytes(blobID.bytes)

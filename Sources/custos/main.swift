@@ -1,1 +1,3 @@
 import Admin
+
+await CustosCommand.runMain()

@@ -56,8 +56,8 @@ public struct OpenSSLKeySet: Sendable {
 /// Commands run (the same as in Tests/EnvelopeTests/Fixtures/README.md):
 /// ```
 /// openssl genrsa -aes256 -passout file:pass -out key-pkcs8Encrypted.pem BITS
-/// openssl rsa -in key-pkcs8Encrypted.pem -passin file:pass -traditional -aes256 -passout file:pass -out key-traditionalAES256.pem
-/// openssl rsa -in key-pkcs8Encrypted.pem -passin file:pass -traditional -des3   -passout file:pass -out key-traditionalDES3.pem
+/// openssl rsa -in key-pkcs8Encrypted.pem -passin file:pass -traditional -aes256 -passout file:pass.out -out key-traditionalAES256.pem
+/// openssl rsa -in key-pkcs8Encrypted.pem -passin file:pass -traditional -des3   -passout file:pass.out -out key-traditionalDES3.pem
 /// openssl rsa -in key-pkcs8Encrypted.pem -passin file:pass -traditional -out key-pkcs1Plain.pem
 /// openssl pkcs8 -topk8 -nocrypt -in key-pkcs1Plain.pem -out key-pkcs8Plain.pem
 /// openssl rsa -in key-pkcs1Plain.pem -pubout -out publickey.crt
@@ -71,13 +71,16 @@ public func makeOpenSSLKeySet(in parent: String, name: String = "kek", bits: Int
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     let pass = dir + "/pass"
     try Data(passphrase.utf8).write(to: URL(fileURLWithPath: pass))
+    // openssl reads two lines from one file given to both -passin and -passout: use a copy.
+    let passOut = dir + "/pass.out"
+    try Data(passphrase.utf8).write(to: URL(fileURLWithPath: passOut))
     func p(_ f: String) -> String { dir + "/" + f }
     let enc = p("key-pkcs8Encrypted.pem"), plain = p("key-pkcs1Plain.pem")
     try runChecked(["openssl", "genrsa", "-aes256", "-passout", "file:\(pass)", "-out", enc, String(bits)])
     try runChecked(["openssl", "rsa", "-in", enc, "-passin", "file:\(pass)", "-traditional", "-aes256",
-                    "-passout", "file:\(pass)", "-out", p("key-traditionalAES256.pem")])
+                    "-passout", "file:\(passOut)", "-out", p("key-traditionalAES256.pem")])
     try runChecked(["openssl", "rsa", "-in", enc, "-passin", "file:\(pass)", "-traditional", "-des3",
-                    "-passout", "file:\(pass)", "-out", p("key-traditionalDES3.pem")])
+                    "-passout", "file:\(passOut)", "-out", p("key-traditionalDES3.pem")])
     try runChecked(["openssl", "rsa", "-in", enc, "-passin", "file:\(pass)", "-traditional", "-out", plain])
     try runChecked(["openssl", "pkcs8", "-topk8", "-nocrypt", "-in", plain, "-out", p("key-pkcs8Plain.pem")])
     try runChecked(["openssl", "rsa", "-in", plain, "-pubout", "-out", p("publickey.crt")])

@@ -1,0 +1,81 @@
+import Envelope
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads passphrases for private keys into locked, zeroized memory (`SecretBytes`).
+///
+/// A passphrase is never taken from the command line. Sources: a file (its first line, as
+/// `openssl -passin file:` reads it), standard input (`-`), or the terminal without echo.
+public enum Passphrase {
+    /// Longest passphrase accepted, in bytes.
+    public static let maxBytes = 4096
+
+    /// Reads the passphrase from `file` (`-` = standard input), or prompts on `/dev/tty` without
+    /// echo when `file` is nil.
+    /// - Throws: `CLIError` (exit 2) when the file cannot be read or there is no terminal.
+    public static func read(file: String?, prompt: String = "Passphrase: ") throws -> SecretBytes {
+        if let file {
+            if file == "-" { return try readFirstLine(fd: STDIN_FILENO, source: "standard input") }
+            let fd = open(file, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                throw CLIError("\(file): cannot open passphrase file: \(String(cString: strerror(errno)))")
+            }
+            defer { close(fd) }
+            return try readFirstLine(fd: fd, source: file)
+        }
+        return try promptTerminal(prompt)
+    }
+
+    /// Reads up to `maxBytes` from `fd` into locked memory and returns the first line without its
+    /// line ending.
+    static func readFirstLine(fd: Int32, source: String) throws -> SecretBytes {
+        let buffer = SecretBytes(count: maxBytes + 1)
+        var total = 0
+        try buffer.withUnsafeMutableBytes { raw in
+            while total < raw.count {
+                let n = Glibc.read(fd, raw.baseAddress! + total, raw.count - total)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw CLIError("\(source): cannot read passphrase: \(String(cString: strerror(errno)))")
+                }
+                if n == 0 { break }
+                total += n
+                if raw[0..<total].contains(UInt8(ascii: "\n")) { break }
+            }
+        }
+        return try buffer.withUnsafeBytes { raw in
+            var end = raw[0..<total].firstIndex(of: UInt8(ascii: "\n")) ?? total
+            if end == total && total > maxBytes {
+                throw CLIError("\(source): passphrase is longer than \(maxBytes) bytes")
+            }
+            if end > 0 && raw[end - 1] == UInt8(ascii: "\r") { end -= 1 }
+            return SecretBytes(copying: UnsafeRawBufferPointer(rebasing: raw[0..<end]))
+        }
+    }
+
+    /// Prompts on the controlling terminal with echo turned off (termios), restoring it after.
+    static func promptTerminal(_ prompt: String) throws -> SecretBytes {
+        let tty = open("/dev/tty", O_RDWR | O_CLOEXEC)
+        guard tty >= 0 else {
+            throw CLIError("no terminal to ask for the passphrase; use --passphrase-file FILE (or - for standard input)")
+        }
+        defer { close(tty) }
+        var saved = termios()
+        guard tcgetattr(tty, &saved) == 0 else {
+            throw CLIError("cannot read terminal settings to ask for the passphrase; use --passphrase-file")
+        }
+        var quiet = saved
+        quiet.c_lflag &= ~tcflag_t(ECHO)
+        _ = prompt.withCString { write(tty, $0, strlen($0)) }
+        guard tcsetattr(tty, TCSAFLUSH, &quiet) == 0 else {
+            throw CLIError("cannot turn off terminal echo; use --passphrase-file")
+        }
+        defer {
+            _ = tcsetattr(tty, TCSAFLUSH, &saved)
+            _ = write(tty, "\n", 1)
+        }
+        return try readFirstLine(fd: tty, source: "terminal")
+    }
+}

@@ -1,14 +1,20 @@
 #!/bin/bash
-# Packaging checks run by `make test`: builds the .deb, runs lintian, systemd-analyze verify and
-# security on the unit, and installs, upgrades, removes and purges the package in throwaway
-# roots with the real dpkg (dpkg --root=DIR --force-script-chrootless; the maintainer scripts
-# honour DPKG_ROOT). Needs root (dpkg sets owners), dpkg-dev, lintian, systemd, python3.
+# Packaging checks run by `make test`:
+#  - builds the .deb (build-deb.sh) and checks its control data and every entry's mode/owner;
+#  - lintian (no errors), systemd-analyze verify and security (exposure score) on the unit;
+#  - installs, upgrades, removes and purges it in throwaway roots with the real dpkg
+#    (dpkg --root=DIR --force-script-chrootless; the maintainer scripts honour DPKG_ROOT), with
+#    and without CUSTOS_ENCRYPTION=1 and /etc/custos/install.env;
+#  - live: boots a sandboxed systemd (systemd-sandbox.sh) and installs the package with apt,
+#    enables, reloads, upgrades, stops and purges the service, which captures from an Xvfb.
+# Needs root (dpkg sets owners; namespaces), dpkg-dev, lintian, systemd, python3, Xvfb, xauth,
+# x11-utils, openssl, util-linux.
 #
 # Binaries: AGENT_BIN / CUSTOS_BIN if set; else .build/release/{custos-agent,custos} if both
 # exist and are not older than the debug ones (make deb builds them statically linked); else
-# the debug build, packaged as a test
-# package (Swift runtime linked dynamically). Prints "N passed, N failed" last; exits non-zero
-# on any failure; removes everything it creates.
+# the debug build, packaged as a test package (Swift runtime linked dynamically).
+# Prints "N passed, N failed" last; exits non-zero on any failure; removes everything it creates
+# (temp files, the sandbox and its cgroups, the Xvfb it started).
 set -u
 set -o pipefail
 
@@ -46,7 +52,13 @@ for tool in dpkg dpkg-deb dpkg-shlibdeps dpkg-query lintian systemd-analyze pyth
     command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then bad "required tools present (missing:$missing; run make deps)"; finish; fi
-if [ "$(id -u)" != 0 ]; then bad "running as root (dpkg --root sets file owners)"; finish; fi
+if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        rm -rf "$WORK"; trap - EXIT
+        exec sudo -n --preserve-env=AGENT_BIN,CUSTOS_BIN,CI "$0" "$@"
+    fi
+    bad "running as root (dpkg --root sets file owners; namespaces)"; finish
+fi
 ok "required tools present"
 
 if [ -z "${AGENT_BIN:-}" ] && [ -z "${CUSTOS_BIN:-}" ]; then

@@ -89,6 +89,15 @@ let package = Package(
         .executableTarget(name: "custos", dependencies: ["Admin"], swiftSettings: strict),
         .executableTarget(name: "custos-agent", dependencies: ["Agent"], swiftSettings: strict),
         .executableTarget(name: "custos-collector", dependencies: ["Collector"], swiftSettings: strict),
+        .executableTarget(name: "spool-crash-child", dependencies: [
+            "Spool", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        .executableTarget(name: "custos-bench-spool", dependencies: [
+            "Spool",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Benchmarks/SpoolBench", swiftSettings: strict),
         .executableTarget(name: "custos-bench-capture", dependencies: [
             "Capture", "CX11", .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
@@ -106,7 +115,11 @@ let package = Package(
         .testTarget(name: "CaptureTests", dependencies: [
             "Capture", "CaptureFormat", "CPNG", "CX11", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "SpoolTests", dependencies: ["Spool", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SpoolTests", dependencies: [
+            "Spool", "TestSupport",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "Wire", "Spool", "Envelope", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "TestSupport"],

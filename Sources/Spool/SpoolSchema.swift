@@ -1,0 +1,54 @@
+import GRDB
+
+/// The spool's SQLite schema and its versioned migrations (docs/SPOOL.md).
+///
+/// Migrations are named `v1`, `v2`, …; GRDB's `DatabaseMigrator` records the applied ones
+/// in `grdb_migrations`. A database holding a migration this build does not know comes
+/// from a newer release and is moved aside rather than guessed at.
+enum SpoolSchema {
+    /// `PRAGMA application_id` of a Custos spool: ASCII "CSSP".
+    static let applicationID: Int32 = 0x4353_5350
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                PRAGMA application_id = \(applicationID);
+                CREATE TABLE record (
+                    seq INTEGER PRIMARY KEY,
+                    id BLOB NOT NULL UNIQUE,
+                    kind TEXT NOT NULL,
+                    priority INTEGER NOT NULL,
+                    dek_id BLOB NOT NULL,
+                    capture_ms INTEGER NOT NULL,
+                    size INTEGER NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+                    lease_owner TEXT,
+                    lease_until_ms INTEGER NOT NULL DEFAULT 0,
+                    payload BLOB NOT NULL
+                );
+                CREATE INDEX record_order ON record(priority, capture_ms);
+                CREATE TABLE quarantine (
+                    seq INTEGER PRIMARY KEY,
+                    id BLOB,
+                    kind TEXT,
+                    size INTEGER,
+                    reason TEXT NOT NULL,
+                    quarantined_ms INTEGER NOT NULL
+                );
+                CREATE TABLE counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+                CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+                CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+                """)
+        }
+        return migrator
+    }
+
+    /// Counter names in the `counter` table.
+    static func evictedCount(_ kind: SpoolKind) -> String { "evicted.\(kind.rawValue).count" }
+    static func evictedBytes(_ kind: SpoolKind) -> String { "evicted.\(kind.rawValue).bytes" }
+    static func rejectedCount(_ kind: SpoolKind) -> String { "rejected.\(kind.rawValue).count" }
+    static func rejectedBytes(_ kind: SpoolKind) -> String { "rejected.\(kind.rawValue).bytes" }
+    static let quarantined = "quarantined"
+}

@@ -1,0 +1,150 @@
+import Foundation
+
+/// What a spooled record is. The kind decides lease priority and eviction order.
+///
+/// Lease priority (first uploaded first): `dekRecord`, `keystrokes`, `generic`, `screen`.
+/// Eviction order when the spool is full (first evicted first): `screen`, `generic`,
+/// `keystrokes`; a `dekRecord` is never evicted (its blobs would become unreadable).
+public enum SpoolKind: String, Sendable, CaseIterable, Codable, CodingKeyRepresentable {
+    case dekRecord = "dek", keystrokes, generic, screen
+
+    /// Lease priority: lower values are leased first (stored in the `priority` column).
+    var priority: Int {
+        switch self {
+        case .dekRecord: 0
+        case .keystrokes: 1
+        case .generic: 2
+        case .screen: 3
+        }
+    }
+
+    /// The kinds an incoming record of this kind may evict, in eviction order.
+    /// A record never makes room for itself by evicting something more valuable.
+    var evictable: [SpoolKind] {
+        switch self {
+        case .screen: [.screen]
+        case .generic: [.screen, .generic]
+        case .keystrokes, .dekRecord: [.screen, .generic, .keystrokes]
+        }
+    }
+}
+
+/// One spooled record: opaque sealed bytes plus the metadata the uploader needs.
+///
+/// The spool never looks inside `payload`; it must already be sealed (an Envelope
+/// record, docs/FORMAT.md). `id` is the idempotency key end to end.
+public struct SpoolEntry: Sendable, Equatable {
+    /// 16-byte record id (blob id, or the DEK id for a DEK record).
+    public var id: Data
+    public var kind: SpoolKind
+    /// 16-byte id of the DEK this record is sealed under (its own id for `.dekRecord`).
+    public var dekID: Data
+    /// Capture time, milliseconds since the Unix epoch.
+    public var captureTimeMs: Int64
+    /// The sealed record bytes.
+    public var payload: Data
+    /// Failed upload attempts so far (set by the spool; 0 on enqueue).
+    public var attempts: Int
+
+    public init(id: Data, kind: SpoolKind, dekID: Data, captureTimeMs: Int64, payload: Data) {
+        self.id = id
+        self.kind = kind
+        self.dekID = dekID
+        self.captureTimeMs = captureTimeMs
+        self.payload = payload
+        self.attempts = 0
+    }
+}
+
+/// A count of records and their payload bytes.
+public struct SpoolCount: Sendable, Codable, Equatable {
+    public var count: Int
+    public var bytes: Int64
+    public init(count: Int = 0, bytes: Int64 = 0) {
+        self.count = count
+        self.bytes = bytes
+    }
+}
+
+/// Spool statistics for `custos-agent status` and metrics.
+///
+/// `evicted`, `rejected` and `quarantined` are lifetime counters stored in the
+/// database: they survive restarts.
+public struct SpoolStats: Sendable, Codable, Equatable {
+    /// Records now in the spool and their payload bytes, by kind (every kind present, maybe 0).
+    public var spooled: [SpoolKind: SpoolCount]
+    /// Records evicted to stay under the byte cap, by kind (lifetime).
+    public var evicted: [SpoolKind: SpoolCount]
+    /// Enqueues refused because nothing could be evicted to make room, by kind (lifetime).
+    public var rejected: [SpoolKind: SpoolCount]
+    /// Rows that failed to parse and were moved to the quarantine table (lifetime).
+    public var quarantined: Int
+    /// Records currently leased by an uploader.
+    public var leased: Int
+    /// Capture time of the oldest spooled record, ms since the Unix epoch; nil when empty.
+    public var oldestCaptureTimeMs: Int64?
+    /// Size of the database file plus its WAL, in bytes.
+    public var fileBytes: Int64
+    /// The configured byte cap (database + WAL), in bytes.
+    public var maxBytes: Int64
+
+    /// All spooled records.
+    public var totalSpooled: SpoolCount {
+        spooled.values.reduce(SpoolCount()) { SpoolCount(count: $0.count + $1.count, bytes: $0.bytes + $1.bytes) }
+    }
+    /// All evicted records (lifetime).
+    public var totalEvicted: SpoolCount {
+        evicted.values.reduce(SpoolCount()) { SpoolCount(count: $0.count + $1.count, bytes: $0.bytes + $1.bytes) }
+    }
+}
+
+/// The one error type of the Spool module: a code plus a message naming the file, the
+/// record id or the setting involved and what was expected. Never contains payload bytes.
+public struct SpoolError: Error, CustomStringConvertible, Sendable {
+    /// An extensible error code (compare with `==` against the static members).
+    public struct Code: Hashable, Sendable, CustomStringConvertible {
+        public let name: String
+        private init(_ name: String) { self.name = name }
+        public var description: String { name }
+
+        /// The entry is malformed (id or DEK id not 16 bytes, empty payload).
+        public static let invalidEntry = Code("invalid-entry")
+        /// The entry can never fit under the byte cap.
+        public static let tooLarge = Code("too-large")
+        /// The spool is at its cap and nothing may be evicted for this entry (or a reader pins the WAL).
+        public static let full = Code("full")
+        /// The filesystem is full (ENOSPC / SQLITE_FULL).
+        public static let diskFull = Code("disk-full")
+        /// Another process holds a lock on the database longer than the busy timeout.
+        public static let busy = Code("busy")
+        /// The database is corrupt or not a Custos spool.
+        public static let corrupt = Code("corrupt")
+        /// A write was attempted on a spool opened with `openReadOnly`.
+        public static let readOnly = Code("read-only")
+        /// The spool was closed.
+        public static let closed = Code("closed")
+        /// Another process (or another `Spool` in this one) has the spool directory open for writing.
+        public static let alreadyOpen = Code("already-open")
+        /// The spool database does not exist (read-only open).
+        public static let notFound = Code("not-found")
+        /// A filesystem operation failed (directory, permissions, rename).
+        public static let io = Code("io")
+        /// Any other SQLite error.
+        public static let sqlite = Code("sqlite")
+    }
+
+    public let code: Code
+    public let message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "spool \(code): \(message)" }
+}
+
+extension Data {
+    /// Lowercase hex, for ids in messages and logs (ids are random, not secret).
+    var spoolHex: String { map { String(format: "%02x", $0) }.joined() }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import GRDB
+import Logging
+import Spool
+import Synchronization
+import TestSupport
+
+/// A swift-log handler that keeps every line in memory (never bootstrapped globally).
+struct MemoryLogHandler: LogHandler {
+    final class Store: Sendable {
+        let lines = Mutex<[String]>([])
+        var all: [String] { lines.withLock { $0 } }
+        var text: String { all.joined(separator: "\n") }
+    }
+    let store: Store
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) {
+        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        let meta = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        store.lines.withLock { $0.append("\(event.level) \(event.message) \(meta)") }
+    }
+}
+
+func memoryLogger() -> (Logger, MemoryLogHandler.Store) {
+    let store = MemoryLogHandler.Store()
+    return (Logger(label: "spool-test", factory: { _ in MemoryLogHandler(store: store) }), store)
+}
+
+/// A 16-byte id: `tag` then the big-endian `n`.
+func testID(_ n: Int, tag: UInt8 = 0xB1) -> Data {
+    var bytes = [UInt8](repeating: tag, count: 16)
+    for i in 0..<8 { bytes[8 + i] = UInt8(truncatingIfNeeded: n >> (56 - 8 * i)) }
+    return Data(bytes)
+}
+
+let testDEK = Data(repeating: 0xDE, count: 16)
+
+func randomBytes(_ count: Int) -> Data {
+    var g = SystemRandomNumberGenerator()
+    return Data((0..<count).map { _ in UInt8.random(in: 0...255, using: &g) })
+}
+
+func entry(_ n: Int, _ kind: SpoolKind, bytes: Int = 200, time: Int64? = nil, dek: Data = testDEK) -> SpoolEntry {
+    SpoolEntry(id: kind == .dekRecord ? dek : testID(n), kind: kind, dekID: dek,
+               captureTimeMs: time ?? Int64(1_000 + n), payload: randomBytes(bytes))
+}
+
+/// Opens the spool's database directly (independently of the Spool module) for checks.
+func rawQueue(_ dir: String) throws -> DatabaseQueue {
+    var config = Configuration()
+    config.busyMode = .timeout(10)
+    return try DatabaseQueue(path: dir + "/spool.db", configuration: config)
+}
+
+/// `PRAGMA integrity_check` through the sqlite3 CLI (another SQLite client than ours).
+func cliIntegrityCheck(_ dir: String) throws -> String {
+    try runChecked(["sqlite3", dir + "/spool.db", "PRAGMA integrity_check;"]).trimmingCharacters(in: .whitespacesAndNewlines)
+}
+
+func fileMode(_ path: String) -> Int {
+    ((try? FileManager.default.attributesOfItem(atPath: path)[.posixPermissions]) as? Int) ?? -1
+}
+
+/// A `sqlite3` process holding a transaction open on `db` until `release()`.
+/// `sql` runs first (e.g. `BEGIN EXCLUSIVE;`); the process prints `held` once it holds it.
+final class HeldTransaction: @unchecked Sendable {  // only used from the test's own task
+    let process = Process()
+    let input = Pipe()
+    let output = Pipe()
+
+    init(db: String, sql: String) throws {
+        try requireTool("sqlite3")
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["sqlite3", db]
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        input.fileHandleForWriting.write(Data(".timeout 10000\n\(sql)\nSELECT 'held';\n".utf8))
+        var seen = Data()
+        let deadline = Date().addingTimeInterval(20)
+        while !String(decoding: seen, as: UTF8.self).contains("held") {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty || Date() > deadline { throw TestSupportError("sqlite3 did not take the lock on \(db)") }
+            seen.append(chunk)
+        }
+    }
+
+    func release(commit: String = "COMMIT;") {
+        input.fileHandleForWriting.write(Data("\(commit)\n.quit\n".utf8))
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}

@@ -352,6 +352,20 @@ else
                  [ "$("$1" run "$2" systemctl show -P MainPID custos-agent.service)" = "$3" ] &&
                  [ "$("$1" run "$2" systemctl show -P ActiveState custos-agent.service)" = active ]' \
         _ "$HERE/systemd-sandbox.sh" "$SBX" "$pid_before"
+    check "[systemd] Restart=on-failure: after SIGKILL systemd starts it again (NRestarts=1, new PID)" \
+        bash -c 'S="$1"; D="$2"; old="$3"
+                 "$S" run "$D" systemctl kill -s KILL custos-agent.service || exit 1
+                 for _ in $(seq 1 100); do
+                     [ "$("$S" run "$D" systemctl show -P NRestarts custos-agent.service)" = 1 ] &&
+                     [ "$("$S" run "$D" systemctl show -P ActiveState custos-agent.service)" = active ] && break
+                     sleep 0.2
+                 done
+                 "$S" run "$D" systemctl show -p NRestarts -p ActiveState -p MainPID custos-agent.service
+                 [ "$("$S" run "$D" systemctl show -P NRestarts custos-agent.service)" = 1 ] &&
+                 [ "$("$S" run "$D" systemctl show -P ActiveState custos-agent.service)" = active ] &&
+                 [ "$("$S" run "$D" systemctl show -P MainPID custos-agent.service)" != "$old" ]' \
+        _ "$HERE/systemd-sandbox.sh" "$SBX" "$pid_before"
+    pid_before="$(sbx_prop MainPID)"
     check "[systemd] apt-get install of 0.1.1 (Dpkg::Options --force-confold) restarts the enabled service" \
         bash -c '"$1" run "$2" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
                      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$3" </dev/null &&

@@ -1,0 +1,167 @@
+import ArgumentParser
+import Collector
+import Envelope
+import Foundation
+
+/// `custos captures …`.
+public struct CapturesCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "captures",
+        abstract: "Look at stored captures without decrypting them.",
+        subcommands: [CapturesListCommand.self]
+    )
+    public init() {}
+}
+
+/// `custos captures list --db collector.db [--agent ID] [--kind screen|keystrokes] [--since TIME]`.
+public struct CapturesListCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "List stored captures: time, agent, kind, size, ids, and <Encrypted> in place of content.",
+        discussion: "Needs no key: nothing is decrypted. TIME is ISO 8601, a date, Unix ms, or an age like 2h / 7d."
+    )
+
+    @Option(help: "Collector database.")
+    var db: String
+    @Option(help: "Only this agent.")
+    var agent: String?
+    @Option(help: "Only this kind: screen, keystrokes or generic.")
+    var kind: String?
+    @Option(help: "Only captures at or after TIME.")
+    var since: String?
+    @Option(help: "Only captures before TIME.")
+    var until: String?
+    @Option(help: "At most N rows.")
+    var limit: Int?
+
+    public init() {}
+
+    public func validate() throws {
+        if let kind, CaptureKind(name: kind) == nil {
+            throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
+        }
+    }
+
+    public func run() async throws {
+        let store = try openExistingStore(db)
+        let filter = CaptureFilter(agentID: agent, kind: kind, sinceMs: try since.map { try parseTime($0) },
+                                   untilMs: try until.map { try parseTime($0) }, limit: limit)
+        let rows: [CaptureInfo]
+        do { rows = try store.listCaptures(filter) } catch { throw AdminError.fromCollector(error) }
+        print(CaptureListing.table(rows))
+    }
+}
+
+/// The `captures list` table.
+public enum CaptureListing {
+    /// One line per capture (`<Encrypted>` for its content) and a count line.
+    public static func table(_ rows: [CaptureInfo]) -> String {
+        var lines = [["CAPTURE TIME (UTC)", "AGENT", "KIND", "SIZE", "BLOB ID", "KEK ID", "CONTENT"]]
+        for r in rows {
+            lines.append([OutputNaming.iso(r.captureTimeMs), r.agentID, r.kind, byteCount(r.size), r.blobID,
+                          String(r.kekID.prefix(16)) + "…", "<Encrypted>"])
+        }
+        let total = rows.reduce(0) { $0 + $1.size }
+        return formatTable(lines) + "\n\(rows.count) capture\(rows.count == 1 ? "" : "s"), \(byteCount(total)) sealed"
+    }
+
+    /// `812 B`, `14.2 KiB`, `3.1 MiB`.
+    static func byteCount(_ n: Int) -> String {
+        if n < 1024 { return "\(n) B" }
+        if n < 1024 * 1024 { return String(format: "%.1f KiB", Double(n) / 1024) }
+        return String(format: "%.1f MiB", Double(n) / 1024 / 1024)
+    }
+}
+
+/// Options shared by `decrypt` and `export`.
+struct DecryptArguments: ParsableArguments {
+    @Option(help: "Collector database (or a copy of it); the audit record is appended to it.")
+    var db: String?
+    @Option(name: .customLong("in"), help: "Instead of --db: a record-stream file (sealed file or API export).")
+    var input: String?
+    @Option(help: "Private key PEM (keypair.pem), any form openssl writes.")
+    var key: String
+    @Option(help: "File whose first line is the passphrase; '-' reads standard input. Without it, custos asks on the terminal.")
+    var passphraseFile: String?
+    @Option(help: "Only this agent.")
+    var agent: String?
+    @Option(help: "Only this kind: screen, keystrokes or generic.")
+    var kind: String?
+    @Option(help: "Only captures at or after TIME (ISO 8601, date, Unix ms, or an age like 2h).")
+    var since: String?
+    @Option(help: "Only captures before TIME.")
+    var until: String?
+    @Flag(help: "No progress output.")
+    var quiet = false
+
+    func validate() throws {
+        guard (db == nil) != (input == nil) else { throw ValidationError("give exactly one of --db and --in") }
+        if let kind, CaptureKind(name: kind) == nil {
+            throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
+        }
+    }
+
+    func run(output: DecryptOptions.Output) throws {
+        let options = DecryptOptions(output: output, agentID: agent, kind: kind,
+                                     sinceMs: try since.map { try parseTime($0) },
+                                     untilMs: try until.map { try parseTime($0) })
+        let sealed: SealedInput = db.map { .database($0) } ?? .recordStream(input!)
+        // Check the inputs before asking for the passphrase.
+        for path in [db ?? input!, key] where !FileManager.default.fileExists(atPath: path) {
+            throw AdminError(.io, "\(path): file does not exist")
+        }
+        // An unencrypted key (PKCS#1 / PKCS#8 without a passphrase) needs no prompt.
+        let encrypted = (try? String(contentsOfFile: key, encoding: .utf8)).map { $0.contains("ENCRYPTED") } ?? true
+        let passphrase = encrypted || passphraseFile != nil
+            ? try Passphrase.read(file: passphraseFile, prompt: "Passphrase for \(key): ") : nil
+        let report = try DecryptJob.run(input: sealed, keyFile: key, passphrase: passphrase, options: options,
+                                        actor: loginUser(), log: printError, progressStyle: quiet ? .quiet : nil)
+        for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
+        let what = "\(report.screens) screen frames, \(report.keystrokeChunks) keystroke chunks in \(report.keystrokeWindows) windows, \(report.generic) other"
+        printError("\(options.operation): \(report.decrypted) of \(report.attempted) items decrypted (\(what)) → \(options.outputPath)"
+                   + (report.failures.isEmpty ? "" : "; \(report.failures.count) FAILED"))
+        if report.interrupted {
+            throw AdminError(.interrupted, "interrupted after \(report.decrypted) items; \(output == .archive(options.outputPath) ? "no archive was written" : "the files written are complete")")
+        }
+        if !report.failures.isEmpty {
+            throw AdminError(.decryptionFailed, "\(report.failures.count) of \(report.attempted) items failed to decrypt (listed above); the others were written")
+        }
+    }
+}
+
+/// `custos decrypt --db collector.db --key keypair.pem [--agent ID] [--since/--until] --out DIR`.
+public struct DecryptCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "decrypt",
+        abstract: "Decrypt captures into a directory: PNG frames, keystroke text per window, keystrokes.jsonl, manifest.json.",
+        discussion: """
+            Asks for the key's passphrase (no echo) unless --passphrase-file is given. Each DEK is unwrapped \
+            once. An audit record (who, when, selection, counts) is appended to the database before any \
+            plaintext is written. Exit 0 when every item decrypted, 1 when the passphrase or key is wrong or \
+            any item failed (each is named by blob id), 2 for usage or I/O errors.
+            """
+    )
+    @OptionGroup var common: DecryptArguments
+    @Option(help: "Output directory (created, mode 0700).")
+    var out: String
+
+    public init() {}
+
+    public func run() async throws { try common.run(output: .directory(out)) }
+}
+
+/// `custos export … --out FILE.zip`: the same as decrypt, into one zip archive with a manifest.
+public struct ExportCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Decrypt captures into one zip archive with manifest.json (what was included, and counts).",
+        discussion: "Same selection, passphrase and exit codes as decrypt. The archive appears only when complete."
+    )
+    @OptionGroup var common: DecryptArguments
+    @Option(help: "Archive to write (.zip); never overwritten.")
+    var out: String
+
+    public init() {}
+
+    public func run() async throws { try common.run(output: .archive(out)) }
+}

@@ -1,0 +1,242 @@
+import Collector
+import Envelope
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `custos decrypt` / `custos export` should do.
+public struct DecryptOptions: Sendable {
+    /// A directory of files (`decrypt`) or one zip archive (`export`).
+    public enum Output: Sendable, Equatable {
+        case directory(String)
+        case archive(String)
+    }
+    public var output: Output
+    /// Only this agent's captures.
+    public var agentID: String?
+    /// Only this kind (`screen`, `keystrokes`, `generic`).
+    public var kind: String?
+    /// Capture time lower bound, Unix ms, inclusive.
+    public var sinceMs: Int64?
+    /// Capture time upper bound, Unix ms, exclusive.
+    public var untilMs: Int64?
+
+    public init(output: Output, agentID: String? = nil, kind: String? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil) {
+        self.output = output
+        self.agentID = agentID
+        self.kind = kind
+        self.sinceMs = sinceMs
+        self.untilMs = untilMs
+    }
+
+    var operation: String {
+        if case .archive = output { return "export" }
+        return "decrypt"
+    }
+    var outputPath: String {
+        switch output {
+        case .directory(let p), .archive(let p): p
+        }
+    }
+}
+
+/// Where the sealed items come from.
+public enum SealedInput: Sendable {
+    /// A collector database file (or a copy of one); audit records are appended to it.
+    case database(String)
+    /// A record-stream file (a sealed file or an API export); there is no database to audit into.
+    case recordStream(String)
+}
+
+/// Just-in-time decryption: loads the private KEK with the passphrase, appends an audit record,
+/// decrypts the selected captures into a directory or archive, and appends a completion record.
+///
+/// Order matters: the key is opened (wrong passphrase → nothing is written) and the selection is
+/// checked against the key (no matching KEK → nothing is written, the needed KEK ids are named)
+/// before the output exists; the audit record is written before any plaintext (fail closed).
+public enum DecryptJob {
+    /// Runs one decrypt or export.
+    ///
+    /// - Parameters:
+    ///   - passphrase: for an encrypted key; wiped before this returns (the decrypted private key
+    ///     is freed, and zeroed by BoringSSL, when the function returns).
+    ///   - actor: who runs it, for the audit record (``loginUser()``).
+    ///   - log: one line of status text (stderr in the CLI).
+    ///   - progressStyle: nil = bar on a TTY, lines otherwise.
+    /// - Returns: the report; `failures` non-empty means some items failed (CLI exit 1).
+    /// - Throws: `AdminError` — `.wrongPassphrase`, `.keyMismatch` (no selected item is sealed to
+    ///   this key; message lists the KEK ids needed), `.io` (unreadable input, unwritable output),
+    ///   `.database`.
+    public static func run(input: SealedInput, keyFile: String, passphrase: SecretBytes?, options: DecryptOptions,
+                           actor: String, log: (String) -> Void,
+                           progressStyle: ProgressStyle? = nil) throws -> DecryptReport {
+        defer { passphrase?.wipe() }
+        // 1. The sealed items.
+        let source: any SealedItemSource
+        var store: (any CollectorStore)?
+        switch input {
+        case .database(let path):
+            guard FileManager.default.fileExists(atPath: path) else {
+                throw AdminError(.io, "\(path): collector database does not exist")
+            }
+            do {
+                let s = try SQLiteCollectorStore(path: path)
+                store = s
+                source = CollectorSource(store: s, name: path)
+            } catch { throw AdminError.fromCollector(error) }
+        case .recordStream(let path):
+            source = try RecordStreamSource(path: path)
+        }
+        let op = options.operation
+        func audit(_ action: String, _ detail: String) throws {
+            guard let store else { return }
+            do { try store.appendAudit(actor: actor, action: action, detail: detail) } catch {
+                throw AdminError(.database, "cannot append the audit record (\(action)); nothing more is decrypted: \(error.message)")
+            }
+        }
+        let selection = "agent=\(options.agentID ?? "*") kind=\(options.kind ?? "*") since=\(options.sinceMs.map(OutputNaming.iso) ?? "-") until=\(options.untilMs.map(OutputNaming.iso) ?? "-")"
+
+        // 2. The key. Nothing is written before it opens.
+        let key: KEKPrivateKey
+        do {
+            key = try KEKPrivateKey(pemFile: keyFile, passphrase: passphrase)
+        } catch let e as EnvelopeError {
+            let err = AdminError.fromKeyLoading(e)
+            if err.code == .wrongPassphrase {
+                try audit("captures.\(op).refused", "\(selection) key=\(keyFile) reason=wrong-passphrase")
+            }
+            throw err
+        }
+        passphrase?.wipe()
+
+        // 3. The selection, checked against the key.
+        let filter = CaptureFilter(agentID: options.agentID, kind: options.kind, sinceMs: options.sinceMs,
+                                   untilMs: options.untilMs)
+        let all = try source.captures(filter)
+        var report = DecryptReport()
+        report.selected = all.count
+        let mine = all.filter { $0.kekID == key.id.hex }
+        for c in all where c.kekID != key.id.hex { report.otherKEKs[c.kekID, default: 0] += 1 }
+        if !all.isEmpty, mine.isEmpty {
+            let needed = report.otherKEKs.sorted { $0.key < $1.key }.map { "\($0.key) (\($0.value) items)" }
+            try audit("captures.\(op).refused", "\(selection) kek=\(key.id.hex) selected=\(all.count) reason=no-matching-kek")
+            throw AdminError(.keyMismatch, "\(keyFile) is KEK \(key.id.hex), but none of the \(all.count) selected items is sealed to it; the data needs KEK ids: \(needed.joined(separator: ", "))")
+        }
+        if !report.otherKEKs.isEmpty {
+            log("note: \(report.selected - mine.count) selected items are sealed to other KEKs and are left out: \(report.otherKEKs.keys.sorted().joined(separator: ", ")) (use --agent, or their keys)")
+        }
+
+        // 4. The output, then the audit record, then plaintext.
+        let sink: any CaptureSink
+        switch options.output {
+        case .directory(let p): sink = try DirectorySink(root: p)
+        case .archive(let p): sink = try ZipSink(path: p)
+        }
+        do {
+            try audit("captures.\(op)", "\(selection) kek=\(key.id.hex) selected=\(all.count) attempted=\(mine.count) out=\(options.outputPath) source=\(source.name)")
+        } catch {
+            sink.abort()
+            throw error
+        }
+
+        let previous = installInterruptHandlers()
+        defer { restoreSignalHandlers(previous) }
+        let progress = ProgressReporter(label: op, style: progressStyle.map(\.style))
+        let decryptor = Decryptor(key: key, source: source, sink: sink, progress: progress)
+        do {
+            try decryptor.run(mine, report: &report)
+            if report.interrupted, case .archive = options.output {
+                sink.abort()
+            } else {
+                let manifest = Manifest(operation: op, createdAt: OutputNaming.iso(Int64(Date().timeIntervalSince1970 * 1000)),
+                                        actor: actor, source: source.name, kekID: key.id.hex,
+                                        selection: .init(agent: options.agentID, kind: options.kind,
+                                                         since: options.sinceMs.map(OutputNaming.iso),
+                                                         until: options.untilMs.map(OutputNaming.iso)),
+                                        counts: report, files: decryptor.files)
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                _ = try sink.add(try enc.encode(manifest), at: "manifest.json", compress: true)
+                try sink.commit()
+            }
+        } catch {
+            sink.abort()
+            try? audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) error=\(error)")
+            throw error
+        }
+        try audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
+        return report
+    }
+}
+
+/// How progress is shown (see `ProgressReporter`).
+public enum ProgressStyle: Sendable {
+    case bar, lines, quiet
+    var style: ProgressReporter.Style {
+        switch self {
+        case .bar: .bar
+        case .lines: .lines
+        case .quiet: .quiet
+        }
+    }
+}
+
+/// The person running the tool: the login name (`getlogin(3)`), else `SUDO_USER`, else the
+/// effective user's name; with the effective uid when it differs from the name's.
+public func loginUser() -> String {
+    let euid = geteuid()
+    var effective = "uid\(euid)"
+    if let pw = getpwuid(euid), let n = pw.pointee.pw_name { effective = String(cString: n) }
+    var name: String?
+    if let p = getlogin() { name = String(cString: p) }
+    if name == nil || name!.isEmpty { name = ProcessInfo.processInfo.environment["SUDO_USER"] }
+    guard let n = name, !n.isEmpty else { return effective }
+    return n == effective ? n : "\(n) (as \(effective))"
+}
+
+private func onInterrupt(_ signal: Int32) {
+    interruptRequested.store(true, ordering: .relaxed)
+}
+
+private func installInterruptHandlers() -> [Int32: sighandler_t?] {
+    interruptRequested.store(false, ordering: .relaxed)
+    var old: [Int32: sighandler_t?] = [:]
+    for s in [SIGINT, SIGTERM] { old[s] = signal(s, onInterrupt) }
+    return old
+}
+
+private func restoreSignalHandlers(_ old: [Int32: sighandler_t?]) {
+    for (s, h) in old { signal(s, h) }
+}
+
+/// Parses a time for `--since`/`--until`: ISO 8601 (`2026-11-30T12:00:00Z`, with optional
+/// fractional seconds or a `±hh:mm` offset), a date (`2026-11-30`, UTC midnight), Unix
+/// milliseconds (`1764547200000`), or an age before `now` (`90s`, `30m`, `2h`, `7d`).
+/// - Returns: Unix ms.
+/// - Throws: `AdminError.usage` naming the text.
+public func parseTime(_ text: String, now: Date = Date()) throws -> Int64 {
+    let t = text.trimmingCharacters(in: .whitespaces)
+    if let ms = Int64(t), t.count >= 10 { return ms }
+    if let unit = t.last, let n = Int64(t.dropLast()), n >= 0 {
+        let seconds: Int64? = switch unit {
+        case "s": n
+        case "m": n * 60
+        case "h": n * 3600
+        case "d": n * 86400
+        default: nil
+        }
+        if let seconds { return Int64(now.timeIntervalSince1970 * 1000) - seconds * 1000 }
+    }
+    let withFraction = ISO8601DateFormatter()
+    withFraction.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    let plain = ISO8601DateFormatter()
+    plain.formatOptions = [.withInternetDateTime]
+    let day = ISO8601DateFormatter()
+    day.formatOptions = [.withFullDate]
+    day.timeZone = TimeZone(identifier: "UTC")
+    for f in [withFraction, plain, day] {
+        if let d = f.date(from: t) { return Int64((d.timeIntervalSince1970 * 1000).rounded()) }
+    }
+    throw AdminError(.usage, "'\(text)': not a time (expected ISO 8601 like 2026-11-30T12:00:00Z, a date 2026-11-30, Unix ms, or an age like 2h / 7d)")
+}

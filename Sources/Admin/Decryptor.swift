@@ -1,0 +1,296 @@
+import CaptureFormat
+import Collector
+import Crypto
+import Envelope
+import Foundation
+import Synchronization
+
+/// Set by SIGINT/SIGTERM during a decrypt or export; the item loop stops at the next item.
+/// (`Atomic` stores are lock-free, so safe in a signal handler.)
+let interruptRequested = Atomic<Bool>(false)
+
+/// What a decrypt or export run did. Counts are items (sealed blobs) unless named otherwise.
+public struct DecryptReport: Sendable, Codable, Equatable {
+    /// Blobs matching the selection (agent, kind, time range).
+    public var selected = 0
+    /// Blobs opened and written.
+    public var decrypted = 0
+    /// Screen frames written as PNG.
+    public var screens = 0
+    /// Keystroke chunks decoded.
+    public var keystrokeChunks = 0
+    /// Distinct (agent, window title, WM_CLASS) keystroke text files.
+    public var keystrokeWindows = 0
+    /// Generic blobs written as raw `.bin` files.
+    public var generic = 0
+    /// DEK records unwrapped (each once).
+    public var deksUnwrapped = 0
+    /// Blobs sealed to other KEKs than the key given, by KEK id (not attempted).
+    public var otherKEKs: [String: Int] = [:]
+    /// Blobs that failed: blob id and reason (never content).
+    public var failures: [Failure] = []
+    /// Whether SIGINT/SIGTERM stopped the run early.
+    public var interrupted = false
+
+    public struct Failure: Sendable, Codable, Equatable {
+        public var blobID: String
+        public var reason: String
+    }
+
+    /// Selected blobs sealed to the key given.
+    public var attempted: Int { selected - otherKEKs.values.reduce(0, +) }
+}
+
+/// One written file, for the manifest.
+struct ManifestFile: Codable {
+    var path: String
+    var kind: String
+    var agent: String
+    var blobIds: [String]
+    var captureTime: String
+    var bytes: Int
+    var sha256: String
+}
+
+/// The manifest written as `manifest.json` in a decrypt directory or export archive.
+struct Manifest: Codable {
+    var tool = "custos"
+    var operation: String
+    var createdAt: String
+    var actor: String
+    var source: String
+    var kekID: String
+    var selection: Selection
+    var counts: DecryptReport
+    var files: [ManifestFile]
+
+    struct Selection: Codable {
+        var agent: String?
+        var kind: String?
+        var since: String?
+        var until: String?
+    }
+}
+
+/// Opens sealed items with one private KEK and writes the plaintext captures to a sink.
+///
+/// Each DEK record needed is unwrapped once (RSA-OAEP) and its opener reused for all its blobs.
+/// A blob that fails (tampered, truncated, DEK failed, payload not decodable) is reported by id
+/// and skipped; the rest are still written. Plaintext exists only in memory and in the sink.
+final class Decryptor {
+    let key: KEKPrivateKey
+    let source: any SealedItemSource
+    let sink: any CaptureSink
+    let progress: ProgressReporter
+    private(set) var files: [ManifestFile] = []
+
+    init(key: KEKPrivateKey, source: any SealedItemSource, sink: any CaptureSink, progress: ProgressReporter) {
+        self.key = key
+        self.source = source
+        self.sink = sink
+        self.progress = progress
+    }
+
+    /// Keystroke chunks grouped per (agent, window); written when the run ends.
+    private struct WindowKey: Hashable { var agent: String; var title: String; var wmClass: String }
+    private struct Chunk { var blobID: String; var chunk: KeystrokeChunk }
+
+    /// Decrypts `infos` (already selected, all sealed to `key.id`) into the sink.
+    /// Does not commit the sink. Returns the report with failures filled in.
+    func run(_ infos: [SealedItem], report: inout DecryptReport) throws {
+        var openers: [String: BlobOpener] = [:]
+        var deadDEKs: [String: String] = [:]
+        var windows: [WindowKey: [Chunk]] = [:]
+        var windowOrder: [WindowKey] = []
+        var jsonLines = Data()
+
+        progress.start(total: infos.count)
+        for info in infos {
+            if interruptRequested.load(ordering: .relaxed) { report.interrupted = true; break }
+            defer { progress.advance(failed: report.failures.count) }
+            func fail(_ reason: String) { report.failures.append(.init(blobID: info.blobID, reason: reason)) }
+
+            // The DEK, unwrapped once.
+            let opener: BlobOpener
+            if let o = openers[info.dekID] {
+                opener = o
+            } else if let why = deadDEKs[info.dekID] {
+                fail(why); continue
+            } else {
+                do {
+                    guard let bytes = try source.dekRecord(dekID: info.dekID) else {
+                        throw AdminError(.decryptionFailed, "DEK record \(info.dekID) is missing from \(source.name)")
+                    }
+                    let record = try DEKRecord(parsing: bytes)
+                    guard record.dekID.hex == info.dekID else {
+                        throw AdminError(.decryptionFailed, "DEK record stored as \(info.dekID) is \(record.dekID)")
+                    }
+                    let o = try key.unwrap(record)
+                    openers[info.dekID] = o
+                    report.deksUnwrapped += 1
+                    opener = o
+                } catch {
+                    let why = "DEK \(info.dekID): \(error)"
+                    deadDEKs[info.dekID] = why
+                    fail(why); continue
+                }
+            }
+
+            // The blob.
+            let plaintext: Data
+            do {
+                guard let bytes = try source.blob(blobID: info.blobID) else {
+                    fail("sealed blob missing from \(source.name)"); continue
+                }
+                let blob = try SealedBlob(parsing: bytes)
+                guard blob.header.blobID.hex == info.blobID, blob.header.agentID == info.agentID,
+                      blob.header.kind.name == info.kind, blob.header.captureTimeMs == info.captureTimeMs else {
+                    fail("the blob's header does not match its database row (agent, kind, time or id changed)"); continue
+                }
+                plaintext = try opener.open(blob)
+            } catch let e as EnvelopeError {
+                fail(e.message); continue
+            } catch {
+                fail("\(error)"); continue
+            }
+
+            // The payload.
+            do {
+                switch info.kind {
+                case "screen":
+                    let (meta, png) = try FramePayload.decode(plaintext)
+                    let name = OutputNaming.screen(agent: info.agentID, meta: meta, timeMs: info.captureTimeMs)
+                    let used = try sink.add(png, at: name, compress: false)
+                    record(used, kind: "screen", info: info, blobIDs: [info.blobID], data: png)
+                    report.screens += 1
+                case "keystrokes":
+                    let chunk = try KeystrokeChunk.decode(plaintext)
+                    let k = WindowKey(agent: info.agentID, title: chunk.windowTitle, wmClass: chunk.wmClass)
+                    if windows[k] == nil { windowOrder.append(k) }
+                    windows[k, default: []].append(Chunk(blobID: info.blobID, chunk: chunk))
+                    jsonLines.append(OutputNaming.jsonLine(agent: info.agentID, blobID: info.blobID, chunk: chunk))
+                    report.keystrokeChunks += 1
+                default:
+                    let name = OutputNaming.generic(agent: info.agentID, timeMs: info.captureTimeMs, blobID: info.blobID)
+                    let used = try sink.add(plaintext, at: name, compress: true)
+                    record(used, kind: info.kind, info: info, blobIDs: [info.blobID], data: plaintext)
+                    report.generic += 1
+                }
+                report.decrypted += 1
+            } catch let e as AdminError where e.code == .io || e.code == .usage {
+                throw e  // the output failed: stop, the rest would fail the same way
+            } catch {
+                fail("decrypted, but the \(info.kind) payload is not decodable: \(error)")
+            }
+        }
+        progress.finish()
+
+        // Keystrokes: one readable text file per window, and keystrokes.jsonl.
+        for k in windowOrder {
+            let chunks = windows[k]!
+            let text = OutputNaming.windowText(agent: k.agent, title: k.title, wmClass: k.wmClass,
+                                               chunks: chunks.map(\.chunk))
+            let used = try sink.add(text, at: OutputNaming.window(agent: k.agent, title: k.title, wmClass: k.wmClass),
+                                    compress: true)
+            files.append(ManifestFile(path: used, kind: "keystrokes", agent: k.agent, blobIds: chunks.map(\.blobID),
+                                      captureTime: OutputNaming.iso(chunks[0].chunk.startMs), bytes: text.count,
+                                      sha256: sha256Hex(text)))
+        }
+        report.keystrokeWindows = windowOrder.count
+        if !jsonLines.isEmpty {
+            let used = try sink.add(jsonLines, at: "keystrokes.jsonl", compress: true)
+            files.append(ManifestFile(path: used, kind: "keystrokes-jsonl", agent: "", blobIds: [],
+                                      captureTime: "", bytes: jsonLines.count, sha256: sha256Hex(jsonLines)))
+        }
+    }
+
+    private func record(_ path: String, kind: String, info: SealedItem, blobIDs: [String], data: Data) {
+        files.append(ManifestFile(path: path, kind: kind, agent: info.agentID, blobIds: blobIDs,
+                                  captureTime: OutputNaming.iso(info.captureTimeMs), bytes: data.count,
+                                  sha256: sha256Hex(data)))
+    }
+}
+
+func sha256Hex(_ data: Data) -> String {
+    SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+}
+
+/// File names and text layouts of decrypted output (docs/ADMIN.md, "Output layout").
+enum OutputNaming {
+    /// `2026-11-30T23:59:01.123Z`.
+    static func iso(_ ms: Int64) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        f.timeZone = TimeZone(identifier: "UTC")
+        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+    }
+
+    /// `2026-11-30T23-59-01.123Z`: ISO 8601 with `-` for `:` (portable file names).
+    static func fileTime(_ ms: Int64) -> String { iso(ms).replacingOccurrences(of: ":", with: "-") }
+
+    /// Makes `s` one safe path component: no `/`, NUL or control characters, no leading dot,
+    /// at most 80 UTF-8 bytes; "_" for nothing left.
+    static func component(_ s: String, maxBytes: Int = 80) -> String {
+        var out = ""
+        for ch in s.unicodeScalars {
+            let bad = ch == "/" || ch == "\\" || ch.value < 0x20 || ch.value == 0x7f || ch == ":" || ch == "*"
+                || ch == "?" || ch == "\"" || ch == "<" || ch == ">" || ch == "|"
+            let c = bad ? "_" : String(ch)
+            if out.utf8.count + c.utf8.count > maxBytes { break }
+            out += c
+        }
+        while out.hasPrefix(".") { out.removeFirst() }
+        out = out.trimmingCharacters(in: .whitespaces)
+        return out.isEmpty ? "_" : out
+    }
+
+    /// `<agent>/screens/<agent>_mon<N>-<name>_<time>.png`.
+    static func screen(agent: String, meta: FrameMetadata, timeMs: Int64) -> String {
+        let a = component(agent)
+        return "\(a)/screens/\(a)_mon\(meta.monitor)-\(component(meta.monitorName, maxBytes: 32))_\(fileTime(timeMs)).png"
+    }
+
+    /// `<agent>/keystrokes/<WM_CLASS>_<window title>.txt`.
+    static func window(agent: String, title: String, wmClass: String) -> String {
+        let cls = wmClass.isEmpty ? "no-class" : component(wmClass, maxBytes: 40)
+        let t = title.isEmpty ? "untitled" : component(title, maxBytes: 80)
+        return "\(component(agent))/keystrokes/\(cls)_\(t).txt"
+    }
+
+    /// `<agent>/other/<time>_<blob id>.bin`.
+    static func generic(agent: String, timeMs: Int64, blobID: String) -> String {
+        "\(component(agent))/other/\(fileTime(timeMs))_\(blobID).bin"
+    }
+
+    /// The readable keystroke text of one window: a header, then each chunk as a time range
+    /// line followed by its text (`KeystrokeChunk.text`).
+    static func windowText(agent: String, title: String, wmClass: String, chunks: [KeystrokeChunk]) -> Data {
+        var s = "# agent: \(agent)\n# window: \(title)\n# WM_CLASS: \(wmClass)\n"
+        for c in chunks {
+            s += "\n[\(iso(c.startMs)) – \(iso(c.endMs))]\n\(c.text)\n"
+        }
+        return Data(s.utf8)
+    }
+
+    struct JSONLine: Codable {
+        var time: String
+        var startMs: Int64
+        var endMs: Int64
+        var agent: String
+        var blobId: String
+        var windowTitle: String
+        var wmClass: String
+        var text: String
+    }
+
+    /// One `keystrokes.jsonl` line (JSON Lines, https://jsonlines.org), newline-terminated.
+    static func jsonLine(agent: String, blobID: String, chunk: KeystrokeChunk) -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let line = JSONLine(time: iso(chunk.startMs), startMs: chunk.startMs, endMs: chunk.endMs, agent: agent,
+                            blobId: blobID, windowTitle: chunk.windowTitle, wmClass: chunk.wmClass, text: chunk.text)
+        var d = (try? enc.encode(line)) ?? Data("{}".utf8)
+        d.append(0x0a)
+        return d
+    }
+}

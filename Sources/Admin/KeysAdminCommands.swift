@@ -1,0 +1,223 @@
+import ArgumentParser
+import Collector
+import Envelope
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `custos keys generate --out DIR`: a new KEK pair, as `openssl genrsa -aes256` +
+/// `openssl rsa -pubout` would make it.
+public struct KeysGenerateCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate an RSA KEK pair: DIR/keypair.pem (PKCS#8, AES-256, passphrase) and DIR/publickey.crt.",
+        discussion: """
+            The passphrase is asked twice on the terminal without echo, or read from --passphrase-file \
+            (first line; '-' = standard input). It is never a command-line argument. keypair.pem gets \
+            mode 0440, publickey.crt 0444; existing files are never overwritten. Prints the KEK id.
+            """
+    )
+
+    @Option(help: "Directory for keypair.pem and publickey.crt (created if missing).")
+    var out: String
+
+    @Option(help: "RSA modulus size in bits: 2048, 3072 or 4096.")
+    var bits: Int = 2048
+
+    @Option(help: "File whose first line is the passphrase; '-' reads standard input.")
+    var passphraseFile: String?
+
+    @Option(help: "Group to own both files (e.g. prod).")
+    var group: String?
+
+    @Option(help: "User to own both files (needs root).")
+    var owner: String?
+
+    public init() {}
+
+    public func run() async throws {
+        let passphrase: SecretBytes
+        if let passphraseFile {
+            passphrase = try Passphrase.read(file: passphraseFile)
+        } else {
+            let first = try Passphrase.promptTerminal("New passphrase for \(out)/\(KeyFiles.privateName): ")
+            let second = try Passphrase.promptTerminal("Repeat the passphrase: ")
+            let same = first.count == second.count && first.withUnsafeBytes { a in
+                second.withUnsafeBytes { b in zip(a, b).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0 }
+            }
+            second.wipe()
+            guard same else {
+                first.wipe()
+                throw AdminError(.usage, "the two passphrases differ; nothing was written")
+            }
+            passphrase = first
+        }
+        let pair = try KeyFiles.generate(in: out, bits: bits, passphrase: passphrase, group: group, owner: owner)
+        printError("wrote \(out)/\(KeyFiles.privateName) (\(pair.bits)-bit RSA, PKCS#8 AES-256-CBC, mode 0440) and \(out)/\(KeyFiles.publicName) (mode 0444)")
+        print(pair.id.hex)
+    }
+}
+
+/// `custos keys register --db collector.db --public publickey.crt --private keypair.pem`.
+public struct KeysRegisterCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "register",
+        abstract: "Insert an encryption_kek row for a key pair (what the seed's SQL insert does); prints the KEK id.",
+        discussion: "The paths are stored absolute; the private key is never read beyond its PEM header."
+    )
+
+    @Option(help: "Collector database (created if missing).")
+    var db: String
+
+    @Option(name: .customLong("public"), help: "Public key PEM (publickey.crt).")
+    var publicKey: String
+
+    @Option(name: .customLong("private"), help: "Private key PEM (keypair.pem); stored as a path only.")
+    var privateKey: String?
+
+    @Flag(help: "Register the row as inactive (the collector refuses uploads for it until activated).")
+    var inactive = false
+
+    public init() {}
+
+    public func run() async throws {
+        let (row, id) = try KEKRegistration.register(database: db, publicKey: publicKey, privateKey: privateKey,
+                                                     active: !inactive)
+        printError("registered KEK \(id) as encryption_kek row \(row)\(inactive ? " (inactive)" : "")")
+        print(id)
+    }
+}
+
+/// `custos keys list --db collector.db`.
+public struct KeysListCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "Show the encryption_kek rows: id, active, KEK id, files and whether each file is readable."
+    )
+
+    @Option(help: "Collector database.")
+    var db: String
+
+    public init() {}
+
+    public func run() async throws {
+        let store = try openExistingStore(db)
+        let rows: [KEKRow]
+        do { rows = try store.listKEKs() } catch { throw AdminError.fromCollector(error) }
+        print(KEKRegistration.table(rows))
+    }
+}
+
+/// KEK rows: registration and listing.
+public enum KEKRegistration {
+    /// Validates the public key, inserts the row and returns (row id, KEK id hex).
+    ///
+    /// `priv_encrypted` is true unless the private PEM is readable and unencrypted.
+    /// - Throws: `AdminError` `.invalidKey` (the public file is not a usable KEK), `.usage` (the
+    ///   KEK id or public file is registered and active already), `.database`.
+    public static func register(database: String, publicKey: String, privateKey: String?,
+                                active: Bool = true) throws -> (row: Int64, kekID: String) {
+        let kek: KEKPublicKey
+        do { kek = try KEKPublicKey(pemFile: publicKey) } catch let e as EnvelopeError {
+            throw AdminError(e.code == .io ? .io : .invalidKey, e.message)
+        }
+        let pub = absolute(publicKey)
+        let priv = privateKey.map(absolute)
+        var encrypted = true
+        if let priv, let text = try? String(contentsOfFile: priv, encoding: .utf8) {
+            encrypted = text.contains("BEGIN ENCRYPTED PRIVATE KEY") || text.contains("Proc-Type: 4,ENCRYPTED")
+        } else if let priv, !FileManager.default.fileExists(atPath: priv) {
+            throw AdminError(.io, "\(priv): private key file does not exist")
+        }
+        do {
+            let store = try SQLiteCollectorStore(path: database)
+            if let dup = try store.listKEKs().first(where: { $0.active && ($0.kekID == kek.id.hex || $0.pubDatafile == pub) }) {
+                throw AdminError(.usage, "KEK \(kek.id.hex) is already registered and active as encryption_kek row \(dup.rowID) (\(dup.pubDatafile))")
+            }
+            let row = try store.registerKEK(pubDatafile: pub, privDatafile: priv, privEncrypted: encrypted,
+                                            active: active, kekID: kek.id.hex)
+            return (row, kek.id.hex)
+        } catch let e as CollectorError {
+            throw AdminError.fromCollector(e)
+        }
+    }
+
+    /// The `keys list` table. KEK ids the collector has not filled in yet are read from the
+    /// public file when it is readable.
+    public static func table(_ rows: [KEKRow]) -> String {
+        var lines = [["ROW", "ACTIVE", "KEK ID", "PUBLIC", "READABLE", "PRIVATE", "READABLE", "ENCRYPTED"]]
+        for r in rows {
+            let pubReadable = access(r.pubDatafile, R_OK) == 0
+            let id = r.kekID ?? (pubReadable ? (try? KEKPublicKey(pemFile: r.pubDatafile).id.hex) : nil) ?? "?"
+            let priv = r.privDatafile ?? "-"
+            let privReadable = r.privDatafile.map { access($0, R_OK) == 0 ? "yes" : "no" } ?? "-"
+            lines.append(["\(r.rowID)", r.active ? "yes" : "no", id, r.pubDatafile, pubReadable ? "yes" : "no",
+                          priv, privReadable, r.privEncrypted ? "yes" : "no"])
+        }
+        if rows.isEmpty { return "no encryption_kek rows" }
+        return formatTable(lines)
+    }
+
+    static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+}
+
+/// `custos agents …`.
+public struct AgentsCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "agents",
+        abstract: "Manage the agents allowed to upload to a collector.",
+        subcommands: [AgentsAddCommand.self]
+    )
+    public init() {}
+}
+
+/// `custos agents add --db collector.db --id ID`: prints the new agent's token.
+public struct AgentsAddCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "add",
+        abstract: "Add an agent and print its new random token (stored only as a SHA-256 hash).",
+        discussion: "Put the id and token into the agent's config.cfg as agent-id= and agent-token=."
+    )
+
+    @Option(help: "Collector database (created if missing).")
+    var db: String
+
+    @Option(help: "Agent id: 1-64 characters of A-Z a-z 0-9 . _ -")
+    var id: String
+
+    public init() {}
+
+    public func run() async throws {
+        let token: String
+        do {
+            let store = try SQLiteCollectorStore(path: db)
+            token = try store.addAgent(id: id)
+            try? store.appendAudit(actor: loginUser(), action: "agents.add", detail: "agent=\(id)")
+        } catch { throw AdminError.fromCollector(error) }
+        printError("agent \(id) added; its config.cfg needs agent-id=\(id) and agent-token=<the token below>")
+        print(token)
+    }
+}
+
+/// Opens a collector database that must exist already (listing and decrypting never create one).
+func openExistingStore(_ path: String) throws -> SQLiteCollectorStore {
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw AdminError(.io, "\(path): collector database does not exist")
+    }
+    do { return try SQLiteCollectorStore(path: path) } catch { throw AdminError.fromCollector(error) }
+}
+
+/// Left-aligned columns separated by two spaces.
+func formatTable(_ rows: [[String]]) -> String {
+    guard let first = rows.first else { return "" }
+    var widths = Array(repeating: 0, count: first.count)
+    for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+    return rows.map { r in
+        r.enumerated().map { i, c in
+            i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+        }.joined(separator: "  ")
+    }.joined(separator: "\n")
+}

@@ -1,0 +1,123 @@
+@testable import Collector
+import Envelope
+import Foundation
+import Testing
+import TestSupport
+@testable import Admin
+
+/// The built `custos` binary, driven as an administrator would.
+@Suite("custos CLI (built binary)")
+struct CLITests {
+    @Test("keys generate / register / list, agents add, captures list, decrypt, export, exit codes")
+    func adminSession() async throws {
+        try requireTool("openssl")
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-cli")
+        defer { tmp.remove() }
+        let keys = tmp.file("keys"), db = tmp.file("collector.db")
+        let group = try runChecked(["id", "-gn"]).trimmingCharacters(in: .whitespacesAndNewlines)
+
+        // keys generate: passphrase on standard input, never as an argument.
+        let gen = try runCommand([custos, "keys", "generate", "--out", keys, "--passphrase-file", "-", "--group", group],
+                                 stdin: Data("cli pass phrase\n".utf8))
+        #expect(gen.status == 0, "\(gen.stderrString)")
+        let id = gen.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(id == (try runChecked([custos, "keys", "id", keys + "/publickey.crt"])).trimmingCharacters(in: .whitespacesAndNewlines))
+        let pass = tmp.file("pass")
+        try Data("cli pass phrase".utf8).write(to: URL(fileURLWithPath: pass))
+        try runChecked(["openssl", "pkey", "-in", keys + "/keypair.pem", "-passin", "file:\(pass)", "-noout"])
+        try runChecked(["openssl", "pkey", "-pubin", "-in", keys + "/publickey.crt", "-noout"])
+        let again = try runCommand([custos, "keys", "generate", "--out", keys, "--passphrase-file", pass])
+        #expect(again.status == 2)
+        #expect(again.stderrString.contains("exists already"))
+        let asArg = try runCommand([custos, "keys", "generate", "--out", tmp.file("k2"), "--passphrase", "x"])
+        #expect(asArg.status == 2, "a passphrase argument is refused")
+
+        // keys register / list.
+        let reg = try runCommand([custos, "keys", "register", "--db", db, "--public", keys + "/publickey.crt",
+                                  "--private", keys + "/keypair.pem"])
+        #expect(reg.status == 0, "\(reg.stderrString)")
+        #expect(reg.stdoutString == id + "\n")
+        let list = try runChecked([custos, "keys", "list", "--db", db])
+        #expect(list.contains(id) && list.contains(keys + "/publickey.crt"))
+
+        // agents add prints a token the collector accepts.
+        let add = try runCommand([custos, "agents", "add", "--db", db, "--id", "ws-17"])
+        #expect(add.status == 0, "\(add.stderrString)")
+        let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.count >= 32)
+        let store = try SQLiteCollectorStore(path: db)
+        #expect(try await store.authenticate(agentID: "ws-17", token: token))
+        #expect(try await !store.authenticate(agentID: "ws-17", token: token + "x"))
+        #expect(try runCommand([custos, "agents", "add", "--db", db, "--id", "ws-17"]).status == 2)
+
+        // The agent's captures arrive (one tampered).
+        let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: keys + "/publickey.crt"), agent: "ws-17",
+                                               baseMs: 1_764_547_200_000, framesPerDEK: 3, chunksPerDEK: 2, sessions: 2,
+                                               tamperIndex: 1)
+        let bad = try #require(captured.tampered.first)
+
+        // captures list: no key, no content.
+        let cl = try runChecked([custos, "captures", "list", "--db", db, "--agent", "ws-17", "--kind", "screen",
+                                 "--since", "2025-12-01T00:00:00Z"])
+        #expect(cl.components(separatedBy: "<Encrypted>").count - 1 == 6)
+        #expect(cl.contains("6 captures"))
+        #expect(!cl.contains("keystrokes"))
+
+        // decrypt with a wrong passphrase: exit 1, nothing written.
+        let wrong = tmp.file("wrongpass")
+        try Data("nope nope".utf8).write(to: URL(fileURLWithPath: wrong))
+        let w = try runCommand([custos, "decrypt", "--db", db, "--key", keys + "/keypair.pem", "--passphrase-file", wrong,
+                                "--out", tmp.file("out-wrong")])
+        #expect(w.status == 1)
+        #expect(w.stderrString.contains("wrong passphrase"))
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("out-wrong")))
+
+        // decrypt: exit 1 because one blob is tampered, which is named; the rest are written.
+        let out = tmp.file("out")
+        let d = try runCommand([custos, "decrypt", "--db", db, "--key", keys + "/keypair.pem", "--passphrase-file", pass,
+                                "--agent", "ws-17", "--out", out])
+        #expect(d.status == 1)
+        #expect(d.stderrString.contains("failed: blob \(bad)"))
+        #expect(d.stderrString.contains("decrypt: 0/10 items"), "plain progress lines when not a terminal")
+        #expect(d.stderrString.contains("decrypt: 10/10 items (1 failed)"))
+        try expectOutputMatches(out, captured, agent: "ws-17", skipping: [bad])
+
+        // export of the untampered time range: exit 0, one archive.
+        let zip = tmp.file("ws-17.zip")
+        let e = try runCommand([custos, "export", "--db", db, "--key", keys + "/keypair.pem", "--passphrase-file", "-",
+                                "--agent", "ws-17", "--since", "2025-12-01T00:00:10Z", "--out", zip],
+                               stdin: Data("cli pass phrase\n".utf8))
+        #expect(e.status == 0, "\(e.stderrString)")
+        #expect(FileManager.default.fileExists(atPath: zip))
+        let audit = try store.listAudit(limit: nil).map(\.action)
+        #expect(audit.filter { $0 == "captures.decrypt" }.count == 1)
+        #expect(audit.filter { $0 == "captures.export" }.count == 1)
+        #expect(audit.contains("captures.decrypt.refused"))
+    }
+
+    @Test("keys generate asks twice on the terminal without echo")
+    func promptWithoutEcho() throws {
+        try requireTool("script")
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-tty")
+        defer { tmp.remove() }
+        let dir = tmp.file("k")
+        // script(1) gives the command a pseudo-terminal; the two lines are typed into it.
+        // Each line is typed after its prompt appeared (TCSAFLUSH drops what was typed before).
+        let r = try runCommand(["sh", "-c", "(sleep 2; echo typed-secret-77; sleep 2; echo typed-secret-77; sleep 3) | script -qec '\(custos) keys generate --out \(dir)' /dev/null"],
+                               timeout: 60)
+        #expect(r.status == 0, "\(r.stdoutString) \(r.stderrString)")
+        #expect(r.stdoutString.contains("New passphrase"))
+        #expect(r.stdoutString.contains("Repeat the passphrase"))
+        #expect(!r.stdoutString.contains("typed-secret-77"), "the passphrase is not echoed")
+        let pass = tmp.file("p")
+        try Data("typed-secret-77".utf8).write(to: URL(fileURLWithPath: pass))
+        try runChecked(["openssl", "pkey", "-in", dir + "/keypair.pem", "-passin", "file:\(pass)", "-noout"])
+
+        let mismatch = try runCommand(["sh", "-c", "(sleep 2; echo first-secret; sleep 2; echo second-secret; sleep 1) | script -qec '\(custos) keys generate --out \(tmp.file("k2"))' /dev/null"],
+                                      timeout: 60)
+        #expect(mismatch.stdoutString.contains("differ"))
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("k2/keypair.pem")))
+    }
+}

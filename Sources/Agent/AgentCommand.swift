@@ -20,6 +20,21 @@ public struct AgentCommand: AsyncParsableCommand {
         subcommands: [RunCommand.self, StatusCommand.self, RecordCommand.self],
         defaultSubcommand: RunCommand.self)
     public init() {}
+
+    /// Parses the command line and runs the chosen subcommand. (Used instead of `main()`, whose
+    /// overload resolution picks ArgumentParser's synchronous entry point from top-level code.)
+    public static func runMain(_ arguments: [String]? = nil) async {
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }
 
 struct ConfigOption: ParsableArguments {

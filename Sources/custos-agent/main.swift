@@ -1,3 +1,3 @@
 import Agent
 
-await AgentCommand.main()
+await AgentCommand.runMain()

@@ -49,7 +49,7 @@ final class AgentRig: @unchecked Sendable {
         try writeConfig(encryption: true)
     }
 
-    func writeConfig(encryption: Bool, extra: String = "") throws {
+    func writeConfig(encryption: Bool, screenIntervalMs: Int = 300, keystrokeIdleMs: Int = 400) throws {
         let text = """
             enable-encryption=\(encryption ? 1 : 0)
             agent-id=\(agentID)
@@ -58,11 +58,11 @@ final class AgentRig: @unchecked Sendable {
             server-pin=\(pin)
             display=\(xvfb.name)
             xauthority=/dev/null
-            screen-interval-ms=300
-            keystroke-idle-ms=400
+            screen-interval-ms=\(screenIntervalMs)
+            keystroke-idle-ms=\(keystrokeIdleMs)
             spool-dir=\(spoolDir)
             spool-max-mb=64
-            \(extra)
+
             """
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
@@ -70,7 +70,7 @@ final class AgentRig: @unchecked Sendable {
     func startCollector() throws {
         collector = try BackgroundProcess(try builtProduct("custos-collector"), ["--config", dir.file("collector/collector.cfg")],
                                           logPath: dir.file("collector/collector-\(Date().timeIntervalSince1970).log"))
-        let up = try waitUntil(timeout: 20) { (try? runCommand(["sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status) == 0 }
+        let up = try waitUntil(timeout: 20) { (try? runCommand(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status) == 0 }
         if !up { throw TestSupportError("collector did not listen on \(port): \(collector?.log ?? "")") }
     }
 

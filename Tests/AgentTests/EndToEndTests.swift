@@ -89,7 +89,7 @@ import TestSupport
         rig.agent!.send(SIGTERM)
         #expect(rig.agent!.waitExit(timeout: 10) == 0)
         // Let a last restart drain whatever the SIGTERM flush left.
-        try rig.writeConfig(encryption: true, extra: "screen-interval-ms=0\nkeystroke-idle-ms=0")
+        try rig.writeConfig(encryption: true, screenIntervalMs: 0, keystrokeIdleMs: 0)
         try rig.startAgent()
         let drained = try waitUntil(timeout: 20) {
             let s = try runChecked([try builtProduct("custos-agent"), "status", "--config", rig.configPath])
@@ -206,7 +206,15 @@ import TestSupport
         try "enable-encryption=1\nkek-file=\(keys.publicKey)\ndisplay=\(x.name)\nxauthority=/dev/null\nscreen-interval-ms=200\nkeystroke-idle-ms=300\nspool-dir=\(dir.file("spool"))\n"
             .write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
         let rec = dir.file("rec.custos")
-        try runChecked([try builtProduct("custos-agent"), "record", "--config", dir.file("c.cfg"), "--seconds", "1.5", "--out", rec])
+        // Change the screen while recording so several frames (blobs) are sealed.
+        let painter = Thread {
+            for color in ["#aa0000", "#00aa00", "#0000aa", "#aaaa00"] {
+                usleep(300_000)
+                _ = try? x.run(["xsetroot", "-solid", color])
+            }
+        }
+        painter.start()
+        try runChecked([try builtProduct("custos-agent"), "record", "--config", dir.file("c.cfg"), "--seconds", "2", "--out", rec])
         let bytes = try Data(contentsOf: URL(fileURLWithPath: rec))
         #expect(bytes.prefix(4) == Data("CSTS".utf8))
         #expect(bytes.range(of: Data([0x89, 0x50, 0x4E, 0x47])) == nil)

@@ -79,7 +79,8 @@ spool-max-mb=64
 CFG
 "$BIN/custos-agent" --config "$OUT/agent/config.cfg" --check-config || fail "check-config"
 CUSTOS_LOG_LEVEL=info "$BIN/custos-agent" --config "$OUT/agent/config.cfg" 2>"$OUT/agent/agent.log" & AGENT=$!; pids+=($AGENT)
-sleep 5
+# The screen changes while the KEK is unknown: each change is a new sealed frame in the spool.
+for c in '#4e9a06' '#c4a000' '#a40000' '#5c3566' '#204a87'; do xsetroot -solid "$c"; sleep 1.2; done
 echo "--- agent log: the collector refuses the unknown KEK, data stays spooled"
 grep -E 'unknown-kek|refused' "$OUT/agent/agent.log" | head -3 || true
 "$BIN/custos-agent" status --config "$OUT/agent/config.cfg"
@@ -127,7 +128,11 @@ say "10. Decrypt on the admin's side, with the passphrase"
 "$BIN/custos" decrypt --db "$OUT/collector/collector.db" --key "$OUT/keys/keypair.pem" \
   --passphrase-file "$OUT/keys/pass" --out "$OUT/decrypted"
 FRAMES=$(find "$OUT/decrypted" -name '*.png' | wc -l)
-PNG1=$(find "$OUT/decrypted" -name '*.png' | sort | head -1)
+PNG1=$(find "$OUT/decrypted" -name '*.png' | sort | tail -1)
+# The last frame was captured after the root was last painted #204a87: check a pixel of it
+# with an independent decoder (ffmpeg), away from the xlogo window.
+PIXEL=$(ffmpeg -v error -i "$PNG1" -vf "crop=1:1:10:10" -f rawvideo -pix_fmt rgb24 - | od -An -tx1 | tr -d ' \n')
+echo "last frame: $(basename "$PNG1"), pixel (10,10) = #$PIXEL"
 GOT=$(cat "$OUT"/decrypted/keystrokes.jsonl | python3 -c 'import sys,json; print("".join(json.loads(l)["text"] for l in sys.stdin))')
 echo "recovered text: $GOT"
 case "$GOT" in *"$TYPED"*) TEXT_OK=yes;; *) TEXT_OK=no;; esac
@@ -142,7 +147,9 @@ printf '%-44s %s\n' "KEK id" "$KEKID" \
   "captures at collector at the end" "$(sqlite3 "$OUT/collector/collector.db" 'select count(*) from captures')" \
   "plaintext found at rest" "none" \
   "frames decrypted (PNG)" "$FRAMES (e.g. ${PNG1#$OUT/})" \
+  "pixel (10,10) of the last frame" "#$PIXEL (painted: #204a87)" \
   "typed text recovered exactly" "$TEXT_OK"
 [ "$TEXT_OK" = yes ] || fail "typed text not recovered"
 [ "$FRAMES" -gt 0 ] || fail "no frames decrypted"
+[ "$PIXEL" = 204a87 ] || fail "last frame pixel #$PIXEL is not the painted #204a87"
 echo "demo output kept in $OUT"

@@ -34,9 +34,10 @@ Xvfb "$DISPLAY" -screen 0 1280x720x24 -nolisten tcp >"$OUT/xvfb.log" 2>&1 & pids
 for _ in $(seq 50); do xdpyinfo >/dev/null 2>&1 && break; sleep 0.1; done
 xdpyinfo >/dev/null 2>&1 || fail "Xvfb did not start on $DISPLAY"
 xsetroot -solid '#204a87'
-xlogo -geometry 400x300+100+100 >/dev/null 2>&1 & pids+=($!)
-sleep 0.5
-echo "Xvfb on $DISPLAY (1280x720x24), root painted, an xlogo window open"
+xlogo -geometry 300x220+60+60 >/dev/null 2>&1 & pids+=($!)
+xterm -T "Custos demo notes" -geometry 70x12+420+300 -e cat >/dev/null 2>&1 & pids+=($!)
+sleep 1
+echo "Xvfb on $DISPLAY (1280x720x24), root painted, an xlogo and an xterm window open"
 
 say "2. A KEK pair, made with the seed's openssl commands"
 printf '%s' "$PASS" > "$OUT/keys/pass"; chmod 600 "$OUT/keys/pass"
@@ -58,7 +59,7 @@ tls-key=tls.key
 database=collector.db
 CFG
 TOKEN=$("$BIN/custos" agents add --db "$OUT/collector/collector.db" --id demo-pc | tail -1)
-"$BIN/custos-collector" --config "$OUT/collector/collector.cfg" >"$OUT/collector/collector.log" 2>&1 & pids+=($!)
+"$BIN/custos-collector" --config "$OUT/collector/collector.cfg" >"$OUT/collector/collector.log" 2>&1 & COLLECTOR=$!; pids+=($COLLECTOR)
 PIN="sha256/$(openssl x509 -in "$OUT/collector/tls.crt" -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256 -binary | base64)"
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 echo "collector on https://127.0.0.1:$PORT, SPKI pin $PIN"
@@ -92,7 +93,7 @@ say "5. Register the KEK with the seed's SQL"
 SQL="insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '$OUT/keys/publickey.crt', '$OUT/keys/keypair.pem');"
 echo "sqlite3 collector.db \"$SQL\""
 sqlite3 "$OUT/collector/collector.db" "$SQL"
-kill -HUP "${pids[2]}" 2>/dev/null || true
+kill -HUP "$COLLECTOR" 2>/dev/null || true
 for i in $(seq 60); do
   n=$(sqlite3 "$OUT/collector/collector.db" 'select count(*) from captures')
   [ "$n" -gt 0 ] && break; sleep 0.5
@@ -101,11 +102,12 @@ echo "backlog flushed: $n capture(s) at the collector"
 [ "$n" -gt 0 ] || fail "backlog did not flush"
 
 say "6. Type into a window with xdotool"
-WIN=$(xdotool search --name xlogo | head -1)
+WIN=$(xdotool search --name "Custos demo notes" | head -1)
 xdotool windowfocus --sync "$WIN" 2>/dev/null || true
 xdotool type --delay 40 "$TYPED"
 xdotool key Return
-sleep 3
+sleep 2.5
+echo "typed \"$TYPED\" + Enter into window \"Custos demo notes\""
 
 say "7. Stop the agent (SIGTERM) and let the last upload land"
 kill -TERM "$AGENT"; wait "$AGENT" || true

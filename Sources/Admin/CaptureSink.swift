@@ -86,7 +86,7 @@ final class ZipSink: CaptureSink {
         let oldMask = umask(0o077)
         defer { umask(oldMask) }
         do {
-            archive = try Archive(url: URL(fileURLWithPath: tmp), accessMode: .create)
+            archive = try Archive(url: URL(fileURLWithPath: tmp), accessMode: .create, pathEncoding: nil)
         } catch {
             throw AdminError(.io, "\(tmp): cannot create the zip archive: \(error)")
         }

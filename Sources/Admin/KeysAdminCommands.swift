@@ -111,7 +111,8 @@ public struct KeysListCommand: AsyncParsableCommand {
 
 /// KEK rows: registration and listing.
 public enum KEKRegistration {
-    /// Validates the public key, inserts the row and returns (row id, KEK id hex).
+    /// Validates the public key, inserts the row, appends a `keys.register` audit record and
+    /// returns (row id, KEK id hex).
     ///
     /// `priv_encrypted` is true unless the private PEM is readable and unencrypted.
     /// - Throws: `AdminError` `.invalidKey` (the public file is not a usable KEK), `.usage` (the
@@ -137,6 +138,8 @@ public enum KEKRegistration {
             }
             let row = try store.registerKEK(pubDatafile: pub, privDatafile: priv, privEncrypted: encrypted,
                                             active: active, kekID: kek.id.hex)
+            try store.appendAudit(actor: loginUser(), action: "keys.register",
+                                  detail: "row=\(row) kek=\(kek.id.hex) active=\(active) public=\(pub) private=\(priv ?? "-")")
             return (row, kek.id.hex)
         } catch let e as CollectorError {
             throw AdminError.fromCollector(e)

@@ -69,6 +69,8 @@ struct KeysTests {
         #expect(id == (try KEKPublicKey(pemFile: k.publicKey)).id.hex)
         let q = "select id, active, priv_encrypted, pub_datafile, priv_datafile from encryption_kek;"
         #expect(try runChecked(["sqlite3", ourDB, q]) == (try runChecked(["sqlite3", seedDB, q])))
+        let audit = try SQLiteCollectorStore(path: ourDB).listAudit(limit: nil)
+        #expect(audit.count == 1 && audit[0].action == "keys.register" && audit[0].detail.contains("kek=\(id)"))
         // Registering the same active KEK twice is refused.
         #expect(throws: AdminError.self) { _ = try KEKRegistration.register(database: ourDB, publicKey: k.publicKey, privateKey: k.privateKey) }
         // A private key where the public belongs is refused, naming the file.

@@ -110,8 +110,18 @@ let package = Package(
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ], path: "Benchmarks/EnvelopeBench", swiftSettings: strict),
 
+        .executableTarget(name: "custos-bench-net", dependencies: [
+            "Collector", "Transport", "Envelope", "Wire",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Benchmarks/NetBench", swiftSettings: strict),
+
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
-        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .target(name: "TestSupport", dependencies: [
+            "Collector", .product(name: "Logging", package: "swift-log"),
+        ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),

@@ -156,14 +156,28 @@ public actor CollectorClient {
         let hostHeader = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
         head.headers.replaceOrAdd(name: "Host", value: "\(hostHeader):\(configuration.port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: "\(body?.readableBytes ?? 0)")
-        // A kept connection may have been closed by the collector meanwhile: retry once on a new one
+        // One request at a time on the kept connection (the actor is re-entrant across awaits).
+        await acquire()
+        defer { releaseTurn() }
+        // A connection may be closed by the collector meanwhile: retry once on a new one
         // (uploads are idempotent by record id, so a repeated POST is harmless).
-        let reused = channel != nil
         do {
             return try await send(head, body, limit: limit)
-        } catch where reused && error.code == .io {
+        } catch where error.code == .io {
             return try await send(head, body, limit: limit)
         }
+    }
+
+    private var busy = false
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    private func acquire() async {
+        if !busy { busy = true; return }
+        await withCheckedContinuation { waiting.append($0) }
+    }
+
+    private func releaseTurn() {
+        if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
     }
 
     private func send(_ head: HTTPRequestHead, _ body: ByteBuffer?, limit: Duration) async throws(TransportError) -> HTTPAnswer {
@@ -174,7 +188,12 @@ public actor CollectorClient {
             promise.fail(TransportError(.io, "collector \(self.configuration.host): no answer within \(limit)"))
             ch.close(promise: nil)
         }
-        ch.writeAndFlush(PendingRequest(head: head, body: body, promise: promise), promise: nil)
+        let written = ch.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenFailure { error in
+            // The request never reached the handler (channel already closed): answer the caller.
+            promise.fail(TransportError(.io, "collector \(self.configuration.host): cannot send: \(error)"))
+        }
+        ch.writeAndFlush(PendingRequest(head: head, body: body, promise: promise), promise: written)
         do {
             let answer = try await promise.futureResult.get()
             timeout.cancel()
@@ -231,10 +250,12 @@ public actor CollectorClient {
         } catch {
             throw TransportError(.connect, "collector \(host):\(configuration.port): cannot connect: \(error)")
         }
+        let handshakeDone = handshake.future.withLock { $0 }!
         let deadline = ch.eventLoop.scheduleTask(in: .seconds(connectTimeout.components.seconds)) { ch.close(promise: nil) }
-        defer { deadline.cancel() }
+        // Cancelled on the event loop as soon as the handshake ends, not when this task resumes.
+        handshakeDone.whenComplete { _ in deadline.cancel() }
         do {
-            try await handshake.future.withLock { $0 }!.get()
+            try await handshakeDone.get()
             return ch
         } catch {
             try? await ch.close()
@@ -277,6 +298,11 @@ private final class HandshakeWaiter: ChannelInboundHandler, RemovableChannelHand
         if !done { done = true; promise.fail(TransportError(.handshake, "connection closed during the TLS handshake")) }
         context.fireChannelInactive()
     }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        // Also reached when the TCP connect fails (the channel never becomes active).
+        if !done { done = true; promise.fail(TransportError(.connect, "connection closed before the TLS handshake")) }
+    }
 }
 
 /// One request written into the pipeline with the promise for its answer.
@@ -299,7 +325,9 @@ private final class ResponseCollector: ChannelDuplexHandler {
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let request = unwrapOutboundIn(data)
         guard pending == nil else {
-            request.promise.fail(TransportError(.io, "a request is already in flight on this connection"))
+            let error = TransportError(.io, "a request is already in flight on this connection")
+            request.promise.fail(error)
+            promise?.fail(error)
             return
         }
         pending = request.promise

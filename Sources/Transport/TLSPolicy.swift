@@ -148,7 +148,11 @@ final class PeerVerifier: Sendable {
         var anchors = policy.caCertificatesDER
         if !pinSet.isEmpty {
             let pinned = presented.indices.filter { pinSet.contains(pins[$0]) }
-            if pinned.isEmpty {
+            // A pinned root the server does not send can come from `server-ca`.
+            let caPinned = policy.caCertificatesDER.contains { der in
+                (try? SPKIPin(certificate: NIOSSLCertificate(bytes: der, format: .der))).map(pinSet.contains) ?? false
+            }
+            if pinned.isEmpty && !caPinned {
                 return refuse("no presented certificate matches a configured server-pin")
             }
             anchors.append(contentsOf: pinned.map { ders[$0] })

@@ -33,7 +33,7 @@ public enum WireAPI {
         let prefix = "Bearer "
         guard header.hasPrefix(prefix) else { return nil }
         let rest = header.dropFirst(prefix.count)
-        guard let colon = rest.lastIndex(of: ":") else { return nil }
+        guard let colon = rest.firstIndex(of: ":") else { return nil }  // agent ids hold no ":"
         let agent = String(rest[rest.startIndex..<colon])
         let token = String(rest[rest.index(after: colon)...])
         guard isValidAgentID(agent), !token.isEmpty else { return nil }

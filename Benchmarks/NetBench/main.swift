@@ -1,0 +1,244 @@
+// custos-bench-net: upload throughput over loopback vs a plain TLS stream (same run), and collector
+// ingest with many concurrent simulated agents (p50/p99 acknowledgement time).
+//
+// Usage: custos-bench-net [--mib N] [--blob-kib N] [--agents N] [--requests N]
+// Everything runs in this process on 127.0.0.1: a real CollectorServer (SQLite in a temp dir,
+// certificates and KEK made by the openssl CLI), real pinned Transport clients, and for the
+// baseline a NIOSSL server that discards what it reads.
+
+import Collector
+import Envelope
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import Synchronization
+import Transport
+import Wire
+
+// MARK: Arguments
+
+func argument(_ name: String, _ fallback: Int) -> Int {
+    let a = CommandLine.arguments
+    if let i = a.firstIndex(of: name), i + 1 < a.count, let v = Int(a[i + 1]) { return v }
+    return fallback
+}
+let totalMiB = argument("--mib", 256)
+let blobKiB = argument("--blob-kib", 256)
+let agentCount = argument("--agents", 1000)
+let requestsPerAgent = argument("--requests", 3)
+
+var logger = Logger(label: "bench")
+logger.logLevel = .error
+
+// MARK: Helpers
+
+@discardableResult
+func sh(_ command: String) throws -> String {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/sh")
+    p.arguments = ["-c", command]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw BenchError("command failed: \(command)") }
+    return String(decoding: data, as: UTF8.self)
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+
+let dir = FileManager.default.temporaryDirectory.appendingPathComponent("custos-bench-net-\(getpid())").path
+try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+defer { try? FileManager.default.removeItem(atPath: dir) }
+
+// Certificates (P-256, self-signed, pinned) and an RSA-2048 KEK, by the openssl CLI.
+try sh("""
+    cd '\(dir)' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout tls.key \
+      -out tls.pem -days 2 -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+      -addext basicConstraints=critical,CA:FALSE && \
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out keypair.pem && \
+    openssl rsa -in keypair.pem -pubout -out publickey.crt
+    """)
+let pin = "sha256/" + (try sh("openssl x509 -in '\(dir)/tls.pem' -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256 -binary | base64"))
+    .trimmingCharacters(in: .whitespacesAndNewlines)
+let kek = try KEKPublicKey(pemFile: dir + "/publickey.crt")
+
+// MARK: Collector
+
+let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: 0, tlsCertFile: dir + "/tls.pem",
+                                    tlsKeyFile: dir + "/tls.key", databasePath: dir + "/collector.db",
+                                    maxRequestBytes: 64 << 20, trapSIGHUP: false)
+let server = try CollectorServer(configuration: config, logger: logger)
+_ = try server.store.registerKEK(pubDatafile: dir + "/publickey.crt", privDatafile: nil, privEncrypted: false,
+                                 active: true, kekID: nil)
+let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
+let serverTask = Task { try await server.run(onListening: { portContinuation.yield($0) }) }
+var port = 0
+for await p in portStream { port = p; break }
+
+// MARK: 1. Upload throughput vs a plain TLS stream
+
+let blobBytes = blobKiB * 1024
+let blobCount = max(1, totalMiB * 1024 / blobKiB)
+let batch = max(1, (4 << 20) / blobBytes)  // the Uploader's default 4 MiB batches
+let session = try DEKSession(kek: kek, agentID: "bench-0")
+let payload = Data((0..<blobBytes).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+var bodies: [Data] = []
+var current = session.record.serialized
+var inCurrent = 0
+for i in 0..<blobCount {
+    current.append(try session.seal(payload, kind: .screen, captureTimeMs: Int64(i)).serialized)
+    inCurrent += 1
+    if inCurrent == batch { bodies.append(current); current = Data(); inCurrent = 0 }
+}
+if inCurrent > 0 { bodies.append(current) }
+let totalBytes = bodies.reduce(0) { $0 + $1.count }
+
+let token0 = try server.store.addAgent(id: "bench-0")
+let client0 = try CollectorClient(configuration: TransportConfiguration(
+    serverURL: "https://127.0.0.1:\(port)", agentID: "bench-0", agentToken: token0, pins: [pin], caFile: nil), logger: logger)
+let clock = ContinuousClock()
+let uploadStart = clock.now
+for body in bodies {
+    let r = try await client0.upload(body)
+    guard r.results.allSatisfy(\.isAcknowledged) else { throw BenchError("upload not acknowledged") }
+}
+let uploadTime = seconds(uploadStart.duration(to: clock.now))
+await client0.close()
+
+/// Baseline: the same bytes over one TLS connection (same certificate, TLS 1.3) to a NIOSSL
+/// server that discards them and answers one byte at the end.
+final class Discard: ChannelInboundHandler, @unchecked Sendable {
+    // Confined to its channel's event loop, like every ChannelHandler.
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    var seen = 0
+    let expected: Int
+    init(expected: Int) { self.expected = expected }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        seen += unwrapInboundIn(data).readableBytes
+        if seen >= expected {
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [1])), promise: nil)
+        }
+    }
+}
+final class Done: ChannelInboundHandler, @unchecked Sendable {
+    // Confined to its channel's event loop.
+    typealias InboundIn = ByteBuffer
+    let promise: EventLoopPromise<Void>
+    init(_ p: EventLoopPromise<Void>) { promise = p }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) { promise.succeed(()) }
+}
+
+let group = MultiThreadedEventLoopGroup.singleton
+var serverTLS = TLSConfiguration.makeServerConfiguration(
+    certificateChain: try NIOSSLCertificate.fromPEMFile(dir + "/tls.pem").map { .certificate($0) },
+    privateKey: .privateKey(try NIOSSLPrivateKey(file: dir + "/tls.key", format: .pem)))
+serverTLS.minimumTLSVersion = .tlsv12
+let serverContext = try NIOSSLContext(configuration: serverTLS)
+let expectedBytes = totalBytes
+let plainServer = try await ServerBootstrap(group: group)
+    .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+    .childChannelInitializer { ch in
+        ch.eventLoop.makeCompletedFuture {
+            try ch.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverContext))
+            try ch.pipeline.syncOperations.addHandler(Discard(expected: expectedBytes))
+        }
+    }
+    .bind(host: "127.0.0.1", port: 0).get()
+var clientTLS = TLSConfiguration.makeClientConfiguration()
+clientTLS.certificateVerification = .noHostnameVerification
+clientTLS.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(dir + "/tls.pem"))
+let clientContext = try NIOSSLContext(configuration: clientTLS)
+let donePromise = group.next().makePromise(of: Void.self)
+let plainStart = clock.now
+let plainChannel = try await ClientBootstrap(group: group)
+    .channelInitializer { ch in
+        ch.eventLoop.makeCompletedFuture {
+            try ch.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: clientContext, serverHostname: nil))
+            try ch.pipeline.syncOperations.addHandler(Done(donePromise))
+        }
+    }
+    .connect(host: "127.0.0.1", port: plainServer.localAddress!.port!).get()
+for body in bodies {
+    try await plainChannel.writeAndFlush(ByteBuffer(bytes: body))
+}
+try await donePromise.futureResult.get()
+let plainTime = seconds(plainStart.duration(to: clock.now))
+try await plainChannel.close()
+try await plainServer.close()
+
+let mb = Double(totalBytes) / 1e6
+let uploadRate = mb / uploadTime, plainRate = mb / plainTime
+print(String(format: "upload:  %.1f MB in %d requests of ~%.1f MB: %.1f MB/s (pinned TLS + HTTP + collector parse + SQLite store + ack)",
+             mb, bodies.count, mb / Double(bodies.count), uploadRate))
+print(String(format: "plain:   same bytes over one TLS stream to a discarding NIOSSL server: %.1f MB/s", plainRate))
+print(String(format: "ratio:   %.2f (goal >= 0.8)", uploadRate / plainRate))
+
+// MARK: 2. Ingest: many concurrent agents
+
+struct Agent: Sendable {
+    let id: String
+    let client: CollectorClient
+    let bodies: [Data]
+}
+var agents: [Agent] = []
+let smallPayload = Data(repeating: 0x61, count: 2048)  // a keystroke chunk-sized blob
+for i in 0..<agentCount {
+    let id = "agent-\(i)"
+    let token = try server.store.addAgent(id: id)
+    let s = try DEKSession(kek: kek, agentID: id)
+    var agentBodies: [Data] = []
+    for r in 0..<requestsPerAgent {
+        var body = r == 0 ? s.record.serialized : Data()
+        body.append(try s.seal(smallPayload, kind: .keystrokes, captureTimeMs: Int64(r)).serialized)
+        agentBodies.append(body)
+    }
+    let c = try CollectorClient(configuration: TransportConfiguration(
+        serverURL: "https://127.0.0.1:\(port)", agentID: id, agentToken: token, pins: [pin], caFile: nil),
+        logger: logger)
+    agents.append(Agent(id: id, client: c, bodies: agentBodies))
+}
+let latencies = Mutex<[Double]>([])
+let failures = Atomic<Int>(0)
+let ingestStart = clock.now
+await withTaskGroup(of: Void.self) { group in
+    for agent in agents {
+        group.addTask {
+            for body in agent.bodies {
+                let t0 = clock.now
+                do {
+                    let r = try await agent.client.upload(body, timeout: .seconds(120))
+                    if !r.results.allSatisfy(\.isAcknowledged) { failures.add(1, ordering: .relaxed) }
+                } catch {
+                    failures.add(1, ordering: .relaxed)
+                }
+                let dt = seconds(t0.duration(to: clock.now))
+                latencies.withLock { $0.append(dt) }
+            }
+            await agent.client.close()
+        }
+    }
+}
+let ingestTime = seconds(ingestStart.duration(to: clock.now))
+let sorted = latencies.withLock { $0 }.sorted()
+func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
+let stored = try server.store.counts()
+print(String(format: "ingest:  %d agents x %d requests (first with its DEK record; 2 KiB blobs), all concurrent, each its own TLS connection",
+             agentCount, requestsPerAgent))
+print(String(format: "ingest:  %.0f requests/s over %.1f s; ack time p50 %.0f ms, p99 %.0f ms, max %.0f ms (first request includes the TLS handshake); failures %d",
+             Double(sorted.count) / ingestTime, ingestTime, percentile(0.5) * 1000, percentile(0.99) * 1000,
+             (sorted.last ?? 0) * 1000, failures.load(ordering: .relaxed)))
+print("stored:  \(stored.captures) captures, \(stored.deks) DEK records")
+serverTask.cancel()
+_ = await serverTask.result
+if failures.load(ordering: .relaxed) > 0 { exit(1) }

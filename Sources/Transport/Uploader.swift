@@ -1,0 +1,306 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import Spool
+import Synchronization
+import Wire
+
+/// Where the uploader takes records from: the agent's `Spool` (see `Spool+UploadQueue.swift`).
+/// Entries are leased (hidden from other leases), then either acknowledged (deleted) or released.
+public protocol UploadQueue: Sendable {
+    /// Leases up to `maxItems` entries totalling at most `maxBytes` payload bytes (at least one
+    /// entry when any is available), oldest and most important first.
+    func leaseForUpload(maxItems: Int, maxBytes: Int) async throws -> [SpoolEntry]
+    /// Deletes entries the collector acknowledged.
+    func acknowledge(_ ids: [Data]) async throws
+    /// Returns entries to the queue; they are not leased again before `retryAfter` (nil: at once).
+    func giveBack(_ ids: [Data], retryAfter: Duration?) async throws
+}
+
+/// Upload loop settings (defaults in parentheses).
+public struct UploaderConfiguration: Sendable {
+    /// Records per upload request (512).
+    public var maxBatchItems: Int
+    /// Payload bytes per upload request (4 MiB; keep below the collector's `max-request-bytes`).
+    public var maxBatchBytes: Int
+    /// Pause when the spool is empty (1 s).
+    public var idleInterval: Duration
+    /// First retry delay after a failed upload (1 s); doubles per consecutive failure...
+    public var initialBackoff: Duration
+    /// ...up to this cap (5 min). A random jitter takes each delay down to between 50 % and 100 %.
+    public var maxBackoff: Duration
+    /// When records refused with a retryable reason (`unknown-kek`, `unknown-dek`, `storage-error`)
+    /// may be leased again (30 s).
+    public var retryableRefusalDelay: Duration
+    /// When records refused for good (`malformed`, `agent-mismatch`, `conflict`) may be tried again (1 h).
+    /// They stay spooled: only the collector's acknowledgement deletes a record.
+    public var permanentRefusalDelay: Duration
+    /// Longest a `Retry-After` from the collector is honoured (1 h).
+    public var maxRetryAfter: Duration
+    /// Time allowed for the final flush on graceful shutdown (5 s).
+    public var finalFlushTimeout: Duration
+
+    public init(maxBatchItems: Int = 512, maxBatchBytes: Int = 4 * 1024 * 1024, idleInterval: Duration = .seconds(1),
+                initialBackoff: Duration = .seconds(1), maxBackoff: Duration = .seconds(300),
+                retryableRefusalDelay: Duration = .seconds(30), permanentRefusalDelay: Duration = .seconds(3600),
+                maxRetryAfter: Duration = .seconds(3600), finalFlushTimeout: Duration = .seconds(5)) {
+        self.maxBatchItems = maxBatchItems
+        self.maxBatchBytes = maxBatchBytes
+        self.idleInterval = idleInterval
+        self.initialBackoff = initialBackoff
+        self.maxBackoff = maxBackoff
+        self.retryableRefusalDelay = retryableRefusalDelay
+        self.permanentRefusalDelay = permanentRefusalDelay
+        self.maxRetryAfter = maxRetryAfter
+        self.finalFlushTimeout = finalFlushTimeout
+    }
+}
+
+/// What one ``Uploader/uploadOnce(timeout:)`` did.
+public struct UploadSummary: Sendable, Equatable {
+    /// Records leased and sent.
+    public var sent: Int = 0
+    /// Payload bytes sent.
+    public var bytes: Int = 0
+    /// Newly stored by the collector (acknowledged, deleted from the spool).
+    public var stored: Int = 0
+    /// Already stored before (acknowledged, deleted from the spool).
+    public var duplicate: Int = 0
+    /// Refused records by reason (kept in the spool).
+    public var refused: [RefusalReason: Int] = [:]
+    /// Records the answer did not mention (kept in the spool).
+    public var unanswered: Int = 0
+
+    public init() {}
+    /// `stored + duplicate`.
+    public var acknowledged: Int { stored + duplicate }
+    /// Total refused records.
+    public var refusedCount: Int { refused.values.reduce(0, +) }
+}
+
+/// A snapshot for the agent's status output.
+public struct UploaderStatus: Sendable, Equatable {
+    /// Unix ms of the last successful upload request, nil before the first.
+    public var lastSuccessMs: Int64?
+    /// Failed attempts since the last success.
+    public var consecutiveFailures: Int
+    /// The last failure, nil after a success.
+    public var lastError: String?
+    /// Totals since start.
+    public var totalAcknowledged: Int
+    public var totalRefused: Int
+}
+
+/// Moves records from the spool to the collector: leases a batch, uploads it as one record stream,
+/// acknowledges (deletes) only what the collector acknowledged and releases the rest.
+///
+/// Failures back off exponentially with jitter up to a cap, honouring `Retry-After`; a repeated
+/// error is logged once, and the recovery once. On graceful shutdown, ``run()`` makes a bounded
+/// final flush. Use it as a swift-service-lifecycle `Service`.
+public final class Uploader: Service, Sendable {
+    private struct State {
+        var consecutiveFailures = 0
+        var lastErrorKey: String?
+        var lastError: String?
+        var lastSuccessMs: Int64?
+        var loggedRefusals: Set<RefusalReason> = []
+        var totalAcknowledged = 0
+        var totalRefused = 0
+    }
+
+    let queue: any UploadQueue
+    let client: CollectorClient
+    public let configuration: UploaderConfiguration
+    let logger: Logger
+    private let state = Mutex(State())
+
+    public init(queue: any UploadQueue, client: CollectorClient, configuration: UploaderConfiguration = .init(),
+                logger: Logger) {
+        self.queue = queue
+        self.client = client
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    public var status: UploaderStatus {
+        state.withLock {
+            UploaderStatus(lastSuccessMs: $0.lastSuccessMs, consecutiveFailures: $0.consecutiveFailures,
+                           lastError: $0.lastError, totalAcknowledged: $0.totalAcknowledged, totalRefused: $0.totalRefused)
+        }
+    }
+
+    /// Uploads one batch.
+    /// - Parameter timeout: limit for the request (default: the client's request timeout).
+    /// - Returns: what happened to each record of the batch (zero counts when the spool is empty).
+    /// - Throws: ``TransportError`` when the batch could not be delivered or the collector refused the
+    ///   whole request; every leased record is then released (kept) for a later attempt.
+    public func uploadOnce(timeout: Duration? = nil) async throws(TransportError) -> UploadSummary {
+        do {
+            let summary = try await attempt(timeout: timeout)
+            noteSuccess(summary)
+            return summary
+        } catch {
+            noteFailure(error)
+            throw error
+        }
+    }
+
+    private func attempt(timeout: Duration?) async throws(TransportError) -> UploadSummary {
+        let entries: [SpoolEntry]
+        do {
+            entries = try await queue.leaseForUpload(maxItems: configuration.maxBatchItems,
+                                                     maxBytes: configuration.maxBatchBytes)
+        } catch {
+            throw TransportError(.spool, "cannot lease from the spool: \(error)")
+        }
+        var summary = UploadSummary()
+        guard !entries.isEmpty else { return summary }
+        var body = Data(capacity: entries.reduce(0) { $0 + $1.payload.count })
+        for e in entries { body.append(e.payload) }
+        summary.sent = entries.count
+        summary.bytes = body.count
+
+        let response: UploadResponse
+        do {
+            response = try await client.upload(body, timeout: timeout)
+        } catch {
+            try await release(entries.map(\.id), after: nil)
+            throw error
+        }
+        var verdicts = [RecordResult?](repeating: nil, count: entries.count)
+        for r in response.results where r.index >= 0 && r.index < entries.count {
+            // A result naming another id than the record at its index is ignored (kept spooled).
+            if let id = r.id, id != wireHex(entries[r.index].id) { continue }
+            verdicts[r.index] = r
+        }
+        var ack: [Data] = [], retrySoon: [Data] = [], retryLate: [Data] = [], unanswered: [Data] = []
+        var newReasons: [(RefusalReason, String)] = []
+        for (i, entry) in entries.enumerated() {
+            guard let v = verdicts[i] else { unanswered.append(entry.id); continue }
+            switch v.status {
+            case .stored: summary.stored += 1; ack.append(entry.id)
+            case .duplicate: summary.duplicate += 1; ack.append(entry.id)
+            case .refused:
+                let reason = v.reason ?? .malformed
+                summary.refused[reason, default: 0] += 1
+                if v.retryable ?? false { retrySoon.append(entry.id) } else { retryLate.append(entry.id) }
+                newReasons.append((reason, v.message ?? ""))
+            }
+        }
+        summary.unanswered = unanswered.count
+        if !ack.isEmpty {
+            do { try await queue.acknowledge(ack) } catch {
+                // Not deleted: they will be sent again and answered `duplicate`.
+                logger.error("cannot delete acknowledged records from the spool",
+                             metadata: ["transport.count": "\(ack.count)", "transport.error": "\(error)"])
+            }
+        }
+        try await release(unanswered, after: nil)
+        try await release(retrySoon, after: configuration.retryableRefusalDelay)
+        try await release(retryLate, after: configuration.permanentRefusalDelay)
+        logRefusals(newReasons, summary: summary)
+        return summary
+    }
+
+    private func release(_ ids: [Data], after: Duration?) async throws(TransportError) {
+        guard !ids.isEmpty else { return }
+        do { try await queue.giveBack(ids, retryAfter: after) } catch {
+            throw TransportError(.spool, "cannot release \(ids.count) records to the spool: \(error)")
+        }
+    }
+
+    private func logRefusals(_ reasons: [(RefusalReason, String)], summary: UploadSummary) {
+        let present = Set(reasons.map(\.0))
+        let fresh = state.withLock { s -> Set<RefusalReason> in
+            let fresh = present.subtracting(s.loggedRefusals)
+            // A reason that stopped occurring is logged again when it comes back.
+            s.loggedRefusals = present
+            return fresh
+        }
+        for reason in fresh.sorted(by: { $0.rawValue < $1.rawValue }) {
+            let message = reasons.first { $0.0 == reason }?.1 ?? ""
+            let level: Logger.Level = reason == .unknownKEK || reason == .unknownDEK ? .warning : .error
+            logger.log(level: level, "collector refused records; they stay spooled", metadata: [
+                "transport.reason": "\(reason.rawValue)", "transport.count": "\(summary.refused[reason] ?? 0)",
+                "transport.detail": "\(message)"])
+        }
+    }
+
+    private func noteSuccess(_ summary: UploadSummary) {
+        let recovered = state.withLock { s -> (Int, String?)? in
+            let was = s.lastErrorKey != nil ? (s.consecutiveFailures, s.lastError) : nil
+            s.consecutiveFailures = 0
+            s.lastErrorKey = nil
+            s.lastError = nil
+            if summary.sent > 0 { s.lastSuccessMs = Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+            s.totalAcknowledged += summary.acknowledged
+            s.totalRefused += summary.refusedCount
+            return was
+        }
+        if let (failures, _) = recovered {
+            logger.info("upload recovered", metadata: ["transport.failed_attempts": "\(failures)"])
+        }
+    }
+
+    private func noteFailure(_ error: TransportError) {
+        // The key leaves out volatile detail, so the same failure repeating is logged once.
+        let key = "\(error.code)|\(error.httpStatus ?? 0)|\(error.presentedPins.joined())"
+        let first = state.withLock { s -> Bool in
+            s.consecutiveFailures += 1
+            s.lastError = error.description
+            defer { s.lastErrorKey = key }
+            return s.lastErrorKey != key
+        }
+        if first {
+            logger.error("upload failed; records stay spooled, retrying with backoff",
+                         metadata: ["transport.error": "\(error.description)"])
+        } else {
+            logger.debug("upload failed again", metadata: ["transport.error": "\(error.description)"])
+        }
+    }
+
+    /// The delay before the next attempt after `failures` consecutive failures (≥ 1):
+    /// `initialBackoff * 2^(failures-1)` capped at `maxBackoff`, times a random factor in [0.5, 1].
+    public func backoff(failures: Int) -> Duration {
+        let base = configuration.initialBackoff * Int(1 << min(max(failures - 1, 0), 30))
+        let capped = min(base, configuration.maxBackoff)
+        return capped * Double.random(in: 0.5...1.0)
+    }
+
+    /// Uploads until cancelled or gracefully shut down, then makes a final flush of at most
+    /// ``UploaderConfiguration/finalFlushTimeout`` (graceful shutdown only).
+    public func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            var delay: Duration = .zero
+            do {
+                let s = try await uploadOnce()
+                if s.sent == 0 || s.acknowledged == 0 { delay = configuration.idleInterval }
+            } catch {
+                if let after = error.retryAfter {
+                    delay = min(after, configuration.maxRetryAfter)
+                } else {
+                    delay = backoff(failures: status.consecutiveFailures)
+                }
+            }
+            if delay > .zero {
+                let pause = delay
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
+            }
+        }
+        if !Task.isCancelled { await finalFlush() }
+    }
+
+    /// Uploads what it can within ``UploaderConfiguration/finalFlushTimeout``; stops at the first
+    /// failure, an empty spool, or a batch with nothing acknowledged.
+    public func finalFlush() async {
+        let clock = ContinuousClock()
+        let deadline = clock.now + configuration.finalFlushTimeout
+        var flushed = 0
+        while clock.now < deadline {
+            let left = clock.now.duration(to: deadline)
+            guard let s = try? await uploadOnce(timeout: left), s.sent > 0, s.acknowledged > 0 else { break }
+            flushed += s.acknowledged
+        }
+        logger.info("final flush done", metadata: ["transport.acknowledged": "\(flushed)"])
+    }
+}

@@ -1,0 +1,111 @@
+import Collector
+import Envelope
+import Foundation
+import Logging
+import Synchronization
+import TestSupport
+import Transport
+import Wire
+
+/// Collects log lines in memory (one per test; never bootstraps the global logging system).
+final class LogCapture: Sendable {
+    let lines = Mutex<[String]>([])
+
+    func logger(_ label: String, level: Logger.Level = .debug) -> Logger {
+        var l = Logger(label: label) { _ in CaptureHandler(capture: self) }
+        l.logLevel = level
+        return l
+    }
+
+    var text: String { lines.withLock { $0.joined(separator: "\n") } }
+    func contains(_ s: String) -> Bool { lines.withLock { $0.contains { $0.contains(s) } } }
+    func count(_ s: String) -> Int { lines.withLock { $0.filter { $0.contains(s) }.count } }
+}
+
+struct CaptureHandler: LogHandler {
+    let capture: LogCapture
+    var metadata: Logger.Metadata = [:]
+    var metadataProvider: Logger.MetadataProvider?
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
+        let meta = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        capture.lines.withLock { $0.append("\(event.level) \(event.message) \(meta)") }
+    }
+}
+
+/// A collector with a registered KEK and an agent, plus records sealed for that agent.
+struct NetFixture {
+    let dir: TempDir
+    let collector: TestCollector
+    let agentID: String
+    let token: String
+    let kekPublic: String
+    let kekPrivate: String
+    let logs: LogCapture
+
+    /// Starts a collector presenting `certificate`; registers the KEK unless `registerKEK` is false.
+    static func start(_ name: String = "net", certificate: String = "leaf", registerKEK: Bool = true,
+                      maxRequestBytes: Int = 16 * 1024 * 1024) async throws -> NetFixture {
+        let dir = try TempDir("custos-\(name)")
+        let logs = LogCapture()
+        let shared = try sharedMaterial.get()
+        let collector = try await TestCollector.start(in: dir.path, pki: shared.pki, certificate: certificate,
+                                                      maxRequestBytes: maxRequestBytes,
+                                                      logger: logs.logger("collector", level: .info))
+        let (pub, priv) = shared.kek
+        if registerKEK {
+            _ = try collector.store.registerKEK(pubDatafile: pub, privDatafile: priv, privEncrypted: false, active: true,
+                                                kekID: nil)
+            await collector.server.registry.refresh()
+        }
+        let agentID = "host-\(UInt32.random(in: 0...UInt32.max))"
+        let token = try collector.store.addAgent(id: agentID)
+        return NetFixture(dir: dir, collector: collector, agentID: agentID, token: token, kekPublic: pub,
+                          kekPrivate: priv, logs: logs)
+    }
+
+    func stop() async {
+        await collector.stop()
+        dir.remove()
+    }
+
+    /// A DEK record followed by `count` sealed blobs of `size` random bytes each, for `agent` (default: ours).
+    func records(count: Int, size: Int = 1000, agent: String? = nil) throws -> (records: [EnvelopeRecord], plaintexts: [Data]) {
+        let session = try DEKSession(kek: try KEKPublicKey(pemFile: kekPublic), agentID: agent ?? agentID)
+        var out: [EnvelopeRecord] = [.dekRecord(session.record)]
+        var plain: [Data] = []
+        for i in 0..<count {
+            let p = Data((0..<size).map { _ in UInt8.random(in: 0...255) })
+            plain.append(p)
+            out.append(.blob(try session.seal(p, kind: i % 2 == 0 ? .screen : .keystrokes, captureTimeMs: 1_700_000_000_000 + Int64(i))))
+        }
+        return (out, plain)
+    }
+
+    /// A client for this collector with the given trust settings (default: the leaf pin).
+    func client(pins: [String]? = nil, caFile: String? = nil, host: String = "127.0.0.1", token: String? = nil,
+                logger: Logger? = nil) throws -> CollectorClient {
+        let config = try TransportConfiguration(serverURL: "https://\(host):\(collector.port)", agentID: agentID,
+                                                agentToken: token ?? self.token,
+                                                pins: try pins ?? [collector.pin], caFile: caFile)
+        return try CollectorClient(configuration: config, logger: logger ?? logs.logger("transport"))
+    }
+
+    var storedCounts: (captures: Int, deks: Int) { get throws { try collector.store.counts() } }
+}
+
+/// Certificates and a KEK made once per test process (openssl is slow on a busy 2-core machine).
+/// The folder is left in the temp dir for the process' lifetime.
+let sharedMaterial: Result<(pki: TestPKI, kek: (publicKey: String, privateKey: String)), any Error> = Result {
+    let dir = try TempDir("custos-net-shared")
+    return (try makeTestPKI(in: dir.path), try makeTestKEK(in: dir.path))
+}
+
+func stream(_ records: [EnvelopeRecord]) -> Data { RecordStream.encode(records) }

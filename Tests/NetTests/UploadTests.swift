@@ -1,0 +1,151 @@
+import Collector
+import Envelope
+import Foundation
+import Testing
+import TestSupport
+import Transport
+import Wire
+
+@Suite struct UploadTests {
+    @Test func uploadReadBackAndDecrypt() async throws {
+        let f = try await NetFixture.start("upload")
+        defer { Task { await f.stop() } }
+        let (records, plaintexts) = try f.records(count: 5, size: 3000)
+        let client = try f.client()
+
+        let health = try await client.health()
+        #expect(health.status == "ok" && health.activeKEKs == 1)
+
+        let first = try await client.upload(stream(records))
+        #expect(first.results.count == 6)
+        #expect(first.results.allSatisfy { $0.status == .stored })
+        #expect(first.results.map(\.id) == records.map { wireHex($0.id) })
+
+        // Idempotent: the same bytes again are acknowledged as duplicates and stored once.
+        let again = try await client.upload(stream(records))
+        #expect(again.results.allSatisfy { $0.status == .duplicate })
+        #expect(try f.storedCounts == (5, 1))
+
+        // Read back through the store API the admin tool uses, and decrypt with the private key.
+        let captures = try f.collector.store.listCaptures(CaptureFilter(agentID: f.agentID))
+        #expect(captures.count == 5)
+        #expect(try f.collector.store.listCaptures(CaptureFilter(kind: "keystrokes")).count == 2)
+        let kek = try KEKPrivateKey(pemFile: f.kekPrivate, passphrase: nil)
+        guard case .dekRecord(let dek) = records[0] else { Issue.record("first record is not a DEK record"); return }
+        let storedDEK = try #require(try f.collector.store.dekRecord(dekID: dek.dekID.hex))
+        let opener = try kek.unwrap(try DEKRecord(parsing: storedDEK))
+        for (i, record) in records.dropFirst().enumerated() {
+            let bytes = try #require(try f.collector.store.blob(blobID: wireHex(record.id)))
+            #expect(bytes == record.serialized)
+            #expect(try opener.open(try SealedBlob(parsing: bytes)) == plaintexts[i])
+        }
+        // The KEK id the collector learnt from pub_datafile is recorded in its row.
+        #expect(try f.collector.store.listKEKs().first?.kekID == (try KEKPublicKey(pemFile: f.kekPublic)).id.hex)
+        await client.close()
+    }
+
+    @Test func oneBadRecordDoesNotFailTheBatch() async throws {
+        let f = try await NetFixture.start("mixed")
+        defer { Task { await f.stop() } }
+        let (mine, _) = try f.records(count: 2)
+        let (theirs, _) = try f.records(count: 1, agent: "someone-else")
+        // Tamper with the second blob's header: an unknown capture kind byte (offset 10+1+16+32+16 = 75).
+        var tampered = mine[2].serialized
+        tampered[75] = 0xEE
+        var body = stream(mine.dropLast() + theirs)
+        body.append(tampered)
+        let response = try await f.client().upload(body)
+        let status = response.results.map(\.status)
+        #expect(status == [.stored, .stored, .refused, .refused, .refused])
+        #expect(response.results[2].reason == .agentMismatch)
+        #expect(response.results[3].reason == .agentMismatch)
+        #expect(response.results[4].reason == .malformed && response.results[4].retryable == false)
+        #expect(try f.storedCounts == (1, 1))
+    }
+
+    @Test func blobBeforeItsDEKRecordIsRetryable() async throws {
+        let f = try await NetFixture.start("dek-order")
+        defer { Task { await f.stop() } }
+        let (records, _) = try f.records(count: 2)
+        let client = try f.client()
+        let early = try await client.upload(stream(Array(records.dropFirst())))
+        #expect(early.results.allSatisfy { $0.reason == .unknownDEK && $0.retryable == true })
+        let late = try await client.upload(stream(records))
+        #expect(late.results.allSatisfy { $0.status == .stored })
+    }
+}
+
+@Suite struct BadRequestTests {
+    @Test func wrongTokenIsRefused() async throws {
+        let f = try await NetFixture.start("token")
+        defer { Task { await f.stop() } }
+        let (records, _) = try f.records(count: 1)
+        let wrong = String(repeating: "A", count: 43)
+        await #expect {
+            try await f.client(token: wrong).upload(stream(records))
+        } throws: { ($0 as? TransportError)?.httpStatus == 401 }
+        #expect(try f.storedCounts == (0, 0))
+        #expect(f.logs.contains("wrong token"))
+    }
+
+    @Test func malformedTruncatedOversizedBodiesGet4xx() async throws {
+        let f = try await NetFixture.start("bad", maxRequestBytes: 64 * 1024)
+        defer { Task { await f.stop() } }
+        let client = try f.client()
+        let (records, _) = try f.records(count: 1, size: 2000)
+        func status(_ body: Data) async -> Int? {
+            do { _ = try await client.upload(body); return 200 } catch {
+                if error.httpStatus == nil { Issue.record("\(error)") }
+                return error.httpStatus
+            }
+        }
+        // Garbage: no CSTS prefix.
+        #expect(await status(Data((0..<500).map { _ in UInt8.random(in: 0...255) })) == 400)
+        // Truncated: the last record is cut short.
+        #expect(await status(stream(records).dropLast(7)) == 400)
+        // Oversized: more than max-request-bytes.
+        #expect(await status(Data(count: 100 * 1024)) == 413)
+        // Tampered header only: 422 (the client hands back its per-record results) with reason `malformed`.
+        var tampered = records[1].serialized
+        tampered[75] = 0xEE
+        let refused = try await client.upload(tampered)
+        #expect(refused.results.map(\.reason) == [.malformed])
+        #expect(f.logs.contains("sealed blob does not parse"))
+        // The collector is still up and stores a good batch.
+        #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .stored })
+    }
+}
+
+@Suite struct WireTests {
+    @Test func framingSplitsOnPrefixes() throws {
+        var body = Data()
+        let a = Data([0x43, 0x53, 0x54, 0x53, 1, 1, 0, 0, 0, 12, 0xAA, 0xBB])
+        let b = Data([0x43, 0x53, 0x54, 0x53, 1, 2, 0, 0, 0, 10])
+        body.append(a); body.append(b)
+        let framed = try frameRecords(body)
+        #expect(framed.map(\.type) == [1, 2])
+        #expect(framed.map(\.bytes) == [a, b])
+        #expect(throws: FramingError.self) { try frameRecords(body.dropLast()) }
+        #expect(throws: FramingError.self) { try frameRecords(Data([0x43, 0x53, 0x54, 0x53, 1, 2, 0, 0, 0, 3])) }
+        #expect(throws: FramingError.self) { try frameRecords(body, maxRecords: 1) }
+    }
+
+    @Test func authorizationHeader() {
+        let h = WireAPI.authorization(agentID: "host-1", token: "abc:def")
+        #expect(WireAPI.parseAuthorization(h)?.agentID == "host-1")
+        #expect(WireAPI.parseAuthorization(h)?.token == "abc:def")
+        #expect(WireAPI.parseAuthorization("Basic aG9zdDp0b2s=") == nil)
+        #expect(WireAPI.parseAuthorization("Bearer bad id:tok") == nil)
+        #expect(WireAPI.parseAuthorization("Bearer host-1:") == nil)
+    }
+
+    @Test func pinSyntax() throws {
+        let p = try SPKIPin("sha256/" + Data(repeating: 7, count: 32).base64EncodedString())
+        #expect(p.digest == [UInt8](repeating: 7, count: 32))
+        #expect(throws: TransportError.self) { try SPKIPin("sha1/AAAA") }
+        #expect(throws: TransportError.self) { try SPKIPin("sha256/" + Data(count: 20).base64EncodedString()) }
+        #expect(throws: TransportError.self) {
+            try TransportConfiguration(serverURL: "http://x:1", agentID: "a", agentToken: "t", pins: [], caFile: nil)
+        }
+    }
+}

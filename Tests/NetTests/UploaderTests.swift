@@ -1,0 +1,172 @@
+import Collector
+import Envelope
+import Foundation
+import Spool
+import Testing
+import TestSupport
+import Transport
+import Wire
+
+/// The upload loop against a real collector and a real spool.
+@Suite struct UploaderTests {
+    /// Spools the records (DEK record first) and returns their ids.
+    static func spool(_ records: [EnvelopeRecord], into spool: Spool) throws -> [Data] {
+        for r in records {
+            switch r {
+            case .dekRecord(let d):
+                try spool.enqueue(SpoolEntry(id: r.id, kind: .dekRecord, dekID: Data(d.dekID.bytes),
+                                             captureTimeMs: d.creationTimeMs, payload: r.serialized))
+            case .blob(let b):
+                let kind: SpoolKind = b.header.kind == .keystrokes ? .keystrokes : .screen
+                try spool.enqueue(SpoolEntry(id: r.id, kind: kind, dekID: Data(b.header.dekID.bytes),
+                                             captureTimeMs: b.header.captureTimeMs, payload: r.serialized))
+            }
+        }
+        return records.map(\.id)
+    }
+
+    static func makeUploader(_ f: NetFixture, spool: Spool, logs: LogCapture, pins: [String]? = nil,
+                             configuration: UploaderConfiguration = .init(retryableRefusalDelay: .zero)) throws -> Uploader {
+        Uploader(queue: spool, client: try f.client(pins: pins, logger: logs.logger("transport")),
+                 configuration: configuration, logger: logs.logger("uploader"))
+    }
+
+    @Test func drainsTheSpoolAndAcksOnlyAcknowledged() async throws {
+        let f = try await NetFixture.start("uploader")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (records, _) = try f.records(count: 40, size: 2000)
+        _ = try Self.spool(records, into: spool)
+        // A record sealed for another agent is refused for good and stays spooled.
+        let (foreign, _) = try f.records(count: 1, agent: "someone-else")
+        _ = try Self.spool(foreign, into: spool)
+        let logs = LogCapture()
+        let uploader = try Self.makeUploader(f, spool: spool, logs: logs,
+                                             configuration: .init(maxBatchItems: 16, retryableRefusalDelay: .zero))
+        var acked = 0, refused = 0
+        for _ in 0..<10 {
+            let s = try await uploader.uploadOnce()
+            if s.sent == 0 { break }
+            acked += s.acknowledged
+            refused += s.refusedCount
+        }
+        #expect(acked == 41)
+        // The foreign DEK record is refused; its blob is not leased while that DEK record is spooled.
+        #expect(refused == 1)
+        #expect(try f.storedCounts == (40, 1))
+        #expect(try spool.stats().totalSpooled.count == 2)
+        #expect(logs.count("agent-mismatch") == 1)
+    }
+
+    @Test func refusedPeerKeepsEverythingSpooled() async throws {
+        let f = try await NetFixture.start("uploader-pin")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (records, _) = try f.records(count: 5)
+        _ = try Self.spool(records, into: spool)
+        let logs = LogCapture()
+        let uploader = try Self.makeUploader(f, spool: spool, logs: logs, pins: [try f.collector.pki.pin("other")])
+        for _ in 0..<3 {
+            await #expect(throws: TransportError.self) { try await uploader.uploadOnce() }
+        }
+        #expect(try spool.stats().totalSpooled.count == 6)
+        #expect(try f.storedCounts == (0, 0))
+        // A repeated error is logged once.
+        #expect(logs.count("upload failed; records stay spooled") == 1)
+        #expect(logs.contains(try f.collector.pki.pin("leaf")))
+        #expect(uploader.status.consecutiveFailures == 3)
+    }
+
+    /// The seed's flow: the agent's KEK is not in `encryption_kek`; uploads are refused with
+    /// `unknown-kek` and stay spooled; an admin runs the seed's insert with `sqlite3`; the backlog arrives.
+    @Test func unknownKEKBacklogFlushesAfterTheSeedInsert() async throws {
+        try requireTool("sqlite3")
+        let f = try await NetFixture.start("unknown-kek", registerKEK: false)
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (records, _) = try f.records(count: 12)
+        _ = try Self.spool(records, into: spool)
+        let logs = LogCapture()
+        let uploader = try Self.makeUploader(f, spool: spool, logs: logs)
+        let refused = try await uploader.uploadOnce()
+        #expect(refused.refused[.unknownKEK] == 13)
+        #expect(refused.acknowledged == 0)
+        #expect(try f.storedCounts == (0, 0))
+        #expect(try spool.stats().totalSpooled.count == 13)
+        #expect(logs.contains("unknown-kek"))
+
+        let sql = "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(f.kekPublic)', '\(f.kekPrivate)');"
+        try runChecked(["sqlite3", f.collector.databasePath, sql])
+
+        // Poll as the agent would; the collector re-reads encryption_kek on demand (≤ 1/s) and every 3 s.
+        let deadline = ContinuousClock.now + .seconds(15)
+        while try f.storedCounts.captures < 12 && ContinuousClock.now < deadline {
+            _ = try await uploader.uploadOnce()
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        #expect(try f.storedCounts == (12, 1))
+        #expect(try spool.stats().totalSpooled.count == 0)
+        #expect(f.logs.contains("KEK active"))
+    }
+
+    /// The collector stops in the middle of a batch and comes back on the same port and database:
+    /// every blob ends up stored exactly once and the spool drains.
+    @Test func collectorStoppedMidBatchStoresEverythingOnce() async throws {
+        let f = try await NetFixture.start("restart")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 256 << 20, logger: f.logs.logger("spool"))
+        let (records, _) = try f.records(count: 600, size: 20_000)
+        _ = try Self.spool(records, into: spool)
+        let logs = LogCapture()
+        let uploader = try Self.makeUploader(f, spool: spool, logs: logs,
+                                             configuration: .init(maxBatchItems: 50, maxBatchBytes: 512 << 10,
+                                                                  retryableRefusalDelay: .zero))
+        // First batch arrives; then stop the collector while the next batches are in flight.
+        _ = try await uploader.uploadOnce()
+        let inFlight = Task { () -> Int in
+            var failures = 0
+            for _ in 0..<40 {
+                do { _ = try await uploader.uploadOnce() } catch { failures += 1 }
+            }
+            return failures
+        }
+        try await Task.sleep(for: .milliseconds(30))
+        await f.collector.stop()
+        let failures = await inFlight.value
+        #expect(failures > 0)
+        let storedWhileDown = try f.storedCounts.captures
+        #expect(storedWhileDown < 600)
+
+        let restarted = try await TestCollector.start(in: f.dir.path, pki: f.collector.pki, port: f.collector.port,
+                                                      databasePath: f.collector.databasePath,
+                                                      logger: f.logs.logger("collector-2"))
+        defer { Task { await restarted.stop() } }
+        var rounds = 0
+        while try spool.stats().totalSpooled.count > 0 && rounds < 50 {
+            rounds += 1
+            do { _ = try await uploader.uploadOnce() } catch { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(try spool.stats().totalSpooled.count == 0)
+        #expect(try restarted.store.counts() == (600, 1))
+        let ids = Set(try restarted.store.listCaptures(CaptureFilter()).map(\.blobID))
+        #expect(ids == Set(records.dropFirst().map { wireHex($0.id) }))
+        #expect(logs.count("upload recovered") == 1)
+    }
+
+    @Test func backoffGrowsToTheCapWithJitter() throws {
+        let f = UploaderConfiguration(initialBackoff: .seconds(1), maxBackoff: .seconds(60))
+        let dir = try TempDir("custos-backoff")
+        defer { dir.remove() }
+        let spool = try Spool(directory: dir.file("spool"), maxBytes: 1 << 20, logger: LogCapture().logger("spool"))
+        let config = try TransportConfiguration(serverURL: "https://127.0.0.1:9", agentID: "a", agentToken: "t",
+                                                pins: [], caFile: nil)
+        let u = Uploader(queue: spool, client: try CollectorClient(configuration: config, logger: LogCapture().logger("t")),
+                         configuration: f, logger: LogCapture().logger("u"))
+        for _ in 0..<50 {
+            let d1 = u.backoff(failures: 1), d4 = u.backoff(failures: 4), d20 = u.backoff(failures: 20)
+            #expect(d1 >= .milliseconds(500) && d1 <= .seconds(1))
+            #expect(d4 >= .seconds(4) && d4 <= .seconds(8))
+            #expect(d20 >= .seconds(30) && d20 <= .seconds(60))
+        }
+    }
+}

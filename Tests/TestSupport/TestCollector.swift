@@ -1,0 +1,100 @@
+import Collector
+import Foundation
+import Logging
+
+/// A real ``CollectorServer`` running in this process on 127.0.0.1 (port 0 by default), with a
+/// temporary SQLite file and certificates made by the `openssl` CLI (``TestPKI``).
+///
+/// ```swift
+/// let dir = try TempDir("net")
+/// let collector = try await TestCollector.start(in: dir.path)
+/// let token = try collector.store.addAgent(id: "host-1")
+/// // ... connect to collector.url pinning collector.pin ...
+/// await collector.stop()
+/// ```
+public final class TestCollector: Sendable {
+    /// The bound TCP port.
+    public let port: Int
+    /// The certificates (shared across restarts).
+    public let pki: TestPKI
+    /// Name of the certificate the collector presents (`leaf`, `selfSigned`, `expired`, `wrongHost`).
+    public let certificateName: String
+    /// The SQLite file.
+    public let databasePath: String
+    public let server: CollectorServer
+    private let task: Task<Void, any Error>
+
+    /// The store (same file the server writes).
+    public var store: any CollectorStore { server.store }
+    /// `https://127.0.0.1:PORT`.
+    public var url: String { "https://127.0.0.1:\(port)" }
+    /// The `sha256/BASE64` pin of the presented leaf certificate.
+    public var pin: String { get throws { try pki.pin(certificateName) } }
+
+    private init(port: Int, pki: TestPKI, certificateName: String, databasePath: String, server: CollectorServer,
+                 task: Task<Void, any Error>) {
+        self.port = port
+        self.pki = pki
+        self.certificateName = certificateName
+        self.databasePath = databasePath
+        self.server = server
+        self.task = task
+    }
+
+    /// Starts a collector and waits until it listens.
+    /// - Parameters:
+    ///   - directory: a test's temp dir; certificates go to `directory/pki` (made unless `pki` is given),
+    ///     the database to `directory/collector.db` unless `databasePath` is given.
+    ///   - certificate: which ``TestPKI`` leaf to present (`leaf` presents leaf + intermediate).
+    ///   - port: 0 for a free port, or a port to reuse after ``stop()``.
+    ///   - maxRequestBytes: the collector's upload limit.
+    public static func start(in directory: String, pki: TestPKI? = nil, certificate: String = "leaf", port: Int = 0,
+                             databasePath: String? = nil, maxRequestBytes: Int = 16 * 1024 * 1024,
+                             kekPollInterval: Duration = .seconds(3),
+                             logger: Logger = Logger(label: "test-collector")) async throws -> TestCollector {
+        let pki = try pki ?? makeTestPKI(in: directory)
+        let db = databasePath ?? directory + "/collector.db"
+        let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: port,
+                                            tlsCertFile: pki.chain(certificate), tlsKeyFile: pki.key(certificate),
+                                            databasePath: db, maxRequestBytes: maxRequestBytes,
+                                            kekPollInterval: kekPollInterval, trapSIGHUP: false)
+        let server = try CollectorServer(configuration: config, logger: logger)
+        let (ports, continuation) = AsyncStream<Int>.makeStream()
+        let task = Task {
+            defer { continuation.finish() }
+            try await server.run(onListening: { continuation.yield($0) })
+        }
+        // Wait for the port (or the server failing first), at most 60 s.
+        let bound: Int? = await withTaskGroup(of: Int?.self) { group in
+            group.addTask { for await p in ports { return p }; return nil }
+            group.addTask { try? await Task.sleep(for: .seconds(60)); return nil }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        guard let bound, bound > 0 else {
+            task.cancel()
+            if case .failure(let error) = await task.result { throw error }
+            throw TestSupportError("collector did not start listening within 60 s")
+        }
+        return TestCollector(port: bound, pki: pki, certificateName: certificate, databasePath: db, server: server,
+                             task: task)
+    }
+
+    /// Stops the server (closes the listener and its connections) and waits for it to end.
+    public func stop() async {
+        task.cancel()
+        _ = await task.result
+    }
+}
+
+/// Makes an RSA-2048 KEK with the openssl CLI in `directory`: `keypair.pem` (unencrypted) and
+/// `publickey.crt` (`openssl rsa -pubout`). Returns the public key's path.
+public func makeTestKEK(in directory: String, name: String = "kek") throws -> (publicKey: String, privateKey: String) {
+    try requireTool("openssl")
+    let dir = directory + "/" + name
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try runChecked(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", dir + "/keypair.pem"])
+    try runChecked(["openssl", "rsa", "-in", dir + "/keypair.pem", "-pubout", "-out", dir + "/publickey.crt"])
+    return (dir + "/publickey.crt", dir + "/keypair.pem")
+}

@@ -33,7 +33,7 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CX11", path: "Sources/CX11", pkgConfig: "x11",
-                       providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev"])]),
+                       providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev", "libxfixes-dev"])]),
 
         // Seams.
         .target(name: "Envelope", dependencies: [
@@ -44,8 +44,9 @@ let package = Package(
         .target(name: "CustosConfig", swiftSettings: strict),
         .target(name: "CaptureFormat", swiftSettings: strict),
         .target(name: "CPNGWriter", dependencies: ["CPNG"], path: "Sources/CPNGWriter"),
+        .target(name: "CX11Damage", dependencies: ["CX11"], path: "Sources/CX11Damage"),
         .target(name: "Capture", dependencies: [
-            "CX11", "CPNG", "CPNGWriter", "CaptureFormat",
+            "CX11", "CX11Damage", "CPNG", "CPNGWriter", "CaptureFormat",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
         .target(name: "Spool", dependencies: [

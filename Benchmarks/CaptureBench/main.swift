@@ -6,7 +6,9 @@
 // paints a desktop-like root (wallpaper gradient with noise, a top bar, windows with text-like
 // glyph rows) and keeps it up while measuring:
 //   custos changed frame   thread CPU ms per captureAll() that grabs + hashes + PNG-encodes
-//   custos unchanged frame thread CPU ms per captureAll() on an identical screen
+//   custos unchanged frame thread CPU ms per captureAll() on an idle screen (DAMAGE: no grab)
+//   identical repaint      the same after the root is repainted with the same pixels
+//                          (DAMAGE reports it, so the pixels are grabbed and hashed)
 //   ffmpeg frame           (CPU of `ffmpeg -f x11grab … -c:v png` with N+5 frames − with 5
 //                          frames) / N, so start-up cost cancels out
 // and prints medians, the ratio custos/ffmpeg (goal ≤ 0.5) and unchanged/changed (goal ≤ 0.02).
@@ -176,7 +178,7 @@ do {
     exit(1)
 }
 
-var changed: [Double] = [], unchanged: [Double] = [], pngBytes = 0
+var changed: [Double] = [], unchanged: [Double] = [], repainted: [Double] = [], pngBytes = 0
 do {
     _ = try capturer.captureAll()  // warm-up: connection, SHM segment
     for _ in 0..<options.frames {
@@ -192,6 +194,18 @@ do {
         unchanged.append(threadCPUms() - t0)
         guard case .unchanged = frames.first else {
             FileHandle.standardError.write(Data("screen changed during the unchanged-frame run\n".utf8))
+            exit(1)
+        }
+    }
+    // Repaint with identical pixels: DAMAGE reports the root, the hash finds it unchanged.
+    for _ in 0..<options.frames {
+        XClearWindow(keep, XDefaultRootWindow(keep))
+        XSync(keep, 0)
+        let t0 = threadCPUms()
+        let frames = try capturer.captureAll()
+        repainted.append(threadCPUms() - t0)
+        guard case .unchanged = frames.first else {
+            FileHandle.standardError.write(Data("identical repaint was reported as changed\n".utf8))
             exit(1)
         }
     }
@@ -213,6 +227,7 @@ func f(_ x: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f"
 print("screen \(width)x\(height), \(options.frames) frames, png level \(options.level), shm \(capturer.isUsingSharedMemory), png \(pngBytes) bytes")
 print("custos changed frame:   \(f(custosMs)) ms CPU (median)")
 print("custos unchanged frame: \(f(idleMs, 3)) ms CPU (median)")
+print("custos identical repaint (damaged, hashed): \(f(median(repainted), 3)) ms CPU (median)")
 print("ffmpeg x11grab png:     \(f(ffmpegMs)) ms CPU per frame (median of 3)")
 print("ratio custos/ffmpeg:    \(f(custosMs / ffmpegMs, 3)) (goal <= 0.5) \(custosMs / ffmpegMs <= 0.5 ? "OK" : "MISSED")")
 print("unchanged/changed:      \(f(idleMs / custosMs, 4)) (goal <= 0.02) \(idleMs / custosMs <= 0.02 ? "OK" : "MISSED")")

@@ -1,4 +1,5 @@
 import CX11
+import CX11Damage
 import CaptureFormat
 import Foundation
 import Logging
@@ -18,6 +19,11 @@ public enum FrameCapture: Sendable {
 /// MIT-SHM (`XShmGetImage`) when the server offers it and `XShmAttach` works, else from
 /// `XGetImage`; both give the same bytes. Depth 24/32 (any byte order and channel masks) and
 /// depth 16/15 are read by the visual's masks and each row's `bytes_per_line`.
+///
+/// Change detection: with the DAMAGE and XFIXES extensions, a monitor the server reports as
+/// undamaged since the previous capture is `.unchanged` without reading its pixels; a damaged
+/// monitor is grabbed and its raw pixels hashed, so a repaint with identical pixels is still
+/// `.unchanged`. Without DAMAGE every monitor is grabbed and hashed.
 ///
 /// Not thread-safe: call `captureAll` from one task or thread at a time (it owns the X
 /// connection). When the display is missing or lost, `captureAll` throws
@@ -44,6 +50,10 @@ public final class ScreenCapturer {
 
     struct Geometry: Equatable {
         var name: String, x: Int, y: Int, width: Int, height: Int
+
+        func intersects(_ other: Geometry) -> Bool {
+            x < other.x + other.width && other.x < x + width && y < other.y + other.height && other.y < y + height
+        }
     }
 
     /// The per-connection state: the display, its extensions, SHM buffers per monitor.
@@ -54,6 +64,18 @@ public final class ScreenCapturer {
         var shmBuffers: [Int: XImageBuffer] = [:]
         var atomNames: [Atom: String] = [:]
         let format: PixelFormat
+        /// DAMAGE on the root window and an XFixes region to fetch it into; nil when the
+        /// server lacks DAMAGE or XFIXES (then every capture grabs and hashes).
+        let damage: (major: Int32, id: UInt, parts: XserverRegion)?
+
+        deinit {
+            if let damage, !display.isDead {
+                cx11_damage_destroy(display.dpy, damage.major, damage.id)
+                XFixesDestroyRegion(display.dpy, damage.parts)
+                XSync(display.dpy, 0)
+                _ = display.takeError()
+            }
+        }
 
         init(display: X11Display, logger: Logger) throws {
             self.display = display
@@ -91,7 +113,22 @@ public final class ScreenCapturer {
                                    "display \(display.name): depth \(depth) at \(bpp) bits per pixel with masks r=0x\(String(visual.pointee.red_mask, radix: 16)) is not a TrueColor layout this module reads")
             }
             try display.sync("querying extensions")
+            // DAMAGE tells which parts of the root changed since the last capture, so an idle
+            // monitor is reported unchanged without reading its pixels.
+            var fixesEvent: Int32 = 0, fixesError: Int32 = 0, fixesMajor: Int32 = 5, fixesMinor: Int32 = 0
+            let damageMajor = cx11_damage_query(dpy)
+            if damageMajor != 0, XFixesQueryExtension(dpy, &fixesEvent, &fixesError) != 0,
+               XFixesQueryVersion(dpy, &fixesMajor, &fixesMinor) != 0, fixesMajor >= 2 {
+                display.registerExtension("DAMAGE", majorOpcode: damageMajor)
+                let parts = XFixesCreateRegion(dpy, nil, 0)
+                let id = cx11_damage_create(dpy, damageMajor, display.root, 3 /* XDamageReportNonEmpty */)
+                try display.sync("creating a DAMAGE object on the root window")
+                damage = (damageMajor, id, parts)
+            } else {
+                damage = nil
+            }
             logger.debug("X display connected", metadata: [
+                "capture.damage": "\(damage != nil)",
                 "capture.display": "\(display.name)", "capture.shm": "\(useShm)", "capture.randr": "\(hasRandR)",
                 "capture.depth": "\(depth)", "capture.bpp": "\(bpp)",
             ])
@@ -201,6 +238,8 @@ public final class ScreenCapturer {
     private func capture(_ conn: Connection, now: Date) throws -> [FrameCapture] {
         let timeMs = Int64((now.timeIntervalSince1970 * 1000).rounded())
         var lastError: CaptureError?
+        // Take the damage first: anything drawn after this point is caught next time.
+        var damaged = try takeDamage(conn)
         // A RandR resize between reading the geometry and grabbing makes the grab fail with
         // BadMatch; re-read the geometry and grab again, so no frame is sheared or stale.
         for _ in 0..<3 {
@@ -209,18 +248,42 @@ public final class ScreenCapturer {
             var hashes: [Int: (geometry: Geometry, hash: UInt64)] = [:]
             do {
                 for (index, geometry) in monitors.enumerated() {
+                    if let damaged, let last = previous[index], last.geometry == geometry,
+                       !damaged.contains(where: { $0.intersects(geometry) }) {
+                        hashes[index] = last
+                        frames.append(.unchanged(monitor: index))
+                        continue
+                    }
                     let frame = try grab(conn, index: index, geometry: geometry, timeMs: timeMs, hashes: &hashes)
                     frames.append(frame)
                 }
             } catch let error as CaptureError where error.code == .xProtocolError && !conn.display.isDead {
                 lastError = error
                 conn.shmBuffers.removeAll()
+                damaged = nil  // grab everything on the retry
                 continue
             }
             previous = hashes
             return frames
         }
         throw lastError ?? CaptureError(.xProtocolError, "screen geometry kept changing during capture")
+    }
+
+    /// The root-window rectangles damaged since the last call, or nil when DAMAGE is not
+    /// available (then every monitor is grabbed and hashed).
+    private func takeDamage(_ conn: Connection) throws -> [Geometry]? {
+        guard let damage = conn.damage else { return nil }
+        let dpy = conn.display.dpy
+        cx11_damage_subtract(dpy, damage.major, damage.id, damage.parts)
+        var count: Int32 = 0
+        let rects = XFixesFetchRegion(dpy, damage.parts, &count)
+        defer { if let rects { XFree(rects) } }
+        try conn.display.check("fetching the damaged region")
+        guard let rects, count > 0 else { return [] }  // Xlib returns no array for an empty region
+        return (0..<Int(count)).map {
+            Geometry(name: "", x: Int(rects[$0].x), y: Int(rects[$0].y), width: Int(rects[$0].width),
+                     height: Int(rects[$0].height))
+        }
     }
 
     private func readMonitors(_ conn: Connection) throws -> [Geometry] {

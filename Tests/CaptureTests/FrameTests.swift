@@ -114,6 +114,43 @@ struct FrameTests {
         #expect(firstMismatch(try decodePNG(rightPNG), x0: 500, y0: 50, fg: fg, bg: bg) == nil)
         let again = try capturer.captureAll()
         #expect(again.count == 2 && again.allSatisfy(\.isUnchanged))
+
+        // A window mapped inside RIGHT only: RIGHT changes, LEFT stays unchanged.
+        try requireTool("xmessage")
+        let window = Process()
+        window.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        window.arguments = ["xmessage", "-geometry", "+620+120", "changed"]
+        window.environment = ProcessInfo.processInfo.environment.merging(xvfb.environment) { _, n in n }
+        window.standardError = FileHandle.nullDevice
+        try window.run()
+        defer { kill(window.processIdentifier, SIGKILL); window.waitUntilExit() }
+        let deadline = Date().addingTimeInterval(10)
+        var frames3: [FrameCapture] = []
+        while Date() < deadline {
+            frames3 = try capturer.captureAll()
+            if frames3.count == 2 && frames3[1].changedFrame != nil { break }
+            usleep(50_000)
+        }
+        try #require(frames3.count == 2)
+        #expect(frames3[0].isUnchanged)
+        let (_, changedPNG) = try #require(frames3[1].changedFrame)
+        #expect(firstMismatch(try decodePNG(changedPNG), x0: 500, y0: 50, fg: fg, bg: bg) != nil)
+    }
+
+    @Test("a repaint with identical pixels is unchanged (damage, then hash compare)")
+    func identicalRepaint() throws {
+        try requireXTools()
+        let xvfb = try Xvfb(width: 300, height: 200, depth: 24)
+        try xvfb.run(["xsetroot", "-solid", "#445566"])
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        #expect(try capturer.captureAll().first?.changedFrame != nil)
+        try xvfb.run(["xsetroot", "-solid", "#445566"])  // repaints the root: damaged, same pixels
+        #expect(try capturer.captureAll().first?.isUnchanged == true)
+        try xvfb.run(["xsetroot", "-solid", "#445567"])  // one bit in blue
+        let (_, png) = try #require(try capturer.captureAll().first?.changedFrame)
+        #expect(try decodePNG(png).pixel(150, 100) == RGB(hex: "#445567"))
+        capturer.resetChangeDetection()
+        #expect(try capturer.captureAll().first?.changedFrame != nil)
     }
 
     @Test("a RandR resize during capture: new geometry, exact pixels, never a stale frame")

@@ -121,3 +121,65 @@ struct CLITests {
         #expect(!FileManager.default.fileExists(atPath: tmp.file("k2/keypair.pem")))
     }
 }
+
+@Suite("custos decrypt interrupted")
+struct InterruptTests {
+    /// Starts `custos` with `arguments`, sends SIGINT once its first progress line appears, and
+    /// returns its exit status and standard error.
+    func interrupt(_ custos: String, _ arguments: [String], passphrase: String) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: custos)
+        p.arguments = arguments
+        let errPipe = Pipe(), inPipe = Pipe()
+        p.standardError = errPipe
+        p.standardOutput = FileHandle.nullDevice
+        p.standardInput = inPipe
+        try p.run()
+        inPipe.fileHandleForWriting.write(Data((passphrase + "\n").utf8))
+        try inPipe.fileHandleForWriting.close()
+        var err = Data()
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let chunk = errPipe.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            err.append(chunk)
+            if String(decoding: err, as: UTF8.self).contains(" 0/") { kill(p.processIdentifier, SIGINT); break }
+        }
+        err.append(errPipe.fileHandleForReading.readDataToEndOfFile())
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: err, as: UTF8.self))
+    }
+
+    @Test("Ctrl-C during decrypt leaves complete files only; during export no archive")
+    func interrupted() async throws {
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-int")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let db = tmp.file("c.db")
+        let store = try SQLiteCollectorStore(path: db)
+        let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "h1",
+                                               baseMs: 1_764_547_200_000, framesPerDEK: 1500, chunksPerDEK: 0, sessions: 1)
+        let out = tmp.file("out")
+        let (status, err) = try interrupt(custos, ["decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", "-",
+                                                   "--out", out], passphrase: "correct horse battery staple")
+        #expect(status == 130, "\(err)")
+        #expect(err.contains("interrupted after"))
+        let written = filesUnder(out)
+        #expect(!written.contains { $0.contains(".partial") })
+        let pngs = written.filter { $0.hasSuffix(".png") }
+        #expect(pngs.count < 1500)
+        let originals = Dictionary(uniqueKeysWithValues: captured.frames.map {
+            (OutputNaming.screen(agent: "h1", meta: $0.meta, timeMs: $0.meta.captureTimeMs), $0.png)
+        })
+        for p in pngs { #expect(try Data(contentsOf: URL(fileURLWithPath: out + "/" + p)) == originals[p], "\(p) is complete") }
+        let manifest = try readManifest(Data(contentsOf: URL(fileURLWithPath: out + "/manifest.json")))
+        #expect((manifest["counts"] as? [String: Any])?["interrupted"] as? Bool == true)
+
+        let zip = tmp.file("x.zip")
+        let (zs, zerr) = try interrupt(custos, ["export", "--db", db, "--key", k.privateKey, "--passphrase-file", "-",
+                                                "--out", zip], passphrase: "correct horse battery staple")
+        #expect(zs == 130, "\(zerr)")
+        #expect(!filesUnder(tmp.path).contains { $0.hasSuffix(".zip") || $0.contains("x.zip.partial") })
+    }
+}

@@ -69,11 +69,12 @@ public enum Passphrase {
         var quiet = saved
         quiet.c_lflag &= ~tcflag_t(ECHO)
         _ = prompt.withCString { write(tty, $0, strlen($0)) }
-        guard tcsetattr(tty, TCSAFLUSH, &quiet) == 0 else {
+        // TCSANOW (not TCSAFLUSH): keep a passphrase typed ahead of the prompt instead of dropping it.
+        guard tcsetattr(tty, TCSANOW, &quiet) == 0 else {
             throw CLIError("cannot turn off terminal echo; use --passphrase-file")
         }
         defer {
-            _ = tcsetattr(tty, TCSAFLUSH, &saved)
+            _ = tcsetattr(tty, TCSANOW, &saved)
             _ = write(tty, "\n", 1)
         }
         return try readFirstLine(fd: tty, source: "terminal")

@@ -129,8 +129,15 @@ public struct BlobID: Hashable, Sendable, CustomStringConvertible {
     public static func random() -> BlobID { BlobID(bytes: randomBytes(byteCount))! }
 }
 
-/// `count` bytes from the system CSPRNG (`getrandom(2)` via `SystemRandomNumberGenerator`).
+/// `count` bytes from the system CSPRNG (`getrandom(2)` via `SystemRandomNumberGenerator`,
+/// 8 bytes per call: syscalls are not free in a VM).
 func randomBytes(_ count: Int) -> [UInt8] {
     var rng = SystemRandomNumberGenerator()
-    return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &rng) }
+    var out = [UInt8]()
+    out.reserveCapacity(count + 7)
+    while out.count < count {
+        withUnsafeBytes(of: rng.next()) { out.append(contentsOf: $0) }
+    }
+    out.removeLast(out.count - count)
+    return out
 }

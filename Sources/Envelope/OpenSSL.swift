@@ -149,9 +149,9 @@ final class OpenSSLGCMSealer {
         func check(_ ok: Int32, _ what: String) throws {
             guard ok == 1 else { throw EnvelopeError(.internalError, "AES-256-GCM \(what) failed: \(drainOpenSSLErrors())") }
         }
-        try check(EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil,
+        try check(EVP_EncryptInit_ex2(ctx, AES256GCMCipher.shared.pointer,
                                      key.bindMemory(to: UInt8.self).baseAddress,
-                                     nonce.bindMemory(to: UInt8.self).baseAddress), "init")
+                                     nonce.bindMemory(to: UInt8.self).baseAddress, nil), "init")
         var outLength: Int32 = 0
         if aad.count > 0 {
             try check(EVP_EncryptUpdate(ctx, nil, &outLength, aad.bindMemory(to: UInt8.self).baseAddress, Int32(aad.count)), "AAD")
@@ -170,4 +170,23 @@ final class OpenSSLGCMSealer {
         try check(EVP_EncryptFinal_ex(ctx, output + done, &outLength), "final")
         try check(EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, Int32(Format.tagSize), tag), "get tag")
     }
+}
+
+/// The AES-256-GCM `EVP_CIPHER*`, fetched once from the default provider (`EVP_CIPHER_fetch`)
+/// instead of an implicit fetch on every seal. Freed in `deinit` (never, for the shared one).
+///
+/// `@unchecked Sendable`: a fetched `EVP_CIPHER` is immutable and reference-counted; OpenSSL 3
+/// documents it as safe to use from many threads at once.
+final class AES256GCMCipher: @unchecked Sendable {
+    static let shared = AES256GCMCipher()
+    let pointer: OpaquePointer
+
+    private init() {
+        guard let c = EVP_CIPHER_fetch(nil, "AES-256-GCM", nil) else {
+            fatalError("OpenSSL has no AES-256-GCM in its default provider: \(drainOpenSSLErrors())")
+        }
+        pointer = c
+    }
+
+    deinit { EVP_CIPHER_free(pointer) }
 }

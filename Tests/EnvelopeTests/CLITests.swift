@@ -136,6 +136,21 @@ struct CLITests {
         }
     }
 
+    @Test("without --passphrase-file, open asks on the terminal without echo")
+    func terminalPrompt() throws {
+        try requireTool("script")
+        let tmp = try TempDir("cli-tty")
+        defer { tmp.remove() }
+        let out = tmp.file("out.txt")
+        // script(1) gives custos a pseudo-terminal; the passphrase is typed 2 s later, after echo is off.
+        let command = "\(custos) open --key \(fixture("keypair-trad-aes256.pem")) --in \(fixture("sealed-generic.csts")) --out \(out)"
+        let r = try runCommand(["sh", "-c", "(sleep 2; printf '%s\\n' '\(fixturePassphrase)') | script -q -e -c '\(command)' /dev/null"])
+        #expect(r.status == 0, "\(r.stdoutString) \(r.stderrString)")
+        #expect(r.stdoutString.contains("Passphrase for"), "no prompt: \(r.stdoutString)")
+        #expect(!r.stdoutString.contains(fixturePassphrase), "passphrase was echoed")
+        #expect((try? Data(contentsOf: URL(fileURLWithPath: out))) == (try Data(contentsOf: URL(fileURLWithPath: fixture("plain.txt")))))
+    }
+
     @Test("committed fixtures made by custos seal open with every key form")
     func committedSealedFixtures() throws {
         let plain = try Data(contentsOf: URL(fileURLWithPath: fixture("plain.txt")))

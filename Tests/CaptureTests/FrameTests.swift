@@ -243,6 +243,41 @@ struct FrameTests {
         #expect(frame.pixel(0, 0) == RGB(hex: "#22aa33"))
     }
 
+    @Test("xauthority: the configured cookie file is used; a wrong cookie is 'unavailable'")
+    func xauthority() throws {
+        try requireXTools(["Xvfb", "xsetroot", "xauth", "mcookie"])
+        let dir = try TempDir("capture-auth")
+        defer { dir.remove() }
+        let cookie = try runChecked(["mcookie"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let serverAuth = dir.file("server.auth")
+        try runChecked(["xauth", "-f", serverAuth, "add", ":0", "MIT-MAGIC-COOKIE-1", cookie])
+        let xvfb = try Xvfb(width: 200, height: 100, depth: 24, extraArgs: ["-auth", serverAuth])
+        let good = dir.file("client.auth"), wrong = dir.file("wrong.auth")
+        try runChecked(["xauth", "-f", good, "add", xvfb.name, "MIT-MAGIC-COOKIE-1", cookie])
+        try runChecked(["xauth", "-f", wrong, "add", xvfb.name, "MIT-MAGIC-COOKIE-1", String(cookie.reversed())])
+        try runChecked(["xsetroot", "-solid", "#0000ff"], environment: ["DISPLAY": xvfb.name, "XAUTHORITY": good])
+
+        let refused = try ScreenCapturer(display: xvfb.name, xauthority: wrong, pngLevel: 1, logger: testLogger("t"))
+        #expect(!refused.isConnected)
+        do {
+            _ = try refused.captureAll()
+            Issue.record("captured with a wrong cookie")
+        } catch let error as CaptureError {
+            #expect(error.code == .displayUnavailable)
+        }
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: good, pngLevel: 1, logger: testLogger("t"))
+        let (_, png) = try #require(try capturer.captureAll().first?.changedFrame)
+        #expect(try decodePNG(png).pixel(10, 10) == RGB(hex: "#0000ff"))
+
+        let recorder = try KeystrokeRecorder(display: xvfb.name, xauthority: good, idleMs: 1000, maxKeysPerChunk: 10,
+                                             logger: testLogger("keys"))
+        try recorder.start()
+        recorder.stop()
+        let badRecorder = try KeystrokeRecorder(display: xvfb.name, xauthority: wrong, idleMs: 1000,
+                                                maxKeysPerChunk: 10, logger: testLogger("keys"))
+        #expect(throws: CaptureError.self) { try badRecorder.start() }
+    }
+
     @Test("a display that is not up yet: init succeeds, capture reports unavailable")
     func displayNotUp() throws {
         let capturer = try ScreenCapturer(display: ":59999", xauthority: nil, pngLevel: 1, logger: testLogger("t"))

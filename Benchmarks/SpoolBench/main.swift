@@ -7,7 +7,8 @@
 // every round):
 //   - enqueue of 200-byte blobs and of 200 KiB blobs (blobs/s, MB/s);
 //   - ack (delete) of 64-blob batches in steady state (blobs/s);
-//   - a steady-state cycle: enqueue 64 blobs, lease them, ack them (blobs/s).
+//   - a steady-state cycle: enqueue 64 blobs, lease them, ack them (raw: insert 64, mark
+//     them leased in one transaction, delete them) (blobs/s).
 // Prints the median of each over the rounds and the ratio Spool/raw (goal ≥ 0.8).
 import Foundation
 import GRDBSQLite
@@ -90,6 +91,20 @@ final class RawDB {
             guard sqlite3_step(delete) == SQLITE_DONE else { fatalError("raw delete failed") }
             sqlite3_reset(delete)
         }
+        exec("COMMIT")
+    }
+
+    /// What a lease must write at least: mark the batch leased, in one transaction.
+    func markLeased(_ ids: [Data]) {
+        exec("BEGIN IMMEDIATE")
+        var stmt: OpaquePointer?
+        sqlite3_prepare_v2(handle, "UPDATE record SET lease_owner = 'bench', lease_until_ms = 1 WHERE id = ?", -1, &stmt, nil)
+        for id in ids {
+            bind(stmt, 1, id)
+            guard sqlite3_step(stmt) == SQLITE_DONE else { fatalError("raw lease failed") }
+            sqlite3_reset(stmt)
+        }
+        sqlite3_finalize(stmt)
         exec("COMMIT")
     }
 
@@ -215,6 +230,7 @@ for round in 0..<rounds {
             for b in 0..<batches {
                 let slice = cycle[(b * batch)..<((b + 1) * batch)]
                 for e in slice { raw.insert(e) }
+                raw.markLeased(slice.map(\.id))
                 raw.delete(slice.map(\.id))
             }
         }

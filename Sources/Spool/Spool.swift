@@ -350,6 +350,7 @@ public final class Spool: Sendable {
         } catch let error as DatabaseError where error.resultCode == .SQLITE_FULL {
             // The filesystem filled up under us: SQLite rolled the transaction back.
             // Free the WAL's blocks, then try once more with a budget that sees the full disk.
+            logger.debug("SQLite reported SQLITE_FULL; retrying once", metadata: ["spool.id": "\(entry.id.spoolHex)"])
             logDiskFull()
             checkpoint()
             do {
@@ -391,8 +392,12 @@ public final class Spool: Sendable {
         do {
             try writeTransaction { db in
                 evicted = [:]
-                if try Bool.fetchOne(db, sql: "SELECT 1 FROM record WHERE id = ?", arguments: [entry.id]) == true {
-                    return
+                let pages = try Int64.fetchOne(db.cachedStatement(sql: "PRAGMA page_count")) ?? 0
+                let free = try Int64.fetchOne(db.cachedStatement(sql: "PRAGMA freelist_count")) ?? 0
+                if pages - free + need > budget.dataPages,
+                   try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM record WHERE id = ?"),
+                                     arguments: [entry.id]) == true {
+                    return  // already spooled: nothing to evict for it
                 }
                 guard try evict(db, kinds: entry.kind.evictable, needPages: need, budgetPages: budget.dataPages,
                                 evicted: &evicted) else {
@@ -402,7 +407,7 @@ public final class Spool: Sendable {
                 }
                 try db.cachedStatement(sql: """
                     INSERT INTO record(id, kind, priority, dek_id, capture_ms, size, payload)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING
                     """).execute(arguments: [entry.id, entry.kind.rawValue, entry.kind.priority, entry.dekID,
                                              entry.captureTimeMs, entry.payload.count, entry.payload])
                 try addCounters(db, evicted: evicted, rejected: pending)

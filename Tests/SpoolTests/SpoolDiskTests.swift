@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Spool
+import Synchronization
 import Testing
 import TestSupport
 
@@ -109,6 +110,77 @@ import Glibc
         #expect(try spool2.lease(maxItems: 10, maxBytes: 1 << 30).count == 7)
         try spool2.close()
         #expect(try cliIntegrityCheck(dir2) == "ok")
+    }
+
+    /// Another process keeps filling and freeing the disk while the spool writes: every
+    /// enqueue either succeeds or fails with `.diskFull`/`.full`; afterwards the database is
+    /// intact and its counts add up (accepted − evicted = spooled).
+    @Test func diskFillingUnderTheSpoolNeverCorruptsIt() throws {
+        guard getuid() == 0 else {
+            if isCI { Issue.record("the ENOSPC test must run as root under CI=true (it mounts a tmpfs)") }
+            print("SKIPPED diskFillingUnderTheSpoolNeverCorruptsIt: needs root to mount a tmpfs")
+            return
+        }
+        try requireTool("sqlite3")
+        let tmp = try TempDir("spool-enospc-race")
+        defer { tmp.remove() }
+        let mountPoint = tmp.file("fs")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        try runChecked(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", mountPoint])
+        defer { _ = try? runCommand(["umount", "-l", mountPoint]) }
+        let dir = mountPoint + "/spool"
+        let (logger, logs) = memoryLogger()
+        let spool = try Spool(directory: dir, maxBytes: 64 << 20, logger: logger)
+        var accepted = 0, diskFull = 0, full = 0
+        // The spool owns some space before the other process starts eating the disk.
+        for n in 1...30 {
+            try spool.enqueue(entry(n, n % 3 == 0 ? .keystrokes : .screen, bytes: 48_000, time: Int64(n)))
+            accepted += 1
+        }
+        let filler = mountPoint + "/filler"
+        let stop = Atomic<Bool>(false)
+        let fillerDone = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            let chunk = [UInt8](repeating: 0x33, count: 8 * 1024)
+            while !stop.load(ordering: .relaxed) {
+                let fd = open(filler, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+                while !stop.load(ordering: .relaxed) && write(fd, chunk, chunk.count) > 0 {}
+                var st = stat()
+                fstat(fd, &st)
+                ftruncate(fd, max(0, st.st_size - off_t(Int.random(in: 16...400) * 1024)))
+                close(fd)
+                usleep(UInt32.random(in: 1_000...10_000))
+            }
+            fillerDone.signal()
+        }
+        for n in 31...180 {
+            let kind: SpoolKind = n % 3 == 0 ? .keystrokes : .screen
+            do {
+                try spool.enqueue(entry(n, kind, bytes: kind == .screen ? 48_000 : 6_000, time: Int64(n)))
+                accepted += 1
+            } catch let error as SpoolError {
+                switch error.code {
+                case .diskFull: diskFull += 1
+                case .full: full += 1
+                default: Issue.record("unexpected error while the disk fills: \(error)")
+                }
+            }
+        }
+        stop.store(true, ordering: .relaxed)
+        fillerDone.wait()
+        unlink(filler)
+        let sqliteFull = logs.all.filter { $0.contains("SQLITE_FULL") }.count
+        print("disk filling under the spool: \(accepted) accepted, \(diskFull) disk-full, \(full) full, "
+              + "\(sqliteFull) SQLITE_FULL from SQLite (rolled back, retried)")
+        #expect(accepted > 0)
+        #expect(diskFull + sqliteFull > 0, "the disk never filled under the spool")
+        #expect(try cliIntegrityCheck(dir) == "ok")
+        let stats = try spool.stats()
+        #expect(accepted - stats.totalEvicted.count == stats.totalSpooled.count, "\(stats)")
+        try spool.enqueue(entry(10_000, .keystrokes, bytes: 6_000, time: 10_000))
+        try spool.close()
+        #expect(try cliIntegrityCheck(dir) == "ok")
+        _ = logs
     }
 
     /// A file that is not a database, a foreign SQLite database and a corrupt spool are

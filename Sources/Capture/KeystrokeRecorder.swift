@@ -18,6 +18,8 @@ import Synchronization
 ///
 /// When the display is lost the open chunk is closed, the loss is logged once, and the thread
 /// reconnects with backoff; no key is attributed to the time the display was gone.
+///
+/// Call `stop()` when done: the record thread keeps the recorder alive until then.
 public final class KeystrokeRecorder: Sendable {
     private let displayName: String?
     private let xauthority: String?

@@ -5,9 +5,11 @@ import Foundation
 /// `custos open`: recovers the plaintext of a sealed file (a record stream: DEK records and
 /// sealed blobs, as `custos seal` and `custos-agent record` write).
 ///
-/// One blob: `--out` is a file holding exactly its plaintext. Several blobs: `--out` is a
-/// directory with one file per blob, named `<dek-index>-<sequence>-<kind>.bin` (six-digit
-/// zero-padded numbers, in stream order). Nothing is written unless every blob opens.
+/// One blob: `--out` is a file holding exactly its plaintext; nothing is written unless it opens.
+/// Several blobs (a `custos-agent record` file): `--out` is a directory written exactly as
+/// `custos decrypt --in` writes it (docs/ADMIN.md): each frame as a PNG, each keystroke chunk as
+/// text per window plus `keystrokes.jsonl`, generic blobs as `.bin`, and `manifest.json`; a blob
+/// that fails to open is named by id and skipped, and the exit status is 1.
 public struct OpenCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "open",
@@ -43,6 +45,10 @@ public struct OpenCommand: AsyncParsableCommand {
         // Ask for a passphrase only when the key is encrypted (or one was offered explicitly).
         let passphrase: SecretBytes? = try passphraseFile != nil || KEKPrivateKey.requiresPassphrase(pemFile: key)
             ? Passphrase.read(file: passphraseFile, prompt: "Passphrase for \(key): ") : nil
+        if blobs.count > 1 {
+            try openIntoDirectory(passphrase: passphrase)
+            return
+        }
         let privateKey = try KEKPrivateKey(pemFile: key, passphrase: passphrase)
         var openers: [DEKID: BlobOpener] = [:]
         var dekOrder: [DEKID: Int] = [:]
@@ -71,22 +77,22 @@ public struct OpenCommand: AsyncParsableCommand {
                 throw EnvelopeError(e.code, "\(input): \(e.message)")
             }
         }
-        if plaintexts.count == 1 {
-            try writeOutput(plaintexts[0].data, to: output)
-            return
-        }
+        try writeOutput(plaintexts[0].data, to: output)
+    }
+
+    /// Several blobs: the capture-aware directory layout of `custos decrypt --in`.
+    private func openIntoDirectory(passphrase: SecretBytes?) throws {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDir), !isDir.boolValue {
-            throw CLIError("\(output): exists and is not a directory (the input holds \(plaintexts.count) blobs)")
+            throw CLIError("\(output): exists and is not a directory (the input holds several blobs)")
         }
-        do {
-            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw CLIError("\(output): cannot create output directory: \((error as NSError).localizedDescription)")
-        }
-        for (name, data) in plaintexts {
-            try writeOutput(data, to: output + "/" + name)
+        let report = try DecryptJob.run(input: .recordStream(input), keyFile: key, passphrase: passphrase,
+                                        options: DecryptOptions(output: .directory(output)),
+                                        actor: loginUser(), log: printError, progressStyle: .quiet)
+        for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
+        printError("open: \(report.decrypted) of \(report.attempted) blobs opened (\(report.screens) screen frames, \(report.keystrokeChunks) keystroke chunks, \(report.generic) other) → \(output)")
+        if !report.failures.isEmpty {
+            throw AdminError(.decryptionFailed, "\(report.failures.count) of \(report.attempted) blobs failed to open (listed above); the others were written")
         }
     }
 }

@@ -89,7 +89,8 @@ public final class CaptureService: Service, Sendable {
                         logger.error("screen capture failed; retrying", metadata: ["capture.error": "\(text)"])
                         lastError = text
                     }
-                    if error is CaptureError { capturer = nil }
+                    // The capturer reconnects by itself (with backoff) when the display goes away;
+                    // keeping it keeps change detection and logs the loss once.
                 }
             } else {
                 counters.withLock { $0.skippedNoKEK += 1 }

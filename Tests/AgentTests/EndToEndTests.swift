@@ -222,8 +222,10 @@ import TestSupport
         #expect((attrs[.posixPermissions] as? Int) == 0o600)
         try runChecked([try builtProduct("custos"), "open", "--key", keys.privateKey, "--passphrase-file", keys.passphraseFile,
                         "--in", rec, "--out", dir.file("opened")])
-        let pngs = (try FileManager.default.contentsOfDirectory(atPath: dir.file("opened"))).filter { $0.hasSuffix(".png") }
-        #expect(!pngs.isEmpty)
+        let all = FileManager.default.enumerator(atPath: dir.file("opened"))?.allObjects as? [String] ?? []
+        let pngs = all.filter { $0.hasSuffix(".png") }
+        #expect(pngs.count >= 2, "opened: \(all)")
+        #expect(all.contains("manifest.json"))
         // Refuses to overwrite.
         let again = try runCommand([try builtProduct("custos-agent"), "record", "--config", dir.file("c.cfg"), "--seconds", "1", "--out", rec])
         #expect(again.status != 0)

@@ -35,6 +35,9 @@ let package = Package(
         .systemLibrary(name: "CX11", path: "Sources/CX11", pkgConfig: "x11",
                        providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev", "libxfixes-dev"])]),
 
+        // prctl(2) and other variadic system calls Swift cannot import.
+        .target(name: "CSysShim", path: "Sources/CSysShim"),
+
         // Seams.
         .target(name: "Envelope", dependencies: [
             "COpenSSL",
@@ -83,8 +86,9 @@ let package = Package(
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: strict),
         .target(name: "Agent", dependencies: [
-            "Envelope", "CustosConfig", "Capture", "Spool", "Transport", "Wire",
+            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Spool", "Transport", "Wire", "CSysShim",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: strict),

@@ -1,6 +1,7 @@
 import Collector
 import Envelope
 import Foundation
+import ServiceLifecycle
 import Spool
 import Testing
 import TestSupport
@@ -151,6 +152,36 @@ import Wire
         let ids = Set(try restarted.store.listCaptures(CaptureFilter()).map(\.blobID))
         #expect(ids == Set(records.dropFirst().map { wireHex($0.id) }))
         #expect(logs.count("upload recovered") == 1)
+    }
+
+    /// `run()` as a service: drains the spool, keeps polling, and on graceful shutdown makes a
+    /// bounded final flush of what was spooled meanwhile, then returns.
+    @Test func runDrainsAndFlushesOnGracefulShutdown() async throws {
+        let f = try await NetFixture.start("run")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (first, _) = try f.records(count: 10)
+        _ = try Self.spool(first, into: spool)
+        let logs = LogCapture()
+        let uploader = try Self.makeUploader(f, spool: spool, logs: logs,
+                                             configuration: .init(idleInterval: .seconds(30), finalFlushTimeout: .seconds(5)))
+        let group = ServiceGroup(configuration: .init(services: [uploader], logger: logs.logger("group")))
+        let running = Task { try await group.run() }
+        let deadline = ContinuousClock.now + .seconds(20)
+        while try f.storedCounts.captures < 10 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(try f.storedCounts == (10, 1))
+        // Records spooled while the loop idles (30 s) go out in the final flush.
+        let (second, _) = try f.records(count: 5)
+        _ = try Self.spool(second, into: spool)
+        let start = ContinuousClock.now
+        await group.triggerGracefulShutdown()
+        try await running.value
+        #expect(start.duration(to: .now) < .seconds(10))
+        #expect(try f.storedCounts == (15, 2))
+        #expect(try spool.stats().totalSpooled.count == 0)
+        #expect(logs.contains("final flush done"))
     }
 
     @Test func backoffGrowsToTheCapWithJitter() throws {

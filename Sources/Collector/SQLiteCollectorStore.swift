@@ -3,7 +3,7 @@ import Foundation
 import GRDB
 import Wire
 
-/// ``CollectorStore`` on one SQLite file (WAL mode), through GRDB.
+/// ``CollectorStore`` on one SQLite file (WAL mode, `synchronous=FULL`: an acknowledged record is on disk), through GRDB.
 ///
 /// Schema (docs/API.md, "Storage"): `encryption_kek`, `encryption_dek`, `captures`, `agents`,
 /// `audit_log`. The seed's statement works unchanged with the `sqlite3` CLI:
@@ -23,6 +23,9 @@ public final class SQLiteCollectorStore: CollectorStore {
         config.label = "custos-collector"
         do {
             pool = try DatabasePool(path: path, configuration: config)
+            // GRDB puts WAL databases on synchronous=NORMAL. An acknowledgement makes the agent delete
+            // its copy, so a commit must survive power loss: FULL (https://www.sqlite.org/pragma.html#pragma_synchronous).
+            try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
             try Self.migrator.migrate(pool)
         } catch {
             throw CollectorError(.database, "\(path): cannot open or migrate the collector database: \(error)")

@@ -88,7 +88,7 @@ import Wire
     @Test func tls11ServerRefused() async throws {
         try requireTool("openssl")
         let pki = try sharedMaterial.get().pki
-        let server = try OpenSSLServer(arguments: ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0",
+        let server = try OpenSSLServer(arguments: ["-naccept", "1", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0",
                                                    "-cert", pki.chain("leaf"), "-key", pki.key("leaf")])
         defer { server.stop() }
         let config = try TransportConfiguration(serverURL: "https://127.0.0.1:\(server.port)", agentID: "host-1",

@@ -113,9 +113,11 @@ func printError(_ line: String) {
 
 /// Reads a whole input file, turning failures into exit code 2 with the file's name.
 func readInput(_ path: String, what: String) throws -> Data {
-    guard FileManager.default.fileExists(atPath: path) else {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
         throw CLIError("\(path): \(what) file does not exist")
     }
+    guard !isDirectory.boolValue else { throw CLIError("\(path): is a directory; expected the \(what) file") }
     do {
         return try Data(contentsOf: URL(fileURLWithPath: path))
     } catch {
@@ -123,13 +125,17 @@ func readInput(_ path: String, what: String) throws -> Data {
     }
 }
 
-/// Writes `data` to `path` atomically (temp file + rename) with permissions `mode`.
+/// Writes `data` to a new file `path` atomically (temp file + rename) with permissions `mode`.
+/// Never overwrites: an existing `path` is an error (custos does not destroy files it did not make).
 func writeOutput(_ data: Data, to path: String, mode: Int = 0o600) throws {
+    if FileManager.default.fileExists(atPath: path) {
+        throw CLIError("\(path): already exists; custos never overwrites — remove it or choose another --out")
+    }
     let url = URL(fileURLWithPath: path)
     let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
     do {
         guard FileManager.default.createFile(atPath: tmp.path, contents: nil, attributes: [.posixPermissions: mode]) else {
-            throw CLIError("\(path): cannot create output file")
+            throw CLIError("\(path): cannot create output file: \(String(cString: strerror(errno)))")
         }
         let h = try FileHandle(forWritingTo: tmp)
         try h.write(contentsOf: data)

@@ -5,8 +5,9 @@ import Foundation
 /// `custos open`: recovers the plaintext of a sealed file (a record stream: DEK records and
 /// sealed blobs, as `custos seal` and `custos-agent record` write).
 ///
-/// One blob: `--out` is a file holding exactly its plaintext; nothing is written unless it opens.
-/// Several blobs (a `custos-agent record` file): `--out` is a directory written exactly as
+/// One blob and `--out` neither an existing directory nor ending in `/`: `--out` is a new file
+/// holding exactly its plaintext; nothing is written unless it opens. Otherwise (several blobs,
+/// as in a `custos-agent record` file, or `--out DIR/`): `--out` is a directory written exactly as
 /// `custos decrypt --in` writes it (docs/ADMIN.md): each frame as a PNG, each keystroke chunk as
 /// text per window plus `keystrokes.jsonl`, generic blobs as `.bin`, and `manifest.json`; a blob
 /// that fails to open is named by id and skipped, and the exit status is 1.
@@ -45,7 +46,9 @@ public struct OpenCommand: AsyncParsableCommand {
         // Ask for a passphrase only when the key is encrypted (or one was offered explicitly).
         let passphrase: SecretBytes? = try passphraseFile != nil || KEKPrivateKey.requiresPassphrase(pemFile: key)
             ? Passphrase.read(file: passphraseFile, prompt: "Passphrase for \(key): ") : nil
-        if blobs.count > 1 {
+        var outIsDirectory: ObjCBool = false
+        let existingDirectory = FileManager.default.fileExists(atPath: output, isDirectory: &outIsDirectory) && outIsDirectory.boolValue
+        if blobs.count > 1 || output.hasSuffix("/") || existingDirectory {
             try openIntoDirectory(passphrase: passphrase)
             return
         }

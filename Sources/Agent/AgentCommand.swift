@@ -89,15 +89,15 @@ struct StatusCommand: AsyncParsableCommand {
 
     func run() async throws {
         let config = try options.load()
+        print("encryption:       \(config.enableEncryption ? "on (end to end)" : "off (sealed to the collector's key)")")
+        print("kek file:         \(config.activeKEKFile)")
         let spool: Spool
         do { spool = try Spool.openReadOnly(directory: config.spoolDir) } catch {
-            print("spool: \(config.spoolDir): \(error)")
+            print("spool:            \(config.spoolDir): \(error) (has the agent run yet?)")
             throw ExitCode(1)
         }
         let stats = try spool.stats()
         func state(_ k: String) -> String { ((try? spool.state(k)) ?? nil) ?? "-" }
-        print("encryption:       \(config.enableEncryption ? "on (end to end)" : "off (sealed to the collector's key)")")
-        print("kek file:         \(config.activeKEKFile)")
         print("kek id (in use):  \(state(AgentState.kekID))")
         print("sealing:          \(state(AgentState.sealing))")
         print("spool:            \(config.spoolDir)")

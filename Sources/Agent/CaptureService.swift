@@ -26,6 +26,10 @@ public final class CaptureService: Service, Sendable {
     private let sealer: Sealer
     private let logger: Logger
     private let counters = Mutex(CaptureCounters())
+    private let lastErrorText = Mutex<String?>(nil)
+
+    /// The last capture error, for `record`'s summary.
+    public var lastError: String? { lastErrorText.withLock { $0 } }
 
     public init(config: AgentConfig, sealer: Sealer, logger: Logger) {
         self.config = config
@@ -85,6 +89,7 @@ public final class CaptureService: Service, Sendable {
                 } catch {
                     counters.withLock { $0.errors += 1 }
                     let text = "\(error)"
+                    lastErrorText.withLock { $0 = text }
                     if text != lastError {
                         logger.error("screen capture failed; retrying", metadata: ["capture.error": "\(text)"])
                         lastError = text

@@ -46,10 +46,38 @@ enum CheckConfig {
         } catch {
             line(false, "display", "\(config.display ?? "(DISPLAY unset)"): \(error)")
         }
-        let spoolParent = (config.spoolDir as NSString).deletingLastPathComponent
-        let spoolOK = FileManager.default.isWritableFile(atPath: config.spoolDir)
-            || FileManager.default.isWritableFile(atPath: spoolParent)
-        line(spoolOK, "spool-dir", "\(config.spoolDir) \(spoolOK ? "writable" : "not writable")")
+        let spool = probeSpoolDirectory(config.spoolDir)
+        line(spool.ok, "spool-dir", "\(config.spoolDir): \(spool.detail)")
         return ok
+    }
+
+    /// Tries what the daemon will do, without leaving anything behind: in an existing folder,
+    /// create and delete a probe file; else create and remove a probe folder in the nearest
+    /// existing ancestor (so root, which `access(2)` always lets write, is checked for real).
+    static func probeSpoolDirectory(_ path: String) -> (ok: Bool, detail: String) {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: path, isDirectory: &isDir) {
+            guard isDir.boolValue else { return (false, "exists and is not a directory") }
+            let probe = path + "/.custos-check-\(getpid())"
+            let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+            guard fd >= 0 else { return (false, "not writable: \(String(cString: strerror(errno)))") }
+            close(fd); unlink(probe)
+            return (true, "writable")
+        }
+        var ancestor = (path as NSString).deletingLastPathComponent
+        while !ancestor.isEmpty && ancestor != "/" && !fm.fileExists(atPath: ancestor) {
+            ancestor = (ancestor as NSString).deletingLastPathComponent
+        }
+        if ancestor.isEmpty { ancestor = "/" }
+        guard fm.fileExists(atPath: ancestor, isDirectory: &isDir), isDir.boolValue else {
+            return (false, "\(ancestor) is not a directory, so the spool folder cannot be created")
+        }
+        let probe = (ancestor == "/" ? "" : ancestor) + "/.custos-check-\(getpid())"
+        guard mkdir(probe, 0o700) == 0 else {
+            return (false, "cannot be created under \(ancestor): \(String(cString: strerror(errno)))")
+        }
+        rmdir(probe)
+        return (true, "does not exist yet; will be created (0700) under \(ancestor)")
     }
 }

@@ -18,13 +18,18 @@ struct RecordCommand: AsyncParsableCommand {
     @Option(help: "The sealed file to write (must not exist).") var out: String
 
     func validate() throws {
-        guard seconds > 0, seconds <= 86_400 else { throw ValidationError("--seconds must be between 0 and 86400") }
+        guard seconds > 0, seconds <= 86_400 else { throw ValidationError("--seconds must be more than 0 and at most 86400") }
     }
 
     func run() async throws {
         let config = try options.load()
         Hardening.apply()
         let logger = makeLogger("custos-agent.record")
+        // Check the KEK before creating --out, so a refusal leaves no file behind.
+        do { _ = try KEKPublicKey(pemFile: config.activeKEKFile) } catch {
+            FileHandle.standardError.write(Data("custos-agent record: \(config.enableEncryption ? "kek-file" : "server-kek-file") \(config.activeKEKFile) is not usable: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
         let sink: RecordFileSink
         do { sink = try RecordFileSink(path: out) } catch {
             FileHandle.standardError.write(Data("custos-agent record: \(error)\n".utf8))
@@ -32,6 +37,8 @@ struct RecordCommand: AsyncParsableCommand {
         }
         let sealer = Sealer(config: config, sink: sink, logger: logger)
         guard sealer.refresh(config: config) else {
+            try? sink.close()
+            unlink(out)
             FileHandle.standardError.write(Data("custos-agent record: \(sealer.status.reason ?? "no KEK")\n".utf8))
             throw ExitCode(2)
         }
@@ -39,6 +46,14 @@ struct RecordCommand: AsyncParsableCommand {
         await capture.run(for: seconds)
         try sink.close()
         let c = capture.snapshot
+        if c.framesSealed == 0 && c.chunksSealed == 0 {
+            // Nothing captured: remove the file (it holds only a DEK record) and say why.
+            unlink(out)
+            let why = capture.lastError.map { "; last error: \($0)" } ?? ""
+            FileHandle.standardError.write(Data("custos-agent record: nothing was captured in \(seconds) s on display \(config.display ?? "(DISPLAY unset)") (errors: \(c.errors))\(why); \(out) not written\n".utf8))
+            throw ExitCode(1)
+        }
+        defer { print("open it with: custos open --key keypair.pem --in \(out) --out DIR/") }
         print("recorded \(out): frames=\(c.framesSealed) unchanged=\(c.framesUnchanged) keystroke-chunks=\(c.chunksSealed) errors=\(c.errors) kek=\(sealer.status.kekID?.hex ?? "-")")
     }
 }

@@ -87,6 +87,10 @@ public struct ConfigFile: Sendable {
             guard let eq = line.firstIndex(of: "=") else {
                 throw ConfigError(file: path, line: number, "expected key=value, found \(Self.quoted(line))")
             }
+            if let bad = line.unicodeScalars.first(where: { $0.properties.generalCategory == .control && $0 != "\t" }) {
+                throw ConfigError(file: path, line: number,
+                                  "control character U+\(String(bad.value, radix: 16, uppercase: true)) in the line; expected printable text")
+            }
             let key = line[..<eq].trimmingCharacters(in: .whitespaces)
             let value = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
             guard !key.isEmpty else {
@@ -108,12 +112,18 @@ public struct ConfigFile: Sendable {
     /// Reads and parses the file at `path`. Throws `ConfigError` when it cannot be read or
     /// is not valid UTF-8, or when parsing fails.
     public init(contentsOf path: String, schema: [ConfigKey]) throws(ConfigError) {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw ConfigError(file: path, "is a directory; expected a key=value config file")
+        }
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
             throw ConfigError(file: path, "cannot read the file: \(Self.reason(error))")
         }
         guard let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(file: path, "the file is not valid UTF-8 text")
+            let line = data.split(separator: 0x0A, omittingEmptySubsequences: false)
+                .firstIndex { String(data: Data($0), encoding: .utf8) == nil }.map { $0 + 1 }
+            throw ConfigError(file: path, line: line, "the file is not valid UTF-8 text")
         }
         try self.init(text: text, path: path, schema: schema)
     }

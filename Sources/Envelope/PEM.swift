@@ -53,12 +53,16 @@ struct PEMBlock {
 
 /// Reads a whole file, naming it in errors.
 func readFile(_ path: String, what: String) throws -> Data {
-    guard FileManager.default.fileExists(atPath: path) else {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
         throw EnvelopeError(.io, "\(path): \(what) file does not exist")
+    }
+    guard !isDirectory.boolValue else {
+        throw EnvelopeError(.io, "\(path): is a directory; expected a \(what) file")
     }
     do {
         return try Data(contentsOf: URL(fileURLWithPath: path))
     } catch {
-        throw EnvelopeError(.io, "\(path): cannot read \(what) file: \(error.localizedDescription)")
+        throw EnvelopeError(.io, "\(path): cannot read \(what) file: \(String(cString: strerror(errno)))")
     }
 }

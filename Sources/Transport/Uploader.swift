@@ -232,7 +232,7 @@ public final class Uploader: Service, Sendable {
             s.consecutiveFailures = 0
             s.lastErrorKey = nil
             s.lastError = nil
-            if summary.sent > 0 { s.lastSuccessMs = Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+            if summary.acknowledged > 0 { s.lastSuccessMs = Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
             s.totalAcknowledged += summary.acknowledged
             s.totalRefused += summary.refusedCount
             return was

@@ -16,6 +16,9 @@ import TestSupport
         #expect(refused, "agent log: \(rig.agent!.log.suffix(2000))")
         #expect(try rig.count("select count(*) from captures") == 0)
         #expect(try rig.count("select count(*) from encryption_dek") == 0)
+        // Refused uploads are not "successful uploads".
+        let held = try runChecked([try builtProduct("custos-agent"), "status", "--config", rig.configPath])
+        #expect(held.contains("last upload:      -"), "\(held)")
 
         try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
         let flushed = try waitUntil(timeout: 30) { try rig.count("select count(*) from captures where kind='screen'") > 0 }
@@ -196,6 +199,40 @@ import TestSupport
         #expect(r.stdoutString.contains(dir.file("certs/kek.pem")))
     }
 
+    @Test func checkConfigProbesTheSpoolDirectoryForReal() throws {
+        let dir = try TempDir("custos-cli")
+        defer { dir.remove() }
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir.file("a-file")))
+        let cases: [(String, String)] = [("/proc/custos-nope", "FAIL spool-dir"), (dir.file("a-file"), "FAIL spool-dir"),
+                                         (dir.file("new/deeper"), "ok   spool-dir")]
+        for (spool, expected) in cases {
+            try "spool-dir=\(spool)\ndisplay=:9999\n".write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
+            let r = try runCommand([try builtProduct("custos-agent"), "--config", dir.file("c.cfg"), "--check-config"])
+            #expect(r.stdoutString.contains(expected), "\(spool): \(r.stdoutString)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir.file("new")), "the probe leaves nothing behind")
+    }
+
+    @Test func recordRefusalsLeaveNoFile() throws {
+        let dir = try TempDir("custos-record-bad")
+        defer { dir.remove() }
+        let keys = try makeOpenSSLKeyPair(in: dir.path, name: "k")
+        // No KEK: refused, exit 2, no file.
+        try "enable-encryption=1\nkek-file=\(dir.file("missing.pem"))\ndisplay=:987\nspool-dir=\(dir.file("s"))\n"
+            .write(toFile: dir.file("a.cfg"), atomically: true, encoding: .utf8)
+        let a = try runCommand([try builtProduct("custos-agent"), "record", "--config", dir.file("a.cfg"), "--seconds", "1", "--out", dir.file("a.rec")])
+        #expect(a.status == 2)
+        #expect(!FileManager.default.fileExists(atPath: dir.file("a.rec")))
+        // A display that does not exist: nothing captured, exit 1, says why, no file.
+        try "enable-encryption=1\nkek-file=\(keys.publicKey)\ndisplay=:987\nxauthority=/dev/null\nscreen-interval-ms=200\nspool-dir=\(dir.file("s"))\n"
+            .write(toFile: dir.file("b.cfg"), atomically: true, encoding: .utf8)
+        let b = try runCommand([try builtProduct("custos-agent"), "record", "--config", dir.file("b.cfg"), "--seconds", "1", "--out", dir.file("b.rec")])
+        #expect(b.status == 1)
+        #expect(b.stderrString.contains("nothing was captured"))
+        #expect(b.stderrString.contains(":987"))
+        #expect(!FileManager.default.fileExists(atPath: dir.file("b.rec")))
+    }
+
     @Test func recordWritesASealedFileThatOpensWithThePassphrase() throws {
         try requireTool("Xvfb")
         let dir = try TempDir("custos-record")
@@ -226,6 +263,23 @@ import TestSupport
         let pngs = all.filter { $0.hasSuffix(".png") }
         #expect(pngs.count >= 2, "opened: \(all)")
         #expect(all.contains("manifest.json"))
+        // One frame (a still screen) opens into a directory too when --out ends in '/'.
+        let still = dir.file("still.rec")
+        try runChecked([try builtProduct("custos-agent"), "record", "--config", dir.file("c.cfg"), "--seconds", "0.5", "--out", still])
+        try runChecked([try builtProduct("custos"), "open", "--key", keys.privateKey, "--passphrase-file", keys.passphraseFile,
+                        "--in", still, "--out", dir.file("still-out") + "/"])
+        let stillFiles = FileManager.default.enumerator(atPath: dir.file("still-out"))?.allObjects as? [String] ?? []
+        #expect(stillFiles.contains { $0.hasSuffix(".png") }, "\(stillFiles)")
+        // custos open never overwrites a file.
+        try Data("precious".utf8).write(to: URL(fileURLWithPath: dir.file("precious")))
+        let over = try runCommand([try builtProduct("custos"), "open", "--key", keys.privateKey, "--passphrase-file", keys.passphraseFile,
+                                   "--in", still, "--out", dir.file("precious")])
+        #expect(over.status != 0)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: dir.file("precious"))) == Data("precious".utf8))
+        // A directory where a key file belongs is named as such.
+        let keyDir = try runCommand([try builtProduct("custos"), "keys", "id", dir.path])
+        #expect(keyDir.status == 2)
+        #expect(keyDir.stderrString.contains("is a directory"))
         // Refuses to overwrite.
         let again = try runCommand([try builtProduct("custos-agent"), "record", "--config", dir.file("c.cfg"), "--seconds", "1", "--out", rec])
         #expect(again.status != 0)

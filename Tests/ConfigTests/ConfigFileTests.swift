@@ -125,11 +125,25 @@ private func error(_ text: String) -> ConfigError? {
         }
     }
 
+    @Test func directoryAndControlCharactersAreErrors() throws {
+        let dir = try TempDir()
+        defer { dir.remove() }
+        do { _ = try AgentConfig(contentsOf: dir.path); Issue.record("expected an error") } catch {
+            #expect(error.message.contains("is a directory"))
+        }
+        #expect(error("display=:15\u{0}0\n")?.line == 1)
+        #expect(error("agent-id=a\nagent-token=x\u{1b}y\n")?.line == 2)
+        #expect(try parse("agent-token=a\tb\n").agentToken == "a\tb")
+    }
+
     @Test func invalidUTF8IsAnError() throws {
         let dir = try TempDir()
         defer { dir.remove() }
-        try Data([0x64, 0x3d, 0xff, 0xfe, 0x0a]).write(to: URL(fileURLWithPath: dir.file("c.cfg")))
-        #expect(throws: ConfigError.self) { try AgentConfig(contentsOf: dir.file("c.cfg")) }
+        try Data([0x64, 0x3d, 0x31, 0x0a, 0x64, 0x3d, 0xff, 0xfe, 0x0a]).write(to: URL(fileURLWithPath: dir.file("c.cfg")))
+        do { _ = try AgentConfig(contentsOf: dir.file("c.cfg")); Issue.record("expected an error") } catch {
+            #expect(error.line == 2)
+            #expect(error.message.contains("UTF-8"))
+        }
     }
 
     /// `config.cfg.sample` and `AgentConfig.schema` list the same keys, types, defaults and

@@ -29,7 +29,13 @@ public final class CollectorServer: Sendable {
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         do {
+            for (key, file) in [("tls-cert", configuration.tlsCertFile), ("tls-key", configuration.tlsKeyFile)]
+            where !FileManager.default.isReadableFile(atPath: file) {
+                throw CollectorError(.configuration, "\(key) '\(file)': \(FileManager.default.fileExists(atPath: file) ? "not readable" : "file does not exist")")
+            }
             chain = try NIOSSLCertificate.fromPEMFile(configuration.tlsCertFile)
+        } catch let error as CollectorError {
+            throw error
         } catch {
             throw CollectorError(.configuration, "tls-cert '\(configuration.tlsCertFile)': cannot read a PEM certificate chain: \(error)")
         }
@@ -45,6 +51,11 @@ public final class CollectorServer: Sendable {
                                                            privateKey: .privateKey(key))
         tls.minimumTLSVersion = .tlsv12
         tls.maximumTLSVersion = .tlsv13
+        do {
+            _ = try NIOSSLContext(configuration: tls)
+        } catch {
+            throw CollectorError(.configuration, "tls-key '\(configuration.tlsKeyFile)' does not match tls-cert '\(configuration.tlsCertFile)' (or cannot serve TLS): \(error)")
+        }
         self.tls = tls
     }
 

@@ -5,21 +5,38 @@ import Foundation
 import Logging
 
 let arguments = CommandLine.arguments
-func usage() -> Never {
-    FileHandle.standardError.write(Data("usage: custos-collector --config collector.cfg\n".utf8))
-    exit(64)
+func usage(_ status: Int32) -> Never {
+    let text = """
+        usage: custos-collector --config collector.cfg
+
+        The Custos reference collector: HTTPS only (TLS 1.2+), stores sealed records, never decrypts.
+        Keys of collector.cfg (see collector.cfg.sample): listen=HOST:PORT, tls-cert=, tls-key=, database=.
+        SIGHUP re-reads the encryption_kek table; SIGTERM/SIGINT stop gracefully.
+
+        """
+    FileHandle(fileDescriptor: status == 0 ? 1 : 2).write(Data(text.utf8))
+    exit(status)
 }
-guard arguments.count == 3, arguments[1] == "--config" else { usage() }
+if arguments.count == 2, ["--help", "-h"].contains(arguments[1]) { usage(0) }
+guard arguments.count == 3, arguments[1] == "--config" else { usage(2) }
 
 LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
 var logger = Logger(label: "custos-collector")
 logger.logLevel = ProcessInfo.processInfo.environment["CUSTOS_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
 
+var listen = "?"
 do {
     let configuration = try CollectorConfiguration(file: arguments[2])
+    listen = "\(configuration.listenHost):\(configuration.listenPort)"
     let server = try CollectorServer(configuration: configuration, logger: logger)
     try await server.run()
 } catch {
-    logger.critical("custos-collector stopped", metadata: ["collector.error": "\(error)"])
+    var detail = "\(error)"
+    // NIO reports a failed bind as "bind(descriptor:ptr:bytes:): <strerror>"; name the setting.
+    if detail.contains("bind(") {
+        detail = "listen=\(listen) in \(arguments[2]): cannot listen there: \(detail)"
+    }
+    logger.critical("custos-collector stopped", metadata: ["collector.error": "\(detail)"])
+    FileHandle.standardError.write(Data("custos-collector: \(detail)\n".utf8))
     exit(1)
 }

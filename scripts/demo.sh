@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # make demo: the main job end to end on real input.
 #
-# Starts an Xvfb with visible content, makes a KEK pair with the seed's openssl commands,
+# Starts an Xvfb with visible content, makes a KEK pair with the standard openssl commands,
 # starts custos-collector on 127.0.0.1 with a self-signed certificate, pins it, and starts
 # custos-agent (enable-encryption=1) BEFORE the collector knows the KEK: captures wait in the
-# spool while uploads are refused. Then it registers the KEK with the seed's SQL, watches the
+# spool while uploads are refused. Then it registers the KEK with the documented SQL insert, watches the
 # backlog flush, types text with xdotool, stops the agent, proves no plaintext is stored, lists
 # captures as <Encrypted>, and decrypts with the passphrase. Everything it starts, it stops.
 set -euo pipefail
@@ -39,7 +39,7 @@ xterm -T "Custos demo notes" -geometry 70x12+420+300 -e cat >/dev/null 2>&1 & pi
 sleep 1
 echo "Xvfb on $DISPLAY (1280x720x24), root painted, an xlogo and an xterm window open"
 
-say "2. A KEK pair, made with the seed's openssl commands"
+say "2. A KEK pair, made with the standard openssl commands"
 printf '%s' "$PASS" > "$OUT/keys/pass"; chmod 600 "$OUT/keys/pass"
 openssl genrsa -aes256 -passout file:"$OUT/keys/pass" -out "$OUT/keys/keypair.pem" 2048 2>/dev/null
 openssl rsa -in "$OUT/keys/keypair.pem" -passin file:"$OUT/keys/pass" -pubout -out "$OUT/keys/publickey.crt" 2>/dev/null
@@ -89,7 +89,7 @@ SPOOLED_BEFORE=$(sqlite3 "$OUT/collector/collector.db" 'select count(*) from cap
 echo "captures at the collector so far: $SPOOLED_BEFORE"
 [ "$SPOOLED_BEFORE" = 0 ] || fail "collector stored captures before the KEK was registered"
 
-say "5. Register the KEK with the seed's SQL"
+say "5. Register the KEK with the documented SQL insert"
 SQL="insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '$OUT/keys/publickey.crt', '$OUT/keys/keypair.pem');"
 echo "sqlite3 collector.db \"$SQL\""
 sqlite3 "$OUT/collector/collector.db" "$SQL"

@@ -32,6 +32,11 @@ public struct AgentCommand: AsyncParsableCommand {
                 try command.run()
             }
         } catch {
+            // Usage errors exit 2, as for `custos` (ArgumentParser's own code would be 64).
+            if exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
             exit(withError: error)
         }
     }

@@ -187,6 +187,10 @@ import TestSupport
         #expect(r.status == 2)
         #expect(r.stderrString.contains(dir.file("c.cfg") + ":2"))
         #expect(r.stderrString.contains("enable-encryption"))
+        // Usage errors exit 2 too.
+        let usage = try runCommand([try builtProduct("custos-agent"), "record", "--seconds", "0", "--out", dir.file("x")])
+        #expect(usage.status == 2)
+        #expect(usage.stderrString.contains("--seconds"))
     }
 
     @Test func checkConfigReportsMissingKEK() throws {

@@ -15,6 +15,8 @@ OUT=${DEMO_OUT:-$ROOT/demo-out}
 PASS="demo passphrase $(date +%s)"
 TYPED="Custos demo: the quick brown fox 42"
 
+# The collector writes to its database too: give the sqlite3 CLI a busy timeout.
+db()   { sqlite3 -cmd '.timeout 10000' "$OUT/collector/collector.db" "$@"; }
 say()  { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { printf '\033[31mDEMO FAILED: %s\033[0m\n' "$*" >&2; exit 1; }
 pids=()
@@ -85,17 +87,17 @@ for c in '#4e9a06' '#c4a000' '#a40000' '#5c3566' '#204a87'; do xsetroot -solid "
 echo "--- agent log: the collector refuses the unknown KEK, data stays spooled"
 grep -E 'unknown-kek|refused' "$OUT/agent/agent.log" | head -3 || true
 "$BIN/custos-agent" status --config "$OUT/agent/config.cfg"
-SPOOLED_BEFORE=$(sqlite3 "$OUT/collector/collector.db" 'select count(*) from captures')
+SPOOLED_BEFORE=$(db 'select count(*) from captures')
 echo "captures at the collector so far: $SPOOLED_BEFORE"
 [ "$SPOOLED_BEFORE" = 0 ] || fail "collector stored captures before the KEK was registered"
 
 say "5. Register the KEK with the documented SQL insert"
 SQL="insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '$OUT/keys/publickey.crt', '$OUT/keys/keypair.pem');"
 echo "sqlite3 collector.db \"$SQL\""
-sqlite3 "$OUT/collector/collector.db" "$SQL"
+db "$SQL"
 kill -HUP "$COLLECTOR" 2>/dev/null || true
 for i in $(seq 60); do
-  n=$(sqlite3 "$OUT/collector/collector.db" 'select count(*) from captures')
+  n=$(db 'select count(*) from captures')
   [ "$n" -gt 0 ] && break; sleep 0.5
 done
 echo "backlog flushed: $n capture(s) at the collector"
@@ -146,7 +148,7 @@ if "$BIN/custos" decrypt --db "$OUT/collector/collector.db" --key "$OUT/keys/key
 say "Summary"
 printf '%-44s %s\n' "KEK id" "$KEKID" \
   "captures at collector before KEK registered" "$SPOOLED_BEFORE" \
-  "captures at collector at the end" "$(sqlite3 "$OUT/collector/collector.db" 'select count(*) from captures')" \
+  "captures at collector at the end" "$(db 'select count(*) from captures')" \
   "plaintext found at rest" "none" \
   "frames decrypted (PNG)" "$FRAMES (e.g. ${PNG1#$OUT/})" \
   "pixel (10,10) of the last frame" "#$PIXEL (painted: #204a87)" \

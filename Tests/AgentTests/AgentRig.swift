@@ -82,12 +82,12 @@ final class AgentRig: @unchecked Sendable {
 
     /// The seed's statement, run with the sqlite3 CLI.
     func registerKEK(publicKey: String, privateKey: String) throws {
-        try runChecked(["sqlite3", db, "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(publicKey)', '\(privateKey)');"])
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", db, "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(publicKey)', '\(privateKey)');"])
         collector?.send(SIGHUP)
     }
 
     func sql(_ query: String) throws -> String {
-        try runChecked(["sqlite3", db, query]).trimmingCharacters(in: .whitespacesAndNewlines)
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", db, query]).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     func count(_ query: String) throws -> Int { Int(try sql(query)) ?? -1 }

@@ -79,7 +79,7 @@ import Wire
             pins: [try pki.pin("leaf")], caFile: nil), logger: LogCapture().logger("t"))
         #expect(try await client.health().activeKEKs == 0)
 
-        try runChecked(["sqlite3", dir.file("collector.db"),
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", dir.file("collector.db"),
                         "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(kek.publicKey)', '\(kek.privateKey)');"])
         kill(process.processIdentifier, SIGHUP)
         var active = 0

@@ -97,7 +97,7 @@ import Wire
         #expect(logs.contains("unknown-kek"))
 
         let sql = "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(f.kekPublic)', '\(f.kekPrivate)');"
-        try runChecked(["sqlite3", f.collector.databasePath, sql])
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", f.collector.databasePath, sql])
 
         // Poll as the agent would; the collector re-reads encryption_kek on demand (≤ 1/s) and every 3 s.
         let deadline = ContinuousClock.now + .seconds(15)

@@ -74,7 +74,7 @@ export container=custos-sandbox
 exec /lib/systemd/systemd --system --unit=custos-sandbox.target --log-target=console --show-status=no
 INIT
     chmod 0755 "$dir/init.sh"
-    setsid unshare --mount --pid --fork --propagation private "$dir/init.sh" "$dir" "$name" \
+    setsid unshare --mount --uts --pid --fork --propagation private "$dir/init.sh" "$dir" "$name" \
         > "$dir/console.log" 2>&1 < /dev/null &
     echo $! > "$dir/unshare.pid"
     # PID 1 of the new namespace is unshare's only child.

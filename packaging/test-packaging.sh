@@ -22,6 +22,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 PASS=0
 FAIL=0
+HOST_NAME_BEFORE="$(hostname)"
 ok()   { PASS=$((PASS + 1)); echo "ok   - $*"; }
 bad()  { FAIL=$((FAIL + 1)); echo "FAIL - $*"; }
 # check NAME COMMAND...: passes when COMMAND succeeds; its output is shown on failure only.
@@ -387,6 +388,8 @@ else
     in_sbx journalctl --no-pager -o short-monotonic -u custos-agent.service 2>&1 | tail -n 30 | sed 's/^/#   /'
     "$HERE/systemd-sandbox.sh" stop "$SBX"
     check "[systemd] sandbox stopped: no process left" bash -c '! kill -0 "$(cat "$1/unshare.pid")" 2>/dev/null' _ "$SBX"
+    check "[systemd] the host's hostname is untouched (the sandbox has its own UTS namespace)" \
+        bash -c '[ "$(hostname)" = "$1" ]' _ "$HOST_NAME_BEFORE"
 fi
 
 finish

@@ -40,7 +40,8 @@ enum CheckConfig {
         }
         do {
             let capturer = try ScreenCapturer(display: config.display, xauthority: config.xauthority,
-                                              pngLevel: config.pngLevel, logger: Logger(label: "check-config"))
+                                              pngLevel: config.pngLevel,
+                                              logger: Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() })
             let frames = try capturer.captureAll()
             line(true, "display", "\(config.display ?? "(DISPLAY unset)"): \(frames.count) monitor(s) readable")
         } catch {

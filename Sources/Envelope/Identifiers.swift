@@ -61,73 +61,50 @@ enum Hex {
     }
 }
 
+/// What distinguishes one kind of fixed-length id from another: its byte count.
+public protocol IdentifierKind: Sendable {
+    /// How many bytes an id of this kind has.
+    static var byteCount: Int { get }
+}
+
+/// A fixed-length binary id, shown as lowercase hex. `KEKID`, `DEKID` and `BlobID` are this type
+/// with different kinds, so they cannot be mixed up, and share one implementation.
+public struct FixedLengthID<Kind: IdentifierKind>: Hashable, Sendable, CustomStringConvertible {
+    /// Byte count of an id of this kind.
+    public static var byteCount: Int { Kind.byteCount }
+    /// The id bytes (`byteCount` of them).
+    public let bytes: [UInt8]
+    /// Lowercase hex, `2 × byteCount` characters.
+    public var hex: String { Hex.encode(bytes) }
+    public var description: String { hex }
+    /// Parses `2 × byteCount` hex characters; nil for anything else.
+    public init?(hex: String) {
+        guard let b = Hex.decode(hex, count: Self.byteCount) else { return nil }
+        bytes = b
+    }
+    /// Wraps exactly `byteCount` bytes; nil for any other length.
+    public init?(bytes: some Collection<UInt8>) {
+        guard bytes.count == Self.byteCount else { return nil }
+        self.bytes = Array(bytes)
+    }
+    /// A fresh id from the system CSPRNG.
+    public static func random() -> Self { Self(bytes: randomBytes(byteCount))! }
+}
+
+/// Kind of `KEKID`: 32 bytes.
+public enum KEKIDKind: IdentifierKind { public static let byteCount = 32 }
+/// Kind of `DEKID`: 16 bytes.
+public enum DEKIDKind: IdentifierKind { public static let byteCount = 16 }
+/// Kind of `BlobID`: 16 bytes.
+public enum BlobIDKind: IdentifierKind { public static let byteCount = 16 }
+
 /// The id of a KEK: SHA-256 of the public key's SubjectPublicKeyInfo DER (32 bytes), the value
 /// `openssl pkey -pubin -in publickey.crt -outform DER | sha256sum` prints.
-public struct KEKID: Hashable, Sendable, CustomStringConvertible {
-    /// Byte count of a KEK id.
-    public static let byteCount = 32
-    /// The 32 id bytes.
-    public let bytes: [UInt8]
-    /// Lowercase hex, 64 characters.
-    public var hex: String { Hex.encode(bytes) }
-    public var description: String { hex }
-    /// Parses 64 hex characters; nil for anything else.
-    public init?(hex: String) {
-        guard let b = Hex.decode(hex, count: Self.byteCount) else { return nil }
-        bytes = b
-    }
-    /// Wraps exactly 32 bytes; nil for any other length.
-    public init?(bytes: some Collection<UInt8>) {
-        guard bytes.count == Self.byteCount else { return nil }
-        self.bytes = Array(bytes)
-    }
-}
-
+public typealias KEKID = FixedLengthID<KEKIDKind>
 /// The random 16-byte id of a DEK (and of its DEK record).
-public struct DEKID: Hashable, Sendable, CustomStringConvertible {
-    /// Byte count of a DEK id.
-    public static let byteCount = 16
-    /// The 16 id bytes.
-    public let bytes: [UInt8]
-    /// Lowercase hex, 32 characters.
-    public var hex: String { Hex.encode(bytes) }
-    public var description: String { hex }
-    /// Parses 32 hex characters; nil for anything else.
-    public init?(hex: String) {
-        guard let b = Hex.decode(hex, count: Self.byteCount) else { return nil }
-        bytes = b
-    }
-    /// Wraps exactly 16 bytes; nil for any other length.
-    public init?(bytes: some Collection<UInt8>) {
-        guard bytes.count == Self.byteCount else { return nil }
-        self.bytes = Array(bytes)
-    }
-    /// A fresh id from the system CSPRNG.
-    public static func random() -> DEKID { DEKID(bytes: randomBytes(byteCount))! }
-}
-
+public typealias DEKID = FixedLengthID<DEKIDKind>
 /// The random 16-byte id of a sealed blob; also its per-blob HKDF salt (docs/FORMAT.md).
-public struct BlobID: Hashable, Sendable, CustomStringConvertible {
-    /// Byte count of a blob id.
-    public static let byteCount = 16
-    /// The 16 id bytes.
-    public let bytes: [UInt8]
-    /// Lowercase hex, 32 characters.
-    public var hex: String { Hex.encode(bytes) }
-    public var description: String { hex }
-    /// Parses 32 hex characters; nil for anything else.
-    public init?(hex: String) {
-        guard let b = Hex.decode(hex, count: Self.byteCount) else { return nil }
-        bytes = b
-    }
-    /// Wraps exactly 16 bytes; nil for any other length.
-    public init?(bytes: some Collection<UInt8>) {
-        guard bytes.count == Self.byteCount else { return nil }
-        self.bytes = Array(bytes)
-    }
-    /// A fresh id from the system CSPRNG.
-    public static func random() -> BlobID { BlobID(bytes: randomBytes(byteCount))! }
-}
+public typealias BlobID = FixedLengthID<BlobIDKind>
 
 /// `count` bytes from the system CSPRNG (`getrandom(2)` via `SystemRandomNumberGenerator`,
 /// 8 bytes per call: syscalls are not free in a VM).

@@ -23,17 +23,9 @@ import TestSupport
         #expect(mismatch.status == 1)
         #expect(mismatch.stderrString.contains("does not match tls-cert"))
         // A port someone else holds.
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &len) == 0 }
-        }
-        #expect(bound)
-        let port = Int(UInt16(bigEndian: addr.sin_port))
+        let holder = try LoopbackListener()
+        defer { holder.close() }
+        let port = holder.port
         let busy = try start("listen=127.0.0.1:\(port)\ntls-cert=a.crt\ntls-key=a.key\ndatabase=c.db\n")
         #expect(busy.status == 1)
         #expect(busy.stderrString.contains("listen=127.0.0.1:\(port)"))

@@ -59,21 +59,42 @@ public func waitUntil(timeout: TimeInterval, _ condition: () throws -> Bool) ret
     return try condition()
 }
 
+/// A TCP socket bound to 127.0.0.1 on a port the kernel picks, listening until `close()`
+/// (or deinit): a port that is busy for as long as the test holds it.
+public final class LoopbackListener: @unchecked Sendable {
+    // @unchecked Sendable: `fd` is set once in init and only closed.
+    private var fd: Int32
+    /// The bound port.
+    public let port: Int
+
+    public init() throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw TestSupportError("socket failed") }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let fd = self.fd
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                bind(fd, sa, len) == 0 && listen(fd, 1) == 0 && getsockname(fd, sa, &len) == 0
+            }
+        }
+        guard ok else { Glibc.close(fd); throw TestSupportError("bind/listen on 127.0.0.1 failed") }
+        port = Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    public func close() {
+        if fd >= 0 { Glibc.close(fd); fd = -1 }
+    }
+
+    deinit { close() }
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for a test's own server).
 public func freeLocalPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw TestSupportError("socket failed") }
-    defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &addr) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-            bind(fd, sa, len) == 0 && getsockname(fd, sa, &len) == 0
-        }
-    }
-    guard ok else { throw TestSupportError("bind failed") }
-    return Int(UInt16(bigEndian: addr.sin_port))
+    let listener = try LoopbackListener()
+    defer { listener.close() }
+    return listener.port
 }

@@ -53,6 +53,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
         .target(name: "Spool", dependencies: [
+            "CSysShim",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),

@@ -1,3 +1,4 @@
+import CSysShim
 import Foundation
 
 #if canImport(Glibc)
@@ -67,9 +68,13 @@ struct SpoolFiles: Sendable {
     }
 
     /// Size in bytes of `path`, 0 when it does not exist.
+    ///
+    /// Asks `statx(2)` for the size only: `stat(2)` would mark the file's timestamps as
+    /// queried, and with Linux's multigrain timestamps (6.13+) SQLite's next write would
+    /// then dirty the inode, so each commit's `fdatasync` would also write the inode
+    /// (measured: about a third more time per 200-byte enqueue).
     static func size(_ path: String) -> Int64 {
-        var st = stat()
-        return stat(path, &st) == 0 ? Int64(st.st_size) : 0
+        max(0, custos_file_size(path))
     }
 
     var databaseBytes: Int64 { Self.size(databasePath) }

@@ -169,13 +169,16 @@ let plainChannel = try await ClientBootstrap(group: group)
         }
     }
     .connect(host: "127.0.0.1", port: plainServer.localAddress!.port!).get()
+// All writes queued at once (a stream, no per-request round trip), then wait for the last.
+var lastWrite: EventLoopFuture<Void>? = nil
 for body in bodies {
-    try await plainChannel.writeAndFlush(ByteBuffer(bytes: body))
+    lastWrite = plainChannel.writeAndFlush(ByteBuffer(bytes: body))
 }
+try await lastWrite?.get()
 try await donePromise.futureResult.get()
 let plainTime = seconds(plainStart.duration(to: clock.now))
-try await plainChannel.close()
-try await plainServer.close()
+try await plainChannel.close().get()
+try await plainServer.close().get()
 
 let mb = Double(totalBytes) / 1e6
 let uploadRate = mb / uploadTime, plainRate = mb / plainTime

@@ -20,10 +20,11 @@ public struct JournalLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                    source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
         var all = metadata
-        if let explicit { all.merge(explicit) { _, new in new } }
+        if let explicit = event.metadata { all.merge(explicit) { _, new in new } }
+        if let error = event.error, all["error"] == nil { all["error"] = "\(error)" }
+        let level = event.level, message = event.message
         let pairs = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         let text = "<\(Self.priority(level))>\(level): \(message)\(pairs.isEmpty ? "" : " " + pairs)\n"
         FileHandle.standardError.write(Data(text.utf8))

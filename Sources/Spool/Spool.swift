@@ -483,11 +483,13 @@ public final class Spool: Sendable {
     /// - Parameters:
     ///   - leaseDuration: after this the records may be leased again if not acked or released.
     ///   - now: the clock (injectable for tests).
-    /// - Throws: `SpoolError` `.busy`, `.readOnly`, `.closed`, `.sqlite`.
+    /// - Throws: `SpoolError` `.full` (the WAL is at its share and a reader pins it),
+    ///   `.busy`, `.readOnly`, `.closed`, `.sqlite`.
     public func lease(maxItems: Int, maxBytes: Int, leaseDuration: Duration = .seconds(60),
                       now: Date = Date()) throws -> [SpoolEntry] {
         try checkWritable()
         guard maxItems > 0 else { return [] }
+        try checkWALRoom("lease of up to \(maxItems) records", pages: 2 * Int64(maxItems) + 4)
         let nowMs = Self.ms(now)
         let untilMs = nowMs + Self.ms(leaseDuration)
         var quarantined: [(seq: Int64, reason: String)] = []
@@ -571,11 +573,14 @@ public final class Spool: Sendable {
     }
 
     /// Deletes the records with these ids (the collector has stored them). Unknown ids are
-    /// ignored (already acked or evicted).
-    /// - Throws: `SpoolError` `.busy`, `.readOnly`, `.closed`, `.sqlite`.
+    /// ignored (already acked or evicted). Refused (nothing deleted) while the WAL is at its
+    /// share and a reader pins it: the records stay leased, and once the lease expires they
+    /// are uploaded again, which the collector acknowledges without storing them twice.
+    /// - Throws: `SpoolError` `.full` (WAL pinned), `.busy`, `.readOnly`, `.closed`, `.sqlite`.
     public func ack(_ ids: [Data]) throws {
         try checkWritable()
         guard !ids.isEmpty else { return }
+        try checkWALRoom("ack of \(ids.count) records", pages: 3 * Int64(ids.count) + 4)
         let pending = mutable.withLock { state in
             let p = state.pendingRejected
             state.pendingRejected = [:]
@@ -603,10 +608,13 @@ public final class Spool: Sendable {
     /// Puts leased records back for a later attempt: `attempts` += 1 and the next attempt at
     /// `now + retryAfter` when given (e.g. the collector's `Retry-After`), else after an
     /// exponential backoff `min(cap, base × 2^(attempts−1))` with jitter in [½, 1] of it.
-    /// - Throws: `SpoolError` `.busy`, `.readOnly`, `.closed`, `.sqlite`.
+    /// Refused (the records stay leased until the lease expires) while the WAL is at its
+    /// share and a reader pins it.
+    /// - Throws: `SpoolError` `.full` (WAL pinned), `.busy`, `.readOnly`, `.closed`, `.sqlite`.
     public func release(_ ids: [Data], retryAfter: Duration? = nil, now: Date = Date()) throws {
         try checkWritable()
         guard !ids.isEmpty else { return }
+        try checkWALRoom("release of \(ids.count) records", pages: 2 * Int64(ids.count) + 4)
         let nowMs = Self.ms(now)
         try mapped {
             try writeTransaction { db in
@@ -789,6 +797,24 @@ public final class Spool: Sendable {
         } catch {
             return false
         }
+    }
+
+    /// Keeps the WAL within its share for writes other than enqueue (lease, ack, release):
+    /// when `pages` more WAL pages would pass the share, checkpoint; when a reader pins the
+    /// WAL so that it cannot be, refuse the write (nothing changes) rather than grow the WAL.
+    /// `pages` is a generous estimate; it counts for at most half the share, so an empty WAL
+    /// always has room.
+    /// - Throws: `SpoolError` `.full` naming the WAL, its size and its share.
+    private func checkWALRoom(_ operation: String, pages: Int64) throws {
+        let share = budget().wal
+        let walNeed = min(walBytesFor(pages: pages), share / 2)
+        guard files.walBytes + walNeed > share else { return }
+        checkpoint()
+        let wal = files.walBytes
+        guard wal + walNeed > share else { return }
+        throw SpoolError(.full, "\(operation) refused: WAL \(files.walPath) is \(wal) bytes and cannot be "
+                         + "checkpointed (a reader holds a transaction open); \(walNeed) more bytes would pass its "
+                         + "share of \(share) bytes. Nothing was changed; it will succeed once the reader lets go")
     }
 
     /// `checkpointNow` outside any transaction.

@@ -1,7 +1,7 @@
 // spool-crash-child: the process the Spool crash test kills with SIGKILL.
 //
-// Usage: spool-crash-child <spool-dir> <first-index>
-// Enqueues records first-index, first-index+1, … forever; after each enqueue returns it
+// Usage: spool-crash-child <spool-dir> <first-index> [<count>]
+// Enqueues records first-index, first-index+1, … forever (or `count` of them, then exits 0); after each enqueue returns it
 // prints "E <index>"; every fifth record it leases up to four records, prints
 // "L <index> …", acks them and prints "A <index> …". Output is written unbuffered, so a line the parent has
 // read describes an operation that had returned. Record contents are a pure function of
@@ -25,16 +25,18 @@ func emit(_ line: String) {
 }
 
 let arguments = CommandLine.arguments
-guard arguments.count == 3, let first = Int(arguments[2]) else {
-    FileHandle.standardError.write(Data("usage: spool-crash-child <spool-dir> <first-index>\n".utf8))
+guard arguments.count == 3 || arguments.count == 4, let first = Int(arguments[2]),
+      arguments.count == 3 || Int(arguments[3]) != nil else {
+    FileHandle.standardError.write(Data("usage: spool-crash-child <spool-dir> <first-index> [<count>]\n".utf8))
     exit(2)
 }
+let last = arguments.count == 4 ? first + Int(arguments[3])! : Int.max
 let logger = Logger(label: "spool-crash-child", factory: { _ in SwiftLogNoOpLogHandler() })
 do {
     let spool = try Spool(directory: arguments[1], maxBytes: 512 * 1024 * 1024, logger: logger)
     emit("O")
     var index = first
-    while true {
+    while index < last {
         try spool.enqueue(CrashRecord.entry(index))
         emit("E \(index)")
         if index % 5 == 4 {
@@ -46,6 +48,7 @@ do {
         }
         index += 1
     }
+    try spool.close()
 } catch {
     FileHandle.standardError.write(Data("spool-crash-child: \(error)\n".utf8))
     exit(1)

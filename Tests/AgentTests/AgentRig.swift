@@ -70,7 +70,7 @@ final class AgentRig: @unchecked Sendable {
     func startCollector() throws {
         collector = try BackgroundProcess(try builtProduct("custos-collector"), ["--config", dir.file("collector/collector.cfg")],
                                           logPath: dir.file("collector/collector-\(Date().timeIntervalSince1970).log"))
-        let up = try waitUntil(timeout: 20) { (try? runCommand(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status) == 0 }
+        let up = waitUntil(timeout: 20) { (try? runCommand(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]).status) == 0 }
         if !up { throw TestSupportError("collector did not listen on \(port): \(collector?.log ?? "")") }
     }
 

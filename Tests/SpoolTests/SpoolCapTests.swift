@@ -104,7 +104,32 @@ import TestSupport
             #expect(bytes <= Self.cap, "database + WAL = \(bytes) bytes with a reader holding a transaction")
         }
         #expect(refused > 0, "the WAL never filled its share while pinned (accepted \(accepted))")
+        // Lease, ack and release write too: while the reader pins the full WAL they are
+        // refused the same way and change nothing.
+        let spooledBefore = try spool.stats().spooled[.screen]?.count ?? 0
+        #expect(throws: SpoolError.self) { _ = try spool.lease(maxItems: 8, maxBytes: 1 << 30) }
+        do {
+            _ = try spool.lease(maxItems: 8, maxBytes: 1 << 30)
+        } catch let error as SpoolError {
+            #expect(error.code == .full && error.message.contains("lease") && error.message.contains("reader"), "\(error)")
+        }
+        for _ in 0..<20 {
+            do { try spool.ack([entry(1, .screen, bytes: 1).id]) } catch let error as SpoolError {
+                #expect(error.code == .full && error.message.contains("ack"), "\(error)")
+            }
+            do { try spool.release([entry(2, .screen, bytes: 1).id]) } catch let error as SpoolError {
+                #expect(error.code == .full && error.message.contains("release"), "\(error)")
+            }
+            let bytes = try spool.stats().fileBytes
+            #expect(bytes <= Self.cap, "database + WAL = \(bytes) bytes after acks with a reader holding a transaction")
+        }
+        #expect(try spool.stats().spooled[.screen]?.count == spooledBefore, "a refused ack deleted records")
         reader.release()
+        // Once the reader lets go, lease and ack work again.
+        let leased = try spool.lease(maxItems: 4, maxBytes: 1 << 30)
+        #expect(leased.count == 4)
+        try spool.ack(leased.map(\.id))
+        #expect(try spool.stats().spooled[.screen]?.count == spooledBefore - 4)
         for _ in 0..<20 {
             try spool.enqueue(entry(n, .screen, bytes: 100_000, time: Int64(n))); n += 1
             #expect(try spool.stats().fileBytes <= Self.cap)

@@ -7,6 +7,17 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
+/// How the shipped executables are linked (docs/ARCHITECTURE.md "Linking"): with the
+/// toolchain's lld, relative relocations packed (DT_RELR, glibc >= 2.36: 22 KB instead of
+/// 2.8 MB of `.rela.dyn` read at every start) and no symbols exported from the executable
+/// (swiftc exports them all by default; nothing looks them up). Together with the static
+/// Swift runtime of `make deb` this took the agent from 38 to 34 MiB resident
+/// (`Benchmarks/agent.sh`). PIE (ASLR) and BIND_NOW are kept.
+let lean: [LinkerSetting] = [
+    .unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
+                  "-Xlinker", "--no-export-dynamic"]),
+]
+
 let package = Package(
     name: "Custos",
     platforms: [.macOS(.v14)],
@@ -95,9 +106,9 @@ let package = Package(
         ], swiftSettings: strict),
 
         // Executables: thin mains over the library targets.
-        .executableTarget(name: "custos", dependencies: ["Admin"], swiftSettings: strict),
-        .executableTarget(name: "custos-agent", dependencies: ["Agent"], swiftSettings: strict),
-        .executableTarget(name: "custos-collector", dependencies: ["Collector"], swiftSettings: strict),
+        .executableTarget(name: "custos", dependencies: ["Admin"], swiftSettings: strict, linkerSettings: lean),
+        .executableTarget(name: "custos-agent", dependencies: ["Agent"], swiftSettings: strict, linkerSettings: lean),
+        .executableTarget(name: "custos-collector", dependencies: ["Collector"], swiftSettings: strict, linkerSettings: lean),
         .executableTarget(name: "spool-crash-child", dependencies: [
             "Spool", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),

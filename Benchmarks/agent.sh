@@ -6,9 +6,10 @@
 # Usage: Benchmarks/agent.sh [seconds]   (default 60; goals: < 1% of one core, < 40 MB RSS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. Benchmarks/release-flags.sh
 SECONDS_RUN=${1:-60}
-swift build -c release --product custos-agent >/dev/null
-BIN=$(swift build -c release --show-bin-path)
+swift build "${RELEASE_FLAGS[@]}" --product custos-agent >/dev/null
+BIN=$(swift build "${RELEASE_FLAGS[@]}" --show-bin-path)
 WORK=$(mktemp -d); chmod 700 "$WORK"
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null || true; done; rm -rf "$WORK"' EXIT
@@ -31,7 +32,7 @@ screen-interval-ms=5000
 keystroke-idle-ms=2000
 spool-dir=$WORK/spool
 CFG
-"$BIN/custos-agent" --config "$WORK/config.cfg" 2>"$WORK/agent.log" & AGENT=$!; pids+=($AGENT)
+"${AGENT_BENCH_BIN:-$BIN/custos-agent}" --config "$WORK/config.cfg" 2>"$WORK/agent.log" & AGENT=$!; pids+=($AGENT)
 sleep 2
 ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 HZ=$(getconf CLK_TCK)
@@ -44,6 +45,8 @@ while [ "$(date +%s)" -lt $end ]; do
 done
 t1=$(ticks $AGENT); s1=$(date +%s.%N)
 RSS=$(awk '/VmHWM/ {print $2}' /proc/$AGENT/status)
+PARTS=$(awk '/^(VmRSS|RssAnon|RssFile|RssShmem|Threads):/ {printf "%s %s  ", $1, $2}' /proc/$AGENT/status)
+[ -n "${AGENT_BENCH_SMAPS:-}" ] && cp /proc/$AGENT/smaps "$AGENT_BENCH_SMAPS" 
 kill -TERM $AGENT; wait $AGENT || true
 CPU=$(python3 -c "print(f'{100*($t1-$t0)/$HZ/($s1-$s0):.3f}')")
 # ffmpeg x11grab -> PNG, CPU per frame (user+sys), median of 5 single-frame runs.
@@ -55,5 +58,6 @@ done
 FFMS=$(printf '%s\n' "${ff[@]}" | sort -n | sed -n 3p)
 printf '%-46s %s\n' "agent CPU over ${SECONDS_RUN}s (1 frame/5 s + typing)" "${CPU}% of one core (goal < 1%)" \
   "agent peak RSS (VmHWM)" "$((RSS / 1024)) MiB (goal < 40 MB)" \
+  "agent RSS at the end (kB)" "$PARTS" \
   "ffmpeg x11grab -> PNG, CPU per frame (median of 5)" "${FFMS} ms (process start included)" \
   "ffmpeg at 1 frame/5 s would be" "$(python3 -c "print(f'{$FFMS/5000*100:.2f}')")% of one core"

@@ -1,12 +1,13 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Screen-capture benchmark: Custos grab + PNG encode vs `ffmpeg -f x11grab … -c:v png`,
 # both on the same 1920x1080x24 Xvfb in the same run (see Benchmarks/CaptureBench/main.swift).
 # Usage: Benchmarks/capture.sh [frames]   (needs Xvfb and ffmpeg; builds release)
 set -eu
 cd "$(dirname "$0")/.."
+. Benchmarks/release-flags.sh
 FRAMES=${1:-30}
-swift build -c release --product custos-bench-capture >/dev/null
-BIN=$(swift build -c release --show-bin-path)/custos-bench-capture
+swift build "${RELEASE_FLAGS[@]}" --product custos-bench-capture >/dev/null
+BIN=$(swift build "${RELEASE_FLAGS[@]}" --show-bin-path)/custos-bench-capture
 OUT=$(mktemp)
 Xvfb -displayfd 1 -screen 0 1920x1080x24 -nolisten tcp -noreset >"$OUT" 2>/dev/null &
 XPID=$!

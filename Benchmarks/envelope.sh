@@ -5,6 +5,7 @@
 # (--samples N, --keys DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. Benchmarks/release-flags.sh
 command -v openssl >/dev/null || { echo "envelope.sh: openssl is required (make deps)" >&2; exit 2; }
-swift build -c release --product custos-bench-envelope >&2
-exec "$(swift build -c release --show-bin-path)/custos-bench-envelope" "$@"
+swift build "${RELEASE_FLAGS[@]}" --product custos-bench-envelope >&2
+exec "$(swift build "${RELEASE_FLAGS[@]}" --show-bin-path)/custos-bench-envelope" "$@"

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Network benchmarks (Benchmarks/NetBench/main.swift), all on 127.0.0.1 in one process, release build:
 #  1. upload throughput (pinned TLS + HTTP + collector parse + SQLite store + ack, 4 MiB batches)
 #     against the same bytes over a plain TLS stream to a discarding NIOSSL server, same run
@@ -8,8 +8,9 @@
 # Usage: Benchmarks/net.sh [--mib N] [--blob-kib N] [--agents N] [--requests N]   (needs openssl)
 set -eu
 cd "$(dirname "$0")/.."
+. Benchmarks/release-flags.sh
 command -v openssl >/dev/null || { echo "net.sh: openssl is required (make deps)" >&2; exit 2; }
 # 1,000 agents need ~2,000 file descriptors (client and server side of each connection).
 ulimit -n 8192 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-swift build -c release --product custos-bench-net 2>&1 | tail -3
-exec "$(swift build -c release --show-bin-path)/custos-bench-net" "$@"
+swift build "${RELEASE_FLAGS[@]}" --product custos-bench-net 2>&1 | tail -3
+exec "$(swift build "${RELEASE_FLAGS[@]}" --show-bin-path)/custos-bench-net" "$@"

@@ -75,8 +75,10 @@ struct RunCommand: AsyncParsableCommand {
             throw ExitCode(ok ? 0 : 2)
         }
         let hardening = Hardening.apply()
+        let mallocTuned = MemoryPolicy.apply()
         let logger = makeLogger()
         logger.info("starting", metadata: ["config.path": "\(config.configPath)", "hardening": "\(hardening)",
+                                           "malloc.tuned": "\(mallocTuned)",
                                            "agent.id": "\(config.agentID)"])
         do {
             try await AgentRunner(config: config, logger: logger).run()

@@ -73,15 +73,18 @@ public final class CaptureService: Service, Sendable {
                         capturer = try ScreenCapturer(display: config.display, xauthority: config.xauthority,
                                                       pngLevel: config.pngLevel, logger: logger)
                     }
+                    var sealedAny = false
                     for frame in try capturer!.captureAll() {
                         switch frame {
                         case .changed(let meta, let png):
                             try sealer.seal(FramePayload.encode(meta, png: png), kind: .screen, captureTimeMs: meta.captureTimeMs)
                             counters.withLock { $0.framesSealed += 1 }
+                            sealedAny = true
                         case .unchanged:
                             counters.withLock { $0.framesUnchanged += 1 }
                         }
                     }
+                    if sealedAny { MemoryPolicy.trim() }
                     if lastError != nil {
                         logger.info("screen capture recovered")
                         lastError = nil

@@ -30,3 +30,25 @@ public enum Hardening {
         return Report(dumpableOff: dump, coreLimitZero: core, umask: 0o077)
     }
 }
+
+/// Keeps the agent's resident set small (goal: < 40 MB at 1920×1080; `Benchmarks/agent.sh`).
+///
+/// A changed 1920×1080 frame passes through buffers of 0.5–2 MiB (PNG output, payload,
+/// ciphertext). glibc's dynamic mmap threshold (mallopt(3)) rises to the size of the first
+/// such buffer freed, after which they come from the thread arenas and stay resident (about
+/// 5–6 MiB per capturing thread, measured with /proc/PID/smaps). Fixing the threshold at
+/// 128 KiB maps them fresh and unmaps them on free; `trim()` after a capture round returns
+/// what the arenas still hold.
+public enum MemoryPolicy {
+    /// Applies the malloc settings; call once at start, before the capture threads run.
+    /// - Returns: whether glibc accepted them.
+    @discardableResult
+    public static func apply() -> Bool {
+        custos_malloc_tune(128 * 1024, 256 * 1024) == 1
+    }
+
+    /// Returns free heap memory to the kernel (`malloc_trim(3)`); cheap at one frame per seconds.
+    public static func trim() {
+        _ = custos_malloc_trim()
+    }
+}

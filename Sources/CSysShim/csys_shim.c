@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "csys_shim.h"
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 
@@ -12,3 +13,9 @@ long long custos_file_size(const char *path) {
     if (statx(AT_FDCWD, path, AT_STATX_SYNC_AS_STAT, STATX_SIZE, &st) != 0) return -1;
     return (long long)st.stx_size;
 }
+
+int custos_malloc_tune(int mmap_threshold, int trim_threshold) {
+    return mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 && mallopt(M_TRIM_THRESHOLD, trim_threshold) == 1;
+}
+
+int custos_malloc_trim(void) { return malloc_trim(0); }

@@ -1,7 +1,8 @@
 import CPNGWriter
 import Foundation
 
-/// Encodes raw pixel rows as an 8-bit RGB PNG (colour type 2, no alpha) with libpng.
+/// PNG settings: encodes raw pixel rows as an 8-bit RGB PNG (colour type 2, no alpha; PNG
+/// specification, W3C 2003, section 11.2.2) with libpng.
 ///
 /// libpng's `longjmp` error path stays inside the `CPNGWriter` C wrapper; every libpng error
 /// comes back as `CaptureError.pngEncoding` with libpng's message.
@@ -29,19 +30,64 @@ struct PNGEncoder: Sendable {
     private var filters: Int32 { level <= 2 ? 0x10 /* PNG_FILTER_SUB */ : 0xF8 /* PNG_ALL_FILTERS */ }
     private var strategy: Int32 { level <= 1 ? 3 /* Z_RLE */ : 0 /* Z_DEFAULT_STRATEGY */ }
 
+    /// Starts a `width`×`height` image whose rows arrive in `layout` (feed them with
+    /// `PNGStream.write`, then `finish`).
+    /// - Throws: `CaptureError.pngEncoding` when libpng cannot start (memory, a bad size).
+    func begin(width: Int, height: Int, layout: Layout) throws -> PNGStream {
+        try PNGStream(width: width, height: height, layout: layout, level: level, strategy: strategy, filters: filters)
+    }
+
     /// Encodes `height` rows of `width` pixels starting at `pixels`, rows `stride` bytes apart.
     /// - Throws: `CaptureError.pngEncoding` with libpng's message.
     func encode(pixels: UnsafeRawPointer, width: Int, height: Int, stride: Int, layout: Layout) throws -> Data {
-        var result = cpng_result()
-        let status = cpng_encode(pixels.assumingMemoryBound(to: UInt8.self), Int32(width), Int32(height), stride,
-                                 layout.c, level, strategy, filters, &result)
-        defer { cpng_result_free(&result) }
-        guard status == 0, let data = result.data else {
-            let message = withUnsafeBytes(of: result.error) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            throw CaptureError(.pngEncoding, "libpng could not encode a \(width)x\(height) frame: \(message)")
+        let stream = try begin(width: width, height: height, layout: layout)
+        try stream.write(rows: height, from: pixels, stride: stride)
+        return try stream.finish()
+    }
+}
+
+/// One PNG being encoded row by row: owns the `cpng_stream` (libpng write struct and the
+/// growing output buffer) and frees it in `deinit`. Lets a frame be encoded strip by strip,
+/// so its raw pixels never have to be held whole.
+final class PNGStream {
+    private let stream: OpaquePointer
+    private let width: Int, height: Int
+
+    fileprivate init(width: Int, height: Int, layout: PNGEncoder.Layout, level: Int32, strategy: Int32,
+                     filters: Int32) throws {
+        guard let stream = cpng_stream_begin(Int32(width), Int32(height), layout.c, level, strategy, filters) else {
+            throw CaptureError(.pngEncoding, "libpng could not start a \(width)x\(height) frame: out of memory")
         }
-        return Data(bytes: data, count: result.size)
+        self.stream = stream
+        self.width = width
+        self.height = height
+        try check(status: 0)
+    }
+
+    deinit { cpng_stream_free(stream) }
+
+    private var message: String { String(cString: cpng_stream_error(stream)) }
+
+    private func check(status: Int32) throws {
+        let text = message
+        guard status == 0, text.isEmpty else {
+            throw CaptureError(.pngEncoding, "libpng could not encode a \(width)x\(height) frame: \(text)")
+        }
+    }
+
+    /// Appends `rows` rows starting at `pixels`, each `stride` bytes after the previous.
+    /// - Throws: `CaptureError.pngEncoding` (libpng's message, or more rows than the height).
+    func write(rows: Int, from pixels: UnsafeRawPointer, stride: Int) throws {
+        try check(status: cpng_stream_write_rows(stream, pixels.assumingMemoryBound(to: UInt8.self), Int32(rows), stride))
+    }
+
+    /// Ends the image and returns the PNG bytes (handed over without a copy).
+    /// - Throws: `CaptureError.pngEncoding` (libpng's message, or missing rows).
+    func finish() throws -> Data {
+        var data: UnsafeMutablePointer<UInt8>?
+        var size = 0
+        try check(status: cpng_stream_finish(stream, &data, &size))
+        guard let data else { throw CaptureError(.pngEncoding, "libpng returned no data for a \(width)x\(height) frame") }
+        return Data(bytesNoCopy: data, count: size, deallocator: .free)
     }
 }

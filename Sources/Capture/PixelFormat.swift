@@ -103,45 +103,72 @@ struct PixelFormat: Sendable, Equatable {
 /// `rotl((lane ^ word) * k, 29)` over 8-byte words (the rotate carries high-bit changes into
 /// low bits), then a final mix; not cryptographic (an accidental collision has probability
 /// ~2⁻⁶⁴ per frame; nobody chooses the screen content to collide).
-func hashRows(_ src: UnsafeRawPointer, rowBytes: Int, height: Int, stride: Int) -> UInt64 {
-    let k: UInt64 = 0x9E37_79B9_7F4A_7C15
-    var l0: UInt64 = 0x243F_6A88_85A3_08D3, l1: UInt64 = 0x1319_8A2E_0370_7344
-    var l2: UInt64 = 0xA409_3822_299F_31D0, l3: UInt64 = 0x082E_FA98_EC4E_6C89
-    var l4: UInt64 = 0x4528_21E6_38D0_1377, l5: UInt64 = 0xBE54_66CF_34E9_0C6C
-    var l6: UInt64 = 0xC0AC_29B7_C97C_50DD, l7: UInt64 = 0x3F84_D5B5_B547_0917
-    @inline(__always) func step(_ lane: inout UInt64, _ word: UInt64) {
+///
+/// Rows may be fed in strips of any size: the result depends only on the rows and their order.
+struct RowHasher {
+    private static let k: UInt64 = 0x9E37_79B9_7F4A_7C15
+    private var l0: UInt64 = 0x243F_6A88_85A3_08D3, l1: UInt64 = 0x1319_8A2E_0370_7344
+    private var l2: UInt64 = 0xA409_3822_299F_31D0, l3: UInt64 = 0x082E_FA98_EC4E_6C89
+    private var l4: UInt64 = 0x4528_21E6_38D0_1377, l5: UInt64 = 0xBE54_66CF_34E9_0C6C
+    private var l6: UInt64 = 0xC0AC_29B7_C97C_50DD, l7: UInt64 = 0x3F84_D5B5_B547_0917
+    private var tail: UInt64 = 0x6A09_E667_F3BC_C908
+    private var row: Int = 0
+    /// Visible bytes per row.
+    let rowBytes: Int
+
+    init(rowBytes: Int) { self.rowBytes = rowBytes }
+
+    @inline(__always) private static func step(_ lane: inout UInt64, _ word: UInt64) {
         let m = (lane ^ word) &* k
         lane = (m << 29) | (m >> 35)
     }
-    let blocks = rowBytes / 64
-    var tail: UInt64 = 0x6A09_E667_F3BC_C908
-    for y in 0..<height {
-        let row = src + y * stride
-        var i = 0
-        for _ in 0..<blocks {
-            step(&l0, row.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            step(&l1, row.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
-            step(&l2, row.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
-            step(&l3, row.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
-            step(&l4, row.loadUnaligned(fromByteOffset: i + 32, as: UInt64.self))
-            step(&l5, row.loadUnaligned(fromByteOffset: i + 40, as: UInt64.self))
-            step(&l6, row.loadUnaligned(fromByteOffset: i + 48, as: UInt64.self))
-            step(&l7, row.loadUnaligned(fromByteOffset: i + 56, as: UInt64.self))
-            i += 64
+
+    /// Hashes `rows` rows starting at `src`, each `stride` bytes after the previous.
+    mutating func update(_ src: UnsafeRawPointer, rows: Int, stride: Int) {
+        let blocks = rowBytes / 64
+        var l0 = l0, l1 = l1, l2 = l2, l3 = l3, l4 = l4, l5 = l5, l6 = l6, l7 = l7, tail = tail
+        for y in 0..<rows {
+            let line = src + y * stride
+            var i = 0
+            for _ in 0..<blocks {
+                Self.step(&l0, line.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                Self.step(&l1, line.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+                Self.step(&l2, line.loadUnaligned(fromByteOffset: i + 16, as: UInt64.self))
+                Self.step(&l3, line.loadUnaligned(fromByteOffset: i + 24, as: UInt64.self))
+                Self.step(&l4, line.loadUnaligned(fromByteOffset: i + 32, as: UInt64.self))
+                Self.step(&l5, line.loadUnaligned(fromByteOffset: i + 40, as: UInt64.self))
+                Self.step(&l6, line.loadUnaligned(fromByteOffset: i + 48, as: UInt64.self))
+                Self.step(&l7, line.loadUnaligned(fromByteOffset: i + 56, as: UInt64.self))
+                i += 64
+            }
+            while i + 8 <= rowBytes {
+                Self.step(&tail, line.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                i += 8
+            }
+            while i < rowBytes {
+                Self.step(&tail, UInt64(line.load(fromByteOffset: i, as: UInt8.self)))
+                i += 1
+            }
+            Self.step(&tail, UInt64(row + y))
         }
-        while i + 8 <= rowBytes {
-            step(&tail, row.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            i += 8
-        }
-        while i < rowBytes {
-            step(&tail, UInt64(row.load(fromByteOffset: i, as: UInt8.self)))
-            i += 1
-        }
-        step(&tail, UInt64(y))
+        row += rows
+        self.l0 = l0; self.l1 = l1; self.l2 = l2; self.l3 = l3
+        self.l4 = l4; self.l5 = l5; self.l6 = l6; self.l7 = l7; self.tail = tail
     }
-    var h = tail
-    for lane in [l0, l1, l2, l3, l4, l5, l6, l7] { step(&h, lane) }
-    h ^= h >> 31
-    h = h &* k
-    return h ^ (h >> 29)
+
+    /// The hash of every row fed so far.
+    var value: UInt64 {
+        var h = tail
+        for lane in [l0, l1, l2, l3, l4, l5, l6, l7] { Self.step(&h, lane) }
+        h ^= h >> 31
+        h = h &* Self.k
+        return h ^ (h >> 29)
+    }
+}
+
+/// `RowHasher` over `height` rows in one go.
+func hashRows(_ src: UnsafeRawPointer, rowBytes: Int, height: Int, stride: Int) -> UInt64 {
+    var hasher = RowHasher(rowBytes: rowBytes)
+    hasher.update(src, rows: height, stride: stride)
+    return hasher.value
 }

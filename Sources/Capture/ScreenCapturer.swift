@@ -324,59 +324,112 @@ public final class ScreenCapturer {
         return result
     }
 
-    private func grab(_ conn: Connection, index: Int, geometry g: Geometry, timeMs: Int64,
-                      hashes: inout [Int: (geometry: Geometry, hash: UInt64)]) throws -> FrameCapture {
+    /// Rows per grab request. A 1920-pixel-wide strip of 64 rows is 480 KiB of shared memory
+    /// (or of `XGetImage` reply), where a whole 1920×1080 frame would keep 8 MiB resident for
+    /// the agent's lifetime; hashing and libpng both consume rows in order, so nothing needs
+    /// the frame whole.
+    static let stripRows = 64
+
+    /// Grabs monitor `g` strip by strip, top to bottom, and hands each strip to `body` as
+    /// (first row, row count, stride in bytes, pixel format). The last strip is grabbed
+    /// overlapping the one before so every request has the same size.
+    /// - Throws: `CaptureError.xProtocolError` naming the failed request, `.displayUnavailable`.
+    private func forEachStrip(_ conn: Connection, index: Int, geometry g: Geometry,
+                              _ body: (UnsafeRawPointer, Int, Int, PixelFormat) throws -> Void) throws {
+        let stripHeight = min(Self.stripRows, g.height)
+        var y = 0
+        while y < g.height {
+            let top = min(y, g.height - stripHeight)
+            let skip = y - top
+            let rows = stripHeight - skip
+            let buffer = try grabStrip(conn, index: index, geometry: g, top: top, height: stripHeight)
+            try withExtendedLifetime(buffer) {
+                guard let pixels = buffer.data else {
+                    throw CaptureError(.unsupportedFormat, "X image for monitor \(g.name) has no pixel data")
+                }
+                let format = PixelFormat(bitsPerPixel: buffer.bitsPerPixel, msbFirst: buffer.msbFirst,
+                                         redMask: conn.format.red.mask, greenMask: conn.format.green.mask,
+                                         blueMask: conn.format.blue.mask)
+                try body(pixels + skip * buffer.bytesPerLine, rows, buffer.bytesPerLine, format)
+            }
+            y += rows
+        }
+    }
+
+    /// One `g.width`×`height` strip of monitor `g` starting `top` rows down: from the
+    /// monitor's reused MIT-SHM buffer, or a fresh `XGetImage` (freed when released).
+    private func grabStrip(_ conn: Connection, index: Int, geometry g: Geometry, top: Int,
+                           height: Int) throws -> XImageBuffer {
         let display = conn.display
-        let buffer: XImageBuffer
+        let what = "monitor \(g.name) \(g.width)x\(g.height)+\(g.x)+\(g.y) (rows \(top)..<\(top + height))"
         if conn.useShm {
-            if let existing = conn.shmBuffers[index], existing.width == g.width, existing.height == g.height {
+            let buffer: XImageBuffer
+            if let existing = conn.shmBuffers[index], existing.width == g.width, existing.height == height {
                 buffer = existing
             } else {
                 conn.shmBuffers[index] = nil
                 do {
-                    buffer = try XImageBuffer(shmFor: display, width: g.width, height: g.height)
+                    buffer = try XImageBuffer(shmFor: display, width: g.width, height: height)
                     conn.shmBuffers[index] = buffer
                 } catch let error as CaptureError where !display.isDead {
                     logger.info("MIT-SHM unusable on this display; using XGetImage",
                                 metadata: ["capture.display": "\(display.name)", "capture.error": "\(error)"])
                     conn.useShm = false
-                    return try grab(conn, index: index, geometry: g, timeMs: timeMs, hashes: &hashes)
+                    return try grabStrip(conn, index: index, geometry: g, top: top, height: height)
                 }
             }
-            let ok = XShmGetImage(display.dpy, display.root, buffer.image, Int32(g.x), Int32(g.y), UInt(bitPattern: ~0))
-            try display.check("grabbing monitor \(g.name) \(g.width)x\(g.height)+\(g.x)+\(g.y) with XShmGetImage")
+            let ok = XShmGetImage(display.dpy, display.root, buffer.image, Int32(g.x), Int32(g.y + top),
+                                  UInt(bitPattern: ~0))
+            try display.check("grabbing \(what) with XShmGetImage")
             guard ok != 0 else { throw display.lostError() }
-        } else {
-            let image = XGetImage(display.dpy, display.root, Int32(g.x), Int32(g.y), UInt32(g.width), UInt32(g.height),
-                                  UInt(bitPattern: ~0), ZPixmap)
-            try display.check("grabbing monitor \(g.name) \(g.width)x\(g.height)+\(g.x)+\(g.y) with XGetImage")
-            guard let image else { throw display.lostError() }
-            buffer = XImageBuffer(takingOwnership: image, display: display)
+            return buffer
         }
-        guard let pixels = buffer.data else {
-            throw CaptureError(.unsupportedFormat, "X image for monitor \(g.name) has no pixel data")
-        }
-        let format = PixelFormat(bitsPerPixel: buffer.bitsPerPixel, msbFirst: buffer.msbFirst,
-                                 redMask: conn.format.red.mask, greenMask: conn.format.green.mask,
-                                 blueMask: conn.format.blue.mask)
-        let hash = hashRows(pixels, rowBytes: g.width * format.bytesPerPixel, height: g.height,
-                            stride: buffer.bytesPerLine)
-        hashes[index] = (g, hash)
-        if let last = previous[index], last.geometry == g, last.hash == hash {
-            return .unchanged(monitor: index)
-        }
-        let png: Data
-        if let layout = format.directLayout {
-            png = try encoder.encode(pixels: pixels, width: g.width, height: g.height, stride: buffer.bytesPerLine,
-                                     layout: layout)
-        } else {
-            format.convertToRGB(pixels, width: g.width, height: g.height, stride: buffer.bytesPerLine,
-                                into: &convertBuffer)
-            png = try convertBuffer.withUnsafeBytes { raw in
-                try encoder.encode(pixels: raw.baseAddress!, width: g.width, height: g.height, stride: g.width * 3,
-                                   layout: .rgb)
+        let image = XGetImage(display.dpy, display.root, Int32(g.x), Int32(g.y + top), UInt32(g.width), UInt32(height),
+                              UInt(bitPattern: ~0), ZPixmap)
+        try display.check("grabbing \(what) with XGetImage")
+        guard let image else { throw display.lostError() }
+        return XImageBuffer(takingOwnership: image, display: display)
+    }
+
+    private func grab(_ conn: Connection, index: Int, geometry g: Geometry, timeMs: Int64,
+                      hashes: inout [Int: (geometry: Geometry, hash: UInt64)]) throws -> FrameCapture {
+        // Pass 1 (only when there is a previous frame to compare with): hash the raw rows, so a
+        // repaint with identical pixels costs a grab and a hash, not a PNG encode.
+        if let last = previous[index], last.geometry == g {
+            var hasher: RowHasher?
+            try forEachStrip(conn, index: index, geometry: g) { pixels, rows, stride, format in
+                if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
+                hasher!.update(pixels, rows: rows, stride: stride)
+            }
+            if let hasher, hasher.value == last.hash {
+                hashes[index] = last
+                return .unchanged(monitor: index)
             }
         }
+        // Pass 2: grab again and encode, hashing exactly the rows that are encoded. Strips are
+        // separate requests: a window redrawn between two of them can show its old state in
+        // one strip and its new state in the next (the next capture then has both new).
+        var hasher: RowHasher?
+        var stream: PNGStream?
+        try forEachStrip(conn, index: index, geometry: g) { pixels, rows, stride, format in
+            if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
+            hasher!.update(pixels, rows: rows, stride: stride)
+            if let layout = format.directLayout {
+                if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: layout) }
+                try stream!.write(rows: rows, from: pixels, stride: stride)
+            } else {
+                if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: .rgb) }
+                format.convertToRGB(pixels, width: g.width, height: rows, stride: stride, into: &convertBuffer)
+                try convertBuffer.withUnsafeBytes { raw in
+                    try stream!.write(rows: rows, from: raw.baseAddress!, stride: g.width * 3)
+                }
+            }
+        }
+        guard let stream, let hasher else {
+            throw CaptureError(.xProtocolError, "monitor \(g.name) \(g.width)x\(g.height) gave no rows")
+        }
+        let png = try stream.finish()
+        hashes[index] = (g, hasher.value)
         let meta = FrameMetadata(monitor: index, monitorName: g.name, x: g.x, y: g.y, width: g.width,
                                  height: g.height, captureTimeMs: timeMs)
         return .changed(meta, png: png)

@@ -34,6 +34,57 @@ struct FrameTests {
         #expect(meta2 == meta && png2 == png)
     }
 
+    @Test("1920x1080 is grabbed in 64-row strips: no shared-memory segment above one strip, exact pixels")
+    func fullHDInStrips() throws {
+        try requireXTools()
+        let dir = try TempDir("capture-strips")
+        defer { dir.remove() }
+        let xvfb = try Xvfb(width: 1920, height: 1080, depth: 24)
+        let fg = RGB(hex: "#0a64c8"), bg = RGB(hex: "#fafa32")
+        try TilePattern.paint(xvfb, fg: fg.hex, bg: bg.hex, dir: dir)
+        let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+        let frames = try capturer.captureAll()
+        #expect(capturer.isUsingSharedMemory)
+        let (meta, png) = try #require(frames.first?.changedFrame)
+        #expect(meta.width == 1920 && meta.height == 1080)
+        let decoded = try decodePNG(png)
+        #expect(decoded.width == 1920 && decoded.height == 1080)
+        #expect(firstMismatch(decoded, x0: 0, y0: 0, fg: fg, bg: bg) == nil)
+        // Every System V shared-memory mapping of this process (other tests' capturers too)
+        // is at most one strip: 1920 pixels × 4 bytes × 64 rows. A whole frame would be 8 MiB.
+        let strip = 1920 * 4 * 64
+        // procfs files report size 0: read to end of file (a one-shot read can stop short).
+        let handle = try #require(FileHandle(forReadingAtPath: "/proc/self/maps"))
+        let maps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n")
+        try handle.close()
+        let segments = maps.filter { $0.contains("SYSV") }.map { line -> Int in
+            let range = line.split(separator: " ")[0].split(separator: "-").map { Int($0, radix: 16)! }
+            return range[1] - range[0]
+        }
+        #expect(!segments.isEmpty, "no SYSV mapping seen while the capturer holds its segment")
+        #expect(segments.allSatisfy { $0 <= strip }, "shared-memory mappings of \(segments) bytes; one strip is \(strip)")
+        #expect(try capturer.captureAll().first?.isUnchanged == true)
+    }
+
+    @Test("a screen lower than one strip (37 rows): exact pixels with and without MIT-SHM")
+    func shorterThanAStrip() throws {
+        try requireXTools()
+        let dir = try TempDir("capture-short")
+        defer { dir.remove() }
+        for extra in [[], ["-extension", "MIT-SHM"]] {
+            let xvfb = try Xvfb(width: 250, height: 37, depth: 24, extraArgs: extra)
+            let fg = RGB(hex: "#c80a64"), bg = RGB(hex: "#32fafa")
+            try TilePattern.paint(xvfb, fg: fg.hex, bg: bg.hex, dir: dir)
+            let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
+            let (meta, png) = try #require(try capturer.captureAll().first?.changedFrame)
+            #expect(capturer.isUsingSharedMemory == extra.isEmpty)
+            #expect(meta.height == 37)
+            let decoded = try decodePNG(png)
+            #expect(decoded.width == 250 && decoded.height == 37)
+            #expect(firstMismatch(decoded, x0: 0, y0: 0, fg: fg, bg: bg) == nil)
+        }
+    }
+
     @Test("an unchanged screen is not encoded again; a change is")
     func unchangedThenChanged() throws {
         try requireXTools()

@@ -10,4 +10,12 @@ int custos_get_dumpable(void);
    Linux >= 6.13 (multigrain timestamps) the next write then stamps a new fine-grained
    mtime, which dirties the inode and makes every fdatasync(2) write it too. */
 long long custos_file_size(const char *path);
+
+/* glibc malloc tuning for a small resident set (mallopt(3), malloc_trim(3)): blocks of
+   `mmap_threshold` bytes or more are mmap'd and returned to the kernel when freed (setting it
+   turns off glibc's dynamic threshold, which otherwise keeps freed multi-MiB frame buffers
+   in the arenas). Returns 1 when glibc accepted both settings. */
+int custos_malloc_tune(int mmap_threshold, int trim_threshold);
+/* Returns free memory at the top and inside every arena to the kernel; 1 if any was released. */
+int custos_malloc_trim(void);
 #endif

@@ -128,7 +128,7 @@ let package = Package(
         ], path: "Benchmarks/EnvelopeBench", swiftSettings: strict),
 
         .executableTarget(name: "custos-bench-net", dependencies: [
-            "Collector", "Transport", "Envelope", "Wire",
+            "Collector", "Transport", "Envelope", "Wire", "Spool",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

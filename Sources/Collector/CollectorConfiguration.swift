@@ -12,6 +12,9 @@ import Wire
 /// - `max-request-bytes` (integer 1024...1073741824, default 16777216): larger upload bodies get 413.
 /// - `max-records-per-request` (integer 1...1000000, default 10000): more records get 413.
 /// - `kek-poll-seconds` (integer 1...3600, default 3): how often `encryption_kek` is re-read (also on SIGHUP).
+/// - `max-inflight-bytes` (integer 1048576...68719476736, default 268435456): upload bodies being
+///   received and stored at once (by `Content-Length`); past it, uploads get 503 with `Retry-After`.
+/// - `retry-after-seconds` (integer 1...3600, default 5): the `Retry-After` of those 503 answers.
 public struct CollectorConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
@@ -21,13 +24,18 @@ public struct CollectorConfiguration: Sendable {
     public var maxRequestBytes: Int
     public var maxRecordsPerRequest: Int
     public var kekPollInterval: Duration
+    /// Bytes of upload bodies held at once (memory bound); beyond it, 503 + `Retry-After`.
+    public var maxInflightBytes: Int
+    /// Seconds announced in `Retry-After` when busy.
+    public var retryAfterSeconds: Int
     /// Whether SIGHUP triggers a KEK refresh (the executable: yes; in-process tests: no).
     public var trapSIGHUP: Bool
 
     public init(listenHost: String = "0.0.0.0", listenPort: Int = 8443, tlsCertFile: String, tlsKeyFile: String,
                 databasePath: String, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
                 maxRecordsPerRequest: Int = WireAPI.defaultMaxRecordsPerRequest,
-                kekPollInterval: Duration = .seconds(3), trapSIGHUP: Bool = false) {
+                kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
+                retryAfterSeconds: Int = 5, trapSIGHUP: Bool = false) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
@@ -36,6 +44,8 @@ public struct CollectorConfiguration: Sendable {
         self.maxRequestBytes = maxRequestBytes
         self.maxRecordsPerRequest = maxRecordsPerRequest
         self.kekPollInterval = kekPollInterval
+        self.maxInflightBytes = maxInflightBytes
+        self.retryAfterSeconds = retryAfterSeconds
         self.trapSIGHUP = trapSIGHUP
     }
 
@@ -55,6 +65,10 @@ public struct CollectorConfiguration: Sendable {
                   doc: "Most records accepted in one upload; more get HTTP 413."),
         ConfigKey("kek-poll-seconds", type: "integer 1...3600", default: "3",
                   doc: "How often the encryption_kek table is re-read for new active keys (SIGHUP re-reads at once)."),
+        ConfigKey("max-inflight-bytes", type: "integer 1048576...68719476736", default: "268435456",
+                  doc: "Upload bodies (by Content-Length) received and stored at once, in bytes: bounds the collector's memory. Past it, uploads get HTTP 503 with Retry-After and the agents keep their data spooled."),
+        ConfigKey("retry-after-seconds", type: "integer 1...3600", default: "5",
+                  doc: "Retry-After (seconds) of the HTTP 503 sent when max-inflight-bytes is reached."),
     ]
 
     /// Reads `collector.cfg`.
@@ -79,6 +93,8 @@ public struct CollectorConfiguration: Sendable {
                   maxRecordsPerRequest: try f.int("max-records-per-request", default: WireAPI.defaultMaxRecordsPerRequest,
                                                   in: 1...1_000_000),
                   kekPollInterval: .seconds(try f.int("kek-poll-seconds", default: 3, in: 1...3600)),
+                  maxInflightBytes: try f.int("max-inflight-bytes", default: 256 << 20, in: 1 << 20...64 << 30),
+                  retryAfterSeconds: try f.int("retry-after-seconds", default: 5, in: 1...3600),
                   trapSIGHUP: true)
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Hummingbird
 import HummingbirdTLS
 import Logging
@@ -16,6 +17,9 @@ public final class CollectorServer: Sendable {
     public let configuration: CollectorConfiguration
     public let store: any CollectorStore
     public let registry: KEKRegistry
+    let inflight: InflightBudget
+    /// Bytes of upload bodies being received and stored now (`max-inflight-bytes` bounds it).
+    public var inflightBytes: Int { inflight.inUse }
     let logger: Logger
     let tls: TLSConfiguration
 
@@ -23,6 +27,7 @@ public final class CollectorServer: Sendable {
     /// - Throws: ``CollectorError`` `.configuration` for unreadable TLS files, `.database` for the store.
     public init(configuration: CollectorConfiguration, store: (any CollectorStore)? = nil, logger: Logger) throws(CollectorError) {
         self.configuration = configuration
+        inflight = InflightBudget(limit: configuration.maxInflightBytes, retryAfterSeconds: configuration.retryAfterSeconds)
         self.logger = logger
         if let store { self.store = store } else { self.store = try SQLiteCollectorStore(path: configuration.databasePath) }
         self.registry = KEKRegistry(store: self.store, logger: logger)
@@ -81,11 +86,12 @@ public final class CollectorServer: Sendable {
         let store = self.store
         let logger = self.logger
         let maxBytes = configuration.maxRequestBytes
+        let budget = inflight
         router.get(RouterPath(WireAPI.healthPath)) { _, _ -> Response in
             Self.json(.ok, HealthResponse(status: "ok", apiVersion: 1, activeKEKs: registry.activeIDs.count))
         }
         router.post(RouterPath(WireAPI.recordsPath)) { request, _ -> Response in
-            await Self.upload(request, store: store, ingestor: ingestor, maxBytes: maxBytes, logger: logger)
+            await Self.upload(request, store: store, ingestor: ingestor, maxBytes: maxBytes, budget: budget, logger: logger)
         }
         let listen = configuration
         return Application(
@@ -102,7 +108,7 @@ public final class CollectorServer: Sendable {
     }
 
     static func upload(_ request: Request, store: any CollectorStore, ingestor: Ingestor, maxBytes: Int,
-                       logger: Logger) async -> Response {
+                       budget: InflightBudget, logger: Logger) async -> Response {
         guard let auth = request.headers[.authorization].flatMap(WireAPI.parseAuthorization) else {
             logger.warning("upload refused: missing or malformed Authorization")
             return unauthorized()
@@ -129,6 +135,19 @@ public final class CollectorServer: Sendable {
                                                                    "collector.bytes": "\(length)"])
             return json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body of \(length) bytes exceeds \(maxBytes)"))
         }
+        // Reserve the body's size before reading it (a body without Content-Length counts as
+        // the largest allowed), so memory stays bounded however many agents upload at once.
+        let reserved = request.headers[.contentLength].flatMap({ Int($0) }) ?? maxBytes
+        guard budget.reserve(reserved) else {
+            logger.notice("upload deferred: collector busy", metadata: [
+                "collector.agent_id": "\(auth.agentID)", "collector.bytes": "\(reserved)",
+                "collector.inflight_bytes": "\(budget.inUse)"])
+            return json(.serviceUnavailable, ErrorResponse(
+                error: .unavailable,
+                message: "collector busy: \(budget.inUse) bytes of uploads in flight (max-inflight-bytes \(budget.limit)); retry later"),
+                retryAfter: budget.retryAfterSeconds)
+        }
+        defer { budget.release(reserved) }
         let body: ByteBuffer
         do {
             body = try await request.body.collect(upTo: maxBytes)
@@ -156,5 +175,34 @@ public final class CollectorServer: Sendable {
         var headers: HTTPFields = [.contentType: WireAPI.jsonContentType]
         if let retryAfter { headers[.retryAfter] = "\(retryAfter)" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// Bytes of upload bodies the collector holds at once (`max-inflight-bytes`). One request is
+/// always let through when nothing else is in flight, so a body larger than the limit (but
+/// within `max-request-bytes`) is still served.
+final class InflightBudget: Sendable {
+    let limit: Int
+    let retryAfterSeconds: Int
+    private let used = Mutex(0)
+
+    init(limit: Int, retryAfterSeconds: Int) {
+        self.limit = limit
+        self.retryAfterSeconds = retryAfterSeconds
+    }
+
+    var inUse: Int { used.withLock { $0 } }
+
+    /// Takes `bytes` from the budget; false (nothing taken) when that would pass the limit.
+    func reserve(_ bytes: Int) -> Bool {
+        used.withLock { used in
+            guard used == 0 || used + bytes <= limit else { return false }
+            used += bytes
+            return true
+        }
+    }
+
+    func release(_ bytes: Int) {
+        used.withLock { $0 -= bytes }
     }
 }

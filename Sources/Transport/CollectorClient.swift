@@ -74,7 +74,7 @@ struct HTTPAnswer: Sendable {
 /// No request byte is written before the TLS handshake has completed and ``TLSPolicy`` has
 /// accepted the collector's certificate.
 public actor CollectorClient {
-    public let configuration: TransportConfiguration
+    public nonisolated let configuration: TransportConfiguration
     private let group: any EventLoopGroup
     private let logger: Logger
     private let sslContext: NIOSSLContext
@@ -92,6 +92,13 @@ public actor CollectorClient {
         } catch {
             throw TransportError(.configuration, "TLS configuration: \(error)")
         }
+    }
+
+    /// Another client for the same collector with the same settings and event loop group: its
+    /// own connection, so a second request can be in flight beside this one's.
+    /// - Throws: ``TransportError`` (`.configuration`), as ``init(configuration:eventLoopGroup:logger:)``.
+    public func sibling() throws(TransportError) -> CollectorClient {
+        try CollectorClient(configuration: configuration, eventLoopGroup: group, logger: logger)
     }
 
     /// Uploads a record stream (`POST /v1/records`).

@@ -39,11 +39,16 @@ public struct UploaderConfiguration: Sendable {
     public var maxRetryAfter: Duration
     /// Time allowed for the final flush on graceful shutdown (5 s).
     public var finalFlushTimeout: Duration
+    /// Batches in flight at once while a backlog drains, each on its own connection (2): the
+    /// collector stores one batch while the next one arrives (docs/API.md "Throughput"). During
+    /// an outage only the first lane retries, with the backoff above.
+    public var parallelRequests: Int
 
     public init(maxBatchItems: Int = 512, maxBatchBytes: Int = 4 * 1024 * 1024, idleInterval: Duration = .seconds(1),
                 initialBackoff: Duration = .seconds(1), maxBackoff: Duration = .seconds(300),
                 retryableRefusalDelay: Duration = .seconds(30), permanentRefusalDelay: Duration = .seconds(3600),
-                maxRetryAfter: Duration = .seconds(3600), finalFlushTimeout: Duration = .seconds(5)) {
+                maxRetryAfter: Duration = .seconds(3600), finalFlushTimeout: Duration = .seconds(5),
+                parallelRequests: Int = 2) {
         self.maxBatchItems = maxBatchItems
         self.maxBatchBytes = maxBatchBytes
         self.idleInterval = idleInterval
@@ -53,6 +58,7 @@ public struct UploaderConfiguration: Sendable {
         self.permanentRefusalDelay = permanentRefusalDelay
         self.maxRetryAfter = maxRetryAfter
         self.finalFlushTimeout = finalFlushTimeout
+        self.parallelRequests = parallelRequests
     }
 }
 
@@ -135,8 +141,12 @@ public final class Uploader: Service, Sendable {
     /// - Throws: ``TransportError`` when the batch could not be delivered or the collector refused the
     ///   whole request; every leased record is then released (kept) for a later attempt.
     public func uploadOnce(timeout: Duration? = nil) async throws(TransportError) -> UploadSummary {
+        try await uploadOnce(on: client, timeout: timeout)
+    }
+
+    private func uploadOnce(on lane: CollectorClient, timeout: Duration?) async throws(TransportError) -> UploadSummary {
         do {
-            let summary = try await attempt(timeout: timeout)
+            let summary = try await attempt(on: lane, timeout: timeout)
             noteSuccess(summary)
             return summary
         } catch {
@@ -145,7 +155,7 @@ public final class Uploader: Service, Sendable {
         }
     }
 
-    private func attempt(timeout: Duration?) async throws(TransportError) -> UploadSummary {
+    private func attempt(on lane: CollectorClient, timeout: Duration?) async throws(TransportError) -> UploadSummary {
         let entries: [SpoolEntry]
         do {
             entries = try await queue.leaseForUpload(maxItems: configuration.maxBatchItems,
@@ -162,7 +172,7 @@ public final class Uploader: Service, Sendable {
 
         let response: UploadResponse
         do {
-            response = try await client.upload(body, timeout: timeout)
+            response = try await lane.upload(body, timeout: timeout)
         } catch {
             try await release(entries.map(\.id), after: nil)
             throw error
@@ -268,18 +278,48 @@ public final class Uploader: Service, Sendable {
     }
 
     /// Uploads until cancelled or gracefully shut down, then makes a final flush of at most
-    /// ``UploaderConfiguration/finalFlushTimeout`` (graceful shutdown only).
+    /// ``UploaderConfiguration/finalFlushTimeout`` (graceful shutdown only). Runs
+    /// ``UploaderConfiguration/parallelRequests`` lanes, each with its own connection.
     public func run() async throws {
+        var lanes = [client]
+        for _ in 1..<max(1, configuration.parallelRequests) {
+            do {
+                lanes.append(try await client.sibling())
+            } catch {
+                logger.warning("cannot open another upload connection; uploading with fewer lanes",
+                               metadata: ["transport.lanes": "\(lanes.count)", "transport.error": "\(error)"])
+                break
+            }
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for (index, lane) in lanes.enumerated() {
+                group.addTask { await self.runLane(lane, first: index == 0) }
+            }
+        }
+        for lane in lanes.dropFirst() { await lane.close() }
+        if !Task.isCancelled { await finalFlush() }
+    }
+
+    /// One lane's loop. The first lane owns failure handling (backoff, `Retry-After`); the
+    /// others only work while the last attempt succeeded, so an outage is probed by one
+    /// request at a time and backs off exactly as with a single lane.
+    private func runLane(_ lane: CollectorClient, first: Bool) async {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             var delay: Duration = .zero
-            do {
-                let s = try await uploadOnce()
-                if s.sent == 0 || s.acknowledged == 0 { delay = configuration.idleInterval }
-            } catch {
-                if let after = error.retryAfter {
-                    delay = min(after, configuration.maxRetryAfter)
-                } else {
-                    delay = backoff(failures: status.consecutiveFailures)
+            if !first && status.consecutiveFailures > 0 {
+                delay = configuration.idleInterval
+            } else {
+                do {
+                    let s = try await uploadOnce(on: lane, timeout: nil)
+                    if s.sent == 0 || s.acknowledged == 0 { delay = configuration.idleInterval }
+                } catch {
+                    if !first {
+                        delay = configuration.idleInterval
+                    } else if let after = error.retryAfter {
+                        delay = min(after, configuration.maxRetryAfter)
+                    } else {
+                        delay = backoff(failures: status.consecutiveFailures)
+                    }
                 }
             }
             if delay > .zero {
@@ -287,7 +327,6 @@ public final class Uploader: Service, Sendable {
                 try? await cancelWhenGracefulShutdown { try await Task.sleep(for: pause) }
             }
         }
-        if !Task.isCancelled { await finalFlush() }
     }
 
     /// Uploads what it can within ``UploaderConfiguration/finalFlushTimeout``; stops at the first

@@ -3,6 +3,7 @@ import Envelope
 import Foundation
 import ServiceLifecycle
 import Spool
+import Synchronization
 import Testing
 import TestSupport
 import Transport
@@ -182,6 +183,142 @@ import Wire
         #expect(try f.storedCounts == (15, 2))
         #expect(try spool.stats().totalSpooled.count == 0)
         #expect(logs.contains("final flush done"))
+    }
+
+    /// The spool, watched: how many leased batches are unanswered at once, and whether any
+    /// record was acknowledged twice.
+    final class WatchedQueue: UploadQueue, Sendable {
+        struct Counts { var inFlight = 0, maxInFlight = 0, acked: [Data: Int] = [:] }
+        let spool: Spool
+        let counts = Mutex(Counts())
+        init(_ spool: Spool) { self.spool = spool }
+        func leaseForUpload(maxItems: Int, maxBytes: Int) async throws -> [SpoolEntry] {
+            let batch = try await spool.leaseForUpload(maxItems: maxItems, maxBytes: maxBytes)
+            if !batch.isEmpty {
+                counts.withLock { $0.inFlight += 1; $0.maxInFlight = max($0.maxInFlight, $0.inFlight) }
+                // Hold the lease a moment so a second lane has the chance to lease beside it.
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            return batch
+        }
+        func acknowledge(_ ids: [Data]) async throws {
+            try await spool.acknowledge(ids)
+            counts.withLock { c in
+                c.inFlight -= 1
+                for id in ids { c.acked[id, default: 0] += 1 }
+            }
+        }
+        func giveBack(_ ids: [Data], retryAfter: Duration?) async throws {
+            try await spool.giveBack(ids, retryAfter: retryAfter)
+        }
+    }
+
+    /// With `parallelRequests` 2 (the default) two batches are in flight at once, each on its
+    /// own connection; everything arrives once, and no blob overtakes its DEK record (that
+    /// would be refused `unknown-dek`).
+    @Test func twoLanesKeepTwoBatchesInFlight() async throws {
+        let f = try await NetFixture.start("lanes")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        var ids: [Data] = []
+        for _ in 0..<3 {  // three DEK sessions of 40 blobs
+            let (records, _) = try f.records(count: 40, size: 3000)
+            ids += try Self.spool(records, into: spool)
+        }
+        let queue = WatchedQueue(spool)
+        let logs = LogCapture()
+        let uploader = Uploader(queue: queue, client: try f.client(logger: logs.logger("transport")),
+                                configuration: .init(maxBatchItems: 8, idleInterval: .milliseconds(20)),
+                                logger: logs.logger("uploader"))
+        #expect(uploader.configuration.parallelRequests == 2)
+        let running = Task { try await uploader.run() }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try spool.stats().totalSpooled.count > 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        running.cancel()
+        _ = try? await running.value
+        #expect(try spool.stats().totalSpooled.count == 0)
+        #expect(try f.storedCounts == (120, 3))
+        let counts = queue.counts.withLock { $0 }
+        #expect(counts.maxInFlight == 2, "at most \(counts.maxInFlight) batches were in flight at once")
+        #expect(Set(counts.acked.keys) == Set(ids) && counts.acked.values.allSatisfy { $0 == 1 })
+        #expect(uploader.status.totalRefused == 0, "a blob overtook its DEK record")
+        #expect(!logs.contains("unknown-dek"))
+    }
+
+    /// Counts leases (attempts).
+    final class CountingQueue: UploadQueue, Sendable {
+        let spool: Spool
+        let leases = Mutex(0)
+        init(_ spool: Spool) { self.spool = spool }
+        func leaseForUpload(maxItems: Int, maxBytes: Int) async throws -> [SpoolEntry] {
+            leases.withLock { $0 += 1 }
+            return try await spool.leaseForUpload(maxItems: maxItems, maxBytes: maxBytes)
+        }
+        func acknowledge(_ ids: [Data]) async throws { try await spool.acknowledge(ids) }
+        func giveBack(_ ids: [Data], retryAfter: Duration?) async throws { try await spool.giveBack(ids, retryAfter: retryAfter) }
+    }
+
+    /// The collector bounds the upload bytes it holds (`max-inflight-bytes`): past it, 503 with
+    /// `Retry-After`. The agent keeps its records, waits exactly that long instead of its own
+    /// (here 10 ms) backoff, and delivers everything once the collector has room.
+    @Test func busyCollectorSends503RetryAfterAndTheLoopWaitsIt() async throws {
+        let f = try await NetFixture.start("busy", maxInflightBytes: 1 << 20, retryAfterSeconds: 2)
+        defer { Task { await f.stop() } }
+        // Another agent's 700 KB upload is held in flight: a sqlite3 process holds the write lock.
+        let held = try HeldTransaction(db: f.collector.databasePath, sql: "BEGIN IMMEDIATE;")
+        var heldReleased = false
+        defer { if !heldReleased { held.release() } }
+        let (first, _) = try f.records(count: 1, size: 700_000)
+        let firstBody = first.reduce(into: Data()) { $0.append($1.serialized) }
+        let firstClient = try f.client(logger: f.logs.logger("first"))
+        let firstUpload = Task { try await firstClient.upload(firstBody, timeout: .seconds(60)) }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while f.collector.server.inflightBytes == 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(f.collector.server.inflightBytes >= 700_000)
+
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (second, _) = try f.records(count: 1, size: 700_000)
+        _ = try Self.spool(second, into: spool)
+        let queue = CountingQueue(spool)
+        let logs = LogCapture()
+        let uploader = Uploader(queue: queue, client: try f.client(logger: logs.logger("transport")),
+                                configuration: .init(initialBackoff: .milliseconds(10), maxBackoff: .milliseconds(20)),
+                                logger: logs.logger("uploader"))
+        do {
+            _ = try await uploader.uploadOnce()
+            Issue.record("the busy collector accepted the upload")
+        } catch {
+            #expect(error.httpStatus == 503, "\(error)")
+            #expect(error.retryAfter == .seconds(2), "\(error)")
+        }
+        #expect(try spool.stats().totalSpooled.count == 2, "a deferred upload must keep its records")
+        #expect(f.logs.contains("collector busy"))
+
+        // The loop honours Retry-After: in 3 s, one more attempt (at 2 s), not hundreds.
+        let attemptsBefore = queue.leases.withLock { $0 }
+        let running = Task { try await uploader.run() }
+        try await Task.sleep(for: .seconds(3))
+        let attempts = queue.leases.withLock { $0 } - attemptsBefore
+        #expect((1...3).contains(attempts), "\(attempts) attempts in 3 s with Retry-After: 2")
+        // Room again: the held upload completes, then the deferred one goes through.
+        held.release()
+        heldReleased = true
+        let answer = try await firstUpload.value
+        #expect(answer.results.allSatisfy { $0.status == .stored || $0.status == .duplicate })
+        let until = ContinuousClock.now + .seconds(15)
+        while try spool.stats().totalSpooled.count > 0 && ContinuousClock.now < until {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        running.cancel()
+        _ = try? await running.value
+        #expect(try spool.stats().totalSpooled.count == 0)
+        #expect(try f.storedCounts == (2, 2))
+        #expect(f.collector.server.inflightBytes == 0)
+        await firstClient.close()
     }
 
     @Test func backoffGrowsToTheCapWithJitter() throws {

@@ -100,3 +100,35 @@ public func freeLocalPort() throws -> Int {
     defer { listener.close() }
     return listener.port
 }
+
+/// A `sqlite3` process holding a transaction open on `db` until `release()`.
+/// `sql` runs first (e.g. `BEGIN EXCLUSIVE;`); the process prints `held` once it holds it.
+public final class HeldTransaction: @unchecked Sendable {  // only used from the test's own task
+    let process = Process()
+    let input = Pipe()
+    let output = Pipe()
+
+    public init(db: String, sql: String) throws {
+        try requireTool("sqlite3")
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["sqlite3", db]
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        input.fileHandleForWriting.write(Data(".timeout 10000\n\(sql)\nSELECT 'held';\n".utf8))
+        var seen = Data()
+        let deadline = Date().addingTimeInterval(20)
+        while !String(decoding: seen, as: UTF8.self).contains("held") {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty || Date() > deadline { throw TestSupportError("sqlite3 did not take the lock on \(db)") }
+            seen.append(chunk)
+        }
+    }
+
+    public func release(commit: String = "COMMIT;") {
+        input.fileHandleForWriting.write(Data("\(commit)\n.quit\n".utf8))
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}

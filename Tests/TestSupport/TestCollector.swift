@@ -50,14 +50,16 @@ public final class TestCollector: Sendable {
     ///   - maxRequestBytes: the collector's upload limit.
     public static func start(in directory: String, pki: TestPKI? = nil, certificate: String = "leaf", port: Int = 0,
                              databasePath: String? = nil, maxRequestBytes: Int = 16 * 1024 * 1024,
-                             kekPollInterval: Duration = .seconds(3),
+                             kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
+                             retryAfterSeconds: Int = 5,
                              logger: Logger = Logger(label: "test-collector")) async throws -> TestCollector {
         let pki = try pki ?? makeTestPKI(in: directory)
         let db = databasePath ?? directory + "/collector.db"
         let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: port,
                                             tlsCertFile: pki.chain(certificate), tlsKeyFile: pki.key(certificate),
                                             databasePath: db, maxRequestBytes: maxRequestBytes,
-                                            kekPollInterval: kekPollInterval, trapSIGHUP: false)
+                                            kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
+                                            retryAfterSeconds: retryAfterSeconds, trapSIGHUP: false)
         let server = try CollectorServer(configuration: config, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let task = Task {

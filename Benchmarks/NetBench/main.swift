@@ -78,7 +78,11 @@ let kek = try KEKPublicKey(pemFile: dir + "/publickey.crt")
 let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: 0, tlsCertFile: dir + "/tls.pem",
                                     tlsKeyFile: dir + "/tls.key", databasePath: dir + "/collector.db",
                                     maxRequestBytes: 64 << 20, trapSIGHUP: false)
-let server = try CollectorServer(configuration: config, logger: logger)
+// Cancelling the server at the end makes Hummingbird log its shutdown at error level; the
+// bench checks every answer itself, so the server logs only critical lines.
+var serverLogger = logger
+serverLogger.logLevel = .critical
+let server = try CollectorServer(configuration: config, logger: serverLogger)
 _ = try server.store.registerKEK(pubDatafile: dir + "/publickey.crt", privDatafile: nil, privEncrypted: false,
                                  active: true, kekID: nil)
 let (portStream, portContinuation) = AsyncStream<Int>.makeStream()

@@ -107,16 +107,25 @@ final class RecordSession {
         shutdown()
     }
 
+    /// How long one wait for X data may last (ms): it bounds how late `shouldStop` and an idle
+    /// chunk are noticed. Each wake-up costs a little CPU; at 50 ms the 20 wake-ups per second
+    /// were about 7% of the agent's CPU under `perf` (`Benchmarks/agent.sh`).
+    static let pollTimeoutMs: Int32 = 200
+
     /// Processes recorded data until `shouldStop` or a lost connection, closing idle chunks.
+    /// Waits on both connections, so recorded keys and keymap events wake it at once.
     func loop(shouldStop: () -> Bool) -> End {
         let fd = XConnectionNumber(data.dpy)
+        let controlFd = XConnectionNumber(control.dpy)
         while true {
             if shouldStop() { return .stopped }
             if control.isDead || data.isDead { return .lost(control.lostError()) }
             if let failure { return .lost(failure) }
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, 50)
-            if ready > 0 {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: controlFd, events: Int16(POLLIN), revents: 0)]
+            let ready = poll(&fds, 2, Self.pollTimeoutMs)
+            let pfd = fds[0]
+            if ready > 0 && pfd.revents != 0 {
                 XRecordProcessReplies(data.dpy)
                 if pfd.revents & Int16(POLLHUP | POLLERR) != 0 && !data.isDead {
                     // Let Xlib notice the closed socket and mark the display dead.

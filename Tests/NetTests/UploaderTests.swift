@@ -185,6 +185,18 @@ import Wire
         #expect(logs.contains("final flush done"))
     }
 
+    /// Waits until `spool` is empty (or `within` passes), stops the running upload loop, and
+    /// expects the spool empty.
+    static func drain(_ spool: Spool, running: Task<Void, any Error>, within: Duration) async throws {
+        let deadline = ContinuousClock.now + within
+        while try spool.stats().totalSpooled.count > 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        running.cancel()
+        _ = try? await running.value
+        #expect(try spool.stats().totalSpooled.count == 0)
+    }
+
     /// The spool, watched: how many leased batches are unanswered at once, and whether any
     /// record was acknowledged twice.
     final class WatchedQueue: UploadQueue, Sendable {
@@ -232,13 +244,7 @@ import Wire
                                 logger: logs.logger("uploader"))
         #expect(uploader.configuration.parallelRequests == 2)
         let running = Task { try await uploader.run() }
-        let deadline = ContinuousClock.now + .seconds(30)
-        while try spool.stats().totalSpooled.count > 0 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        running.cancel()
-        _ = try? await running.value
-        #expect(try spool.stats().totalSpooled.count == 0)
+        try await Self.drain(spool, running: running, within: .seconds(30))
         #expect(try f.storedCounts == (120, 3))
         let counts = queue.counts.withLock { $0 }
         #expect(counts.maxInFlight == 2, "at most \(counts.maxInFlight) batches were in flight at once")
@@ -309,13 +315,7 @@ import Wire
         heldReleased = true
         let answer = try await firstUpload.value
         #expect(answer.results.allSatisfy { $0.status == .stored || $0.status == .duplicate })
-        let until = ContinuousClock.now + .seconds(15)
-        while try spool.stats().totalSpooled.count > 0 && ContinuousClock.now < until {
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        running.cancel()
-        _ = try? await running.value
-        #expect(try spool.stats().totalSpooled.count == 0)
+        try await Self.drain(spool, running: running, within: .seconds(15))
         #expect(try f.storedCounts == (2, 2))
         #expect(f.collector.server.inflightBytes == 0)
         await firstClient.close()

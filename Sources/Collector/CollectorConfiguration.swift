@@ -15,6 +15,8 @@ import Wire
 /// - `max-inflight-bytes` (integer 1048576...68719476736, default 268435456): upload bodies being
 ///   received and stored at once (by `Content-Length`); past it, uploads get 503 with `Retry-After`.
 /// - `retry-after-seconds` (integer 1...3600, default 5): the `Retry-After` of those 503 answers.
+/// - `idle-timeout-seconds` (integer 1...3600, default 30): a connection that sends nothing for
+///   this long (idle keep-alive, or a request whose body stalled) is closed.
 public struct CollectorConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
@@ -28,6 +30,8 @@ public struct CollectorConfiguration: Sendable {
     public var maxInflightBytes: Int
     /// Seconds announced in `Retry-After` when busy.
     public var retryAfterSeconds: Int
+    /// A connection silent this long is closed (a stalled body then frees its in-flight bytes).
+    public var idleTimeout: Duration
     /// Whether SIGHUP triggers a KEK refresh (the executable: yes; in-process tests: no).
     public var trapSIGHUP: Bool
 
@@ -35,7 +39,7 @@ public struct CollectorConfiguration: Sendable {
                 databasePath: String, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
                 maxRecordsPerRequest: Int = WireAPI.defaultMaxRecordsPerRequest,
                 kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
-                retryAfterSeconds: Int = 5, trapSIGHUP: Bool = false) {
+                retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), trapSIGHUP: Bool = false) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
@@ -46,6 +50,7 @@ public struct CollectorConfiguration: Sendable {
         self.kekPollInterval = kekPollInterval
         self.maxInflightBytes = maxInflightBytes
         self.retryAfterSeconds = retryAfterSeconds
+        self.idleTimeout = idleTimeout
         self.trapSIGHUP = trapSIGHUP
     }
 
@@ -69,6 +74,8 @@ public struct CollectorConfiguration: Sendable {
                   doc: "Upload bodies (by Content-Length) received and stored at once, in bytes: bounds the collector's memory. Past it, uploads get HTTP 503 with Retry-After and the agents keep their data spooled."),
         ConfigKey("retry-after-seconds", type: "integer 1...3600", default: "5",
                   doc: "Retry-After (seconds) of the HTTP 503 sent when max-inflight-bytes is reached."),
+        ConfigKey("idle-timeout-seconds", type: "integer 1...3600", default: "30",
+                  doc: "A connection that sends nothing for this long is closed: an idle keep-alive, or an upload whose body stalled (its bytes then leave max-inflight-bytes)."),
     ]
 
     /// Reads `collector.cfg`.
@@ -95,6 +102,7 @@ public struct CollectorConfiguration: Sendable {
                   kekPollInterval: .seconds(try f.int("kek-poll-seconds", default: 3, in: 1...3600)),
                   maxInflightBytes: try f.int("max-inflight-bytes", default: 256 << 20, in: 1 << 20...64 << 30),
                   retryAfterSeconds: try f.int("retry-after-seconds", default: 5, in: 1...3600),
+                  idleTimeout: .seconds(try f.int("idle-timeout-seconds", default: 30, in: 1...3600)),
                   trapSIGHUP: true)
     }
 

@@ -96,7 +96,8 @@ public final class CollectorServer: Sendable {
         let listen = configuration
         return Application(
             router: router,
-            server: try .tls(.http1(), tlsConfiguration: tls),
+            server: try .tls(.http1(configuration: .init(idleTimeout: Self.timeAmount(listen.idleTimeout))),
+                             tlsConfiguration: tls),
             configuration: .init(address: .hostname(listen.listenHost, port: listen.listenPort), serverName: nil,
                                  backlog: 1024),
             onServerRunning: { channel in
@@ -151,10 +152,14 @@ public final class CollectorServer: Sendable {
         let body: ByteBuffer
         do {
             body = try await request.body.collect(upTo: maxBytes)
-        } catch {
-            logger.warning("upload refused: body too large or broken", metadata: ["collector.agent_id": "\(auth.agentID)",
-                                                                                  "collector.error": "\(error)"])
+        } catch let error as HTTPError where error.status == .contentTooLarge {
+            logger.warning("upload refused: body too large", metadata: ["collector.agent_id": "\(auth.agentID)"])
             return json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body exceeds \(maxBytes) bytes"))
+        } catch {
+            // The client went away or the connection timed out mid-body (idle-timeout-seconds).
+            logger.warning("upload body could not be read", metadata: ["collector.agent_id": "\(auth.agentID)",
+                                                                       "collector.error": "\(error)"])
+            return json(.badRequest, ErrorResponse(error: .malformed, message: "the request body could not be read: \(error)"))
         }
         switch await ingestor.ingest(agentID: auth.agentID, body: Data(body.readableBytesView)) {
         case .results(let status, let response):
@@ -162,6 +167,10 @@ public final class CollectorServer: Sendable {
         case .error(let status, let error):
             return json(.init(code: status), error)
         }
+    }
+
+    static func timeAmount(_ d: Duration) -> TimeAmount {
+        .nanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }
 
     static func unauthorized() -> Response {

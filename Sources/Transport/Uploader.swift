@@ -112,6 +112,8 @@ public final class Uploader: Service, Sendable {
         var loggedRefusals: Set<RefusalReason> = []
         var totalAcknowledged = 0
         var totalRefused = 0
+        /// No lane starts an attempt before this (set from a `Retry-After`).
+        var pausedUntil: ContinuousClock.Instant?
     }
 
     let queue: any UploadQueue
@@ -198,17 +200,22 @@ public final class Uploader: Service, Sendable {
             }
         }
         summary.unanswered = unanswered.count
+        // Every step runs even when one fails (each record gets its own delay); the first
+        // failure is thrown at the end, so the attempt counts as failed and backs off.
+        var failure: TransportError?
         if !ack.isEmpty {
             do { try await queue.acknowledge(ack) } catch {
-                // Not deleted: they will be sent again and answered `duplicate`.
-                logger.error("cannot delete acknowledged records from the spool",
-                             metadata: ["transport.count": "\(ack.count)", "transport.error": "\(error)"])
+                // Not deleted: they stay leased, are sent again later and answered `duplicate`.
+                failure = TransportError(.spool, "the collector acknowledged \(ack.count) records but the spool "
+                                         + "could not delete them: \(error)")
             }
         }
-        try await release(unanswered, after: nil)
-        try await release(retrySoon, after: configuration.retryableRefusalDelay)
-        try await release(retryLate, after: configuration.permanentRefusalDelay)
+        for (ids, after) in [(unanswered, nil), (retrySoon, configuration.retryableRefusalDelay),
+                             (retryLate, configuration.permanentRefusalDelay)] as [([Data], Duration?)] {
+            do { try await release(ids, after: after) } catch { failure = failure ?? error }
+        }
         logRefusals(newReasons, summary: summary)
+        if let failure { throw failure }
         return summary
     }
 
@@ -261,7 +268,11 @@ public final class Uploader: Service, Sendable {
             defer { s.lastErrorKey = key }
             return s.lastErrorKey != key
         }
-        if first {
+        if first, let after = error.retryAfter {
+            // Flow control (429/503 with Retry-After), not a fault.
+            logger.notice("collector busy; records stay spooled, waiting as it asked",
+                          metadata: ["transport.retry_after": "\(after)", "transport.error": "\(error.description)"])
+        } else if first {
             logger.error("upload failed; records stay spooled, retrying with backoff",
                          metadata: ["transport.error": "\(error.description)"])
         } else {
@@ -275,6 +286,13 @@ public final class Uploader: Service, Sendable {
         let base = configuration.initialBackoff * Int(1 << min(max(failures - 1, 0), 30))
         let capped = min(base, configuration.maxBackoff)
         return capped * Double.random(in: 0.5...1.0)
+    }
+
+    /// The pause after an answer with `Retry-After: after`: `after`, capped at
+    /// ``UploaderConfiguration/maxRetryAfter``, but never shorter than the backoff for
+    /// `failures` (so `Retry-After: 0` from a proxy cannot make a tight loop).
+    public func retryPause(after: Duration, failures: Int) -> Duration {
+        max(min(after, configuration.maxRetryAfter), backoff(failures: failures))
     }
 
     /// Uploads until cancelled or gracefully shut down, then makes a final flush of at most
@@ -300,25 +318,30 @@ public final class Uploader: Service, Sendable {
         if !Task.isCancelled { await finalFlush() }
     }
 
-    /// One lane's loop. The first lane owns failure handling (backoff, `Retry-After`); the
-    /// others only work while the last attempt succeeded, so an outage is probed by one
-    /// request at a time and backs off exactly as with a single lane.
+    /// One lane's loop. The first lane owns failure handling (backoff); the others only work
+    /// while the last attempt succeeded, so an outage is probed by one request at a time and
+    /// backs off exactly as with a single lane. A `Retry-After` answer, whichever lane gets it,
+    /// pauses every lane that long (at least the current backoff, so `Retry-After: 0` cannot
+    /// make a tight loop).
     private func runLane(_ lane: CollectorClient, first: Bool) async {
+        let clock = ContinuousClock()
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             var delay: Duration = .zero
-            if !first && status.consecutiveFailures > 0 {
+            if let until = state.withLock({ $0.pausedUntil }), clock.now < until {
+                delay = clock.now.duration(to: until)
+            } else if !first && status.consecutiveFailures > 0 {
                 delay = configuration.idleInterval
             } else {
                 do {
                     let s = try await uploadOnce(on: lane, timeout: nil)
                     if s.sent == 0 || s.acknowledged == 0 { delay = configuration.idleInterval }
                 } catch {
-                    if !first {
-                        delay = configuration.idleInterval
-                    } else if let after = error.retryAfter {
-                        delay = min(after, configuration.maxRetryAfter)
+                    if let after = error.retryAfter {
+                        let pause = retryPause(after: after, failures: status.consecutiveFailures)
+                        state.withLock { $0.pausedUntil = clock.now + pause }
+                        delay = pause
                     } else {
-                        delay = backoff(failures: status.consecutiveFailures)
+                        delay = first ? backoff(failures: status.consecutiveFailures) : configuration.idleInterval
                     }
                 }
             }

@@ -53,13 +53,13 @@ struct NetFixture {
     /// Starts a collector presenting `certificate`; registers the KEK unless `registerKEK` is false.
     static func start(_ name: String = "net", certificate: String = "leaf", registerKEK: Bool = true,
                       maxRequestBytes: Int = 16 * 1024 * 1024, maxInflightBytes: Int = 256 << 20,
-                      retryAfterSeconds: Int = 5) async throws -> NetFixture {
+                      retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30)) async throws -> NetFixture {
         let dir = try TempDir("custos-\(name)")
         let logs = LogCapture()
         let shared = try sharedMaterial.get()
         let collector = try await TestCollector.start(in: dir.path, pki: shared.pki, certificate: certificate,
                                                       maxRequestBytes: maxRequestBytes, maxInflightBytes: maxInflightBytes,
-                                                      retryAfterSeconds: retryAfterSeconds,
+                                                      retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
                                                       logger: logs.logger("collector", level: .info))
         let (pub, priv) = shared.kek
         if registerKEK {

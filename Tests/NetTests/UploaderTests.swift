@@ -309,7 +309,9 @@ import Wire
         let running = Task { try await uploader.run() }
         try await Task.sleep(for: .seconds(3))
         let attempts = queue.leases.withLock { $0 } - attemptsBefore
-        #expect((1...3).contains(attempts), "\(attempts) attempts in 3 s with Retry-After: 2")
+        #expect((1...3).contains(attempts), "\(attempts) attempts by both lanes in 3 s with Retry-After: 2")
+        #expect(logs.contains("collector busy; records stay spooled"))
+        #expect(!logs.contains("upload failed; records stay spooled"), "a busy answer is flow control, not an error")
         // Room again: the held upload completes, then the deferred one goes through.
         held.release()
         heldReleased = true
@@ -319,6 +321,109 @@ import Wire
         #expect(try f.storedCounts == (2, 2))
         #expect(f.collector.server.inflightBytes == 0)
         await firstClient.close()
+    }
+
+    /// A client that announces a body and stalls (a laptop leaving the network mid-upload)
+    /// must not hold the collector's in-flight budget: the idle timeout closes the connection
+    /// and the bytes come back; other agents are served again.
+    @Test func stalledBodyReleasesTheInflightBudget() async throws {
+        try requireTool("openssl")
+        let f = try await NetFixture.start("stall", maxInflightBytes: 1 << 20, idleTimeout: .seconds(1))
+        defer { Task { await f.stop() } }
+        let sClient = Process()
+        sClient.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        sClient.arguments = ["openssl", "s_client", "-quiet", "-connect", "127.0.0.1:\(f.collector.port)"]
+        let input = Pipe()
+        sClient.standardInput = input
+        sClient.standardOutput = FileHandle.nullDevice
+        sClient.standardError = FileHandle.nullDevice
+        try sClient.run()
+        defer { sClient.terminate(); sClient.waitUntilExit() }
+        let head = "POST \(WireAPI.recordsPath) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + "Authorization: \(WireAPI.authorization(agentID: f.agentID, token: f.token))\r\n"
+            + "Content-Type: \(WireAPI.recordsContentType)\r\nContent-Length: 2000000\r\n\r\n0123456789"
+        input.fileHandleForWriting.write(Data(head.utf8))  // and then nothing more: stalled
+        var deadline = ContinuousClock.now + .seconds(10)
+        while f.collector.server.inflightBytes == 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(f.collector.server.inflightBytes == 2_000_000, "the stalled request never reserved its bytes")
+        deadline = ContinuousClock.now + .seconds(10)
+        while f.collector.server.inflightBytes != 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(f.collector.server.inflightBytes == 0, "a stalled body kept its in-flight bytes past the idle timeout")
+        // Another agent is served again.
+        let (records, _) = try f.records(count: 2)
+        let client = try f.client(logger: f.logs.logger("after"))
+        let answer = try await client.upload(records.reduce(into: Data()) { $0.append($1.serialized) })
+        #expect(answer.results.count == 3 && answer.results.allSatisfy { $0.status == .stored })
+        await client.close()
+    }
+
+    /// `Retry-After: 0` (a proxy may send it) must not make a tight loop: the pause is at
+    /// least the backoff; a long one is capped.
+    @Test func retryAfterZeroStillBacksOff() throws {
+        let dir = try TempDir("custos-retry-after")
+        defer { dir.remove() }
+        let spool = try Spool(directory: dir.path, maxBytes: 8 << 20, logger: LogCapture().logger("spool"))
+        let client = try CollectorClient(configuration: TransportConfiguration(
+            serverURL: "https://127.0.0.1:1", agentID: "a", agentToken: "t", pins: ["sha256/" + String(repeating: "A", count: 43) + "="],
+            caFile: nil), logger: LogCapture().logger("c"))
+        let uploader = Uploader(queue: spool, client: client,
+                                configuration: .init(initialBackoff: .seconds(1), maxBackoff: .seconds(60),
+                                                     maxRetryAfter: .seconds(600)),
+                                logger: LogCapture().logger("u"))
+        for failures in 1...8 {
+            let pause = uploader.retryPause(after: .zero, failures: failures)
+            let floor = Duration.seconds(min(60, 1 << (failures - 1))) / 2
+            #expect(pause >= floor, "Retry-After: 0 after \(failures) failures paused only \(pause)")
+        }
+        #expect(uploader.retryPause(after: .seconds(7), failures: 1) == .seconds(7))
+        #expect(uploader.retryPause(after: .seconds(86_400), failures: 1) == .seconds(600))
+    }
+
+    /// The collector acknowledged, but the spool cannot delete (e.g. a reader pins a full WAL):
+    /// the attempt counts as failed (backoff, no "last upload"), and the records, still
+    /// spooled, are sent again later and answered `duplicate`.
+    @Test func spoolAckFailureIsAFailedAttempt() async throws {
+        final class AckFailsOnce: UploadQueue, Sendable {
+            let spool: Spool
+            let failed = Mutex(false)
+            init(_ spool: Spool) { self.spool = spool }
+            func leaseForUpload(maxItems: Int, maxBytes: Int) async throws -> [SpoolEntry] {
+                try await spool.leaseForUpload(maxItems: maxItems, maxBytes: maxBytes)
+            }
+            func acknowledge(_ ids: [Data]) async throws {
+                if !failed.withLock({ f in defer { f = true }; return f }) {
+                    throw SpoolError(.full, "ack of \(ids.count) records refused: WAL pinned (test)")
+                }
+                try await spool.acknowledge(ids)
+            }
+            func giveBack(_ ids: [Data], retryAfter: Duration?) async throws { try await spool.giveBack(ids, retryAfter: retryAfter) }
+        }
+        let f = try await NetFixture.start("ackfail")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (records, _) = try f.records(count: 5)
+        let ids = try Self.spool(records, into: spool)
+        let logs = LogCapture()
+        let uploader = Uploader(queue: AckFailsOnce(spool), client: try f.client(logger: logs.logger("transport")),
+                                logger: logs.logger("uploader"))
+        do {
+            _ = try await uploader.uploadOnce()
+            Issue.record("an ack the spool refused counted as a successful upload")
+        } catch {
+            #expect(error.code == .spool && error.description.contains("could not delete"), "\(error)")
+        }
+        #expect(uploader.status.lastSuccessMs == nil && uploader.status.consecutiveFailures == 1)
+        #expect(try f.storedCounts == (5, 1))
+        // Still spooled (leased); once released they go again and are acknowledged as duplicates.
+        try spool.release(ids, retryAfter: .zero)
+        let again = try await uploader.uploadOnce()
+        #expect(again.duplicate == 6 && again.stored == 0)
+        #expect(try spool.stats().totalSpooled.count == 0)
+        #expect(uploader.status.consecutiveFailures == 0)
     }
 
     @Test func backoffGrowsToTheCapWithJitter() throws {

@@ -51,7 +51,7 @@ public final class TestCollector: Sendable {
     public static func start(in directory: String, pki: TestPKI? = nil, certificate: String = "leaf", port: Int = 0,
                              databasePath: String? = nil, maxRequestBytes: Int = 16 * 1024 * 1024,
                              kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
-                             retryAfterSeconds: Int = 5,
+                             retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
                              logger: Logger = Logger(label: "test-collector")) async throws -> TestCollector {
         let pki = try pki ?? makeTestPKI(in: directory)
         let db = databasePath ?? directory + "/collector.db"
@@ -59,7 +59,8 @@ public final class TestCollector: Sendable {
                                             tlsCertFile: pki.chain(certificate), tlsKeyFile: pki.key(certificate),
                                             databasePath: db, maxRequestBytes: maxRequestBytes,
                                             kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
-                                            retryAfterSeconds: retryAfterSeconds, trapSIGHUP: false)
+                                            retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
+                                            trapSIGHUP: false)
         let server = try CollectorServer(configuration: config, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let task = Task {

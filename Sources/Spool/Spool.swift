@@ -489,7 +489,12 @@ public final class Spool: Sendable {
                       now: Date = Date()) throws -> [SpoolEntry] {
         try checkWritable()
         guard maxItems > 0 else { return [] }
-        try checkWALRoom("lease of up to \(maxItems) records", pages: 2 * Int64(maxItems) + 4)
+        // Marking a record leased rewrites its row, overflow pages included (the row changes
+        // size), so a lease appends about its payload bytes to the WAL. Keep one lease within
+        // half the WAL share (the first record always fits: enqueue refuses larger ones).
+        let maxBytes = min(maxBytes, Int(budget().wal / 2))
+        try checkWALRoom("lease of up to \(maxItems) records (\(maxBytes) bytes)",
+                         pages: rowPages(payloadBytes: Int64(maxBytes), rows: maxItems))
         let nowMs = Self.ms(now)
         let untilMs = nowMs + Self.ms(leaseDuration)
         var quarantined: [(seq: Int64, reason: String)] = []
@@ -614,7 +619,14 @@ public final class Spool: Sendable {
     public func release(_ ids: [Data], retryAfter: Duration? = nil, now: Date = Date()) throws {
         try checkWritable()
         guard !ids.isEmpty else { return }
-        try checkWALRoom("release of \(ids.count) records", pages: 2 * Int64(ids.count) + 4)
+        // Like a lease, a release rewrites each row with its payload.
+        let bytes = try mapped {
+            try dbQueue.read { db in
+                try Int64.fetchOne(db, sql: "SELECT coalesce(sum(size), 0) FROM record WHERE id IN (\(ids.map { _ in "?" }.joined(separator: ",")))",
+                                   arguments: StatementArguments(ids)) ?? 0
+            }
+        }
+        try checkWALRoom("release of \(ids.count) records", pages: rowPages(payloadBytes: bytes, rows: ids.count))
         let nowMs = Self.ms(now)
         try mapped {
             try writeTransaction { db in
@@ -802,12 +814,12 @@ public final class Spool: Sendable {
     /// Keeps the WAL within its share for writes other than enqueue (lease, ack, release):
     /// when `pages` more WAL pages would pass the share, checkpoint; when a reader pins the
     /// WAL so that it cannot be, refuse the write (nothing changes) rather than grow the WAL.
-    /// `pages` is a generous estimate; it counts for at most half the share, so an empty WAL
+    /// `pages` is a generous estimate; it counts for at most the whole share, so an empty WAL
     /// always has room.
     /// - Throws: `SpoolError` `.full` naming the WAL, its size and its share.
     private func checkWALRoom(_ operation: String, pages: Int64) throws {
         let share = budget().wal
-        let walNeed = min(walBytesFor(pages: pages), share / 2)
+        let walNeed = min(walBytesFor(pages: pages), share)
         guard files.walBytes + walNeed > share else { return }
         checkpoint()
         let wal = files.walBytes
@@ -815,6 +827,12 @@ public final class Spool: Sendable {
         throw SpoolError(.full, "\(operation) refused: WAL \(files.walPath) is \(wal) bytes and cannot be "
                          + "checkpointed (a reader holds a transaction open); \(walNeed) more bytes would pass its "
                          + "share of \(share) bytes. Nothing was changed; it will succeed once the reader lets go")
+    }
+
+    /// Pages an update of `rows` rows holding `payloadBytes` of payload in all may write:
+    /// the payload's pages plus the rows' b-tree pages and a few more.
+    func rowPages(payloadBytes: Int64, rows: Int) -> Int64 {
+        payloadBytes / (pageSize - 8) + Int64(rows) / 16 + 8
     }
 
     /// `checkpointNow` outside any transaction.

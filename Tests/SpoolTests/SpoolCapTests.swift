@@ -114,11 +114,9 @@ import TestSupport
             #expect(error.code == .full && error.message.contains("lease") && error.message.contains("reader"), "\(error)")
         }
         for _ in 0..<20 {
-            do { try spool.ack([entry(1, .screen, bytes: 1).id]) } catch let error as SpoolError {
-                #expect(error.code == .full && error.message.contains("ack"), "\(error)")
-            }
-            do { try spool.release([entry(2, .screen, bytes: 1).id]) } catch let error as SpoolError {
-                #expect(error.code == .full && error.message.contains("release"), "\(error)")
+            #expect(throws: SpoolError.self, "an ack grew a pinned, full WAL") { try spool.ack([entry(1, .screen, bytes: 1).id]) }
+            #expect(throws: SpoolError.self, "a release grew a pinned, full WAL") {
+                try spool.release([entry(2, .screen, bytes: 1).id])
             }
             let bytes = try spool.stats().fileBytes
             #expect(bytes <= Self.cap, "database + WAL = \(bytes) bytes after acks with a reader holding a transaction")
@@ -126,15 +124,54 @@ import TestSupport
         #expect(try spool.stats().spooled[.screen]?.count == spooledBefore, "a refused ack deleted records")
         reader.release()
         // Once the reader lets go, lease and ack work again.
+        // (A lease holds at most half the WAL share of payload: three 100 KB records here.)
         let leased = try spool.lease(maxItems: 4, maxBytes: 1 << 30)
-        #expect(leased.count == 4)
+        #expect(leased.count == 3)
         try spool.ack(leased.map(\.id))
-        #expect(try spool.stats().spooled[.screen]?.count == spooledBefore - 4)
+        #expect(try spool.stats().spooled[.screen]?.count == spooledBefore - 3)
         for _ in 0..<20 {
             try spool.enqueue(entry(n, .screen, bytes: 100_000, time: Int64(n))); n += 1
             #expect(try spool.stats().fileBytes <= Self.cap)
         }
         #expect(SpoolFilesSize.of(tmp.file("spool.db-wal")) <= Self.cap / 4)
+        try spool.close()
+        #expect(try cliIntegrityCheck(tmp.path) == "ok")
+    }
+
+    /// A lease or release rewrites each row with its payload (the row changes size), so with
+    /// large records it is the lease itself that would push a pinned WAL past its share. The
+    /// lease is kept to half the share and refused when even that does not fit.
+    @Test func leasesOfLargeRecordsKeepAPinnedWALInItsShare() throws {
+        let tmp = try TempDir("spool-lease-wal")
+        defer { tmp.remove() }
+        let (logger, _) = memoryLogger()
+        let spool = try Spool(directory: tmp.path, maxBytes: Self.cap, logger: logger)
+        for n in 1...22 { try spool.enqueue(entry(n, .screen, bytes: 100_000, time: Int64(n))) }
+        let share = Self.cap / 4  // walShare(of: 3 MiB)
+        let reader = try HeldTransaction(db: tmp.file("spool.db"), sql: "BEGIN; SELECT count(*) FROM record;")
+        var leased: [SpoolEntry] = [], refused = 0
+        for _ in 0..<6 {
+            do {
+                let batch = try spool.lease(maxItems: 8, maxBytes: 1 << 30)
+                #expect(batch.reduce(0) { $0 + $1.payload.count } <= Int(share / 2) || batch.count == 1)
+                leased += batch
+            } catch let error as SpoolError {
+                #expect(error.code == .full && error.message.contains("lease"), "\(error)")
+                refused += 1
+            }
+            let wal = SpoolFilesSize.of(tmp.file("spool.db-wal"))
+            #expect(wal <= share, "WAL \(wal) bytes passed its share of \(share) with a reader pinning it")
+            #expect(try spool.stats().fileBytes <= Self.cap)
+        }
+        #expect(refused > 0 && !leased.isEmpty, "leased \(leased.count), refused \(refused)")
+        // A release rewrites the same rows: refused rather than grown, or kept within the share.
+        do { try spool.release(leased.map(\.id)) } catch let error as SpoolError {
+            #expect(error.code == .full && error.message.contains("release"), "\(error)")
+        }
+        #expect(SpoolFilesSize.of(tmp.file("spool.db-wal")) <= share)
+        reader.release()
+        try spool.release(leased.map(\.id), retryAfter: .zero)
+        #expect(try spool.lease(maxItems: 100, maxBytes: 1 << 30).count > 0)
         try spool.close()
         #expect(try cliIntegrityCheck(tmp.path) == "ok")
     }

@@ -20,6 +20,8 @@ public final class CollectorServer: Sendable {
     let inflight: InflightBudget
     /// Bytes of upload bodies being received and stored now (`max-inflight-bytes` bounds it).
     public var inflightBytes: Int { inflight.inUse }
+    /// The most upload-body bytes held at once since start.
+    public var inflightPeakBytes: Int { inflight.peak }
     let logger: Logger
     let tls: TLSConfiguration
 
@@ -193,25 +195,28 @@ public final class CollectorServer: Sendable {
 final class InflightBudget: Sendable {
     let limit: Int
     let retryAfterSeconds: Int
-    private let used = Mutex(0)
+    private let used = Mutex((now: 0, peak: 0))
 
     init(limit: Int, retryAfterSeconds: Int) {
         self.limit = limit
         self.retryAfterSeconds = retryAfterSeconds
     }
 
-    var inUse: Int { used.withLock { $0 } }
+    var inUse: Int { used.withLock { $0.now } }
+    /// The most ever held at once (for tests and diagnostics).
+    var peak: Int { used.withLock { $0.peak } }
 
     /// Takes `bytes` from the budget; false (nothing taken) when that would pass the limit.
     func reserve(_ bytes: Int) -> Bool {
         used.withLock { used in
-            guard used == 0 || used + bytes <= limit else { return false }
-            used += bytes
+            guard used.now == 0 || used.now + bytes <= limit else { return false }
+            used.now += bytes
+            used.peak = max(used.peak, used.now)
             return true
         }
     }
 
     func release(_ bytes: Int) {
-        used.withLock { $0 -= bytes }
+        used.withLock { $0.now -= bytes }
     }
 }

@@ -126,7 +126,10 @@ done
 echo "typed text and PNG signatures: not found in the collector database or the agent's spool"
 
 say "9. Captures listed without decrypting"
-"$BIN/custos" captures list --db "$OUT/collector/collector.db" | head -8
+"$BIN/custos" captures list --db "$OUT/collector/collector.db" > "$OUT/captures.txt"
+# The first rows, then the count line (the list ends with "N captures, … sealed").
+if [ "$(wc -l < "$OUT/captures.txt")" -gt 9 ]; then head -8 "$OUT/captures.txt"; echo "…"; tail -1 "$OUT/captures.txt"
+else cat "$OUT/captures.txt"; fi
 
 say "10. Decrypt on the admin's side, with the passphrase"
 "$BIN/custos" decrypt --db "$OUT/collector/collector.db" --key "$OUT/keys/keypair.pem" \

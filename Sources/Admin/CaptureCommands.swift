@@ -23,29 +23,16 @@ public struct CapturesListCommand: AsyncParsableCommand {
 
     @Option(help: "Collector database.")
     var db: String
-    @Option(help: "Only this agent.")
-    var agent: String?
-    @Option(help: "Only this kind: screen, keystrokes or generic.")
-    var kind: String?
-    @Option(help: "Only captures at or after TIME.")
-    var since: String?
-    @Option(help: "Only captures before TIME.")
-    var until: String?
+    @OptionGroup var selection: CaptureSelection
     @Option(help: "At most N rows.")
     var limit: Int?
 
     public init() {}
 
-    public func validate() throws {
-        if let kind, CaptureKind(name: kind) == nil {
-            throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
-        }
-    }
-
     public func run() async throws {
         let store = try openExistingStore(db)
-        let filter = CaptureFilter(agentID: agent, kind: kind, sinceMs: try since.map { try parseTime($0) },
-                                   untilMs: try until.map { try parseTime($0) }, limit: limit)
+        let filter = CaptureFilter(agentID: selection.agent, kind: selection.kind, sinceMs: try selection.sinceMs(),
+                                   untilMs: try selection.untilMs(), limit: limit)
         let rows: [CaptureInfo]
         do { rows = try store.listCaptures(filter) } catch { throw AdminError.fromCollector(error) }
         print(CaptureListing.table(rows))
@@ -73,6 +60,30 @@ public enum CaptureListing {
     }
 }
 
+/// Which captures: `--agent`, `--kind`, `--since`, `--until` (shared by `captures list`,
+/// `decrypt` and `export`).
+struct CaptureSelection: ParsableArguments {
+    @Option(help: "Only this agent.")
+    var agent: String?
+    @Option(help: "Only this kind: screen, keystrokes or generic.")
+    var kind: String?
+    @Option(help: "Only captures at or after TIME (ISO 8601, date, Unix ms, or an age like 2h).")
+    var since: String?
+    @Option(help: "Only captures before TIME.")
+    var until: String?
+
+    func validate() throws {
+        if let kind, CaptureKind(name: kind) == nil {
+            throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
+        }
+    }
+
+    /// `--since` in Unix ms. - Throws: `AdminError` for a TIME it cannot read.
+    func sinceMs() throws -> Int64? { try since.map { try parseTime($0) } }
+    /// `--until` in Unix ms. - Throws: `AdminError` for a TIME it cannot read.
+    func untilMs() throws -> Int64? { try until.map { try parseTime($0) } }
+}
+
 /// Options shared by `decrypt` and `export`.
 struct DecryptArguments: ParsableArguments {
     @Option(help: "Collector database (or a copy of it); the audit record is appended to it.")
@@ -83,28 +94,17 @@ struct DecryptArguments: ParsableArguments {
     var key: String
     @Option(help: "File whose first line is the passphrase; '-' reads standard input. Without it, custos asks on the terminal.")
     var passphraseFile: String?
-    @Option(help: "Only this agent.")
-    var agent: String?
-    @Option(help: "Only this kind: screen, keystrokes or generic.")
-    var kind: String?
-    @Option(help: "Only captures at or after TIME (ISO 8601, date, Unix ms, or an age like 2h).")
-    var since: String?
-    @Option(help: "Only captures before TIME.")
-    var until: String?
+    @OptionGroup var selection: CaptureSelection
     @Flag(help: "No progress output.")
     var quiet = false
 
     func validate() throws {
         guard (db == nil) != (input == nil) else { throw ValidationError("give exactly one of --db and --in") }
-        if let kind, CaptureKind(name: kind) == nil {
-            throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
-        }
     }
 
     func run(output: DecryptOptions.Output) throws {
-        let options = DecryptOptions(output: output, agentID: agent, kind: kind,
-                                     sinceMs: try since.map { try parseTime($0) },
-                                     untilMs: try until.map { try parseTime($0) })
+        let options = DecryptOptions(output: output, agentID: selection.agent, kind: selection.kind,
+                                     sinceMs: try selection.sinceMs(), untilMs: try selection.untilMs())
         let sealed: SealedInput = db.map { .database($0) } ?? .recordStream(input!)
         // Check the inputs before asking for the passphrase.
         for path in [db ?? input!, key] where !FileManager.default.fileExists(atPath: path) {

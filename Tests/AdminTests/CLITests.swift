@@ -96,6 +96,19 @@ struct CLITests {
         #expect(audit.contains("captures.decrypt.refused"))
     }
 
+    @Test("the capture selection (--agent --kind --since --until) is checked alike by list, decrypt and export")
+    func captureSelectionIsValidatedEverywhere() throws {
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-select")
+        defer { tmp.remove() }
+        for command in [["captures", "list"], ["decrypt", "--out", tmp.file("o")], ["export", "--out", tmp.file("o.zip")]] {
+            let extra = command[0] == "captures" ? [] : ["--key", tmp.file("k.pem")]
+            let r = try runCommand([custos] + command + ["--db", tmp.file("c.db"), "--kind", "bogus"] + extra)
+            #expect(r.status == 2, "\(command): \(r.stderrString)")
+            #expect(r.stderrString.contains("--kind bogus: expected screen, keystrokes or generic"), "\(command): \(r.stderrString)")
+        }
+    }
+
     @Test("keys generate asks twice on the terminal without echo")
     func promptWithoutEcho() throws {
         try requireTool("script")

@@ -174,18 +174,12 @@ func writeNewFile(_ path: String, data: Data, mode: mode_t) throws {
         throw AdminError(.io, "\(path): cannot create: \(String(cString: strerror(err)))")
     }
     defer { close(fd) }
-    try data.withUnsafeBytes { raw in
-        var off = 0
-        while off < raw.count {
-            let n = write(fd, raw.baseAddress! + off, raw.count - off)
-            if n < 0 {
-                if errno == EINTR { continue }
-                let err = errno
-                unlink(path)
-                throw AdminError(.io, "\(path): write failed: \(String(cString: strerror(err)))")
-            }
-            off += n
-        }
+    do {
+        // FileHandle writes it all (partial writes, EINTR) or throws.
+        try FileHandle(fileDescriptor: fd, closeOnDealloc: false).write(contentsOf: data)
+    } catch {
+        unlink(path)
+        throw AdminError(.io, "\(path): write failed: \((error as NSError).localizedDescription)")
     }
     if fsync(fd) != 0 {
         let err = errno

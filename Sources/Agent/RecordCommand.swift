@@ -77,16 +77,11 @@ final class RecordFileSink: RecordSink {
         let bytes = record.serialized
         try fd.withLock { fd in
             guard fd >= 0 else { throw SealerUnavailable(description: "\(path): already closed") }
-            try bytes.withUnsafeBytes { raw in
-                var off = 0
-                while off < raw.count {
-                    let n = write(fd, raw.baseAddress! + off, raw.count - off)
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        throw SealerUnavailable(description: "\(path): write failed: \(String(cString: strerror(errno)))")
-                    }
-                    off += n
-                }
+            do {
+                // FileHandle writes it all (partial writes, EINTR) or throws.
+                try FileHandle(fileDescriptor: fd, closeOnDealloc: false).write(contentsOf: bytes)
+            } catch {
+                throw SealerUnavailable(description: "\(path): write failed: \((error as NSError).localizedDescription)")
             }
             guard fsync(fd) == 0 else {
                 throw SealerUnavailable(description: "\(path): fsync failed: \(String(cString: strerror(errno)))")

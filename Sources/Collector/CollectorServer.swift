@@ -98,7 +98,7 @@ public final class CollectorServer: Sendable {
         let listen = configuration
         return Application(
             router: router,
-            server: try .tls(.http1(configuration: .init(idleTimeout: Self.timeAmount(listen.idleTimeout))),
+            server: try .tls(.http1(configuration: .init(idleTimeout: TimeAmount(listen.idleTimeout))),
                              tlsConfiguration: tls),
             configuration: .init(address: .hostname(listen.listenHost, port: listen.listenPort), serverName: nil,
                                  backlog: 1024),
@@ -169,10 +169,6 @@ public final class CollectorServer: Sendable {
         case .error(let status, let error):
             return json(.init(code: status), error)
         }
-    }
-
-    static func timeAmount(_ d: Duration) -> TimeAmount {
-        .nanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }
 
     static func unauthorized() -> Response {

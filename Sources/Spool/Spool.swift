@@ -100,7 +100,7 @@ public final class Spool: Sendable {
         let lockFD = try files.lockWriter()
         var logger = logger
         logger[metadataKey: "spool.dir"] = "\(directory)"
-        let busyMs = Int(busyTimeout.components.seconds * 1000 + busyTimeout.components.attoseconds / 1_000_000_000_000_000)
+        let busyMs = Int(Self.ms(busyTimeout))
         do {
             try files.prepareFiles()
             let queue = try Self.openValidated(files: files, maxBytes: maxBytes, busyTimeoutMs: busyMs, logger: logger)
@@ -492,9 +492,10 @@ public final class Spool: Sendable {
         // Marking a record leased rewrites its row, overflow pages included (the row changes
         // size), so a lease appends about its payload bytes to the WAL. Keep one lease within
         // half the WAL share (the first record always fits: enqueue refuses larger ones).
-        let maxBytes = min(maxBytes, Int(budget().wal / 2))
+        let share = budget().wal
+        let maxBytes = min(maxBytes, Int(share / 2))
         try checkWALRoom("lease of up to \(maxItems) records (\(maxBytes) bytes)",
-                         pages: rowPages(payloadBytes: Int64(maxBytes), rows: maxItems))
+                         pages: rowPages(payloadBytes: Int64(maxBytes), rows: maxItems), share: share)
         let nowMs = Self.ms(now)
         let untilMs = nowMs + Self.ms(leaseDuration)
         var quarantined: [(seq: Int64, reason: String)] = []
@@ -817,8 +818,8 @@ public final class Spool: Sendable {
     /// `pages` is a generous estimate; it counts for at most the whole share, so an empty WAL
     /// always has room.
     /// - Throws: `SpoolError` `.full` naming the WAL, its size and its share.
-    private func checkWALRoom(_ operation: String, pages: Int64) throws {
-        let share = budget().wal
+    private func checkWALRoom(_ operation: String, pages: Int64, share: Int64? = nil) throws {
+        let share = share ?? budget().wal
         let walNeed = min(walBytesFor(pages: pages), share)
         guard files.walBytes + walNeed > share else { return }
         checkpoint()

@@ -190,8 +190,7 @@ public actor CollectorClient {
     private func send(_ head: HTTPRequestHead, _ body: ByteBuffer?, limit: Duration) async throws(TransportError) -> HTTPAnswer {
         let ch = try await connectedChannel()
         let promise = ch.eventLoop.makePromise(of: HTTPAnswer.self)
-        let timeout = ch.eventLoop.scheduleTask(in: .nanoseconds(Int64(limit.components.seconds) * 1_000_000_000
-                                                    + limit.components.attoseconds / 1_000_000_000)) {
+        let timeout = ch.eventLoop.scheduleTask(in: TimeAmount(limit)) {
             promise.fail(TransportError(.io, "collector \(self.configuration.host): no answer within \(limit)"))
             ch.close(promise: nil)
         }

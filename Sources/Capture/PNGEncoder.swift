@@ -37,13 +37,6 @@ struct PNGEncoder: Sendable {
         try PNGStream(width: width, height: height, layout: layout, level: level, strategy: strategy, filters: filters)
     }
 
-    /// Encodes `height` rows of `width` pixels starting at `pixels`, rows `stride` bytes apart.
-    /// - Throws: `CaptureError.pngEncoding` with libpng's message.
-    func encode(pixels: UnsafeRawPointer, width: Int, height: Int, stride: Int, layout: Layout) throws -> Data {
-        let stream = try begin(width: width, height: height, layout: layout)
-        try stream.write(rows: height, from: pixels, stride: stride)
-        return try stream.finish()
-    }
 }
 
 /// One PNG being encoded row by row: owns the `cpng_stream` (libpng write struct and the

@@ -165,10 +165,3 @@ struct RowHasher {
         return h ^ (h >> 29)
     }
 }
-
-/// `RowHasher` over `height` rows in one go.
-func hashRows(_ src: UnsafeRawPointer, rowBytes: Int, height: Int, stride: Int) -> UInt64 {
-    var hasher = RowHasher(rowBytes: rowBytes)
-    hasher.update(src, rows: height, stride: stride)
-    return hasher.value
-}

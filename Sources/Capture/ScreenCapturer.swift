@@ -172,7 +172,8 @@ public final class ScreenCapturer {
 
     /// Captures every monitor once: a `.changed` frame with PNG for each monitor whose raw
     /// pixels differ from its previous frame, `.unchanged` for the others. Frames are stamped
-    /// with `now` (ms since the epoch, UTC).
+    /// with `now` (ms since the epoch, UTC), plus any wait for a resize burst to pass
+    /// (`resizeRetryDelaysMs`, at most 1,270 ms in all).
     /// - Throws: `CaptureError.displayUnavailable` while the display is down (no frame is
     ///   produced for that time), `.xProtocolError` naming the failed request,
     ///   `.pngEncoding` when libpng fails.
@@ -236,13 +237,19 @@ public final class ScreenCapturer {
     // MARK: - Capture
 
     private func capture(_ conn: Connection, now: Date) throws -> [FrameCapture] {
-        let timeMs = Int64((now.timeIntervalSince1970 * 1000).rounded())
+        var timeMs = Int64((now.timeIntervalSince1970 * 1000).rounded())
         var lastError: CaptureError?
         // Take the damage first: anything drawn after this point is caught next time.
         var damaged = try takeDamage(conn)
-        // A RandR resize between reading the geometry and grabbing makes the grab fail with
-        // BadMatch; re-read the geometry and grab again, so no frame is sheared or stale.
-        for _ in 0..<3 {
+        // A RandR resize between reading the geometry and grabbing makes a strip's grab fail
+        // with BadMatch; re-read the geometry and grab the whole frame again, so no frame is
+        // sheared or stale. During a burst of resizes (a VM window being dragged, `xrandr` in
+        // a loop) the retries back off, so one quiet moment of a few ms is enough.
+        for delayMs in Self.resizeRetryDelaysMs {
+            if delayMs > 0 {
+                usleep(UInt32(delayMs) * 1000)
+                timeMs += Int64(delayMs)  // the frame shows the screen after the wait
+            }
             let monitors = try readMonitors(conn)
             var frames: [FrameCapture] = []
             var hashes: [Int: (geometry: Geometry, hash: UInt64)] = [:]
@@ -268,6 +275,11 @@ public final class ScreenCapturer {
         }
         throw lastError ?? CaptureError(.xProtocolError, "screen geometry kept changing during capture")
     }
+
+    /// Waits before each attempt at a frame whose grab failed while the screen geometry was
+    /// changing, in ms: nine attempts within 1,270 ms, after which the capture throws the last
+    /// X error.
+    static let resizeRetryDelaysMs = [0, 10, 20, 40, 80, 160, 240, 320, 400]
 
     /// The root-window rectangles damaged since the last call, or nil when DAMAGE is not
     /// available (then every monitor is grabbed and hashed).

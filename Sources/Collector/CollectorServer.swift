@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOFoundationCompat
 import NIOSSL
 import ServiceLifecycle
 import Wire
@@ -163,7 +164,9 @@ public final class CollectorServer: Sendable {
                                                                        "collector.error": "\(error)"])
             return json(.badRequest, ErrorResponse(error: .malformed, message: "the request body could not be read: \(error)"))
         }
-        switch await ingestor.ingest(agentID: auth.agentID, body: Data(body.readableBytesView)) {
+        // The Data shares the collected buffer's storage (no copy of a body of up to max-request-bytes).
+        let bytes = body.getData(at: body.readerIndex, length: body.readableBytes, byteTransferStrategy: .noCopy) ?? Data()
+        switch await ingestor.ingest(agentID: auth.agentID, body: bytes) {
         case .results(let status, let response):
             return json(.init(code: status), response)
         case .error(let status, let error):

@@ -109,12 +109,24 @@ public actor CollectorClient {
     /// - Throws: ``TransportError``: `.peerRefused`/`.handshake`/`.connect`/`.io` when nothing could be
     ///   delivered, `.rejected` (with `httpStatus`, `retryAfter`) when the collector refused the request.
     public func upload(_ body: Data, timeout: Duration? = nil) async throws(TransportError) -> UploadResponse {
+        try await upload(records: [body], timeout: timeout)
+    }
+
+    /// Uploads Envelope records (`POST /v1/records`), concatenated in order into one request body
+    /// (each record's bytes are copied once, into the body).
+    /// - Parameters:
+    ///   - records: serialized Envelope records, or any split of a record stream (bytes).
+    ///   - timeout: overall limit for this call; default ``TransportConfiguration/requestTimeout``.
+    /// - Returns: the per-record results (HTTP 200 or 422).
+    /// - Throws: ``TransportError`` as ``upload(_:timeout:)``.
+    public func upload(records: [Data], timeout: Duration? = nil) async throws(TransportError) -> UploadResponse {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: WireAPI.recordsContentType)
         headers.add(name: "Authorization", value: WireAPI.authorization(agentID: configuration.agentID,
                                                                         token: configuration.agentToken))
         var buffer = ByteBuffer()
-        buffer.writeBytes(body)
+        buffer.reserveCapacity(records.reduce(0) { $0 + $1.count })
+        for record in records { buffer.writeBytes(record) }
         let answer = try await request(.POST, WireAPI.recordsPath, headers: headers, body: buffer, timeout: timeout)
         switch answer.status.code {
         case 200, 422:

@@ -167,14 +167,12 @@ public final class Uploader: Service, Sendable {
         }
         var summary = UploadSummary()
         guard !entries.isEmpty else { return summary }
-        var body = Data(capacity: entries.reduce(0) { $0 + $1.payload.count })
-        for e in entries { body.append(e.payload) }
         summary.sent = entries.count
-        summary.bytes = body.count
+        summary.bytes = entries.reduce(0) { $0 + $1.payload.count }
 
         let response: UploadResponse
         do {
-            response = try await lane.upload(body, timeout: timeout)
+            response = try await lane.upload(records: entries.map(\.payload), timeout: timeout)
         } catch {
             try await release(entries.map(\.id), after: nil)
             throw error

@@ -117,13 +117,13 @@ kill -TERM "$AGENT"; wait "$AGENT" || true
 
 say "8. No plaintext at rest"
 leaks=0
-for f in "$OUT"/collector/collector.db* "$OUT"/agent/spool/*; do
+for f in "$OUT"/collector/collector.db* "$OUT"/collector/collector.db.blobs/* "$OUT"/agent/spool/*; do
   [ -f "$f" ] || continue
   if grep -a -q "quick brown fox" "$f"; then echo "PLAINTEXT TEXT in $f"; leaks=1; fi
   if LC_ALL=C grep -a -q $'\x89PNG' "$f"; then echo "PNG signature in $f"; leaks=1; fi
 done
 [ $leaks = 0 ] || fail "plaintext found at rest"
-echo "typed text and PNG signatures: not found in the collector database or the agent's spool"
+echo "typed text and PNG signatures: not found in the collector database, its blob files or the agent's spool"
 
 say "9. Captures listed without decrypting"
 "$BIN/custos" captures list --db "$OUT/collector/collector.db" > "$OUT/captures.txt"

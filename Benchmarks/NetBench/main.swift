@@ -173,15 +173,40 @@ let clock = ContinuousClock()
 
 /// Baseline: the same number of bytes over one TLS connection (same certificate, TLS 1.3) to a
 /// NIOSSL server that discards them and answers one byte at the end.
+/// With `file` set, the server also writes what it reads to that file and calls `fdatasync`
+/// after every 4 MiB (and at the end): the same durability as the collector's acknowledgement,
+/// without HTTP, parsing or SQLite.
 final class Discard: ChannelInboundHandler, @unchecked Sendable {
     // Confined to its channel's event loop, like every ChannelHandler.
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     var seen = 0
+    var unsynced = 0
     let expected: Int
-    init(expected: Int) { self.expected = expected }
+    let fd: Int32?
+    init(expected: Int, file: String?) {
+        self.expected = expected
+        fd = file.map { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+    }
+    deinit { if let fd { close(fd) } }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        seen += unwrapInboundIn(data).readableBytes
+        let buffer = unwrapInboundIn(data)
+        seen += buffer.readableBytes
+        if let fd {
+            buffer.withUnsafeReadableBytes { raw in
+                var done = 0
+                while done < raw.count {
+                    let n = write(fd, raw.baseAddress! + done, raw.count - done)
+                    if n <= 0 { fatalError("durable reference: write failed, errno \(errno)") }
+                    done += n
+                }
+            }
+            unsynced += buffer.readableBytes
+            if unsynced >= 4 << 20 || seen >= expected {
+                if fdatasync(fd) != 0 { fatalError("durable reference: fdatasync failed, errno \(errno)") }
+                unsynced = 0
+            }
+        }
         if seen >= expected {
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [1])), promise: nil)
         }
@@ -206,14 +231,15 @@ clientTLS.certificateVerification = .noHostnameVerification
 clientTLS.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(dir + "/tls.pem"))
 let clientContext = try NIOSSLContext(configuration: clientTLS)
 
-@MainActor func plainRound(bytes: Int) async throws -> Double {
+@MainActor func plainRound(bytes: Int, durable: Bool = false) async throws -> Double {
+    let file: String? = durable ? dir + "/durable-reference.bin" : nil
     let chunk = [UInt8](repeating: 0x5A, count: 4 << 20)
     let plainServer = try await ServerBootstrap(group: group)
         .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
         .childChannelInitializer { ch in
             ch.eventLoop.makeCompletedFuture {
                 try ch.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: serverContext))
-                try ch.pipeline.syncOperations.addHandler(Discard(expected: bytes))
+                try ch.pipeline.syncOperations.addHandler(Discard(expected: bytes, file: file))
             }
         }
         .bind(host: "127.0.0.1", port: 0).get()
@@ -240,34 +266,42 @@ let clientContext = try NIOSSLContext(configuration: clientTLS)
     let elapsed = seconds(start.duration(to: clock.now))
     try await channel.close().get()
     try await plainServer.close().get()
+    if let file { unlink(file) }
     return elapsed
 }
 
 // Alternate the two, order swapped every round; medians.
-var uploadTimes: [Double] = [], plainTimes: [Double] = []
+// A third series, the durable reference, sits between them in every round.
+var uploadTimes: [Double] = [], plainTimes: [Double] = [], durableTimes: [Double] = []
 let first = try await uploadRound()  // also fixes the byte count of every round
 let totalBytes = first.bytes
 uploadTimes.append(first.seconds)
+durableTimes.append(try await plainRound(bytes: totalBytes, durable: true))
 plainTimes.append(try await plainRound(bytes: totalBytes))
 for round in 1..<max(1, rounds) {
     if round % 2 == 0 {
         uploadTimes.append(try await uploadRound().seconds)
+        durableTimes.append(try await plainRound(bytes: totalBytes, durable: true))
         plainTimes.append(try await plainRound(bytes: totalBytes))
     } else {
         plainTimes.append(try await plainRound(bytes: totalBytes))
+        durableTimes.append(try await plainRound(bytes: totalBytes, durable: true))
         uploadTimes.append(try await uploadRound().seconds)
     }
 }
 let requestCount = (totalBytes + (4 << 20) - 1) / (4 << 20)
 func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
 let mb = Double(totalBytes) / 1e6
-let uploadRate = mb / median(uploadTimes), plainRate = mb / median(plainTimes)
+let uploadRate = mb / median(uploadTimes), plainRate = mb / median(plainTimes), durableRate = mb / median(durableTimes)
 print(String(format: "upload:  %.1f MB per round in ~%d requests of ~4.2 MB, %d lanes: %.1f MB/s median of %d (Uploader + pinned TLS + HTTP + collector parse + SQLite store + ack)",
              mb, requestCount, lanes, uploadRate, rounds))
 print(String(format: "plain:   same bytes over one TLS stream to a discarding NIOSSL server: %.1f MB/s median", plainRate))
 print(String(format: "ratio:   %.2f (goal >= 0.8); rounds upload %@ MB/s, plain %@ MB/s", uploadRate / plainRate,
              uploadTimes.map { String(format: "%.0f", mb / $0) }.joined(separator: " "),
              plainTimes.map { String(format: "%.0f", mb / $0) }.joined(separator: " ")))
+print(String(format: "durable: same bytes over one TLS stream, written to a file with fdatasync every 4 MiB: %.1f MB/s median; upload/durable %.2f; rounds %@ MB/s",
+             durableRate, uploadRate / durableRate,
+             durableTimes.map { String(format: "%.0f", mb / $0) }.joined(separator: " ")))
 
 // MARK: 2. Ingest: many concurrent agents
 

@@ -91,7 +91,28 @@ public final class SQLiteCollectorStore: CollectorStore {
                 );
                 """)
         }
+        m.registerMigration("v2-blob-files") { db in
+            // Large blobs live in blob files (BlobFiles); `blob` is then empty and these locate the bytes.
+            try db.execute(sql: """
+                ALTER TABLE captures ADD COLUMN blob_file INTEGER;
+                ALTER TABLE captures ADD COLUMN blob_offset INTEGER;
+                """)
+        }
         return m
+    }
+
+    /// Sealed blobs of at least this many bytes go to blob files (``blobDirectory``); smaller
+    /// ones (keystroke chunks) stay inline in `captures.blob`, one write with the row.
+    public static let blobFileMinBytes = 32 * 1024
+
+    /// The directory of blob files beside the database: `DATABASE.blobs`.
+    public var blobDirectory: String { path + ".blobs" }
+
+    /// The sealed bytes of a `captures` row selected with `blob, blob_file, blob_offset, size`.
+    private func blobBytes(_ row: Row, blobID: String) throws -> Data {
+        guard let number: Int64 = row["blob_file"] else { return row["blob"] }
+        let offset: Int64 = row["blob_offset"] ?? 0
+        return try BlobFiles.read(directory: blobDirectory, number: number, offset: offset, size: row["size"])
     }
 
     private func run<T>(_ what: String, _ body: () throws -> T) throws(CollectorError) -> T {
@@ -246,50 +267,82 @@ public final class SQLiteCollectorStore: CollectorStore {
     public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(CollectorError) -> [IngestOutcome] {
         if items.isEmpty { return [] }
         do {
-            return try await pool.write { db in
+            return try await pool.writeWithoutTransaction { db in
+                var appender: BlobAppender?
                 var outcomes: [IngestOutcome] = []
-                outcomes.reserveCapacity(items.count)
-                var batchDEKs = Set<String>()
-                for item in items {
-                    switch item {
-                    case let .dek(dekID, kekID, agentID, creationTimeMs, record):
-                        try db.execute(sql: """
-                            INSERT OR IGNORE INTO encryption_dek (dek_id, kek_id, agent_id, creation_time, record, received_at)
-                            VALUES (?, ?, ?, ?, ?, ?)
-                            """, arguments: [dekID, kekID, agentID, creationTimeMs, record, receivedAtMs])
-                        if db.changesCount > 0 {
-                            outcomes.append(.stored)
-                        } else {
-                            let old = try Data.fetchOne(db, sql: "SELECT record FROM encryption_dek WHERE dek_id = ?",
-                                                        arguments: [dekID])
-                            outcomes.append(old == record ? .duplicate : .conflict)
-                        }
-                        batchDEKs.insert(dekID)
-                    case let .blob(blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob):
-                        if let old = try Data.fetchOne(db, sql: "SELECT blob FROM captures WHERE blob_id = ?",
-                                                       arguments: [blobID]) {
-                            outcomes.append(old == blob ? .duplicate : .conflict)
-                            continue
-                        }
-                        if !batchDEKs.contains(dekID) {
-                            let known = try Bool.fetchOne(db, sql: "SELECT 1 FROM encryption_dek WHERE dek_id = ?",
-                                                          arguments: [dekID]) != nil
-                            if !known { outcomes.append(.unknownDEK); continue }
-                            batchDEKs.insert(dekID)
-                        }
-                        try db.execute(sql: """
-                            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, received_at)
-                            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                            """, arguments: [blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob.count,
-                                             blob, receivedAtMs])
-                        outcomes.append(.stored)
+                do {
+                    // IMMEDIATE: the write lock is held before anything is appended to a blob file,
+                    // so even two processes on one database never interleave their appends.
+                    try db.inTransaction(.immediate) {
+                        outcomes = try self.insert(items, receivedAtMs: receivedAtMs, db: db, appender: &appender)
+                        // The blob bytes are durable before the commit makes their rows visible.
+                        try appender?.sync()
+                        return .commit
                     }
+                } catch {
+                    appender?.rollback()
+                    throw error
                 }
                 return outcomes
             }
         } catch {
             throw CollectorError(.database, "\(path): store \(items.count) records: \(error)")
         }
+    }
+
+    /// Inserts `items` inside the caller's transaction, appending large blobs through `appender`
+    /// (opened at the first one); returns one outcome per item.
+    private func insert(_ items: [IngestItem], receivedAtMs: Int64, db: Database,
+                        appender: inout BlobAppender?) throws -> [IngestOutcome] {
+        var outcomes: [IngestOutcome] = []
+        outcomes.reserveCapacity(items.count)
+        var batchDEKs = Set<String>()
+        for item in items {
+            switch item {
+            case let .dek(dekID, kekID, agentID, creationTimeMs, record):
+                try db.execute(sql: """
+                    INSERT OR IGNORE INTO encryption_dek (dek_id, kek_id, agent_id, creation_time, record, received_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """, arguments: [dekID, kekID, agentID, creationTimeMs, record, receivedAtMs])
+                if db.changesCount > 0 {
+                    outcomes.append(.stored)
+                } else {
+                    let old = try Data.fetchOne(db, sql: "SELECT record FROM encryption_dek WHERE dek_id = ?",
+                                                arguments: [dekID])
+                    outcomes.append(old == record ? .duplicate : .conflict)
+                }
+                batchDEKs.insert(dekID)
+            case let .blob(blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob):
+                if let row = try Row.fetchOne(db, sql: "SELECT blob, blob_file, blob_offset, size FROM captures WHERE blob_id = ?",
+                                              arguments: [blobID]) {
+                    let size: Int = row["size"]
+                    let same = try size == blob.count && self.blobBytes(row, blobID: blobID) == blob
+                    outcomes.append(same ? .duplicate : .conflict)
+                    continue
+                }
+                if !batchDEKs.contains(dekID) {
+                    let known = try Bool.fetchOne(db, sql: "SELECT 1 FROM encryption_dek WHERE dek_id = ?",
+                                                  arguments: [dekID]) != nil
+                    if !known { outcomes.append(.unknownDEK); continue }
+                    batchDEKs.insert(dekID)
+                }
+                var inline = blob, file: Int64?, offset: Int64?
+                if blob.count >= Self.blobFileMinBytes {
+                    if appender == nil { appender = try BlobAppender(directory: blobDirectory) }
+                    offset = try appender!.append(blob)
+                    file = appender!.number
+                    inline = Data()
+                }
+                try db.execute(sql: """
+                    INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob,
+                                          blob_file, blob_offset, received_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """, arguments: [blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob.count,
+                                     inline, file, offset, receivedAtMs])
+                outcomes.append(.stored)
+            }
+        }
+        return outcomes
     }
 
     public func listCaptures(_ filter: CaptureFilter) throws(CollectorError) -> [CaptureInfo] {
@@ -347,7 +400,8 @@ public final class SQLiteCollectorStore: CollectorStore {
     public func blob(blobID: String) throws(CollectorError) -> Data? {
         try run("read blob \(blobID)") {
             try pool.read { db in
-                try Data.fetchOne(db, sql: "SELECT blob FROM captures WHERE blob_id = ?", arguments: [blobID.lowercased()])
+                try Row.fetchOne(db, sql: "SELECT blob, blob_file, blob_offset, size FROM captures WHERE blob_id = ?",
+                                 arguments: [blobID.lowercased()]).map { try blobBytes($0, blobID: blobID) }
             }
         }
     }

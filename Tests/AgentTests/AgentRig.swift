@@ -120,9 +120,15 @@ final class AgentRig: @unchecked Sendable {
     /// Every file of the agent's spool and the collector database (incl. -wal/-shm).
     func filesAtRest() -> [String] {
         var out: [String] = []
+        // Every regular file under the spool and collector folders, blob files included.
         for folder in [spoolDir, dir.file("collector")] {
-            for f in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
-            where f.contains(".db") || f.contains("spool") { out.append(folder + "/" + f) }
+            for f in FileManager.default.subpaths(atPath: folder) ?? [] {
+                var isDirectory: ObjCBool = false
+                let path = folder + "/" + f
+                if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
+                    out.append(path)
+                }
+            }
         }
         return out
     }

@@ -84,7 +84,7 @@ struct NetFixture {
         var out: [EnvelopeRecord] = [.dekRecord(session.record)]
         var plain: [Data] = []
         for i in 0..<count {
-            let p = Data((0..<size).map { _ in UInt8.random(in: 0...255) })
+            let p = randomData(size)
             plain.append(p)
             out.append(.blob(try session.seal(p, kind: i % 2 == 0 ? .screen : .keystrokes, captureTimeMs: 1_700_000_000_000 + Int64(i))))
         }

@@ -117,7 +117,8 @@ import Wire
         let f = try await NetFixture.start("restart")
         defer { Task { await f.stop() } }
         let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 256 << 20, logger: f.logs.logger("spool"))
-        let (records, _) = try f.records(count: 600, size: 20_000)
+        // 40 kB blobs: stored in blob files (SQLiteCollectorStore.blobFileMinBytes is 32 KiB).
+        let (records, _) = try f.records(count: 600, size: 40_000)
         _ = try Self.spool(records, into: spool)
         let logs = LogCapture()
         let uploader = try Self.makeUploader(f, spool: spool, logs: logs,
@@ -152,6 +153,9 @@ import Wire
         #expect(try restarted.store.counts() == (600, 1))
         let ids = Set(try restarted.store.listCaptures(CaptureFilter()).map(\.blobID))
         #expect(ids == Set(records.dropFirst().map { wireHex($0.id) }))
+        for record in records.dropFirst() {
+            #expect(try restarted.store.blob(blobID: wireHex(record.id)) == record.serialized)
+        }
         #expect(logs.count("upload recovered") == 1)
     }
 

@@ -120,3 +120,18 @@ public func builtProduct(_ name: String) throws -> String {
     for c in candidates where FileManager.default.isExecutableFile(atPath: c) { return c }
     throw TestSupportError("built product '\(name)' not found (looked in \(candidates)); run `swift build` first")
 }
+
+/// `count` random bytes from `/dev/urandom`, fast enough for megabytes of test data in a debug
+/// build (a per-byte `UInt8.random` loop is not).
+public func randomData(_ count: Int) -> Data {
+    guard let urandom = FileHandle(forReadingAtPath: "/dev/urandom") else { fatalError("cannot open /dev/urandom") }
+    defer { try? urandom.close() }
+    var data = Data()
+    while data.count < count {
+        guard let chunk = try? urandom.read(upToCount: count - data.count), !chunk.isEmpty else {
+            fatalError("cannot read /dev/urandom")
+        }
+        data.append(chunk)
+    }
+    return data
+}

@@ -100,6 +100,24 @@ import Glibc
         await client.close()
     }
 
+    /// A blob file that holds 1 GiB is not appended to: the next batch opens the next number.
+    @Test func aFullBlobFileRotatesToTheNextNumber() async throws {
+        let f = try await NetFixture.start("blobfile-rotate")
+        defer { Task { await f.stop() } }
+        let (records, _) = try f.records(count: 2, size: 100_000)
+        let client = try f.client()
+        #expect(try await client.upload(stream(Array(records.prefix(2)))).results.allSatisfy { $0.status == .stored })
+        let store = try #require(f.collector.store as? SQLiteCollectorStore)
+        let first = store.blobDirectory + "/00000001.blobs"
+        #expect(truncate(first, off_t(1 << 30)) == 0)  // sparse: as if 1 GiB had been written
+        #expect(try await client.upload(records[2].serialized).results.first?.status == .stored)
+        let second = store.blobDirectory + "/00000002.blobs"
+        #expect((try FileManager.default.attributesOfItem(atPath: second)[.size] as? Int) == records[2].serialized.count)
+        #expect(try store.blob(blobID: wireHex(records[1].id)) == records[1].serialized)
+        #expect(try store.blob(blobID: wireHex(records[2].id)) == records[2].serialized)
+        await client.close()
+    }
+
     @Test func aTruncatedBlobFileIsAClearErrorNamingTheFile() async throws {
         let f = try await NetFixture.start("blobfile-cut")
         defer { Task { await f.stop() } }

@@ -124,6 +124,41 @@ struct DecryptTests {
         }
     }
 
+    @Test("frames in blob files: a copy of the database with its .blobs directory decrypts; without it, frames fail by name and keystrokes still decrypt")
+    func blobFilesTravelWithTheDatabase() async throws {
+        try requireTool("sqlite3")
+        let tmp = try TempDir("adm-blobfiles")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let db = tmp.file("collector.db")
+        let store = try SQLiteCollectorStore(path: db)
+        // 128×96 frames with stored (uncompressed) deflate: ~37 KiB each, so in blob files.
+        let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "h2",
+                                               baseMs: 1_764_547_200_000, frameSize: 128)
+        #expect(captured.frames.allSatisfy { $0.png.count >= SQLiteCollectorStore.blobFileMinBytes })
+        #expect(FileManager.default.fileExists(atPath: db + ".blobs/00000001.blobs"))
+
+        // The admin's copy: the database by .backup, then its blob directory beside it.
+        let copy = tmp.file("copy.db")
+        try runChecked(["sqlite3", db, ".backup '\(copy)'"])
+        try runChecked(["cp", "-a", db + ".blobs", copy + ".blobs"])
+        func decrypt(_ database: String, into out: String) throws -> DecryptReport {
+            try DecryptJob.run(input: .database(database), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                               options: DecryptOptions(output: .directory(out), agentID: "h2"),
+                               actor: "tester", log: { _ in }, progressStyle: .quiet)
+        }
+        let full = try decrypt(copy, into: tmp.file("out-copy"))
+        #expect(full.decrypted == 8 && full.failures.isEmpty, "\(full.failures)")
+        try expectOutputMatches(tmp.file("out-copy"), captured, agent: "h2")
+
+        // Without the blob files: each frame fails naming the missing file, the chunks decrypt.
+        try FileManager.default.removeItem(atPath: copy + ".blobs")
+        let partial = try decrypt(copy, into: tmp.file("out-partial"))
+        #expect(partial.screens == 0 && partial.keystrokeChunks == 4)
+        #expect(partial.failures.count == 4)
+        #expect(partial.failures.allSatisfy { $0.reason.contains(copy + ".blobs/00000001.blobs") }, "\(partial.failures)")
+    }
+
     @Test("wrong passphrase: clear error, nothing written, refusal audited")
     func wrongPassphrase() async throws {
         let tmp = try TempDir("adm-wp")

@@ -40,6 +40,15 @@ enum BlobFiles {
             throw CollectorError(.database, "\(file): cannot open blob file: \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
+        // The row's offset and size are checked against the file before anything is allocated,
+        // so a damaged or edited row cannot ask for gigabytes.
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            throw CollectorError(.database, "\(file): cannot stat blob file: \(String(cString: strerror(errno)))")
+        }
+        guard offset >= 0, size >= 0, Int64(size) <= Int64(st.st_size) - offset else {
+            throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): the file ends at byte \(st.st_size)")
+        }
         var data = Data(count: size)
         var done = 0
         var failure: Int32 = 0
@@ -53,7 +62,7 @@ enum BlobFiles {
             }
         }
         guard done == size else {
-            let why = failure != 0 ? String(cString: strerror(failure)) : "the file ends at byte \(Int(offset) + done)"
+            let why = failure != 0 ? String(cString: strerror(failure)) : "the file ends at byte \(offset + Int64(done))"
             throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): \(why)")
         }
         return data

@@ -119,6 +119,7 @@ import Glibc
     }
 
     @Test func aTruncatedBlobFileIsAClearErrorNamingTheFile() async throws {
+        try requireTool("sqlite3")
         let f = try await NetFixture.start("blobfile-cut")
         defer { Task { await f.stop() } }
         let (records, _) = try f.records(count: 2, size: 100_000)
@@ -134,6 +135,22 @@ import Glibc
             #expect(error.code == .database)
             #expect(error.message.contains(file) && error.message.contains("ends at byte"), "\(error)")
         }
+        // An edited row asking for more than the file holds (or a negative offset) is refused
+        // before anything is allocated.
+        for (column, value) in [("size", "1000000000000"), ("blob_offset", "-5")] {
+            let id = wireHex(records[1].id)
+            try runChecked(["sqlite3", "-cmd", ".timeout 10000", store.path,
+                            "update captures set \(column) = \(value) where blob_id = '\(id)'"])
+            do {
+                _ = try store.blob(blobID: id)
+                Issue.record("a row with \(column) = \(value) was read")
+            } catch {
+                #expect(error.message.contains(file) && error.message.contains("ends at byte"), "\(error)")
+            }
+            try runChecked(["sqlite3", "-cmd", ".timeout 10000", store.path,
+                            "update captures set size = \(records[1].serialized.count), blob_offset = 0 where blob_id = '\(id)'"])
+        }
+        #expect(try store.blob(blobID: wireHex(records[1].id)) == records[1].serialized)
         try FileManager.default.removeItem(atPath: file)
         do {
             _ = try store.blob(blobID: wireHex(records[1].id))

@@ -25,9 +25,32 @@ enum BlobFiles {
         return String(repeating: "0", count: max(0, 8 - digits.count)) + digits + ".blobs"
     }
 
+    /// The highest file number: eight decimal digits.
+    static let maxNumber: Int64 = 99_999_999
+
+    /// The number of a file named like `00000042.blobs` (exactly eight ASCII digits), else nil.
     static func number(ofFileNamed name: String) -> Int64? {
-        guard name.hasSuffix(".blobs"), name.count == 14 else { return nil }
+        let utf8 = Array(name.utf8)
+        guard utf8.count == 14, name.hasSuffix(".blobs"), utf8.prefix(8).allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+            return nil
+        }
         return Int64(name.prefix(8))
+    }
+
+    /// Opens a blob file without following a symlink or blocking on a FIFO, and checks that it
+    /// is a regular file; returns the descriptor and its size in bytes.
+    static func openRegular(_ file: String, _ flags: Int32, mode: mode_t = 0) throws(CollectorError) -> (fd: Int32, size: Int64) {
+        let fd = open(file, flags | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, mode)
+        guard fd >= 0 else {
+            let e = errno
+            throw CollectorError(.database, "\(file): cannot open blob file: \(e == ELOOP ? "it is a symbolic link" : String(cString: strerror(e)))")
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw CollectorError(.database, "\(file): expected a regular blob file")
+        }
+        return (fd, Int64(st.st_size))
     }
 
     /// Reads `size` bytes at `offset` of blob file `number` in `directory`.
@@ -35,19 +58,12 @@ enum BlobFiles {
     ///   or ends before the blob does.
     static func read(directory: String, number: Int64, offset: Int64, size: Int) throws(CollectorError) -> Data {
         let file = directory + "/" + fileName(number)
-        let fd = open(file, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw CollectorError(.database, "\(file): cannot open blob file: \(String(cString: strerror(errno)))")
-        }
+        let (fd, fileSize) = try openRegular(file, O_RDONLY)
         defer { close(fd) }
         // The row's offset and size are checked against the file before anything is allocated,
         // so a damaged or edited row cannot ask for gigabytes.
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            throw CollectorError(.database, "\(file): cannot stat blob file: \(String(cString: strerror(errno)))")
-        }
-        guard offset >= 0, size >= 0, Int64(size) <= Int64(st.st_size) - offset else {
-            throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): the file ends at byte \(st.st_size)")
+        guard offset >= 0, size >= 0, Int64(size) <= fileSize - offset else {
+            throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): the file ends at byte \(fileSize)")
         }
         var data = Data(count: size)
         var done = 0
@@ -81,49 +97,63 @@ final class BlobAppender {
     private let startSize: Int64
     private var size: Int64
 
-    /// Opens the newest blob file of `directory` for appending, or creates the next one
-    /// (creating the directory, mode 0700, first).
-    /// - Throws: ``CollectorError`` `.database` naming the directory or file.
-    init(directory: String) throws(CollectorError) {
+    /// Opens the blob file to append to, or creates the next one (creating the directory,
+    /// mode 0700, first).
+    ///
+    /// `referenced` is the highest file number any `captures` row points to and the end (bytes)
+    /// of its last blob. The file appended to is the highest number on disk or in the database;
+    /// it is reused only while it holds every referenced byte and less than ``BlobFiles/maxFileBytes``,
+    /// so a file that was lost, cut short or restored from an older backup is never written over:
+    /// new blobs go to a new number and the rows of the damaged file keep failing to read (each
+    /// error names the file) until the agent's re-sent copy repairs them.
+    /// - Throws: ``CollectorError`` `.database` naming the directory or file: not a directory,
+    ///   writable by group or others, numbers exhausted, or an `open`/`mkdir` failure. A newest
+    ///   file that is a symlink, a FIFO or anything but a regular file is skipped, never written.
+    init(directory: String, referenced: (number: Int64, end: Int64)?) throws(CollectorError) {
         self.directory = directory
-        var isDirectory: ObjCBool = false
-        if !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
-            guard mkdir(directory, 0o700) == 0 || errno == EEXIST else {
+        var st = stat()
+        if stat(directory, &st) != 0 {
+            guard errno == ENOENT, mkdir(directory, 0o700) == 0 || errno == EEXIST else {
                 throw CollectorError(.database, "\(directory): cannot create the blob directory: \(String(cString: strerror(errno)))")
             }
             Self.syncDirectory((directory as NSString).deletingLastPathComponent)
-        } else if !isDirectory.boolValue {
-            throw CollectorError(.database, "\(directory): expected the blob directory, found a file")
+        } else if (st.st_mode & S_IFMT) != S_IFDIR {
+            throw CollectorError(.database, "\(directory): expected the blob directory, found something else")
+        } else if st.st_mode & 0o022 != 0 {
+            throw CollectorError(.database, "\(directory): the blob directory must not be writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)); expected 0700)")
         }
         let names: [String]
         do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
             throw CollectorError(.database, "\(directory): cannot list the blob directory: \(error)")
         }
-        var number = names.compactMap(BlobFiles.number(ofFileNamed:)).max() ?? 0
-        var fd: Int32 = -1
-        var st = stat()
-        if number > 0 {
-            fd = open(directory + "/" + BlobFiles.fileName(number), O_WRONLY | O_APPEND | O_CLOEXEC)
-            if fd >= 0, fstat(fd, &st) == 0, st.st_size < BlobFiles.maxFileBytes {
-                // keep appending to it
+        var number = max(names.compactMap(BlobFiles.number(ofFileNamed:)).max() ?? 0, referenced?.number ?? 0)
+        var opened: (fd: Int32, size: Int64)?
+        if number > 0, let candidate = try? BlobFiles.openRegular(directory + "/" + BlobFiles.fileName(number), O_WRONLY | O_APPEND) {
+            let mustHold = referenced?.number == number ? referenced!.end : 0
+            if candidate.size >= mustHold && candidate.size < BlobFiles.maxFileBytes {
+                opened = candidate
             } else {
-                if fd >= 0 { close(fd) }
-                fd = -1
+                close(candidate.fd)
             }
         }
-        if fd < 0 {
+        while opened == nil {
             number += 1
+            guard number <= BlobFiles.maxNumber else {
+                throw CollectorError(.database, "\(directory): blob file numbers are exhausted (\(BlobFiles.maxNumber))")
+            }
             let file = directory + "/" + BlobFiles.fileName(number)
-            fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-            guard fd >= 0 else {
-                throw CollectorError(.database, "\(file): cannot create blob file: \(String(cString: strerror(errno)))")
+            do {
+                opened = try BlobFiles.openRegular(file, O_WRONLY | O_APPEND | O_CREAT | O_EXCL, mode: 0o600)
+            } catch {
+                var lst = stat()
+                guard lstat(file, &lst) == 0 else { throw error }
+                continue  // a stray file, FIFO or symlink took this number: never write to it
             }
             Self.syncDirectory(directory)  // the new name survives a power cut with the bytes
-            st.st_size = 0
         }
         self.number = number
-        self.fd = fd
-        startSize = Int64(st.st_size)
+        fd = opened!.fd
+        startSize = opened!.size
         size = startSize
     }
 

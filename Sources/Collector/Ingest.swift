@@ -119,7 +119,7 @@ public struct Ingestor: Sendable {
                                                                      "collector.error": "\(error)"])
                 for (k, i) in itemIndex.enumerated() {
                     results[i] = RecordResult(index: i, id: items[k].id, status: .refused, reason: .storageError,
-                                              retryable: true, message: "the collector could not write")
+                                              retryable: true, message: "the collector could not store the records; try again later")
                 }
             }
         }

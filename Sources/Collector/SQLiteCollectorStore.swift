@@ -12,6 +12,9 @@ import Wire
 public final class SQLiteCollectorStore: CollectorStore {
     /// The database file.
     public let path: String
+    /// The directory of blob files: the database's real path (symlinks resolved, as SQLite
+    /// resolves them for its `-wal` file) plus `.blobs`.
+    public let blobDirectory: String
     private let pool: DatabasePool
 
     /// Opens (creating if needed) the database at `path` and brings the schema up to date.
@@ -35,6 +38,12 @@ public final class SQLiteCollectorStore: CollectorStore {
             try Self.migrator.migrate(pool)
         } catch {
             throw CollectorError(.database, "\(path): cannot open or migrate the collector database: \(error)")
+        }
+        if let real = realpath(path, nil) {
+            blobDirectory = String(cString: real) + ".blobs"
+            free(real)
+        } else {
+            blobDirectory = path + ".blobs"
         }
     }
 
@@ -96,6 +105,7 @@ public final class SQLiteCollectorStore: CollectorStore {
             try db.execute(sql: """
                 ALTER TABLE captures ADD COLUMN blob_file INTEGER;
                 ALTER TABLE captures ADD COLUMN blob_offset INTEGER;
+                CREATE INDEX captures_blob_file ON captures(blob_file, blob_offset);
                 """)
         }
         return m
@@ -105,8 +115,6 @@ public final class SQLiteCollectorStore: CollectorStore {
     /// ones (keystroke chunks) stay inline in `captures.blob`, one write with the row.
     public static let blobFileMinBytes = 32 * 1024
 
-    /// The directory of blob files beside the database: `DATABASE.blobs`.
-    public var blobDirectory: String { path + ".blobs" }
 
     /// The sealed bytes of a `captures` row selected with `blob, blob_file, blob_offset, size`.
     private func blobBytes(_ row: Row, blobID: String) throws -> Data {
@@ -270,6 +278,7 @@ public final class SQLiteCollectorStore: CollectorStore {
             return try await pool.writeWithoutTransaction { db in
                 var appender: BlobAppender?
                 var outcomes: [IngestOutcome] = []
+                var committing = false
                 do {
                     // IMMEDIATE: the write lock is held before anything is appended to a blob file,
                     // so even two processes on one database never interleave their appends.
@@ -277,10 +286,17 @@ public final class SQLiteCollectorStore: CollectorStore {
                         outcomes = try self.insert(items, receivedAtMs: receivedAtMs, db: db, appender: &appender)
                         // The blob bytes are durable before the commit makes their rows visible.
                         try appender?.sync()
+                        committing = true
                         return .commit
                     }
                 } catch {
-                    appender?.rollback()
+                    // Cut the appended bytes off again, unless the COMMIT itself failed in a way
+                    // that may still commit on recovery (its WAL frames written, the fsync
+                    // failed): then the bytes stay, referenced or not. SQLITE_FULL means the
+                    // commit frames were not written.
+                    if !committing || (error as? DatabaseError)?.resultCode == .SQLITE_FULL {
+                        appender?.rollback()
+                    }
                     throw error
                 }
                 return outcomes
@@ -313,11 +329,27 @@ public final class SQLiteCollectorStore: CollectorStore {
                 }
                 batchDEKs.insert(dekID)
             case let .blob(blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob):
-                if let row = try Row.fetchOne(db, sql: "SELECT blob, blob_file, blob_offset, size FROM captures WHERE blob_id = ?",
-                                              arguments: [blobID]) {
+                if let row = try Row.fetchOne(db, sql: """
+                    SELECT blob, blob_file, blob_offset, size, kind, dek_id, sequence, capture_time
+                    FROM captures WHERE blob_id = ?
+                    """, arguments: [blobID]) {
                     let size: Int = row["size"]
-                    let same = try size == blob.count && self.blobBytes(row, blobID: blobID) == blob
-                    outcomes.append(same ? .duplicate : .conflict)
+                    let sameRow = size == blob.count && row["kind"] == kind && row["dek_id"] == dekID
+                        && row["sequence"] == sequence && row["capture_time"] == captureTimeMs
+                    guard sameRow else { outcomes.append(.conflict); continue }
+                    let stored: Data
+                    do {
+                        stored = try self.blobBytes(row, blobID: blobID)
+                    } catch is CollectorError {
+                        // The stored copy is unreadable (its blob file lost, cut short or damaged):
+                        // the agent's copy, same header and size, repairs the row.
+                        let (file, offset) = try self.appendBlob(blob, db: db, appender: &appender)
+                        try db.execute(sql: "UPDATE captures SET blob = ?, blob_file = ?, blob_offset = ? WHERE blob_id = ?",
+                                       arguments: [Data(), file, offset, blobID])
+                        outcomes.append(.stored)
+                        continue
+                    }
+                    outcomes.append(stored == blob ? .duplicate : .conflict)
                     continue
                 }
                 if !batchDEKs.contains(dekID) {
@@ -328,9 +360,7 @@ public final class SQLiteCollectorStore: CollectorStore {
                 }
                 var inline = blob, file: Int64?, offset: Int64?
                 if blob.count >= Self.blobFileMinBytes {
-                    if appender == nil { appender = try BlobAppender(directory: blobDirectory) }
-                    offset = try appender!.append(blob)
-                    file = appender!.number
+                    (file, offset) = try appendBlob(blob, db: db, appender: &appender)
                     inline = Data()
                 }
                 try db.execute(sql: """
@@ -343,6 +373,20 @@ public final class SQLiteCollectorStore: CollectorStore {
             }
         }
         return outcomes
+    }
+
+    /// Appends `blob` to the batch's blob file (opening it at the first blob, after the highest
+    /// offset any row references); returns its file number and offset.
+    private func appendBlob(_ blob: Data, db: Database, appender: inout BlobAppender?) throws -> (Int64, Int64) {
+        if appender == nil {
+            let last = try Row.fetchOne(db, sql: """
+                SELECT blob_file, blob_offset + size AS end FROM captures WHERE blob_file IS NOT NULL
+                ORDER BY blob_file DESC, blob_offset DESC LIMIT 1
+                """)
+            let referenced = last.map { (number: $0["blob_file"] as Int64, end: $0["end"] as Int64) }
+            appender = try BlobAppender(directory: blobDirectory, referenced: referenced)
+        }
+        return (appender!.number, try appender!.append(blob))
     }
 
     public func listCaptures(_ filter: CaptureFilter) throws(CollectorError) -> [CaptureInfo] {

@@ -24,12 +24,6 @@ public final class SQLiteCollectorStore: CollectorStore {
         var config = Configuration()
         config.busyMode = .timeout(10)
         config.label = "custos-collector"
-        // A new database gets 64 KiB pages (before WAL mode is set, which fixes the page size):
-        // a 256 KiB sealed frame is then 4 overflow pages, 4 WAL frames and 4 checkpoint writes,
-        // not 64 of each. `Benchmarks/net.sh` uploads ran 1.3-1.8 times faster than with 4 KiB
-        // pages, with the same small-record ingest rate. An existing file keeps its page size.
-        // https://www.sqlite.org/pragma.html#pragma_page_size
-        config.prepareDatabase { db in try db.execute(sql: "PRAGMA page_size = \(Self.pageSize)") }
         do {
             pool = try DatabasePool(path: path, configuration: config)
             // GRDB puts WAL databases on synchronous=NORMAL. An acknowledgement makes the agent delete
@@ -46,9 +40,6 @@ public final class SQLiteCollectorStore: CollectorStore {
             blobDirectory = path + ".blobs"
         }
     }
-
-    /// Page size of a newly created database, in bytes (a power of two, 512-65536).
-    static let pageSize = 65_536
 
     static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()

@@ -81,10 +81,8 @@ import Wire
 
         try runChecked(["sqlite3", "-cmd", ".timeout 10000", dir.file("collector.db"),
                         "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(kek.publicKey)', '\(kek.privateKey)');"])
-        // A new collector database has 64 KiB pages (sealed frames as a few overflow pages) in WAL mode.
-        let pragmas = try runChecked(["sqlite3", "-cmd", ".timeout 10000", dir.file("collector.db"),
-                                      "pragma page_size; pragma journal_mode;"])
-        #expect(pragmas.split(separator: "\n") == ["65536", "wal"])
+        let journal = try runChecked(["sqlite3", "-cmd", ".timeout 10000", dir.file("collector.db"), "pragma journal_mode;"])
+        #expect(journal.trimmingCharacters(in: .whitespacesAndNewlines) == "wal")
         kill(process.processIdentifier, SIGHUP)
         var active = 0
         for _ in 0..<50 where active == 0 {

@@ -24,6 +24,12 @@ public final class SQLiteCollectorStore: CollectorStore {
         var config = Configuration()
         config.busyMode = .timeout(10)
         config.label = "custos-collector"
+        // A new database file is created owner-only; SQLite gives its -wal and -shm files the
+        // database file's mode (https://www.sqlite.org/tempfiles.html), and blob files are 0600.
+        if !FileManager.default.fileExists(atPath: path) {
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 { close(fd) }
+        }
         do {
             pool = try DatabasePool(path: path, configuration: config)
             // GRDB puts WAL databases on synchronous=NORMAL. An acknowledgement makes the agent delete

@@ -83,6 +83,11 @@ import Wire
                         "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(kek.publicKey)', '\(kek.privateKey)');"])
         let journal = try runChecked(["sqlite3", "-cmd", ".timeout 10000", dir.file("collector.db"), "pragma journal_mode;"])
         #expect(journal.trimmingCharacters(in: .whitespacesAndNewlines) == "wal")
+        // The database the collector created is owner-only, and so are its -wal and -shm.
+        for suffix in ["", "-wal", "-shm"] {
+            let mode = try FileManager.default.attributesOfItem(atPath: dir.file("collector.db") + suffix)[.posixPermissions] as? Int
+            #expect(mode == 0o600, "collector.db\(suffix) has mode \(String(mode ?? 0, radix: 8))")
+        }
         kill(process.processIdentifier, SIGHUP)
         var active = 0
         for _ in 0..<50 where active == 0 {

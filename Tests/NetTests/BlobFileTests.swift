@@ -169,12 +169,9 @@ import Glibc
             print("SKIPPED diskFullRollsBackTheAppend: needs root to mount a tmpfs")
             return
         }
-        let tmp = try TempDir("collector-enospc")
-        defer { tmp.remove() }
-        let mountPoint = tmp.file("fs")
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try runChecked(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", mountPoint])
-        defer { _ = try? runCommand(["umount", "-l", mountPoint]) }
+        let fs = try SmallTmpfs("collector-enospc", size: "3m")
+        defer { fs.unmount() }
+        let mountPoint = fs.path
         let store = try SQLiteCollectorStore(path: mountPoint + "/collector.db")
         let kek = try KEKPublicKey(pemFile: try sharedMaterial.get().kek.publicKey)
         let session = try DEKSession(kek: kek, agentID: "full-disk")

@@ -21,12 +21,9 @@ import Glibc
             return
         }
         try requireTool("sqlite3")
-        let tmp = try TempDir("spool-enospc")
-        defer { tmp.remove() }
-        let mountPoint = tmp.file("fs")
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try runChecked(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mountPoint])
-        defer { _ = try? runCommand(["umount", "-l", mountPoint]) }
+        let fs = try SmallTmpfs("spool-enospc", size: "4m")
+        defer { fs.unmount() }
+        let mountPoint = fs.path
         let dir = mountPoint + "/spool"
         let (logger, logs) = memoryLogger()
         let spool = try Spool(directory: dir, maxBytes: 64 << 20, logger: logger)
@@ -122,12 +119,9 @@ import Glibc
             return
         }
         try requireTool("sqlite3")
-        let tmp = try TempDir("spool-enospc-race")
-        defer { tmp.remove() }
-        let mountPoint = tmp.file("fs")
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        try runChecked(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", mountPoint])
-        defer { _ = try? runCommand(["umount", "-l", mountPoint]) }
+        let fs = try SmallTmpfs("spool-enospc-race", size: "3m")
+        defer { fs.unmount() }
+        let mountPoint = fs.path
         let dir = mountPoint + "/spool"
         let (logger, logs) = memoryLogger()
         let spool = try Spool(directory: dir, maxBytes: 64 << 20, logger: logger)

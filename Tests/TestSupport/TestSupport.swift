@@ -135,3 +135,29 @@ public func randomData(_ count: Int) -> Data {
     }
     return data
 }
+
+/// A tmpfs of `size` (mount's `size=` syntax, e.g. `"3m"`, mode 0700) mounted on a fresh temp
+/// folder, for disk-full (ENOSPC) tests. Mounting needs root: check `getuid() == 0` first (and
+/// under `CI=true` fail rather than skip). `unmount()` unmounts it lazily and removes the folder.
+public struct SmallTmpfs: Sendable {
+    /// The mount point.
+    public let path: String
+    let dir: TempDir
+
+    public init(_ name: String, size: String) throws {
+        dir = try TempDir(name)
+        path = dir.file("fs")
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        do {
+            try runChecked(["mount", "-t", "tmpfs", "-o", "size=\(size),mode=0700", "tmpfs", path])
+        } catch {
+            dir.remove()
+            throw error
+        }
+    }
+
+    public func unmount() {
+        _ = try? runCommand(["umount", "-l", path])
+        dir.remove()
+    }
+}

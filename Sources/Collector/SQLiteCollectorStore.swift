@@ -273,27 +273,28 @@ public final class SQLiteCollectorStore: CollectorStore {
         if items.isEmpty { return [] }
         do {
             return try await pool.writeWithoutTransaction { db in
+                // IMMEDIATE: the write lock is held before anything is appended to a blob file, and
+                // until the appended bytes are either committed or cut off again, so two processes
+                // on one database never append over each other's acknowledged blobs.
+                try db.beginTransaction(.immediate)
                 var appender: BlobAppender?
-                var outcomes: [IngestOutcome] = []
-                var committing = false
+                let outcomes: [IngestOutcome]
                 do {
-                    // IMMEDIATE: the write lock is held before anything is appended to a blob file,
-                    // so even two processes on one database never interleave their appends.
-                    try db.inTransaction(.immediate) {
-                        outcomes = try self.insert(items, receivedAtMs: receivedAtMs, db: db, appender: &appender)
-                        // The blob bytes are durable before the commit makes their rows visible.
-                        try appender?.sync()
-                        committing = true
-                        return .commit
-                    }
+                    outcomes = try self.insert(items, receivedAtMs: receivedAtMs, db: db, appender: &appender)
+                    // The blob bytes are durable before the commit makes their rows visible.
+                    try appender?.sync()
                 } catch {
-                    // Cut the appended bytes off again, unless the COMMIT itself failed in a way
-                    // that may still commit on recovery (its WAL frames written, the fsync
-                    // failed): then the bytes stay, referenced or not. SQLITE_FULL means the
-                    // commit frames were not written.
-                    if !committing || (error as? DatabaseError)?.resultCode == .SQLITE_FULL {
-                        appender?.rollback()
-                    }
+                    appender?.rollback()  // still holding the write lock
+                    try? db.rollback()
+                    throw error
+                }
+                do {
+                    try db.commit()
+                } catch {
+                    // The appended bytes stay: SQLite may have dropped the lock already (automatic
+                    // rollback), or WAL recovery may still commit the rows. Unreferenced bytes are
+                    // never read.
+                    if db.isInsideTransaction { try? db.rollback() }
                     throw error
                 }
                 return outcomes
@@ -327,11 +328,12 @@ public final class SQLiteCollectorStore: CollectorStore {
                 batchDEKs.insert(dekID)
             case let .blob(blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob):
                 if let row = try Row.fetchOne(db, sql: """
-                    SELECT blob, blob_file, blob_offset, size, kind, dek_id, sequence, capture_time
+                    SELECT blob, blob_file, blob_offset, size, agent_id, kek_id, kind, dek_id, sequence, capture_time
                     FROM captures WHERE blob_id = ?
                     """, arguments: [blobID]) {
                     let size: Int = row["size"]
-                    let sameRow = size == blob.count && row["kind"] == kind && row["dek_id"] == dekID
+                    let sameRow = size == blob.count && row["agent_id"] == agentID && row["kek_id"] == kekID
+                        && row["kind"] == kind && row["dek_id"] == dekID
                         && row["sequence"] == sequence && row["capture_time"] == captureTimeMs
                     guard sameRow else { outcomes.append(.conflict); continue }
                     let stored: Data

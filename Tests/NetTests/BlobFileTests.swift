@@ -202,9 +202,11 @@ import Glibc
         #expect(error.code == .database)
         #expect(error.message.contains("No space left") || error.message.contains("full"), "\(error)")
         #expect(stored.count >= 2)
-        // The file holds exactly the committed blobs: the failed batch's bytes were cut off.
-        let size = try FileManager.default.attributesOfItem(atPath: store.blobDirectory + "/00000001.blobs")[.size] as? Int
-        #expect(size == stored.reduce(0) { $0 + $1.serialized.count })
+        // The file holds the committed blobs and at most the failed batch's bytes: cut off when the
+        // failure came before COMMIT, left unreferenced when SQLite's COMMIT itself hit the full disk.
+        let size = try #require(try FileManager.default.attributesOfItem(atPath: store.blobDirectory + "/00000001.blobs")[.size] as? Int)
+        let referenced = stored.reduce(0) { $0 + $1.serialized.count }
+        #expect(size >= referenced && size <= referenced + 2 * 200_200, "file \(size) bytes, referenced \(referenced)")
         for b in stored { #expect(try store.blob(blobID: b.header.blobID.hex) == b.serialized) }
         #expect(try store.counts().captures == stored.count)
         #expect(try runChecked(["sqlite3", mountPoint + "/collector.db", "pragma integrity_check"])
@@ -379,6 +381,46 @@ func waitUntilAsync(timeout: TimeInterval, _ condition: () throws -> Bool) async
                                                   captureTimeMs: old[1].header.captureTimeMs, blob: forged)],
                                            receivedAtMs: 3) == [.stored])
         #expect(try rig.read(old[1]) == forged)
+    }
+
+    /// A batch that fails before its COMMIT (here a trigger refuses one row) leaves the blob file
+    /// exactly as it was, and stores nothing; the same batch later goes through whole.
+    @Test func aBatchThatFailsBeforeCommitIsCutOffTheFile() async throws {
+        try requireTool("sqlite3")
+        let rig = try await Rig("blob-abort")
+        defer { rig.dir.remove() }
+        let first = try rig.blob(60_000)
+        #expect(try await rig.ingest([first]) == [.stored])
+        let good = try rig.blob(70_000), poisoned = try rig.blob(77_000)
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", rig.store.path, """
+            CREATE TRIGGER boom BEFORE INSERT ON captures WHEN NEW.size = \(poisoned.serialized.count)
+            BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;
+            """])
+        await #expect(throws: (any Error).self) { try await rig.ingest([good, poisoned]) }
+        #expect(rig.size(rig.file(1)) == first.serialized.count)
+        #expect(try rig.store.counts().captures == 1)
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", rig.store.path, "DROP TRIGGER boom"])
+        #expect(try await rig.ingest([good, poisoned]) == [.stored, .stored])
+        for b in [first, good, poisoned] { #expect(try rig.read(b) == b.serialized) }
+    }
+
+    /// Only the blob's own agent (and KEK, kind, DEK, sequence, time, size) can repair a row
+    /// whose stored copy is unreadable; anything else under that id is a conflict.
+    @Test func anotherAgentCannotRepairABlob() async throws {
+        let rig = try await Rig("blob-other-agent")
+        defer { rig.dir.remove() }
+        let b = try rig.blob(100_000)
+        #expect(try await rig.ingest([b]) == [.stored])
+        #expect(truncate(rig.file(1), 10) == 0)
+        let h = b.header
+        func item(agent: String) -> IngestItem {
+            .blob(blobID: h.blobID.hex, agentID: agent, kind: h.kind.name, dekID: h.dekID.hex, kekID: h.kekID.hex,
+                  sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs, blob: b.serialized)
+        }
+        #expect(try await rig.store.ingest([item(agent: "intruder")], receivedAtMs: 3) == [.conflict])
+        #expect(throws: CollectorError.self) { try rig.read(b) }
+        #expect(try await rig.store.ingest([item(agent: "dmg")], receivedAtMs: 4) == [.stored])
+        #expect(try rig.read(b) == b.serialized)
     }
 
     @Test func symlinksFIFOsAndStrayNamesAreNeverAppendedTo() async throws {

@@ -25,6 +25,11 @@ enum BlobFiles {
         return String(repeating: "0", count: max(0, 8 - digits.count)) + digits + ".blobs"
     }
 
+    /// The marker file in a blob directory: the id of the database it belongs to
+    /// (`blob_store.id`), one line. It tells an unmounted volume's empty mount point, or another
+    /// database's directory, from this database's own.
+    static let markerName = ".custos-blobs"
+
     /// The highest file number: eight decimal digits.
     static let maxNumber: Int64 = 99_999_999
 
@@ -107,12 +112,17 @@ final class BlobAppender {
     /// new blobs go to a new number and the rows of the damaged file keep failing to read (each
     /// error names the file) until the agent's re-sent copy repairs them.
     /// - Throws: ``CollectorError`` `.database` naming the directory or file: not a directory,
-    ///   writable by group or others, numbers exhausted, or an `open`/`mkdir` failure. A newest
+    ///   writable by group or others, missing or without this database's marker while rows
+    ///   point into it, numbers exhausted, or an `open`/`mkdir` failure. A newest
     ///   file that is a symlink, a FIFO or anything but a regular file is skipped, never written.
-    init(directory: String, referenced: (number: Int64, end: Int64)?) throws(CollectorError) {
+    init(directory: String, storeID: String, referenced: (number: Int64, end: Int64)?) throws(CollectorError) {
         self.directory = directory
+        let marker = directory + "/" + BlobFiles.markerName
         var st = stat()
         if stat(directory, &st) != 0 {
+            if let referenced {
+                throw CollectorError(.database, "\(directory): the blob directory is missing, but rows point into blob file \(referenced.number); restore it (or mount its volume) — large blobs are refused until then")
+            }
             guard errno == ENOENT, mkdir(directory, 0o700) == 0 || errno == EEXIST else {
                 throw CollectorError(.database, "\(directory): cannot create the blob directory: \(String(cString: strerror(errno)))")
             }
@@ -121,6 +131,23 @@ final class BlobAppender {
             throw CollectorError(.database, "\(directory): expected the blob directory, found something else")
         } else if st.st_mode & 0o022 != 0 {
             throw CollectorError(.database, "\(directory): the blob directory must not be writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)); expected 0700)")
+        }
+        // The marker: whose directory this is.
+        if let text = try? String(contentsOfFile: marker, encoding: .utf8) {
+            let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard id == storeID else {
+                throw CollectorError(.database, "\(marker): this blob directory belongs to another database (id \(id), this database's is \(storeID)); large blobs are refused")
+            }
+        } else if let referenced {
+            throw CollectorError(.database, "\(directory): no \(BlobFiles.markerName) marker, but rows point into blob file \(referenced.number): is its volume unmounted, or the directory replaced? Large blobs are refused until the right directory is back")
+        } else {
+            do {
+                try Data((storeID + "\n").utf8).write(to: URL(fileURLWithPath: marker), options: .withoutOverwriting)
+            } catch {
+                throw CollectorError(.database, "\(marker): cannot write the blob directory marker: \(error)")
+            }
+            _ = chmod(marker, 0o600)
+            Self.syncDirectory(directory)
         }
         let names: [String]
         do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {

@@ -103,7 +103,10 @@ public final class SQLiteCollectorStore: CollectorStore {
                 ALTER TABLE captures ADD COLUMN blob_file INTEGER;
                 ALTER TABLE captures ADD COLUMN blob_offset INTEGER;
                 CREATE INDEX captures_blob_file ON captures(blob_file, blob_offset);
+                CREATE TABLE blob_store (id TEXT NOT NULL);
                 """)
+            // This database's id, written into its blob directory's marker file (BlobFiles.markerName).
+            try db.execute(sql: "INSERT INTO blob_store (id) VALUES (?)", arguments: [SQLiteCollectorStore.newToken()])
         }
         return m
     }
@@ -383,7 +386,8 @@ public final class SQLiteCollectorStore: CollectorStore {
                 ORDER BY blob_file DESC, blob_offset DESC LIMIT 1
                 """)
             let referenced = last.map { (number: $0["blob_file"] as Int64, end: $0["end"] as Int64) }
-            appender = try BlobAppender(directory: blobDirectory, referenced: referenced)
+            let storeID = try String.fetchOne(db, sql: "SELECT id FROM blob_store LIMIT 1") ?? ""
+            appender = try BlobAppender(directory: blobDirectory, storeID: storeID, referenced: referenced)
         }
         return (appender!.number, try appender!.append(blob))
     }

@@ -449,6 +449,49 @@ func waitUntilAsync(timeout: TimeInterval, _ condition: () throws -> Bool) async
         for b in [first, second, third, fourth] { #expect(try rig.read(b) == b.serialized) }
     }
 
+    /// The blob directory carries a marker with its database's id: a missing directory, an empty
+    /// one (an unmounted volume's mount point) or another database's, while rows point into blob
+    /// files, refuses large blobs with an error naming it, instead of filling a directory that
+    /// would hide them; small blobs still go in, and all is well once the right one is back.
+    @Test func aMissingEmptyOrForeignBlobDirectoryIsRefused() async throws {
+        let rig = try await Rig("blob-marker")
+        defer { rig.dir.remove() }
+        let other = try await Rig("blob-marker-other")
+        defer { other.dir.remove() }
+        let first = try rig.blob(50_000)
+        #expect(try await rig.ingest([first]) == [.stored])
+        #expect(try await other.ingest([try other.blob(50_000)]) == [.stored])
+        let marker = rig.store.blobDirectory + "/.custos-blobs"
+        #expect((try FileManager.default.attributesOfItem(atPath: marker)[.posixPermissions] as? Int) == 0o600)
+        let aside = rig.dir.file("aside")
+        try FileManager.default.moveItem(atPath: rig.store.blobDirectory, toPath: aside)
+
+        func refused(_ why: String) async throws {
+            do {
+                _ = try await rig.ingest([try rig.blob(50_000)])
+                Issue.record("a large blob was stored with the blob directory \(why)")
+            } catch {
+                #expect("\(error)".contains(rig.store.blobDirectory) && "\(error)".contains("refused"), "\(why): \(error)")
+            }
+            #expect(try await rig.ingest([try rig.blob(1_000)]) == [.stored], "small blobs with the directory \(why)")
+        }
+        try await refused("missing")
+        #expect(!FileManager.default.fileExists(atPath: rig.store.blobDirectory))
+        try FileManager.default.createDirectory(atPath: rig.store.blobDirectory, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o700])
+        try await refused("empty")
+        try FileManager.default.removeItem(atPath: rig.store.blobDirectory)
+        try runChecked(["cp", "-a", other.store.blobDirectory, rig.store.blobDirectory])
+        try await refused("of another database")
+        #expect(rig.size(rig.file(1)) == rig.size(other.file(1)))  // the other database's file untouched
+
+        try FileManager.default.removeItem(atPath: rig.store.blobDirectory)
+        try FileManager.default.moveItem(atPath: aside, toPath: rig.store.blobDirectory)
+        let later = try rig.blob(50_000)
+        #expect(try await rig.ingest([later]) == [.stored])
+        #expect(try rig.read(first) == first.serialized && rig.read(later) == later.serialized)
+    }
+
     @Test func aBlobDirectoryOthersCanWriteIsRefused() async throws {
         let rig = try await Rig("blob-mode")
         defer { rig.dir.remove() }

@@ -1,6 +1,7 @@
 import Envelope
 import Foundation
 import Logging
+import Synchronization
 import Wire
 
 /// Decides what to do with an authenticated upload body (docs/API.md, `POST /v1/records`).
@@ -13,6 +14,7 @@ public struct Ingestor: Sendable {
     let registry: KEKRegistry
     let logger: Logger
     let maxRecords: Int
+    let storageErrors = RepeatedErrorLog()
 
     public init(store: any CollectorStore, registry: KEKRegistry, logger: Logger,
                 maxRecords: Int = WireAPI.defaultMaxRecordsPerRequest) {
@@ -99,6 +101,9 @@ public struct Ingestor: Sendable {
         if !items.isEmpty {
             do {
                 let outcomes = try await store.ingest(items, receivedAtMs: Int64((Date().timeIntervalSince1970 * 1000).rounded()))
+                if let suppressed = storageErrors.recovered() {
+                    logger.notice("storing uploads works again", metadata: ["collector.repeats_not_logged": "\(suppressed)"])
+                }
                 for (k, outcome) in outcomes.enumerated() {
                     let i = itemIndex[k], id = items[k].id
                     switch outcome {
@@ -115,8 +120,11 @@ public struct Ingestor: Sendable {
                     }
                 }
             } catch {
-                logger.error("storing an upload failed", metadata: ["collector.agent_id": "\(agentID)",
-                                                                     "collector.error": "\(error)"])
+                // Logged once per kind of failure (say a full disk, with every agent retrying), then
+                // at debug level until an upload is stored again.
+                let level: Logger.Level = storageErrors.isNew("\(error)") ? .error : .debug
+                logger.log(level: level, "storing an upload failed", metadata: ["collector.agent_id": "\(agentID)",
+                                                                                "collector.error": "\(error)"])
                 for (k, i) in itemIndex.enumerated() {
                     results[i] = RecordResult(index: i, id: items[k].id, status: .refused, reason: .storageError,
                                               retryable: true, message: "the collector could not store the records; try again later")
@@ -128,5 +136,31 @@ public struct Ingestor: Sendable {
         }
         let acked = final.contains { $0.isAcknowledged }
         return .results(status: acked || final.isEmpty ? 200 : 422, UploadResponse(results: final))
+    }
+}
+
+/// Remembers the last storage failure so a failure that repeats (differing only in numbers:
+/// sizes, counts, offsets) is logged once, and its end is logged once.
+final class RepeatedErrorLog: Sendable {
+    private let state = Mutex<(key: String?, repeats: Int)>((nil, 0))
+
+    /// Whether `message` starts a new kind of failure (then it should be logged loudly).
+    func isNew(_ message: String) -> Bool {
+        let key = String(message.map { $0.isNumber ? "#" : $0 })
+        return state.withLock { s in
+            if s.key == key { s.repeats += 1; return false }
+            s = (key, 0)
+            return true
+        }
+    }
+
+    /// After a success: the number of repeats not logged loudly when a failure was in
+    /// progress (then say it is over), else nil.
+    func recovered() -> Int? {
+        state.withLock { s in
+            guard s.key != nil else { return nil }
+            defer { s = (nil, 0) }
+            return s.repeats
+        }
     }
 }

@@ -118,6 +118,29 @@ import Glibc
         await client.close()
     }
 
+    /// A storage failure every agent keeps hitting is logged once at error level, and its end
+    /// once; the agents get a retryable `storage-error` meanwhile.
+    @Test func aRepeatedStorageFailureIsLoggedOnce() async throws {
+        let f = try await NetFixture.start("blobfile-log")
+        defer { Task { await f.stop() } }
+        let (records, _) = try f.records(count: 5, size: 100_000)
+        let client = try f.client()
+        #expect(try await client.upload(stream(Array(records.prefix(2)))).results.allSatisfy { $0.status == .stored })
+        let store = try #require(f.collector.store as? SQLiteCollectorStore)
+        let aside = f.dir.file("blobs-aside")
+        try FileManager.default.moveItem(atPath: store.blobDirectory, toPath: aside)
+        for record in records[2...4] {
+            let r = try await client.upload(record.serialized)
+            #expect(r.results.first?.reason == .storageError && r.results.first?.retryable == true)
+        }
+        #expect(f.logs.count("storing an upload failed") == 1)
+        try FileManager.default.moveItem(atPath: aside, toPath: store.blobDirectory)
+        #expect(try await client.upload(stream(Array(records[2...4]))).results.allSatisfy { $0.status == .stored })
+        #expect(f.logs.count("storing uploads works again") == 1)
+        #expect(f.logs.contains("repeats_not_logged=2"))
+        await client.close()
+    }
+
     @Test func aTruncatedBlobFileIsAClearErrorNamingTheFile() async throws {
         try requireTool("sqlite3")
         let f = try await NetFixture.start("blobfile-cut")

@@ -91,7 +91,9 @@ public final class CollectorServer: Sendable {
         let maxBytes = configuration.maxRequestBytes
         let budget = inflight
         router.get(RouterPath(WireAPI.healthPath)) { _, _ -> Response in
-            Self.json(.ok, HealthResponse(status: "ok", apiVersion: 1, activeKEKs: registry.activeIDs.count))
+            // No detail (paths, errors) for this unauthenticated endpoint: the log has it.
+            Self.json(.ok, HealthResponse(status: ingestor.storageErrors.isFailing ? "storage-failing" : "ok", apiVersion: 1,
+                                          activeKEKs: registry.activeIDs.count))
         }
         router.post(RouterPath(WireAPI.recordsPath)) { request, _ -> Response in
             await Self.upload(request, store: store, ingestor: ingestor, maxBytes: maxBytes, budget: budget, logger: logger)

@@ -154,6 +154,9 @@ final class RepeatedErrorLog: Sendable {
         }
     }
 
+    /// Whether the last attempt to store failed (no success since).
+    var isFailing: Bool { state.withLock { $0.key != nil } }
+
     /// After a success: the number of repeats not logged loudly when a failure was in
     /// progress (then say it is over), else nil.
     func recovered() -> Int? {

@@ -132,7 +132,8 @@ public struct ErrorResponse: Codable, Sendable, Equatable {
 
 /// Body of `GET /v1/health`.
 public struct HealthResponse: Codable, Sendable, Equatable {
-    /// `ok` while the collector accepts uploads.
+    /// `ok` while the collector accepts uploads; `storage-failing` while its last attempt to
+    /// store an upload failed (full disk, missing blob directory, …; its log says which).
     public var status: String
     /// API version, 1.
     public var apiVersion: Int

@@ -134,10 +134,12 @@ import Glibc
             #expect(r.results.first?.reason == .storageError && r.results.first?.retryable == true)
         }
         #expect(f.logs.count("storing an upload failed") == 1)
+        #expect(try await client.health().status == "storage-failing")
         try FileManager.default.moveItem(atPath: aside, toPath: store.blobDirectory)
         #expect(try await client.upload(stream(Array(records[2...4]))).results.allSatisfy { $0.status == .stored })
         #expect(f.logs.count("storing uploads works again") == 1)
         #expect(f.logs.contains("repeats_not_logged=2"))
+        #expect(try await client.health().status == "ok")
         await client.close()
     }
 

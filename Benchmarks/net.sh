@@ -6,7 +6,7 @@
 #     4 MiB (the collector's durability without HTTP, parsing or SQLite);
 #  2. collector ingest with many concurrent simulated agents (default 1,000), each on its own TLS
 #     connection: requests/s and p50/p99 acknowledgement time.
-# Usage: Benchmarks/net.sh [--mib N] [--blob-kib N] [--lanes N] [--rounds N] [--agents N] [--requests N]   (needs openssl)
+# Usage: Benchmarks/net.sh [--mib N] [--blob-kib N] [--lanes N] [--batch-kib N] [--rounds N] [--agents N] [--requests N]   (needs openssl)
 set -eu
 cd "$(dirname "$0")/.."
 . Benchmarks/release-flags.sh

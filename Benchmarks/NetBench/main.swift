@@ -1,7 +1,7 @@
 // custos-bench-net: upload throughput over loopback vs a plain TLS stream (same run), and collector
 // ingest with many concurrent simulated agents (p50/p99 acknowledgement time).
 //
-// Usage: custos-bench-net [--mib N] [--blob-kib N] [--lanes N] [--rounds N] [--agents N] [--requests N]
+// Usage: custos-bench-net [--mib N] [--blob-kib N] [--lanes N] [--batch-kib N] [--rounds N] [--agents N] [--requests N]
 // Everything runs in this process on 127.0.0.1: a real CollectorServer (SQLite in a temp dir,
 // certificates and KEK made by the openssl CLI), real pinned Transport clients, and for the
 // baseline a NIOSSL server that discards what it reads.
@@ -136,6 +136,7 @@ final class MemoryQueue: UploadQueue, Sendable {
 let blobBytes = blobKiB * 1024
 let blobCount = max(1, totalMiB * 1024 / blobKiB)
 let lanes = argument("--lanes", UploaderConfiguration().parallelRequests)
+let batchBytes = argument("--batch-kib", UploaderConfiguration().maxBatchBytes / 1024) * 1024
 let rounds = argument("--rounds", 3)
 let payload = Data((0..<blobBytes).map { UInt8(truncatingIfNeeded: $0 &* 31) })
 let token0 = try server.store.addAgent(id: "bench-0")
@@ -158,7 +159,8 @@ let clock = ContinuousClock()
     let queue = MemoryQueue(entries, done: doneContinuation)
     let client = try CollectorClient(configuration: transport0, logger: logger)
     let uploader = Uploader(queue: queue, client: client,
-                            configuration: UploaderConfiguration(idleInterval: .milliseconds(5), parallelRequests: lanes),
+                            configuration: UploaderConfiguration(maxBatchBytes: batchBytes, idleInterval: .milliseconds(5),
+                                                                 parallelRequests: lanes),
                             logger: logger)
     let start = clock.now
     let run = Task { try await uploader.run() }

@@ -20,10 +20,7 @@ enum BlobFiles {
     /// A blob file is not appended to once it holds this many bytes (1 GiB).
     static let maxFileBytes = 1 << 30
 
-    static func fileName(_ number: Int64) -> String {
-        let digits = String(number)
-        return String(repeating: "0", count: max(0, 8 - digits.count)) + digits + ".blobs"
-    }
+    static func fileName(_ number: Int64) -> String { String(format: "%08lld.blobs", number) }
 
     /// The marker file in a blob directory: the id of the database it belongs to
     /// (`blob_store.id`), one line. It tells an unmounted volume's empty mount point, or another
@@ -70,21 +67,16 @@ enum BlobFiles {
         guard offset >= 0, size >= 0, Int64(size) <= fileSize - offset else {
             throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): the file ends at byte \(fileSize)")
         }
-        var data = Data(count: size)
-        var done = 0
-        var failure: Int32 = 0
-        data.withUnsafeMutableBytes { raw in
-            while done < size {
-                let n = pread(fd, raw.baseAddress! + done, size - done, off_t(offset) + off_t(done))
-                if n > 0 { done += n; continue }
-                if n < 0 && errno == EINTR { continue }
-                failure = n < 0 ? errno : 0
-                break
-            }
+        let data: Data
+        do {
+            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+            try handle.seek(toOffset: UInt64(offset))
+            data = try handle.read(upToCount: size) ?? Data()
+        } catch {
+            throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): \((error as NSError).localizedDescription)")
         }
-        guard done == size else {
-            let why = failure != 0 ? String(cString: strerror(failure)) : "the file ends at byte \(offset + Int64(done))"
-            throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): \(why)")
+        guard data.count == size else {  // cut between the check and the read
+            throw CollectorError(.database, "\(file): cannot read \(size) bytes at offset \(offset): the file ends at byte \(offset + Int64(data.count))")
         }
         return data
     }
@@ -192,21 +184,12 @@ final class BlobAppender {
     /// - Throws: ``CollectorError`` `.database` naming the file (ENOSPC, EIO, …).
     func append(_ blob: Data) throws(CollectorError) -> Int64 {
         let offset = size
-        var failure: Int32 = 0
-        let written = blob.withUnsafeBytes { raw -> Int in
-            var done = 0
-            while done < raw.count {
-                let n = write(fd, raw.baseAddress! + done, raw.count - done)
-                if n > 0 { done += n; continue }
-                if n < 0 && errno == EINTR { continue }
-                failure = n < 0 ? errno : ENOSPC
-                break
-            }
-            return done
-        }
-        size += Int64(written)
-        guard failure == 0 else {
-            throw CollectorError(.database, "\(filePath): cannot append a blob of \(blob.count) bytes: \(String(cString: strerror(failure)))")
+        size += Int64(blob.count)  // on failure, at most this much was written: rollback() cuts it
+        do {
+            // FileHandle writes it all (partial writes, EINTR) or throws.
+            try FileHandle(fileDescriptor: fd, closeOnDealloc: false).write(contentsOf: blob)
+        } catch {
+            throw CollectorError(.database, "\(filePath): cannot append a blob of \(blob.count) bytes: \((error as NSError).localizedDescription)")
         }
         return offset
     }

@@ -115,9 +115,8 @@ public final class SQLiteCollectorStore: CollectorStore {
     /// ones (keystroke chunks) stay inline in `captures.blob`, one write with the row.
     public static let blobFileMinBytes = 32 * 1024
 
-
     /// The sealed bytes of a `captures` row selected with `blob, blob_file, blob_offset, size`.
-    private func blobBytes(_ row: Row, blobID: String) throws -> Data {
+    private func blobBytes(_ row: Row) throws -> Data {
         guard let number: Int64 = row["blob_file"] else { return row["blob"] }
         let offset: Int64 = row["blob_offset"] ?? 0
         return try BlobFiles.read(directory: blobDirectory, number: number, offset: offset, size: row["size"])
@@ -341,7 +340,7 @@ public final class SQLiteCollectorStore: CollectorStore {
                     guard sameRow else { outcomes.append(.conflict); continue }
                     let stored: Data
                     do {
-                        stored = try self.blobBytes(row, blobID: blobID)
+                        stored = try self.blobBytes(row)
                     } catch is CollectorError {
                         // The stored copy is unreadable (its blob file lost, cut short or damaged):
                         // the agent's copy, same header and size, repairs the row.
@@ -448,7 +447,7 @@ public final class SQLiteCollectorStore: CollectorStore {
         try run("read blob \(blobID)") {
             try pool.read { db in
                 try Row.fetchOne(db, sql: "SELECT blob, blob_file, blob_offset, size FROM captures WHERE blob_id = ?",
-                                 arguments: [blobID.lowercased()]).map { try blobBytes($0, blobID: blobID) }
+                                 arguments: [blobID.lowercased()]).map { try blobBytes($0) }
             }
         }
     }

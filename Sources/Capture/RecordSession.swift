@@ -115,14 +115,13 @@ final class RecordSession {
     /// Processes recorded data until `shouldStop` or a lost connection, closing idle chunks.
     /// Waits on both connections, so recorded keys and keymap events wake it at once.
     func loop(shouldStop: () -> Bool) -> End {
-        let fd = XConnectionNumber(data.dpy)
-        let controlFd = XConnectionNumber(control.dpy)
+        // Built once: poll(2) only writes `revents`, which each call overwrites.
+        var fds = [pollfd(fd: XConnectionNumber(data.dpy), events: Int16(POLLIN), revents: 0),
+                   pollfd(fd: XConnectionNumber(control.dpy), events: Int16(POLLIN), revents: 0)]
         while true {
             if shouldStop() { return .stopped }
             if control.isDead || data.isDead { return .lost(control.lostError()) }
             if let failure { return .lost(failure) }
-            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: controlFd, events: Int16(POLLIN), revents: 0)]
             let ready = poll(&fds, 2, Self.pollTimeoutMs)
             let pfd = fds[0]
             if ready > 0 && pfd.revents != 0 {

@@ -136,14 +136,15 @@ public final class CollectorServer: Sendable {
             return json(.unsupportedMediaType, ErrorResponse(error: .unsupportedMediaType,
                                                              message: "expected Content-Type \(WireAPI.recordsContentType)"))
         }
-        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > maxBytes {
+        let declared = request.headers[.contentLength].flatMap { Int($0) }
+        if let length = declared, length > maxBytes {
             logger.warning("upload refused: too large", metadata: ["collector.agent_id": "\(auth.agentID)",
                                                                    "collector.bytes": "\(length)"])
             return json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body of \(length) bytes exceeds \(maxBytes)"))
         }
         // Reserve the body's size before reading it (a body without Content-Length counts as
         // the largest allowed), so memory stays bounded however many agents upload at once.
-        let reserved = request.headers[.contentLength].flatMap({ Int($0) }) ?? maxBytes
+        let reserved = declared ?? maxBytes
         guard budget.reserve(reserved) else {
             logger.notice("upload deferred: collector busy", metadata: [
                 "collector.agent_id": "\(auth.agentID)", "collector.bytes": "\(reserved)",

@@ -38,13 +38,7 @@ import Wire
         let dir = try TempDir("custos-collector-exe")
         defer { dir.remove() }
         let (pki, kek) = try sharedMaterial.get()
-        try """
-            listen=127.0.0.1:0
-            tls-cert=\(pki.chain("leaf"))
-            tls-key=\(pki.key("leaf"))
-            database=collector.db
-            kek-poll-seconds=3600
-            """.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", extra: "kek-poll-seconds=3600")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["--config", dir.file("collector.cfg")]

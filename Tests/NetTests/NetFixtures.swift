@@ -111,3 +111,15 @@ let sharedMaterial: Result<(pki: TestPKI, kek: (publicKey: String, privateKey: S
 }
 
 func stream(_ records: [EnvelopeRecord]) -> Data { RecordStream.encode(records) }
+
+/// Writes a `collector.cfg` serving the shared PKI's leaf certificate on `listen`, with
+/// `database=collector.db` (beside the file) and any `extra` lines.
+func writeCollectorConfig(_ path: String, pki: TestPKI, listen: String, extra: String = "") throws {
+    try """
+        listen=\(listen)
+        tls-cert=\(pki.chain("leaf"))
+        tls-key=\(pki.key("leaf"))
+        database=collector.db
+        \(extra)
+        """.write(toFile: path, atomically: true, encoding: .utf8)
+}

@@ -61,6 +61,18 @@ public func waitUntil(timeout: TimeInterval, _ condition: () throws -> Bool) ret
     return try condition()
 }
 
+/// Polls `condition` every `interval` until it is true or `timeout` seconds pass, sleeping
+/// without blocking a thread; returns whether it became true.
+public func waitUntil(timeout: TimeInterval, every interval: Duration = .milliseconds(100),
+                      _ condition: () throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return true }
+        try await Task.sleep(for: interval)
+    }
+    return try condition()
+}
+
 /// A TCP socket bound to 127.0.0.1 on a port the kernel picks, listening until `close()`
 /// (or deinit): a port that is busy for as long as the test holds it.
 public final class LoopbackListener: @unchecked Sendable {

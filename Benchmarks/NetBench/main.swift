@@ -185,28 +185,28 @@ final class Discard: ChannelInboundHandler, @unchecked Sendable {
     var seen = 0
     var unsynced = 0
     let expected: Int
-    let fd: Int32?
-    init(expected: Int, file: String?) {
+    let file: FileHandle?
+    init(expected: Int, file path: String?) {
         self.expected = expected
-        fd = file.map { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+        file = path.flatMap { path in
+            FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+            return FileHandle(forWritingAtPath: path)
+        }
     }
-    deinit { if let fd { close(fd) } }
+    deinit { try? file?.close() }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         seen += buffer.readableBytes
-        if let fd {
-            buffer.withUnsafeReadableBytes { raw in
-                var done = 0
-                while done < raw.count {
-                    let n = write(fd, raw.baseAddress! + done, raw.count - done)
-                    if n <= 0 { fatalError("durable reference: write failed, errno \(errno)") }
-                    done += n
+        if let file {
+            do {
+                try file.write(contentsOf: buffer.readableBytesView)
+                unsynced += buffer.readableBytes
+                if unsynced >= 4 << 20 || seen >= expected {
+                    guard fdatasync(file.fileDescriptor) == 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
+                    unsynced = 0
                 }
-            }
-            unsynced += buffer.readableBytes
-            if unsynced >= 4 << 20 || seen >= expected {
-                if fdatasync(fd) != 0 { fatalError("durable reference: fdatasync failed, errno \(errno)") }
-                unsynced = 0
+            } catch {
+                fatalError("durable reference: cannot write or sync: \(error)")
             }
         }
         if seen >= expected {

@@ -317,3 +317,215 @@ import Glibc
         await client.close()
     }
 }
+
+/// Damage around blob files (found in review): nothing is ever written over a referenced byte,
+/// an unreadable stored copy is repaired by the agent's re-sent one, and files that are not
+/// regular files in a private directory are never written.
+@Suite struct BlobFileDamageTests {
+    /// A store in a fresh temp dir, with a DEK session whose record is stored already.
+    struct Rig {
+        let dir: TempDir
+        let store: SQLiteCollectorStore
+        let session: DEKSession
+
+        init(_ name: String, databaseName: String = "collector.db") async throws {
+            dir = try TempDir(name)
+            store = try SQLiteCollectorStore(path: dir.file(databaseName))
+            session = try DEKSession(kek: try KEKPublicKey(pemFile: try sharedMaterial.get().kek.publicKey), agentID: "dmg")
+            let r = session.record
+            _ = try await store.ingest([.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: "dmg", creationTimeMs: 1,
+                                            record: r.serialized)], receivedAtMs: 1)
+        }
+
+        func blob(_ size: Int) throws -> SealedBlob {
+            try session.seal(randomData(size), kind: .screen, captureTimeMs: 1_700_000_000_000)
+        }
+
+        func ingest(_ blobs: [SealedBlob]) async throws -> [IngestOutcome] {
+            try await store.ingest(blobs.map { b in
+                .blob(blobID: b.header.blobID.hex, agentID: "dmg", kind: b.header.kind.name, dekID: b.header.dekID.hex,
+                      kekID: b.header.kekID.hex, sequence: Int64(bitPattern: b.header.sequence),
+                      captureTimeMs: b.header.captureTimeMs, blob: b.serialized)
+            }, receivedAtMs: 2)
+        }
+
+        func file(_ n: Int) -> String { store.blobDirectory + "/" + String(format: "%08d.blobs", n) }
+        func size(_ path: String) -> Int? { (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int }
+        func read(_ b: SealedBlob) throws -> Data? { try store.blob(blobID: b.header.blobID.hex) }
+    }
+
+    @Test(arguments: ["lost", "cut short"])
+    func aDamagedFileIsNeverWrittenOverAndResendingRepairs(_ damage: String) async throws {
+        let rig = try await Rig("blob-damage")
+        defer { rig.dir.remove() }
+        let old = try (0..<3).map { _ in try rig.blob(100_000) }
+        #expect(try await rig.ingest(old) == [.stored, .stored, .stored])
+        if damage == "lost" {
+            try FileManager.default.moveItem(atPath: rig.file(1), toPath: rig.dir.file("elsewhere.blobs"))
+        } else {
+            #expect(truncate(rig.file(1), 50_000) == 0)
+        }
+        // New blobs go to a new file: file 1's referenced bytes are never overwritten.
+        let new = try rig.blob(200_000)
+        #expect(try await rig.ingest([new]) == [.stored])
+        #expect(rig.size(rig.file(2)) == new.serialized.count)
+        #expect(try rig.read(new) == new.serialized)
+        for b in old {
+            #expect(throws: CollectorError.self) { try rig.read(b) }
+        }
+        // The agent's copy of a damaged blob repairs it, in a batch with a new small blob that
+        // is stored as usual; sending it once more is a duplicate.
+        let small = try rig.blob(1_000)
+        #expect(try await rig.ingest([old[0], small]) == [.stored, .stored])
+        #expect(try rig.read(old[0]) == old[0].serialized)
+        #expect(try rig.read(small) == small.serialized)
+        #expect(try await rig.ingest([old[0]]) == [.duplicate])
+        // With its stored copy gone, the collector cannot tell other bytes under the same header
+        // and size from the original: they repair the row too (Ingestor only accepts them from the
+        // blob's own agent), and decryption's AEAD tag check is what catches them.
+        var forged = old[1].serialized
+        forged[forged.count - 1] ^= 1
+        #expect(try await rig.store.ingest([.blob(blobID: old[1].header.blobID.hex, agentID: "dmg", kind: "screen",
+                                                  dekID: old[1].header.dekID.hex, kekID: old[1].header.kekID.hex,
+                                                  sequence: Int64(bitPattern: old[1].header.sequence),
+                                                  captureTimeMs: old[1].header.captureTimeMs, blob: forged)],
+                                           receivedAtMs: 3) == [.stored])
+        #expect(try rig.read(old[1]) == forged)
+    }
+
+    /// A batch that fails before its COMMIT (here a trigger refuses one row) leaves the blob file
+    /// exactly as it was, and stores nothing; the same batch later goes through whole.
+    @Test func aBatchThatFailsBeforeCommitIsCutOffTheFile() async throws {
+        try requireTool("sqlite3")
+        let rig = try await Rig("blob-abort")
+        defer { rig.dir.remove() }
+        let first = try rig.blob(60_000)
+        #expect(try await rig.ingest([first]) == [.stored])
+        let good = try rig.blob(70_000), poisoned = try rig.blob(77_000)
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", rig.store.path, """
+            CREATE TRIGGER boom BEFORE INSERT ON captures WHEN NEW.size = \(poisoned.serialized.count)
+            BEGIN SELECT RAISE(ABORT, 'refused by test trigger'); END;
+            """])
+        await #expect(throws: (any Error).self) { try await rig.ingest([good, poisoned]) }
+        #expect(rig.size(rig.file(1)) == first.serialized.count)
+        #expect(try rig.store.counts().captures == 1)
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", rig.store.path, "DROP TRIGGER boom"])
+        #expect(try await rig.ingest([good, poisoned]) == [.stored, .stored])
+        for b in [first, good, poisoned] { #expect(try rig.read(b) == b.serialized) }
+    }
+
+    /// Only the blob's own agent (and KEK, kind, DEK, sequence, time, size) can repair a row
+    /// whose stored copy is unreadable; anything else under that id is a conflict.
+    @Test func anotherAgentCannotRepairABlob() async throws {
+        let rig = try await Rig("blob-other-agent")
+        defer { rig.dir.remove() }
+        let b = try rig.blob(100_000)
+        #expect(try await rig.ingest([b]) == [.stored])
+        #expect(truncate(rig.file(1), 10) == 0)
+        let h = b.header
+        func item(agent: String) -> IngestItem {
+            .blob(blobID: h.blobID.hex, agentID: agent, kind: h.kind.name, dekID: h.dekID.hex, kekID: h.kekID.hex,
+                  sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs, blob: b.serialized)
+        }
+        #expect(try await rig.store.ingest([item(agent: "intruder")], receivedAtMs: 3) == [.conflict])
+        #expect(throws: CollectorError.self) { try rig.read(b) }
+        #expect(try await rig.store.ingest([item(agent: "dmg")], receivedAtMs: 4) == [.stored])
+        #expect(try rig.read(b) == b.serialized)
+    }
+
+    @Test func symlinksFIFOsAndStrayNamesAreNeverAppendedTo() async throws {
+        let rig = try await Rig("blob-strays")
+        defer { rig.dir.remove() }
+        let first = try rig.blob(50_000)
+        #expect(try await rig.ingest([first]) == [.stored])
+        // A symlink as the newest file: the target is never written.
+        let victim = rig.dir.file("victim")
+        try Data("untouched".utf8).write(to: URL(fileURLWithPath: victim))
+        try FileManager.default.createSymbolicLink(atPath: rig.file(2), withDestinationPath: victim)
+        let second = try rig.blob(50_000)
+        #expect(try await rig.ingest([second]) == [.stored])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: victim)) == Data("untouched".utf8))
+        #expect(rig.size(rig.file(3)) == second.serialized.count)
+        // A FIFO as the newest file: no blocking, the next number is used.
+        #expect(mkfifo(rig.file(4), 0o600) == 0)
+        let third = try rig.blob(50_000)
+        #expect(try await rig.ingest([third]) == [.stored])
+        #expect(rig.size(rig.file(5)) == third.serialized.count)
+        // Names that are not exactly eight digits do not count.
+        try Data().write(to: URL(fileURLWithPath: rig.store.blobDirectory + "/+0000099.blobs"))
+        let fourth = try rig.blob(50_000)
+        #expect(try await rig.ingest([fourth]) == [.stored])
+        #expect(rig.size(rig.file(5)) == third.serialized.count + fourth.serialized.count)
+        for b in [first, second, third, fourth] { #expect(try rig.read(b) == b.serialized) }
+    }
+
+    /// The blob directory carries a marker with its database's id: a missing directory, an empty
+    /// one (an unmounted volume's mount point) or another database's, while rows point into blob
+    /// files, refuses large blobs with an error naming it, instead of filling a directory that
+    /// would hide them; small blobs still go in, and all is well once the right one is back.
+    @Test func aMissingEmptyOrForeignBlobDirectoryIsRefused() async throws {
+        let rig = try await Rig("blob-marker")
+        defer { rig.dir.remove() }
+        let other = try await Rig("blob-marker-other")
+        defer { other.dir.remove() }
+        let first = try rig.blob(50_000)
+        #expect(try await rig.ingest([first]) == [.stored])
+        #expect(try await other.ingest([try other.blob(50_000)]) == [.stored])
+        let marker = rig.store.blobDirectory + "/.custos-blobs"
+        #expect((try FileManager.default.attributesOfItem(atPath: marker)[.posixPermissions] as? Int) == 0o600)
+        let aside = rig.dir.file("aside")
+        try FileManager.default.moveItem(atPath: rig.store.blobDirectory, toPath: aside)
+
+        func refused(_ why: String) async throws {
+            do {
+                _ = try await rig.ingest([try rig.blob(50_000)])
+                Issue.record("a large blob was stored with the blob directory \(why)")
+            } catch {
+                #expect("\(error)".contains(rig.store.blobDirectory) && "\(error)".contains("refused"), "\(why): \(error)")
+            }
+            #expect(try await rig.ingest([try rig.blob(1_000)]) == [.stored], "small blobs with the directory \(why)")
+        }
+        try await refused("missing")
+        #expect(!FileManager.default.fileExists(atPath: rig.store.blobDirectory))
+        try FileManager.default.createDirectory(atPath: rig.store.blobDirectory, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o700])
+        try await refused("empty")
+        try FileManager.default.removeItem(atPath: rig.store.blobDirectory)
+        try runChecked(["cp", "-a", other.store.blobDirectory, rig.store.blobDirectory])
+        try await refused("of another database")
+        #expect(rig.size(rig.file(1)) == rig.size(other.file(1)))  // the other database's file untouched
+
+        try FileManager.default.removeItem(atPath: rig.store.blobDirectory)
+        try FileManager.default.moveItem(atPath: aside, toPath: rig.store.blobDirectory)
+        let later = try rig.blob(50_000)
+        #expect(try await rig.ingest([later]) == [.stored])
+        #expect(try rig.read(first) == first.serialized && rig.read(later) == later.serialized)
+    }
+
+    @Test func aBlobDirectoryOthersCanWriteIsRefused() async throws {
+        let rig = try await Rig("blob-mode")
+        defer { rig.dir.remove() }
+        try FileManager.default.createDirectory(atPath: rig.store.blobDirectory, withIntermediateDirectories: false)
+        #expect(chmod(rig.store.blobDirectory, 0o777) == 0)
+        do {
+            _ = try await rig.ingest([try rig.blob(50_000)])
+            Issue.record("a world-writable blob directory was used")
+        } catch {
+            #expect("\(error)".contains(rig.store.blobDirectory) && "\(error)".contains("writable by group or others"), "\(error)")
+        }
+        // Small blobs do not need the directory.
+        #expect(try await rig.ingest([try rig.blob(1_000)]) == [.stored])
+        #expect(chmod(rig.store.blobDirectory, 0o700) == 0)
+        #expect(try await rig.ingest([try rig.blob(50_000)]) == [.stored])
+    }
+
+    @Test func aSymlinkedDatabaseKeepsItsBlobsBesideTheRealFile() async throws {
+        let dir = try TempDir("blob-dblink")
+        defer { dir.remove() }
+        try FileManager.default.createDirectory(atPath: dir.file("real"), withIntermediateDirectories: false)
+        _ = try SQLiteCollectorStore(path: dir.file("real/collector.db"))
+        try FileManager.default.createSymbolicLink(atPath: dir.file("link.db"), withDestinationPath: dir.file("real/collector.db"))
+        let viaLink = try SQLiteCollectorStore(path: dir.file("link.db"))
+        #expect(viaLink.blobDirectory.hasSuffix("/real/collector.db.blobs"))
+    }
+}

@@ -189,7 +189,7 @@ final class Discard: ChannelInboundHandler, @unchecked Sendable {
     init(expected: Int, file path: String?) {
         self.expected = expected
         file = path.flatMap { path in
-            FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+            _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
             return FileHandle(forWritingAtPath: path)
         }
     }

@@ -2,6 +2,7 @@
 // ingest with many concurrent simulated agents (p50/p99 acknowledgement time).
 //
 // Usage: custos-bench-net [--mib N] [--blob-kib N] [--lanes N] [--batch-kib N] [--rounds N] [--agents N] [--requests N]
+//                         [--profile-upload]  (upload rounds only, for perf record)
 // Everything runs in this process on 127.0.0.1: a real CollectorServer (SQLite in a temp dir,
 // certificates and KEK made by the openssl CLI), real pinned Transport clients, and for the
 // baseline a NIOSSL server that discards what it reads.
@@ -275,6 +276,12 @@ let clientContext = try NIOSSLContext(configuration: clientTLS)
 // Alternate the two, order swapped every round; medians.
 // A third series, the durable reference, sits between them in every round.
 var uploadTimes: [Double] = [], plainTimes: [Double] = [], durableTimes: [Double] = []
+if CommandLine.arguments.contains("--profile-upload") {
+    // For `perf record`: upload rounds only, no references, no ingest.
+    for _ in 0..<rounds { print(String(format: "upload: %.2f s", try await uploadRound().seconds)) }
+    try? FileManager.default.removeItem(atPath: dir)  // exit skips the defer above
+    exit(0)
+}
 let first = try await uploadRound()  // also fixes the byte count of every round
 let totalBytes = first.bytes
 uploadTimes.append(first.seconds)

@@ -155,10 +155,13 @@ public final class CollectorServer: Sendable {
                 retryAfter: budget.retryAfterSeconds)
         }
         defer { budget.release(reserved) }
-        let body: ByteBuffer
+        // Collected into one buffer of the declared size, allocated once: no regrowth, and the
+        // TLS layer's read buffers are released as soon as each fragment is copied.
+        var body = ByteBuffer()
+        body.reserveCapacity(max(0, declared ?? 0))
         do {
-            body = try await request.body.collect(upTo: maxBytes)
-        } catch let error as HTTPError where error.status == .contentTooLarge {
+            try await request.body.collect(upTo: maxBytes, into: &body)
+        } catch is NIOTooManyBytesError {
             logger.warning("upload refused: body too large", metadata: ["collector.agent_id": "\(auth.agentID)"])
             return json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body exceeds \(maxBytes) bytes"))
         } catch {
@@ -167,9 +170,7 @@ public final class CollectorServer: Sendable {
                                                                        "collector.error": "\(error)"])
             return json(.badRequest, ErrorResponse(error: .malformed, message: "the request body could not be read: \(error)"))
         }
-        // The Data shares the collected buffer's storage (no copy of a body of up to max-request-bytes).
-        let bytes = body.getData(at: body.readerIndex, length: body.readableBytes, byteTransferStrategy: .noCopy) ?? Data()
-        switch await ingestor.ingest(agentID: auth.agentID, body: bytes) {
+        switch await ingestor.ingest(agentID: auth.agentID, body: body) {
         case .results(let status, let response):
             return json(.init(code: status), response)
         case .error(let status, let error):

@@ -1,6 +1,8 @@
 import Envelope
 import Foundation
 import Logging
+import NIOCore
+import NIOFoundationCompat
 import Synchronization
 import Wire
 
@@ -32,11 +34,17 @@ public struct Ingestor: Sendable {
         case error(status: Int, ErrorResponse)
     }
 
-    /// Processes `body` uploaded by `agentID` (already authenticated).
-    public func ingest(agentID: String, body: Data) async -> Outcome {
+    /// Processes `body` (a record stream) uploaded by `agentID` (already authenticated).
+    ///
+    /// Records are not copied out of `body`: each is a zero-based `Data` view of its bytes that
+    /// keeps `body`'s storage alive (`ByteBuffer.getData(at:length:byteTransferStrategy: .noCopy)`).
+    public func ingest(agentID: String, body: ByteBuffer) async -> Outcome {
         let framed: [FramedRecord]
         do {
-            framed = try frameRecords(body, maxRecords: maxRecords)
+            let stream = body.getData(at: body.readerIndex, length: body.readableBytes, byteTransferStrategy: .noCopy) ?? Data()
+            framed = try frameRecords(stream, maxRecords: maxRecords) { range in
+                body.getData(at: body.readerIndex + range.lowerBound, length: range.count, byteTransferStrategy: .noCopy) ?? Data()
+            }
         } catch {
             let tooMany = error.description.contains("more than")
             logger.warning("upload refused: bad record stream", metadata: [

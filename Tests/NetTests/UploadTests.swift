@@ -114,6 +114,47 @@ import Wire
         // The collector is still up and stores a good batch.
         #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .stored })
     }
+
+    /// A body sent chunked (no Content-Length, so nothing is reserved up front) is collected and
+    /// stored like any other; one past max-request-bytes is refused with 413 while it streams in.
+    /// curl stands in for a client other than ours (it pins the leaf's SPKI too).
+    @Test func chunkedBodiesAreStoredAndLimited() async throws {
+        try requireTool("curl")
+        let f = try await NetFixture.start("chunked", maxRequestBytes: 64 * 1024)
+        defer { Task { await f.stop() } }
+        func post(_ body: Data, _ name: String) throws -> (status: String, answer: String) {
+            let bodyFile = f.dir.file("\(name).body"), answerFile = f.dir.file("\(name).answer")
+            try body.write(to: URL(fileURLWithPath: bodyFile))
+            let pin = try f.collector.pin.replacingOccurrences(of: "sha256/", with: "sha256//")
+            let status = try runChecked([
+                "curl", "-sS", "--max-time", "60", "--cacert", sharedMaterial.get().pki.rootCertificate,
+                "--pinnedpubkey", pin, "-o", answerFile, "-w", "%{http_code}",
+                "-H", "Authorization: \(WireAPI.authorization(agentID: f.agentID, token: f.token))",
+                "-H", "Content-Type: \(WireAPI.recordsContentType)", "-H", "Transfer-Encoding: chunked",
+                "--data-binary", "@" + bodyFile, "https://127.0.0.1:\(f.collector.port)\(WireAPI.recordsPath)"])
+            return (status.trimmingCharacters(in: .whitespacesAndNewlines),
+                    (try? String(contentsOfFile: answerFile, encoding: .utf8)) ?? "")
+        }
+        let (records, _) = try f.records(count: 5, size: 8000)
+        let small = try post(stream(records), "small")
+        #expect(small.status == "200", "answer: \(small.answer)")
+        let response = try JSONDecoder().decode(UploadResponse.self, from: Data(small.answer.utf8))
+        #expect(response.results.count == 6 && response.results.allSatisfy { $0.status == .stored })
+        #expect(try f.storedCounts == (5, 1))
+        // What was stored is each record's bytes, byte for byte (each is cut out of the received
+        // buffer without a copy).
+        for record in records.dropFirst() {
+            guard case .blob(let blob) = record else { continue }
+            #expect(try f.collector.store.blob(blobID: blob.header.blobID.hex) == blob.serialized)
+        }
+
+        let (big, _) = try f.records(count: 12, size: 8000)  // about 97 KiB > 64 KiB
+        let refused = try post(stream(big), "big")
+        #expect(refused.status == "413", "answer: \(refused.answer)")
+        #expect(refused.answer.contains(RefusalReason.tooLarge.rawValue))
+        #expect(f.logs.contains("body too large"))
+        #expect(try f.storedCounts == (5, 1))
+    }
 }
 
 @Suite struct WireTests {
@@ -128,6 +169,14 @@ import Wire
         #expect(throws: FramingError.self) { try frameRecords(body.dropLast()) }
         #expect(throws: FramingError.self) { try frameRecords(Data([0x43, 0x53, 0x54, 0x53, 1, 2, 0, 0, 0, 3])) }
         #expect(throws: FramingError.self) { try frameRecords(body, maxRecords: 1) }
+        // A slice that does not start at index 0: records are still found, and `cut` is handed
+        // ranges counted from the slice's start.
+        let slice = (Data([0xFF, 0xFF, 0xFF]) + body)[3...]
+        #expect(try frameRecords(slice).map(\.bytes) == [a, b])
+        var ranges: [Range<Int>] = []
+        let cut = try frameRecords(slice) { range in ranges.append(range); return Data(count: range.count) }
+        #expect(ranges == [0..<12, 12..<22])
+        #expect(cut.map(\.bytes.count) == [12, 10])
     }
 
     @Test func authorizationHeader() {

@@ -17,6 +17,10 @@ import Wire
 /// - `retry-after-seconds` (integer 1...3600, default 5): the `Retry-After` of those 503 answers.
 /// - `idle-timeout-seconds` (integer 1...3600, default 30): a connection that sends nothing for
 ///   this long (idle keep-alive, or a request whose body stalled) is closed.
+/// - `body-timeout-seconds` (integer 1...3600, default 120): an upload body must arrive within
+///   this long of its request head; a slower one gets 408 and its connection is closed.
+/// - `max-uploads-per-agent` (integer 1...1000, default 4): uploads one agent may have in flight
+///   at once; more get 503 with `Retry-After`.
 public struct CollectorConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
@@ -32,6 +36,11 @@ public struct CollectorConfiguration: Sendable {
     public var retryAfterSeconds: Int
     /// A connection silent this long is closed (a stalled body then frees its in-flight bytes).
     public var idleTimeout: Duration
+    /// From an upload's request head to its body's last byte, at most (a trickling body then
+    /// gets 408 and frees its in-flight bytes).
+    public var bodyTimeout: Duration
+    /// Uploads one agent may have in flight at once (beyond: 503 + `Retry-After`).
+    public var maxUploadsPerAgent: Int
     /// Whether SIGHUP triggers a KEK refresh (the executable: yes; in-process tests: no).
     public var trapSIGHUP: Bool
 
@@ -39,7 +48,8 @@ public struct CollectorConfiguration: Sendable {
                 databasePath: String, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
                 maxRecordsPerRequest: Int = WireAPI.defaultMaxRecordsPerRequest,
                 kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
-                retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), trapSIGHUP: Bool = false) {
+                retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), bodyTimeout: Duration = .seconds(120),
+                maxUploadsPerAgent: Int = 4, trapSIGHUP: Bool = false) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
@@ -51,6 +61,8 @@ public struct CollectorConfiguration: Sendable {
         self.maxInflightBytes = maxInflightBytes
         self.retryAfterSeconds = retryAfterSeconds
         self.idleTimeout = idleTimeout
+        self.bodyTimeout = bodyTimeout
+        self.maxUploadsPerAgent = maxUploadsPerAgent
         self.trapSIGHUP = trapSIGHUP
     }
 
@@ -76,6 +88,10 @@ public struct CollectorConfiguration: Sendable {
                   doc: "Retry-After (seconds) of the HTTP 503 sent when max-inflight-bytes is reached."),
         ConfigKey("idle-timeout-seconds", type: "integer 1...3600", default: "30",
                   doc: "A connection that sends nothing for this long is closed: an idle keep-alive, or an upload whose body stalled (its bytes then leave max-inflight-bytes)."),
+        ConfigKey("body-timeout-seconds", type: "integer 1...3600", default: "120",
+                  doc: "An upload body must arrive within this many seconds of its request head (at the default 16 MiB limit, about 140 KB/s); a slower one gets HTTP 408, its bytes leave max-inflight-bytes and its connection is closed. The agent then retries."),
+        ConfigKey("max-uploads-per-agent", type: "integer 1...1000", default: "4",
+                  doc: "Uploads one agent may have in flight at once (the agent sends 2); more get HTTP 503 with Retry-After, so one agent, or one stolen token, cannot take all of max-inflight-bytes."),
     ]
 
     /// Reads `collector.cfg`.
@@ -103,6 +119,8 @@ public struct CollectorConfiguration: Sendable {
                   maxInflightBytes: try f.int("max-inflight-bytes", default: 256 << 20, in: 1 << 20...64 << 30),
                   retryAfterSeconds: try f.int("retry-after-seconds", default: 5, in: 1...3600),
                   idleTimeout: .seconds(try f.int("idle-timeout-seconds", default: 30, in: 1...3600)),
+                  bodyTimeout: .seconds(try f.int("body-timeout-seconds", default: 120, in: 1...3600)),
+                  maxUploadsPerAgent: try f.int("max-uploads-per-agent", default: 4, in: 1...1000),
                   trapSIGHUP: true)
     }
 

@@ -30,7 +30,8 @@ public final class CollectorServer: Sendable {
     /// - Throws: ``CollectorError`` `.configuration` for unreadable TLS files, `.database` for the store.
     public init(configuration: CollectorConfiguration, store: (any CollectorStore)? = nil, logger: Logger) throws(CollectorError) {
         self.configuration = configuration
-        inflight = InflightBudget(limit: configuration.maxInflightBytes, retryAfterSeconds: configuration.retryAfterSeconds)
+        inflight = InflightBudget(limit: configuration.maxInflightBytes, perAgentLimit: configuration.maxUploadsPerAgent,
+                                  retryAfterSeconds: configuration.retryAfterSeconds)
         self.logger = logger
         if let store { self.store = store } else { self.store = try SQLiteCollectorStore(path: configuration.databasePath) }
         self.registry = KEKRegistry(store: self.store, logger: logger)
@@ -59,6 +60,10 @@ public final class CollectorServer: Sendable {
                                                            privateKey: .privateKey(key))
         tls.minimumTLSVersion = .tlsv12
         tls.maximumTLSVersion = .tlsv13
+        // After sending close_notify, NIOSSL keeps reading (and decrypting) until the client's
+        // close_notify or this timeout (default 5 s). A client that floods a refused request
+        // never answers it, so keep the wait short.
+        tls.shutdownTimeout = .seconds(1)
         do {
             _ = try NIOSSLContext(configuration: tls)
         } catch {
@@ -82,21 +87,27 @@ public final class CollectorServer: Sendable {
     }
 
     func makeApplication(onListening: @escaping @Sendable (Int) async -> Void) throws -> some ApplicationProtocol {
-        let router = Router(context: BasicRequestContext.self)
+        let router = Router(context: CollectorRequestContext.self)
         let registry = self.registry
         let ingestor = Ingestor(store: store, registry: registry, logger: logger,
                                 maxRecords: configuration.maxRecordsPerRequest)
         let store = self.store
         let logger = self.logger
-        let maxBytes = configuration.maxRequestBytes
+        let limits = UploadLimits(maxBytes: configuration.maxRequestBytes, bodyTimeout: configuration.bodyTimeout,
+                                  retryAfterSeconds: configuration.retryAfterSeconds)
         let budget = inflight
         router.get(RouterPath(WireAPI.healthPath)) { _, _ -> Response in
             // No detail (paths, errors) for this unauthenticated endpoint: the log has it.
             Self.json(.ok, HealthResponse(status: ingestor.storageErrors.isFailing ? "storage-failing" : "ok", apiVersion: 1,
                                           activeKEKs: registry.activeIDs.count))
         }
-        router.post(RouterPath(WireAPI.recordsPath)) { request, _ -> Response in
-            await Self.upload(request, store: store, ingestor: ingestor, maxBytes: maxBytes, budget: budget, logger: logger)
+        router.post(RouterPath(WireAPI.recordsPath)) { request, context -> Response in
+            let started = ContinuousClock.now
+            let (response, unread) = await Self.upload(request, store: store, ingestor: ingestor, limits: limits,
+                                                       budget: budget, started: started, logger: logger)
+            guard let unread else { return response }
+            return Self.closing(response, after: request, drainingUpTo: unread,
+                                until: min(started + limits.bodyTimeout, .now + Self.drainTime), channel: context.channel)
         }
         let listen = configuration
         return Application(
@@ -113,69 +124,136 @@ public final class CollectorServer: Sendable {
             logger: logger)
     }
 
-    static func upload(_ request: Request, store: any CollectorStore, ingestor: Ingestor, maxBytes: Int,
-                       budget: InflightBudget, logger: Logger) async -> Response {
+    /// Bytes of a refused request's unread body the collector still reads (and discards) before
+    /// closing the connection: enough for a client that sends its whole body before reading the
+    /// answer to get that answer instead of a reset, and no more. Unauthenticated requests get
+    /// the small figure; authenticated ones up to `max-request-bytes` (an agent may send that much
+    /// anyway).
+    static let unauthenticatedDrainBytes = 64 << 10
+    /// How long a refused request's body is drained at most.
+    static let drainTime = Duration.seconds(10)
+
+    /// Handles `POST /v1/records`. Returns the answer and, for a refusal sent before its body was
+    /// read to the end, how many more body bytes may be drained before the connection is closed
+    /// (nil: the body was read; the connection stays open for the next request).
+    static func upload(_ request: Request, store: any CollectorStore, ingestor: Ingestor, limits: UploadLimits,
+                       budget: InflightBudget, started: ContinuousClock.Instant,
+                       logger: Logger) async -> (Response, unread: Int?) {
+        let maxBytes = limits.maxBytes
         guard let auth = request.headers[.authorization].flatMap(WireAPI.parseAuthorization) else {
             logger.warning("upload refused: missing or malformed Authorization")
-            return unauthorized()
+            return (unauthorized(), Self.unauthenticatedDrainBytes)
         }
         do {
             guard try await store.authenticate(agentID: auth.agentID, token: auth.token) else {
                 logger.warning("upload refused: wrong token", metadata: ["collector.agent_id": "\(auth.agentID)"])
-                return unauthorized()
+                return (unauthorized(), Self.unauthenticatedDrainBytes)
             }
         } catch {
             logger.error("authentication failed", metadata: ["collector.error": "\(error)"])
-            return json(.serviceUnavailable, ErrorResponse(error: .unavailable, message: "authentication store unavailable"),
-                        retryAfter: 5)
+            return (json(.serviceUnavailable, ErrorResponse(error: .unavailable, message: "authentication store unavailable"),
+                         retryAfter: limits.retryAfterSeconds), Self.unauthenticatedDrainBytes)
         }
+        let agent = ["collector.agent_id": Logger.MetadataValue.string(auth.agentID)]
         let type = request.headers[.contentType]?.split(separator: ";").first.map {
             $0.trimmingCharacters(in: .whitespaces).lowercased()
         }
         guard type == WireAPI.recordsContentType else {
-            return json(.unsupportedMediaType, ErrorResponse(error: .unsupportedMediaType,
-                                                             message: "expected Content-Type \(WireAPI.recordsContentType)"))
+            return (json(.unsupportedMediaType, ErrorResponse(error: .unsupportedMediaType,
+                                                              message: "expected Content-Type \(WireAPI.recordsContentType)")),
+                    maxBytes)
         }
-        let declared = request.headers[.contentLength].flatMap { Int($0) }
-        if let length = declared, length > maxBytes {
-            logger.warning("upload refused: too large", metadata: ["collector.agent_id": "\(auth.agentID)",
-                                                                   "collector.bytes": "\(length)"])
-            return json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body of \(length) bytes exceeds \(maxBytes)"))
+        // The HTTP parser has checked Content-Length's syntax; one it accepted that does not fit
+        // an Int (above 2^63-1 bytes) is too large as well.
+        let contentLength = request.headers[.contentLength]
+        let declared = contentLength.flatMap { Int($0) }
+        if contentLength != nil && (declared ?? .max) > maxBytes {
+            let length = contentLength ?? "?"
+            logger.warning("upload refused: too large", metadata: agent.merging(["collector.bytes": "\(length)"]) { $1 })
+            return (json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body of \(length) bytes exceeds \(maxBytes)")),
+                    maxBytes)
         }
         // Reserve the body's size before reading it (a body without Content-Length counts as
-        // the largest allowed), so memory stays bounded however many agents upload at once.
+        // the largest allowed), so memory stays bounded however many agents upload at once; and
+        // at most max-uploads-per-agent of them per agent, so one agent cannot hold it all.
         let reserved = declared ?? maxBytes
-        guard budget.reserve(reserved) else {
-            logger.notice("upload deferred: collector busy", metadata: [
-                "collector.agent_id": "\(auth.agentID)", "collector.bytes": "\(reserved)",
-                "collector.inflight_bytes": "\(budget.inUse)"])
-            return json(.serviceUnavailable, ErrorResponse(
+        switch budget.reserve(reserved, agent: auth.agentID) {
+        case .reserved:
+            break
+        case .full:
+            logger.notice("upload deferred: collector busy", metadata: agent.merging([
+                "collector.bytes": "\(reserved)", "collector.inflight_bytes": "\(budget.inUse)"]) { $1 })
+            return (json(.serviceUnavailable, ErrorResponse(
                 error: .unavailable,
                 message: "collector busy: \(budget.inUse) bytes of uploads in flight (max-inflight-bytes \(budget.limit)); retry later"),
-                retryAfter: budget.retryAfterSeconds)
+                retryAfter: budget.retryAfterSeconds), maxBytes)
+        case .agentAtLimit(let uploads):
+            logger.warning("upload deferred: agent has too many uploads in flight", metadata: agent.merging([
+                "collector.uploads": "\(uploads)"]) { $1 })
+            return (json(.serviceUnavailable, ErrorResponse(
+                error: .unavailable,
+                message: "agent \(auth.agentID) has \(uploads) uploads in flight (max-uploads-per-agent \(budget.perAgentLimit)); retry later"),
+                retryAfter: budget.retryAfterSeconds), maxBytes)
         }
-        defer { budget.release(reserved) }
+        defer { budget.release(reserved, agent: auth.agentID) }
         // Collected into one buffer of the declared size, allocated once: no regrowth, and the
-        // TLS layer's read buffers are released as soon as each fragment is copied.
+        // TLS layer's read buffers are released as soon as each fragment is copied. The body must
+        // arrive within body-timeout-seconds (checked as bytes arrive; a silent connection is
+        // closed by idle-timeout-seconds), so a trickle cannot hold its reservation for ever.
         var body = ByteBuffer()
         body.reserveCapacity(max(0, declared ?? 0))
+        let deadline = started + limits.bodyTimeout
         do {
-            try await request.body.collect(upTo: maxBytes, into: &body)
-        } catch is NIOTooManyBytesError {
-            logger.warning("upload refused: body too large", metadata: ["collector.agent_id": "\(auth.agentID)"])
-            return json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body exceeds \(maxBytes) bytes"))
+            for try await fragment in request.body {
+                guard body.readableBytes + fragment.readableBytes <= maxBytes else {
+                    logger.warning("upload refused: body too large", metadata: agent)
+                    // 0: the body has been iterated; Hummingbird allows one iterator per body.
+                    return (json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body exceeds \(maxBytes) bytes")), 0)
+                }
+                guard ContinuousClock.now <= deadline else {
+                    logger.warning("upload refused: body too slow", metadata: agent.merging([
+                        "collector.bytes": "\(body.readableBytes + fragment.readableBytes)",
+                        "collector.body_timeout_seconds": "\(limits.bodyTimeout.components.seconds)"]) { $1 })
+                    return (json(.requestTimeout, ErrorResponse(
+                        error: .timeout,
+                        message: "the body did not arrive within body-timeout-seconds (\(limits.bodyTimeout.components.seconds) s)")),
+                            0)
+                }
+                body.writeImmutableBuffer(fragment)
+            }
         } catch {
             // The client went away or the connection timed out mid-body (idle-timeout-seconds).
-            logger.warning("upload body could not be read", metadata: ["collector.agent_id": "\(auth.agentID)",
-                                                                       "collector.error": "\(error)"])
-            return json(.badRequest, ErrorResponse(error: .malformed, message: "the request body could not be read: \(error)"))
+            logger.warning("upload body could not be read", metadata: agent.merging(["collector.error": "\(error)"]) { $1 })
+            return (json(.badRequest, ErrorResponse(error: .malformed, message: "the request body could not be read: \(error)")), 0)
         }
         switch await ingestor.ingest(agentID: auth.agentID, body: body) {
         case .results(let status, let response):
-            return json(.init(code: status), response)
+            return (json(.init(code: status), response), nil)
         case .error(let status, let error):
-            return json(.init(code: status), error)
+            return (json(.init(code: status), error), nil)
         }
+    }
+
+    /// `response` with `Connection: close`; once it is sent, up to `limit` more bytes of
+    /// `request`'s body are read and discarded (until `deadline`), then the connection is closed.
+    /// Without this, Hummingbird would read a refused body to its end, however long.
+    /// `limit` must be 0 when the handler has iterated the body already (one iterator per body).
+    static func closing(_ response: Response, after request: Request, drainingUpTo limit: Int,
+                        until deadline: ContinuousClock.Instant, channel: any Channel) -> Response {
+        var closing = response
+        closing.headers[.connection] = "close"
+        let answer = response.body
+        closing.body = ResponseBody(contentLength: answer.contentLength) { writer in
+            defer { channel.close(promise: nil) }
+            try await answer.write(writer)
+            guard limit > 0 else { return }
+            var drained = 0
+            for try await fragment in request.body {
+                drained += fragment.readableBytes
+                if drained > limit || ContinuousClock.now > deadline { break }
+            }
+        }
+        return closing
     }
 
     static func unauthorized() -> Response {
@@ -192,16 +270,45 @@ public final class CollectorServer: Sendable {
     }
 }
 
-/// Bytes of upload bodies the collector holds at once (`max-inflight-bytes`). One request is
-/// always let through when nothing else is in flight, so a body larger than the limit (but
-/// within `max-request-bytes`) is still served.
+/// The limits one upload runs under (from ``CollectorConfiguration``).
+struct UploadLimits: Sendable {
+    /// `max-request-bytes`.
+    let maxBytes: Int
+    /// `body-timeout-seconds`: from the request head to the body's last byte.
+    let bodyTimeout: Duration
+    /// `retry-after-seconds`.
+    let retryAfterSeconds: Int
+}
+
+/// The request context of the collector's routes: Hummingbird's basic context plus the
+/// connection, which a refusal closes (``CollectorServer/closing(_:after:drainingUpTo:until:channel:)``).
+struct CollectorRequestContext: RequestContext {
+    var coreContext: CoreRequestContextStorage
+    let channel: any Channel
+
+    init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
+/// Bytes of upload bodies the collector holds at once (`max-inflight-bytes`), and uploads per
+/// agent (`max-uploads-per-agent`). One request is always let through when nothing else is in
+/// flight, so a body larger than the limit (but within `max-request-bytes`) is still served.
 final class InflightBudget: Sendable {
     let limit: Int
+    let perAgentLimit: Int
     let retryAfterSeconds: Int
-    private let used = Mutex((now: 0, peak: 0))
+    private struct State {
+        var now = 0
+        var peak = 0
+        var uploads: [String: Int] = [:]
+    }
+    private let used = Mutex(State())
 
-    init(limit: Int, retryAfterSeconds: Int) {
+    init(limit: Int, perAgentLimit: Int, retryAfterSeconds: Int) {
         self.limit = limit
+        self.perAgentLimit = perAgentLimit
         self.retryAfterSeconds = retryAfterSeconds
     }
 
@@ -209,17 +316,33 @@ final class InflightBudget: Sendable {
     /// The most ever held at once (for tests and diagnostics).
     var peak: Int { used.withLock { $0.peak } }
 
-    /// Takes `bytes` from the budget; false (nothing taken) when that would pass the limit.
-    func reserve(_ bytes: Int) -> Bool {
+    enum Reservation: Equatable {
+        case reserved
+        /// Taking the bytes would pass `max-inflight-bytes`.
+        case full
+        /// The agent has this many uploads in flight already (`max-uploads-per-agent`).
+        case agentAtLimit(Int)
+    }
+
+    /// Takes `bytes` from the budget for one upload of `agent`; nothing is taken unless `.reserved`.
+    func reserve(_ bytes: Int, agent: String) -> Reservation {
         used.withLock { used in
-            guard used.now == 0 || used.now + bytes <= limit else { return false }
+            let uploads = used.uploads[agent, default: 0]
+            guard uploads < perAgentLimit else { return .agentAtLimit(uploads) }
+            guard used.now == 0 || used.now + bytes <= limit else { return .full }
             used.now += bytes
             used.peak = max(used.peak, used.now)
-            return true
+            used.uploads[agent] = uploads + 1
+            return .reserved
         }
     }
 
-    func release(_ bytes: Int) {
-        used.withLock { $0.now -= bytes }
+    /// Gives back what `reserve(bytes, agent:)` took.
+    func release(_ bytes: Int, agent: String) {
+        used.withLock { used in
+            used.now -= bytes
+            let left = used.uploads[agent, default: 1] - 1
+            used.uploads[agent] = left > 0 ? left : nil
+        }
     }
 }

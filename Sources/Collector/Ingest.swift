@@ -38,6 +38,9 @@ public struct Ingestor: Sendable {
     ///
     /// Records are not copied out of `body`: each is a zero-based `Data` view of its bytes that
     /// keeps `body`'s storage alive (`ByteBuffer.getData(at:length:byteTransferStrategy: .noCopy)`).
+    /// Refused records of one upload logged one by one; the rest are counted in one line.
+    public static let refusalsLoggedPerUpload = 5
+
     public func ingest(agentID: String, body: ByteBuffer) async -> Outcome {
         let framed: [FramedRecord]
         do {
@@ -55,13 +58,35 @@ public struct Ingestor: Sendable {
         var results: [RecordResult?] = Array(repeating: nil, count: framed.count)
         var items: [IngestItem] = []
         var itemIndex: [Int] = []
+        // The first few refusals of an upload are logged one by one; the rest are counted, by
+        // reason, in one line at the end (a body of 10,000 bad records is one request, not
+        // 10,000 log lines).
+        var refusalsLogged = 0
+        var refusalsNotLogged: [String: Int] = [:]
+        func logRefusal(_ index: Int, id: String?, reason: RefusalReason, _ message: String?) {
+            guard refusalsLogged < Self.refusalsLoggedPerUpload else {
+                refusalsNotLogged[reason.rawValue, default: 0] += 1
+                return
+            }
+            refusalsLogged += 1
+            var metadata: Logger.Metadata = ["collector.agent_id": "\(agentID)", "collector.record": "\(id ?? "#\(index)")",
+                                             "collector.reason": "\(reason.rawValue)"]
+            if let message { metadata["collector.error"] = "\(message)" }
+            logger.warning("record refused", metadata: metadata)
+        }
+        defer {
+            if !refusalsNotLogged.isEmpty {
+                let count = refusalsNotLogged.values.reduce(0, +)
+                logger.warning("more records of this upload refused (not logged one by one)", metadata: [
+                    "collector.agent_id": "\(agentID)", "collector.records": "\(count)",
+                    "collector.reasons": "\(refusalsNotLogged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"])
+            }
+        }
         for (i, rec) in framed.enumerated() {
             func refuse(_ reason: RefusalReason, retryable: Bool, id: String?, _ message: String) {
                 results[i] = RecordResult(index: i, id: id, status: .refused, reason: reason, retryable: retryable,
                                           message: message)
-                logger.warning("record refused", metadata: [
-                    "collector.agent_id": "\(agentID)", "collector.record": "\(id ?? "#\(i)")",
-                    "collector.reason": "\(reason.rawValue)", "collector.error": "\(message)"])
+                logRefusal(i, id: id, reason: reason, message)
             }
             switch rec.type {
             case 1:
@@ -120,8 +145,7 @@ public struct Ingestor: Sendable {
                     case .conflict:
                         results[i] = RecordResult(index: i, id: id, status: .refused, reason: .conflict, retryable: false,
                                                   message: "a different record with this id is stored")
-                        logger.warning("record refused", metadata: ["collector.agent_id": "\(agentID)",
-                                                                    "collector.record": "\(id)", "collector.reason": "conflict"])
+                        logRefusal(i, id: id, reason: .conflict, nil)
                     case .unknownDEK:
                         results[i] = RecordResult(index: i, id: id, status: .refused, reason: .unknownDEK, retryable: true,
                                                   message: "the blob's DEK record has not been uploaded")

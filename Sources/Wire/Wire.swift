@@ -81,8 +81,11 @@ public enum RefusalReason: String, Codable, Sendable, Equatable, CaseIterable {
     case tooLarge = "too-large"
     /// Wrong content type. (Request level, 415.)
     case unsupportedMediaType = "unsupported-media-type"
-    /// The collector is overloaded or shutting down. (Request level, 503 with `Retry-After`.)
+    /// The collector is overloaded or shutting down, or the agent has `max-uploads-per-agent`
+    /// uploads in flight. (Request level, 503 with `Retry-After`.)
     case unavailable
+    /// The body did not arrive within `body-timeout-seconds`. Retryable. (Request level, 408.)
+    case timeout
 }
 
 /// The collector's verdict on one record of an upload.

@@ -53,13 +53,15 @@ struct NetFixture {
     /// Starts a collector presenting `certificate`; registers the KEK unless `registerKEK` is false.
     static func start(_ name: String = "net", certificate: String = "leaf", registerKEK: Bool = true,
                       maxRequestBytes: Int = 16 * 1024 * 1024, maxInflightBytes: Int = 256 << 20,
-                      retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30)) async throws -> NetFixture {
+                      retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
+                      bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4) async throws -> NetFixture {
         let dir = try TempDir("custos-\(name)")
         let logs = LogCapture()
         let shared = try sharedMaterial.get()
         let collector = try await TestCollector.start(in: dir.path, pki: shared.pki, certificate: certificate,
                                                       maxRequestBytes: maxRequestBytes, maxInflightBytes: maxInflightBytes,
                                                       retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
+                                                      bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
                                                       logger: logs.logger("collector", level: .info))
         let (pub, priv) = shared.kek
         if registerKEK {
@@ -93,8 +95,8 @@ struct NetFixture {
 
     /// A client for this collector with the given trust settings (default: the leaf pin).
     func client(pins: [String]? = nil, caFile: String? = nil, host: String = "127.0.0.1", token: String? = nil,
-                logger: Logger? = nil) throws -> CollectorClient {
-        let config = try TransportConfiguration(serverURL: "https://\(host):\(collector.port)", agentID: agentID,
+                agentID: String? = nil, logger: Logger? = nil) throws -> CollectorClient {
+        let config = try TransportConfiguration(serverURL: "https://\(host):\(collector.port)", agentID: agentID ?? self.agentID,
                                                 agentToken: token ?? self.token,
                                                 pins: try pins ?? [collector.pin], caFile: caFile)
         return try CollectorClient(configuration: config, logger: logger ?? logs.logger("transport"))

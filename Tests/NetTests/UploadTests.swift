@@ -122,11 +122,11 @@ import Wire
         try requireTool("curl")
         let f = try await NetFixture.start("chunked", maxRequestBytes: 64 * 1024)
         defer { Task { await f.stop() } }
-        func post(_ body: Data, _ name: String) throws -> (status: String, answer: String) {
+        func post(_ body: Data, _ name: String) async throws -> (status: String, answer: String) {
             let bodyFile = f.dir.file("\(name).body"), answerFile = f.dir.file("\(name).answer")
             try body.write(to: URL(fileURLWithPath: bodyFile))
             let pin = try f.collector.pin.replacingOccurrences(of: "sha256/", with: "sha256//")
-            let status = try runChecked([
+            let status = try await runCheckedOffPool([
                 "curl", "-sS", "--max-time", "60", "--cacert", sharedMaterial.get().pki.rootCertificate,
                 "--pinnedpubkey", pin, "-o", answerFile, "-w", "%{http_code}",
                 "-H", "Authorization: \(WireAPI.authorization(agentID: f.agentID, token: f.token))",
@@ -136,7 +136,7 @@ import Wire
                     (try? String(contentsOfFile: answerFile, encoding: .utf8)) ?? "")
         }
         let (records, _) = try f.records(count: 5, size: 8000)
-        let small = try post(stream(records), "small")
+        let small = try await post(stream(records), "small")
         #expect(small.status == "200", "answer: \(small.answer)")
         let response = try JSONDecoder().decode(UploadResponse.self, from: Data(small.answer.utf8))
         #expect(response.results.count == 6 && response.results.allSatisfy { $0.status == .stored })
@@ -149,7 +149,7 @@ import Wire
         }
 
         let (big, _) = try f.records(count: 12, size: 8000)  // about 97 KiB > 64 KiB
-        let refused = try post(stream(big), "big")
+        let refused = try await post(stream(big), "big")
         #expect(refused.status == "413", "answer: \(refused.answer)")
         #expect(refused.answer.contains(RefusalReason.tooLarge.rawValue))
         #expect(f.logs.contains("body too large"))

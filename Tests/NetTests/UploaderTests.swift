@@ -284,7 +284,8 @@ import Wire
         let firstBody = first.reduce(into: Data()) { $0.append($1.serialized) }
         let firstClient = try f.client(logger: f.logs.logger("first"))
         let firstUpload = Task { try await firstClient.upload(firstBody, timeout: .seconds(60)) }
-        let deadline = ContinuousClock.now + .seconds(10)
+        // Generous: with every suite running at once, the handshake and 700 KB can take seconds.
+        let deadline = ContinuousClock.now + .seconds(30)
         while f.collector.server.inflightBytes == 0 && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(20))
         }

@@ -52,6 +52,7 @@ public final class TestCollector: Sendable {
                              databasePath: String? = nil, maxRequestBytes: Int = 16 * 1024 * 1024,
                              kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                              retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
+                             bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4,
                              logger: Logger = Logger(label: "test-collector")) async throws -> TestCollector {
         let pki = try pki ?? makeTestPKI(in: directory)
         let db = databasePath ?? directory + "/collector.db"
@@ -60,6 +61,7 @@ public final class TestCollector: Sendable {
                                             databasePath: db, maxRequestBytes: maxRequestBytes,
                                             kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
                                             retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
+                                            bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
                                             trapSIGHUP: false)
         let server = try CollectorServer(configuration: config, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()

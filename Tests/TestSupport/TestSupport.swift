@@ -70,6 +70,18 @@ public func runChecked(_ arguments: [String], stdin: Data? = nil, environment: [
     return r.stdoutString
 }
 
+/// ``runChecked(_:stdin:environment:currentDirectory:timeout:)`` on a Dispatch thread, not on the
+/// Swift concurrency pool: for a command that talks to a server in this process (an in-process
+/// collector), whose handlers need that pool's threads (two on a 2-core machine) while it runs.
+@discardableResult
+public func runCheckedOffPool(_ arguments: [String], timeout: TimeInterval = 120) async throws -> String {
+    try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async {
+            continuation.resume(with: Result { try runChecked(arguments, timeout: timeout) })
+        }
+    }
+}
+
 /// True when running under CI (`CI=true`): there a missing tool fails the run instead of skipping.
 public var isCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
 

@@ -1,0 +1,229 @@
+import Collector
+import Foundation
+import Testing
+import TestSupport
+import Wire
+
+/// A client that speaks HTTP/1.1 over TLS byte by byte (Python's `ssl`), for what our own client
+/// never sends: bodies that never end, trickle, or carry absurd headers. Prints one JSON line:
+/// `{"answer": "<status line and headers>", "sent": <body bytes sent>, "closed": <bool>, "error": "..."}`.
+///
+/// Modes (argv: host port mode head-file [args]):
+/// - `flood LIMIT`: reads the answer to the head, then sends 64 KiB chunks until the collector
+///   closes the connection or LIMIT bytes are sent.
+/// - `trickle SECONDS`: sends a 1-byte chunk every 0.25 s for at most SECONDS, then reads the answer.
+/// - `head`: sends the head only and reads the answer.
+let rawClientScript = #"""
+import json, select, socket, ssl, sys, time
+host, port, mode, head_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((host, port), timeout=60))
+s.settimeout(60)
+s.sendall(open(head_file, 'rb').read())
+out = {"answer": "", "sent": 0, "closed": False, "error": ""}
+def read_answer():
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data:
+            more = s.recv(65536)
+            if not more:
+                out["closed"] = True
+                break
+            data += more
+    except (OSError, ssl.SSLError) as e:
+        out["error"] = repr(e)
+        out["closed"] = True
+    out["answer"] = data.split(b"\r\n\r\n")[0].decode("latin-1")
+try:
+    if mode == "flood":
+        read_answer()
+        limit = int(sys.argv[5])
+        chunk = b"10000\r\n" + b"\0" * 65536 + b"\r\n"
+        while out["sent"] < limit:
+            s.sendall(chunk)
+            out["sent"] += 65536
+    elif mode == "trickle":
+        end = time.monotonic() + float(sys.argv[5])
+        while time.monotonic() < end:
+            s.sendall(b"1\r\nC\r\n")
+            out["sent"] += 1
+            if s.pending() or select.select([s], [], [], 0.25)[0]:
+                break  # the collector answered (or closed)
+        read_answer()
+    else:
+        read_answer()
+except (OSError, ssl.SSLError) as e:
+    out["error"] = repr(e)
+    out["closed"] = True
+print(json.dumps(out))
+"""#
+
+struct RawResult: Decodable {
+    let answer: String
+    let sent: Int
+    let closed: Bool
+    let error: String
+
+    var status: Int? { answer.split(separator: " ").dropFirst().first.flatMap { Int($0) } }
+    func header(_ name: String) -> String? {
+        answer.split(separator: "\r\n").dropFirst().first { $0.lowercased().hasPrefix(name.lowercased() + ":") }
+            .map { $0.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces) }
+    }
+}
+
+extension NetFixture {
+    /// A request head for `POST /v1/records` with `headers` (Authorization, Content-Type and the
+    /// framing header the test chooses).
+    func rawHead(token: String? = nil, agent: String? = nil, extra: [String]) -> String {
+        (["POST \(WireAPI.recordsPath) HTTP/1.1", "Host: 127.0.0.1",
+          "Authorization: \(WireAPI.authorization(agentID: agent ?? agentID, token: token ?? self.token))",
+          "Content-Type: \(WireAPI.recordsContentType)"] + extra).joined(separator: "\r\n") + "\r\n\r\n"
+    }
+
+    /// Runs the raw client to completion (off the concurrency pool, which the in-process
+    /// collector needs meanwhile).
+    func raw(_ mode: String, head: String, _ args: [String] = [], name: String) async throws -> RawResult {
+        try requireTool("python3")
+        let headFile = dir.file("\(name).head")
+        try head.write(toFile: headFile, atomically: true, encoding: .utf8)
+        let out = try await runCheckedOffPool(["python3", "-c", rawClientScript, "127.0.0.1", "\(collector.port)", mode,
+                                               headFile] + args, timeout: 120)
+        return try JSONDecoder().decode(RawResult.self, from: Data(out.utf8))
+    }
+
+    /// Starts the raw client in the background; its JSON line goes to `name.out`.
+    func rawInBackground(_ mode: String, head: String, _ args: [String] = [], name: String) throws -> BackgroundProcess {
+        try requireTool("python3")
+        let headFile = dir.file("\(name).head")
+        try head.write(toFile: headFile, atomically: true, encoding: .utf8)
+        return try BackgroundProcess("/usr/bin/env", ["python3", "-c", rawClientScript, "127.0.0.1", "\(collector.port)",
+                                                      mode, headFile] + args, logPath: dir.file("\(name).out"))
+    }
+}
+
+/// What a client that does not play by the rules can make the collector do (found by QA):
+/// every refusal closes the connection instead of reading a body of any size; a trickling body
+/// is cut off; one agent cannot hold every in-flight slot; bad records do not flood the log.
+@Suite struct RawUploadTests {
+    /// A refused request (here: wrong token, no login at all) is answered with `Connection: close`,
+    /// and the collector stops reading its endless body and closes the connection: it does not
+    /// decrypt and discard gigabytes for a stranger. Before, it drained any amount.
+    @Test func refusedEndlessBodyIsNotReadToTheEnd() async throws {
+        // A small max-request-bytes keeps the authenticated drain (and this test's load on the
+        // other suites running beside it) small.
+        let f = try await NetFixture.start("flood", maxRequestBytes: 64 * 1024)
+        defer { Task { await f.stop() } }
+        // More than the collector could read in the drain plus its 1 s TLS shutdown wait.
+        let limit = 4 << 30
+        for (name, head) in [
+            ("wrong-token", f.rawHead(token: String(repeating: "A", count: 43), extra: ["Transfer-Encoding: chunked"])),
+            ("too-large", f.rawHead(extra: ["Content-Length: \(1 << 40)"])),
+            ("wrong-type", f.rawHead(extra: ["Transfer-Encoding: chunked"]).replacingOccurrences(
+                of: WireAPI.recordsContentType, with: "text/plain")),
+        ] {
+            let r = try await f.raw("flood", head: head, ["\(limit)"], name: name)
+            #expect([401, 413, 415].contains(r.status ?? 0), "\(name): \(r.answer) \(r.error)")
+            #expect(r.header("connection")?.lowercased() == "close", "\(name): \(r.answer)")
+            #expect(r.closed && r.sent < limit, "\(name): the collector read \(r.sent) bytes of a refused body and did not close")
+        }
+        #expect(f.logs.contains("wrong token"))
+        // Still serving.
+        let (records, _) = try f.records(count: 2)
+        #expect(try await f.client().upload(stream(records)).results.allSatisfy { $0.status == .stored })
+    }
+
+    /// A Content-Length the HTTP parser accepts but that does not fit an Int (2^63 and up) is
+    /// refused 413 at once, like any other too-large length, not treated as a chunked body.
+    @Test func hugeContentLengthIs413AtOnce() async throws {
+        let f = try await NetFixture.start("huge-length")
+        defer { Task { await f.stop() } }
+        for length in ["9223372036854775807", "9223372036854775808", "18446744073709551615"] {
+            let r = try await f.raw("head", head: f.rawHead(extra: ["Content-Length: \(length)"]), name: "len-\(length.count)")
+            #expect(r.status == 413, "Content-Length \(length): \(r)")
+        }
+        #expect(f.collector.server.inflightPeakBytes == 0, "a refused length reserved in-flight bytes")
+    }
+
+    /// A body that trickles in (a byte every 0.25 s: never silent for idle-timeout-seconds) is
+    /// refused 408 once body-timeout-seconds have passed, and its in-flight bytes come back.
+    @Test func tricklingBodyIsCutOffAtTheBodyTimeout() async throws {
+        let f = try await NetFixture.start("trickle", idleTimeout: .seconds(30), bodyTimeout: .seconds(2))
+        defer { Task { await f.stop() } }
+        let started = ContinuousClock.now
+        let r = try await f.raw("trickle", head: f.rawHead(extra: ["Transfer-Encoding: chunked"]), ["60"], name: "trickle")
+        let elapsed = started.duration(to: .now)
+        #expect(r.status == 408, "\(r.answer) \(r.error)")
+        #expect(elapsed < .seconds(30), "cut off after \(elapsed), not at the 2 s body timeout")
+        #expect(f.logs.contains("body too slow"))
+        #expect(f.collector.server.inflightBytes == 0)
+        #expect(f.collector.server.inflightPeakBytes > 0)
+    }
+
+    /// One agent with max-uploads-per-agent uploads stalled in flight gets 503 for one more; every
+    /// other agent is still served (before, 16 trickling uploads of one agent blocked everyone).
+    @Test func oneAgentCannotHoldEveryUploadSlot() async throws {
+        let f = try await NetFixture.start("per-agent", retryAfterSeconds: 3, maxUploadsPerAgent: 2)
+        defer { Task { await f.stop() } }
+        let held = try (0..<2).map { i in
+            try f.rawInBackground("trickle", head: f.rawHead(extra: ["Transfer-Encoding: chunked"]), ["60"],
+                                  name: "held-\(i)")
+        }
+        defer { for p in held { p.send(SIGKILL) } }
+        // Both reserved (a chunked body reserves max-request-bytes).
+        #expect(try await waitUntil(timeout: 30, every: .milliseconds(50)) { f.collector.server.inflightBytes >= 2 * 16 * 1024 * 1024 })
+        let (records, _) = try f.records(count: 1)
+        let client = try f.client()
+        do {
+            _ = try await client.upload(stream(records))
+            Issue.record("a third upload of the same agent was accepted")
+        } catch {
+            #expect(error.httpStatus == 503, "\(error)")
+            #expect(error.retryAfter == .seconds(3))
+            #expect("\(error)".contains("max-uploads-per-agent"), "\(error)")
+        }
+        #expect(f.logs.contains("agent has too many uploads in flight"))
+        // Another agent is served meanwhile.
+        let other = "other-\(UInt32.random(in: 0...UInt32.max))"
+        let otherToken = try f.collector.store.addAgent(id: other)
+        let (otherRecords, _) = try f.records(count: 1, agent: other)
+        let answer = try await f.client(token: otherToken, agentID: other).upload(stream(otherRecords))
+        #expect(answer.results.allSatisfy { $0.status == .stored })
+    }
+
+    /// A body of thousands of bad records is one request: five records are logged one by one,
+    /// the rest in one line with their count by reason.
+    @Test func badRecordsDoNotFloodTheLog() async throws {
+        let f = try await NetFixture.start("log-flood")
+        defer { Task { await f.stop() } }
+        let tenByteRecord = Data([0x43, 0x53, 0x54, 0x53, 1, 2, 0, 0, 0, 10])
+        let body = Data((0..<3000).flatMap { _ in tenByteRecord })
+        let answer = try await f.client().upload(body)
+        #expect(answer.results.count == 3000 && answer.results.allSatisfy { $0.reason == .malformed })
+        #expect(f.logs.count("record refused") == Ingestor.refusalsLoggedPerUpload)
+        #expect(f.logs.count("more records of this upload refused") == 1)
+        #expect(f.logs.contains("collector.records=2995"), "\(f.logs.text.suffix(500))")
+        #expect(f.logs.contains("malformed=2995"))
+    }
+
+    /// When the agent table cannot be read, the 503's Retry-After is retry-after-seconds (it was
+    /// a fixed 5).
+    @Test func unreadableAgentTableAnswersTheConfiguredRetryAfter() async throws {
+        try requireTool("sqlite3")
+        let f = try await NetFixture.start("no-agents", retryAfterSeconds: 7)
+        defer { Task { await f.stop() } }
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", f.collector.databasePath, "alter table agents rename to agents_gone"])
+        let (records, _) = try f.records(count: 1)
+        let client = try f.client()
+        do {
+            _ = try await client.upload(stream(records))
+            Issue.record("an upload was accepted without an agent table")
+        } catch {
+            #expect(error.httpStatus == 503, "\(error)")
+            #expect(error.retryAfter == .seconds(7), "\(error)")
+        }
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", f.collector.databasePath, "alter table agents_gone rename to agents"])
+        #expect(try await f.client().upload(stream(records)).results.allSatisfy { $0.status == .stored })
+    }
+}

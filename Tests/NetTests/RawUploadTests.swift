@@ -2,6 +2,7 @@ import Collector
 import Foundation
 import Testing
 import TestSupport
+import Transport
 import Wire
 
 /// A client that speaks HTTP/1.1 over TLS byte by byte (Python's `ssl`), for what our own client
@@ -93,6 +94,21 @@ extension NetFixture {
         return try JSONDecoder().decode(RawResult.self, from: Data(out.utf8))
     }
 
+    /// Uploads a DEK record and a blob with our own client, expecting a request-level refusal;
+    /// returns it (nil, with an issue recorded, when `what` was accepted).
+    func refusedUpload(_ what: String) async throws -> TransportError? {
+        let (records, _) = try self.records(count: 1)
+        let client = try self.client()
+        defer { Task { await client.close() } }
+        do {
+            _ = try await client.upload(stream(records))
+            Issue.record("\(what) was accepted")
+            return nil
+        } catch {
+            return error
+        }
+    }
+
     /// Starts the raw client in the background; its JSON line goes to `name.out`.
     func rawInBackground(_ mode: String, head: String, _ args: [String] = [], name: String) throws -> BackgroundProcess {
         try requireTool("python3")
@@ -173,16 +189,9 @@ extension NetFixture {
         defer { for p in held { p.send(SIGKILL) } }
         // Both reserved (a chunked body reserves max-request-bytes).
         #expect(try await waitUntil(timeout: 30, every: .milliseconds(50)) { f.collector.server.inflightBytes >= 2 * 16 * 1024 * 1024 })
-        let (records, _) = try f.records(count: 1)
-        let client = try f.client()
-        do {
-            _ = try await client.upload(stream(records))
-            Issue.record("a third upload of the same agent was accepted")
-        } catch {
-            #expect(error.httpStatus == 503, "\(error)")
-            #expect(error.retryAfter == .seconds(3))
-            #expect("\(error)".contains("max-uploads-per-agent"), "\(error)")
-        }
+        let error = try await f.refusedUpload("a third upload of the same agent")
+        #expect(error?.httpStatus == 503 && error?.retryAfter == .seconds(3), "\(String(describing: error))")
+        #expect("\(String(describing: error))".contains("max-uploads-per-agent"))
         #expect(f.logs.contains("agent has too many uploads in flight"))
         // Another agent is served meanwhile.
         let other = "other-\(UInt32.random(in: 0...UInt32.max))"
@@ -214,16 +223,10 @@ extension NetFixture {
         let f = try await NetFixture.start("no-agents", retryAfterSeconds: 7)
         defer { Task { await f.stop() } }
         try runChecked(["sqlite3", "-cmd", ".timeout 10000", f.collector.databasePath, "alter table agents rename to agents_gone"])
-        let (records, _) = try f.records(count: 1)
-        let client = try f.client()
-        do {
-            _ = try await client.upload(stream(records))
-            Issue.record("an upload was accepted without an agent table")
-        } catch {
-            #expect(error.httpStatus == 503, "\(error)")
-            #expect(error.retryAfter == .seconds(7), "\(error)")
-        }
+        let error = try await f.refusedUpload("an upload without an agent table")
+        #expect(error?.httpStatus == 503 && error?.retryAfter == .seconds(7), "\(String(describing: error))")
         try runChecked(["sqlite3", "-cmd", ".timeout 10000", f.collector.databasePath, "alter table agents_gone rename to agents"])
+        let (records, _) = try f.records(count: 1)
         #expect(try await f.client().upload(stream(records)).results.allSatisfy { $0.status == .stored })
     }
 }

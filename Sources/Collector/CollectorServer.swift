@@ -96,6 +96,8 @@ public final class CollectorServer: Sendable {
         let limits = UploadLimits(maxBytes: configuration.maxRequestBytes, bodyTimeout: configuration.bodyTimeout,
                                   retryAfterSeconds: configuration.retryAfterSeconds)
         let budget = inflight
+        // Before the routes: applies to them all and to unknown paths.
+        router.add(middleware: BodyGuard())
         router.get(RouterPath(WireAPI.healthPath)) { _, _ -> Response in
             // No detail (paths, errors) for this unauthenticated endpoint: the log has it.
             Self.json(.ok, HealthResponse(status: ingestor.storageErrors.isFailing ? "storage-failing" : "ok", apiVersion: 1,
@@ -235,7 +237,8 @@ public final class CollectorServer: Sendable {
     }
 
     /// `response` with `Connection: close`; once it is sent, up to `limit` more bytes of
-    /// `request`'s body are read and discarded (until `deadline`), then the connection is closed.
+    /// `request`'s body are read and discarded until `deadline` (the connection is closed then,
+    /// whether or not bytes arrive), then the connection is closed.
     /// Without this, Hummingbird would read a refused body to its end, however long.
     /// `limit` must be 0 when the handler has iterated the body already (one iterator per body).
     static func closing(_ response: Response, after request: Request, drainingUpTo limit: Int,
@@ -244,16 +247,31 @@ public final class CollectorServer: Sendable {
         closing.headers[.connection] = "close"
         let answer = response.body
         closing.body = ResponseBody(contentLength: answer.contentLength) { writer in
-            defer { channel.close(promise: nil) }
+            defer { stopReadingAndClose(channel) }
             try await answer.write(writer)
             guard limit > 0 else { return }
+            let left = ContinuousClock.now.duration(to: deadline)
+            let cutOff = channel.eventLoop.scheduleTask(in: TimeAmount(left)) {
+                stopReadingAndClose(channel)
+            }
+            defer { cutOff.cancel() }
             var drained = 0
             for try await fragment in request.body {
                 drained += fragment.readableBytes
-                if drained > limit || ContinuousClock.now > deadline { break }
+                if drained > limit { break }
             }
         }
         return closing
+    }
+
+    /// Stops reading from the socket, then closes the connection. Closing alone is not enough:
+    /// after sending close_notify, NIOSSL goes on reading (and decrypting) whatever the client
+    /// sends until the client's close_notify or `shutdownTimeout`; a client flooding a refused
+    /// request would keep the collector busy for that long.
+    static func stopReadingAndClose(_ channel: any Channel) {
+        channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in
+            channel.close(promise: nil)
+        }
     }
 
     static func unauthorized() -> Response {
@@ -267,6 +285,32 @@ public final class CollectorServer: Sendable {
         var headers: HTTPFields = [.contentType: WireAPI.jsonContentType]
         if let retryAfter { headers[.retryAfter] = "\(retryAfter)" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// Every route but the upload (which reads its body under its own limits, see
+/// ``CollectorServer/upload(_:store:ingestor:limits:budget:started:logger:)``) expects no body.
+/// A request elsewhere that has one — an unknown path, `GET /v1/health` with a body — is
+/// answered as usual but with `Connection: close`, and at most 64 KiB of its body is read before
+/// the connection is closed. Without this Hummingbird would read any such body to its end.
+struct BodyGuard: RouterMiddleware {
+    typealias Context = CollectorRequestContext
+
+    func handle(_ request: Request, context: Context,
+                next: (Request, Context) async throws -> Response) async throws -> Response {
+        let hasBody = request.headers[.transferEncoding] != nil
+            || request.headers[.contentLength].map { $0.trimmingCharacters(in: .whitespaces) != "0" } ?? false
+        let response: Response
+        do {
+            response = try await next(request, context)
+        } catch let error as any HTTPResponseError {
+            guard hasBody else { throw error }
+            response = try error.response(from: request, context: context)
+        }
+        // The router records the matched route; the upload route has dealt with its body itself.
+        guard hasBody, context.endpointPath != WireAPI.recordsPath else { return response }
+        return CollectorServer.closing(response, after: request, drainingUpTo: CollectorServer.unauthenticatedDrainBytes,
+                                       until: .now + CollectorServer.drainTime, channel: context.channel)
     }
 }
 

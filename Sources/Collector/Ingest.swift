@@ -34,13 +34,13 @@ public struct Ingestor: Sendable {
         case error(status: Int, ErrorResponse)
     }
 
+    /// Refused records of one upload logged one by one; the rest are counted in one line.
+    public static let refusalsLoggedPerUpload = 5
+
     /// Processes `body` (a record stream) uploaded by `agentID` (already authenticated).
     ///
     /// Records are not copied out of `body`: each is a zero-based `Data` view of its bytes that
     /// keeps `body`'s storage alive (`ByteBuffer.getData(at:length:byteTransferStrategy: .noCopy)`).
-    /// Refused records of one upload logged one by one; the rest are counted in one line.
-    public static let refusalsLoggedPerUpload = 5
-
     public func ingest(agentID: String, body: ByteBuffer) async -> Outcome {
         let framed: [FramedRecord]
         do {

@@ -15,6 +15,9 @@ public final class SQLiteCollectorStore: CollectorStore {
     /// The directory of blob files: the database's real path (symlinks resolved, as SQLite
     /// resolves them for its `-wal` file) plus `.blobs`.
     public let blobDirectory: String
+    /// This database's id (`blob_store.id`, made by the `v2-blob-files` migration, never changed),
+    /// the content of its blob directory's marker file.
+    private let storeID: String
     private let pool: DatabasePool
 
     /// Opens (creating if needed) the database at `path` and brings the schema up to date.
@@ -36,6 +39,7 @@ public final class SQLiteCollectorStore: CollectorStore {
             // its copy, so a commit must survive power loss: FULL (https://www.sqlite.org/pragma.html#pragma_synchronous).
             try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
             try Self.migrator.migrate(pool)
+            storeID = try pool.read { db in try String.fetchOne(db, sql: "SELECT id FROM blob_store LIMIT 1") } ?? ""
         } catch {
             throw CollectorError(.database, "\(path): cannot open or migrate the collector database: \(error)")
         }
@@ -385,7 +389,6 @@ public final class SQLiteCollectorStore: CollectorStore {
                 ORDER BY blob_file DESC, blob_offset DESC LIMIT 1
                 """)
             let referenced = last.map { (number: $0["blob_file"] as Int64, end: $0["end"] as Int64) }
-            let storeID = try String.fetchOne(db, sql: "SELECT id FROM blob_store LIMIT 1") ?? ""
             appender = try BlobAppender(directory: blobDirectory, storeID: storeID, referenced: referenced)
         }
         return (appender!.number, try appender!.append(blob))

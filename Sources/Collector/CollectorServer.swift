@@ -360,7 +360,7 @@ final class InflightBudget: Sendable {
     /// The most ever held at once (for tests and diagnostics).
     var peak: Int { used.withLock { $0.peak } }
 
-    enum Reservation: Equatable {
+    enum Reservation {
         case reserved
         /// Taking the bytes would pass `max-inflight-bytes`.
         case full

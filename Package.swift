@@ -49,28 +49,35 @@ let package = Package(
         // prctl(2) and other variadic system calls Swift cannot import.
         .target(name: "CSysShim", path: "Sources/CSysShim"),
 
+        // Mechanisms and values every module shares: the one backoff, repeated-error log,
+        // escaping of outside text, syscall wrapper, and the validated values (agent id,
+        // collector URL, SPKI pin, secrets).
+        .target(name: "CustosBase", dependencies: [
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+
         // Seams.
         .target(name: "Envelope", dependencies: [
             "COpenSSL",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ], swiftSettings: strict),
-        .target(name: "CustosConfig", swiftSettings: strict),
+        .target(name: "CustosConfig", dependencies: ["CustosBase"], swiftSettings: strict),
         .target(name: "CaptureFormat", swiftSettings: strict),
         .target(name: "CPNGWriter", dependencies: ["CPNG"], path: "Sources/CPNGWriter"),
         .target(name: "CX11Damage", dependencies: ["CX11"], path: "Sources/CX11Damage"),
         .target(name: "Capture", dependencies: [
-            "CX11", "CX11Damage", "CPNG", "CPNGWriter", "CaptureFormat",
+            "CX11", "CX11Damage", "CPNG", "CPNGWriter", "CaptureFormat", "CustosBase",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
         .target(name: "Spool", dependencies: [
-            "CSysShim",
+            "CSysShim", "CustosBase",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .target(name: "Wire", swiftSettings: strict),
+        .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
-            "Wire", "Spool", "COpenSSL",
+            "Wire", "Spool", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -81,7 +88,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
-            "Wire", "Envelope", "CustosConfig",
+            "Wire", "Envelope", "CustosConfig", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -94,13 +101,13 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Admin", dependencies: [
-            "Envelope", "Collector", "CaptureFormat",
+            "Envelope", "Collector", "CaptureFormat", "CustosBase",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: strict),
         .target(name: "Agent", dependencies: [
-            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Spool", "Transport", "Wire", "CSysShim",
+            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Spool", "Transport", "Wire", "CSysShim", "CustosBase",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
@@ -141,6 +148,9 @@ let package = Package(
         .target(name: "TestSupport", dependencies: [
             "Collector", .product(name: "Logging", package: "swift-log"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(name: "BaseTests", dependencies: [
+            "CustosBase", .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),

@@ -1,3 +1,4 @@
+import CustosBase
 import Envelope
 import Foundation
 import Logging
@@ -168,34 +169,5 @@ public struct Ingestor: Sendable {
         }
         let acked = final.contains { $0.isAcknowledged }
         return .results(status: acked || final.isEmpty ? 200 : 422, UploadResponse(results: final))
-    }
-}
-
-/// Remembers the last storage failure so a failure that repeats (differing only in numbers:
-/// sizes, counts, offsets) is logged once, and its end is logged once.
-final class RepeatedErrorLog: Sendable {
-    private let state = Mutex<(key: String?, repeats: Int)>((nil, 0))
-
-    /// Whether `message` starts a new kind of failure (then it should be logged loudly).
-    func isNew(_ message: String) -> Bool {
-        let key = String(message.map { $0.isNumber ? "#" : $0 })
-        return state.withLock { s in
-            if s.key == key { s.repeats += 1; return false }
-            s = (key, 0)
-            return true
-        }
-    }
-
-    /// Whether the last attempt to store failed (no success since).
-    var isFailing: Bool { state.withLock { $0.key != nil } }
-
-    /// After a success: the number of repeats not logged loudly when a failure was in
-    /// progress (then say it is over), else nil.
-    func recovered() -> Int? {
-        state.withLock { s in
-            guard s.key != nil else { return nil }
-            defer { s = (nil, 0) }
-            return s.repeats
-        }
     }
 }

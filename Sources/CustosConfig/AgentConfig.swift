@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 
 /// The agent's configuration, parsed once from `config.cfg` into a plain value.
@@ -106,10 +107,8 @@ public struct AgentConfig: Sendable, Equatable {
 
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "agent"
         let id = try file.string("agent-id") ?? host
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-        guard (1...64).contains(id.count), id.allSatisfy({ allowed.contains($0) }) else {
-            throw ConfigError(file: file.path, line: file.value("agent-id")?.line, key: "agent-id",
-                              "expected 1-64 letters, digits, '.', '_' or '-', found \(ConfigFile.quoted(id))")
+        do { _ = try AgentID(id) } catch {
+            throw ConfigError(file: file.path, line: file.value("agent-id")?.line, key: "agent-id", error.message)
         }
         agentID = id
         agentToken = try file.string("agent-token")

@@ -246,7 +246,10 @@ public actor CollectorClient {
         let connectTimeout = configuration.connectTimeout
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(connectTimeout.components.seconds))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            // TCP_NODELAY at level IPPROTO_TCP (`.tcpOption`; ClientBootstrap sets it by default
+            // too). `.socketOption(.tcp_nodelay)` would be SOL_SOCKET option 1, SO_DEBUG, which
+            // needs CAP_NET_ADMIN: every connect failed with EACCES under the unit (issue 12).
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let tls = try NIOSSLClientHandler(context: context, serverHostname: sni,

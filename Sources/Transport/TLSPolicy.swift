@@ -8,45 +8,24 @@
 
 import COpenSSL
 import Crypto
+import CustosBase
 import Foundation
 import Logging
 import NIOCore
 import NIOSSL
 import Synchronization
 
-/// An SPKI pin: the SHA-256 of a certificate's DER SubjectPublicKeyInfo, written
-/// `sha256/BASE64` (the RFC 7469 §2.4 pin-sha256 value, as in `curl --pinnedpubkey`).
-///
-/// Compute one with
-/// `openssl x509 -in cert.pem -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256 -binary | base64`.
-public struct SPKIPin: Hashable, Sendable, CustomStringConvertible {
-    /// The 32-byte SHA-256 digest.
-    public let digest: [UInt8]
-
-    /// Parses `sha256/BASE64` (44 base64 characters for 32 bytes).
-    /// - Throws: ``TransportError`` (`.configuration`) naming the bad value.
-    public init(_ text: String) throws(TransportError) {
-        let trimmed = text.trimmingCharacters(in: .whitespaces)
-        guard trimmed.hasPrefix("sha256/"),
-              let bytes = Data(base64Encoded: String(trimmed.dropFirst("sha256/".count))),
-              bytes.count == 32 else {
-            throw TransportError(.configuration, "server-pin '\(text)': expected sha256/ followed by the base64 of 32 bytes")
-        }
-        digest = Array(bytes)
-    }
-
+/// Computing pins (the type and its `sha256/BASE64` parser live in CustosBase).
+extension SPKIPin {
     /// The pin of a DER SubjectPublicKeyInfo.
     public init(spkiDER: some DataProtocol) {
-        digest = Array(SHA256.hash(data: Array(spkiDER)))
+        self.init(digest: Array(SHA256.hash(data: Array(spkiDER))))
     }
 
     /// The pin of a certificate's public key.
     public init(certificate: NIOSSLCertificate) throws {
         self.init(spkiDER: try certificate.extractPublicKey().toSPKIBytes())
     }
-
-    /// `sha256/BASE64`.
-    public var description: String { "sha256/" + Data(digest).base64EncodedString() }
 }
 
 /// How the agent decides to trust the collector (config keys `server-pin`, `server-ca`).
@@ -72,7 +51,9 @@ public struct TLSPolicy: Sendable {
     /// - Throws: ``TransportError`` (`.configuration`) for a bad pin or an unreadable CA file.
     public init(pinStrings: [String], caFile: String?) throws(TransportError) {
         var pins: [SPKIPin] = []
-        for p in pinStrings { pins.append(try SPKIPin(p)) }
+        for p in pinStrings {
+            do { pins.append(try SPKIPin(p)) } catch { throw TransportError(.configuration, error.description) }
+        }
         var ders: [[UInt8]] = []
         if let caFile {
             do {

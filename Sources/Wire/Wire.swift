@@ -2,6 +2,7 @@
 //
 // Foundation only: both the agent's Transport and the Collector encode and decode these.
 
+import CustosBase
 import Foundation
 
 /// Constants of the agent <-> collector HTTP API, version 1 (docs/API.md).
@@ -40,14 +41,8 @@ public enum WireAPI {
         return (agent, token)
     }
 
-    /// Agent ids are 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
-    public static func isValidAgentID(_ id: String) -> Bool {
-        guard (1...64).contains(id.utf8.count) else { return false }
-        return id.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A)
-                || c == 0x2E || c == 0x5F || c == 0x2D
-        }
-    }
+    /// Agent ids: ``AgentID/isValid(_:)`` (1 to 64 characters of `A-Z a-z 0-9 . _ -`, not `.` or `..`).
+    public static func isValidAgentID(_ id: String) -> Bool { AgentID.isValid(id) }
 }
 
 /// What the collector did with one record of an upload.

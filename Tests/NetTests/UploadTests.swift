@@ -1,3 +1,4 @@
+import CustosBase
 import Collector
 import Envelope
 import Foundation
@@ -191,8 +192,8 @@ import Wire
     @Test func pinSyntax() throws {
         let p = try SPKIPin("sha256/" + Data(repeating: 7, count: 32).base64EncodedString())
         #expect(p.digest == [UInt8](repeating: 7, count: 32))
-        #expect(throws: TransportError.self) { try SPKIPin("sha1/AAAA") }
-        #expect(throws: TransportError.self) { try SPKIPin("sha256/" + Data(count: 20).base64EncodedString()) }
+        #expect(throws: ValueError.self) { try SPKIPin("sha1/AAAA") }
+        #expect(throws: ValueError.self) { try SPKIPin("sha256/" + Data(count: 20).base64EncodedString()) }
         #expect(throws: TransportError.self) {
             try TransportConfiguration(serverURL: "http://x:1", agentID: "a", agentToken: "t", pins: [], caFile: nil)
         }

@@ -6,15 +6,20 @@
 #    (dpkg --root=DIR --force-script-chrootless; the maintainer scripts honour DPKG_ROOT), with
 #    and without CUSTOS_ENCRYPTION=1 and /etc/custos/install.env;
 #  - live: boots a sandboxed systemd (systemd-sandbox.sh) and installs the package with apt,
-#    enables, reloads, upgrades, stops and purges the service, which captures from an Xvfb.
+#    enables, reloads, upgrades, stops and purges the service, which captures from an Xvfb;
+#    the service, configured as an administrator would, uploads to a real custos-collector on
+#    127.0.0.1 (captures listed there), and so does the packaged agent run as a non-root user
+#    with the unit's capability set (setpriv).
 # Needs root (dpkg sets owners; namespaces), dpkg-dev, lintian, systemd, python3, Xvfb, xauth,
-# x11-utils, openssl, util-linux.
+# x11-utils, xdotool, openssl, util-linux, passwd (useradd, in the sandbox only).
 #
 # Binaries: AGENT_BIN / CUSTOS_BIN if set; else .build/release/{custos-agent,custos} if both
 # exist and are not older than the debug ones (make deb builds them statically linked); else
 # the debug build, packaged as a test package (Swift runtime linked dynamically).
+# COLLECTOR_BIN (not packaged; the live upload's peer): if unset, .build/release/custos-collector
+# when not older than the debug one, else .build/debug/custos-collector.
 # Prints "N passed, N failed" last; exits non-zero on any failure; removes everything it creates
-# (temp files, the sandbox and its cgroups, the Xvfb it started).
+# (temp files, the sandbox and its cgroups, the Xvfb and the collector it started).
 set -u
 set -o pipefail
 
@@ -39,8 +44,10 @@ finish() {
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/custos-pkgtest.XXXXXX")"
 XVFB_PID=""
+COLLECTOR_PID=""
 cleanup() {
     [ -f "$WORK/sandbox/pid1" ] && "$HERE/systemd-sandbox.sh" stop "$WORK/sandbox"
+    [ -n "$COLLECTOR_PID" ] && kill "$COLLECTOR_PID" 2>/dev/null && wait "$COLLECTOR_PID" 2>/dev/null
     [ -n "$XVFB_PID" ] && kill "$XVFB_PID" 2>/dev/null && wait "$XVFB_PID" 2>/dev/null
     rm -rf "$WORK"
 }
@@ -56,7 +63,7 @@ if [ -n "$missing" ]; then bad "required tools present (missing:$missing; run ma
 if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         rm -rf "$WORK"; trap - EXIT
-        exec sudo -n --preserve-env=AGENT_BIN,CUSTOS_BIN,CI "$0" "$@"
+        exec sudo -n --preserve-env=AGENT_BIN,CUSTOS_BIN,COLLECTOR_BIN,CI "$0" "$@"
     fi
     bad "running as root (dpkg --root sets file owners; namespaces)"; finish
 fi
@@ -72,11 +79,17 @@ if [ -z "${AGENT_BIN:-}" ] && [ -z "${CUSTOS_BIN:-}" ]; then
         AGENT_BIN="$REPO/.build/debug/custos-agent"; CUSTOS_BIN="$REPO/.build/debug/custos"
     fi
 fi
-export AGENT_BIN CUSTOS_BIN
+if [ -z "${COLLECTOR_BIN:-}" ]; then
+    COLLECTOR_BIN="$REPO/.build/debug/custos-collector"
+    [ -x "$REPO/.build/release/custos-collector" ] && ! [ "$COLLECTOR_BIN" -nt "$REPO/.build/release/custos-collector" ] \
+        && COLLECTOR_BIN="$REPO/.build/release/custos-collector"
+fi
+export AGENT_BIN CUSTOS_BIN COLLECTOR_BIN
 export ALLOW_SWIFT_RUNTIME_DEPS=1   # a debug build may be what we have; reported below
 export DEB_COMPRESS="-Zgzip -z1"    # speed: the shipped package uses xz (build-deb.sh default)
 echo "# agent binary:  $AGENT_BIN"
 echo "# custos binary: $CUSTOS_BIN"
+echo "# collector:     $COLLECTOR_BIN"
 if objdump -p "$AGENT_BIN" 2>/dev/null | grep -c 'NEEDED *libswiftCore' >/dev/null; then
     echo "# note: Swift runtime linked dynamically (debug build): a test package, not for shipping"
 fi
@@ -278,9 +291,10 @@ SBX="$WORK/sandbox"
 in_sbx() { "$HERE/systemd-sandbox.sh" run "$SBX" "$@"; }
 sbx_prop() { in_sbx systemctl show -P "$1" custos-agent.service 2>/dev/null; }
 live_ok=1
-for tool in unshare nsenter setpriv Xvfb xauth xdpyinfo mcookie openssl; do
+for tool in unshare nsenter setpriv Xvfb xauth xdpyinfo mcookie openssl xdotool useradd; do
     command -v "$tool" >/dev/null 2>&1 || { live_ok=0; echo "# live systemd checks: $tool missing"; }
 done
+[ -x "$COLLECTOR_BIN" ] || { live_ok=0; echo "# live systemd checks: collector $COLLECTOR_BIN missing (swift build)"; }
 if [ "$live_ok" = 1 ]; then
     # The X server runs on the host, started before the sandbox so its socket is in the overlay.
     # It demands a MIT-MAGIC-COOKIE-1 (a wildcard entry: any display number, any address).
@@ -320,8 +334,11 @@ else
     in_sbx install -m 0600 -o 4242 -g 4242 "$WORK/xauthority" /home/custos-desk/.Xauthority
     check "[systemd] control: root without CAP_DAC_READ_SEARCH/CAP_DAC_OVERRIDE cannot read that cookie" \
         in_sbx sh -c '! setpriv --bounding-set -dac_read_search,-dac_override -- cat /home/custos-desk/.Xauthority >/dev/null 2>&1'
+    # The endpoint's id at the collector is set before the first start, as an administrator
+    # would: the spool's records carry it, and the collector refuses those of another id.
+    UNIT_AGENT=pkgtest-unit
     in_sbx sed -i -e "s|^#display=\$|display=:$DISPLAY_NUM|" \
-        -e "s|^#xauthority=\$|xauthority=/home/custos-desk/.Xauthority|" \
+        -e "s|^#xauthority=\$|xauthority=/home/custos-desk/.Xauthority|" -e "s|^#agent-id=\$|agent-id=$UNIT_AGENT|" \
         -e 's|^screen-interval-ms=5000$|screen-interval-ms=500|' /etc/custos/config.cfg
     in_sbx install -m 0644 "$WORK/kek.pem" /etc/custos/certs/kek.pem
     check "[systemd] systemctl enable --now custos-agent (Type=notify: returns after READY=1)" \
@@ -366,6 +383,137 @@ else
                  [ "$("$S" run "$D" systemctl show -P ActiveState custos-agent.service)" = active ] &&
                  [ "$("$S" run "$D" systemctl show -P MainPID custos-agent.service)" != "$old" ]' \
         _ "$HERE/systemd-sandbox.sh" "$SBX" "$pid_before"
+
+    # --- upload: the service, configured as an administrator would, reaches a real collector ---
+    # The collector runs on the host (the sandbox shares its network namespace) with a
+    # self-signed certificate for 127.0.0.1 that the agent pins (docs/API.md), the KEK of
+    # /etc/custos/certs/kek.pem registered and one agent id per agent under test.
+    COLL="$WORK/collector"
+    mkdir -p "$COLL"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$COLL/collector.key" -out "$COLL/collector.crt" >/dev/null 2>&1
+    PIN="sha256/$(openssl x509 -in "$COLL/collector.crt" -pubkey -noout | openssl pkey -pubin -outform DER \
+        | openssl dgst -sha256 -binary | base64)"
+    printf 'listen=127.0.0.1:0\ntls-cert=%s\ntls-key=%s\ndatabase=collector.db\n' \
+        "$COLL/collector.crt" "$COLL/collector.key" > "$COLL/collector.cfg"
+    NONROOT_AGENT=pkgtest-nonroot
+    UNIT_TOKEN="$("$CUSTOS_BIN" agents add --db "$COLL/collector.db" --id "$UNIT_AGENT" 2>>"$COLL/admin.log")"
+    NONROOT_TOKEN="$("$CUSTOS_BIN" agents add --db "$COLL/collector.db" --id "$NONROOT_AGENT" 2>>"$COLL/admin.log")"
+    check "custos agents add: a token for $UNIT_AGENT and for $NONROOT_AGENT" \
+        bash -c '[ -n "$1" ] && [ -n "$2" ] || { cat "$3"; false; }' _ "$UNIT_TOKEN" "$NONROOT_TOKEN" "$COLL/admin.log"
+    check "custos keys register: the agents' KEK (kek.pem) is active at the collector" \
+        "$CUSTOS_BIN" keys register --db "$COLL/collector.db" --public "$WORK/kek.pem" --private "$WORK/kek-keypair.pem"
+    "$COLLECTOR_BIN" --config "$COLL/collector.cfg" >/dev/null 2>"$COLL/collector.log" &
+    COLLECTOR_PID=$!
+    PORT=""
+    for _ in $(seq 1 100); do
+        PORT="$(sed -n 's/.*collector\.port=\([0-9][0-9]*\).*/\1/p' "$COLL/collector.log" | head -n 1)"
+        [ -n "$PORT" ] && break
+        kill -0 "$COLLECTOR_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    check "custos-collector listens on 127.0.0.1:${PORT:-?} (HTTPS, pinned self-signed certificate)" \
+        bash -c '[ -n "$1" ] || { cat "$2"; false; }' _ "$PORT" "$COLL/collector.log"
+    # captures_at AGENT KIND -> how many captures the collector holds for AGENT of KIND.
+    captures_at() {
+        "$CUSTOS_BIN" captures list --db "$COLL/collector.db" --agent "$1" --kind "$2" 2>/dev/null \
+            | sed -n 's/^\([0-9][0-9]*\) captures\{0,1\}, .*/\1/p'
+    }
+    # type_keys: keystrokes on the X display, as the desktop user would type them.
+    type_keys() { DISPLAY=":$DISPLAY_NUM" XAUTHORITY="$WORK/xauthority" xdotool type --delay 20 "custos upload" 2>/dev/null; }
+    spooled_before="$(in_sbx custos-agent status --config /etc/custos/config.cfg 2>/dev/null \
+        | sed -n 's/^spool by kind:.*screen \([0-9]*\) .*/\1/p')"
+
+    in_sbx sed -i -e "s|^#agent-token=\$|agent-token=$UNIT_TOKEN|" \
+        -e "s|^#server-url=\$|server-url=https://127.0.0.1:$PORT|" -e "s|^#server-pin=\$|server-pin=$PIN|" \
+        -e 's|^keystroke-idle-ms=2000$|keystroke-idle-ms=300|' /etc/custos/config.cfg
+    # --check-config as the service would run it: a transient unit with the [Service] settings
+    # of the installed unit (capability bounding set, user, namespaces, seccomp filter, ...).
+    # TODO(issue 12): once --check-config makes a real TLS connection (handshake and pin check),
+    # also require its server line to say the collector was reached.
+    unit_props=()
+    while IFS= read -r line; do unit_props+=(-p "$line"); done < <(in_sbx awk '
+        /^\[Service\]/ { s = 1; next } /^\[/ { s = 0 }
+        s && /^[A-Za-z]/ && !/^(Type|NotifyAccess|ExecStart|ExecReload|Restart|RestartSec|TimeoutStopSec)=/' \
+        /lib/systemd/system/custos-agent.service)
+    cc_out="$(in_sbx systemd-run --wait --pipe --quiet --collect "${unit_props[@]}" \
+        /usr/bin/custos-agent --config /etc/custos/config.cfg --check-config 2>&1)"; cc_rc=$?
+    echo "# custos-agent --check-config under the unit's settings (exit $cc_rc):"
+    printf '%s\n' "$cc_out" | sed 's/^/#   /'
+    check "[systemd] custos-agent --check-config under the unit's settings passes (exit 0, no FAIL)" \
+        bash -c '[ "$1" = 0 ] && ! grep -q "^FAIL" <<<"$2"' _ "$cc_rc" "$cc_out"
+    check "[systemd] systemctl restart with server-url, server-pin, agent-id, agent-token set" \
+        in_sbx timeout 60 systemctl restart custos-agent.service
+    invocation="$(sbx_prop InvocationID)"
+    screens=0 keys=0 spooled="" last_upload=""
+    for i in $(seq 1 60); do
+        [ $((i % 10)) = 1 ] && type_keys
+        screens="$(captures_at "$UNIT_AGENT" screen)" keys="$(captures_at "$UNIT_AGENT" keystrokes)"
+        st="$(in_sbx custos-agent status --config /etc/custos/config.cfg 2>/dev/null)"
+        spooled="$(sed -n 's/^spooled: *\([0-9]*\) records.*/\1/p' <<<"$st")"
+        last_upload="$(sed -n 's/^last upload: *//p' <<<"$st")"
+        [ "${screens:-0}" -ge "${spooled_before:-1}" ] && [ "${keys:-0}" -gt 0 ] && [ "$spooled" = 0 ] \
+            && [ -n "$last_upload" ] && [ "$last_upload" != - ] && break
+        sleep 0.5
+    done
+    check "[systemd] the service's screen frames arrive at the collector, the $spooled_before spooled before the restart included (captures list --agent $UNIT_AGENT: ${screens:-0})" \
+        test "${screens:-0}" -ge "${spooled_before:-1}" -a "${screens:-0}" -gt 0
+    check "[systemd] the service's keystroke chunks arrive at the collector (${keys:-0})" test "${keys:-0}" -gt 0
+    check "[systemd] custos-agent status: spool drained (spooled: ${spooled:-?} records), last upload set (${last_upload:-?})" \
+        bash -c '[ "$1" = 0 ] && [ -n "$2" ] && [ "$2" != - ]' _ "$spooled" "$last_upload"
+    # connect_errors < LOG: the lines that report a refused socket call, a failed connection or
+    # upload, refused records, or any other error. The one expected errno=13 line is libdispatch's
+    # thread priority (CAP_SYS_NICE; README).
+    connect_errors() {
+        grep -v "Failed to set thread priority" | grep -Ei \
+            "EACCES|errno=13|permission denied|cannot connect|upload failed|cannot open another upload connection|refused|(^|>)(error|critical):"
+    }
+    unit_errors="$(in_sbx journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID="$invocation" 2>&1 | connect_errors)"
+    check "[systemd] the service's journal since the restart: no EACCES, no failed connect or upload, no error" \
+        bash -c '[ -z "$1" ] || { echo "$1"; false; }' _ "$unit_errors"
+
+    # --- upload: the packaged agent as a non-root user with the unit's capability set ---------
+    # setpriv drops to a system user made in the sandbox (the host's user database is untouched)
+    # and to the unit's CapabilityBoundingSet, without systemd: what the issue's reproduction did.
+    NR_DIR=/var/tmp/custos-nonroot
+    in_sbx useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin custos-nonroot
+    in_sbx install -d -m 0700 -o custos-nonroot -g custos-nonroot "$NR_DIR" "$NR_DIR/spool"
+    in_sbx install -m 0600 -o custos-nonroot -g custos-nonroot "$WORK/xauthority" "$NR_DIR/xauthority"
+    in_sbx install -m 0644 "$WORK/kek.pem" "$NR_DIR/kek.pem"
+    printf '%s\n' enable-encryption=1 kek-file=kek.pem "agent-id=$NONROOT_AGENT" "agent-token=$NONROOT_TOKEN" \
+        "server-url=https://127.0.0.1:$PORT" "server-pin=$PIN" "display=:$DISPLAY_NUM" "xauthority=$NR_DIR/xauthority" \
+        screen-interval-ms=500 keystroke-idle-ms=300 "spool-dir=$NR_DIR/spool" > "$WORK/nonroot.cfg"
+    in_sbx install -m 0600 -o custos-nonroot -g custos-nonroot "$WORK/nonroot.cfg" "$NR_DIR/config.cfg"
+    rm -f "$WORK/nonroot.cfg"
+    nonroot_as=(setpriv --reuid=custos-nonroot --regid=custos-nonroot --init-groups
+                --bounding-set=-all,+dac_read_search,+ipc_lock --inh-caps=-all --)
+    # The shell's pid (in the sandbox) becomes the agent's: setpriv and the agent replace it.
+    in_sbx sh -c 'echo $$ > /run/custos-nonroot.pid; exec "$@"' _ "${nonroot_as[@]}" \
+        custos-agent --config "$NR_DIR/config.cfg" >"$WORK/nonroot-agent.log" 2>&1 &
+    nonroot_nsenter=$!
+    screens=0 keys=0
+    for i in $(seq 1 60); do
+        [ $((i % 10)) = 3 ] && type_keys
+        screens="$(captures_at "$NONROOT_AGENT" screen)" keys="$(captures_at "$NONROOT_AGENT" keystrokes)"
+        [ "${screens:-0}" -gt 0 ] && [ "${keys:-0}" -gt 0 ] && break
+        kill -0 "$nonroot_nsenter" 2>/dev/null || break
+        sleep 0.5
+    done
+    check "[non-root] the packaged agent as custos-nonroot (bounding set dac_read_search,ipc_lock) uploads screen frames (${screens:-0}) and keystroke chunks (${keys:-0})" \
+        bash -c '[ "${1:-0}" -gt 0 ] && [ "${2:-0}" -gt 0 ] || { tail -n 20 "$3"; false; }' _ "$screens" "$keys" "$WORK/nonroot-agent.log"
+    check "[non-root] it ran as uid custos-nonroot with no effective capability" \
+        bash -c 'p="$("$1" run "$2" cat /run/custos-nonroot.pid)" &&
+                 "$1" run "$2" grep -qE "^Uid:[[:space:]]+$3[[:space:]]" "/proc/$p/status" &&
+                 "$1" run "$2" grep -qx "CapEff:[[:space:]]*0*" "/proc/$p/status"' \
+        _ "$HERE/systemd-sandbox.sh" "$SBX" "$(in_sbx id -u custos-nonroot)"
+    in_sbx sh -c 'kill -TERM "$(cat /run/custos-nonroot.pid)"'
+    for _ in $(seq 1 100); do kill -0 "$nonroot_nsenter" 2>/dev/null || break; sleep 0.1; done
+    nonroot_errors="$(connect_errors < "$WORK/nonroot-agent.log")"
+    check "[non-root] agent stopped on SIGTERM; its log has no EACCES, no failed connect or upload, no error" \
+        bash -c '! kill -0 "$1" 2>/dev/null && { [ -z "$2" ] || { echo "$2"; false; }; }' _ "$nonroot_nsenter" "$nonroot_errors"
+    wait "$nonroot_nsenter" 2>/dev/null
+
     pid_before="$(sbx_prop MainPID)"
     check "[systemd] apt-get install of 0.1.1 (Dpkg::Options --force-confold) restarts the enabled service" \
         bash -c '"$1" run "$2" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
@@ -384,6 +532,9 @@ else
                  ! "$1" run "$2" test -e /etc/custos && ! "$1" run "$2" test -e /var/lib/custos &&
                  ! "$1" run "$2" test -e /etc/systemd/system/multi-user.target.wants/custos-agent.service' \
         _ "$HERE/systemd-sandbox.sh" "$SBX"
+    kill "$COLLECTOR_PID" 2>/dev/null; wait "$COLLECTOR_PID" 2>/dev/null
+    check "custos-collector stopped on SIGTERM" bash -c '! kill -0 "$1" 2>/dev/null' _ "$COLLECTOR_PID"
+    COLLECTOR_PID=""
     echo "# journal of custos-agent.service in the sandbox (last 30 lines):"
     in_sbx journalctl --no-pager -o short-monotonic -u custos-agent.service 2>&1 | tail -n 30 | sed 's/^/#   /'
     "$HERE/systemd-sandbox.sh" stop "$SBX"

@@ -91,6 +91,8 @@ public final class CaptureService: Service, Sendable {
     public func run() async throws {
         guard config.screenIntervalMs > 0 || config.keystrokeIdleMs > 0 else { return }
         let thread = Thread { [self] in
+            // Name the OS thread for ps/top/perf (Foundation's `Thread.name` does not on Linux).
+            try? "custos.capture".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
             self.captureThread()
             self.mailbox.finish()
         }

@@ -91,7 +91,7 @@ struct RunCommand: AsyncParsableCommand {
 
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status",
-        abstract: "Print encryption state and KEK id, spool depth by kind, oldest spooled capture, last upload, evictions.")
+        abstract: "Print encryption state and KEK id, spool depth by kind, oldest spooled capture, last upload, evictions, dropped captures by reason.")
     @OptionGroup var options: ConfigOption
 
     func run() async throws {
@@ -135,6 +135,15 @@ enum StatusFormatter {
             return "\(k.rawValue) \(c.count) (\(c.bytes) bytes)"
         }.joined(separator: ", ")
     }
+    /// Captures not kept, by reason: `0` or `N captures (too-large 12 (3145728 bytes), sealing-paused 3)`.
+    static func dropped(_ s: SpoolStats) -> String {
+        let total = s.totalDropped
+        guard total.count > 0 else { return "0" }
+        let reasons = s.dropped.filter { $0.value.count > 0 }.sorted { $0.key.rawValue < $1.key.rawValue }.map { r, c in
+            c.bytes > 0 ? "\(r) \(c.count) (\(c.bytes) bytes)" : "\(r) \(c.count)"
+        }
+        return "\(total.count) captures (\(reasons.joined(separator: ", ")))"
+    }
     /// Multi-line spool summary. The `spooled:` line's first number is the total record count.
     static func spool(_ s: SpoolStats) -> String {
         """
@@ -142,6 +151,7 @@ enum StatusFormatter {
         spool by kind:    \(counts(s.spooled))
         oldest capture:   \(s.oldestCaptureTimeMs.map { time($0) } ?? "-")
         evictions:        \(s.totalEvicted.count) records, \(s.totalEvicted.bytes) bytes (\(counts(s.evicted)))
+        dropped:          \(dropped(s))
         quarantined:      \(s.quarantined)
         spool files:      \(s.fileBytes) bytes of a \(s.maxBytes)-byte cap
         """

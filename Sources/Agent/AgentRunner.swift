@@ -24,9 +24,10 @@ struct AgentRunner {
         defer { try? spool.close() }
         let sealer = Sealer(config: config, sink: spool, logger: logger)
         let uploader = try makeUploader(spool: spool)
-        let watcher = KEKWatcher(config: config, sealer: sealer, spool: spool, uploader: uploader, logger: logger)
-        watcher.check(config)
         let capture = CaptureService(config: config, sealer: sealer, logger: logger)
+        let watcher = KEKWatcher(config: config, sealer: sealer, spool: spool, uploader: uploader, logger: logger,
+                                 onReload: { capture.reload($0) })
+        watcher.check(config)
 
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let uploader { services.append(.init(service: uploader)) }
@@ -69,11 +70,15 @@ final class KEKWatcher: Service, Sendable {
     private let spool: Spool
     private let uploader: Uploader?
     private let logger: Logger
+    /// Called with the re-read config on SIGHUP (the capture service applies `display`/`xauthority`).
+    private let onReload: @Sendable (AgentConfig) -> Void
     /// How often a missing or unusable KEK is looked for again.
     static let recheckInterval = Duration.seconds(5)
 
-    init(config: AgentConfig, sealer: Sealer, spool: Spool, uploader: Uploader?, logger: Logger) {
+    init(config: AgentConfig, sealer: Sealer, spool: Spool, uploader: Uploader?, logger: Logger,
+         onReload: @escaping @Sendable (AgentConfig) -> Void = { _ in }) {
         self.config = config; self.sealer = sealer; self.spool = spool; self.uploader = uploader; self.logger = logger
+        self.onReload = onReload
     }
 
     /// Copies the uploader's last success time into the spool's state table for `status`.
@@ -101,6 +106,7 @@ final class KEKWatcher: Service, Sendable {
                         self.logger.info("SIGHUP: config re-read", metadata: ["encryption.enabled": "\(fresh.enableEncryption)",
                                                                              "kek.file": "\(fresh.activeKEKFile)"])
                         self.check(fresh)
+                        self.onReload(fresh)
                     } catch {
                         self.logger.error("SIGHUP: config not reloaded, keeping the running one", metadata: ["config.error": "\(error)"])
                     }

@@ -1,10 +1,12 @@
 import Capture
 import CaptureFormat
+import CustosBase
 import CustosConfig
 import Envelope
 import Foundation
 import Logging
 import ServiceLifecycle
+import Spool
 import Synchronization
 
 /// Counters of what the capture loops did, for logs, `status` and tests.
@@ -14,19 +16,47 @@ public struct CaptureCounters: Sendable, Equatable {
     public var chunksSealed = 0
     public var skippedNoKEK = 0
     public var errors = 0
+    /// Captures not kept, by reason (this run; the spool keeps the lifetime totals).
+    public var dropped: [DropReason: Int] = [:]
 }
 
-/// Runs the screen and keystroke capture loops and hands every capture to the `Sealer`.
+/// Runs screen and keystroke capture on one dedicated thread (`custos.capture`) and hands
+/// every capture to the `Sealer`.
+///
+/// Everything that blocks — X requests, PNG encoding, sealing, the spool's fsync'd insert —
+/// runs on that thread, never on Swift's cooperative pool, so the uploader and the service
+/// group stay responsive on a 2-core machine. `run()` only starts the thread and waits for it;
+/// graceful shutdown or cancellation asks it to stop: the current capture finishes, the
+/// keystroke recorder is flushed (its open chunk sealed) and stopped (≤ 2 s), and the thread
+/// exits. Keystroke chunks arrive from the recorder's own record thread through a mailbox.
+///
+/// Display problems are reported once for both paths through one `DisplayHealth`. Every capture
+/// not kept is counted by reason (`DropReason`) here and in the spool's counters (`status`),
+/// and logged as "dropped" once per reason until a capture is kept again.
 ///
 /// Captures exist in plaintext only in memory between the capture call and `Sealer.seal`.
-/// With no usable KEK nothing is captured. On graceful shutdown the keystroke recorder is
-/// flushed (the open chunk is sealed) and stopped, so capture stops first, within 2 s.
+/// With no usable KEK nothing is captured (counted as `sealing-paused`).
 public final class CaptureService: Service, Sendable {
     private let config: AgentConfig
     private let sealer: Sealer
     private let logger: Logger
+    private let health: DisplayHealth
     private let counters = Mutex(CaptureCounters())
     private let lastErrorText = Mutex<String?>(nil)
+    private let display: Mutex<DisplaySettings>
+    private let mailbox = Mailbox()
+
+    /// The X display settings `reload(_:)` may change while running.
+    struct DisplaySettings: Equatable, Sendable {
+        var display: String?
+        var xauthority: String?
+    }
+
+    /// How often agent-side drop counts are written to the spool (the spool's own refusals are
+    /// written at once).
+    static let dropFlushInterval = Duration.seconds(2)
+    /// Delays between attempts to start keystroke capture (1 s doubling to 30 s).
+    static let keystrokeBackoff = Backoff(initial: .seconds(1), cap: .seconds(30))
 
     /// The last capture error, for `record`'s summary.
     public var lastError: String? { lastErrorText.withLock { $0 } }
@@ -35,19 +65,47 @@ public final class CaptureService: Service, Sendable {
         self.config = config
         self.sealer = sealer
         self.logger = logger
+        self.health = DisplayHealth(logger: logger)
+        self.display = Mutex(DisplaySettings(display: config.display, xauthority: config.xauthority))
     }
 
     /// A snapshot of the counters.
     public var snapshot: CaptureCounters { counters.withLock { $0 } }
 
+    /// Applies a re-read config's `display` and `xauthority` (SIGHUP): when either changed, the
+    /// capture thread drops its X connections and reconnects with the new values at once.
+    public func reload(_ config: AgentConfig) {
+        let fresh = DisplaySettings(display: config.display, xauthority: config.xauthority)
+        let changed = display.withLock { current -> Bool in
+            defer { current = fresh }
+            return current != fresh
+        }
+        if changed {
+            logger.info("X display settings changed; reconnecting",
+                        metadata: ["capture.display": "\(SafeText.escaped(config.display ?? "$DISPLAY"))",
+                                   "capture.xauthority": "\(SafeText.escaped(config.xauthority ?? "-"))"])
+            mailbox.wake()
+        }
+    }
+
     public func run() async throws {
-        await withTaskGroup(of: Void.self) { group in
-            if config.screenIntervalMs > 0 {
-                group.addTask { await self.screenLoop() }
+        guard config.screenIntervalMs > 0 || config.keystrokeIdleMs > 0 else { return }
+        let thread = Thread { [self] in
+            // Name the OS thread for ps/top/perf (Foundation's `Thread.name` does not on Linux).
+            try? "custos.capture".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
+            self.captureThread()
+            self.mailbox.finish()
+        }
+        thread.name = "custos.capture"
+        thread.start()
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await mailbox.finished()
+            } onGracefulShutdown: {
+                self.mailbox.requestStop()
             }
-            if config.keystrokeIdleMs > 0 {
-                group.addTask { await self.keystrokeLoop() }
-            }
+        } onCancel: {
+            self.mailbox.requestStop()
         }
     }
 
@@ -60,99 +118,282 @@ public final class CaptureService: Service, Sendable {
         }
     }
 
+    // MARK: - The capture thread
+
+    /// State owned by the capture thread alone.
+    private struct Loop {
+        var settings: DisplaySettings
+        var capturer: ScreenCapturer?
+        var recorder: KeystrokeRecorder?
+        var keystrokeRetry = RetrySchedule(CaptureService.keystrokeBackoff)
+        var nextKeystrokeAttempt = ContinuousClock.now
+        var nextFrame = ContinuousClock.now
+        var nextFlush = ContinuousClock.now + CaptureService.dropFlushInterval
+        /// Agent-side drops not yet written to the spool's counters.
+        var pendingDrops: [DropReason: Int] = [:]
+        var capWarned = false
+        let screenDrops = RepeatedErrorLog()
+        let keystrokeDrops = RepeatedErrorLog()
+        let keystrokeErrors = RepeatedErrorLog()
+    }
+
+    private func captureThread() {
+        var loop = Loop(settings: display.withLock { $0 })
+        let interval = Duration.milliseconds(max(config.screenIntervalMs, 1))
+        while !mailbox.stopRequested {
+            let settings = display.withLock { $0 }
+            if settings != loop.settings {
+                stopRecorder(&loop)
+                loop.capturer = nil
+                loop.settings = settings
+                loop.keystrokeRetry.succeeded()
+                loop.nextKeystrokeAttempt = .now
+                loop.nextFrame = .now
+            }
+            sealChunks(&loop)
+            if config.keystrokeIdleMs > 0 && loop.recorder == nil && ContinuousClock.now >= loop.nextKeystrokeAttempt {
+                startRecorder(&loop)
+            }
+            if config.screenIntervalMs > 0 && ContinuousClock.now >= loop.nextFrame {
+                screenTick(&loop)
+                loop.nextFrame = .now + interval  // the interval is the pause between captures
+            }
+            if ContinuousClock.now >= loop.nextFlush {
+                flushDrops(&loop)
+                loop.nextFlush = .now + Self.dropFlushInterval
+            }
+            var wakeAt = loop.nextFlush
+            if config.screenIntervalMs > 0 { wakeAt = min(wakeAt, loop.nextFrame) }
+            if config.keystrokeIdleMs > 0 && loop.recorder == nil { wakeAt = min(wakeAt, loop.nextKeystrokeAttempt) }
+            mailbox.wait(until: wakeAt)
+        }
+        stopRecorder(&loop)
+        loop.capturer = nil
+        flushDrops(&loop)
+    }
+
+    private func drop(_ reason: DropReason, _ loop: inout Loop, countedBySpool: Bool = false) {
+        counters.withLock { $0.dropped[reason, default: 0] += 1 }
+        if !countedBySpool { loop.pendingDrops[reason, default: 0] += 1 }
+    }
+
+    private func flushDrops(_ loop: inout Loop) {
+        for (reason, count) in loop.pendingDrops where count > 0 {
+            sealer.countDropped(reason, count: count)
+        }
+        loop.pendingDrops = [:]
+    }
+
+    /// The drop reason of a failed seal, and whether the spool already counted it.
+    private static func reason(ofSealError error: any Error) -> (DropReason, countedBySpool: Bool) {
+        if let e = error as? SpoolError {
+            switch e.code {
+            case .tooLarge: return (.tooLarge, true)
+            case .full: return (.full, true)
+            case .diskFull: return (.diskFull, true)
+            default: return (.sealError, false)
+            }
+        }
+        if error is SealerUnavailable { return (.sealingPaused, false) }
+        return (.sealError, false)
+    }
+
     // MARK: Screen
 
-    private func screenLoop() async {
-        var capturer: ScreenCapturer?
-        var lastError: String?
-        let interval = Duration.milliseconds(config.screenIntervalMs)
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            if sealer.isAvailable {
-                do {
-                    if capturer == nil {
-                        capturer = try ScreenCapturer(display: config.display, xauthority: config.xauthority,
-                                                      pngLevel: config.pngLevel, logger: logger)
-                    }
-                    var sealedAny = false
-                    for frame in try capturer!.captureAll() {
-                        switch frame {
-                        case .changed(let meta, let png):
-                            try sealer.seal(FramePayload.encode(meta, png: png), kind: .screen, captureTimeMs: meta.captureTimeMs)
-                            counters.withLock { $0.framesSealed += 1 }
-                            sealedAny = true
-                        case .unchanged:
-                            counters.withLock { $0.framesUnchanged += 1 }
-                        }
-                    }
-                    if sealedAny { MemoryPolicy.trim() }
-                    if lastError != nil {
-                        logger.info("screen capture recovered")
-                        lastError = nil
-                    }
-                } catch {
-                    counters.withLock { $0.errors += 1 }
-                    let text = "\(error)"
-                    lastErrorText.withLock { $0 = text }
-                    if text != lastError {
-                        logger.error("screen capture failed; retrying", metadata: ["capture.error": "\(text)"])
-                        lastError = text
-                    }
-                    // The capturer reconnects by itself (with backoff) when the display goes away;
-                    // keeping it keeps change detection and logs the loss once.
-                }
-            } else {
-                counters.withLock { $0.skippedNoKEK += 1 }
-            }
-            try? await Task.sleep(for: interval)
+    private func screenTick(_ loop: inout Loop) {
+        guard sealer.isAvailable else {
+            counters.withLock { $0.skippedNoKEK += 1 }
+            drop(.sealingPaused, &loop)
+            return
         }
+        let frames: [FrameCapture]
+        do {
+            if loop.capturer == nil {
+                loop.capturer = try ScreenCapturer(display: loop.settings.display, xauthority: loop.settings.xauthority,
+                                                   pngLevel: config.pngLevel, logger: logger, health: health)
+            }
+            frames = try loop.capturer!.captureAll()
+        } catch let error as CaptureError where error.code == .displayUnavailable {
+            // Reported once by `health`; the capturer reconnects with backoff.
+            counters.withLock { $0.errors += 1 }
+            lastErrorText.withLock { $0 = "\(error)" }
+            return
+        } catch {
+            counters.withLock { $0.errors += 1 }
+            lastErrorText.withLock { $0 = "\(error)" }
+            drop(.captureError, &loop)
+            loop.screenDrops.failure("screen capture dropped (\(DropReason.captureError)): \(error)",
+                                     key: DropReason.captureError.rawValue, logger: logger)
+            return
+        }
+        if !loop.capWarned, let capturer = loop.capturer {
+            loop.capWarned = true
+            if let advice = Self.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, monitors: capturer.monitorSizes()) {
+                logger.warning("\(advice)")
+            }
+        }
+        var sealedAny = false
+        for frame in frames {
+            switch frame {
+            case .changed(let meta, let png):
+                let plaintext = FramePayload.encode(meta, png: png)
+                do {
+                    try sealer.seal(plaintext, kind: .screen, captureTimeMs: meta.captureTimeMs)
+                    counters.withLock { $0.framesSealed += 1 }
+                    sealedAny = true
+                    loop.screenDrops.success("screen captures kept again", logger: logger)
+                } catch {
+                    let (reason, counted) = Self.reason(ofSealError: error)
+                    counters.withLock { $0.errors += 1 }
+                    lastErrorText.withLock { $0 = "\(error)" }
+                    drop(reason, &loop, countedBySpool: counted)
+                    loop.screenDrops.failure("screen capture dropped (\(reason)): \(error)", key: reason.rawValue,
+                                             metadata: ["capture.bytes": "\(plaintext.count)"], logger: logger)
+                }
+            case .unchanged:
+                counters.withLock { $0.framesUnchanged += 1 }
+            }
+        }
+        if sealedAny { MemoryPolicy.trim() }
     }
 
     // MARK: Keystrokes
 
-    private func keystrokeLoop() async {
-        var backoff = Duration.seconds(1)
-        var lastError: String?
-        while !Task.isCancelled && !Task.isShuttingDownGracefully {
-            guard sealer.isAvailable else {
-                try? await Task.sleep(for: .seconds(1))
-                continue
+    private func startRecorder(_ loop: inout Loop) {
+        guard sealer.isAvailable else {
+            loop.nextKeystrokeAttempt = .now + .seconds(1)
+            return
+        }
+        let mailbox = self.mailbox
+        do {
+            let recorder = try KeystrokeRecorder(display: loop.settings.display, xauthority: loop.settings.xauthority,
+                                                 idleMs: config.keystrokeIdleMs, maxKeysPerChunk: 4096, logger: logger,
+                                                 health: health, onChunk: { mailbox.post($0) })
+            try recorder.start()
+            loop.recorder = recorder
+            loop.keystrokeRetry.succeeded()
+            loop.keystrokeErrors.success("keystroke capture started", logger: logger)
+        } catch {
+            loop.nextKeystrokeAttempt = .now + loop.keystrokeRetry.failed()
+            // A missing display is reported by `health`; anything else (no RECORD) here, once.
+            if (error as? CaptureError)?.code != .displayUnavailable {
+                loop.keystrokeErrors.failure("keystroke capture unavailable; retrying with backoff: \(error)",
+                                             logger: logger)
             }
-            let recorder: KeystrokeRecorder
+        }
+    }
+
+    /// Flushes and stops the recorder (≤ 2 s), then seals what it delivered.
+    private func stopRecorder(_ loop: inout Loop) {
+        guard let recorder = loop.recorder else { return }
+        recorder.flush()
+        recorder.stop()
+        loop.recorder = nil
+        sealChunks(&loop)
+    }
+
+    private func sealChunks(_ loop: inout Loop) {
+        for chunk in mailbox.takeChunks() {
             do {
-                recorder = try KeystrokeRecorder(display: config.display, xauthority: config.xauthority,
-                                                 idleMs: config.keystrokeIdleMs, maxKeysPerChunk: 4096, logger: logger)
-                try recorder.start()
+                try sealer.seal(chunk.encoded(), kind: .keystrokes, captureTimeMs: chunk.startMs)
+                counters.withLock { $0.chunksSealed += 1 }
+                loop.keystrokeDrops.success("keystroke chunks kept again", logger: logger)
             } catch {
-                let text = "\(error)"
-                if text != lastError {
-                    logger.error("keystroke capture unavailable; retrying", metadata: ["capture.error": "\(text)"])
-                    lastError = text
-                }
-                try? await Task.sleep(for: backoff)
-                backoff = min(backoff * 2, .seconds(30))
-                continue
+                let (reason, counted) = Self.reason(ofSealError: error)
+                counters.withLock { $0.errors += 1 }
+                drop(reason, &loop, countedBySpool: counted)
+                loop.keystrokeDrops.failure("keystroke chunk dropped (\(reason)): \(error)", key: reason.rawValue,
+                                            logger: logger)
             }
-            if lastError != nil { logger.info("keystroke capture started"); lastError = nil }
-            backoff = .seconds(1)
-            await withTaskCancellationHandler {
-                await withGracefulShutdownHandler {
-                    for await chunk in recorder.chunks {
-                        do {
-                            try sealer.seal(chunk.encoded(), kind: .keystrokes, captureTimeMs: chunk.startMs)
-                            counters.withLock { $0.chunksSealed += 1 }
-                        } catch {
-                            counters.withLock { $0.errors += 1 }
-                            logger.error("keystroke chunk not sealed", metadata: ["capture.error": "\(error)"])
-                        }
-                    }
-                } onGracefulShutdown: {
-                    recorder.flush()
-                    recorder.stop()
-                }
-            } onCancel: {
-                recorder.flush()
-                recorder.stop()
+        }
+    }
+
+    // MARK: - Spool cap against frame size
+
+    /// The largest sealed record one screen frame of `width`×`height` pixels can make, in bytes:
+    /// an 8-bit RGB PNG that does not compress at all (one filter byte per row, deflate stored
+    /// blocks, IDAT chunk framing), plus the frame payload header and the envelope (generous
+    /// 4 KiB). Real desktop frames are far smaller (1920×1080 text: about 120–650 KB).
+    static func worstCaseSealedFrameBytes(width: Int, height: Int) -> Int {
+        let raw = height * (1 + width * 3)
+        return raw + raw / 1000 * 3 + 4096
+    }
+
+    /// A warning when `spool-max-mb` makes the spool refuse (`too-large`) a frame of one of
+    /// `monitors` at its worst case, naming the sizes and the smallest `spool-max-mb` that
+    /// takes every frame; nil when every frame fits.
+    static func spoolCapAdvice(spoolMaxMB: Int, monitors: [(name: String, width: Int, height: Int)]) -> String? {
+        guard let largest = monitors.max(by: { $0.width * $0.height < $1.width * $1.height }) else { return nil }
+        let worst = worstCaseSealedFrameBytes(width: largest.width, height: largest.height)
+        let limit = Spool.largestRecord(maxBytes: Int64(spoolMaxMB) << 20)
+        guard worst > limit else { return nil }
+        var enough = spoolMaxMB
+        while Spool.largestRecord(maxBytes: Int64(enough) << 20) < worst && enough < 1 << 20 { enough += 1 }
+        return "spool-max-mb=\(spoolMaxMB) accepts sealed records up to \(limit) bytes, but a \(largest.width)x\(largest.height) frame "
+            + "(monitor \(SafeText.escaped(largest.name))) can seal to \(worst) bytes: frames larger than the limit are dropped "
+            + "(counted as too-large in `custos-agent status`); spool-max-mb=\(enough) or more keeps every frame"
+    }
+}
+
+/// Wakes the capture thread and carries keystroke chunks to it from the record thread; tells
+/// `run()` when the thread has finished.
+private final class Mailbox: Sendable {
+    private struct State {
+        var chunks: [KeystrokeChunk] = []
+        var stop = false
+        var finished = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+    private let signal = DispatchSemaphore(value: 0)
+
+    var stopRequested: Bool { state.withLock { $0.stop } }
+
+    func post(_ chunk: KeystrokeChunk) {
+        state.withLock { $0.chunks.append(chunk) }
+        signal.signal()
+    }
+
+    func takeChunks() -> [KeystrokeChunk] {
+        state.withLock { s in
+            defer { s.chunks = [] }
+            return s.chunks
+        }
+    }
+
+    func wake() { signal.signal() }
+
+    func requestStop() {
+        state.withLock { $0.stop = true }
+        signal.signal()
+    }
+
+    /// Blocks the capture thread until `deadline`, a posted chunk, a wake or a stop request.
+    func wait(until deadline: ContinuousClock.Instant) {
+        let left = ContinuousClock.now.duration(to: deadline)
+        guard left > .zero, state.withLock({ $0.chunks.isEmpty && !$0.stop }) else { return }
+        let ns = left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000
+        _ = signal.wait(timeout: .now() + .nanoseconds(Int(min(ns, Int64(Int32.max)))))
+    }
+
+    func finish() {
+        let waiters = state.withLock { s in
+            s.finished = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    /// Returns once the capture thread has finished.
+    func finished() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s -> Bool in
+                if s.finished { return true }
+                s.waiters.append(c)
+                return false
             }
+            if done { c.resume() }
         }
     }
 }

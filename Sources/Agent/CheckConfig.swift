@@ -42,8 +42,15 @@ enum CheckConfig {
             let capturer = try ScreenCapturer(display: config.display, xauthority: config.xauthority,
                                               pngLevel: config.pngLevel,
                                               logger: Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() })
+            // The reason the first connection failed (no server / authorization refused), not a retry delay.
+            if let problem = capturer.connectError { throw problem }
             let frames = try capturer.captureAll()
             line(true, "display", "\(config.display ?? "(DISPLAY unset)"): \(frames.count) monitor(s) readable")
+            if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, monitors: capturer.monitorSizes()) {
+                line(false, "spool-max-mb", advice, required: false)
+            }
+        } catch let error as CaptureError {
+            line(false, "display", "\(config.display ?? "(DISPLAY unset)"): \(error.message)")
         } catch {
             line(false, "display", "\(config.display ?? "(DISPLAY unset)"): \(error)")
         }

@@ -9,6 +9,15 @@ import Synchronization
 public protocol RecordSink: Sendable {
     /// Stores one sealed record durably. `kind` orders uploads and eviction.
     func put(_ record: EnvelopeRecord, kind: SpoolKind, dekID: DEKID, captureTimeMs: Int64) throws
+    /// Counts `count` captures not kept for `reason` (none of them reached `put`, or `put`
+    /// refused them for a reason it does not count itself), `bytes` in all where known.
+    func countDropped(_ reason: DropReason, count: Int, bytes: Int64)
+}
+
+extension RecordSink {
+    /// Sinks without persistent counters (a record-stream file) count nothing; the capture
+    /// service's own counters still see every drop.
+    public func countDropped(_ reason: DropReason, count: Int, bytes: Int64) {}
 }
 
 extension Spool: RecordSink {
@@ -118,6 +127,11 @@ public final class Sealer: Sendable {
         logger.info("new DEK", metadata: ["dek.id": "\(record.dekID.hex)", "kek.id": "\(kek.id.hex)",
                                           "kek.file": "\(file)", "encryption.enabled": "\(config.enableEncryption)",
                                           "dek.reason": "\(reason)"])
+    }
+
+    /// Counts captures not kept in the sink's persistent counters (the spool's, read by `status`).
+    public func countDropped(_ reason: DropReason, count: Int = 1, bytes: Int64 = 0) {
+        sink.countDropped(reason, count: count, bytes: bytes)
     }
 
     /// Seals `plaintext` and puts the sealed blob into the sink. Rotates the DEK first when the

@@ -27,12 +27,15 @@ public struct CaptureError: Error, CustomStringConvertible, Sendable {
 
     public let code: Code
     public let message: String
+    /// For `.displayUnavailable`: which it is (no server, authorization refused, lost, bad name).
+    public let problem: DisplayProblem?
     public let fileID: String
     public let line: Int
 
-    public init(_ code: Code, _ message: String, fileID: String = #fileID, line: Int = #line) {
+    public init(_ code: Code, _ message: String, problem: DisplayProblem? = nil, fileID: String = #fileID, line: Int = #line) {
         self.code = code
         self.message = message
+        self.problem = problem
         self.fileID = fileID
         self.line = line
     }

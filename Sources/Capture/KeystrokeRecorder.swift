@@ -1,5 +1,6 @@
 import CX11
 import CaptureFormat
+import CustosBase
 import Foundation
 import Logging
 import Synchronization
@@ -16,15 +17,19 @@ import Synchronization
 /// dedicated thread; `stop()` asks that thread to disable the context from the control
 /// connection and returns within 2 s even when no key is pressed.
 ///
-/// When the display is lost the open chunk is closed, the loss is logged once, and the thread
-/// reconnects with backoff; no key is attributed to the time the display was gone.
+/// When the display is lost the open chunk is closed, the loss is reported to `health` (logged
+/// once for every capture path), and the thread reconnects with `reconnectBackoff`; no key is
+/// attributed to the time the display was gone.
 ///
 /// Call `stop()` when done: the record thread keeps the recorder alive until then.
 public final class KeystrokeRecorder: Sendable {
     private let displayName: String?
     private let xauthority: String?
     private let logger: Logger
+    private let health: DisplayHealth
     private let sink: ChunkSink
+    /// Delays between reconnection attempts after the display is lost (250 ms doubling to 30 s).
+    static let reconnectBackoff = Backoff(initial: .milliseconds(250), cap: .seconds(30))
     private let stopRequested = Atomic<Bool>(false)
     private let connected = Atomic<Bool>(false)
     private let lifecycle = Mutex<Lifecycle>(.idle)
@@ -37,16 +42,19 @@ public final class KeystrokeRecorder: Sendable {
     /// `start()`, while reconnecting after a lost display, and after `stop()`).
     public var isRecording: Bool { connected.load(ordering: .sequentiallyConsistent) }
 
-    /// The closed chunks, in order. Finishes after `stop()`.
+    /// The closed chunks, in order. Finishes after `stop()`. Empty when `onChunk` was given.
     public var chunks: AsyncStream<KeystrokeChunk> { stream }
 
     /// Creates a recorder for `display` (nil: `$DISPLAY`) authorised by `xauthority`
     /// (nil: `$XAUTHORITY`). Chunks close after `idleMs` ms without a key or after
     /// `maxKeysPerChunk` keys. With `includeReleases`, key releases are recorded too
-    /// (`Keystroke.pressed == false`).
+    /// (`Keystroke.pressed == false`). Display problems go to `health` (nil: a private one).
+    /// Closed chunks go to `onChunk` when given (called on the record thread or the caller of
+    /// `flush`/`stop`; it must not block long), else to `chunks`.
     /// - Throws: `CaptureError.invalidArgument` when `idleMs` < 1 or `maxKeysPerChunk` < 1.
     public init(display: String?, xauthority: String?, idleMs: Int, maxKeysPerChunk: Int, logger: Logger,
-                includeReleases: Bool = false) throws {
+                includeReleases: Bool = false, health: DisplayHealth? = nil,
+                onChunk: (@Sendable (KeystrokeChunk) -> Void)? = nil) throws {
         guard idleMs >= 1 else { throw CaptureError(.invalidArgument, "idleMs \(idleMs) must be at least 1 ms") }
         guard maxKeysPerChunk >= 1 else {
             throw CaptureError(.invalidArgument, "maxKeysPerChunk \(maxKeysPerChunk) must be at least 1")
@@ -54,10 +62,12 @@ public final class KeystrokeRecorder: Sendable {
         displayName = display
         self.xauthority = xauthority
         self.logger = logger
+        self.health = health ?? DisplayHealth(logger: logger)
         let (stream, continuation) = AsyncStream.makeStream(of: KeystrokeChunk.self, bufferingPolicy: .unbounded)
         self.stream = stream
-        sink = ChunkSink(continuation: continuation, idleMs: idleMs, maxKeys: maxKeysPerChunk,
-                         includeReleases: includeReleases)
+        let deliver: @Sendable (KeystrokeChunk) -> Void = onChunk ?? { continuation.yield($0) }
+        sink = ChunkSink(deliver: deliver, finish: { continuation.finish() }, idleMs: idleMs,
+                         maxKeys: maxKeysPerChunk, includeReleases: includeReleases)
     }
 
     deinit {
@@ -73,7 +83,14 @@ public final class KeystrokeRecorder: Sendable {
             guard state == .idle else {
                 throw CaptureError(.invalidState, "KeystrokeRecorder.start() called when already \(state)")
             }
-            let session = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, logger: logger)
+            let session: RecordSession
+            do {
+                session = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, logger: logger)
+            } catch let error as CaptureError where error.code == .displayUnavailable {
+                health.failed(error)
+                throw error
+            }
+            health.connected(session.displayName)
             state = .running
             let box = SessionBox(session)
             let thread = Thread { [self] in
@@ -113,8 +130,8 @@ public final class KeystrokeRecorder: Sendable {
 
     private func run(_ first: RecordSession) {
         var session: RecordSession? = first
-        var lossReported = false
-        var delayMs = 250
+        var retry = RetrySchedule(Self.reconnectBackoff)
+        var delay = Duration.zero
         while !shouldStop {
             if let active = session {
                 connected.store(true, ordering: .sequentiallyConsistent)
@@ -122,13 +139,15 @@ public final class KeystrokeRecorder: Sendable {
                 connected.store(false, ordering: .sequentiallyConsistent)
                 if case .lost(let error) = reason {
                     sink.close(reason: "display lost")
-                    if !lossReported {
-                        logger.warning("X display lost; keystroke capture paused, retrying with backoff",
+                    if error.code == .displayUnavailable {
+                        health.failed(error)
+                    } else {
+                        logger.warning("keystroke capture stopped by an X error; reconnecting",
                                        metadata: ["capture.error": "\(error)"])
-                        lossReported = true
                     }
                     session = nil
-                    delayMs = 250
+                    retry.succeeded()
+                    delay = retry.failed()
                     continue
                 }
                 active.shutdown()  // disables the context and drains the keys still in flight
@@ -137,17 +156,20 @@ public final class KeystrokeRecorder: Sendable {
                 return
             }
             // Reconnect with backoff, watching for stop every 50 ms.
-            let until = Date().addingTimeInterval(Double(delayMs) / 1000)
-            while !shouldStop && Date() < until { usleep(50_000) }
+            let until = ContinuousClock.now + delay
+            while !shouldStop && ContinuousClock.now < until { usleep(50_000) }
             if shouldStop { break }
             do {
-                session = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, logger: logger)
-                if lossReported {
-                    logger.notice("X display is back; keystroke capture resumed")
-                    lossReported = false
-                }
+                let fresh = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, logger: logger)
+                session = fresh
+                retry.succeeded()
+                health.connected(fresh.displayName)
+            } catch let error as CaptureError where error.code == .displayUnavailable {
+                health.failed(error)
+                delay = retry.failed()
             } catch {
-                delayMs = min(delayMs * 2, 30_000)
+                logger.debug("keystroke capture reconnect failed", metadata: ["capture.error": "\(error)"])
+                delay = retry.failed()
             }
         }
         session?.shutdown()
@@ -174,14 +196,17 @@ final class ChunkSink: Sendable {
         var lastKey: Date
     }
 
-    private let continuation: AsyncStream<KeystrokeChunk>.Continuation
+    private let deliver: @Sendable (KeystrokeChunk) -> Void
+    private let finishDelivery: @Sendable () -> Void
     private let open = Mutex<Open?>(nil)
     let idleMs: Int
     let maxKeys: Int
     let includeReleases: Bool
 
-    init(continuation: AsyncStream<KeystrokeChunk>.Continuation, idleMs: Int, maxKeys: Int, includeReleases: Bool) {
-        self.continuation = continuation
+    init(deliver: @escaping @Sendable (KeystrokeChunk) -> Void, finish: @escaping @Sendable () -> Void,
+         idleMs: Int, maxKeys: Int, includeReleases: Bool) {
+        self.deliver = deliver
+        self.finishDelivery = finish
         self.idleMs = idleMs
         self.maxKeys = maxKeys
         self.includeReleases = includeReleases
@@ -192,7 +217,7 @@ final class ChunkSink: Sendable {
     func add(_ key: Keystroke, window: UInt, title: String, wmClass: String, now: Date) {
         open.withLock { current in
             if let c = current, c.window != window || c.chunk.windowTitle != title || c.chunk.wmClass != wmClass {
-                continuation.yield(c.chunk)
+                deliver(c.chunk)
                 current = nil
             }
             if current == nil {
@@ -205,7 +230,7 @@ final class ChunkSink: Sendable {
             current!.chunk.endMs = key.timeMs
             current!.lastKey = now
             if current!.chunk.keys.count >= maxKeys {
-                continuation.yield(current!.chunk)
+                deliver(current!.chunk)
                 current = nil
             }
         }
@@ -215,7 +240,7 @@ final class ChunkSink: Sendable {
     func closeIfIdle(now: Date) {
         open.withLock { current in
             if let c = current, now.timeIntervalSince(c.lastKey) * 1000 >= Double(idleMs) {
-                continuation.yield(c.chunk)
+                deliver(c.chunk)
                 current = nil
             }
         }
@@ -223,10 +248,10 @@ final class ChunkSink: Sendable {
 
     func close(reason: String) {
         open.withLock { current in
-            if let c = current, !c.chunk.keys.isEmpty { continuation.yield(c.chunk) }
+            if let c = current, !c.chunk.keys.isEmpty { deliver(c.chunk) }
             current = nil
         }
     }
 
-    func finish() { continuation.finish() }
+    func finish() { finishDelivery() }
 }

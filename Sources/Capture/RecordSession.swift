@@ -10,7 +10,7 @@ final class RecordSession {
 
     private let control: X11Display
     private let data: X11Display
-    private let context: XRecordContext
+    private let context: RecordContext
     private let translator: KeyTranslator
     private let sink: ChunkSink
     private let logger: Logger
@@ -79,24 +79,19 @@ final class RecordSession {
         byName.pointee.ext_requests.ext_minor.last = 23
         var clients: XRecordClientSpec = XRecordClientSpec(XRecordAllClients)
         var rangeList: [UnsafeMutablePointer<XRecordRange>?] = ranges
-        context = XRecordCreateContext(dpy, 0, &clients, 1, &rangeList, Int32(rangeList.count))
+        // Owned from here on: every throw below frees it (RecordContext.deinit).
+        let context = RecordContext(takingOwnership: XRecordCreateContext(dpy, 0, &clients, 1, &rangeList,
+                                                                          Int32(rangeList.count)), on: control)
         try control.sync("creating the record context")
-        guard context != 0 else {
+        guard context.id != 0 else {
             throw CaptureError(.xProtocolError, "XRecordCreateContext failed on \(control.name)")
         }
-        do {
-            data = try X11Display(name: display, xauthority: xauthority)
-        } catch {
-            XRecordFreeContext(dpy, context)
-            XSync(dpy, 0)
-            throw error
-        }
+        self.context = context
+        data = try X11Display(name: display, xauthority: xauthority)
         self.sink = sink
         self.logger = logger
         let closure = Unmanaged.passUnretained(self).toOpaque().assumingMemoryBound(to: CChar.self)
-        guard XRecordEnableContextAsync(data.dpy, context, custosRecordCallback, closure) != 0 else {
-            XRecordFreeContext(dpy, context)
-            XSync(dpy, 0)
+        guard XRecordEnableContextAsync(data.dpy, context.id, custosRecordCallback, closure) != 0 else {
             throw CaptureError(.xProtocolError, "XRecordEnableContextAsync failed on \(control.name)")
         }
         enabled = true
@@ -104,6 +99,8 @@ final class RecordSession {
     }
 
     deinit {
+        // Only a fully initialised session has enabled its context; one whose init threw is
+        // released without this, and its RecordContext frees the context by itself.
         shutdown()
     }
 
@@ -111,6 +108,9 @@ final class RecordSession {
     /// chunk are noticed. Each wake-up costs a little CPU; at 50 ms the 20 wake-ups per second
     /// were about 7% of the agent's CPU under `perf` (`Benchmarks/agent.sh`).
     static let pollTimeoutMs: Int32 = 200
+
+    /// The display's name as shown in messages (escaped).
+    var displayName: String { control.name }
 
     /// Processes recorded data until `shouldStop` or a lost connection, closing idle chunks.
     /// Waits on both connections, so recorded keys and keymap events wake it at once.
@@ -143,7 +143,7 @@ final class RecordSession {
         guard !disabled else { return }
         disabled = true
         if enabled && !control.isDead {
-            XRecordDisableContext(control.dpy, context)
+            XRecordDisableContext(control.dpy, context.id)
             XFlush(control.dpy)
             // The data connection gets the remaining data and an EndOfData reply.
             let deadline = Date().addingTimeInterval(1)
@@ -153,11 +153,7 @@ final class RecordSession {
                 if poll(&pfd, 1, 50) > 0 { XRecordProcessReplies(data.dpy) }
             }
         }
-        if !control.isDead {
-            XRecordFreeContext(control.dpy, context)
-            XSync(control.dpy, 0)
-            _ = control.takeError()
-        }
+        context.free()
     }
 
     private func drainControlEvents() {
@@ -332,6 +328,34 @@ final class RecordSession {
         guard status == Success, actualType == type, format == 8, let value else { return nil }
         return Array(UnsafeBufferPointer(start: value, count: Int(count)))
     }
+}
+
+/// One RECORD context (X Record Extension Library, `XRecordCreateContext`); frees it with
+/// `XRecordFreeContext` on the control connection exactly once: on `free()` or in `deinit`,
+/// whichever comes first, so a context whose setup throws half-way is never leaked. Holds
+/// the control connection, which must outlive the context.
+final class RecordContext {
+    let id: XRecordContext
+    private let control: X11Display
+    private var freed = false
+
+    /// Takes ownership of `id` (0 when creation failed: nothing to free), created on `control`.
+    init(takingOwnership id: XRecordContext, on control: X11Display) {
+        self.id = id
+        self.control = control
+    }
+
+    /// Frees the context (disable it first if it was enabled). Safe twice and on a dead display.
+    func free() {
+        guard !freed else { return }
+        freed = true
+        guard id != 0, !control.isDead else { return }
+        XRecordFreeContext(control.dpy, id)
+        XSync(control.dpy, 0)
+        _ = control.takeError()
+    }
+
+    deinit { free() }
 }
 
 /// The RECORD intercept callback (XRecordEnableContextAsync). `closure` is the unretained

@@ -1,6 +1,7 @@
 import CX11
 import CX11Damage
 import CaptureFormat
+import CustosBase
 import Foundation
 import Logging
 
@@ -25,25 +26,26 @@ public enum FrameCapture: Sendable {
 /// monitor is grabbed and its raw pixels hashed, so a repaint with identical pixels is still
 /// `.unchanged`. Without DAMAGE every monitor is grabbed and hashed.
 ///
-/// Not thread-safe: call `captureAll` from one task or thread at a time (it owns the X
-/// connection). When the display is missing or lost, `captureAll` throws
-/// `CaptureError.displayUnavailable`, logs the loss once, and reconnects on a later call after
-/// a backoff delay (doubling from `initialReconnectDelayMs` up to `maxReconnectDelayMs`).
+/// Not thread-safe: call `captureAll` from one thread at a time (it owns the X connection).
+/// When the display is missing or lost, `captureAll` throws `CaptureError.displayUnavailable`
+/// saying which (no server, authorization refused naming the cookie file, lost), reports it to
+/// `health` (logged once for all capture paths of the process, and the recovery once), and
+/// reconnects on a later call after `reconnectBackoff`'s delay; until then it throws the same
+/// error again without touching the X server.
 public final class ScreenCapturer {
-    /// First delay before reconnecting after the display is lost, in ms.
-    public var initialReconnectDelayMs: Int = 250
-    /// Longest delay between reconnection attempts, in ms.
-    public var maxReconnectDelayMs: Int = 30_000
+    /// Delays between reconnection attempts (250 ms doubling to 30 s, jittered).
+    public var reconnectBackoff = Backoff(initial: .milliseconds(250), cap: .seconds(30))
 
     private let displayName: String?
     private let xauthority: String?
     private let encoder: PNGEncoder
     private let logger: Logger
+    private let health: DisplayHealth
 
     private var connection: Connection?
-    private var reconnectDelayMs: Int = 0
+    private var failures = 0
     private var nextAttempt: Date = .distantPast
-    private var lossReported = false
+    private var lastConnectError: CaptureError?
     private var convertBuffer: [UInt8] = []
     /// Per monitor index: the geometry and raw-pixel hash of the last frame handed out.
     private var previous: [Int: (geometry: Geometry, hash: UInt64)] = [:]
@@ -136,12 +138,15 @@ public final class ScreenCapturer {
     }
 
     /// Creates a capturer for `display` (nil: `$DISPLAY`) authorised by the `xauthority` file
-    /// (nil: `$XAUTHORITY`), encoding PNG at zlib level `pngLevel` (0…9; 1 is fast).
+    /// (nil: `$XAUTHORITY`, else `~/.Xauthority`), encoding PNG at zlib level `pngLevel` (0…9;
+    /// 1 is fast). Display problems go to `health` (nil: a private one logging to `logger`);
+    /// pass the same `DisplayHealth` to every capture path so a missing display is logged once.
     ///
-    /// Connects at once when it can; when the display is not up yet (at boot), logs that once
-    /// and connects on a later `captureAll`.
+    /// Connects at once when it can; when the display is not up yet (at boot), reports that
+    /// once and connects on a later `captureAll`.
     /// - Throws: `CaptureError.invalidArgument` when `pngLevel` is outside 0…9.
-    public init(display: String?, xauthority: String?, pngLevel: Int, logger: Logger) throws {
+    public init(display: String?, xauthority: String?, pngLevel: Int, logger: Logger,
+                health: DisplayHealth? = nil) throws {
         guard (0...9).contains(pngLevel) else {
             throw CaptureError(.invalidArgument, "pngLevel \(pngLevel) is outside the zlib range 0…9")
         }
@@ -149,6 +154,7 @@ public final class ScreenCapturer {
         self.xauthority = xauthority
         encoder = PNGEncoder(level: Int32(pngLevel))
         self.logger = logger
+        self.health = health ?? DisplayHealth(logger: logger)
         _ = try? ensureConnection(now: Date())
     }
 
@@ -158,6 +164,16 @@ public final class ScreenCapturer {
 
     /// Whether the capturer currently holds a live connection to the display.
     public var isConnected: Bool { connection != nil }
+
+    /// Why the last connection attempt failed, while disconnected; nil when connected.
+    public var connectError: CaptureError? { connection == nil ? lastConnectError : nil }
+
+    /// The monitors of the connected display (name, width, height in pixels), for sizing
+    /// checks; empty while disconnected.
+    public func monitorSizes() -> [(name: String, width: Int, height: Int)] {
+        guard let connection, let monitors = try? readMonitors(connection) else { return [] }
+        return monitors.map { ($0.name, $0.width, $0.height) }
+    }
 
     /// Forgets the previous frames, so the next `captureAll` encodes every monitor (for a
     /// periodic full frame, e.g. when a new DEK session starts, and for benchmarks).
@@ -183,9 +199,9 @@ public final class ScreenCapturer {
             return try capture(conn, now: now)
         } catch let error as CaptureError {
             if conn.display.isDead || error.code == .displayUnavailable {
-                dropConnection(now: now)
                 let lost = conn.display.lostError()
-                logLoss(lost)
+                dropConnection(now: now, error: lost)
+                health.failed(lost)
                 throw lost
             }
             throw error
@@ -196,42 +212,33 @@ public final class ScreenCapturer {
 
     private func ensureConnection(now: Date) throws -> Connection {
         if let connection { return connection }
-        guard now >= nextAttempt else {
-            throw CaptureError(.displayUnavailable,
-                               "X display \(displayName ?? "$DISPLAY") is unavailable; next attempt in \(Int(nextAttempt.timeIntervalSince(now) * 1000)) ms")
-        }
+        if now < nextAttempt, let lastConnectError { throw lastConnectError }
         do {
             let display = try X11Display(name: displayName, xauthority: xauthority)
             let conn = try Connection(display: display, logger: logger)
             connection = conn
             previous.removeAll()
-            reconnectDelayMs = 0
-            if lossReported {
-                logger.notice("X display is back; screen capture resumed", metadata: ["capture.display": "\(display.name)"])
-                lossReported = false
-            }
+            failures = 0
+            lastConnectError = nil
+            health.connected(display.name)
             return conn
         } catch let error as CaptureError {
-            reconnectDelayMs = min(maxReconnectDelayMs, max(initialReconnectDelayMs, reconnectDelayMs * 2))
-            nextAttempt = now.addingTimeInterval(Double(reconnectDelayMs) / 1000)
-            logLoss(error)
+            failures += 1
+            nextAttempt = now.addingTimeInterval(Double(reconnectBackoff.delayMs(afterFailures: failures)) / 1000)
+            lastConnectError = error
+            if error.code == .displayUnavailable { health.failed(error) }
             throw error
         }
     }
 
-    private func dropConnection(now: Date) {
+    /// Forgets a lost connection; the next attempt comes after the first backoff delay.
+    private func dropConnection(now: Date, error: CaptureError) {
         connection?.shmBuffers.removeAll()
         connection = nil
         previous.removeAll()
-        reconnectDelayMs = initialReconnectDelayMs
-        nextAttempt = now.addingTimeInterval(Double(reconnectDelayMs) / 1000)
-    }
-
-    private func logLoss(_ error: CaptureError) {
-        guard !lossReported else { return }
-        lossReported = true
-        logger.warning("X display unavailable; screen capture paused, retrying with backoff",
-                       metadata: ["capture.error": "\(error)"])
+        failures = 1
+        lastConnectError = error
+        nextAttempt = now.addingTimeInterval(Double(reconnectBackoff.delayMs(afterFailures: 1)) / 1000)
     }
 
     // MARK: - Capture

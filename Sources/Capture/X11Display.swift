@@ -74,28 +74,40 @@ final class X11Display {
     let name: String
     private var extensionNames: [UInt8: String] = [:]
 
-    /// Opens `name` (nil: `$DISPLAY`) using `xauthority` (nil: `$XAUTHORITY`).
-    /// - Throws: `CaptureError.displayUnavailable` naming the display when XOpenDisplay fails.
+    /// Opens `name` (nil: `$DISPLAY`) authorised by the cookie file `xauthority` (nil:
+    /// `$XAUTHORITY`, else `~/.Xauthority`).
+    ///
+    /// Probes first (`DisplayProbe`: socket and connection setup, silent), so a missing server
+    /// or a refused cookie becomes an error naming which it is and the cookie file tried, and
+    /// Xlib/libxcb never print their own refusal to stderr. Then `XOpenDisplay` runs with the
+    /// probe's cookie set by `XSetAuthorization` (process-wide in Xlib, so opens are serialised
+    /// and the environment is never modified).
+    /// - Throws: `CaptureError.displayUnavailable` with `problem` `.noServer`,
+    ///   `.authorizationRefused` or `.badName`.
     init(name: String?, xauthority: String?) throws {
         _ = XErrorState.installed
-        let shown = name ?? ProcessInfo.processInfo.environment["DISPLAY"] ?? "(unset DISPLAY)"
+        let parsed = try DisplayProbe.name(name)
+        let authority = try DisplayProbe.check(parsed, xauthority: xauthority)
+        let displayName = name ?? ProcessInfo.processInfo.environment["DISPLAY"] ?? ""
         let opened: OpaquePointer? = XErrorState.openLock.withLock { _ in
-            let saved = getenv("XAUTHORITY").map { String(cString: $0) }
-            if let xauthority { setenv("XAUTHORITY", xauthority, 1) }
-            defer {
-                if xauthority != nil {
-                    if let saved { setenv("XAUTHORITY", saved, 1) } else { unsetenv("XAUTHORITY") }
-                }
+            guard var cookie = authority.cookie.map({ $0.map { CChar(bitPattern: $0) } }) else {
+                return XOpenDisplay(displayName)
             }
-            return XOpenDisplay(name)
+            // XSetAuthorization copies both strings; it is reset before the lock is released.
+            var method = Array("MIT-MAGIC-COOKIE-1".utf8CString)
+            XSetAuthorization(&method, Int32(method.count - 1), &cookie, Int32(cookie.count))
+            defer { XSetAuthorization(nil, 0, nil, 0) }
+            return XOpenDisplay(displayName)
         }
         guard let opened else {
+            // The probe passed a moment ago: the server went away or changed its mind since.
             throw CaptureError(.displayUnavailable,
-                               "cannot open X display \(shown) (server not running, or authorization refused; XAUTHORITY=\(xauthority ?? "from environment"))")
+                               "XOpenDisplay failed for display \(parsed.shown) right after a successful probe (server restarting?)",
+                               problem: .noServer)
         }
         XSetIOErrorExitHandler(opened, custosXIOErrorExit, nil)
         dpy = opened
-        self.name = shown
+        self.name = parsed.shown
     }
 
     deinit {
@@ -137,7 +149,7 @@ final class X11Display {
     }
 
     func lostError() -> CaptureError {
-        CaptureError(.displayUnavailable, "connection to X display \(name) lost (server exited or restarted)")
+        CaptureError(.displayUnavailable, "connection to X display \(name) lost (server exited or restarted)", problem: .lost)
     }
 
     func protocolError(_ record: XErrorRecord, while what: String) -> CaptureError {

@@ -37,8 +37,8 @@ public final class Spool: Sendable {
     struct MutableState: Sendable {
         var lockFD: Int32
         var closed = false
-        /// Rejections not yet written to the counter table (written with the next write).
-        var pendingRejected: [SpoolKind: SpoolCount] = [:]
+        /// Rejections and drops not yet written to the counter table (written with the next write).
+        var pending = PendingCounters()
         var evictionBurst: Burst?
         var rejectionBurst: Burst?
         var diskFullBurst: Burst?
@@ -261,7 +261,7 @@ public final class Spool: Sendable {
             var evicted: [SpoolKind: SpoolCount] = [:]
             _ = try evict(db, kinds: SpoolKind.dekRecord.evictable, needPages: 0, budgetPages: budget.dataPages,
                           evicted: &evicted)
-            try addCounters(db, evicted: evicted, rejected: [:])
+            try addCounters(db, evicted: evicted, rejected: PendingCounters())
             logEvictions(evicted)
             let pages = try Int64.fetchOne(db, sql: "PRAGMA page_count") ?? 0
             if pages > budget.dataPages {
@@ -308,6 +308,17 @@ public final class Spool: Sendable {
         (Int64(payloadBytes) + 160) / (pageSize - 8) + 4
     }
 
+    /// The largest payload (bytes) a spool capped at `maxBytes` accepts: one record may take at
+    /// most half the data budget and half the WAL share; a larger one is refused `.tooLarge`
+    /// (and counted as dropped). `pageSize` is SQLite's page size (4096 by default).
+    public static func largestRecord(maxBytes: Int64, pageSize: Int64 = 4096) -> Int {
+        let capWal = walShare(of: maxBytes)
+        let byWal = (capWal / 2 - 32) / (pageSize + 24) - 12
+        let byData = (maxBytes - capWal) / pageSize / 2
+        let pages = min(byWal, byData)
+        return max(0, Int((pages - 3) * (pageSize - 8) - 161))
+    }
+
     /// WAL bytes one write transaction of `pages` new pages may append (frames are a page
     /// plus a 24-byte header; a few more pages for b-tree, freelist and pointer-map updates).
     func walBytesFor(pages: Int64) -> Int64 {
@@ -340,10 +351,10 @@ public final class Spool: Sendable {
             throw SpoolError(.invalidEntry, "record \(entry.id.spoolHex) has an empty payload")
         }
         let need = pagesNeeded(entry.payload.count)
-        let capWal = Self.walShare(of: maxBytes)
-        if walBytesFor(pages: need) > capWal / 2 || need > (maxBytes - capWal) / pageSize / 2 {
+        if entry.payload.count > Self.largestRecord(maxBytes: maxBytes, pageSize: pageSize) {
+            countDropped(.tooLarge, bytes: Int64(entry.payload.count))
             throw SpoolError(.tooLarge, "record \(entry.id.spoolHex) of \(entry.payload.count) bytes cannot fit "
-                             + "in a spool capped at \(maxBytes) bytes (limit: half the data budget and half the WAL share)")
+                             + "in a spool capped at \(maxBytes) bytes (largest record: \(Self.largestRecord(maxBytes: maxBytes)) bytes)")
         }
         do {
             try enqueueOnce(entry, need: need)
@@ -374,18 +385,18 @@ public final class Spool: Sendable {
                     let reason = "the filesystem holding \(files.directory) has \(files.availableBytes ?? 0) bytes free; "
                         + "the WAL (\(wal) bytes) cannot take \(walNeed) more bytes"
                     logDiskFull()
-                    recordRejection(entry, reason: reason)
+                    recordRejection(entry, reason: reason, code: .diskFull)
                     throw SpoolError(.diskFull, "record \(entry.id.spoolHex) (\(entry.kind.rawValue)) refused: \(reason)")
                 }
                 let reason = "WAL \(files.walPath) is \(wal) bytes and cannot be checkpointed (a reader holds a "
                     + "transaction open); adding \(walNeed) bytes would pass its share of \(budget.wal) bytes"
-                recordRejection(entry, reason: reason)
+                recordRejection(entry, reason: reason, code: .full)
                 throw SpoolError(.full, "record \(entry.id.spoolHex) (\(entry.kind.rawValue)) refused: \(reason)")
             }
         }
         let pending = mutable.withLock { state in
-            let p = state.pendingRejected
-            state.pendingRejected = [:]
+            let p = state.pending
+            state.pending = PendingCounters()
             return p
         }
         var evicted: [SpoolKind: SpoolCount] = [:]
@@ -420,10 +431,10 @@ public final class Spool: Sendable {
                     + "and the spool's files use \(files.databaseBytes + files.walBytes) bytes; no "
                     + "\(entry.kind.evictable.map(\.rawValue)) record is left to evict"
                 logDiskFull()
-                recordRejection(entry, reason: reason)
+                recordRejection(entry, reason: reason, code: .diskFull)
                 throw SpoolError(.diskFull, "record \(entry.id.spoolHex) (\(entry.kind.rawValue)) refused: \(reason)")
             }
-            recordRejection(entry, reason: rejected.reason)
+            recordRejection(entry, reason: rejected.reason, code: .full)
             throw SpoolError(.full, "record \(entry.id.spoolHex) (\(entry.kind.rawValue)) refused: \(rejected.reason)")
         } catch {
             restorePending(pending)
@@ -588,8 +599,8 @@ public final class Spool: Sendable {
         guard !ids.isEmpty else { return }
         try checkWALRoom("ack of \(ids.count) records", pages: 3 * Int64(ids.count) + 4)
         let pending = mutable.withLock { state in
-            let p = state.pendingRejected
-            state.pendingRejected = [:]
+            let p = state.pending
+            state.pending = PendingCounters()
             return p
         }
         do {
@@ -661,15 +672,16 @@ public final class Spool: Sendable {
     /// - Throws: `SpoolError` `.busy`, `.closed`, `.sqlite`.
     public func stats() throws -> SpoolStats {
         try checkOpen()
-        let pending = mutable.withLock { $0.pendingRejected }
+        let pending = mutable.withLock { $0.pending }
         return try mapped {
             try dbQueue.read { db in
                 var stats = SpoolStats(spooled: [:], evicted: [:], rejected: [:], quarantined: 0, leased: 0,
                                        oldestCaptureTimeMs: nil, fileBytes: 0, maxBytes: maxBytes)
+                stats.dropped = pending.dropped
                 for kind in SpoolKind.allCases {
                     stats.spooled[kind] = SpoolCount()
                     stats.evicted[kind] = SpoolCount()
-                    stats.rejected[kind] = pending[kind] ?? SpoolCount()
+                    stats.rejected[kind] = pending.rejected[kind] ?? SpoolCount()
                 }
                 let rows = try Row.fetchAll(db, sql: """
                     SELECT kind, count(*) AS n, total(size) AS bytes FROM record GROUP BY kind
@@ -690,6 +702,14 @@ public final class Spool: Sendable {
                     stats.rejected[kind]!.bytes += values[SpoolSchema.rejectedBytes(kind)] ?? 0
                 }
                 stats.quarantined = Int(values[SpoolSchema.quarantined] ?? 0)
+                for (name, value) in values {
+                    guard let (reason, isCount) = SpoolSchema.droppedCounter(name) else { continue }
+                    if isCount {
+                        stats.dropped[reason, default: SpoolCount()].count += Int(value)
+                    } else {
+                        stats.dropped[reason, default: SpoolCount()].bytes += value
+                    }
+                }
                 stats.fileBytes = files.databaseBytes + files.walBytes
                 return stats
             }
@@ -720,10 +740,10 @@ public final class Spool: Sendable {
     /// releases the writer lock. Later calls throw `.closed`; closing twice is a no-op.
     public func close() throws {
         let (wasClosed, fd, pending) = mutable.withLock { state in
-            let r = (state.closed, state.lockFD, state.pendingRejected)
+            let r = (state.closed, state.lockFD, state.pending)
             state.closed = true
             state.lockFD = -1
-            state.pendingRejected = [:]
+            state.pending = PendingCounters()
             return r
         }
         if wasClosed { return }
@@ -857,31 +877,57 @@ public final class Spool: Sendable {
             """).execute(arguments: [name, value])
     }
 
-    private func addCounters(_ db: Database, evicted: [SpoolKind: SpoolCount], rejected: [SpoolKind: SpoolCount]) throws {
+    private func addCounters(_ db: Database, evicted: [SpoolKind: SpoolCount], rejected: PendingCounters) throws {
         for (kind, count) in evicted {
             try bump(db, SpoolSchema.evictedCount(kind), by: Int64(count.count))
             try bump(db, SpoolSchema.evictedBytes(kind), by: count.bytes)
         }
-        for (kind, count) in rejected {
+        for (kind, count) in rejected.rejected {
             try bump(db, SpoolSchema.rejectedCount(kind), by: Int64(count.count))
             try bump(db, SpoolSchema.rejectedBytes(kind), by: count.bytes)
         }
-    }
-
-    private func restorePending(_ pending: [SpoolKind: SpoolCount]) {
-        guard !pending.isEmpty else { return }
-        mutable.withLock { state in
-            for (kind, count) in pending {
-                state.pendingRejected[kind, default: SpoolCount()].count += count.count
-                state.pendingRejected[kind, default: SpoolCount()].bytes += count.bytes
-            }
+        for (reason, count) in rejected.dropped {
+            try bump(db, SpoolSchema.droppedCount(reason), by: Int64(count.count))
+            try bump(db, SpoolSchema.droppedBytes(reason), by: count.bytes)
         }
     }
 
-    private func recordRejection(_ entry: SpoolEntry, reason: String) {
+    private func restorePending(_ pending: PendingCounters) {
+        guard !pending.isEmpty else { return }
+        mutable.withLock { state in state.pending.add(pending) }
+    }
+
+    /// Counts one capture (or `count` of them, `bytes` in all) that was not kept, under
+    /// `reason`, in the persistent counter table that `stats()` (and `custos-agent status`)
+    /// reads. The spool counts its own refusals (`.tooLarge`, `.full`, `.diskFull`); the agent
+    /// counts the others (no KEK, a failed capture or seal). Written at once; when that write
+    /// fails (disk full, busy) the count is kept in memory and written with the next write or
+    /// at `close()`. Never throws.
+    public func countDropped(_ reason: DropReason, count: Int = 1, bytes: Int64 = 0) {
+        guard !isReadOnly, count > 0 else { return }
+        let pending = mutable.withLock { state -> PendingCounters? in
+            guard !state.closed else { return nil }
+            state.pending.dropped[reason, default: SpoolCount()].count += count
+            state.pending.dropped[reason, default: SpoolCount()].bytes += bytes
+            let p = state.pending
+            state.pending = PendingCounters()
+            return p
+        }
+        guard let pending else { return }
+        do {
+            try mapped { try writeTransaction { db in try addCounters(db, evicted: [:], rejected: pending) } }
+        } catch {
+            restorePending(pending)
+        }
+    }
+
+    private func recordRejection(_ entry: SpoolEntry, reason: String, code: SpoolError.Code) {
         let (starts, previous) = mutable.withLock { state in
-            state.pendingRejected[entry.kind, default: SpoolCount()].count += 1
-            state.pendingRejected[entry.kind, default: SpoolCount()].bytes += Int64(entry.payload.count)
+            state.pending.rejected[entry.kind, default: SpoolCount()].count += 1
+            state.pending.rejected[entry.kind, default: SpoolCount()].bytes += Int64(entry.payload.count)
+            let why: DropReason = code == .diskFull ? .diskFull : .full
+            state.pending.dropped[why, default: SpoolCount()].count += 1
+            state.pending.dropped[why, default: SpoolCount()].bytes += Int64(entry.payload.count)
             return Burst.note(&state.rejectionBurst, count: 1, bytes: Int64(entry.payload.count))
         }
         if let previous { logBurstEnd("refused", previous) }

@@ -51,4 +51,13 @@ enum SpoolSchema {
     static func rejectedCount(_ kind: SpoolKind) -> String { "rejected.\(kind.rawValue).count" }
     static func rejectedBytes(_ kind: SpoolKind) -> String { "rejected.\(kind.rawValue).bytes" }
     static let quarantined = "quarantined"
+    static func droppedCount(_ reason: DropReason) -> String { "dropped.\(reason.rawValue).count" }
+    static func droppedBytes(_ reason: DropReason) -> String { "dropped.\(reason.rawValue).bytes" }
+    /// The reason and whether it is the count (else the bytes) of a `dropped.*` counter name.
+    static func droppedCounter(_ name: String) -> (DropReason, isCount: Bool)? {
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0] == "dropped", parts[2] == "count" || parts[2] == "bytes",
+              let reason = DropReason(rawValue: String(parts[1])) else { return nil }
+        return (reason, parts[2] == "count")
+    }
 }

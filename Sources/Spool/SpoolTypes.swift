@@ -88,6 +88,16 @@ public struct SpoolStats: Sendable, Codable, Equatable {
     /// The configured byte cap (database + WAL), in bytes.
     public var maxBytes: Int64
 
+    /// Captures not kept, by reason (lifetime): the spool's own refusals (`too-large`, `full`,
+    /// `disk-full`) and what the agent counted with `Spool.countDropped` (no KEK, capture or
+    /// seal errors). `bytes` is the sealed size where known, else 0.
+    public var dropped: [DropReason: SpoolCount] = [:]
+
+    /// All dropped captures (lifetime).
+    public var totalDropped: SpoolCount {
+        dropped.values.reduce(SpoolCount()) { SpoolCount(count: $0.count + $1.count, bytes: $0.bytes + $1.bytes) }
+    }
+
     /// All spooled records.
     public var totalSpooled: SpoolCount {
         spooled.values.reduce(SpoolCount()) { SpoolCount(count: $0.count + $1.count, bytes: $0.bytes + $1.bytes) }
@@ -95,6 +105,54 @@ public struct SpoolStats: Sendable, Codable, Equatable {
     /// All evicted records (lifetime).
     public var totalEvicted: SpoolCount {
         evicted.values.reduce(SpoolCount()) { SpoolCount(count: $0.count + $1.count, bytes: $0.bytes + $1.bytes) }
+    }
+}
+
+/// Why a capture was not kept. The raw value names its counter (`dropped.<raw>.count` and
+/// `.bytes` in the spool's counter table) and is what `custos-agent status` prints.
+public struct DropReason: RawRepresentable, Hashable, Sendable, Codable, CodingKeyRepresentable,
+                          CustomStringConvertible {
+    public let rawValue: String
+    /// `rawValue`: lowercase letters, digits and `-` only (it becomes part of a counter name).
+    public init?(rawValue: String) {
+        guard !rawValue.isEmpty, rawValue.utf8.allSatisfy({ (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2d })
+        else { return nil }
+        self.rawValue = rawValue
+    }
+    private init(_ raw: String) { rawValue = raw }
+    public var description: String { rawValue }
+
+    /// The sealed record is larger than one record may be under `spool-max-mb`.
+    public static let tooLarge = DropReason("too-large")
+    /// The spool is at its cap and nothing could be evicted for the record.
+    public static let full = DropReason("full")
+    /// The filesystem holding the spool is full.
+    public static let diskFull = DropReason("disk-full")
+    /// Sealing is paused (no usable KEK): the capture was not taken.
+    public static let sealingPaused = DropReason("sealing-paused")
+    /// Capturing failed (X error, PNG encoding), not counting a missing display.
+    public static let captureError = DropReason("capture-error")
+    /// Sealing or storing failed for another reason (a spool or Envelope error).
+    public static let sealError = DropReason("seal-error")
+}
+
+/// Counter increments not yet written (kept in memory when a write fails, written with the
+/// next write transaction or at close).
+struct PendingCounters: Sendable {
+    var rejected: [SpoolKind: SpoolCount] = [:]
+    var dropped: [DropReason: SpoolCount] = [:]
+
+    var isEmpty: Bool { rejected.isEmpty && dropped.isEmpty }
+
+    mutating func add(_ other: PendingCounters) {
+        for (k, c) in other.rejected {
+            rejected[k, default: SpoolCount()].count += c.count
+            rejected[k, default: SpoolCount()].bytes += c.bytes
+        }
+        for (k, c) in other.dropped {
+            dropped[k, default: SpoolCount()].count += c.count
+            dropped[k, default: SpoolCount()].bytes += c.bytes
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 import Capture
 import CaptureFormat
+import CustosBase
 import Foundation
 import Testing
 import TestSupport
@@ -264,8 +265,7 @@ struct FrameTests {
         let xvfb = try Xvfb(width: 320, height: 240, depth: 24)
         try xvfb.run(["xsetroot", "-solid", "#111111"])
         let capturer = try ScreenCapturer(display: xvfb.name, xauthority: nil, pngLevel: 1, logger: testLogger("t"))
-        capturer.initialReconnectDelayMs = 50
-        capturer.maxReconnectDelayMs = 200
+        capturer.reconnectBackoff = Backoff(initial: .milliseconds(50), cap: .milliseconds(200))
         #expect(try capturer.captureAll().first?.changedFrame != nil)
         xvfb.stop()
         var sawUnavailable = false

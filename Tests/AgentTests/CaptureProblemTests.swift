@@ -1,0 +1,198 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// A `custos-agent` with no collector (captures stay in the spool), its own KEK made by the
+/// openssl CLI, and a config written per test: for the display and dropped-capture cases.
+final class SpoolOnlyAgent: @unchecked Sendable {
+    // @unchecked Sendable: used from one test task at a time.
+    let dir: TempDir
+    var agent: BackgroundProcess?
+    var configPath: String { dir.file("agent/config.cfg") }
+    var spoolDir: String { dir.file("agent/spool") }
+
+    init(name: String) throws {
+        dir = try TempDir("custos-capture-\(name)")
+        try FileManager.default.createDirectory(atPath: dir.file("agent/certs"), withIntermediateDirectories: true)
+        let kek = try makeOpenSSLKeyPair(in: dir.path, name: "e2e")
+        try FileManager.default.copyItem(atPath: kek.publicKey, toPath: dir.file("agent/certs/kek.pem"))
+    }
+
+    /// Writes the config; `xauthority` nil leaves the key out.
+    func writeConfig(display: String, xauthority: String?, screenIntervalMs: Int, keystrokeIdleMs: Int,
+                     spoolMaxMB: Int = 64) throws {
+        var text = """
+            enable-encryption=1
+            agent-id=capture-pc
+            display=\(display)
+            screen-interval-ms=\(screenIntervalMs)
+            keystroke-idle-ms=\(keystrokeIdleMs)
+            spool-dir=\(spoolDir)
+            spool-max-mb=\(spoolMaxMB)
+
+            """
+        if let xauthority { text += "xauthority=\(xauthority)\n" }
+        try text.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    /// The environment of a session with no cookie of its own: `$XAUTHORITY` empty (unset for
+    /// Xlib and for the agent), `$HOME` a folder without `.Xauthority`.
+    var noCookieEnvironment: [String: String] { ["XAUTHORITY": "", "HOME": dir.path] }
+
+    func start() throws {
+        agent = try BackgroundProcess(try builtProduct("custos-agent"), ["--config", configPath],
+                                      environment: noCookieEnvironment.merging(["CUSTOS_LOG_LEVEL": "info"]) { $1 },
+                                      logPath: dir.file("agent/agent.log"))
+    }
+
+    func stop() {
+        agent?.send(SIGTERM)
+        #expect(agent?.waitExit(timeout: 10) == 0, "agent did not exit 0 on SIGTERM: \(log.suffix(2000))")
+    }
+
+    var log: String { agent?.log ?? "" }
+    var logLines: [String] { log.split(separator: "\n").map(String.init) }
+
+    /// Lines on the agent's stderr that are not its own log records (`<N>level: …`): what Xlib,
+    /// libxcb or anything else printed by itself.
+    var foreignLines: [String] { logLines.filter { !$0.isEmpty && !$0.hasPrefix("<") } }
+
+    func checkConfig() throws -> CommandResult {
+        try runCommand([try builtProduct("custos-agent"), "--config", configPath, "--check-config"],
+                       environment: ProcessInfo.processInfo.environment.merging(noCookieEnvironment) { $1 })
+    }
+
+    func status() throws -> String {
+        try runChecked([try builtProduct("custos-agent"), "status", "--config", configPath])
+    }
+
+    deinit {
+        agent = nil
+        if ProcessInfo.processInfo.environment["CUSTOS_KEEP_TEST_DIRS"] == nil { dir.remove() }
+    }
+}
+
+/// A display number with no X server (no socket, no lock file).
+func displayWithNoServer() -> String {
+    for n in 190..<400 where !FileManager.default.fileExists(atPath: "/tmp/.X11-unix/X\(n)")
+        && !FileManager.default.fileExists(atPath: "/tmp/.X\(n)-lock") {
+        return ":\(n)"
+    }
+    return ":399"
+}
+
+/// A random 1-bit XBM of `width`×`height` (X11 bitmap format), as `xsetroot -bitmap` reads.
+func randomXBM(width: Int, height: Int) -> String {
+    let bytes = (width + 7) / 8 * height
+    var out = "#define r_width \(width)\n#define r_height \(height)\nstatic unsigned char r_bits[] = {\n"
+    out.reserveCapacity(bytes * 6 + 100)
+    var g = SystemRandomNumberGenerator()
+    for i in 0..<bytes {
+        out += "0x" + String(UInt8.random(in: 0...255, using: &g), radix: 16) + (i + 1 < bytes ? "," : "")
+        if i % 16 == 15 { out += "\n" }
+    }
+    return out + "};\n"
+}
+
+@Suite("Agent: display problems and dropped captures", .serialized)
+struct CaptureProblemTests {
+    /// Nothing at the display: one clear line for screen and keystrokes together over many
+    /// ticks (was one per tick, plus Xlib's own), and `--check-config` names the reason.
+    @Test func missingDisplayIsLoggedOnceWithItsReason() throws {
+        let rig = try SpoolOnlyAgent(name: "nodisplay")
+        let display = displayWithNoServer()
+        try rig.writeConfig(display: display, xauthority: nil, screenIntervalMs: 100, keystrokeIdleMs: 400)
+        let check = try rig.checkConfig()
+        #expect(check.stdoutString.contains("FAIL display: \(display): no X server at display \(display)"), "\(check.stdoutString)")
+        #expect(!check.stdoutString.contains("next attempt"))
+        #expect(check.stderrString.isEmpty, "\(check.stderrString)")
+
+        try rig.start()
+        usleep(3_000_000)  // 30 screen ticks and several keystroke attempts
+        // Capture runs on its own thread, not on the cooperative pool.
+        let pid = rig.agent!.pid
+        let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        let names = threads.compactMap { try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8) }
+        #expect(names.contains { $0.hasPrefix("custos.capture") }, "threads: \(names)")
+        rig.stop()
+        let lines = rig.logLines.filter { $0.contains("X display") }
+        #expect(lines.count == 1, "\(rig.log)")
+        #expect(lines.first?.contains("no X server at display") == true)
+        #expect(!rig.log.contains("retrying;") && !rig.log.contains("screen capture failed"))
+        #expect(rig.foreignLines.isEmpty, "foreign stderr lines: \(rig.foreignLines)")
+    }
+
+    /// An Xvfb started with `-auth` and no cookie given: "authorization refused", naming that
+    /// there is no cookie file (not "XAUTHORITY=from environment"); Xlib prints nothing; a new
+    /// `xauthority=` applied by SIGHUP connects, logs the recovery once, and frames are spooled.
+    @Test func authorizationRefusedThenSighupAppliesXauthority() throws {
+        for tool in ["Xvfb", "xauth", "mcookie"] { try requireTool(tool) }
+        let rig = try SpoolOnlyAgent(name: "auth")
+        let cookie = try runChecked(["mcookie"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        let serverAuth = rig.dir.file("server.auth")
+        try runChecked(["xauth", "-f", serverAuth, "add", ":0", "MIT-MAGIC-COOKIE-1", cookie])
+        let xvfb = try Xvfb(width: 320, height: 240, depth: 24, extraArgs: ["-auth", serverAuth])
+        let good = rig.dir.file("good.auth")
+        try runChecked(["xauth", "-f", good, "add", xvfb.name, "MIT-MAGIC-COOKIE-1", cookie])
+        try rig.writeConfig(display: xvfb.name, xauthority: nil, screenIntervalMs: 200, keystrokeIdleMs: 400)
+
+        let check = try rig.checkConfig()
+        #expect(check.stdoutString.contains("FAIL display") && check.stdoutString.contains("authorization refused"),
+                "\(check.stdoutString)")
+        #expect(check.stdoutString.contains("no cookie file"), "\(check.stdoutString)")
+        #expect(check.stderrString.isEmpty, "\(check.stderrString)")
+
+        try rig.start()
+        #expect(waitUntil(timeout: 10) { rig.log.contains("authorization refused") })
+        usleep(1_500_000)
+        let refused = rig.logLines.filter { $0.contains("authorization refused") }
+        #expect(refused.count == 1, "\(rig.log)")
+        #expect(refused.first?.contains("no cookie file") == true, "\(refused)")
+        #expect(!rig.log.contains("XAUTHORITY=from environment"))
+
+        try rig.writeConfig(display: xvfb.name, xauthority: good, screenIntervalMs: 200, keystrokeIdleMs: 400)
+        rig.agent!.send(SIGHUP)
+        #expect(waitUntil(timeout: 10) { rig.log.contains("is available; capture resumed") }, "\(rig.log)")
+        usleep(1_000_000)
+        rig.stop()
+        #expect(rig.logLines.filter { $0.contains("is available; capture resumed") }.count == 1, "\(rig.log)")
+        let status = try rig.status()
+        let spooled = status.split(separator: "\n").first { $0.hasPrefix("spool by kind:") } ?? ""
+        #expect(!spooled.contains("screen 0 "), "no frame spooled after SIGHUP: \(status)")
+        #expect(rig.foreignLines.isEmpty, "foreign stderr lines: \(rig.foreignLines)")
+    }
+
+    /// The issue's scenario: spool-max-mb=1 and 1920x1080 frames of changing content. Every
+    /// frame is refused too-large: `status` shows the drops by reason, the log says "dropped"
+    /// once (not "retrying" per frame), and `--check-config` warns about the cap.
+    @Test func framesTooLargeForTheSpoolAreCountedAndLoggedOnce() throws {
+        for tool in ["Xvfb", "xsetroot"] { try requireTool(tool) }
+        let rig = try SpoolOnlyAgent(name: "toolarge")
+        let xvfb = try Xvfb(width: 1920, height: 1080, depth: 24)
+        let bitmaps = (0..<2).map { rig.dir.file("noise\($0).xbm") }
+        for path in bitmaps { try randomXBM(width: 1920, height: 1080).write(toFile: path, atomically: true, encoding: .utf8) }
+        try xvfb.run(["xsetroot", "-bitmap", bitmaps[0]])
+        try rig.writeConfig(display: xvfb.name, xauthority: "/dev/null", screenIntervalMs: 250, keystrokeIdleMs: 0,
+                            spoolMaxMB: 1)
+        let check = try rig.checkConfig()
+        #expect(check.stdoutString.contains("warn spool-max-mb") && check.stdoutString.contains("1920x1080"),
+                "\(check.stdoutString)")
+
+        try rig.start()
+        // Change the content while the agent captures: every frame differs from the one before.
+        for i in 0..<12 {
+            try xvfb.run(["xsetroot", "-bitmap", bitmaps[i % 2]])
+            usleep(300_000)
+        }
+        rig.stop()
+        let status = try rig.status()
+        let dropped = status.split(separator: "\n").first { $0.hasPrefix("dropped:") }.map(String.init) ?? ""
+        let tooLarge = dropped.firstMatch(of: /too-large (\d+)/).map { Int($0.1) ?? 0 } ?? 0
+        #expect(tooLarge >= 4, "status: \(status)\nlog: \(rig.log)")
+        let droppedLines = rig.logLines.filter { $0.contains("capture dropped") }
+        #expect(droppedLines.count == 1, "\(rig.log)")
+        #expect(droppedLines.first?.contains("too-large") == true)
+        #expect(!rig.log.contains("retrying"), "\(rig.log)")
+        #expect(rig.foreignLines.isEmpty, "foreign stderr lines: \(rig.foreignLines)")
+    }
+}

@@ -155,7 +155,7 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CaptureTests", dependencies: [
-            "Capture", "CaptureFormat", "CPNG", "CX11", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: [
             "Spool", "TestSupport",

@@ -135,6 +135,8 @@ let package = Package(
         .executableTarget(name: "custos-bench-capture", dependencies: [
             "Capture", "CX11", .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
+        .executableTarget(name: "custos-bench-video", dependencies: ["Video"], path: "Benchmarks/VideoBench",
+                          swiftSettings: strict),
         .executableTarget(name: "custos-bench-envelope", dependencies: [
             "Envelope",
             .product(name: "Crypto", package: "swift-crypto"),

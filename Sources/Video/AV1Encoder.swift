@@ -71,6 +71,10 @@ public final class AV1Encoder {
         cfg.g_timebase = aom_rational(num: 1, den: 1000)  // ms
         cfg.g_threads = UInt32(settings.threads)
         cfg.g_lag_in_frames = 0
+        cfg.g_forced_max_frame_width = UInt32(width)
+        cfg.g_forced_max_frame_height = UInt32(height)
+        cfg.rc_resize_mode = 0
+        cfg.rc_superres_mode = AOM_SUPERRES_NONE
         cfg.rc_end_usage = AOM_Q
         cfg.rc_dropframe_thresh = 0
         cfg.kf_mode = AOM_KF_DISABLED  // keyframes only when asked (the agent's policy)
@@ -99,6 +103,15 @@ public final class AV1Encoder {
             (Int32(AV1E_SET_TRANSFER_CHARACTERISTICS.rawValue), Int32(AOM_CICP_TC_BT_601.rawValue), "transfer-characteristics"),
             (Int32(AV1E_SET_MATRIX_COEFFICIENTS.rawValue), Int32(AOM_CICP_MC_BT_601.rawValue), "matrix-coefficients"),
             (Int32(AV1E_SET_COLOR_RANGE.rawValue), 0, "color-range=studio"),
+            // Tools that cost memory or CPU and gain little on desktops at 1 frame/s; each
+            // switched off keeps the agent's peak RSS down (Benchmarks/video.sh).
+            (Int32(AV1E_SET_ENABLE_RESTORATION.rawValue), 0, "enable-restoration=0"),
+            (Int32(AV1E_SET_ENABLE_GLOBAL_MOTION.rawValue), 0, "enable-global-motion=0"),
+            (Int32(AV1E_SET_ENABLE_WARPED_MOTION.rawValue), 0, "enable-warped-motion=0"),
+            (Int32(AV1E_SET_ENABLE_OBMC.rawValue), 0, "enable-obmc=0"),
+            (Int32(AV1E_SET_ENABLE_TPL_MODEL.rawValue), 0, "enable-tpl-model=0"),
+            (Int32(AV1E_SET_ENABLE_SUPERRES.rawValue), 0, "enable-superres=0"),
+            (Int32(AV1E_SET_MAX_REFERENCE_FRAMES.rawValue), 3, "max-reference-frames=3"),
         ]
         for (id, value, name) in controls {
             let rc = custos_aom_control_int(context, id, value)

@@ -158,7 +158,7 @@ let package = Package(
         .testTarget(name: "BaseTests", dependencies: [
             "CustosBase", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "VideoTests", dependencies: ["Video"], swiftSettings: strict),
+        .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat"], swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),

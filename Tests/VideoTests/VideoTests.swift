@@ -1,3 +1,4 @@
+import CaptureFormat
 import Testing
 import Video
 
@@ -133,5 +134,23 @@ private func frame(_ bgrx: [UInt8], width: Int, height: Int, strip: Int = 64) th
         } catch {
             #expect(error.code == .corruptPacket)
         }
+    }
+}
+
+@Suite struct SealedPacketShapeTests {
+    /// A packet put into the payload the agent seals, taken out again and decoded: the bytes a
+    /// reviewer's decoder gets are exactly the encoder's.
+    @Test func aPacketSurvivesThePayload() throws {
+        let (w, h) = (640, 360)
+        let encoder = try AV1Encoder(width: w, height: h)
+        let source = try frame(desktop(width: w, height: h), width: w, height: h)
+        let packet = try #require(try encoder.encode(source, timeMs: 1_764_547_200_000).first)
+        let meta = VideoPacketMetadata(codec: AV1Encoder.codecString, keyframe: packet.isKeyframe, width: w, height: h,
+                                       monitor: 0, monitorName: "root", x: 0, y: 0, captureTimeMs: packet.timeMs,
+                                       streamID: String(repeating: "a1", count: 16), packetIndex: 0, groupStart: 0)
+        let (decodedMeta, bytes) = try VideoPacketPayload.decode(VideoPacketPayload.encode(meta, packet: packet.data))
+        #expect(decodedMeta == meta)
+        let picture = try #require(try AV1Decoder().decode(Array(bytes)).first)
+        #expect((picture.compare(with: source)?.ssim ?? 0) >= 0.97)
     }
 }

@@ -46,6 +46,9 @@ let package = Package(
         .systemLibrary(name: "CX11", path: "Sources/CX11", pkgConfig: "x11",
                        providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev", "libxfixes-dev"])]),
 
+        .systemLibrary(name: "CAOM", path: "Sources/CAOM", pkgConfig: "aom", providers: [.apt(["libaom-dev"])]),
+        .systemLibrary(name: "CYUV", path: "Sources/CYUV", providers: [.apt(["libyuv-dev"])]),
+
         // prctl(2) and other variadic system calls Swift cannot import.
         .target(name: "CSysShim", path: "Sources/CSysShim"),
 
@@ -70,6 +73,8 @@ let package = Package(
             "CX11", "CX11Damage", "CPNG", "CPNGWriter", "CaptureFormat", "CustosBase",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
+        // Raw frames → AV1 packets (libaom) and back; knows no X11, crypto or storage.
+        .target(name: "Video", dependencies: ["CAOM", "CYUV"], swiftSettings: strict),
         .target(name: "Spool", dependencies: [
             "CSysShim", "CustosBase",
             .product(name: "GRDB", package: "GRDB.swift"),
@@ -130,6 +135,8 @@ let package = Package(
         .executableTarget(name: "custos-bench-capture", dependencies: [
             "Capture", "CX11", .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
+        .executableTarget(name: "custos-bench-video", dependencies: ["Video"], path: "Benchmarks/VideoBench",
+                          swiftSettings: strict),
         .executableTarget(name: "custos-bench-envelope", dependencies: [
             "Envelope",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -151,6 +158,7 @@ let package = Package(
         .testTarget(name: "BaseTests", dependencies: [
             "CustosBase", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat"], swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),

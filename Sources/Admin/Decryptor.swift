@@ -1,6 +1,7 @@
 import CaptureFormat
 import Collector
 import Crypto
+import CustosBase
 import Envelope
 import Foundation
 import Synchronization
@@ -228,17 +229,17 @@ enum OutputNaming {
     /// `2026-11-30T23-59-01.123Z`: ISO 8601 with `-` for `:` (portable file names).
     static func fileTime(_ ms: Int64) -> String { iso(ms).replacingOccurrences(of: ":", with: "-") }
 
-    /// Makes `s` one safe path component: no `/`, NUL or control characters, no leading dot,
-    /// at most 80 UTF-8 bytes; "_" for nothing left.
+    /// Makes `s` (an agent id, a monitor name, a window title or class, a blob id: all read from
+    /// a database row, a record header or a decrypted payload) one path component of at most
+    /// `maxBytes` UTF-8 bytes. `SafeText.fileNameComponent` (CustosBase) removes controls and
+    /// bidi controls (U+202E would show `gpj.exe` as `exe.jpg`) and replaces `/`; on top of it,
+    /// the characters other systems refuse in zip entry names (`\ : * ? " < > |`) become `_`,
+    /// and leading dots and outer spaces go (no hidden files, no `..`). "_" when nothing is left.
     static func component(_ s: String, maxBytes: Int = 80) -> String {
-        var out = ""
-        for ch in s.unicodeScalars {
-            let bad = ch == "/" || ch == "\\" || ch.value < 0x20 || ch.value == 0x7f || ch == ":" || ch == "*"
-                || ch == "?" || ch == "\"" || ch == "<" || ch == ">" || ch == "|"
-            let c = bad ? "_" : String(ch)
-            if out.utf8.count + c.utf8.count > maxBytes { break }
-            out += c
-        }
+        let base = SafeText.fileNameComponent(s, maxBytes: maxBytes)
+        var out = String(String.UnicodeScalarView(base.unicodeScalars.map { ch in
+            "\\:*?\"<>|".unicodeScalars.contains(ch) ? "_" : ch
+        }))
         while out.hasPrefix(".") { out.removeFirst() }
         out = out.trimmingCharacters(in: .whitespaces)
         return out.isEmpty ? "_" : out
@@ -259,7 +260,7 @@ enum OutputNaming {
 
     /// `<agent>/other/<time>_<blob id>.bin`.
     static func generic(agent: String, timeMs: Int64, blobID: String) -> String {
-        "\(component(agent))/other/\(fileTime(timeMs))_\(blobID).bin"
+        "\(component(agent))/other/\(fileTime(timeMs))_\(component(blobID)).bin"
     }
 
     /// The readable keystroke text of one window: a header, then each chunk as a time range

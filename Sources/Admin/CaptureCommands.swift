@@ -145,7 +145,7 @@ public struct DecryptCommand: AsyncParsableCommand {
             """
     )
     @OptionGroup var common: DecryptArguments
-    @Option(help: "Output directory (created, mode 0700).")
+    @Option(help: "Output directory: created with mode 0700; an existing one must be yours and not writable by group/others (a looser mode such as 0755 is tightened to 0700). Symbolic links inside it are refused.")
     var out: String
 
     public init() {}

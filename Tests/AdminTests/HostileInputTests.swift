@@ -323,4 +323,38 @@ struct HostileInputTests {
         }
         #expect(everythingUnder(shared).isEmpty)
     }
+
+    @Test("open --out FILE and seal --out FILE never write through a link planted at FILE")
+    func openAndSealRefusePlantedLink() throws {
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-open-link")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let plain = tmp.file("plain.txt"), sealed = tmp.file("sealed.custos")
+        try Data("secret words".utf8).write(to: URL(fileURLWithPath: plain))
+        let target = tmp.file("elsewhere.txt")
+        let planted = tmp.file("planted")
+        try FileManager.default.createSymbolicLink(atPath: planted, withDestinationPath: target)
+
+        let s = try runCommand([custos, "seal", "--kek", k.publicKey, "--agent", "a1", "--in", plain, "--out", planted])
+        #expect(s.status == 2, "\(s.stderrString)")
+        #expect(s.stderrString.contains("\(planted): is a symbolic link; custos never writes through one"), "\(s.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: target))
+
+        let ok = try runCommand([custos, "seal", "--kek", k.publicKey, "--agent", "a1", "--in", plain, "--out", sealed])
+        #expect(ok.status == 0, "\(ok.stderrString)")
+        let o = try runCommand([custos, "open", "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                "--in", sealed, "--out", planted])
+        #expect(o.status == 2, "\(o.stderrString)")
+        #expect(o.stderrString.contains("\(planted): is a symbolic link; custos never writes through one"), "\(o.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: target), "plaintext written through the link")
+
+        let good = tmp.file("opened.txt")
+        let g = try runCommand([custos, "open", "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                "--in", sealed, "--out", good])
+        #expect(g.status == 0, "\(g.stderrString)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: good)) == Data("secret words".utf8))
+        let mode = try FileManager.default.attributesOfItem(atPath: good)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
 }

@@ -158,8 +158,10 @@ final class ZipSink: CaptureSink {
     func commit() throws {
         archive = nil  // closes ZIPFoundation's stream; it keeps the central directory current
         defer { folder.remove(tmp); file = nil }
-        if let file, fsync(file.rawValue) != 0 {
-            throw AdminError(.io, "\(path): cannot write the archive to disk: \(String(cString: strerror(errno)))")
+        if let file {
+            do { try syscall("fsync", tmp) { fsync(file.rawValue) } } catch {
+                throw AdminError(.io, "\(path): cannot write the archive to disk: \(error.reason)")
+            }
         }
         guard try folder.link(tmp, as: name) else {
             throw AdminError(.usage, "\(path): appeared while the archive was written; export never overwrites (choose another name)")

@@ -36,8 +36,10 @@ final class OutputDirectory {
     ///   message says why and how to fix it), `.io` (cannot create or open it).
     static func openPrivate(_ path: String, what: String, log: (String) -> Void) throws -> OutputDirectory {
         let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
-        var raw = open(path, flags)
-        if raw < 0, errno == ENOENT {
+        var raw: Int32?
+        var failure: SystemCallError?
+        do { raw = try syscall("open", path) { open(path, flags) } } catch { failure = error }
+        if let missing = failure, missing.errno == ENOENT {
             let parent = (path as NSString).deletingLastPathComponent
             if !parent.isEmpty, !FileManager.default.fileExists(atPath: parent) {
                 do {
@@ -47,21 +49,22 @@ final class OutputDirectory {
                     throw AdminError(.io, "\(parent): cannot create the folder of the \(what): \((error as NSError).localizedDescription)")
                 }
             }
-            if mkdir(path, 0o700) != 0, errno != EEXIST {
-                throw AdminError(.io, "\(path): cannot create \(what): \(String(cString: strerror(errno)))")
-            }
-            raw = open(path, flags)
+            do {
+                do { try syscall("mkdir", path) { mkdir(path, 0o700) } } catch where error.errno == EEXIST {}
+                raw = try syscall("open", path) { open(path, flags) }
+                failure = nil
+            } catch { failure = error }
         }
-        guard raw >= 0 else {
-            let err = errno
+        guard let raw else {
+            let error = failure!
             var st = stat()
             if lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFLNK {
                 throw AdminError(.usage, "\(path): \(what) is a symbolic link; custos writes decrypted captures only into a real directory (give the directory it points to, or another --out)")
             }
-            if err == ENOTDIR || (lstat(path, &st) == 0 && st.st_mode & S_IFMT != S_IFDIR) {
+            if error.errno == ENOTDIR || (lstat(path, &st) == 0 && st.st_mode & S_IFMT != S_IFDIR) {
                 throw AdminError(.io, "\(path): \(what) exists and is not a directory")
             }
-            throw AdminError(.io, "\(path): cannot open \(what): \(String(cString: strerror(err)))")
+            throw AdminError(.io, "\(path): cannot \(error.function == "mkdir" ? "create" : "open") \(what): \(error.reason)")
         }
         let dir = OutputDirectory(path: path, fd: FileDescriptor(takingOwnership: raw))
         try dir.checkPrivate(what: what, log: log)
@@ -81,9 +84,9 @@ final class OutputDirectory {
         }
         let parent = (path as NSString).deletingLastPathComponent
         let folderPath = parent.isEmpty ? "." : parent
-        let raw = open(folderPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard raw >= 0 else {
-            throw AdminError(.io, "\(folderPath): cannot open the folder of the \(what): \(String(cString: strerror(errno)))")
+        let raw: Int32
+        do { raw = try syscall("open", folderPath) { open(folderPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } } catch {
+            throw AdminError(.io, "\(folderPath): cannot open the folder of the \(what): \(error.reason)")
         }
         let folder = OutputDirectory(path: folderPath, fd: FileDescriptor(takingOwnership: raw))
         let st = try folder.status()
@@ -127,14 +130,13 @@ final class OutputDirectory {
     func subdirectory(_ name: String, log: (String) -> Void) throws -> OutputDirectory {
         let full = path + "/" + name
         try checkComponent(name)
-        if mkdirat(fd.rawValue, name, 0o700) != 0, errno != EEXIST {
-            throw AdminError(.io, "\(full): cannot create output subdirectory: \(String(cString: strerror(errno)))")
-        }
-        let raw = openat(fd.rawValue, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard raw >= 0 else {
-            let err = errno
+        let raw: Int32
+        do {
+            do { try syscall("mkdirat", full) { mkdirat(fd.rawValue, name, 0o700) } } catch where error.errno == EEXIST {}
+            raw = try syscall("openat", full) { openat(fd.rawValue, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        } catch {
             try refuseIfLink(name)
-            throw AdminError(.io, "\(full): cannot open output subdirectory: \(String(cString: strerror(err)))")
+            throw AdminError(.io, "\(full): cannot \(error.function == "mkdirat" ? "create" : "open") output subdirectory: \(error.reason)")
         }
         let sub = OutputDirectory(path: full, fd: FileDescriptor(takingOwnership: raw))
         try sub.checkPrivate(what: "output subdirectory", log: log)
@@ -171,12 +173,15 @@ final class OutputDirectory {
     /// Creates a new empty file `name` with `mode`; see ``writeNewFile(_:data:mode:)``.
     func createFile(_ name: String, mode: mode_t) throws -> FileDescriptor {
         try checkComponent(name)
-        let raw = openat(fd.rawValue, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
-        guard raw >= 0 else {
-            let err = errno
+        let raw: Int32
+        do {
+            raw = try syscall("openat", path + "/" + name) {
+                openat(fd.rawValue, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+            }
+        } catch {
             try refuseIfLink(name)
-            if err == EEXIST { throw AdminError(.usage, "\(path)/\(name): exists already; refusing to overwrite it") }
-            throw AdminError(.io, "\(path)/\(name): cannot create: \(String(cString: strerror(err)))")
+            if error.errno == EEXIST { throw AdminError(.usage, "\(path)/\(name): exists already; refusing to overwrite it") }
+            throw AdminError(.io, "\(path)/\(name): cannot create: \(error.reason)")
         }
         return FileDescriptor(takingOwnership: raw)
     }
@@ -187,11 +192,14 @@ final class OutputDirectory {
     /// - Throws: `AdminError` `.usage` when `name` is a symbolic link, `.io` for other failures.
     func link(_ tmp: String, as name: String) throws -> Bool {
         try checkComponent(name)
-        if linkat(fd.rawValue, tmp, fd.rawValue, name, 0) == 0 { return true }
-        let err = errno
-        try refuseIfLink(name)
-        if err == EEXIST { return false }
-        throw AdminError(.io, "\(path)/\(name): cannot create: \(String(cString: strerror(err)))")
+        do {
+            try syscall("linkat", path + "/" + name) { linkat(fd.rawValue, tmp, fd.rawValue, name, 0) }
+            return true
+        } catch {
+            try refuseIfLink(name)
+            if error.errno == EEXIST { return false }
+            throw AdminError(.io, "\(path)/\(name): cannot create: \(error.reason)")
+        }
     }
 
     /// Removes the name `name` (`unlinkat`; a symbolic link itself, never its target).

@@ -264,9 +264,12 @@ enum OutputNaming {
     }
 
     /// The readable keystroke text of one window: a header, then each chunk as a time range
-    /// line followed by its text (`KeystrokeChunk.text`).
+    /// line followed by its text (`KeystrokeChunk.text`). The header's values (from a record
+    /// header and the endpoint's window properties, which its user controls) are escaped with
+    /// `SafeText.escaped`, so a title cannot add header lines or send escape sequences to the
+    /// terminal of whoever reads the file with `cat`.
     static func windowText(agent: String, title: String, wmClass: String, chunks: [KeystrokeChunk]) -> Data {
-        var s = "# agent: \(agent)\n# window: \(title)\n# WM_CLASS: \(wmClass)\n"
+        var s = "# agent: \(SafeText.escaped(agent))\n# window: \(SafeText.escaped(title))\n# WM_CLASS: \(SafeText.escaped(wmClass))\n"
         for c in chunks {
             s += "\n[\(iso(c.startMs)) – \(iso(c.endMs))]\n\(c.text)\n"
         }

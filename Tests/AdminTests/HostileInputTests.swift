@@ -121,6 +121,12 @@ struct HostileInputTests {
         check(written, "decrypt")
         #expect(written.filter { $0.hasSuffix(".png") || $0.hasSuffix(".txt") || $0.hasSuffix(".bin") }.count == 3, "\(written)")
         #expect(written.contains("_gpj.exe/screens/_gpj.exe_mon0-_.._x_2025-12-01T00-00-00.000Z.png"), "\(written)")
+        // The window file's header shows the hostile title escaped, on one line.
+        let txt = try #require(written.first { $0.hasSuffix(".txt") })
+        let header = String(decoding: try Data(contentsOf: URL(fileURLWithPath: out + "/" + txt)), as: UTF8.self)
+            .split(separator: "\n").prefix(3).map(String.init)
+        #expect(header == [#"# agent: ../\u{202E}gpj.exe\u{1B}"#, #"# window: ../../\u{202E}txt.exe\u{A}"#,
+                           #"# WM_CLASS: a/../b\u{200F}\u{2066}"#], "\(header)")
 
         let zip = tmp.file("hostile.zip")
         let e = try runCommand([custos, "export", "--in", sealed, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,

@@ -173,7 +173,7 @@ public struct AgentsCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "agents",
         abstract: "Manage the agents allowed to upload to a collector.",
-        subcommands: [AgentsAddCommand.self]
+        subcommands: [AgentsAddCommand.self, AgentsListCommand.self]
     )
     public init() {}
 }

@@ -32,7 +32,7 @@ private func collectorWithCaptures(in tmp: TempDir, agent: String = "h1") async 
 
 @Suite("custos against a tampered database and hostile names")
 struct HostileInputTests {
-    @Test("captures list, keys list and decrypt print a tampered database's values escaped: no raw ESC/BEL/CR, no extra rows")
+    @Test("captures list, keys list, agents list and decrypt print a tampered database's values escaped: no raw ESC/BEL/CR, no extra rows")
     func tamperedDatabaseReachesNoTerminal() async throws {
         try requireTool("sqlite3")
         let custos = try builtProduct("custos")
@@ -49,6 +49,7 @@ struct HostileInputTests {
             update captures set kind = 'screen'||char(13)||'FAKE' where blob_id = \(nth(2));
             update captures set kek_id = char(27)||'[2J'||kek_id where blob_id = \(nth(3));
             update encryption_kek set pub_datafile = '/x'||char(27)||']0;K'||char(7)||char(10)||'9  yes  fake';
+            insert into agents (agent_id, token_hash, created_at) values (char(27)||'[8m'||'hidden'||char(13)||'ws-0', x'00', 0);
             """])
 
         let list = try runCommand([custos, "captures", "list", "--db", db])
@@ -70,6 +71,12 @@ struct HostileInputTests {
         #expect(rawControls(keys.stdoutString).isEmpty, "\(keys.stdoutString.debugDescription)")
         #expect(keys.stdoutString.split(separator: "\n").count == 2, "header and one row: \(keys.stdoutString)")
         #expect(keys.stdoutString.contains(#"/x\u{1B}]0;K\u{7}\u{A}9  yes  fake"#))
+
+        let agents = try runCommand([custos, "agents", "list", "--db", db])
+        #expect(agents.status == 0, "\(agents.stderrString)")
+        #expect(rawControls(agents.stdoutString).isEmpty, "\(agents.stdoutString.debugDescription)")
+        #expect(agents.stdoutString.contains(#"\u{1B}[8mhidden\u{D}ws-0"#), "\(agents.stdoutString)")
+        #expect(agents.stdoutString.split(separator: "\n").count == 3, "header, one row, count: \(agents.stdoutString)")
 
         // decrypt: the row sealed to "another KEK" is named in a note; rows whose header no longer
         // matches fail by blob id; the summary and errors go to stderr.

@@ -35,21 +35,24 @@ public struct CapturesListCommand: AsyncParsableCommand {
                                    untilMs: try selection.untilMs(), limit: limit)
         let rows: [CaptureInfo]
         do { rows = try store.listCaptures(filter) } catch { throw AdminError.fromCollector(error) }
-        print(CaptureListing.table(rows))
+        Console.out(CaptureListing.table(rows))
     }
 }
 
 /// The `captures list` table.
 public enum CaptureListing {
-    /// One line per capture (`<Encrypted>` for its content) and a count line.
-    public static func table(_ rows: [CaptureInfo]) -> String {
+    /// One line per capture (`<Encrypted>` for its content) and a count line. Every value comes
+    /// from the database, which the README's stolen-database adversary may have changed: each
+    /// cell is escaped by `Console.table`, so a row stays one line of seven columns.
+    static func table(_ rows: [CaptureInfo]) -> TerminalText {
         var lines = [["CAPTURE TIME (UTC)", "AGENT", "KIND", "SIZE", "BLOB ID", "KEK ID", "CONTENT"]]
         for r in rows {
             lines.append([OutputNaming.iso(r.captureTimeMs), r.agentID, r.kind, byteCount(r.size), r.blobID,
                           String(r.kekID.prefix(16)) + "…", "<Encrypted>"])
         }
         let total = rows.reduce(0) { $0 + $1.size }
-        return formatTable(lines) + "\n\(rows.count) capture\(rows.count == 1 ? "" : "s"), \(byteCount(total)) sealed"
+        return Console.lines([Console.table(lines),
+                              Console.line("\(rows.count) capture\(rows.count == 1 ? "" : "s"), \(byteCount(total)) sealed")])
     }
 
     /// `812 B`, `14.2 KiB`, `3.1 MiB`.
@@ -142,7 +145,7 @@ public struct DecryptCommand: AsyncParsableCommand {
             """
     )
     @OptionGroup var common: DecryptArguments
-    @Option(help: "Output directory (created, mode 0700).")
+    @Option(help: "Output directory: created with mode 0700; an existing one must be yours and not writable by group/others (a looser mode such as 0755 is tightened to 0700). Symbolic links inside it are refused.")
     var out: String
 
     public init() {}

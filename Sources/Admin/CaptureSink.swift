@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 import ZIPFoundation
 #if canImport(Glibc)
@@ -23,110 +24,155 @@ protocol CaptureSink: AnyObject {
     func abort()
 }
 
-/// A directory of files, created if needed (mode 0700: decrypted captures are sensitive).
+/// A directory of files (`custos decrypt --out DIR`), reached only through an
+/// ``OutputDirectory``: opened once, created with mode 0700 when missing, refused when it is a
+/// symbolic link, another user's or writable by others, tightened to 0700 when looser.
+/// Every subdirectory and file is created relative to it with `O_NOFOLLOW`/`O_EXCL`, so a
+/// planted symbolic link at any component is refused by name and nothing lands outside DIR.
 final class DirectorySink: CaptureSink {
-    let root: String
-    var destination: String { root }
+    let root: OutputDirectory
+    private var subdirectories: [String: OutputDirectory] = [:]
+    private let log: (String) -> Void
+    var destination: String { root.path }
 
-    /// Creates `root` (and parents) and checks that a file can be created in it.
-    /// - Throws: `AdminError.io` when the directory cannot be created or is not writable.
-    init(root: String) throws {
-        self.root = root
-        try ensureDirectory(root, what: "output directory")
-        try probeWritable(root, what: "output directory")
+    /// Opens (or creates) `root` and checks that a file can be created in it.
+    /// - Parameter log: one line of status text (a tightened mode).
+    /// - Throws: `AdminError` `.usage` (see ``OutputDirectory/openPrivate(_:what:log:)``),
+    ///   `.io` when the directory cannot be created or is not writable.
+    init(root path: String, log: @escaping (String) -> Void) throws {
+        self.log = log
+        root = try OutputDirectory.openPrivate(path, what: "output directory", log: log)
+        // Read-only file systems and full disks show here, before the audit record and the key.
+        let probe = ".custos-write-test-\(getpid())"
+        root.remove(probe)
+        do { _ = try root.createFile(probe, mode: 0o600) } catch let e as AdminError {
+            throw AdminError(.io, "\(path): output directory is not writable: \(e.message)")
+        }
+        root.remove(probe)
+    }
+
+    /// The open directory `parts` below the root, each level created or opened once.
+    private func directory(_ parts: ArraySlice<String>) throws -> OutputDirectory {
+        var dir = root
+        var key = ""
+        for part in parts {
+            key += "/" + part
+            if let known = subdirectories[key] { dir = known; continue }
+            dir = try dir.subdirectory(part, log: log)
+            subdirectories[key] = dir
+        }
+        return dir
     }
 
     func add(_ data: Data, at relativePath: String, compress: Bool) throws -> String {
         let parts = relativePath.split(separator: "/").map(String.init)
-        let dir = ([root] + parts.dropLast()).joined(separator: "/")
-        try ensureDirectory(dir, what: "output directory")
+        let dir = try directory(parts.dropLast())
         let name = parts.last ?? "file"
-        let tmp = dir + "/.\(name).partial-\(getpid())"
-        try writeNewFile(tmp, data: data, mode: 0o600)
-        defer { unlink(tmp) }
+        let tmp = ".\(name).partial-\(getpid())"
+        try dir.writeNewFile(tmp, data: data, mode: 0o600)
+        defer { dir.remove(tmp) }
         for attempt in 0..<1000 {
             let candidate = attempt == 0 ? name : suffixed(name, attempt)
-            if link(tmp, dir + "/" + candidate) == 0 {
+            if try dir.link(tmp, as: candidate) {
                 return (parts.dropLast() + [candidate]).joined(separator: "/")
             }
-            let err = errno
-            if err != EEXIST {
-                throw AdminError(.io, "\(dir)/\(candidate): cannot create output file: \(String(cString: strerror(err)))")
-            }
         }
-        throw AdminError(.io, "\(dir)/\(name): too many files with this name already")
+        throw AdminError(.io, "\(dir.path)/\(name): too many files with this name already")
     }
 
-    func commit() throws {}
+    func commit() throws {
+        for dir in subdirectories.values { dir.sync() }
+        root.sync()
+    }
     func abort() {}
 }
 
-/// A zip archive (PKWARE APPNOTE 6.3, through ZIPFoundation), built as `<path>.partial-PID`
-/// and linked to `path` on `commit()`; `abort()` deletes it.
+/// A zip archive (PKWARE APPNOTE 6.3, through ZIPFoundation), built as a hidden
+/// `.<name>.partial-PID` next to `path` and linked to `path` on `commit()`; `abort()` deletes it.
+///
+/// Both names are made relative to the folder opened once (``OutputDirectory/openFolder(of:what:)``)
+/// with `O_CREAT | O_EXCL | O_NOFOLLOW` and `linkat`: a symbolic link planted at `path` or at
+/// the temporary name is refused, never followed. ZIPFoundation opens files by path, so it is
+/// given `/proc/self/fd/N` of the file already created: the same inode, whatever the names do.
 final class ZipSink: CaptureSink {
     let path: String
+    private let folder: OutputDirectory
+    private let name: String
     private let tmp: String
+    private var file: FileDescriptor?
     private var archive: Archive?
     private var names = Set<String>()
     var destination: String { path }
 
-    /// - Throws: `AdminError` `.usage` when `path` exists, `.io` when its folder is not writable.
+    /// - Throws: `AdminError` `.usage` when `path` exists (or is a symbolic link) or its folder
+    ///   is writable by others, `.io` when its folder is not writable.
     init(path: String) throws {
         self.path = path
-        if FileManager.default.fileExists(atPath: path) {
+        (folder, name) = try OutputDirectory.openFolder(of: path, what: "archive")
+        if let st = folder.entryStatus(name) {
+            if st.st_mode & S_IFMT == S_IFLNK {
+                throw AdminError(.usage, "\(path): is a symbolic link; export never writes through one (choose another name)")
+            }
             throw AdminError(.usage, "\(path): exists already; export never overwrites (choose another name)")
         }
-        let parent = (path as NSString).deletingLastPathComponent
-        let dir = parent.isEmpty ? "." : parent
-        try ensureDirectory(dir, what: "archive folder")
-        try probeWritable(dir, what: "archive folder")
-        tmp = dir + "/." + (path as NSString).lastPathComponent + ".partial-\(getpid())"
-        unlink(tmp)
-        // Owner-only from the first byte: ZIPFoundation creates the file with the process umask.
-        let oldMask = umask(0o077)
-        defer { umask(oldMask) }
+        tmp = ".\(name).partial-\(getpid())"
+        folder.remove(tmp)
+        let file: FileDescriptor
+        do { file = try folder.createFile(tmp, mode: 0o600) } catch let e as AdminError {
+            throw AdminError(.io, "\(folder.path): archive folder is not writable: \(e.message)")
+        }
+        self.file = file
         do {
-            archive = try Archive(url: URL(fileURLWithPath: tmp), accessMode: .create, pathEncoding: nil)
+            // An empty archive: the end of central directory record alone (APPNOTE 4.3.16).
+            try folder.writeAll(Data([0x50, 0x4b, 0x05, 0x06] + [UInt8](repeating: 0, count: 18)), to: file, name: tmp)
+            archive = try Archive(url: URL(fileURLWithPath: "/proc/self/fd/\(file.rawValue)"), accessMode: .update,
+                                  pathEncoding: nil)
         } catch {
-            throw AdminError(.io, "\(tmp): cannot create the zip archive: \(error)")
+            folder.remove(tmp)
+            throw AdminError(.io, "\(folder.path)/\(tmp): cannot create the zip archive: \(error)")
         }
     }
 
     func add(_ data: Data, at relativePath: String, compress: Bool) throws -> String {
         guard let archive else { throw AdminError(.io, "\(path): archive already closed") }
-        var name = relativePath
+        var entry = relativePath
         var attempt = 0
-        while names.contains(name) {
+        while names.contains(entry) {
             attempt += 1
             let parts = relativePath.split(separator: "/").map(String.init)
-            name = (parts.dropLast() + [suffixed(parts.last ?? "file", attempt)]).joined(separator: "/")
+            entry = (parts.dropLast() + [suffixed(parts.last ?? "file", attempt)]).joined(separator: "/")
         }
-        names.insert(name)
+        names.insert(entry)
         do {
-            try archive.addEntry(with: name, type: .file, uncompressedSize: Int64(data.count),
+            try archive.addEntry(with: entry, type: .file, uncompressedSize: Int64(data.count),
                                  modificationDate: Date(), permissions: 0o600,
                                  compressionMethod: compress ? .deflate : .none) { position, size in
                 data.subdata(in: Int(position)..<Int(position) + size)
             }
         } catch {
-            throw AdminError(.io, "\(tmp): cannot add \(name) to the archive: \(error)")
+            throw AdminError(.io, "\(folder.path)/\(tmp): cannot add \(entry) to the archive: \(error)")
         }
-        return name
+        return entry
     }
 
     func commit() throws {
-        archive = nil  // closes the file; ZIPFoundation keeps the central directory current
-        guard link(tmp, path) == 0 else {
-            let err = errno
-            unlink(tmp)
-            throw AdminError(.io, "\(path): cannot create the archive: \(String(cString: strerror(err)))")
+        archive = nil  // closes ZIPFoundation's stream; it keeps the central directory current
+        defer { folder.remove(tmp); file = nil }
+        if let file {
+            do { try syscall("fsync", tmp) { fsync(file.rawValue) } } catch {
+                throw AdminError(.io, "\(path): cannot write the archive to disk: \(error.reason)")
+            }
         }
-        unlink(tmp)
+        guard try folder.link(tmp, as: name) else {
+            throw AdminError(.usage, "\(path): appeared while the archive was written; export never overwrites (choose another name)")
+        }
+        folder.sync()
     }
 
     func abort() {
         archive = nil
-        unlink(tmp)
+        file = nil
+        folder.remove(tmp)
     }
 }
 
@@ -136,54 +182,4 @@ func suffixed(_ name: String, _ n: Int) -> String {
     let ext = ns.pathExtension
     let base = ext.isEmpty ? name : ns.deletingPathExtension
     return ext.isEmpty ? "\(base)-\(n)" : "\(base)-\(n).\(ext)"
-}
-
-/// Creates `path` and its parents (mode 0700) unless it exists as a directory.
-func ensureDirectory(_ path: String, what: String) throws {
-    var isDir: ObjCBool = false
-    if FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
-        guard isDir.boolValue else { throw AdminError(.io, "\(path): \(what) exists and is not a directory") }
-        return
-    }
-    do {
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o700])
-    } catch {
-        throw AdminError(.io, "\(path): cannot create \(what): \((error as NSError).localizedDescription)")
-    }
-}
-
-/// Checks that a file can be created in `dir` (permissions, read-only file systems, full disks).
-func probeWritable(_ dir: String, what: String) throws {
-    let probe = dir + "/.custos-write-test-\(getpid())"
-    let fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-    guard fd >= 0 else {
-        throw AdminError(.io, "\(dir): \(what) is not writable: \(String(cString: strerror(errno)))")
-    }
-    close(fd)
-    unlink(probe)
-}
-
-/// Writes `data` to a new file (`O_EXCL`) with `mode`, `fsync`s it and closes it.
-/// - Throws: `AdminError.io` naming the file (`.usage` when it exists already).
-func writeNewFile(_ path: String, data: Data, mode: mode_t) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-    guard fd >= 0 else {
-        let err = errno
-        if err == EEXIST { throw AdminError(.usage, "\(path): exists already; refusing to overwrite it") }
-        throw AdminError(.io, "\(path): cannot create: \(String(cString: strerror(err)))")
-    }
-    defer { close(fd) }
-    do {
-        // FileHandle writes it all (partial writes, EINTR) or throws.
-        try FileHandle(fileDescriptor: fd, closeOnDealloc: false).write(contentsOf: data)
-    } catch {
-        unlink(path)
-        throw AdminError(.io, "\(path): write failed: \((error as NSError).localizedDescription)")
-    }
-    if fsync(fd) != 0 {
-        let err = errno
-        unlink(path)
-        throw AdminError(.io, "\(path): fsync failed: \(String(cString: strerror(err)))")
-    }
 }

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Collector
+import CustosBase
 import Envelope
 import Foundation
 
@@ -37,7 +39,8 @@ public struct CustosCommand: AsyncParsableCommand {
         }
     }
 
-    /// Prints `error` the way the user should see it and returns the process exit code.
+    /// Prints `error` the way the user should see it (through `Console`, so nothing in a
+    /// message reaches the terminal unescaped) and returns the process exit code.
     static func report(_ error: any Error) -> Int32 {
         if let e = error as? EnvelopeError {
             printError("custos: \(e.message)")
@@ -47,13 +50,23 @@ public struct CustosCommand: AsyncParsableCommand {
             printError("custos: \(e.description)")
             return e.exitCode
         }
+        if let e = error as? CollectorError {
+            printError("custos: \(e.message)")
+            return AdminError.fromCollector(e).exitCode
+        }
+        if error is SystemCallError || error is ValueError {
+            printError("custos: \(error)")
+            return CLIExit.usage
+        }
         let code = exitCode(for: error)
-        let text = fullMessage(for: error)
+        // ArgumentParser's help, usage and validation text: several lines of our own, each
+        // still escaped (a validation message may quote an argument).
+        let lines = fullMessage(for: error).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         if code == .success {
-            if !text.isEmpty { print(text) }
+            if lines != [""] { lines.forEach { Console.out($0) } }
             return 0
         }
-        if !text.isEmpty { printError(text) }
+        if lines != [""] { lines.forEach { Console.error($0) } }
         return CLIExit.usage  // ArgumentParser usage and validation errors
     }
 }
@@ -106,11 +119,6 @@ public enum CLIExit {
     }
 }
 
-/// Writes a line to standard error.
-func printError(_ line: String) {
-    FileHandle.standardError.write(Data((line + "\n").utf8))
-}
-
 /// Reads a whole input file, turning failures into exit code 2 with the file's name.
 func readInput(_ path: String, what: String) throws -> Data {
     var isDirectory: ObjCBool = false
@@ -125,28 +133,25 @@ func readInput(_ path: String, what: String) throws -> Data {
     }
 }
 
-/// Writes `data` to a new file `path` atomically (temp file + rename) with permissions `mode`.
-/// Never overwrites: an existing `path` is an error (custos does not destroy files it did not make).
-func writeOutput(_ data: Data, to path: String, mode: Int = 0o600) throws {
-    if FileManager.default.fileExists(atPath: path) {
-        throw CLIError("\(path): already exists; custos never overwrites — remove it or choose another --out")
-    }
-    let url = URL(fileURLWithPath: path)
-    let tmp = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
-    do {
-        guard FileManager.default.createFile(atPath: tmp.path, contents: nil, attributes: [.posixPermissions: mode]) else {
-            throw CLIError("\(path): cannot create output file: \(String(cString: strerror(errno)))")
+/// Writes `data` to a new file `path` with permissions `mode`: written and `fsync`ed under a
+/// hidden temporary name, then linked to `path` (never replacing anything: custos does not
+/// destroy files it did not make). Both names are made relative to `path`'s folder opened once,
+/// with `O_NOFOLLOW`/`O_EXCL` (``OutputDirectory/openFolder(of:what:)``): a symbolic link planted
+/// at `path` is refused, never followed.
+/// - Throws: `CLIError` (exit 2) when `path` exists; `AdminError` `.usage`/`.io` naming the file.
+func writeOutput(_ data: Data, to path: String, mode: mode_t = 0o600) throws {
+    let (folder, name) = try OutputDirectory.openFolder(of: path, what: "output file")
+    let exists = CLIError("\(path): already exists; custos never overwrites — remove it or choose another --out")
+    if let st = folder.entryStatus(name) {
+        if st.st_mode & S_IFMT == S_IFLNK {
+            throw CLIError("\(path): is a symbolic link; custos never writes through one — remove it or choose another --out")
         }
-        let h = try FileHandle(forWritingTo: tmp)
-        try h.write(contentsOf: data)
-        try h.synchronize()
-        try h.close()
-        if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
-        try FileManager.default.moveItem(at: tmp, to: url)
-    } catch let e as CLIError {
-        throw e
-    } catch {
-        try? FileManager.default.removeItem(at: tmp)
-        throw CLIError("\(path): cannot write output: \((error as NSError).localizedDescription)")
+        throw exists
     }
+    let tmp = ".\(name).tmp-\(getpid())"
+    folder.remove(tmp)
+    try folder.writeNewFile(tmp, data: data, mode: mode)
+    defer { folder.remove(tmp) }
+    guard try folder.link(tmp, as: name) else { throw exists }
+    folder.sync()
 }

@@ -69,7 +69,7 @@ public enum DecryptJob {
     ///   this key; message lists the KEK ids needed), `.io` (unreadable input, unwritable output),
     ///   `.database`.
     public static func run(input: SealedInput, keyFile: String, passphrase: SecretBytes?, options: DecryptOptions,
-                           actor: String, log: (String) -> Void,
+                           actor: String, log: @escaping (String) -> Void,
                            progressStyle: ProgressStyle? = nil) throws -> DecryptReport {
         defer { passphrase?.wipe() }
         // 1. The sealed items.
@@ -130,7 +130,7 @@ public enum DecryptJob {
         // 4. The output, then the audit record, then plaintext.
         let sink: any CaptureSink
         switch options.output {
-        case .directory(let p): sink = try DirectorySink(root: p)
+        case .directory(let p): sink = try DirectorySink(root: p, log: log)
         case .archive(let p): sink = try ZipSink(path: p)
         }
         do {

@@ -1,6 +1,7 @@
 import CaptureFormat
 import Collector
 import Crypto
+import CustosBase
 import Envelope
 import Foundation
 import Synchronization
@@ -228,17 +229,17 @@ enum OutputNaming {
     /// `2026-11-30T23-59-01.123Z`: ISO 8601 with `-` for `:` (portable file names).
     static func fileTime(_ ms: Int64) -> String { iso(ms).replacingOccurrences(of: ":", with: "-") }
 
-    /// Makes `s` one safe path component: no `/`, NUL or control characters, no leading dot,
-    /// at most 80 UTF-8 bytes; "_" for nothing left.
+    /// Makes `s` (an agent id, a monitor name, a window title or class, a blob id: all read from
+    /// a database row, a record header or a decrypted payload) one path component of at most
+    /// `maxBytes` UTF-8 bytes. `SafeText.fileNameComponent` (CustosBase) removes controls and
+    /// bidi controls (U+202E would show `gpj.exe` as `exe.jpg`) and replaces `/`; on top of it,
+    /// the characters other systems refuse in zip entry names (`\ : * ? " < > |`) become `_`,
+    /// and leading dots and outer spaces go (no hidden files, no `..`). "_" when nothing is left.
     static func component(_ s: String, maxBytes: Int = 80) -> String {
-        var out = ""
-        for ch in s.unicodeScalars {
-            let bad = ch == "/" || ch == "\\" || ch.value < 0x20 || ch.value == 0x7f || ch == ":" || ch == "*"
-                || ch == "?" || ch == "\"" || ch == "<" || ch == ">" || ch == "|"
-            let c = bad ? "_" : String(ch)
-            if out.utf8.count + c.utf8.count > maxBytes { break }
-            out += c
-        }
+        let base = SafeText.fileNameComponent(s, maxBytes: maxBytes)
+        var out = String(String.UnicodeScalarView(base.unicodeScalars.map { ch in
+            "\\:*?\"<>|".unicodeScalars.contains(ch) ? "_" : ch
+        }))
         while out.hasPrefix(".") { out.removeFirst() }
         out = out.trimmingCharacters(in: .whitespaces)
         return out.isEmpty ? "_" : out
@@ -259,13 +260,16 @@ enum OutputNaming {
 
     /// `<agent>/other/<time>_<blob id>.bin`.
     static func generic(agent: String, timeMs: Int64, blobID: String) -> String {
-        "\(component(agent))/other/\(fileTime(timeMs))_\(blobID).bin"
+        "\(component(agent))/other/\(fileTime(timeMs))_\(component(blobID)).bin"
     }
 
     /// The readable keystroke text of one window: a header, then each chunk as a time range
-    /// line followed by its text (`KeystrokeChunk.text`).
+    /// line followed by its text (`KeystrokeChunk.text`). The header's values (from a record
+    /// header and the endpoint's window properties, which its user controls) are escaped with
+    /// `SafeText.escaped`, so a title cannot add header lines or send escape sequences to the
+    /// terminal of whoever reads the file with `cat`.
     static func windowText(agent: String, title: String, wmClass: String, chunks: [KeystrokeChunk]) -> Data {
-        var s = "# agent: \(agent)\n# window: \(title)\n# WM_CLASS: \(wmClass)\n"
+        var s = "# agent: \(SafeText.escaped(agent))\n# window: \(SafeText.escaped(title))\n# WM_CLASS: \(SafeText.escaped(wmClass))\n"
         for c in chunks {
             s += "\n[\(iso(c.startMs)) – \(iso(c.endMs))]\n\(c.text)\n"
         }

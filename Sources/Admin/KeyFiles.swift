@@ -1,3 +1,4 @@
+import CustosBase
 import Envelope
 import Foundation
 #if canImport(Glibc)
@@ -67,28 +68,37 @@ public enum KeyFiles {
             throw AdminError(.io, "\(directory): exists and is not a directory")
         }
 
-        // The encrypted private key first: owner-only until it has its final owner, group and mode.
-        try writeNewFile(privPath, data: Data(pair.encryptedPrivateKeyPEM.utf8), mode: 0o400)
+        // The encrypted private key first: owner-only until it has its final owner, group and
+        // mode. Both files are made relative to the directory opened once, never through a link.
+        let (folder, _) = try OutputDirectory.openFolder(of: privPath, what: "key file")
+        try folder.writeNewFile(privateName, data: Data(pair.encryptedPrivateKeyPEM.utf8), mode: 0o400)
+        var wrotePublic = false
         do {
-            try writeNewFile(pubPath, data: Data(pair.publicKeyPEM.utf8), mode: 0o444)
-            try setOwnership(privPath, uid: uid, gid: gid, mode: privateMode)
-            try setOwnership(pubPath, uid: uid, gid: gid, mode: publicMode)
+            try folder.writeNewFile(publicName, data: Data(pair.publicKeyPEM.utf8), mode: 0o444)
+            wrotePublic = true
+            try setOwnership(folder, privateName, uid: uid, gid: gid, mode: privateMode)
+            try setOwnership(folder, publicName, uid: uid, gid: gid, mode: publicMode)
         } catch {
-            unlink(privPath)
-            if FileManager.default.fileExists(atPath: pubPath) { unlink(pubPath) }
+            folder.remove(privateName)
+            if wrotePublic { folder.remove(publicName) }
             throw error
         }
+        folder.sync()
         return pair
     }
 
-    static func setOwnership(_ path: String, uid: uid_t?, gid: gid_t?, mode: mode_t) throws {
-        if uid != nil || gid != nil {
-            guard chown(path, uid ?? uid_t.max, gid ?? gid_t.max) == 0 else {
-                throw AdminError(.io, "\(path): cannot set owner/group: \(String(cString: strerror(errno)))")
+    /// Gives `name` in `folder` its owner, group (`fchownat`, not following a link) and mode.
+    static func setOwnership(_ folder: OutputDirectory, _ name: String, uid: uid_t?, gid: gid_t?, mode: mode_t) throws {
+        let path = folder.path + "/" + name
+        do {
+            if uid != nil || gid != nil {
+                try syscall("fchownat", path) {
+                    fchownat(folder.fd.rawValue, name, uid ?? uid_t.max, gid ?? gid_t.max, AT_SYMLINK_NOFOLLOW)
+                }
             }
-        }
-        guard chmod(path, mode) == 0 else {
-            throw AdminError(.io, "\(path): cannot set mode \(String(mode, radix: 8)): \(String(cString: strerror(errno)))")
+            try syscall("fchmodat", path) { fchmodat(folder.fd.rawValue, name, mode, 0) }
+        } catch {
+            throw AdminError(.io, "\(path): cannot set owner, group or mode \(octal(mode)): \(error.reason)")
         }
     }
 

@@ -55,7 +55,7 @@ public struct KeysGenerateCommand: AsyncParsableCommand {
         }
         let pair = try KeyFiles.generate(in: out, bits: bits, passphrase: passphrase, group: group, owner: owner)
         printError("wrote \(out)/\(KeyFiles.privateName) (\(pair.bits)-bit RSA, PKCS#8 AES-256-CBC, mode 0440) and \(out)/\(KeyFiles.publicName) (mode 0444)")
-        print(pair.id.hex)
+        printOut(pair.id.hex)
     }
 }
 
@@ -85,7 +85,7 @@ public struct KeysRegisterCommand: AsyncParsableCommand {
         let (row, id) = try KEKRegistration.register(database: db, publicKey: publicKey, privateKey: privateKey,
                                                      active: !inactive)
         printError("registered KEK \(id) as encryption_kek row \(row)\(inactive ? " (inactive)" : "")")
-        print(id)
+        printOut(id)
     }
 }
 
@@ -105,7 +105,7 @@ public struct KeysListCommand: AsyncParsableCommand {
         let store = try openExistingStore(db)
         let rows: [KEKRow]
         do { rows = try store.listKEKs() } catch { throw AdminError.fromCollector(error) }
-        print(KEKRegistration.table(rows))
+        Console.out(KEKRegistration.table(rows))
     }
 }
 
@@ -147,8 +147,9 @@ public enum KEKRegistration {
     }
 
     /// The `keys list` table. KEK ids the collector has not filled in yet are read from the
-    /// public file when it is readable.
-    public static func table(_ rows: [KEKRow]) -> String {
+    /// public file when it is readable. Paths and ids come from the database: `Console.table`
+    /// escapes each cell.
+    static func table(_ rows: [KEKRow]) -> TerminalText {
         var lines = [["ROW", "ACTIVE", "KEK ID", "PUBLIC", "READABLE", "PRIVATE", "READABLE", "ENCRYPTED"]]
         for r in rows {
             let pubReadable = access(r.pubDatafile, R_OK) == 0
@@ -158,8 +159,8 @@ public enum KEKRegistration {
             lines.append(["\(r.rowID)", r.active ? "yes" : "no", id, r.pubDatafile, pubReadable ? "yes" : "no",
                           priv, privReadable, r.privEncrypted ? "yes" : "no"])
         }
-        if rows.isEmpty { return "no encryption_kek rows" }
-        return formatTable(lines)
+        if rows.isEmpty { return Console.line("no encryption_kek rows") }
+        return Console.table(lines)
     }
 
     static func absolute(_ path: String) -> String {
@@ -172,7 +173,7 @@ public struct AgentsCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "agents",
         abstract: "Manage the agents allowed to upload to a collector.",
-        subcommands: [AgentsAddCommand.self]
+        subcommands: [AgentsAddCommand.self, AgentsListCommand.self]
     )
     public init() {}
 }
@@ -201,7 +202,7 @@ public struct AgentsAddCommand: AsyncParsableCommand {
             try? store.appendAudit(actor: loginUser(), action: "agents.add", detail: "agent=\(id)")
         } catch { throw AdminError.fromCollector(error) }
         printError("agent \(id) added; its config.cfg needs agent-id=\(id) and agent-token=<the token below>")
-        print(token)
+        printOut(token)
     }
 }
 
@@ -211,16 +212,4 @@ func openExistingStore(_ path: String) throws -> SQLiteCollectorStore {
         throw AdminError(.io, "\(path): collector database does not exist")
     }
     do { return try SQLiteCollectorStore(path: path) } catch { throw AdminError.fromCollector(error) }
-}
-
-/// Left-aligned columns separated by two spaces.
-func formatTable(_ rows: [[String]]) -> String {
-    guard let first = rows.first else { return "" }
-    var widths = Array(repeating: 0, count: first.count)
-    for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
-    return rows.map { r in
-        r.enumerated().map { i, c in
-            i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
-        }.joined(separator: "  ")
-    }.joined(separator: "\n")
 }

@@ -16,6 +16,6 @@ public struct KeysIDCommand: AsyncParsableCommand {
 
     public func run() async throws {
         let kek = try KEKPublicKey(pemFile: file)
-        print(kek.id.hex)
+        printOut(kek.id.hex)
     }
 }

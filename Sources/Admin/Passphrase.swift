@@ -1,3 +1,4 @@
+import CustosBase
 import Envelope
 import Foundation
 #if canImport(Glibc)
@@ -18,12 +19,11 @@ public enum Passphrase {
     public static func read(file: String?, prompt: String = "Passphrase: ") throws -> SecretBytes {
         if let file {
             if file == "-" { return try readFirstLine(fd: STDIN_FILENO, source: "standard input") }
-            let fd = open(file, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                throw CLIError("\(file): cannot open passphrase file: \(String(cString: strerror(errno)))")
+            let fd: FileDescriptor
+            do { fd = FileDescriptor(takingOwnership: try syscall("open", file) { open(file, O_RDONLY | O_CLOEXEC) }) } catch {
+                throw CLIError("\(file): cannot open passphrase file: \(error.reason)")
             }
-            defer { close(fd) }
-            return try readFirstLine(fd: fd, source: file)
+            return try readFirstLine(fd: fd.rawValue, source: file)
         }
         return try promptTerminal(prompt)
     }
@@ -35,10 +35,9 @@ public enum Passphrase {
         var total = 0
         try buffer.withUnsafeMutableBytes { raw in
             while total < raw.count {
-                let n = Glibc.read(fd, raw.baseAddress! + total, raw.count - total)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw CLIError("\(source): cannot read passphrase: \(String(cString: strerror(errno)))")
+                let n: Int
+                do throws(SystemCallError) { n = try syscall("read", source) { Glibc.read(fd, raw.baseAddress! + total, raw.count - total) } } catch {
+                    throw CLIError("\(source): cannot read passphrase: \(error.reason)")
                 }
                 if n == 0 { break }
                 total += n
@@ -68,7 +67,7 @@ public enum Passphrase {
         }
         var quiet = saved
         quiet.c_lflag &= ~tcflag_t(ECHO)
-        _ = prompt.withCString { write(tty, $0, strlen($0)) }
+        _ = Console.line(prompt).description.withCString { write(tty, $0, strlen($0)) }
         // TCSANOW (not TCSAFLUSH): keep a passphrase typed ahead of the prompt instead of dropping it.
         guard tcsetattr(tty, TCSANOW, &quiet) == 0 else {
             throw CLIError("cannot turn off terminal echo; use --passphrase-file")

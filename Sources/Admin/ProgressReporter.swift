@@ -21,7 +21,7 @@ final class ProgressReporter {
     ///   - style: nil picks `.bar` when stderr is a TTY (`isatty(2)`), else `.lines`.
     ///   - write: where text goes (stderr by default; tests capture it).
     init(label: String, style: Style? = nil, write: @escaping (String) -> Void = { FileHandle.standardError.write(Data($0.utf8)) }) {
-        self.label = label
+        self.label = Console.line(label).description  // the only text in a progress line that is not a count
         self.style = style ?? (isatty(2) == 1 ? .bar : .lines)
         self.write = write
     }

@@ -335,5 +335,10 @@ struct DecryptTests {
                 == "_etc/screens/_etc_mon1-HDMI_2_2025-12-01T00-00-00.123Z.png")
         #expect(OutputNaming.window(agent: "h", title: "", wmClass: "") == "h/keystrokes/no-class_untitled.txt")
         #expect(OutputNaming.component(String(repeating: "é", count: 100)).utf8.count <= 80)
+        // Bidi controls and other controls are removed (SafeText.fileNameComponent), not kept.
+        #expect(OutputNaming.component("invoice\u{202E}fdp.exe") == "invoicefdp.exe")
+        #expect(OutputNaming.component("\u{2066}a\u{200F}b\u{1B}[31m\u{7}") == "ab[31m")
+        #expect(OutputNaming.component("..") == "_")
+        #expect(OutputNaming.component("../../etc/passwd") == "_.._etc_passwd")
     }
 }

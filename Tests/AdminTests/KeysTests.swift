@@ -79,14 +79,14 @@ struct KeysTests {
             Issue.record("registered a private key as KEK")
         } catch let e as AdminError { #expect(e.message.contains(k.privateKey)) }
 
-        let table = KEKRegistration.table(try SQLiteCollectorStore(path: ourDB).listKEKs())
+        let table = KEKRegistration.table(try SQLiteCollectorStore(path: ourDB).listKEKs()).description
         let lines = table.split(separator: "\n")
         #expect(lines.count == 2)
         #expect(lines[1].contains(id) && lines[1].contains(k.publicKey) && lines[1].contains(k.privateKey))
         #expect(lines[1].hasPrefix("1 ") && lines[1].contains("yes"))
         // Unreadable files show as such.
         let missing = KEKRegistration.table([KEKRow(rowID: 7, active: false, privEncrypted: true, pubDatafile: "/nonexistent/pub.crt",
-                                                    privDatafile: "/nonexistent/keypair.pem", kekID: nil, createdAt: nil)])
+                                                    privDatafile: "/nonexistent/keypair.pem", kekID: nil, createdAt: nil)]).description
         #expect(missing.split(separator: "\n")[1].contains("?"))
         #expect(missing.split(separator: "\n")[1].contains("no"))
     }
@@ -100,7 +100,7 @@ struct KeysTests {
         let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "host-z",
                                                baseMs: 1_764_547_200_000, sessions: 1)
         let rows = try store.listCaptures(CaptureFilter(agentID: "host-z", kind: "screen"))
-        let table = CaptureListing.table(rows)
+        let table = CaptureListing.table(rows).description
         let lines = table.split(separator: "\n")
         #expect(lines.count == 1 + 2 + 1)
         for f in captured.frames {
@@ -108,7 +108,7 @@ struct KeysTests {
             #expect(line.contains("host-z") && line.contains("screen") && line.contains("<Encrypted>"))
             #expect(line.contains(OutputNaming.iso(f.meta.captureTimeMs)))
         }
-        let all = CaptureListing.table(try store.listCaptures(CaptureFilter()))
+        let all = CaptureListing.table(try store.listCaptures(CaptureFilter())).description
         #expect(all.contains("keystrokes"))
         for c in captured.chunks { #expect(!all.contains(c.chunk.text)) }
         #expect(all.hasSuffix("4 captures, \(CaptureListing.byteCount(try store.listCaptures(CaptureFilter()).reduce(0) { $0 + $1.size })) sealed"))

@@ -4,9 +4,12 @@
 /// Escaped: C0 and C1 controls and DEL (ECMA-48 §5: they start escape sequences), the
 /// bidirectional formatting characters of Unicode UAX #9 §2 (U+061C, U+200E, U+200F,
 /// U+202A–U+202E, U+2066–U+2069; they reorder what follows, e.g. `exe.txt` shown as `txt.exe`),
-/// the line and paragraph separators U+2028/U+2029, the BOM/zero-width no-break space U+FEFF,
-/// and the backslash itself (so an escape cannot be forged). Each is written `\u{XX}`; a
-/// backslash becomes `\\`.
+/// the line and paragraph separators U+2028/U+2029 and the BOM/zero-width no-break space U+FEFF.
+/// Each is written `\u{XX}` (hexadecimal code point).
+///
+/// Escaping is idempotent (`escaped(escaped(x)) == escaped(x)`): a message escaped where it is
+/// made and again where it is printed reads the same. The price: a literal `\u{1B}` in the
+/// data looks like an escaped ESC. It is harmless text either way; no control reaches the sink.
 public enum SafeText {
     /// Whether `scalar` is escaped by ``escaped(_:)``.
     public static func needsEscape(_ scalar: Unicode.Scalar) -> Bool {
@@ -17,15 +20,13 @@ public enum SafeText {
         }
     }
 
-    /// `text` with every control, bidi control and backslash escaped (see the type's comment).
-    /// Plain text comes back unchanged.
+    /// `text` with every control and bidi control escaped (see the type's comment). Plain text
+    /// comes back unchanged.
     public static func escaped(_ text: some StringProtocol) -> String {
-        guard text.unicodeScalars.contains(where: { needsEscape($0) || $0 == "\\" }) else { return String(text) }
+        guard text.unicodeScalars.contains(where: needsEscape) else { return String(text) }
         var out = String.UnicodeScalarView()
         for s in text.unicodeScalars {
-            if s == "\\" {
-                out.append(contentsOf: "\\\\".unicodeScalars)
-            } else if needsEscape(s) {
+            if needsEscape(s) {
                 out.append(contentsOf: "\\u{\(String(s.value, radix: 16, uppercase: true))}".unicodeScalars)
             } else {
                 out.append(s)

@@ -22,9 +22,13 @@ import Testing
         }
     }
 
-    @Test func aBackslashCannotForgeAnEscape() {
-        #expect(SafeText.escaped("\\u{1B}") == "\\\\u{1B}")
-        #expect(SafeText.escaped("a\u{1B}\\") == "a\\u{1B}\\\\")
+    @Test func escapingIsIdempotent() {
+        for text in ["\u{1B}]0;X\u{7}", "a\\b", "x\u{202E}y\n", "plain", "\\u{1B}"] {
+            let once = SafeText.escaped(text)
+            #expect(SafeText.escaped(once) == once, "\(once)")
+            #expect(!once.unicodeScalars.contains { SafeText.needsEscape($0) })
+        }
+        #expect(SafeText.escaped("a\\b") == "a\\b")
     }
 
     @Test func invalidUTF8BecomesReplacementCharacters() {

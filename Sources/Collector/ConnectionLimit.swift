@@ -1,4 +1,6 @@
+import CSysShim
 import CustosBase
+import Dispatch
 import HummingbirdCore
 import Logging
 import NIOCore
@@ -12,7 +14,7 @@ import Synchronization
 final class ConnectionLimit: Sendable {
     /// `max-connections`.
     let limit: Int
-    private let open = Mutex(0)
+    private let open = Mutex((count: 0, closedSinceTrim: 0, trimPending: false))
     private let refusals = RepeatedErrorLog()
     private let logger: Logger
 
@@ -22,14 +24,14 @@ final class ConnectionLimit: Sendable {
     }
 
     /// Connections open now (admitted and not yet closed).
-    var count: Int { open.withLock { $0 } }
+    var count: Int { open.withLock { $0.count } }
 
     /// Takes a slot for a new connection; false (and the refusal logged once per episode) when
     /// `limit` are open.
     func admit(peer: String) -> Bool {
-        let admitted = open.withLock { n -> Bool in
-            guard n < limit else { return false }
-            n += 1
+        let admitted = open.withLock { s -> Bool in
+            guard s.count < limit else { return false }
+            s.count += 1
             return true
         }
         if admitted {
@@ -42,8 +44,30 @@ final class ConnectionLimit: Sendable {
         return admitted
     }
 
-    /// Gives back the slot of a closed connection.
-    func release() { open.withLock { $0 -= 1 } }
+    /// Connections closed between two `malloc_trim(0)` calls.
+    static let closesPerTrim = 256
+
+    /// Gives back the slot of a closed connection. After every ``closesPerTrim`` closes, and when
+    /// the last connection closes after at least 8 others, glibc's
+    /// `malloc_trim(0)` (man 3 malloc_trim) runs on a Dispatch thread (never an event loop or the
+    /// cooperative pool), at most one at a time: without it the heap of a burst of idle
+    /// connections stays resident after they close (docs/API.md, "Connections and memory").
+    func release() {
+        let trim = open.withLock { s -> Bool in
+            s.count -= 1
+            s.closedSinceTrim += 1
+            let due = s.closedSinceTrim >= Self.closesPerTrim || (s.count == 0 && s.closedSinceTrim >= 8)
+            guard due, !s.trimPending else { return false }
+            s.closedSinceTrim = 0
+            s.trimPending = true
+            return true
+        }
+        guard trim else { return }
+        DispatchQueue.global(qos: .utility).async { [self] in
+            _ = custos_malloc_trim()
+            open.withLock { $0.trimPending = false }
+        }
+    }
 }
 
 /// A child channel (TLS over HTTP/1, as Hummingbird builds it) that first takes a slot of a

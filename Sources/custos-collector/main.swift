@@ -1,5 +1,6 @@
 // custos-collector --config collector.cfg: the reference collector (docs/API.md).
 import Collector
+import CustosBase
 import CustosConfig
 import Foundation
 import Logging
@@ -53,6 +54,7 @@ do {
     if detail.contains("bind(") {
         detail = "listen=\(listen) in \(arguments[2]): cannot listen there: \(detail)"
     }
+    detail = SafeText.escaped(detail)
     logger.critical("custos-collector stopped", metadata: ["collector.error": "\(detail)"])
     FileHandle.standardError.write(Data("custos-collector: \(detail)\n".utf8))
     exit(1)

@@ -134,8 +134,10 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         let (holder, idle, release) = try await holdIdleConnections(port: port, count: 200, maxFailures: 2, dir: dir, name: "emfile")
         defer { try? Data().write(to: URL(fileURLWithPath: release)); _ = holder.waitExit(timeout: 30) }
         #expect(idle.held > 20 && idle.refused > 0, "\(idle): the descriptors were not exhausted")
-        // Several polls fail meanwhile.
-        #expect(try await waitUntil(timeout: 30) { collector.log.contains("Too many open files") }, "\(collector.log)")
+        // Several polls fail meanwhile (the key file's open, or the database's, runs out of descriptors).
+        #expect(try await waitUntil(timeout: 30) {
+            collector.log.contains("Too many open files") || collector.log.contains("cannot read encryption_kek")
+        }, "\(collector.log)")
         try await Task.sleep(for: .seconds(3))
         try Data().write(to: URL(fileURLWithPath: release))
         _ = holder.waitExit(timeout: 30)
@@ -153,7 +155,10 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         #expect(results.count == 2 && results.allSatisfy { $0.status == .stored }, "\(results)")
         let log = collector.log
         #expect(!log.contains("KEK no longer active"), "\(log)")
-        #expect(log.components(separatedBy: "cannot read its pub_datafile").count - 1 == 1, "\(log)")
+        // Logged once each, however many polls failed.
+        let fileFailures = log.components(separatedBy: "cannot read its pub_datafile").count - 1
+        let tableFailures = log.components(separatedBy: "cannot read encryption_kek").count - 1
+        #expect(fileFailures <= 1 && tableFailures <= 1 && fileFailures + tableFailures >= 1, "\(log)")
     }
 
     // MARK: Connection limit

@@ -106,6 +106,30 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         #expect(refused.allSatisfy { $0.reason == .unknownKEK }, "\(refused)")
     }
 
+    /// The `encryption_kek` table cannot be read (here renamed away by `sqlite3`: a real database
+    /// error): every KEK known stays active, the failure is logged once however many polls fail,
+    /// and the recovery once. Before, each poll logged the error again and no recovery was said.
+    @Test func unreadableTableKeepsTheKEKs() async throws {
+        try requireTool("sqlite3")
+        let f = try await NetFixture.start("kek-table")
+        defer { Task { await f.stop() } }
+        let registry = f.collector.server.registry
+        let active = registry.activeIDs
+        #expect(active.count == 1)
+        let db = f.collector.databasePath
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", db, "ALTER TABLE encryption_kek RENAME TO kek_away;"])
+        for _ in 0..<3 { await registry.refresh() }
+        #expect(registry.activeIDs == active)
+        #expect(f.logs.count("cannot read encryption_kek") == 1, "\(f.logs.text)")
+        let (records, _) = try f.records(count: 1)
+        #expect(try await f.client().upload(stream(records)).results.allSatisfy { $0.status == .stored })
+        try runChecked(["sqlite3", "-cmd", ".timeout 10000", db, "ALTER TABLE kek_away RENAME TO encryption_kek;"])
+        for _ in 0..<3 { await registry.refresh() }
+        #expect(f.logs.count("encryption_kek can be read again") == 1, "\(f.logs.text)")
+        #expect(registry.activeIDs == active)
+        #expect(!f.logs.contains("KEK no longer active"))
+    }
+
     /// The reported case with the real executable: under `prlimit --nofile=64` and idle TLS
     /// connections taking every descriptor, the periodic `encryption_kek` re-read fails with
     /// EMFILE. The KEK stays active (logged once, never "KEK no longer active"), and once the

@@ -93,7 +93,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
-            "Wire", "Envelope", "CustosConfig", "CustosBase",
+            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -78,7 +78,9 @@ let kek = try KEKPublicKey(pemFile: dir + "/publickey.crt")
 
 let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: 0, tlsCertFile: dir + "/tls.pem",
                                     tlsKeyFile: dir + "/tls.key", databasePath: dir + "/collector.db",
-                                    maxRequestBytes: 64 << 20, trapSIGHUP: false)
+                                    maxRequestBytes: 64 << 20,
+                                    // Every simulated agent holds a connection; the upload lanes too.
+                                    maxConnections: max(1024, agentCount + 256), trapSIGHUP: false)
 // Cancelling the server at the end makes Hummingbird log its shutdown at error level; the
 // bench checks every answer itself, so the server logs only critical lines.
 var serverLogger = logger

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Collector
+import CustosBase
 import Envelope
 import Foundation
 #if canImport(Glibc)
@@ -189,12 +190,14 @@ public struct AgentsAddCommand: AsyncParsableCommand {
     @Option(help: "Collector database (created if missing).")
     var db: String
 
-    @Option(help: "Agent id: 1-64 characters of A-Z a-z 0-9 . _ -")
+    @Option(help: "Agent id: 1-64 characters of A-Z a-z 0-9 . _ -, not '.' or '..'")
     var id: String
 
     public init() {}
 
     public func run() async throws {
+        // The one agent-id validator (CustosBase.AgentID), before the database is touched.
+        do { _ = try AgentID(id, field: "--id") } catch { throw AdminError(.usage, error.description) }
         let token: String
         do {
             let store = try SQLiteCollectorStore(path: db)

@@ -21,6 +21,9 @@ import Wire
 ///   this long of its request head; a slower one gets 408 and its connection is closed.
 /// - `max-uploads-per-agent` (integer 1...1000, default 4): uploads one agent may have in flight
 ///   at once; more get 503 with `Retry-After`.
+/// - `max-connections` (integer 1...1000000, default 1024): TLS connections open at once (idle
+///   keep-alives included; about 55 KB of memory and one file descriptor each). A connection
+///   above it is closed at once, before its handshake; the agent retries with backoff.
 public struct CollectorConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
@@ -41,6 +44,8 @@ public struct CollectorConfiguration: Sendable {
     public var bodyTimeout: Duration
     /// Uploads one agent may have in flight at once (beyond: 503 + `Retry-After`).
     public var maxUploadsPerAgent: Int
+    /// Connections open at once; a new one above it is closed before its TLS handshake.
+    public var maxConnections: Int
     /// Whether SIGHUP triggers a KEK refresh (the executable: yes; in-process tests: no).
     public var trapSIGHUP: Bool
 
@@ -49,7 +54,7 @@ public struct CollectorConfiguration: Sendable {
                 maxRecordsPerRequest: Int = WireAPI.defaultMaxRecordsPerRequest,
                 kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                 retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), bodyTimeout: Duration = .seconds(120),
-                maxUploadsPerAgent: Int = 4, trapSIGHUP: Bool = false) {
+                maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024, trapSIGHUP: Bool = false) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
@@ -63,6 +68,7 @@ public struct CollectorConfiguration: Sendable {
         self.idleTimeout = idleTimeout
         self.bodyTimeout = bodyTimeout
         self.maxUploadsPerAgent = maxUploadsPerAgent
+        self.maxConnections = maxConnections
         self.trapSIGHUP = trapSIGHUP
     }
 
@@ -92,6 +98,8 @@ public struct CollectorConfiguration: Sendable {
                   doc: "An upload body must arrive within this many seconds of its request head (at the default 16 MiB limit, about 140 KB/s); a slower one gets HTTP 408, its bytes leave max-inflight-bytes and its connection is closed. The agent then retries."),
         ConfigKey("max-uploads-per-agent", type: "integer 1...1000", default: "4",
                   doc: "Uploads one agent may have in flight at once (the agent sends 2); more get HTTP 503 with Retry-After, so one agent, or one stolen token, cannot take all of max-inflight-bytes."),
+        ConfigKey("max-connections", type: "integer 1...1000000", default: "1024",
+                  doc: "TLS connections open at once, idle keep-alives included (each holds about 55 KB of memory and a file descriptor). A connection above it is closed before its TLS handshake, logged once per episode; agents retry with backoff. Agents keep one connection each: allow for your fleet, and keep it below the file-descriptor limit (LimitNOFILE; the collector raises its soft limit to the hard one at start)."),
     ]
 
     /// Reads `collector.cfg`.
@@ -121,6 +129,7 @@ public struct CollectorConfiguration: Sendable {
                   idleTimeout: .seconds(try f.int("idle-timeout-seconds", default: 30, in: 1...3600)),
                   bodyTimeout: .seconds(try f.int("body-timeout-seconds", default: 120, in: 1...3600)),
                   maxUploadsPerAgent: try f.int("max-uploads-per-agent", default: 4, in: 1...1000),
+                  maxConnections: try f.int("max-connections", default: 1024, in: 1...1_000_000),
                   trapSIGHUP: true)
     }
 

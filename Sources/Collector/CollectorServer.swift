@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOCore
@@ -25,6 +26,9 @@ public final class CollectorServer: Sendable {
     public var inflightPeakBytes: Int { inflight.peak }
     let logger: Logger
     let tls: TLSConfiguration
+    let connections: ConnectionLimit
+    /// Connections open now (`max-connections` bounds it).
+    public var openConnections: Int { connections.count }
 
     /// Opens the store (unless one is given) and loads the TLS certificate chain and key.
     /// - Throws: ``CollectorError`` `.configuration` for unreadable TLS files, `.database` for the store.
@@ -33,6 +37,7 @@ public final class CollectorServer: Sendable {
         inflight = InflightBudget(limit: configuration.maxInflightBytes, perAgentLimit: configuration.maxUploadsPerAgent,
                                   retryAfterSeconds: configuration.retryAfterSeconds)
         self.logger = logger
+        connections = ConnectionLimit(limit: configuration.maxConnections, logger: logger)
         if let store { self.store = store } else { self.store = try SQLiteCollectorStore(path: configuration.databasePath) }
         self.registry = KEKRegistry(store: self.store, logger: logger)
         let chain: [NIOSSLCertificate]
@@ -112,10 +117,16 @@ public final class CollectorServer: Sendable {
                                 until: min(started + limits.bodyTimeout, .now + Self.drainTime), channel: context.channel)
         }
         let listen = configuration
+        let tls = self.tls, connections = self.connections
+        let http1 = HTTP1Channel.Configuration(idleTimeout: TimeAmount(listen.idleTimeout))
         return Application(
             router: router,
-            server: try .tls(.http1(configuration: .init(idleTimeout: TimeAmount(listen.idleTimeout))),
-                             tlsConfiguration: tls),
+            // Hummingbird's `.tls(.http1(...))`, behind the max-connections check.
+            server: HTTPServerBuilder { responder in
+                LimitedChildChannel(base: try TLSChannel(HTTP1Channel(responder: responder, configuration: http1),
+                                                         tlsConfiguration: tls),
+                                    limit: connections)
+            },
             configuration: .init(address: .hostname(listen.listenHost, port: listen.listenPort), serverName: nil,
                                  backlog: 1024),
             onServerRunning: { channel in
@@ -148,15 +159,15 @@ public final class CollectorServer: Sendable {
         }
         do {
             guard try await store.authenticate(agentID: auth.agentID, token: auth.token) else {
-                logger.warning("upload refused: wrong token", metadata: ["collector.agent_id": "\(auth.agentID)"])
+                logger.warning("upload refused: wrong token", metadata: ["collector.agent_id": .safe(auth.agentID)])
                 return (unauthorized(), Self.unauthenticatedDrainBytes)
             }
         } catch {
-            logger.error("authentication failed", metadata: ["collector.error": "\(error)"])
+            logger.error("authentication failed", metadata: ["collector.error": .safe(error)])
             return (json(.serviceUnavailable, ErrorResponse(error: .unavailable, message: "authentication store unavailable"),
                          retryAfter: limits.retryAfterSeconds), Self.unauthenticatedDrainBytes)
         }
-        let agent = ["collector.agent_id": Logger.MetadataValue.string(auth.agentID)]
+        let agent: Logger.Metadata = ["collector.agent_id": .safe(auth.agentID)]
         let type = request.headers[.contentType]?.split(separator: ";").first.map {
             $0.trimmingCharacters(in: .whitespaces).lowercased()
         }
@@ -171,7 +182,7 @@ public final class CollectorServer: Sendable {
         let declared = contentLength.flatMap { Int($0) }
         if contentLength != nil && (declared ?? .max) > maxBytes {
             let length = contentLength ?? "?"
-            logger.warning("upload refused: too large", metadata: agent.merging(["collector.bytes": "\(length)"]) { $1 })
+            logger.warning("upload refused: too large", metadata: agent.merging(["collector.bytes": .safe(length)]) { $1 })
             return (json(.contentTooLarge, ErrorResponse(error: .tooLarge, message: "body of \(length) bytes exceeds \(maxBytes)")),
                     maxBytes)
         }
@@ -225,7 +236,7 @@ public final class CollectorServer: Sendable {
             }
         } catch {
             // The client went away or the connection timed out mid-body (idle-timeout-seconds).
-            logger.warning("upload body could not be read", metadata: agent.merging(["collector.error": "\(error)"]) { $1 })
+            logger.warning("upload body could not be read", metadata: agent.merging(["collector.error": .safe(error)]) { $1 })
             return (json(.badRequest, ErrorResponse(error: .malformed, message: "the request body could not be read: \(error)")), 0)
         }
         switch await ingestor.ingest(agentID: auth.agentID, body: body) {

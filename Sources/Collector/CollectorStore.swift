@@ -46,10 +46,15 @@ public enum IngestOutcome: Sendable, Equatable {
     case stored
     /// Same id and same bytes already stored.
     case duplicate
-    /// Same id already stored with different bytes.
+    /// Same id already stored, by the same agent, with different bytes.
     case conflict
-    /// A blob whose DEK record is neither stored nor earlier in the same batch.
+    /// A blob whose DEK record (of the same agent) is neither stored nor earlier in the same
+    /// batch. Another agent's DEK id counts as unknown.
     case unknownDEK
+    /// The id (blob or DEK) is taken by another agent's record: nothing stored. Answered to the
+    /// agent exactly as a new id is (`stored`), so an agent cannot learn whether another agent's
+    /// ids exist (docs/API.md, "Ids across agents"); the collector logs it.
+    case otherAgent
 }
 
 /// Filters for ``CollectorStore/listCaptures(_:)``; nil fields do not filter.

@@ -52,7 +52,7 @@ public struct Ingestor: Sendable {
         } catch {
             let tooMany = error.description.contains("more than")
             logger.warning("upload refused: bad record stream", metadata: [
-                "collector.agent_id": "\(agentID)", "collector.error": "\(error.description)"])
+                "collector.agent_id": .safe(agentID), "collector.error": .safe(error.description)])
             return .error(status: tooMany ? 413 : 400,
                           ErrorResponse(error: tooMany ? .tooLarge : .malformed, message: error.description))
         }
@@ -70,16 +70,16 @@ public struct Ingestor: Sendable {
                 return
             }
             refusalsLogged += 1
-            var metadata: Logger.Metadata = ["collector.agent_id": "\(agentID)", "collector.record": "\(id ?? "#\(index)")",
+            var metadata: Logger.Metadata = ["collector.agent_id": .safe(agentID), "collector.record": .safe(id ?? "#\(index)"),
                                              "collector.reason": "\(reason.rawValue)"]
-            if let message { metadata["collector.error"] = "\(message)" }
+            if let message { metadata["collector.error"] = .safe(message) }
             logger.warning("record refused", metadata: metadata)
         }
         defer {
             if !refusalsNotLogged.isEmpty {
                 let count = refusalsNotLogged.values.reduce(0, +)
                 logger.warning("more records of this upload refused (not logged one by one)", metadata: [
-                    "collector.agent_id": "\(agentID)", "collector.records": "\(count)",
+                    "collector.agent_id": .safe(agentID), "collector.records": "\(count)",
                     "collector.reasons": "\(refusalsNotLogged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","))"])
             }
         }
@@ -134,6 +134,7 @@ public struct Ingestor: Sendable {
         }
         if !items.isEmpty {
             do {
+                var otherAgentIDs: [String] = []
                 let outcomes = try await store.ingest(items, receivedAtMs: Int64((Date().timeIntervalSince1970 * 1000).rounded()))
                 if let suppressed = storageErrors.recovered() {
                     logger.notice("storing uploads works again", metadata: ["collector.repeats_not_logged": "\(suppressed)"])
@@ -150,14 +151,23 @@ public struct Ingestor: Sendable {
                     case .unknownDEK:
                         results[i] = RecordResult(index: i, id: id, status: .refused, reason: .unknownDEK, retryable: true,
                                                   message: "the blob's DEK record has not been uploaded")
+                    case .otherAgent:
+                        // Answered as a new id is; the collector's log has the truth.
+                        results[i] = RecordResult(index: i, id: id, status: .stored)
+                        otherAgentIDs.append(id)
                     }
+                }
+                if !otherAgentIDs.isEmpty {
+                    logger.warning("records not stored: their ids belong to another agent's records (answered as stored)",
+                                   metadata: ["collector.agent_id": .safe(agentID), "collector.records": "\(otherAgentIDs.count)",
+                                              "collector.record": .safe(otherAgentIDs[0])])
                 }
             } catch {
                 // Logged once per kind of failure (say a full disk, with every agent retrying), then
                 // at debug level until an upload is stored again.
                 let level: Logger.Level = storageErrors.isNew("\(error)") ? .error : .debug
-                logger.log(level: level, "storing an upload failed", metadata: ["collector.agent_id": "\(agentID)",
-                                                                                "collector.error": "\(error)"])
+                logger.log(level: level, "storing an upload failed", metadata: ["collector.agent_id": .safe(agentID),
+                                                                                "collector.error": .safe(error)])
                 for (k, i) in itemIndex.enumerated() {
                     results[i] = RecordResult(index: i, id: items[k].id, status: .refused, reason: .storageError,
                                               retryable: true, message: "the collector could not store the records; try again later")

@@ -1,4 +1,5 @@
 import Crypto
+import CustosBase
 import Foundation
 import GRDB
 import Wire
@@ -147,9 +148,7 @@ public final class SQLiteCollectorStore: CollectorStore {
     static func tokenHash(_ token: String) -> Data { Data(SHA256.hash(data: Data(token.utf8))) }
 
     public func addAgent(id: String) throws(CollectorError) -> String {
-        guard WireAPI.isValidAgentID(id) else {
-            throw CollectorError(.invalidArgument, "agent id '\(id)': expected 1-64 characters of A-Z a-z 0-9 . _ -")
-        }
+        do { _ = try AgentID(id) } catch { throw CollectorError(.invalidArgument, error.description) }
         let token = Self.newToken()
         let hash = Self.tokenHash(token)
         try run("add agent \(id)") {
@@ -326,17 +325,26 @@ public final class SQLiteCollectorStore: CollectorStore {
                     """, arguments: [dekID, kekID, agentID, creationTimeMs, record, receivedAtMs])
                 if db.changesCount > 0 {
                     outcomes.append(.stored)
-                } else {
-                    let old = try Data.fetchOne(db, sql: "SELECT record FROM encryption_dek WHERE dek_id = ?",
-                                                arguments: [dekID])
-                    outcomes.append(old == record ? .duplicate : .conflict)
+                    batchDEKs.insert(dekID)
+                    continue
                 }
-                batchDEKs.insert(dekID)
+                let old = try Row.fetchOne(db, sql: "SELECT record, agent_id FROM encryption_dek WHERE dek_id = ?",
+                                           arguments: [dekID])
+                if let old, old["agent_id"] != agentID {
+                    outcomes.append(.otherAgent)
+                } else if let old, old["record"] == record {
+                    outcomes.append(.duplicate)
+                    batchDEKs.insert(dekID)
+                } else {
+                    outcomes.append(.conflict)
+                }
             case let .blob(blobID, agentID, kind, dekID, kekID, sequence, captureTimeMs, blob):
                 if let row = try Row.fetchOne(db, sql: """
                     SELECT blob, blob_file, blob_offset, size, agent_id, kek_id, kind, dek_id, sequence, capture_time
                     FROM captures WHERE blob_id = ?
                     """, arguments: [blobID]) {
+                    // Another agent's blob id: answered as a new id would be (see IngestOutcome.otherAgent).
+                    guard row["agent_id"] == agentID else { outcomes.append(.otherAgent); continue }
                     let size: Int = row["size"]
                     let sameRow = size == blob.count && row["agent_id"] == agentID && row["kek_id"] == kekID
                         && row["kind"] == kind && row["dek_id"] == dekID
@@ -358,9 +366,12 @@ public final class SQLiteCollectorStore: CollectorStore {
                     continue
                 }
                 if !batchDEKs.contains(dekID) {
-                    let known = try Bool.fetchOne(db, sql: "SELECT 1 FROM encryption_dek WHERE dek_id = ?",
-                                                  arguments: [dekID]) != nil
-                    if !known { outcomes.append(.unknownDEK); continue }
+                    // The DEK record must be this agent's: another agent's DEK id is answered as an
+                    // unknown one (the blob could never be opened with it, and the answer must not
+                    // tell whether that id exists).
+                    let owner = try String.fetchOne(db, sql: "SELECT agent_id FROM encryption_dek WHERE dek_id = ?",
+                                                    arguments: [dekID])
+                    if owner != agentID { outcomes.append(.unknownDEK); continue }
                     batchDEKs.insert(dekID)
                 }
                 var inline = blob, file: Int64?, offset: Int64?

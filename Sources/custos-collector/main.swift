@@ -1,5 +1,6 @@
 // custos-collector --config collector.cfg: the reference collector (docs/API.md).
 import Collector
+import CustosBase
 import CustosConfig
 import Foundation
 import Logging
@@ -10,7 +11,8 @@ func usage(_ status: Int32) -> Never {
         usage: custos-collector --config collector.cfg
 
         The Custos reference collector: HTTPS only (TLS 1.2+), stores sealed records, never decrypts.
-        Keys of collector.cfg (see collector.cfg.sample): listen=HOST:PORT, tls-cert=, tls-key=, database=.
+        Keys of collector.cfg (see collector.cfg.sample): listen=HOST:PORT, tls-cert=, tls-key=, database=,
+        max-connections=, ….
         SIGHUP re-reads the encryption_kek table; SIGTERM/SIGINT stop gracefully.
 
         """
@@ -28,6 +30,22 @@ var listen = "?"
 do {
     let configuration = try CollectorConfiguration(file: arguments[2])
     listen = "\(configuration.listenHost):\(configuration.listenPort)"
+    // Each connection holds a descriptor: raise the soft NOFILE limit to the hard one (systemd's
+    // default soft limit is 1024; man 5 systemd.exec, LimitNOFILE=), and say when max-connections
+    // cannot be reached (the database, blob files and key files need descriptors too).
+    var nofile = rlimit()
+    if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &nofile) == 0 {
+        if nofile.rlim_cur < nofile.rlim_max {
+            var raised = nofile
+            raised.rlim_cur = nofile.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { nofile = raised }
+        }
+        let reserve: rlim_t = 64
+        if nofile.rlim_cur < rlim_t(configuration.maxConnections) + reserve {
+            logger.warning("max-connections is above what the file-descriptor limit allows", metadata: [
+                "collector.max_connections": "\(configuration.maxConnections)", "collector.nofile": "\(nofile.rlim_cur)"])
+        }
+    }
     let server = try CollectorServer(configuration: configuration, logger: logger)
     try await server.run()
 } catch {
@@ -36,6 +54,7 @@ do {
     if detail.contains("bind(") {
         detail = "listen=\(listen) in \(arguments[2]): cannot listen there: \(detail)"
     }
+    detail = SafeText.escaped(detail)
     logger.critical("custos-collector stopped", metadata: ["collector.error": "\(detail)"])
     FileHandle.standardError.write(Data("custos-collector: \(detail)\n".utf8))
     exit(1)

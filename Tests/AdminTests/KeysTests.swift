@@ -113,4 +113,24 @@ struct KeysTests {
         for c in captured.chunks { #expect(!all.contains(c.chunk.text)) }
         #expect(all.hasSuffix("4 captures, \(CaptureListing.byteCount(try store.listCaptures(CaptureFilter()).reduce(0) { $0 + $1.size })) sealed"))
     }
+
+    /// `custos agents add --id ..` (and `.`) is refused with a message naming the option and what
+    /// is expected, before the database is created; ids name directories on the reviewer's machine.
+    @Test("agents add refuses the agent ids . and ..")
+    func agentsAddRefusesDotIDs() async throws {
+        let tmp = try TempDir("adm-dot-agent")
+        defer { tmp.remove() }
+        let db = tmp.file("collector.db")
+        for id in [".", ".."] {
+            let command = try AgentsAddCommand.parse(["--db", db, "--id", id])
+            do {
+                try await command.run()
+                Issue.record("agents add accepted the id \(id)")
+            } catch let e as AdminError {
+                #expect(e.code == .usage)
+                #expect(e.message.contains("--id") && e.message.contains("not '.' or '..'"), "\(e.message)")
+            }
+        }
+        #expect(!FileManager.default.fileExists(atPath: db), "a refused id created the database")
+    }
 }

@@ -415,7 +415,8 @@ import Glibc
     }
 
     /// Only the blob's own agent (and KEK, kind, DEK, sequence, time, size) can repair a row
-    /// whose stored copy is unreadable; anything else under that id is a conflict.
+    /// whose stored copy is unreadable; anything else under that id is a conflict, and another
+    /// agent's upload under that id is `otherAgent` (answered as a new id, never stored).
     @Test func anotherAgentCannotRepairABlob() async throws {
         let rig = try await Rig("blob-other-agent")
         defer { rig.dir.remove() }
@@ -427,7 +428,7 @@ import Glibc
             .blob(blobID: h.blobID.hex, agentID: agent, kind: h.kind.name, dekID: h.dekID.hex, kekID: h.kekID.hex,
                   sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs, blob: b.serialized)
         }
-        #expect(try await rig.store.ingest([item(agent: "intruder")], receivedAtMs: 3) == [.conflict])
+        #expect(try await rig.store.ingest([item(agent: "intruder")], receivedAtMs: 3) == [.otherAgent])
         #expect(throws: CollectorError.self) { try rig.read(b) }
         #expect(try await rig.store.ingest([item(agent: "dmg")], receivedAtMs: 4) == [.stored])
         #expect(try rig.read(b) == b.serialized)

@@ -54,7 +54,8 @@ struct NetFixture {
     static func start(_ name: String = "net", certificate: String = "leaf", registerKEK: Bool = true,
                       maxRequestBytes: Int = 16 * 1024 * 1024, maxInflightBytes: Int = 256 << 20,
                       retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
-                      bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4) async throws -> NetFixture {
+                      bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4,
+                      maxConnections: Int = 1024) async throws -> NetFixture {
         let dir = try TempDir("custos-\(name)")
         let logs = LogCapture()
         let shared = try sharedMaterial.get()
@@ -62,7 +63,7 @@ struct NetFixture {
                                                       maxRequestBytes: maxRequestBytes, maxInflightBytes: maxInflightBytes,
                                                       retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
                                                       bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
-                                                      logger: logs.logger("collector", level: .info))
+                                                      maxConnections: maxConnections, logger: logs.logger("collector", level: .info))
         let (pub, priv) = shared.kek
         if registerKEK {
             _ = try collector.store.registerKEK(pubDatafile: pub, privDatafile: priv, privEncrypted: false, active: true,

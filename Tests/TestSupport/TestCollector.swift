@@ -52,7 +52,7 @@ public final class TestCollector: Sendable {
                              databasePath: String? = nil, maxRequestBytes: Int = 16 * 1024 * 1024,
                              kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                              retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
-                             bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4,
+                             bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024,
                              logger: Logger = Logger(label: "test-collector")) async throws -> TestCollector {
         let pki = try pki ?? makeTestPKI(in: directory)
         let db = databasePath ?? directory + "/collector.db"
@@ -62,7 +62,7 @@ public final class TestCollector: Sendable {
                                             kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
                                             retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
                                             bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
-                                            trapSIGHUP: false)
+                                            maxConnections: maxConnections, trapSIGHUP: false)
         let server = try CollectorServer(configuration: config, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let task = Task {

@@ -54,8 +54,8 @@ struct AgentRunner {
         guard let token = config.agentToken else {
             throw ConfigError(file: config.configPath, key: "agent-token", "required when server-url is set (run `custos agents add` on the collector)")
         }
-        let transport = try TransportConfiguration(serverURL: url.absoluteString, agentID: config.agentID, agentToken: token,
-                                                   pins: config.serverPins, caFile: config.serverCA)
+        let transport = TransportConfiguration(server: url, agentID: config.agentID, agentToken: token,
+                                               policy: try TLSPolicy(pins: config.serverPins, caFile: config.serverCA))
         let client = try CollectorClient(configuration: transport, logger: logger)
         return Uploader(queue: spool, client: client, logger: logger)
     }

@@ -23,12 +23,12 @@ enum CheckConfig {
         } catch {
             line(false, "kek", "\(error)")
         }
-        line(true, "agent-id", config.agentID)
+        line(true, "agent-id", config.agentID.rawValue)
         if let url = config.serverURL {
             line(config.agentToken != nil, "agent-token", config.agentToken != nil ? "set" : "missing: uploads will be refused")
             do {
-                _ = try TLSPolicy(pinStrings: config.serverPins, caFile: config.serverCA)
-                line(true, "server", "\(url.absoluteString), \(config.serverPins.count) pin(s)\(config.serverCA.map { ", CA \($0)" } ?? "")")
+                _ = try TLSPolicy(pins: config.serverPins, caFile: config.serverCA)
+                line(true, "server", "\(url), \(config.serverPins.count) pin(s)\(config.serverCA.map { ", CA \($0)" } ?? "")")
                 if config.serverPins.isEmpty && config.serverCA == nil {
                     line(true, "server-pin", "none: the collector must have a certificate the system trusts", required: false)
                 }

@@ -5,20 +5,23 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import CustosBase
 import Synchronization
 import Wire
 
 /// Where and how the agent talks to its collector (agent config keys `server-url`,
 /// `server-pin` (repeatable), `server-ca`, `agent-id`, `agent-token`).
+///
+/// Holds already-validated CustosBase values (parsed once by `AgentConfig`): nothing here
+/// re-parses a string, so the transport accepts exactly what `--check-config` accepts.
 public struct TransportConfiguration: Sendable {
-    /// Collector host name or IP address (from `server-url`).
-    public var host: String
-    /// Collector TCP port (from `server-url`, default 443).
-    public var port: Int
+    /// The collector (`server-url`).
+    public var server: CollectorURL
     /// Agent id sent in `Authorization: Bearer AGENTID:TOKEN`.
-    public var agentID: String
-    /// The agent's secret token (printed once by `custos agents add`). Never logged.
-    public var agentToken: String
+    public var agentID: AgentID
+    /// The agent's secret token (printed once by `custos agents add`). Never logged; revealed
+    /// only to build the `Authorization` header.
+    public var agentToken: Secret
     /// Certificate trust and pinning.
     public var policy: TLSPolicy
     /// TCP connect plus TLS handshake limit (default 10 s).
@@ -26,38 +29,19 @@ public struct TransportConfiguration: Sendable {
     /// One request/response limit (default 60 s).
     public var requestTimeout: Duration
 
-    public init(host: String, port: Int, agentID: String, agentToken: String, policy: TLSPolicy,
+    /// Collector host name or IP address, without brackets.
+    public var host: String { server.host }
+    /// Collector TCP port.
+    public var port: Int { server.port }
+
+    public init(server: CollectorURL, agentID: AgentID, agentToken: Secret, policy: TLSPolicy,
                 connectTimeout: Duration = .seconds(10), requestTimeout: Duration = .seconds(60)) {
-        self.host = host
-        self.port = port
+        self.server = server
         self.agentID = agentID
         self.agentToken = agentToken
         self.policy = policy
         self.connectTimeout = connectTimeout
         self.requestTimeout = requestTimeout
-    }
-
-    /// Builds the configuration from config values.
-    /// - Parameters:
-    ///   - serverURL: `https://HOST[:PORT][/]` (only `https` is accepted; IPv6 literals in brackets).
-    ///   - pins: `server-pin` values, `sha256/BASE64` each.
-    ///   - caFile: `server-ca` PEM file, optional.
-    /// - Throws: ``TransportError`` (`.configuration`) naming the bad key.
-    public init(serverURL: String, agentID: String, agentToken: String, pins: [String], caFile: String?) throws(TransportError) {
-        guard let url = URLComponents(string: serverURL), url.scheme?.lowercased() == "https",
-              var host = url.host, !host.isEmpty else {
-            throw TransportError(.configuration, "server-url '\(serverURL)': expected https://HOST[:PORT]")
-        }
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard url.path.isEmpty || url.path == "/" else {
-            throw TransportError(.configuration, "server-url '\(serverURL)': a path is not supported (the API lives at /v1)")
-        }
-        guard WireAPI.isValidAgentID(agentID) else {
-            throw TransportError(.configuration, "agent-id '\(agentID)': expected 1-64 characters of A-Z a-z 0-9 . _ -")
-        }
-        guard !agentToken.isEmpty else { throw TransportError(.configuration, "agent-token is empty") }
-        self.init(host: host, port: url.port ?? 443, agentID: agentID, agentToken: agentToken,
-                  policy: try TLSPolicy(pinStrings: pins, caFile: caFile))
     }
 }
 
@@ -172,8 +156,7 @@ public actor CollectorClient {
         let limit = timeout ?? configuration.requestTimeout
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers = headers
-        let hostHeader = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
-        head.headers.replaceOrAdd(name: "Host", value: "\(hostHeader):\(configuration.port)")
+        head.headers.replaceOrAdd(name: "Host", value: "\(configuration.server.hostForHeader):\(configuration.port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: "\(body?.readableBytes ?? 0)")
         // One request at a time on the kept connection (the actor is re-entrant across awaits).
         await acquire()
@@ -240,8 +223,7 @@ public actor CollectorClient {
         let host = configuration.host
         let verifier = PeerVerifier(policy: configuration.policy, host: host)
         let context = sslContext
-        let isIP = host.contains(":") || host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." }
-        let sni: String? = isIP ? nil : host
+        let sni: String? = configuration.server.hostIsIPAddress ? nil : host
         let handshake = FutureBox()
         let connectTimeout = configuration.connectTimeout
         let bootstrap = ClientBootstrap(group: group)

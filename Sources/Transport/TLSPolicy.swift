@@ -47,13 +47,9 @@ public struct TLSPolicy: Sendable {
         self.caCertificatesDER = caCertificatesDER
     }
 
-    /// Builds the policy from config values: `server-pin` strings and an optional `server-ca` PEM file path.
-    /// - Throws: ``TransportError`` (`.configuration`) for a bad pin or an unreadable CA file.
-    public init(pinStrings: [String], caFile: String?) throws(TransportError) {
-        var pins: [SPKIPin] = []
-        for p in pinStrings {
-            do { pins.append(try SPKIPin(p)) } catch { throw TransportError(.configuration, error.description) }
-        }
+    /// Builds the policy from config values: validated `server-pin`s and an optional `server-ca` PEM file path.
+    /// - Throws: ``TransportError`` (`.configuration`) for an unreadable CA file or one without a certificate.
+    public init(pins: [SPKIPin], caFile: String?) throws(TransportError) {
         var ders: [[UInt8]] = []
         if let caFile {
             do {

@@ -1,4 +1,5 @@
 import Collector
+import CustosBase
 import Foundation
 import Synchronization
 import Testing
@@ -91,8 +92,8 @@ import Wire
         let server = try OpenSSLServer(arguments: ["-naccept", "1", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0",
                                                    "-cert", pki.chain("leaf"), "-key", pki.key("leaf")])
         defer { server.stop() }
-        let config = try TransportConfiguration(serverURL: "https://127.0.0.1:\(server.port)", agentID: "host-1",
-                                                agentToken: "token", pins: [try pki.pin("leaf")], caFile: nil)
+        let config = try testTransport(serverURL: "https://127.0.0.1:\(server.port)", agentID: "host-1",
+                                       agentToken: "token", pins: [try pki.pin("leaf")], caFile: nil)
         let client = try CollectorClient(configuration: config, logger: LogCapture().logger("transport"))
         do {
             _ = try await client.upload(Data("CSTS-secret-payload".utf8))

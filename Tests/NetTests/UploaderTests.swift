@@ -1,5 +1,6 @@
 import Collector
 import Envelope
+import CustosBase
 import Foundation
 import ServiceLifecycle
 import Spool
@@ -346,7 +347,7 @@ import Wire
         let f = try await NetFixture.start("stall", maxInflightBytes: 1 << 20, idleTimeout: .seconds(4))
         defer { Task { await f.stop() } }
         let head = "POST \(WireAPI.recordsPath) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + "Authorization: \(WireAPI.authorization(agentID: f.agentID, token: f.token))\r\n"
+            + "Authorization: Bearer \(f.agentID):\(f.token)\r\n"
             + "Content-Type: \(WireAPI.recordsContentType)\r\nContent-Length: 2000000\r\n\r\n0123456789"
         var said = ""
         // Up to three tries, in case a starved run lets the idle timer close the connection
@@ -393,7 +394,7 @@ import Wire
         let dir = try TempDir("custos-retry-after")
         defer { dir.remove() }
         let spool = try Spool(directory: dir.path, maxBytes: 8 << 20, logger: LogCapture().logger("spool"))
-        let client = try CollectorClient(configuration: TransportConfiguration(
+        let client = try CollectorClient(configuration: testTransport(
             serverURL: "https://127.0.0.1:1", agentID: "a", agentToken: "t", pins: ["sha256/" + String(repeating: "A", count: 43) + "="],
             caFile: nil), logger: LogCapture().logger("c"))
         let uploader = Uploader(queue: spool, client: client,
@@ -457,8 +458,8 @@ import Wire
         let dir = try TempDir("custos-backoff")
         defer { dir.remove() }
         let spool = try Spool(directory: dir.file("spool"), maxBytes: 1 << 20, logger: LogCapture().logger("spool"))
-        let config = try TransportConfiguration(serverURL: "https://127.0.0.1:9", agentID: "a", agentToken: "t",
-                                                pins: [], caFile: nil)
+        let config = try testTransport(serverURL: "https://127.0.0.1:9", agentID: "a", agentToken: "t",
+                                       pins: [], caFile: nil)
         let u = Uploader(queue: spool, client: try CollectorClient(configuration: config, logger: LogCapture().logger("t")),
                          configuration: f, logger: LogCapture().logger("u"))
         for _ in 0..<50 {

@@ -134,9 +134,11 @@ public actor CollectorClient {
         return h
     }
 
-    /// Closes the kept connection, if any.
+    /// Closes the kept connection, if any, without waiting for the collector's TLS close_notify
+    /// (RFC 8446 §6.1 lets the closing side not wait): a hung collector must not hold the caller.
+    /// NIOSSL finishes the shutdown in the background within the policy's `shutdownTimeout`.
     public func close() async {
-        if let channel { try? await channel.close() }
+        channel?.close(promise: nil)
         channel = nil
     }
 
@@ -154,49 +156,88 @@ public actor CollectorClient {
     private func request(_ method: HTTPMethod, _ path: String, headers: HTTPHeaders, body: ByteBuffer?,
                          timeout: Duration?) async throws(TransportError) -> HTTPAnswer {
         let limit = timeout ?? configuration.requestTimeout
+        // One limit for the whole call: waiting for the turn, connecting, the TLS handshake, the answer.
+        let deadline = NIODeadline.now() + TimeAmount(limit)
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers = headers
         head.headers.replaceOrAdd(name: "Host", value: "\(configuration.server.hostForHeader):\(configuration.port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: "\(body?.readableBytes ?? 0)")
         // One request at a time on the kept connection (the actor is re-entrant across awaits).
-        await acquire()
+        try await acquire()
         defer { releaseTurn() }
         // A connection may be closed by the collector meanwhile: retry once on a new one
         // (uploads are idempotent by record id, so a repeated POST is harmless).
         do {
-            return try await send(head, body, limit: limit)
-        } catch where error.code == .io {
-            return try await send(head, body, limit: limit)
+            return try await send(head, body, deadline: deadline, limit: limit)
+        } catch where error.code == .io && !Task.isCancelled && NIODeadline.now() < deadline {
+            return try await send(head, body, deadline: deadline, limit: limit)
         }
     }
 
+    // The turn queue: FIFO waiters, each removable when its task is cancelled.
     private var busy = false
-    private var waiting: [CheckedContinuation<Void, Never>] = []
+    private var waiting: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+    private var nextWaiterID: UInt64 = 0
 
-    private func acquire() async {
+    /// Waits for this client's turn (one request at a time). Cancellable: a cancelled waiter
+    /// leaves the queue at once and throws `.cancelled`.
+    private func acquire() async throws(TransportError) {
         if !busy { busy = true; return }
-        await withCheckedContinuation { waiting.append($0) }
+        nextWaiterID += 1
+        let id = nextWaiterID
+        do {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                    if Task.isCancelled { c.resume(throwing: CancellationError()) } else { waiting.append((id, c)) }
+                }
+            } onCancel: {
+                Task { await self.cancelWaiter(id) }
+            }
+        } catch {
+            throw cancelled("waiting for the connection")
+        }
+    }
+
+    private func cancelWaiter(_ id: UInt64) {
+        if let i = waiting.firstIndex(where: { $0.id == id }) {
+            waiting.remove(at: i).continuation.resume(throwing: CancellationError())
+        }
     }
 
     private func releaseTurn() {
-        if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+        if waiting.isEmpty { busy = false } else { waiting.removeFirst().continuation.resume() }
     }
 
-    private func send(_ head: HTTPRequestHead, _ body: ByteBuffer?, limit: Duration) async throws(TransportError) -> HTTPAnswer {
-        let ch = try await connectedChannel()
+    private func cancelled(_ what: String) -> TransportError {
+        TransportError(.cancelled, "collector \(configuration.host):\(configuration.port): cancelled while \(what)")
+    }
+
+    /// Sends one request on the kept connection (opening it first if needed) and waits for the
+    /// answer until `deadline`. Cancellation fails the wait at once and closes the connection
+    /// (the collector may or may not have stored the records; uploads are idempotent).
+    private func send(_ head: HTTPRequestHead, _ body: ByteBuffer?, deadline: NIODeadline,
+                      limit: Duration) async throws(TransportError) -> HTTPAnswer {
+        let ch = try await connectedChannel(deadline: deadline)
         let promise = ch.eventLoop.makePromise(of: HTTPAnswer.self)
-        let timeout = ch.eventLoop.scheduleTask(in: TimeAmount(limit)) {
-            promise.fail(TransportError(.io, "collector \(self.configuration.host): no answer within \(limit)"))
+        let host = configuration.host
+        let timeout = ch.eventLoop.scheduleTask(deadline: deadline) {
+            promise.fail(TransportError(.io, "collector \(host): no answer within \(limit)"))
             ch.close(promise: nil)
         }
         let written = ch.eventLoop.makePromise(of: Void.self)
         written.futureResult.whenFailure { error in
             // The request never reached the handler (channel already closed): answer the caller.
-            promise.fail(TransportError(.io, "collector \(self.configuration.host): cannot send: \(error)"))
+            promise.fail(TransportError(.io, "collector \(host): cannot send: \(error)"))
         }
         ch.writeAndFlush(PendingRequest(head: head, body: body, promise: promise), promise: written)
+        let cancelError = cancelled("waiting for the answer")
         do {
-            let answer = try await promise.futureResult.get()
+            let answer = try await withTaskCancellationHandler {
+                try await promise.futureResult.get()
+            } onCancel: {
+                promise.fail(cancelError)
+                ch.close(promise: nil)
+            }
             timeout.cancel()
             if answer.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" }) {
                 await close()
@@ -210,24 +251,29 @@ public actor CollectorClient {
         }
     }
 
-    private func connectedChannel() async throws(TransportError) -> any Channel {
+    private func connectedChannel(deadline: NIODeadline) async throws(TransportError) -> any Channel {
         if let channel, channel.isActive { return channel }
         channel = nil
-        let ch = try await connect()
+        let ch = try await connect(deadline: deadline, logRefusal: true).channel
         channel = ch
         return ch
     }
 
-    /// Opens TCP, runs the TLS handshake with the policy's verification and waits for it to finish.
-    private func connect() async throws(TransportError) -> any Channel {
+    /// Opens TCP, runs the TLS handshake with the policy's verification and waits for it to
+    /// finish: the one connect path (uploads and ``probe(timeout:)``). Both waits end at
+    /// `deadline` or after ``TransportConfiguration/connectTimeout``, whichever comes first,
+    /// and at once when the task is cancelled (the channel is closed).
+    /// - Returns: the channel, ready for a request, and the accepted peer's verdict.
+    private func connect(deadline: NIODeadline, logRefusal: Bool) async throws(TransportError) -> Connected {
         let host = configuration.host
         let verifier = PeerVerifier(policy: configuration.policy, host: host)
         let context = sslContext
         let sni: String? = configuration.server.hostIsIPAddress ? nil : host
-        let handshake = FutureBox()
-        let connectTimeout = configuration.connectTimeout
+        let box = ConnectBox()
+        let start = NIODeadline.now()
+        let connectDeadline = min(deadline, start + TimeAmount(configuration.connectTimeout))
         let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(.seconds(connectTimeout.components.seconds))
+            .connectTimeout(max(.milliseconds(1), connectDeadline - .now()))
             // TCP_NODELAY at level IPPROTO_TCP (`.tcpOption`; ClientBootstrap sets it by default
             // too). `.socketOption(.tcp_nodelay)` would be SOL_SOCKET option 1, SO_DEBUG, which
             // needs CAP_NET_ADMIN: every connect failed with EACCES under the unit (issue 12).
@@ -239,7 +285,8 @@ public actor CollectorClient {
                                                           promise.succeed(verifier.verify(certs))
                                                       })
                     let waiter = HandshakeWaiter(promise: channel.eventLoop.makePromise())
-                    handshake.future.withLock { $0 = waiter.promise.futureResult }
+                    box.state.withLock { $0.handshake = waiter.promise.futureResult; $0.channel = channel }
+                    if box.state.withLock({ $0.cancelled }) { channel.close(promise: nil) }
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(tls)
                     try ops.addHandler(waiter)
@@ -247,34 +294,86 @@ public actor CollectorClient {
                     try ops.addHandler(ResponseCollector())
                 }
             }
+        // Cancellation closes the channel being connected (or, before it exists, marks the attempt
+        // so the initializer closes it): both waits then fail at once. withTaskCancellationHandler
+        // has no typed throws, so the outcome travels as a Result.
+        let result = await withTaskCancellationHandler { () async -> Result<Connected, TransportError> in
+            do throws(TransportError) {
+                return .success(try await finishConnect(bootstrap, box: box, verifier: verifier, start: start,
+                                                        deadline: connectDeadline, logRefusal: logRefusal))
+            } catch {
+                return .failure(error)
+            }
+        } onCancel: {
+            let ch = box.state.withLock { s -> (any Channel)? in s.cancelled = true; return s.channel }
+            ch?.close(promise: nil)
+        }
+        return try result.get()
+    }
+
+    private typealias Connected = (channel: any Channel, verdict: PeerVerdict?)
+
+    /// The waits of ``connect(deadline:logRefusal:)``: TCP connect, then the TLS handshake until `deadline`.
+    private func finishConnect(_ bootstrap: ClientBootstrap, box: ConnectBox, verifier: PeerVerifier, start: NIODeadline,
+                               deadline: NIODeadline, logRefusal: Bool) async throws(TransportError) -> Connected {
+        let host = configuration.host, port = configuration.port
         let ch: any Channel
         do {
-            ch = try await bootstrap.connect(host: host, port: configuration.port).get()
+            ch = try await bootstrap.connect(host: host, port: port).get()
         } catch {
-            throw TransportError(.connect, "collector \(host):\(configuration.port): cannot connect: \(error)")
+            if Task.isCancelled { throw cancelled("connecting") }
+            throw TransportError(.connect, "collector \(host):\(port): cannot connect: \(Self.reason(error))")
         }
-        let handshakeDone = handshake.future.withLock { $0 }!
-        let deadline = ch.eventLoop.scheduleTask(in: .seconds(connectTimeout.components.seconds)) { ch.close(promise: nil) }
+        let handshakeDone = box.state.withLock { $0.handshake }!
+        let timer = ch.eventLoop.scheduleTask(deadline: deadline) { ch.close(promise: nil) }
         // Cancelled on the event loop as soon as the handshake ends, not when this task resumes.
-        handshakeDone.whenComplete { _ in deadline.cancel() }
+        handshakeDone.whenComplete { _ in timer.cancel() }
         do {
             try await handshakeDone.get()
-            return ch
+            return (ch, verifier.verdict.withLock { $0 })
         } catch {
-            try? await ch.close()
+            ch.close(promise: nil)  // not awaited: see close()
             if let v = verifier.verdict.withLock({ $0 }), !v.accepted {
-                logRefusedPeer(v, host: host, logger: logger)
-                throw TransportError(.peerRefused, "collector \(host):\(configuration.port): certificate refused: \(v.reason)",
+                if logRefusal { logRefusedPeer(v, host: host, logger: logger) }
+                throw TransportError(.peerRefused, "collector \(host):\(port): certificate refused: \(v.reason)",
                                      presentedPins: v.presentedPins)
             }
-            throw TransportError(.handshake, "collector \(host):\(configuration.port): TLS handshake failed: \(error)")
+            if Task.isCancelled { throw cancelled("in the TLS handshake") }
+            if NIODeadline.now() >= deadline {
+                throw TransportError(.handshake, "collector \(host):\(port): no TLS handshake within \(Self.seconds(deadline - start))")
+            }
+            throw TransportError(.handshake, "collector \(host):\(port): TLS handshake failed: \(error)")
         }
+    }
+
+    /// A connect error in words: `connection refused`, `permission denied (EACCES)`, a time-out.
+    static func reason(_ error: any Error) -> String {
+        if let e = error as? IOError {
+            return "\(String(cString: strerror(e.errnoCode))) (errno \(e.errnoCode))"
+        }
+        if let e = error as? NIOConnectionError, let first = e.connectionErrors.first {
+            return reason(first.error)
+        }
+        if error is ChannelError, case ChannelError.connectTimeout(let t) = error as! ChannelError {
+            return "no TCP connection within \(seconds(t))"
+        }
+        return "\(error)"
+    }
+
+    static func seconds(_ t: TimeAmount) -> String {
+        String(format: "%.1f s", Double(t.nanoseconds) / 1e9)
     }
 }
 
-/// Hands the handshake future out of the channel initializer.
-private final class FutureBox: Sendable {
-    let future = Mutex<EventLoopFuture<Void>?>(nil)
+/// Hands the channel and its handshake future out of the channel initializer, and tells the
+/// initializer when the connecting task was cancelled before the channel existed.
+private final class ConnectBox: Sendable {
+    struct State {
+        var handshake: EventLoopFuture<Void>?
+        var channel: (any Channel)?
+        var cancelled = false
+    }
+    let state = Mutex(State())
 }
 
 /// Fulfils its promise when the TLS handshake completes; fails it when the channel errors or closes first.

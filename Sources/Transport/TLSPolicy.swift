@@ -70,6 +70,9 @@ public struct TLSPolicy: Sendable {
         c.maximumTLSVersion = .tlsv13
         // Must stay a verifying mode: with `.none` the custom callback would never run.
         c.certificateVerification = .fullVerification
+        // How long a closing connection waits for the peer's close_notify (in the background;
+        // nothing awaits it). NIOSSL's default is 5 s.
+        c.shutdownTimeout = .seconds(1)
         return c
     }
 }

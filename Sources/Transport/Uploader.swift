@@ -37,7 +37,8 @@ public struct UploaderConfiguration: Sendable {
     public var permanentRefusalDelay: Duration
     /// Longest a `Retry-After` from the collector is honoured (1 h).
     public var maxRetryAfter: Duration
-    /// Time allowed for the final flush on graceful shutdown (5 s).
+    /// Time allowed for the final flush on graceful shutdown (5 s). Keep it below the service
+    /// group's graceful period; a cancellation ends the flush at once in any case.
     public var finalFlushTimeout: Duration
     /// Batches in flight at once while a backlog drains, each on its own connection (2): the
     /// collector stores one batch while the next one arrives (docs/API.md "Throughput"). During
@@ -258,6 +259,8 @@ public final class Uploader: Service, Sendable {
     }
 
     private func noteFailure(_ error: TransportError) {
+        // Cancellation (shutdown) is not a failure of the collector or the network.
+        guard error.code != .cancelled else { return }
         // The key leaves out volatile detail, so the same failure repeating is logged once.
         let key = "\(error.code)|\(error.httpStatus ?? 0)|\(error.presentedPins.joined())"
         let first = state.withLock { s -> Bool in
@@ -330,10 +333,19 @@ public final class Uploader: Service, Sendable {
             } else if !first && status.consecutiveFailures > 0 {
                 delay = configuration.idleInterval
             } else {
-                do {
-                    let s = try await uploadOnce(on: lane, timeout: nil)
+                // A graceful shutdown cancels the attempt in flight (a hung collector must not
+                // hold the agent): its records are released, and the final flush sends them again.
+                let outcome = await cancelWhenGracefulShutdown { () async -> Result<UploadSummary, TransportError> in
+                    do throws(TransportError) { return .success(try await self.uploadOnce(on: lane, timeout: nil)) } catch {
+                        return .failure(error)
+                    }
+                }
+                switch outcome {
+                case .success(let s):
                     if s.sent == 0 || s.acknowledged == 0 { delay = configuration.idleInterval }
-                } catch {
+                case .failure(let error) where error.code == .cancelled:
+                    continue
+                case .failure(let error):
                     if let after = error.retryAfter {
                         let pause = retryPause(after: after, failures: status.consecutiveFailures)
                         state.withLock { $0.pausedUntil = clock.now + pause }
@@ -350,8 +362,9 @@ public final class Uploader: Service, Sendable {
         }
     }
 
-    /// Uploads what it can within ``UploaderConfiguration/finalFlushTimeout``; stops at the first
-    /// failure, an empty spool, or a batch with nothing acknowledged.
+    /// Uploads what it can within ``UploaderConfiguration/finalFlushTimeout`` (the limit covers
+    /// connecting, the handshake and the answer); stops at the first failure, an empty spool, a
+    /// batch with nothing acknowledged, or cancellation (then at once: every wait is cancellable).
     public func finalFlush() async {
         let clock = ContinuousClock()
         let deadline = clock.now + configuration.finalFlushTimeout

@@ -134,6 +134,20 @@ public actor CollectorClient {
         return h
     }
 
+    /// Connects exactly as an upload does (TCP connect, TLS handshake, certificate and pin check
+    /// by ``TLSPolicy``) on a new connection, then closes it. Writes no request byte. For
+    /// `custos-agent --check-config`.
+    /// - Parameter timeout: limit for the connect and the handshake together (default 5 s).
+    /// - Returns: the `sha256/BASE64` pins of the certificates the collector presented, leaf first.
+    /// - Throws: ``TransportError``: `.connect` (e.g. connection refused, permission denied, no TCP
+    ///   connection in time), `.peerRefused` (with ``TransportError/presentedPins``), `.handshake`
+    ///   (including no handshake in time), `.cancelled`.
+    public func probe(timeout: Duration = .seconds(5)) async throws(TransportError) -> [String] {
+        let (ch, verdict) = try await connect(deadline: NIODeadline.now() + TimeAmount(timeout), logRefusal: false)
+        ch.close(promise: nil)
+        return verdict?.presentedPins ?? []
+    }
+
     /// Closes the kept connection, if any, without waiting for the collector's TLS close_notify
     /// (RFC 8446 §6.1 lets the closing side not wait): a hung collector must not hold the caller.
     /// NIOSSL finishes the shutdown in the background within the policy's `shutdownTimeout`.

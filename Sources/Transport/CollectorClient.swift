@@ -143,7 +143,7 @@ public actor CollectorClient {
     ///   connection in time), `.peerRefused` (with ``TransportError/presentedPins``), `.handshake`
     ///   (including no handshake in time), `.cancelled`.
     public func probe(timeout: Duration = .seconds(5)) async throws(TransportError) -> [String] {
-        let (ch, verdict) = try await connect(deadline: NIODeadline.now() + TimeAmount(timeout), logRefusal: false)
+        let (ch, verdict) = try await connect(deadline: NIODeadline.now() + TimeAmount(timeout))
         ch.close(promise: nil)
         return verdict?.presentedPins ?? []
     }
@@ -162,7 +162,8 @@ public actor CollectorClient {
         if let v = answer.headers.first(name: "Retry-After"), let s = Int(v.trimmingCharacters(in: .whitespaces)), s >= 0 {
             retry = .seconds(s)
         }
-        let what = err.map { "\($0.error.rawValue): \($0.message)" } ?? "no error body"
+        // The collector's message is outside text: escaped before it can reach a log line.
+        let what = err.map { "\($0.error.rawValue): \(SafeText.escaped($0.message))" } ?? "no error body"
         return TransportError(.rejected, "collector \(host) answered \(answer.status.code) (\(what))",
                               httpStatus: Int(answer.status.code), retryAfter: retry)
     }
@@ -268,7 +269,7 @@ public actor CollectorClient {
     private func connectedChannel(deadline: NIODeadline) async throws(TransportError) -> any Channel {
         if let channel, channel.isActive { return channel }
         channel = nil
-        let ch = try await connect(deadline: deadline, logRefusal: true).channel
+        let ch = try await connect(deadline: deadline).channel
         channel = ch
         return ch
     }
@@ -278,7 +279,7 @@ public actor CollectorClient {
     /// `deadline` or after ``TransportConfiguration/connectTimeout``, whichever comes first,
     /// and at once when the task is cancelled (the channel is closed).
     /// - Returns: the channel, ready for a request, and the accepted peer's verdict.
-    private func connect(deadline: NIODeadline, logRefusal: Bool) async throws(TransportError) -> Connected {
+    private func connect(deadline: NIODeadline) async throws(TransportError) -> Connected {
         let host = configuration.host
         let verifier = PeerVerifier(policy: configuration.policy, host: host)
         let context = sslContext
@@ -314,7 +315,7 @@ public actor CollectorClient {
         let result = await withTaskCancellationHandler { () async -> Result<Connected, TransportError> in
             do throws(TransportError) {
                 return .success(try await finishConnect(bootstrap, box: box, verifier: verifier, start: start,
-                                                        deadline: connectDeadline, logRefusal: logRefusal))
+                                                        deadline: connectDeadline))
             } catch {
                 return .failure(error)
             }
@@ -327,9 +328,9 @@ public actor CollectorClient {
 
     private typealias Connected = (channel: any Channel, verdict: PeerVerdict?)
 
-    /// The waits of ``connect(deadline:logRefusal:)``: TCP connect, then the TLS handshake until `deadline`.
+    /// The waits of ``connect(deadline:)``: TCP connect, then the TLS handshake until `deadline`.
     private func finishConnect(_ bootstrap: ClientBootstrap, box: ConnectBox, verifier: PeerVerifier, start: NIODeadline,
-                               deadline: NIODeadline, logRefusal: Bool) async throws(TransportError) -> Connected {
+                               deadline: NIODeadline) async throws(TransportError) -> Connected {
         let host = configuration.host, port = configuration.port
         let ch: any Channel
         do {
@@ -348,7 +349,6 @@ public actor CollectorClient {
         } catch {
             ch.close(promise: nil)  // not awaited: see close()
             if let v = verifier.verdict.withLock({ $0 }), !v.accepted {
-                if logRefusal { logRefusedPeer(v, host: host, logger: logger) }
                 throw TransportError(.peerRefused, "collector \(host):\(port): certificate refused: \(v.reason)",
                                      presentedPins: v.presentedPins)
             }

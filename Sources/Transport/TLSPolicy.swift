@@ -165,15 +165,6 @@ final class PeerVerifier: Sendable {
     }
 }
 
-/// Logs a refused peer: the reason and every presented SPKI pin, so an administrator can fix `server-pin`.
-func logRefusedPeer(_ verdict: PeerVerdict, host: String, logger: Logger) {
-    logger.error("collector certificate refused; no data sent", metadata: [
-        "transport.host": "\(host)",
-        "transport.reason": "\(verdict.reason)",
-        "transport.presented_spki": "\(verdict.presentedPins.joined(separator: ","))",
-    ])
-}
-
 /// Error out of ``OpenSSLChainVerifier``; `description` is OpenSSL's verify error text.
 struct ChainVerificationError: Error, CustomStringConvertible {
     var description: String

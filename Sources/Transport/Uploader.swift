@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -107,7 +108,6 @@ public struct UploaderStatus: Sendable, Equatable {
 public final class Uploader: Service, Sendable {
     private struct State {
         var consecutiveFailures = 0
-        var lastErrorKey: String?
         var lastError: String?
         var lastSuccessMs: Int64?
         var loggedRefusals: Set<RefusalReason> = []
@@ -122,6 +122,8 @@ public final class Uploader: Service, Sendable {
     public let configuration: UploaderConfiguration
     let logger: Logger
     private let state = Mutex(State())
+    /// Failed attempts are logged once per kind, and the recovery once.
+    private let errors = RepeatedErrorLog()
 
     public init(queue: any UploadQueue, client: CollectorClient, configuration: UploaderConfiguration = .init(),
                 logger: Logger) {
@@ -238,46 +240,48 @@ public final class Uploader: Service, Sendable {
             let level: Logger.Level = reason == .unknownKEK || reason == .unknownDEK ? .warning : .error
             logger.log(level: level, "collector refused records; they stay spooled", metadata: [
                 "transport.reason": "\(reason.rawValue)", "transport.count": "\(summary.refused[reason] ?? 0)",
-                "transport.detail": "\(message)"])
+                "transport.detail": "\(SafeText.escaped(message))"])
         }
     }
 
     private func noteSuccess(_ summary: UploadSummary) {
-        let recovered = state.withLock { s -> (Int, String?)? in
-            let was = s.lastErrorKey != nil ? (s.consecutiveFailures, s.lastError) : nil
-            s.consecutiveFailures = 0
-            s.lastErrorKey = nil
-            s.lastError = nil
-            if summary.acknowledged > 0 { s.lastSuccessMs = Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
-            s.totalAcknowledged += summary.acknowledged
-            s.totalRefused += summary.refusedCount
-            return was
+        let failures = state.withLock { s -> Int in
+            defer {
+                s.consecutiveFailures = 0
+                s.lastError = nil
+                if summary.acknowledged > 0 { s.lastSuccessMs = Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+                s.totalAcknowledged += summary.acknowledged
+                s.totalRefused += summary.refusedCount
+            }
+            return s.consecutiveFailures
         }
-        if let (failures, _) = recovered {
-            logger.info("upload recovered", metadata: ["transport.failed_attempts": "\(failures)"])
-        }
+        errors.success("upload recovered", metadata: ["transport.failed_attempts": "\(failures)"], logger: logger)
     }
 
+    /// Logs a failed attempt through ``errors``: once per kind of failure (code, HTTP status,
+    /// presented certificates), repeats at debug.
     private func noteFailure(_ error: TransportError) {
         // Cancellation (shutdown) is not a failure of the collector or the network.
         guard error.code != .cancelled else { return }
-        // The key leaves out volatile detail, so the same failure repeating is logged once.
-        let key = "\(error.code)|\(error.httpStatus ?? 0)|\(error.presentedPins.joined())"
-        let first = state.withLock { s -> Bool in
+        state.withLock { s in
             s.consecutiveFailures += 1
             s.lastError = error.description
-            defer { s.lastErrorKey = key }
-            return s.lastErrorKey != key
         }
-        if first, let after = error.retryAfter {
+        let key = "\(error.code)|\(error.httpStatus ?? 0)|\(error.presentedPins.joined(separator: ","))"
+        if error.code == .peerRefused {
+            // The reason and every presented SPKI pin, so an administrator can fix `server-pin`.
+            errors.failure("collector certificate refused; no data sent, records stay spooled", key: key, metadata: [
+                "transport.error": "\(error.message)",
+                "transport.presented_spki": "\(error.presentedPins.joined(separator: ","))",
+            ], logger: logger)
+        } else if let after = error.retryAfter {
             // Flow control (429/503 with Retry-After), not a fault.
-            logger.notice("collector busy; records stay spooled, waiting as it asked",
-                          metadata: ["transport.retry_after": "\(after)", "transport.error": "\(error.description)"])
-        } else if first {
-            logger.error("upload failed; records stay spooled, retrying with backoff",
-                         metadata: ["transport.error": "\(error.description)"])
+            errors.failure("collector busy; records stay spooled, waiting as it asked", key: key, level: .notice,
+                           metadata: ["transport.retry_after": "\(after)", "transport.error": "\(error.description)"],
+                           logger: logger)
         } else {
-            logger.debug("upload failed again", metadata: ["transport.error": "\(error.description)"])
+            errors.failure("upload failed; records stay spooled, retrying with backoff", key: key,
+                           metadata: ["transport.error": "\(error.description)"], logger: logger)
         }
     }
 

@@ -74,10 +74,44 @@ import Wire
         }
         #expect(try spool.stats().totalSpooled.count == 6)
         #expect(try f.storedCounts == (0, 0))
-        // A repeated error is logged once.
-        #expect(logs.count("upload failed; records stay spooled") == 1)
+        // A repeated error is logged once, naming the presented pin.
+        #expect(logs.count("error collector certificate refused") == 1, "\(logs.text)")
         #expect(logs.contains(try f.collector.pki.pin("leaf")))
         #expect(uploader.status.consecutiveFailures == 3)
+    }
+
+    /// Issue 12: a refused certificate was logged once per connection attempt (6 times in 12 s).
+    /// Through `run()`'s retries it is logged once per episode, and its recovery once, when the
+    /// collector with the pinned certificate takes over the port.
+    @Test func refusedCertificateIsLoggedOncePerEpisode() async throws {
+        let f = try await NetFixture.start("uploader-pin-episode", certificate: "selfSigned")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (records, _) = try f.records(count: 5)
+        _ = try Self.spool(records, into: spool)
+        let logs = LogCapture()
+        let uploader = try Self.makeUploader(f, spool: spool, logs: logs, pins: [try f.collector.pki.pin("leaf")],
+                                             configuration: .init(idleInterval: .milliseconds(50),
+                                                                  initialBackoff: .milliseconds(50),
+                                                                  maxBackoff: .milliseconds(100), parallelRequests: 1))
+        let running = Task { try await uploader.run() }
+        #expect(try await waitUntil(timeout: 20) { uploader.status.consecutiveFailures >= 6 })
+        #expect(logs.count("collector certificate refused") >= 6, "repeats are still logged at debug")
+        #expect(logs.count("error collector certificate refused") == 1, "\(logs.text)")
+        #expect(logs.contains(try f.collector.pki.pin("selfSigned")))
+
+        // The right collector (the pinned certificate) on the same port and database.
+        await f.collector.stop()
+        let right = try await TestCollector.start(in: f.dir.path, pki: f.collector.pki, certificate: "leaf",
+                                                  port: f.collector.port, databasePath: f.collector.databasePath,
+                                                  logger: f.logs.logger("collector-2"))
+        defer { Task { await right.stop() } }
+        #expect(try await waitUntil(timeout: 20) { try spool.stats().totalSpooled.count == 0 }, "\(logs.text)")
+        try await Task.sleep(for: .milliseconds(300))
+        running.cancel()
+        _ = await running.result
+        #expect(logs.count("upload recovered") == 1, "\(logs.text)")
+        #expect(logs.count("error collector certificate refused") == 1)
     }
 
     /// The seed's flow: the agent's KEK is not in `encryption_kek`; uploads are refused with

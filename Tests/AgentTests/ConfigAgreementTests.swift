@@ -40,4 +40,20 @@ import TestSupport
         #expect(!daemon.stderrString.contains("starting"), "\(daemon.stderrString)")
         #expect(!FileManager.default.fileExists(atPath: dir.file("spool")))
     }
+
+    /// A token line written without '=' is refused by the executable, naming file:line and the
+    /// key, and the token never reaches stderr (the journal, under systemd).
+    @Test func malformedSecretLineIsNotEchoed() throws {
+        let dir = try TempDir("custos-secret-line")
+        defer { dir.remove() }
+        let config = dir.file("c.cfg")
+        try "display=:9999\nagent-token S3CRET-t0ken\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let agent = try builtProduct("custos-agent")
+        for args in [["--config", config], ["--config", config, "--check-config"], ["status", "--config", config]] {
+            let r = try runCommand([agent] + args, timeout: 30)
+            #expect(r.status == 2, "\(args): \(r.status)")
+            #expect(r.stderrString.contains("\(config):2: agent-token: expected agent-token=VALUE"), "\(r.stderrString)")
+            #expect(!r.stderrString.contains("S3CRET") && !r.stdoutString.contains("S3CRET"), "\(args) echoed the secret")
+        }
+    }
 }

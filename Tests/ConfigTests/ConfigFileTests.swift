@@ -92,6 +92,19 @@ private func error(_ text: String) -> ConfigError? {
         #expect(error("server-url=\(url)")?.key == "server-url")
     }
 
+    /// Issue 12: a line without '=' was echoed whole to stderr and the journal, secret included.
+    @Test(arguments: ["agent-token S3CRET-t0ken", "agent-token:S3CRET-t0ken", "S3CRET-t0ken", "  agent-token\tS3CRET-t0ken  "])
+    func lineWithoutEqualsIsNotEchoed(_ line: String) {
+        let e = error("display=:1\n\(line)\n")
+        #expect(e?.line == 2, "\(String(describing: e))")
+        #expect(e?.description.contains("S3CRET") == false, "\(String(describing: e))")
+        #expect(e?.description.contains("without '='") == true, "\(String(describing: e))")
+        if line.contains("agent-token") {
+            #expect(e?.key == "agent-token")
+            #expect(e?.description.contains("expected agent-token=VALUE") == true)
+        }
+    }
+
     @Test func malformedLines() {
         #expect(error("display\n")?.line == 1)
         #expect(error("x\n=3\n")?.line == 1)

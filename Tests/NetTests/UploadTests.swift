@@ -195,5 +195,10 @@ import Wire
         #expect(throws: ValueError.self) { try SPKIPin("sha1/AAAA") }
         #expect(throws: ValueError.self) { try SPKIPin("sha256/" + Data(count: 20).base64EncodedString()) }
         #expect(throws: ValueError.self) { try CollectorURL("http://x:1") }
+        // The token is a Secret: never in the configuration's description or dump.
+        let config = try testTransport(serverURL: "https://x:1", agentID: "a", agentToken: "S3CRET", pins: [], caFile: nil)
+        var dumped = ""
+        dump(config, to: &dumped)
+        #expect(!"\(config)".contains("S3CRET") && !dumped.contains("S3CRET"))
     }
 }

@@ -26,9 +26,10 @@ public struct UploaderConfiguration: Sendable {
     public var maxBatchBytes: Int
     /// Pause when the spool is empty (1 s).
     public var idleInterval: Duration
-    /// First retry delay after a failed upload (1 s); doubles per consecutive failure...
+    /// First retry delay after a failed upload (1 s; more than zero); doubles per consecutive failure...
     public var initialBackoff: Duration
-    /// ...up to this cap (5 min). A random jitter takes each delay down to between 50 % and 100 %.
+    /// ...up to this cap (5 min; at least `initialBackoff`). A random jitter takes each delay down to
+    /// between 50 % and 100 % (CustosBase `Backoff`).
     public var maxBackoff: Duration
     /// When records refused with a retryable reason (`unknown-kek`, `unknown-dek`, `storage-error`)
     /// may be leased again (30 s).
@@ -288,9 +289,7 @@ public final class Uploader: Service, Sendable {
     /// The delay before the next attempt after `failures` consecutive failures (≥ 1):
     /// `initialBackoff * 2^(failures-1)` capped at `maxBackoff`, times a random factor in [0.5, 1].
     public func backoff(failures: Int) -> Duration {
-        let base = configuration.initialBackoff * Int(1 << min(max(failures - 1, 0), 30))
-        let capped = min(base, configuration.maxBackoff)
-        return capped * Double.random(in: 0.5...1.0)
+        Backoff(initial: configuration.initialBackoff, cap: configuration.maxBackoff).delay(afterFailures: failures)
     }
 
     /// The pause after an answer with `Retry-After: after`: `after`, capped at

@@ -189,39 +189,16 @@ public actor CollectorClient {
         }
     }
 
-    // The turn queue: FIFO waiters, each removable when its task is cancelled.
-    private var busy = false
-    private var waiting: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
-    private var nextWaiterID: UInt64 = 0
+    /// One request at a time on the kept connection.
+    private let turns = TurnQueue()
 
-    /// Waits for this client's turn (one request at a time). Cancellable: a cancelled waiter
-    /// leaves the queue at once and throws `.cancelled`.
+    /// Waits for this client's turn. Cancellable: a cancelled waiter leaves the queue at once
+    /// and throws `.cancelled`.
     private func acquire() async throws(TransportError) {
-        if !busy { busy = true; return }
-        nextWaiterID += 1
-        let id = nextWaiterID
-        do {
-            try await withTaskCancellationHandler {
-                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                    if Task.isCancelled { c.resume(throwing: CancellationError()) } else { waiting.append((id, c)) }
-                }
-            } onCancel: {
-                Task { await self.cancelWaiter(id) }
-            }
-        } catch {
-            throw cancelled("waiting for the connection")
-        }
+        guard await turns.acquire() else { throw cancelled("waiting for the connection") }
     }
 
-    private func cancelWaiter(_ id: UInt64) {
-        if let i = waiting.firstIndex(where: { $0.id == id }) {
-            waiting.remove(at: i).continuation.resume(throwing: CancellationError())
-        }
-    }
-
-    private func releaseTurn() {
-        if waiting.isEmpty { busy = false } else { waiting.removeFirst().continuation.resume() }
-    }
+    private func releaseTurn() { turns.release() }
 
     private func cancelled(_ what: String) -> TransportError {
         TransportError(.cancelled, "collector \(configuration.host):\(configuration.port): cancelled while \(what)")
@@ -376,6 +353,63 @@ public actor CollectorClient {
 
     static func seconds(_ t: TimeAmount) -> String {
         String(format: "%.1f s", Double(t.nanoseconds) / 1e9)
+    }
+}
+
+/// A FIFO of tasks waiting for their turn, under a lock so that cancellation can resume a
+/// waiter directly from its cancellation handler (no hop through an actor or a new task).
+private final class TurnQueue: Sendable {
+    private struct State {
+        var busy = false
+        var waiting: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+        var nextID: UInt64 = 0
+        /// Waiters cancelled before they were queued.
+        var cancelledEarly: Set<UInt64> = []
+    }
+    private let state = Mutex(State())
+
+    /// Waits until the turn is free and takes it; returns false (without the turn) when the
+    /// task was cancelled while waiting.
+    func acquire() async -> Bool {
+        let id: UInt64? = state.withLock { s in
+            if !s.busy { s.busy = true; return nil }
+            s.nextID += 1
+            return s.nextID
+        }
+        guard let id else { return true }
+        do {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                    let early = state.withLock { s -> Bool in
+                        if s.cancelledEarly.remove(id) != nil { return true }
+                        s.waiting.append((id, c))
+                        return false
+                    }
+                    if early { c.resume(throwing: CancellationError()) }
+                }
+            } onCancel: {
+                let c = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+                    if let i = s.waiting.firstIndex(where: { $0.id == id }) { return s.waiting.remove(at: i).continuation }
+                    s.cancelledEarly.insert(id)
+                    return nil
+                }
+                c?.resume(throwing: CancellationError())
+            }
+            // Granted (maybe cancelled just after): forget a late cancellation mark.
+            _ = state.withLock { $0.cancelledEarly.remove(id) }
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// Passes the turn to the next waiter, or frees it.
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+            if s.waiting.isEmpty { s.busy = false; return nil }
+            return s.waiting.removeFirst().continuation
+        }
+        next?.resume()
     }
 }
 

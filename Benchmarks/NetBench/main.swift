@@ -8,6 +8,7 @@
 // baseline a NIOSSL server that discards what it reads.
 
 import Collector
+import CustosBase
 import Envelope
 import Foundation
 import Logging
@@ -143,8 +144,10 @@ let batchBytes = argument("--batch-kib", UploaderConfiguration().maxBatchBytes /
 let rounds = argument("--rounds", 3)
 let payload = Data((0..<blobBytes).map { UInt8(truncatingIfNeeded: $0 &* 31) })
 let token0 = try server.store.addAgent(id: "bench-0")
-let transport0 = try TransportConfiguration(serverURL: "https://127.0.0.1:\(port)", agentID: "bench-0",
-                                            agentToken: token0, pins: [pin], caFile: nil)
+let collectorURL = try CollectorURL("https://127.0.0.1:\(port)")
+let pinPolicy = try TLSPolicy(pins: [try SPKIPin(pin)], caFile: nil)
+let transport0 = TransportConfiguration(server: collectorURL, agentID: try AgentID("bench-0"), agentToken: Secret(token0),
+                                        policy: pinPolicy)
 let clock = ContinuousClock()
 /// One upload round: a fresh DEK session and blobs (new ids, so the collector stores them all).
 @MainActor func uploadRound() async throws -> (seconds: Double, bytes: Int) {
@@ -334,7 +337,7 @@ for i in 0..<agentCount {
         agentBodies.append(body)
     }
     let c = try CollectorClient(configuration: TransportConfiguration(
-        serverURL: "https://127.0.0.1:\(port)", agentID: id, agentToken: token, pins: [pin], caFile: nil),
+        server: collectorURL, agentID: try AgentID(id), agentToken: Secret(token), policy: pinPolicy),
         logger: logger)
     agents.append(Agent(id: id, client: c, bodies: agentBodies))
 }

@@ -71,7 +71,7 @@ struct RunCommand: AsyncParsableCommand {
     func run() async throws {
         let config = try options.load()
         if checkConfig {
-            let ok = CheckConfig.run(config: config) { print($0) }
+            let ok = await CheckConfig.run(config: config) { print($0) }
             throw ExitCode(ok ? 0 : 2)
         }
         let hardening = Hardening.apply()

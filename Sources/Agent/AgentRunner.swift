@@ -35,8 +35,12 @@ struct AgentRunner {
         services.append(.init(service: capture))
         var groupConfig = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
                                                     logger: logger)
+        // Within the graceful period the uploader makes its final flush (at most
+        // `finalFlushTimeout`); after it, the group cancels what still runs. Every transport wait
+        // is cancellable, so cancellation ends in milliseconds; the cancellation limit only
+        // guards against a bug (service-lifecycle traps when it is exceeded: SIGILL, exit 132).
         groupConfig.maximumGracefulShutdownDuration = .milliseconds(1800)
-        groupConfig.maximumCancellationDuration = .milliseconds(150)
+        groupConfig.maximumCancellationDuration = .milliseconds(500)
         let group = ServiceGroup(configuration: groupConfig)
         SystemdNotify.send("READY=1\nSTATUS=\(sealer.isAvailable ? "capturing" : "waiting for a usable KEK")")
         logger.info("ready", metadata: ["spool.dir": "\(config.spoolDir)", "encryption.enabled": "\(config.enableEncryption)"])
@@ -55,10 +59,11 @@ struct AgentRunner {
         guard let token = config.agentToken else {
             throw ConfigError(file: config.configPath, key: "agent-token", "required when server-url is set (run `custos agents add` on the collector)")
         }
-        let transport = try TransportConfiguration(serverURL: url.absoluteString, agentID: config.agentID, agentToken: token,
-                                                   pins: config.serverPins, caFile: config.serverCA)
+        let transport = TransportConfiguration(server: url, agentID: config.agentID, agentToken: token,
+                                               policy: try TLSPolicy(pins: config.serverPins, caFile: config.serverCA))
         let client = try CollectorClient(configuration: transport, logger: logger)
-        return Uploader(queue: spool, client: client, logger: logger)
+        // The final flush fits inside the 1.8 s graceful period, after capture has stopped.
+        return Uploader(queue: spool, client: client, configuration: .init(finalFlushTimeout: .seconds(1)), logger: logger)
     }
 }
 

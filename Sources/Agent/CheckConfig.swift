@@ -1,15 +1,20 @@
 import Capture
+import CustosBase
 import CustosConfig
 import Envelope
 import Foundation
 import Logging
 import Transport
 
-/// `custos-agent --check-config`: validates the config, the KEK in force, the pins and CA, and
-/// display access; prints one line per check (`ok` / `FAIL` with the reason). Returns whether all
-/// required checks passed.
+/// `custos-agent --check-config`: validates the config, the KEK in force, the pins and CA, connects
+/// to the collector as the daemon would (TCP, TLS handshake, certificate and pin check; no request
+/// is sent), and checks display access; prints one line per check (`ok` / `FAIL` with the reason).
+/// Returns whether all required checks passed.
 enum CheckConfig {
-    static func run(config: AgentConfig, print: (String) -> Void) -> Bool {
+    /// Limit for the collector probe (connect and handshake).
+    static let probeTimeout = Duration.seconds(5)
+
+    static func run(config: AgentConfig, print: (String) -> Void) async -> Bool {
         var ok = true
         func line(_ good: Bool, _ what: String, _ detail: String, required: Bool = true) {
             print("\(good ? "ok  " : (required ? "FAIL" : "warn")) \(what): \(detail)")
@@ -23,17 +28,14 @@ enum CheckConfig {
         } catch {
             line(false, "kek", "\(error)")
         }
-        line(true, "agent-id", config.agentID)
+        line(true, "agent-id", config.agentID.rawValue)
         if let url = config.serverURL {
             line(config.agentToken != nil, "agent-token", config.agentToken != nil ? "set" : "missing: uploads will be refused")
-            do {
-                _ = try TLSPolicy(pinStrings: config.serverPins, caFile: config.serverCA)
-                line(true, "server", "\(url.absoluteString), \(config.serverPins.count) pin(s)\(config.serverCA.map { ", CA \($0)" } ?? "")")
-                if config.serverPins.isEmpty && config.serverCA == nil {
-                    line(true, "server-pin", "none: the collector must have a certificate the system trusts", required: false)
-                }
-            } catch {
-                line(false, "server", "\(error)")
+            let detail = "\(config.serverPins.count) pin(s)\(config.serverCA.map { ", CA \($0)" } ?? "")"
+            let (good, what) = await probe(url, config: config)
+            line(good, "server", "\(url): \(what) (\(detail))")
+            if config.serverPins.isEmpty && config.serverCA == nil {
+                line(true, "server-pin", "none: the collector must have a certificate the system trusts", required: false)
             }
         } else {
             line(true, "server-url", "not set: captures stay in the spool", required: false)
@@ -57,6 +59,30 @@ enum CheckConfig {
         let spool = probeSpoolDirectory(config.spoolDir)
         line(spool.ok, "spool-dir", "\(config.spoolDir): \(spool.detail)")
         return ok
+    }
+
+    /// Connects to the collector through the daemon's own connect path (``CollectorClient/probe(timeout:)``).
+    /// Returns whether it passed and what happened: the handshake and pin check passed, or why
+    /// not (connection refused, permission denied, certificate refused with the presented pins,
+    /// no answer within ``probeTimeout``).
+    static func probe(_ url: CollectorURL, config: AgentConfig) async -> (ok: Bool, detail: String) {
+        let logger = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
+        do throws(TransportError) {
+            let transport = TransportConfiguration(server: url, agentID: config.agentID,
+                                                   agentToken: config.agentToken ?? Secret(""),
+                                                   policy: try TLSPolicy(pins: config.serverPins, caFile: config.serverCA),
+                                                   connectTimeout: probeTimeout)
+            let client = try CollectorClient(configuration: transport, logger: logger)
+            let presented = try await client.probe(timeout: probeTimeout)
+            let check = config.serverPins.isEmpty ? "certificate check" : "pin check"
+            return (true, "TLS handshake and \(check) passed (presented \(presented.first ?? "-"))")
+        } catch {
+            let presented = error.presentedPins.isEmpty ? "" : "; presented \(error.presentedPins.joined(separator: ", "))"
+            // The line already names the collector: drop the message's own "collector HOST:PORT: ".
+            let prefix = "collector \(url.host):\(url.port): "
+            let reason = error.message.hasPrefix(prefix) ? String(error.message.dropFirst(prefix.count)) : error.message
+            return (false, reason + presented)
+        }
     }
 
     /// Tries what the daemon will do, without leaving anything behind: in an existing folder,

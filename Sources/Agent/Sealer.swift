@@ -116,7 +116,7 @@ public final class Sealer: Sendable {
     }
 
     private func startSession(kek: KEKPublicKey, file: String, config: AgentConfig, reason: String) throws {
-        let session = try DEKSession(kek: kek, agentID: config.agentID, now: now())
+        let session = try DEKSession(kek: kek, agentID: config.agentID.rawValue, now: now())
         let record = session.record
         // The DEK record goes to the sink before any blob sealed under it.
         try sink.put(.dekRecord(record), kind: .dekRecord, dekID: record.dekID, captureTimeMs: record.creationTimeMs)

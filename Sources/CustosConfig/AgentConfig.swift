@@ -9,9 +9,12 @@ import Foundation
 ///   under the collector's own key (`server-kek-file`) when 0. Any other value refuses to start.
 /// - `kek-file` (path, default `certs/kek.pem` beside the config)
 /// - `server-kek-file` (path, default `certs/server-kek.pem` beside the config)
-/// - `agent-id` (string, default: the host name), `agent-token` (string, no default)
-/// - `server-url` (https URL, no default: without it captures stay spooled)
-/// - `server-pin` (repeatable, `sha256/BASE64` of the SPKI DER), `server-ca` (path)
+/// - `agent-id` (``AgentID``, default: the host name), `agent-token` (``Secret``, no default)
+/// - `server-url` (``CollectorURL``, `https://HOST[:PORT]`, no default: without it captures stay spooled)
+/// - `server-pin` (repeatable ``SPKIPin``, `sha256/BASE64` of the SPKI DER), `server-ca` (path)
+///
+/// Values with a CustosBase type are validated by that type's one validator (the same the
+/// transport and the collector use), so `--check-config` can never pass what the daemon refuses.
 /// - `display`, `xauthority` (defaults: `DISPLAY`, `XAUTHORITY` from the environment)
 /// - `screen-interval-ms` (integer ms, default 5000; 0 disables frames), `png-level` (0...9, default 1)
 /// - `keystroke-idle-ms` (integer ms, default 2000; 0 disables keystroke capture)
@@ -23,10 +26,11 @@ public struct AgentConfig: Sendable, Equatable {
     public var enableEncryption: Bool
     public var kekFile: String
     public var serverKEKFile: String
-    public var agentID: String
-    public var agentToken: String?
-    public var serverURL: URL?
-    public var serverPins: [String]
+    public var agentID: AgentID
+    /// The agent's token; its description is `<redacted>`.
+    public var agentToken: Secret?
+    public var serverURL: CollectorURL?
+    public var serverPins: [SPKIPin]
     public var serverCA: String?
     public var display: String?
     public var xauthority: String?
@@ -105,30 +109,28 @@ public struct AgentConfig: Sendable, Equatable {
         kekFile = try file.path("kek-file", default: def("kek-file"))!
         serverKEKFile = try file.path("server-kek-file", default: def("server-kek-file"))!
 
+        /// A value of a CustosBase type: its validator's ``ValueError`` becomes a ``ConfigError``
+        /// naming the file, the line and the key.
+        func typed<T>(_ e: ConfigFile.Entry, _ make: (String) throws(ValueError) -> T) throws(ConfigError) -> T {
+            do { return try make(e.value) } catch {
+                throw ConfigError(file: file.path, line: e.line, key: e.key, error.message)
+            }
+        }
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "agent"
-        let id = try file.string("agent-id") ?? host
-        do { _ = try AgentID(id) } catch {
-            throw ConfigError(file: file.path, line: file.value("agent-id")?.line, key: "agent-id", error.message)
-        }
-        agentID = id
-        agentToken = try file.string("agent-token")
-
-        if let e = file.value("server-url") {
-            guard let url = URL(string: e.value), url.scheme?.lowercased() == "https", let h = url.host, !h.isEmpty else {
-                throw ConfigError(file: file.path, line: e.line, key: "server-url",
-                                  "expected an https:// URL with a host, found \(ConfigFile.quoted(e.value))")
-            }
-            serverURL = url
+        if let e = file.value("agent-id") {
+            agentID = try typed(e) { v throws(ValueError) in try AgentID(v) }
         } else {
-            serverURL = nil
-        }
-        serverPins = try file.values("server-pin").map { (e: ConfigFile.Entry) throws(ConfigError) -> String in
-            guard e.value.hasPrefix("sha256/"),
-                  let raw = Data(base64Encoded: String(e.value.dropFirst("sha256/".count))), raw.count == 32 else {
-                throw ConfigError(file: file.path, line: e.line, key: "server-pin",
-                                  "expected sha256/ followed by the base64 of 32 bytes, found \(ConfigFile.quoted(e.value))")
+            do { agentID = try AgentID(host) } catch {
+                throw ConfigError(file: file.path, key: "agent-id",
+                                  "not set, and the host name is not a valid id: \(error.message); set agent-id")
             }
-            return e.value
+        }
+        agentToken = try file.string("agent-token").map(Secret.init)
+        serverURL = try file.value("server-url").map { e throws(ConfigError) in
+            try typed(e) { v throws(ValueError) in try CollectorURL(v) }
+        }
+        serverPins = try file.values("server-pin").map { e throws(ConfigError) in
+            try typed(e) { v throws(ValueError) in try SPKIPin(v) }
         }
         serverCA = try file.path("server-ca", default: nil)
         display = try file.string("display") ?? environment["DISPLAY"]

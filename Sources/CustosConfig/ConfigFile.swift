@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 
 /// An error in a `key=value` configuration file. Its description names the file, the line
@@ -85,7 +86,14 @@ public struct ConfigFile: Sendable {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
             guard let eq = line.firstIndex(of: "=") else {
-                throw ConfigError(file: path, line: number, "expected key=value, found \(Self.quoted(line))")
+                // Never echo the line: it may be a secret written without '=' (`agent-token SECRET`).
+                // Name the key only when the line starts with one of the schema's own names.
+                let first = line.prefix { !$0.isWhitespace && $0 != ":" }
+                if let spec = schema.first(where: { $0.name == first }) {
+                    throw ConfigError(file: path, line: number, key: spec.name,
+                                      "expected \(spec.name)=VALUE, found a line without '=' (its text is not shown)")
+                }
+                throw ConfigError(file: path, line: number, "expected key=value, found a line without '=' (its text is not shown)")
             }
             if let bad = line.unicodeScalars.first(where: { $0.properties.generalCategory == .control && $0 != "\t" }) {
                 throw ConfigError(file: path, line: number,
@@ -98,7 +106,7 @@ public struct ConfigFile: Sendable {
             }
             guard let spec = known[key] else {
                 let names = schema.map(\.name).joined(separator: ", ")
-                throw ConfigError(file: path, line: number, key: key, "unknown key (known keys: \(names))")
+                throw ConfigError(file: path, line: number, key: SafeText.escaped(key), "unknown key (known keys: \(names))")
             }
             if let first = seen[key], !spec.repeatable {
                 throw ConfigError(file: path, line: number, key: key, "duplicate key (first set on line \(first))")
@@ -185,9 +193,9 @@ public struct ConfigFile: Sendable {
         return resolvePath(v)
     }
 
+    /// A value for an error message: cut to 60 characters and escaped (``SafeText/quoted(_:)``).
     static func quoted(_ s: String) -> String {
-        let short = s.count > 60 ? String(s.prefix(60)) + "…" : s
-        return "'\(short)'"
+        s.count > 60 ? SafeText.quoted(String(s.prefix(60)) + "…") : SafeText.quoted(s)
     }
 
     static func reason(_ error: any Error) -> String {

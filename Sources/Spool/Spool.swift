@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 import GRDB
 import Logging
@@ -621,6 +622,8 @@ public final class Spool: Sendable {
     /// Base delay of the exponential backoff (doubled per attempt) and its cap.
     public static let backoffBase: Duration = .seconds(1)
     public static let backoffCap: Duration = .seconds(300)
+    /// The release backoff: CustosBase's one jittered exponential schedule (jitter ½…1).
+    static let backoff = Backoff(initial: backoffBase, cap: backoffCap)
 
     /// Puts leased records back for a later attempt: `attempts` += 1 and the next attempt at
     /// `now + retryAfter` when given (e.g. the collector's `Retry-After`), else after an
@@ -658,12 +661,9 @@ public final class Spool: Sendable {
         maybeCheckpoint()
     }
 
-    /// Backoff delay in ms before attempt number `attempt` (1-based): exponential with jitter.
+    /// Backoff delay in ms before attempt number `attempt` (1-based): ``backoff`` after `attempt` failures.
     static func backoffMs(attempt: Int) -> Int64 {
-        let base = ms(backoffBase), cap = ms(backoffCap)
-        let exponent = min(max(attempt - 1, 0), 30)
-        let delay = min(cap, base << Int64(exponent))
-        return delay / 2 + Int64.random(in: 0...(delay / 2))
+        backoff.delayMs(afterFailures: attempt)
     }
 
     // MARK: - Statistics and state

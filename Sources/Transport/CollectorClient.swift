@@ -5,20 +5,23 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOTLS
+import CustosBase
 import Synchronization
 import Wire
 
 /// Where and how the agent talks to its collector (agent config keys `server-url`,
 /// `server-pin` (repeatable), `server-ca`, `agent-id`, `agent-token`).
+///
+/// Holds already-validated CustosBase values (parsed once by `AgentConfig`): nothing here
+/// re-parses a string, so the transport accepts exactly what `--check-config` accepts.
 public struct TransportConfiguration: Sendable {
-    /// Collector host name or IP address (from `server-url`).
-    public var host: String
-    /// Collector TCP port (from `server-url`, default 443).
-    public var port: Int
+    /// The collector (`server-url`).
+    public var server: CollectorURL
     /// Agent id sent in `Authorization: Bearer AGENTID:TOKEN`.
-    public var agentID: String
-    /// The agent's secret token (printed once by `custos agents add`). Never logged.
-    public var agentToken: String
+    public var agentID: AgentID
+    /// The agent's secret token (printed once by `custos agents add`). Never logged; revealed
+    /// only to build the `Authorization` header.
+    public var agentToken: Secret
     /// Certificate trust and pinning.
     public var policy: TLSPolicy
     /// TCP connect plus TLS handshake limit (default 10 s).
@@ -26,38 +29,19 @@ public struct TransportConfiguration: Sendable {
     /// One request/response limit (default 60 s).
     public var requestTimeout: Duration
 
-    public init(host: String, port: Int, agentID: String, agentToken: String, policy: TLSPolicy,
+    /// Collector host name or IP address, without brackets.
+    public var host: String { server.host }
+    /// Collector TCP port.
+    public var port: Int { server.port }
+
+    public init(server: CollectorURL, agentID: AgentID, agentToken: Secret, policy: TLSPolicy,
                 connectTimeout: Duration = .seconds(10), requestTimeout: Duration = .seconds(60)) {
-        self.host = host
-        self.port = port
+        self.server = server
         self.agentID = agentID
         self.agentToken = agentToken
         self.policy = policy
         self.connectTimeout = connectTimeout
         self.requestTimeout = requestTimeout
-    }
-
-    /// Builds the configuration from config values.
-    /// - Parameters:
-    ///   - serverURL: `https://HOST[:PORT][/]` (only `https` is accepted; IPv6 literals in brackets).
-    ///   - pins: `server-pin` values, `sha256/BASE64` each.
-    ///   - caFile: `server-ca` PEM file, optional.
-    /// - Throws: ``TransportError`` (`.configuration`) naming the bad key.
-    public init(serverURL: String, agentID: String, agentToken: String, pins: [String], caFile: String?) throws(TransportError) {
-        guard let url = URLComponents(string: serverURL), url.scheme?.lowercased() == "https",
-              var host = url.host, !host.isEmpty else {
-            throw TransportError(.configuration, "server-url '\(serverURL)': expected https://HOST[:PORT]")
-        }
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard url.path.isEmpty || url.path == "/" else {
-            throw TransportError(.configuration, "server-url '\(serverURL)': a path is not supported (the API lives at /v1)")
-        }
-        guard WireAPI.isValidAgentID(agentID) else {
-            throw TransportError(.configuration, "agent-id '\(agentID)': expected 1-64 characters of A-Z a-z 0-9 . _ -")
-        }
-        guard !agentToken.isEmpty else { throw TransportError(.configuration, "agent-token is empty") }
-        self.init(host: host, port: url.port ?? 443, agentID: agentID, agentToken: agentToken,
-                  policy: try TLSPolicy(pinStrings: pins, caFile: caFile))
     }
 }
 
@@ -150,9 +134,25 @@ public actor CollectorClient {
         return h
     }
 
-    /// Closes the kept connection, if any.
+    /// Connects exactly as an upload does (TCP connect, TLS handshake, certificate and pin check
+    /// by ``TLSPolicy``) on a new connection, then closes it. Writes no request byte. For
+    /// `custos-agent --check-config`.
+    /// - Parameter timeout: limit for the connect and the handshake together (default 5 s).
+    /// - Returns: the `sha256/BASE64` pins of the certificates the collector presented, leaf first.
+    /// - Throws: ``TransportError``: `.connect` (e.g. connection refused, permission denied, no TCP
+    ///   connection in time), `.peerRefused` (with ``TransportError/presentedPins``), `.handshake`
+    ///   (including no handshake in time), `.cancelled`.
+    public func probe(timeout: Duration = .seconds(5)) async throws(TransportError) -> [String] {
+        let (ch, verdict) = try await connect(deadline: NIODeadline.now() + TimeAmount(timeout))
+        ch.close(promise: nil)
+        return verdict?.presentedPins ?? []
+    }
+
+    /// Closes the kept connection, if any, without waiting for the collector's TLS close_notify
+    /// (RFC 8446 §6.1 lets the closing side not wait): a hung collector must not hold the caller.
+    /// NIOSSL finishes the shutdown in the background within the policy's `shutdownTimeout`.
     public func close() async {
-        if let channel { try? await channel.close() }
+        channel?.close(promise: nil)
         channel = nil
     }
 
@@ -162,7 +162,8 @@ public actor CollectorClient {
         if let v = answer.headers.first(name: "Retry-After"), let s = Int(v.trimmingCharacters(in: .whitespaces)), s >= 0 {
             retry = .seconds(s)
         }
-        let what = err.map { "\($0.error.rawValue): \($0.message)" } ?? "no error body"
+        // The collector's message is outside text: escaped before it can reach a log line.
+        let what = err.map { "\($0.error.rawValue): \(SafeText.escaped($0.message))" } ?? "no error body"
         return TransportError(.rejected, "collector \(host) answered \(answer.status.code) (\(what))",
                               httpStatus: Int(answer.status.code), retryAfter: retry)
     }
@@ -170,50 +171,65 @@ public actor CollectorClient {
     private func request(_ method: HTTPMethod, _ path: String, headers: HTTPHeaders, body: ByteBuffer?,
                          timeout: Duration?) async throws(TransportError) -> HTTPAnswer {
         let limit = timeout ?? configuration.requestTimeout
+        // One limit for the whole call: waiting for the turn, connecting, the TLS handshake, the answer.
+        let deadline = NIODeadline.now() + TimeAmount(limit)
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers = headers
-        let hostHeader = configuration.host.contains(":") ? "[\(configuration.host)]" : configuration.host
-        head.headers.replaceOrAdd(name: "Host", value: "\(hostHeader):\(configuration.port)")
+        head.headers.replaceOrAdd(name: "Host", value: "\(configuration.server.hostForHeader):\(configuration.port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: "\(body?.readableBytes ?? 0)")
         // One request at a time on the kept connection (the actor is re-entrant across awaits).
-        await acquire()
+        try await acquire()
         defer { releaseTurn() }
         // A connection may be closed by the collector meanwhile: retry once on a new one
         // (uploads are idempotent by record id, so a repeated POST is harmless).
         do {
-            return try await send(head, body, limit: limit)
-        } catch where error.code == .io {
-            return try await send(head, body, limit: limit)
+            return try await send(head, body, deadline: deadline, limit: limit)
+        } catch where error.code == .io && !Task.isCancelled && NIODeadline.now() < deadline {
+            return try await send(head, body, deadline: deadline, limit: limit)
         }
     }
 
-    private var busy = false
-    private var waiting: [CheckedContinuation<Void, Never>] = []
+    /// One request at a time on the kept connection.
+    private let turns = TurnQueue()
 
-    private func acquire() async {
-        if !busy { busy = true; return }
-        await withCheckedContinuation { waiting.append($0) }
+    /// Waits for this client's turn. Cancellable: a cancelled waiter leaves the queue at once
+    /// and throws `.cancelled`.
+    private func acquire() async throws(TransportError) {
+        guard await turns.acquire() else { throw cancelled("waiting for the connection") }
     }
 
-    private func releaseTurn() {
-        if waiting.isEmpty { busy = false } else { waiting.removeFirst().resume() }
+    private func releaseTurn() { turns.release() }
+
+    private func cancelled(_ what: String) -> TransportError {
+        TransportError(.cancelled, "collector \(configuration.host):\(configuration.port): cancelled while \(what)")
     }
 
-    private func send(_ head: HTTPRequestHead, _ body: ByteBuffer?, limit: Duration) async throws(TransportError) -> HTTPAnswer {
-        let ch = try await connectedChannel()
+    /// Sends one request on the kept connection (opening it first if needed) and waits for the
+    /// answer until `deadline`. Cancellation fails the wait at once and closes the connection
+    /// (the collector may or may not have stored the records; uploads are idempotent).
+    private func send(_ head: HTTPRequestHead, _ body: ByteBuffer?, deadline: NIODeadline,
+                      limit: Duration) async throws(TransportError) -> HTTPAnswer {
+        let ch = try await connectedChannel(deadline: deadline)
         let promise = ch.eventLoop.makePromise(of: HTTPAnswer.self)
-        let timeout = ch.eventLoop.scheduleTask(in: TimeAmount(limit)) {
-            promise.fail(TransportError(.io, "collector \(self.configuration.host): no answer within \(limit)"))
+        let host = configuration.host
+        let timeout = ch.eventLoop.scheduleTask(deadline: deadline) {
+            promise.fail(TransportError(.io, "collector \(host): no answer within \(limit)"))
             ch.close(promise: nil)
         }
         let written = ch.eventLoop.makePromise(of: Void.self)
         written.futureResult.whenFailure { error in
             // The request never reached the handler (channel already closed): answer the caller.
-            promise.fail(TransportError(.io, "collector \(self.configuration.host): cannot send: \(error)"))
+            promise.fail(TransportError(.io, "collector \(host): cannot send: \(error)"))
         }
         ch.writeAndFlush(PendingRequest(head: head, body: body, promise: promise), promise: written)
+        let cancelError = cancelled("waiting for the answer")
         do {
-            let answer = try await promise.futureResult.get()
+            let answer = try await withTaskCancellationHandler {
+                try await promise.futureResult.get()
+            } onCancel: {
+                promise.fail(cancelError)
+                ch.close(promise: nil)
+            }
             timeout.cancel()
             if answer.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "close" }) {
                 await close()
@@ -227,25 +243,29 @@ public actor CollectorClient {
         }
     }
 
-    private func connectedChannel() async throws(TransportError) -> any Channel {
+    private func connectedChannel(deadline: NIODeadline) async throws(TransportError) -> any Channel {
         if let channel, channel.isActive { return channel }
         channel = nil
-        let ch = try await connect()
+        let ch = try await connect(deadline: deadline).channel
         channel = ch
         return ch
     }
 
-    /// Opens TCP, runs the TLS handshake with the policy's verification and waits for it to finish.
-    private func connect() async throws(TransportError) -> any Channel {
+    /// Opens TCP, runs the TLS handshake with the policy's verification and waits for it to
+    /// finish: the one connect path (uploads and ``probe(timeout:)``). Both waits end at
+    /// `deadline` or after ``TransportConfiguration/connectTimeout``, whichever comes first,
+    /// and at once when the task is cancelled (the channel is closed).
+    /// - Returns: the channel, ready for a request, and the accepted peer's verdict.
+    private func connect(deadline: NIODeadline) async throws(TransportError) -> Connected {
         let host = configuration.host
         let verifier = PeerVerifier(policy: configuration.policy, host: host)
         let context = sslContext
-        let isIP = host.contains(":") || host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." }
-        let sni: String? = isIP ? nil : host
-        let handshake = FutureBox()
-        let connectTimeout = configuration.connectTimeout
+        let sni: String? = configuration.server.hostIsIPAddress ? nil : host
+        let box = ConnectBox()
+        let start = NIODeadline.now()
+        let connectDeadline = min(deadline, start + TimeAmount(configuration.connectTimeout))
         let bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(.seconds(connectTimeout.components.seconds))
+            .connectTimeout(max(.milliseconds(1), connectDeadline - .now()))
             // TCP_NODELAY at level IPPROTO_TCP (`.tcpOption`; ClientBootstrap sets it by default
             // too). `.socketOption(.tcp_nodelay)` would be SOL_SOCKET option 1, SO_DEBUG, which
             // needs CAP_NET_ADMIN: every connect failed with EACCES under the unit (issue 12).
@@ -257,7 +277,8 @@ public actor CollectorClient {
                                                           promise.succeed(verifier.verify(certs))
                                                       })
                     let waiter = HandshakeWaiter(promise: channel.eventLoop.makePromise())
-                    handshake.future.withLock { $0 = waiter.promise.futureResult }
+                    box.state.withLock { $0.handshake = waiter.promise.futureResult; $0.channel = channel }
+                    if box.state.withLock({ $0.cancelled }) { channel.close(promise: nil) }
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(tls)
                     try ops.addHandler(waiter)
@@ -265,34 +286,142 @@ public actor CollectorClient {
                     try ops.addHandler(ResponseCollector())
                 }
             }
+        // Cancellation closes the channel being connected (or, before it exists, marks the attempt
+        // so the initializer closes it): both waits then fail at once. withTaskCancellationHandler
+        // has no typed throws, so the outcome travels as a Result.
+        let result = await withTaskCancellationHandler { () async -> Result<Connected, TransportError> in
+            do throws(TransportError) {
+                return .success(try await finishConnect(bootstrap, box: box, verifier: verifier, start: start,
+                                                        deadline: connectDeadline))
+            } catch {
+                return .failure(error)
+            }
+        } onCancel: {
+            let ch = box.state.withLock { s -> (any Channel)? in s.cancelled = true; return s.channel }
+            ch?.close(promise: nil)
+        }
+        return try result.get()
+    }
+
+    private typealias Connected = (channel: any Channel, verdict: PeerVerdict?)
+
+    /// The waits of ``connect(deadline:)``: TCP connect, then the TLS handshake until `deadline`.
+    private func finishConnect(_ bootstrap: ClientBootstrap, box: ConnectBox, verifier: PeerVerifier, start: NIODeadline,
+                               deadline: NIODeadline) async throws(TransportError) -> Connected {
+        let host = configuration.host, port = configuration.port
         let ch: any Channel
         do {
-            ch = try await bootstrap.connect(host: host, port: configuration.port).get()
+            ch = try await bootstrap.connect(host: host, port: port).get()
         } catch {
-            throw TransportError(.connect, "collector \(host):\(configuration.port): cannot connect: \(error)")
+            if Task.isCancelled { throw cancelled("connecting") }
+            throw TransportError(.connect, "collector \(host):\(port): cannot connect: \(Self.reason(error))")
         }
-        let handshakeDone = handshake.future.withLock { $0 }!
-        let deadline = ch.eventLoop.scheduleTask(in: .seconds(connectTimeout.components.seconds)) { ch.close(promise: nil) }
+        let handshakeDone = box.state.withLock { $0.handshake }!
+        let timer = ch.eventLoop.scheduleTask(deadline: deadline) { ch.close(promise: nil) }
         // Cancelled on the event loop as soon as the handshake ends, not when this task resumes.
-        handshakeDone.whenComplete { _ in deadline.cancel() }
+        handshakeDone.whenComplete { _ in timer.cancel() }
         do {
             try await handshakeDone.get()
-            return ch
+            return (ch, verifier.verdict.withLock { $0 })
         } catch {
-            try? await ch.close()
+            ch.close(promise: nil)  // not awaited: see close()
             if let v = verifier.verdict.withLock({ $0 }), !v.accepted {
-                logRefusedPeer(v, host: host, logger: logger)
-                throw TransportError(.peerRefused, "collector \(host):\(configuration.port): certificate refused: \(v.reason)",
+                throw TransportError(.peerRefused, "collector \(host):\(port): certificate refused: \(v.reason)",
                                      presentedPins: v.presentedPins)
             }
-            throw TransportError(.handshake, "collector \(host):\(configuration.port): TLS handshake failed: \(error)")
+            if Task.isCancelled { throw cancelled("in the TLS handshake") }
+            if NIODeadline.now() >= deadline {
+                throw TransportError(.handshake, "collector \(host):\(port): no TLS handshake within \(Self.seconds(deadline - start))")
+            }
+            throw TransportError(.handshake, "collector \(host):\(port): TLS handshake failed: \(error)")
         }
+    }
+
+    /// A connect error in words: `connection refused`, `permission denied (EACCES)`, a time-out.
+    static func reason(_ error: any Error) -> String {
+        if let e = error as? IOError {
+            return "\(String(cString: strerror(e.errnoCode))) (errno \(e.errnoCode))"
+        }
+        if let e = error as? NIOConnectionError, let first = e.connectionErrors.first {
+            return reason(first.error)
+        }
+        if error is ChannelError, case ChannelError.connectTimeout(let t) = error as! ChannelError {
+            return "no TCP connection within \(seconds(t))"
+        }
+        return "\(error)"
+    }
+
+    static func seconds(_ t: TimeAmount) -> String {
+        String(format: "%.1f s", Double(t.nanoseconds) / 1e9)
     }
 }
 
-/// Hands the handshake future out of the channel initializer.
-private final class FutureBox: Sendable {
-    let future = Mutex<EventLoopFuture<Void>?>(nil)
+/// A FIFO of tasks waiting for their turn, under a lock so that cancellation can resume a
+/// waiter directly from its cancellation handler (no hop through an actor or a new task).
+private final class TurnQueue: Sendable {
+    private struct State {
+        var busy = false
+        var waiting: [(id: UInt64, continuation: CheckedContinuation<Void, any Error>)] = []
+        var nextID: UInt64 = 0
+        /// Waiters cancelled before they were queued.
+        var cancelledEarly: Set<UInt64> = []
+    }
+    private let state = Mutex(State())
+
+    /// Waits until the turn is free and takes it; returns false (without the turn) when the
+    /// task was cancelled while waiting.
+    func acquire() async -> Bool {
+        let id: UInt64? = state.withLock { s in
+            if !s.busy { s.busy = true; return nil }
+            s.nextID += 1
+            return s.nextID
+        }
+        guard let id else { return true }
+        do {
+            try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                    let early = state.withLock { s -> Bool in
+                        if s.cancelledEarly.remove(id) != nil { return true }
+                        s.waiting.append((id, c))
+                        return false
+                    }
+                    if early { c.resume(throwing: CancellationError()) }
+                }
+            } onCancel: {
+                let c = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+                    if let i = s.waiting.firstIndex(where: { $0.id == id }) { return s.waiting.remove(at: i).continuation }
+                    s.cancelledEarly.insert(id)
+                    return nil
+                }
+                c?.resume(throwing: CancellationError())
+            }
+            // Granted (maybe cancelled just after): forget a late cancellation mark.
+            _ = state.withLock { $0.cancelledEarly.remove(id) }
+            return true
+        } catch {
+            return false
+        }
+    }
+
+    /// Passes the turn to the next waiter, or frees it.
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+            if s.waiting.isEmpty { s.busy = false; return nil }
+            return s.waiting.removeFirst().continuation
+        }
+        next?.resume()
+    }
+}
+
+/// Hands the channel and its handshake future out of the channel initializer, and tells the
+/// initializer when the connecting task was cancelled before the channel existed.
+private final class ConnectBox: Sendable {
+    struct State {
+        var handshake: EventLoopFuture<Void>?
+        var channel: (any Channel)?
+        var cancelled = false
+    }
+    let state = Mutex(State())
 }
 
 /// Fulfils its promise when the TLS handshake completes; fails it when the channel errors or closes first.

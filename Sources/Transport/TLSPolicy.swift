@@ -47,13 +47,9 @@ public struct TLSPolicy: Sendable {
         self.caCertificatesDER = caCertificatesDER
     }
 
-    /// Builds the policy from config values: `server-pin` strings and an optional `server-ca` PEM file path.
-    /// - Throws: ``TransportError`` (`.configuration`) for a bad pin or an unreadable CA file.
-    public init(pinStrings: [String], caFile: String?) throws(TransportError) {
-        var pins: [SPKIPin] = []
-        for p in pinStrings {
-            do { pins.append(try SPKIPin(p)) } catch { throw TransportError(.configuration, error.description) }
-        }
+    /// Builds the policy from config values: validated `server-pin`s and an optional `server-ca` PEM file path.
+    /// - Throws: ``TransportError`` (`.configuration`) for an unreadable CA file or one without a certificate.
+    public init(pins: [SPKIPin], caFile: String?) throws(TransportError) {
         var ders: [[UInt8]] = []
         if let caFile {
             do {
@@ -74,6 +70,9 @@ public struct TLSPolicy: Sendable {
         c.maximumTLSVersion = .tlsv13
         // Must stay a verifying mode: with `.none` the custom callback would never run.
         c.certificateVerification = .fullVerification
+        // How long a closing connection waits for the peer's close_notify (in the background;
+        // nothing awaits it). NIOSSL's default is 5 s.
+        c.shutdownTimeout = .seconds(1)
         return c
     }
 }
@@ -164,15 +163,6 @@ final class PeerVerifier: Sendable {
         }
         return PeerVerdict(accepted: true, presentedPins: presentedPins, reason: "")
     }
-}
-
-/// Logs a refused peer: the reason and every presented SPKI pin, so an administrator can fix `server-pin`.
-func logRefusedPeer(_ verdict: PeerVerdict, host: String, logger: Logger) {
-    logger.error("collector certificate refused; no data sent", metadata: [
-        "transport.host": "\(host)",
-        "transport.reason": "\(verdict.reason)",
-        "transport.presented_spki": "\(verdict.presentedPins.joined(separator: ","))",
-    ])
 }
 
 /// Error out of ``OpenSSLChainVerifier``; `description` is OpenSSL's verify error text.

@@ -22,6 +22,9 @@ public struct TransportError: Error, CustomStringConvertible, Sendable {
         public static let protocolError = Code(name: "protocol")
         /// The collector refused the whole request (401, 413, 415, 400, 429, 503…).
         public static let rejected = Code(name: "rejected")
+        /// The call was cancelled (shutdown) before it completed. Not a fault: nothing is known
+        /// about delivery, and the records stay spooled until acknowledged.
+        public static let cancelled = Code(name: "cancelled")
         /// The spool failed.
         public static let spool = Code(name: "spool")
     }

@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -25,9 +26,10 @@ public struct UploaderConfiguration: Sendable {
     public var maxBatchBytes: Int
     /// Pause when the spool is empty (1 s).
     public var idleInterval: Duration
-    /// First retry delay after a failed upload (1 s); doubles per consecutive failure...
+    /// First retry delay after a failed upload (1 s; more than zero); doubles per consecutive failure...
     public var initialBackoff: Duration
-    /// ...up to this cap (5 min). A random jitter takes each delay down to between 50 % and 100 %.
+    /// ...up to this cap (5 min; at least `initialBackoff`). A random jitter takes each delay down to
+    /// between 50 % and 100 % (CustosBase `Backoff`).
     public var maxBackoff: Duration
     /// When records refused with a retryable reason (`unknown-kek`, `unknown-dek`, `storage-error`)
     /// may be leased again (30 s).
@@ -37,7 +39,8 @@ public struct UploaderConfiguration: Sendable {
     public var permanentRefusalDelay: Duration
     /// Longest a `Retry-After` from the collector is honoured (1 h).
     public var maxRetryAfter: Duration
-    /// Time allowed for the final flush on graceful shutdown (5 s).
+    /// Time allowed for the final flush on graceful shutdown (5 s). Keep it below the service
+    /// group's graceful period; a cancellation ends the flush at once in any case.
     public var finalFlushTimeout: Duration
     /// Batches in flight at once while a backlog drains, each on its own connection (2): the
     /// collector stores one batch while the next one arrives (docs/API.md "Throughput"). During
@@ -106,7 +109,6 @@ public struct UploaderStatus: Sendable, Equatable {
 public final class Uploader: Service, Sendable {
     private struct State {
         var consecutiveFailures = 0
-        var lastErrorKey: String?
         var lastError: String?
         var lastSuccessMs: Int64?
         var loggedRefusals: Set<RefusalReason> = []
@@ -121,6 +123,8 @@ public final class Uploader: Service, Sendable {
     public let configuration: UploaderConfiguration
     let logger: Logger
     private let state = Mutex(State())
+    /// Failed attempts are logged once per kind, and the recovery once.
+    private let errors = RepeatedErrorLog()
 
     public init(queue: any UploadQueue, client: CollectorClient, configuration: UploaderConfiguration = .init(),
                 logger: Logger) {
@@ -237,53 +241,55 @@ public final class Uploader: Service, Sendable {
             let level: Logger.Level = reason == .unknownKEK || reason == .unknownDEK ? .warning : .error
             logger.log(level: level, "collector refused records; they stay spooled", metadata: [
                 "transport.reason": "\(reason.rawValue)", "transport.count": "\(summary.refused[reason] ?? 0)",
-                "transport.detail": "\(message)"])
+                "transport.detail": "\(SafeText.escaped(message))"])
         }
     }
 
     private func noteSuccess(_ summary: UploadSummary) {
-        let recovered = state.withLock { s -> (Int, String?)? in
-            let was = s.lastErrorKey != nil ? (s.consecutiveFailures, s.lastError) : nil
-            s.consecutiveFailures = 0
-            s.lastErrorKey = nil
-            s.lastError = nil
-            if summary.acknowledged > 0 { s.lastSuccessMs = Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
-            s.totalAcknowledged += summary.acknowledged
-            s.totalRefused += summary.refusedCount
-            return was
+        let failures = state.withLock { s -> Int in
+            defer {
+                s.consecutiveFailures = 0
+                s.lastError = nil
+                if summary.acknowledged > 0 { s.lastSuccessMs = Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+                s.totalAcknowledged += summary.acknowledged
+                s.totalRefused += summary.refusedCount
+            }
+            return s.consecutiveFailures
         }
-        if let (failures, _) = recovered {
-            logger.info("upload recovered", metadata: ["transport.failed_attempts": "\(failures)"])
-        }
+        errors.success("upload recovered", metadata: ["transport.failed_attempts": "\(failures)"], logger: logger)
     }
 
+    /// Logs a failed attempt through ``errors``: once per kind of failure (code, HTTP status,
+    /// presented certificates), repeats at debug.
     private func noteFailure(_ error: TransportError) {
-        // The key leaves out volatile detail, so the same failure repeating is logged once.
-        let key = "\(error.code)|\(error.httpStatus ?? 0)|\(error.presentedPins.joined())"
-        let first = state.withLock { s -> Bool in
+        // Cancellation (shutdown) is not a failure of the collector or the network.
+        guard error.code != .cancelled else { return }
+        state.withLock { s in
             s.consecutiveFailures += 1
             s.lastError = error.description
-            defer { s.lastErrorKey = key }
-            return s.lastErrorKey != key
         }
-        if first, let after = error.retryAfter {
+        let key = "\(error.code)|\(error.httpStatus ?? 0)|\(error.presentedPins.joined(separator: ","))"
+        if error.code == .peerRefused {
+            // The reason and every presented SPKI pin, so an administrator can fix `server-pin`.
+            errors.failure("collector certificate refused; no data sent, records stay spooled", key: key, metadata: [
+                "transport.error": "\(error.message)",
+                "transport.presented_spki": "\(error.presentedPins.joined(separator: ","))",
+            ], logger: logger)
+        } else if let after = error.retryAfter {
             // Flow control (429/503 with Retry-After), not a fault.
-            logger.notice("collector busy; records stay spooled, waiting as it asked",
-                          metadata: ["transport.retry_after": "\(after)", "transport.error": "\(error.description)"])
-        } else if first {
-            logger.error("upload failed; records stay spooled, retrying with backoff",
-                         metadata: ["transport.error": "\(error.description)"])
+            errors.failure("collector busy; records stay spooled, waiting as it asked", key: key, level: .notice,
+                           metadata: ["transport.retry_after": "\(after)", "transport.error": "\(error.description)"],
+                           logger: logger)
         } else {
-            logger.debug("upload failed again", metadata: ["transport.error": "\(error.description)"])
+            errors.failure("upload failed; records stay spooled, retrying with backoff", key: key,
+                           metadata: ["transport.error": "\(error.description)"], logger: logger)
         }
     }
 
     /// The delay before the next attempt after `failures` consecutive failures (≥ 1):
     /// `initialBackoff * 2^(failures-1)` capped at `maxBackoff`, times a random factor in [0.5, 1].
     public func backoff(failures: Int) -> Duration {
-        let base = configuration.initialBackoff * Int(1 << min(max(failures - 1, 0), 30))
-        let capped = min(base, configuration.maxBackoff)
-        return capped * Double.random(in: 0.5...1.0)
+        Backoff(initial: configuration.initialBackoff, cap: configuration.maxBackoff).delay(afterFailures: failures)
     }
 
     /// The pause after an answer with `Retry-After: after`: `after`, capped at
@@ -330,10 +336,19 @@ public final class Uploader: Service, Sendable {
             } else if !first && status.consecutiveFailures > 0 {
                 delay = configuration.idleInterval
             } else {
-                do {
-                    let s = try await uploadOnce(on: lane, timeout: nil)
+                // A graceful shutdown cancels the attempt in flight (a hung collector must not
+                // hold the agent): its records are released, and the final flush sends them again.
+                let outcome = await cancelWhenGracefulShutdown { () async -> Result<UploadSummary, TransportError> in
+                    do throws(TransportError) { return .success(try await self.uploadOnce(on: lane, timeout: nil)) } catch {
+                        return .failure(error)
+                    }
+                }
+                switch outcome {
+                case .success(let s):
                     if s.sent == 0 || s.acknowledged == 0 { delay = configuration.idleInterval }
-                } catch {
+                case .failure(let error) where error.code == .cancelled:
+                    continue
+                case .failure(let error):
                     if let after = error.retryAfter {
                         let pause = retryPause(after: after, failures: status.consecutiveFailures)
                         state.withLock { $0.pausedUntil = clock.now + pause }
@@ -350,8 +365,9 @@ public final class Uploader: Service, Sendable {
         }
     }
 
-    /// Uploads what it can within ``UploaderConfiguration/finalFlushTimeout``; stops at the first
-    /// failure, an empty spool, or a batch with nothing acknowledged.
+    /// Uploads what it can within ``UploaderConfiguration/finalFlushTimeout`` (the limit covers
+    /// connecting, the handshake and the answer); stops at the first failure, an empty spool, a
+    /// batch with nothing acknowledged, or cancellation (then at once: every wait is cancellable).
     public func finalFlush() async {
         let clock = ContinuousClock()
         let deadline = clock.now + configuration.finalFlushTimeout

@@ -24,9 +24,10 @@ public enum WireAPI {
     /// The record magic `CSTS`.
     public static let recordMagic: [UInt8] = [0x43, 0x53, 0x54, 0x53]
 
-    /// The `Authorization` header value for an agent: `Bearer AGENTID:TOKEN`.
-    public static func authorization(agentID: String, token: String) -> String {
-        "Bearer \(agentID):\(token)"
+    /// The `Authorization` header value for an agent: `Bearer AGENTID:TOKEN`. The one place the
+    /// token is revealed: call it only to send the header.
+    public static func authorization(agentID: AgentID, token: Secret) -> String {
+        "Bearer \(agentID.rawValue):\(token.revealed)"
     }
 
     /// Parses `Bearer AGENTID:TOKEN`; nil when the header has another shape.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CustosBase
 import CustosConfig
 import TestSupport
 
@@ -30,7 +31,7 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.spoolMaxMB == 512)
         #expect(c.serverURL == nil)
         #expect(c.serverPins.isEmpty)
-        #expect(!c.agentID.isEmpty)
+        #expect(!c.agentID.rawValue.isEmpty)
     }
 
     @Test func trimsWhitespaceBOMAndCRLF() throws {
@@ -38,12 +39,12 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.enableEncryption)
         #expect(c.activeKEKFile == "/etc/custos/certs/kek.pem")
         #expect(c.display == ":3")
-        #expect(c.agentID == "pc-17")
+        #expect(c.agentID.rawValue == "pc-17")
     }
 
     @Test func commentsAreWholeLinesOnly() throws {
         let c = try parse("# a comment\n  ; another\nagent-token=abc#def ; ghi\n")
-        #expect(c.agentToken == "abc#def ; ghi")
+        #expect(c.agentToken?.revealed == "abc#def ; ghi")
     }
 
     @Test(arguments: [("1", true), ("0", false), ("true", true), ("FALSE", false), ("Yes", true), ("no", false)])
@@ -77,7 +78,7 @@ private func error(_ text: String) -> ConfigError? {
         let a = "sha256/" + Data(repeating: 1, count: 32).base64EncodedString()
         let b = "sha256/" + Data(repeating: 2, count: 32).base64EncodedString()
         let c = try parse("server-pin=\(a)\nserver-pin = \(b)\nserver-url=https://127.0.0.1:8443\n")
-        #expect(c.serverPins == [a, b])
+        #expect(c.serverPins.map(\.description) == [a, b])
         #expect(c.serverURL?.port == 8443)
     }
 
@@ -89,6 +90,19 @@ private func error(_ text: String) -> ConfigError? {
     @Test(arguments: ["http://collector:80", "collector:8443", "https://", "ftp://x"])
     func serverURLMustBeHTTPS(_ url: String) {
         #expect(error("server-url=\(url)")?.key == "server-url")
+    }
+
+    /// Issue 12: a line without '=' was echoed whole to stderr and the journal, secret included.
+    @Test(arguments: ["agent-token S3CRET-t0ken", "agent-token:S3CRET-t0ken", "S3CRET-t0ken", "  agent-token\tS3CRET-t0ken  "])
+    func lineWithoutEqualsIsNotEchoed(_ line: String) {
+        let e = error("display=:1\n\(line)\n")
+        #expect(e?.line == 2, "\(String(describing: e))")
+        #expect(e?.description.contains("S3CRET") == false, "\(String(describing: e))")
+        #expect(e?.description.contains("without '='") == true, "\(String(describing: e))")
+        if line.contains("agent-token") {
+            #expect(e?.key == "agent-token")
+            #expect(e?.description.contains("expected agent-token=VALUE") == true)
+        }
     }
 
     @Test func malformedLines() {
@@ -133,7 +147,7 @@ private func error(_ text: String) -> ConfigError? {
         }
         #expect(error("display=:15\u{0}0\n")?.line == 1)
         #expect(error("agent-id=a\nagent-token=x\u{1b}y\n")?.line == 2)
-        #expect(try parse("agent-token=a\tb\n").agentToken == "a\tb")
+        #expect(try parse("agent-token=a\tb\n").agentToken?.revealed == "a\tb")
     }
 
     @Test func invalidUTF8IsAnError() throws {
@@ -162,5 +176,33 @@ private func error(_ text: String) -> ConfigError? {
         for key in AgentConfig.schema {
             #expect(sample.contains("# \(key.name) ("), "sample lacks \(key.name)")
         }
+    }
+}
+
+/// Values with a CustosBase type are validated by that type while parsing, so every consumer
+/// (the daemon, `--check-config`, `status`) gets the same verdict; errors name file, line and key.
+@Suite struct ConfigValueTests {
+    @Test(arguments: [("server-url", "https://h:8443/p"), ("server-url", "http://h"), ("server-url", "https://u@h"),
+                      ("server-pin", "sha256/" + Data(count: 31).base64EncodedString()),
+                      ("agent-id", ".."), ("agent-id", ".")])
+    func baseValidatorRefusesNamingLineAndKey(_ key: String, _ value: String) {
+        let e = error("display=:1\n\(key)=\(value)\n")
+        #expect(e?.line == 2 && e?.key == key, "\(String(describing: e))")
+        #expect(e?.description.hasPrefix("\(path):2: \(key): ") == true, "\(String(describing: e))")
+    }
+
+    @Test func typedValues() throws {
+        let pin = "sha256/" + Data(repeating: 9, count: 32).base64EncodedString()
+        let c = try parse("server-url=https://[::1]:8443/\nserver-pin=\(pin)\nagent-id=pc.1\nagent-token=s3cret\n")
+        #expect(c.serverURL == (try CollectorURL("https://[::1]:8443")))
+        #expect(c.serverURL?.host == "::1")
+        #expect(c.serverPins == [try SPKIPin(pin)])
+        #expect(c.agentID == (try AgentID("pc.1")))
+        #expect(c.agentToken == Secret("s3cret"))
+        // The token never shows in the config's description or dump.
+        #expect(!"\(c)".contains("s3cret"))
+        var dumped = ""
+        dump(c, to: &dumped)
+        #expect(!dumped.contains("s3cret"))
     }
 }

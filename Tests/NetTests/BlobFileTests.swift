@@ -266,7 +266,7 @@ import Glibc
         let logs = LogCapture()
         let spool = try Spool(directory: dir.file("spool"), maxBytes: 256 << 20, logger: logs.logger("spool"))
         _ = try UploaderTests.spool(records, into: spool)
-        let client = try CollectorClient(configuration: TransportConfiguration(
+        let client = try CollectorClient(configuration: testTransport(
             serverURL: "https://127.0.0.1:\(port)", agentID: "kill-agent", agentToken: token,
             pins: [try pki.pin("leaf")], caFile: nil), logger: logs.logger("transport"))
         let uploader = Uploader(queue: spool, client: client,

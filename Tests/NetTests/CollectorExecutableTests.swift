@@ -68,7 +68,7 @@ import Wire
 
         let store = try SQLiteCollectorStore(path: dir.file("collector.db"))
         let token = try store.addAgent(id: "exe-agent")
-        let client = try CollectorClient(configuration: TransportConfiguration(
+        let client = try CollectorClient(configuration: testTransport(
             serverURL: "https://127.0.0.1:\(port)", agentID: "exe-agent", agentToken: token,
             pins: [try pki.pin("leaf")], caFile: nil), logger: LogCapture().logger("t"))
         #expect(try await client.health().activeKEKs == 0)

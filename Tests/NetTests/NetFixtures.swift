@@ -1,4 +1,5 @@
 import Collector
+import CustosBase
 import Envelope
 import Foundation
 import Logging
@@ -97,9 +98,11 @@ struct NetFixture {
     /// A client for this collector with the given trust settings (default: the leaf pin).
     func client(pins: [String]? = nil, caFile: String? = nil, host: String = "127.0.0.1", token: String? = nil,
                 agentID: String? = nil, logger: Logger? = nil) throws -> CollectorClient {
-        let config = try TransportConfiguration(serverURL: "https://\(host):\(collector.port)", agentID: agentID ?? self.agentID,
-                                                agentToken: token ?? self.token,
-                                                pins: try pins ?? [collector.pin], caFile: caFile)
+        let pinValues = try (try pins ?? [collector.pin]).map { p throws in try SPKIPin(p) }
+        let config = TransportConfiguration(server: try CollectorURL("https://\(host):\(collector.port)"),
+                                            agentID: try AgentID(agentID ?? self.agentID),
+                                            agentToken: Secret(token ?? self.token),
+                                            policy: try TLSPolicy(pins: pinValues, caFile: caFile))
         return try CollectorClient(configuration: config, logger: logger ?? logs.logger("transport"))
     }
 
@@ -111,6 +114,14 @@ struct NetFixture {
 let sharedMaterial: Result<(pki: TestPKI, kek: (publicKey: String, privateKey: String)), any Error> = Result {
     let dir = try TempDir("custos-net-shared")
     return (try makeTestPKI(in: dir.path), try makeTestKEK(in: dir.path))
+}
+
+/// A transport configuration from test strings, each parsed by its CustosBase validator
+/// (the same ones `AgentConfig` uses).
+func testTransport(serverURL: String, agentID: String, agentToken: String, pins: [String],
+                   caFile: String?) throws -> TransportConfiguration {
+    TransportConfiguration(server: try CollectorURL(serverURL), agentID: try AgentID(agentID), agentToken: Secret(agentToken),
+                           policy: try TLSPolicy(pins: try pins.map { p throws in try SPKIPin(p) }, caFile: caFile))
 }
 
 func stream(_ records: [EnvelopeRecord]) -> Data { RecordStream.encode(records) }

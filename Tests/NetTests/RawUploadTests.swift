@@ -94,7 +94,7 @@ extension NetFixture {
     func rawHead(_ requestLine: String = "POST \(WireAPI.recordsPath)", token: String? = nil, agent: String? = nil,
                  extra: [String]) -> String {
         (["\(requestLine) HTTP/1.1", "Host: 127.0.0.1",
-          "Authorization: \(WireAPI.authorization(agentID: agent ?? agentID, token: token ?? self.token))",
+          "Authorization: Bearer \(agent ?? agentID):\(token ?? self.token)",
           "Content-Type: \(WireAPI.recordsContentType)"] + extra).joined(separator: "\r\n") + "\r\n\r\n"
     }
 

@@ -130,7 +130,7 @@ import Wire
             let status = try await runCheckedOffPool([
                 "curl", "-sS", "--max-time", "60", "--cacert", sharedMaterial.get().pki.rootCertificate,
                 "--pinnedpubkey", pin, "-o", answerFile, "-w", "%{http_code}",
-                "-H", "Authorization: \(WireAPI.authorization(agentID: f.agentID, token: f.token))",
+                "-H", "Authorization: Bearer \(f.agentID):\(f.token)",
                 "-H", "Content-Type: \(WireAPI.recordsContentType)", "-H", "Transfer-Encoding: chunked",
                 "--data-binary", "@" + bodyFile, "https://127.0.0.1:\(f.collector.port)\(WireAPI.recordsPath)"])
             return (status.trimmingCharacters(in: .whitespacesAndNewlines),
@@ -180,8 +180,8 @@ import Wire
         #expect(cut.map(\.bytes.count) == [12, 10])
     }
 
-    @Test func authorizationHeader() {
-        let h = WireAPI.authorization(agentID: "host-1", token: "abc:def")
+    @Test func authorizationHeader() throws {
+        let h = WireAPI.authorization(agentID: try AgentID("host-1"), token: Secret("abc:def"))
         #expect(WireAPI.parseAuthorization(h)?.agentID == "host-1")
         #expect(WireAPI.parseAuthorization(h)?.token == "abc:def")
         #expect(WireAPI.parseAuthorization("Basic aG9zdDp0b2s=") == nil)
@@ -194,8 +194,11 @@ import Wire
         #expect(p.digest == [UInt8](repeating: 7, count: 32))
         #expect(throws: ValueError.self) { try SPKIPin("sha1/AAAA") }
         #expect(throws: ValueError.self) { try SPKIPin("sha256/" + Data(count: 20).base64EncodedString()) }
-        #expect(throws: TransportError.self) {
-            try TransportConfiguration(serverURL: "http://x:1", agentID: "a", agentToken: "t", pins: [], caFile: nil)
-        }
+        #expect(throws: ValueError.self) { try CollectorURL("http://x:1") }
+        // The token is a Secret: never in the configuration's description or dump.
+        let config = try testTransport(serverURL: "https://x:1", agentID: "a", agentToken: "S3CRET", pins: [], caFile: nil)
+        var dumped = ""
+        dump(config, to: &dumped)
+        #expect(!"\(config)".contains("S3CRET") && !dumped.contains("S3CRET"))
     }
 }

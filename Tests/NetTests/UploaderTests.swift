@@ -1,5 +1,6 @@
 import Collector
 import Envelope
+import CustosBase
 import Foundation
 import ServiceLifecycle
 import Spool
@@ -73,10 +74,44 @@ import Wire
         }
         #expect(try spool.stats().totalSpooled.count == 6)
         #expect(try f.storedCounts == (0, 0))
-        // A repeated error is logged once.
-        #expect(logs.count("upload failed; records stay spooled") == 1)
+        // A repeated error is logged once, naming the presented pin.
+        #expect(logs.count("error collector certificate refused") == 1, "\(logs.text)")
         #expect(logs.contains(try f.collector.pki.pin("leaf")))
         #expect(uploader.status.consecutiveFailures == 3)
+    }
+
+    /// Issue 12: a refused certificate was logged once per connection attempt (6 times in 12 s).
+    /// Through `run()`'s retries it is logged once per episode, and its recovery once, when the
+    /// collector with the pinned certificate takes over the port.
+    @Test func refusedCertificateIsLoggedOncePerEpisode() async throws {
+        let f = try await NetFixture.start("uploader-pin-episode", certificate: "selfSigned")
+        defer { Task { await f.stop() } }
+        let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 64 << 20, logger: f.logs.logger("spool"))
+        let (records, _) = try f.records(count: 5)
+        _ = try Self.spool(records, into: spool)
+        let logs = LogCapture()
+        let uploader = try Self.makeUploader(f, spool: spool, logs: logs, pins: [try f.collector.pki.pin("leaf")],
+                                             configuration: .init(idleInterval: .milliseconds(50),
+                                                                  initialBackoff: .milliseconds(50),
+                                                                  maxBackoff: .milliseconds(100), parallelRequests: 1))
+        let running = Task { try await uploader.run() }
+        #expect(try await waitUntil(timeout: 20) { uploader.status.consecutiveFailures >= 6 })
+        #expect(logs.count("collector certificate refused") >= 6, "repeats are still logged at debug")
+        #expect(logs.count("error collector certificate refused") == 1, "\(logs.text)")
+        #expect(logs.contains(try f.collector.pki.pin("selfSigned")))
+
+        // The right collector (the pinned certificate) on the same port and database.
+        await f.collector.stop()
+        let right = try await TestCollector.start(in: f.dir.path, pki: f.collector.pki, certificate: "leaf",
+                                                  port: f.collector.port, databasePath: f.collector.databasePath,
+                                                  logger: f.logs.logger("collector-2"))
+        defer { Task { await right.stop() } }
+        #expect(try await waitUntil(timeout: 20) { try spool.stats().totalSpooled.count == 0 }, "\(logs.text)")
+        try await Task.sleep(for: .milliseconds(300))
+        running.cancel()
+        _ = await running.result
+        #expect(logs.count("upload recovered") == 1, "\(logs.text)")
+        #expect(logs.count("error collector certificate refused") == 1)
     }
 
     /// The seed's flow: the agent's KEK is not in `encryption_kek`; uploads are refused with
@@ -346,7 +381,7 @@ import Wire
         let f = try await NetFixture.start("stall", maxInflightBytes: 1 << 20, idleTimeout: .seconds(4))
         defer { Task { await f.stop() } }
         let head = "POST \(WireAPI.recordsPath) HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + "Authorization: \(WireAPI.authorization(agentID: f.agentID, token: f.token))\r\n"
+            + "Authorization: Bearer \(f.agentID):\(f.token)\r\n"
             + "Content-Type: \(WireAPI.recordsContentType)\r\nContent-Length: 2000000\r\n\r\n0123456789"
         var said = ""
         // Up to three tries, in case a starved run lets the idle timer close the connection
@@ -393,7 +428,7 @@ import Wire
         let dir = try TempDir("custos-retry-after")
         defer { dir.remove() }
         let spool = try Spool(directory: dir.path, maxBytes: 8 << 20, logger: LogCapture().logger("spool"))
-        let client = try CollectorClient(configuration: TransportConfiguration(
+        let client = try CollectorClient(configuration: testTransport(
             serverURL: "https://127.0.0.1:1", agentID: "a", agentToken: "t", pins: ["sha256/" + String(repeating: "A", count: 43) + "="],
             caFile: nil), logger: LogCapture().logger("c"))
         let uploader = Uploader(queue: spool, client: client,
@@ -457,8 +492,8 @@ import Wire
         let dir = try TempDir("custos-backoff")
         defer { dir.remove() }
         let spool = try Spool(directory: dir.file("spool"), maxBytes: 1 << 20, logger: LogCapture().logger("spool"))
-        let config = try TransportConfiguration(serverURL: "https://127.0.0.1:9", agentID: "a", agentToken: "t",
-                                                pins: [], caFile: nil)
+        let config = try testTransport(serverURL: "https://127.0.0.1:9", agentID: "a", agentToken: "t",
+                                       pins: [], caFile: nil)
         let u = Uploader(queue: spool, client: try CollectorClient(configuration: config, logger: LogCapture().logger("t")),
                          configuration: f, logger: LogCapture().logger("u"))
         for _ in 0..<50 {

@@ -147,14 +147,41 @@ enum DisplayProbe {
     }
 
     /// Connects to `name` and runs the connection setup with the cookie from `xauthority`.
-    /// Returns the authority used (its cookie, if any, is what `XOpenDisplay` must send).
+    /// Returns the authority used (its cookie, if any, is what `XOpenDisplay` must send) and the
+    /// probe's still-open connection: keep it until `XOpenDisplay` has returned. A server that
+    /// resets when its last client leaves (Xvfb, Xvnc without `-noreset`) would otherwise reset
+    /// between the probe and Xlib's connection, and refuse it.
     /// - Throws: `CaptureError.displayUnavailable` with problem `.noServer` (naming the socket
     ///   and errno) or `.authorizationRefused` (quoting the server's reason and naming the
     ///   cookie file tried).
-    static func check(_ name: Name, xauthority: String?) throws -> XAuthority {
+    ///
+    /// A server that closes the connection before answering is resetting (its previous last
+    /// client just left): the probe tries again after 100 ms, at most ``resetRetries`` times.
+    static func check(_ name: Name, xauthority: String?) throws -> (XAuthority, connection: FileDescriptor) {
+        var closedDuringSetup = 0
+        while true {
+            do {
+                return try checkOnce(name, xauthority: xauthority)
+            } catch ProbeClosed.duringSetup where closedDuringSetup < resetRetries {
+                closedDuringSetup += 1
+                usleep(100_000)
+            } catch ProbeClosed.duringSetup {
+                throw CaptureError(.displayUnavailable,
+                                   "the X server at display \(name.shown) closed the connection during setup "
+                                   + "\(closedDuringSetup + 1) times (resetting?)", problem: .noServer)
+            }
+        }
+    }
+
+    /// How often a probe the server closed during setup is repeated.
+    static let resetRetries = 3
+
+    private enum ProbeClosed: Error { case duringSetup }
+
+    private static func checkOnce(_ name: Name, xauthority: String?) throws -> (XAuthority, connection: FileDescriptor) {
         let authority = XAuthority.find(xauthority: xauthority, host: name.host, number: name.number)
-        let fd = try connect(name)
-        defer { close(fd) }
+        let connection = FileDescriptor(takingOwnership: try connect(name))
+        let fd = connection.rawValue
         var request: [UInt8] = [0x6c, 0, 11, 0, 0, 0]  // 'l' (LSB first), unused, protocol 11.0
         let authName = authority.cookie == nil ? [] : Array("MIT-MAGIC-COOKIE-1".utf8)
         let authData = authority.cookie ?? []
@@ -163,17 +190,19 @@ enum DisplayProbe {
         u16(authName.count); u16(authData.count); u16(0)
         padded(authName); padded(authData)
         let what = "the X server at display \(name.shown)"
-        guard writeAll(fd, request) else {
-            throw CaptureError(.displayUnavailable, "\(what) closed the connection during setup (\(String(cString: strerror(errno))))",
-                               problem: .noServer)
-        }
-        guard let head = readExactly(fd, 8) else {
+        guard writeAll(fd, request) else { throw ProbeClosed.duringSetup }
+        let head: [UInt8]
+        switch readExactly(fd, 8) {
+        case .bytes(let b): head = b
+        case .closed: throw ProbeClosed.duringSetup
+        case .timedOut:
             throw CaptureError(.displayUnavailable, "\(what) did not answer the connection setup within \(answerTimeoutMs) ms",
                                problem: .noServer)
         }
-        if head[0] == 1 { return authority }
+        if head[0] == 1 { return (authority, connection) }
         let extra = (Int(head[6]) | Int(head[7]) << 8) * 4
-        let body = readExactly(fd, extra) ?? []
+        let body: [UInt8]
+        if case .bytes(let b) = readExactly(fd, extra) { body = b } else { body = [] }
         let reason = head[0] == 0 ? body.prefix(Int(head[1])) : body.prefix { $0 != 0 }
         let said = String(decoding: reason, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         throw CaptureError(.displayUnavailable,
@@ -254,8 +283,10 @@ enum DisplayProbe {
         return true
     }
 
-    /// Reads `count` bytes, waiting at most `answerTimeoutMs` in all; nil on EOF or timeout.
-    private static func readExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
+    private enum ReadResult { case bytes([UInt8]), closed, timedOut }
+
+    /// Reads `count` bytes, waiting at most `answerTimeoutMs` in all.
+    private static func readExactly(_ fd: Int32, _ count: Int) -> ReadResult {
         var out = [UInt8]()
         let deadline = Date().addingTimeInterval(Double(answerTimeoutMs) / 1000)
         var buffer = [UInt8](repeating: 0, count: max(count, 1))
@@ -264,12 +295,12 @@ enum DisplayProbe {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let ready = poll(&pfd, 1, left)
             if ready < 0 && errno == EINTR { continue }
-            guard ready > 0 else { return nil }
+            guard ready > 0 else { return .timedOut }
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, count - out.count, 0) }
             if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return nil }
+            guard n > 0 else { return .closed }
             out += buffer[0..<n]
         }
-        return out
+        return .bytes(out)
     }
 }

@@ -87,9 +87,10 @@ final class X11Display {
     init(name: String?, xauthority: String?) throws {
         _ = XErrorState.installed
         let parsed = try DisplayProbe.name(name)
-        let authority = try DisplayProbe.check(parsed, xauthority: xauthority)
+        let (authority, probeConnection) = try DisplayProbe.check(parsed, xauthority: xauthority)
         let displayName = name ?? ProcessInfo.processInfo.environment["DISPLAY"] ?? ""
-        let opened: OpaquePointer? = XErrorState.openLock.withLock { _ in
+        // The probe's connection stays open until Xlib's is made (see DisplayProbe.check).
+        let opened: OpaquePointer? = withExtendedLifetime(probeConnection) { XErrorState.openLock.withLock { _ in
             guard var cookie = authority.cookie.map({ $0.map { CChar(bitPattern: $0) } }) else {
                 return XOpenDisplay(displayName)
             }
@@ -98,7 +99,7 @@ final class X11Display {
             XSetAuthorization(&method, Int32(method.count - 1), &cookie, Int32(cookie.count))
             defer { XSetAuthorization(nil, 0, nil, 0) }
             return XOpenDisplay(displayName)
-        }
+        } }
         guard let opened else {
             // The probe passed a moment ago: the server went away or changed its mind since.
             throw CaptureError(.displayUnavailable,

@@ -40,6 +40,33 @@ func unusedDisplay() -> String {
 
 @Suite("X display problems: which one, said once")
 struct DisplayProblemTests {
+    @Test("a server that resets when its last client leaves: the probe's connection is held until Xlib's is made")
+    func serverThatResetsIsNotLostBetweenProbeAndOpen() throws {
+        // The packaged agent under its unit met this: an Xvfb without -noreset and no other
+        // client reset when a probe disconnected, and the XOpenDisplay that followed failed.
+        // Two connections open at the same time, as screen and keystroke capture do at start
+        // (both open through X11Display; keystroke recorders are left out because two XRecord
+        // contexts started and stopped at once in one process can corrupt libXtst's heap).
+        let xvfb = try Xvfb(resets: true)
+        let (logger, log) = LineLog.make()
+        let failures = Mutex<[String]>([])
+        for _ in 0..<10 {
+            let health = DisplayHealth(logger: logger)
+            DispatchQueue.concurrentPerform(iterations: 2) { _ in
+                do {
+                    let capturer = try ScreenCapturer(display: xvfb.name, xauthority: "/dev/null", pngLevel: 1,
+                                                      logger: logger, health: health)
+                    if let e = capturer.connectError { failures.withLock { $0.append("\(e)") } }
+                } catch {
+                    failures.withLock { $0.append("\(error)") }
+                }
+            }
+            usleep(500_000)  // everyone has left: the server resets before the next round
+        }
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 })")
+        #expect(log.lines(atLeast: .warning).isEmpty, "\(log.lines(atLeast: .warning))")
+    }
+
     @Test("no server at the display: 'no X server' naming the socket; logged once over many attempts of both paths")
     func noServerLoggedOnce() throws {
         let display = unusedDisplay()

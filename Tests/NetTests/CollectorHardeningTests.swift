@@ -166,7 +166,7 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         try Data().write(to: URL(fileURLWithPath: release))
         _ = holder.waitExit(timeout: 30)
 
-        let client = try CollectorClient(configuration: TransportConfiguration(
+        let client = try CollectorClient(configuration: testTransport(
             serverURL: "https://127.0.0.1:\(port)", agentID: "emfile-agent", agentToken: token,
             pins: [try pki.pin("leaf")], caFile: nil), logger: LogCapture().logger("t"))
         defer { Task { await client.close() } }

@@ -59,41 +59,20 @@ public enum FramePayload {
 
     /// Encodes `meta` and the PNG bytes `png` into one payload (plaintext, to be sealed).
     public static func encode(_ meta: FrameMetadata, png: Data) -> Data {
-        let json = canonicalJSON(meta)
-        var out = Data(capacity: 9 + json.count + png.count)
-        out.append(contentsOf: magic)
-        out.append(version)
-        appendBigEndian(UInt32(json.count), to: &out)
-        out.append(json)
-        out.append(png)
-        return out
+        FramedPayload.encode(magic: magic, version: version, json: canonicalJSON(meta), body: png)
     }
 
     /// Decodes a payload made by `encode`.
     /// - Throws: `CaptureFormatError` naming the field when the magic, version, length,
     ///   metadata JSON or PNG signature is not what the format expects.
     public static func decode(_ data: Data) throws -> (FrameMetadata, png: Data) {
-        let bytes = [UInt8](data.prefix(9))
-        guard bytes.count == 9 else {
-            throw CaptureFormatError("frame payload: \(data.count) bytes is shorter than the 9-byte header")
-        }
-        guard Array(bytes[0..<4]) == magic else { throw CaptureFormatError("frame payload: magic is not \"CFRM\"") }
-        guard bytes[4] == version else {
-            throw CaptureFormatError("frame payload: version \(bytes[4]) is not supported (expected \(version))")
-        }
-        let length = Int(bytes[5]) << 24 | Int(bytes[6]) << 16 | Int(bytes[7]) << 8 | Int(bytes[8])
-        guard data.count >= 9 + length else {
-            throw CaptureFormatError("frame payload: metadata length \(length) exceeds the \(data.count - 9) bytes left")
-        }
-        let start = data.startIndex
-        let json = data[(start + 9)..<(start + 9 + length)]
+        let (json, png) = try FramedPayload.decode(data, magic: magic, version: version, name: "frame payload")
         let meta: FrameMetadata
         do {
             meta = try JSONDecoder().decode(FrameMetadata.self, from: json)
         } catch {
             throw CaptureFormatError("frame payload: metadata is not FrameMetadata JSON (\(error))")
         }
-        let png = Data(data[(start + 9 + length)...])
         guard png.count >= 8, Array(png.prefix(8)) == pngSignature else {
             throw CaptureFormatError("frame payload: image does not start with the PNG signature")
         }
@@ -186,6 +165,42 @@ public enum KeyToken {
     /// The text a literal character is recorded as (`[` is doubled).
     public static func literal(_ text: String) -> String {
         text == "[" ? "[[" : text
+    }
+}
+
+/// The framing both binary payloads share: a 4-byte magic, a version byte, a big-endian u32
+/// length M, M bytes of metadata JSON, then the body (docs/CAPTURE.md).
+enum FramedPayload {
+    static func encode(magic: [UInt8], version: UInt8, json: Data, body: some Collection<UInt8>) -> Data {
+        var out = Data(capacity: 9 + json.count + body.count)
+        out.append(contentsOf: magic)
+        out.append(version)
+        appendBigEndian(UInt32(json.count), to: &out)
+        out.append(json)
+        out.append(contentsOf: body)
+        return out
+    }
+
+    /// The metadata JSON and the body of `data`.
+    /// - Throws: ``CaptureFormatError`` starting with `name` when the header is short or its
+    ///   magic, version or length is wrong.
+    static func decode(_ data: Data, magic: [UInt8], version: UInt8, name: String) throws -> (json: Data, body: Data) {
+        let head = [UInt8](data.prefix(9))
+        guard head.count == 9 else {
+            throw CaptureFormatError("\(name): \(data.count) bytes is shorter than the 9-byte header")
+        }
+        guard Array(head[0..<4]) == magic else {
+            throw CaptureFormatError("\(name): magic is not \"\(String(decoding: magic, as: UTF8.self))\"")
+        }
+        guard head[4] == version else {
+            throw CaptureFormatError("\(name): version \(head[4]) is not supported (expected \(version))")
+        }
+        let length = Int(head[5]) << 24 | Int(head[6]) << 16 | Int(head[7]) << 8 | Int(head[8])
+        guard data.count >= 9 + length else {
+            throw CaptureFormatError("\(name): metadata length \(length) exceeds the \(data.count - 9) bytes left")
+        }
+        let start = data.startIndex
+        return (data[(start + 9)..<(start + 9 + length)], Data(data[(start + 9 + length)...]))
     }
 }
 

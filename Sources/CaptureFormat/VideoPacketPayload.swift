@@ -65,36 +65,17 @@ public enum VideoPacketPayload {
 
     /// Encodes the metadata and the packet bytes into one payload (plaintext, to be sealed).
     public static func encode(_ meta: VideoPacketMetadata, packet: some Collection<UInt8>) -> Data {
-        let json = canonicalJSON(meta)
-        var out = Data(capacity: 9 + json.count + packet.count)
-        out.append(contentsOf: magic)
-        out.append(version)
-        appendBigEndian(UInt32(json.count), to: &out)
-        out.append(json)
-        out.append(contentsOf: packet)
-        return out
+        FramedPayload.encode(magic: magic, version: version, json: canonicalJSON(meta), body: packet)
     }
 
     /// Decodes a payload made by ``encode(_:packet:)``.
     /// - Throws: ``CaptureFormatError`` naming the field: magic, version, metadata length or JSON,
     ///   a value out of range (size, index, stream id), or an empty packet.
     public static func decode(_ data: Data) throws -> (VideoPacketMetadata, packet: Data) {
-        let head = [UInt8](data.prefix(9))
-        guard head.count == 9 else {
-            throw CaptureFormatError("video packet payload: \(data.count) bytes is shorter than the 9-byte header")
-        }
-        guard Array(head[0..<4]) == magic else { throw CaptureFormatError("video packet payload: magic is not \"CVPK\"") }
-        guard head[4] == version else {
-            throw CaptureFormatError("video packet payload: version \(head[4]) is not supported (expected \(version))")
-        }
-        let length = Int(head[5]) << 24 | Int(head[6]) << 16 | Int(head[7]) << 8 | Int(head[8])
-        guard data.count >= 9 + length else {
-            throw CaptureFormatError("video packet payload: metadata length \(length) exceeds the \(data.count - 9) bytes left")
-        }
-        let start = data.startIndex
+        let (json, packet) = try FramedPayload.decode(data, magic: magic, version: version, name: "video packet payload")
         let meta: VideoPacketMetadata
         do {
-            meta = try JSONDecoder().decode(VideoPacketMetadata.self, from: data[(start + 9)..<(start + 9 + length)])
+            meta = try JSONDecoder().decode(VideoPacketMetadata.self, from: json)
         } catch {
             throw CaptureFormatError("video packet payload: metadata is not VideoPacketMetadata JSON (\(error))")
         }
@@ -109,7 +90,6 @@ public enum VideoPacketPayload {
         guard meta.streamID.utf8.count == 32, meta.streamID.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
             throw CaptureFormatError("video packet payload: streamID is not 32 lowercase hex digits")
         }
-        let packet = Data(data[(start + 9 + length)...])
         guard !packet.isEmpty else { throw CaptureFormatError("video packet payload: no packet bytes") }
         return (meta, packet)
     }

@@ -40,33 +40,6 @@ func unusedDisplay() -> String {
 
 @Suite("X display problems: which one, said once")
 struct DisplayProblemTests {
-    @Test("a server that resets when its last client leaves: the probe's connection is held until Xlib's is made")
-    func serverThatResetsIsNotLostBetweenProbeAndOpen() throws {
-        // The packaged agent under its unit met this: an Xvfb without -noreset and no other
-        // client reset when a probe disconnected, and the XOpenDisplay that followed failed.
-        // Two connections open at the same time, as screen and keystroke capture do at start
-        // (both open through X11Display; keystroke recorders are left out because two XRecord
-        // contexts started and stopped at once in one process can corrupt libXtst's heap).
-        let xvfb = try Xvfb(resets: true)
-        let (logger, log) = LineLog.make()
-        let failures = Mutex<[String]>([])
-        for _ in 0..<10 {
-            let health = DisplayHealth(logger: logger)
-            DispatchQueue.concurrentPerform(iterations: 2) { _ in
-                do {
-                    let capturer = try ScreenCapturer(display: xvfb.name, xauthority: "/dev/null", pngLevel: 1,
-                                                      logger: logger, health: health)
-                    if let e = capturer.connectError { failures.withLock { $0.append("\(e)") } }
-                } catch {
-                    failures.withLock { $0.append("\(error)") }
-                }
-            }
-            usleep(500_000)  // everyone has left: the server resets before the next round
-        }
-        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 })")
-        #expect(log.lines(atLeast: .warning).isEmpty, "\(log.lines(atLeast: .warning))")
-    }
-
     @Test("no server at the display: 'no X server' naming the socket; logged once over many attempts of both paths")
     func noServerLoggedOnce() throws {
         let display = unusedDisplay()
@@ -152,8 +125,15 @@ struct DisplayProblemTests {
         }
         #expect(log.lines(atLeast: .warning).count == 1, "\(log.lines(atLeast: .notice))")
         try runChecked(["xauth", "-f", later, "add", xvfb.name, "MIT-MAGIC-COOKIE-1", cookie])
-        usleep(15_000)
-        #expect(try capturer.captureAll().count == 1)
+        // The next reconnect attempt (10 ms backoff) succeeds; under a busy test pool it may
+        // take a few tries before one falls after the file is written.
+        var frames: [FrameCapture] = []
+        let deadline = Date().addingTimeInterval(10)
+        while frames.isEmpty && Date() < deadline {
+            usleep(15_000)
+            frames = (try? capturer.captureAll()) ?? []
+        }
+        #expect(frames.count == 1)
         let recorder = try KeystrokeRecorder(display: xvfb.name, xauthority: later, idleMs: 100, maxKeysPerChunk: 10,
                                              logger: logger, health: health)
         try recorder.start()

@@ -15,8 +15,6 @@ public final class Xvfb: @unchecked Sendable {
     public let height: Int
     public let depth: Int
     public let extraArgs: [String]
-    /// Whether the server resets when its last client disconnects (started without `-noreset`).
-    public let resets: Bool
     /// The display number (`:number`).
     public private(set) var number: Int = -1
     private var process: Process?
@@ -26,17 +24,14 @@ public final class Xvfb: @unchecked Sendable {
     public var name: String { ":\(number)" }
 
     /// Starts Xvfb with one screen of `width`×`height` pixels at `depth` bits (8, 16, 24),
-    /// plus `extraArgs` (for example `["-extension", "MIT-SHM"]`). With `resets`, the server
-    /// is started without `-noreset`, as some real X servers run: it resets whenever its last
-    /// client disconnects.
+    /// plus `extraArgs` (for example `["-extension", "MIT-SHM"]`).
     /// - Throws: when Xvfb is not installed (see `requireTool`) or does not come up within 10 s.
-    public init(width: Int = 640, height: Int = 480, depth: Int = 24, extraArgs: [String] = [], resets: Bool = false) throws {
+    public init(width: Int = 640, height: Int = 480, depth: Int = 24, extraArgs: [String] = []) throws {
         try requireTool("Xvfb")
         self.width = width
         self.height = height
         self.depth = depth
         self.extraArgs = extraArgs
-        self.resets = resets
         try start(display: nil)
     }
 
@@ -97,8 +92,7 @@ public final class Xvfb: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         var args = ["Xvfb"]
         if let display { args.append(":\(display)") }
-        args += ["-displayfd", "1", "-screen", "0", "\(width)x\(height)x\(depth)", "-nolisten", "tcp"]
-        if !resets { args.append("-noreset") }
+        args += ["-displayfd", "1", "-screen", "0", "\(width)x\(height)x\(depth)", "-nolisten", "tcp", "-noreset"]
         args += extraArgs
         process.arguments = args
         let out = Pipe()

@@ -82,7 +82,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
-            "Wire", "Spool", "COpenSSL", "CustosBase",
+            "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "NIOCore", package: "swift-nio"),

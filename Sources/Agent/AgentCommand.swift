@@ -4,6 +4,7 @@ import Envelope
 import Foundation
 import Logging
 import Spool
+import Transport
 
 /// `custos-agent`: the Custos endpoint daemon and its diagnostics.
 ///
@@ -109,6 +110,7 @@ struct StatusCommand: AsyncParsableCommand {
         print("sealing:          \(state(AgentState.sealing))")
         print("spool:            \(config.spoolDir)")
         print(StatusFormatter.spool(stats))
+        print(StatusFormatter.stranded(StrandedRecords.load(from: spool)))
         print("last upload:      \(StatusFormatter.time(state(AgentState.lastUploadMs)))")
         try? spool.close()
     }
@@ -143,6 +145,14 @@ enum StatusFormatter {
             c.bytes > 0 ? "\(r) \(c.count) (\(c.bytes) bytes)" : "\(r) \(c.count)"
         }
         return "\(total.count) captures (\(reasons.joined(separator: ", ")))"
+    }
+    /// Records sealed under another agent id (the collector refuses them), from the agent's last
+    /// scan: `stranded:         0`, or one line per sealing id.
+    static func stranded(_ s: StrandedRecords?) -> String {
+        let lines = s?.lines ?? []
+        guard !lines.isEmpty else { return "stranded:         0" }
+        return lines.map { "stranded:         " + $0 }.joined(separator: "\n")
+            + "\n                  (set agent-id back to that id, with its agent-token, until they drain)"
     }
     /// Multi-line spool summary. The `spooled:` line's first number is the total record count.
     static func spool(_ s: SpoolStats) -> String {

@@ -1,3 +1,4 @@
+import CustosBase
 import CustosConfig
 import Envelope
 import Foundation
@@ -22,6 +23,7 @@ struct AgentRunner {
     func run() async throws {
         let spool = try Spool(directory: config.spoolDir, maxBytes: Int64(config.spoolMaxMB) << 20, logger: logger)
         defer { try? spool.close() }
+        noteStranded(spool)
         let sealer = Sealer(config: config, sink: spool, logger: logger)
         let uploader = try makeUploader(spool: spool)
         let capture = CaptureService(config: config, sealer: sealer, logger: logger)
@@ -48,6 +50,32 @@ struct AgentRunner {
         watcher.recordUploadState()
         SystemdNotify.send("STOPPING=1")
         logger.info("stopped")
+    }
+
+    /// Finds spooled records sealed under another agent id than the configured one (the collector
+    /// refuses them `agent-mismatch`) and stores the finding for `status`. When `agent-id=` changed
+    /// since the last run, the records sealed under the id now configured are made leasable at
+    /// once (an earlier refusal delayed them by an hour): setting the old id back drains them now.
+    private func noteStranded(_ spool: Spool) {
+        do {
+            let previous = StrandedRecords.load(from: spool)
+            let sealers = try StrandedRecords.sealers(in: spool)
+            if let previous, previous.configured != config.agentID.rawValue,
+               let groups = sealers[config.agentID.rawValue] {
+                let n = try spool.retryNow(dekIDs: groups.map(\.dekID))
+                if n > 0 {
+                    logger.notice("agent-id changed: records sealed under it are retried now",
+                                  metadata: ["agent.id": "\(SafeText.escaped(config.agentID.rawValue))",
+                                             "previous.agent_id": "\(SafeText.escaped(previous.configured))",
+                                             "spool.records": "\(n)"])
+                }
+            }
+            let scan = try StrandedRecords.scan(spool, configured: config.agentID)
+            try scan.save(to: spool)
+        } catch {
+            logger.warning("cannot check the spool for records sealed under another agent id",
+                           metadata: ["spool.error": "\(error)"])
+        }
     }
 
     /// The upload loop, or nil (with a warning) when no `server-url` is configured.

@@ -4,6 +4,7 @@ import CustosConfig
 import Envelope
 import Foundation
 import Logging
+import Spool
 import Transport
 
 /// `custos-agent --check-config`: validates the config, the KEK in force, the pins and CA, connects
@@ -58,7 +59,22 @@ enum CheckConfig {
         }
         let spool = probeSpoolDirectory(config.spoolDir)
         line(spool.ok, "spool-dir", "\(config.spoolDir): \(spool.detail)")
+        if let stranded = strandedRecords(config) {
+            for text in stranded.lines {
+                line(false, "spool", text + "; set agent-id back to that id (with its agent-token) until they drain",
+                     required: false)
+            }
+        }
         return ok
+    }
+
+    /// Records in an existing spool sealed under another agent id than `agent-id` (the collector
+    /// refuses them `agent-mismatch`), read through the spool's read-only open: one header per
+    /// DEK. Nil when there is no spool yet or it cannot be read (the daemon reports that).
+    static func strandedRecords(_ config: AgentConfig) -> StrandedRecords? {
+        guard let spool = try? Spool.openReadOnly(directory: config.spoolDir) else { return nil }
+        defer { try? spool.close() }
+        return try? StrandedRecords.scan(spool, configured: config.agentID)
     }
 
     /// Connects to the collector through the daemon's own connect path (``CollectorClient/probe(timeout:)``).

@@ -736,6 +736,48 @@ public final class Spool: Sendable {
         }
     }
 
+    /// The spooled records grouped by the DEK they are sealed under (every record of one DEK
+    /// carries the same Envelope header fields but its id), each group with the payload of its
+    /// smallest record, so a caller can read the header (e.g. the agent id) without loading the
+    /// whole spool: one pass over the rows (sizes and DEK ids only) plus one payload per DEK.
+    /// Works on read-only spools.
+    /// - Throws: `SpoolError` `.busy`, `.closed`, `.sqlite`.
+    public func dekGroups() throws -> [SpoolDEKGroup] {
+        try checkOpen()
+        return try mapped {
+            try dbQueue.read { db in
+                let rows = try Row.fetchAll(db, sql: """
+                    SELECT dek_id, count(*) AS n, total(size) AS bytes, min(size) AS smallest
+                    FROM record GROUP BY dek_id ORDER BY min(capture_ms)
+                    """)
+                let sample = try db.cachedStatement(sql: "SELECT payload FROM record WHERE dek_id = ? AND size = ? LIMIT 1")
+                return try rows.compactMap { row -> SpoolDEKGroup? in
+                    let dekID: Data = row["dek_id"]
+                    guard let payload = try Data.fetchOne(sample, arguments: [dekID, row["smallest"] as Int64]) else { return nil }
+                    return SpoolDEKGroup(dekID: dekID, records: SpoolCount(count: row["n"], bytes: Int64(row["bytes"] as Double)),
+                                         samplePayload: payload)
+                }
+            }
+        }
+    }
+
+    /// Makes every record sealed under one of `dekIDs` leasable at once (clears the retry delay
+    /// a refusal set), e.g. after the configuration changed so the collector will now accept them.
+    /// Returns the number of records changed.
+    /// - Throws: `SpoolError` `.busy`, `.readOnly`, `.closed`, `.sqlite`.
+    @discardableResult
+    public func retryNow(dekIDs: [Data]) throws -> Int {
+        try checkWritable()
+        guard !dekIDs.isEmpty else { return 0 }
+        return try mapped {
+            try writeTransaction { db in
+                try db.execute(sql: "UPDATE record SET next_attempt_ms = 0 WHERE next_attempt_ms > 0 AND dek_id IN ("
+                               + dekIDs.map { _ in "?" }.joined(separator: ",") + ")", arguments: StatementArguments(dekIDs))
+                return db.changesCount
+            }
+        }
+    }
+
     /// Writes pending counters, checkpoints and truncates the WAL, closes the database and
     /// releases the writer lock. Later calls throw `.closed`; closing twice is a no-op.
     public func close() throws {

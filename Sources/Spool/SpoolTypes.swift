@@ -108,6 +108,16 @@ public struct SpoolStats: Sendable, Codable, Equatable {
     }
 }
 
+/// Spooled records sealed under one DEK (``Spool/dekGroups()``).
+public struct SpoolDEKGroup: Sendable, Equatable {
+    /// The 16-byte DEK id.
+    public var dekID: Data
+    /// Its records now in the spool and their payload bytes.
+    public var records: SpoolCount
+    /// The sealed bytes of its smallest record (an Envelope record; its header names the agent).
+    public var samplePayload: Data
+}
+
 /// Why a capture was not kept. The raw value names its counter (`dropped.<raw>.count` and
 /// `.bytes` in the spool's counter table) and is what `custos-agent status` prints.
 public struct DropReason: RawRepresentable, Hashable, Sendable, Codable, CodingKeyRepresentable,

@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 import Spool
 
@@ -15,5 +16,13 @@ extension Spool: UploadQueue {
     /// `retryAfter == nil` releases for an immediate retry: the uploader paces attempts itself.
     public func giveBack(_ ids: [Data], retryAfter: Duration?) async throws {
         try release(ids, retryAfter: retryAfter ?? .zero)
+    }
+
+    /// Scans the spool (one header per DEK) and stores the result under
+    /// ``StrandedRecords/stateKey`` for `custos-agent status`.
+    public func noteStranded(configured: AgentID) async throws -> StrandedRecords? {
+        let scan = try StrandedRecords.scan(self, configured: configured)
+        try scan.save(to: self)
+        return scan
     }
 }

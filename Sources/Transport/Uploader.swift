@@ -16,6 +16,14 @@ public protocol UploadQueue: Sendable {
     func acknowledge(_ ids: [Data]) async throws
     /// Returns entries to the queue; they are not leased again before `retryAfter` (nil: at once).
     func giveBack(_ ids: [Data], retryAfter: Duration?) async throws
+    /// Called after the collector refused records `agent-mismatch`: finds every queued record
+    /// sealed under another agent id than `configured` and records the finding for `status`.
+    /// Returns it, or nil when the queue cannot tell (the default).
+    func noteStranded(configured: AgentID) async throws -> StrandedRecords?
+}
+
+extension UploadQueue {
+    public func noteStranded(configured: AgentID) async throws -> StrandedRecords? { nil }
 }
 
 /// Upload loop settings (defaults in parentheses).
@@ -125,6 +133,9 @@ public final class Uploader: Service, Sendable {
     private let state = Mutex(State())
     /// Failed attempts are logged once per kind, and the recovery once.
     private let errors = RepeatedErrorLog()
+    /// Records refused `agent-mismatch` (sealed under another agent id): logged once per set of
+    /// sealing agent ids, however often they are retried.
+    private let stranded = RepeatedErrorLog()
 
     public init(queue: any UploadQueue, client: CollectorClient, configuration: UploaderConfiguration = .init(),
                 logger: Logger) {
@@ -189,6 +200,7 @@ public final class Uploader: Service, Sendable {
         }
         var ack: [Data] = [], retrySoon: [Data] = [], retryLate: [Data] = [], unanswered: [Data] = []
         var newReasons: [(RefusalReason, String)] = []
+        var mismatched: [SpoolEntry] = []
         for (i, entry) in entries.enumerated() {
             guard let v = verdicts[i] else { unanswered.append(entry.id); continue }
             switch v.status {
@@ -198,7 +210,7 @@ public final class Uploader: Service, Sendable {
                 let reason = v.reason ?? .malformed
                 summary.refused[reason, default: 0] += 1
                 if v.retryable ?? false { retrySoon.append(entry.id) } else { retryLate.append(entry.id) }
-                newReasons.append((reason, v.message ?? ""))
+                if reason == .agentMismatch { mismatched.append(entry) } else { newReasons.append((reason, v.message ?? "")) }
             }
         }
         summary.unanswered = unanswered.count
@@ -217,6 +229,7 @@ public final class Uploader: Service, Sendable {
             do { try await release(ids, after: after) } catch { failure = failure ?? error }
         }
         logRefusals(newReasons, summary: summary)
+        await noteAgentMismatch(mismatched, on: lane)
         if let failure { throw failure }
         return summary
     }
@@ -243,6 +256,38 @@ public final class Uploader: Service, Sendable {
                 "transport.reason": "\(reason.rawValue)", "transport.count": "\(summary.refused[reason] ?? 0)",
                 "transport.detail": "\(SafeText.escaped(message))"])
         }
+    }
+
+    /// Records refused `agent-mismatch` were sealed under another agent id than the one this
+    /// agent now uploads as (`agent-id=` changed): they can never be accepted under it. Rescans
+    /// the queue (for `status`) and logs once per set of sealing ids which ids, the configured
+    /// one and what to do. The records stay spooled (retried after `permanentRefusalDelay`).
+    private func noteAgentMismatch(_ entries: [SpoolEntry], on lane: CollectorClient) async {
+        guard !entries.isEmpty else { return }
+        let configured = lane.configuration.agentID
+        var sealers = Set(entries.compactMap { StrandedRecords.agentID(ofRecord: $0.payload) })
+        var count = entries.count, bytes = Int64(entries.reduce(0) { $0 + $1.payload.count })
+        do {
+            if let scan = try await queue.noteStranded(configured: configured), !scan.sealedUnder.isEmpty {
+                sealers.formUnion(scan.sealedUnder.keys)
+                count = scan.sealedUnder.values.reduce(0) { $0 + $1.count }
+                bytes = scan.sealedUnder.values.reduce(0) { $0 + $1.bytes }
+            }
+        } catch {
+            logger.warning("cannot count the records sealed under another agent id",
+                           metadata: ["transport.error": "\(error)"])
+        }
+        let ids = sealers.sorted()
+        let names = ids.isEmpty ? "another agent id" : ids.map { SafeText.quoted($0) }.joined(separator: ", ")
+        let old = ids.count == 1 ? "agent-id=\(SafeText.escaped(ids[0]))" : "agent-id= to the id they were sealed under"
+        stranded.failure("collector refuses spooled records (agent-mismatch): they were sealed under agent-id \(names) "
+                         + "but agent-id is now \(SafeText.quoted(configured.rawValue)); they cannot be re-sealed and stay "
+                         + "spooled, retried hourly. To upload them, set \(old) again (with that agent's agent-token) "
+                         + "until `custos-agent status` shows no stranded records, then switch back",
+                         key: "agent-mismatch|" + ids.joined(separator: ","),
+                         metadata: ["transport.reason": "agent-mismatch", "transport.count": "\(count)",
+                                    "transport.bytes": "\(bytes)"],
+                         logger: logger)
     }
 
     private func noteSuccess(_ summary: UploadSummary) {

@@ -95,8 +95,9 @@ import Wire
                                                                   initialBackoff: .milliseconds(50),
                                                                   maxBackoff: .milliseconds(100), parallelRequests: 1))
         let running = Task { try await uploader.run() }
-        #expect(try await waitUntil(timeout: 20) { uploader.status.consecutiveFailures >= 6 })
-        #expect(logs.count("collector certificate refused") >= 6, "repeats are still logged at debug")
+        // Three refused attempts at least (a loaded 2-core test run managed two in 20 s).
+        #expect(try await waitUntil(timeout: 60) { uploader.status.consecutiveFailures >= 3 })
+        #expect(logs.count("collector certificate refused") >= 3, "repeats are still logged at debug")
         #expect(logs.count("error collector certificate refused") == 1, "\(logs.text)")
         #expect(logs.contains(try f.collector.pki.pin("selfSigned")))
 

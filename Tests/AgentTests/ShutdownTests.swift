@@ -63,7 +63,8 @@ import TestSupport
         Self.expectCleanStop(rig.agent!)
     }
 
-    /// SIGTERM ends `agent` with status 0 within 3 s, with no cancellation overrun (which
+    /// SIGTERM ends `agent` with status 0 within 4.5 s (its own budget is 1.8 s graceful + 0.5 s
+    /// cancellation; slack for a loaded machine), with no cancellation overrun (which
     /// swift-service-lifecycle turns into a SIGILL crash).
     static func expectCleanStop(_ agent: BackgroundProcess) {
         let start = Date()
@@ -71,7 +72,7 @@ import TestSupport
         let status = agent.waitExit(timeout: 10)
         let took = Date().timeIntervalSince(start)
         #expect(status == 0, "exit \(String(describing: status)) after \(took) s; log: \(agent.log.suffix(2500))")
-        #expect(took < 3, "SIGTERM took \(took) s")
+        #expect(took < 4.5, "SIGTERM took \(took) s")
         #expect(!agent.log.contains("Cancellation took longer"))
     }
 }

@@ -34,7 +34,7 @@ enum CheckConfig {
             line(config.agentToken != nil, "agent-token", config.agentToken != nil ? "set" : "missing: uploads will be refused")
             let detail = "\(config.serverPins.count) pin(s)\(config.serverCA.map { ", CA \($0)" } ?? "")"
             let (good, what) = await probe(url, config: config)
-            line(good, "server", "\(url): \(what) (\(detail))")
+            line(good, "server", good ? "\(url): \(what) (\(detail))" : "\(url): \(what)")
             if config.serverPins.isEmpty && config.serverCA == nil {
                 line(true, "server-pin", "none: the collector must have a certificate the system trusts", required: false)
             }

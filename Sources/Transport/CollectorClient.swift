@@ -333,6 +333,10 @@ public actor CollectorClient {
             if NIODeadline.now() >= deadline {
                 throw TransportError(.handshake, "collector \(host):\(port): no TLS handshake within \(Self.seconds(deadline - start))")
             }
+            if let io = error as? IOError, [ECONNRESET, EPIPE].contains(io.errnoCode) {
+                throw TransportError(.handshake, "collector \(host):\(port): the connection was closed during the TLS handshake "
+                                     + "(the collector may be at its max-connections limit, or the port may not speak TLS)")
+            }
             throw TransportError(.handshake, "collector \(host):\(port): TLS handshake failed: \(error)")
         }
     }

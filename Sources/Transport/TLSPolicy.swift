@@ -52,12 +52,20 @@ public struct TLSPolicy: Sendable {
     public init(pins: [SPKIPin], caFile: String?) throws(TransportError) {
         var ders: [[UInt8]] = []
         if let caFile {
-            do {
-                for c in try NIOSSLCertificate.fromPEMFile(caFile) { ders.append(try c.toDERBytes()) }
-            } catch {
-                throw TransportError(.configuration, "server-ca '\(caFile)': cannot read PEM certificates: \(error)")
+            let shown = SafeText.quoted(caFile)
+            // The file's own problem first (NIOSSL reports only "failedToLoadCertificate").
+            let bytes: Data
+            do { bytes = try Data(contentsOf: URL(fileURLWithPath: caFile)) } catch {
+                let reason = ((error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
+                throw TransportError(.configuration, "server-ca \(shown): cannot be read (\(reason ?? "\(error)"))")
             }
-            if ders.isEmpty { throw TransportError(.configuration, "server-ca '\(caFile)': no certificate found") }
+            do {
+                for c in try NIOSSLCertificate.fromPEMBytes(Array(bytes)) { ders.append(try c.toDERBytes()) }
+            } catch {
+                throw TransportError(.configuration, "server-ca \(shown): expected PEM certificates (-----BEGIN CERTIFICATE-----), "
+                                     + "found none that parse (\(error))")
+            }
+            if ders.isEmpty { throw TransportError(.configuration, "server-ca \(shown): no certificate found") }
         }
         self.init(pins: pins, caCertificatesDER: ders)
     }

@@ -86,6 +86,23 @@ import Wire
     }
 
     /// A server offering only TLS 1.1 is refused (the client requires TLS 1.2) and receives no request bytes.
+    /// A bad `server-ca` says what is wrong with the file (NIOSSL alone says only
+    /// "failedToLoadCertificate"), naming the key and the path.
+    @Test func badCAFilesSayWhatIsWrong() throws {
+        let dir = try TempDir("bad-ca")
+        defer { dir.remove() }
+        func message(_ path: String) -> String {
+            do { _ = try TLSPolicy(pins: [], caFile: path); return "accepted" } catch { return error.description }
+        }
+        let missing = message(dir.file("missing.pem"))
+        #expect(missing.contains("server-ca") && missing.contains("No such file or directory"), "\(missing)")
+        try "not a certificate\n".write(toFile: dir.file("junk.pem"), atomically: true, encoding: .utf8)
+        let junk = message(dir.file("junk.pem"))
+        #expect(junk.contains("expected PEM certificates"), "\(junk)")
+        let folder = message(dir.path)
+        #expect(folder.contains("cannot be read"), "\(folder)")
+    }
+
     @Test func tls11ServerRefused() async throws {
         try requireTool("openssl")
         let pki = try sharedMaterial.get().pki

@@ -266,9 +266,9 @@ public actor CollectorClient {
         let connectDeadline = min(deadline, start + TimeAmount(configuration.connectTimeout))
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(max(.milliseconds(1), connectDeadline - .now()))
-            // TCP_NODELAY at level IPPROTO_TCP (`.tcpOption`; ClientBootstrap sets it by default
-            // too). `.socketOption(.tcp_nodelay)` would be SOL_SOCKET option 1, SO_DEBUG, which
-            // needs CAP_NET_ADMIN: every connect failed with EACCES under the unit (issue 12).
+            // TCP_NODELAY at level IPPROTO_TCP (ClientBootstrap sets it by default too). At level
+            // SOL_SOCKET the same number 1 is SO_DEBUG, which needs CAP_NET_ADMIN: every connect
+            // failed with EACCES under the unit (issue 12).
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -188,12 +188,7 @@ import Glibc
     /// On a full filesystem a batch fails as a whole with a storage error naming the blob file
     /// (retryable for the agent), the partial append is cut off again, and everything stored
     /// before still reads back.
-    @Test func diskFullRollsBackTheAppend() async throws {
-        guard getuid() == 0 else {
-            if isCI { Issue.record("the ENOSPC test must run as root under CI=true (it mounts a tmpfs)") }
-            print("SKIPPED diskFullRollsBackTheAppend: needs root to mount a tmpfs")
-            return
-        }
+    @Test(.enabled(if: canMountTmpfs, "needs root to mount a tmpfs")) func diskFullRollsBackTheAppend() async throws {
         let fs = try SmallTmpfs("collector-enospc", size: "3m")
         defer { fs.unmount() }
         let mountPoint = fs.path

@@ -14,12 +14,7 @@ import Glibc
     /// when another file eats the rest of the disk, enqueue fails with a clear `.diskFull`
     /// or `.full` (never anything else, never a corrupt database), keystrokes survive, and
     /// writing resumes once space comes back.
-    @Test func diskFullOnASmallTmpfs() throws {
-        guard getuid() == 0 else {
-            if isCI { Issue.record("the ENOSPC test must run as root under CI=true (it mounts a tmpfs)") }
-            print("SKIPPED diskFullOnASmallTmpfs: needs root to mount a tmpfs")
-            return
-        }
+    @Test(.enabled(if: canMountTmpfs, "needs root to mount a tmpfs")) func diskFullOnASmallTmpfs() throws {
         try requireTool("sqlite3")
         let fs = try SmallTmpfs("spool-enospc", size: "4m")
         defer { fs.unmount() }
@@ -112,12 +107,7 @@ import Glibc
     /// Another process keeps filling and freeing the disk while the spool writes: every
     /// enqueue either succeeds or fails with `.diskFull`/`.full`; afterwards the database is
     /// intact and its counts add up (accepted − evicted = spooled).
-    @Test func diskFillingUnderTheSpoolNeverCorruptsIt() throws {
-        guard getuid() == 0 else {
-            if isCI { Issue.record("the ENOSPC test must run as root under CI=true (it mounts a tmpfs)") }
-            print("SKIPPED diskFillingUnderTheSpoolNeverCorruptsIt: needs root to mount a tmpfs")
-            return
-        }
+    @Test(.enabled(if: canMountTmpfs, "needs root to mount a tmpfs")) func diskFillingUnderTheSpoolNeverCorruptsIt() throws {
         try requireTool("sqlite3")
         let fs = try SmallTmpfs("spool-enospc-race", size: "3m")
         defer { fs.unmount() }

@@ -85,6 +85,11 @@ public func runCheckedOffPool(_ arguments: [String], timeout: TimeInterval = 120
 /// True when running under CI (`CI=true`): there a missing tool fails the run instead of skipping.
 public var isCI: Bool { ProcessInfo.processInfo.environment["CI"] == "true" }
 
+/// Whether tests that mount a tmpfs (ENOSPC tests) run: as root, and always under `CI=true`,
+/// where a non-root run then fails at the mount instead of being skipped. Use it as
+/// `@Test(.enabled(if: canMountTmpfs, "needs root to mount a tmpfs"))` so a skip is reported.
+public var canMountTmpfs: Bool { getuid() == 0 || isCI }
+
 /// Whether `tool` is on `PATH`.
 public func toolExists(_ tool: String) -> Bool {
     (try? runCommand(["sh", "-c", "command -v \(tool)"]).status) == 0

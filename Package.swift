@@ -156,7 +156,7 @@ let package = Package(
             "Collector", .product(name: "Logging", package: "swift-log"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "BaseTests", dependencies: [
-            "CustosBase", .product(name: "Logging", package: "swift-log"),
+            "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat"], swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],

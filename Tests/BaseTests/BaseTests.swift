@@ -1,8 +1,8 @@
 import CustosBase
 import Foundation
 import Logging
-import Synchronization
 import Testing
+import TestSupport
 
 @Suite struct SafeTextTests {
     @Test func plainTextIsUnchanged() {
@@ -126,34 +126,22 @@ import Testing
     }
 }
 
-/// A log handler that keeps lines in memory (swift-log's advice: no bootstrap in tests).
-final class MemoryLog: LogHandler, @unchecked Sendable {
-    // @unchecked: `lines` is behind a Mutex; metadata/logLevel are set before use only.
-    let lines = Mutex<[(Logger.Level, String)]>([])
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] } set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        lines.withLock { $0.append((event.level, "\(event.message)")) }
-    }
-    var loud: [String] { lines.withLock { $0.filter { $0.0 > .debug }.map { $0.1 } } }
-}
-
 @Suite struct RepeatedErrorLogTests {
     @Test func aRepeatedErrorIsLoggedOnceAndItsRecoveryOnce() {
-        let handler = MemoryLog()
-        let logger = Logger(label: "test") { _ in handler }
+        let capture = LogCapture()
+        let logger = capture.logger("test", level: .trace)
         let log = RepeatedErrorLog()
         for i in 0..<25 { log.failure("cannot open display :197 (attempt \(i), next in \(i * 250) ms)", logger: logger) }
         #expect(log.isFailing)
         #expect(log.success("display :197 is back", logger: logger))
         #expect(!log.success("display :197 is back", logger: logger))
         log.failure("another failure", logger: logger)
-        #expect(handler.loud == ["cannot open display :197 (attempt 0, next in 0 ms)", "display :197 is back", "another failure"])
-        let repeats = handler.lines.withLock { $0.filter { $0.0 == .debug }.count }
-        #expect(repeats == 24)
+        let loud = capture.lines(atLeast: .info)
+        #expect(loud.count == 3, "\(loud)")
+        #expect(loud[0].hasPrefix("error cannot open display :197 (attempt 0, next in 0 ms)"))
+        #expect(loud[1].hasPrefix("notice display :197 is back") && loud[1].contains("repeats=24"))
+        #expect(loud[2].hasPrefix("error another failure"))
+        #expect(capture.lines(at: .debug).count == 24)
     }
 
     @Test func explicitKeysGroupDifferentMessages() {

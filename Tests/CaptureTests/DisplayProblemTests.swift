@@ -6,29 +6,6 @@ import Synchronization
 import Testing
 import TestSupport
 
-/// A swift-log handler that keeps every line in memory, with its level (never bootstrapped).
-struct LineLog: LogHandler {
-    final class Store: Sendable {
-        let lines = Mutex<[(Logger.Level, String)]>([])
-        /// Lines at `level` or above.
-        func lines(atLeast level: Logger.Level) -> [String] { lines.withLock { $0.filter { $0.0 >= level }.map(\.1) } }
-    }
-    let store: Store
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        store.lines.withLock { $0.append((event.level, "\(event.message)")) }
-    }
-    static func make() -> (Logger, Store) {
-        let store = Store()
-        return (Logger(label: "display-test") { _ in LineLog(store: store) }, store)
-    }
-}
-
 /// A display number with no server: no socket file and no lock file.
 func unusedDisplay() -> String {
     for n in 190..<400 where !FileManager.default.fileExists(atPath: "/tmp/.X11-unix/X\(n)")
@@ -43,7 +20,8 @@ struct DisplayProblemTests {
     @Test("no server at the display: 'no X server' naming the socket; logged once over many attempts of both paths")
     func noServerLoggedOnce() throws {
         let display = unusedDisplay()
-        let (logger, log) = LineLog.make()
+        let log = LogCapture()
+        let logger = log.logger("display-test", level: .trace)
         let health = DisplayHealth(logger: logger)
         let capturer = try ScreenCapturer(display: display, xauthority: nil, pngLevel: 1, logger: logger, health: health)
         capturer.reconnectBackoff = Backoff(initial: .milliseconds(1), cap: .milliseconds(1), jitter: 1...1)
@@ -77,7 +55,8 @@ struct DisplayProblemTests {
         try runChecked(["xauth", "-f", wrong, "add", xvfb.name, "MIT-MAGIC-COOKIE-1", String(cookie.reversed())])
         try runChecked(["xauth", "-f", good, "add", xvfb.name, "MIT-MAGIC-COOKIE-1", cookie])
 
-        let (logger, log) = LineLog.make()
+        let log = LogCapture()
+        let logger = log.logger("display-test", level: .trace)
         let health = DisplayHealth(logger: logger)
         let refused = try ScreenCapturer(display: xvfb.name, xauthority: wrong, pngLevel: 1, logger: logger, health: health)
         let error = try #require(refused.connectError)
@@ -112,7 +91,8 @@ struct DisplayProblemTests {
         try runChecked(["xauth", "-f", serverAuth, "add", ":0", "MIT-MAGIC-COOKIE-1", cookie])
         let xvfb = try Xvfb(width: 200, height: 100, depth: 24, extraArgs: ["-auth", serverAuth])
         let later = dir.file("later.auth")
-        let (logger, log) = LineLog.make()
+        let log = LogCapture()
+        let logger = log.logger("display-test", level: .trace)
         let health = DisplayHealth(logger: logger)
         let capturer = try ScreenCapturer(display: xvfb.name, xauthority: later, pngLevel: 1, logger: logger, health: health)
         capturer.reconnectBackoff = Backoff(initial: .milliseconds(10), cap: .milliseconds(10), jitter: 1...1)

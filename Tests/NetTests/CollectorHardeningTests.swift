@@ -222,7 +222,7 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         let (records, _) = try f.records(count: 1, agent: evil)
         let results = try await f.client().upload(stream(records)).results
         #expect(results.allSatisfy { $0.reason == .agentMismatch }, "\(results)")
-        let lines = f.logs.lines.withLock { $0 }.filter { $0.contains("record refused") }
+        let lines = f.logs.all.filter { $0.contains("record refused") }
         #expect(lines.count == 2)
         for line in lines {
             #expect(!line.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "raw control character in: \(line)")

@@ -8,39 +8,6 @@ import TestSupport
 import Transport
 import Wire
 
-/// Collects log lines in memory (one per test; never bootstraps the global logging system).
-final class LogCapture: Sendable {
-    let lines = Mutex<[String]>([])
-
-    func logger(_ label: String, level: Logger.Level = .debug) -> Logger {
-        var l = Logger(label: label) { _ in CaptureHandler(capture: self) }
-        l.logLevel = level
-        return l
-    }
-
-    var text: String { lines.withLock { $0.joined(separator: "\n") } }
-    func contains(_ s: String) -> Bool { lines.withLock { $0.contains { $0.contains(s) } } }
-    func count(_ s: String) -> Int { lines.withLock { $0.filter { $0.contains(s) }.count } }
-}
-
-struct CaptureHandler: LogHandler {
-    let capture: LogCapture
-    var metadata: Logger.Metadata = [:]
-    var metadataProvider: Logger.MetadataProvider?
-    var logLevel: Logger.Level = .trace
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        let meta = all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        capture.lines.withLock { $0.append("\(event.level) \(event.message) \(meta)") }
-    }
-}
-
 /// A collector with a registered KEK and an agent, plus records sealed for that agent.
 struct NetFixture {
     let dir: TempDir

@@ -5,30 +5,10 @@ import Spool
 import Synchronization
 import TestSupport
 
-/// A swift-log handler that keeps every line in memory (never bootstrapped globally).
-struct MemoryLogHandler: LogHandler {
-    final class Store: Sendable {
-        let lines = Mutex<[String]>([])
-        var all: [String] { lines.withLock { $0 } }
-        var text: String { all.joined(separator: "\n") }
-    }
-    let store: Store
-    var metadata: Logger.Metadata = [:]
-    var logLevel: Logger.Level = .trace
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-    func log(event: LogEvent) {
-        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-        let meta = merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        store.lines.withLock { $0.append("\(event.level) \(event.message) \(meta)") }
-    }
-}
-
-func memoryLogger() -> (Logger, MemoryLogHandler.Store) {
-    let store = MemoryLogHandler.Store()
-    return (Logger(label: "spool-test", factory: { _ in MemoryLogHandler(store: store) }), store)
+/// A logger for a spool test and the capture of its lines (TestSupport's `LogCapture`).
+func memoryLogger() -> (Logger, LogCapture) {
+    let capture = LogCapture()
+    return (capture.logger("spool-test", level: .trace), capture)
 }
 
 /// A 16-byte id: `tag` then the big-endian `n`.

@@ -275,9 +275,8 @@ enum DisplayProbe {
     private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var sent = 0
         while sent < bytes.count {
-            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
+            let n = try? syscall("send") { bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+            guard let n, n > 0 else { return false }
             sent += n
         }
         return true
@@ -291,14 +290,11 @@ enum DisplayProbe {
         let deadline = Date().addingTimeInterval(Double(answerTimeoutMs) / 1000)
         var buffer = [UInt8](repeating: 0, count: max(count, 1))
         while out.count < count {
-            let left = Int32(max(0, deadline.timeIntervalSinceNow * 1000))
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, left)
-            if ready < 0 && errno == EINTR { continue }
-            guard ready > 0 else { return .timedOut }
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, count - out.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return .closed }
+            let ready = try? syscall("poll") { poll(&pfd, 1, Int32(max(0, deadline.timeIntervalSinceNow * 1000))) }
+            guard let ready, ready > 0 else { return .timedOut }
+            let n = try? syscall("recv") { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, count - out.count, 0) } }
+            guard let n, n > 0 else { return .closed }
             out += buffer[0..<n]
         }
         return .bytes(out)

@@ -70,11 +70,12 @@ let package = Package(
         .target(name: "CPNGWriter", dependencies: ["CPNG"], path: "Sources/CPNGWriter"),
         .target(name: "CX11Damage", dependencies: ["CX11"], path: "Sources/CX11Damage"),
         .target(name: "Capture", dependencies: [
-            "CX11", "CX11Damage", "CPNG", "CPNGWriter", "CaptureFormat", "CustosBase",
+            "CX11", "CX11Damage", "Video", "CaptureFormat", "CustosBase",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
-        // Raw frames → AV1 packets (libaom) and back; knows no X11, crypto or storage.
-        .target(name: "Video", dependencies: ["CAOM", "CYUV"], swiftSettings: strict),
+        // Picture codecs: raw frames → AV1 packets (libaom) and back, the stream and keyframe
+        // policy, PNG (libpng) for frames and stills; knows no X11, crypto or storage.
+        .target(name: "Video", dependencies: ["CAOM", "CYUV", "CPNG", "CPNGWriter", "CaptureFormat"], swiftSettings: strict),
         .target(name: "Spool", dependencies: [
             "CSysShim", "CustosBase",
             .product(name: "GRDB", package: "GRDB.swift"),

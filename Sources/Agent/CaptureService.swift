@@ -210,7 +210,7 @@ public final class CaptureService: Service, Sendable {
         do {
             if loop.capturer == nil {
                 loop.capturer = try ScreenCapturer(display: loop.settings.display, xauthority: loop.settings.xauthority,
-                                                   pngLevel: config.pngLevel, logger: logger, health: health)
+                                                   encoding: config.screenEncoding, logger: logger, health: health)
             }
             frames = try loop.capturer!.captureAll()
         } catch let error as CaptureError where error.code == .displayUnavailable {
@@ -243,6 +243,23 @@ public final class CaptureService: Service, Sendable {
                     sealedAny = true
                     loop.screenDrops.success("screen captures kept again", logger: logger)
                 } catch {
+                    let (reason, counted) = Self.reason(ofSealError: error)
+                    counters.withLock { $0.errors += 1 }
+                    lastErrorText.withLock { $0 = "\(error)" }
+                    drop(reason, &loop, countedBySpool: counted)
+                    loop.screenDrops.failure("screen capture dropped (\(reason)): \(error)", key: reason.rawValue,
+                                             metadata: ["capture.bytes": "\(plaintext.count)"], logger: logger)
+                }
+            case .packet(let meta, let packet):
+                let plaintext = VideoPacketPayload.encode(meta, packet: packet)
+                do {
+                    try sealer.seal(plaintext, kind: .screen, captureTimeMs: meta.captureTimeMs)
+                    counters.withLock { $0.framesSealed += 1 }
+                    sealedAny = true
+                    loop.screenDrops.success("screen captures kept again", logger: logger)
+                } catch {
+                    // The stream cannot go on without this packet: its monitor starts a new one.
+                    loop.capturer?.restartStreams(monitor: meta.monitor)
                     let (reason, counted) = Self.reason(ofSealError: error)
                     counters.withLock { $0.errors += 1 }
                     lastErrorText.withLock { $0 = "\(error)" }
@@ -394,6 +411,16 @@ private final class Mailbox: Sendable {
                 return false
             }
             if done { c.resume() }
+        }
+    }
+}
+
+extension AgentConfig {
+    /// What `screen-format`, `png-level` and `keyframe-interval-seconds` ask of the capturer.
+    var screenEncoding: ScreenEncoding {
+        switch screenFormat {
+        case .png: .png(level: pngLevel)
+        case .video: .video(keyframeIntervalMs: Int64(keyframeIntervalSeconds) * 1000)
         }
     }
 }

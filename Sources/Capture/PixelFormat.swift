@@ -1,4 +1,5 @@
 import Foundation
+import Video
 
 /// How to read one pixel of a ZPixmap `XImage` as 8-bit R, G, B.
 ///
@@ -44,9 +45,9 @@ struct PixelFormat: Sendable, Equatable {
 
     var bytesPerPixel: Int { (bitsPerPixel + 7) / 8 }
 
-    /// The layout libpng can read directly (32 bpp with whole-byte channels), or nil when
+    /// The layout libpng and libyuv read directly (32 bpp with whole-byte channels), or nil when
     /// rows must be converted to RGB first (16 bpp RGB565, 24 bpp, odd masks).
-    var directLayout: PNGEncoder.Layout? {
+    var directLayout: RGBLayout? {
         guard bitsPerPixel == 32, red.bits == 8, green.bits == 8, blue.bits == 8,
               red.shift % 8 == 0, green.shift % 8 == 0, blue.shift % 8 == 0 else { return nil }
         func index(_ c: Channel) -> Int { msbFirst ? 3 - c.shift / 8 : c.shift / 8 }

@@ -4,16 +4,29 @@ import CaptureFormat
 import CustosBase
 import Foundation
 import Logging
+import Video
+
+/// How a capturer encodes the monitors that changed.
+public enum ScreenEncoding: Sendable, Equatable {
+    /// One PNG per changed frame at zlib level 0…9 (`screen-format=png`).
+    case png(level: Int)
+    /// One AV1 packet per changed frame, in one video stream per monitor (`screen-format=video`,
+    /// docs/VIDEO.md), with a keyframe at least every `keyframeIntervalMs` (0: only at a stream's start).
+    case video(keyframeIntervalMs: Int64)
+}
 
 /// The result of capturing one monitor.
 public enum FrameCapture: Sendable {
     /// The monitor's pixels differ from its previous frame (or it is new): metadata and PNG.
     case changed(FrameMetadata, png: Data)
+    /// As `.changed`, encoded as the next packet of the monitor's video stream.
+    case packet(VideoPacketMetadata, packet: [UInt8])
     /// The monitor's raw pixels equal its previous frame; nothing was encoded.
     case unchanged(monitor: Int)
 }
 
-/// Captures every monitor of an X display as PNG frames.
+/// Captures every monitor of an X display as PNG frames or as packets of one AV1 video stream
+/// per monitor (``ScreenEncoding``).
 ///
 /// Monitors are the RandR 1.5 monitors (`XRRGetMonitors`, active only), clipped to the root
 /// window; the whole root is one monitor named `root` when RandR is absent. Pixels come from
@@ -25,6 +38,13 @@ public enum FrameCapture: Sendable {
 /// undamaged since the previous capture is `.unchanged` without reading its pixels; a damaged
 /// monitor is grabbed and its raw pixels hashed, so a repaint with identical pixels is still
 /// `.unchanged`. Without DAMAGE every monitor is grabbed and hashed.
+///
+/// Video: each monitor's stream (``MonitorStream``: its encoder, picture and keyframe policy)
+/// lives as long as the connection, the monitor's size and its name; a reconnect, a resize or
+/// a different monitor at that index starts a new stream (a keyframe), as does
+/// ``restartStreams(monitor:)``, which the owner calls when a packet was not kept (so no stream
+/// has a hole) or a new DEK starts. Rows go from the X strips straight into the stream's I420
+/// picture (libyuv), which the encoder reads in place: no full-frame copy.
 ///
 /// Not thread-safe: call `captureAll` from one thread at a time (it owns the X connection).
 /// When the display is missing or lost, `captureAll` throws `CaptureError.displayUnavailable`
@@ -38,7 +58,10 @@ public final class ScreenCapturer {
 
     private let displayName: String?
     private let xauthority: String?
+    private let encoding: ScreenEncoding
     private let encoder: PNGEncoder
+    /// Per monitor index: its video stream (video encoding only).
+    private var streams: [Int: MonitorStream] = [:]
     private let logger: Logger
     private let health: DisplayHealth
 
@@ -145,14 +168,33 @@ public final class ScreenCapturer {
     /// Connects at once when it can; when the display is not up yet (at boot), reports that
     /// once and connects on a later `captureAll`.
     /// - Throws: `CaptureError.invalidArgument` when `pngLevel` is outside 0…9.
-    public init(display: String?, xauthority: String?, pngLevel: Int, logger: Logger,
+    public convenience init(display: String?, xauthority: String?, pngLevel: Int, logger: Logger,
+                            health: DisplayHealth? = nil) throws {
+        try self.init(display: display, xauthority: xauthority, encoding: .png(level: pngLevel), logger: logger,
+                      health: health)
+    }
+
+    /// Creates a capturer encoding changed monitors as `encoding` says; otherwise as
+    /// ``init(display:xauthority:pngLevel:logger:health:)``.
+    /// - Throws: `CaptureError.invalidArgument` for a PNG level outside 0…9 or a negative
+    ///   keyframe interval.
+    public init(display: String?, xauthority: String?, encoding: ScreenEncoding, logger: Logger,
                 health: DisplayHealth? = nil) throws {
-        guard (0...9).contains(pngLevel) else {
-            throw CaptureError(.invalidArgument, "pngLevel \(pngLevel) is outside the zlib range 0…9")
+        switch encoding {
+        case .png(let level):
+            guard (0...9).contains(level) else {
+                throw CaptureError(.invalidArgument, "pngLevel \(level) is outside the zlib range 0…9")
+            }
+            encoder = PNGEncoder(level: Int32(level))
+        case .video(let interval):
+            guard interval >= 0 else {
+                throw CaptureError(.invalidArgument, "keyframe interval \(interval) ms is negative")
+            }
+            encoder = PNGEncoder(level: 1)
         }
+        self.encoding = encoding
         displayName = display
         self.xauthority = xauthority
-        encoder = PNGEncoder(level: Int32(pngLevel))
         self.logger = logger
         self.health = health ?? DisplayHealth(logger: logger)
         _ = try? ensureConnection(now: Date())
@@ -181,6 +223,24 @@ public final class ScreenCapturer {
         previous.removeAll()
     }
 
+    /// Ends the video stream of `monitor` (nil: of every monitor), so its next frame is
+    /// grabbed and encoded as the keyframe of a new stream. Call it when a packet of the stream
+    /// was not kept (dropped, refused, evicted) or a new DEK starts.
+    public func restartStreams(monitor: Int? = nil) {
+        if let monitor {
+            streams[monitor] = nil
+            previous[monitor] = nil
+        } else {
+            streams.removeAll()
+            previous.removeAll()
+        }
+    }
+
+    /// The monitors that currently have a video stream, with its id and packets so far (tests, logs).
+    public var streamSummary: [Int: (streamID: String, packets: Int)] {
+        streams.mapValues { ($0.streamID, $0.packetCount) }
+    }
+
     deinit {
         connection?.shmBuffers.removeAll()
         connection = nil
@@ -192,7 +252,7 @@ public final class ScreenCapturer {
     /// (`resizeRetryDelaysMs`, at most 1,270 ms in all).
     /// - Throws: `CaptureError.displayUnavailable` while the display is down (no frame is
     ///   produced for that time), `.xProtocolError` naming the failed request,
-    ///   `.pngEncoding` when libpng fails.
+    ///   `.pngEncoding` when libpng or libaom fails (the monitor's video stream then restarts).
     public func captureAll(now: Date = Date()) throws -> [FrameCapture] {
         let conn = try ensureConnection(now: now)
         do {
@@ -218,6 +278,7 @@ public final class ScreenCapturer {
             let conn = try Connection(display: display, logger: logger)
             connection = conn
             previous.removeAll()
+            streams.removeAll()
             failures = 0
             lastConnectError = nil
             health.connected(display.name)
@@ -236,6 +297,7 @@ public final class ScreenCapturer {
         connection?.shmBuffers.removeAll()
         connection = nil
         previous.removeAll()
+        streams.removeAll()
         failures = 1
         lastConnectError = error
         nextAttempt = now.addingTimeInterval(Double(reconnectBackoff.delayMs(afterFailures: 1)) / 1000)
@@ -273,11 +335,16 @@ public final class ScreenCapturer {
                 }
             } catch let error as CaptureError where error.code == .xProtocolError && !conn.display.isDead {
                 lastError = error
+                // Packets already encoded in this attempt are thrown away with it: their streams
+                // must not go on from them (a hole), so those monitors start new streams.
+                for case .packet(let meta, _) in frames { streams[meta.monitor] = nil }
                 conn.shmBuffers.removeAll()
                 damaged = nil  // grab everything on the retry
                 continue
             }
             previous = hashes
+            // A monitor gone (or renumbered) takes its stream with it.
+            for index in streams.keys where index >= monitors.count { streams[index] = nil }
             return frames
         }
         throw lastError ?? CaptureError(.xProtocolError, "screen geometry kept changing during capture")
@@ -350,11 +417,12 @@ public final class ScreenCapturer {
     static let stripRows = 64
 
     /// Grabs monitor `g` strip by strip, top to bottom, and hands each strip to `body` as
-    /// (first row, row count, stride in bytes, pixel format). The last strip is grabbed
+    /// (pixels of its first new row, row count, that row's index in the monitor (even except
+    /// possibly for the last strip's), stride in bytes, pixel format). The last strip is grabbed
     /// overlapping the one before so every request has the same size.
     /// - Throws: `CaptureError.xProtocolError` naming the failed request, `.displayUnavailable`.
     private func forEachStrip(_ conn: Connection, index: Int, geometry g: Geometry,
-                              _ body: (UnsafeRawPointer, Int, Int, PixelFormat) throws -> Void) throws {
+                              _ body: (UnsafeRawPointer, Int, Int, Int, PixelFormat) throws -> Void) throws {
         let stripHeight = min(Self.stripRows, g.height)
         var y = 0
         while y < g.height {
@@ -369,7 +437,7 @@ public final class ScreenCapturer {
                 let format = PixelFormat(bitsPerPixel: buffer.bitsPerPixel, msbFirst: buffer.msbFirst,
                                          redMask: conn.format.red.mask, greenMask: conn.format.green.mask,
                                          blueMask: conn.format.blue.mask)
-                try body(pixels + skip * buffer.bytesPerLine, rows, buffer.bytesPerLine, format)
+                try body(pixels + skip * buffer.bytesPerLine, rows, y, buffer.bytesPerLine, format)
             }
             y += rows
         }
@@ -416,7 +484,7 @@ public final class ScreenCapturer {
         // repaint with identical pixels costs a grab and a hash, not a PNG encode.
         if let last = previous[index], last.geometry == g {
             var hasher: RowHasher?
-            try forEachStrip(conn, index: index, geometry: g) { pixels, rows, stride, format in
+            try forEachStrip(conn, index: index, geometry: g) { pixels, rows, _, stride, format in
                 if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
                 hasher!.update(pixels, rows: rows, stride: stride)
             }
@@ -428,29 +496,88 @@ public final class ScreenCapturer {
         // Pass 2: grab again and encode, hashing exactly the rows that are encoded. Strips are
         // separate requests: a window redrawn between two of them can show its old state in
         // one strip and its new state in the next (the next capture then has both new).
+        if case .video(let interval) = encoding {
+            return try grabVideo(conn, index: index, geometry: g, timeMs: timeMs, keyframeIntervalMs: interval,
+                                 hashes: &hashes)
+        }
         var hasher: RowHasher?
         var stream: PNGStream?
-        try forEachStrip(conn, index: index, geometry: g) { pixels, rows, stride, format in
-            if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
-            hasher!.update(pixels, rows: rows, stride: stride)
-            if let layout = format.directLayout {
-                if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: layout) }
-                try stream!.write(rows: rows, from: pixels, stride: stride)
-            } else {
-                if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: .rgb) }
-                format.convertToRGB(pixels, width: g.width, height: rows, stride: stride, into: &convertBuffer)
-                try convertBuffer.withUnsafeBytes { raw in
-                    try stream!.write(rows: rows, from: raw.baseAddress!, stride: g.width * 3)
+        do {
+            try forEachStrip(conn, index: index, geometry: g) { pixels, rows, _, stride, format in
+                if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
+                hasher!.update(pixels, rows: rows, stride: stride)
+                if let layout = format.directLayout {
+                    if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: layout) }
+                    try stream!.write(rows: rows, from: pixels, stride: stride)
+                } else {
+                    if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: .rgb) }
+                    format.convertToRGB(pixels, width: g.width, height: rows, stride: stride, into: &convertBuffer)
+                    try convertBuffer.withUnsafeBytes { raw in
+                        try stream!.write(rows: rows, from: raw.baseAddress!, stride: g.width * 3)
+                    }
                 }
             }
+        } catch let error as VideoError {
+            throw CaptureError(.pngEncoding, "\(error)")
         }
         guard let stream, let hasher else {
             throw CaptureError(.xProtocolError, "monitor \(g.name) \(g.width)x\(g.height) gave no rows")
         }
-        let png = try stream.finish()
+        let png: Data
+        do { png = try stream.finish() } catch { throw CaptureError(.pngEncoding, "\(error)") }
         hashes[index] = (g, hasher.value)
         let meta = FrameMetadata(monitor: index, monitorName: g.name, x: g.x, y: g.y, width: g.width,
                                  height: g.height, captureTimeMs: timeMs)
         return .changed(meta, png: png)
+    }
+
+    /// Pass 2 of `grab` for video: rows go from each strip into the monitor's stream picture
+    /// (converted to I420 by libyuv; depth 15/16 and odd masks through packed RGB first), then
+    /// the picture is encoded as the stream's next packet. A new stream starts when there is
+    /// none, or the monitor's size or name changed.
+    private func grabVideo(_ conn: Connection, index: Int, geometry g: Geometry, timeMs: Int64,
+                           keyframeIntervalMs: Int64,
+                           hashes: inout [Int: (geometry: Geometry, hash: UInt64)]) throws -> FrameCapture {
+        if let stream = streams[index], stream.width != g.width || stream.height != g.height
+            || previous[index].map({ $0.geometry.name != g.name }) == true {
+            streams[index] = nil
+        }
+        do {
+            let stream: MonitorStream
+            if let existing = streams[index] {
+                stream = existing
+            } else {
+                stream = try MonitorStream(monitor: index, width: g.width, height: g.height,
+                                           keyframeIntervalMs: keyframeIntervalMs)
+                streams[index] = stream
+            }
+            var hasher: RowHasher?
+            try forEachStrip(conn, index: index, geometry: g) { pixels, rows, firstRow, stride, format in
+                if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
+                hasher!.update(pixels, rows: rows, stride: stride)
+                if let layout = format.directLayout {
+                    try stream.picture.write(rows: pixels, firstRow: firstRow, rowCount: rows, stride: stride, layout: layout)
+                } else {
+                    format.convertToRGB(pixels, width: g.width, height: rows, stride: stride, into: &convertBuffer)
+                    try convertBuffer.withUnsafeBytes { raw in
+                        try stream.picture.write(rows: raw.baseAddress!, firstRow: firstRow, rowCount: rows,
+                                                 stride: g.width * 3, layout: .rgb)
+                    }
+                }
+            }
+            guard let hasher else {
+                throw CaptureError(.xProtocolError, "monitor \(g.name) \(g.width)x\(g.height) gave no rows")
+            }
+            let (meta, packet) = try stream.encode(timeMs: timeMs, monitorName: g.name, x: g.x, y: g.y)
+            hashes[index] = (g, hasher.value)
+            return .packet(meta, packet: packet)
+        } catch let error as VideoError {
+            streams[index] = nil  // the encoder's state is unknown: the next frame starts a new stream
+            throw CaptureError(.pngEncoding, "monitor \(g.name) \(g.width)x\(g.height): \(error)")
+        } catch {
+            // An X error mid-frame leaves the picture half-filled but the encoder untouched: the
+            // retry refills it whole.
+            throw error
+        }
     }
 }

@@ -16,7 +16,9 @@ import Foundation
 /// Values with a CustosBase type are validated by that type's one validator (the same the
 /// transport and the collector use), so `--check-config` can never pass what the daemon refuses.
 /// - `display`, `xauthority` (defaults: `DISPLAY`, `XAUTHORITY` from the environment)
-/// - `screen-interval-ms` (integer ms, default 5000; 0 disables frames), `png-level` (0...9, default 1)
+/// - `screen-interval-ms` (integer ms, default 1000; 0 disables frames), `png-level` (0...9, default 1)
+/// - `screen-format` (``ScreenFormat``: `video` (default) or `png`), `keyframe-interval-seconds`
+///   (0 or 1...3600, default 60)
 /// - `keystroke-idle-ms` (integer ms, default 2000; 0 disables keystroke capture)
 /// - `spool-dir` (path, default `/var/lib/custos`), `spool-max-mb` (MiB, default 512)
 /// - `dek-rotate-blobs` (default 100000), `dek-rotate-mb` (MiB, default 4096),
@@ -38,6 +40,10 @@ public struct AgentConfig: Sendable, Equatable {
     public var screenIntervalMs: Int
     /// zlib level for PNG frames (0 = none, 1 = fastest, 9 = smallest).
     public var pngLevel: Int
+    /// How changed screens are encoded.
+    public var screenFormat: ScreenFormat
+    /// Longest time between keyframes of a video stream, in seconds; 0 = only at a stream's start.
+    public var keyframeIntervalSeconds: Int
     /// Idle time in ms that closes a keystroke chunk; 0 = no keystroke capture.
     public var keystrokeIdleMs: Int
     public var spoolDir: String
@@ -72,10 +78,14 @@ public struct AgentConfig: Sendable, Equatable {
                   doc: "The X display to record, e.g. :0. Default: DISPLAY from the environment."),
         ConfigKey("xauthority", type: "path", default: nil,
                   doc: "The X authority file. Default: XAUTHORITY from the environment."),
-        ConfigKey("screen-interval-ms", type: "integer ms, 0 or 100-86400000", default: "5000",
-                  doc: "Time between screen frames. An unchanged screen costs almost nothing. 0 disables frames."),
+        ConfigKey("screen-interval-ms", type: "integer ms, 0 or 100-86400000", default: "1000",
+                  doc: "Time between screen captures. An unchanged screen costs almost nothing. 0 disables frames. With screen-format=png use 5000 or more: every changed frame is a whole PNG."),
+        ConfigKey("screen-format", type: "video or png", default: "video",
+                  doc: "video: each monitor is one AV1 video stream, one sealed packet per changed frame (docs/VIDEO.md). png: one PNG per changed frame, 10 to 100 times the bytes."),
+        ConfigKey("keyframe-interval-seconds", type: "integer seconds, 0 or 1-3600", default: "60",
+                  doc: "Longest time between keyframes of a video stream (a keyframe also starts every new stream: agent start, new DEK, display reconnect, resize, a packet not kept). Shorter: faster seeking and smaller losses on eviction; longer: fewer bytes. 0: only at a stream's start."),
         ConfigKey("png-level", type: "integer 0-9", default: "1",
-                  doc: "zlib level of PNG frames: 1 is fastest, 9 smallest."),
+                  doc: "zlib level of PNG frames (screen-format=png): 1 is fastest, 9 smallest."),
         ConfigKey("keystroke-idle-ms", type: "integer ms, 0 or 100-3600000", default: "2000",
                   doc: "Typing idle time that closes a keystroke chunk. 0 disables keystroke capture."),
         ConfigKey("spool-dir", type: "path", default: "/var/lib/custos",
@@ -142,6 +152,17 @@ public struct AgentConfig: Sendable, Equatable {
                               "expected 0 (off) or at least 100 ms, found \(screenIntervalMs)")
         }
         pngLevel = try file.int("png-level", default: intDefault("png-level"), in: 0...9)
+        if let e = file.value("screen-format") {
+            guard let format = ScreenFormat(rawValue: e.value) else {
+                throw ConfigError(file: file.path, line: e.line, key: e.key,
+                                  "expected video or png, found \(SafeText.quoted(e.value))")
+            }
+            screenFormat = format
+        } else {
+            screenFormat = ScreenFormat(rawValue: def("screen-format"))!
+        }
+        keyframeIntervalSeconds = try file.int("keyframe-interval-seconds", default: intDefault("keyframe-interval-seconds"),
+                                               in: 0...3600)
         keystrokeIdleMs = try file.int("keystroke-idle-ms", default: intDefault("keystroke-idle-ms"), in: 0...3_600_000)
         if keystrokeIdleMs != 0 && keystrokeIdleMs < 100 {
             throw ConfigError(file: file.path, line: file.value("keystroke-idle-ms")?.line, key: "keystroke-idle-ms",
@@ -153,4 +174,12 @@ public struct AgentConfig: Sendable, Equatable {
         dekRotateMB = try file.int("dek-rotate-mb", default: intDefault("dek-rotate-mb"), in: 0...1_048_576)
         dekRotateHours = try file.int("dek-rotate-hours", default: intDefault("dek-rotate-hours"), in: 0...87_600)
     }
+}
+
+/// How the agent encodes changed screens (`screen-format`).
+public enum ScreenFormat: String, Sendable, Equatable, CaseIterable {
+    /// One AV1 video stream per monitor, one sealed packet per changed frame.
+    case video
+    /// One PNG per changed frame.
+    case png
 }

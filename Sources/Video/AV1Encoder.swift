@@ -43,7 +43,6 @@ public final class AV1Encoder {
     public let height: Int
     public let settings: AV1EncoderSettings
     private let context: UnsafeMutablePointer<aom_codec_ctx_t>
-    private let image: UnsafeMutablePointer<aom_image_t>
     private var framesIn = 0
 
     /// The WebCodecs codec string of what this encoder writes (AV1 Codec ISO Media File Format
@@ -89,12 +88,6 @@ public final class AV1Encoder {
             throw VideoError(.codec, "libaom: cannot start an AV1 encoder for \(width)x\(height): "
                              + "\(String(cString: aom_codec_err_to_string(rc)))\(detail)")
         }
-        guard let img = aom_img_alloc(nil, AOM_IMG_FMT_I420, UInt32(width), UInt32(height), 32) else {
-            aom_codec_destroy(context)
-            context.deallocate()
-            throw VideoError(.codec, "libaom: cannot allocate a \(width)x\(height) image")
-        }
-        image = img
         let controls: [(Int32, Int32, String)] = [
             (Int32(AOME_SET_CPUUSED.rawValue), Int32(settings.cpuUsed), "cpu-used"),
             (Int32(AOME_SET_CQ_LEVEL.rawValue), Int32(settings.cqLevel), "cq-level"),
@@ -117,7 +110,6 @@ public final class AV1Encoder {
             let rc = custos_aom_control_int(context, id, value)
             guard rc == AOM_CODEC_OK else {
                 let detail = Self.detail(context)
-                aom_img_free(image)
                 aom_codec_destroy(context)
                 context.deallocate()
                 throw VideoError(.codec, "libaom: control \(name)=\(value) refused: \(String(cString: aom_codec_err_to_string(rc)))\(detail)")
@@ -126,7 +118,6 @@ public final class AV1Encoder {
     }
 
     deinit {
-        aom_img_free(image)
         aom_codec_destroy(context)
         context.deallocate()
     }
@@ -139,23 +130,15 @@ public final class AV1Encoder {
         guard frame.width == width, frame.height == height else {
             throw VideoError(.invalidArgument, "AV1 encoder is \(width)x\(height); got a \(frame.width)x\(frame.height) frame")
         }
-        let img = image.pointee
-        let planes: [(UnsafeMutablePointer<UInt8>, Int, Int, Int)] = [
-            (frame.y, width, height, 0), (frame.u, frame.chromaWidth, frame.chromaHeight, 1),
-            (frame.v, frame.chromaWidth, frame.chromaHeight, 2),
-        ]
-        withUnsafeBytes(of: img.planes) { planePointers in
-            withUnsafeBytes(of: img.stride) { strides in
-                for (src, w, h, index) in planes {
-                    let dst = planePointers.load(fromByteOffset: index * MemoryLayout<UnsafeMutablePointer<UInt8>>.stride,
-                                                 as: UnsafeMutablePointer<UInt8>.self)
-                    let stride = Int(strides.load(fromByteOffset: index * MemoryLayout<Int32>.stride, as: Int32.self))
-                    for r in 0..<h { (dst + r * stride).update(from: src + r * w, count: w) }
-                }
-            }
+        // Wrap the picture's planes in place (I420Frame is laid out for a stride alignment of 2).
+        var image = aom_image_t()
+        guard aom_img_wrap(&image, AOM_IMG_FMT_I420, UInt32(width), UInt32(height), 2, frame.storage) != nil,
+              Int(image.stride.0) == frame.yStride, Int(image.stride.1) == frame.chromaStride,
+              image.planes.1 == frame.u, image.planes.2 == frame.v else {
+            throw VideoError(.codec, "libaom: cannot wrap the \(width)x\(height) picture's planes")
         }
         let flags: aom_enc_frame_flags_t = keyframe || framesIn == 0 ? aom_enc_frame_flags_t(AOM_EFLAG_FORCE_KF) : 0
-        let rc = aom_codec_encode(context, image, timeMs, 1, flags)
+        let rc = aom_codec_encode(context, &image, timeMs, 1, flags)
         guard rc == AOM_CODEC_OK else {
             throw VideoError(.codec, "libaom: encoding the \(width)x\(height) frame at \(timeMs) ms failed: "
                              + "\(String(cString: aom_codec_err_to_string(rc)))\(Self.detail(context))")

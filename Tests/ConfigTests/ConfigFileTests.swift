@@ -24,7 +24,9 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.activeKEKFile == c.serverKEKFile)
         #expect(c.display == ":7")
         #expect(c.xauthority == "/run/x/auth")
-        #expect(c.screenIntervalMs == 5000)
+        #expect(c.screenIntervalMs == 1000)
+        #expect(c.screenFormat == .video)
+        #expect(c.keyframeIntervalSeconds == 60)
         #expect(c.pngLevel == 1)
         #expect(c.keystrokeIdleMs == 2000)
         #expect(c.spoolDir == "/var/lib/custos")
@@ -113,7 +115,8 @@ private func error(_ text: String) -> ConfigError? {
 
     @Test(arguments: ["png-level=10", "png-level=-1", "png-level=one", "screen-interval-ms=50",
                       "spool-max-mb=0", "keystroke-idle-ms=5", "agent-id=has space", "agent-id=",
-                      "dek-rotate-hours=1e3"])
+                      "dek-rotate-hours=1e3", "screen-format=mp4", "screen-format=", "keyframe-interval-seconds=3601",
+                      "keyframe-interval-seconds=-1"])
     func outOfRangeValuesNameTheKey(_ line: String) {
         let key = String(line.split(separator: "=")[0])
         let e = error(line)

@@ -5,24 +5,14 @@ import Foundation
 /// specification, W3C 2003, section 11.2.2) with libpng.
 ///
 /// libpng's `longjmp` error path stays inside the `CPNGWriter` C wrapper; every libpng error
-/// comes back as `CaptureError.pngEncoding` with libpng's message.
-struct PNGEncoder: Sendable {
-    /// Byte layout of one input pixel.
-    enum Layout: Sendable {
-        case rgb, bgrx, rgbx, xrgb, xbgr
-        var c: cpng_format {
-            switch self {
-            case .rgb: CPNG_RGB
-            case .bgrx: CPNG_BGRX
-            case .rgbx: CPNG_RGBX
-            case .xrgb: CPNG_XRGB
-            case .xbgr: CPNG_XBGR
-            }
-        }
-    }
-
+/// comes back as ``VideoError`` `.codec` with libpng's message. Used for the agent's PNG frames
+/// (`screen-format=png`) and the admin's stills decoded from video.
+public struct PNGEncoder: Sendable {
     /// zlib level 0 (store) … 9 (smallest).
-    let level: Int32
+    public let level: Int32
+
+    /// - Parameter level: zlib level 0…9 (clamped).
+    public init(level: Int32) { self.level = min(max(level, 0), 9) }
 
     /// PNG filter and zlib strategy for a level. Screen content is mostly flat areas and
     /// text: the SUB filter with run-length matching is several times faster than adaptive
@@ -32,24 +22,35 @@ struct PNGEncoder: Sendable {
 
     /// Starts a `width`×`height` image whose rows arrive in `layout` (feed them with
     /// `PNGStream.write`, then `finish`).
-    /// - Throws: `CaptureError.pngEncoding` when libpng cannot start (memory, a bad size).
-    func begin(width: Int, height: Int, layout: Layout) throws -> PNGStream {
+    /// - Throws: ``VideoError`` `.codec` when libpng cannot start (memory, a bad size).
+    public func begin(width: Int, height: Int, layout: RGBLayout) throws(VideoError) -> PNGStream {
         try PNGStream(width: width, height: height, layout: layout, level: level, strategy: strategy, filters: filters)
     }
+}
 
+extension RGBLayout {
+    var png: cpng_format {
+        switch self {
+        case .rgb: CPNG_RGB
+        case .bgrx: CPNG_BGRX
+        case .rgbx: CPNG_RGBX
+        case .xrgb: CPNG_XRGB
+        case .xbgr: CPNG_XBGR
+        }
+    }
 }
 
 /// One PNG being encoded row by row: owns the `cpng_stream` (libpng write struct and the
 /// growing output buffer) and frees it in `deinit`. Lets a frame be encoded strip by strip,
 /// so its raw pixels never have to be held whole.
-final class PNGStream {
+public final class PNGStream {
     private let stream: OpaquePointer
     private let width: Int, height: Int
 
-    fileprivate init(width: Int, height: Int, layout: PNGEncoder.Layout, level: Int32, strategy: Int32,
-                     filters: Int32) throws {
-        guard let stream = cpng_stream_begin(Int32(width), Int32(height), layout.c, level, strategy, filters) else {
-            throw CaptureError(.pngEncoding, "libpng could not start a \(width)x\(height) frame: out of memory")
+    fileprivate init(width: Int, height: Int, layout: RGBLayout, level: Int32, strategy: Int32,
+                     filters: Int32) throws(VideoError) {
+        guard let stream = cpng_stream_begin(Int32(width), Int32(height), layout.png, level, strategy, filters) else {
+            throw VideoError(.codec, "libpng could not start a \(width)x\(height) frame: out of memory")
         }
         self.stream = stream
         self.width = width
@@ -61,26 +62,26 @@ final class PNGStream {
 
     private var message: String { String(cString: cpng_stream_error(stream)) }
 
-    private func check(status: Int32) throws {
+    private func check(status: Int32) throws(VideoError) {
         let text = message
         guard status == 0, text.isEmpty else {
-            throw CaptureError(.pngEncoding, "libpng could not encode a \(width)x\(height) frame: \(text)")
+            throw VideoError(.codec, "libpng could not encode a \(width)x\(height) frame: \(text)")
         }
     }
 
     /// Appends `rows` rows starting at `pixels`, each `stride` bytes after the previous.
-    /// - Throws: `CaptureError.pngEncoding` (libpng's message, or more rows than the height).
-    func write(rows: Int, from pixels: UnsafeRawPointer, stride: Int) throws {
+    /// - Throws: ``VideoError`` `.codec` (libpng's message, or more rows than the height).
+    public func write(rows: Int, from pixels: UnsafeRawPointer, stride: Int) throws(VideoError) {
         try check(status: cpng_stream_write_rows(stream, pixels.assumingMemoryBound(to: UInt8.self), Int32(rows), stride))
     }
 
     /// Ends the image and returns the PNG bytes (handed over without a copy).
-    /// - Throws: `CaptureError.pngEncoding` (libpng's message, or missing rows).
-    func finish() throws -> Data {
+    /// - Throws: ``VideoError`` `.codec` (libpng's message, or missing rows).
+    public func finish() throws(VideoError) -> Data {
         var data: UnsafeMutablePointer<UInt8>?
         var size = 0
         try check(status: cpng_stream_finish(stream, &data, &size))
-        guard let data else { throw CaptureError(.pngEncoding, "libpng returned no data for a \(width)x\(height) frame") }
+        guard let data else { throw VideoError(.codec, "libpng returned no data for a \(width)x\(height) frame") }
         return Data(bytesNoCopy: data, count: size, deallocator: .free)
     }
 }

@@ -2,7 +2,7 @@
 # Bytes per recorded hour: the agent's AV1 encoder (custos-bench-video) against
 # `libx264 -preset veryfast -crf 23` and against PNG per changed frame (ffmpeg's png encoder at
 # level 1 with the SUB filter, close to today's PNG path), on the SAME raw frames grabbed from a
-# real 1920x1080x24 Xvfb at 1 frame/s while xdotool types (issue 13's two scenes):
+# real 1920x1080x24 Xvfb at 1 frame/s while xdotool types (issue 13's two scenes, Benchmarks/scenes.sh):
 #   desktop:  patterned root, xclock ticking, xlogo, an xterm being typed into
 #   document: light root, a white xterm being typed into
 # The codec candidates of issue 13 go through ffmpeg on the same frames too (libvpx-vp9
@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . Benchmarks/release-flags.sh
+. Benchmarks/scenes.sh
 SECONDS_RUN=${1:-60}
 CQ=${2:-30}
 if [ -z "${VIDEO_BENCH_BIN:-}" ]; then
@@ -22,35 +23,18 @@ if [ -z "${VIDEO_BENCH_BIN:-}" ]; then
 fi
 WORK=$(mktemp -d); chmod 700 "$WORK"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { stop_children; rm -rf "$WORK"; }
 trap cleanup EXIT
 W=1920; H=1080
 
-scene() {  # scene NAME: starts Xvfb and the scene's clients, records raw frames to $WORK/NAME.bgr0
+scene() {  # scene NAME: starts Xvfb and the scene (Benchmarks/scenes.sh), records raw frames to $WORK/NAME.bgr0
   local name=$1
-  Xvfb -displayfd 3 -screen 0 ${W}x${H}x24 -nolisten tcp -noreset 3>"$WORK/d-$name" >/dev/null 2>&1 & pids+=($!)
-  for _ in $(seq 100); do [ -s "$WORK/d-$name" ] && break; sleep 0.1; done
-  export DISPLAY=":$(head -1 "$WORK/d-$name")"
-  if [ "$name" = desktop ]; then
-    xsetroot -mod 6 6 -fg '#3465a4' -bg '#729fcf'
-    xlogo -geometry 500x400+80+80 >/dev/null 2>&1 & pids+=($!)
-    xclock -geometry 300x300+1500+80 -update 1 >/dev/null 2>&1 & pids+=($!)
-    xterm -T notes -geometry 120x40+650+300 -e cat >/dev/null 2>&1 & pids+=($!)
-  else
-    xsetroot -solid '#eeeeec'
-    xterm -T notes -bg white -fg black -fa Monospace -fs 11 -geometry 140x50+200+60 -e cat >/dev/null 2>&1 & pids+=($!)
-  fi
-  sleep 1.5
-  # Real key events through XTEST into the focused xterm (xterm ignores XSendEvent).
-  local win; win=$(xdotool search --name notes | head -1)
-  xdotool windowfocus --sync "$win" 2>/dev/null || true
-  ( end=$(( $(date +%s) + SECONDS_RUN + 2 ))
-    while [ "$(date +%s)" -lt $end ]; do
-      xdotool type --delay 120 "the quick brown fox jumps over the lazy dog 0123456789 " 2>/dev/null || true
-      xdotool key Return 2>/dev/null || true
-    done ) & pids+=($!)
+  start_display "$name"
+  start_scene "$name"
+  start_typing $((SECONDS_RUN + 2))
   ffmpeg -v error -y -f x11grab -framerate 1 -video_size ${W}x${H} -i "$DISPLAY" -t "$SECONDS_RUN" \
     -f rawvideo -pix_fmt bgr0 "$WORK/$name.bgr0"
+  stop_children
 }
 
 measure() {  # measure NAME: prints the scene's table rows

@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 . Benchmarks/scenes.sh
 SECONDS_RUN=${1:-60}
 RUNS=${AGENT_BENCH_RUNS:-video:1000 png:1000 video:5000 png:5000}
+WARMUP=10
+[ "$SECONDS_RUN" -gt $((WARMUP + 10)) ] 2>/dev/null || { echo "usage: $0 [seconds per run, more than $((WARMUP + 10))]" >&2; exit 2; }
 if [ -z "${AGENT_BENCH_BIN:-}" ]; then
   swift build "${RELEASE_FLAGS[@]}" --product custos-agent >/dev/null
   AGENT_BENCH_BIN="$(swift build "${RELEASE_FLAGS[@]}" --show-bin-path)/custos-agent"
@@ -33,7 +35,9 @@ start_typing 1000000  # until stopped
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 echo "load before: $(uptime)"
-printf '%-14s %7s %14s %16s %14s %9s  %s\n' run frames "CPU % of core" "CPU ms per frame" "sealed bytes" "peak RSS" "RSS at the end (kB)"
+echo "CPU over the whole run (startup and first keyframe included) and steady (from ${WARMUP} s after the start);"
+echo "CPU ms per frame = CPU time over the frames sealed in that window; peak RSS is VmHWM."
+printf '%-12s %6s %10s %9s %10s %9s %12s %9s  %s\n' run frames "CPU %" "ms/frame" "steady %" "ms/frame" "sealed bytes" "peak RSS" "RSS at the end (kB)"
 for run in $RUNS; do
   fmt=${run%%:*}; interval=${run#*:}
   spool="$WORK/spool-$fmt-$interval"
@@ -53,10 +57,12 @@ keystroke-idle-ms=2000
 spool-dir=$spool
 CFG
   "$AGENT_BENCH_BIN" --config "$WORK/$run.cfg" 2>"$WORK/agent.log" & AGENT=$!; pids+=($AGENT)
-  s0=$(date +%s.%N)
-  sleep "$SECONDS_RUN"
+  s0=$(date +%s%3N)
+  sleep "$WARMUP"
+  ta=$(ticks $AGENT); sa=$(date +%s%3N)
+  sleep $((SECONDS_RUN - WARMUP))
   kill -0 $AGENT 2>/dev/null || { echo "$0: custos-agent ($run) exited early; its log:" >&2; cat "$WORK/agent.log" >&2; exit 1; }
-  t1=$(ticks $AGENT); s1=$(date +%s.%N)
+  t1=$(ticks $AGENT); s1=$(date +%s%3N)
   RSS=$(awk '/VmHWM/ {print $2}' /proc/$AGENT/status)
   PARTS=$(awk '/^(VmRSS|RssAnon|RssFile|RssShmem|Threads):/ {printf "%s %s  ", $1, $2}' /proc/$AGENT/status)
   [ -n "${AGENT_BENCH_SMAPS:-}" ] && cp /proc/$AGENT/smaps "$AGENT_BENCH_SMAPS/smaps-$fmt-$interval"
@@ -65,17 +71,20 @@ CFG
   "$AGENT_BENCH_BIN" status --config "$WORK/$run.cfg" > "$WORK/status"
   read -r FRAMES BYTES < <(sed -n 's/^spool by kind:.*screen \([0-9]*\) (\([0-9]*\) bytes).*/\1 \2/p' "$WORK/status")
   [ -n "${FRAMES:-}" ] || { echo "$0: no screen count in custos-agent status:" >&2; cat "$WORK/status" >&2; exit 1; }
-  python3 - "$run" "$t1" "$HZ" "$s0" "$s1" "$FRAMES" "$BYTES" "$RSS" "$PARTS" <<'PY'
+  STEADY=$(sqlite3 "file:$spool/spool.db?mode=ro" \
+    "SELECT count(*) FROM record WHERE kind = 'screen' AND capture_ms >= $sa AND capture_ms < $s1")
+  python3 - "$run" "$HZ" "$s0" "$sa" "$s1" "$ta" "$t1" "$FRAMES" "$STEADY" "$BYTES" "$RSS" "$PARTS" <<'PY'
 import sys
-run, t, hz, s0, s1, frames, nbytes, rss, parts = sys.argv[1:]
-cpu_s = int(t) / int(hz)
-per_frame = f"{cpu_s * 1000 / int(frames):.1f}" if int(frames) else "-"
-print(f"{run:<14} {frames:>7} {100 * cpu_s / (float(s1) - float(s0)):13.2f}% {per_frame:>16} {int(nbytes):>14,} {int(rss) // 1024:>5} MiB  {parts}")
+run, hz, s0, sa, s1, ta, t1, frames, steady, nbytes, rss, parts = sys.argv[1:]
+hz, s0, sa, s1, ta, t1, frames, steady = map(int, (hz, s0, sa, s1, ta, t1, frames, steady))
+ms = lambda ticks: ticks * 1000 / hz
+per = lambda ticks, n: f"{ms(ticks) / n:.1f}" if n else "-"
+print(f"{run:<12} {frames:>6} {100 * ms(t1) / (s1 - s0):9.2f}% {per(t1, frames):>9} {100 * ms(t1 - ta) / (s1 - sa):9.2f}% "
+      f"{per(t1 - ta, steady):>9} {int(nbytes):>12,} {int(rss) // 1024:>5} MiB  {parts}")
 PY
   rm -rf "$spool"
 done
 echo "load after: $(uptime)"
-echo "(CPU from the agent's start to its stop, startup included; peak RSS is VmHWM; goal <= 96 MB RSS with video)"
 # ffmpeg x11grab -> PNG, CPU per frame (user+sys), median of 5 single-frame runs.
 ff=()
 for i in 1 2 3 4 5; do

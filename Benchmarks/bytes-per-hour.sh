@@ -85,6 +85,7 @@ CFG
   "$AGENT_BENCH_BIN" status --config "$dir/png.cfg" > "$dir/png.status"
   local frames; frames=$(ffprobe -v error -select_streams v:0 -count_packets -show_entries stream=nb_read_packets \
     -of csv=p=0 "$dir/x264.mp4")
+  ffprobe -v error -select_streams v:0 -show_entries packet=size,flags -of csv=p=0 "$dir/x264.mp4" > "$dir/x264.packets"
   python3 - "$name" "$dir" "$WORK/k.pem" "$SECONDS_RUN" "$HZ" "$s0" "$s1" "$tv" "$tp" "$hv" "$hp" "$frames" <<'PY'
 import json, os, re, sqlite3, statistics, struct, sys
 from cryptography.hazmat.primitives import hashes, serialization
@@ -156,6 +157,9 @@ u, s, rss, wall = open(f'{d}/x264.time').read().split()[-4:]
 xb = os.path.getsize(f'{d}/x264.mp4')
 res['x264'] = {'frames': x264_frames, 'bytes': xb, 'mb_per_h': xb / x264_frames * 3600 / 1e6,
                'cpu_pct': 100 * (float(u) + float(s)) / float(wall), 'rss_mib': int(rss) / 1024}
+xp = [l.split(',') for l in open(f'{d}/x264.packets') if l.strip()]
+res['x264']['keyframes'] = [int(size) for size, flags in xp if 'K' in flags]
+res['x264']['inter_median'] = statistics.median(int(size) for size, flags in xp if 'K' not in flags)
 json.dump(res, open(f'{d}/result.json', 'w'))
 x = res['x264']['mb_per_h']
 print(f"{name}: {seconds} s, 1920x1080, 1 frame/s")
@@ -165,7 +169,8 @@ for fmt, a in res['agents'].items():
           f"peak RSS {a['rss_mib']:.0f} MiB; evicted {a['evicted']}, dropped {a['dropped']}")
 v = res['agents']['video']
 print(f"  x264 (ffmpeg x11grab): {x264_frames:>4} frames, {xb:>12,} B, {x:8.2f} MB/h; ffmpeg process CPU "
-      f"{res['x264']['cpu_pct']:.1f}%, peak RSS {res['x264']['rss_mib']:.0f} MiB")
+      f"{res['x264']['cpu_pct']:.1f}%, peak RSS {res['x264']['rss_mib']:.0f} MiB; keyframes {res['x264']['keyframes']} B, "
+      f"other packets median {res['x264']['inter_median']:,.0f} B")
 print(f"  AV1 packets ({v['size']}, {v['streams']} stream(s)): keyframes {v['keyframes']} B; "
       f"{v['inter']['count']} inter packets median {v['inter']['median']:,.0f} B, mean {v['inter']['mean']:,.0f}, "
       f"p90 {v['inter']['p90']:,}, max {v['inter']['max']:,}; sealing adds {v['seal_overhead']:.0f} B per packet")

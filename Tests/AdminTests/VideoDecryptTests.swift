@@ -230,4 +230,60 @@ struct VideoDecryptTests {
         #expect(since.videoFiles == 2 && since.videoPackets == 1 + 4, "\(since)")
         #expect(since.videoPacketsSkipped == ["no-keyframe": 2 + 2 + 5, "duplicate": 1])
     }
+
+    @Test("the built custos: decrypt --stills prints what was written; --stills 0 is a usage error naming the option")
+    func commandLine() async throws {
+        for tool in ["ffprobe", "openssl"] { try requireTool(tool) }
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-video-cli")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let db = tmp.file("collector.db")
+        _ = try await fill(db, kek: try KEKPublicKey(pemFile: k.publicKey))
+        let out = tmp.file("out")
+        let ok = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                 "--stills", "2", "--quiet", "--out", out])
+        #expect(ok.status == 0, "\(ok.stderrString)")
+        #expect(ok.stderrString.contains("15 video packets in 3 WebM files (3 skipped: 1 duplicate, 2 no-keyframe), 8 stills"),
+                "\(ok.stderrString)")
+        #expect(filesUnder(out).filter { $0.hasSuffix(".png") }.count == 9)
+        let bad = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                  "--stills", "0", "--out", tmp.file("out2")])
+        #expect(bad.status == 2 && bad.stderrString.contains("--stills"), "\(bad.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("out2")))
+    }
+
+    @Test("a packet whose bytes contradict its metadata (a keyframe flag on an inter frame) fails by blob id; the stream is cut there and the rest waits for a keyframe")
+    func contradictoryPacket() async throws {
+        for tool in ["ffprobe"] { try requireTool(tool) }
+        let tmp = try TempDir("adm-video-bad")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let kek = try KEKPublicKey(pemFile: k.publicKey)
+        let db = tmp.file("collector.db")
+        let store = try SQLiteCollectorStore(path: db)
+        let session = try DEKSession(kek: kek, agentID: "host-x")
+        let r = session.record
+        var items: [IngestItem] = [.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: r.agentID,
+                                        creationTimeMs: r.creationTimeMs, record: r.serialized)]
+        let stream = try MonitorStream(monitor: 0, width: 64, height: 48, keyframeIntervalMs: 0)
+        var liar = ""
+        for i in 0..<4 {
+            var (meta, packet) = try stream.encode(timeMs: Self.t0 + Int64(i) * 1000, monitorName: "DP-1", x: 0, y: 0)
+            if i == 2 { (meta.keyframe, meta.groupStart) = (true, 2) }
+            let blob = try session.seal(VideoPacketPayload.encode(meta, packet: packet), kind: .screen, captureTimeMs: meta.captureTimeMs)
+            if i == 2 { liar = blob.header.blobID.hex }
+            items.append(.blob(blobID: blob.header.blobID.hex, agentID: "host-x", kind: "screen", dekID: r.dekID.hex, kekID: r.kekID.hex,
+                               sequence: Int64(blob.header.sequence), captureTimeMs: meta.captureTimeMs, blob: blob.serialized))
+        }
+        _ = try await store.ingest(items, receivedAtMs: Self.t0)
+        let out = tmp.file("out")
+        let report = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                                        options: DecryptOptions(output: .directory(out)), actor: "t", log: { _ in }, progressStyle: .quiet)
+        #expect(report.failures.count == 1 && report.failures.first?.blobID == liar)
+        #expect(report.failures.first?.reason.contains("says keyframe") == true, "\(report.failures)")
+        #expect(report.videoFiles == 1 && report.videoPackets == 2 && report.videoPacketsSkipped == ["no-keyframe": 1])
+        let webm = try #require(filesUnder(out).first { $0.hasSuffix(".webm") })
+        #expect(try probe(out + "/" + webm).packets == 2)
+    }
 }

@@ -166,7 +166,7 @@ extension Decryptor {
                     try r.writer.append(bytes, timeMs: p.timeMs, keyframe: p.keyframe)
                     r.last = p
                     r.blobIDs.append(p.item.blobID)
-                    let next = packets.dropFirst(n + 1).first.flatMap { r.continues(with: $0) ? $0 : nil }
+                    let next = packets.dropFirst(n + 1).first { $0.index != p.index }.flatMap { r.continues(with: $0) ? $0 : nil }
                     try still(r, packet: p, bytes: bytes, shownUntilMs: next?.timeMs, report: &report)
                 } catch let e as AdminError where e.code == .io || e.code == .usage {
                     throw e

@@ -224,6 +224,15 @@ struct VideoDecryptTests {
         let cappedFiles = filesUnder(tmp.file("capped")).filter { $0.hasSuffix(".webm") }
         #expect(try cappedFiles.map { try probe(tmp.file("capped") + "/" + $0).packets }.sorted() == [1, 4, 4, 6])
 
+        // Stills every 1.5 s: the one at 9.5 s shows packet 9 (stored twice), not the packet after it.
+        let sparse = try run(DecryptOptions(output: .directory(tmp.file("stills")), stillsEveryMs: 1500))
+        let stillNames = Set(filesUnder(tmp.file("stills")).filter { $0.hasSuffix(".png") })
+        for (ms, expected) in [(Int64(9000), true), (10_000, false), (8000, true), (11_000, true), (3000, true)] {
+            let name = OutputNaming.screen(agent: "host-v", monitor: 0, monitorName: "DP-1", timeMs: Self.t0 + ms)
+            #expect(stillNames.contains(name) == expected, "still at \(ms) ms: \(stillNames.sorted())")
+        }
+        #expect(sparse.stills == 6 + 4, "monitor 0 at 0, 1, 3, 8, 9, 11 s; monitor 1 at 0.5, 1.5, 3.5, 4.5 s")
+
         // From 1.5 s on: monitor 0 waits for the keyframe at 4 s (2, 3 skipped), then as before;
         // monitor 1 has no keyframe after 1.5 s, so none of its 5 packets there is written.
         let since = try run(DecryptOptions(output: .directory(tmp.file("since")), sinceMs: Self.t0 + 1500))

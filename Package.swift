@@ -113,7 +113,8 @@ let package = Package(
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: strict),
         .target(name: "Agent", dependencies: [
-            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Spool", "Transport", "Wire", "CSysShim", "CustosBase",
+            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Video", "Spool", "Transport", "Wire", "CSysShim",
+            "CustosBase",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
@@ -164,7 +165,8 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CaptureTests", dependencies: [
-            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", "Video",
+            .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: [
             "Spool", "TestSupport",
@@ -175,6 +177,9 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "TestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "AgentTests", dependencies: [
+            "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
     ]
 )

@@ -82,6 +82,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
+        // The storage seam: async protocols by role over typed ids; backends in their own targets.
+        .target(name: "CollectorStorage", dependencies: ["CustosBase", "Envelope"], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),

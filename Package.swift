@@ -109,7 +109,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Admin", dependencies: [
-            "Envelope", "Collector", "CaptureFormat", "CustosBase",
+            "Envelope", "Collector", "CaptureFormat", "CustosBase", "Video",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
@@ -162,7 +162,7 @@ let package = Package(
         .testTarget(name: "BaseTests", dependencies: [
             "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat"], swiftSettings: strict),
+        .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
@@ -177,7 +177,7 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "Wire", "Spool", "Envelope", "TestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "TestSupport"],
+        .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "Video", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: [
             "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",

@@ -279,8 +279,16 @@ import TestSupport
         try runChecked([try builtProduct("custos"), "open", "--key", keys.privateKey, "--passphrase-file", keys.passphraseFile,
                         "--in", rec, "--out", dir.file("opened")])
         let all = FileManager.default.enumerator(atPath: dir.file("opened"))?.allObjects as? [String] ?? []
-        let pngs = all.filter { $0.hasSuffix(".png") }
-        #expect(pngs.count >= 2, "opened: \(all)")
+        // The screen is recorded as video by default: the packets open into WebM files.
+        let videos = all.filter { $0.hasSuffix(".webm") }.map { dir.file("opened") + "/" + $0 }
+        #expect(!videos.isEmpty, "opened: \(all)")
+        var packets = 0
+        for video in videos {
+            let out = try runChecked(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+                                      "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", video])
+            packets += Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        }
+        #expect(packets >= 2, "the repaints make several packets: \(packets) in \(all)")
         #expect(all.contains("manifest.json"))
         // One frame (a still screen) opens into a directory too when --out ends in '/'.
         let still = dir.file("still.rec")
@@ -288,7 +296,7 @@ import TestSupport
         try runChecked([try builtProduct("custos"), "open", "--key", keys.privateKey, "--passphrase-file", keys.passphraseFile,
                         "--in", still, "--out", dir.file("still-out") + "/"])
         let stillFiles = FileManager.default.enumerator(atPath: dir.file("still-out"))?.allObjects as? [String] ?? []
-        #expect(stillFiles.contains { $0.hasSuffix(".png") }, "\(stillFiles)")
+        #expect(stillFiles.contains { $0.hasSuffix(".webm") }, "\(stillFiles)")
         // custos open never overwrites a file.
         try Data("precious".utf8).write(to: URL(fileURLWithPath: dir.file("precious")))
         let over = try runCommand([try builtProduct("custos"), "open", "--key", keys.privateKey, "--passphrase-file", keys.passphraseFile,

@@ -14,9 +14,9 @@ import TestSupport
     /// Two monitors record interleaved groups of pictures (a large keyframe, small inter
     /// packets, now and then a larger one) into a 1 MiB spool while an uploader leases and
     /// acks some of them and keeps others leased; keystrokes and a DEK record sit in the spool
-    /// throughout. Eviction runs hundreds of times. After every enqueue: each group still
-    /// spooled is exactly the run of its accepted packets from some point to its last one
-    /// (what went before was acked); every record that disappeared went with its whole group,
+    /// throughout. Eviction runs about 80 times (about 90 whole groups). After every enqueue:
+    /// every packet of each group still spooled, since its keyframe, is spooled or was uploaded
+    /// (acked), in order: no hole; every record that disappeared went with its whole group,
     /// that group is in the call's `evictedGroups`, and the evicted counters grew by exactly
     /// those records and bytes; keystrokes and the DEK record are untouched; an enqueue into
     /// an evicted group throws `.groupBroken` and is counted as dropped `group-broken`.

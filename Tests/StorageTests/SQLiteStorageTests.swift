@@ -213,6 +213,28 @@ import Glibc
         await s.close()
     }
 
+    /// A batch refused by the database after its large blob was appended (a trigger refuses
+    /// its last item) leaves the blob file as it was; the batch without that item goes through.
+    @Test func aRefusedBatchIsCutOffTheBlobFile() async throws {
+        let dir = try TempDir("custos-sqlite-abort")
+        defer { dir.remove() }
+        let s = try Self.open(dir)
+        let d = dek(agent("abort"), time: 0)
+        let first = blob(d, time: 1, size: 40_000)
+        _ = try await s.ingest([.dek(d), .blob(first)], receivedAtMs: 1)
+        let file = s.blobDirectory + "/00000001.blobs"
+        func size() throws -> Int? { try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int }
+        let large = blob(d, time: 2, size: 60_000), refused = blob(d, time: 3)
+        _ = try Self.sqlite3(dir, Backend.sqlite.refuseCaptureSQL(refused.blobID))
+        let e = await storageError { _ = try await s.ingest([.blob(large), .blob(refused)], receivedAtMs: 2) }
+        #expect(e?.code == .failed)
+        #expect(try size() == first.bytes.count)
+        #expect(try await s.ingest([.blob(large)], receivedAtMs: 3) == [.stored])
+        #expect(try size() == first.bytes.count + large.bytes.count)
+        #expect(try await s.blob(large.blobID) == large.bytes)
+        await s.close()
+    }
+
     /// A blob file cut short: reading a blob past its end is `.corrupt` naming the file; new
     /// blobs go to the next file (the damaged one is never written); the agent's re-sent copy
     /// repairs the row.

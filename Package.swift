@@ -84,6 +84,13 @@ let package = Package(
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
         // The storage seam: async protocols by role over typed ids; backends in their own targets.
         .target(name: "CollectorStorage", dependencies: ["CustosBase", "Envelope"], swiftSettings: strict),
+        // The SQLite backend (GRDB on the system sqlite3; the embedded default), with blob files
+        // for large blobs.
+        .target(name: "CollectorStorageSQLite", dependencies: [
+            "CollectorStorage", "CustosBase", "Envelope",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -96,7 +103,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
-            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim",
+            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim", "CollectorStorage", "CollectorStorageSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -179,6 +186,11 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "Video", "TestSupport"],
                     swiftSettings: strict),
+        // One conformance suite for every CollectorStorage backend (Backend.allCases).
+        .testTarget(name: "StorageTests", dependencies: [
+            "CollectorStorage", "CollectorStorageSQLite", "Collector", "CustosBase", "Envelope", "TestSupport",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ], swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: [
             "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",
             .product(name: "Logging", package: "swift-log"),

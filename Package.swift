@@ -82,6 +82,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
+        // The storage seam: async protocols by role over typed ids; backends in their own targets.
+        .target(name: "CollectorStorage", dependencies: ["CustosBase", "Envelope"], swiftSettings: strict),
+        // The SQLite backend (GRDB on the system sqlite3; the embedded default), with blob files
+        // for large blobs.
+        .target(name: "CollectorStorageSQLite", dependencies: [
+            "CollectorStorage", "CustosBase", "Envelope",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -94,7 +103,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
-            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim",
+            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim", "CollectorStorage", "CollectorStorageSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -113,7 +122,8 @@ let package = Package(
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: strict),
         .target(name: "Agent", dependencies: [
-            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Spool", "Transport", "Wire", "CSysShim", "CustosBase",
+            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Video", "Spool", "Transport", "Wire", "CSysShim",
+            "CustosBase",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
@@ -164,7 +174,8 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CaptureTests", dependencies: [
-            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", "Video",
+            .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: [
             "Spool", "TestSupport",
@@ -175,6 +186,14 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "Video", "TestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "TestSupport"], swiftSettings: strict),
+        // One conformance suite for every CollectorStorage backend (Backend.allCases).
+        .testTarget(name: "StorageTests", dependencies: [
+            "CollectorStorage", "CollectorStorageSQLite", "Collector", "CustosBase", "Envelope", "TestSupport",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ], swiftSettings: strict),
+        .testTarget(name: "AgentTests", dependencies: [
+            "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
     ]
 )

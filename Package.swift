@@ -36,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, imported only by the module that wraps it.
@@ -84,6 +85,16 @@ let package = Package(
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
         // The storage seam: async protocols by role over typed ids; backends in their own targets.
         .target(name: "CollectorStorage", dependencies: ["CustosBase", "Envelope"], swiftSettings: strict),
+        // The PostgreSQL backend (postgres-nio): several collector instances on one database.
+        .target(name: "CollectorStoragePostgres", dependencies: [
+            "CollectorStorage", "CustosBase", "Envelope",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -179,6 +190,10 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "TestSupport"],
                     swiftSettings: strict),
+        .testTarget(name: "StorageTests", dependencies: [
+            "CollectorStorage", "CollectorStoragePostgres", "CustosBase", "Envelope", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: [
             "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",
             .product(name: "Logging", package: "swift-log"),

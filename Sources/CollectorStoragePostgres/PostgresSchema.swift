@@ -90,6 +90,12 @@ enum PostgresSchema {
             #"""
             CREATE INDEX captures_agent_time ON captures (agent_id, capture_time, blob_id)
             """#,
+            // An agent's captures of one kind (a dashboard's "keystrokes of this agent") are an
+            // index range too, even when the kind is rare among the agent's captures. (Without an
+            // agent, kinds are common enough for `captures_time` with a filter.)
+            #"""
+            CREATE INDEX captures_agent_kind_time ON captures (agent_id, kind, capture_time, blob_id)
+            """#,
             #"""
             CREATE TABLE audit_log (
                 id bigserial PRIMARY KEY,

@@ -135,9 +135,10 @@ extension PostgresStorage {
         blob_id, agent_id, kind, dek_id, kek_id, sequence, \(SQLTime.ms("capture_time")), size, \(SQLTime.ms("received_at"))
         """
 
-    /// One page (and one row more, to know whether another page follows) of `query`: a range
-    /// of `captures_agent_time` when an agent is given, else of `captures_time`, read forwards
-    /// or backwards; `kind` filters the range's rows.
+    /// One page (and one row more, to know whether another page follows) of `query`: one range
+    /// of the index that matches its filters — `captures_agent_kind_time`,
+    /// `captures_agent_time` or `captures_time` (kind then filters the range) — read forwards or
+    /// backwards from the cursor (a row comparison on `(capture_time, blob_id)`, never OFFSET).
     static func captureListing(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) -> PostgresQuery {
         let ascending = query.order == .ascending
         // Built piece by piece: every value is a bound parameter, never text in the SQL.

@@ -48,8 +48,10 @@ extension PostgresStorage {
                 } else {
                     problem = "\(location): KEK change listener: \(Self.connectFailure(error))"
                 }
+                // One key for every failure of the listener: an outage (terminated, then refused,
+                // then "starting up") is logged once, and its recovery once.
                 listenerErrors.failure("\(problem); new KEK rows are seen only on the registry's next read until it reconnects",
-                                       level: .warning, logger: logger)
+                                       key: "kek-listener", level: .warning, logger: logger)
                 do { try await Task.sleep(for: schedule.failed()) } catch { return }
             }
         }

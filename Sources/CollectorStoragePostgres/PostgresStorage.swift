@@ -14,8 +14,8 @@ import Synchronization
 /// Lifecycle: `init` does no I/O. The owner runs ``run()`` in a long-lived task — the
 /// collector puts the storage in its `ServiceGroup`, before the HTTP server so it stops after
 /// it — which runs the connection pool (`PostgresClient.run()`) and the `LISTEN` connection of
-/// ``kekChanges()``; calls made while ``run()`` is not running fail `.unavailable` after the
-/// operation timeout. The first call (or ``prepare()``) brings the schema up to date. ``close()``
+/// ``kekChanges()``; calls made while ``run()`` is not running fail `.unavailable` (after about
+/// a second). The first call (or ``prepare()``) brings the schema up to date. ``close()``
 /// (or cancelling ``run()``, or a graceful shutdown of the group) closes every connection.
 ///
 /// Errors: a database that cannot be reached (connection refused, server down or restarting,
@@ -357,11 +357,15 @@ public final class PostgresStorage: CollectorStorage, Service {
     // MARK: Probe
 
     /// One direct connection attempt, shared by the calls waiting at the same time and
-    /// remembered for half a second, that says why the pool has no connection.
+    /// remembered for half a second, that says why the pool has no connection (or that
+    /// ``run()`` is not running, so the pool cannot make any).
     final class Probe: Sendable {
         private let state = Mutex<(task: Task<StorageError?, Never>?, at: ContinuousClock.Instant?, result: StorageError?)>((nil, nil, nil))
 
         func check(_ storage: PostgresStorage) async -> StorageError? {
+            if !storage.state.withLock({ $0.running }) {
+                return StorageError(.unavailable, "\(storage.location): PostgresStorage.run() is not running (the owner must run it)")
+            }
             let task = state.withLock { s -> Task<StorageError?, Never> in
                 if let t = s.task { return t }
                 if let at = s.at, at.duration(to: .now) < .milliseconds(500) {

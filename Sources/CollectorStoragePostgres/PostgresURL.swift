@@ -168,9 +168,9 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ValueError(field: field, "cannot read \(SafeText.quoted(path))")
         }
-        let text = String(decoding: data, as: UTF8.self)
-        let line = text.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-        let password = line.hasSuffix("\r") ? String(line.dropLast()) : line
+        // Up to the first line end (LF or CR LF), by scalars: "\r\n" is one Character.
+        let scalars = String(decoding: data, as: UTF8.self).unicodeScalars.prefix { $0 != "\n" && $0 != "\r" }
+        let password = String(String.UnicodeScalarView(scalars))
         guard !password.isEmpty else {
             throw ValueError(field: field, "\(SafeText.quoted(path)) is empty: expected the password on its first line")
         }

@@ -31,6 +31,8 @@ public final class PostgresCluster: Sendable {
     public var logPath: String { directory + "/server.log" }
 
     private let state = Mutex<(running: Bool, databases: Int, roles: [String: String])>((false, 0, [:]))
+    /// Held while a role is made, so tests asking for the same role at once make it once.
+    private let roleCreation = Mutex(())
 
     /// Whether tests that need PostgreSQL can run here: its server binaries are installed, or
     /// `CI=true` (where a missing server then fails the test instead of skipping it).
@@ -191,11 +193,13 @@ public final class PostgresCluster: Sendable {
     /// `password_encryption` default); returns the password.
     @discardableResult
     public func createRole(_ name: String) throws -> String {
-        if let pw = state.withLock({ $0.roles[name] }) { return pw }
-        let pw = Self.newPassword()
-        try psql("CREATE ROLE \"\(name)\" LOGIN PASSWORD '\(pw)';")
-        state.withLock { $0.roles[name] = pw }
-        return pw
+        try roleCreation.withLock { _ in
+            if let pw = state.withLock({ $0.roles[name] }) { return pw }
+            let pw = Self.newPassword()
+            try psql("CREATE ROLE \"\(name)\" LOGIN PASSWORD '\(pw)';")
+            state.withLock { $0.roles[name] = pw }
+            return pw
+        }
     }
 
     /// The password of a role made by ``createRole(_:)``.

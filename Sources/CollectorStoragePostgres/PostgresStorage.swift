@@ -289,6 +289,7 @@ public final class PostgresStorage: CollectorStorage, Service {
             return StorageError(.corrupt, "\(location): \(what): column \(SafeText.quoted(e.columnName)) does not read as \(e.targetType) (\(e.postgresType))")
         }
         if let e = error as? PSQLError, let mapped = Self.classify(e, location: location, what: what) { return mapped }
+        if state.withLock({ $0.closed }) { return StorageError(.unavailable, "\(location): \(what): the storage is closed") }
         // Not a server answer (a pool error, a closed connection): ask the server directly.
         if let problem = await probe.check(self) { return problem }
         if let e = error as? PSQLError {
@@ -329,7 +330,7 @@ public final class PostgresStorage: CollectorStorage, Service {
             guard let underlying = e.underlying else {
                 return StorageError(.unavailable, "\(location): \(what): cannot connect")
             }
-            if underlying is NIOSSLError || underlying is BoringSSLError {
+            if underlying is NIOSSLError || underlying is NIOSSLExtraError || underlying is BoringSSLError {
                 return StorageError(.failed, "\(location): \(what): TLS failed: \(SafeText.escaped(String(describing: underlying)))")
             }
             return StorageError(.unavailable, "\(location): \(what): cannot connect: \(connectFailure(underlying))")

@@ -1,8 +1,9 @@
 import CollectorStorage
-import CollectorStoragePostgres
+@testable import CollectorStoragePostgres
 import CustosBase
 import Envelope
 import Foundation
+import Logging
 import Testing
 import TestSupport
 
@@ -58,5 +59,78 @@ struct PostgresFaultTests {
             #expect(logs.lines(at: .warning).filter { $0.contains("KEK change listener") }.count == 1, "\(logs.text)")
             #expect(logs.lines(at: .notice).filter { $0.contains("listening again") }.count == 1, "\(logs.text)")
         }
+    }
+}
+
+/// `sslmode` against a real server with TLS: certificates made by the `openssl` CLI.
+@Suite(.enabled(if: PostgresCluster.isAvailable, "needs Debian's postgresql (make deps)"))
+struct PostgresTLSTests {
+    @Test func sslModes() async throws {
+        let cluster = try await PostgresCluster.make()
+        defer { cluster.shutdown() }
+        try cluster.createRole(collectorRole)
+        let db = try await cluster.createDatabaseAsync(owner: collectorRole)
+        let password = try #require(cluster.password(of: collectorRole))
+        func storage(_ query: String, host: String = "localhost") throws -> PostgresStorage {
+            let url = try PostgresURL("postgres://\(collectorRole)@\(host):\(cluster.port)/\(db)?\(query)")
+            return try PostgresStorage(.init(url: url, password: Secret(password), operationTimeout: .seconds(3)),
+                                       logger: .init(label: "test"))
+        }
+        func firstError(_ s: PostgresStorage) async -> StorageError? {
+            let runner = Task { try await s.run() }
+            defer { runner.cancel() }
+            let error = await storageError { try await s.prepare() }
+            await s.close()
+            return error
+        }
+        func works(_ s: PostgresStorage) async throws -> Bool {
+            let runner = Task { try await s.run() }
+            defer { runner.cancel() }
+            try await s.prepare()
+            let ssl = try await s.withClient("ssl?") { client in
+                var on = false
+                for try await (v) in try await client.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                                                            logger: PostgresStorage.quiet).decode(Bool.self) { on = v }
+                return on
+            }
+            await s.close()
+            return ssl
+        }
+
+        // No TLS on the server yet: require is refused, clearly.
+        let plain = await firstError(try storage("sslmode=require"))
+        #expect(plain?.code == .failed && plain?.message.contains("does not offer TLS") == true, "\(String(describing: plain))")
+
+        let dir = try TempDir("custos-pg-tls")
+        defer { dir.remove() }
+        let pki = try makeTestPKI(in: dir.path)
+        func serve(_ name: String) async throws {
+            for (from, to) in [(pki.chain(name), "server.crt"), (pki.key(name), "server.key")] {
+                let dest = cluster.dataDirectory + "/" + to
+                try? FileManager.default.removeItem(atPath: dest)
+                try FileManager.default.copyItem(atPath: from, toPath: dest)
+                chmod(dest, 0o600)
+                if getuid() == 0 { try runChecked(["chown", "postgres:postgres", dest]) }
+            }
+            try await cluster.psqlAsync("ALTER SYSTEM SET ssl = on;")
+            try await cluster.psqlAsync("SELECT pg_reload_conf();")
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        try await serve("leaf")
+        let root = "sslrootcert=" + pki.rootCertificate
+        #expect(try await works(try storage("sslmode=verify-full&" + root)))
+        #expect(try await works(try storage("sslmode=verify-full&" + root, host: "127.0.0.1")))  // the IP's SAN
+        #expect(try await works(try storage("sslmode=require")))
+        #expect(try await !works(try storage("sslmode=disable")))
+
+        // An unknown CA (the system's trust store) and a certificate for another name: refused.
+        let unknownCA = await firstError(try storage("sslmode=verify-full"))
+        #expect(unknownCA?.code == .failed && unknownCA?.message.contains("TLS") == true, "\(String(describing: unknownCA))")
+        try await serve("wrongHost")
+        let wrongName = await firstError(try storage("sslmode=verify-full&" + root))
+        #expect(wrongName?.code == .failed && wrongName?.message.contains("TLS") == true, "\(String(describing: wrongName))")
+        let wrongIP = await firstError(try storage("sslmode=verify-full&" + root, host: "127.0.0.1"))
+        #expect(wrongIP?.code == .failed && wrongIP?.message.contains("TLS") == true, "\(String(describing: wrongIP))")
+        #expect(try await works(try storage("sslmode=require")))
     }
 }

@@ -70,7 +70,7 @@ func makePostgresStorage(cluster: PostgresCluster, database: String, role: Strin
 /// A fresh database owned by the collector's role, on the suite's cluster.
 func freshDatabase(owner: String = collectorRole) async throws -> (PostgresCluster, String) {
     let cluster = try PostgresClusterScope.cluster()
-    try cluster.createRole(owner)
+    _ = try await offPool { try cluster.createRole(owner) }
     return (cluster, try await cluster.createDatabaseAsync(owner: owner))
 }
 

@@ -298,6 +298,21 @@ struct PostgresStorageTests {
         #expect(notRunning?.code == .unavailable && notRunning?.message.contains("run() is not running") == true)
     }
 
+    /// PostgreSQL `text` cannot hold NUL: such text is `invalidArgument` before anything is
+    /// sent (not a `failed` from the server).
+    @Test func textWithNULIsInvalid() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { (s: PostgresStorage) async throws in
+            #expect(await storageError { _ = try await s.appendAudit(actor: "a\u{0}b", action: "x", detail: "y") }?.code
+                == .invalidArgument)
+            #expect(await storageError {
+                _ = try await s.registerKEK(KEKRegistration(pubDatafile: "/k\u{0}.pem", publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+            }?.code == .invalidArgument)
+            #expect(try await s.auditEntries(before: nil, limit: 10).isEmpty)
+            #expect(try await s.keks().isEmpty)
+        }
+    }
+
     // MARK: Helpers
 
     /// The planner's row estimate of the first `node` line of an EXPLAIN, nil without one.

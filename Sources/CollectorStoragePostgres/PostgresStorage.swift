@@ -295,7 +295,13 @@ public final class PostgresStorage: CollectorStorage, Service {
         if let e = error as? PSQLError {
             return StorageError(.unavailable, "\(location): \(what): connection lost (\(e.code))")
         }
-        return StorageError(.unavailable, "\(location): \(what): \(SafeText.escaped(String(describing: error)))")
+        let text = String(describing: error)
+        if text.contains("CircuitBreakerTripped") {
+            // postgres-nio's pool after 60 s without a connection: it fails calls at once until its
+            // next attempt (at most a minute away) succeeds.
+            return StorageError(.unavailable, "\(location): \(what): the connection pool is waiting to reconnect after an outage")
+        }
+        return StorageError(.unavailable, "\(location): \(what): \(SafeText.escaped(text))")
     }
 
     /// A server's or a connection's error as a ``StorageError``; nil when only a probe can tell.

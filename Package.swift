@@ -36,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, imported only by the module that wraps it.
@@ -90,6 +91,16 @@ let package = Package(
             "CollectorStorage", "CustosBase", "Envelope",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
+        ], swiftSettings: strict),
+        // The PostgreSQL backend (postgres-nio): several collector instances on one database.
+        .target(name: "CollectorStoragePostgres", dependencies: [
+            "CollectorStorage", "CustosBase", "Envelope",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
@@ -188,8 +199,10 @@ let package = Package(
                     swiftSettings: strict),
         // One conformance suite for every CollectorStorage backend (Backend.allCases).
         .testTarget(name: "StorageTests", dependencies: [
-            "CollectorStorage", "CollectorStorageSQLite", "Collector", "CustosBase", "Envelope", "TestSupport",
+            "CollectorStorage", "CollectorStorageSQLite", "CollectorStoragePostgres", "Collector", "CustosBase", "Envelope",
+            "TestSupport",
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: [
             "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",

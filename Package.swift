@@ -36,6 +36,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, imported only by the module that wraps it.
@@ -82,6 +83,25 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
+        // The storage seam: async protocols by role over typed ids; backends in their own targets.
+        .target(name: "CollectorStorage", dependencies: ["CustosBase", "Envelope"], swiftSettings: strict),
+        // The SQLite backend (GRDB on the system sqlite3; the embedded default), with blob files
+        // for large blobs.
+        .target(name: "CollectorStorageSQLite", dependencies: [
+            "CollectorStorage", "CustosBase", "Envelope",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ], swiftSettings: strict),
+        // The PostgreSQL backend (postgres-nio): several collector instances on one database.
+        .target(name: "CollectorStoragePostgres", dependencies: [
+            "CollectorStorage", "CustosBase", "Envelope",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -94,7 +114,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
-            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim",
+            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim", "CollectorStorage", "CollectorStorageSQLite",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -107,13 +127,14 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Admin", dependencies: [
-            "Envelope", "Collector", "CaptureFormat", "CustosBase",
+            "Envelope", "Collector", "CaptureFormat", "CustosBase", "Video",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: strict),
         .target(name: "Agent", dependencies: [
-            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Spool", "Transport", "Wire", "CSysShim", "CustosBase",
+            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Video", "Spool", "Transport", "Wire", "CSysShim",
+            "CustosBase",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
@@ -159,12 +180,13 @@ let package = Package(
         .testTarget(name: "BaseTests", dependencies: [
             "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat"], swiftSettings: strict),
+        .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CaptureTests", dependencies: [
-            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", "Video",
+            .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: [
             "Spool", "TestSupport",
@@ -173,8 +195,18 @@ let package = Package(
         ], swiftSettings: strict),
         .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "Wire", "Spool", "Envelope", "TestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "TestSupport"],
+        .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "Video", "TestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "TestSupport"], swiftSettings: strict),
+        // One conformance suite for every CollectorStorage backend (Backend.allCases).
+        .testTarget(name: "StorageTests", dependencies: [
+            "CollectorStorage", "CollectorStorageSQLite", "CollectorStoragePostgres", "Collector", "CustosBase", "Envelope",
+            "TestSupport",
+            .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        .testTarget(name: "AgentTests", dependencies: [
+            "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
     ]
 )

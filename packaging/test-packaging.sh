@@ -241,8 +241,8 @@ check "[flag] every other line as shipped" \
     diff <(grep -v '^enable-encryption=' "$R/etc/custos/config.cfg") <(grep -v '^enable-encryption=' "$SAMPLE")
 # The admin edits the config; an upgrade (with CUSTOS_ENCRYPTION=0 in the environment, which
 # must not matter after the first install) keeps the edit and puts the new one aside.
-printf 'screen-interval-ms=1000\n' >> "$R/etc/custos/config.cfg"
-sed -i '0,/^screen-interval-ms=5000$/{/^screen-interval-ms=5000$/d}' "$R/etc/custos/config.cfg"
+printf 'screen-interval-ms=2000\n' >> "$R/etc/custos/config.cfg"
+sed -i '0,/^screen-interval-ms=1000$/{/^screen-interval-ms=1000$/d}' "$R/etc/custos/config.cfg"
 cp "$R/etc/custos/config.cfg" "$WORK/edited.cfg"
 mkdir -p "$R/var/lib/custos" && echo sealed > "$R/var/lib/custos/spool.sqlite"
 check "[flag] upgrade to 0.1.1 with --force-confdef --force-confold (apt -o Dpkg::Options)" \
@@ -339,7 +339,7 @@ else
     UNIT_AGENT=pkgtest-unit
     in_sbx sed -i -e "s|^#display=\$|display=:$DISPLAY_NUM|" \
         -e "s|^#xauthority=\$|xauthority=/home/custos-desk/.Xauthority|" -e "s|^#agent-id=\$|agent-id=$UNIT_AGENT|" \
-        -e 's|^screen-interval-ms=5000$|screen-interval-ms=500|' /etc/custos/config.cfg
+        -e 's|^screen-interval-ms=1000$|screen-interval-ms=500|' /etc/custos/config.cfg
     in_sbx install -m 0644 "$WORK/kek.pem" /etc/custos/certs/kek.pem
     check "[systemd] systemctl enable --now custos-agent (Type=notify: returns after READY=1)" \
         in_sbx timeout 60 systemctl enable --now custos-agent.service

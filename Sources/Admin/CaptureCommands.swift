@@ -98,16 +98,24 @@ struct DecryptArguments: ParsableArguments {
     @Option(help: "File whose first line is the passphrase; '-' reads standard input. Without it, custos asks on the terminal.")
     var passphraseFile: String?
     @OptionGroup var selection: CaptureSelection
+    @Option(name: .customLong("stills"), help: ArgumentHelp(
+        "Also write a PNG still of the screen video at the start of each WebM file and every SECONDS of capture time after (decimals allowed).",
+        valueName: "SECONDS"))
+    var stillsEverySeconds: Double?
     @Flag(help: "No progress output.")
     var quiet = false
 
     func validate() throws {
         guard (db == nil) != (input == nil) else { throw ValidationError("give exactly one of --db and --in") }
+        if let s = stillsEverySeconds, !(s >= 0.001 && s <= 31_536_000) {
+            throw ValidationError("--stills \(s): expected seconds between still pictures, from 0.001 to 31536000 (a year)")
+        }
     }
 
     func run(output: DecryptOptions.Output) throws {
         let options = DecryptOptions(output: output, agentID: selection.agent, kind: selection.kind,
-                                     sinceMs: try selection.sinceMs(), untilMs: try selection.untilMs())
+                                     sinceMs: try selection.sinceMs(), untilMs: try selection.untilMs(),
+                                     stillsEveryMs: stillsEverySeconds.map { Int64(($0 * 1000).rounded()) })
         let sealed: SealedInput = db.map { .database($0) } ?? .recordStream(input!)
         // Check the inputs before asking for the passphrase.
         for path in [db ?? input!, key] where !FileManager.default.fileExists(atPath: path) {
@@ -120,7 +128,7 @@ struct DecryptArguments: ParsableArguments {
         let report = try DecryptJob.run(input: sealed, keyFile: key, passphrase: passphrase, options: options,
                                         actor: loginUser(), log: printError, progressStyle: quiet ? .quiet : nil)
         for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
-        let what = "\(report.screens) screen frames, \(report.keystrokeChunks) keystroke chunks in \(report.keystrokeWindows) windows, \(report.generic) other"
+        let what = "\(report.screens) screen frames, \(report.videoSummary), \(report.keystrokeChunks) keystroke chunks in \(report.keystrokeWindows) windows, \(report.generic) other"
         printError("\(options.operation): \(report.decrypted) of \(report.attempted) items decrypted (\(what)) → \(options.outputPath)"
                    + (report.failures.isEmpty ? "" : "; \(report.failures.count) FAILED"))
         if report.interrupted {
@@ -136,7 +144,7 @@ struct DecryptArguments: ParsableArguments {
 public struct DecryptCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "decrypt",
-        abstract: "Decrypt captures into a directory: PNG frames, keystroke text per window, keystrokes.jsonl, manifest.json.",
+        abstract: "Decrypt captures into a directory: screen video as WebM (and PNG stills with --stills), PNG frames, keystroke text per window, keystrokes.jsonl, manifest.json.",
         discussion: """
             Asks for the key's passphrase (no echo) unless --passphrase-file is given. Each DEK is unwrapped \
             once. An audit record (who, when, selection, counts) is appended to the database before any \

@@ -21,13 +21,21 @@ public struct DecryptOptions: Sendable {
     public var sinceMs: Int64?
     /// Capture time upper bound, Unix ms, exclusive.
     public var untilMs: Int64?
+    /// `--stills`: a PNG still from video at the start of each WebM file and every this many ms
+    /// of capture time after; nil: none.
+    public var stillsEveryMs: Int64?
+    /// A WebM file is cut at the next keyframe once it holds this many bytes (it is built in memory).
+    public var maxVideoFileBytes: Int
 
-    public init(output: Output, agentID: String? = nil, kind: String? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil) {
+    public init(output: Output, agentID: String? = nil, kind: String? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil,
+                stillsEveryMs: Int64? = nil, maxVideoFileBytes: Int = 256 << 20) {
         self.output = output
         self.agentID = agentID
         self.kind = kind
         self.sinceMs = sinceMs
         self.untilMs = untilMs
+        self.stillsEveryMs = stillsEveryMs
+        self.maxVideoFileBytes = maxVideoFileBytes
     }
 
     var operation: String {
@@ -96,6 +104,7 @@ public enum DecryptJob {
             }
         }
         let selection = "agent=\(options.agentID ?? "*") kind=\(options.kind ?? "*") since=\(options.sinceMs.map(OutputNaming.iso) ?? "-") until=\(options.untilMs.map(OutputNaming.iso) ?? "-")"
+            + (options.stillsEveryMs.map { " stills_every_ms=\($0)" } ?? "")
 
         // 2. The key. Nothing is written before it opens.
         let key: KEKPrivateKey
@@ -143,7 +152,9 @@ public enum DecryptJob {
         let previous = installInterruptHandlers()
         defer { restoreSignalHandlers(previous) }
         let progress = ProgressReporter(label: op, style: progressStyle.map(\.style))
-        let decryptor = Decryptor(key: key, source: source, sink: sink, progress: progress)
+        let decryptor = Decryptor(key: key, source: source, sink: sink, progress: progress,
+                                  video: VideoExportOptions(stillsEveryMs: options.stillsEveryMs,
+                                                            maxFileBytes: options.maxVideoFileBytes))
         do {
             try decryptor.run(mine, report: &report)
             if report.interrupted, case .archive = options.output {
@@ -153,7 +164,8 @@ public enum DecryptJob {
                                         actor: actor, source: source.name, kekID: key.id.hex,
                                         selection: .init(agent: options.agentID, kind: options.kind,
                                                          since: options.sinceMs.map(OutputNaming.iso),
-                                                         until: options.untilMs.map(OutputNaming.iso)),
+                                                         until: options.untilMs.map(OutputNaming.iso),
+                                                         stillsEveryMs: options.stillsEveryMs),
                                         counts: report, files: decryptor.files)
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -165,7 +177,7 @@ public enum DecryptJob {
             try? audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) error=\(error)")
             throw error
         }
-        try audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
+        try audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkipped.values.reduce(0, +)) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
         return report
     }
 }

@@ -16,8 +16,18 @@ public struct DecryptReport: Sendable, Codable, Equatable {
     public var selected = 0
     /// Blobs opened and written.
     public var decrypted = 0
-    /// Screen frames written as PNG.
+    /// Screen frames written as PNG (`screen-format=png`).
     public var screens = 0
+    /// Video packets (AV1, kind `screen`) written into WebM files.
+    public var videoPackets = 0
+    /// WebM files written (one per contiguous run of a stream: docs/ADMIN.md "Output layout").
+    public var videoFiles = 0
+    /// Video packets decrypted but not written, by reason: `no-keyframe` (a packet before it is
+    /// missing — not stored, failed, or outside the selection — and no keyframe came since, so it
+    /// cannot be decoded), `duplicate` (a second packet with the same stream and index).
+    public var videoPacketsSkipped: [String: Int] = [:]
+    /// PNG stills decoded from video (`--stills`).
+    public var stills = 0
     /// Keystroke chunks decoded.
     public var keystrokeChunks = 0
     /// Distinct (agent, window title, WM_CLASS) keystroke text files.
@@ -40,9 +50,18 @@ public struct DecryptReport: Sendable, Codable, Equatable {
 
     /// Selected blobs sealed to the key given.
     public var attempted: Int { selected - otherKEKs.values.reduce(0, +) }
+
+    /// `12 video packets in 2 WebM files (3 skipped: 3 no-keyframe), 4 stills` for the summary line.
+    public var videoSummary: String {
+        let skipped = videoPacketsSkipped.values.reduce(0, +)
+        let reasons = videoPacketsSkipped.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+        return "\(videoPackets) video packets in \(videoFiles) WebM files"
+            + (skipped > 0 ? " (\(skipped) skipped: \(reasons))" : "") + (stills > 0 ? ", \(stills) stills" : "")
+    }
 }
 
-/// One written file, for the manifest.
+/// One written file, for the manifest. Video files (`kind` "video") also carry their stream,
+/// packet count, duration and first/last packet time; stills (`kind` "still") the video they come from.
 struct ManifestFile: Codable {
     var path: String
     var kind: String
@@ -51,6 +70,18 @@ struct ManifestFile: Codable {
     var captureTime: String
     var bytes: Int
     var sha256: String
+    var streamId: String? = nil
+    var monitor: Int? = nil
+    var codec: String? = nil
+    var width: Int? = nil
+    var height: Int? = nil
+    var packets: Int? = nil
+    /// Declared WebM duration in ms (last − first packet time + the last packet's display time).
+    var durationMs: Int64? = nil
+    var firstTime: String? = nil
+    var lastTime: String? = nil
+    /// For a still: the WebM file holding the packet it was decoded from.
+    var video: String? = nil
 }
 
 /// The manifest written as `manifest.json` in a decrypt directory or export archive.
@@ -70,6 +101,8 @@ struct Manifest: Codable {
         var kind: String?
         var since: String?
         var until: String?
+        /// `--stills` in ms, when given.
+        var stillsEveryMs: Int64? = nil
     }
 }
 
@@ -83,81 +116,99 @@ final class Decryptor {
     let source: any SealedItemSource
     let sink: any CaptureSink
     let progress: ProgressReporter
-    private(set) var files: [ManifestFile] = []
+    let video: VideoExportOptions
+    var files: [ManifestFile] = []
+    private var openers: [String: BlobOpener] = [:]
+    private var deadDEKs: [String: String] = [:]
 
-    init(key: KEKPrivateKey, source: any SealedItemSource, sink: any CaptureSink, progress: ProgressReporter) {
+    init(key: KEKPrivateKey, source: any SealedItemSource, sink: any CaptureSink, progress: ProgressReporter,
+         video: VideoExportOptions = VideoExportOptions()) {
         self.key = key
         self.source = source
         self.sink = sink
         self.progress = progress
+        self.video = video
     }
 
     /// Keystroke chunks grouped per (agent, window); written when the run ends.
     private struct WindowKey: Hashable { var agent: String; var title: String; var wmClass: String }
     private struct Chunk { var blobID: String; var chunk: KeystrokeChunk }
 
+    /// Opens one sealed item: its DEK (unwrapped once per run and kept), the blob, a check that
+    /// the blob's header matches its row. A failure is added to `report` by blob id; nil then.
+    func plaintext(of info: SealedItem, report: inout DecryptReport) -> Data? {
+        func fail(_ reason: String) -> Data? {
+            report.failures.append(.init(blobID: info.blobID, reason: reason))
+            return nil
+        }
+        // The DEK, unwrapped once.
+        let opener: BlobOpener
+        if let o = openers[info.dekID] {
+            opener = o
+        } else if let why = deadDEKs[info.dekID] {
+            return fail(why)
+        } else {
+            do {
+                guard let bytes = try source.dekRecord(dekID: info.dekID) else {
+                    throw AdminError(.decryptionFailed, "DEK record \(info.dekID) is missing from \(source.name)")
+                }
+                let record = try DEKRecord(parsing: bytes)
+                guard record.dekID.hex == info.dekID else {
+                    throw AdminError(.decryptionFailed, "DEK record stored as \(info.dekID) is \(record.dekID)")
+                }
+                let o = try key.unwrap(record)
+                openers[info.dekID] = o
+                report.deksUnwrapped += 1
+                opener = o
+            } catch {
+                let why = "DEK \(info.dekID): \(error)"
+                deadDEKs[info.dekID] = why
+                return fail(why)
+            }
+        }
+
+        // The blob.
+        do {
+            guard let bytes = try source.blob(blobID: info.blobID) else {
+                return fail("sealed blob missing from \(source.name)")
+            }
+            let blob = try SealedBlob(parsing: bytes)
+            guard blob.header.blobID.hex == info.blobID, blob.header.agentID == info.agentID,
+                  blob.header.kind.name == info.kind, blob.header.captureTimeMs == info.captureTimeMs else {
+                return fail("the blob's header does not match its database row (agent, kind, time or id changed)")
+            }
+            return try opener.open(blob)
+        } catch let e as EnvelopeError {
+            return fail(e.message)
+        } catch {
+            return fail("\(error)")
+        }
+    }
+
     /// Decrypts `infos` (already selected, all sealed to `key.id`) into the sink.
     /// Does not commit the sink. Returns the report with failures filled in.
+    ///
+    /// Video packets are read twice: the first pass keeps only their metadata (``VideoStreams``),
+    /// the second (``writeVideo(_:report:)``) opens each stream's packets again in order and
+    /// muxes them, so only one WebM file is in memory at a time, never a whole selection.
     func run(_ infos: [SealedItem], report: inout DecryptReport) throws {
-        var openers: [String: BlobOpener] = [:]
-        var deadDEKs: [String: String] = [:]
         var windows: [WindowKey: [Chunk]] = [:]
         var windowOrder: [WindowKey] = []
         var jsonLines = Data()
+        let videoStreams = VideoStreams()
 
         progress.start(total: infos.count)
         for info in infos {
             if interruptRequested.load(ordering: .relaxed) { report.interrupted = true; break }
             defer { progress.advance(failed: report.failures.count) }
-            func fail(_ reason: String) { report.failures.append(.init(blobID: info.blobID, reason: reason)) }
-
-            // The DEK, unwrapped once.
-            let opener: BlobOpener
-            if let o = openers[info.dekID] {
-                opener = o
-            } else if let why = deadDEKs[info.dekID] {
-                fail(why); continue
-            } else {
-                do {
-                    guard let bytes = try source.dekRecord(dekID: info.dekID) else {
-                        throw AdminError(.decryptionFailed, "DEK record \(info.dekID) is missing from \(source.name)")
-                    }
-                    let record = try DEKRecord(parsing: bytes)
-                    guard record.dekID.hex == info.dekID else {
-                        throw AdminError(.decryptionFailed, "DEK record stored as \(info.dekID) is \(record.dekID)")
-                    }
-                    let o = try key.unwrap(record)
-                    openers[info.dekID] = o
-                    report.deksUnwrapped += 1
-                    opener = o
-                } catch {
-                    let why = "DEK \(info.dekID): \(error)"
-                    deadDEKs[info.dekID] = why
-                    fail(why); continue
-                }
-            }
-
-            // The blob.
-            let plaintext: Data
-            do {
-                guard let bytes = try source.blob(blobID: info.blobID) else {
-                    fail("sealed blob missing from \(source.name)"); continue
-                }
-                let blob = try SealedBlob(parsing: bytes)
-                guard blob.header.blobID.hex == info.blobID, blob.header.agentID == info.agentID,
-                      blob.header.kind.name == info.kind, blob.header.captureTimeMs == info.captureTimeMs else {
-                    fail("the blob's header does not match its database row (agent, kind, time or id changed)"); continue
-                }
-                plaintext = try opener.open(blob)
-            } catch let e as EnvelopeError {
-                fail(e.message); continue
-            } catch {
-                fail("\(error)"); continue
-            }
+            guard let plaintext = plaintext(of: info, report: &report) else { continue }
 
             // The payload.
             do {
                 switch info.kind {
+                case "screen" where VideoPacketPayload.matches(plaintext):
+                    let (meta, packet) = try VideoPacketPayload.decode(plaintext)
+                    try videoStreams.add(info, meta: meta, packet: packet)
                 case "screen":
                     let (meta, png) = try FramePayload.decode(plaintext)
                     let name = OutputNaming.screen(agent: info.agentID, meta: meta, timeMs: info.captureTimeMs)
@@ -181,10 +232,14 @@ final class Decryptor {
             } catch let e as AdminError where e.code == .io || e.code == .usage {
                 throw e  // the output failed: stop, the rest would fail the same way
             } catch {
-                fail("decrypted, but the \(info.kind) payload is not decodable: \(error)")
+                report.failures.append(.init(blobID: info.blobID,
+                                             reason: "decrypted, but the \(info.kind) payload is not decodable: \(error)"))
             }
         }
         progress.finish()
+
+        // Video: one WebM file per contiguous run of each stream (and stills), read again per stream.
+        if !report.interrupted { try writeVideo(videoStreams, report: &report) }
 
         // Keystrokes: one readable text file per window, and keystrokes.jsonl.
         for k in windowOrder {
@@ -245,10 +300,21 @@ enum OutputNaming {
         return out.isEmpty ? "_" : out
     }
 
-    /// `<agent>/screens/<agent>_mon<N>-<name>_<time>.png`.
+    /// `<agent>/screens/<agent>_mon<N>-<name>_<time>.png`: a PNG frame, or a still decoded from video.
     static func screen(agent: String, meta: FrameMetadata, timeMs: Int64) -> String {
+        screen(agent: agent, monitor: meta.monitor, monitorName: meta.monitorName, timeMs: timeMs)
+    }
+
+    static func screen(agent: String, monitor: Int, monitorName: String, timeMs: Int64) -> String {
         let a = component(agent)
-        return "\(a)/screens/\(a)_mon\(meta.monitor)-\(component(meta.monitorName, maxBytes: 32))_\(fileTime(timeMs)).png"
+        return "\(a)/screens/\(a)_mon\(monitor)-\(component(monitorName, maxBytes: 32))_\(fileTime(timeMs)).png"
+    }
+
+    /// `<agent>/screens/<agent>_mon<N>-<name>_<time of the first packet>_<first 8 digits of the stream id>.webm`.
+    static func video(agent: String, monitor: Int, monitorName: String, startMs: Int64, streamID: String) -> String {
+        let a = component(agent)
+        return "\(a)/screens/\(a)_mon\(monitor)-\(component(monitorName, maxBytes: 32))_\(fileTime(startMs))_"
+            + "\(component(String(streamID.prefix(8)))).webm"
     }
 
     /// `<agent>/keystrokes/<WM_CLASS>_<window title>.txt`.

@@ -93,7 +93,7 @@ public struct OpenCommand: AsyncParsableCommand {
                                         options: DecryptOptions(output: .directory(output)),
                                         actor: loginUser(), log: printError, progressStyle: .quiet)
         for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
-        printError("open: \(report.decrypted) of \(report.attempted) blobs opened (\(report.screens) screen frames, \(report.keystrokeChunks) keystroke chunks, \(report.generic) other) → \(output)")
+        printError("open: \(report.decrypted) of \(report.attempted) blobs opened (\(report.screens) screen frames, \(report.videoSummary), \(report.keystrokeChunks) keystroke chunks, \(report.generic) other) → \(output)")
         if !report.failures.isEmpty {
             throw AdminError(.decryptionFailed, "\(report.failures.count) of \(report.attempted) blobs failed to open (listed above); the others were written")
         }

@@ -3,6 +3,7 @@ import CaptureFormat
 import CustosBase
 import CustosConfig
 import Envelope
+import Video
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -132,6 +133,10 @@ public final class CaptureService: Service, Sendable {
         /// Agent-side drops not yet written to the spool's counters.
         var pendingDrops: [DropReason: Int] = [:]
         var capWarned = false
+        /// Video: the DEK the current streams are sealed under (a new DEK starts new streams),
+        /// and each monitor's current group of pictures (an eviction of it restarts the stream).
+        var streamDEK: DEKID?
+        var currentGroups: [Int: Int64] = [:]
         let screenDrops = RepeatedErrorLog()
         let keystrokeDrops = RepeatedErrorLog()
         let keystrokeErrors = RepeatedErrorLog()
@@ -191,6 +196,7 @@ public final class CaptureService: Service, Sendable {
             case .tooLarge: return (.tooLarge, true)
             case .full: return (.full, true)
             case .diskFull: return (.diskFull, true)
+            case .groupBroken: return (.groupBroken, true)
             default: return (.sealError, false)
             }
         }
@@ -211,6 +217,14 @@ public final class CaptureService: Service, Sendable {
             if loop.capturer == nil {
                 loop.capturer = try ScreenCapturer(display: loop.settings.display, xauthority: loop.settings.xauthority,
                                                    encoding: config.screenEncoding, logger: logger, health: health)
+            }
+            if config.screenFormat == .video {
+                // A new DEK begins with keyframes: each DEK's packets decode on their own.
+                let dek = try sealer.rotateIfDue()
+                if dek != loop.streamDEK {
+                    loop.capturer!.restartStreams()
+                    loop.streamDEK = dek
+                }
             }
             frames = try loop.capturer!.captureAll()
         } catch let error as CaptureError where error.code == .displayUnavailable {
@@ -253,13 +267,21 @@ public final class CaptureService: Service, Sendable {
             case .packet(let meta, let packet):
                 let plaintext = VideoPacketPayload.encode(meta, packet: packet)
                 do {
-                    try sealer.seal(plaintext, kind: .screen, captureTimeMs: meta.captureTimeMs)
+                    let receipt = try sealer.seal(plaintext, kind: .screen, captureTimeMs: meta.captureTimeMs,
+                                                  group: meta.groupID)
                     counters.withLock { $0.framesSealed += 1 }
                     sealedAny = true
+                    loop.currentGroups[meta.monitor] = meta.groupID
+                    if receipt.dekID != loop.streamDEK {  // rotated inside seal (a limit reached mid-capture)
+                        loop.capturer?.restartStreams()
+                        loop.streamDEK = receipt.dekID
+                    }
+                    noteEvictions(receipt.evictedGroups, &loop)
                     loop.screenDrops.success("screen captures kept again", logger: logger)
                 } catch {
                     // The stream cannot go on without this packet: its monitor starts a new one.
                     loop.capturer?.restartStreams(monitor: meta.monitor)
+                    loop.currentGroups[meta.monitor] = nil
                     let (reason, counted) = Self.reason(ofSealError: error)
                     counters.withLock { $0.errors += 1 }
                     lastErrorText.withLock { $0 = "\(error)" }
@@ -272,6 +294,16 @@ public final class CaptureService: Service, Sendable {
             }
         }
         if sealedAny { MemoryPolicy.trim() }
+    }
+
+    /// Restarts the video stream of every monitor whose current group of pictures the spool
+    /// evicted (its next packets could not decode), so the next frame is a keyframe.
+    private func noteEvictions(_ groups: Set<Int64>, _ loop: inout Loop) {
+        guard !groups.isEmpty else { return }
+        for (monitor, group) in loop.currentGroups where groups.contains(group) {
+            loop.capturer?.restartStreams(monitor: monitor)
+            loop.currentGroups[monitor] = nil
+        }
     }
 
     // MARK: Keystrokes
@@ -312,8 +344,9 @@ public final class CaptureService: Service, Sendable {
     private func sealChunks(_ loop: inout Loop) {
         for chunk in mailbox.takeChunks() {
             do {
-                try sealer.seal(chunk.encoded(), kind: .keystrokes, captureTimeMs: chunk.startMs)
+                let receipt = try sealer.seal(chunk.encoded(), kind: .keystrokes, captureTimeMs: chunk.startMs)
                 counters.withLock { $0.chunksSealed += 1 }
+                noteEvictions(receipt.evictedGroups, &loop)  // keystrokes evict screen records first
                 loop.keystrokeDrops.success("keystroke chunks kept again", logger: logger)
             } catch {
                 let (reason, counted) = Self.reason(ofSealError: error)

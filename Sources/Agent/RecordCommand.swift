@@ -73,7 +73,8 @@ final class RecordFileSink: RecordSink {
         self.fd = Mutex(fd)
     }
 
-    func put(_ record: EnvelopeRecord, kind: SpoolKind, dekID: DEKID, captureTimeMs: Int64) throws {
+    func put(_ record: EnvelopeRecord, kind: SpoolKind, dekID: DEKID, captureTimeMs: Int64,
+             group: Int64?) throws -> Set<Int64> {
         let bytes = record.serialized
         try fd.withLock { fd in
             guard fd >= 0 else { throw SealerUnavailable(description: "\(path): already closed") }
@@ -87,6 +88,7 @@ final class RecordFileSink: RecordSink {
                 throw SealerUnavailable(description: "\(path): fsync failed: \(String(cString: strerror(errno)))")
             }
         }
+        return []  // a file evicts nothing
     }
 
     func close() throws {

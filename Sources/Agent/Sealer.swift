@@ -7,8 +7,12 @@ import Synchronization
 
 /// Where sealed records go: the spool (the daemon) or a record-stream file (`custos-agent record`).
 public protocol RecordSink: Sendable {
-    /// Stores one sealed record durably. `kind` orders uploads and eviction.
-    func put(_ record: EnvelopeRecord, kind: SpoolKind, dekID: DEKID, captureTimeMs: Int64) throws
+    /// Stores one sealed record durably. `kind` orders uploads and eviction; `group` is the
+    /// record's group of pictures (video packets; nil otherwise), evicted as a whole.
+    /// - Returns: the groups of pictures of which records were evicted to make room (their
+    ///   later packets cannot decode: the agent starts a new stream).
+    @discardableResult
+    func put(_ record: EnvelopeRecord, kind: SpoolKind, dekID: DEKID, captureTimeMs: Int64, group: Int64?) throws -> Set<Int64>
     /// Counts `count` captures not kept for `reason` (none of them reached `put`, or `put`
     /// refused them for a reason it does not count itself), `bytes` in all where known.
     func countDropped(_ reason: DropReason, count: Int, bytes: Int64)
@@ -21,10 +25,22 @@ extension RecordSink {
 }
 
 extension Spool: RecordSink {
-    public func put(_ record: EnvelopeRecord, kind: SpoolKind, dekID: DEKID, captureTimeMs: Int64) throws {
-        try enqueue(SpoolEntry(id: record.id, kind: kind, dekID: Data(dekID.bytes),
-                               captureTimeMs: captureTimeMs, payload: record.serialized))
+    @discardableResult
+    public func put(_ record: EnvelopeRecord, kind: SpoolKind, dekID: DEKID, captureTimeMs: Int64,
+                    group: Int64?) throws -> Set<Int64> {
+        var entry = SpoolEntry(id: record.id, kind: kind, dekID: Data(dekID.bytes), captureTimeMs: captureTimeMs,
+                               payload: record.serialized)
+        entry.group = group
+        return try enqueue(entry).evictedGroups
     }
+}
+
+/// What sealing one capture did.
+public struct SealReceipt: Sendable, Equatable {
+    /// The DEK it was sealed under.
+    public let dekID: DEKID
+    /// Groups of pictures evicted from the spool to make room for it.
+    public let evictedGroups: Set<Int64>
 }
 
 /// Why the agent is not sealing (and so not capturing) right now.
@@ -119,7 +135,8 @@ public final class Sealer: Sendable {
         let session = try DEKSession(kek: kek, agentID: config.agentID.rawValue, now: now())
         let record = session.record
         // The DEK record goes to the sink before any blob sealed under it.
-        try sink.put(.dekRecord(record), kind: .dekRecord, dekID: record.dekID, captureTimeMs: record.creationTimeMs)
+        try sink.put(.dekRecord(record), kind: .dekRecord, dekID: record.dekID, captureTimeMs: record.creationTimeMs,
+                     group: nil)
         state.withLock { s in
             s.active = Active(session: session, kek: kek, kekFile: file, encryption: config.enableEncryption)
             s.unavailable = nil
@@ -134,23 +151,45 @@ public final class Sealer: Sendable {
         sink.countDropped(reason, count: count, bytes: bytes)
     }
 
-    /// Seals `plaintext` and puts the sealed blob into the sink. Rotates the DEK first when the
-    /// configured blob, byte or age limit is reached. Throws `SealerUnavailable` when there is
-    /// no KEK, or the sink's / Envelope's error.
-    public func seal(_ plaintext: Data, kind: CaptureKind, captureTimeMs: Int64) throws {
+    /// Starts a new DEK now when the configured blob, byte or age limit is reached, so the
+    /// capture loop can begin new video streams (keyframes) under it before capturing.
+    /// - Returns: the DEK in force.
+    /// - Throws: `SealerUnavailable` when there is no KEK, or the sink's / Envelope's error.
+    public func rotateIfDue() throws -> DEKID {
+        guard let (active, config) = state.withLock({ s in s.active.map { ($0, s.config) } }) else {
+            throw SealerUnavailable(description: state.withLock { $0.unavailable } ?? "no KEK")
+        }
+        if active.session.needsRotation(Self.policy(config), now: now()) {
+            try startSession(kek: active.kek, file: active.kekFile, config: config, reason: "rotation")
+        }
+        return state.withLock { $0.active?.session.record.dekID } ?? active.session.record.dekID
+    }
+
+    private static func policy(_ config: AgentConfig) -> RotationPolicy {
+        RotationPolicy(maxBlobs: config.dekRotateBlobs > 0 ? config.dekRotateBlobs : nil,
+                       maxBytes: config.dekRotateMB > 0 ? config.dekRotateMB << 20 : nil,
+                       maxAge: config.dekRotateHours > 0 ? TimeInterval(config.dekRotateHours) * 3600 : nil)
+    }
+
+    /// Seals `plaintext` and puts the sealed blob into the sink (in `group`, a video packet's
+    /// group of pictures). Rotates the DEK first when the configured blob, byte or age limit is
+    /// reached.
+    /// - Returns: the DEK used and the groups of pictures the sink evicted for it.
+    /// - Throws: `SealerUnavailable` when there is no KEK, or the sink's / Envelope's error.
+    @discardableResult
+    public func seal(_ plaintext: Data, kind: CaptureKind, captureTimeMs: Int64, group: Int64? = nil) throws -> SealReceipt {
         guard let (active, config) = state.withLock({ s in s.active.map { ($0, s.config) } }) else {
             throw SealerUnavailable(description: state.withLock { $0.unavailable } ?? "no KEK")
         }
         var session = active.session
-        let policy = RotationPolicy(maxBlobs: config.dekRotateBlobs > 0 ? config.dekRotateBlobs : nil,
-                                    maxBytes: config.dekRotateMB > 0 ? config.dekRotateMB << 20 : nil,
-                                    maxAge: config.dekRotateHours > 0 ? TimeInterval(config.dekRotateHours) * 3600 : nil)
-        if session.needsRotation(policy, now: now()) {
+        if session.needsRotation(Self.policy(config), now: now()) {
             try startSession(kek: active.kek, file: active.kekFile, config: config, reason: "rotation")
             session = state.withLock { $0.active?.session } ?? session
         }
         let blob = try session.seal(plaintext, kind: kind, captureTimeMs: captureTimeMs)
-        try sink.put(.blob(blob), kind: SpoolKind(kind), dekID: blob.header.dekID, captureTimeMs: captureTimeMs)
+        let evicted = try sink.put(.blob(blob), kind: SpoolKind(kind), dekID: blob.header.dekID,
+                                   captureTimeMs: captureTimeMs, group: group)
+        return SealReceipt(dekID: blob.header.dekID, evictedGroups: evicted)
     }
 }
 

@@ -1,3 +1,5 @@
+import CollectorStorage
+import CollectorStorageSQLite
 import Crypto
 import CustosBase
 import Foundation
@@ -118,7 +120,7 @@ public final class SQLiteCollectorStore: CollectorStore {
 
     /// Sealed blobs of at least this many bytes go to blob files (``blobDirectory``); smaller
     /// ones (keystroke chunks) stay inline in `captures.blob`, one write with the row.
-    public static let blobFileMinBytes = 32 * 1024
+    public static let blobFileMinBytes = BlobFiles.minBytes
 
     /// The sealed bytes of a `captures` row selected with `blob, blob_file, blob_offset, size`.
     private func blobBytes(_ row: Row) throws -> Data {
@@ -353,7 +355,7 @@ public final class SQLiteCollectorStore: CollectorStore {
                     let stored: Data
                     do {
                         stored = try self.blobBytes(row)
-                    } catch is CollectorError {
+                    } catch is StorageError {
                         // The stored copy is unreadable (its blob file lost, cut short or damaged):
                         // the agent's copy, same header and size, repairs the row.
                         let (file, offset) = try self.appendBlob(blob, db: db, appender: &appender)

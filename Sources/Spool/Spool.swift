@@ -11,8 +11,9 @@ import Synchronization
 ///   and a power cut), `auto_vacuum=INCREMENTAL`, GRDB on the system SQLite.
 /// - Cap: database + WAL stay under `maxBytes` (and under what the filesystem can still
 ///   hold). When full, the oldest screen frames are evicted first, then generic records,
-///   then keystroke chunks; DEK records are never evicted. Evictions are counted by kind
-///   in the database and logged once per burst.
+///   then keystroke chunks; DEK records are never evicted. A record of a group of pictures
+///   (``SpoolEntry/group``) is evicted with its whole group, so what remains always decodes.
+///   Evictions are counted by kind in the database and logged once per burst.
 /// - One writer: a read-write `Spool` holds an exclusive `flock(2)` on `spool.lock`, so
 ///   leases left behind by a dead process are reclaimed when the next one opens.
 ///
@@ -43,6 +44,11 @@ public final class Spool: Sendable {
         var evictionBurst: Burst?
         var rejectionBurst: Burst?
         var diskFullBurst: Burst?
+        var brokenGroupBurst: Burst?
+        /// Groups of pictures that lost a record. Checked inside the enqueue transaction and
+        /// added to by evictions under the database queue, so a check and the insert it guards
+        /// cannot interleave with another thread's eviction.
+        var brokenGroups = BrokenGroups()
     }
 
     /// Evictions (or refusals, or disk-full errors) less than this apart form one burst,
@@ -260,9 +266,11 @@ public final class Spool: Sendable {
             try db.execute(sql: "UPDATE record SET lease_owner = NULL, lease_until_ms = 0 WHERE lease_owner IS NOT NULL")
             let reclaimed = db.changesCount
             var evicted: [SpoolKind: SpoolCount] = [:]
-            _ = try evict(db, kinds: SpoolKind.dekRecord.evictable, needPages: 0, budgetPages: budget.dataPages,
-                          evicted: &evicted)
+            var groups = Set<Int64>()
+            _ = try evict(db, kinds: SpoolKind.dekRecord.evictable, sparing: nil, needPages: 0,
+                          budgetPages: budget.dataPages, evicted: &evicted, groups: &groups)
             try addCounters(db, evicted: evicted, rejected: PendingCounters())
+            markBroken(groups)
             logEvictions(evicted)
             let pages = try Int64.fetchOne(db, sql: "PRAGMA page_count") ?? 0
             if pages > budget.dataPages {
@@ -332,16 +340,44 @@ public final class Spool: Sendable {
         var reason: String
     }
 
+    /// Thrown inside the enqueue transaction when the record's group is broken.
+    private struct GroupBroken: Error {}
+
     /// Stores `entry`; returns only once it is durable (committed with `synchronous=FULL`).
     ///
     /// Enqueueing an id that is already spooled is a no-op. When the cap (or the disk) is
     /// reached, older records are evicted per the policy; if nothing may be evicted for
     /// this kind, the entry is refused.
-    /// - Throws: `SpoolError` `.invalidEntry`, `.tooLarge`, `.full` (nothing evictable, or a
-    ///   reader pins the WAL), `.diskFull` (ENOSPC even after eviction), `.busy` (another
-    ///   process held the lock past the busy timeout), `.readOnly`, `.closed`, `.sqlite`.
-    public func enqueue(_ entry: SpoolEntry) throws {
+    ///
+    /// Groups of pictures (``SpoolEntry/group``, docs/SPOOL.md): a record evicted takes every
+    /// record of its group still spooled with it (leased ones too); the groups so evicted are
+    /// returned. A record never evicts its own group: when only its own group stands in the way
+    /// it is refused `.full`. A record of a group that already lost a record during this spool's
+    /// life (evicted, quarantined, or an earlier enqueue of the group threw, whatever the error)
+    /// is refused `.groupBroken` and counted as dropped (`group-broken`). Whenever this call
+    /// throws, the record's group is broken from then on.
+    /// - Returns: the groups evicted by this call (usually none); callers that store no video
+    ///   packets may ignore it.
+    /// - Throws: `SpoolError` `.invalidEntry` (id or DEK id not 16 bytes, empty payload, a DEK
+    ///   record with a group, a kind other than that of the group's spooled records), `.tooLarge`,
+    ///   `.full` (nothing evictable, or a reader pins the WAL), `.diskFull` (ENOSPC even after
+    ///   eviction), `.groupBroken`, `.busy` (another process held the lock past the busy
+    ///   timeout), `.readOnly`, `.closed`, `.sqlite`.
+    @discardableResult
+    public func enqueue(_ entry: SpoolEntry) throws -> SpoolEnqueueResult {
         try checkWritable()
+        do {
+            return try store(entry)
+        } catch {
+            if let group = entry.group {
+                // The stream lacks this packet now: what follows it in its group cannot decode.
+                mutable.withLock { $0.brokenGroups.insert(group) }
+            }
+            throw error
+        }
+    }
+
+    private func store(_ entry: SpoolEntry) throws -> SpoolEnqueueResult {
         guard entry.id.count == 16 else {
             throw SpoolError(.invalidEntry, "record id must be 16 bytes, got \(entry.id.count)")
         }
@@ -351,6 +387,10 @@ public final class Spool: Sendable {
         guard !entry.payload.isEmpty else {
             throw SpoolError(.invalidEntry, "record \(entry.id.spoolHex) has an empty payload")
         }
+        if let group = entry.group, entry.kind == .dekRecord {
+            throw SpoolError(.invalidEntry, "DEK record \(entry.id.spoolHex) has a group of pictures (\(group.groupHex)); "
+                             + "only video packets belong to one")
+        }
         let need = pagesNeeded(entry.payload.count)
         if entry.payload.count > Self.largestRecord(maxBytes: maxBytes, pageSize: pageSize) {
             countDropped(.tooLarge, bytes: Int64(entry.payload.count))
@@ -358,7 +398,7 @@ public final class Spool: Sendable {
                              + "in a spool capped at \(maxBytes) bytes (largest record: \(Self.largestRecord(maxBytes: maxBytes)) bytes)")
         }
         do {
-            try enqueueOnce(entry, need: need)
+            return try enqueueOnce(entry, need: need)
         } catch let error as DatabaseError where error.resultCode == .SQLITE_FULL {
             // The filesystem filled up under us: SQLite rolled the transaction back.
             // Free the WAL's blocks, then try once more with a budget that sees the full disk.
@@ -366,7 +406,7 @@ public final class Spool: Sendable {
             logDiskFull()
             checkpoint()
             do {
-                try enqueueOnce(entry, need: need)
+                return try enqueueOnce(entry, need: need)
             } catch let error as DatabaseError {
                 throw Self.mapError(error, files: files, id: entry.id)
             }
@@ -375,7 +415,7 @@ public final class Spool: Sendable {
         }
     }
 
-    private func enqueueOnce(_ entry: SpoolEntry, need: Int64) throws {
+    private func enqueueOnce(_ entry: SpoolEntry, need: Int64) throws -> SpoolEnqueueResult {
         let budget = self.budget()
         let walNeed = walBytesFor(pages: need)
         if files.walBytes + walNeed > budget.wal {
@@ -401,29 +441,50 @@ public final class Spool: Sendable {
             return p
         }
         var evicted: [SpoolKind: SpoolCount] = [:]
+        let evictedGroups: Set<Int64>
         do {
-            try writeTransaction { db in
+            evictedGroups = try writeTransaction({ db -> Set<Int64> in
                 evicted = [:]
+                var groups = Set<Int64>()
+                if let group = entry.group {
+                    // Checked under the database queue, so no other enqueue's eviction can come in between.
+                    if mutable.withLock({ $0.brokenGroups.contains(group) }) { throw GroupBroken() }
+                    if let kind = try String.fetchOne(db.cachedStatement(sql: "SELECT kind FROM record WHERE grp = ? LIMIT 1"),
+                                                      arguments: [group]), kind != entry.kind.rawValue {
+                        throw SpoolError(.invalidEntry, "record \(entry.id.spoolHex) (\(entry.kind.rawValue)) of group "
+                                         + "\(group.groupHex) refused: the group's spooled records are of kind "
+                                         + "\(SafeText.quoted(kind)); every record of a group must have the same kind")
+                    }
+                }
                 let pages = try Int64.fetchOne(db.cachedStatement(sql: "PRAGMA page_count")) ?? 0
                 let free = try Int64.fetchOne(db.cachedStatement(sql: "PRAGMA freelist_count")) ?? 0
                 if pages - free + need > budget.dataPages,
                    try Bool.fetchOne(db.cachedStatement(sql: "SELECT 1 FROM record WHERE id = ?"),
                                      arguments: [entry.id]) == true {
-                    return  // already spooled: nothing to evict for it
+                    return []  // already spooled: nothing to evict for it
                 }
-                guard try evict(db, kinds: entry.kind.evictable, needPages: need, budgetPages: budget.dataPages,
-                                evicted: &evicted) else {
+                guard try evict(db, kinds: entry.kind.evictable, sparing: entry.group, needPages: need,
+                                budgetPages: budget.dataPages, evicted: &evicted, groups: &groups) else {
+                    let own = entry.group.map { " (records of its own group \($0.groupHex) are not evicted for it)" } ?? ""
                     throw Rejected(reason: "the spool holds \(budget.dataPages) pages of data under its cap of "
                                    + "\(budget.total) bytes and no \(entry.kind.evictable.map(\.rawValue)) record "
-                                   + "is left to evict")
+                                   + "is left to evict" + own)
                 }
                 try db.cachedStatement(sql: """
-                    INSERT INTO record(id, kind, priority, dek_id, capture_ms, size, payload)
-                    VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING
+                    INSERT INTO record(id, kind, priority, dek_id, capture_ms, size, payload, grp)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING
                     """).execute(arguments: [entry.id, entry.kind.rawValue, entry.kind.priority, entry.dekID,
-                                             entry.captureTimeMs, entry.payload.count, entry.payload])
+                                             entry.captureTimeMs, entry.payload.count, entry.payload, entry.group])
                 try addCounters(db, evicted: evicted, rejected: pending)
-            }
+                return groups
+            }, committed: markBroken)
+        } catch is GroupBroken {
+            restorePending(pending)
+            let group = entry.group ?? 0
+            let reason = "an earlier record of group \(group.groupHex) was evicted or could not be stored, so this one "
+                + "could not be decoded; start a new group with a keyframe"
+            recordRejection(entry, reason: reason, code: .groupBroken)
+            throw SpoolError(.groupBroken, "record \(entry.id.spoolHex) (\(entry.kind.rawValue)) refused: \(reason)")
         } catch let rejected as Rejected {
             restorePending(pending)
             if budget.total < maxBytes {
@@ -444,12 +505,24 @@ public final class Spool: Sendable {
         logEvictions(evicted)
         endRefusals()
         maybeCheckpoint()
+        return SpoolEnqueueResult(evictedGroups: evictedGroups)
+    }
+
+    /// Remembers groups that lost records (call under the database queue: inside a write
+    /// transaction, or after its commit).
+    private func markBroken(_ groups: Set<Int64>) {
+        guard !groups.isEmpty else { return }
+        mutable.withLock { state in
+            for group in groups { state.brokenGroups.insert(group) }
+        }
     }
 
     /// Evicts oldest records of `kinds` (in that order) until `needPages` more pages fit in
-    /// `budgetPages`. Never touches DEK records. Returns whether they fit.
-    private func evict(_ db: Database, kinds: [SpoolKind], needPages: Int64, budgetPages: Int64,
-                       evicted: inout [SpoolKind: SpoolCount]) throws -> Bool {
+    /// `budgetPages`. Never touches DEK records. A victim with a group takes every record of its
+    /// group with it (added to `groups`); records of group `sparing` are never victims. Adds
+    /// what it deleted to `evicted`. Returns whether the pages fit.
+    private func evict(_ db: Database, kinds: [SpoolKind], sparing: Int64?, needPages: Int64, budgetPages: Int64,
+                       evicted: inout [SpoolKind: SpoolCount], groups: inout Set<Int64>) throws -> Bool {
         func usedPages() throws -> Int64 {
             let pages = try Int64.fetchOne(db.cachedStatement(sql: "PRAGMA page_count")) ?? 0
             let free = try Int64.fetchOne(db.cachedStatement(sql: "PRAGMA freelist_count")) ?? 0
@@ -459,27 +532,53 @@ public final class Spool: Sendable {
         if deficit <= 0 { return true }
         for kind in kinds where kind != .dekRecord {
             while deficit > 0 {
-                var victims: [(seq: Int64, size: Int64)] = []
                 var freed: Int64 = 0
+                var deleted = false
+                // `grp IS NOT NULL` when nothing is spared: every row qualifies.
                 let rows = try Row.fetchAll(db.cachedStatement(sql: """
-                    SELECT seq, size FROM record WHERE priority = ? ORDER BY capture_ms, seq LIMIT 64
-                    """), arguments: [kind.priority])
+                    SELECT seq, size, grp FROM record WHERE priority = ? AND (grp IS NULL OR grp IS NOT ?)
+                    ORDER BY capture_ms, seq LIMIT 64
+                    """), arguments: [kind.priority, sparing])
                 for row in rows where freed < deficit {
-                    let size = Int64.fromDatabaseValue(row["size"] as DatabaseValue) ?? 0
-                    victims.append((row["seq"], size))
-                    freed += pagesNeeded(Int(clamping: size)) - 3
+                    if let group = Int64.fromDatabaseValue(row["grp"] as DatabaseValue) {
+                        guard groups.insert(group).inserted else { continue }  // went with its group already
+                        freed += try evictGroup(db, group, after: nil, fallbackKind: kind, evicted: &evicted)
+                    } else {
+                        let size = Int64.fromDatabaseValue(row["size"] as DatabaseValue) ?? 0
+                        try db.cachedStatement(sql: "DELETE FROM record WHERE seq = ?").execute(arguments: [row["seq"] as Int64])
+                        evicted[kind, default: SpoolCount()].count += 1
+                        evicted[kind, default: SpoolCount()].bytes += size
+                        freed += pagesNeeded(Int(clamping: size)) - 3
+                    }
+                    deleted = true
                 }
-                if victims.isEmpty { break }
-                for victim in victims {
-                    try db.cachedStatement(sql: "DELETE FROM record WHERE seq = ?").execute(arguments: [victim.seq])
-                    evicted[kind, default: SpoolCount()].count += 1
-                    evicted[kind, default: SpoolCount()].bytes += victim.size
-                }
+                if !deleted { break }
                 deficit = try usedPages() + needPages - budgetPages
             }
             if deficit <= 0 { return true }
         }
         return deficit <= 0
+    }
+
+    /// Deletes the records of `group` (only those enqueued after row `after` when given),
+    /// never a DEK record, adding them to `evicted` by kind. Returns the pages that frees (an estimate).
+    private func evictGroup(_ db: Database, _ group: Int64, after: Int64?, fallbackKind: SpoolKind,
+                            evicted: inout [SpoolKind: SpoolCount]) throws -> Int64 {
+        let from = after ?? Int64.min
+        let members = try Row.fetchAll(db.cachedStatement(sql: """
+            SELECT kind, size FROM record WHERE grp = ? AND seq > ? AND priority > 0
+            """), arguments: [group, from])
+        try db.cachedStatement(sql: "DELETE FROM record WHERE grp = ? AND seq > ? AND priority > 0")
+            .execute(arguments: [group, from])
+        var freed: Int64 = 0
+        for member in members {
+            let kind = String.fromDatabaseValue(member["kind"] as DatabaseValue).flatMap(SpoolKind.init(rawValue:)) ?? fallbackKind
+            let size = Int64.fromDatabaseValue(member["size"] as DatabaseValue) ?? 0
+            evicted[kind, default: SpoolCount()].count += 1
+            evicted[kind, default: SpoolCount()].bytes += size
+            freed += pagesNeeded(Int(clamping: size)) - 3
+        }
+        return freed
     }
 
     // MARK: - Upload side
@@ -510,20 +609,23 @@ public final class Spool: Sendable {
                          pages: rowPages(payloadBytes: Int64(maxBytes), rows: maxItems), share: share)
         let nowMs = Self.ms(now)
         let untilMs = nowMs + Self.ms(leaseDuration)
-        var quarantined: [(seq: Int64, reason: String)] = []
-        let entries = try mapped {
-            try writeTransaction { db -> [SpoolEntry] in
+        var quarantined: [(seq: Int64, reason: String, group: Int64?)] = []
+        var evicted: [SpoolKind: SpoolCount] = [:]
+        let (entries, _) = try mapped {
+            try writeTransaction({ db -> ([SpoolEntry], Set<Int64>) in
                 quarantined = []
+                evicted = [:]
                 let spooledDEKs = try Set(Data.fetchAll(db, sql: "SELECT id FROM record WHERE priority = 0"))
                 var batchDEKs = Set<Data>()
                 var chosen: [(seq: Int64, entry: SpoolEntry)] = []
                 var bytes = 0
                 let cursor = try Row.fetchCursor(db, sql: """
                     SELECT seq, id, CASE typeof(kind) WHEN 'text' THEN kind END AS kind, dek_id, capture_ms,
-                           attempts, size,
+                           attempts, size, CASE typeof(grp) WHEN 'integer' THEN grp END AS grp,
                            typeof(id) = 'blob' AND typeof(dek_id) = 'blob' AND typeof(payload) = 'blob'
                                AND typeof(size) = 'integer' AND typeof(capture_ms) = 'integer'
-                               AND typeof(attempts) = 'integer' AND length(payload) = size AS well_formed
+                               AND typeof(attempts) = 'integer' AND length(payload) = size
+                               AND typeof(grp) IN ('integer', 'null') AS well_formed
                     FROM record
                     WHERE next_attempt_ms <= ? AND lease_until_ms <= ?
                     ORDER BY priority, capture_ms, seq
@@ -534,9 +636,10 @@ public final class Spool: Sendable {
                     let wellFormed: Bool = row["well_formed"] ?? false
                     let id: Data? = wellFormed ? row["id"] : nil
                     let dekID: Data? = wellFormed ? row["dek_id"] : nil
+                    let group: Int64? = row["grp"]
                     guard wellFormed, let kind = kindText.flatMap(SpoolKind.init(rawValue:)),
                           let id, id.count == 16, let dekID, dekID.count == 16 else {
-                        quarantined.append((seq, Self.malformedReason(row)))
+                        quarantined.append((seq, Self.malformedReason(row), group))
                         continue
                     }
                     let size: Int = row["size"]
@@ -545,13 +648,20 @@ public final class Spool: Sendable {
                     }
                     if !chosen.isEmpty && bytes + size > maxBytes { break }
                     var entry = SpoolEntry(id: id, kind: kind, dekID: dekID, captureTimeMs: row["capture_ms"],
-                                           payload: Data())
+                                           payload: Data(), group: group)
                     entry.attempts = row["attempts"]
                     chosen.append((seq, entry))
                     bytes += size
                     if kind == .dekRecord { batchDEKs.insert(id) }
                 }
-                for (seq, reason) in quarantined {
+                // A quarantined packet breaks its group: the group's records enqueued after it could
+                // not be decoded, so they are evicted (the ones before it still decode and stay).
+                var cuts: [Int64: Int64] = [:]  // group -> seq of its first quarantined record
+                for q in quarantined {
+                    if let group = q.group { cuts[group] = min(cuts[group] ?? q.seq, q.seq) }
+                }
+                chosen.removeAll { c in c.entry.group.flatMap { cuts[$0] }.map { c.seq > $0 } ?? false }
+                for (seq, reason, _) in quarantined {
                     try db.execute(sql: """
                         INSERT INTO quarantine(id, kind, size, reason, quarantined_ms)
                         SELECT CASE typeof(id) WHEN 'blob' THEN id ELSE NULL END,
@@ -563,6 +673,10 @@ public final class Spool: Sendable {
                     try bump(db, SpoolSchema.quarantined, by: Int64(quarantined.count))
                     try db.execute(sql: "DELETE FROM quarantine WHERE seq <= (SELECT max(seq) - 1000 FROM quarantine)")
                 }
+                for (group, seq) in cuts {
+                    _ = try evictGroup(db, group, after: seq, fallbackKind: .screen, evicted: &evicted)
+                }
+                try addCounters(db, evicted: evicted, rejected: PendingCounters())
                 var result: [SpoolEntry] = []
                 for (seq, var entry) in chosen {
                     entry.payload = try Data.fetchOne(db.cachedStatement(sql: "SELECT payload FROM record WHERE seq = ?"),
@@ -571,14 +685,15 @@ public final class Spool: Sendable {
                         .execute(arguments: [owner, untilMs, seq])
                     result.append(entry)
                 }
-                return result
-            }
+                return (result, Set(cuts.keys))
+            }, committed: { markBroken($0.1) })
         }
         if !quarantined.isEmpty {
             logger.error("spool quarantined rows that failed to parse",
                          metadata: ["spool.rows": "\(quarantined.count)",
                                     "spool.reason": "\(quarantined[0].reason)"])
         }
+        logEvictions(evicted)
         maybeCheckpoint()
         return entries
     }
@@ -819,14 +934,16 @@ public final class Spool: Sendable {
     }
 
     /// Runs `body` in a `BEGIN IMMEDIATE` transaction (so the busy timeout applies to taking
-    /// the write lock), committing when it returns.
-    private func writeTransaction<T>(_ body: (Database) throws -> T) throws -> T {
+    /// the write lock), committing when it returns; then `committed` with its result, still
+    /// under the database queue (no other transaction of this spool comes in between).
+    private func writeTransaction<T>(_ body: (Database) throws -> T, committed: (T) -> Void = { _ in }) throws -> T {
         try dbQueue.writeWithoutTransaction { db in
             var result: T?
             try db.inTransaction(.immediate) {
                 result = try body(db)
                 return .commit
             }
+            committed(result!)
             return result!
         }
     }
@@ -963,7 +1080,23 @@ public final class Spool: Sendable {
         }
     }
 
+    /// Counts a refused enqueue: `rejected` by kind and `dropped` (`full` or `disk-full`); a
+    /// record of a broken group only as dropped `group-broken` (the spool had room for it).
+    /// Logged once per burst.
     private func recordRejection(_ entry: SpoolEntry, reason: String, code: SpoolError.Code) {
+        if code == .groupBroken {
+            let (starts, previous) = mutable.withLock { state in
+                state.pending.dropped[.groupBroken, default: SpoolCount()].count += 1
+                state.pending.dropped[.groupBroken, default: SpoolCount()].bytes += Int64(entry.payload.count)
+                return Burst.note(&state.brokenGroupBurst, count: 1, bytes: Int64(entry.payload.count))
+            }
+            if let previous { logBurstEnd("refused packets of broken groups", previous) }
+            if starts {
+                logger.warning("spool refusing packets of a group of pictures that lost packets (evicted or refused)",
+                               metadata: ["spool.kind": "\(entry.kind.rawValue)", "spool.reason": "\(reason)"])
+            }
+            return
+        }
         let (starts, previous) = mutable.withLock { state in
             state.pending.rejected[entry.kind, default: SpoolCount()].count += 1
             state.pending.rejected[entry.kind, default: SpoolCount()].bytes += Int64(entry.payload.count)
@@ -1024,12 +1157,13 @@ public final class Spool: Sendable {
 
     /// At close: summarises bursts still open.
     private func logOpenBursts() {
-        let (e, r, d) = mutable.withLock { state in
-            (state.evictionBurst, state.rejectionBurst, state.diskFullBurst)
+        let (e, r, d, g) = mutable.withLock { state in
+            (state.evictionBurst, state.rejectionBurst, state.diskFullBurst, state.brokenGroupBurst)
         }
         if let e { logBurstEnd("evicted", e) }
         if let r { logBurstEnd("refused", r) }
         if let d { logBurstEnd("disk-full errors", d) }
+        if let g { logBurstEnd("refused packets of broken groups", g) }
     }
 
     static func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }

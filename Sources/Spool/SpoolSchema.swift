@@ -42,6 +42,15 @@ enum SpoolSchema {
                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
                 """)
         }
+        // v2: groups of pictures (docs/SPOOL.md). Rows of a v1 spool get grp NULL (no group).
+        // The partial index finds a group's records for eviction and the kind check on
+        // enqueue; ungrouped rows (most of them) take no space in it.
+        migrator.registerMigration("v2") { db in
+            try db.execute(sql: """
+                ALTER TABLE record ADD COLUMN grp INTEGER;
+                CREATE INDEX record_group ON record(grp, seq) WHERE grp IS NOT NULL;
+                """)
+        }
         return migrator
     }
 

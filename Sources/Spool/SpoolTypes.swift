@@ -45,14 +45,36 @@ public struct SpoolEntry: Sendable, Equatable {
     public var payload: Data
     /// Failed upload attempts so far (set by the spool; 0 on enqueue).
     public var attempts: Int
+    /// The group of pictures this video packet belongs to (docs/SPOOL.md "Groups of pictures"):
+    /// an opaque id the agent draws at random for each keyframe and the packets after it up to
+    /// the next keyframe; nil for every other record (a DEK record may not have one). Every
+    /// record of one group has the same kind, and is enqueued in decoding order. When one of
+    /// them is evicted, the whole group is; once a group has lost a record, later records of
+    /// it are refused (`SpoolError.Code.groupBroken`).
+    public var group: Int64?
 
-    public init(id: Data, kind: SpoolKind, dekID: Data, captureTimeMs: Int64, payload: Data) {
+    public init(id: Data, kind: SpoolKind, dekID: Data, captureTimeMs: Int64, payload: Data, group: Int64? = nil) {
         self.id = id
         self.kind = kind
         self.dekID = dekID
         self.captureTimeMs = captureTimeMs
         self.payload = payload
         self.attempts = 0
+        self.group = group
+    }
+}
+
+/// What one `Spool.enqueue` did besides storing its record.
+public struct SpoolEnqueueResult: Sendable, Equatable {
+    /// The groups of pictures (``SpoolEntry/group``) this call evicted to make room: none of
+    /// their records is left in the spool, and a later record of any of them is refused
+    /// (`.groupBroken`). The agent starts a new group with a keyframe when its current group
+    /// is in this set. Never holds the group of the record being enqueued (a record does not
+    /// evict its own group).
+    public var evictedGroups: Set<Int64>
+
+    public init(evictedGroups: Set<Int64> = []) {
+        self.evictedGroups = evictedGroups
     }
 }
 
@@ -144,6 +166,9 @@ public struct DropReason: RawRepresentable, Hashable, Sendable, Codable, CodingK
     public static let captureError = DropReason("capture-error")
     /// Sealing or storing failed for another reason (a spool or Envelope error).
     public static let sealError = DropReason("seal-error")
+    /// A video packet of a group of pictures that already lost a packet (evicted or refused):
+    /// it could not be decoded without it, so the spool refused it (`SpoolError.Code.groupBroken`).
+    public static let groupBroken = DropReason("group-broken")
 }
 
 /// Counter increments not yet written (kept in memory when a write fails, written with the
@@ -199,6 +224,9 @@ public struct SpoolError: Error, CustomStringConvertible, Sendable {
         public static let io = Code("io")
         /// Any other SQLite error.
         public static let sqlite = Code("sqlite")
+        /// The record's group of pictures already lost a record (evicted, or an earlier enqueue
+        /// of it failed), so this record could not be decoded: start a new group with a keyframe.
+        public static let groupBroken = Code("group-broken")
     }
 
     public let code: Code
@@ -210,6 +238,39 @@ public struct SpoolError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { "spool \(code): \(message)" }
+}
+
+/// The groups of pictures that lost a record during this `Spool`'s life (evicted, quarantined
+/// or refused), most recent `capacity` of them; older ones are forgotten first. In memory only
+/// (docs/SPOOL.md "Broken groups" says why that is enough).
+struct BrokenGroups: Sendable {
+    /// At most this many groups are remembered (8 bytes each, plus the set's overhead).
+    static let capacity = 4096
+
+    private var members = Set<Int64>()
+    private var order: [Int64] = []
+    private var next = 0
+
+    func contains(_ group: Int64) -> Bool { members.contains(group) }
+
+    mutating func insert(_ group: Int64) {
+        guard members.insert(group).inserted else { return }
+        if order.count < Self.capacity {
+            order.append(group)
+        } else {
+            members.remove(order[next])
+            order[next] = group
+            next = (next + 1) % Self.capacity
+        }
+    }
+}
+
+extension Int64 {
+    /// A group id as 16 lowercase hex digits (its bit pattern), for messages and logs.
+    var groupHex: String {
+        let hex = String(UInt64(bitPattern: self), radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
 }
 
 extension Data {

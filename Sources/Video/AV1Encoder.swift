@@ -45,9 +45,6 @@ public final class AV1Encoder {
     private let context: UnsafeMutablePointer<aom_codec_ctx_t>
     private var framesIn = 0
 
-    /// The WebCodecs codec string of what this encoder writes (AV1 Codec ISO Media File Format
-    /// Binding §5: Main profile, level 4.0, Main tier, 8-bit): `av01.0.08M.08`.
-    public static let codecString = "av01.0.08M.08"
 
     /// - Throws: ``VideoError`` `.invalidArgument` for a bad size or setting, `.codec` when libaom refuses.
     public init(width: Int, height: Int, settings: AV1EncoderSettings = AV1EncoderSettings()) throws(VideoError) {

@@ -35,6 +35,9 @@ public final class MonitorStream {
     private var groupStart = 0
     private var groupStartMs: Int64 = 0
     private var lastTimeMs: Int64 = .min
+    /// The stream's WebCodecs codec string, from its first keyframe's sequence header (the
+    /// level follows the picture size: 2.0 at 320×240, 4.0 at 1920×1080).
+    private var codec: String?
 
     /// - Parameters:
     ///   - monitor: the monitor index the packets carry.
@@ -93,7 +96,13 @@ public final class MonitorStream {
             groupStart = nextIndex
             groupStartMs = time
         }
-        let meta = VideoPacketMetadata(codec: AV1Encoder.codecString, keyframe: keyframe, width: width, height: height,
+        if codec == nil {
+            codec = try AV1TemporalUnit(bytes).sequenceHeader()?.codecString
+            guard codec != nil else {
+                throw VideoError(.codec, "libaom's first keyframe of the \(width)x\(height) stream has no sequence header")
+            }
+        }
+        let meta = VideoPacketMetadata(codec: codec!, keyframe: keyframe, width: width, height: height,
                                        monitor: monitor, monitorName: monitorName, x: x, y: y, captureTimeMs: time,
                                        streamID: streamID, packetIndex: nextIndex, groupStart: groupStart)
         nextIndex += 1

@@ -18,6 +18,8 @@ final class AgentRig: @unchecked Sendable {
     let agentID = "rig-pc"
     /// The solid colour painted on the root window (RGB).
     let rootColor: (UInt8, UInt8, UInt8) = (0x33, 0x66, 0x99)
+    /// `screen-format` of the agent's config (`writeConfig`).
+    var screenFormat = "video"
 
     var db: String { dir.file("collector/collector.db") }
     var configPath: String { dir.file("agent/config.cfg") }
@@ -52,6 +54,7 @@ final class AgentRig: @unchecked Sendable {
     func writeConfig(encryption: Bool, screenIntervalMs: Int = 300, keystrokeIdleMs: Int = 400) throws {
         let text = """
             enable-encryption=\(encryption ? 1 : 0)
+            screen-format=\(screenFormat)
             agent-id=\(agentID)
             agent-token=\(token)
             server-url=https://localhost:\(port)
@@ -112,9 +115,21 @@ final class AgentRig: @unchecked Sendable {
         return out.sorted()
     }
 
-    /// Decodes a PNG to packed RGB bytes with ffmpeg (an independent decoder).
+    /// Decodes a PNG (or the first frame of a video file) to packed RGB bytes with ffmpeg (an
+    /// independent decoder).
     func rgb(ofPNG path: String) throws -> Data {
-        try runCommand(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]).stdout
+        try runCommand(["ffmpeg", "-v", "error", "-i", path, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]).stdout
+    }
+
+    /// The number of video packets in `files`, as ffprobe counts them (an independent demuxer).
+    func packetCount(_ files: [String]) throws -> Int {
+        var total = 0
+        for file in files {
+            let out = try runChecked(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+                                      "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", file])
+            total += Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1_000_000
+        }
+        return total
     }
 
     /// Every file of the agent's spool and the collector database (incl. -wal/-shm).

@@ -20,9 +20,10 @@ final class SpoolOnlyAgent: @unchecked Sendable {
 
     /// Writes the config; `xauthority` nil leaves the key out.
     func writeConfig(display: String, xauthority: String?, screenIntervalMs: Int, keystrokeIdleMs: Int,
-                     spoolMaxMB: Int = 64) throws {
+                     spoolMaxMB: Int = 64, screenFormat: String = "video") throws {
         var text = """
             enable-encryption=1
+            screen-format=\(screenFormat)
             agent-id=capture-pc
             display=\(display)
             screen-interval-ms=\(screenIntervalMs)
@@ -162,7 +163,7 @@ struct CaptureProblemTests {
         #expect(rig.foreignLines.isEmpty, "foreign stderr lines: \(rig.foreignLines)")
     }
 
-    /// The issue's scenario: spool-max-mb=1 and 1920x1080 frames of changing content. Every
+    /// The issue's scenario: spool-max-mb=1 and 1920x1080 PNG frames of changing content. Every
     /// frame is refused too-large: `status` shows the drops by reason, the log says "dropped"
     /// once (not "retrying" per frame), and `--check-config` warns about the cap.
     @Test func framesTooLargeForTheSpoolAreCountedAndLoggedOnce() throws {
@@ -173,7 +174,7 @@ struct CaptureProblemTests {
         for path in bitmaps { try randomXBM(width: 1920, height: 1080).write(toFile: path, atomically: true, encoding: .utf8) }
         try xvfb.run(["xsetroot", "-bitmap", bitmaps[0]])
         try rig.writeConfig(display: xvfb.name, xauthority: "/dev/null", screenIntervalMs: 250, keystrokeIdleMs: 0,
-                            spoolMaxMB: 1)
+                            spoolMaxMB: 1, screenFormat: "png")
         let check = try rig.checkConfig()
         #expect(check.stdoutString.contains("warn spool-max-mb") && check.stdoutString.contains("1920x1080"),
                 "\(check.stdoutString)")

@@ -145,7 +145,7 @@ private func frame(_ bgrx: [UInt8], width: Int, height: Int, strip: Int = 64) th
         let encoder = try AV1Encoder(width: w, height: h)
         let source = try frame(desktop(width: w, height: h), width: w, height: h)
         let packet = try #require(try encoder.encode(source, timeMs: 1_764_547_200_000).first)
-        let meta = VideoPacketMetadata(codec: AV1Encoder.codecString, keyframe: packet.isKeyframe, width: w, height: h,
+        let meta = VideoPacketMetadata(codec: "av01.0.08M.08", keyframe: packet.isKeyframe, width: w, height: h,
                                        monitor: 0, monitorName: "root", x: 0, y: 0, captureTimeMs: packet.timeMs,
                                        streamID: String(repeating: "a1", count: 16), packetIndex: 0, groupStart: 0)
         let (decodedMeta, bytes) = try VideoPacketPayload.decode(VideoPacketPayload.encode(meta, packet: packet.data))

@@ -1,0 +1,89 @@
+import CustosBase
+import Envelope
+import Foundation
+
+/// Agents and their tokens.
+public protocol AgentStore: Sendable {
+    /// Creates an agent; returns its new random token (shown once; only its SHA-256 is stored).
+    /// - Throws: `.alreadyExists` when the id is taken.
+    func addAgent(_ id: AgentID) async throws(StorageError) -> Secret
+    /// Replaces an agent's token; returns the new one. - Throws: `.notFound`.
+    func rotateToken(_ id: AgentID) async throws(StorageError) -> Secret
+    /// Deletes an agent (its captures stay). - Throws: `.notFound`.
+    func removeAgent(_ id: AgentID) async throws(StorageError)
+    /// Every agent, by id.
+    func agents() async throws(StorageError) -> [AgentInfo]
+    /// Whether `token` is the agent's token (constant-time comparison of SHA-256 digests);
+    /// false for an unknown agent.
+    func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool
+}
+
+/// The KEK registry: the `encryption_kek` table.
+public protocol KEKStore: Sendable {
+    /// Inserts an `encryption_kek` row; returns its row id.
+    /// - Throws: `.invalidArgument` when neither a path nor a PEM is given.
+    func registerKEK(_ registration: KEKRegistration) async throws(StorageError) -> Int64
+    /// Sets `active` on a row. - Throws: `.notFound`.
+    func setKEKActive(rowID: Int64, active: Bool) async throws(StorageError)
+    /// Records the KEK id computed from a row's public key. - Throws: `.notFound`.
+    func setKEKID(rowID: Int64, kekID: KEKID) async throws(StorageError)
+    /// All rows, by row id.
+    func keks() async throws(StorageError) -> [KEKRow]
+    /// Signals each change to `encryption_kek` made by anyone (PostgreSQL `LISTEN`/`NOTIFY`
+    /// through a trigger, so an INSERT typed in `psql` counts too); a backend that cannot see
+    /// outside changes (SQLite) yields nothing and the registry re-reads on an unknown KEK id
+    /// instead. The stream ends when the storage is closed.
+    func kekChanges() -> AsyncStream<Void>
+}
+
+/// DEK records: the `encryption_dek` table.
+public protocol DEKStore: Sendable {
+    /// The record bytes of a DEK, nil when unknown.
+    func dekRecord(_ id: DEKID) async throws(StorageError) -> Data?
+    /// DEK records by creation time (then DEK id), optionally of one agent, after `after` (a
+    /// DEK id returned earlier), at most `limit` (1…10,000).
+    func dekRecords(agent: AgentID?, after: DEKID?, limit: Int) async throws(StorageError) -> [StoredDEK]
+}
+
+/// Captures: ingest and listings.
+public protocol CaptureStore: Sendable {
+    /// Stores a batch atomically (all or nothing); one outcome per item, in order. Idempotent
+    /// by id across every collector instance on the same database: the same id with the same
+    /// bytes is `.duplicate`, with other bytes `.conflict`.
+    /// - Throws: `.unavailable` when the database cannot be reached (nothing stored).
+    func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome]
+    /// One page of captures matching `query`, strictly after `cursor` in the query's order, at
+    /// most `limit` (1…10,000). Served by an index range: a page never scans the table.
+    func captures(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws(StorageError) -> CapturePage
+    /// One capture's metadata, nil when unknown.
+    func capture(_ id: BlobID) async throws(StorageError) -> CaptureInfo?
+    /// The sealed bytes of a capture, nil when unknown.
+    /// - Throws: `.corrupt` when the row's bytes cannot be read back whole.
+    func blob(_ id: BlobID) async throws(StorageError) -> Data?
+    /// Numbers of stored captures and DEK records.
+    func counts() async throws(StorageError) -> (captures: Int, deks: Int)
+}
+
+/// The append-only audit log: the `audit_log` table.
+public protocol AuditStore: Sendable {
+    /// Appends one entry stamped now; returns it.
+    @discardableResult
+    func appendAudit(actor: String, action: String, detail: String) async throws(StorageError) -> AuditEntry
+    /// Entries newest first, strictly before row id `before` (nil: from the newest), at most
+    /// `limit` (1…10,000).
+    func auditEntries(before: Int64?, limit: Int) async throws(StorageError) -> [AuditEntry]
+}
+
+/// Everything the collector, the admin CLI and the dashboard need from storage. Backends:
+/// `SQLiteStorage` (one file and its blob directory; the embedded default) and
+/// `PostgresStorage` (postgres-nio; several collector instances on one database). One
+/// conformance suite (Tests/StorageTests) runs against both.
+///
+/// Every method may throw `.unavailable` (retry later) or `.failed`; text in errors names the
+/// database, never a password.
+public protocol CollectorStorage: AgentStore, KEKStore, DEKStore, CaptureStore, AuditStore {
+    /// Backend, location and reachability, for collector health and messages.
+    func health() async -> StorageHealth
+    /// Closes connections; later calls throw `.unavailable`.
+    func close() async
+}

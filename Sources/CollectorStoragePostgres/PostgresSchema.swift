@@ -1,0 +1,162 @@
+/// The PostgreSQL schema of the collector (docs/STORAGE.md "PostgreSQL schema"), as numbered
+/// migrations. Everything is in schema `public`, so the seed's statements work verbatim in
+/// `psql`:
+///
+///     insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '/etc/custos/keys/publickey.crt', '/etc/custos/keys/keypair.pem');
+///     SELECT * FROM public.encryption_dek order by creation_time desc
+///
+/// Ids are lowercase hex text (`COLLATE "C"`: byte order, whatever the database's locale, so a
+/// cursor's `(capture_time, blob_id)` order is the index's); times are `timestamptz`; agent ids
+/// are text. `schema_migrations` lists the migrations applied; each runs in its own transaction
+/// under a transaction-scoped advisory lock (``advisoryLockKey``), so collectors starting
+/// together migrate once. A database holding a migration this build does not know is refused
+/// (`.failed`, "newer schema"): an older collector must not write to a schema it does not know.
+enum PostgresSchema {
+    struct Migration: Sendable {
+        let version: Int
+        let name: String
+        /// Run one by one (the extended query protocol takes one statement at a time).
+        let statements: [String]
+    }
+
+    /// `pg_advisory_xact_lock` key taken by every migration transaction: "custos" in ASCII.
+    static let advisoryLockKey: Int64 = 0x63_75_73_74_6f_73
+
+    /// The channel the `encryption_kek` trigger notifies (payload: `INSERT`, `UPDATE`, `DELETE`
+    /// or `TRUNCATE`). LISTEN/NOTIFY channels are per database.
+    static let kekChannel = "custos_kek_changed"
+
+    /// Times this backend stores: years 1 to 9999 (`timestamptz` reaches further, but nothing
+    /// real is outside this, and a wild value must be `.invalidArgument`, not a failed batch).
+    static let timeRangeMs: ClosedRange<Int64> = -62_135_596_800_000...253_402_300_799_999
+
+    static let migrations: [Migration] = [
+        Migration(version: 1, name: "v1-collector", statements: [
+            #"""
+            CREATE TABLE agents (
+                agent_id text COLLATE "C" PRIMARY KEY,
+                token_hash bytea NOT NULL CHECK (length(token_hash) = 32),
+                created_at timestamptz NOT NULL DEFAULT now()
+            )
+            """#,
+            #"""
+            CREATE TABLE encryption_kek (
+                id bigserial PRIMARY KEY,
+                active boolean NOT NULL DEFAULT true,
+                priv_encrypted boolean NOT NULL DEFAULT true,
+                pub_datafile text,
+                priv_datafile text,
+                pub_pem text,
+                kek_id text COLLATE "C" CHECK (kek_id ~ '^[0-9a-f]{64}$'),
+                created_at timestamptz DEFAULT now(),
+                CONSTRAINT encryption_kek_public_key CHECK (pub_datafile IS NOT NULL OR pub_pem IS NOT NULL)
+            )
+            """#,
+            #"""
+            CREATE TABLE encryption_dek (
+                dek_id text COLLATE "C" PRIMARY KEY CHECK (dek_id ~ '^[0-9a-f]{32}$'),
+                kek_id text COLLATE "C" NOT NULL CHECK (kek_id ~ '^[0-9a-f]{64}$'),
+                agent_id text COLLATE "C" NOT NULL,
+                creation_time timestamptz NOT NULL,
+                record bytea NOT NULL,
+                received_at timestamptz NOT NULL
+            )
+            """#,
+            #"""
+            CREATE INDEX encryption_dek_time ON encryption_dek (creation_time, dek_id)
+            """#,
+            #"""
+            CREATE INDEX encryption_dek_agent_time ON encryption_dek (agent_id, creation_time, dek_id)
+            """#,
+            // The sealed bytes are in the row (bytea, TOASTed out of line when large) until a
+            // BlobStore puts large ones in blob files (docs/STORAGE.md "Blobs").
+            #"""
+            CREATE TABLE captures (
+                blob_id text COLLATE "C" PRIMARY KEY CHECK (blob_id ~ '^[0-9a-f]{32}$'),
+                agent_id text COLLATE "C" NOT NULL,
+                kind text NOT NULL,
+                dek_id text COLLATE "C" NOT NULL,
+                kek_id text COLLATE "C" NOT NULL,
+                sequence bigint NOT NULL,
+                capture_time timestamptz NOT NULL,
+                size bigint NOT NULL,
+                blob bytea NOT NULL,
+                received_at timestamptz NOT NULL
+            )
+            """#,
+            #"""
+            CREATE INDEX captures_time ON captures (capture_time, blob_id)
+            """#,
+            #"""
+            CREATE INDEX captures_agent_time ON captures (agent_id, capture_time, blob_id)
+            """#,
+            // An agent's captures of one kind (a dashboard's "keystrokes of this agent") are an
+            // index range too, even when the kind is rare among the agent's captures. (Without an
+            // agent, kinds are common enough for `captures_time` with a filter.)
+            #"""
+            CREATE INDEX captures_agent_kind_time ON captures (agent_id, kind, capture_time, blob_id)
+            """#,
+            #"""
+            CREATE TABLE audit_log (
+                id bigserial PRIMARY KEY,
+                at timestamptz NOT NULL DEFAULT now(),
+                actor text NOT NULL,
+                action text NOT NULL,
+                detail text NOT NULL
+            )
+            """#,
+            // Append-only for everyone, the owner included (who could drop the trigger: the
+            // collector's role should not be the owner; docs/STORAGE.md "Roles").
+            #"""
+            CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP
+                    USING ERRCODE = 'insufficient_privilege';
+            END
+            $$
+            """#,
+            #"""
+            CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON audit_log
+                FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()
+            """#,
+            #"""
+            CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+                FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()
+            """#,
+            // Every change to the KEK registry, by anyone (an INSERT typed in psql too), wakes
+            // the collectors' registries at once (LISTEN custos_kek_changed).
+            #"""
+            CREATE FUNCTION encryption_kek_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM pg_notify('custos_kek_changed', TG_OP);
+                RETURN NULL;
+            END
+            $$
+            """#,
+            #"""
+            CREATE TRIGGER encryption_kek_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON encryption_kek
+                FOR EACH STATEMENT EXECUTE FUNCTION encryption_kek_notify()
+            """#,
+        ]),
+    ]
+
+    /// The newest version this build knows.
+    static var latestVersion: Int { migrations.last?.version ?? 0 }
+
+    /// Privileges for the collector's role when it is not the schema's owner
+    /// (``PostgresStorage/migrate(grantingTo:)``): everything it needs, and on `audit_log` only
+    /// SELECT and INSERT, so it cannot UPDATE, DELETE or TRUNCATE the audit log.
+    /// `%ROLE%` is replaced by the quoted role name.
+    static let collectorGrants = [
+        "GRANT USAGE ON SCHEMA public TO %ROLE%",
+        "GRANT SELECT ON schema_migrations TO %ROLE%",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON agents, encryption_kek, encryption_dek, captures TO %ROLE%",
+        "GRANT SELECT, INSERT ON audit_log TO %ROLE%",
+        "GRANT USAGE ON SEQUENCE encryption_kek_id_seq, audit_log_id_seq TO %ROLE%",
+    ]
+
+    /// `name` as a quoted SQL identifier (`"` doubled), for the role of a GRANT.
+    static func quotedIdentifier(_ name: String) -> String {
+        "\"" + name.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}

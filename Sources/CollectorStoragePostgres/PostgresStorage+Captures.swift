@@ -1,0 +1,263 @@
+import CollectorStorage
+import Crypto
+import CustosBase
+import Envelope
+import Foundation
+import NIOCore
+import PostgresNIO
+
+extension PostgresStorage {
+    // MARK: Ingest
+
+    /// Stores `items` in one transaction. Idempotent across collector instances: each insert is
+    /// `INSERT … ON CONFLICT DO NOTHING`, so of two transactions storing one id the second
+    /// waits for the first and then compares (the stored bytes by SHA-256, computed by the
+    /// server, so they are not sent back). Outcomes as the SQLite backend: a DEK record earlier
+    /// in the same batch counts for the blobs after it; another agent's id is `.otherAgent`.
+    /// - Throws: `.invalidArgument` for a time outside years 1-9999 (nothing stored);
+    ///   `.unavailable` when the database cannot be reached (nothing stored).
+    public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome] {
+        if items.isEmpty { return [] }
+        try SQLTime.check(receivedAtMs, "receivedAtMs", location: location)
+        for item in items {
+            switch item {
+            case .dek(let d): try SQLTime.check(d.creationTimeMs, "creation time of DEK \(d.dekID)", location: location)
+            case .blob(let b): try SQLTime.check(b.captureTimeMs, "capture time of blob \(b.blobID)", location: location)
+            }
+        }
+        return try await inTransaction("store \(items.count) records") { conn in
+            var outcomes: [IngestOutcome] = []
+            outcomes.reserveCapacity(items.count)
+            var batchDEKs = Set<DEKID>()
+            for item in items {
+                switch item {
+                case .dek(let d):
+                    let outcome = try await Self.insertDEK(d, receivedAtMs: receivedAtMs, conn: conn)
+                    if outcome == .stored || outcome == .duplicate { batchDEKs.insert(d.dekID) }
+                    outcomes.append(outcome)
+                case .blob(let b):
+                    outcomes.append(try await Self.insertBlob(b, receivedAtMs: receivedAtMs, batchDEKs: &batchDEKs, conn: conn))
+                }
+            }
+            return outcomes
+        }
+    }
+
+    private static func insertDEK(_ d: StoredDEK, receivedAtMs: Int64, conn: PostgresConnection) async throws -> IngestOutcome {
+        let record = ByteBuffer(bytes: d.record)
+        let inserted = try await conn.query("""
+            INSERT INTO encryption_dek (dek_id, kek_id, agent_id, creation_time, record, received_at)
+            VALUES (\(d.dekID.hex), \(d.kekID.hex), \(d.agentID.rawValue), \(timestampMs: d.creationTimeMs), \(record),
+                    \(timestampMs: receivedAtMs))
+            ON CONFLICT (dek_id) DO NOTHING RETURNING 1
+            """, logger: quiet).collect().count > 0
+        if inserted { return .stored }
+        // Taken: by this batch's own earlier item, another instance, or another agent.
+        let rows = try await conn.query("SELECT agent_id, record FROM encryption_dek WHERE dek_id = \(d.dekID.hex)",
+                                        logger: quiet)
+        for try await (agent, stored) in rows.decode((String, ByteBuffer).self) {
+            if agent != d.agentID.rawValue { return .otherAgent }
+            return stored.readableBytesView.elementsEqual(d.record) ? .duplicate : .conflict
+        }
+        // Deleted between the two statements (by a retention run): store it now.
+        return try await insertDEK(d, receivedAtMs: receivedAtMs, conn: conn)
+    }
+
+    private static func insertBlob(_ b: StoredBlob, receivedAtMs: Int64, batchDEKs: inout Set<DEKID>,
+                                   conn: PostgresConnection) async throws -> IngestOutcome {
+        if let outcome = try await compareStoredBlob(b, conn: conn) { return outcome }
+        if !batchDEKs.contains(b.dekID) {
+            // The DEK record must be this agent's: another agent's DEK id is answered as an
+            // unknown one (the blob could never be opened with it, and the answer must not tell
+            // whether that id exists).
+            var owner: String?
+            let rows = try await conn.query("SELECT agent_id FROM encryption_dek WHERE dek_id = \(b.dekID.hex)", logger: quiet)
+            for try await (agent) in rows.decode(String.self) { owner = agent }
+            guard owner == b.agentID.rawValue else { return .unknownDEK }
+            batchDEKs.insert(b.dekID)
+        }
+        let bytes = ByteBuffer(bytes: b.bytes)
+        let inserted = try await conn.query("""
+            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, received_at)
+            VALUES (\(b.blobID.hex), \(b.agentID.rawValue), \(b.kind.name), \(b.dekID.hex), \(b.kekID.hex), \(b.sequence),
+                    \(timestampMs: b.captureTimeMs), \(Int64(b.bytes.count)), \(bytes), \(timestampMs: receivedAtMs))
+            ON CONFLICT (blob_id) DO NOTHING RETURNING 1
+            """, logger: quiet).collect().count > 0
+        if inserted { return .stored }
+        // Another instance stored the id after our first look (its transaction committed while
+        // this INSERT waited on the key): compare with what it stored.
+        return try await compareStoredBlob(b, conn: conn) ?? .conflict
+    }
+
+    /// nil when `b.blobID` is not stored; else how the stored row compares.
+    private static func compareStoredBlob(_ b: StoredBlob, conn: PostgresConnection) async throws -> IngestOutcome? {
+        let rows = try await conn.query("""
+            SELECT agent_id, kind, dek_id, kek_id, sequence, \(unescaped: SQLTime.ms("capture_time")), size, sha256(blob)
+            FROM captures WHERE blob_id = \(b.blobID.hex)
+            """, logger: quiet)
+        for try await (agent, kind, dek, kek, sequence, time, size, digest)
+            in rows.decode((String, String, String, String, Int64, Int64, Int64, ByteBuffer).self) {
+            guard agent == b.agentID.rawValue else { return .otherAgent }
+            let sameRow = kind == b.kind.name && dek == b.dekID.hex && kek == b.kekID.hex && sequence == b.sequence
+                && time == b.captureTimeMs && size == Int64(b.bytes.count)
+            guard sameRow else { return .conflict }
+            let mine = SHA256.hash(data: b.bytes)
+            return digest.readableBytesView.elementsEqual(mine) ? .duplicate : .conflict
+        }
+        return nil
+    }
+
+    // MARK: Listings
+
+    public func captures(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws(StorageError) -> CapturePage {
+        try Self.checkLimit(limit, location: location)
+        for t in [query.sinceMs, query.untilMs, cursor?.captureTimeMs].compactMap({ $0 }) {
+            try SQLTime.check(t, "time bound", location: location)
+        }
+        let sql = Self.captureListing(query, after: cursor, limit: limit)
+        let location = self.location
+        let rows = try await withClient("list captures") { client in
+            var out: [CaptureInfo] = []
+            for try await row in try await client.query(sql, logger: Self.quiet).decode(
+                (String, String, String, String, String, Int64, Int64, Int64, Int64).self) {
+                out.append(try Self.captureInfo(row, location: location))
+            }
+            return out
+        }
+        if rows.count > limit {
+            let page = Array(rows.prefix(limit))
+            return CapturePage(items: page, next: page.last?.cursor)
+        }
+        return CapturePage(items: rows, next: nil)
+    }
+
+    static let captureColumns = """
+        blob_id, agent_id, kind, dek_id, kek_id, sequence, \(SQLTime.ms("capture_time")), size, \(SQLTime.ms("received_at"))
+        """
+
+    /// One page (and one row more, to know whether another page follows) of `query`: one range
+    /// of the index that matches its filters — `captures_agent_kind_time`,
+    /// `captures_agent_time` or `captures_time` (kind then filters the range) — read forwards or
+    /// backwards from the cursor (a row comparison on `(capture_time, blob_id)`, never OFFSET).
+    static func captureListing(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) -> PostgresQuery {
+        let ascending = query.order == .ascending
+        // Built piece by piece: every value is a bound parameter, never text in the SQL.
+        var parts = PostgresQuery.StringInterpolation(literalCapacity: 256, interpolationCount: 8)
+        parts.appendLiteral("SELECT \(captureColumns) FROM captures WHERE true")
+        if let agent = query.agentID { parts.appendLiteral(" AND agent_id = "); parts.appendInterpolation(agent.rawValue) }
+        if let kind = query.kind { parts.appendLiteral(" AND kind = "); parts.appendInterpolation(kind.name) }
+        if let since = query.sinceMs { parts.appendLiteral(" AND capture_time >= "); parts.appendInterpolation(timestampMs: since) }
+        if let until = query.untilMs { parts.appendLiteral(" AND capture_time < "); parts.appendInterpolation(timestampMs: until) }
+        if let cursor {
+            parts.appendLiteral(ascending ? " AND (capture_time, blob_id) > (" : " AND (capture_time, blob_id) < (")
+            parts.appendInterpolation(timestampMs: cursor.captureTimeMs)
+            parts.appendLiteral(", ")
+            parts.appendInterpolation(cursor.blobID.hex)
+            parts.appendLiteral(")")
+        }
+        parts.appendLiteral(ascending ? " ORDER BY capture_time, blob_id LIMIT " : " ORDER BY capture_time DESC, blob_id DESC LIMIT ")
+        parts.appendInterpolation(Int64(limit + 1))
+        return PostgresQuery(stringInterpolation: parts)
+    }
+
+    static func captureInfo(_ row: (String, String, String, String, String, Int64, Int64, Int64, Int64),
+                            location: String) throws(StorageError) -> CaptureInfo {
+        let (blobHex, agent, kindName, dekHex, kekHex, sequence, time, size, received) = row
+        guard let blobID = BlobID(hex: blobHex), let dekID = DEKID(hex: dekHex), let kekID = KEKID(hex: kekHex) else {
+            throw StorageError(.corrupt, "\(location): captures row \(SafeText.quoted(blobHex)) holds an id that is not hex of the right length")
+        }
+        guard let kind = CaptureKind(name: kindName) else {
+            throw StorageError(.corrupt, "\(location): captures row \(blobHex): unknown kind \(SafeText.quoted(kindName))")
+        }
+        return CaptureInfo(blobID: blobID, agentID: try agentID(agent, location: location, table: "captures"), kind: kind,
+                           dekID: dekID, kekID: kekID, sequence: sequence, captureTimeMs: time, size: Int(size),
+                           receivedAtMs: received)
+    }
+
+    public func capture(_ id: BlobID) async throws(StorageError) -> CaptureInfo? {
+        let location = self.location
+        return try await withClient("read capture \(id)") { client in
+            for try await row in try await client.query(
+                "SELECT \(unescaped: Self.captureColumns) FROM captures WHERE blob_id = \(id.hex)", logger: Self.quiet
+            ).decode((String, String, String, String, String, Int64, Int64, Int64, Int64).self) {
+                return try Self.captureInfo(row, location: location)
+            }
+            return nil
+        }
+    }
+
+    public func blob(_ id: BlobID) async throws(StorageError) -> Data? {
+        let location = self.location
+        return try await withClient("read blob \(id)") { client in
+            for try await (size, bytes) in try await client.query(
+                "SELECT size, blob FROM captures WHERE blob_id = \(id.hex)", logger: Self.quiet
+            ).decode((Int64, ByteBuffer).self) {
+                guard bytes.readableBytes == size else {
+                    throw StorageError(.corrupt, "\(location): blob \(id) has \(bytes.readableBytes) bytes, its row says \(size)")
+                }
+                return Data(bytes.readableBytesView)
+            }
+            return nil
+        }
+    }
+
+    public func counts() async throws(StorageError) -> (captures: Int, deks: Int) {
+        let (c, d) = try await withClient("count records") { client in
+            var result: (Int64, Int64) = (0, 0)
+            for try await row in try await client.query(
+                "SELECT (SELECT count(*) FROM captures), (SELECT count(*) FROM encryption_dek)", logger: Self.quiet
+            ).decode((Int64, Int64).self) { result = row }
+            return result
+        }
+        return (Int(c), Int(d))
+    }
+
+    // MARK: DEKStore
+
+    public func dekRecord(_ id: DEKID) async throws(StorageError) -> Data? {
+        try await withClient("read DEK record \(id)") { client in
+            for try await (record) in try await client.query(
+                "SELECT record FROM encryption_dek WHERE dek_id = \(id.hex)", logger: Self.quiet
+            ).decode(ByteBuffer.self) {
+                return Data(record.readableBytesView)
+            }
+            return nil
+        }
+    }
+
+    /// Pages by `(creation_time, dek_id)` (indexes `encryption_dek_time`,
+    /// `encryption_dek_agent_time`). - Throws: `.notFound` when `after` is not a stored DEK id.
+    public func dekRecords(agent: AgentID?, after: DEKID?, limit: Int) async throws(StorageError) -> [StoredDEK] {
+        try Self.checkLimit(limit, location: location)
+        var parts = PostgresQuery.StringInterpolation(literalCapacity: 256, interpolationCount: 4)
+        parts.appendLiteral("SELECT dek_id, kek_id, agent_id, \(SQLTime.ms("creation_time")), record FROM encryption_dek WHERE true")
+        if let agent { parts.appendLiteral(" AND agent_id = "); parts.appendInterpolation(agent.rawValue) }
+        if let after {
+            parts.appendLiteral(" AND (creation_time, dek_id) > (SELECT creation_time, dek_id FROM encryption_dek WHERE dek_id = ")
+            parts.appendInterpolation(after.hex)
+            parts.appendLiteral(")")
+        }
+        parts.appendLiteral(" ORDER BY creation_time, dek_id LIMIT ")
+        parts.appendInterpolation(Int64(limit))
+        let sql = PostgresQuery(stringInterpolation: parts)
+        let location = self.location
+        return try await withClient("read DEK records") { client in
+            if let after {
+                let known = try await client.query("SELECT 1 FROM encryption_dek WHERE dek_id = \(after.hex)",
+                                                   logger: Self.quiet).collect().count > 0
+                if !known { throw StorageError(.notFound, "\(location): no DEK record \(after) to page after") }
+            }
+            var out: [StoredDEK] = []
+            for try await (dekHex, kekHex, agentText, created, record) in try await client.query(sql, logger: Self.quiet)
+                .decode((String, String, String, Int64, ByteBuffer).self) {
+                guard let dekID = DEKID(hex: dekHex), let kekID = KEKID(hex: kekHex) else {
+                    throw StorageError(.corrupt, "\(location): encryption_dek row \(SafeText.quoted(dekHex)) holds an id that is not hex of the right length")
+                }
+                out.append(StoredDEK(dekID: dekID, kekID: kekID,
+                                     agentID: try Self.agentID(agentText, location: location, table: "encryption_dek"),
+                                     creationTimeMs: created, record: Data(record.readableBytesView)))
+            }
+            return out
+        }
+    }
+}

@@ -1,0 +1,262 @@
+import CollectorStorage
+import Crypto
+import CustosBase
+import Envelope
+import Foundation
+import NIOCore
+import PostgresNIO
+
+/// Agent tokens: 32 random bytes as base64url without padding (43 characters); only their
+/// SHA-256 is stored, and it is compared in constant time. The same scheme as the SQLite
+/// backend, so `custos db migrate` carries tokens over unchanged.
+enum AgentToken {
+    static func new() -> Secret {
+        let key = SymmetricKey(size: .bits256)
+        let b64 = key.withUnsafeBytes { Data($0).base64EncodedString() }
+        return Secret(b64.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: ""))
+    }
+
+    static func hash(_ token: Secret) -> [UInt8] { Array(SHA256.hash(data: Data(token.revealed.utf8))) }
+
+    /// Compares in time that depends only on the lengths.
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var diff: UInt8 = 0
+        for (x, y) in zip(a, b) { diff |= x ^ y }
+        return diff == 0
+    }
+}
+
+/// SQL fragments for times: columns are `timestamptz`, the seam's values Unix ms.
+enum SQLTime {
+    /// A `timestamptz` column as Unix ms (`int8`; exact for whole milliseconds).
+    static func ms(_ column: String) -> String { "(extract(epoch FROM \(column)) * 1000)::int8" }
+
+    /// Checks `ms` is in ``PostgresSchema/timeRangeMs``.
+    static func check(_ ms: Int64, _ field: String, location: String) throws(StorageError) {
+        guard PostgresSchema.timeRangeMs.contains(ms) else {
+            throw StorageError(.invalidArgument, "\(location): \(field) \(ms) ms is outside years 1-9999")
+        }
+    }
+}
+
+extension PostgresQuery.StringInterpolation {
+    /// A bound Unix-ms value as `timestamptz`, exact to the millisecond (no float rounding:
+    /// whole seconds through `to_timestamp`, the rest as an interval).
+    mutating func appendInterpolation(timestampMs ms: Int64) {
+        appendLiteral("(to_timestamp(")
+        appendInterpolation(ms / 1000)
+        appendLiteral("::int8) + (")
+        appendInterpolation(ms % 1000)
+        appendLiteral("::int8) * interval '1 millisecond')")
+    }
+}
+
+extension PostgresStorage {
+    // MARK: AgentStore
+
+    public func addAgent(_ id: AgentID) async throws(StorageError) -> Secret {
+        let token = AgentToken.new()
+        let hash = ByteBuffer(bytes: AgentToken.hash(token))
+        let inserted = try await withClient("add agent \(id)") { client in
+            try await client.query("""
+                INSERT INTO agents (agent_id, token_hash) VALUES (\(id.rawValue), \(hash))
+                ON CONFLICT (agent_id) DO NOTHING RETURNING 1
+                """, logger: Self.quiet).collect().count > 0
+        }
+        guard inserted else {
+            throw StorageError(.alreadyExists, "\(location): agent \(id) exists already (rotate its token instead)")
+        }
+        return token
+    }
+
+    public func rotateToken(_ id: AgentID) async throws(StorageError) -> Secret {
+        let token = AgentToken.new()
+        let hash = ByteBuffer(bytes: AgentToken.hash(token))
+        let updated = try await withClient("rotate the token of agent \(id)") { client in
+            try await client.query("UPDATE agents SET token_hash = \(hash) WHERE agent_id = \(id.rawValue) RETURNING 1",
+                                   logger: Self.quiet).collect().count > 0
+        }
+        guard updated else { throw StorageError(.notFound, "\(location): no agent \(id)") }
+        return token
+    }
+
+    public func removeAgent(_ id: AgentID) async throws(StorageError) {
+        let deleted = try await withClient("remove agent \(id)") { client in
+            try await client.query("DELETE FROM agents WHERE agent_id = \(id.rawValue) RETURNING 1",
+                                   logger: Self.quiet).collect().count > 0
+        }
+        guard deleted else { throw StorageError(.notFound, "\(location): no agent \(id)") }
+    }
+
+    public func agents() async throws(StorageError) -> [AgentInfo] {
+        let location = self.location
+        return try await withClient("list agents") { client in
+            var out: [AgentInfo] = []
+            let rows = try await client.query("SELECT agent_id, \(unescaped: SQLTime.ms("created_at")) FROM agents ORDER BY agent_id",
+                                              logger: Self.quiet)
+            for try await (id, createdAt) in rows.decode((String, Int64).self) {
+                out.append(AgentInfo(id: try Self.agentID(id, location: location, table: "agents"), createdAtMs: createdAt))
+            }
+            return out
+        }
+    }
+
+    public func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool {
+        let stored = try await withClient("look up agent \(id)") { client -> [UInt8]? in
+            var hash: [UInt8]?
+            let rows = try await client.query("SELECT token_hash FROM agents WHERE agent_id = \(id.rawValue)", logger: Self.quiet)
+            for try await (h) in rows.decode(ByteBuffer.self) { hash = Array(h.readableBytesView) }
+            return hash
+        }
+        // An unknown agent is compared against a dummy digest: the same work either way.
+        let presented = AgentToken.hash(token)
+        let expected = stored ?? [UInt8](repeating: 0, count: presented.count)
+        return AgentToken.constantTimeEqual(presented, expected) && stored != nil
+    }
+
+    static func agentID(_ text: String, location: String, table: String) throws(StorageError) -> AgentID {
+        do { return try AgentID(text) } catch {
+            throw StorageError(.corrupt, "\(location): \(table) holds agent id \(SafeText.quoted(text)), not a valid agent id")
+        }
+    }
+
+    // MARK: KEKStore
+
+    public func registerKEK(_ registration: KEKRegistration) async throws(StorageError) -> Int64 {
+        guard registration.pubDatafile != nil || registration.publicKeyPEM != nil else {
+            throw StorageError(.invalidArgument, "\(location): a KEK needs a public key path (pub_datafile) or PEM (pub_pem)")
+        }
+        for text in [registration.pubDatafile, registration.privDatafile, registration.publicKeyPEM].compactMap({ $0 }) {
+            try Self.checkText(text, "KEK registration", location: location)
+        }
+        let r = registration
+        return try await withClient("register a KEK") { client in
+            var id: Int64 = 0
+            let rows = try await client.query("""
+                INSERT INTO encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile, pub_pem, kek_id)
+                VALUES (\(r.active), \(r.privEncrypted), \(r.pubDatafile), \(r.privDatafile), \(r.publicKeyPEM), \(r.kekID?.hex))
+                RETURNING id
+                """, logger: Self.quiet)
+            for try await (rowID) in rows.decode(Int64.self) { id = rowID }
+            return id
+        }
+    }
+
+    public func setKEKActive(rowID: Int64, active: Bool) async throws(StorageError) {
+        let updated = try await withClient("set encryption_kek row \(rowID) active=\(active)") { client in
+            try await client.query("UPDATE encryption_kek SET active = \(active) WHERE id = \(rowID) RETURNING 1",
+                                   logger: Self.quiet).collect().count > 0
+        }
+        guard updated else { throw StorageError(.notFound, "\(location): no encryption_kek row \(rowID)") }
+    }
+
+    public func setKEKID(rowID: Int64, kekID: KEKID) async throws(StorageError) {
+        let updated = try await withClient("set the KEK id of encryption_kek row \(rowID)") { client in
+            try await client.query("UPDATE encryption_kek SET kek_id = \(kekID.hex) WHERE id = \(rowID) RETURNING 1",
+                                   logger: Self.quiet).collect().count > 0
+        }
+        guard updated else { throw StorageError(.notFound, "\(location): no encryption_kek row \(rowID)") }
+    }
+
+    public func keks() async throws(StorageError) -> [KEKRow] {
+        let location = self.location
+        return try await withClient("list KEKs") { client in
+            var out: [KEKRow] = []
+            let rows = try await client.query("""
+                SELECT id, active, priv_encrypted, pub_datafile, priv_datafile, pub_pem, kek_id, created_at::text
+                FROM encryption_kek ORDER BY id
+                """, logger: Self.quiet)
+            for try await (id, active, privEncrypted, pubFile, privFile, pem, kekHex, createdAt)
+                in rows.decode((Int64, Bool, Bool, String?, String?, String?, String?, String?).self) {
+                var kekID: KEKID?
+                if let kekHex {
+                    guard let k = KEKID(hex: kekHex) else {
+                        throw StorageError(.corrupt, "\(location): encryption_kek row \(id): kek_id \(SafeText.quoted(kekHex)) is not 64 hex digits")
+                    }
+                    kekID = k
+                }
+                out.append(KEKRow(rowID: id, active: active, privEncrypted: privEncrypted, pubDatafile: pubFile,
+                                  privDatafile: privFile, publicKeyPEM: pem, kekID: kekID, createdAt: createdAt))
+            }
+            return out
+        }
+    }
+
+    /// A stream that yields once per change to `encryption_kek` (any insert, update, delete or
+    /// truncate, by anyone: a trigger NOTIFYs `custos_kek_changed`), and once after the
+    /// `LISTEN` connection came back from a loss (changes may have been missed meanwhile).
+    /// Several changes close together may arrive as one signal (the stream keeps the newest).
+    /// Ends when the storage closes. Needs ``run()``.
+    public func kekChanges() -> AsyncStream<Void> {
+        let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let id = state.withLock { s -> Int? in
+            guard !s.closed else { return nil }
+            s.nextSubscriber += 1
+            s.subscribers[s.nextSubscriber] = continuation
+            return s.nextSubscriber
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    func broadcastKEKChange() {
+        for c in state.withLock({ Array($0.subscribers.values) }) { c.yield() }
+    }
+
+    // MARK: AuditStore
+
+    @discardableResult
+    public func appendAudit(actor: String, action: String, detail: String) async throws(StorageError) -> AuditEntry {
+        for text in [actor, action, detail] { try Self.checkText(text, "audit entry", location: location) }
+        return try await withClient("append to the audit log") { client in
+            var entry: AuditEntry?
+            let rows = try await client.query("""
+                INSERT INTO audit_log (actor, action, detail) VALUES (\(actor), \(action), \(detail))
+                RETURNING id, \(unescaped: SQLTime.ms("at"))
+                """, logger: Self.quiet)
+            for try await (id, at) in rows.decode((Int64, Int64).self) {
+                entry = AuditEntry(id: id, atMs: at, actor: actor, action: action, detail: detail)
+            }
+            guard let entry else { throw StorageError(.failed, "audit_log INSERT returned no row") }
+            return entry
+        }
+    }
+
+    public func auditEntries(before: Int64?, limit: Int) async throws(StorageError) -> [AuditEntry] {
+        try Self.checkLimit(limit, location: location)
+        return try await withClient("read the audit log") { client in
+            var out: [AuditEntry] = []
+            let rows = try await client.query("""
+                SELECT id, \(unescaped: SQLTime.ms("at")), actor, action, detail FROM audit_log
+                WHERE id < \(before ?? Int64.max) ORDER BY id DESC LIMIT \(limit)
+                """, logger: Self.quiet)
+            for try await (id, at, actor, action, detail) in rows.decode((Int64, Int64, String, String, String).self) {
+                out.append(AuditEntry(id: id, atMs: at, actor: actor, action: action, detail: detail))
+            }
+            return out
+        }
+    }
+
+    // MARK: Arguments
+
+    /// PostgreSQL `text` cannot hold NUL.
+    static func checkText(_ text: String, _ what: String, location: String) throws(StorageError) {
+        if text.utf8.contains(0) {
+            throw StorageError(.invalidArgument, "\(location): \(what) holds a NUL character, which PostgreSQL text cannot store")
+        }
+    }
+
+    static func checkLimit(_ limit: Int, location: String) throws(StorageError) {
+        guard (1...10_000).contains(limit) else {
+            throw StorageError(.invalidArgument, "\(location): limit must be 1-10000, found \(limit)")
+        }
+    }
+}

@@ -1,0 +1,298 @@
+import CaptureFormat
+import Collector
+import Envelope
+import Foundation
+import Testing
+import TestSupport
+import Video
+@testable import Admin
+
+/// Solid colours far apart after 4:2:0 AV1 coding; packet `i` shows colour `i % 10`.
+private let colours: [(UInt8, UInt8, UInt8)] = [
+    (220, 30, 30), (30, 200, 40), (30, 40, 220), (230, 220, 30), (30, 210, 220),
+    (210, 40, 210), (250, 250, 250), (20, 20, 20), (240, 140, 20), (120, 120, 120),
+]
+
+/// One packet as the agent seals it, and the blob id it got.
+private struct SentPacket {
+    var meta: VideoPacketMetadata
+    var blobID: String
+}
+
+/// Records `count` pictures (colour `i % 10`, with a row of text-like strokes) at `startMs` +
+/// i × 1000 ms with the agent's `MonitorStream`, seals each packet as its own `screen` blob and
+/// returns the ingest items (minus the indices in `drop`, plus a second copy of those in
+/// `duplicate`) and what was sent.
+private func recordStream(_ session: DEKSession, monitor: Int, name: String, width: Int, height: Int, startMs: Int64,
+                          count: Int, keyframeIntervalMs: Int64, drop: Set<Int> = [], duplicate: Set<Int> = [])
+    throws -> (items: [IngestItem], sent: [SentPacket]) {
+    let stream = try MonitorStream(monitor: monitor, width: width, height: height, keyframeIntervalMs: keyframeIntervalMs)
+    var items: [IngestItem] = [], sent: [SentPacket] = []
+    for i in 0..<count {
+        let c = colours[i % colours.count]
+        var px = [UInt8](repeating: 0, count: width * height * 4)
+        for y in 0..<height {
+            for x in 0..<width {
+                let text = y >= 4 && y < 12 && x % 6 < 4 && (x / 6 + i) % 3 != 0
+                let o = (y * width + x) * 4
+                (px[o], px[o + 1], px[o + 2], px[o + 3]) = text ? (10, 10, 10, 255) : (c.2, c.1, c.0, 255)
+            }
+        }
+        try px.withUnsafeBytes {
+            try stream.picture.write(rows: $0.baseAddress!, firstRow: 0, rowCount: height, stride: width * 4, layout: .bgrx)
+        }
+        let (meta, packet) = try stream.encode(timeMs: startMs + Int64(i) * 1000, monitorName: name, x: 0, y: 0)
+        guard !drop.contains(i) else { continue }
+        for _ in 0..<(duplicate.contains(i) ? 2 : 1) {
+            let blob = try session.seal(VideoPacketPayload.encode(meta, packet: packet), kind: .screen, captureTimeMs: meta.captureTimeMs)
+            let h = blob.header
+            items.append(.blob(blobID: h.blobID.hex, agentID: h.agentID, kind: h.kind.name, dekID: h.dekID.hex, kekID: h.kekID.hex,
+                               sequence: Int64(h.sequence), captureTimeMs: h.captureTimeMs, blob: blob.serialized))
+            sent.append(SentPacket(meta: meta, blobID: h.blobID.hex))
+        }
+    }
+    return (items, sent)
+}
+
+/// ffprobe's packet count, size and duration (s) of a file.
+private func probe(_ path: String) throws -> (codec: String, width: Int, height: Int, packets: Int, duration: Double) {
+    let json = try runChecked(["ffprobe", "-v", "error", "-show_streams", "-count_packets", "-show_format", "-of", "json", path])
+    let obj = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+    let s = try #require((obj["streams"] as? [[String: Any]])?.first)
+    let f = try #require(obj["format"] as? [String: Any])
+    return (s["codec_name"] as? String ?? "", s["width"] as? Int ?? 0, s["height"] as? Int ?? 0,
+            Int(s["nb_read_packets"] as? String ?? "") ?? -1, Double(f["duration"] as? String ?? "") ?? -1)
+}
+
+/// Every frame of a video (or the one picture of a PNG) as RGB24, decoded by ffmpeg, which must report no error.
+private func rgbFrames(_ path: String, width: Int, height: Int) throws -> [[UInt8]] {
+    let r = try runCommand(["ffmpeg", "-v", "error", "-i", path, "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+    guard r.status == 0, r.stderr.isEmpty else { throw TestSupportError("ffmpeg \(path): \(r.stderrString)") }
+    let size = width * height * 3
+    return stride(from: 0, to: r.stdout.count, by: size).map { [UInt8](r.stdout[$0..<min($0 + size, r.stdout.count)]) }
+}
+
+/// Whether the pixel at the picture's lower middle has colour `c` (± 16 per channel).
+private func shows(_ frame: [UInt8], width: Int, height: Int, _ c: (UInt8, UInt8, UInt8)) -> Bool {
+    let o = ((height * 3 / 4) * width + width / 2) * 3
+    guard o + 2 < frame.count else { return false }
+    return abs(Int(frame[o]) - Int(c.0)) <= 16 && abs(Int(frame[o + 1]) - Int(c.1)) <= 16 && abs(Int(frame[o + 2]) - Int(c.2)) <= 16
+}
+
+@Suite("custos decrypt / export of screen video")
+struct VideoDecryptTests {
+    static let t0: Int64 = 1_764_547_200_000
+
+    /// A collector database with, for agent host-v: monitor 0 (320×240, keyframes every 4 s, 12
+    /// packets at 1 s, packet 5 never arrived, packet 9 stored twice), monitor 1 (160×120, one
+    /// keyframe, 6 packets at 0.5 s + 1 s), one PNG frame and one keystroke chunk.
+    private func fill(_ db: String, kek: KEKPublicKey) async throws -> (a: [SentPacket], b: [SentPacket], png: Data) {
+        let store = try SQLiteCollectorStore(path: db)
+        let session = try DEKSession(kek: kek, agentID: "host-v")
+        let r = session.record
+        var items: [IngestItem] = [.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: r.agentID,
+                                        creationTimeMs: r.creationTimeMs, record: r.serialized)]
+        let a = try recordStream(session, monitor: 0, name: "DP-1", width: 320, height: 240, startMs: Self.t0, count: 12,
+                                 keyframeIntervalMs: 4000, drop: [5], duplicate: [9])
+        let b = try recordStream(session, monitor: 1, name: "HDMI/1", width: 160, height: 120, startMs: Self.t0 + 500, count: 6,
+                                 keyframeIntervalMs: 0)
+        let png = makePNG(width: 8, height: 6, seed: 3)
+        let frameMeta = FrameMetadata(monitor: 2, monitorName: "VGA-0", x: 0, y: 0, width: 8, height: 6, captureTimeMs: Self.t0 + 700)
+        let chunk = KeystrokeChunk(windowTitle: "Terminal", wmClass: "xterm.XTerm", startMs: Self.t0 + 800, endMs: Self.t0 + 810,
+                                   keys: [Keystroke(timeMs: Self.t0 + 800, text: "a")])
+        for (payload, kind, t) in [(FramePayload.encode(frameMeta, png: png), CaptureKind.screen, Self.t0 + 700),
+                                   (chunk.encoded(), CaptureKind.keystrokes, Self.t0 + 800)] {
+            let h = try session.seal(payload, kind: kind, captureTimeMs: t)
+            items.append(.blob(blobID: h.header.blobID.hex, agentID: "host-v", kind: kind.name, dekID: r.dekID.hex,
+                               kekID: r.kekID.hex, sequence: Int64(h.header.sequence), captureTimeMs: t, blob: h.serialized))
+        }
+        let outcomes = try await store.ingest(items + a.items + b.items, receivedAtMs: Self.t0 + 100_000)
+        #expect(outcomes.allSatisfy { $0 == .stored })
+        return (a.sent, b.sent, png)
+    }
+
+    @Test("each contiguous run of a stream becomes one WebM file that ffprobe and ffmpeg read; a gap splits the stream at the next keyframe; stills at the start and every 2 s")
+    func decryptWritesWebMAndStills() async throws {
+        for tool in ["ffprobe", "ffmpeg"] { try requireTool(tool) }
+        let tmp = try TempDir("adm-video")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let db = tmp.file("collector.db")
+        let (a, b, png) = try await fill(db, kek: try KEKPublicKey(pemFile: k.publicKey))
+        let out = tmp.file("out")
+        let report = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                                        options: DecryptOptions(output: .directory(out), stillsEveryMs: 2000),
+                                        actor: "tester", log: { _ in }, progressStyle: .quiet)
+        #expect(report.failures.isEmpty, "\(report.failures)")
+        #expect(report.decrypted == 20, "12 + 6 packets, a frame, a chunk")
+        #expect(report.screens == 1 && report.keystrokeChunks == 1)
+        // Monitor 0: packets 0–4, then 6 and 7 cannot be decoded (5 is missing), 8–11; 9 twice.
+        #expect(report.videoFiles == 3 && report.videoPackets == 5 + 4 + 6)
+        #expect(report.videoPacketsSkipped == ["no-keyframe": 2, "duplicate": 1])
+        #expect(report.videoSummary.contains("15 video packets in 3 WebM files (3 skipped: 1 duplicate, 2 no-keyframe), 8 stills"))
+
+        let streamA = a[0].meta.streamID, streamB = b[0].meta.streamID
+        let runs: [(path: String, first: Int, count: Int, w: Int, h: Int, colour0: Int)] = [
+            (OutputNaming.video(agent: "host-v", monitor: 0, monitorName: "DP-1", startMs: Self.t0, streamID: streamA), 0, 5, 320, 240, 0),
+            (OutputNaming.video(agent: "host-v", monitor: 0, monitorName: "DP-1", startMs: Self.t0 + 8000, streamID: streamA), 8, 4, 320, 240, 8),
+            (OutputNaming.video(agent: "host-v", monitor: 1, monitorName: "HDMI/1", startMs: Self.t0 + 500, streamID: streamB), 0, 6, 160, 120, 0),
+        ]
+        #expect(runs[2].path == "host-v/screens/host-v_mon1-HDMI_1_2025-12-01T00-00-00.500Z_\(streamB.prefix(8)).webm")
+        for run in runs {
+            let path = out + "/" + run.path
+            let p = try probe(path)
+            #expect(p.codec == "av1" && p.width == run.w && p.height == run.h, "\(run.path): \(p)")
+            #expect(p.packets == run.count, "\(run.path)")
+            #expect(abs(p.duration - Double(run.count)) <= 1.0, "\(run.path): \(p.duration) s for \(run.count) packets 1 s apart")
+            let frames = try rgbFrames(path, width: run.w, height: run.h)
+            #expect(frames.count == run.count)
+            for (i, f) in frames.enumerated() {
+                #expect(shows(f, width: run.w, height: run.h, colours[(run.colour0 + i) % 10]), "\(run.path) frame \(i)")
+            }
+        }
+        // Stills: monitor 0 at 0, 2, 4 s (first run) and 8, 10 s (second); monitor 1 at 0.5, 2.5, 4.5 s.
+        let stillTimes: [(monitor: Int, name: String, ms: Int64, packet: Int)] = [
+            (0, "DP-1", 0, 0), (0, "DP-1", 2000, 2), (0, "DP-1", 4000, 4), (0, "DP-1", 8000, 8), (0, "DP-1", 10_000, 10),
+            (1, "HDMI/1", 500, 0), (1, "HDMI/1", 2500, 2), (1, "HDMI/1", 4500, 4),
+        ]
+        #expect(report.stills == stillTimes.count)
+        for s in stillTimes {
+            let path = out + "/" + OutputNaming.screen(agent: "host-v", monitor: s.monitor, monitorName: s.name, timeMs: Self.t0 + s.ms)
+            let (w, h) = s.monitor == 0 ? (320, 240) : (160, 120)
+            let picture = try #require(try rgbFrames(path, width: w, height: h).first, "still \(path)")
+            #expect(shows(picture, width: w, height: h, colours[s.packet % 10]), "still \(path)")
+        }
+        // The PNG frame is written as today; nothing raw (no .bin, no payload) for video.
+        let frame = out + "/" + OutputNaming.screen(agent: "host-v", meta: FrameMetadata(monitor: 2, monitorName: "VGA-0", x: 0, y: 0,
+                                                                                         width: 8, height: 6, captureTimeMs: 0),
+                                                    timeMs: Self.t0 + 700)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: frame)) == png)
+        let all = filesUnder(out)
+        #expect(all.filter { $0.hasSuffix(".webm") }.count == 3)
+        #expect(all.filter { $0.hasSuffix(".png") }.count == stillTimes.count + 1)
+        #expect(!all.contains { $0.contains("/other/") || $0.hasSuffix(".bin") || $0.contains(".partial") }, "\(all)")
+
+        // The manifest lists each WebM file with its packets, duration and first/last time, and
+        // each still with the file it comes from.
+        let manifest = try readManifest(Data(contentsOf: URL(fileURLWithPath: out + "/manifest.json")))
+        let files = try #require(manifest["files"] as? [[String: Any]])
+        let videos = files.filter { $0["kind"] as? String == "video" }
+        #expect(videos.count == 3)
+        for run in runs {
+            let v = try #require(videos.first { $0["path"] as? String == run.path }, "\(run.path) in the manifest")
+            #expect(v["packets"] as? Int == run.count)
+            #expect(v["durationMs"] as? Int == run.count * 1000)
+            let start = (run.path.contains("_mon1-") ? Self.t0 + 500 : Self.t0) + Int64(run.first) * 1000
+            #expect(v["firstTime"] as? String == OutputNaming.iso(start))
+            #expect(v["lastTime"] as? String == OutputNaming.iso(start + Int64(run.count - 1) * 1000))
+            #expect((v["blobIds"] as? [String])?.count == run.count)
+            #expect(v["sha256"] as? String == sha256Hex(try Data(contentsOf: URL(fileURLWithPath: out + "/" + run.path))))
+        }
+        let stills = files.filter { $0["kind"] as? String == "still" }
+        #expect(stills.count == stillTimes.count)
+        #expect(stills.allSatisfy { s in runs.contains { $0.path == s["video"] as? String } })
+        #expect((manifest["counts"] as? [String: Any])?["videoPackets"] as? Int == 15)
+    }
+
+    @Test("export: the zip holds the same WebM files (no stills without --stills); a size cap cuts files at keyframes; --since starts at the first keyframe after it")
+    func exportCapAndSelection() async throws {
+        for tool in ["ffprobe", "unzip"] { try requireTool(tool) }
+        let tmp = try TempDir("adm-video-zip")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let db = tmp.file("collector.db")
+        _ = try await fill(db, kek: try KEKPublicKey(pemFile: k.publicKey))
+        func run(_ options: DecryptOptions) throws -> DecryptReport {
+            try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                               options: options, actor: "tester", log: { _ in }, progressStyle: .quiet)
+        }
+        let zip = tmp.file("export.zip")
+        let exported = try run(DecryptOptions(output: .archive(zip)))
+        #expect(exported.failures.isEmpty && exported.videoFiles == 3 && exported.stills == 0)
+        let listing = try runChecked(["unzip", "-Z1", zip]).split(separator: "\n")
+        #expect(listing.filter { $0.hasSuffix(".webm") }.count == 3)
+        #expect(listing.filter { $0.hasSuffix(".png") }.count == 1, "only the PNG frame: \(listing)")
+        let unpacked = tmp.file("unpacked")
+        try runChecked(["unzip", "-q", zip, "-d", unpacked])
+        for name in listing where name.hasSuffix(".webm") {
+            #expect(try probe(unpacked + "/" + name).codec == "av1")
+        }
+
+        // A 1-byte cap: every keyframe starts a new file (monitor 0: 0–3, 4, 8–11; monitor 1: one).
+        let capped = try run(DecryptOptions(output: .directory(tmp.file("capped")), maxVideoFileBytes: 1))
+        #expect(capped.videoFiles == 4 && capped.videoPackets == 15, "\(capped)")
+        let cappedFiles = filesUnder(tmp.file("capped")).filter { $0.hasSuffix(".webm") }
+        #expect(try cappedFiles.map { try probe(tmp.file("capped") + "/" + $0).packets }.sorted() == [1, 4, 4, 6])
+
+        // Stills every 1.5 s: the one at 9.5 s shows packet 9 (stored twice), not the packet after it.
+        let sparse = try run(DecryptOptions(output: .directory(tmp.file("stills")), stillsEveryMs: 1500))
+        let stillNames = Set(filesUnder(tmp.file("stills")).filter { $0.hasSuffix(".png") })
+        for (ms, expected) in [(Int64(9000), true), (10_000, false), (8000, true), (11_000, true), (3000, true)] {
+            let name = OutputNaming.screen(agent: "host-v", monitor: 0, monitorName: "DP-1", timeMs: Self.t0 + ms)
+            #expect(stillNames.contains(name) == expected, "still at \(ms) ms: \(stillNames.sorted())")
+        }
+        #expect(sparse.stills == 6 + 4, "monitor 0 at 0, 1, 3, 8, 9, 11 s; monitor 1 at 0.5, 1.5, 3.5, 4.5 s")
+
+        // From 1.5 s on: monitor 0 waits for the keyframe at 4 s (2, 3 skipped), then as before;
+        // monitor 1 has no keyframe after 1.5 s, so none of its 5 packets there is written.
+        let since = try run(DecryptOptions(output: .directory(tmp.file("since")), sinceMs: Self.t0 + 1500))
+        #expect(since.videoFiles == 2 && since.videoPackets == 1 + 4, "\(since)")
+        #expect(since.videoPacketsSkipped == ["no-keyframe": 2 + 2 + 5, "duplicate": 1])
+    }
+
+    @Test("the built custos: decrypt --stills prints what was written; --stills 0 is a usage error naming the option")
+    func commandLine() async throws {
+        for tool in ["ffprobe", "openssl"] { try requireTool(tool) }
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-video-cli")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let db = tmp.file("collector.db")
+        _ = try await fill(db, kek: try KEKPublicKey(pemFile: k.publicKey))
+        let out = tmp.file("out")
+        let ok = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                 "--stills", "2", "--quiet", "--out", out])
+        #expect(ok.status == 0, "\(ok.stderrString)")
+        #expect(ok.stderrString.contains("15 video packets in 3 WebM files (3 skipped: 1 duplicate, 2 no-keyframe), 8 stills"),
+                "\(ok.stderrString)")
+        #expect(filesUnder(out).filter { $0.hasSuffix(".png") }.count == 9)
+        let bad = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                  "--stills", "0", "--out", tmp.file("out2")])
+        #expect(bad.status == 2 && bad.stderrString.contains("--stills"), "\(bad.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("out2")))
+    }
+
+    @Test("a packet whose bytes contradict its metadata (a keyframe flag on an inter frame) fails by blob id; the stream is cut there and the rest waits for a keyframe")
+    func contradictoryPacket() async throws {
+        for tool in ["ffprobe"] { try requireTool(tool) }
+        let tmp = try TempDir("adm-video-bad")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let kek = try KEKPublicKey(pemFile: k.publicKey)
+        let db = tmp.file("collector.db")
+        let store = try SQLiteCollectorStore(path: db)
+        let session = try DEKSession(kek: kek, agentID: "host-x")
+        let r = session.record
+        var items: [IngestItem] = [.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: r.agentID,
+                                        creationTimeMs: r.creationTimeMs, record: r.serialized)]
+        let stream = try MonitorStream(monitor: 0, width: 64, height: 48, keyframeIntervalMs: 0)
+        var liar = ""
+        for i in 0..<4 {
+            var (meta, packet) = try stream.encode(timeMs: Self.t0 + Int64(i) * 1000, monitorName: "DP-1", x: 0, y: 0)
+            if i == 2 { (meta.keyframe, meta.groupStart) = (true, 2) }
+            let blob = try session.seal(VideoPacketPayload.encode(meta, packet: packet), kind: .screen, captureTimeMs: meta.captureTimeMs)
+            if i == 2 { liar = blob.header.blobID.hex }
+            items.append(.blob(blobID: blob.header.blobID.hex, agentID: "host-x", kind: "screen", dekID: r.dekID.hex, kekID: r.kekID.hex,
+                               sequence: Int64(blob.header.sequence), captureTimeMs: meta.captureTimeMs, blob: blob.serialized))
+        }
+        _ = try await store.ingest(items, receivedAtMs: Self.t0)
+        let out = tmp.file("out")
+        let report = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                                        options: DecryptOptions(output: .directory(out)), actor: "t", log: { _ in }, progressStyle: .quiet)
+        #expect(report.failures.count == 1 && report.failures.first?.blobID == liar)
+        #expect(report.failures.first?.reason.contains("says keyframe") == true, "\(report.failures)")
+        #expect(report.videoFiles == 1 && report.videoPackets == 2 && report.videoPacketsSkipped == ["no-keyframe": 1])
+        let webm = try #require(filesUnder(out).first { $0.hasSuffix(".webm") })
+        #expect(try probe(out + "/" + webm).packets == 2)
+    }
+}

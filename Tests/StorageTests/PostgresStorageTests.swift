@@ -1,0 +1,375 @@
+import CollectorStorage
+@testable import CollectorStoragePostgres
+import CustosBase
+import Envelope
+import Foundation
+import Logging
+import PostgresNIO
+import Synchronization
+import Testing
+import TestSupport
+
+/// What only the PostgreSQL backend has: the seed's SQL in `psql`, NOTIFY, several instances
+/// on one database, migrations, roles, index plans.
+@Suite(.enabled(if: PostgresCluster.isAvailable, "needs Debian's postgresql (make deps)"), .postgresCluster)
+struct PostgresStorageTests {
+    /// The seed's step 6 INSERT and step 12 SELECT, typed verbatim into the real `psql`.
+    @Test func seedStatementsWorkVerbatimInPsql() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { s in
+            try await s.prepare()
+            let insert = "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '/etc/custos/keys/publickey.crt', '/etc/custos/keys/keypair.pem');"
+            try await cluster.psqlAsync(insert, database: db, user: collectorRole)
+            let rows = try await s.keks()
+            #expect(rows.count == 1)
+            #expect(rows.first?.active == true && rows.first?.privEncrypted == true)
+            #expect(rows.first?.pubDatafile == "/etc/custos/keys/publickey.crt" && rows.first?.publicKeyPEM == nil)
+            #expect(rows.first?.privDatafile == "/etc/custos/keys/keypair.pem" && rows.first?.kekID == nil)
+
+            let dek = sampleDEK(agent("seed-agent"), timeMs: 1_767_225_600_123)  // 2026-01-01 00:00:00.123 UTC
+            let older = sampleDEK(agent("seed-agent"), timeMs: 1_767_225_500_000)
+            #expect(try await s.ingest([.dek(older), .dek(dek)], receivedAtMs: 1_767_225_601_000) == [.stored, .stored])
+            let out = try await offPool {
+                try cluster.psql("SELECT * FROM public.encryption_dek order by creation_time desc", database: db,
+                                 user: collectorRole, tuplesOnly: false)
+            }
+            let lines = out.split(separator: "\n").map(String.init)
+            #expect(lines.first?.contains("dek_id") == true && lines.first?.contains("creation_time") == true)
+            let first = try #require(lines.first { $0.contains(dek.dekID.hex) })
+            #expect(first.contains("2026-01-01 00:00:00.123+00"))
+            #expect(first.contains("seed-agent") && first.contains(dek.kekID.hex))
+            // Newest first.
+            let i = try #require(lines.firstIndex { $0.contains(dek.dekID.hex) })
+            let j = try #require(lines.firstIndex { $0.contains(older.dekID.hex) })
+            #expect(i < j)
+        }
+    }
+
+    /// An INSERT typed in `psql` reaches `kekChanges()` within a second (trigger → NOTIFY →
+    /// LISTEN); a dropped LISTEN connection is logged once, comes back, its recovery is logged
+    /// once, and the subscribers hear about it (changes meanwhile were not heard).
+    @Test func kekChangesHearPsqlAndRecoverFromADroppedListener() async throws {
+        let (cluster, db) = try await freshDatabase()
+        let logs = LogCapture()
+        try await withPostgresStorage(cluster: cluster, database: db, logger: logs.logger("storage")) { s in
+            try await s.prepare()
+            let signals = SignalCounter(s.kekChanges())
+            try await waitForListener(cluster, db, count: 1)
+
+            let start = ContinuousClock.now
+            try await cluster.psqlAsync("insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '/k/pub.pem', '/k/priv.pem');",
+                                        database: db, user: collectorRole)
+            #expect(try await signals.reaches(1, within: .seconds(1)))
+            #expect(start.duration(to: .now) < .seconds(1) + .milliseconds(500))  // psql's own start counts too
+            _ = try await s.registerKEK(KEKRegistration(pubDatafile: "/k/2.pem", publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+            #expect(try await signals.reaches(2, within: .seconds(1)))
+
+            // Drop the LISTEN connection from the server side, twice.
+            for round in 1...2 {
+                try await cluster.psqlAsync("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '\(db)' AND query ILIKE 'LISTEN%';")
+                #expect(try await signals.reaches(2 + round, within: .seconds(5)), "a reconnect signals the subscribers")
+                try await waitForListener(cluster, db, count: 1)
+            }
+            try await cluster.psqlAsync("update encryption_kek set active = false;", database: db, user: collectorRole)
+            #expect(try await signals.reaches(5, within: .seconds(1)))
+            #expect(logs.lines(at: .warning).filter { $0.contains("KEK change listener") }.count == 2)
+            #expect(logs.lines(at: .notice).filter { $0.contains("listening again") }.count == 2)
+        }
+    }
+
+    /// Two collector instances on one database, the same batch sent to both many times at
+    /// once: every record is stored once, every other answer is `duplicate`; other bytes under
+    /// a stored id are a `conflict` from either instance.
+    @Test func twoInstancesStoreEachRecordOnce() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { first in
+            try await withPostgresStorage(cluster: cluster, database: db) { second in
+                let a = agent("failover")
+                let dek = sampleDEK(a)
+                let blobs = (0..<20).map { sampleBlob(dek, sequence: Int64($0), timeMs: 1_700_000_000_000 + Int64($0)) }
+                let batch: [IngestItem] = [.dek(dek)] + blobs.map { .blob($0) }
+                let results = try await withThrowingTaskGroup(of: [IngestOutcome].self) { group in
+                    for i in 0..<8 {
+                        let s = i % 2 == 0 ? first : second
+                        group.addTask { try await s.ingest(batch, receivedAtMs: 1_700_000_100_000 + Int64(i)) }
+                    }
+                    return try await group.reduce(into: []) { $0.append($1) }
+                }
+                #expect(results.count == 8)
+                for item in 0..<batch.count {
+                    let outcomes = results.map { $0[item] }
+                    #expect(outcomes.filter { $0 == .stored }.count == 1, "item \(item): \(outcomes)")
+                    #expect(outcomes.filter { $0 == .duplicate }.count == 7, "item \(item): \(outcomes)")
+                }
+                #expect(try await first.counts() == (20, 1))
+                var changed = blobs[3]
+                changed.bytes = Data("not the same".utf8)
+                #expect(try await second.ingest([.blob(changed)], receivedAtMs: 1) == [.conflict])
+                #expect(try await first.ingest([.blob(changed)], receivedAtMs: 1) == [.conflict])
+                #expect(try await first.blob(changed.blobID) == blobs[3].bytes)
+            }
+        }
+    }
+
+    /// A batch is one transaction: a failure at its last item leaves nothing of it stored.
+    @Test func aFailingBatchStoresNothing() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { s in
+            try await s.prepare()
+            try await cluster.psqlAsync("""
+                CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN IF NEW.sequence = 666 THEN RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$;
+                CREATE TRIGGER refuse_666 BEFORE INSERT ON captures FOR EACH ROW EXECUTE FUNCTION refuse_666();
+                """, database: db)
+            let dek = sampleDEK(agent("a1"))
+            let good = sampleBlob(dek, sequence: 1), bad = sampleBlob(dek, sequence: 666)
+            let error = await storageError { _ = try await s.ingest([.dek(dek), .blob(good), .blob(bad)], receivedAtMs: 1) }
+            #expect(error?.code == .failed)
+            #expect(error?.message.contains("refused for the test") == true)
+            #expect(try await s.counts() == (0, 0))
+            #expect(try await s.ingest([.dek(dek), .blob(good)], receivedAtMs: 1) == [.stored, .stored])
+        }
+    }
+
+    /// A listing page is one index range: no Seq Scan and no Sort among 20,000 rows of 40
+    /// agents, forwards and backwards, with and without an agent, kind or time bounds; the
+    /// newest 100 of one agent are the right ones, and its 500 page by cursor.
+    @Test func listingPagesAreIndexRanges() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { s in
+            try await s.prepare()
+            try await cluster.psqlAsync("""
+                INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, received_at)
+                SELECT md5(i::text), 'agent-' || (i % 40), CASE WHEN i % 3 = 0 THEN 'keystrokes' ELSE 'screen' END,
+                       md5('dek' || (i % 40)), md5('k') || md5('e'), i,
+                       timestamptz '2026-01-01 00:00:00+00' + (i / 3) * interval '1 second', 3, '\\x010203', now()
+                FROM generate_series(1, 20000) AS i;
+                ANALYZE captures;
+                """, database: db)
+            let t0: Int64 = 1_767_225_600_000
+            let cursor = CaptureCursor(captureTimeMs: t0 + 3_000_000, blobID: BlobID(hex: String(repeating: "8", count: 32))!)
+            let queries: [(CaptureQuery, CaptureCursor?)] = [
+                (CaptureQuery(agentID: agent("agent-7"), order: .descending), nil),
+                (CaptureQuery(agentID: agent("agent-7"), order: .descending), cursor),
+                (CaptureQuery(agentID: agent("agent-7"), kind: .keystrokes, order: .descending), nil),
+                (CaptureQuery(agentID: agent("agent-7"), kind: .keystrokes), cursor),
+                (CaptureQuery(), cursor),
+                (CaptureQuery(order: .descending), nil),
+                (CaptureQuery(sinceMs: t0 + 1000, untilMs: t0 + 5_000_000, order: .descending), cursor),
+                (CaptureQuery(kind: .keystrokes, order: .descending), cursor),
+            ]
+            for (query, after) in queries {
+                let plan = try await explain(s, PostgresStorage.captureListing(query, after: after, limit: 100))
+                let index = query.agentID == nil ? "captures_time" : "captures_agent_"
+                #expect(!plan.contains("Seq Scan"), "\(query): \(plan)")
+                if let sortRows = Self.estimatedRows(of: "Sort", in: plan) {
+                    // Only when the planner expects the whole range to fit in the page: then it
+                    // reads that range (a bitmap of one index) and orders at most a page of rows.
+                    #expect(sortRows <= 101 && plan.contains("Bitmap Index Scan on \(index)"), "\(query): \(plan)")
+                } else {
+                    #expect(plan.contains("Index Scan") && plan.contains("using \(index)"), "\(query): \(plan)")
+                }
+            }
+            // The agent's newest page is read backwards along its own index, never sorted.
+            let newestPlan = try await explain(s, PostgresStorage.captureListing(
+                CaptureQuery(agentID: agent("agent-7"), order: .descending), after: nil, limit: 100))
+            #expect(newestPlan.contains("Index Scan Backward using captures_agent_time") && !newestPlan.contains("Sort"),
+                    "\(newestPlan)")
+
+            let newest = try await s.captures(CaptureQuery(agentID: agent("agent-7"), order: .descending), after: nil, limit: 100)
+            let expected = try await cluster.psqlAsync(
+                "SELECT blob_id FROM captures WHERE agent_id = 'agent-7' ORDER BY capture_time DESC, blob_id DESC LIMIT 100;",
+                database: db).split(separator: "\n").map(String.init)
+            #expect(newest.items.map(\.blobID.hex) == expected)
+            #expect(newest.items.count == 100 && newest.next != nil)
+            var pages = 1, next = newest.next, seen = newest.items.count
+            while let n = next {
+                let page = try await s.captures(CaptureQuery(agentID: agent("agent-7"), order: .descending), after: n, limit: 100)
+                seen += page.items.count
+                pages += 1
+                next = page.next
+            }
+            #expect(seen == 500 && pages == 5)
+        }
+    }
+
+    /// A database with a migration this build does not know is refused; collectors starting
+    /// together on a new database migrate it once.
+    @Test func migrationsAreVersioned() async throws {
+        let (cluster, db) = try await freshDatabase()
+        let statuses = try await withThrowingTaskGroup(of: PostgresStorage.SchemaStatus.self) { group in
+            for _ in 0..<3 {
+                group.addTask {
+                    try await withPostgresStorage(cluster: cluster, database: db) { try await $0.migrate() }
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(statuses.allSatisfy { $0.applied == [1] && $0.latest == 1 })
+        #expect(try await cluster.psqlAsync("SELECT count(*) FROM schema_migrations;", database: db)
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+
+        try await cluster.psqlAsync("INSERT INTO schema_migrations (version, name) VALUES (99, E'v99-\\x1b[31mfuture');",
+                                    database: db)
+        try await withPostgresStorage(cluster: cluster, database: db) { s in
+            let error = await storageError { try await s.prepare() }
+            #expect(error?.code == .failed)
+            #expect(error?.message.contains("newer schema") == true && error?.message.contains("99") == true)
+            #expect(error?.message.contains("\u{1B}") == false)  // the name from the database is escaped
+            #expect(await storageError { _ = try await s.agents() }?.code == .failed)
+            #expect(await s.health().problem?.contains("newer schema") == true)
+        }
+    }
+
+    /// With the schema owned by another role, the collector's role can append to the audit log
+    /// and read it, but not UPDATE, DELETE or TRUNCATE it; the owner is stopped by the trigger.
+    @Test func auditLogIsAppendOnly() async throws {
+        let owner = "custos_owner", app = "custos_app"
+        let (cluster, db) = try await freshDatabase(owner: owner)
+        try cluster.createRole(app)
+        try await withPostgresStorage(cluster: cluster, database: db, role: owner) { (ownerStorage: PostgresStorage) async throws in
+            #expect(try await ownerStorage.migrate(grantingTo: app).applied == [1])
+            #expect(await storageError { _ = try await ownerStorage.migrate(grantingTo: "x; DROP TABLE agents") }?.code
+                == .invalidArgument)
+        }
+        try await withPostgresStorage(cluster: cluster, database: db, role: app) { s in
+            let entry = try await s.appendAudit(actor: "admin", action: "agents.add", detail: "a1")
+            #expect(try await s.auditEntries(before: nil, limit: 10) == [entry])
+            // Everything else the collector does works with the grants.
+            let dek = sampleDEK(agent("a1"))
+            _ = try await s.addAgent(agent("a1"))
+            _ = try await s.registerKEK(KEKRegistration(pubDatafile: "/k.pem", publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+            #expect(try await s.ingest([.dek(dek), .blob(sampleBlob(dek))], receivedAtMs: 1) == [.stored, .stored])
+        }
+        for sql in ["UPDATE audit_log SET detail = 'rewritten';", "DELETE FROM audit_log;", "TRUNCATE audit_log;"] {
+            let asApp = try await offPool { try cluster.psqlResult(sql, database: db, user: app) }
+            #expect(asApp.status != 0 && asApp.stderrString.contains("permission denied"), "\(sql): \(asApp.stderrString)")
+            let asOwner = try await offPool { try cluster.psqlResult(sql, database: db, user: owner) }
+            #expect(asOwner.status != 0 && asOwner.stderrString.contains("append-only"), "\(sql): \(asOwner.stderrString)")
+        }
+        #expect(try await cluster.psqlAsync("SELECT detail FROM audit_log;", database: db, user: app)
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "a1")
+        // Without the grant the collector's role cannot even read the schema version: a clear error.
+        let stranger = "custos_stranger"
+        try cluster.createRole(stranger)
+        try await withPostgresStorage(cluster: cluster, database: db, role: stranger) { s in
+            let error = await storageError { try await s.prepare() }
+            #expect(error?.code == .failed && error?.message.contains("permission denied") == true)
+        }
+    }
+
+    /// Wrong password, unknown database, nothing listening, and `run()` not running: each a
+    /// clear error naming `host:port/db`, never the password.
+    @Test func connectionErrorsAreClear() async throws {
+        let (cluster, db) = try await freshDatabase()
+        let wrongPassword = "wrong-\(PostgresCluster.newPassword())"
+        try await withPostgresStorage(cluster: cluster, database: db, password: wrongPassword, timeout: .seconds(3)) { s in
+            let error = await storageError { _ = try await s.agents() }
+            #expect(error?.code == .failed)
+            #expect(error?.message.contains("\(cluster.host):\(cluster.port)/\(db)") == true)
+            #expect(error?.message.contains("refused the login") == true)
+            #expect(error?.description.contains(wrongPassword) == false)
+            let health = await s.health()
+            #expect(!health.reachable && health.problem?.contains("refused the login") == true)
+            #expect(health.location == "\(cluster.host):\(cluster.port)/\(db)")
+        }
+        try await withPostgresStorage(cluster: cluster, database: "no_such_db", timeout: .seconds(3)) { s in
+            let error = await storageError { try await s.prepare() }
+            #expect(error?.code == .failed)
+            #expect(error?.message.contains("no such database") == true && error?.message.contains("no_such_db") == true)
+        }
+        let closedPort = try freeLocalPort()
+        let url = try PostgresURL("postgres://custos@127.0.0.1:\(closedPort)/custos?sslmode=disable")
+        let down = try PostgresStorage(.init(url: url, password: Secret("pw"), operationTimeout: .seconds(3)),
+                                       logger: Logger(label: "test"))
+        let runner = Task { try await down.run() }
+        let start = ContinuousClock.now
+        let error = await storageError { _ = try await down.agents() }
+        #expect(error?.code == .unavailable)
+        #expect(error?.message.contains("127.0.0.1:\(closedPort)/custos") == true)
+        #expect(error?.message.lowercased().contains("connection refused") == true, "\(String(describing: error))")
+        #expect(start.duration(to: .now) < .seconds(3), "a server that is down is reported before the time-out")
+        await down.close()
+        _ = await runner.result
+
+        // Not running: the owner forgot run().
+        let idle = try makePostgresStorage(cluster: cluster, database: db, timeout: .seconds(2))
+        let notRunning = await storageError { _ = try await idle.agents() }
+        #expect(notRunning?.code == .unavailable && notRunning?.message.contains("run() is not running") == true)
+    }
+
+    /// PostgreSQL `text` cannot hold NUL: such text is `invalidArgument` before anything is
+    /// sent (not a `failed` from the server).
+    @Test func textWithNULIsInvalid() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { (s: PostgresStorage) async throws in
+            #expect(await storageError { _ = try await s.appendAudit(actor: "a\u{0}b", action: "x", detail: "y") }?.code
+                == .invalidArgument)
+            #expect(await storageError {
+                _ = try await s.registerKEK(KEKRegistration(pubDatafile: "/k\u{0}.pem", publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+            }?.code == .invalidArgument)
+            #expect(try await s.auditEntries(before: nil, limit: 10).isEmpty)
+            #expect(try await s.keks().isEmpty)
+        }
+    }
+
+    // MARK: Helpers
+
+    /// The planner's row estimate of the first `node` line of an EXPLAIN, nil without one.
+    static func estimatedRows(of node: String, in plan: String) -> Int? {
+        guard let line = plan.split(separator: "\n").first(where: {
+            $0.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "->  ", with: "").hasPrefix(node + "  (")
+        }), let r = line.range(of: "rows=") else { return nil }
+        return Int(line[r.upperBound...].prefix { $0.isNumber })
+    }
+
+    func explain(_ s: PostgresStorage, _ query: PostgresQuery) async throws -> String {
+        let explain = PostgresQuery(unsafeSQL: "EXPLAIN " + query.sql, binds: query.binds)
+        return try await s.withClient("explain") { client in
+            var lines: [String] = []
+            for try await line in try await client.query(explain, logger: PostgresStorage.quiet).decode(String.self) {
+                lines.append(line)
+            }
+            return lines.joined(separator: "\n")
+        }
+    }
+}
+
+/// Waits until `count` sessions on `db` are in `LISTEN` (the storage's listener is ready).
+func waitForListener(_ cluster: PostgresCluster, _ db: String, count: Int) async throws {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ContinuousClock.now < deadline {
+        let n = try await cluster.psqlAsync(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '\(db)' AND query ILIKE 'LISTEN%';")
+        if Int(n.trimmingCharacters(in: .whitespacesAndNewlines)) == count { return }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    throw TestSupportError("no LISTEN session on \(db) within 10 s")
+}
+
+/// Counts the signals of a ``KEKStore/kekChanges()`` stream as they arrive.
+final class SignalCounter: Sendable {
+    private let count = Mutex(0)
+    private let reader = Mutex<Task<Void, Never>?>(nil)
+
+    init(_ stream: AsyncStream<Void>) {
+        let task = Task { [weak self] in
+            for await _ in stream { self?.count.withLock { $0 += 1 } }
+        }
+        reader.withLock { $0 = task }
+    }
+
+    var value: Int { count.withLock { $0 } }
+
+    /// Whether the count reaches `n` within `limit` (checked every 10 ms).
+    func reaches(_ n: Int, within limit: Duration) async throws -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if value >= n { return true }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        return value >= n
+    }
+
+    deinit { reader.withLock { $0?.cancel() } }
+}

@@ -16,7 +16,7 @@
 # The two agents do not interfere: each has its own X connections, DAMAGE object and spool.
 # Usage: Benchmarks/bytes-per-hour.sh [seconds per scene]   (default 120)
 # AGENT_BENCH_BIN=path uses that custos-agent instead of the release build;
-# KEYFRAME_SECONDS=N sets the video agent's keyframe-interval-seconds (default: the agent's, 60).
+# KEYFRAME_SECONDS=N sets the video agent's keyframe-interval-seconds (default: the agent's, 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . Benchmarks/release-flags.sh

@@ -18,7 +18,7 @@ import Foundation
 /// - `display`, `xauthority` (defaults: `DISPLAY`, `XAUTHORITY` from the environment)
 /// - `screen-interval-ms` (integer ms, default 1000; 0 disables frames), `png-level` (0...9, default 1)
 /// - `screen-format` (``ScreenFormat``: `video` (default) or `png`), `keyframe-interval-seconds`
-///   (0 or 1...3600, default 60)
+///   (0 or 1...3600, default 300: docs/VIDEO.md "Defaults and why")
 /// - `keystroke-idle-ms` (integer ms, default 2000; 0 disables keystroke capture)
 /// - `spool-dir` (path, default `/var/lib/custos`), `spool-max-mb` (MiB, default 512)
 /// - `dek-rotate-blobs` (default 100000), `dek-rotate-mb` (MiB, default 4096),
@@ -82,7 +82,7 @@ public struct AgentConfig: Sendable, Equatable {
                   doc: "Time between screen captures. An unchanged screen costs almost nothing. 0 disables frames. With screen-format=png use 5000 or more: every changed frame is a whole PNG."),
         ConfigKey("screen-format", type: "video or png", default: "video",
                   doc: "video: each monitor is one AV1 video stream, one sealed packet per changed frame (docs/VIDEO.md). png: one PNG per changed frame, 10 to 100 times the bytes."),
-        ConfigKey("keyframe-interval-seconds", type: "integer seconds, 0 or 1-3600", default: "60",
+        ConfigKey("keyframe-interval-seconds", type: "integer seconds, 0 or 1-3600", default: "300",
                   doc: "Longest time between keyframes of a video stream (a keyframe also starts every new stream: agent start, new DEK, display reconnect, resize, a packet not kept). Shorter: faster seeking and smaller losses on eviction; longer: fewer bytes. 0: only at a stream's start."),
         ConfigKey("png-level", type: "integer 0-9", default: "1",
                   doc: "zlib level of PNG frames (screen-format=png): 1 is fastest, 9 smallest."),

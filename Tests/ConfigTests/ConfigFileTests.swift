@@ -26,7 +26,7 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.xauthority == "/run/x/auth")
         #expect(c.screenIntervalMs == 1000)
         #expect(c.screenFormat == .video)
-        #expect(c.keyframeIntervalSeconds == 60)
+        #expect(c.keyframeIntervalSeconds == 300)
         #expect(c.pngLevel == 1)
         #expect(c.keystrokeIdleMs == 2000)
         #expect(c.spoolDir == "/var/lib/custos")

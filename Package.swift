@@ -84,13 +84,17 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
         // The storage seam: async protocols by role over typed ids; backends in their own targets.
-        .target(name: "CollectorStorage", dependencies: ["CustosBase", "Envelope"], swiftSettings: strict),
+        .target(name: "CollectorStorage", dependencies: [
+            "CustosBase", "Envelope",
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], swiftSettings: strict),
         // The SQLite backend (GRDB on the system sqlite3; the embedded default), with blob files
         // for large blobs.
         .target(name: "CollectorStorageSQLite", dependencies: [
             "CollectorStorage", "CustosBase", "Envelope",
-            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         // The PostgreSQL backend (postgres-nio): several collector instances on one database.
         .target(name: "CollectorStoragePostgres", dependencies: [
@@ -197,12 +201,13 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "Video", "TestSupport"],
                     swiftSettings: strict),
-        // One conformance suite for every CollectorStorage backend (Backend.allCases).
+        // One conformance suite for every CollectorStorage backend (Backend.testable).
         .testTarget(name: "StorageTests", dependencies: [
             "CollectorStorage", "CollectorStorageSQLite", "CollectorStoragePostgres", "Collector", "CustosBase", "Envelope",
             "TestSupport",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
         .testTarget(name: "AgentTests", dependencies: [
             "Agent", "TestSupport", "Spool", "Envelope", "Video", "CaptureFormat",

@@ -1,11 +1,12 @@
 import CustosBase
 import Envelope
 import Foundation
+import ServiceLifecycle
 
 /// Agents and their tokens.
 public protocol AgentStore: Sendable {
-    /// Creates an agent; returns its new random token (shown once; only its SHA-256 is stored).
-    /// - Throws: `.alreadyExists` when the id is taken.
+    /// Creates an agent; returns its new random token (shown once; only its SHA-256 is stored;
+    /// ``AgentToken``). - Throws: `.alreadyExists` when the id is taken.
     func addAgent(_ id: AgentID) async throws(StorageError) -> Secret
     /// Replaces an agent's token; returns the new one. - Throws: `.notFound`.
     func rotateToken(_ id: AgentID) async throws(StorageError) -> Secret
@@ -20,8 +21,9 @@ public protocol AgentStore: Sendable {
 
 /// The KEK registry: the `encryption_kek` table.
 public protocol KEKStore: Sendable {
-    /// Inserts an `encryption_kek` row; returns its row id.
-    /// - Throws: `.invalidArgument` when neither a path nor a PEM is given.
+    /// Inserts an `encryption_kek` row; returns its row id. Empty strings count as absent.
+    /// - Throws: `.invalidArgument` when neither a path nor a PEM is given, or when a text
+    ///   holds NUL (``StorageCheck/text(_:_:context:)``).
     func registerKEK(_ registration: KEKRegistration) async throws(StorageError) -> Int64
     /// Sets `active` on a row. - Throws: `.notFound`.
     func setKEKActive(rowID: Int64, active: Bool) async throws(StorageError)
@@ -42,6 +44,8 @@ public protocol DEKStore: Sendable {
     func dekRecord(_ id: DEKID) async throws(StorageError) -> Data?
     /// DEK records by creation time (then DEK id), optionally of one agent, after `after` (a
     /// DEK id returned earlier), at most `limit` (1…10,000).
+    /// - Throws: `.notFound` when `after` is not a stored DEK id (nothing to page after);
+    ///   `.invalidArgument` for a limit out of range.
     func dekRecords(agent: AgentID?, after: DEKID?, limit: Int) async throws(StorageError) -> [StoredDEK]
 }
 
@@ -50,10 +54,14 @@ public protocol CaptureStore: Sendable {
     /// Stores a batch atomically (all or nothing); one outcome per item, in order. Idempotent
     /// by id across every collector instance on the same database: the same id with the same
     /// bytes is `.duplicate`, with other bytes `.conflict`.
-    /// - Throws: `.unavailable` when the database cannot be reached (nothing stored).
+    /// - Throws: `.invalidArgument` (nothing stored) when `receivedAtMs`, a DEK record's creation
+    ///   time or a blob's capture time is outside years 1–9999 (``StorageCheck/timeRangeMs``);
+    ///   `.unavailable` when the database cannot be reached (nothing stored).
     func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome]
     /// One page of captures matching `query`, strictly after `cursor` in the query's order, at
     /// most `limit` (1…10,000). Served by an index range: a page never scans the table.
+    /// - Throws: `.invalidArgument` for a limit out of range, or a time bound or cursor time
+    ///   outside years 1–9999.
     func captures(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws(StorageError) -> CapturePage
     /// One capture's metadata, nil when unknown.
     func capture(_ id: BlobID) async throws(StorageError) -> CaptureInfo?
@@ -66,7 +74,7 @@ public protocol CaptureStore: Sendable {
 
 /// The append-only audit log: the `audit_log` table.
 public protocol AuditStore: Sendable {
-    /// Appends one entry stamped now; returns it.
+    /// Appends one entry stamped now; returns it. - Throws: `.invalidArgument` when a text holds NUL.
     @discardableResult
     func appendAudit(actor: String, action: String, detail: String) async throws(StorageError) -> AuditEntry
     /// Entries newest first, strictly before row id `before` (nil: from the newest), at most
@@ -81,9 +89,21 @@ public protocol AuditStore: Sendable {
 ///
 /// Every method may throw `.unavailable` (retry later) or `.failed`; text in errors names the
 /// database, never a password.
-public protocol CollectorStorage: AgentStore, KEKStore, DEKStore, CaptureStore, AuditStore {
+///
+/// Lifecycle: a storage is a swift-service-lifecycle `Service`. Its owner runs ``run()`` in a
+/// long-lived task (the collector puts it in its `ServiceGroup`, before the HTTP server, so it
+/// stops after it) and ends with ``close()``.
+public protocol CollectorStorage: AgentStore, KEKStore, DEKStore, CaptureStore, AuditStore, Service {
     /// Backend, location and reachability, for collector health and messages.
     func health() async -> StorageHealth
-    /// Closes connections; later calls throw `.unavailable`.
+    /// Drives the backend's connections until ``close()``; the owner runs it, e.g. in the
+    /// collector's `ServiceGroup`. Returns once the storage is closed: by ``close()``, by
+    /// cancelling the task, or by the group's graceful shutdown (each of which closes it).
+    /// Call it once. `PostgresStorage` needs it running for every call (its connection pool
+    /// and `LISTEN` connection live in it); `SQLiteStorage` works without it (GRDB's queues
+    /// need no driver) and only waits, suspended, for the close.
+    func run() async throws
+    /// Closes connections; later calls throw `.unavailable`; ``run()`` returns. Closing twice
+    /// does nothing.
     func close() async
 }

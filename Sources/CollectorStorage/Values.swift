@@ -32,7 +32,10 @@ public struct KEKRow: Sendable, Equatable {
     public var publicKeyPEM: String?
     /// The KEK id once known (computed from the public key by whoever read it).
     public var kekID: KEKID?
-    /// As stored (text of `CURRENT_TIMESTAMP` / `now()` when inserted by hand).
+    /// When the row was made, informational: `YYYY-MM-DD HH:MM:SS` in UTC on both backends
+    /// (SQLite: the column as stored, `CURRENT_TIMESTAMP`'s text unless a row inserted by hand
+    /// put something else there; PostgreSQL: the `timestamptz` formatted so, fractions dropped).
+    /// nil when the column is NULL.
     public var createdAt: String?
 
     public init(rowID: Int64, active: Bool, privEncrypted: Bool, pubDatafile: String?, privDatafile: String?,

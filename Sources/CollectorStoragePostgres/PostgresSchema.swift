@@ -26,10 +26,6 @@ enum PostgresSchema {
     /// or `TRUNCATE`). LISTEN/NOTIFY channels are per database.
     static let kekChannel = "custos_kek_changed"
 
-    /// Times this backend stores: years 1 to 9999 (`timestamptz` reaches further, but nothing
-    /// real is outside this, and a wild value must be `.invalidArgument`, not a failed batch).
-    static let timeRangeMs: ClosedRange<Int64> = -62_135_596_800_000...253_402_300_799_999
-
     static let migrations: [Migration] = [
         Migration(version: 1, name: "v1-collector", statements: [
             #"""

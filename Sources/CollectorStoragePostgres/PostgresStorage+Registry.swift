@@ -1,43 +1,18 @@
 import CollectorStorage
-import Crypto
 import CustosBase
 import Envelope
 import Foundation
 import NIOCore
 import PostgresNIO
 
-/// Agent tokens: 32 random bytes as base64url without padding (43 characters); only their
-/// SHA-256 is stored, and it is compared in constant time. The same scheme as the SQLite
-/// backend, so `custos db migrate` carries tokens over unchanged.
-enum AgentToken {
-    static func new() -> Secret {
-        let key = SymmetricKey(size: .bits256)
-        let b64 = key.withUnsafeBytes { Data($0).base64EncodedString() }
-        return Secret(b64.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: ""))
-    }
-
-    static func hash(_ token: Secret) -> [UInt8] { Array(SHA256.hash(data: Data(token.revealed.utf8))) }
-
-    /// Compares in time that depends only on the lengths.
-    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var diff: UInt8 = 0
-        for (x, y) in zip(a, b) { diff |= x ^ y }
-        return diff == 0
-    }
-}
-
 /// SQL fragments for times: columns are `timestamptz`, the seam's values Unix ms.
 enum SQLTime {
     /// A `timestamptz` column as Unix ms (`int8`; exact for whole milliseconds).
     static func ms(_ column: String) -> String { "(extract(epoch FROM \(column)) * 1000)::int8" }
 
-    /// Checks `ms` is in ``PostgresSchema/timeRangeMs``.
+    /// Checks `ms` is in ``StorageCheck/timeRangeMs`` (years 1-9999, as every backend).
     static func check(_ ms: Int64, _ field: String, location: String) throws(StorageError) {
-        guard PostgresSchema.timeRangeMs.contains(ms) else {
-            throw StorageError(.invalidArgument, "\(location): \(field) \(ms) ms is outside years 1-9999")
-        }
+        try StorageCheck.time(ms, field, context: location)
     }
 }
 
@@ -104,16 +79,14 @@ extension PostgresStorage {
     }
 
     public func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool {
-        let stored = try await withClient("look up agent \(id)") { client -> [UInt8]? in
-            var hash: [UInt8]?
+        let stored = try await withClient("look up agent \(id)") { client -> Data? in
+            var hash: Data?
             let rows = try await client.query("SELECT token_hash FROM agents WHERE agent_id = \(id.rawValue)", logger: Self.quiet)
-            for try await (h) in rows.decode(ByteBuffer.self) { hash = Array(h.readableBytesView) }
+            for try await (h) in rows.decode(ByteBuffer.self) { hash = Data(h.readableBytesView) }
             return hash
         }
-        // An unknown agent is compared against a dummy digest: the same work either way.
-        let presented = AgentToken.hash(token)
-        let expected = stored ?? [UInt8](repeating: 0, count: presented.count)
-        return AgentToken.constantTimeEqual(presented, expected) && stored != nil
+        // Constant-time; an unknown agent is compared against a dummy digest (the same work).
+        return AgentToken.matches(token, storedHash: stored)
     }
 
     static func agentID(_ text: String, location: String, table: String) throws(StorageError) -> AgentID {
@@ -124,14 +97,19 @@ extension PostgresStorage {
 
     // MARK: KEKStore
 
+    /// Empty strings count as absent (as on SQLite). - Throws: `.invalidArgument` when neither
+    /// a path nor a PEM is given, or a text holds NUL.
     public func registerKEK(_ registration: KEKRegistration) async throws(StorageError) -> Int64 {
-        guard registration.pubDatafile != nil || registration.publicKeyPEM != nil else {
+        var given = registration
+        given.pubDatafile = given.pubDatafile.flatMap { $0.isEmpty ? nil : $0 }
+        given.publicKeyPEM = given.publicKeyPEM.flatMap { $0.isEmpty ? nil : $0 }
+        let r = given
+        guard r.pubDatafile != nil || r.publicKeyPEM != nil else {
             throw StorageError(.invalidArgument, "\(location): a KEK needs a public key path (pub_datafile) or PEM (pub_pem)")
         }
-        for text in [registration.pubDatafile, registration.privDatafile, registration.publicKeyPEM].compactMap({ $0 }) {
-            try Self.checkText(text, "KEK registration", location: location)
+        for (text, field) in [(r.pubDatafile, "pub_datafile"), (r.privDatafile, "priv_datafile"), (r.publicKeyPEM, "pub_pem")] {
+            if let text { try StorageCheck.text(text, "KEK registration \(field)", context: location) }
         }
-        let r = registration
         return try await withClient("register a KEK") { client in
             var id: Int64 = 0
             let rows = try await client.query("""
@@ -160,12 +138,15 @@ extension PostgresStorage {
         guard updated else { throw StorageError(.notFound, "\(location): no encryption_kek row \(rowID)") }
     }
 
+    /// `createdAt` is `created_at` in UTC as `YYYY-MM-DD HH:MM:SS` (fractions dropped): the
+    /// form of SQLite's `CURRENT_TIMESTAMP`, so both backends show it alike.
     public func keks() async throws(StorageError) -> [KEKRow] {
         let location = self.location
         return try await withClient("list KEKs") { client in
             var out: [KEKRow] = []
             let rows = try await client.query("""
-                SELECT id, active, priv_encrypted, pub_datafile, priv_datafile, pub_pem, kek_id, created_at::text
+                SELECT id, active, priv_encrypted, pub_datafile, priv_datafile, pub_pem, kek_id,
+                       to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
                 FROM encryption_kek ORDER BY id
                 """, logger: Self.quiet)
             for try await (id, active, privEncrypted, pubFile, privFile, pem, kekHex, createdAt)
@@ -215,7 +196,9 @@ extension PostgresStorage {
 
     @discardableResult
     public func appendAudit(actor: String, action: String, detail: String) async throws(StorageError) -> AuditEntry {
-        for text in [actor, action, detail] { try Self.checkText(text, "audit entry", location: location) }
+        for (text, field) in [(actor, "actor"), (action, "action"), (detail, "detail")] {
+            try StorageCheck.text(text, "audit entry \(field)", context: location)
+        }
         return try await withClient("append to the audit log") { client in
             var entry: AuditEntry?
             let rows = try await client.query("""
@@ -247,16 +230,7 @@ extension PostgresStorage {
 
     // MARK: Arguments
 
-    /// PostgreSQL `text` cannot hold NUL.
-    static func checkText(_ text: String, _ what: String, location: String) throws(StorageError) {
-        if text.utf8.contains(0) {
-            throw StorageError(.invalidArgument, "\(location): \(what) holds a NUL character, which PostgreSQL text cannot store")
-        }
-    }
-
     static func checkLimit(_ limit: Int, location: String) throws(StorageError) {
-        guard (1...10_000).contains(limit) else {
-            throw StorageError(.invalidArgument, "\(location): limit must be 1-10000, found \(limit)")
-        }
+        try StorageCheck.limit(limit, "listing", context: location)
     }
 }

@@ -1,3 +1,4 @@
+import CollectorStorage
 import GRDB
 
 /// The collector database's schema: GRDB migrations, applied in order, each once (recorded in
@@ -66,7 +67,7 @@ enum SQLiteSchema {
                 CREATE TABLE blob_store (id TEXT NOT NULL);
                 """)
             // This database's id, written into its blob directory's marker file (BlobFiles.markerName).
-            try db.execute(sql: "INSERT INTO blob_store (id) VALUES (?)", arguments: [SQLiteStorage.newToken().revealed])
+            try db.execute(sql: "INSERT INTO blob_store (id) VALUES (?)", arguments: [AgentToken.new().revealed])
         }
         m.registerMigration("v3") { db in
             // 1. `encryption_kek.pub_pem`: the public key PEM stored in the row (`custos keys

@@ -22,7 +22,7 @@ extension SQLiteStorage {
     /// - Throws: `.notFound` when `after` names no stored DEK record (nothing to page after);
     ///   `.invalidArgument` for a limit outside 1…10,000; `.corrupt` naming a row that does not parse.
     public func dekRecords(agent: AgentID?, after: DEKID?, limit: Int) async throws(StorageError) -> [StoredDEK] {
-        try Self.checkLimit(limit, "list DEK records")
+        try checkLimit(limit, "list DEK records")
         let database = shownPath
         return try await read("list DEK records") { db in
             var start: (Int64, DEKID)?
@@ -73,9 +73,17 @@ extension SQLiteStorage {
     /// the commit, the file is cut back (the write lock is still held) and nothing is stored.
     /// A blob whose stored copy cannot be read back (its blob file lost or cut short) is
     /// repaired by the agent's copy with the same header and size (answer `.stored`).
-    /// - Throws: `.unavailable` for locks, I/O and every blob-file failure (nothing stored).
+    /// - Throws: `.invalidArgument` for a time outside years 1–9999 (nothing stored);
+    ///   `.unavailable` for locks, I/O and every blob-file failure (nothing stored).
     public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome] {
         if items.isEmpty { return [] }
+        try StorageCheck.time(receivedAtMs, "receivedAtMs", context: shownPath)
+        for item in items {
+            switch item {
+            case .dek(let d): try StorageCheck.time(d.creationTimeMs, "creation time of DEK \(d.dekID)", context: shownPath)
+            case .blob(let b): try StorageCheck.time(b.captureTimeMs, "capture time of blob \(b.blobID)", context: shownPath)
+            }
+        }
         return try await writeWithoutTransaction("store \(items.count) records") { db in
             // IMMEDIATE: the write lock is held before anything is appended to a blob file, and
             // until the appended bytes are either committed or cut off again, so two processes
@@ -281,10 +289,13 @@ extension SQLiteStorage {
             """, arguments)
     }
 
-    /// - Throws: `.invalidArgument` for a limit outside 1…10,000; `.corrupt` naming a row that
-    ///   does not parse (the listing stops there: see the type's documentation).
+    /// - Throws: `.invalidArgument` for a limit outside 1…10,000 or a time outside years 1–9999;
+    ///   `.corrupt` naming a row that does not parse (the listing stops there: see the type's documentation).
     public func captures(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws(StorageError) -> CapturePage {
-        try Self.checkLimit(limit, "list captures")
+        try checkLimit(limit, "list captures")
+        for (time, field) in [(query.sinceMs, "since"), (query.untilMs, "until"), (cursor?.captureTimeMs, "cursor time")] {
+            if let time { try StorageCheck.time(time, "list captures: \(field)", context: shownPath) }
+        }
         // One row more than asked tells whether another page follows.
         let (sql, arguments) = Self.capturePageSQL(query, after: cursor, limit: limit + 1)
         let database = shownPath

@@ -1,9 +1,9 @@
 import CollectorStorage
-import Crypto
 import CustosBase
 import Envelope
 import Foundation
 import GRDB
+import ServiceLifecycle
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -29,9 +29,16 @@ import Glibc
 /// meets a row that does not parse throws (it does not skip it): the error names the row to fix
 /// or delete, and no row is ever left out of a listing silently.
 ///
+/// Argument checks (``StorageCheck``, as every backend): text with NUL, times outside years
+/// 1–9999 and limits outside 1…10,000 are `.invalidArgument`, before anything is written.
+///
 /// ``kekChanges()`` yields nothing (SQLite has no way to hear another process's INSERT); the
 /// stream finishes at ``close()``. The collector's KEK registry re-reads `encryption_kek` when an
 /// upload names a KEK id it does not know.
+///
+/// Lifecycle: usable as soon as `init` returns; ``run()`` is not needed for calls and only
+/// waits (suspended, no polling) until ``close()``, cancellation or a graceful shutdown of the
+/// service group, then closes the storage: it ties the close to the owner's `ServiceGroup`.
 ///
 /// Thread use: every database access runs on GRDB's own dispatch queues (one writer, a pool of
 /// readers), never on the Swift concurrency pool; the initializer blocks (open, migrate).
@@ -54,9 +61,12 @@ public final class SQLiteStorage: CollectorStorage {
 
     private struct State {
         var closed = false
+        var running = false
         var nextWatcher = 0
         var kekWatchers: [Int: AsyncStream<Void>.Continuation] = [:]
     }
+    /// Finished by ``close()``: ``run()`` waits on it.
+    private let closing = AsyncStream<Void>.makeStream()
 
     /// Opens (creating if needed, mode 0600) the database at `path` and brings its schema up to
     /// date (``SQLiteSchema``).
@@ -112,6 +122,7 @@ public final class SQLiteStorage: CollectorStorage {
 
     deinit {
         for watcher in state.withLock({ $0.kekWatchers.values }) { watcher.finish() }
+        closing.continuation.finish()
     }
 
     // MARK: Errors and access
@@ -171,13 +182,29 @@ public final class SQLiteStorage: CollectorStorage {
 
     static func nowMs() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
 
-    static func checkLimit(_ limit: Int, _ what: String) throws(StorageError) {
-        guard (1...10_000).contains(limit) else {
-            throw StorageError(.invalidArgument, "\(what): limit \(limit) is outside 1...10000")
-        }
+    func checkLimit(_ limit: Int, _ what: String) throws(StorageError) {
+        try StorageCheck.limit(limit, what, context: shownPath)
     }
 
     // MARK: Lifecycle
+
+    /// Waits, suspended, until ``close()``, cancellation of the calling task or a graceful
+    /// shutdown of the service group; then closes the storage (when not closed yet) and
+    /// returns. Calls work whether or not it runs. A second call while one runs returns at once.
+    public func run() async throws {
+        let start = state.withLock { s -> Bool in
+            guard !s.running else { return false }
+            s.running = true
+            return true
+        }
+        guard start else { return }
+        let closing = self.closing.stream
+        // An AsyncStream's iteration ends when it finishes (close) or the task is cancelled.
+        await cancelWhenGracefulShutdown {
+            for await _ in closing {}
+        }
+        await close()
+    }
 
     public func health() async -> StorageHealth {
         do {
@@ -199,6 +226,7 @@ public final class SQLiteStorage: CollectorStorage {
         }
         guard let watchers else { return }
         for w in watchers { w.finish() }
+        closing.continuation.finish()
         // close() waits for accesses under way: off the concurrency pool.
         let pool = self.pool
         await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
@@ -211,19 +239,9 @@ public final class SQLiteStorage: CollectorStorage {
 
     // MARK: Agents
 
-    /// A new token: 32 random bytes, base64url without padding (43 characters).
-    static func newToken() -> Secret {
-        let key = SymmetricKey(size: .bits256)
-        let b64 = key.withUnsafeBytes { Data($0).base64EncodedString() }
-        return Secret(b64.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: ""))
-    }
-
-    static func tokenHash(_ token: Secret) -> SHA256Digest { SHA256.hash(data: Data(token.revealed.utf8)) }
-
     public func addAgent(_ id: AgentID) async throws(StorageError) -> Secret {
-        let token = Self.newToken()
-        let hash = Data(Self.tokenHash(token))
+        let token = AgentToken.new()
+        let hash = AgentToken.hash(token)
         let now = Self.nowMs()
         try await write("add agent \(id)") { db in
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM agents WHERE agent_id = ?", arguments: [id.rawValue]) != nil {
@@ -236,8 +254,8 @@ public final class SQLiteStorage: CollectorStorage {
     }
 
     public func rotateToken(_ id: AgentID) async throws(StorageError) -> Secret {
-        let token = Self.newToken()
-        let hash = Data(Self.tokenHash(token))
+        let token = AgentToken.new()
+        let hash = AgentToken.hash(token)
         try await write("rotate token of agent \(id)") { db in
             try db.execute(sql: "UPDATE agents SET token_hash = ? WHERE agent_id = ?", arguments: [hash, id.rawValue])
             if db.changesCount == 0 { throw StorageError(.notFound, "no agent '\(id)'") }
@@ -262,25 +280,26 @@ public final class SQLiteStorage: CollectorStorage {
         }
     }
 
-    /// Compares SHA-256 digests with swift-crypto's constant-time `Digest ==` (`CRYPTO_memcmp`);
-    /// an unknown agent is compared against a dummy digest, so both paths do the same work.
+    /// ``AgentToken/matches(_:storedHash:)``: constant-time, the same work for an unknown agent.
     public func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool {
         let stored = try await read("look up agent \(id)") { db in
             try Data.fetchOne(db, sql: "SELECT token_hash FROM agents WHERE agent_id = ?", arguments: [id.rawValue])
         }
-        let presented = Self.tokenHash(token)
-        let expected = stored ?? Data(repeating: 0, count: SHA256Digest.byteCount)
-        return (presented == expected) && stored != nil
+        return AgentToken.matches(token, storedHash: stored)
     }
 
     // MARK: KEKs
 
-    /// Empty strings count as absent. - Throws: `.invalidArgument` when neither a path nor a PEM is given.
+    /// Empty strings count as absent. - Throws: `.invalidArgument` when neither a path nor a
+    /// PEM is given, or a text holds NUL.
     public func registerKEK(_ registration: KEKRegistration) async throws(StorageError) -> Int64 {
         let pubDatafile = registration.pubDatafile.flatMap { $0.isEmpty ? nil : $0 }
         let pem = registration.publicKeyPEM.flatMap { $0.isEmpty ? nil : $0 }
         guard pubDatafile != nil || pem != nil else {
-            throw StorageError(.invalidArgument, "a KEK needs its public key: a pub_datafile path or the PEM itself")
+            throw StorageError(.invalidArgument, "\(shownPath): a KEK needs its public key: a pub_datafile path or the PEM itself")
+        }
+        for (text, field) in [(pubDatafile, "pub_datafile"), (registration.privDatafile, "priv_datafile"), (pem, "pub_pem")] {
+            if let text { try StorageCheck.text(text, "KEK registration \(field)", context: shownPath) }
         }
         let r = registration
         return try await write("register KEK \(pubDatafile.map { SafeText.quoted($0) } ?? "(PEM)")") { db in
@@ -306,6 +325,8 @@ public final class SQLiteStorage: CollectorStorage {
         }
     }
 
+    /// `createdAt` is the column as stored: `YYYY-MM-DD HH:MM:SS` in UTC (`CURRENT_TIMESTAMP`,
+    /// the column's default), or whatever a row inserted by hand put there.
     /// - Throws: `.corrupt` naming the row when one does not parse (a `kek_id` that is not 64
     ///   hex digits, an `active` that is not a boolean, neither path nor PEM).
     public func keks() async throws(StorageError) -> [KEKRow] {
@@ -357,6 +378,9 @@ public final class SQLiteStorage: CollectorStorage {
     // MARK: Audit
 
     public func appendAudit(actor: String, action: String, detail: String) async throws(StorageError) -> AuditEntry {
+        for (text, field) in [(actor, "actor"), (action, "action"), (detail, "detail")] {
+            try StorageCheck.text(text, "audit entry \(field)", context: shownPath)
+        }
         let now = Self.nowMs()
         return try await write("append audit record") { db in
             try db.execute(sql: "INSERT INTO audit_log (at, actor, action, detail) VALUES (?, ?, ?, ?)",
@@ -366,7 +390,7 @@ public final class SQLiteStorage: CollectorStorage {
     }
 
     public func auditEntries(before: Int64?, limit: Int) async throws(StorageError) -> [AuditEntry] {
-        try Self.checkLimit(limit, "list audit log")
+        try checkLimit(limit, "list audit log")
         let database = shownPath
         return try await read("list audit log") { db in
             try Row.fetchAll(db, sql: "SELECT id, at, actor, action, detail FROM audit_log WHERE id < ? ORDER BY id DESC LIMIT ?",

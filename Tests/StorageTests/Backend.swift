@@ -1,4 +1,5 @@
 import CollectorStorage
+import CollectorStoragePostgres
 import CollectorStorageSQLite
 import CustosBase
 import Envelope
@@ -10,27 +11,43 @@ import TestSupport
 /// here and its arms in the switches below (its factory, its command-line client, a trigger).
 enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case sqlite
+    case postgres
 
     var testDescription: String { rawValue }
 
-    /// A fresh, empty storage whose files live in `dir`.
-    func make(in dir: TempDir) async throws -> any CollectorStorage {
+    /// The backends to test here: every one, but PostgreSQL only where its server is installed
+    /// or under `CI=true` (where a missing server then fails the tests), like the other
+    /// PostgreSQL suites' `.enabled(if: PostgresCluster.isAvailable)`.
+    static var testable: [Backend] { allCases.filter { $0 != .postgres || PostgresCluster.isAvailable } }
+
+    /// A fresh, empty storage: SQLite's files live in `dir`; PostgreSQL's is a fresh database
+    /// of the conformance suite's throwaway cluster (``StorageConformance``), owned by the
+    /// collector's role, and nil the returned database for SQLite.
+    func make(in dir: TempDir) async throws -> (any CollectorStorage, PostgresDatabase?) {
         switch self {
-        case .sqlite: try SQLiteStorage(path: dir.file("collector.db"))
+        case .sqlite:
+            return (try SQLiteStorage(path: dir.file("collector.db")), nil)
+        case .postgres:
+            let (cluster, name) = try await freshDatabase()
+            return (try makePostgresStorage(cluster: cluster, database: name), PostgresDatabase(cluster: cluster, name: name))
         }
     }
 
-    /// Runs `sql` verbatim with the backend's own command-line client (`sqlite3`, `psql`) on the
-    /// storage made by ``make(in:)`` in `dir`; returns its standard output.
-    func runCLI(_ sql: String, in dir: TempDir) throws -> String {
+    /// Runs `sql` verbatim with the backend's own command-line client (`sqlite3`, `psql` as the
+    /// collector's role) on the storage of `rig`; returns its standard output.
+    func runCLI(_ sql: String, on rig: Rig) async throws -> String {
         switch self {
         case .sqlite:
             try requireTool("sqlite3")
-            return try runChecked(["sqlite3", "-cmd", ".timeout 10000", dir.file("collector.db"), sql])
+            let file = rig.dir.file("collector.db")
+            return try await offPool { try runChecked(["sqlite3", "-cmd", ".timeout 10000", file, sql]) }
+        case .postgres:
+            let db = try #require(rig.postgres)
+            return try await db.cluster.psqlAsync(sql, database: db.name, user: collectorRole)
         }
     }
 
-    /// SQL (for ``runCLI(_:in:)``) that makes the database refuse to store the capture `id` (a
+    /// SQL (for ``runCLI(_:on:)``) that makes the database refuse to store the capture `id` (a
     /// trigger raising an error), so a batch holding it fails midway, after earlier items.
     func refuseCaptureSQL(_ id: BlobID) -> String {
         switch self {
@@ -38,6 +55,15 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
             """
             CREATE TRIGGER refuse_capture BEFORE INSERT ON captures WHEN NEW.blob_id = '\(id.hex)'
             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;
+            """
+        case .postgres:
+            """
+            CREATE FUNCTION refuse_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.blob_id = '\(id.hex)' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_capture BEFORE INSERT ON captures FOR EACH ROW EXECUTE FUNCTION refuse_capture();
             """
         }
     }
@@ -47,31 +73,70 @@ enum Backend: String, CaseIterable, Sendable, CustomTestStringConvertible {
     var hearsKEKChanges: Bool {
         switch self {
         case .sqlite: false
+        case .postgres: true
         }
     }
 }
 
-/// A storage made by a backend in its own temp dir; `close()` closes it and removes the dir.
-struct Rig {
+/// The conformance suite: every test of the suites nested in it (AgentAndKEKConformance.swift,
+/// RecordConformance.swift) runs on every backend (``Backend/testable``). The PostgreSQL cases
+/// share one throwaway cluster, started at the first of them; each test gets its own database.
+@Suite(.postgresCluster) struct StorageConformance {}
+
+/// A database of a test cluster.
+struct PostgresDatabase: Sendable {
+    let cluster: PostgresCluster
+    let name: String
+}
+
+/// A storage made by a backend in its own temp dir (and, for PostgreSQL, its own database),
+/// with its ``CollectorStorage/run()`` running on a task of the test, as its owner would;
+/// ``close()`` closes it, checks that `run()` returned without error, and removes the dir.
+struct Rig: Sendable {
     let backend: Backend
     let dir: TempDir
     let storage: any CollectorStorage
+    /// The PostgreSQL database, nil for SQLite.
+    let postgres: PostgresDatabase?
+    /// The task running `storage.run()`.
+    let runner: Task<Void, any Error>
 
     init(_ backend: Backend, _ name: String = "storage") async throws {
         self.backend = backend
         dir = try TempDir("custos-\(name)-\(backend.rawValue)")
         do {
-            storage = try await backend.make(in: dir)
+            (storage, postgres) = try await backend.make(in: dir)
         } catch {
             dir.remove()
             throw error
         }
+        let storage = self.storage
+        runner = Task { try await storage.run() }
+        do {
+            // Migrated before the test starts, so SQL typed into the backend's client finds the
+            // tables (SQLite migrates in init; PostgreSQL at its first call).
+            if let pg = storage as? PostgresStorage { try await pg.prepare() }
+        } catch {
+            await close()
+            throw error
+        }
     }
 
-    func cli(_ sql: String) throws -> String { try backend.runCLI(sql, in: dir) }
+    func cli(_ sql: String) async throws -> String { try await backend.runCLI(sql, on: self) }
 
+    /// Returns once the storage's `LISTEN` connection is up (PostgreSQL; at once for SQLite),
+    /// so a change made next is heard.
+    func listening() async throws {
+        if let db = postgres { try await waitForListener(db.cluster, db.name, count: 1) }
+    }
+
+    /// Closes the storage (again, when the test did: nothing happens), waits for `run()` to
+    /// return, and removes the dir.
     func close() async {
         await storage.close()
+        if case .failure(let error) = await runner.result {
+            Issue.record("\(backend): run() threw \(error)")
+        }
         dir.remove()
     }
 }
@@ -142,6 +207,22 @@ func storageError(_ body: () async throws -> Void, sourceLocation: SourceLocatio
         Issue.record("expected a StorageError, got \(error)", sourceLocation: sourceLocation)
     }
     return nil
+}
+
+/// Checks a ``KEKRow/createdAt`` made between `before` and `after`: `YYYY-MM-DD HH:MM:SS` in
+/// UTC on every backend (whole seconds: the bounds are widened to them).
+func expectCreatedAt(_ text: String?, between before: Date, and after: Date,
+                     sourceLocation: SourceLocation = #_sourceLocation) {
+    let format = DateFormatter()
+    format.locale = Locale(identifier: "en_US_POSIX")
+    format.timeZone = TimeZone(identifier: "UTC")
+    format.dateFormat = "yyyy-MM-dd HH:mm:ss"
+    guard let text, text.count == 19, let date = format.date(from: text) else {
+        Issue.record("createdAt \(String(describing: text)) is not YYYY-MM-DD HH:MM:SS", sourceLocation: sourceLocation)
+        return
+    }
+    let low = before.timeIntervalSince1970.rounded(.down), high = after.timeIntervalSince1970.rounded(.up)
+    #expect((low...high).contains(date.timeIntervalSince1970), "createdAt \(text) is UTC and now", sourceLocation: sourceLocation)
 }
 
 /// Runs `body` with a fresh storage of `backend`, then closes it and removes its files (also

@@ -4,25 +4,56 @@ import CustosBase
 import Envelope
 import Foundation
 import Logging
+import Synchronization
 import Testing
 import TestSupport
 
-/// One throwaway PostgreSQL cluster for a whole suite (`@Suite(.postgresCluster)`): started
-/// before its first test, stopped after its last; each test takes its own database.
+/// One throwaway PostgreSQL cluster for a whole suite (`@Suite(.postgresCluster)`, nested
+/// suites included): started at the first test that asks for it (``cluster()``; none when no
+/// test does, e.g. the SQLite cases alone), stopped after the suite's last test; each test
+/// takes its own database.
 struct PostgresClusterScope: SuiteTrait, TestScoping {
-    @TaskLocal static var current: PostgresCluster?
+    @TaskLocal static var current: LazyCluster?
 
     func provideScope(for test: Test, testCase: Test.Case?,
                       performing function: @Sendable () async throws -> Void) async throws {
-        let cluster = try await PostgresCluster.make()
-        defer { cluster.shutdown() }
-        try await Self.$current.withValue(cluster) { try await function() }
+        let lazy = LazyCluster()
+        do {
+            try await Self.$current.withValue(lazy) { try await function() }
+        } catch {
+            await lazy.shutdown()
+            throw error
+        }
+        await lazy.shutdown()
     }
 
-    /// The suite's cluster. - Throws: outside a suite with the trait.
-    static func cluster() throws -> PostgresCluster {
-        guard let c = current else { throw TestSupportError("no PostgreSQL cluster: add .postgresCluster to the suite") }
-        return c
+    /// The suite's cluster, started by the first caller. - Throws: outside a suite with the
+    /// trait, or when the cluster cannot start (every caller then gets that error).
+    static func cluster() async throws -> PostgresCluster {
+        guard let lazy = current else { throw TestSupportError("no PostgreSQL cluster: add .postgresCluster to the suite") }
+        return try await lazy.cluster()
+    }
+}
+
+/// A cluster made once, by the first caller; callers at the same time wait for that one.
+final class LazyCluster: Sendable {
+    private let made = Mutex<Task<PostgresCluster, any Error>?>(nil)
+
+    func cluster() async throws -> PostgresCluster {
+        let task = made.withLock { t in
+            if let t { return t }
+            let new = Task { try await PostgresCluster.make() }
+            t = new
+            return new
+        }
+        return try await task.value
+    }
+
+    /// Stops and removes the cluster when one was made (waiting for one being made), off the
+    /// concurrency pool (`pg_ctl stop`).
+    func shutdown() async {
+        guard let task = made.withLock({ $0 }), let cluster = try? await task.value else { return }
+        _ = try? await offPool { cluster.shutdown() }
     }
 }
 
@@ -69,7 +100,7 @@ func makePostgresStorage(cluster: PostgresCluster, database: String, role: Strin
 
 /// A fresh database owned by the collector's role, on the suite's cluster.
 func freshDatabase(owner: String = collectorRole) async throws -> (PostgresCluster, String) {
-    let cluster = try PostgresClusterScope.cluster()
+    let cluster = try await PostgresClusterScope.cluster()
     _ = try await offPool { try cluster.createRole(owner) }
     return (cluster, try await cluster.createDatabaseAsync(owner: owner))
 }

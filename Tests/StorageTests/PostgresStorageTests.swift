@@ -111,26 +111,6 @@ struct PostgresStorageTests {
         }
     }
 
-    /// A batch is one transaction: a failure at its last item leaves nothing of it stored.
-    @Test func aFailingBatchStoresNothing() async throws {
-        let (cluster, db) = try await freshDatabase()
-        try await withPostgresStorage(cluster: cluster, database: db) { s in
-            try await s.prepare()
-            try await cluster.psqlAsync("""
-                CREATE FUNCTION refuse_666() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN IF NEW.sequence = 666 THEN RAISE EXCEPTION 'refused for the test'; END IF; RETURN NEW; END $$;
-                CREATE TRIGGER refuse_666 BEFORE INSERT ON captures FOR EACH ROW EXECUTE FUNCTION refuse_666();
-                """, database: db)
-            let dek = sampleDEK(agent("a1"))
-            let good = sampleBlob(dek, sequence: 1), bad = sampleBlob(dek, sequence: 666)
-            let error = await storageError { _ = try await s.ingest([.dek(dek), .blob(good), .blob(bad)], receivedAtMs: 1) }
-            #expect(error?.code == .failed)
-            #expect(error?.message.contains("refused for the test") == true)
-            #expect(try await s.counts() == (0, 0))
-            #expect(try await s.ingest([.dek(dek), .blob(good)], receivedAtMs: 1) == [.stored, .stored])
-        }
-    }
-
     /// A listing page is one index range: no Seq Scan and no Sort among 20,000 rows of 40
     /// agents, forwards and backwards, with and without an agent, kind or time bounds; the
     /// newest 100 of one agent are the right ones, and its 500 page by cursor.
@@ -296,21 +276,6 @@ struct PostgresStorageTests {
         let idle = try makePostgresStorage(cluster: cluster, database: db, timeout: .seconds(2))
         let notRunning = await storageError { _ = try await idle.agents() }
         #expect(notRunning?.code == .unavailable && notRunning?.message.contains("run() is not running") == true)
-    }
-
-    /// PostgreSQL `text` cannot hold NUL: such text is `invalidArgument` before anything is
-    /// sent (not a `failed` from the server).
-    @Test func textWithNULIsInvalid() async throws {
-        let (cluster, db) = try await freshDatabase()
-        try await withPostgresStorage(cluster: cluster, database: db) { (s: PostgresStorage) async throws in
-            #expect(await storageError { _ = try await s.appendAudit(actor: "a\u{0}b", action: "x", detail: "y") }?.code
-                == .invalidArgument)
-            #expect(await storageError {
-                _ = try await s.registerKEK(KEKRegistration(pubDatafile: "/k\u{0}.pem", publicKeyPEM: nil, privDatafile: nil, kekID: nil))
-            }?.code == .invalidArgument)
-            #expect(try await s.auditEntries(before: nil, limit: 10).isEmpty)
-            #expect(try await s.keks().isEmpty)
-        }
     }
 
     // MARK: Helpers

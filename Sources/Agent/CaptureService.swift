@@ -248,49 +248,41 @@ public final class CaptureService: Service, Sendable {
         }
         var sealedAny = false
         for frame in frames {
+            let plaintext: Data, timeMs: Int64, packet: VideoPacketMetadata?
             switch frame {
             case .changed(let meta, let png):
-                let plaintext = FramePayload.encode(meta, png: png)
-                do {
-                    try sealer.seal(plaintext, kind: .screen, captureTimeMs: meta.captureTimeMs)
-                    counters.withLock { $0.framesSealed += 1 }
-                    sealedAny = true
-                    loop.screenDrops.success("screen captures kept again", logger: logger)
-                } catch {
-                    let (reason, counted) = Self.reason(ofSealError: error)
-                    counters.withLock { $0.errors += 1 }
-                    lastErrorText.withLock { $0 = "\(error)" }
-                    drop(reason, &loop, countedBySpool: counted)
-                    loop.screenDrops.failure("screen capture dropped (\(reason)): \(error)", key: reason.rawValue,
-                                             metadata: ["capture.bytes": "\(plaintext.count)"], logger: logger)
-                }
-            case .packet(let meta, let packet):
-                let plaintext = VideoPacketPayload.encode(meta, packet: packet)
-                do {
-                    let receipt = try sealer.seal(plaintext, kind: .screen, captureTimeMs: meta.captureTimeMs,
-                                                  group: meta.groupID)
-                    counters.withLock { $0.framesSealed += 1 }
-                    sealedAny = true
-                    loop.currentGroups[meta.monitor] = meta.groupID
+                (plaintext, timeMs, packet) = (FramePayload.encode(meta, png: png), meta.captureTimeMs, nil)
+            case .packet(let meta, let bytes):
+                (plaintext, timeMs, packet) = (VideoPacketPayload.encode(meta, packet: bytes), meta.captureTimeMs, meta)
+            case .unchanged:
+                counters.withLock { $0.framesUnchanged += 1 }
+                continue
+            }
+            do {
+                let receipt = try sealer.seal(plaintext, kind: .screen, captureTimeMs: timeMs, group: packet?.groupID)
+                counters.withLock { $0.framesSealed += 1 }
+                sealedAny = true
+                if let packet {
+                    loop.currentGroups[packet.monitor] = packet.groupID
                     if receipt.dekID != loop.streamDEK {  // rotated inside seal (a limit reached mid-capture)
                         loop.capturer?.restartStreams()
                         loop.streamDEK = receipt.dekID
                     }
-                    noteEvictions(receipt.evictedGroups, &loop)
-                    loop.screenDrops.success("screen captures kept again", logger: logger)
-                } catch {
-                    // The stream cannot go on without this packet: its monitor starts a new one.
-                    loop.capturer?.restartStreams(monitor: meta.monitor)
-                    loop.currentGroups[meta.monitor] = nil
-                    let (reason, counted) = Self.reason(ofSealError: error)
-                    counters.withLock { $0.errors += 1 }
-                    lastErrorText.withLock { $0 = "\(error)" }
-                    drop(reason, &loop, countedBySpool: counted)
-                    loop.screenDrops.failure("screen capture dropped (\(reason)): \(error)", key: reason.rawValue,
-                                             metadata: ["capture.bytes": "\(plaintext.count)"], logger: logger)
                 }
-            case .unchanged:
-                counters.withLock { $0.framesUnchanged += 1 }
+                noteEvictions(receipt.evictedGroups, &loop)
+                loop.screenDrops.success("screen captures kept again", logger: logger)
+            } catch {
+                if let packet {
+                    // The stream cannot go on without this packet: its monitor starts a new one.
+                    loop.capturer?.restartStreams(monitor: packet.monitor)
+                    loop.currentGroups[packet.monitor] = nil
+                }
+                let (reason, counted) = Self.reason(ofSealError: error)
+                counters.withLock { $0.errors += 1 }
+                lastErrorText.withLock { $0 = "\(error)" }
+                drop(reason, &loop, countedBySpool: counted)
+                loop.screenDrops.failure("screen capture dropped (\(reason)): \(error)", key: reason.rawValue,
+                                         metadata: ["capture.bytes": "\(plaintext.count)"], logger: logger)
             }
         }
         if sealedAny { MemoryPolicy.trim() }

@@ -9,7 +9,7 @@ public struct CollectorError: Error, CustomStringConvertible, Sendable {
         public var description: String { name }
         /// A bad configuration value or file (`collector.cfg`, TLS files).
         public static let configuration = Code(name: "configuration")
-        /// SQLite failed (open, migrate, read or write).
+        /// The storage (`database=`) cannot be opened.
         public static let database = Code(name: "database")
         /// A bad argument (agent id, KEK file, filter).
         public static let invalidArgument = Code(name: "invalid-argument")

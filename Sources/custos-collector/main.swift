@@ -46,7 +46,7 @@ do {
                 "collector.max_connections": "\(configuration.maxConnections)", "collector.nofile": "\(nofile.rlim_cur)"])
         }
     }
-    let server = try CollectorServer(configuration: configuration, logger: logger)
+    let server = try await CollectorServer(configuration: configuration, logger: logger)
     try await server.run()
 } catch {
     var detail = "\(error)"

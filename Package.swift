@@ -109,7 +109,6 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
             "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim", "CollectorStorage", "CollectorStorageOpen",
-            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Hummingbird", package: "hummingbird"),

@@ -106,6 +106,12 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // The one way to open storage: a `database=` / `--db` value (StorageLocation) to the backend
+        // serving it, as `any CollectorStorage`. The only target that knows every backend.
+        .target(name: "CollectorStorageOpen", dependencies: [
+            "CollectorStorage", "CollectorStorageSQLite", "CollectorStoragePostgres", "CustosBase",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -118,8 +124,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
-            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim", "CollectorStorage", "CollectorStorageSQLite",
-            .product(name: "Crypto", package: "swift-crypto"),
+            "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim", "CollectorStorage", "CollectorStorageOpen",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Hummingbird", package: "hummingbird"),
@@ -127,11 +132,10 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOFoundationCompat", package: "swift-nio"),
-            .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Admin", dependencies: [
-            "Envelope", "Collector", "CaptureFormat", "CustosBase", "Video",
+            "Envelope", "CollectorStorage", "CollectorStorageOpen", "CaptureFormat", "CustosBase", "Video",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
@@ -170,7 +174,7 @@ let package = Package(
         ], path: "Benchmarks/EnvelopeBench", swiftSettings: strict),
 
         .executableTarget(name: "custos-bench-net", dependencies: [
-            "Collector", "Transport", "Envelope", "Wire", "Spool",
+            "Collector", "CollectorStorage", "Transport", "Envelope", "Wire", "Spool",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -179,7 +183,7 @@ let package = Package(
 
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", dependencies: [
-            "Collector", .product(name: "Logging", package: "swift-log"),
+            "Collector", "CollectorStorage", "CollectorStorageOpen", .product(name: "Logging", package: "swift-log"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "BaseTests", dependencies: [
             "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
@@ -197,14 +201,17 @@ let package = Package(
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "Wire", "Spool", "Envelope", "TestSupport"],
+        .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "CollectorStorage", "CollectorStorageSQLite",
+                                                     "Wire", "Spool", "Envelope", "TestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "AdminTests", dependencies: ["Admin", "Collector", "Envelope", "CaptureFormat", "Video", "TestSupport"],
+        .testTarget(name: "AdminTests", dependencies: ["Admin", "CollectorStorage", "CollectorStorageSQLite", "CustosBase", "Envelope",
+                                                       "CaptureFormat", "Video", "TestSupport"],
                     swiftSettings: strict),
         // One conformance suite for every CollectorStorage backend (Backend.testable).
         .testTarget(name: "StorageTests", dependencies: [
-            "CollectorStorage", "CollectorStorageSQLite", "CollectorStoragePostgres", "Collector", "CustosBase", "Envelope",
-            "TestSupport",
+            "CollectorStorage", "CollectorStorageSQLite", "CollectorStoragePostgres", "CollectorStorageOpen", "CustosBase",
+            "Envelope", "TestSupport",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

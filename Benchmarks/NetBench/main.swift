@@ -8,6 +8,7 @@
 // baseline a NIOSSL server that discards what it reads.
 
 import Collector
+import CollectorStorage
 import CustosBase
 import Envelope
 import Foundation
@@ -78,7 +79,7 @@ let kek = try KEKPublicKey(pemFile: dir + "/publickey.crt")
 // MARK: Collector
 
 let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: 0, tlsCertFile: dir + "/tls.pem",
-                                    tlsKeyFile: dir + "/tls.key", databasePath: dir + "/collector.db",
+                                    tlsKeyFile: dir + "/tls.key", database: .sqlite(path: dir + "/collector.db"),
                                     maxRequestBytes: 64 << 20,
                                     // Every simulated agent holds a connection; the upload lanes too.
                                     maxConnections: max(1024, agentCount + 256), trapSIGHUP: false)
@@ -86,9 +87,9 @@ let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: 0, tlsC
 // bench checks every answer itself, so the server logs only critical lines.
 var serverLogger = logger
 serverLogger.logLevel = .critical
-let server = try CollectorServer(configuration: config, logger: serverLogger)
-_ = try server.store.registerKEK(pubDatafile: dir + "/publickey.crt", privDatafile: nil, privEncrypted: false,
-                                 active: true, kekID: nil)
+let server = try await CollectorServer(configuration: config, logger: serverLogger)
+_ = try await server.storage.registerKEK(KEKRegistration(pubDatafile: dir + "/publickey.crt", publicKeyPEM: nil,
+                                                         privDatafile: nil, privEncrypted: false, active: true, kekID: nil))
 let (portStream, portContinuation) = AsyncStream<Int>.makeStream()
 let serverTask = Task { try await server.run(onListening: { portContinuation.yield($0) }) }
 var port = 0
@@ -143,10 +144,10 @@ let lanes = argument("--lanes", UploaderConfiguration().parallelRequests)
 let batchBytes = argument("--batch-kib", UploaderConfiguration().maxBatchBytes / 1024) * 1024
 let rounds = argument("--rounds", 3)
 let payload = Data((0..<blobBytes).map { UInt8(truncatingIfNeeded: $0 &* 31) })
-let token0 = try server.store.addAgent(id: "bench-0")
+let token0 = try await server.storage.addAgent(try AgentID("bench-0"))
 let collectorURL = try CollectorURL("https://127.0.0.1:\(port)")
 let pinPolicy = try TLSPolicy(pins: [try SPKIPin(pin)], caFile: nil)
-let transport0 = TransportConfiguration(server: collectorURL, agentID: try AgentID("bench-0"), agentToken: Secret(token0),
+let transport0 = TransportConfiguration(server: collectorURL, agentID: try AgentID("bench-0"), agentToken: token0,
                                         policy: pinPolicy)
 let clock = ContinuousClock()
 /// One upload round: a fresh DEK session and blobs (new ids, so the collector stores them all).
@@ -328,7 +329,7 @@ var agents: [Agent] = []
 let smallPayload = Data(repeating: 0x61, count: 2048)  // a keystroke chunk-sized blob
 for i in 0..<agentCount {
     let id = "agent-\(i)"
-    let token = try server.store.addAgent(id: id)
+    let token = try await server.storage.addAgent(try AgentID(id))
     let s = try DEKSession(kek: kek, agentID: id)
     var agentBodies: [Data] = []
     for r in 0..<requestsPerAgent {
@@ -337,7 +338,7 @@ for i in 0..<agentCount {
         agentBodies.append(body)
     }
     let c = try CollectorClient(configuration: TransportConfiguration(
-        server: collectorURL, agentID: try AgentID(id), agentToken: Secret(token), policy: pinPolicy),
+        server: collectorURL, agentID: try AgentID(id), agentToken: token, policy: pinPolicy),
         logger: logger)
     agents.append(Agent(id: id, client: c, bodies: agentBodies))
 }
@@ -365,7 +366,7 @@ await withTaskGroup(of: Void.self) { group in
 let ingestTime = seconds(ingestStart.duration(to: clock.now))
 let sorted = latencies.withLock { $0 }.sorted()
 func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
-let stored = try server.store.counts()
+let stored = try await server.storage.counts()
 print(String(format: "ingest:  %d agents x %d requests (first with its DEK record; 2 KiB blobs), all concurrent, each its own TLS connection",
              agentCount, requestsPerAgent))
 print(String(format: "ingest:  %.0f requests/s over %.1f s; ack time p50 %.0f ms, p99 %.0f ms, max %.0f ms (first request includes the TLS handshake); failures %d",

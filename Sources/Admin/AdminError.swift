@@ -1,4 +1,4 @@
-import Collector
+import CollectorStorage
 import Envelope
 import Foundation
 
@@ -20,7 +20,7 @@ public struct AdminError: Error, CustomStringConvertible, Sendable {
         public static let usage = Code("usage")
         /// A file or directory cannot be read or written.
         public static let io = Code("io")
-        /// The collector database failed.
+        /// The collector storage failed (cannot be opened, read or written).
         public static let database = Code("database")
         /// The private key cannot be opened with the passphrase given.
         public static let wrongPassphrase = Code("wrongPassphrase")
@@ -62,7 +62,10 @@ public struct AdminError: Error, CustomStringConvertible, Sendable {
         }
     }
 
-    static func fromCollector(_ e: CollectorError) -> AdminError {
+    /// A storage failure: `.usage` for what the administrator asked (a missing database, an
+    /// agent that exists already or not at all), `.database` for the rest; the message names
+    /// the database (never a password).
+    static func fromStorage(_ e: StorageError) -> AdminError {
         AdminError(e.code == .invalidArgument || e.code == .alreadyExists || e.code == .notFound ? .usage : .database,
                    e.message)
     }

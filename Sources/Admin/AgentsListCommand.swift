@@ -1,5 +1,5 @@
 import ArgumentParser
-import Collector
+import CollectorStorage
 import Foundation
 
 /// `custos agents list --db collector.db`: the agents allowed to upload, with when each was
@@ -10,26 +10,25 @@ public struct AgentsListCommand: AsyncParsableCommand {
         abstract: "Show the agents allowed to upload: agent id and when it was added (UTC)."
     )
 
-    @Option(help: "Collector database.")
-    var db: String
+    @OptionGroup var database: DatabaseOptions
 
     public init() {}
 
     public func run() async throws {
-        let store = try openExistingStore(db)
-        let rows: [AgentInfo]
-        do { rows = try store.listAgents() } catch { throw AdminError.fromCollector(error) }
+        let rows = try await withStorage(try database.location(), createIfMissing: false) { storage in
+            try await storageCall { () throws(StorageError) in try await storage.agents() }
+        }
         Console.out(AgentListing.table(rows))
     }
 }
 
-/// The `agents list` table. Ids come from the database (a stolen copy may have been edited):
-/// `Console.table` escapes each cell.
+/// The `agents list` table. Ids come from the database (a stolen copy may have been edited;
+/// the backend refuses ids `AgentID` does not accept): `Console.table` escapes each cell.
 enum AgentListing {
     static func table(_ rows: [AgentInfo]) -> TerminalText {
         if rows.isEmpty { return Console.line("no agents") }
         return Console.lines([
-            Console.table([["AGENT", "ADDED (UTC)"]] + rows.map { [$0.agentID, OutputNaming.iso($0.createdAtMs)] }),
+            Console.table([["AGENT", "ADDED (UTC)"]] + rows.map { [$0.id.rawValue, OutputNaming.iso($0.createdAtMs)] }),
             Console.line("\(rows.count) agent\(rows.count == 1 ? "" : "s")"),
         ])
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
-import Collector
+import CollectorStorage
+import CustosBase
 import Envelope
 import Foundation
 
@@ -18,41 +19,92 @@ public struct CapturesListCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "list",
         abstract: "List stored captures: time, agent, kind, size, ids, and <Encrypted> in place of content.",
-        discussion: "Needs no key: nothing is decrypted. TIME is ISO 8601, a date, Unix ms, or an age like 2h / 7d."
+        discussion: """
+            Needs no key: nothing is decrypted. TIME is ISO 8601, a date, Unix ms, or an age like 2h / 7d. \
+            Rows are read and printed a page at a time (oldest first unless --newest-first); when --limit \
+            stops the listing early, the last line gives the --after value that continues it.
+            """
     )
 
-    @Option(help: "Collector database.")
-    var db: String
+    @OptionGroup var database: DatabaseOptions
     @OptionGroup var selection: CaptureSelection
     @Option(help: "At most N rows.")
     var limit: Int?
+    @Option(help: ArgumentHelp("Start after this position (printed by an earlier listing cut short by --limit).",
+                               valueName: "cursor"))
+    var after: String?
+    @Flag(help: "Newest captures first.")
+    var newestFirst = false
 
     public init() {}
 
+    /// Rows asked of the storage at once (the most one page holds in memory).
+    static let pageSize = 1000
+
+    public func validate() throws {
+        if let limit, limit < 1 { throw ValidationError("--limit \(limit): expected at least 1") }
+        if let after, CaptureCursor(token: after) == nil {
+            throw ValidationError("--after \(after): expected a cursor as a listing prints it (TIME-BLOBID)")
+        }
+    }
+
     public func run() async throws {
-        let store = try openExistingStore(db)
-        let filter = CaptureFilter(agentID: selection.agent, kind: selection.kind, sinceMs: try selection.sinceMs(),
-                                   untilMs: try selection.untilMs(), limit: limit)
-        let rows: [CaptureInfo]
-        do { rows = try store.listCaptures(filter) } catch { throw AdminError.fromCollector(error) }
-        Console.out(CaptureListing.table(rows))
+        let query = try selection.query(order: newestFirst ? .descending : .ascending)
+        try await withStorage(try database.location(), createIfMissing: false) { storage in
+            var listing = CaptureListing()
+            var cursor = after.flatMap(CaptureCursor.init(token:))
+            var left = limit ?? .max
+            repeat {
+                let (asked, from) = (min(Self.pageSize, left), cursor)
+                let page = try await storageCall { () throws(StorageError) in
+                    try await storage.captures(query, after: from, limit: asked)
+                }
+                Console.out(listing.add(page.items))
+                left -= page.items.count
+                cursor = page.next
+            } while cursor != nil && left > 0
+            Console.out(listing.summary(more: cursor))
+        }
     }
 }
 
-/// The `captures list` table.
-public enum CaptureListing {
-    /// One line per capture (`<Encrypted>` for its content) and a count line. Every value comes
-    /// from the database, which the README's stolen-database adversary may have changed: each
-    /// cell is escaped by `Console.table`, so a row stays one line of seven columns.
-    static func table(_ rows: [CaptureInfo]) -> TerminalText {
-        var lines = [["CAPTURE TIME (UTC)", "AGENT", "KIND", "SIZE", "BLOB ID", "KEK ID", "CONTENT"]]
-        for r in rows {
-            lines.append([OutputNaming.iso(r.captureTimeMs), r.agentID, r.kind, byteCount(r.size), r.blobID,
-                          String(r.kekID.prefix(16)) + "…", "<Encrypted>"])
+/// The `captures list` table, built a page at a time: one line per capture (`<Encrypted>` for
+/// its content) and a count line. Every value comes from the database, which the README's
+/// stolen-database adversary may have changed: each cell is escaped by `Console.table`, so a
+/// row stays one line of seven columns.
+public struct CaptureListing {
+    private var widths: [Int] = []
+    private var headerShown = false
+    private(set) var count = 0
+    private(set) var bytes = 0
+
+    /// The lines of `rows` (with the header before the first page).
+    mutating func add(_ rows: [CaptureInfo]) -> TerminalText {
+        var lines: [[String]] = []
+        if !headerShown {
+            lines.append(["CAPTURE TIME (UTC)", "AGENT", "KIND", "SIZE", "BLOB ID", "KEK ID", "CONTENT"])
+            headerShown = true
         }
-        let total = rows.reduce(0) { $0 + $1.size }
-        return Console.lines([Console.table(lines),
-                              Console.line("\(rows.count) capture\(rows.count == 1 ? "" : "s"), \(byteCount(total)) sealed")])
+        for r in rows {
+            lines.append([OutputNaming.iso(r.captureTimeMs), r.agentID.rawValue, r.kind.name, Self.byteCount(r.size),
+                          r.blobID.hex, String(r.kekID.hex.prefix(16)) + "…", "<Encrypted>"])
+            count += 1
+            bytes += r.size
+        }
+        return Console.table(lines, widths: &widths)
+    }
+
+    /// `4 captures, 1.2 KiB sealed`, and where to continue when `more` is not nil.
+    func summary(more: CaptureCursor?) -> TerminalText {
+        Console.line("\(count) capture\(count == 1 ? "" : "s"), \(Self.byteCount(bytes)) sealed"
+                     + (more.map { "; more after this: --after \($0.token)" } ?? ""))
+    }
+
+    /// The whole table of `rows` at once.
+    static func table(_ rows: [CaptureInfo]) -> TerminalText {
+        var listing = CaptureListing()
+        let body = listing.add(rows)
+        return Console.lines([body, listing.summary(more: nil)])
     }
 
     /// `812 B`, `14.2 KiB`, `3.1 MiB`.
@@ -79,18 +131,36 @@ struct CaptureSelection: ParsableArguments {
         if let kind, CaptureKind(name: kind) == nil {
             throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
         }
+        if let agent {
+            do { _ = try AgentID(agent, field: "--agent") } catch { throw ValidationError(error.description) }
+        }
     }
 
+    /// `--agent` (checked by ``validate()``).
+    func agentID() throws -> AgentID? {
+        guard let agent else { return nil }
+        do { return try AgentID(agent, field: "--agent") } catch { throw AdminError(.usage, error.description) }
+    }
+    /// `--kind` (checked by ``validate()``).
+    var captureKind: CaptureKind? { kind.flatMap(CaptureKind.init(name:)) }
     /// `--since` in Unix ms. - Throws: `AdminError` for a TIME it cannot read.
     func sinceMs() throws -> Int64? { try since.map { try parseTime($0) } }
     /// `--until` in Unix ms. - Throws: `AdminError` for a TIME it cannot read.
     func untilMs() throws -> Int64? { try until.map { try parseTime($0) } }
+
+    /// The selection as a storage query.
+    func query(order: CaptureQuery.Order = .ascending) throws -> CaptureQuery {
+        CaptureQuery(agentID: try agentID(), kind: captureKind, sinceMs: try sinceMs(), untilMs: try untilMs(), order: order)
+    }
 }
 
 /// Options shared by `decrypt` and `export`.
 struct DecryptArguments: ParsableArguments {
-    @Option(help: "Collector database (or a copy of it); the audit record is appended to it.")
+    @Option(help: ArgumentHelp("Collector database (or a copy of it): a SQLite file, or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=MODE]; the audit records are appended to it.",
+                               valueName: "path-or-url"))
     var db: String?
+    @Option(help: ArgumentHelp("File whose first line is the PostgreSQL password (never part of --db).", valueName: "file"))
+    var dbPasswordFile: String?
     @Option(name: .customLong("in"), help: "Instead of --db: a record-stream file (sealed file or API export).")
     var input: String?
     @Option(help: "Private key PEM (keypair.pem), any form openssl writes.")
@@ -107,25 +177,37 @@ struct DecryptArguments: ParsableArguments {
 
     func validate() throws {
         guard (db == nil) != (input == nil) else { throw ValidationError("give exactly one of --db and --in") }
+        if let db { _ = try storageLocation(db, passwordFile: dbPasswordFile) } else if dbPasswordFile != nil {
+            throw ValidationError("--db-password-file goes with --db")
+        }
         if let s = stillsEverySeconds, !(s >= 0.001 && s <= 31_536_000) {
             throw ValidationError("--stills \(s): expected seconds between still pictures, from 0.001 to 31536000 (a year)")
         }
     }
 
-    func run(output: DecryptOptions.Output) throws {
-        let options = DecryptOptions(output: output, agentID: selection.agent, kind: selection.kind,
+    func run(output: DecryptOptions.Output) async throws {
+        let options = DecryptOptions(output: output, agentID: try selection.agentID(), kind: selection.captureKind,
                                      sinceMs: try selection.sinceMs(), untilMs: try selection.untilMs(),
                                      stillsEveryMs: stillsEverySeconds.map { Int64(($0 * 1000).rounded()) })
-        let sealed: SealedInput = db.map { .database($0) } ?? .recordStream(input!)
+        let sealed: SealedInput
+        var files = [key]
+        if let db {
+            let location = try storageLocation(db, passwordFile: dbPasswordFile)
+            sealed = .database(location)
+            if case .sqlite(let path) = location { files.insert(path, at: 0) }
+        } else {
+            sealed = .recordStream(input!)
+            files.insert(input!, at: 0)
+        }
         // Check the inputs before asking for the passphrase.
-        for path in [db ?? input!, key] where !FileManager.default.fileExists(atPath: path) {
+        for path in files where !FileManager.default.fileExists(atPath: path) {
             throw AdminError(.io, "\(path): file does not exist")
         }
         // An unencrypted key (PKCS#1 / PKCS#8 without a passphrase) needs no prompt.
         let encrypted = (try? String(contentsOfFile: key, encoding: .utf8)).map { $0.contains("ENCRYPTED") } ?? true
         let passphrase = encrypted || passphraseFile != nil
             ? try Passphrase.read(file: passphraseFile, prompt: "Passphrase for \(key): ") : nil
-        let report = try DecryptJob.run(input: sealed, keyFile: key, passphrase: passphrase, options: options,
+        let report = try await DecryptJob.run(input: sealed, keyFile: key, passphrase: passphrase, options: options,
                                         actor: loginUser(), log: printError, progressStyle: quiet ? .quiet : nil)
         for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
         let what = "\(report.screens) screen frames, \(report.videoSummary), \(report.keystrokeChunks) keystroke chunks in \(report.keystrokeWindows) windows, \(report.generic) other"
@@ -158,7 +240,7 @@ public struct DecryptCommand: AsyncParsableCommand {
 
     public init() {}
 
-    public func run() async throws { try common.run(output: .directory(out)) }
+    public func run() async throws { try await common.run(output: .directory(out)) }
 }
 
 /// `custos export … --out FILE.zip`: the same as decrypt, into one zip archive with a manifest.
@@ -174,5 +256,5 @@ public struct ExportCommand: AsyncParsableCommand {
 
     public init() {}
 
-    public func run() async throws { try common.run(output: .archive(out)) }
+    public func run() async throws { try await common.run(output: .archive(out)) }
 }

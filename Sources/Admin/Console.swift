@@ -24,9 +24,17 @@ enum Console {
 
     /// Left-aligned columns separated by two spaces, each cell escaped; one line per row.
     static func table(_ rows: [[String]]) -> TerminalText {
+        var widths: [Int] = []
+        return table(rows, widths: &widths)
+    }
+
+    /// ``table(_:)`` for a table printed in parts (a listing page by page): each column is at
+    /// least as wide as `widths` says, and `widths` grows to what these rows need, so the
+    /// columns of later parts line up with the earlier ones unless a wider cell comes.
+    static func table(_ rows: [[String]], widths: inout [Int]) -> TerminalText {
         let cells = rows.map { $0.map { SafeText.escaped($0) } }
         guard let first = cells.first else { return TerminalText(safe: "") }
-        var widths = Array(repeating: 0, count: first.count)
+        if widths.count < first.count { widths += Array(repeating: 0, count: first.count - widths.count) }
         for r in cells { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
         let text = cells.map { r in
             r.enumerated().map { i, c in

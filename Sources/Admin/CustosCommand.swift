@@ -1,5 +1,5 @@
 import ArgumentParser
-import Collector
+import CollectorStorage
 import CustosBase
 import Envelope
 import Foundation
@@ -17,7 +17,7 @@ public struct CustosCommand: AsyncParsableCommand {
         commandName: "custos",
         abstract: "Custos admin tool: keys, sealing and opening of end-to-end encrypted captures.",
         subcommands: [KeysCommand.self, SealCommand.self, OpenCommand.self,
-                      AgentsCommand.self, CapturesCommand.self, DecryptCommand.self, ExportCommand.self]
+                      AgentsCommand.self, CapturesCommand.self, DecryptCommand.self, ExportCommand.self, AuditCommand.self]
     )
 
     public init() {}
@@ -50,9 +50,9 @@ public struct CustosCommand: AsyncParsableCommand {
             printError("custos: \(e.description)")
             return e.exitCode
         }
-        if let e = error as? CollectorError {
+        if let e = error as? StorageError {
             printError("custos: \(e.message)")
-            return AdminError.fromCollector(e).exitCode
+            return AdminError.fromStorage(e).exitCode
         }
         if error is SystemCallError || error is ValueError {
             printError("custos: \(error)")

@@ -1,4 +1,6 @@
-import Collector
+import CollectorStorage
+import CollectorStorageOpen
+import CustosBase
 import Envelope
 import Foundation
 #if canImport(Glibc)
@@ -14,9 +16,9 @@ public struct DecryptOptions: Sendable {
     }
     public var output: Output
     /// Only this agent's captures.
-    public var agentID: String?
-    /// Only this kind (`screen`, `keystrokes`, `generic`).
-    public var kind: String?
+    public var agentID: AgentID?
+    /// Only this kind.
+    public var kind: CaptureKind?
     /// Capture time lower bound, Unix ms, inclusive.
     public var sinceMs: Int64?
     /// Capture time upper bound, Unix ms, exclusive.
@@ -27,7 +29,7 @@ public struct DecryptOptions: Sendable {
     /// A WebM file is cut at the next keyframe once it holds this many bytes (it is built in memory).
     public var maxVideoFileBytes: Int
 
-    public init(output: Output, agentID: String? = nil, kind: String? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil,
+    public init(output: Output, agentID: AgentID? = nil, kind: CaptureKind? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil,
                 stillsEveryMs: Int64? = nil, maxVideoFileBytes: Int = 256 << 20) {
         self.output = output
         self.agentID = agentID
@@ -37,6 +39,9 @@ public struct DecryptOptions: Sendable {
         self.stillsEveryMs = stillsEveryMs
         self.maxVideoFileBytes = maxVideoFileBytes
     }
+
+    /// The selection as a storage query (oldest first).
+    var query: CaptureQuery { CaptureQuery(agentID: agentID, kind: kind, sinceMs: sinceMs, untilMs: untilMs) }
 
     var operation: String {
         if case .archive = output { return "export" }
@@ -51,8 +56,9 @@ public struct DecryptOptions: Sendable {
 
 /// Where the sealed items come from.
 public enum SealedInput: Sendable {
-    /// A collector database file (or a copy of one); audit records are appended to it.
-    case database(String)
+    /// The collector's storage (or a copy of its database file); audit records are appended to
+    /// it. A SQLite file must exist (it is never created).
+    case database(StorageLocation)
     /// A record-stream file (a sealed file or an API export); there is no database to audit into.
     case recordStream(String)
 }
@@ -78,32 +84,34 @@ public enum DecryptJob {
     ///   `.database`.
     public static func run(input: SealedInput, keyFile: String, passphrase: SecretBytes?, options: DecryptOptions,
                            actor: String, log: @escaping (String) -> Void,
-                           progressStyle: ProgressStyle? = nil) throws -> DecryptReport {
+                           progressStyle: ProgressStyle? = nil) async throws -> DecryptReport {
         defer { passphrase?.wipe() }
         // 1. The sealed items.
-        let source: any SealedItemSource
-        var store: (any CollectorStore)?
         switch input {
-        case .database(let path):
-            guard FileManager.default.fileExists(atPath: path) else {
-                throw AdminError(.io, "\(path): collector database does not exist")
+        case .database(let location):
+            return try await withStorage(location, createIfMissing: false) { storage in
+                try await run(source: CollectorSource(storage: storage, name: location.shown), audit: storage, keyFile: keyFile,
+                              passphrase: passphrase, options: options, actor: actor, log: log, progressStyle: progressStyle)
             }
-            do {
-                let s = try SQLiteCollectorStore(path: path)
-                store = s
-                source = CollectorSource(store: s, name: path)
-            } catch { throw AdminError.fromCollector(error) }
         case .recordStream(let path):
-            source = try RecordStreamSource(path: path)
+            return try await run(source: try RecordStreamSource(path: path), audit: nil, keyFile: keyFile, passphrase: passphrase,
+                                 options: options, actor: actor, log: log, progressStyle: progressStyle)
         }
+    }
+
+    /// ``run(input:keyFile:passphrase:options:actor:log:progressStyle:)`` on an open source;
+    /// audit records go to `audit` (nil for a record stream: nowhere to write them).
+    static func run(source: any SealedItemSource, audit auditLog: (any AuditStore)?, keyFile: String, passphrase: SecretBytes?,
+                    options: DecryptOptions, actor: String, log: @escaping (String) -> Void,
+                    progressStyle: ProgressStyle?) async throws -> DecryptReport {
         let op = options.operation
-        func audit(_ action: String, _ detail: String) throws {
-            guard let store else { return }
-            do { try store.appendAudit(actor: actor, action: action, detail: detail) } catch {
+        func audit(_ action: String, _ detail: String) async throws {
+            guard let auditLog else { return }
+            do { try await auditLog.appendAudit(actor: actor, action: action, detail: detail) } catch {
                 throw AdminError(.database, "cannot append the audit record (\(action)); nothing more is decrypted: \(error.message)")
             }
         }
-        let selection = "agent=\(options.agentID ?? "*") kind=\(options.kind ?? "*") since=\(options.sinceMs.map(OutputNaming.iso) ?? "-") until=\(options.untilMs.map(OutputNaming.iso) ?? "-")"
+        let selection = "agent=\(options.agentID?.rawValue ?? "*") kind=\(options.kind?.name ?? "*") since=\(options.sinceMs.map(OutputNaming.iso) ?? "-") until=\(options.untilMs.map(OutputNaming.iso) ?? "-")"
             + (options.stillsEveryMs.map { " stills_every_ms=\($0)" } ?? "")
 
         // 2. The key. Nothing is written before it opens.
@@ -113,27 +121,29 @@ public enum DecryptJob {
         } catch let e as EnvelopeError {
             let err = AdminError.fromKeyLoading(e)
             if err.code == .wrongPassphrase {
-                try audit("captures.\(op).refused", "\(selection) key=\(keyFile) reason=wrong-passphrase")
+                try await audit("captures.\(op).refused", "\(selection) key=\(keyFile) reason=wrong-passphrase")
             }
             throw err
         }
         passphrase?.wipe()
 
-        // 3. The selection, checked against the key.
-        let filter = CaptureFilter(agentID: options.agentID, kind: options.kind, sinceMs: options.sinceMs,
-                                   untilMs: options.untilMs)
-        let all = try source.captures(filter)
-        var report = DecryptReport()
-        report.selected = all.count
-        let mine = all.filter { $0.kekID == key.id.hex }
-        for c in all where c.kekID != key.id.hex { report.otherKEKs[c.kekID, default: 0] += 1 }
-        if !all.isEmpty, mine.isEmpty {
-            let needed = report.otherKEKs.sorted { $0.key < $1.key }.map { "\($0.key) (\($0.value) items)" }
-            try audit("captures.\(op).refused", "\(selection) kek=\(key.id.hex) selected=\(all.count) reason=no-matching-kek")
-            throw AdminError(.keyMismatch, "\(keyFile) is KEK \(key.id.hex), but none of the \(all.count) selected items is sealed to it; the data needs KEK ids: \(needed.joined(separator: ", "))")
+        // 3. The selection, checked against the key: a first walk over its pages (metadata only).
+        var selected = 0, mine = 0
+        var otherKEKs: [String: Int] = [:]
+        try await source.forEachPage(options.query) { page in
+            selected += page.count
+            for c in page {
+                if c.kekID == key.id { mine += 1 } else { otherKEKs[c.kekID.hex, default: 0] += 1 }
+            }
+            return true
         }
-        if !report.otherKEKs.isEmpty {
-            log("note: \(report.selected - mine.count) selected items are sealed to other KEKs and are left out: \(report.otherKEKs.keys.sorted().joined(separator: ", ")) (use --agent, or their keys)")
+        if selected > 0, mine == 0 {
+            let needed = otherKEKs.sorted { $0.key < $1.key }.map { "\($0.key) (\($0.value) items)" }
+            try await audit("captures.\(op).refused", "\(selection) kek=\(key.id.hex) selected=\(selected) reason=no-matching-kek")
+            throw AdminError(.keyMismatch, "\(keyFile) is KEK \(key.id.hex), but none of the \(selected) selected items is sealed to it; the data needs KEK ids: \(needed.joined(separator: ", "))")
+        }
+        if !otherKEKs.isEmpty {
+            log("note: \(selected - mine) selected items are sealed to other KEKs and are left out: \(otherKEKs.keys.sorted().joined(separator: ", ")) (use --agent, or their keys)")
         }
 
         // 4. The output, then the audit record, then plaintext.
@@ -143,7 +153,7 @@ public enum DecryptJob {
         case .archive(let p): sink = try ZipSink(path: p)
         }
         do {
-            try audit("captures.\(op)", "\(selection) kek=\(key.id.hex) selected=\(all.count) attempted=\(mine.count) out=\(options.outputPath) source=\(source.name)")
+            try await audit("captures.\(op)", "\(selection) kek=\(key.id.hex) selected=\(selected) attempted=\(mine) out=\(options.outputPath) source=\(source.name)")
         } catch {
             sink.abort()
             throw error
@@ -155,14 +165,17 @@ public enum DecryptJob {
         let decryptor = Decryptor(key: key, source: source, sink: sink, progress: progress,
                                   video: VideoExportOptions(stillsEveryMs: options.stillsEveryMs,
                                                             maxFileBytes: options.maxVideoFileBytes))
+        // The second walk decrypts, and counts what it meets (captures may have arrived since
+        // the first): the report describes what this walk did.
+        var report = DecryptReport()
         do {
-            try decryptor.run(mine, report: &report)
+            try await decryptor.run(options.query, expected: mine, report: &report)
             if report.interrupted, case .archive = options.output {
                 sink.abort()
             } else {
                 let manifest = Manifest(operation: op, createdAt: OutputNaming.iso(Int64(Date().timeIntervalSince1970 * 1000)),
                                         actor: actor, source: source.name, kekID: key.id.hex,
-                                        selection: .init(agent: options.agentID, kind: options.kind,
+                                        selection: .init(agent: options.agentID?.rawValue, kind: options.kind?.name,
                                                          since: options.sinceMs.map(OutputNaming.iso),
                                                          until: options.untilMs.map(OutputNaming.iso),
                                                          stillsEveryMs: options.stillsEveryMs),
@@ -174,10 +187,10 @@ public enum DecryptJob {
             }
         } catch {
             sink.abort()
-            try? audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) error=\(error)")
+            try? await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) error=\(error)")
             throw error
         }
-        try audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkipped.values.reduce(0, +)) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
+        try await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkipped.values.reduce(0, +)) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
         return report
     }
 }

@@ -1,5 +1,5 @@
 import CaptureFormat
-import Collector
+import CollectorStorage
 import Crypto
 import CustosBase
 import Envelope
@@ -118,8 +118,8 @@ final class Decryptor {
     let progress: ProgressReporter
     let video: VideoExportOptions
     var files: [ManifestFile] = []
-    private var openers: [String: BlobOpener] = [:]
-    private var deadDEKs: [String: String] = [:]
+    private var openers: [DEKID: BlobOpener] = [:]
+    private var deadDEKs: [DEKID: String] = [:]
 
     init(key: KEKPrivateKey, source: any SealedItemSource, sink: any CaptureSink, progress: ProgressReporter,
          video: VideoExportOptions = VideoExportOptions()) {
@@ -132,13 +132,13 @@ final class Decryptor {
 
     /// Keystroke chunks grouped per (agent, window); written when the run ends.
     private struct WindowKey: Hashable { var agent: String; var title: String; var wmClass: String }
-    private struct Chunk { var blobID: String; var chunk: KeystrokeChunk }
+    private struct Chunk { var blobID: BlobID; var chunk: KeystrokeChunk }
 
     /// Opens one sealed item: its DEK (unwrapped once per run and kept), the blob, a check that
     /// the blob's header matches its row. A failure is added to `report` by blob id; nil then.
-    func plaintext(of info: SealedItem, report: inout DecryptReport) -> Data? {
+    func plaintext(of info: SealedItem, report: inout DecryptReport) async -> Data? {
         func fail(_ reason: String) -> Data? {
-            report.failures.append(.init(blobID: info.blobID, reason: reason))
+            report.failures.append(.init(blobID: info.blobID.hex, reason: reason))
             return nil
         }
         // The DEK, unwrapped once.
@@ -149,11 +149,11 @@ final class Decryptor {
             return fail(why)
         } else {
             do {
-                guard let bytes = try source.dekRecord(dekID: info.dekID) else {
+                guard let bytes = try await source.dekRecord(info.dekID) else {
                     throw AdminError(.decryptionFailed, "DEK record \(info.dekID) is missing from \(source.name)")
                 }
                 let record = try DEKRecord(parsing: bytes)
-                guard record.dekID.hex == info.dekID else {
+                guard record.dekID == info.dekID else {
                     throw AdminError(.decryptionFailed, "DEK record stored as \(info.dekID) is \(record.dekID)")
                 }
                 let o = try key.unwrap(record)
@@ -169,12 +169,12 @@ final class Decryptor {
 
         // The blob.
         do {
-            guard let bytes = try source.blob(blobID: info.blobID) else {
+            guard let bytes = try await source.blob(info.blobID) else {
                 return fail("sealed blob missing from \(source.name)")
             }
             let blob = try SealedBlob(parsing: bytes)
-            guard blob.header.blobID.hex == info.blobID, blob.header.agentID == info.agentID,
-                  blob.header.kind.name == info.kind, blob.header.captureTimeMs == info.captureTimeMs else {
+            guard blob.header.blobID == info.blobID, blob.header.agentID == info.agentID,
+                  blob.header.kind == info.kind, blob.header.captureTimeMs == info.captureTimeMs else {
                 return fail("the blob's header does not match its database row (agent, kind, time or id changed)")
             }
             return try opener.open(blob)
@@ -185,61 +185,72 @@ final class Decryptor {
         }
     }
 
-    /// Decrypts `infos` (already selected, all sealed to `key.id`) into the sink.
-    /// Does not commit the sink. Returns the report with failures filled in.
+    /// Decrypts the captures `query` selects that are sealed to `key.id` into the sink, walking
+    /// them a page at a time (``SealedItemSource/forEachPage(_:_:)``), and counts in `report`
+    /// what it selected (`selected`, `otherKEKs`) as well as what it did. `expected` is the
+    /// number of items to decrypt counted by an earlier walk (the progress total).
+    /// Does not commit the sink.
     ///
     /// Video packets are read twice: the first pass keeps only their metadata (``VideoStreams``),
     /// the second (``writeVideo(_:report:)``) opens each stream's packets again in order and
     /// muxes them, so only one WebM file is in memory at a time, never a whole selection.
-    func run(_ infos: [SealedItem], report: inout DecryptReport) throws {
+    func run(_ query: CaptureQuery, expected: Int, report: inout DecryptReport) async throws {
         var windows: [WindowKey: [Chunk]] = [:]
         var windowOrder: [WindowKey] = []
         var jsonLines = Data()
         let videoStreams = VideoStreams()
 
-        progress.start(total: infos.count)
-        for info in infos {
-            if interruptRequested.load(ordering: .relaxed) { report.interrupted = true; break }
-            defer { progress.advance(failed: report.failures.count) }
-            guard let plaintext = plaintext(of: info, report: &report) else { continue }
-
-            // The payload.
-            do {
-                switch info.kind {
-                case "screen" where VideoPacketPayload.matches(plaintext):
-                    let (meta, packet) = try VideoPacketPayload.decode(plaintext)
-                    try videoStreams.add(info, meta: meta, packet: packet)
-                case "screen":
-                    let (meta, png) = try FramePayload.decode(plaintext)
-                    let name = OutputNaming.screen(agent: info.agentID, meta: meta, timeMs: info.captureTimeMs)
-                    let used = try sink.add(png, at: name, compress: false)
-                    record(used, kind: "screen", info: info, blobIDs: [info.blobID], data: png)
-                    report.screens += 1
-                case "keystrokes":
-                    let chunk = try KeystrokeChunk.decode(plaintext)
-                    let k = WindowKey(agent: info.agentID, title: chunk.windowTitle, wmClass: chunk.wmClass)
-                    if windows[k] == nil { windowOrder.append(k) }
-                    windows[k, default: []].append(Chunk(blobID: info.blobID, chunk: chunk))
-                    jsonLines.append(OutputNaming.jsonLine(agent: info.agentID, blobID: info.blobID, chunk: chunk))
-                    report.keystrokeChunks += 1
-                default:
-                    let name = OutputNaming.generic(agent: info.agentID, timeMs: info.captureTimeMs, blobID: info.blobID)
-                    let used = try sink.add(plaintext, at: name, compress: true)
-                    record(used, kind: info.kind, info: info, blobIDs: [info.blobID], data: plaintext)
-                    report.generic += 1
+        progress.start(total: expected)
+        try await source.forEachPage(query) { page in
+            for info in page {
+                report.selected += 1
+                guard info.kekID == key.id else {
+                    report.otherKEKs[info.kekID.hex, default: 0] += 1
+                    continue
                 }
-                report.decrypted += 1
-            } catch let e as AdminError where e.code == .io || e.code == .usage {
-                throw e  // the output failed: stop, the rest would fail the same way
-            } catch {
-                report.failures.append(.init(blobID: info.blobID,
-                                             reason: "decrypted, but the \(info.kind) payload is not decodable: \(error)"))
+                if interruptRequested.load(ordering: .relaxed) { report.interrupted = true; return false }
+                defer { progress.advance(failed: report.failures.count) }
+                guard let plaintext = await plaintext(of: info, report: &report) else { continue }
+
+                // The payload.
+                do {
+                    switch info.kind {
+                    case .screen where VideoPacketPayload.matches(plaintext):
+                        let (meta, packet) = try VideoPacketPayload.decode(plaintext)
+                        try videoStreams.add(info, meta: meta, packet: packet)
+                    case .screen:
+                        let (meta, png) = try FramePayload.decode(plaintext)
+                        let name = OutputNaming.screen(agent: info.agentID, meta: meta, timeMs: info.captureTimeMs)
+                        let used = try sink.add(png, at: name, compress: false)
+                        record(used, kind: "screen", info: info, blobIDs: [info.blobID.hex], data: png)
+                        report.screens += 1
+                    case .keystrokes:
+                        let chunk = try KeystrokeChunk.decode(plaintext)
+                        let k = WindowKey(agent: info.agentID, title: chunk.windowTitle, wmClass: chunk.wmClass)
+                        if windows[k] == nil { windowOrder.append(k) }
+                        windows[k, default: []].append(Chunk(blobID: info.blobID, chunk: chunk))
+                        jsonLines.append(OutputNaming.jsonLine(agent: info.agentID, blobID: info.blobID.hex, chunk: chunk))
+                        report.keystrokeChunks += 1
+                    default:
+                        let name = OutputNaming.generic(agent: info.agentID, timeMs: info.captureTimeMs, blobID: info.blobID.hex)
+                        let used = try sink.add(plaintext, at: name, compress: true)
+                        record(used, kind: info.kind.name, info: info, blobIDs: [info.blobID.hex], data: plaintext)
+                        report.generic += 1
+                    }
+                    report.decrypted += 1
+                } catch let e as AdminError where e.code == .io || e.code == .usage {
+                    throw e  // the output failed: stop, the rest would fail the same way
+                } catch {
+                    report.failures.append(.init(blobID: info.blobID.hex,
+                                                 reason: "decrypted, but the \(info.kind.name) payload is not decodable: \(error)"))
+                }
             }
+            return true
         }
         progress.finish()
 
         // Video: one WebM file per contiguous run of each stream (and stills), read again per stream.
-        if !report.interrupted { try writeVideo(videoStreams, report: &report) }
+        if !report.interrupted { try await writeVideo(videoStreams, report: &report) }
 
         // Keystrokes: one readable text file per window, and keystrokes.jsonl.
         for k in windowOrder {
@@ -248,7 +259,7 @@ final class Decryptor {
                                                chunks: chunks.map(\.chunk))
             let used = try sink.add(text, at: OutputNaming.window(agent: k.agent, title: k.title, wmClass: k.wmClass),
                                     compress: true)
-            files.append(ManifestFile(path: used, kind: "keystrokes", agent: k.agent, blobIds: chunks.map(\.blobID),
+            files.append(ManifestFile(path: used, kind: "keystrokes", agent: k.agent, blobIds: chunks.map(\.blobID.hex),
                                       captureTime: OutputNaming.iso(chunks[0].chunk.startMs), bytes: text.count,
                                       sha256: sha256Hex(text)))
         }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Collector
+import CollectorStorage
 import CustosBase
 import Envelope
 import Foundation
@@ -64,12 +64,15 @@ public struct KeysGenerateCommand: AsyncParsableCommand {
 public struct KeysRegisterCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "register",
-        abstract: "Insert an encryption_kek row for a key pair (what the seed's SQL insert does); prints the KEK id.",
-        discussion: "The paths are stored absolute; the private key is never read beyond its PEM header."
+        abstract: "Insert an encryption_kek row for a key pair (what the seed's SQL insert does, plus the public key itself); prints the KEK id.",
+        discussion: """
+            The row holds the public key PEM (pub_pem), so a collector on another host needs no file, and \
+            the paths, stored absolute. The private key is never read beyond its PEM header. A SQLite \
+            database is created if missing.
+            """
     )
 
-    @Option(help: "Collector database (created if missing).")
-    var db: String
+    @OptionGroup var database: DatabaseOptions
 
     @Option(name: .customLong("public"), help: "Public key PEM (publickey.crt).")
     var publicKey: String
@@ -83,8 +86,9 @@ public struct KeysRegisterCommand: AsyncParsableCommand {
     public init() {}
 
     public func run() async throws {
-        let (row, id) = try KEKRegistration.register(database: db, publicKey: publicKey, privateKey: privateKey,
-                                                     active: !inactive)
+        let (row, id) = try await withStorage(try database.location(), createIfMissing: true) { storage in
+            try await KEKRows.register(storage, publicKey: publicKey, privateKey: privateKey, active: !inactive)
+        }
         printError("registered KEK \(id) as encryption_kek row \(row)\(inactive ? " (inactive)" : "")")
         printOut(id)
     }
@@ -94,32 +98,31 @@ public struct KeysRegisterCommand: AsyncParsableCommand {
 public struct KeysListCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "list",
-        abstract: "Show the encryption_kek rows: id, active, KEK id, files and whether each file is readable."
+        abstract: "Show the encryption_kek rows: id, active, KEK id, where the public key is, files and whether each is readable."
     )
 
-    @Option(help: "Collector database.")
-    var db: String
+    @OptionGroup var database: DatabaseOptions
 
     public init() {}
 
     public func run() async throws {
-        let store = try openExistingStore(db)
-        let rows: [KEKRow]
-        do { rows = try store.listKEKs() } catch { throw AdminError.fromCollector(error) }
-        Console.out(KEKRegistration.table(rows))
+        let rows = try await withStorage(try database.location(), createIfMissing: false) { storage in
+            try await storageCall { () throws(StorageError) in try await storage.keks() }
+        }
+        Console.out(KEKRows.table(rows))
     }
 }
 
 /// KEK rows: registration and listing.
-public enum KEKRegistration {
-    /// Validates the public key, inserts the row, appends a `keys.register` audit record and
-    /// returns (row id, KEK id hex).
+public enum KEKRows {
+    /// Validates the public key, inserts the row (public key PEM and paths), appends a
+    /// `keys.register` audit record and returns (row id, KEK id hex).
     ///
     /// `priv_encrypted` is true unless the private PEM is readable and unencrypted.
     /// - Throws: `AdminError` `.invalidKey` (the public file is not a usable KEK), `.usage` (the
     ///   KEK id or public file is registered and active already), `.database`.
-    public static func register(database: String, publicKey: String, privateKey: String?,
-                                active: Bool = true) throws -> (row: Int64, kekID: String) {
+    public static func register(_ storage: any CollectorStorage, publicKey: String, privateKey: String?,
+                                active: Bool = true) async throws -> (row: Int64, kekID: String) {
         let kek: KEKPublicKey
         do { kek = try KEKPublicKey(pemFile: publicKey) } catch let e as EnvelopeError {
             throw AdminError(e.code == .io ? .io : .invalidKey, e.message)
@@ -132,33 +135,43 @@ public enum KEKRegistration {
         } else if let priv, !FileManager.default.fileExists(atPath: priv) {
             throw AdminError(.io, "\(priv): private key file does not exist")
         }
-        do {
-            let store = try SQLiteCollectorStore(path: database)
-            if let dup = try store.listKEKs().first(where: { $0.active && ($0.kekID == kek.id.hex || $0.pubDatafile == pub) }) {
-                throw AdminError(.usage, "KEK \(kek.id.hex) is already registered and active as encryption_kek row \(dup.rowID) (\(dup.pubDatafile))")
-            }
-            let row = try store.registerKEK(pubDatafile: pub, privDatafile: priv, privEncrypted: encrypted,
-                                            active: active, kekID: kek.id.hex)
-            try store.appendAudit(actor: loginUser(), action: "keys.register",
-                                  detail: "row=\(row) kek=\(kek.id.hex) active=\(active) public=\(pub) private=\(priv ?? "-")")
-            return (row, kek.id.hex)
-        } catch let e as CollectorError {
-            throw AdminError.fromCollector(e)
+        let pem = spkiPEM(kek.spkiDER)
+        let rows = try await storageCall { () throws(StorageError) in try await storage.keks() }
+        if let dup = rows.first(where: { $0.active && ($0.kekID == kek.id || $0.pubDatafile == pub) }) {
+            throw AdminError(.usage, "KEK \(kek.id.hex) is already registered and active as encryption_kek row \(dup.rowID) (\(dup.pubDatafile ?? "public key in the row"))")
         }
+        let registration = KEKRegistration(pubDatafile: pub, publicKeyPEM: pem, privDatafile: priv, privEncrypted: encrypted,
+                                           active: active, kekID: kek.id)
+        let row = try await storageCall { () throws(StorageError) in try await storage.registerKEK(registration) }
+        _ = try await storageCall { () throws(StorageError) in
+            try await storage.appendAudit(actor: loginUser(), action: "keys.register",
+                                          detail: "row=\(row) kek=\(kek.id.hex) active=\(active) public=\(pub) private=\(priv ?? "-")")
+        }
+        return (row, kek.id.hex)
     }
 
-    /// The `keys list` table. KEK ids the collector has not filled in yet are read from the
-    /// public file when it is readable. Paths and ids come from the database: `Console.table`
-    /// escapes each cell.
+    /// The SubjectPublicKeyInfo DER as a `PUBLIC KEY` PEM (RFC 7468 §13: base64 in lines of 64).
+    static func spkiPEM(_ der: Data) -> String {
+        let b64 = Array(der.base64EncodedString())
+        let lines = stride(from: 0, to: b64.count, by: 64).map { String(b64[$0..<min($0 + 64, b64.count)]) }
+        return "-----BEGIN PUBLIC KEY-----\n" + lines.joined(separator: "\n") + "\n-----END PUBLIC KEY-----\n"
+    }
+
+    /// The `keys list` table. PUBLIC is the row's `pub_datafile` (or `-`), IN ROW whether it holds
+    /// the public key PEM itself. KEK ids not recorded yet are computed from the row's PEM, else
+    /// from the public file when it is readable. Paths and ids come from the database:
+    /// `Console.table` escapes each cell.
     static func table(_ rows: [KEKRow]) -> TerminalText {
-        var lines = [["ROW", "ACTIVE", "KEK ID", "PUBLIC", "READABLE", "PRIVATE", "READABLE", "ENCRYPTED"]]
+        var lines = [["ROW", "ACTIVE", "KEK ID", "IN ROW", "PUBLIC", "READABLE", "PRIVATE", "READABLE", "ENCRYPTED"]]
         for r in rows {
-            let pubReadable = access(r.pubDatafile, R_OK) == 0
-            let id = r.kekID ?? (pubReadable ? (try? KEKPublicKey(pemFile: r.pubDatafile).id.hex) : nil) ?? "?"
-            let priv = r.privDatafile ?? "-"
+            let pubReadable = r.pubDatafile.map { access($0, R_OK) == 0 }
+            let fromPEM = r.publicKeyPEM.flatMap { try? KEKPublicKey(pemRepresentation: $0, source: "row").id }
+            let fromFile = pubReadable == true ? r.pubDatafile.flatMap { try? KEKPublicKey(pemFile: $0).id } : nil
+            let id = (r.kekID ?? fromPEM ?? fromFile)?.hex ?? "?"
             let privReadable = r.privDatafile.map { access($0, R_OK) == 0 ? "yes" : "no" } ?? "-"
-            lines.append(["\(r.rowID)", r.active ? "yes" : "no", id, r.pubDatafile, pubReadable ? "yes" : "no",
-                          priv, privReadable, r.privEncrypted ? "yes" : "no"])
+            lines.append(["\(r.rowID)", r.active ? "yes" : "no", id, r.publicKeyPEM != nil ? "yes" : "no", r.pubDatafile ?? "-",
+                          pubReadable.map { $0 ? "yes" : "no" } ?? "-", r.privDatafile ?? "-", privReadable,
+                          r.privEncrypted ? "yes" : "no"])
         }
         if rows.isEmpty { return Console.line("no encryption_kek rows") }
         return Console.table(lines)
@@ -184,11 +197,10 @@ public struct AgentsAddCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "add",
         abstract: "Add an agent and print its new random token (stored only as a SHA-256 hash).",
-        discussion: "Put the id and token into the agent's config.cfg as agent-id= and agent-token=."
+        discussion: "Put the id and token into the agent's config.cfg as agent-id= and agent-token=. A SQLite database is created if missing."
     )
 
-    @Option(help: "Collector database (created if missing).")
-    var db: String
+    @OptionGroup var database: DatabaseOptions
 
     @Option(help: "Agent id: 1-64 characters of A-Z a-z 0-9 . _ -, not '.' or '..'")
     var id: String
@@ -197,22 +209,14 @@ public struct AgentsAddCommand: AsyncParsableCommand {
 
     public func run() async throws {
         // The one agent-id validator (CustosBase.AgentID), before the database is touched.
-        do { _ = try AgentID(id, field: "--id") } catch { throw AdminError(.usage, error.description) }
-        let token: String
-        do {
-            let store = try SQLiteCollectorStore(path: db)
-            token = try store.addAgent(id: id)
-            try? store.appendAudit(actor: loginUser(), action: "agents.add", detail: "agent=\(id)")
-        } catch { throw AdminError.fromCollector(error) }
+        let agent: AgentID
+        do { agent = try AgentID(id, field: "--id") } catch { throw AdminError(.usage, error.description) }
+        let token = try await withStorage(try database.location(), createIfMissing: true) { storage in
+            let token = try await storageCall { () throws(StorageError) in try await storage.addAgent(agent) }
+            _ = try? await storage.appendAudit(actor: loginUser(), action: "agents.add", detail: "agent=\(agent)")
+            return token
+        }
         printError("agent \(id) added; its config.cfg needs agent-id=\(id) and agent-token=<the token below>")
-        printOut(token)
+        printOut(token.revealed)
     }
-}
-
-/// Opens a collector database that must exist already (listing and decrypting never create one).
-func openExistingStore(_ path: String) throws -> SQLiteCollectorStore {
-    guard FileManager.default.fileExists(atPath: path) else {
-        throw AdminError(.io, "\(path): collector database does not exist")
-    }
-    do { return try SQLiteCollectorStore(path: path) } catch { throw AdminError.fromCollector(error) }
 }

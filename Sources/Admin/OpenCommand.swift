@@ -49,7 +49,7 @@ public struct OpenCommand: AsyncParsableCommand {
         var outIsDirectory: ObjCBool = false
         let existingDirectory = FileManager.default.fileExists(atPath: output, isDirectory: &outIsDirectory) && outIsDirectory.boolValue
         if blobs.count > 1 || output.hasSuffix("/") || existingDirectory {
-            try openIntoDirectory(passphrase: passphrase)
+            try await openIntoDirectory(passphrase: passphrase)
             return
         }
         let privateKey = try KEKPrivateKey(pemFile: key, passphrase: passphrase)
@@ -84,12 +84,12 @@ public struct OpenCommand: AsyncParsableCommand {
     }
 
     /// Several blobs: the capture-aware directory layout of `custos decrypt --in`.
-    private func openIntoDirectory(passphrase: SecretBytes?) throws {
+    private func openIntoDirectory(passphrase: SecretBytes?) async throws {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDir), !isDir.boolValue {
             throw CLIError("\(output): exists and is not a directory (the input holds several blobs)")
         }
-        let report = try DecryptJob.run(input: .recordStream(input), keyFile: key, passphrase: passphrase,
+        let report = try await DecryptJob.run(input: .recordStream(input), keyFile: key, passphrase: passphrase,
                                         options: DecryptOptions(output: .directory(output)),
                                         actor: loginUser(), log: printError, progressStyle: .quiet)
         for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }

@@ -33,8 +33,11 @@ final class ProgressReporter {
         if style == .lines { write("\(label): 0/\(total) items\n") }
     }
 
+    /// One more item; a run that meets more items than `start(total:)` said (captures stored
+    /// meanwhile) raises the total with it.
     func advance(failed: Int) {
         done += 1
+        total = max(total, done)
         self.failed = failed
         switch style {
         case .quiet: return

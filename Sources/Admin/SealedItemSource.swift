@@ -1,60 +1,83 @@
-import Collector
+import CollectorStorage
+import CustosBase
 import Envelope
 import Foundation
 
-/// Where `custos decrypt`/`export` read sealed items from: a copy of the collector database, or a
-/// record stream (a sealed file, an API export: DEK records and blobs concatenated,
-/// docs/ARCHITECTURE.md "The record stream"). Nothing here needs a key.
-/// One stored sealed blob's metadata (no bytes): the admin-side view of a `captures` row or a
-/// blob header in a record stream. Ids are lowercase hex; times Unix ms; size in bytes.
+/// One stored sealed blob's metadata (no bytes): the admin-side view of a `captures` row or of a
+/// blob header in a record stream. Times Unix ms; size in bytes. `agentID` is text: a record
+/// stream's header names whatever agent sealed it.
 struct SealedItem: Sendable, Equatable {
-    var blobID: String
+    var blobID: BlobID
     var agentID: String
-    var kind: String
-    var dekID: String
-    var kekID: String
+    var kind: CaptureKind
+    var dekID: DEKID
+    var kekID: KEKID
     var sequence: Int64
     var captureTimeMs: Int64
     var size: Int
+
+    /// Its position in a listing (`(capture time, blob id)` order).
+    var cursor: CaptureCursor { CaptureCursor(captureTimeMs: captureTimeMs, blobID: blobID) }
 }
 
+/// Where `custos decrypt`/`export` read sealed items from: the collector's storage (or a copy
+/// of its database), or a record stream (a sealed file, an API export: DEK records and blobs
+/// concatenated, docs/ARCHITECTURE.md "The record stream"). Nothing here needs a key.
 protocol SealedItemSource {
     /// Human-readable name for messages (the database or file path).
     var name: String { get }
-    /// Captures matching `filter`, ordered by capture time.
-    func captures(_ filter: CaptureFilter) throws -> [SealedItem]
-    /// The DEK record bytes for a DEK id (lowercase hex), nil when unknown.
-    func dekRecord(dekID: String) throws -> Data?
-    /// The sealed blob bytes for a blob id (lowercase hex), nil when unknown.
-    func blob(blobID: String) throws -> Data?
+    /// One page of the captures `query` selects, strictly after `cursor` in the order of
+    /// `CollectorStorage`'s listings (`(capture time, blob id)`, the query's direction), at most
+    /// `limit`; `next` is nil on the last page.
+    func captures(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws -> (items: [SealedItem], next: CaptureCursor?)
+    /// The DEK record bytes of a DEK id, nil when unknown.
+    func dekRecord(_ id: DEKID) async throws -> Data?
+    /// The sealed blob bytes of a blob id, nil when unknown.
+    func blob(_ id: BlobID) async throws -> Data?
 }
 
-/// Sealed items in a collector database (read through the Collector store API).
+extension SealedItemSource {
+    /// Captures asked for at once: the most a walk holds in memory (metadata only).
+    static var pageSize: Int { 1000 }
+
+    /// Calls `body` with each page of the captures `query` selects, in order, until the last
+    /// page or until `body` returns false.
+    func forEachPage(_ query: CaptureQuery, _ body: ([SealedItem]) async throws -> Bool) async throws {
+        var cursor: CaptureCursor?
+        repeat {
+            let page = try await captures(query, after: cursor, limit: Self.pageSize)
+            guard try await body(page.items) else { return }
+            cursor = page.next
+        } while cursor != nil
+    }
+}
+
+/// Sealed items in the collector's storage.
 struct CollectorSource: SealedItemSource {
-    let store: any CollectorStore
+    let storage: any CollectorStorage
     let name: String
 
-    func captures(_ filter: CaptureFilter) throws -> [SealedItem] {
-        do {
-            return try store.listCaptures(filter).map {
-                SealedItem(blobID: $0.blobID, agentID: $0.agentID, kind: $0.kind, dekID: $0.dekID, kekID: $0.kekID,
-                           sequence: $0.sequence, captureTimeMs: $0.captureTimeMs, size: $0.size)
-            }
-        } catch { throw AdminError.fromCollector(error) }
+    func captures(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws -> (items: [SealedItem], next: CaptureCursor?) {
+        let page = try await storageCall { () throws(StorageError) in try await storage.captures(query, after: cursor, limit: limit) }
+        return (page.items.map {
+            SealedItem(blobID: $0.blobID, agentID: $0.agentID.rawValue, kind: $0.kind, dekID: $0.dekID, kekID: $0.kekID,
+                       sequence: $0.sequence, captureTimeMs: $0.captureTimeMs, size: $0.size)
+        }, page.next)
     }
-    func dekRecord(dekID: String) throws -> Data? {
-        do { return try store.dekRecord(dekID: dekID) } catch { throw AdminError.fromCollector(error) }
+    func dekRecord(_ id: DEKID) async throws -> Data? {
+        try await storageCall { () throws(StorageError) in try await storage.dekRecord(id) }
     }
-    func blob(blobID: String) throws -> Data? {
-        do { return try store.blob(blobID: blobID) } catch { throw AdminError.fromCollector(error) }
+    func blob(_ id: BlobID) async throws -> Data? {
+        try await storageCall { () throws(StorageError) in try await storage.blob(id) }
     }
 }
 
-/// Sealed items in a record-stream file, parsed once into memory.
+/// Sealed items in a record-stream file, parsed once into memory (the file is in memory anyway).
 struct RecordStreamSource: SealedItemSource {
     let name: String
-    private let deks: [String: Data]
-    private let blobs: [String: SealedBlob]
+    private let deks: [DEKID: Data]
+    private let blobs: [BlobID: SealedBlob]
+    /// Every blob, in listing order (capture time, then blob id).
     private let infos: [SealedItem]
 
     /// - Throws: `AdminError.io` when the file cannot be read or is not a record stream.
@@ -68,30 +91,40 @@ struct RecordStreamSource: SealedItemSource {
         do { records = try RecordStream.parse(data) } catch {
             throw AdminError(.io, "\(path): not a Custos record stream: \(error)")
         }
-        var deks: [String: Data] = [:], blobs: [String: SealedBlob] = [:], infos: [SealedItem] = []
+        var deks: [DEKID: Data] = [:], blobs: [BlobID: SealedBlob] = [:], infos: [SealedItem] = []
         for r in records {
             switch r {
-            case .dekRecord(let d): deks[d.dekID.hex] = d.serialized
+            case .dekRecord(let d): deks[d.dekID] = d.serialized
             case .blob(let b):
                 let h = b.header
-                blobs[h.blobID.hex] = b
-                infos.append(SealedItem(blobID: h.blobID.hex, agentID: h.agentID, kind: h.kind.name,
-                                         dekID: h.dekID.hex, kekID: h.kekID.hex, sequence: Int64(h.sequence),
-                                         captureTimeMs: h.captureTimeMs, size: b.serialized.count))
+                blobs[h.blobID] = b
+                infos.append(SealedItem(blobID: h.blobID, agentID: h.agentID, kind: h.kind, dekID: h.dekID, kekID: h.kekID,
+                                        sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
+                                        size: b.serialized.count))
             }
         }
         self.deks = deks
         self.blobs = blobs
-        self.infos = infos.sorted { ($0.captureTimeMs, $0.agentID, $0.sequence) < ($1.captureTimeMs, $1.agentID, $1.sequence) }
+        self.infos = infos.sorted { Self.precedes($0.cursor, $1.cursor) }
     }
 
-    func captures(_ f: CaptureFilter) throws -> [SealedItem] {
-        let selected = infos.filter { i in
-            (f.agentID == nil || i.agentID == f.agentID) && (f.kind == nil || i.kind == f.kind)
-                && (f.sinceMs.map { i.captureTimeMs >= $0 } ?? true) && (f.untilMs.map { i.captureTimeMs < $0 } ?? true)
-        }
-        return f.limit.map { Array(selected.prefix($0)) } ?? selected
+    /// The listing order: capture time, then blob id bytes (as the storage orders them).
+    static func precedes(_ a: CaptureCursor, _ b: CaptureCursor) -> Bool {
+        (a.captureTimeMs, a.blobID.hex) < (b.captureTimeMs, b.blobID.hex)
     }
-    func dekRecord(dekID: String) throws -> Data? { deks[dekID] }
-    func blob(blobID: String) throws -> Data? { blobs[blobID]?.serialized }
+
+    func captures(_ q: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws -> (items: [SealedItem], next: CaptureCursor?) {
+        let ascending = q.order == .ascending
+        let ordered = ascending ? AnySequence(infos) : AnySequence(infos.reversed())
+        let selected = ordered.lazy.filter { i in
+            (q.agentID == nil || i.agentID == q.agentID?.rawValue) && (q.kind == nil || i.kind == q.kind)
+                && (q.sinceMs.map { i.captureTimeMs >= $0 } ?? true) && (q.untilMs.map { i.captureTimeMs < $0 } ?? true)
+                && (cursor.map { ascending ? Self.precedes($0, i.cursor) : Self.precedes(i.cursor, $0) } ?? true)
+        }
+        let page = Array(selected.prefix(limit + 1))
+        let items = Array(page.prefix(limit))
+        return (items, page.count > limit ? items.last?.cursor : nil)
+    }
+    func dekRecord(_ id: DEKID) async throws -> Data? { deks[id] }
+    func blob(_ id: BlobID) async throws -> Data? { blobs[id]?.serialized }
 }

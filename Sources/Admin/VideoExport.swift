@@ -131,7 +131,7 @@ extension Decryptor {
     ///
     /// Memory: one WebM file (and, with stills, one decoder and one picture) at a time.
     /// - Throws: `AdminError` `.io` when the output cannot be written.
-    func writeVideo(_ streams: VideoStreams, report: inout DecryptReport) throws {
+    func writeVideo(_ streams: VideoStreams, report: inout DecryptReport) async throws {
         for stream in streams.streams {
             let packets = stream.packets.sorted { $0.index < $1.index }
             var run: Run?
@@ -153,7 +153,7 @@ extension Decryptor {
                     continue
                 }
                 // The packet again (it opened in the first pass; a second failure is an I/O problem).
-                guard let plaintext = plaintext(of: p.item, report: &report) else {
+                guard let plaintext = await plaintext(of: p.item, report: &report) else {
                     report.decrypted -= 1
                     if let r = run { try finish(r, report: &report) }
                     run = nil
@@ -165,13 +165,13 @@ extension Decryptor {
                     run = r
                     try r.writer.append(bytes, timeMs: p.timeMs, keyframe: p.keyframe)
                     r.last = p
-                    r.blobIDs.append(p.item.blobID)
+                    r.blobIDs.append(p.item.blobID.hex)
                     let next = packets.dropFirst(n + 1).first { $0.index != p.index }.flatMap { r.continues(with: $0) ? $0 : nil }
                     try still(r, packet: p, bytes: bytes, shownUntilMs: next?.timeMs, report: &report)
                 } catch let e as AdminError where e.code == .io || e.code == .usage {
                     throw e
                 } catch {
-                    report.failures.append(.init(blobID: p.item.blobID, reason: "decrypted, but the video packet cannot be written: \(error)"))
+                    report.failures.append(.init(blobID: p.item.blobID.hex, reason: "decrypted, but the video packet cannot be written: \(error)"))
                     report.decrypted -= 1
                     if let r = run, r.writer.packetCount > 0 { try finish(r, report: &report) }
                     run = nil
@@ -190,7 +190,7 @@ extension Decryptor {
         guard let every = video.stillsEveryMs, let decoder = r.decoder else { return }
         let pictures: [I420Frame]
         do { pictures = try decoder.decode(bytes) } catch {
-            report.failures.append(.init(blobID: p.item.blobID, reason: "no more stills from this video: the AV1 packet does not decode: \(error)"))
+            report.failures.append(.init(blobID: p.item.blobID.hex, reason: "no more stills from this video: the AV1 packet does not decode: \(error)"))
             r.decoder = nil
             return
         }
@@ -205,14 +205,14 @@ extension Decryptor {
             try pixels.withUnsafeBytes { try stream.write(rows: picture.height, from: $0.baseAddress!, stride: picture.width * 4) }
             png = try stream.finish()
         } catch {
-            report.failures.append(.init(blobID: p.item.blobID, reason: "the still at \(OutputNaming.iso(p.timeMs)) cannot be made: \(error)"))
+            report.failures.append(.init(blobID: p.item.blobID.hex, reason: "the still at \(OutputNaming.iso(p.timeMs)) cannot be made: \(error)"))
             return
         }
         let s = r.stream
         let used = try sink.add(png, at: OutputNaming.screen(agent: s.key.agent, monitor: s.key.monitor, monitorName: s.monitorName,
                                                              timeMs: p.timeMs), compress: false)
         r.stillEntries.append(files.count)
-        files.append(ManifestFile(path: used, kind: "still", agent: s.key.agent, blobIds: [p.item.blobID],
+        files.append(ManifestFile(path: used, kind: "still", agent: s.key.agent, blobIds: [p.item.blobID.hex],
                                   captureTime: OutputNaming.iso(p.timeMs), bytes: png.count, sha256: sha256Hex(png),
                                   streamId: s.key.streamID, monitor: s.key.monitor, width: picture.width, height: picture.height))
         report.stills += 1
@@ -224,7 +224,7 @@ extension Decryptor {
         let duration = r.writer.durationMs()
         let data: Data
         do { data = try r.writer.finish() } catch {
-            report.failures.append(.init(blobID: r.first.item.blobID, reason: "the WebM file cannot be finished: \(error)"))
+            report.failures.append(.init(blobID: r.first.item.blobID.hex, reason: "the WebM file cannot be finished: \(error)"))
             return
         }
         let s = r.stream

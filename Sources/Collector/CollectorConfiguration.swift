@@ -1,3 +1,5 @@
+import CollectorStorageOpen
+import CustosBase
 import CustosConfig
 import Foundation
 import Wire
@@ -8,7 +10,11 @@ import Wire
 /// - `listen` (HOST:PORT, default `0.0.0.0:8443`): address to serve HTTPS on; port 0 picks a free one.
 /// - `tls-cert` (path, required): PEM certificate chain, leaf first (intermediates may follow).
 /// - `tls-key` (path, required): PEM private key of the leaf certificate.
-/// - `database` (path, default `collector.db` beside the config file): the SQLite file.
+/// - `database` (path or `postgres://USER@HOST[:PORT]/DBNAME[?sslmode=…]`, default `collector.db`
+///   beside the config file): the storage, parsed by `StorageLocation` (a SQLite file, or a
+///   PostgreSQL database).
+/// - `database-password-file` (path, optional): the file whose first line is the PostgreSQL
+///   password (never in the URL); only with a `postgres://` database.
 /// - `max-request-bytes` (integer 1024...1073741824, default 16777216): larger upload bodies get 413.
 /// - `max-records-per-request` (integer 1...1000000, default 10000): more records get 413.
 /// - `kek-poll-seconds` (integer 1...3600, default 3): how often `encryption_kek` is re-read (also on SIGHUP).
@@ -29,7 +35,8 @@ public struct CollectorConfiguration: Sendable {
     public var listenPort: Int
     public var tlsCertFile: String
     public var tlsKeyFile: String
-    public var databasePath: String
+    /// `database=` (and `database-password-file=`).
+    public var database: StorageLocation
     public var maxRequestBytes: Int
     public var maxRecordsPerRequest: Int
     public var kekPollInterval: Duration
@@ -50,7 +57,7 @@ public struct CollectorConfiguration: Sendable {
     public var trapSIGHUP: Bool
 
     public init(listenHost: String = "0.0.0.0", listenPort: Int = 8443, tlsCertFile: String, tlsKeyFile: String,
-                databasePath: String, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
+                database: StorageLocation, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
                 maxRecordsPerRequest: Int = WireAPI.defaultMaxRecordsPerRequest,
                 kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                 retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), bodyTimeout: Duration = .seconds(120),
@@ -59,7 +66,7 @@ public struct CollectorConfiguration: Sendable {
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
         self.tlsKeyFile = tlsKeyFile
-        self.databasePath = databasePath
+        self.database = database
         self.maxRequestBytes = maxRequestBytes
         self.maxRecordsPerRequest = maxRecordsPerRequest
         self.kekPollInterval = kekPollInterval
@@ -80,8 +87,10 @@ public struct CollectorConfiguration: Sendable {
                   doc: "PEM certificate chain of the collector, leaf first; intermediates may follow. Required."),
         ConfigKey("tls-key", type: "path", default: nil,
                   doc: "PEM private key of the leaf certificate. Required."),
-        ConfigKey("database", type: "path", default: "collector.db",
-                  doc: "SQLite database file (created if missing). Relative paths are relative to this file."),
+        ConfigKey("database", type: "path or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=MODE]", default: "collector.db",
+                  doc: "Where captures, DEK records, agents, KEKs and the audit log are stored: a SQLite database file (created if missing; relative paths are relative to this file), or a PostgreSQL database URL without a password (sslmode: disable, prefer (default), require, verify-ca, verify-full)."),
+        ConfigKey("database-password-file", type: "path", default: nil,
+                  doc: "File whose first line is the PostgreSQL password (never put it in the URL); not readable by others. Only with a postgres:// database."),
         ConfigKey("max-request-bytes", type: "integer 1024...1073741824", default: "16777216",
                   doc: "Largest accepted upload body in bytes; larger ones get HTTP 413."),
         ConfigKey("max-records-per-request", type: "integer 1...1000000", default: "10000",
@@ -117,8 +126,17 @@ public struct CollectorConfiguration: Sendable {
         guard let key = try f.path("tls-key", default: nil) else {
             throw ConfigError(file: path, key: "tls-key", "required: the collector serves HTTPS only")
         }
+        let databaseText = try f.string("database") ?? "collector.db"
+        let passwordFile = try f.string("database-password-file")
+        let database: StorageLocation
+        do {
+            database = try StorageLocation(databaseText, passwordFile: passwordFile, resolvingPath: f.resolvePath)
+        } catch {
+            let key = error.field == "database" ? "database" : "database-password-file"
+            throw ConfigError(file: path, line: f.value(key)?.line, key: key, error.message)
+        }
         self.init(listenHost: host, listenPort: port, tlsCertFile: cert, tlsKeyFile: key,
-                  databasePath: try f.path("database", default: "collector.db")!,
+                  database: database,
                   maxRequestBytes: try f.int("max-request-bytes", default: WireAPI.defaultMaxRequestBytes,
                                              in: 1024...1_073_741_824),
                   maxRecordsPerRequest: try f.int("max-records-per-request", default: WireAPI.defaultMaxRecordsPerRequest,

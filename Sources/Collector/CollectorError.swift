@@ -1,7 +1,9 @@
 import Foundation
 
-/// The one error type of the Collector module. `description` names the file, key, agent or record
-/// involved and what was expected; it never contains tokens, key bytes or record contents.
+/// The one error type of the Collector module (starting the collector: its configuration, TLS
+/// files and storage; storage calls themselves throw `StorageError`). `description` names the
+/// file, key or database involved and what was expected; it never contains tokens, key bytes,
+/// passwords or record contents.
 public struct CollectorError: Error, CustomStringConvertible, Sendable {
     /// What kind of failure this is (stable; more cases may appear).
     public struct Code: Hashable, Sendable, CustomStringConvertible {
@@ -9,14 +11,8 @@ public struct CollectorError: Error, CustomStringConvertible, Sendable {
         public var description: String { name }
         /// A bad configuration value or file (`collector.cfg`, TLS files).
         public static let configuration = Code(name: "configuration")
-        /// SQLite failed (open, migrate, read or write).
+        /// The storage (`database=`) cannot be opened.
         public static let database = Code(name: "database")
-        /// A bad argument (agent id, KEK file, filter).
-        public static let invalidArgument = Code(name: "invalid-argument")
-        /// The thing asked for does not exist.
-        public static let notFound = Code(name: "not-found")
-        /// It exists already (for example an agent id).
-        public static let alreadyExists = Code(name: "already-exists")
     }
 
     public let code: Code

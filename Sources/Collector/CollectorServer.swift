@@ -1,3 +1,6 @@
+import CollectorStorage
+import CollectorStorageOpen
+import CustosBase
 import Foundation
 import Synchronization
 import Hummingbird
@@ -11,14 +14,18 @@ import ServiceLifecycle
 import Wire
 
 /// The reference collector: HTTPS only (TLS 1.2 minimum, 1.3 preferred), Hummingbird 2 over NIOSSL,
-/// storage behind ``CollectorStore`` (SQLite by default). API: docs/API.md.
+/// storage behind the `CollectorStorage` seam (opened from `database=` by `StorageOpener`:
+/// a SQLite file by default). API: docs/API.md.
 ///
 /// It never decrypts anything: it parses record headers (Envelope), checks the agent and the KEK
 /// and stores the sealed bytes by id.
 public final class CollectorServer: Sendable {
     public let configuration: CollectorConfiguration
-    public let store: any CollectorStore
+    public let storage: any CollectorStorage
+    /// Whether ``run(onListening:)`` closes ``storage`` when it ends (it opened it).
+    let ownsStorage: Bool
     public let registry: KEKRegistry
+    let healthCheck: StorageHealthCheck
     let inflight: InflightBudget
     /// Bytes of upload bodies being received and stored now (`max-inflight-bytes` bounds it).
     public var inflightBytes: Int { inflight.inUse }
@@ -30,16 +37,35 @@ public final class CollectorServer: Sendable {
     /// Connections open now (`max-connections` bounds it).
     public var openConnections: Int { connections.count }
 
-    /// Opens the store (unless one is given) and loads the TLS certificate chain and key.
-    /// - Throws: ``CollectorError`` `.configuration` for unreadable TLS files, `.database` for the store.
-    public init(configuration: CollectorConfiguration, store: (any CollectorStore)? = nil, logger: Logger) throws(CollectorError) {
+    /// Loads the TLS certificate chain and key, then opens the storage at `database=` (unless
+    /// `storage` is given: the caller then owns it and closes it).
+    /// - Throws: ``CollectorError`` `.configuration` for unreadable TLS files, `.database` when
+    ///   the storage cannot be opened (the message names it).
+    public init(configuration: CollectorConfiguration, storage: (any CollectorStorage)? = nil,
+                logger: Logger) async throws(CollectorError) {
         self.configuration = configuration
         inflight = InflightBudget(limit: configuration.maxInflightBytes, perAgentLimit: configuration.maxUploadsPerAgent,
                                   retryAfterSeconds: configuration.retryAfterSeconds)
         self.logger = logger
         connections = ConnectionLimit(limit: configuration.maxConnections, logger: logger)
-        if let store { self.store = store } else { self.store = try SQLiteCollectorStore(path: configuration.databasePath) }
-        self.registry = KEKRegistry(store: self.store, logger: logger)
+        self.tls = try Self.loadTLS(configuration)
+        if let storage {
+            self.storage = storage
+            ownsStorage = false
+        } else {
+            do {
+                self.storage = try await StorageOpener.open(configuration.database)
+            } catch {
+                throw CollectorError(.database, "database=\(SafeText.escaped(configuration.database.description)): cannot open the storage: \(error.message)")
+            }
+            ownsStorage = true
+        }
+        registry = KEKRegistry(storage: self.storage, logger: logger)
+        healthCheck = StorageHealthCheck(storage: self.storage)
+    }
+
+    /// The server TLS configuration from `tls-cert` and `tls-key`.
+    static func loadTLS(_ configuration: CollectorConfiguration) throws(CollectorError) -> TLSConfiguration {
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         do {
@@ -74,29 +100,36 @@ public final class CollectorServer: Sendable {
         } catch {
             throw CollectorError(.configuration, "tls-key '\(configuration.tlsKeyFile)' does not match tls-cert '\(configuration.tlsCertFile)' (or cannot serve TLS): \(error)")
         }
-        self.tls = tls
+        return tls
     }
 
     /// Serves until the task is cancelled or a graceful shutdown is triggered (for the executable:
-    /// SIGTERM/SIGINT, see `runWithSignals`). `onListening` receives the bound TCP port.
+    /// SIGTERM/SIGINT, see `runWithSignals`). `onListening` receives the bound TCP port. Closes
+    /// the storage it opened when it ends.
     public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        await registry.refresh()
-        let app = try makeApplication(onListening: onListening)
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: app),
-                       .init(service: KEKRefresher(registry: registry, interval: configuration.kekPollInterval,
-                                                   trapSIGHUP: configuration.trapSIGHUP))],
-            gracefulShutdownSignals: configuration.trapSIGHUP ? [.sigterm, .sigint] : [],
-            logger: logger))
-        try await group.run()
+        do {
+            await registry.refresh()
+            let app = try makeApplication(onListening: onListening)
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: app),
+                           .init(service: KEKRefresher(registry: registry, interval: configuration.kekPollInterval,
+                                                       trapSIGHUP: configuration.trapSIGHUP))],
+                gracefulShutdownSignals: configuration.trapSIGHUP ? [.sigterm, .sigint] : [],
+                logger: logger))
+            try await group.run()
+        } catch {
+            if ownsStorage { await storage.close() }
+            throw error
+        }
+        if ownsStorage { await storage.close() }
     }
 
     func makeApplication(onListening: @escaping @Sendable (Int) async -> Void) throws -> some ApplicationProtocol {
         let router = Router(context: CollectorRequestContext.self)
         let registry = self.registry
-        let ingestor = Ingestor(store: store, registry: registry, logger: logger,
+        let ingestor = Ingestor(storage: storage, registry: registry, logger: logger,
                                 maxRecords: configuration.maxRecordsPerRequest)
-        let store = self.store
+        let storage = self.storage, healthCheck = self.healthCheck
         let logger = self.logger
         let limits = UploadLimits(maxBytes: configuration.maxRequestBytes, bodyTimeout: configuration.bodyTimeout,
                                   retryAfterSeconds: configuration.retryAfterSeconds)
@@ -104,13 +137,18 @@ public final class CollectorServer: Sendable {
         // Before the routes: applies to them all and to unknown paths.
         router.add(middleware: BodyGuard())
         router.get(RouterPath(WireAPI.healthPath)) { _, _ -> Response in
-            // No detail (paths, errors) for this unauthenticated endpoint: the log has it.
-            Self.json(.ok, HealthResponse(status: ingestor.storageErrors.isFailing ? "storage-failing" : "ok", apiVersion: 1,
-                                          activeKEKs: registry.activeIDs.count))
+            // Which storage and whether it answers; no error text (paths, SQL) for this
+            // unauthenticated endpoint: the log has it.
+            let health = await healthCheck.current()
+            let failing = ingestor.storageErrors.isFailing || !health.reachable
+            return Self.json(.ok, HealthResponse(status: failing ? "storage-failing" : "ok", apiVersion: 1,
+                                                 activeKEKs: registry.activeIDs.count,
+                                                 storage: .init(backend: health.backend, location: health.location,
+                                                                reachable: health.reachable)))
         }
         router.post(RouterPath(WireAPI.recordsPath)) { request, context -> Response in
             let started = ContinuousClock.now
-            let (response, unread) = await Self.upload(request, store: store, ingestor: ingestor, limits: limits,
+            let (response, unread) = await Self.upload(request, storage: storage, ingestor: ingestor, limits: limits,
                                                        budget: budget, started: started, logger: logger)
             guard let unread else { return response }
             return Self.closing(response, after: request, drainingUpTo: unread,
@@ -149,16 +187,17 @@ public final class CollectorServer: Sendable {
     /// Handles `POST /v1/records`. Returns the answer and, for a refusal sent before its body was
     /// read to the end, how many more body bytes may be drained before the connection is closed
     /// (nil: the body was read; the connection stays open for the next request).
-    static func upload(_ request: Request, store: any CollectorStore, ingestor: Ingestor, limits: UploadLimits,
+    static func upload(_ request: Request, storage: any CollectorStorage, ingestor: Ingestor, limits: UploadLimits,
                        budget: InflightBudget, started: ContinuousClock.Instant,
                        logger: Logger) async -> (Response, unread: Int?) {
         let maxBytes = limits.maxBytes
-        guard let auth = request.headers[.authorization].flatMap(WireAPI.parseAuthorization) else {
+        guard let auth = request.headers[.authorization].flatMap(WireAPI.parseAuthorization),
+              let agentID = try? AgentID(auth.agentID) else {
             logger.warning("upload refused: missing or malformed Authorization")
             return (unauthorized(), Self.unauthenticatedDrainBytes)
         }
         do {
-            guard try await store.authenticate(agentID: auth.agentID, token: auth.token) else {
+            guard try await storage.authenticate(agentID, token: Secret(auth.token)) else {
                 logger.warning("upload refused: wrong token", metadata: ["collector.agent_id": .safe(auth.agentID)])
                 return (unauthorized(), Self.unauthenticatedDrainBytes)
             }
@@ -239,11 +278,11 @@ public final class CollectorServer: Sendable {
             logger.warning("upload body could not be read", metadata: agent.merging(["collector.error": .safe(error)]) { $1 })
             return (json(.badRequest, ErrorResponse(error: .malformed, message: "the request body could not be read: \(error)")), 0)
         }
-        switch await ingestor.ingest(agentID: auth.agentID, body: body) {
+        switch await ingestor.ingest(agentID: agentID, body: body) {
         case .results(let status, let response):
             return (json(.init(code: status), response), nil)
         case .error(let status, let error):
-            return (json(.init(code: status), error), nil)
+            return (json(.init(code: status), error, retryAfter: status == 503 ? limits.retryAfterSeconds : nil), nil)
         }
     }
 
@@ -299,8 +338,24 @@ public final class CollectorServer: Sendable {
     }
 }
 
+/// The storage's health for `GET /v1/health`, asked of the storage at most once a second
+/// (the endpoint needs no authentication: a flood of requests costs one query a second).
+final class StorageHealthCheck: Sendable {
+    let storage: any CollectorStorage
+    private let last = Mutex<(at: ContinuousClock.Instant, health: StorageHealth)?>(nil)
+
+    init(storage: any CollectorStorage) { self.storage = storage }
+
+    func current() async -> StorageHealth {
+        if let cached = last.withLock({ $0 }), cached.at.duration(to: .now) < .seconds(1) { return cached.health }
+        let health = await storage.health()
+        last.withLock { $0 = (.now, health) }
+        return health
+    }
+}
+
 /// Every route but the upload (which reads its body under its own limits, see
-/// ``CollectorServer/upload(_:store:ingestor:limits:budget:started:logger:)``) expects no body.
+/// ``CollectorServer/upload(_:storage:ingestor:limits:budget:started:logger:)``) expects no body.
 /// A request elsewhere that has one — an unknown path, `GET /v1/health` with a body — is
 /// answered as usual but with `Connection: close`, and at most 64 KiB of its body is read before
 /// the connection is closed. Without this Hummingbird would read any such body to its end.

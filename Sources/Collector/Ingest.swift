@@ -1,3 +1,4 @@
+import CollectorStorage
 import CustosBase
 import Envelope
 import Foundation
@@ -11,17 +12,19 @@ import Wire
 ///
 /// The body is cut into records by their 10-byte prefix; each record's header is parsed with
 /// Envelope (no key, nothing decrypted), checked (agent id, active KEK) and stored by id, so one
-/// bad record does not fail the others.
+/// bad record does not fail the others. When the storage fails (any ``StorageError``: the
+/// database unreachable, locked, full, refusing), the whole upload is answered 503 with
+/// `Retry-After` and nothing of it is acknowledged: the agent keeps its spool and retries.
 public struct Ingestor: Sendable {
-    let store: any CollectorStore
+    let storage: any CollectorStorage
     let registry: KEKRegistry
     let logger: Logger
     let maxRecords: Int
     let storageErrors = RepeatedErrorLog()
 
-    public init(store: any CollectorStore, registry: KEKRegistry, logger: Logger,
+    public init(storage: any CollectorStorage, registry: KEKRegistry, logger: Logger,
                 maxRecords: Int = WireAPI.defaultMaxRecordsPerRequest) {
-        self.store = store
+        self.storage = storage
         self.registry = registry
         self.logger = logger
         self.maxRecords = maxRecords
@@ -31,7 +34,8 @@ public struct Ingestor: Sendable {
     public enum Outcome: Sendable {
         /// HTTP 200 (something acknowledged, or an empty body) or 422 (nothing acknowledged).
         case results(status: Int, UploadResponse)
-        /// A request-level error: HTTP status and body.
+        /// A request-level error: HTTP status and body. 503 (storage failed) goes out with
+        /// `Retry-After`.
         case error(status: Int, ErrorResponse)
     }
 
@@ -42,7 +46,7 @@ public struct Ingestor: Sendable {
     ///
     /// Records are not copied out of `body`: each is a zero-based `Data` view of its bytes that
     /// keeps `body`'s storage alive (`ByteBuffer.getData(at:length:byteTransferStrategy: .noCopy)`).
-    public func ingest(agentID: String, body: ByteBuffer) async -> Outcome {
+    public func ingest(agentID: AgentID, body: ByteBuffer) async -> Outcome {
         let framed: [FramedRecord]
         do {
             let stream = body.getData(at: body.readerIndex, length: body.readableBytes, byteTransferStrategy: .noCopy) ?? Data()
@@ -55,6 +59,16 @@ public struct Ingestor: Sendable {
                 "collector.agent_id": .safe(agentID), "collector.error": .safe(error.description)])
             return .error(status: tooMany ? 413 : 400,
                           ErrorResponse(error: tooMany ? .tooLarge : .malformed, message: error.description))
+        }
+        // Whether each KEK id named is active, asked once per upload: an id the registry does not
+        // know waits for one re-read of encryption_kek that starts after this upload arrived.
+        let arrived = ContinuousClock.now
+        var kekActive: [KEKID: Bool] = [:]
+        func isActive(_ kek: KEKID) async -> Bool {
+            if let known = kekActive[kek] { return known }
+            let active = await registry.isActive(kek, askedAt: arrived)
+            kekActive[kek] = active
+            return active
         }
         var results: [RecordResult?] = Array(repeating: nil, count: framed.count)
         var items: [IngestItem] = []
@@ -96,17 +110,17 @@ public struct Ingestor: Sendable {
                     refuse(.malformed, retryable: false, id: nil, "DEK record does not parse: \(error)")
                     continue
                 }
-                let id = r.dekID.hex, kek = r.kekID.hex
-                guard r.agentID == agentID else {
+                let id = r.dekID.hex, kek = r.kekID
+                guard r.agentID == agentID.rawValue else {
                     refuse(.agentMismatch, retryable: false, id: id, "DEK record of agent '\(r.agentID)' uploaded by '\(agentID)'")
                     continue
                 }
-                guard await registry.isActive(kek) else {
+                guard await isActive(kek) else {
                     refuse(.unknownKEK, retryable: true, id: id, "KEK \(kek) is not an active encryption_kek row")
                     continue
                 }
-                items.append(.dek(dekID: id, kekID: kek, agentID: agentID, creationTimeMs: r.creationTimeMs,
-                                  record: rec.bytes))
+                items.append(.dek(StoredDEK(dekID: r.dekID, kekID: kek, agentID: agentID, creationTimeMs: r.creationTimeMs,
+                                            record: rec.bytes)))
                 itemIndex.append(i)
             case 2:
                 let b: SealedBlob
@@ -115,63 +129,65 @@ public struct Ingestor: Sendable {
                     continue
                 }
                 let h = b.header
-                let id = h.blobID.hex, kek = h.kekID.hex
-                guard h.agentID == agentID else {
+                let id = h.blobID.hex, kek = h.kekID
+                guard h.agentID == agentID.rawValue else {
                     refuse(.agentMismatch, retryable: false, id: id, "blob of agent '\(h.agentID)' uploaded by '\(agentID)'")
                     continue
                 }
-                guard await registry.isActive(kek) else {
+                guard await isActive(kek) else {
                     refuse(.unknownKEK, retryable: true, id: id, "KEK \(kek) is not an active encryption_kek row")
                     continue
                 }
-                items.append(.blob(blobID: id, agentID: agentID, kind: h.kind.name, dekID: h.dekID.hex, kekID: kek,
-                                   sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
-                                   blob: rec.bytes))
+                items.append(.blob(StoredBlob(blobID: h.blobID, agentID: agentID, kind: h.kind, dekID: h.dekID, kekID: kek,
+                                              sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
+                                              bytes: rec.bytes)))
                 itemIndex.append(i)
             default:
                 refuse(.malformed, retryable: false, id: nil, "unknown record type \(rec.type)")
             }
         }
         if !items.isEmpty {
-            do {
-                var otherAgentIDs: [String] = []
-                let outcomes = try await store.ingest(items, receivedAtMs: Int64((Date().timeIntervalSince1970 * 1000).rounded()))
-                if let suppressed = storageErrors.recovered() {
-                    logger.notice("storing uploads works again", metadata: ["collector.repeats_not_logged": "\(suppressed)"])
-                }
-                for (k, outcome) in outcomes.enumerated() {
-                    let i = itemIndex[k], id = items[k].id
-                    switch outcome {
-                    case .stored: results[i] = RecordResult(index: i, id: id, status: .stored)
-                    case .duplicate: results[i] = RecordResult(index: i, id: id, status: .duplicate)
-                    case .conflict:
-                        results[i] = RecordResult(index: i, id: id, status: .refused, reason: .conflict, retryable: false,
-                                                  message: "a different record with this id is stored")
-                        logRefusal(i, id: id, reason: .conflict, nil)
-                    case .unknownDEK:
-                        results[i] = RecordResult(index: i, id: id, status: .refused, reason: .unknownDEK, retryable: true,
-                                                  message: "the blob's DEK record has not been uploaded")
-                    case .otherAgent:
-                        // Answered as a new id is; the collector's log has the truth.
-                        results[i] = RecordResult(index: i, id: id, status: .stored)
-                        otherAgentIDs.append(id)
-                    }
-                }
-                if !otherAgentIDs.isEmpty {
-                    logger.warning("records not stored: their ids belong to another agent's records (answered as stored)",
-                                   metadata: ["collector.agent_id": .safe(agentID), "collector.records": "\(otherAgentIDs.count)",
-                                              "collector.record": .safe(otherAgentIDs[0])])
+            let outcomes: [IngestOutcome]
+            do throws(StorageError) {
+                outcomes = try await storage.ingest(items, receivedAtMs: Int64((Date().timeIntervalSince1970 * 1000).rounded()))
+                guard outcomes.count == items.count else {
+                    throw StorageError(.failed, "the storage answered \(outcomes.count) outcomes for \(items.count) records")
                 }
             } catch {
                 // Logged once per kind of failure (say a full disk, with every agent retrying), then
                 // at debug level until an upload is stored again.
-                let level: Logger.Level = storageErrors.isNew("\(error)") ? .error : .debug
+                let level: Logger.Level = storageErrors.isNew("\(error.code)") ? .error : .debug
                 logger.log(level: level, "storing an upload failed", metadata: ["collector.agent_id": .safe(agentID),
                                                                                 "collector.error": .safe(error)])
-                for (k, i) in itemIndex.enumerated() {
-                    results[i] = RecordResult(index: i, id: items[k].id, status: .refused, reason: .storageError,
-                                              retryable: true, message: "the collector could not store the records; try again later")
+                return .error(status: 503, ErrorResponse(
+                    error: .unavailable, message: "the collector cannot store records now (storage \(error.code)); nothing was stored, try again later"))
+            }
+            var otherAgentIDs: [String] = []
+            if let suppressed = storageErrors.recovered() {
+                logger.notice("storing uploads works again", metadata: ["collector.repeats_not_logged": "\(suppressed)"])
+            }
+            for (k, outcome) in outcomes.enumerated() {
+                let i = itemIndex[k], id = wireHex(items[k].idBytes)
+                switch outcome {
+                case .stored: results[i] = RecordResult(index: i, id: id, status: .stored)
+                case .duplicate: results[i] = RecordResult(index: i, id: id, status: .duplicate)
+                case .conflict:
+                    results[i] = RecordResult(index: i, id: id, status: .refused, reason: .conflict, retryable: false,
+                                              message: "a different record with this id is stored")
+                    logRefusal(i, id: id, reason: .conflict, nil)
+                case .unknownDEK:
+                    results[i] = RecordResult(index: i, id: id, status: .refused, reason: .unknownDEK, retryable: true,
+                                              message: "the blob's DEK record has not been uploaded")
+                case .otherAgent:
+                    // Answered as a new id is; the collector's log has the truth.
+                    results[i] = RecordResult(index: i, id: id, status: .stored)
+                    otherAgentIDs.append(id)
                 }
+            }
+            if !otherAgentIDs.isEmpty {
+                logger.warning("records not stored: their ids belong to another agent's records (answered as stored)",
+                               metadata: ["collector.agent_id": .safe(agentID), "collector.records": "\(otherAgentIDs.count)",
+                                          "collector.record": .safe(otherAgentIDs[0])])
             }
         }
         let final = results.enumerated().map { i, r in

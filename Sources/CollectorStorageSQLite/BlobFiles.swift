@@ -1,8 +1,7 @@
 import CollectorStorage
 import Foundation
 
-/// Append-only files that hold the bytes of large sealed blobs for ``SQLiteStorage`` (and, until
-/// the collector moves onto the storage seam, for `Collector.SQLiteCollectorStore`); the
+/// Append-only files that hold the bytes of large sealed blobs for ``SQLiteStorage``; the
 /// `captures` row keeps the file number, offset and size.
 ///
 /// Why: in WAL mode SQLite writes every byte of a blob twice (WAL frame, then checkpoint) and

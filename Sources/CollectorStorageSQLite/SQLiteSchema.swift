@@ -3,7 +3,7 @@ import GRDB
 
 /// The collector database's schema: GRDB migrations, applied in order, each once (recorded in
 /// `grdb_migrations`). `v1` and `v2-blob-files` are those of the first collector
-/// (`Collector.SQLiteCollectorStore`), same identifiers and same statements, so a `collector.db`
+/// (`Collector.SQLiteCollectorStore`, since removed), same identifiers and same statements, so a `collector.db`
 /// it made opens unchanged; `v3` adds what the storage seam needs. docs/API.md "Storage".
 enum SQLiteSchema {
     /// The migrations this build knows, oldest first. A database that records another one was

@@ -69,7 +69,9 @@ public enum RefusalReason: String, Codable, Sendable, Equatable, CaseIterable {
     case agentMismatch = "agent-mismatch"
     /// A record with this id exists with different bytes. Not retryable.
     case conflict
-    /// The collector could not write; try again later. Retryable.
+    /// The collector could not write; try again later. Retryable. (Collectors since issue 14
+    /// answer a storage failure with 503 `unavailable` and `Retry-After` for the whole upload
+    /// instead; agents still understand this per-record form.)
     case storageError = "storage-error"
     /// Missing or wrong `Authorization`. (Request level, 401.)
     case unauthorized
@@ -77,8 +79,9 @@ public enum RefusalReason: String, Codable, Sendable, Equatable, CaseIterable {
     case tooLarge = "too-large"
     /// Wrong content type. (Request level, 415.)
     case unsupportedMediaType = "unsupported-media-type"
-    /// The collector is overloaded or shutting down, or the agent has `max-uploads-per-agent`
-    /// uploads in flight. (Request level, 503 with `Retry-After`.)
+    /// The collector is overloaded or shutting down, the agent has `max-uploads-per-agent`
+    /// uploads in flight, or its storage failed (nothing of the upload stored). (Request level,
+    /// 503 with `Retry-After`.)
     case unavailable
     /// The body did not arrive within `body-timeout-seconds`. Retryable. (Request level, 408.)
     case timeout
@@ -132,16 +135,37 @@ public struct ErrorResponse: Codable, Sendable, Equatable {
 /// Body of `GET /v1/health`.
 public struct HealthResponse: Codable, Sendable, Equatable {
     /// `ok` while the collector accepts uploads; `storage-failing` while its last attempt to
-    /// store an upload failed (full disk, missing blob directory, …; its log says which).
+    /// store an upload failed (full disk, missing blob directory, database down or locked, …;
+    /// its log says which) or its storage does not answer.
     public var status: String
     /// API version, 1.
     public var apiVersion: Int
-    /// Number of active KEKs whose public key file could be read.
+    /// Number of active KEKs whose public key (row or file) could be read.
     public var activeKEKs: Int
-    public init(status: String, apiVersion: Int, activeKEKs: Int) {
+    /// Which storage the collector uses and whether it answers (absent from collectors before
+    /// issue 14).
+    public var storage: Storage?
+
+    /// The collector's storage, as `GET /v1/health` reports it.
+    public struct Storage: Codable, Sendable, Equatable {
+        /// `sqlite` or `postgresql`.
+        public var backend: String
+        /// The database file, or `HOST:PORT/DBNAME` (never a password).
+        public var location: String
+        /// Whether the storage answered a check (at most a second ago).
+        public var reachable: Bool
+        public init(backend: String, location: String, reachable: Bool) {
+            self.backend = backend
+            self.location = location
+            self.reachable = reachable
+        }
+    }
+
+    public init(status: String, apiVersion: Int, activeKEKs: Int, storage: Storage? = nil) {
         self.status = status
         self.apiVersion = apiVersion
         self.activeKEKs = activeKEKs
+        self.storage = storage
     }
 }
 

@@ -11,8 +11,9 @@ func usage(_ status: Int32) -> Never {
         usage: custos-collector --config collector.cfg
 
         The Custos reference collector: HTTPS only (TLS 1.2+), stores sealed records, never decrypts.
-        Keys of collector.cfg (see collector.cfg.sample): listen=HOST:PORT, tls-cert=, tls-key=, database=,
-        max-connections=, ….
+        Keys of collector.cfg (see collector.cfg.sample): listen=HOST:PORT, tls-cert=, tls-key=,
+        database= (a SQLite file, or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=…] with the password in
+        database-password-file=), max-connections=, ….
         SIGHUP re-reads the encryption_kek table; SIGTERM/SIGINT stop gracefully.
 
         """
@@ -46,7 +47,7 @@ do {
                 "collector.max_connections": "\(configuration.maxConnections)", "collector.nofile": "\(nofile.rlim_cur)"])
         }
     }
-    let server = try CollectorServer(configuration: configuration, logger: logger)
+    let server = try await CollectorServer(configuration: configuration, logger: logger)
     try await server.run()
 } catch {
     var detail = "\(error)"

@@ -1,8 +1,11 @@
 import CaptureFormat
-import Collector
+import CollectorStorage
+import CollectorStorageSQLite
+import CustosBase
 import Envelope
 import Foundation
 import TestSupport
+@testable import Admin
 
 /// A small but real PNG (RGB, 8-bit, stored deflate blocks) whose pixels depend on `seed`.
 /// Built by hand (PNG spec ISO/IEC 15948: IHDR, IDAT with a zlib stream, IEND; CRC-32 per chunk).
@@ -54,9 +57,9 @@ struct Captured {
 }
 
 /// Seals captures for `agent` under `sessions` fresh DEKs to `kek`, stores them in `store`
-/// through the Collector store API (as the collector would after an upload), and returns the
+/// through the storage seam (as the collector would after an upload), and returns the
 /// plaintext originals. Blob `tamperIndex` (counting all blobs) gets one ciphertext byte flipped.
-func fillCollector(_ store: SQLiteCollectorStore, kek: KEKPublicKey, agent: String, baseMs: Int64,
+func fillCollector(_ store: any CollectorStorage, kek: KEKPublicKey, agent: String, baseMs: Int64,
                    framesPerDEK: Int = 2, chunksPerDEK: Int = 2, sessions: Int = 2,
                    tamperIndex: Int? = nil, frameSize: Int = 8) async throws -> Captured {
     var out = Captured()
@@ -65,8 +68,7 @@ func fillCollector(_ store: SQLiteCollectorStore, kek: KEKPublicKey, agent: Stri
     for s in 0..<sessions {
         let session = try DEKSession(kek: kek, agentID: agent)
         let r = session.record
-        items.append(.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: r.agentID, creationTimeMs: r.creationTimeMs,
-                          record: r.serialized))
+        items.append(ingestItem(r))
         out.records.append(.dekRecord(r))
         func add(_ blob: SealedBlob) {
             var bytes = blob.serialized
@@ -75,9 +77,7 @@ func fillCollector(_ store: SQLiteCollectorStore, kek: KEKPublicKey, agent: Stri
                 out.tampered.append(blob.header.blobID.hex)
             }
             blobIndex += 1
-            let h = blob.header
-            items.append(.blob(blobID: h.blobID.hex, agentID: h.agentID, kind: h.kind.name, dekID: h.dekID.hex,
-                               kekID: h.kekID.hex, sequence: Int64(h.sequence), captureTimeMs: h.captureTimeMs, blob: bytes))
+            items.append(ingestItem(blob, bytes: bytes))
             out.records.append(.blob(try! SealedBlob(parsing: bytes)))
         }
         for f in 0..<framesPerDEK {
@@ -104,6 +104,52 @@ func fillCollector(_ store: SQLiteCollectorStore, kek: KEKPublicKey, agent: Stri
     let outcomes = try await store.ingest(items, receivedAtMs: baseMs + 100_000)
     guard outcomes.allSatisfy({ $0 == .stored }) else { throw TestSupportError("ingest: \(outcomes)") }
     return out
+}
+
+/// A DEK record as the collector stores it.
+func ingestItem(_ r: DEKRecord) -> IngestItem {
+    .dek(StoredDEK(dekID: r.dekID, kekID: r.kekID, agentID: aid(r.agentID), creationTimeMs: r.creationTimeMs,
+                   record: r.serialized))
+}
+
+/// A sealed blob as the collector stores it: its header's fields and `bytes` (default its own).
+func ingestItem(_ b: SealedBlob, bytes: Data? = nil) -> IngestItem {
+    let h = b.header
+    return .blob(StoredBlob(blobID: h.blobID, agentID: aid(h.agentID), kind: h.kind, dekID: h.dekID, kekID: h.kekID,
+                            sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
+                            bytes: bytes ?? b.serialized))
+}
+
+/// An agent id known to be valid.
+func aid(_ text: String) -> AgentID { try! AgentID(text) }
+
+/// The whole audit log, oldest first.
+func allAudit(_ storage: any CollectorStorage) async throws -> [AuditEntry] {
+    try await storage.auditEntries(before: nil, limit: 10_000).reversed()
+}
+
+/// Every capture `query` selects, all pages.
+func allCaptures(_ storage: any CollectorStorage, _ query: CaptureQuery = CaptureQuery()) async throws -> [CaptureInfo] {
+    var out: [CaptureInfo] = [], cursor: CaptureCursor?
+    repeat {
+        let page = try await storage.captures(query, after: cursor, limit: 1000)
+        out += page.items
+        cursor = page.next
+    } while cursor != nil
+    return out
+}
+
+/// `custos keys register` on the SQLite database `db` (created if missing).
+func registerKEK(db: String, publicKey: String, privateKey: String?) async throws -> (row: Int64, kekID: String) {
+    let storage = try SQLiteStorage(path: db)
+    do {
+        let result = try await KEKRows.register(storage, publicKey: publicKey, privateKey: privateKey)
+        await storage.close()
+        return result
+    } catch {
+        await storage.close()
+        throw error
+    }
 }
 
 /// All regular files under `dir`, as paths relative to it.

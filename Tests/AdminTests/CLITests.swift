@@ -1,4 +1,6 @@
-@testable import Collector
+import CollectorStorage
+import CollectorStorageSQLite
+import CustosBase
 import Envelope
 import Foundation
 import Testing
@@ -46,9 +48,9 @@ struct CLITests {
         #expect(add.status == 0, "\(add.stderrString)")
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(token.count >= 32)
-        let store = try SQLiteCollectorStore(path: db)
-        #expect(try await store.authenticate(agentID: "ws-17", token: token))
-        #expect(try await !store.authenticate(agentID: "ws-17", token: token + "x"))
+        let store = try SQLiteStorage(path: db)
+        #expect(try await store.authenticate(aid("ws-17"), token: Secret(token)))
+        #expect(try await !store.authenticate(aid("ws-17"), token: Secret(token + "x")))
         #expect(try runCommand([custos, "agents", "add", "--db", db, "--id", "ws-17"]).status == 2)
 
         // The agent's captures arrive (one tampered).
@@ -90,10 +92,65 @@ struct CLITests {
                                stdin: Data("cli pass phrase\n".utf8))
         #expect(e.status == 0, "\(e.stderrString)")
         #expect(FileManager.default.fileExists(atPath: zip))
-        let audit = try store.listAudit(limit: nil).map(\.action)
+        let audit = try await allAudit(store).map(\.action)
         #expect(audit.filter { $0 == "captures.decrypt" }.count == 1)
         #expect(audit.filter { $0 == "captures.export" }.count == 1)
         #expect(audit.contains("captures.decrypt.refused"))
+    }
+
+    @Test("--db is a SQLite path or a postgres:// URL without a password; listings page with --limit/--after and --before")
+    func storageLocationsAndPaging() async throws {
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-db-forms")
+        defer { tmp.remove() }
+        // A PostgreSQL location: named, and refused clearly by this build; a password in the URL
+        // is refused before anything is opened, without repeating it.
+        let pg = try runCommand([custos, "agents", "list", "--db", "postgres://custos@127.0.0.1:5432/custos?sslmode=disable"])
+        #expect(pg.status == 2)
+        #expect(pg.stderrString.contains("127.0.0.1:5432/custos: this build's PostgreSQL backend is not wired yet"), "\(pg.stderrString)")
+        for command in [["agents", "list"], ["captures", "list"], ["audit", "list"], ["keys", "list"],
+                        ["decrypt", "--key", tmp.file("k.pem"), "--out", tmp.file("o")]] {
+            let r = try runCommand([custos] + command + ["--db", "postgres://custos:hunter2@db/custos"])
+            #expect(r.status == 2, "\(command)")
+            #expect(r.stderrString.contains("--db: a password does not belong in the URL") && r.stderrString.contains("--db-password-file"),
+                    "\(command): \(r.stderrString)")
+            #expect(!r.stderrString.contains("hunter2"))
+        }
+        let sqlitePassword = try runCommand([custos, "agents", "add", "--db", tmp.file("c.db"), "--db-password-file", tmp.file("pw"),
+                                             "--id", "a"])
+        #expect(sqlitePassword.status == 2 && sqlitePassword.stderrString.contains("--db-password-file: is for a postgres://"),
+                "\(sqlitePassword.stderrString)")
+        let missing = try runCommand([custos, "captures", "list", "--db", tmp.file("none.db")])
+        #expect(missing.status == 2 && missing.stderrString.contains("\(tmp.file("none.db")): collector database does not exist"))
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("none.db")))
+
+        // Paging: 8 captures, 3 at a time, in both orders.
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let db = tmp.file("c.db")
+        let store = try SQLiteStorage(path: db)
+        _ = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "pager", baseMs: 1_764_547_200_000)
+        let all = try await allCaptures(store)
+        await store.close()
+        for newest in [false, true] {
+            var seen: [String] = [], after: String?
+            for _ in 0..<4 {
+                let r = try runChecked([custos, "captures", "list", "--db", db, "--limit", "3"] + (newest ? ["--newest-first"] : [])
+                                       + (after.map { ["--after", $0] } ?? []))
+                let rows = r.split(separator: "\n").filter { $0.contains("<Encrypted>") }
+                seen += rows.compactMap { row in all.first { row.contains($0.blobID.hex) }?.blobID.hex }
+                after = r.range(of: "--after ").map { String(r[$0.upperBound...].prefix { !$0.isWhitespace }) }
+                if after == nil { break }
+            }
+            let expected = all.map(\.blobID.hex)
+            #expect(seen == (newest ? expected.reversed() : expected), "newest first: \(newest)")
+        }
+        // The audit log, newest first, two at a time.
+        for n in 1...3 { _ = try runChecked([custos, "agents", "add", "--db", db, "--id", "agent-\(n)"]) }
+        let first = try runChecked([custos, "audit", "list", "--db", db, "--limit", "2"])
+        #expect(first.contains("agent=agent-3") && first.contains("agent=agent-2") && !first.contains("agent=agent-1"), "\(first)")
+        let before = try #require(first.range(of: "older entries: --before ").map { String(first[$0.upperBound...].prefix { $0.isNumber }) })
+        let rest = try runChecked([custos, "audit", "list", "--db", db, "--before", before])
+        #expect(rest.contains("agent=agent-1") && !rest.contains("agent=agent-2") && rest.hasSuffix("1 entry\n"), "\(rest)")
     }
 
     @Test("the capture selection (--agent --kind --since --until) is checked alike by list, decrypt and export")
@@ -170,7 +227,7 @@ struct InterruptTests {
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         let db = tmp.file("c.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "h1",
                                                baseMs: 1_764_547_200_000, framesPerDEK: 1500, chunksPerDEK: 0, sessions: 1)
         let out = tmp.file("out")

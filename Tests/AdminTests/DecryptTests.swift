@@ -1,5 +1,7 @@
 import CaptureFormat
-import Collector
+import CollectorStorage
+import CollectorStorageSQLite
+import CustosBase
 import Envelope
 import Foundation
 import Testing
@@ -44,13 +46,13 @@ struct DecryptTests {
         defer { tmp.remove() }
         let keys = try makeOpenSSLKeySet(in: tmp.path)
         let kek = try KEKPublicKey(pemFile: keys.publicKeyPath)
-        let store = try SQLiteCollectorStore(path: tmp.file("collector.db"))
+        let store = try SQLiteStorage(path: tmp.file("collector.db"))
         let captured = try await fillCollector(store, kek: kek, agent: "host-a", baseMs: 1_764_547_200_000)
         for form in OpenSSLKeyForm.allCases {
             let out = tmp.file("out-\(form.rawValue)")
-            let report = try DecryptJob.run(input: .database(tmp.file("collector.db")), keyFile: keys.privateKeyPath(form),
+            let report = try await DecryptJob.run(input: .database(.sqlite(path: tmp.file("collector.db"))), keyFile: keys.privateKeyPath(form),
                                             passphrase: form.isEncrypted ? secret(keys.passphrase) : nil,
-                                            options: DecryptOptions(output: .directory(out), agentID: "host-a"),
+                                            options: DecryptOptions(output: .directory(out), agentID: aid("host-a")),
                                             actor: "tester", log: { _ in }, progressStyle: .quiet)
             #expect(report.selected == 8, "\(form)")
             #expect(report.decrypted == 8, "\(form)")
@@ -74,12 +76,12 @@ struct DecryptTests {
         let pairA = try KeyFiles.generate(in: tmp.file("keys-a"), passphrase: secret("pass-A-123"))
         let pairB = try KeyFiles.generate(in: tmp.file("keys-b"), passphrase: secret("pass-B-456"))
         let db = tmp.file("collector.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         for (dir, _) in [("keys-a", pairA), ("keys-b", pairB)] {
-            _ = try KEKRegistration.register(database: db, publicKey: tmp.file("\(dir)/publickey.crt"),
-                                             privateKey: tmp.file("\(dir)/keypair.pem"))
+            _ = try await KEKRows.register(store, publicKey: tmp.file("\(dir)/publickey.crt"),
+                                           privateKey: tmp.file("\(dir)/keypair.pem"))
         }
-        #expect(try store.listKEKs().filter(\.active).count == 2)
+        #expect(try await store.keks().filter(\.active).count == 2)
         let a = try await fillCollector(store, kek: try KEKPublicKey(pemFile: tmp.file("keys-a/publickey.crt")),
                                         agent: "host-a", baseMs: 1_764_547_200_000)
         let b = try await fillCollector(store, kek: try KEKPublicKey(pemFile: tmp.file("keys-b/publickey.crt")),
@@ -87,7 +89,7 @@ struct DecryptTests {
 
         // Decrypt B's captures with B's key: A's are left out (named), B's all come out.
         let outB = tmp.file("out-b")
-        let rb = try DecryptJob.run(input: .database(db), keyFile: tmp.file("keys-b/keypair.pem"),
+        let rb = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: tmp.file("keys-b/keypair.pem"),
                                     passphrase: secret("pass-B-456"), options: DecryptOptions(output: .directory(outB)),
                                     actor: "tester", log: { _ in }, progressStyle: .quiet)
         #expect(rb.selected == 12 && rb.decrypted == 4 && rb.failures.isEmpty)
@@ -96,9 +98,9 @@ struct DecryptTests {
 
         // Export A's into one zip.
         let zip = tmp.file("export-a.zip")
-        let ra = try DecryptJob.run(input: .database(db), keyFile: tmp.file("keys-a/keypair.pem"),
+        let ra = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: tmp.file("keys-a/keypair.pem"),
                                     passphrase: secret("pass-A-123"),
-                                    options: DecryptOptions(output: .archive(zip), agentID: "host-a"),
+                                    options: DecryptOptions(output: .archive(zip), agentID: aid("host-a")),
                                     actor: "tester", log: { _ in }, progressStyle: .quiet)
         #expect(ra.decrypted == 8 && ra.failures.isEmpty)
         let listing = try runChecked(["unzip", "-Z1", zip])
@@ -118,8 +120,8 @@ struct DecryptTests {
         }
         #expect(!filesUnder(tmp.path).contains { $0.contains(".partial") })
         // Never overwritten.
-        #expect(throws: AdminError.self) {
-            _ = try DecryptJob.run(input: .database(db), keyFile: tmp.file("keys-a/keypair.pem"), passphrase: secret("pass-A-123"),
+        await #expect(throws: AdminError.self) {
+            _ = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: tmp.file("keys-a/keypair.pem"), passphrase: secret("pass-A-123"),
                                    options: DecryptOptions(output: .archive(zip)), actor: "t", log: { _ in }, progressStyle: .quiet)
         }
     }
@@ -131,29 +133,29 @@ struct DecryptTests {
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         let db = tmp.file("collector.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         // 128×96 frames with stored (uncompressed) deflate: ~37 KiB each, so in blob files.
         let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "h2",
                                                baseMs: 1_764_547_200_000, frameSize: 128)
-        #expect(captured.frames.allSatisfy { $0.png.count >= SQLiteCollectorStore.blobFileMinBytes })
+        #expect(captured.frames.allSatisfy { $0.png.count >= SQLiteStorage.blobFileMinBytes })
         #expect(FileManager.default.fileExists(atPath: db + ".blobs/00000001.blobs"))
 
         // The admin's copy: the database by .backup, then its blob directory beside it.
         let copy = tmp.file("copy.db")
         try runChecked(["sqlite3", db, ".backup '\(copy)'"])
         try runChecked(["cp", "-a", db + ".blobs", copy + ".blobs"])
-        func decrypt(_ database: String, into out: String) throws -> DecryptReport {
-            try DecryptJob.run(input: .database(database), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
-                               options: DecryptOptions(output: .directory(out), agentID: "h2"),
+        func decrypt(_ database: String, into out: String) async throws -> DecryptReport {
+            try await DecryptJob.run(input: .database(.sqlite(path: database)), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                               options: DecryptOptions(output: .directory(out), agentID: aid("h2")),
                                actor: "tester", log: { _ in }, progressStyle: .quiet)
         }
-        let full = try decrypt(copy, into: tmp.file("out-copy"))
+        let full = try await decrypt(copy, into: tmp.file("out-copy"))
         #expect(full.decrypted == 8 && full.failures.isEmpty, "\(full.failures)")
         try expectOutputMatches(tmp.file("out-copy"), captured, agent: "h2")
 
         // Without the blob files: each frame fails naming the missing file, the chunks decrypt.
         try FileManager.default.removeItem(atPath: copy + ".blobs")
-        let partial = try decrypt(copy, into: tmp.file("out-partial"))
+        let partial = try await decrypt(copy, into: tmp.file("out-partial"))
         #expect(partial.screens == 0 && partial.keystrokeChunks == 4)
         #expect(partial.failures.count == 4)
         #expect(partial.failures.allSatisfy { $0.reason.contains(copy + ".blobs/00000001.blobs") }, "\(partial.failures)")
@@ -165,11 +167,11 @@ struct DecryptTests {
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         let db = tmp.file("c.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         _ = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "h1", baseMs: 1_000_000_000_000, sessions: 1)
         let out = tmp.file("out")
         do {
-            _ = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("not the passphrase"),
+            _ = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: k.privateKey, passphrase: secret("not the passphrase"),
                                    options: DecryptOptions(output: .directory(out)), actor: "mallory", log: { _ in }, progressStyle: .quiet)
             Issue.record("decrypt succeeded with a wrong passphrase")
         } catch let e as AdminError {
@@ -179,7 +181,7 @@ struct DecryptTests {
             #expect(e.message.contains(k.privateKey))
         }
         #expect(!FileManager.default.fileExists(atPath: out))
-        let audit = try store.listAudit(limit: nil)
+        let audit = try await allAudit(store)
         #expect(audit.contains { $0.action == "captures.decrypt.refused" && $0.actor == "mallory" && $0.detail.contains("wrong-passphrase") })
     }
 
@@ -190,12 +192,12 @@ struct DecryptTests {
         let right = try makeOpenSSLKeyPair(in: tmp.path, name: "right")
         let wrong = try makeOpenSSLKeyPair(in: tmp.path, name: "wrong")
         let db = tmp.file("c.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         let rightKEK = try KEKPublicKey(pemFile: right.publicKey)
         _ = try await fillCollector(store, kek: rightKEK, agent: "h1", baseMs: 1_000_000_000_000, sessions: 1)
         let out = tmp.file("out")
         do {
-            _ = try DecryptJob.run(input: .database(db), keyFile: wrong.privateKey, passphrase: secret("correct horse battery staple"),
+            _ = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: wrong.privateKey, passphrase: secret("correct horse battery staple"),
                                    options: DecryptOptions(output: .directory(out)), actor: "t", log: { _ in }, progressStyle: .quiet)
             Issue.record("decrypt succeeded with the wrong key")
         } catch let e as AdminError {
@@ -213,15 +215,15 @@ struct DecryptTests {
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         let db = tmp.file("c.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         let kek = try KEKPublicKey(pemFile: k.publicKey)
         let captured = try await fillCollector(store, kek: kek, agent: "h1", baseMs: 1_764_547_200_000,
                                                framesPerDEK: 10, chunksPerDEK: 4, sessions: 2, tamperIndex: 3)
         let bad = try #require(captured.tampered.first)
         let out = tmp.file("out")
         var lines: [String] = []
-        let report = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
-                                        options: DecryptOptions(output: .directory(out), agentID: "h1",
+        let report = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                                        options: DecryptOptions(output: .directory(out), agentID: aid("h1"),
                                                                 sinceMs: 1_764_547_200_000, untilMs: 1_764_547_300_000),
                                         actor: "auditor", log: { lines.append($0) }, progressStyle: .quiet)
         #expect(report.selected == 28)
@@ -232,7 +234,7 @@ struct DecryptTests {
         let pngs = filesUnder(out).filter { $0.hasSuffix(".png") }
         #expect(pngs.count == 19)
 
-        let audit = try store.listAudit(limit: nil)
+        let audit = try await allAudit(store)
         let start = try #require(audit.first { $0.action == "captures.decrypt" })
         let done = try #require(audit.first { $0.action == "captures.decrypt.done" })
         #expect(start.actor == "auditor" && done.actor == "auditor")
@@ -250,7 +252,7 @@ struct DecryptTests {
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         let db = tmp.file("c.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         _ = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "h1", baseMs: 1_000_000_000_000, sessions: 1)
         try Data("x".utf8).write(to: URL(fileURLWithPath: tmp.file("plainfile")))
         var targets = [tmp.file("plainfile/out")]
@@ -261,7 +263,7 @@ struct DecryptTests {
         }
         for out in targets {
             do {
-                _ = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+                _ = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
                                        options: DecryptOptions(output: .directory(out)), actor: "t", log: { _ in }, progressStyle: .quiet)
                 Issue.record("decrypt into \(out) succeeded")
             } catch let e as AdminError {
@@ -271,7 +273,7 @@ struct DecryptTests {
             }
         }
         // Nothing was decrypted, so no audit record claims a decrypt.
-        #expect(try store.listAudit(limit: nil).allSatisfy { $0.action != "captures.decrypt" })
+        #expect(try await allAudit(store).allSatisfy { $0.action != "captures.decrypt" })
     }
 
     @Test("a record-stream export decrypts without any collector database")
@@ -279,13 +281,13 @@ struct DecryptTests {
         let tmp = try TempDir("adm-rs")
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
-        let store = try SQLiteCollectorStore(path: tmp.file("scratch.db"))
+        let store = try SQLiteStorage(path: tmp.file("scratch.db"))
         let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "h9",
                                                baseMs: 1_764_547_200_000, sessions: 2)
         let file = tmp.file("export.csts")
         try RecordStream.encode(captured.records).write(to: URL(fileURLWithPath: file))
         let out = tmp.file("out")
-        let r = try DecryptJob.run(input: .recordStream(file), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+        let r = try await DecryptJob.run(input: .recordStream(file), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
                                    options: DecryptOptions(output: .directory(out)), actor: "t", log: { _ in }, progressStyle: .quiet)
         #expect(r.decrypted == 8 && r.failures.isEmpty && r.deksUnwrapped == 2)
         try expectOutputMatches(out, captured, agent: "h9")

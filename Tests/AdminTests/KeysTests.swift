@@ -1,4 +1,5 @@
-@testable import Collector
+import CollectorStorage
+import CollectorStorageSQLite
 import Envelope
 import Foundation
 import Testing
@@ -55,38 +56,46 @@ struct KeysTests {
     }
 
     @Test("keys register inserts the row the seed's SQL inserts; keys list shows it")
-    func registerLikeSeed() throws {
+    func registerLikeSeed() async throws {
         try requireTool("sqlite3")
         let tmp = try TempDir("adm-reg")
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         // The seed's statement, by the sqlite3 CLI, into a database the collector schema made.
         let seedDB = tmp.file("seed.db"), ourDB = tmp.file("ours.db")
-        _ = try SQLiteCollectorStore(path: seedDB)
+        try await SQLiteStorage(path: seedDB).close()
         try runChecked(["sqlite3", seedDB, "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(k.publicKey)', '\(k.privateKey)');"])
-        let (row, id) = try KEKRegistration.register(database: ourDB, publicKey: k.publicKey, privateKey: k.privateKey)
+        let (row, id) = try await registerKEK(db: ourDB, publicKey: k.publicKey, privateKey: k.privateKey)
         #expect(row == 1)
         #expect(id == (try KEKPublicKey(pemFile: k.publicKey)).id.hex)
         let q = "select id, active, priv_encrypted, pub_datafile, priv_datafile from encryption_kek;"
         #expect(try runChecked(["sqlite3", ourDB, q]) == (try runChecked(["sqlite3", seedDB, q])))
-        let audit = try SQLiteCollectorStore(path: ourDB).listAudit(limit: nil)
+        // Besides the seed's columns, the row holds the public key itself: a collector on another
+        // host needs no file.
+        let pem = try runChecked(["sqlite3", ourDB, "select pub_pem from encryption_kek;"])
+        #expect(try KEKPublicKey(pemRepresentation: pem, source: "pub_pem").id.hex == id)
+        #expect(try runChecked(["sqlite3", seedDB, "select pub_pem is null from encryption_kek;"]) == "1\n")
+        let ours = try SQLiteStorage(path: ourDB)
+        defer { Task { await ours.close() } }
+        let audit = try await allAudit(ours)
         #expect(audit.count == 1 && audit[0].action == "keys.register" && audit[0].detail.contains("kek=\(id)"))
         // Registering the same active KEK twice is refused.
-        #expect(throws: AdminError.self) { _ = try KEKRegistration.register(database: ourDB, publicKey: k.publicKey, privateKey: k.privateKey) }
+        await #expect(throws: AdminError.self) { _ = try await registerKEK(db: ourDB, publicKey: k.publicKey, privateKey: k.privateKey) }
         // A private key where the public belongs is refused, naming the file.
         do {
-            _ = try KEKRegistration.register(database: ourDB, publicKey: k.privateKey, privateKey: nil)
+            _ = try await registerKEK(db: ourDB, publicKey: k.privateKey, privateKey: nil)
             Issue.record("registered a private key as KEK")
         } catch let e as AdminError { #expect(e.message.contains(k.privateKey)) }
 
-        let table = KEKRegistration.table(try SQLiteCollectorStore(path: ourDB).listKEKs()).description
+        let table = KEKRows.table(try await ours.keks()).description
         let lines = table.split(separator: "\n")
         #expect(lines.count == 2)
         #expect(lines[1].contains(id) && lines[1].contains(k.publicKey) && lines[1].contains(k.privateKey))
         #expect(lines[1].hasPrefix("1 ") && lines[1].contains("yes"))
         // Unreadable files show as such.
-        let missing = KEKRegistration.table([KEKRow(rowID: 7, active: false, privEncrypted: true, pubDatafile: "/nonexistent/pub.crt",
-                                                    privDatafile: "/nonexistent/keypair.pem", kekID: nil, createdAt: nil)]).description
+        let missing = KEKRows.table([KEKRow(rowID: 7, active: false, privEncrypted: true, pubDatafile: "/nonexistent/pub.crt",
+                                            privDatafile: "/nonexistent/keypair.pem", publicKeyPEM: nil, kekID: nil,
+                                            createdAt: nil)]).description
         #expect(missing.split(separator: "\n")[1].contains("?"))
         #expect(missing.split(separator: "\n")[1].contains("no"))
     }
@@ -96,10 +105,11 @@ struct KeysTests {
         let tmp = try TempDir("adm-list")
         defer { tmp.remove() }
         let k = try makeOpenSSLKeyPair(in: tmp.path)
-        let store = try SQLiteCollectorStore(path: tmp.file("c.db"))
+        let store = try SQLiteStorage(path: tmp.file("c.db"))
+        defer { Task { await store.close() } }
         let captured = try await fillCollector(store, kek: try KEKPublicKey(pemFile: k.publicKey), agent: "host-z",
                                                baseMs: 1_764_547_200_000, sessions: 1)
-        let rows = try store.listCaptures(CaptureFilter(agentID: "host-z", kind: "screen"))
+        let rows = try await allCaptures(store, CaptureQuery(agentID: aid("host-z"), kind: .screen))
         let table = CaptureListing.table(rows).description
         let lines = table.split(separator: "\n")
         #expect(lines.count == 1 + 2 + 1)
@@ -108,10 +118,11 @@ struct KeysTests {
             #expect(line.contains("host-z") && line.contains("screen") && line.contains("<Encrypted>"))
             #expect(line.contains(OutputNaming.iso(f.meta.captureTimeMs)))
         }
-        let all = CaptureListing.table(try store.listCaptures(CaptureFilter())).description
+        let every = try await allCaptures(store)
+        let all = CaptureListing.table(every).description
         #expect(all.contains("keystrokes"))
         for c in captured.chunks { #expect(!all.contains(c.chunk.text)) }
-        #expect(all.hasSuffix("4 captures, \(CaptureListing.byteCount(try store.listCaptures(CaptureFilter()).reduce(0) { $0 + $1.size })) sealed"))
+        #expect(all.hasSuffix("4 captures, \(CaptureListing.byteCount(every.reduce(0) { $0 + $1.size })) sealed"))
     }
 
     /// `custos agents add --id ..` (and `.`) is refused with a message naming the option and what

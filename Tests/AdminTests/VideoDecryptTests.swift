@@ -1,5 +1,6 @@
 import CaptureFormat
-import Collector
+import CollectorStorage
+import CollectorStorageSQLite
 import Envelope
 import Foundation
 import Testing
@@ -46,8 +47,7 @@ private func recordStream(_ session: DEKSession, monitor: Int, name: String, wid
         for _ in 0..<(duplicate.contains(i) ? 2 : 1) {
             let blob = try session.seal(VideoPacketPayload.encode(meta, packet: packet), kind: .screen, captureTimeMs: meta.captureTimeMs)
             let h = blob.header
-            items.append(.blob(blobID: h.blobID.hex, agentID: h.agentID, kind: h.kind.name, dekID: h.dekID.hex, kekID: h.kekID.hex,
-                               sequence: Int64(h.sequence), captureTimeMs: h.captureTimeMs, blob: blob.serialized))
+            items.append(ingestItem(blob))
             sent.append(SentPacket(meta: meta, blobID: h.blobID.hex))
         }
     }
@@ -87,11 +87,10 @@ struct VideoDecryptTests {
     /// packets at 1 s, packet 5 never arrived, packet 9 stored twice), monitor 1 (160×120, one
     /// keyframe, 6 packets at 0.5 s + 1 s), one PNG frame and one keystroke chunk.
     private func fill(_ db: String, kek: KEKPublicKey) async throws -> (a: [SentPacket], b: [SentPacket], png: Data) {
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         let session = try DEKSession(kek: kek, agentID: "host-v")
         let r = session.record
-        var items: [IngestItem] = [.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: r.agentID,
-                                        creationTimeMs: r.creationTimeMs, record: r.serialized)]
+        var items: [IngestItem] = [ingestItem(r)]
         let a = try recordStream(session, monitor: 0, name: "DP-1", width: 320, height: 240, startMs: Self.t0, count: 12,
                                  keyframeIntervalMs: 4000, drop: [5], duplicate: [9])
         let b = try recordStream(session, monitor: 1, name: "HDMI/1", width: 160, height: 120, startMs: Self.t0 + 500, count: 6,
@@ -103,8 +102,7 @@ struct VideoDecryptTests {
         for (payload, kind, t) in [(FramePayload.encode(frameMeta, png: png), CaptureKind.screen, Self.t0 + 700),
                                    (chunk.encoded(), CaptureKind.keystrokes, Self.t0 + 800)] {
             let h = try session.seal(payload, kind: kind, captureTimeMs: t)
-            items.append(.blob(blobID: h.header.blobID.hex, agentID: "host-v", kind: kind.name, dekID: r.dekID.hex,
-                               kekID: r.kekID.hex, sequence: Int64(h.header.sequence), captureTimeMs: t, blob: h.serialized))
+            items.append(ingestItem(h))
         }
         let outcomes = try await store.ingest(items + a.items + b.items, receivedAtMs: Self.t0 + 100_000)
         #expect(outcomes.allSatisfy { $0 == .stored })
@@ -120,7 +118,7 @@ struct VideoDecryptTests {
         let db = tmp.file("collector.db")
         let (a, b, png) = try await fill(db, kek: try KEKPublicKey(pemFile: k.publicKey))
         let out = tmp.file("out")
-        let report = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+        let report = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
                                         options: DecryptOptions(output: .directory(out), stillsEveryMs: 2000),
                                         actor: "tester", log: { _ in }, progressStyle: .quiet)
         #expect(report.failures.isEmpty, "\(report.failures)")
@@ -202,12 +200,12 @@ struct VideoDecryptTests {
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         let db = tmp.file("collector.db")
         _ = try await fill(db, kek: try KEKPublicKey(pemFile: k.publicKey))
-        func run(_ options: DecryptOptions) throws -> DecryptReport {
-            try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+        func run(_ options: DecryptOptions) async throws -> DecryptReport {
+            try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
                                options: options, actor: "tester", log: { _ in }, progressStyle: .quiet)
         }
         let zip = tmp.file("export.zip")
-        let exported = try run(DecryptOptions(output: .archive(zip)))
+        let exported = try await run(DecryptOptions(output: .archive(zip)))
         #expect(exported.failures.isEmpty && exported.videoFiles == 3 && exported.stills == 0)
         let listing = try runChecked(["unzip", "-Z1", zip]).split(separator: "\n")
         #expect(listing.filter { $0.hasSuffix(".webm") }.count == 3)
@@ -219,13 +217,13 @@ struct VideoDecryptTests {
         }
 
         // A 1-byte cap: every keyframe starts a new file (monitor 0: 0–3, 4, 8–11; monitor 1: one).
-        let capped = try run(DecryptOptions(output: .directory(tmp.file("capped")), maxVideoFileBytes: 1))
+        let capped = try await run(DecryptOptions(output: .directory(tmp.file("capped")), maxVideoFileBytes: 1))
         #expect(capped.videoFiles == 4 && capped.videoPackets == 15, "\(capped)")
         let cappedFiles = filesUnder(tmp.file("capped")).filter { $0.hasSuffix(".webm") }
         #expect(try cappedFiles.map { try probe(tmp.file("capped") + "/" + $0).packets }.sorted() == [1, 4, 4, 6])
 
         // Stills every 1.5 s: the one at 9.5 s shows packet 9 (stored twice), not the packet after it.
-        let sparse = try run(DecryptOptions(output: .directory(tmp.file("stills")), stillsEveryMs: 1500))
+        let sparse = try await run(DecryptOptions(output: .directory(tmp.file("stills")), stillsEveryMs: 1500))
         let stillNames = Set(filesUnder(tmp.file("stills")).filter { $0.hasSuffix(".png") })
         for (ms, expected) in [(Int64(9000), true), (10_000, false), (8000, true), (11_000, true), (3000, true)] {
             let name = OutputNaming.screen(agent: "host-v", monitor: 0, monitorName: "DP-1", timeMs: Self.t0 + ms)
@@ -235,7 +233,7 @@ struct VideoDecryptTests {
 
         // From 1.5 s on: monitor 0 waits for the keyframe at 4 s (2, 3 skipped), then as before;
         // monitor 1 has no keyframe after 1.5 s, so none of its 5 packets there is written.
-        let since = try run(DecryptOptions(output: .directory(tmp.file("since")), sinceMs: Self.t0 + 1500))
+        let since = try await run(DecryptOptions(output: .directory(tmp.file("since")), sinceMs: Self.t0 + 1500))
         #expect(since.videoFiles == 2 && since.videoPackets == 1 + 4, "\(since)")
         #expect(since.videoPacketsSkipped == ["no-keyframe": 2 + 2 + 5, "duplicate": 1])
     }
@@ -270,11 +268,10 @@ struct VideoDecryptTests {
         let k = try makeOpenSSLKeyPair(in: tmp.path)
         let kek = try KEKPublicKey(pemFile: k.publicKey)
         let db = tmp.file("collector.db")
-        let store = try SQLiteCollectorStore(path: db)
+        let store = try SQLiteStorage(path: db)
         let session = try DEKSession(kek: kek, agentID: "host-x")
         let r = session.record
-        var items: [IngestItem] = [.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: r.agentID,
-                                        creationTimeMs: r.creationTimeMs, record: r.serialized)]
+        var items: [IngestItem] = [ingestItem(r)]
         let stream = try MonitorStream(monitor: 0, width: 64, height: 48, keyframeIntervalMs: 0)
         var liar = ""
         for i in 0..<4 {
@@ -282,12 +279,11 @@ struct VideoDecryptTests {
             if i == 2 { (meta.keyframe, meta.groupStart) = (true, 2) }
             let blob = try session.seal(VideoPacketPayload.encode(meta, packet: packet), kind: .screen, captureTimeMs: meta.captureTimeMs)
             if i == 2 { liar = blob.header.blobID.hex }
-            items.append(.blob(blobID: blob.header.blobID.hex, agentID: "host-x", kind: "screen", dekID: r.dekID.hex, kekID: r.kekID.hex,
-                               sequence: Int64(blob.header.sequence), captureTimeMs: meta.captureTimeMs, blob: blob.serialized))
+            items.append(ingestItem(blob))
         }
         _ = try await store.ingest(items, receivedAtMs: Self.t0)
         let out = tmp.file("out")
-        let report = try DecryptJob.run(input: .database(db), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
+        let report = try await DecryptJob.run(input: .database(.sqlite(path: db)), keyFile: k.privateKey, passphrase: secret("correct horse battery staple"),
                                         options: DecryptOptions(output: .directory(out)), actor: "t", log: { _ in }, progressStyle: .quiet)
         #expect(report.failures.count == 1 && report.failures.first?.blobID == liar)
         #expect(report.failures.first?.reason.contains("says keyframe") == true, "\(report.failures)")

@@ -1,4 +1,7 @@
 import Collector
+import CollectorStorage
+import CollectorStorageSQLite
+import CustosBase
 import Envelope
 import Foundation
 import Testing
@@ -36,7 +39,7 @@ import Glibc
         try requireTool("sqlite3")
         let f = try await NetFixture.start("blobfiles")
         defer { Task { await f.stop() } }
-        let threshold = SQLiteCollectorStore.blobFileMinBytes
+        let threshold = SQLiteStorage.blobFileMinBytes
         let session = try DEKSession(kek: try KEKPublicKey(pemFile: f.kekPublic), agentID: f.agentID)
         // Plaintext sizes around the threshold (a sealed blob adds its header and tag), plus a frame-sized one.
         var records: [EnvelopeRecord] = [.dekRecord(session.record)]
@@ -48,7 +51,7 @@ import Glibc
         let first = try await client.upload(stream(records))
         #expect(first.results.allSatisfy { $0.status == .stored })
 
-        let store = try #require(f.collector.store as? SQLiteCollectorStore)
+        let store = try #require(f.collector.storage as? SQLiteStorage)
         let where_ = try placements(store.path)
         var expectedOffset: Int64 = 0
         for record in records.dropFirst() {
@@ -60,7 +63,7 @@ import Glibc
             } else {
                 #expect(p == Placement(inlineBytes: size, file: nil, offset: nil), "blob of \(size) bytes")
             }
-            #expect(try store.blob(blobID: id) == record.serialized)
+            #expect(try await store.blob(record.blobID) == record.serialized)
         }
         #expect(expectedOffset > 0)
         // Written once: the file holds exactly the large blobs, back to back; modes 0700 / 0600.
@@ -91,12 +94,13 @@ import Glibc
 
         // Another store on the same file (the admin CLI, a restarted collector) reads the blobs
         // and a later batch appends after them.
-        let reopened = try SQLiteCollectorStore(path: store.path)
-        #expect(try reopened.blob(blobID: wireHex(records[4].id)) == records[4].serialized)
+        let reopened = try SQLiteStorage(path: store.path)
+        #expect(try await reopened.blob(records[4].blobID) == records[4].serialized)
         let more = try session.seal(Data(count: 2 * threshold), kind: .screen, captureTimeMs: 99)
         #expect(try await client.upload(more.serialized).results.first?.status == .stored)
         #expect(try placements(store.path)[more.header.blobID.hex]?.offset == expectedOffset)
-        #expect(try reopened.blob(blobID: more.header.blobID.hex) == more.serialized)
+        #expect(try await reopened.blob(more.header.blobID) == more.serialized)
+        await reopened.close()
         await client.close()
     }
 
@@ -107,31 +111,36 @@ import Glibc
         let (records, _) = try f.records(count: 2, size: 100_000)
         let client = try f.client()
         #expect(try await client.upload(stream(Array(records.prefix(2)))).results.allSatisfy { $0.status == .stored })
-        let store = try #require(f.collector.store as? SQLiteCollectorStore)
+        let store = try #require(f.collector.storage as? SQLiteStorage)
         let first = store.blobDirectory + "/00000001.blobs"
         #expect(truncate(first, off_t(1 << 30)) == 0)  // sparse: as if 1 GiB had been written
         #expect(try await client.upload(records[2].serialized).results.first?.status == .stored)
         let second = store.blobDirectory + "/00000002.blobs"
         #expect((try FileManager.default.attributesOfItem(atPath: second)[.size] as? Int) == records[2].serialized.count)
-        #expect(try store.blob(blobID: wireHex(records[1].id)) == records[1].serialized)
-        #expect(try store.blob(blobID: wireHex(records[2].id)) == records[2].serialized)
+        #expect(try await store.blob(records[1].blobID) == records[1].serialized)
+        #expect(try await store.blob(records[2].blobID) == records[2].serialized)
         await client.close()
     }
 
     /// A storage failure every agent keeps hitting is logged once at error level, and its end
-    /// once; the agents get a retryable `storage-error` meanwhile.
+    /// once; the agents get 503 with `Retry-After` meanwhile (nothing acknowledged, so they keep
+    /// their records), and health says `storage-failing`.
     @Test func aRepeatedStorageFailureIsLoggedOnce() async throws {
         let f = try await NetFixture.start("blobfile-log")
         defer { Task { await f.stop() } }
         let (records, _) = try f.records(count: 5, size: 100_000)
         let client = try f.client()
         #expect(try await client.upload(stream(Array(records.prefix(2)))).results.allSatisfy { $0.status == .stored })
-        let store = try #require(f.collector.store as? SQLiteCollectorStore)
+        let store = try #require(f.collector.storage as? SQLiteStorage)
         let aside = f.dir.file("blobs-aside")
         try FileManager.default.moveItem(atPath: store.blobDirectory, toPath: aside)
         for record in records[2...4] {
-            let r = try await client.upload(record.serialized)
-            #expect(r.results.first?.reason == .storageError && r.results.first?.retryable == true)
+            await #expect {
+                _ = try await client.upload(record.serialized)
+            } throws: { error in
+                let e = error as? TransportError
+                return e?.httpStatus == 503 && e?.retryAfter == .seconds(5)
+            }
         }
         #expect(f.logs.count("storing an upload failed") == 1)
         #expect(try await client.health().status == "storage-failing")
@@ -149,15 +158,15 @@ import Glibc
         defer { Task { await f.stop() } }
         let (records, _) = try f.records(count: 2, size: 100_000)
         #expect(try await f.client().upload(stream(records)).results.allSatisfy { $0.status == .stored })
-        let store = try #require(f.collector.store as? SQLiteCollectorStore)
+        let store = try #require(f.collector.storage as? SQLiteStorage)
         let file = store.blobDirectory + "/00000001.blobs"
         #expect(truncate(file, off_t(records[1].serialized.count + 10)) == 0)
-        #expect(try store.blob(blobID: wireHex(records[1].id)) == records[1].serialized)
+        #expect(try await store.blob(records[1].blobID) == records[1].serialized)
         do {
-            _ = try store.blob(blobID: wireHex(records[2].id))
+            _ = try await store.blob(records[2].blobID)
             Issue.record("reading a blob past the end of its file did not fail")
         } catch {
-            #expect(error.code == .database)
+            #expect(error.code == .corrupt)
             #expect(error.message.contains(file) && error.message.contains("ends at byte"), "\(error)")
         }
         // An edited row asking for more than the file holds (or a negative offset) is refused
@@ -167,7 +176,7 @@ import Glibc
             try runChecked(["sqlite3", "-cmd", ".timeout 10000", store.path,
                             "update captures set \(column) = \(value) where blob_id = '\(id)'"])
             do {
-                _ = try store.blob(blobID: id)
+                _ = try await store.blob(records[1].blobID)
                 Issue.record("a row with \(column) = \(value) was read")
             } catch {
                 #expect(error.message.contains(file) && error.message.contains("ends at byte"), "\(error)")
@@ -175,10 +184,10 @@ import Glibc
             try runChecked(["sqlite3", "-cmd", ".timeout 10000", store.path,
                             "update captures set size = \(records[1].serialized.count), blob_offset = 0 where blob_id = '\(id)'"])
         }
-        #expect(try store.blob(blobID: wireHex(records[1].id)) == records[1].serialized)
+        #expect(try await store.blob(records[1].blobID) == records[1].serialized)
         try FileManager.default.removeItem(atPath: file)
         do {
-            _ = try store.blob(blobID: wireHex(records[1].id))
+            _ = try await store.blob(records[1].blobID)
             Issue.record("reading a blob from a missing file did not fail")
         } catch {
             #expect(error.message.contains(file) && error.message.contains("No such file"), "\(error)")
@@ -192,19 +201,14 @@ import Glibc
         let fs = try SmallTmpfs("collector-enospc", size: "3m")
         defer { fs.unmount() }
         let mountPoint = fs.path
-        let store = try SQLiteCollectorStore(path: mountPoint + "/collector.db")
+        let store = try SQLiteStorage(path: mountPoint + "/collector.db")
+        defer { Task { await store.close() } }
         let kek = try KEKPublicKey(pemFile: try sharedMaterial.get().kek.publicKey)
         let session = try DEKSession(kek: kek, agentID: "full-disk")
-        let dek = session.record
-        _ = try await store.ingest([.dek(dekID: dek.dekID.hex, kekID: dek.kekID.hex, agentID: "full-disk",
-                                         creationTimeMs: 1, record: dek.serialized)], receivedAtMs: 1)
-        func item(_ b: SealedBlob) -> IngestItem {
-            .blob(blobID: b.header.blobID.hex, agentID: "full-disk", kind: "screen", dekID: dek.dekID.hex,
-                  kekID: dek.kekID.hex, sequence: Int64(bitPattern: b.header.sequence), captureTimeMs: b.header.captureTimeMs,
-                  blob: b.serialized)
-        }
+        _ = try await store.ingest([ingestItem(session.record)], receivedAtMs: 1)
+        func item(_ b: SealedBlob) -> IngestItem { ingestItem(b) }
         var stored: [SealedBlob] = []
-        var failure: CollectorError?
+        var failure: StorageError?
         for i in 0..<40 where failure == nil {
             let batch = try (0..<2).map { j in
                 try session.seal(randomData(200_000), kind: .screen,
@@ -219,7 +223,7 @@ import Glibc
             }
         }
         let error = try #require(failure, "3 MiB filled without a storage error")
-        #expect(error.code == .database)
+        #expect(error.code == .unavailable)
         #expect(["No space left", "enough space", "full"].contains { error.message.contains($0) }, "\(error)")
         #expect(stored.count >= 2)
         // The file holds the committed blobs and at most the failed batch's bytes: cut off when the
@@ -227,8 +231,8 @@ import Glibc
         let size = try #require(try FileManager.default.attributesOfItem(atPath: store.blobDirectory + "/00000001.blobs")[.size] as? Int)
         let referenced = stored.reduce(0) { $0 + $1.serialized.count }
         #expect(size >= referenced && size <= referenced + 2 * 200_200, "file \(size) bytes, referenced \(referenced)")
-        for b in stored { #expect(try store.blob(blobID: b.header.blobID.hex) == b.serialized) }
-        #expect(try store.counts().captures == stored.count)
+        for b in stored { #expect(try await store.blob(b.header.blobID) == b.serialized) }
+        #expect(try await store.counts().captures == stored.count)
         #expect(try runChecked(["sqlite3", mountPoint + "/collector.db", "pragma integrity_check"])
             .trimmingCharacters(in: .whitespacesAndNewlines) == "ok")
     }
@@ -248,9 +252,10 @@ import Glibc
         let port = try freeLocalPort()
         try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:\(port)")
         let db = dir.file("collector.db")
-        let store = try SQLiteCollectorStore(path: db)
-        let token = try store.addAgent(id: "kill-agent")
-        _ = try store.registerKEK(pubDatafile: kek.publicKey, privDatafile: nil, privEncrypted: false, active: true, kekID: nil)
+        let store = try SQLiteStorage(path: db)
+        defer { Task { await store.close() } }
+        let token = try await store.addAgent(try AgentID("kill-agent")).revealed
+        _ = try await store.registerKEK(pathOnlyKEK(kek.publicKey))
 
         let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek.publicKey), agentID: "kill-agent")
         var records: [EnvelopeRecord] = [.dekRecord(session.record)]
@@ -284,11 +289,11 @@ import Glibc
             }
         }
         // Kill it once some batches are stored, while the rest are in flight.
-        let sawProgress = try await waitUntil(timeout: 60, every: .milliseconds(20)) { try store.counts().captures >= 16 }
+        let sawProgress = try await waitUntil(timeout: 60, every: .milliseconds(20)) { try await store.counts().captures >= 16 }
         first.send(SIGKILL)
         #expect(first.waitExit(timeout: 10) != nil)
         await uploading.value
-        let storedAtKill = try store.counts().captures
+        let storedAtKill = try await store.counts().captures
         try #require(sawProgress && storedAtKill < 600, "the kill came too late to test anything (\(storedAtKill) stored)")
 
         let second = try await startCollector(2)
@@ -297,9 +302,9 @@ import Glibc
             do { _ = try await uploader.uploadOnce() } catch { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(try spool.stats().totalSpooled.count == 0)
-        #expect(try store.counts() == (600, 1))
+        #expect(try await store.counts() == (600, 1))
         for record in records.dropFirst() {
-            #expect(try store.blob(blobID: wireHex(record.id)) == record.serialized)
+            #expect(try await store.blob(record.blobID) == record.serialized)
         }
         #expect(try runChecked(["sqlite3", "-cmd", ".timeout 10000", db, "pragma integrity_check"])
             .trimmingCharacters(in: .whitespacesAndNewlines) == "ok")
@@ -320,16 +325,20 @@ import Glibc
     /// A store in a fresh temp dir, with a DEK session whose record is stored already.
     struct Rig {
         let dir: TempDir
-        let store: SQLiteCollectorStore
+        let store: SQLiteStorage
         let session: DEKSession
 
         init(_ name: String, databaseName: String = "collector.db") async throws {
             dir = try TempDir(name)
-            store = try SQLiteCollectorStore(path: dir.file(databaseName))
+            store = try SQLiteStorage(path: dir.file(databaseName))
             session = try DEKSession(kek: try KEKPublicKey(pemFile: try sharedMaterial.get().kek.publicKey), agentID: "dmg")
-            let r = session.record
-            _ = try await store.ingest([.dek(dekID: r.dekID.hex, kekID: r.kekID.hex, agentID: "dmg", creationTimeMs: 1,
-                                            record: r.serialized)], receivedAtMs: 1)
+            _ = try await store.ingest([ingestItem(session.record)], receivedAtMs: 1)
+        }
+
+        /// Closes the storage and removes the directory.
+        func remove() async {
+            await store.close()
+            dir.remove()
         }
 
         func blob(_ size: Int) throws -> SealedBlob {
@@ -337,22 +346,18 @@ import Glibc
         }
 
         func ingest(_ blobs: [SealedBlob]) async throws -> [IngestOutcome] {
-            try await store.ingest(blobs.map { b in
-                .blob(blobID: b.header.blobID.hex, agentID: "dmg", kind: b.header.kind.name, dekID: b.header.dekID.hex,
-                      kekID: b.header.kekID.hex, sequence: Int64(bitPattern: b.header.sequence),
-                      captureTimeMs: b.header.captureTimeMs, blob: b.serialized)
-            }, receivedAtMs: 2)
+            try await store.ingest(blobs.map { ingestItem($0) }, receivedAtMs: 2)
         }
 
         func file(_ n: Int) -> String { store.blobDirectory + "/" + String(format: "%08d.blobs", n) }
         func size(_ path: String) -> Int? { (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int }
-        func read(_ b: SealedBlob) throws -> Data? { try store.blob(blobID: b.header.blobID.hex) }
+        func read(_ b: SealedBlob) async throws -> Data? { try await store.blob(b.header.blobID) }
     }
 
     @Test(arguments: ["lost", "cut short"])
     func aDamagedFileIsNeverWrittenOverAndResendingRepairs(_ damage: String) async throws {
         let rig = try await Rig("blob-damage")
-        defer { rig.dir.remove() }
+        defer { Task { await rig.remove() } }
         let old = try (0..<3).map { _ in try rig.blob(100_000) }
         #expect(try await rig.ingest(old) == [.stored, .stored, .stored])
         if damage == "lost" {
@@ -364,28 +369,24 @@ import Glibc
         let new = try rig.blob(200_000)
         #expect(try await rig.ingest([new]) == [.stored])
         #expect(rig.size(rig.file(2)) == new.serialized.count)
-        #expect(try rig.read(new) == new.serialized)
+        #expect(try await rig.read(new) == new.serialized)
         for b in old {
-            #expect(throws: CollectorError.self) { try rig.read(b) }
+            await #expect(throws: StorageError.self) { try await rig.read(b) }
         }
         // The agent's copy of a damaged blob repairs it, in a batch with a new small blob that
         // is stored as usual; sending it once more is a duplicate.
         let small = try rig.blob(1_000)
         #expect(try await rig.ingest([old[0], small]) == [.stored, .stored])
-        #expect(try rig.read(old[0]) == old[0].serialized)
-        #expect(try rig.read(small) == small.serialized)
+        #expect(try await rig.read(old[0]) == old[0].serialized)
+        #expect(try await rig.read(small) == small.serialized)
         #expect(try await rig.ingest([old[0]]) == [.duplicate])
         // With its stored copy gone, the collector cannot tell other bytes under the same header
         // and size from the original: they repair the row too (Ingestor only accepts them from the
         // blob's own agent), and decryption's AEAD tag check is what catches them.
         var forged = old[1].serialized
         forged[forged.count - 1] ^= 1
-        #expect(try await rig.store.ingest([.blob(blobID: old[1].header.blobID.hex, agentID: "dmg", kind: "screen",
-                                                  dekID: old[1].header.dekID.hex, kekID: old[1].header.kekID.hex,
-                                                  sequence: Int64(bitPattern: old[1].header.sequence),
-                                                  captureTimeMs: old[1].header.captureTimeMs, blob: forged)],
-                                           receivedAtMs: 3) == [.stored])
-        #expect(try rig.read(old[1]) == forged)
+        #expect(try await rig.store.ingest([ingestItem(old[1], bytes: forged)], receivedAtMs: 3) == [.stored])
+        #expect(try await rig.read(old[1]) == forged)
     }
 
     /// A batch that fails before its COMMIT (here a trigger refuses one row) leaves the blob file
@@ -393,7 +394,7 @@ import Glibc
     @Test func aBatchThatFailsBeforeCommitIsCutOffTheFile() async throws {
         try requireTool("sqlite3")
         let rig = try await Rig("blob-abort")
-        defer { rig.dir.remove() }
+        defer { Task { await rig.remove() } }
         let first = try rig.blob(60_000)
         #expect(try await rig.ingest([first]) == [.stored])
         let good = try rig.blob(70_000), poisoned = try rig.blob(77_000)
@@ -403,10 +404,10 @@ import Glibc
             """])
         await #expect(throws: (any Error).self) { try await rig.ingest([good, poisoned]) }
         #expect(rig.size(rig.file(1)) == first.serialized.count)
-        #expect(try rig.store.counts().captures == 1)
+        #expect(try await rig.store.counts().captures == 1)
         try runChecked(["sqlite3", "-cmd", ".timeout 10000", rig.store.path, "DROP TRIGGER boom"])
         #expect(try await rig.ingest([good, poisoned]) == [.stored, .stored])
-        for b in [first, good, poisoned] { #expect(try rig.read(b) == b.serialized) }
+        for b in [first, good, poisoned] { #expect(try await rig.read(b) == b.serialized) }
     }
 
     /// Only the blob's own agent (and KEK, kind, DEK, sequence, time, size) can repair a row
@@ -414,24 +415,20 @@ import Glibc
     /// agent's upload under that id is `otherAgent` (answered as a new id, never stored).
     @Test func anotherAgentCannotRepairABlob() async throws {
         let rig = try await Rig("blob-other-agent")
-        defer { rig.dir.remove() }
+        defer { Task { await rig.remove() } }
         let b = try rig.blob(100_000)
         #expect(try await rig.ingest([b]) == [.stored])
         #expect(truncate(rig.file(1), 10) == 0)
-        let h = b.header
-        func item(agent: String) -> IngestItem {
-            .blob(blobID: h.blobID.hex, agentID: agent, kind: h.kind.name, dekID: h.dekID.hex, kekID: h.kekID.hex,
-                  sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs, blob: b.serialized)
-        }
-        #expect(try await rig.store.ingest([item(agent: "intruder")], receivedAtMs: 3) == [.otherAgent])
-        #expect(throws: CollectorError.self) { try rig.read(b) }
-        #expect(try await rig.store.ingest([item(agent: "dmg")], receivedAtMs: 4) == [.stored])
-        #expect(try rig.read(b) == b.serialized)
+        func item(agent: String) throws -> IngestItem { ingestItem(b, agent: try AgentID(agent)) }
+        #expect(try await rig.store.ingest([try item(agent: "intruder")], receivedAtMs: 3) == [.otherAgent])
+        await #expect(throws: StorageError.self) { try await rig.read(b) }
+        #expect(try await rig.store.ingest([try item(agent: "dmg")], receivedAtMs: 4) == [.stored])
+        #expect(try await rig.read(b) == b.serialized)
     }
 
     @Test func symlinksFIFOsAndStrayNamesAreNeverAppendedTo() async throws {
         let rig = try await Rig("blob-strays")
-        defer { rig.dir.remove() }
+        defer { Task { await rig.remove() } }
         let first = try rig.blob(50_000)
         #expect(try await rig.ingest([first]) == [.stored])
         // A symlink as the newest file: the target is never written.
@@ -452,7 +449,7 @@ import Glibc
         let fourth = try rig.blob(50_000)
         #expect(try await rig.ingest([fourth]) == [.stored])
         #expect(rig.size(rig.file(5)) == third.serialized.count + fourth.serialized.count)
-        for b in [first, second, third, fourth] { #expect(try rig.read(b) == b.serialized) }
+        for b in [first, second, third, fourth] { #expect(try await rig.read(b) == b.serialized) }
     }
 
     /// The blob directory carries a marker with its database's id: a missing directory, an empty
@@ -461,9 +458,9 @@ import Glibc
     /// would hide them; small blobs still go in, and all is well once the right one is back.
     @Test func aMissingEmptyOrForeignBlobDirectoryIsRefused() async throws {
         let rig = try await Rig("blob-marker")
-        defer { rig.dir.remove() }
+        defer { Task { await rig.remove() } }
         let other = try await Rig("blob-marker-other")
-        defer { other.dir.remove() }
+        defer { Task { await other.remove() } }
         let first = try rig.blob(50_000)
         #expect(try await rig.ingest([first]) == [.stored])
         #expect(try await other.ingest([try other.blob(50_000)]) == [.stored])
@@ -495,12 +492,13 @@ import Glibc
         try FileManager.default.moveItem(atPath: aside, toPath: rig.store.blobDirectory)
         let later = try rig.blob(50_000)
         #expect(try await rig.ingest([later]) == [.stored])
-        #expect(try rig.read(first) == first.serialized && rig.read(later) == later.serialized)
+        #expect(try await rig.read(first) == first.serialized)
+        #expect(try await rig.read(later) == later.serialized)
     }
 
     @Test func aBlobDirectoryOthersCanWriteIsRefused() async throws {
         let rig = try await Rig("blob-mode")
-        defer { rig.dir.remove() }
+        defer { Task { await rig.remove() } }
         try FileManager.default.createDirectory(atPath: rig.store.blobDirectory, withIntermediateDirectories: false)
         #expect(chmod(rig.store.blobDirectory, 0o777) == 0)
         do {
@@ -519,9 +517,10 @@ import Glibc
         let dir = try TempDir("blob-dblink")
         defer { dir.remove() }
         try FileManager.default.createDirectory(atPath: dir.file("real"), withIntermediateDirectories: false)
-        _ = try SQLiteCollectorStore(path: dir.file("real/collector.db"))
+        try await SQLiteStorage(path: dir.file("real/collector.db")).close()
         try FileManager.default.createSymbolicLink(atPath: dir.file("link.db"), withDestinationPath: dir.file("real/collector.db"))
-        let viaLink = try SQLiteCollectorStore(path: dir.file("link.db"))
+        let viaLink = try SQLiteStorage(path: dir.file("link.db"))
+        defer { Task { await viaLink.close() } }
         #expect(viaLink.blobDirectory.hasSuffix("/real/collector.db.blobs"))
     }
 }

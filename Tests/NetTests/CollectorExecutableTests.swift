@@ -1,4 +1,5 @@
 import Collector
+import CollectorStorage
 import Foundation
 import Synchronization
 import Testing
@@ -11,7 +12,7 @@ import Wire
         let path = packageRoot + "/collector.cfg.sample"
         let config = try CollectorConfiguration(file: path)
         #expect(config.listenHost == "0.0.0.0" && config.listenPort == 8443)
-        #expect(config.databasePath == "/var/lib/custos/collector.db")
+        #expect(config.database == .sqlite(path: "/var/lib/custos/collector.db"))
         #expect(config.maxRequestBytes == WireAPI.defaultMaxRequestBytes)
         let text = try String(contentsOfFile: path, encoding: .utf8)
         for key in CollectorConfiguration.schema {
@@ -66,8 +67,8 @@ import Wire
         }
         try #require(port > 0, "no port in: \(String(decoding: output.data.withLock { $0 }, as: UTF8.self))")
 
-        let store = try SQLiteCollectorStore(path: dir.file("collector.db"))
-        let token = try store.addAgent(id: "exe-agent")
+        let token = try runChecked([try builtProduct("custos"), "agents", "add", "--db", dir.file("collector.db"), "--id", "exe-agent"])
+            .trimmingCharacters(in: .whitespacesAndNewlines)
         let client = try CollectorClient(configuration: testTransport(
             serverURL: "https://127.0.0.1:\(port)", agentID: "exe-agent", agentToken: token,
             pins: [try pki.pin("leaf")], caFile: nil), logger: LogCapture().logger("t"))

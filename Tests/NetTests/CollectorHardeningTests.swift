@@ -1,4 +1,7 @@
 import Collector
+import CollectorStorage
+import CollectorStorageSQLite
+import CustosBase
 import Envelope
 import Foundation
 import Testing
@@ -71,8 +74,8 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         defer { Task { await f.stop() } }
         let pub = f.dir.file("publickey.crt")
         try FileManager.default.copyItem(atPath: f.kekPublic, toPath: pub)
-        let id = try KEKPublicKey(pemFile: pub).id.hex
-        _ = try f.collector.store.registerKEK(pubDatafile: pub, privDatafile: nil, privEncrypted: false, active: true, kekID: nil)
+        let id = try KEKPublicKey(pemFile: pub).id
+        _ = try await f.collector.storage.registerKEK(pathOnlyKEK(pub))
         let registry = f.collector.server.registry
         await registry.refresh()
         #expect(registry.activeIDs == [id])
@@ -143,9 +146,10 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         let port = try freeLocalPort()
         try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:\(port)",
                                  extra: "kek-poll-seconds=1\nidle-timeout-seconds=300\nmax-connections=100000")
-        let store = try SQLiteCollectorStore(path: dir.file("collector.db"))
-        _ = try store.registerKEK(pubDatafile: kek.publicKey, privDatafile: nil, privEncrypted: false, active: true, kekID: nil)
-        let token = try store.addAgent(id: "emfile-agent")
+        let store = try SQLiteStorage(path: dir.file("collector.db"))
+        _ = try await store.registerKEK(pathOnlyKEK(kek.publicKey))
+        let token = try await store.addAgent(try AgentID("emfile-agent")).revealed
+        await store.close()
         let collector = try BackgroundProcess("/usr/bin/prlimit", ["--nofile=64:64", binary, "--config", dir.file("collector.cfg")],
                                               logPath: dir.file("collector.log"))
         defer {
@@ -230,19 +234,15 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         }
     }
 
-    /// `.` and `..` are refused as agent ids by the collector's store (they name directories on
-    /// the reviewer's machine), with a message naming what is expected.
+    /// `.` and `..` are refused as agent ids (they name directories on the reviewer's machine):
+    /// the storage takes only `AgentID`s, whose one validator refuses them with a message naming
+    /// what is expected.
     @Test func dotAgentIDsAreRefused() throws {
-        let dir = try TempDir("custos-dot-agents")
-        defer { dir.remove() }
-        let store = try SQLiteCollectorStore(path: dir.file("c.db"))
         for id in [".", ".."] {
-            #expect { _ = try store.addAgent(id: id) } throws: { error in
-                let e = error as? CollectorError
-                return e?.code == .invalidArgument && e?.message.contains("not '.' or '..'") == true
+            #expect { _ = try AgentID(id) } throws: { error in
+                (error as? ValueError)?.message.contains("not '.' or '..'") == true
             }
         }
-        #expect(try store.listAgents().isEmpty)
     }
 
     // MARK: Ids across agents
@@ -261,17 +261,18 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
             Issue.record("unexpected fixture records"); return
         }
         let aDEKID = Data(aDEK.dekID.bytes), aBlobID = Data(aBlob.header.blobID.bytes)
-        let aBlobBytes = try f.collector.store.blob(blobID: aBlob.header.blobID.hex)
-        let aDEKBytes = try f.collector.store.dekRecord(dekID: aDEK.dekID.hex)
+        let storage = f.collector.storage
+        let aBlobBytes = try await storage.blob(aBlob.header.blobID)
+        let aDEKBytes = try await storage.dekRecord(aDEK.dekID)
 
         // B, with its own token and DEK.
         let bID = "other-\(UInt32.random(in: 0...UInt32.max))"
-        let bToken = try f.collector.store.addAgent(id: bID)
+        let bToken = try await storage.addAgent(try AgentID(bID)).revealed
         let b = try f.client(token: bToken, agentID: bID)
         let (bRecords, _) = try f.records(count: 3, agent: bID)
         guard case .dekRecord(let bDEK) = bRecords[0] else { Issue.record("no DEK record"); return }
         #expect(try await b.upload(stream([bRecords[0]])).results.first?.status == .stored)
-        let before = try f.storedCounts
+        let before = try await f.storedCounts
 
         // Offsets (docs/FORMAT.md): prefix 10, suite 1; DEK record: DEK id at 11; blob: blob id
         // at 11, KEK id at 27, DEK id at 59.
@@ -292,7 +293,7 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         let unseenDEK = try await answer(with(blob(2), randomData(16), at: 59))
         #expect(foreignDEK.reason == .unknownDEK, "\(foreignDEK)")
         #expect(foreignDEK == unseenDEK)
-        #expect(try f.storedCounts.captures == before.captures, "a blob naming another agent's DEK was stored")
+        #expect(try await f.storedCounts.captures == before.captures, "a blob naming another agent's DEK was stored")
 
         // 2. A DEK record of B reusing A's DEK id, and one with a new DEK id.
         let foreignDEKRecord = try await answer(with(bDEK.serialized, aDEKID, at: 11))
@@ -305,9 +306,9 @@ func holdIdleConnections(port: Int, count: Int, maxFailures: Int? = nil, dir: Te
         #expect(foreignBlob == unseenBlob, "\(foreignBlob) vs \(unseenBlob)")
 
         // A's records are untouched; the collector's log says what happened.
-        #expect(try f.collector.store.blob(blobID: aBlob.header.blobID.hex) == aBlobBytes)
-        #expect(try f.collector.store.dekRecord(dekID: aDEK.dekID.hex) == aDEKBytes)
-        #expect(try f.collector.store.listCaptures(CaptureFilter(agentID: bID)).count == 1, "only B's new blob")
+        #expect(try await storage.blob(aBlob.header.blobID) == aBlobBytes)
+        #expect(try await storage.dekRecord(aDEK.dekID) == aDEKBytes)
+        #expect(try await allCaptures(storage, CaptureQuery(agentID: try AgentID(bID))).count == 1, "only B's new blob")
         #expect(f.logs.count("belong to another agent") == 2, "\(f.logs.text)")
         await b.close()
     }

@@ -34,4 +34,34 @@ import TestSupport
         #expect(help.status == 0)
         #expect(help.stdoutString.contains("listen=HOST:PORT"))
     }
+
+    /// `database=` is read by the one `StorageLocation` validator: a `postgres://` URL is named
+    /// in a clear error while this build has no PostgreSQL backend; a password in the URL, or a
+    /// password file with a SQLite path, is refused naming the file, line and key (and the
+    /// password is not repeated).
+    @Test func theDatabaseValueIsValidatedAndAPostgresURLIsNamed() throws {
+        let dir = try TempDir("custos-collector-db-url")
+        defer { dir.remove() }
+        let pki = try sharedMaterial.get().pki
+        let bin = try builtProduct("custos-collector")
+        func start(_ lines: String) throws -> CommandResult {
+            try "listen=127.0.0.1:0\ntls-cert=\(pki.chain("leaf"))\ntls-key=\(pki.key("leaf"))\n\(lines)\n"
+                .write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
+            return try runCommand([bin, "--config", dir.file("c.cfg")], timeout: 30)
+        }
+        let pg = try start("database=postgres://custos@127.0.0.1:5432/custos?sslmode=require")
+        #expect(pg.status == 1)
+        #expect(pg.stderrString.contains("database=postgres://custos@127.0.0.1:5432/custos?sslmode=require: cannot open the storage: 127.0.0.1:5432/custos: this build's PostgreSQL backend is not wired yet"),
+                "\(pg.stderrString)")
+        let password = try start("database=postgres://custos:hunter2@db/custos")
+        #expect(password.status == 1)
+        #expect(password.stderrString.contains("\(dir.file("c.cfg")):4: database: a password does not belong in the URL"),
+                "\(password.stderrString)")
+        #expect(password.stderrString.contains("database-password-file") && !password.stderrString.contains("hunter2"))
+        let sqliteWithPassword = try start("database=c.db\ndatabase-password-file=pw")
+        #expect(sqliteWithPassword.status == 1)
+        #expect(sqliteWithPassword.stderrString.contains("c.cfg:5: database-password-file: is for a postgres://"),
+                "\(sqliteWithPassword.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: dir.file("c.db")), "a refused configuration created the database")
+    }
 }

@@ -1,4 +1,6 @@
 import Collector
+import CollectorStorage
+import CollectorStorageSQLite
 import CustosBase
 import Envelope
 import Foundation
@@ -17,35 +19,42 @@ struct NetFixture {
     let kekPublic: String
     let kekPrivate: String
     let logs: LogCapture
+    /// The storage the test gave the collector (closed by ``stop()``), if any.
+    let givenStorage: (any CollectorStorage)?
 
     /// Starts a collector presenting `certificate`; registers the KEK unless `registerKEK` is false.
+    /// - Parameters:
+    ///   - storage: a storage to serve, made from the database path (default: the collector opens it).
     static func start(_ name: String = "net", certificate: String = "leaf", registerKEK: Bool = true,
                       maxRequestBytes: Int = 16 * 1024 * 1024, maxInflightBytes: Int = 256 << 20,
                       retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
                       bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4,
-                      maxConnections: Int = 1024) async throws -> NetFixture {
+                      maxConnections: Int = 1024, kekPollInterval: Duration = .seconds(3),
+                      storage makeStorage: ((String) throws -> any CollectorStorage)? = nil) async throws -> NetFixture {
         let dir = try TempDir("custos-\(name)")
         let logs = LogCapture()
         let shared = try sharedMaterial.get()
+        let given = try makeStorage?(dir.file("collector.db"))
         let collector = try await TestCollector.start(in: dir.path, pki: shared.pki, certificate: certificate,
-                                                      maxRequestBytes: maxRequestBytes, maxInflightBytes: maxInflightBytes,
+                                                      storage: given, maxRequestBytes: maxRequestBytes,
+                                                      kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
                                                       retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
                                                       bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
                                                       maxConnections: maxConnections, logger: logs.logger("collector", level: .info))
         let (pub, priv) = shared.kek
         if registerKEK {
-            _ = try collector.store.registerKEK(pubDatafile: pub, privDatafile: priv, privEncrypted: false, active: true,
-                                                kekID: nil)
+            _ = try await collector.storage.registerKEK(pathOnlyKEK(pub, priv))
             await collector.server.registry.refresh()
         }
         let agentID = "host-\(UInt32.random(in: 0...UInt32.max))"
-        let token = try collector.store.addAgent(id: agentID)
+        let token = try await collector.storage.addAgent(try AgentID(agentID)).revealed
         return NetFixture(dir: dir, collector: collector, agentID: agentID, token: token, kekPublic: pub,
-                          kekPrivate: priv, logs: logs)
+                          kekPrivate: priv, logs: logs, givenStorage: given)
     }
 
     func stop() async {
         await collector.stop()
+        await givenStorage?.close()
         dir.remove()
     }
 
@@ -73,7 +82,55 @@ struct NetFixture {
         return try CollectorClient(configuration: config, logger: logger ?? logs.logger("transport"))
     }
 
-    var storedCounts: (captures: Int, deks: Int) { get throws { try collector.store.counts() } }
+    var storedCounts: (captures: Int, deks: Int) { get async throws { try await collector.storage.counts() } }
+}
+
+/// The counts of the SQLite database at `path`, read through a storage of its own (the
+/// collector's is closed once it stops).
+func storedCounts(in path: String) async throws -> (captures: Int, deks: Int) {
+    let storage = try SQLiteStorage(path: path)
+    let counts = try await storage.counts()
+    await storage.close()
+    return counts
+}
+
+/// An `encryption_kek` row as the seed's SQL makes it: the public key's path only.
+func pathOnlyKEK(_ publicKey: String, _ privateKey: String? = nil) -> KEKRegistration {
+    KEKRegistration(pubDatafile: publicKey, publicKeyPEM: nil, privDatafile: privateKey, privEncrypted: false, kekID: nil)
+}
+
+/// Every capture `query` selects, all pages.
+func allCaptures(_ storage: any CollectorStorage, _ query: CaptureQuery = CaptureQuery()) async throws -> [CaptureInfo] {
+    var out: [CaptureInfo] = [], cursor: CaptureCursor?
+    repeat {
+        let page = try await storage.captures(query, after: cursor, limit: 1000)
+        out += page.items
+        cursor = page.next
+    } while cursor != nil
+    return out
+}
+
+/// A DEK record as the collector stores it.
+func ingestItem(_ r: DEKRecord) -> IngestItem {
+    .dek(StoredDEK(dekID: r.dekID, kekID: r.kekID, agentID: try! AgentID(r.agentID), creationTimeMs: r.creationTimeMs,
+                   record: r.serialized))
+}
+
+/// A sealed blob as the collector stores it: its header's fields, `bytes` (default its own), by
+/// `agent` (default the header's).
+func ingestItem(_ b: SealedBlob, bytes: Data? = nil, agent: AgentID? = nil) -> IngestItem {
+    let h = b.header
+    return .blob(StoredBlob(blobID: h.blobID, agentID: agent ?? (try! AgentID(h.agentID)), kind: h.kind, dekID: h.dekID,
+                            kekID: h.kekID, sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
+                            bytes: bytes ?? b.serialized))
+}
+
+extension EnvelopeRecord {
+    /// The blob id of a sealed blob (traps for a DEK record).
+    var blobID: BlobID {
+        guard case .blob(let b) = self else { preconditionFailure("not a sealed blob") }
+        return b.header.blobID
+    }
 }
 
 /// Certificates and a KEK made once per test process (openssl is slow on a busy 2-core machine).

@@ -34,7 +34,7 @@ import Wire
         let (records, _) = try f.records(count: 2)
         let r = try await client.upload(stream(records))
         #expect(r.results.allSatisfy { $0.status == .stored })
-        #expect(try f.storedCounts == (2, 1))
+        #expect(try await f.storedCounts == (2, 1))
         await client.close()
     }
 
@@ -80,7 +80,7 @@ import Wire
             default: break
             }
         }
-        #expect(try f.storedCounts == (0, 0))
+        #expect(try await f.storedCounts == (0, 0))
         // The collector never saw a request: no upload was logged as refused or stored.
         #expect(!f.logs.contains("upload refused"))
     }

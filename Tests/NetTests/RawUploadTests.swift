@@ -1,4 +1,6 @@
 import Collector
+import CustosBase
+import CollectorStorage
 import Foundation
 import Testing
 import TestSupport
@@ -228,7 +230,7 @@ extension NetFixture {
         #expect(f.logs.contains("agent has too many uploads in flight"))
         // Another agent is served meanwhile.
         let other = "other-\(UInt32.random(in: 0...UInt32.max))"
-        let otherToken = try f.collector.store.addAgent(id: other)
+        let otherToken = try await f.collector.storage.addAgent(try AgentID(other)).revealed
         let (otherRecords, _) = try f.records(count: 1, agent: other)
         let answer = try await f.client(token: otherToken, agentID: other).upload(stream(otherRecords))
         #expect(answer.results.allSatisfy { $0.status == .stored })

@@ -1,5 +1,6 @@
 import CustosBase
 import Collector
+import CollectorStorage
 import Envelope
 import Foundation
 import Testing
@@ -25,23 +26,24 @@ import Wire
         // Idempotent: the same bytes again are acknowledged as duplicates and stored once.
         let again = try await client.upload(stream(records))
         #expect(again.results.allSatisfy { $0.status == .duplicate })
-        #expect(try f.storedCounts == (5, 1))
+        #expect(try await f.storedCounts == (5, 1))
 
         // Read back through the store API the admin tool uses, and decrypt with the private key.
-        let captures = try f.collector.store.listCaptures(CaptureFilter(agentID: f.agentID))
+        let storage = f.collector.storage
+        let captures = try await allCaptures(storage, CaptureQuery(agentID: try AgentID(f.agentID)))
         #expect(captures.count == 5)
-        #expect(try f.collector.store.listCaptures(CaptureFilter(kind: "keystrokes")).count == 2)
+        #expect(try await allCaptures(storage, CaptureQuery(kind: .keystrokes)).count == 2)
         let kek = try KEKPrivateKey(pemFile: f.kekPrivate, passphrase: nil)
         guard case .dekRecord(let dek) = records[0] else { Issue.record("first record is not a DEK record"); return }
-        let storedDEK = try #require(try f.collector.store.dekRecord(dekID: dek.dekID.hex))
+        let storedDEK = try #require(try await storage.dekRecord(dek.dekID))
         let opener = try kek.unwrap(try DEKRecord(parsing: storedDEK))
         for (i, record) in records.dropFirst().enumerated() {
-            let bytes = try #require(try f.collector.store.blob(blobID: wireHex(record.id)))
+            let bytes = try #require(try await storage.blob(record.blobID))
             #expect(bytes == record.serialized)
             #expect(try opener.open(try SealedBlob(parsing: bytes)) == plaintexts[i])
         }
         // The KEK id the collector learnt from pub_datafile is recorded in its row.
-        #expect(try f.collector.store.listKEKs().first?.kekID == (try KEKPublicKey(pemFile: f.kekPublic)).id.hex)
+        #expect(try await storage.keks().first?.kekID == (try KEKPublicKey(pemFile: f.kekPublic)).id)
         await client.close()
     }
 
@@ -61,7 +63,7 @@ import Wire
         #expect(response.results[2].reason == .agentMismatch)
         #expect(response.results[3].reason == .agentMismatch)
         #expect(response.results[4].reason == .malformed && response.results[4].retryable == false)
-        #expect(try f.storedCounts == (1, 1))
+        #expect(try await f.storedCounts == (1, 1))
     }
 
     @Test func blobBeforeItsDEKRecordIsRetryable() async throws {
@@ -85,7 +87,7 @@ import Wire
         await #expect {
             try await f.client(token: wrong).upload(stream(records))
         } throws: { ($0 as? TransportError)?.httpStatus == 401 }
-        #expect(try f.storedCounts == (0, 0))
+        #expect(try await f.storedCounts == (0, 0))
         #expect(f.logs.contains("wrong token"))
     }
 
@@ -141,12 +143,12 @@ import Wire
         #expect(small.status == "200", "answer: \(small.answer)")
         let response = try JSONDecoder().decode(UploadResponse.self, from: Data(small.answer.utf8))
         #expect(response.results.count == 6 && response.results.allSatisfy { $0.status == .stored })
-        #expect(try f.storedCounts == (5, 1))
+        #expect(try await f.storedCounts == (5, 1))
         // What was stored is each record's bytes, byte for byte (each is cut out of the received
         // buffer without a copy).
         for record in records.dropFirst() {
             guard case .blob(let blob) = record else { continue }
-            #expect(try f.collector.store.blob(blobID: blob.header.blobID.hex) == blob.serialized)
+            #expect(try await f.collector.storage.blob(blob.header.blobID) == blob.serialized)
         }
 
         let (big, _) = try f.records(count: 12, size: 8000)  // about 97 KiB > 64 KiB
@@ -154,7 +156,7 @@ import Wire
         #expect(refused.status == "413", "answer: \(refused.answer)")
         #expect(refused.answer.contains(RefusalReason.tooLarge.rawValue))
         #expect(f.logs.contains("body too large"))
-        #expect(try f.storedCounts == (5, 1))
+        #expect(try await f.storedCounts == (5, 1))
     }
 }
 

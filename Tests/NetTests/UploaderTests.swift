@@ -1,4 +1,5 @@
 import Collector
+import CollectorStorage
 import Envelope
 import CustosBase
 import Foundation
@@ -56,7 +57,7 @@ import Wire
         #expect(acked == 41)
         // The foreign DEK record is refused; its blob is not leased while that DEK record is spooled.
         #expect(refused == 1)
-        #expect(try f.storedCounts == (40, 1))
+        #expect(try await f.storedCounts == (40, 1))
         #expect(try spool.stats().totalSpooled.count == 2)
         #expect(logs.count("agent-mismatch") == 1)
     }
@@ -73,7 +74,7 @@ import Wire
             await #expect(throws: TransportError.self) { try await uploader.uploadOnce() }
         }
         #expect(try spool.stats().totalSpooled.count == 6)
-        #expect(try f.storedCounts == (0, 0))
+        #expect(try await f.storedCounts == (0, 0))
         // A repeated error is logged once, naming the presented pin.
         #expect(logs.count("error collector certificate refused") == 1, "\(logs.text)")
         #expect(logs.contains(try f.collector.pki.pin("leaf")))
@@ -134,7 +135,7 @@ import Wire
         let refused = try await uploader.uploadOnce()
         #expect(refused.refused[.unknownKEK] == 13)
         #expect(refused.acknowledged == 0)
-        #expect(try f.storedCounts == (0, 0))
+        #expect(try await f.storedCounts == (0, 0))
         #expect(try spool.stats().totalSpooled.count == 13)
         #expect(logs.contains("unknown-kek"))
 
@@ -143,11 +144,11 @@ import Wire
 
         // Poll as the agent would; the collector re-reads encryption_kek on demand (≤ 1/s) and every 3 s.
         let deadline = ContinuousClock.now + .seconds(15)
-        while try f.storedCounts.captures < 12 && ContinuousClock.now < deadline {
+        while try await f.storedCounts.captures < 12 && ContinuousClock.now < deadline {
             _ = try await uploader.uploadOnce()
             try await Task.sleep(for: .milliseconds(300))
         }
-        #expect(try f.storedCounts == (12, 1))
+        #expect(try await f.storedCounts == (12, 1))
         #expect(try spool.stats().totalSpooled.count == 0)
         #expect(f.logs.contains("KEK active"))
     }
@@ -158,7 +159,7 @@ import Wire
         let f = try await NetFixture.start("restart")
         defer { Task { await f.stop() } }
         let spool = try Spool(directory: f.dir.file("spool"), maxBytes: 256 << 20, logger: f.logs.logger("spool"))
-        // 40 kB blobs: stored in blob files (SQLiteCollectorStore.blobFileMinBytes is 32 KiB).
+        // 40 kB blobs: stored in blob files (SQLiteStorage.blobFileMinBytes is 32 KiB).
         let (records, _) = try f.records(count: 600, size: 40_000)
         _ = try Self.spool(records, into: spool)
         let logs = LogCapture()
@@ -178,7 +179,7 @@ import Wire
         await f.collector.stop()
         let failures = await inFlight.value
         #expect(failures > 0)
-        let storedWhileDown = try f.storedCounts.captures
+        let storedWhileDown = try await storedCounts(in: f.collector.databasePath).captures
         #expect(storedWhileDown < 600)
 
         let restarted = try await TestCollector.start(in: f.dir.path, pki: f.collector.pki, port: f.collector.port,
@@ -191,11 +192,11 @@ import Wire
             do { _ = try await uploader.uploadOnce() } catch { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(try spool.stats().totalSpooled.count == 0)
-        #expect(try restarted.store.counts() == (600, 1))
-        let ids = Set(try restarted.store.listCaptures(CaptureFilter()).map(\.blobID))
+        #expect(try await restarted.storage.counts() == (600, 1))
+        let ids = Set(try await allCaptures(restarted.storage).map(\.blobID.hex))
         #expect(ids == Set(records.dropFirst().map { wireHex($0.id) }))
         for record in records.dropFirst() {
-            #expect(try restarted.store.blob(blobID: wireHex(record.id)) == record.serialized)
+            #expect(try await restarted.storage.blob(record.blobID) == record.serialized)
         }
         #expect(logs.count("upload recovered") == 1)
     }
@@ -214,10 +215,10 @@ import Wire
         let group = ServiceGroup(configuration: .init(services: [uploader], logger: logs.logger("group")))
         let running = Task { try await group.run() }
         let deadline = ContinuousClock.now + .seconds(20)
-        while try f.storedCounts.captures < 10 && ContinuousClock.now < deadline {
+        while try await f.storedCounts.captures < 10 && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(100))
         }
-        #expect(try f.storedCounts == (10, 1))
+        #expect(try await f.storedCounts == (10, 1))
         // Records spooled while the loop idles (30 s) go out in the final flush.
         let (second, _) = try f.records(count: 5)
         _ = try Self.spool(second, into: spool)
@@ -225,7 +226,7 @@ import Wire
         await group.triggerGracefulShutdown()
         try await running.value
         #expect(start.duration(to: .now) < .seconds(10))
-        #expect(try f.storedCounts == (15, 2))
+        #expect(try await f.storedCounts == (15, 2))
         #expect(try spool.stats().totalSpooled.count == 0)
         #expect(logs.contains("final flush done"))
     }
@@ -290,7 +291,7 @@ import Wire
         #expect(uploader.configuration.parallelRequests == 2)
         let running = Task { try await uploader.run() }
         try await Self.drain(spool, running: running, within: .seconds(30))
-        #expect(try f.storedCounts == (120, 3))
+        #expect(try await f.storedCounts == (120, 3))
         let counts = queue.counts.withLock { $0 }
         #expect(counts.maxInFlight == 2, "at most \(counts.maxInFlight) batches were in flight at once")
         #expect(Set(counts.acked.keys) == Set(ids) && counts.acked.values.allSatisfy { $0 == 1 })
@@ -372,7 +373,7 @@ import Wire
         #expect(firstStored || answer.results.allSatisfy { $0.reason == .storageError && $0.retryable == true },
                 "\(answer.results)")
         try await Self.drain(spool, running: running, within: .seconds(15))
-        #expect(try f.storedCounts == (firstStored ? (2, 2) : (1, 1)))
+        #expect(try await f.storedCounts == (firstStored ? (2, 2) : (1, 1)))
         #expect(f.collector.server.inflightBytes == 0)
         await firstClient.close()
     }
@@ -484,7 +485,7 @@ import Wire
             #expect(error.code == .spool && error.description.contains("could not delete"), "\(error)")
         }
         #expect(uploader.status.lastSuccessMs == nil && uploader.status.consecutiveFailures == 1)
-        #expect(try f.storedCounts == (5, 1))
+        #expect(try await f.storedCounts == (5, 1))
         // Still spooled (leased); once released they go again and are acknowledged as duplicates.
         try spool.release(ids, retryAfter: .zero)
         let again = try await uploader.uploadOnce()

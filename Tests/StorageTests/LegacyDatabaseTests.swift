@@ -1,6 +1,6 @@
-import Collector
 import CollectorStorage
 import CollectorStorageSQLite
+import Crypto
 import CustosBase
 import Envelope
 import Foundation
@@ -8,11 +8,68 @@ import GRDB
 import Testing
 import TestSupport
 
-/// A `collector.db` made by today's collector (`Collector.SQLiteCollectorStore`, migrations v1 and
-/// v2-blob-files) opens in ``SQLiteStorage`` with everything readable, gains v3, and the old
-/// store still opens it afterwards (both run side by side until the collector moves onto the seam).
+/// A `collector.db` made by the first collector (`Collector.SQLiteCollectorStore`, removed when
+/// the collector moved onto the storage seam: migrations v1 and v2-blob-files, recorded by
+/// GRDB in `grdb_migrations`), built here with its own SQL and blob files, opens in
+/// ``SQLiteStorage`` with everything readable and gains v3.
 @Suite struct LegacyDatabaseTests {
+    /// The first collector's schema, verbatim: its `v1` and `v2-blob-files` migrations.
+    static let firstCollectorSchema = """
+        CREATE TABLE grdb_migrations (identifier TEXT NOT NULL PRIMARY KEY);
+        CREATE TABLE encryption_kek (
+            id INTEGER PRIMARY KEY,
+            active BOOLEAN NOT NULL DEFAULT 1,
+            priv_encrypted BOOLEAN NOT NULL DEFAULT 1,
+            pub_datafile TEXT NOT NULL,
+            priv_datafile TEXT,
+            kek_id TEXT,
+            created_at TEXT DEFAULT CURRENT_TIMESTAMP
+        );
+        CREATE TABLE encryption_dek (
+            dek_id TEXT PRIMARY KEY NOT NULL,
+            kek_id TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            creation_time INTEGER NOT NULL,
+            record BLOB NOT NULL,
+            received_at INTEGER NOT NULL
+        );
+        CREATE INDEX encryption_dek_agent ON encryption_dek(agent_id, creation_time);
+        CREATE TABLE captures (
+            blob_id TEXT PRIMARY KEY NOT NULL,
+            agent_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            dek_id TEXT NOT NULL,
+            kek_id TEXT NOT NULL,
+            sequence INTEGER NOT NULL,
+            capture_time INTEGER NOT NULL,
+            size INTEGER NOT NULL,
+            blob BLOB NOT NULL,
+            received_at INTEGER NOT NULL
+        );
+        CREATE INDEX captures_time ON captures(capture_time, sequence);
+        CREATE INDEX captures_agent_time ON captures(agent_id, capture_time);
+        CREATE TABLE agents (
+            agent_id TEXT PRIMARY KEY NOT NULL,
+            token_hash BLOB NOT NULL,
+            created_at INTEGER NOT NULL
+        );
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        INSERT INTO grdb_migrations (identifier) VALUES ('v1');
+        ALTER TABLE captures ADD COLUMN blob_file INTEGER;
+        ALTER TABLE captures ADD COLUMN blob_offset INTEGER;
+        CREATE INDEX captures_blob_file ON captures(blob_file, blob_offset);
+        CREATE TABLE blob_store (id TEXT NOT NULL);
+        INSERT INTO grdb_migrations (identifier) VALUES ('v2-blob-files');
+        """
+
     @Test func aDatabaseOfTheFirstCollectorOpensWithEverythingReadable() async throws {
+        try requireTool("sqlite3")
         let dir = try TempDir("custos-legacy-db")
         defer { dir.remove() }
         let path = dir.file("collector.db")
@@ -21,26 +78,54 @@ import TestSupport
         let small = blob(d, kind: .keystrokes, time: 1_700_000_000_100, size: 300, sequence: 0)
         let large = blob(d, kind: .screen, time: 1_700_000_000_100, size: 90_000, sequence: 1)
         let larger = blob(d, kind: .screen, time: 1_700_000_000_200, size: 200_000, sequence: 2)
-        let token: String
-        let kekRow: Int64
+        let token = "legacy-token-0123456789abcdefghijklmnopqrstuv"
+        let storeID = "legacy-store-id"
+        let kekRow: Int64 = 1
+        // What the first collector wrote, as it wrote it: ids as lowercase hex text, large blobs
+        // in blob file 1 (its row's blob empty), small ones inline, the token as its SHA-256.
         do {
-            let old = try SQLiteCollectorStore(path: path)
-            token = try old.addAgent(id: a.rawValue)
-            kekRow = try old.registerKEK(pubDatafile: "/etc/custos/keys/publickey.crt", privDatafile: "/etc/custos/keys/keypair.pem",
-                                         privEncrypted: true, active: true, kekID: kekID(5).hex)
-            let items: [Collector.IngestItem] = [.dek(dekID: d.dekID.hex, kekID: d.kekID.hex, agentID: a.rawValue,
-                                                      creationTimeMs: d.creationTimeMs, record: d.record)]
-                + [small, large, larger].map { b -> Collector.IngestItem in
-                    .blob(blobID: b.blobID.hex, agentID: a.rawValue, kind: b.kind.name, dekID: b.dekID.hex, kekID: b.kekID.hex,
-                          sequence: b.sequence, captureTimeMs: b.captureTimeMs, blob: b.bytes)
+            let queue = try DatabaseQueue(path: path)
+            try await queue.write { db in
+                try db.execute(sql: Self.firstCollectorSchema)
+                try db.execute(sql: "INSERT INTO blob_store (id) VALUES (?)", arguments: [storeID])
+                try db.execute(sql: "INSERT INTO agents (agent_id, token_hash, created_at) VALUES (?, ?, ?)",
+                               arguments: [a.rawValue, Data(SHA256.hash(data: Data(token.utf8))), 1_700_000_000_000])
+                try db.execute(sql: """
+                    INSERT INTO encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile, kek_id)
+                    VALUES (?, ?, ?, ?, ?)
+                    """, arguments: [true, true, "/etc/custos/keys/publickey.crt", "/etc/custos/keys/keypair.pem", kekID(5).hex])
+                try db.execute(sql: """
+                    INSERT INTO encryption_dek (dek_id, kek_id, agent_id, creation_time, record, received_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """, arguments: [d.dekID.hex, d.kekID.hex, a.rawValue, d.creationTimeMs, d.record, 1_700_000_001_000])
+                for (b, file, offset) in [(small, nil, nil), (large, 1, 0), (larger, 1, large.bytes.count)] as [(StoredBlob, Int?, Int?)] {
+                    try db.execute(sql: """
+                        INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob,
+                                              blob_file, blob_offset, received_at)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """, arguments: [b.blobID.hex, a.rawValue, b.kind.name, b.dekID.hex, b.kekID.hex, b.sequence,
+                                         b.captureTimeMs, b.bytes.count, file == nil ? b.bytes : Data(), file, offset,
+                                         1_700_000_001_000])
                 }
-            #expect(try await old.ingest(items, receivedAtMs: 1_700_000_001_000) == [.stored, .stored, .stored, .stored])
-            try old.appendAudit(actor: "admin", action: "agents.add", detail: "legacy-host")
-        }  // the old store is released: its connections close
+                try db.execute(sql: "INSERT INTO audit_log (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                               arguments: [1_700_000_002_000, "admin", "agents.add", "legacy-host"])
+            }
+            try queue.close()
+        }
+        let blobs = path + ".blobs"
+        try FileManager.default.createDirectory(atPath: blobs, withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o700])
+        try Data((storeID + "\n").utf8).write(to: URL(fileURLWithPath: blobs + "/.custos-blobs"))
+        try (large.bytes + larger.bytes).write(to: URL(fileURLWithPath: blobs + "/00000001.blobs"))
+        for file in [".custos-blobs", "00000001.blobs"] {
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: blobs + "/" + file)
+        }
+        // And the seed's statement, by the sqlite3 CLI.
         _ = try runChecked(["sqlite3", path, "insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '/etc/custos/keys/publickey.crt', '/etc/custos/keys/keypair.pem');"])
 
         let s = try SQLiteStorage(path: path)
         #expect(try await s.authenticate(a, token: Secret(token)), "the old token still works")
+        #expect(s.blobDirectory == blobs)
         #expect(try await s.agents().map(\.id) == [a])
         let keks = try await s.keks()
         #expect(keks.map(\.rowID) == [kekRow, kekRow + 1], "row ids kept by the v3 table rebuild")
@@ -63,11 +148,5 @@ import TestSupport
         let fileSize = try FileManager.default.attributesOfItem(atPath: s.blobDirectory + "/00000001.blobs")[.size] as? Int
         #expect(fileSize == large.bytes.count + larger.bytes.count + newer.bytes.count)
         await s.close()
-
-        // The old store opens the migrated file (GRDB ignores the migration it does not know).
-        let old = try SQLiteCollectorStore(path: path)
-        #expect(try old.blob(blobID: newer.blobID.hex) == newer.bytes)
-        #expect(try old.listKEKs().map(\.rowID) == [kekRow, kekRow + 1])
-        #expect(try old.listCaptures(CaptureFilter()).count == 4)
     }
 }

@@ -73,6 +73,19 @@ public func waitUntil(timeout: TimeInterval, every interval: Duration = .millise
     return try condition()
 }
 
+/// ``waitUntil(timeout:every:_:)`` for a condition that awaits (a storage query). A separate
+/// overload: a synchronous closure keeps choosing the one above (in an async context), never
+/// the blocking one without `every:`.
+public func waitUntil(timeout: TimeInterval, every interval: Duration = .milliseconds(100),
+                      _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: interval)
+    }
+    return try await condition()
+}
+
 /// A TCP socket bound to 127.0.0.1 on a port the kernel picks, listening until `close()`
 /// (or deinit): a port that is busy for as long as the test holds it.
 public final class LoopbackListener: @unchecked Sendable {

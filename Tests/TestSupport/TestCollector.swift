@@ -1,4 +1,6 @@
 import Collector
+import CollectorStorage
+import CollectorStorageOpen
 import Foundation
 import Logging
 
@@ -8,7 +10,7 @@ import Logging
 /// ```swift
 /// let dir = try TempDir("net")
 /// let collector = try await TestCollector.start(in: dir.path)
-/// let token = try collector.store.addAgent(id: "host-1")
+/// let token = try await collector.storage.addAgent(try AgentID("host-1"))
 /// // ... connect to collector.url pinning collector.pin ...
 /// await collector.stop()
 /// ```
@@ -24,8 +26,8 @@ public final class TestCollector: Sendable {
     public let server: CollectorServer
     private let task: Task<Void, any Error>
 
-    /// The store (same file the server writes).
-    public var store: any CollectorStore { server.store }
+    /// The storage the server writes (closed when the server stops, unless the test gave it).
+    public var storage: any CollectorStorage { server.storage }
     /// `https://127.0.0.1:PORT`.
     public var url: String { "https://127.0.0.1:\(port)" }
     /// The `sha256/BASE64` pin of the presented leaf certificate.
@@ -48,8 +50,10 @@ public final class TestCollector: Sendable {
     ///   - certificate: which ``TestPKI`` leaf to present (`leaf` presents leaf + intermediate).
     ///   - port: 0 for a free port, or a port to reuse after ``stop()``.
     ///   - maxRequestBytes: the collector's upload limit.
+    ///   - storage: a storage to serve instead of opening `databasePath` (the test closes it).
     public static func start(in directory: String, pki: TestPKI? = nil, certificate: String = "leaf", port: Int = 0,
-                             databasePath: String? = nil, maxRequestBytes: Int = 16 * 1024 * 1024,
+                             databasePath: String? = nil, storage: (any CollectorStorage)? = nil,
+                             maxRequestBytes: Int = 16 * 1024 * 1024,
                              kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                              retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
                              bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024,
@@ -58,12 +62,12 @@ public final class TestCollector: Sendable {
         let db = databasePath ?? directory + "/collector.db"
         let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: port,
                                             tlsCertFile: pki.chain(certificate), tlsKeyFile: pki.key(certificate),
-                                            databasePath: db, maxRequestBytes: maxRequestBytes,
+                                            database: .sqlite(path: db), maxRequestBytes: maxRequestBytes,
                                             kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
                                             retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
                                             bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
                                             maxConnections: maxConnections, trapSIGHUP: false)
-        let server = try CollectorServer(configuration: config, logger: logger)
+        let server = try await CollectorServer(configuration: config, storage: storage, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let task = Task {
             defer { continuation.finish() }

@@ -1,0 +1,56 @@
+import ArgumentParser
+import CollectorStorage
+import CollectorStorageOpen
+import CustosBase
+import Foundation
+
+/// `--db` and `--db-password-file`: the collector storage a command works on, one
+/// `StorageLocation` (a SQLite file path, or `postgres://USER@HOST[:PORT]/DBNAME[?sslmode=…]`
+/// with the password in the file). Shared by every command that opens the storage.
+struct DatabaseOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("Collector database: a SQLite file, or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=MODE].",
+                               valueName: "path-or-url"))
+    var db: String
+    @Option(help: ArgumentHelp("File whose first line is the PostgreSQL password (never part of --db).", valueName: "file"))
+    var dbPasswordFile: String?
+
+    func validate() throws { _ = try location() }
+
+    /// - Throws: `ValidationError` (exit 2) naming the option and what was expected.
+    func location() throws -> StorageLocation { try storageLocation(db, passwordFile: dbPasswordFile) }
+}
+
+/// `--db TEXT` (and `--db-password-file`) as a ``StorageLocation``.
+/// - Throws: `ValidationError` (exit 2) naming the option and what was expected.
+func storageLocation(_ text: String, passwordFile: String?) throws -> StorageLocation {
+    do {
+        return try StorageLocation(text, passwordFile: passwordFile, field: "--db", passwordField: "--db-password-file")
+    } catch {
+        throw ValidationError(error.description)
+    }
+}
+
+/// Opens the storage at `location`, runs `body` with it and closes it (also when `body` throws).
+/// - Parameter createIfMissing: false for commands that list, decrypt or export: a SQLite file
+///   that does not exist is then an error instead of a new empty database.
+/// - Throws: `AdminError` (``AdminError/fromStorage(_:)``) when it cannot be opened; what `body` throws.
+func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool,
+                    _ body: (any CollectorStorage) async throws -> T) async throws -> T {
+    let storage: any CollectorStorage
+    do { storage = try await StorageOpener.open(location, createIfMissing: createIfMissing) } catch {
+        throw AdminError.fromStorage(error)
+    }
+    do {
+        let result = try await body(storage)
+        await storage.close()
+        return result
+    } catch {
+        await storage.close()
+        throw error
+    }
+}
+
+/// Runs one storage call, turning its ``StorageError`` into an ``AdminError`` (exit 2).
+func storageCall<T>(_ call: () async throws(StorageError) -> T) async throws(AdminError) -> T {
+    do { return try await call() } catch { throw AdminError.fromStorage(error) }
+}

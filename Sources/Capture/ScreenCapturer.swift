@@ -333,6 +333,11 @@ public final class ScreenCapturer {
                     let frame = try grab(conn, index: index, geometry: geometry, timeMs: timeMs, hashes: &hashes)
                     frames.append(frame)
                 }
+            } catch let error as CaptureError where error.code != .xProtocolError || conn.display.isDead {
+                // Any other failure ends this round: packets already encoded in it are thrown away,
+                // so their streams must not go on from them (a hole): those monitors start anew.
+                for case .packet(let meta, _) in frames { streams[meta.monitor] = nil }
+                throw error
             } catch let error as CaptureError where error.code == .xProtocolError && !conn.display.isDead {
                 lastError = error
                 // Packets already encoded in this attempt are thrown away with it: their streams

@@ -160,7 +160,14 @@ struct VideoSpoolTests {
         try "keyframe-interval-seconds=1\n".append(toFile: rig.configPath)
         let painter = Painter(xvfb, everyMs: 80, bitmaps: bitmaps)
         try rig.start()
-        usleep(5_000_000)
+        // Until the spool has evicted screen records (a few seconds; longer on a loaded machine).
+        func screenEvictions(_ status: String) -> Bool {
+            let line = status.split(separator: "\n").first { $0.hasPrefix("evictions:") }.map(String.init) ?? ""
+            return line.firstMatch(of: /screen [1-9]/) != nil
+        }
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, !screenEvictions((try? rig.status()) ?? "") { usleep(500_000) }
+        usleep(1_000_000)  // a few packets more after the eviction: the restarted stream
         painter.stop()
         rig.stop()
         let status = try rig.status()

@@ -58,8 +58,12 @@ public final class ScreenCapturer {
 
     private let displayName: String?
     private let xauthority: String?
-    private let encoding: ScreenEncoding
-    private let encoder: PNGEncoder
+    /// What a changed monitor becomes: a PNG (with this encoder) or the next packet of its stream.
+    private enum Output {
+        case png(PNGEncoder)
+        case video(keyframeIntervalMs: Int64)
+    }
+    private let output: Output
     /// Per monitor index: its video stream (video encoding only).
     private var streams: [Int: MonitorStream] = [:]
     private let logger: Logger
@@ -185,14 +189,13 @@ public final class ScreenCapturer {
             guard (0...9).contains(level) else {
                 throw CaptureError(.invalidArgument, "pngLevel \(level) is outside the zlib range 0…9")
             }
-            encoder = PNGEncoder(level: Int32(level))
+            output = .png(PNGEncoder(level: Int32(level)))
         case .video(let interval):
             guard interval >= 0 else {
                 throw CaptureError(.invalidArgument, "keyframe interval \(interval) ms is negative")
             }
-            encoder = PNGEncoder(level: 1)
+            output = .video(keyframeIntervalMs: interval)
         }
-        self.encoding = encoding
         displayName = display
         self.xauthority = xauthority
         self.logger = logger
@@ -501,36 +504,58 @@ public final class ScreenCapturer {
         // Pass 2: grab again and encode, hashing exactly the rows that are encoded. Strips are
         // separate requests: a window redrawn between two of them can show its old state in
         // one strip and its new state in the next (the next capture then has both new).
-        if case .video(let interval) = encoding {
+        switch output {
+        case .png(let encoder):
+            return try grabPNG(conn, index: index, geometry: g, timeMs: timeMs, encoder: encoder, hashes: &hashes)
+        case .video(let interval):
             return try grabVideo(conn, index: index, geometry: g, timeMs: timeMs, keyframeIntervalMs: interval,
                                  hashes: &hashes)
         }
-        var hasher: RowHasher?
-        var stream: PNGStream?
-        do {
-            try forEachStrip(conn, index: index, geometry: g) { pixels, rows, _, stride, format in
-                if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
-                hasher!.update(pixels, rows: rows, stride: stride)
-                if let layout = format.directLayout {
-                    if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: layout) }
-                    try stream!.write(rows: rows, from: pixels, stride: stride)
-                } else {
-                    if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: .rgb) }
-                    format.convertToRGB(pixels, width: g.width, height: rows, stride: stride, into: &convertBuffer)
-                    try convertBuffer.withUnsafeBytes { raw in
-                        try stream!.write(rows: rows, from: raw.baseAddress!, stride: g.width * 3)
-                    }
+    }
+
+    /// Grabs monitor `g` strip by strip (``forEachStrip``), hashes each strip's raw rows into
+    /// `hasher`, and hands `body` rows an encoder reads: as they are when the layout is one of
+    /// ``RGBLayout``'s, else converted to packed RGB once (depth 15/16, odd masks), as
+    /// (pixels, row count, first row, stride in bytes, layout).
+    /// - Throws: `CaptureError.xProtocolError` when the monitor gave no rows, and what
+    ///   `forEachStrip` or `body` throw.
+    private func forEachEncodableStrip(_ conn: Connection, index: Int, geometry g: Geometry, hasher: inout RowHasher?,
+                                       _ body: (UnsafeRawPointer, Int, Int, Int, RGBLayout) throws -> Void) throws {
+        var rowHasher: RowHasher?
+        try forEachStrip(conn, index: index, geometry: g) { pixels, rows, firstRow, stride, format in
+            if rowHasher == nil { rowHasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
+            rowHasher!.update(pixels, rows: rows, stride: stride)
+            if let layout = format.directLayout {
+                try body(pixels, rows, firstRow, stride, layout)
+            } else {
+                format.convertToRGB(pixels, width: g.width, height: rows, stride: stride, into: &convertBuffer)
+                try convertBuffer.withUnsafeBytes { raw in
+                    try body(raw.baseAddress!, rows, firstRow, g.width * 3, .rgb)
                 }
             }
+        }
+        guard rowHasher != nil else {
+            throw CaptureError(.xProtocolError, "monitor \(g.name) \(g.width)x\(g.height) gave no rows")
+        }
+        hasher = rowHasher
+    }
+
+    /// Pass 2 of `grab` for PNG: the strips go into one libpng stream.
+    private func grabPNG(_ conn: Connection, index: Int, geometry g: Geometry, timeMs: Int64, encoder: PNGEncoder,
+                         hashes: inout [Int: (geometry: Geometry, hash: UInt64)]) throws -> FrameCapture {
+        var hasher: RowHasher?
+        var stream: PNGStream?
+        let png: Data
+        do {
+            try forEachEncodableStrip(conn, index: index, geometry: g, hasher: &hasher) { pixels, rows, _, stride, layout in
+                if stream == nil { stream = try encoder.begin(width: g.width, height: g.height, layout: layout) }
+                try stream!.write(rows: rows, from: pixels, stride: stride)
+            }
+            png = try stream!.finish()
         } catch let error as VideoError {
             throw CaptureError(.pngEncoding, "\(error)")
         }
-        guard let stream, let hasher else {
-            throw CaptureError(.xProtocolError, "monitor \(g.name) \(g.width)x\(g.height) gave no rows")
-        }
-        let png: Data
-        do { png = try stream.finish() } catch { throw CaptureError(.pngEncoding, "\(error)") }
-        hashes[index] = (g, hasher.value)
+        hashes[index] = (g, hasher!.value)
         let meta = FrameMetadata(monitor: index, monitorName: g.name, x: g.x, y: g.y, width: g.width,
                                  height: g.height, captureTimeMs: timeMs)
         return .changed(meta, png: png)
@@ -556,33 +581,18 @@ public final class ScreenCapturer {
                                            keyframeIntervalMs: keyframeIntervalMs)
                 streams[index] = stream
             }
+            // An X error mid-frame leaves the picture half-filled but the encoder untouched: the
+            // retry refills it whole.
             var hasher: RowHasher?
-            try forEachStrip(conn, index: index, geometry: g) { pixels, rows, firstRow, stride, format in
-                if hasher == nil { hasher = RowHasher(rowBytes: g.width * format.bytesPerPixel) }
-                hasher!.update(pixels, rows: rows, stride: stride)
-                if let layout = format.directLayout {
-                    try stream.picture.write(rows: pixels, firstRow: firstRow, rowCount: rows, stride: stride, layout: layout)
-                } else {
-                    format.convertToRGB(pixels, width: g.width, height: rows, stride: stride, into: &convertBuffer)
-                    try convertBuffer.withUnsafeBytes { raw in
-                        try stream.picture.write(rows: raw.baseAddress!, firstRow: firstRow, rowCount: rows,
-                                                 stride: g.width * 3, layout: .rgb)
-                    }
-                }
-            }
-            guard let hasher else {
-                throw CaptureError(.xProtocolError, "monitor \(g.name) \(g.width)x\(g.height) gave no rows")
+            try forEachEncodableStrip(conn, index: index, geometry: g, hasher: &hasher) { pixels, rows, firstRow, stride, layout in
+                try stream.picture.write(rows: pixels, firstRow: firstRow, rowCount: rows, stride: stride, layout: layout)
             }
             let (meta, packet) = try stream.encode(timeMs: timeMs, monitorName: g.name, x: g.x, y: g.y)
-            hashes[index] = (g, hasher.value)
+            hashes[index] = (g, hasher!.value)
             return .packet(meta, packet: packet)
         } catch let error as VideoError {
             streams[index] = nil  // the encoder's state is unknown: the next frame starts a new stream
             throw CaptureError(.pngEncoding, "monitor \(g.name) \(g.width)x\(g.height): \(error)")
-        } catch {
-            // An X error mid-frame leaves the picture half-filled but the encoder untouched: the
-            // retry refills it whole.
-            throw error
         }
     }
 }

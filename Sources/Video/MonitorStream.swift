@@ -81,8 +81,9 @@ public final class MonitorStream {
         -> (VideoPacketMetadata, packet: [UInt8]) {
         let time = max(timeMs, lastTimeMs == .min ? timeMs : lastTimeMs + 1)
         let keyframe = keyframeReason(atMs: time) != nil
-        var packets = try encoder.encode(picture, timeMs: time, keyframe: keyframe)
-        if packets.isEmpty { packets = try encoder.flush() }
+        // No look-ahead (`lag-in-frames=0`): the packet comes out of this call. (A flush would
+        // end libaom's stream, so an empty result is an error, not a reason to flush.)
+        let packets = try encoder.encode(picture, timeMs: time, keyframe: keyframe)
         guard !packets.isEmpty else {
             throw VideoError(.codec, "libaom gave no packet for the \(width)x\(height) frame at \(time) ms")
         }

@@ -17,6 +17,19 @@ public enum StorageCheck {
         }
     }
 
+    /// Checks every time of an ingest batch (`receivedAtMs`, each DEK record's creation time,
+    /// each blob's capture time) with ``time(_:_:context:)``, so a batch is refused whole before
+    /// anything is stored.
+    public static func ingest(_ items: [IngestItem], receivedAtMs: Int64, context: String) throws(StorageError) {
+        try time(receivedAtMs, "receivedAtMs", context: context)
+        for item in items {
+            switch item {
+            case .dek(let d): try time(d.creationTimeMs, "creation time of DEK \(d.dekID)", context: context)
+            case .blob(let b): try time(b.captureTimeMs, "capture time of blob \(b.blobID)", context: context)
+            }
+        }
+    }
+
     /// Throws when `text` holds a NUL character: PostgreSQL `text` cannot store it, so no backend
     /// does (one behaviour). `field` names the value (e.g. `audit entry actor`).
     public static func text(_ text: String, _ field: String, context: String) throws(StorageError) {

@@ -18,13 +18,7 @@ extension PostgresStorage {
     ///   `.unavailable` when the database cannot be reached (nothing stored).
     public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome] {
         if items.isEmpty { return [] }
-        try SQLTime.check(receivedAtMs, "receivedAtMs", location: location)
-        for item in items {
-            switch item {
-            case .dek(let d): try SQLTime.check(d.creationTimeMs, "creation time of DEK \(d.dekID)", location: location)
-            case .blob(let b): try SQLTime.check(b.captureTimeMs, "capture time of blob \(b.blobID)", location: location)
-            }
-        }
+        try StorageCheck.ingest(items, receivedAtMs: receivedAtMs, context: location)
         return try await inTransaction("store \(items.count) records") { conn in
             var outcomes: [IngestOutcome] = []
             outcomes.reserveCapacity(items.count)
@@ -110,9 +104,9 @@ extension PostgresStorage {
     // MARK: Listings
 
     public func captures(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) async throws(StorageError) -> CapturePage {
-        try Self.checkLimit(limit, location: location)
+        try StorageCheck.limit(limit, "listing", context: location)
         for t in [query.sinceMs, query.untilMs, cursor?.captureTimeMs].compactMap({ $0 }) {
-            try SQLTime.check(t, "time bound", location: location)
+            try StorageCheck.time(t, "time bound", context: location)
         }
         let sql = Self.captureListing(query, after: cursor, limit: limit)
         let location = self.location
@@ -228,7 +222,7 @@ extension PostgresStorage {
     /// Pages by `(creation_time, dek_id)` (indexes `encryption_dek_time`,
     /// `encryption_dek_agent_time`). - Throws: `.notFound` when `after` is not a stored DEK id.
     public func dekRecords(agent: AgentID?, after: DEKID?, limit: Int) async throws(StorageError) -> [StoredDEK] {
-        try Self.checkLimit(limit, location: location)
+        try StorageCheck.limit(limit, "listing", context: location)
         var parts = PostgresQuery.StringInterpolation(literalCapacity: 256, interpolationCount: 4)
         parts.appendLiteral("SELECT dek_id, kek_id, agent_id, \(SQLTime.ms("creation_time")), record FROM encryption_dek WHERE true")
         if let agent { parts.appendLiteral(" AND agent_id = "); parts.appendInterpolation(agent.rawValue) }

@@ -9,11 +9,6 @@ import PostgresNIO
 enum SQLTime {
     /// A `timestamptz` column as Unix ms (`int8`; exact for whole milliseconds).
     static func ms(_ column: String) -> String { "(extract(epoch FROM \(column)) * 1000)::int8" }
-
-    /// Checks `ms` is in ``StorageCheck/timeRangeMs`` (years 1-9999, as every backend).
-    static func check(_ ms: Int64, _ field: String, location: String) throws(StorageError) {
-        try StorageCheck.time(ms, field, context: location)
-    }
 }
 
 extension PostgresQuery.StringInterpolation {
@@ -214,7 +209,7 @@ extension PostgresStorage {
     }
 
     public func auditEntries(before: Int64?, limit: Int) async throws(StorageError) -> [AuditEntry] {
-        try Self.checkLimit(limit, location: location)
+        try StorageCheck.limit(limit, "listing", context: location)
         return try await withClient("read the audit log") { client in
             var out: [AuditEntry] = []
             let rows = try await client.query("""
@@ -226,11 +221,5 @@ extension PostgresStorage {
             }
             return out
         }
-    }
-
-    // MARK: Arguments
-
-    static func checkLimit(_ limit: Int, location: String) throws(StorageError) {
-        try StorageCheck.limit(limit, "listing", context: location)
     }
 }

@@ -77,13 +77,7 @@ extension SQLiteStorage {
     ///   `.unavailable` for locks, I/O and every blob-file failure (nothing stored).
     public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome] {
         if items.isEmpty { return [] }
-        try StorageCheck.time(receivedAtMs, "receivedAtMs", context: shownPath)
-        for item in items {
-            switch item {
-            case .dek(let d): try StorageCheck.time(d.creationTimeMs, "creation time of DEK \(d.dekID)", context: shownPath)
-            case .blob(let b): try StorageCheck.time(b.captureTimeMs, "capture time of blob \(b.blobID)", context: shownPath)
-            }
-        }
+        try StorageCheck.ingest(items, receivedAtMs: receivedAtMs, context: shownPath)
         return try await writeWithoutTransaction("store \(items.count) records") { db in
             // IMMEDIATE: the write lock is held before anything is appended to a blob file, and
             // until the appended bytes are either committed or cut off again, so two processes

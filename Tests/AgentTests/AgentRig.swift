@@ -121,16 +121,8 @@ final class AgentRig: @unchecked Sendable {
         try runCommand(["ffmpeg", "-v", "error", "-i", path, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]).stdout
     }
 
-    /// The number of video packets in `files`, as ffprobe counts them (an independent demuxer).
-    func packetCount(_ files: [String]) throws -> Int {
-        var total = 0
-        for file in files {
-            let out = try runChecked(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
-                                      "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", file])
-            total += Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1_000_000
-        }
-        return total
-    }
+    /// The number of video packets in `files` (``webmPacketCount(_:)``).
+    func packetCount(_ files: [String]) throws -> Int { try webmPacketCount(files) }
 
     /// Every file of the agent's spool and the collector database (incl. -wal/-shm).
     func filesAtRest() -> [String] {
@@ -154,4 +146,15 @@ final class AgentRig: @unchecked Sendable {
         xvfb.stop()
         if ProcessInfo.processInfo.environment["CUSTOS_KEEP_TEST_DIRS"] == nil { dir.remove() }
     }
+}
+
+/// The number of video packets in `files`, as ffprobe counts them (an independent demuxer).
+func webmPacketCount(_ files: [String]) throws -> Int {
+    var total = 0
+    for file in files {
+        let out = try runChecked(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+                                  "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", file])
+        total += Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1_000_000
+    }
+    return total
 }

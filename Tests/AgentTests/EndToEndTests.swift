@@ -282,12 +282,7 @@ import TestSupport
         // The screen is recorded as video by default: the packets open into WebM files.
         let videos = all.filter { $0.hasSuffix(".webm") }.map { dir.file("opened") + "/" + $0 }
         #expect(!videos.isEmpty, "opened: \(all)")
-        var packets = 0
-        for video in videos {
-            let out = try runChecked(["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
-                                      "-show_entries", "stream=nb_read_packets", "-of", "csv=p=0", video])
-            packets += Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
-        }
+        let packets = try webmPacketCount(videos)
         #expect(packets >= 2, "the repaints make several packets: \(packets) in \(all)")
         #expect(all.contains("manifest.json"))
         // One frame (a still screen) opens into a directory too when --out ends in '/'.

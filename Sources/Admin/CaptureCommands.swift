@@ -169,9 +169,9 @@ struct DecryptArguments: ParsableArguments {
     var passphraseFile: String?
     @OptionGroup var selection: CaptureSelection
     @Option(name: .customLong("stills"), help: ArgumentHelp(
-        "Also write a PNG still of the screen video at the start of each WebM file and every SECONDS of capture time after (decimals allowed).",
-        valueName: "SECONDS"))
-    var stillsEverySeconds: Double?
+        "Also write PNG stills of the screen video at the start of each WebM file, every SECONDS of capture time after (decimals allowed), and at its end.",
+        valueName: "SECONDS"), transform: StillsInterval.init(parsing:))
+    var stills: StillsInterval?
     @Flag(help: "No progress output.")
     var quiet = false
 
@@ -180,15 +180,12 @@ struct DecryptArguments: ParsableArguments {
         if let db { _ = try storageLocation(db, passwordFile: dbPasswordFile) } else if dbPasswordFile != nil {
             throw ValidationError("--db-password-file goes with --db")
         }
-        if let s = stillsEverySeconds, !(s >= 0.001 && s <= 31_536_000) {
-            throw ValidationError("--stills \(s): expected seconds between still pictures, from 0.001 to 31536000 (a year)")
-        }
     }
 
     func run(output: DecryptOptions.Output) async throws {
         let options = DecryptOptions(output: output, agentID: try selection.agentID(), kind: selection.captureKind,
                                      sinceMs: try selection.sinceMs(), untilMs: try selection.untilMs(),
-                                     stillsEveryMs: stillsEverySeconds.map { Int64(($0 * 1000).rounded()) })
+                                     stillsEveryMs: stills?.milliseconds)
         let sealed: SealedInput
         var files = [key]
         if let db {
@@ -210,14 +207,21 @@ struct DecryptArguments: ParsableArguments {
         let report = try await DecryptJob.run(input: sealed, keyFile: key, passphrase: passphrase, options: options,
                                         actor: loginUser(), log: printError, progressStyle: quiet ? .quiet : nil)
         for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
-        let what = "\(report.screens) screen frames, \(report.videoSummary), \(report.keystrokeChunks) keystroke chunks in \(report.keystrokeWindows) windows, \(report.generic) other"
-        printError("\(options.operation): \(report.decrypted) of \(report.attempted) items decrypted (\(what)) → \(options.outputPath)"
+        let what = "\(counted(report.screens, "screen frame")), \(report.videoSummary), "
+            + "\(counted(report.keystrokeChunks, "keystroke chunk")) in \(counted(report.keystrokeWindows, "window")), \(report.generic) other"
+        printError("\(options.operation): \(report.decrypted) of \(counted(report.attempted, "item")) decrypted (\(what)) → \(options.outputPath)"
                    + (report.failures.isEmpty ? "" : "; \(report.failures.count) FAILED"))
         if report.interrupted {
             throw AdminError(.interrupted, "interrupted after \(report.decrypted) items; \(output == .archive(options.outputPath) ? "no archive was written" : "the files written are complete")")
         }
         if !report.failures.isEmpty {
             throw AdminError(.decryptionFailed, "\(report.failures.count) of \(report.attempted) items failed to decrypt (listed above); the others were written")
+        }
+        if report.videoPacketsSkippedTotal > 0 {
+            throw AdminError(.decryptionFailed, "\(counted(report.videoPacketsSkippedTotal, "video packet")) decrypted but not written "
+                             + "(\(report.videoPacketsSkipped.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))): "
+                             + "no-keyframe: a packet before it is missing (never stored, evicted on the endpoint, or failed), "
+                             + "so it cannot be decoded; duplicate: a second copy of a packet already written; the rest was written")
         }
     }
 }
@@ -230,8 +234,9 @@ public struct DecryptCommand: AsyncParsableCommand {
         discussion: """
             Asks for the key's passphrase (no echo) unless --passphrase-file is given. Each DEK is unwrapped \
             once. An audit record (who, when, selection, counts) is appended to the database before any \
-            plaintext is written. Exit 0 when every item decrypted, 1 when the passphrase or key is wrong or \
-            any item failed (each is named by blob id), 2 for usage or I/O errors.
+            plaintext is written. Exit 0 when every item decrypted, 1 when the passphrase or key is wrong, \
+            any item failed (each is named by blob id) or a video packet could not be written (no keyframe \
+            before it), 2 for usage or I/O errors.
             """
     )
     @OptionGroup var common: DecryptArguments
@@ -257,4 +262,28 @@ public struct ExportCommand: AsyncParsableCommand {
     public init() {}
 
     public func run() async throws { try await common.run(output: .archive(out)) }
+}
+
+/// `--stills SECONDS`: the capture time between two still pictures of a video, written as
+/// decimal seconds (`10`, `2.5`, `0.25`: digits with an optional fraction of up to 3 digits; no
+/// sign, exponent, hexadecimal or `inf`), from 0.001 s to 31,536,000 s (a year).
+struct StillsInterval: Sendable, Equatable {
+    let milliseconds: Int64
+
+    /// - Throws: `ValidationError` saying what is expected.
+    init(parsing text: String) throws {
+        let parts = text.split(separator: ".", maxSplits: 1, omittingEmptySubsequences: false)
+        let whole = parts[0], fraction = parts.count > 1 ? parts[1] : ""
+        let digits = { (s: Substring) in s.utf8.allSatisfy { (0x30...0x39).contains($0) } }
+        guard !whole.isEmpty, whole.count <= 9, digits(whole), digits(fraction), fraction.count <= 3,
+              parts.count == 1 || !fraction.isEmpty,
+              let seconds = Int64(whole) else {
+            throw ValidationError("'\(SafeText.escaped(text))' is not seconds between stills: expected decimal seconds such as 10 or 2.5 (up to 3 decimals)")
+        }
+        let ms = seconds * 1000 + (Int64(fraction + String(repeating: "0", count: 3 - fraction.count)) ?? 0)
+        guard (1...31_536_000_000).contains(ms) else {
+            throw ValidationError("--stills \(SafeText.escaped(text)): expected from 0.001 to 31536000 seconds (a year)")
+        }
+        milliseconds = ms
+    }
 }

@@ -68,3 +68,9 @@ func printError(_ line: String) { Console.error(line) }
 
 /// Writes one line to standard output, escaped (`Console.out`).
 func printOut(_ line: String) { Console.out(line) }
+
+/// `1 WebM file`, `2 WebM files`: `n` and the noun, plural unless `n` is 1 (`plural` when not
+/// the noun plus `s`).
+func counted(_ n: Int, _ noun: String, plural: String? = nil) -> String {
+    "\(n) \(n == 1 ? noun : plural ?? noun + "s")"
+}

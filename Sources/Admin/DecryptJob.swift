@@ -164,7 +164,8 @@ public enum DecryptJob {
         let progress = ProgressReporter(label: op, style: progressStyle.map(\.style))
         let decryptor = Decryptor(key: key, source: source, sink: sink, progress: progress,
                                   video: VideoExportOptions(stillsEveryMs: options.stillsEveryMs,
-                                                            maxFileBytes: options.maxVideoFileBytes))
+                                                            maxFileBytes: options.maxVideoFileBytes,
+                                                            selectionStartMs: options.sinceMs))
         // The second walk decrypts, and counts what it meets (captures may have arrived since
         // the first): the report describes what this walk did.
         var report = DecryptReport()
@@ -190,7 +191,7 @@ public enum DecryptJob {
             try? await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) error=\(error)")
             throw error
         }
-        try await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkipped.values.reduce(0, +)) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
+        try await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkippedTotal) video_before_since=\(report.videoPacketsBeforeSelection) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
         return report
     }
 }

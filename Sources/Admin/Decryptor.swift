@@ -26,6 +26,9 @@ public struct DecryptReport: Sendable, Codable, Equatable {
     /// missing — not stored, failed, or outside the selection — and no keyframe came since, so it
     /// cannot be decoded), `duplicate` (a second packet with the same stream and index).
     public var videoPacketsSkipped: [String: Int] = [:]
+    /// Video packets written from before `--since`: the start of a group of pictures the
+    /// selection's start fell inside, so its first selected picture decodes.
+    public var videoPacketsBeforeSelection = 0
     /// PNG stills decoded from video (`--stills`).
     public var stills = 0
     /// Keystroke chunks decoded.
@@ -51,12 +54,16 @@ public struct DecryptReport: Sendable, Codable, Equatable {
     /// Selected blobs sealed to the key given.
     public var attempted: Int { selected - otherKEKs.values.reduce(0, +) }
 
+    /// Video packets decrypted but not written (``videoPacketsSkipped``), in all.
+    public var videoPacketsSkippedTotal: Int { videoPacketsSkipped.values.reduce(0, +) }
+
     /// `12 video packets in 2 WebM files (3 skipped: 3 no-keyframe), 4 stills` for the summary line.
     public var videoSummary: String {
-        let skipped = videoPacketsSkipped.values.reduce(0, +)
         let reasons = videoPacketsSkipped.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
-        return "\(videoPackets) video packets in \(videoFiles) WebM files"
-            + (skipped > 0 ? " (\(skipped) skipped: \(reasons))" : "") + (stills > 0 ? ", \(stills) stills" : "")
+        return "\(counted(videoPackets, "video packet")) in \(counted(videoFiles, "WebM file"))"
+            + (videoPacketsBeforeSelection > 0 ? " (\(videoPacketsBeforeSelection) from before --since, to start at a keyframe)" : "")
+            + (videoPacketsSkippedTotal > 0 ? " (\(videoPacketsSkippedTotal) skipped: \(reasons))" : "")
+            + (stills > 0 ? ", \(counted(stills, "still"))" : "")
     }
 }
 

@@ -1,12 +1,17 @@
 import ArgumentParser
+import CaptureFormat
 import Envelope
 import Foundation
+import Video
 
 /// `custos open`: recovers the plaintext of a sealed file (a record stream: DEK records and
 /// sealed blobs, as `custos seal` and `custos-agent record` write).
 ///
 /// One blob and `--out` neither an existing directory nor ending in `/`: `--out` is a new file
-/// holding exactly its plaintext; nothing is written unless it opens. Otherwise (several blobs,
+/// holding the blob in its natural form, and nothing is written unless it opens and decodes: a
+/// PNG screen frame as the PNG, a video packet as a one-frame WebM (a keyframe; an inter packet
+/// cannot be decoded alone and is refused), a keystroke chunk as the window's text (as `decrypt`
+/// writes it), any other blob (`custos seal`) as exactly its plaintext. Otherwise (several blobs,
 /// as in a `custos-agent record` file, or `--out DIR/`): `--out` is a directory written exactly as
 /// `custos decrypt --in` writes it (docs/ADMIN.md): each frame as a PNG, each keystroke chunk as
 /// text per window plus `keystrokes.jsonl`, generic blobs as `.bin`, and `manifest.json`; a blob
@@ -26,8 +31,13 @@ public struct OpenCommand: AsyncParsableCommand {
     @Option(name: .customLong("in"), help: "Sealed file (record stream) to open.")
     var input: String
 
-    @Option(name: .customLong("out"), help: "Output file (one blob) or directory (several blobs).")
+    @Option(name: .customLong("out"), help: "Output file (one blob) or directory (several blobs, or a path ending in /).")
     var output: String
+
+    @Option(name: .customLong("stills"), help: ArgumentHelp(
+        "With a directory --out: also write PNG stills of the screen video at the start of each WebM file, every SECONDS of capture time after, and at its end.",
+        valueName: "SECONDS"), transform: StillsInterval.init(parsing:))
+    var stills: StillsInterval?
 
     public init() {}
 
@@ -52,6 +62,9 @@ public struct OpenCommand: AsyncParsableCommand {
             try await openIntoDirectory(passphrase: passphrase)
             return
         }
+        guard stills == nil else {
+            throw ValidationError("--stills needs a directory --out (a path ending in /): \(input) holds one blob, written to the file \(output)")
+        }
         let privateKey = try KEKPrivateKey(pemFile: key, passphrase: passphrase)
         var openers: [DEKID: BlobOpener] = [:]
         var dekOrder: [DEKID: Int] = [:]
@@ -63,7 +76,7 @@ public struct OpenCommand: AsyncParsableCommand {
                 throw EnvelopeError(e.code, "\(input): \(e.message)")
             }
         }
-        var plaintexts: [(name: String, data: Data)] = []
+        var plaintexts: [(header: BlobHeader, data: Data)] = []
         for blob in blobs {
             let h = blob.header
             guard let opener = openers[h.dekID] else {
@@ -73,14 +86,43 @@ public struct OpenCommand: AsyncParsableCommand {
                 throw CLIError("\(input): blob \(h.blobID) names DEK \(h.dekID), which has no DEK record in this file")
             }
             do {
-                let data = try opener.open(blob)
-                let name = String(format: "%06d-%06llu-%@.bin", dekOrder[h.dekID]!, h.sequence, h.kind.name)
-                plaintexts.append((name, data))
+                plaintexts.append((h, try opener.open(blob)))
             } catch let e as EnvelopeError {
                 throw EnvelopeError(e.code, "\(input): \(e.message)")
             }
         }
-        try writeOutput(plaintexts[0].data, to: output)
+        let (header, plaintext) = plaintexts[0]
+        let natural: Data
+        do {
+            natural = try Self.naturalForm(plaintext, header: header)
+        } catch {
+            throw AdminError(.decryptionFailed, "\(input): blob \(header.blobID) opened, but its \(header.kind.name) payload cannot be written: \(error)")
+        }
+        try writeOutput(natural, to: output)
+    }
+
+    /// One opened blob as a file a viewer takes (see the type's documentation).
+    /// - Throws: `VideoError`, `CaptureFormatError` or `AdminError` naming what is wrong.
+    static func naturalForm(_ plaintext: Data, header: BlobHeader) throws -> Data {
+        switch header.kind {
+        case .screen where VideoPacketPayload.matches(plaintext):
+            let (meta, packet) = try VideoPacketPayload.decode(plaintext)
+            guard meta.keyframe else {
+                throw AdminError(.decryptionFailed, "video packet \(meta.packetIndex) of stream \(meta.streamID) is not a keyframe: "
+                                 + "it decodes only after the packets before it (open the whole recording into a directory)")
+            }
+            let writer = WebMWriter(trackUID: UInt64(meta.streamID.prefix(16), radix: 16) ?? 1)
+            try writer.append([UInt8](packet), timeMs: meta.captureTimeMs, keyframe: true)
+            return try writer.finish()
+        case .screen:
+            return try FramePayload.decode(plaintext).png
+        case .keystrokes:
+            let chunk = try KeystrokeChunk.decode(plaintext)
+            return OutputNaming.windowText(agent: header.agentID, title: chunk.windowTitle, wmClass: chunk.wmClass,
+                                           chunks: [chunk])
+        default:
+            return plaintext
+        }
     }
 
     /// Several blobs: the capture-aware directory layout of `custos decrypt --in`.
@@ -90,12 +132,17 @@ public struct OpenCommand: AsyncParsableCommand {
             throw CLIError("\(output): exists and is not a directory (the input holds several blobs)")
         }
         let report = try await DecryptJob.run(input: .recordStream(input), keyFile: key, passphrase: passphrase,
-                                        options: DecryptOptions(output: .directory(output)),
+                                        options: DecryptOptions(output: .directory(output), stillsEveryMs: stills?.milliseconds),
                                         actor: loginUser(), log: printError, progressStyle: .quiet)
         for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
-        printError("open: \(report.decrypted) of \(report.attempted) blobs opened (\(report.screens) screen frames, \(report.videoSummary), \(report.keystrokeChunks) keystroke chunks, \(report.generic) other) → \(output)")
+        printError("open: \(report.decrypted) of \(counted(report.attempted, "blob")) opened (\(counted(report.screens, "screen frame")), "
+                   + "\(report.videoSummary), \(counted(report.keystrokeChunks, "keystroke chunk")), \(report.generic) other) → \(output)")
         if !report.failures.isEmpty {
             throw AdminError(.decryptionFailed, "\(report.failures.count) of \(report.attempted) blobs failed to open (listed above); the others were written")
+        }
+        if report.videoPacketsSkippedTotal > 0 {
+            throw AdminError(.decryptionFailed, "\(counted(report.videoPacketsSkippedTotal, "video packet")) opened but not written "
+                             + "(no keyframe before them in \(input)); the rest was written")
         }
     }
 }

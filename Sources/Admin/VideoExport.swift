@@ -1,4 +1,6 @@
 import CaptureFormat
+import CollectorStorage
+import CustosBase
 import Foundation
 import Video
 
@@ -10,10 +12,15 @@ struct VideoExportOptions: Sendable {
     /// A run is cut into another file at the first keyframe after its WebM file reached this many
     /// bytes: the bound on what one file holds in memory while it is built.
     var maxFileBytes = 256 << 20
+    /// The selection's `--since` (Unix ms): a stream whose first selected packet is inside a group
+    /// of pictures is started at that group's keyframe, found before this time
+    /// (``Decryptor/lookBack(_:first:before:report:)``); nil: no look back.
+    var selectionStartMs: Int64?
 
-    init(stillsEveryMs: Int64? = nil, maxFileBytes: Int = 256 << 20) {
+    init(stillsEveryMs: Int64? = nil, maxFileBytes: Int = 256 << 20, selectionStartMs: Int64? = nil) {
         self.stillsEveryMs = stillsEveryMs
         self.maxFileBytes = maxFileBytes
+        self.selectionStartMs = selectionStartMs
     }
 }
 
@@ -37,6 +44,8 @@ final class VideoStreams {
         var width: Int
         var height: Int
         var codec: String
+        /// The index of its group's keyframe (``VideoPacketMetadata/groupStart``).
+        var groupStart: Int
         /// The sequence header OBU payload when the packet has one (keyframes).
         var sequenceHeader: [UInt8]?
     }
@@ -51,10 +60,26 @@ final class VideoStreams {
     private var slots: [Key: Int] = [:]
 
     /// Checks one decrypted packet and records it (not its bytes).
+    /// - Throws: what ``packet(_:meta:bytes:)`` throws.
+    func add(_ item: SealedItem, meta: VideoPacketMetadata, packet: Data) throws {
+        let p = try Self.packet(item, meta: meta, bytes: packet)
+        let key = Key(agent: item.agentID, monitor: meta.monitor, streamID: meta.streamID)
+        let slot: Int
+        if let s = slots[key] {
+            slot = s
+        } else {
+            slot = streams.count
+            slots[key] = slot
+            streams.append(Stream(key: key, monitorName: meta.monitorName))
+        }
+        streams[slot].packets.append(p)
+    }
+
+    /// Checks one decrypted packet against its metadata.
     /// - Throws: `AdminError(.decryptionFailed)` naming what is wrong when the codec is not AV1,
     ///   the bytes are not an AV1 temporal unit, or a keyframe has no sequence header and key frame
     ///   or a size other than its metadata's.
-    func add(_ item: SealedItem, meta: VideoPacketMetadata, packet: Data) throws {
+    static func packet(_ item: SealedItem, meta: VideoPacketMetadata, bytes packet: Data) throws -> Packet {
         guard meta.codec.hasPrefix("av01.") else {
             throw AdminError(.decryptionFailed, "video codec '\(meta.codec)' is not AV1 (av01.…); only AV1 is exported")
         }
@@ -74,18 +99,9 @@ final class VideoStreams {
         } catch {
             throw AdminError(.decryptionFailed, "video packet \(meta.packetIndex) of stream \(meta.streamID): \(error)")
         }
-        let key = Key(agent: item.agentID, monitor: meta.monitor, streamID: meta.streamID)
-        let slot: Int
-        if let s = slots[key] {
-            slot = s
-        } else {
-            slot = streams.count
-            slots[key] = slot
-            streams.append(Stream(key: key, monitorName: meta.monitorName))
-        }
-        streams[slot].packets.append(Packet(item: item, index: meta.packetIndex, keyframe: meta.keyframe,
-                                            timeMs: meta.captureTimeMs, width: meta.width, height: meta.height,
-                                            codec: meta.codec, sequenceHeader: header?.payload))
+        return Packet(item: item, index: meta.packetIndex, keyframe: meta.keyframe, timeMs: meta.captureTimeMs,
+                      width: meta.width, height: meta.height, codec: meta.codec, groupStart: meta.groupStart,
+                      sequenceHeader: header?.payload)
     }
 }
 
@@ -133,7 +149,12 @@ extension Decryptor {
     /// - Throws: `AdminError` `.io` when the output cannot be written.
     func writeVideo(_ streams: VideoStreams, report: inout DecryptReport) async throws {
         for stream in streams.streams {
-            let packets = stream.packets.sorted { $0.index < $1.index }
+            var packets = stream.packets.sorted { $0.index < $1.index }
+            if let since = video.selectionStartMs, let first = packets.first, !first.keyframe, first.groupStart < first.index {
+                let earlier = try await lookBack(stream, first: first, before: since, report: &report)
+                packets.insert(contentsOf: earlier, at: 0)
+                report.videoPacketsBeforeSelection += earlier.count
+            }
             var run: Run?
             for (n, p) in packets.enumerated() {
                 if interruptRequested.load(ordering: .relaxed) {
@@ -181,10 +202,50 @@ extension Decryptor {
         }
     }
 
+    /// The longest a group of pictures lasts (the agent's `keyframe-interval-seconds` is at most
+    /// 3,600) plus a minute: how far before `--since` a cut group's keyframe is looked for, in ms.
+    static let groupLookBackMs: Int64 = 3_660_000
+
+    /// A stream whose first selected packet `first` is not a keyframe because `--since` (`sinceMs`)
+    /// fell inside its group of pictures: the group's packets before it, found by walking the same
+    /// agent's screen captures newest first from `sinceMs` back at most ``groupLookBackMs``, so the
+    /// video starts at the group's keyframe and the selection's first picture decodes.
+    ///
+    /// - Returns: the packets `first.groupStart ..< first.index` in index order (the first is the
+    ///   keyframe), or none when any is missing (the gap stays, skipped as `no-keyframe`). Items
+    ///   that fail to open on the way are outside the selection and not reported.
+    /// - Throws: what the source throws (storage unreachable).
+    private func lookBack(_ stream: VideoStreams.Stream, first: VideoStreams.Packet, before sinceMs: Int64,
+                          report: inout DecryptReport) async throws -> [VideoStreams.Packet] {
+        guard let agent = try? AgentID(stream.key.agent) else { return [] }
+        let wanted = first.groupStart..<first.index
+        var found: [Int: VideoStreams.Packet] = [:]
+        var scratch = DecryptReport()  // failures outside the selection are not the selection's
+        let query = CaptureQuery(agentID: agent, kind: .screen, sinceMs: sinceMs - Self.groupLookBackMs,
+                                 untilMs: min(sinceMs, first.timeMs), order: .descending)
+        try await source.forEachPage(query) { page in
+            for info in page where info.kekID == key.id {
+                if interruptRequested.load(ordering: .relaxed) { return false }
+                guard let plaintext = await plaintext(of: info, report: &scratch), VideoPacketPayload.matches(plaintext),
+                      let (meta, bytes) = try? VideoPacketPayload.decode(plaintext),
+                      meta.streamID == stream.key.streamID, meta.monitor == stream.key.monitor else { continue }
+                if meta.packetIndex < wanted.lowerBound { return false }  // walked past the keyframe
+                guard wanted.contains(meta.packetIndex),
+                      let p = try? VideoStreams.packet(info, meta: meta, bytes: bytes) else { continue }
+                found[meta.packetIndex] = p
+                if found.count == wanted.count { return false }
+            }
+            return true
+        }
+        guard found.count == wanted.count, found[wanted.lowerBound]?.keyframe == true else { return [] }
+        return wanted.map { found[$0]! }
+    }
+
     /// With `--stills`: decodes `bytes` (every packet of the run, in order) and writes a PNG when
     /// a still time (the run's first packet time + k × `stillsEveryMs`) falls while this packet's
-    /// picture is shown, from its time to `shownUntilMs` (the next packet's; the last packet of a
-    /// run covers its own time only). One still per picture at most, named by its capture time.
+    /// picture is shown, from its time to `shownUntilMs` (the next packet's in the run; nil for
+    /// the run's last packet), and always for the run's last picture (the screen as the run
+    /// ends). One still per picture at most, named by its capture time.
     private func still(_ r: Run, packet p: VideoStreams.Packet, bytes: [UInt8], shownUntilMs: Int64?,
                        report: inout DecryptReport) throws {
         guard let every = video.stillsEveryMs, let decoder = r.decoder else { return }
@@ -195,9 +256,12 @@ extension Decryptor {
             return
         }
         let end = shownUntilMs ?? p.timeMs + 1
-        guard r.nextStillMs < end, let picture = pictures.last else { return }
-        let steps = (end - r.first.timeMs + every - 1) / every
-        r.nextStillMs = r.first.timeMs + steps * every
+        let onGrid = r.nextStillMs < end
+        guard onGrid || shownUntilMs == nil, let picture = pictures.last else { return }
+        if onGrid {
+            let steps = (end - r.first.timeMs + every - 1) / every
+            r.nextStillMs = r.first.timeMs + steps * every
+        }
         let png: Data
         do {
             let stream = try PNGEncoder(level: 6).begin(width: picture.width, height: picture.height, layout: .bgrx)

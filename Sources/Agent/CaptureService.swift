@@ -44,13 +44,28 @@ public final class CaptureService: Service, Sendable {
     private let health: DisplayHealth
     private let counters = Mutex(CaptureCounters())
     private let lastErrorText = Mutex<String?>(nil)
-    private let display: Mutex<DisplaySettings>
+    private let settings: Mutex<CaptureSettings>
     private let mailbox = Mailbox()
 
-    /// The X display settings `reload(_:)` may change while running.
-    struct DisplaySettings: Equatable, Sendable {
+    /// The settings `reload(_:)` may change while running (SIGHUP).
+    struct CaptureSettings: Equatable, Sendable {
+        /// `display`, `xauthority`: a change reconnects both capture paths.
         var display: String?
         var xauthority: String?
+        /// `screen-format`, `png-level`, `keyframe-interval-seconds`: a change replaces the
+        /// screen capturer (video: new streams, starting with keyframes).
+        var encoding: ScreenEncoding
+        /// `screen-interval-ms`: the pause between screen captures (0: no screen capture).
+        var screenIntervalMs: Int
+
+        init(_ config: AgentConfig) {
+            display = config.display
+            xauthority = config.xauthority
+            encoding = config.screenEncoding
+            screenIntervalMs = config.screenIntervalMs
+        }
+
+        var sameDisplay: (String?, String?) { (display, xauthority) }
     }
 
     /// How often agent-side drop counts are written to the spool (the spool's own refusals are
@@ -67,30 +82,42 @@ public final class CaptureService: Service, Sendable {
         self.sealer = sealer
         self.logger = logger
         self.health = DisplayHealth(logger: logger)
-        self.display = Mutex(DisplaySettings(display: config.display, xauthority: config.xauthority))
+        self.settings = Mutex(CaptureSettings(config))
     }
 
     /// A snapshot of the counters.
     public var snapshot: CaptureCounters { counters.withLock { $0 } }
 
-    /// Applies a re-read config's `display` and `xauthority` (SIGHUP): when either changed, the
-    /// capture thread drops its X connections and reconnects with the new values at once.
+    /// Applies a re-read config (SIGHUP): a new `display` or `xauthority` makes the capture
+    /// thread drop its X connections and reconnect with the new values at once; a new
+    /// `screen-format`, `png-level` or `keyframe-interval-seconds` replaces the screen capturer
+    /// (video streams restart with keyframes); a new `screen-interval-ms` applies from the next
+    /// capture. `keystroke-idle-ms` and the rest take effect at the next start.
     public func reload(_ config: AgentConfig) {
-        let fresh = DisplaySettings(display: config.display, xauthority: config.xauthority)
-        let changed = display.withLock { current -> Bool in
+        let fresh = CaptureSettings(config)
+        let old = settings.withLock { current -> CaptureSettings in
             defer { current = fresh }
-            return current != fresh
+            return current
         }
-        if changed {
+        guard old != fresh else { return }
+        if old.sameDisplay != fresh.sameDisplay {
             logger.info("X display settings changed; reconnecting",
                         metadata: ["capture.display": "\(SafeText.escaped(config.display ?? "$DISPLAY"))",
                                    "capture.xauthority": "\(SafeText.escaped(config.xauthority ?? "-"))"])
-            mailbox.wake()
         }
+        if old.encoding != fresh.encoding || old.screenIntervalMs != fresh.screenIntervalMs {
+            logger.info("screen capture settings changed", metadata: [
+                "capture.screen-format": "\(config.screenFormat.rawValue)",
+                "capture.keyframe-interval-seconds": "\(config.keyframeIntervalSeconds)",
+                "capture.png-level": "\(config.pngLevel)",
+                "capture.screen-interval-ms": "\(config.screenIntervalMs)",
+            ])
+        }
+        mailbox.wake()
     }
 
     public func run() async throws {
-        guard config.screenIntervalMs > 0 || config.keystrokeIdleMs > 0 else { return }
+        guard config.keystrokeIdleMs > 0 || config.screenIntervalMs > 0 else { return }
         let thread = Thread { [self] in
             // Name the OS thread for ps/top/perf (Foundation's `Thread.name` does not on Linux).
             try? "custos.capture".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
@@ -123,7 +150,7 @@ public final class CaptureService: Service, Sendable {
 
     /// State owned by the capture thread alone.
     private struct Loop {
-        var settings: DisplaySettings
+        var settings: CaptureSettings
         var capturer: ScreenCapturer?
         var recorder: KeystrokeRecorder?
         var keystrokeRetry = RetrySchedule(CaptureService.keystrokeBackoff)
@@ -140,35 +167,44 @@ public final class CaptureService: Service, Sendable {
         let screenDrops = RepeatedErrorLog()
         let keystrokeDrops = RepeatedErrorLog()
         let keystrokeErrors = RepeatedErrorLog()
+        /// Per monitor index: a monitor that cannot be recorded is logged once, and once again
+        /// when it records (or is gone).
+        var monitorProblems: [Int: RepeatedErrorLog] = [:]
     }
 
     private func captureThread() {
-        var loop = Loop(settings: display.withLock { $0 })
-        let interval = Duration.milliseconds(max(config.screenIntervalMs, 1))
+        var loop = Loop(settings: settings.withLock { $0 })
         while !mailbox.stopRequested {
-            let settings = display.withLock { $0 }
-            if settings != loop.settings {
+            let settings = settings.withLock { $0 }
+            if settings.sameDisplay != loop.settings.sameDisplay {
                 stopRecorder(&loop)
-                loop.capturer = nil
-                loop.settings = settings
                 loop.keystrokeRetry.succeeded()
                 loop.nextKeystrokeAttempt = .now
+            }
+            if settings != loop.settings {
+                loop.capturer = nil  // a new capturer: new connection, encoder and streams
+                loop.currentGroups = [:]
+                loop.streamDEK = nil
+                loop.capWarned = false
+                loop.settings = settings
                 loop.nextFrame = .now
             }
+            let screenOn = loop.settings.screenIntervalMs > 0
             sealChunks(&loop)
             if config.keystrokeIdleMs > 0 && loop.recorder == nil && ContinuousClock.now >= loop.nextKeystrokeAttempt {
                 startRecorder(&loop)
             }
-            if config.screenIntervalMs > 0 && ContinuousClock.now >= loop.nextFrame {
+            if screenOn && ContinuousClock.now >= loop.nextFrame {
                 screenTick(&loop)
-                loop.nextFrame = .now + interval  // the interval is the pause between captures
+                // The interval is the pause between captures.
+                loop.nextFrame = .now + .milliseconds(loop.settings.screenIntervalMs)
             }
             if ContinuousClock.now >= loop.nextFlush {
                 flushDrops(&loop)
                 loop.nextFlush = .now + Self.dropFlushInterval
             }
             var wakeAt = loop.nextFlush
-            if config.screenIntervalMs > 0 { wakeAt = min(wakeAt, loop.nextFrame) }
+            if screenOn { wakeAt = min(wakeAt, loop.nextFrame) }
             if config.keystrokeIdleMs > 0 && loop.recorder == nil { wakeAt = min(wakeAt, loop.nextKeystrokeAttempt) }
             mailbox.wait(until: wakeAt)
         }
@@ -216,9 +252,9 @@ public final class CaptureService: Service, Sendable {
         do {
             if loop.capturer == nil {
                 loop.capturer = try ScreenCapturer(display: loop.settings.display, xauthority: loop.settings.xauthority,
-                                                   encoding: config.screenEncoding, logger: logger, health: health)
+                                                   encoding: loop.settings.encoding, logger: logger, health: health)
             }
-            if config.screenFormat == .video {
+            if case .video = loop.settings.encoding {
                 // A new DEK begins with keyframes: each DEK's packets decode on their own.
                 let dek = try sealer.rotateIfDue()
                 if dek != loop.streamDEK {
@@ -242,9 +278,16 @@ public final class CaptureService: Service, Sendable {
         }
         if !loop.capWarned, let capturer = loop.capturer {
             loop.capWarned = true
-            if let advice = Self.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, monitors: capturer.monitorSizes()) {
+            let format: ScreenFormat = if case .video = loop.settings.encoding { .video } else { .png }
+            if let advice = Self.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: format,
+                                                monitors: capturer.monitorSizes()) {
                 logger.warning("\(advice)")
             }
+        }
+        // A monitor that is gone no longer fails.
+        for (monitor, log) in loop.monitorProblems where monitor >= frames.count {
+            log.success("screen capture of monitor \(monitor) stopped failing: the monitor is gone", logger: logger)
+            loop.monitorProblems[monitor] = nil
         }
         var sealedAny = false
         for frame in frames {
@@ -257,6 +300,20 @@ public final class CaptureService: Service, Sendable {
             case .unchanged:
                 counters.withLock { $0.framesUnchanged += 1 }
                 continue
+            case .skipped(let monitor, let error):
+                let reason: DropReason = error.code == .monitorUnsupported ? .monitorUnsupported : .encodeError
+                counters.withLock { $0.errors += 1 }
+                lastErrorText.withLock { $0 = "\(error)" }
+                drop(reason, &loop)
+                loop.currentGroups[monitor] = nil
+                let log = loop.monitorProblems[monitor] ?? RepeatedErrorLog()
+                loop.monitorProblems[monitor] = log
+                log.failure("screen capture of monitor \(monitor) dropped (\(reason)): \(error.message)", key: reason.rawValue,
+                            level: reason == .monitorUnsupported ? .warning : .error, logger: logger)
+                continue
+            }
+            if let log = loop.monitorProblems.removeValue(forKey: frame.monitor) {
+                log.success("screen capture of monitor \(frame.monitor) recording again", logger: logger)
             }
             do {
                 let receipt = try sealer.seal(plaintext, kind: .screen, captureTimeMs: timeMs, group: packet?.groupID)
@@ -352,28 +409,46 @@ public final class CaptureService: Service, Sendable {
 
     // MARK: - Spool cap against frame size
 
-    /// The largest sealed record one screen frame of `width`×`height` pixels can make, in bytes:
-    /// an 8-bit RGB PNG that does not compress at all (one filter byte per row, deflate stored
-    /// blocks, IDAT chunk framing), plus the frame payload header and the envelope (generous
-    /// 4 KiB). Real desktop frames are far smaller (1920×1080 text: about 120–650 KB).
-    static func worstCaseSealedFrameBytes(width: Int, height: Int) -> Int {
-        let raw = height * (1 + width * 3)
-        return raw + raw / 1000 * 3 + 4096
+    /// The largest sealed record one screen frame of `width`×`height` pixels can make, in bytes,
+    /// plus the frame payload header and the envelope (generous 4 KiB):
+    /// - PNG: an 8-bit RGB PNG that does not compress at all (one filter byte per row, deflate
+    ///   stored blocks, IDAT chunk framing). Real 1920×1080 desktop frames are 120–650 KB.
+    /// - Video: a keyframe no larger than the uncompressed I420 picture (1.5 bytes per pixel;
+    ///   libaom's worst case on noise at the agent's quality is well below it). Real 1920×1080
+    ///   keyframes of a desktop are 50–200 KB, inter packets a few KB (docs/VIDEO.md).
+    static func worstCaseSealedFrameBytes(width: Int, height: Int, format: ScreenFormat) -> Int {
+        switch format {
+        case .png:
+            let raw = height * (1 + width * 3)
+            return raw + raw / 1000 * 3 + 4096
+        case .video:
+            return (width + 1) / 2 * 2 * ((height + 1) / 2 * 2) * 3 / 2 + 4096
+        }
     }
 
     /// A warning when `spool-max-mb` makes the spool refuse (`too-large`) a frame of one of
-    /// `monitors` at its worst case, naming the sizes and the smallest `spool-max-mb` that
-    /// takes every frame; nil when every frame fits.
-    static func spoolCapAdvice(spoolMaxMB: Int, monitors: [(name: String, width: Int, height: Int)]) -> String? {
+    /// `monitors` at its worst case in `format`, naming the sizes and the smallest `spool-max-mb`
+    /// that takes every frame; nil when every frame fits.
+    static func spoolCapAdvice(spoolMaxMB: Int, format: ScreenFormat,
+                               monitors: [(name: String, width: Int, height: Int)]) -> String? {
         guard let largest = monitors.max(by: { $0.width * $0.height < $1.width * $1.height }) else { return nil }
-        let worst = worstCaseSealedFrameBytes(width: largest.width, height: largest.height)
+        let worst = worstCaseSealedFrameBytes(width: largest.width, height: largest.height, format: format)
         let limit = Spool.largestRecord(maxBytes: Int64(spoolMaxMB) << 20)
         guard worst > limit else { return nil }
         var enough = spoolMaxMB
         while Spool.largestRecord(maxBytes: Int64(enough) << 20) < worst && enough < 1 << 20 { enough += 1 }
-        return "spool-max-mb=\(spoolMaxMB) accepts sealed records up to \(limit) bytes, but a \(largest.width)x\(largest.height) frame "
-            + "(monitor \(SafeText.escaped(largest.name))) can seal to \(worst) bytes: frames larger than the limit are dropped "
-            + "(counted as too-large in `custos-agent status`); spool-max-mb=\(enough) or more keeps every frame"
+        let what = format == .video ? "keyframe" : "frame"
+        return "spool-max-mb=\(spoolMaxMB) accepts sealed records up to \(limit) bytes, but a \(largest.width)x\(largest.height) \(what) "
+            + "(monitor \(SafeText.escaped(largest.name)), screen-format=\(format.rawValue)) can seal to \(worst) bytes: "
+            + "larger ones are dropped (counted as too-large in `custos-agent status`); spool-max-mb=\(enough) or more keeps every one"
+    }
+
+    /// One warning per monitor the configured `screen-format` cannot record (video: a side
+    /// outside 2…16384 pixels), for `--check-config` and the daemon's first capture.
+    static func unrecordableMonitors(_ monitors: [(name: String, width: Int, height: Int)],
+                                     encoding: ScreenEncoding) -> [String] {
+        monitors.filter { !ScreenCapturer.canRecord(width: $0.width, height: $0.height, encoding: encoding) }
+            .map { ScreenCapturer.unsupportedMessage($0.name, $0.width, $0.height) }
     }
 }
 

@@ -49,7 +49,12 @@ enum CheckConfig {
             if let problem = capturer.connectError { throw problem }
             let frames = try capturer.captureAll()
             line(true, "display", "\(config.display ?? "(DISPLAY unset)"): \(frames.count) monitor(s) readable")
-            if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, monitors: capturer.monitorSizes()) {
+            let monitors = capturer.monitorSizes()
+            for warning in CaptureService.unrecordableMonitors(monitors, encoding: config.screenEncoding) {
+                line(false, "display", warning, required: false)
+            }
+            if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: config.screenFormat,
+                                                          monitors: monitors) {
                 line(false, "spool-max-mb", advice, required: false)
             }
         } catch let error as CaptureError {

@@ -15,8 +15,11 @@ public struct CaptureError: Error, CustomStringConvertible, Sendable {
         public static let xProtocolError = Code(name: "xProtocolError")
         /// A required X extension (RECORD, XKEYBOARD) is missing on this display.
         public static let extensionUnavailable = Code(name: "extensionUnavailable")
-        /// libpng failed to encode a frame.
-        public static let pngEncoding = Code(name: "pngEncoding")
+        /// The encoder (libpng, libaom) failed on a monitor's frame.
+        public static let encoding = Code(name: "encoding")
+        /// A monitor's size is outside what the encoder takes (AV1: each side 2…16384 pixels):
+        /// that monitor is not recorded while it has that size; the others are.
+        public static let monitorUnsupported = Code(name: "monitorUnsupported")
         /// A caller passed a value outside its documented range.
         public static let invalidArgument = Code(name: "invalidArgument")
         /// The server sent pixels in a layout this module cannot read.

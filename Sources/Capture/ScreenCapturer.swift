@@ -23,6 +23,19 @@ public enum FrameCapture: Sendable {
     case packet(VideoPacketMetadata, packet: [UInt8])
     /// The monitor's raw pixels equal its previous frame; nothing was encoded.
     case unchanged(monitor: Int)
+    /// The monitor could not be recorded this round; the other monitors were. `error` is
+    /// `.monitorUnsupported` (a size the encoder does not take: nothing was grabbed) or
+    /// `.encoding` (the encoder failed: its video stream restarts with the next frame).
+    case skipped(monitor: Int, error: CaptureError)
+
+    /// The monitor index this result is about.
+    public var monitor: Int {
+        switch self {
+        case .changed(let meta, _): meta.monitor
+        case .packet(let meta, _): meta.monitor
+        case .unchanged(let monitor), .skipped(let monitor, _): monitor
+        }
+    }
 }
 
 /// Captures every monitor of an X display as PNG frames or as packets of one AV1 video stream
@@ -253,9 +266,10 @@ public final class ScreenCapturer {
     /// pixels differ from its previous frame, `.unchanged` for the others. Frames are stamped
     /// with `now` (ms since the epoch, UTC), plus any wait for a resize burst to pass
     /// (`resizeRetryDelaysMs`, at most 1,270 ms in all).
+    /// A monitor that cannot be recorded (a size the video encoder does not take, an encoder
+    /// failure) is `.skipped` with the reason; the other monitors are captured as usual.
     /// - Throws: `CaptureError.displayUnavailable` while the display is down (no frame is
-    ///   produced for that time), `.xProtocolError` naming the failed request,
-    ///   `.pngEncoding` when libpng or libaom fails (the monitor's video stream then restarts).
+    ///   produced for that time), `.xProtocolError` naming the failed request.
     public func captureAll(now: Date = Date()) throws -> [FrameCapture] {
         let conn = try ensureConnection(now: now)
         do {
@@ -440,7 +454,7 @@ public final class ScreenCapturer {
             let buffer = try grabStrip(conn, index: index, geometry: g, top: top, height: stripHeight)
             try withExtendedLifetime(buffer) {
                 guard let pixels = buffer.data else {
-                    throw CaptureError(.unsupportedFormat, "X image for monitor \(g.name) has no pixel data")
+                    throw CaptureError(.unsupportedFormat, "X image for monitor \(SafeText.escaped(g.name)) has no pixel data")
                 }
                 let format = PixelFormat(bitsPerPixel: buffer.bitsPerPixel, msbFirst: buffer.msbFirst,
                                          redMask: conn.format.red.mask, greenMask: conn.format.green.mask,
@@ -456,7 +470,7 @@ public final class ScreenCapturer {
     private func grabStrip(_ conn: Connection, index: Int, geometry g: Geometry, top: Int,
                            height: Int) throws -> XImageBuffer {
         let display = conn.display
-        let what = "monitor \(g.name) \(g.width)x\(g.height)+\(g.x)+\(g.y) (rows \(top)..<\(top + height))"
+        let what = "monitor \(SafeText.escaped(g.name)) \(g.width)x\(g.height)+\(g.x)+\(g.y) (rows \(top)..<\(top + height))"
         if conn.useShm {
             let buffer: XImageBuffer
             if let existing = conn.shmBuffers[index], existing.width == g.width, existing.height == height {
@@ -535,7 +549,7 @@ public final class ScreenCapturer {
             }
         }
         guard rowHasher != nil else {
-            throw CaptureError(.xProtocolError, "monitor \(g.name) \(g.width)x\(g.height) gave no rows")
+            throw CaptureError(.xProtocolError, "monitor \(SafeText.escaped(g.name)) \(g.width)x\(g.height) gave no rows")
         }
         hasher = rowHasher
     }
@@ -553,7 +567,7 @@ public final class ScreenCapturer {
             }
             png = try stream!.finish()
         } catch let error as VideoError {
-            throw CaptureError(.pngEncoding, "\(error)")
+            return .skipped(monitor: index, error: CaptureError(.encoding, "monitor \(SafeText.escaped(g.name)) \(g.width)x\(g.height): \(error)"))
         }
         hashes[index] = (g, hasher!.value)
         let meta = FrameMetadata(monitor: index, monitorName: g.name, x: g.x, y: g.y, width: g.width,
@@ -568,6 +582,10 @@ public final class ScreenCapturer {
     private func grabVideo(_ conn: Connection, index: Int, geometry g: Geometry, timeMs: Int64,
                            keyframeIntervalMs: Int64,
                            hashes: inout [Int: (geometry: Geometry, hash: UInt64)]) throws -> FrameCapture {
+        guard AV1Encoder.sideRange.contains(g.width), AV1Encoder.sideRange.contains(g.height) else {
+            streams[index] = nil
+            return .skipped(monitor: index, error: CaptureError(.monitorUnsupported, Self.unsupportedMessage(g.name, g.width, g.height)))
+        }
         if let stream = streams[index], stream.width != g.width || stream.height != g.height
             || previous[index].map({ $0.geometry.name != g.name }) == true {
             streams[index] = nil
@@ -592,7 +610,23 @@ public final class ScreenCapturer {
             return .packet(meta, packet: packet)
         } catch let error as VideoError {
             streams[index] = nil  // the encoder's state is unknown: the next frame starts a new stream
-            throw CaptureError(.pngEncoding, "monitor \(g.name) \(g.width)x\(g.height): \(error)")
+            return .skipped(monitor: index, error: CaptureError(.encoding, "monitor \(SafeText.escaped(g.name)) \(g.width)x\(g.height): \(error)"))
+        }
+    }
+
+    /// Why a `width`×`height` monitor is not recorded as video (for the capture's `.skipped`
+    /// and for `--check-config`): names the monitor (escaped) and the range.
+    public static func unsupportedMessage(_ name: String, _ width: Int, _ height: Int) -> String {
+        "monitor \(SafeText.escaped(name)) is \(width)x\(height): video records monitors whose sides are "
+            + "\(AV1Encoder.sideRange.lowerBound) to \(AV1Encoder.sideRange.upperBound) pixels, so it is not recorded "
+            + "while it has this size (screen-format=png records it)"
+    }
+
+    /// Whether `encoding` can record a `width`×`height` monitor.
+    public static func canRecord(width: Int, height: Int, encoding: ScreenEncoding) -> Bool {
+        switch encoding {
+        case .png: width > 0 && height > 0
+        case .video: AV1Encoder.sideRange.contains(width) && AV1Encoder.sideRange.contains(height)
         }
     }
 }

@@ -162,8 +162,13 @@ public struct DropReason: RawRepresentable, Hashable, Sendable, Codable, CodingK
     public static let diskFull = DropReason("disk-full")
     /// Sealing is paused (no usable KEK): the capture was not taken.
     public static let sealingPaused = DropReason("sealing-paused")
-    /// Capturing failed (X error, PNG encoding), not counting a missing display.
+    /// Capturing failed (an X error), not counting a missing display.
     public static let captureError = DropReason("capture-error")
+    /// The encoder (libpng, libaom) failed on one monitor's frame; the other monitors were kept.
+    public static let encodeError = DropReason("encode-error")
+    /// A monitor's size is outside what the video encoder takes (each side 2…16384 pixels):
+    /// counted once per capture round while it lasts; the other monitors are recorded.
+    public static let monitorUnsupported = DropReason("monitor-unsupported")
     /// Sealing or storing failed for another reason (a spool or Envelope error).
     public static let sealError = DropReason("seal-error")
     /// A video packet of a group of pictures that already lost a packet (evicted or refused):

@@ -1,6 +1,7 @@
 import CaptureFormat
 import CollectorStorage
 import CollectorStorageSQLite
+import CustosBase
 import Envelope
 import Foundation
 import Testing
@@ -127,7 +128,7 @@ struct VideoDecryptTests {
         // Monitor 0: packets 0–4, then 6 and 7 cannot be decoded (5 is missing), 8–11; 9 twice.
         #expect(report.videoFiles == 3 && report.videoPackets == 5 + 4 + 6)
         #expect(report.videoPacketsSkipped == ["no-keyframe": 2, "duplicate": 1])
-        #expect(report.videoSummary.contains("15 video packets in 3 WebM files (3 skipped: 1 duplicate, 2 no-keyframe), 8 stills"))
+        #expect(report.videoSummary.contains("15 video packets in 3 WebM files (3 skipped: 1 duplicate, 2 no-keyframe), 10 stills"))
 
         let streamA = a[0].meta.streamID, streamB = b[0].meta.streamID
         let runs: [(path: String, first: Int, count: Int, w: Int, h: Int, colour0: Int)] = [
@@ -148,10 +149,13 @@ struct VideoDecryptTests {
                 #expect(shows(f, width: run.w, height: run.h, colours[(run.colour0 + i) % 10]), "\(run.path) frame \(i)")
             }
         }
-        // Stills: monitor 0 at 0, 2, 4 s (first run) and 8, 10 s (second); monitor 1 at 0.5, 2.5, 4.5 s.
+        // Stills: monitor 0 at 0, 2, 4 s (first run) and 8, 10 s (second) plus its last picture at
+        // 11 s; monitor 1 at 0.5, 2.5, 4.5 s plus its last picture at 5.5 s (the first run's last
+        // picture, at 4 s, is on the grid already: one still, not two).
         let stillTimes: [(monitor: Int, name: String, ms: Int64, packet: Int)] = [
             (0, "DP-1", 0, 0), (0, "DP-1", 2000, 2), (0, "DP-1", 4000, 4), (0, "DP-1", 8000, 8), (0, "DP-1", 10_000, 10),
-            (1, "HDMI/1", 500, 0), (1, "HDMI/1", 2500, 2), (1, "HDMI/1", 4500, 4),
+            (0, "DP-1", 11_000, 11),
+            (1, "HDMI/1", 500, 0), (1, "HDMI/1", 2500, 2), (1, "HDMI/1", 4500, 4), (1, "HDMI/1", 5500, 5),
         ]
         #expect(report.stills == stillTimes.count)
         for s in stillTimes {
@@ -222,23 +226,38 @@ struct VideoDecryptTests {
         let cappedFiles = filesUnder(tmp.file("capped")).filter { $0.hasSuffix(".webm") }
         #expect(try cappedFiles.map { try probe(tmp.file("capped") + "/" + $0).packets }.sorted() == [1, 4, 4, 6])
 
-        // Stills every 1.5 s: the one at 9.5 s shows packet 9 (stored twice), not the packet after it.
+        // Stills every 1.5 s: the one at 9.5 s shows packet 9 (stored twice), not the packet after it;
+        // each run's last picture has one too (4 s: off the grid; 11 s: on it, so one still).
         let sparse = try await run(DecryptOptions(output: .directory(tmp.file("stills")), stillsEveryMs: 1500))
         let stillNames = Set(filesUnder(tmp.file("stills")).filter { $0.hasSuffix(".png") })
-        for (ms, expected) in [(Int64(9000), true), (10_000, false), (8000, true), (11_000, true), (3000, true)] {
+        for (ms, expected) in [(Int64(9000), true), (10_000, false), (8000, true), (11_000, true), (3000, true), (4000, true),
+                               (2000, false)] {
             let name = OutputNaming.screen(agent: "host-v", monitor: 0, monitorName: "DP-1", timeMs: Self.t0 + ms)
             #expect(stillNames.contains(name) == expected, "still at \(ms) ms: \(stillNames.sorted())")
         }
-        #expect(sparse.stills == 6 + 4, "monitor 0 at 0, 1, 3, 8, 9, 11 s; monitor 1 at 0.5, 1.5, 3.5, 4.5 s")
+        #expect(sparse.stills == 7 + 5, "monitor 0 at 0, 1, 3, 4, 8, 9, 11 s; monitor 1 at 0.5, 1.5, 3.5, 4.5, 5.5 s")
 
-        // From 1.5 s on: monitor 0 waits for the keyframe at 4 s (2, 3 skipped), then as before;
-        // monitor 1 has no keyframe after 1.5 s, so none of its 5 packets there is written.
+        // From 1.5 s on: each stream's first selected packet is inside a group of pictures, so the
+        // group's packets before 1.5 s are looked up and written first (monitor 0: packets 0 and
+        // 1; monitor 1: packet 0): every selected picture decodes; only the real gap (packet 5
+        // missing: 6 and 7) is skipped.
         let since = try await run(DecryptOptions(output: .directory(tmp.file("since")), sinceMs: Self.t0 + 1500))
-        #expect(since.videoFiles == 2 && since.videoPackets == 1 + 4, "\(since)")
-        #expect(since.videoPacketsSkipped == ["no-keyframe": 2 + 2 + 5, "duplicate": 1])
+        #expect(since.videoFiles == 3 && since.videoPackets == 5 + 4 + 6, "\(since)")
+        #expect(since.videoPacketsBeforeSelection == 2 + 1)
+        #expect(since.videoPacketsSkipped == ["no-keyframe": 2, "duplicate": 1])
+        #expect(since.failures.isEmpty && since.screens == 0 && since.keystrokeChunks == 0, "nothing else from before --since")
+        #expect(since.videoSummary.contains("(3 from before --since, to start at a keyframe)"), "\(since.videoSummary)")
+        for f in filesUnder(tmp.file("since")).filter({ $0.hasSuffix(".webm") }) {
+            let p = try probe(tmp.file("since") + "/" + f)
+            #expect(p.packets == 5 || p.packets == 4 || p.packets == 6, "\(f): \(p)")
+        }
+        // --since past a whole group: no look back needed (monitor 0 from its keyframe at 8 s).
+        let late = try await run(DecryptOptions(output: .directory(tmp.file("late")), agentID: try AgentID("host-v"),
+                                                sinceMs: Self.t0 + 8000))
+        #expect(late.videoPacketsBeforeSelection == 0 && late.videoPackets == 4, "\(late)")
     }
 
-    @Test("the built custos: decrypt --stills prints what was written; --stills 0 is a usage error naming the option")
+    @Test("the built custos: decrypt --stills prints what was written and exits 1 for the packets it could not write; --stills 0, 0x10, 1e3, -1 are usage errors naming the option")
     func commandLine() async throws {
         for tool in ["ffprobe", "openssl"] { try requireTool(tool) }
         let custos = try builtProduct("custos")
@@ -250,14 +269,93 @@ struct VideoDecryptTests {
         let out = tmp.file("out")
         let ok = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
                                  "--stills", "2", "--quiet", "--out", out])
-        #expect(ok.status == 0, "\(ok.stderrString)")
-        #expect(ok.stderrString.contains("15 video packets in 3 WebM files (3 skipped: 1 duplicate, 2 no-keyframe), 8 stills"),
+        // Everything that could be written was (and the summary says so), but 3 packets could not:
+        // exit 1, with a line saying how many and why.
+        #expect(ok.status == 1, "\(ok.stderrString)")
+        #expect(ok.stderrString.contains("15 video packets in 3 WebM files (3 skipped: 1 duplicate, 2 no-keyframe), 10 stills"),
                 "\(ok.stderrString)")
-        #expect(filesUnder(out).filter { $0.hasSuffix(".png") }.count == 9)
-        let bad = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
-                                  "--stills", "0", "--out", tmp.file("out2")])
-        #expect(bad.status == 2 && bad.stderrString.contains("--stills"), "\(bad.stderrString)")
-        #expect(!FileManager.default.fileExists(atPath: tmp.file("out2")))
+        #expect(ok.stderrString.contains("3 video packets decrypted but not written (1 duplicate, 2 no-keyframe)"), "\(ok.stderrString)")
+        #expect(filesUnder(out).filter { $0.hasSuffix(".png") }.count == 11)
+        // Only monitor 1's last packet (5.5 s) is selected; its group from 0.5 s is written whole,
+        // nothing is skipped: exit 0, and "1 WebM file", not "files".
+        let one = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                  "--since", String(Self.t0 + 5200), "--until", String(Self.t0 + 5600), "--quiet",
+                                  "--out", tmp.file("one")])
+        #expect(one.status == 0, "\(one.stderrString)")
+        #expect(one.stderrString.contains("6 video packets in 1 WebM file (5 from before --since"), "\(one.stderrString)")
+        for value in ["0", "0x10", "1e3", "-1", "inf", "2.", ".5", "1.2345", "31536001"] {
+            let bad = try runCommand([custos, "decrypt", "--db", db, "--key", k.privateKey, "--passphrase-file", k.passphraseFile,
+                                      "--stills", value, "--out", tmp.file("out2")])
+            #expect(bad.status == 2 && bad.stderrString.contains("--stills"), "\(value): \(bad.stderrString)")
+            #expect(!FileManager.default.fileExists(atPath: tmp.file("out2")))
+        }
+    }
+
+    @Test("custos open, one blob, --out FILE: a keyframe as a one-frame WebM, a PNG frame as the PNG, a keystroke chunk as text; an inter packet alone is refused; --stills needs a directory")
+    func openOneBlobWritesItsNaturalForm() async throws {
+        for tool in ["ffprobe", "openssl"] { try requireTool(tool) }
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-video-open")
+        defer { tmp.remove() }
+        let k = try makeOpenSSLKeyPair(in: tmp.path)
+        let session = try DEKSession(kek: try KEKPublicKey(pemFile: k.publicKey), agentID: "host-o")
+        let stream = try MonitorStream(monitor: 0, width: 64, height: 48, keyframeIntervalMs: 0)
+        var packets: [SealedBlob] = []
+        for i in 0..<2 {
+            let c = colours[i]
+            var px = [UInt8](repeating: 0, count: 64 * 48 * 4)
+            for o in stride(from: 0, to: px.count, by: 4) { (px[o], px[o + 1], px[o + 2], px[o + 3]) = (c.2, c.1, c.0, 255) }
+            try px.withUnsafeBytes { try stream.picture.write(rows: $0.baseAddress!, firstRow: 0, rowCount: 48, stride: 256, layout: .bgrx) }
+            let (meta, packet) = try stream.encode(timeMs: Self.t0 + Int64(i) * 1000, monitorName: "DP-1", x: 0, y: 0)
+            packets.append(try session.seal(VideoPacketPayload.encode(meta, packet: packet), kind: .screen, captureTimeMs: meta.captureTimeMs))
+        }
+        let png = makePNG(width: 8, height: 6, seed: 9)
+        let frame = try session.seal(FramePayload.encode(FrameMetadata(monitor: 0, monitorName: "DP-1", x: 0, y: 0, width: 8, height: 6,
+                                                                       captureTimeMs: Self.t0), png: png),
+                                     kind: .screen, captureTimeMs: Self.t0)
+        let chunk = KeystrokeChunk(windowTitle: "Terminal", wmClass: "xterm.XTerm", startMs: Self.t0, endMs: Self.t0 + 10,
+                                   keys: [Keystroke(timeMs: Self.t0, text: "ls -l")])
+        let keys = try session.seal(chunk.encoded(), kind: .keystrokes, captureTimeMs: Self.t0)
+        func sealedFile(_ name: String, _ blobs: [SealedBlob]) throws -> String {
+            let path = tmp.file(name)
+            try RecordStream.encode([.dekRecord(session.record)] + blobs.map { .blob($0) }).write(to: URL(fileURLWithPath: path))
+            return path
+        }
+        func open(_ input: String, _ out: String, _ extra: [String] = []) throws -> CommandResult {
+            try runCommand([custos, "open", "--key", k.privateKey, "--passphrase-file", k.passphraseFile, "--in", input, "--out", out] + extra)
+        }
+
+        let key = try open(try sealedFile("key.sealed", [packets[0]]), tmp.file("key.webm"))
+        #expect(key.status == 0, "\(key.stderrString)")
+        let p = try probe(tmp.file("key.webm"))
+        #expect(p.codec == "av1" && p.width == 64 && p.height == 48 && p.packets == 1, "\(p)")
+        #expect(shows(try #require(try rgbFrames(tmp.file("key.webm"), width: 64, height: 48).first), width: 64, height: 48, colours[0]))
+
+        let inter = try open(try sealedFile("inter.sealed", [packets[1]]), tmp.file("inter.webm"))
+        #expect(inter.status == 1 && inter.stderrString.contains("is not a keyframe"), "\(inter.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("inter.webm")))
+
+        let still = try open(try sealedFile("frame.sealed", [frame]), tmp.file("frame.png"))
+        #expect(still.status == 0, "\(still.stderrString)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: tmp.file("frame.png"))) == png)
+
+        let text = try open(try sealedFile("keys.sealed", [keys]), tmp.file("keys.txt"))
+        #expect(text.status == 0, "\(text.stderrString)")
+        let written = try String(contentsOfFile: tmp.file("keys.txt"), encoding: .utf8)
+        #expect(written.contains("# window: Terminal") && written.contains("ls -l"), "\(written)")
+
+        let noDir = try open(try sealedFile("key2.sealed", [packets[0]]), tmp.file("key2.webm"), ["--stills", "1"])
+        #expect(noDir.status == 2 && noDir.stderrString.contains("--stills needs a directory"), "\(noDir.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: tmp.file("key2.webm")))
+
+        // Both packets into a directory, with stills: one WebM of 2 packets, a still of each picture.
+        let dir = try open(try sealedFile("both.sealed", packets), tmp.file("both") + "/", ["--stills", "1"])
+        #expect(dir.status == 0, "\(dir.stderrString)")
+        #expect(dir.stderrString.contains("2 video packets in 1 WebM file, 2 stills"), "\(dir.stderrString)")
+        let all = filesUnder(tmp.file("both"))
+        let webm = try #require(all.first { $0.hasSuffix(".webm") })
+        #expect(try probe(tmp.file("both") + "/" + webm).packets == 2)
+        #expect(all.filter { $0.hasSuffix(".png") }.count == 2)
     }
 
     @Test("a packet whose bytes contradict its metadata (a keyframe flag on an inter frame) fails by blob id; the stream is cut there and the rest waits for a keyframe")

@@ -20,7 +20,7 @@ final class SpoolOnlyAgent: @unchecked Sendable {
 
     /// Writes the config; `xauthority` nil leaves the key out.
     func writeConfig(display: String, xauthority: String?, screenIntervalMs: Int, keystrokeIdleMs: Int,
-                     spoolMaxMB: Int = 64, screenFormat: String = "video") throws {
+                     spoolMaxMB: Int = 64, screenFormat: String = "video", extra: [String] = []) throws {
         var text = """
             enable-encryption=1
             screen-format=\(screenFormat)
@@ -33,6 +33,7 @@ final class SpoolOnlyAgent: @unchecked Sendable {
 
             """
         if let xauthority { text += "xauthority=\(xauthority)\n" }
+        for line in extra { text += line + "\n" }
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
     }
 
@@ -160,6 +161,43 @@ struct CaptureProblemTests {
         let status = try rig.status()
         let spooled = status.split(separator: "\n").first { $0.hasPrefix("spool by kind:") } ?? ""
         #expect(!spooled.contains("screen 0 "), "no frame spooled after SIGHUP: \(status)")
+        #expect(rig.foreignLines.isEmpty, "foreign stderr lines: \(rig.foreignLines)")
+    }
+
+    /// A 1-pixel-high RandR monitor next to a normal one, recorded as video: `--check-config` warns
+    /// about it by name; the agent records the other monitor, counts the thin one's rounds as
+    /// `monitor-unsupported`, and logs that once; when the monitor is removed, once that it is gone.
+    @Test func aMonitorVideoCannotRecordIsSkippedCountedAndLoggedOnce() throws {
+        for tool in ["Xvfb", "xsetroot", "xrandr"] { try requireTool(tool) }
+        let rig = try SpoolOnlyAgent(name: "thin")
+        let xvfb = try Xvfb(width: 640, height: 480, depth: 24)
+        try xvfb.run(["xrandr", "--setmonitor", "MAIN", "640/169x479/127+0+0", "screen"])
+        try xvfb.run(["xrandr", "--setmonitor", "THIN", "640/169x1/1+0+479", "none"])
+        try rig.writeConfig(display: xvfb.name, xauthority: "/dev/null", screenIntervalMs: 200, keystrokeIdleMs: 0)
+        let check = try rig.checkConfig()
+        #expect(check.stdoutString.contains("warn display: monitor THIN is 640x1: video records monitors whose sides are 2 to 16384 pixels"),
+                "\(check.stdoutString)")
+        #expect(check.status == 0, "a warning, not a failure: \(check.stdoutString)")
+
+        try rig.start()
+        for i in 0..<8 {
+            try xvfb.run(["xsetroot", "-solid", i % 2 == 0 ? "#3366cc" : "#cc6633"])
+            usleep(250_000)
+        }
+        try xvfb.run(["xrandr", "--delmonitor", "THIN"])
+        #expect(waitUntil(timeout: 10) { rig.log.contains("the monitor is gone") }, "\(rig.log)")
+        rig.stop()
+        let status = try rig.status()
+        let dropped = status.split(separator: "\n").first { $0.hasPrefix("dropped:") }.map(String.init) ?? ""
+        let unsupported = dropped.firstMatch(of: /monitor-unsupported (\d+)/).map { Int($0.1) ?? 0 } ?? 0
+        #expect(unsupported >= 4, "status: \(status)")
+        #expect(!dropped.contains("capture-error"), "the round did not fail: \(status)")
+        let spooled = status.split(separator: "\n").first { $0.hasPrefix("spool by kind:") } ?? ""
+        #expect(!spooled.contains("screen 0 "), "monitor 0 recorded: \(status)")
+        let lines = rig.logLines.filter { $0.contains("monitor-unsupported") }
+        #expect(lines.count == 1, "\(rig.log)")
+        #expect(lines.first?.contains("monitor THIN is 640x1") == true, "\(lines)")
+        #expect(rig.logLines.filter { $0.contains("the monitor is gone") }.count == 1, "\(rig.log)")
         #expect(rig.foreignLines.isEmpty, "foreign stderr lines: \(rig.foreignLines)")
     }
 

@@ -145,6 +145,41 @@ struct VideoSpoolTests {
         }
     }
 
+    /// SIGHUP applies `screen-format` and `keyframe-interval-seconds` at once: PNG frames before
+    /// it, video packets after it (a new stream with interval keyframes every second), and back to
+    /// PNG on the next SIGHUP; every group of pictures spooled decodes.
+    @Test func sighupSwitchesScreenFormatAndKeyframeInterval() throws {
+        for tool in ["Xvfb", "xsetroot"] { try requireTool(tool) }
+        let rig = try SpoolOnlyAgent(name: "video-hup")
+        defer { rig.stop(); rig.dir.remove() }
+        let xvfb = try Xvfb(width: 320, height: 240, depth: 24)
+        try rig.writeConfig(display: xvfb.name, xauthority: "/dev/null", screenIntervalMs: 150, keystrokeIdleMs: 0,
+                            screenFormat: "png")
+        let painter = Painter(xvfb, everyMs: 100)
+        try rig.start()
+        func screenRecords() -> (packets: [SpooledPacket], others: Int) {
+            (try? spooledVideoPackets(spoolDir: rig.spoolDir, keypair: rig.dir.file("e2e/keypair.pem"),
+                                      passphrase: Self.passphrase, scratch: rig.dir.file("copy"))) ?? ([], 0)
+        }
+        #expect(waitUntil(timeout: 20) { screenRecords().others >= 3 }, "PNG frames before SIGHUP: \(rig.log)")
+        try rig.writeConfig(display: xvfb.name, xauthority: "/dev/null", screenIntervalMs: 150, keystrokeIdleMs: 0,
+                            screenFormat: "video", extra: ["keyframe-interval-seconds=1"])
+        rig.agent!.send(SIGHUP)
+        #expect(waitUntil(timeout: 20) { Set(screenRecords().packets.filter(\.meta.keyframe).map(\.meta.groupStart)).count >= 3 },
+                "three groups of pictures, a second apart, after SIGHUP: \(rig.log)")
+        let pngBefore = screenRecords().others
+        try rig.writeConfig(display: xvfb.name, xauthority: "/dev/null", screenIntervalMs: 150, keystrokeIdleMs: 0,
+                            screenFormat: "png")
+        rig.agent!.send(SIGHUP)
+        #expect(waitUntil(timeout: 20) { screenRecords().others >= pngBefore + 3 }, "PNG frames again: \(rig.log)")
+        painter.stop()
+        rig.stop()
+        let (packets, _) = screenRecords()
+        let (groups, streams) = try expectEveryGroupDecodes(packets)
+        #expect(streams == 1 && groups >= 3, "one video stream while screen-format=video (streams \(streams), groups \(groups))")
+        #expect(rig.logLines.filter { $0.contains("screen capture settings changed") }.count == 2, "\(rig.log)")
+    }
+
     /// issue 13: eviction under a small cap leaves only whole groups of pictures, each decoding
     /// on its own; the agent restarts a stream whose group was evicted (a new keyframe), and
     /// `status` counts the evictions.

@@ -223,6 +223,35 @@ struct VideoCaptureTests {
         #expect(close(try decoders.decode(r2, r2p).pixel(10, 10), RGB(hex: "#cc6633")))
     }
 
+    @Test("a 1-pixel-high RandR monitor is skipped (monitorUnsupported, nothing grabbed) while the other monitor records; PNG records both")
+    func monitorTooSmallForTheEncoderIsSkipped() throws {
+        try requireXTools()
+        let xvfb = try Xvfb(width: 640, height: 480, depth: 24)
+        try xvfb.run(["xrandr", "--setmonitor", "MAIN", "640/169x479/127+0+0", "screen"])
+        try xvfb.run(["xrandr", "--setmonitor", "THIN", "640/169x1/1+0+479", "none"])
+        try xvfb.run(["xsetroot", "-solid", "#3366cc"])
+        let capturer = try videoCapturer(xvfb)
+        #expect(!ScreenCapturer.canRecord(width: 640, height: 1, encoding: .video(keyframeIntervalMs: 0)))
+        #expect(ScreenCapturer.canRecord(width: 640, height: 1, encoding: .png(level: 1)))
+        for round in 0..<3 {
+            if round > 0 { try xvfb.run(["xsetroot", "-solid", round == 1 ? "#cc6633" : "#33cc66"]) }
+            let frames = try capturer.captureAll()
+            try #require(frames.count == 2)
+            let (main, _) = try #require(frames[0].videoPacket, "round \(round): monitor 0 recorded")
+            #expect(main.monitorName == "MAIN" && main.height == 479 && main.packetIndex == round)
+            guard case .skipped(let monitor, let error) = frames[1] else {
+                Issue.record("round \(round): monitor 1 should be skipped, got \(frames[1])")
+                continue
+            }
+            #expect(monitor == 1 && frames[1].monitor == 1 && error.code == .monitorUnsupported)
+            #expect(error.message.contains("monitor THIN is 640x1") && error.message.contains("2 to 16384 pixels"), "\(error.message)")
+        }
+        #expect(capturer.streamSummary.keys.sorted() == [0], "no stream for the skipped monitor")
+        let png = try ScreenCapturer(display: xvfb.name, xauthority: nil, encoding: .png(level: 1), logger: testLogger("t"))
+        let frames = try png.captureAll()
+        #expect(frames.count == 2 && frames.allSatisfy { $0.changedFrame != nil }, "\(frames)")
+    }
+
     @Test("the X server restarted: the stream after the reconnect is a new one starting with a keyframe")
     func reconnectStartsANewStream() throws {
         try requireXTools()

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CustosBase
 import CustosConfig
 import Envelope
 import Foundation
@@ -112,6 +113,7 @@ struct StatusCommand: AsyncParsableCommand {
         print(StatusFormatter.spool(stats))
         print(StatusFormatter.stranded(StrandedRecords.load(from: spool)))
         print("last upload:      \(StatusFormatter.time(state(AgentState.lastUploadMs)))")
+        print("collector:        \(SafeText.escaped(state(AgentState.collector)))")
         try? spool.close()
     }
 }
@@ -121,6 +123,8 @@ enum AgentState {
     static let kekID = "kek-id"
     static let sealing = "sealing"
     static let lastUploadMs = "last-upload-ms"
+    /// The collector uploads go to (with several `server-url`s: the one that last worked).
+    static let collector = "collector"
 }
 
 enum StatusFormatter {

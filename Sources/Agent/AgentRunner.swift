@@ -80,18 +80,21 @@ struct AgentRunner {
 
     /// The upload loop, or nil (with a warning) when no `server-url` is configured.
     private func makeUploader(spool: Spool) throws -> Uploader? {
-        guard let url = config.serverURL else {
+        guard !config.serverURLs.isEmpty else {
             logger.warning("server-url not set: captures stay in the spool")
             return nil
         }
         guard let token = config.agentToken else {
             throw ConfigError(file: config.configPath, key: "agent-token", "required when server-url is set (run `custos agents add` on the collector)")
         }
-        let transport = TransportConfiguration(server: url, agentID: config.agentID, agentToken: token,
-                                               policy: try TLSPolicy(pins: config.serverPins, caFile: config.serverCA))
-        let client = try CollectorClient(configuration: transport, logger: logger)
+        let policy = try TLSPolicy(pins: config.serverPins, caFile: config.serverCA)
+        let clients = try config.serverURLs.map { url throws(TransportError) in
+            try CollectorClient(configuration: TransportConfiguration(server: url, agentID: config.agentID, agentToken: token,
+                                                                      policy: policy),
+                                logger: logger)
+        }
         // The final flush fits inside the 1.8 s graceful period, after capture has stopped.
-        return Uploader(queue: spool, client: client, configuration: .init(finalFlushTimeout: .seconds(1)), logger: logger)
+        return Uploader(queue: spool, clients: clients, configuration: .init(finalFlushTimeout: .seconds(1)), logger: logger)
     }
 }
 
@@ -116,9 +119,11 @@ final class KEKWatcher: Service, Sendable {
 
     /// Copies the uploader's last success time into the spool's state table for `status`.
     func recordUploadState() {
-        if let ms = uploader?.status.lastSuccessMs {
+        guard let status = uploader?.status else { return }
+        if let ms = status.lastSuccessMs {
             try? spool.setState(AgentState.lastUploadMs, String(ms))
         }
+        try? spool.setState(AgentState.collector, status.collector.description)
     }
 
     func check(_ config: AgentConfig) {

@@ -30,11 +30,22 @@ enum CheckConfig {
             line(false, "kek", "\(error)")
         }
         line(true, "agent-id", config.agentID.rawValue)
-        if let url = config.serverURL {
+        if !config.serverURLs.isEmpty {
             line(config.agentToken != nil, "agent-token", config.agentToken != nil ? "set" : "missing: uploads will be refused")
             let detail = "\(config.serverPins.count) pin(s)\(config.serverCA.map { ", CA \($0)" } ?? "")"
-            let (good, what) = await probe(url, config: config)
-            line(good, "server", good ? "\(url): \(what) (\(detail))" : "\(url): \(what)")
+            // Every collector is probed; one that works is enough (the agent fails over), so the
+            // others are warnings then, and failures when none works.
+            var results: [(CollectorURL, Bool, String)] = []
+            for url in config.serverURLs {
+                let (good, what) = await probe(url, config: config)
+                results.append((url, good, what))
+            }
+            let anyGood = results.contains { $0.1 }
+            for (url, good, what) in results {
+                line(good, "server", good ? "\(url): \(what) (\(detail))"
+                     : "\(url): \(what)" + (anyGood ? " (uploads go to another server-url meanwhile)" : ""),
+                     required: !anyGood)
+            }
             if config.serverPins.isEmpty && config.serverCA == nil {
                 line(true, "server-pin", "none: the collector must have a certificate the system trusts", required: false)
             }

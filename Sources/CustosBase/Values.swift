@@ -62,7 +62,7 @@ public struct AgentID: Hashable, Sendable, Comparable, CustomStringConvertible, 
 /// IPv4/IPv6 literal (IPv6 in brackets), no user, path, query or fragment (the API lives at
 /// `/v1`; docs/API.md). The one validator used by `--check-config`, `status` and the daemon.
 public struct CollectorURL: Hashable, Sendable, CustomStringConvertible {
-    /// Host name or IP address, without brackets.
+    /// Host name (lowercase) or IP address, without brackets.
     public let host: String
     /// TCP port (default 443).
     public let port: Int
@@ -88,7 +88,9 @@ public struct CollectorURL: Hashable, Sendable, CustomStringConvertible {
         guard (1...65535).contains(port) else {
             throw ValueError(field: field, "port \(port) is outside 1-65535; \(expected)")
         }
-        self.host = host
+        // Host names are case-insensitive (RFC 3986 §3.2.2): one spelling, so the same
+        // collector compares equal however it was written.
+        self.host = host.lowercased()
         self.port = port
     }
 

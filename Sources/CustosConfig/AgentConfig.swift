@@ -10,7 +10,8 @@ import Foundation
 /// - `kek-file` (path, default `certs/kek.pem` beside the config)
 /// - `server-kek-file` (path, default `certs/server-kek.pem` beside the config)
 /// - `agent-id` (``AgentID``, default: the host name), `agent-token` (``Secret``, no default)
-/// - `server-url` (``CollectorURL``, `https://HOST[:PORT]`, no default: without it captures stay spooled)
+/// - `server-url` (repeatable ``CollectorURL``, `https://HOST[:PORT]`, no default: without it
+///   captures stay spooled; several: failover in that order, docs/API.md "Several collectors")
 /// - `server-pin` (repeatable ``SPKIPin``, `sha256/BASE64` of the SPKI DER), `server-ca` (path)
 ///
 /// Values with a CustosBase type are validated by that type's one validator (the same the
@@ -31,7 +32,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var agentID: AgentID
     /// The agent's token; its description is `<redacted>`.
     public var agentToken: Secret?
-    public var serverURL: CollectorURL?
+    /// The collectors, in the order the agent tries them (empty: captures stay spooled).
+    public var serverURLs: [CollectorURL]
     public var serverPins: [SPKIPin]
     public var serverCA: String?
     public var display: String?
@@ -68,8 +70,8 @@ public struct AgentConfig: Sendable, Equatable {
                   doc: "This endpoint's id at the collector. Default: the host name."),
         ConfigKey("agent-token", type: "string", default: nil,
                   doc: "The token printed by 'custos agents add' for this agent id. Required to upload."),
-        ConfigKey("server-url", type: "https URL", default: nil,
-                  doc: "The collector, e.g. https://collector.example:8443. Without it captures stay in the spool."),
+        ConfigKey("server-url", type: "https URL (repeatable)", default: nil, repeatable: true,
+                  doc: "The collector, e.g. https://collector.example:8443. Without it captures stay in the spool. Repeat it for several collectors sharing one database: uploads go to the first that works, and move to the next when it is down (each is checked against the same server-pin and server-ca)."),
         ConfigKey("server-pin", type: "sha256/BASE64 (repeatable)", default: nil, repeatable: true,
                   doc: "SHA-256 of the collector certificate's (or an intermediate's) SubjectPublicKeyInfo, base64. Give the current and a backup pin (RFC 7469 section 2.6)."),
         ConfigKey("server-ca", type: "path", default: nil,
@@ -136,8 +138,14 @@ public struct AgentConfig: Sendable, Equatable {
             }
         }
         agentToken = try file.string("agent-token").map(Secret.init)
-        serverURL = try file.value("server-url").map { e throws(ConfigError) in
-            try typed(e) { v throws(ValueError) in try CollectorURL(v) }
+        serverURLs = []
+        for e in file.values("server-url") {
+            let url = try typed(e) { v throws(ValueError) in try CollectorURL(v) }
+            if let first = file.values("server-url").first(where: { (try? CollectorURL($0.value)) == url }), first.line != e.line {
+                throw ConfigError(file: file.path, line: e.line, key: e.key,
+                                  "\(url) is already given on line \(first.line); each collector once")
+            }
+            serverURLs.append(url)
         }
         serverPins = try file.values("server-pin").map { e throws(ConfigError) in
             try typed(e) { v throws(ValueError) in try SPKIPin(v) }

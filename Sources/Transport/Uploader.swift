@@ -103,6 +103,8 @@ public struct UploaderStatus: Sendable, Equatable {
     public var consecutiveFailures: Int
     /// The last failure, nil after a success.
     public var lastError: String?
+    /// The collector uploads go to now (`server-url`; the one that last worked, or the first).
+    public var collector: CollectorURL
     /// Totals since start.
     public var totalAcknowledged: Int
     public var totalRefused: Int
@@ -114,6 +116,14 @@ public struct UploaderStatus: Sendable, Equatable {
 /// Failures back off exponentially with jitter up to a cap, honouring `Retry-After`; a repeated
 /// error is logged once, and the recovery once. On graceful shutdown, ``run()`` makes a bounded
 /// final flush. Use it as a swift-service-lifecycle `Service`.
+///
+/// **Failover.** With several collectors (`server-url` repeated; one ``CollectorClient`` each,
+/// all checked against the same pins), a batch goes to the current one; when it is down
+/// (``isFailover(_:)``: no connection, no TLS handshake, a refused certificate, no answer, or a
+/// 5xx answer) the same batch is sent to the next one at once, in the configured order, and
+/// uploads stick to the first that works until it fails in turn. Only when every collector
+/// failed does the attempt count as failed (and back off). A batch sent to two collectors is
+/// stored once: the collectors' idempotency by blob id holds across instances on one database.
 public final class Uploader: Service, Sendable {
     private struct State {
         var consecutiveFailures = 0
@@ -124,10 +134,13 @@ public final class Uploader: Service, Sendable {
         var totalRefused = 0
         /// No lane starts an attempt before this (set from a `Retry-After`).
         var pausedUntil: ContinuousClock.Instant?
+        /// Index into ``clients`` of the collector uploads go to now.
+        var current = 0
     }
 
     let queue: any UploadQueue
-    let client: CollectorClient
+    /// One client per collector (`server-url` order), each for the same agent and pins.
+    let clients: [CollectorClient]
     public let configuration: UploaderConfiguration
     let logger: Logger
     private let state = Mutex(State())
@@ -136,19 +149,44 @@ public final class Uploader: Service, Sendable {
     /// Records refused `agent-mismatch` (sealed under another agent id): logged once per set of
     /// sealing agent ids, however often they are retried.
     private let stranded = RepeatedErrorLog()
+    /// Failing over away from a collector: logged once per collector, and its recovery once.
+    private let failovers: [RepeatedErrorLog]
 
-    public init(queue: any UploadQueue, client: CollectorClient, configuration: UploaderConfiguration = .init(),
+    /// - Parameter clients: one per collector, in the order to try them (at least one).
+    public init(queue: any UploadQueue, clients: [CollectorClient], configuration: UploaderConfiguration = .init(),
                 logger: Logger) {
+        precondition(!clients.isEmpty, "an Uploader needs at least one collector")
         self.queue = queue
-        self.client = client
+        self.clients = clients
         self.configuration = configuration
         self.logger = logger
+        failovers = clients.map { _ in RepeatedErrorLog() }
+    }
+
+    /// One collector.
+    public convenience init(queue: any UploadQueue, client: CollectorClient, configuration: UploaderConfiguration = .init(),
+                            logger: Logger) {
+        self.init(queue: queue, clients: [client], configuration: configuration, logger: logger)
     }
 
     public var status: UploaderStatus {
-        state.withLock {
+        let clients = self.clients
+        return state.withLock {
             UploaderStatus(lastSuccessMs: $0.lastSuccessMs, consecutiveFailures: $0.consecutiveFailures,
-                           lastError: $0.lastError, totalAcknowledged: $0.totalAcknowledged, totalRefused: $0.totalRefused)
+                           lastError: $0.lastError, collector: clients[$0.current].configuration.server,
+                           totalAcknowledged: $0.totalAcknowledged, totalRefused: $0.totalRefused)
+        }
+    }
+
+    /// Whether `error` means the collector is down or unable (try the next one): no connection,
+    /// no TLS handshake, its certificate refused, no answer in time, or an HTTP 5xx answer. Not
+    /// for a 4xx answer (a wrong token or an oversized batch is the same at every collector) nor
+    /// cancellation.
+    public static func isFailover(_ error: TransportError) -> Bool {
+        switch error.code {
+        case .connect, .handshake, .peerRefused, .io: return true
+        case .rejected: return (error.httpStatus ?? 0) >= 500
+        default: return false
         }
     }
 
@@ -158,10 +196,10 @@ public final class Uploader: Service, Sendable {
     /// - Throws: ``TransportError`` when the batch could not be delivered or the collector refused the
     ///   whole request; every leased record is then released (kept) for a later attempt.
     public func uploadOnce(timeout: Duration? = nil) async throws(TransportError) -> UploadSummary {
-        try await uploadOnce(on: client, timeout: timeout)
+        try await uploadOnce(on: clients, timeout: timeout)
     }
 
-    private func uploadOnce(on lane: CollectorClient, timeout: Duration?) async throws(TransportError) -> UploadSummary {
+    private func uploadOnce(on lane: [CollectorClient], timeout: Duration?) async throws(TransportError) -> UploadSummary {
         do {
             let summary = try await attempt(on: lane, timeout: timeout)
             noteSuccess(summary)
@@ -172,7 +210,41 @@ public final class Uploader: Service, Sendable {
         }
     }
 
-    private func attempt(on lane: CollectorClient, timeout: Duration?) async throws(TransportError) -> UploadSummary {
+    /// Sends `records` to the current collector of `lane`, failing over to the next ones in turn
+    /// (``isFailover(_:)``) within `timeout` (nil: each request's own limit); sticks to the first
+    /// that answers. Throws the last collector's error when none answered.
+    private func send(_ records: [Data], on lane: [CollectorClient], timeout: Duration?) async throws(TransportError) -> UploadResponse {
+        let clock = ContinuousClock()
+        let deadline = timeout.map { clock.now + $0 }
+        let start = state.withLock { $0.current }
+        var lastError: TransportError?
+        for step in 0..<lane.count {
+            let index = (start + step) % lane.count
+            let left = deadline.map { clock.now.duration(to: $0) }
+            if let left, left <= .zero, let lastError { throw lastError }
+            do {
+                let response = try await lane[index].upload(records: records, timeout: left)
+                if index != start {
+                    state.withLock { $0.current = index }
+                    logger.notice("uploading to collector \(lane[index].configuration.server)", metadata: [
+                        "transport.collector": "\(lane[index].configuration.server)",
+                        "transport.previous": "\(lane[start].configuration.server)"])
+                }
+                failovers[index].success("collector \(lane[index].configuration.server) answers again", logger: logger)
+                return response
+            } catch {
+                guard lane.count > 1, Self.isFailover(error), step + 1 < lane.count else { throw error }
+                lastError = error
+                let next = lane[(index + 1) % lane.count].configuration.server
+                failovers[index].failure("collector \(lane[index].configuration.server) unavailable; trying \(next)",
+                                         key: "\(error.code)|\(error.httpStatus ?? 0)", level: .warning,
+                                         metadata: ["transport.error": "\(error.description)"], logger: logger)
+            }
+        }
+        throw lastError ?? TransportError(.io, "no collector to upload to")
+    }
+
+    private func attempt(on lane: [CollectorClient], timeout: Duration?) async throws(TransportError) -> UploadSummary {
         let entries: [SpoolEntry]
         do {
             entries = try await queue.leaseForUpload(maxItems: configuration.maxBatchItems,
@@ -187,7 +259,7 @@ public final class Uploader: Service, Sendable {
 
         let response: UploadResponse
         do {
-            response = try await lane.upload(records: entries.map(\.payload), timeout: timeout)
+            response = try await send(entries.map(\.payload), on: lane, timeout: timeout)
         } catch {
             try await release(entries.map(\.id), after: nil)
             throw error
@@ -262,9 +334,9 @@ public final class Uploader: Service, Sendable {
     /// agent now uploads as (`agent-id=` changed): they can never be accepted under it. Rescans
     /// the queue (for `status`) and logs once per set of sealing ids which ids, the configured
     /// one and what to do. The records stay spooled (retried after `permanentRefusalDelay`).
-    private func noteAgentMismatch(_ entries: [SpoolEntry], on lane: CollectorClient) async {
+    private func noteAgentMismatch(_ entries: [SpoolEntry], on lane: [CollectorClient]) async {
         guard !entries.isEmpty else { return }
-        let configured = lane.configuration.agentID
+        let configured = lane[0].configuration.agentID
         var sealers = Set(entries.compactMap { StrandedRecords.agentID(ofRecord: $0.payload) })
         var count = entries.count, bytes = Int64(entries.reduce(0) { $0 + $1.payload.count })
         do {
@@ -348,10 +420,12 @@ public final class Uploader: Service, Sendable {
     /// ``UploaderConfiguration/finalFlushTimeout`` (graceful shutdown only). Runs
     /// ``UploaderConfiguration/parallelRequests`` lanes, each with its own connection.
     public func run() async throws {
-        var lanes = [client]
+        var lanes = [clients]
         for _ in 1..<max(1, configuration.parallelRequests) {
             do {
-                lanes.append(try await client.sibling())
+                var lane: [CollectorClient] = []
+                for client in clients { lane.append(try await client.sibling()) }
+                lanes.append(lane)
             } catch {
                 logger.warning("cannot open another upload connection; uploading with fewer lanes",
                                metadata: ["transport.lanes": "\(lanes.count)", "transport.error": "\(error)"])
@@ -363,7 +437,9 @@ public final class Uploader: Service, Sendable {
                 group.addTask { await self.runLane(lane, first: index == 0) }
             }
         }
-        for lane in lanes.dropFirst() { await lane.close() }
+        for lane in lanes.dropFirst() {
+            for client in lane { await client.close() }
+        }
         if !Task.isCancelled { await finalFlush() }
     }
 
@@ -372,7 +448,7 @@ public final class Uploader: Service, Sendable {
     /// backs off exactly as with a single lane. A `Retry-After` answer, whichever lane gets it,
     /// pauses every lane that long (at least the current backoff, so `Retry-After: 0` cannot
     /// make a tight loop).
-    private func runLane(_ lane: CollectorClient, first: Bool) async {
+    private func runLane(_ lane: [CollectorClient], first: Bool) async {
         let clock = ContinuousClock()
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             var delay: Duration = .zero

@@ -8,13 +8,18 @@ import TestSupport
 @Suite(.serialized) struct CheckConfigConnectTests {
     /// Runs `custos-agent --check-config` off the concurrency pool (the collector runs in this process).
     func checkConfig(serverURL: String, pin: String, dir: TempDir) async throws -> (stdout: String, seconds: Double) {
+        let r = try await checkConfig(serverURLs: [serverURL], pin: pin, dir: dir)
+        return (r.stdout, r.seconds)
+    }
+
+    func checkConfig(serverURLs: [String], pin: String, dir: TempDir) async throws -> (stdout: String, seconds: Double, status: Int32) {
         let kek = try makeTestKEK(in: dir.path, name: "kek-\(UUID().uuidString.prefix(6))")
         let config = dir.file("c.cfg")
         try """
             server-kek-file=\(kek.publicKey)
             agent-id=pc-1
             agent-token=t0ken
-            server-url=\(serverURL)
+            \(serverURLs.map { "server-url=\($0)" }.joined(separator: "\n"))
             server-pin=\(pin)
             display=:9999
             xauthority=/dev/null
@@ -26,7 +31,7 @@ import TestSupport
         let r = try await withCheckedThrowingContinuation { c in
             DispatchQueue.global().async { c.resume(with: Result { try runCommand([agent, "--config", config, "--check-config"], timeout: 60) }) }
         }
-        return (r.stdoutString, Date().timeIntervalSince(start))
+        return (r.stdoutString, Date().timeIntervalSince(start), r.status)
     }
 
     func serverLine(_ out: String) -> String {
@@ -44,6 +49,25 @@ import TestSupport
         #expect(wrong.hasPrefix("FAIL server: \(collector.url): certificate refused"), "\(wrong)")
         #expect(wrong.contains(try collector.pin), "names the presented pin: \(wrong)")
         await collector.stop()
+    }
+
+    /// Several `server-url`s: each is probed and has its line; one that works is enough (the agent
+    /// fails over), so the others are warnings; none working is a failure.
+    @Test func everyServerURLIsProbedOneWorkingIsEnough() async throws {
+        let dir = try TempDir("custos-check-connect")
+        defer { dir.remove() }
+        let collector = try await TestCollector.start(in: dir.path)
+        let dead = "https://127.0.0.1:\(try freeLocalPort())"
+        let both = try await checkConfig(serverURLs: [dead, collector.url], pin: try collector.pin, dir: dir)
+        let lines = both.stdout.split(separator: "\n").filter { $0.contains(" server: ") }.map(String.init)
+        #expect(lines.count == 2, "\(both.stdout)")
+        #expect(lines.first?.hasPrefix("warn server: \(dead): cannot connect: Connection refused") == true, "\(lines)")
+        #expect(lines.first?.hasSuffix("(uploads go to another server-url meanwhile)") == true, "\(lines)")
+        #expect(lines.last?.hasPrefix("ok   server: \(collector.url): TLS handshake and pin check passed") == true, "\(lines)")
+        await collector.stop()
+        let none = try await checkConfig(serverURLs: [dead, collector.url], pin: try collector.pin, dir: dir)
+        #expect(none.stdout.split(separator: "\n").filter { $0.hasPrefix("FAIL server: ") }.count == 2, "\(none.stdout)")
+        #expect(none.status != 0)
     }
 
     @Test func nothingListeningAndNoHandshakeFail() async throws {

@@ -31,7 +31,7 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.keystrokeIdleMs == 2000)
         #expect(c.spoolDir == "/var/lib/custos")
         #expect(c.spoolMaxMB == 512)
-        #expect(c.serverURL == nil)
+        #expect(c.serverURLs.isEmpty)
         #expect(c.serverPins.isEmpty)
         #expect(!c.agentID.rawValue.isEmpty)
     }
@@ -81,7 +81,7 @@ private func error(_ text: String) -> ConfigError? {
         let b = "sha256/" + Data(repeating: 2, count: 32).base64EncodedString()
         let c = try parse("server-pin=\(a)\nserver-pin = \(b)\nserver-url=https://127.0.0.1:8443\n")
         #expect(c.serverPins.map(\.description) == [a, b])
-        #expect(c.serverURL?.port == 8443)
+        #expect(c.serverURLs.map(\.port) == [8443])
     }
 
     @Test(arguments: ["md5/AAAA", "sha256/notbase64!", "sha256/" + Data(count: 31).base64EncodedString()])
@@ -92,6 +92,16 @@ private func error(_ text: String) -> ConfigError? {
     @Test(arguments: ["http://collector:80", "collector:8443", "https://", "ftp://x"])
     func serverURLMustBeHTTPS(_ url: String) {
         #expect(error("server-url=\(url)")?.key == "server-url")
+    }
+
+    /// issue 14: `server-url` repeats (failover in file order); the same collector twice is an
+    /// error naming both lines.
+    @Test func serverURLRepeatsInOrderButNotTwiceTheSame() throws {
+        let c = try AgentConfig(text: "server-url=https://a:8443\nserver-url=https://b\n", path: "/etc/custos/config.cfg")
+        #expect(c.serverURLs.map(\.description) == ["https://a:8443", "https://b:443"])
+        let e = error("server-url=https://a:8443\nserver-url=https://b\nserver-url=https://A:8443\n")
+        #expect(e?.key == "server-url" && e?.line == 3, "\(String(describing: e))")
+        #expect(e?.description.contains("already given on line 1") == true, "\(String(describing: e))")
     }
 
     /// Issue 12: a line without '=' was echoed whole to stderr and the journal, secret included.
@@ -197,8 +207,8 @@ private func error(_ text: String) -> ConfigError? {
     @Test func typedValues() throws {
         let pin = "sha256/" + Data(repeating: 9, count: 32).base64EncodedString()
         let c = try parse("server-url=https://[::1]:8443/\nserver-pin=\(pin)\nagent-id=pc.1\nagent-token=s3cret\n")
-        #expect(c.serverURL == (try CollectorURL("https://[::1]:8443")))
-        #expect(c.serverURL?.host == "::1")
+        #expect(c.serverURLs == [try CollectorURL("https://[::1]:8443")])
+        #expect(c.serverURLs.first?.host == "::1")
         #expect(c.serverPins == [try SPKIPin(pin)])
         #expect(c.agentID == (try AgentID("pc.1")))
         #expect(c.agentToken == Secret("s3cret"))

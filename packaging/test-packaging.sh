@@ -16,7 +16,7 @@
 # Binaries: AGENT_BIN / CUSTOS_BIN if set; else .build/release/{custos-agent,custos} if both
 # exist and are not older than the debug ones (make deb builds them statically linked); else
 # the debug build, packaged as a test package (Swift runtime linked dynamically).
-# COLLECTOR_BIN (not packaged; the live upload's peer): if unset, .build/release/custos-collector
+# COLLECTOR_BIN (packaged as custos-collector, and the live upload's host peer): if unset, .build/release/custos-collector
 # when not older than the debug one, else .build/debug/custos-collector.
 # Prints "N passed, N failed" last; exits non-zero on any failure; removes everything it creates
 # (temp files, the sandbox and its cgroups, the Xvfb and the collector it started).
@@ -97,30 +97,29 @@ fi
 SAMPLE="$REPO/config.cfg.sample"
 # Version 2 of the shipped config differs, so an upgrade has a conffile change to resolve.
 SAMPLE2="$WORK/config.cfg.sample.v2"
-{ cat "$SAMPLE"; printf '\n# (0.1.1) a comment added by the upgrade under test\n'; } > "$SAMPLE2"
+{ cat "$SAMPLE"; printf '\n# (0.2.1) a comment added by the upgrade under test\n'; } > "$SAMPLE2"
 
 # --- build -----------------------------------------------------------------------------------
-DEB1="$WORK/out/custos-agent_0.1.0_amd64.deb"
-DEB2="$WORK/out/custos-agent_0.1.1_amd64.deb"
-check "build-deb.sh builds custos-agent_0.1.0_amd64.deb" \
-    env VERSION=0.1.0 OUT_DIR="$WORK/out" CONFIG_SAMPLE="$SAMPLE" "$HERE/build-deb.sh"
-check "build-deb.sh builds custos-agent_0.1.1_amd64.deb (changed conffile)" \
-    env VERSION=0.1.1 OUT_DIR="$WORK/out" CONFIG_SAMPLE="$SAMPLE2" "$HERE/build-deb.sh"
+DEB1="$WORK/out/custos-agent_0.2.0_amd64.deb"
+DEB2="$WORK/out/custos-agent_0.2.1_amd64.deb"
+check "build-deb.sh builds custos-agent_0.2.0_amd64.deb" \
+    env VERSION=0.2.0 OUT_DIR="$WORK/out" CONFIG_SAMPLE="$SAMPLE" "$HERE/build-deb.sh"
+check "build-deb.sh builds custos-agent_0.2.1_amd64.deb (changed conffile)" \
+    env VERSION=0.2.1 OUT_DIR="$WORK/out" CONFIG_SAMPLE="$SAMPLE2" "$HERE/build-deb.sh"
 if [ ! -f "$DEB1" ] || [ ! -f "$DEB2" ]; then finish; fi
 check "dpkg-deb --build refuses a VERSION that is not a Debian version" \
     bash -c '! env VERSION=v1 OUT_DIR="$1" "$2" >/dev/null 2>&1' _ "$WORK/bad" "$HERE/build-deb.sh"
 
 # Package metadata and the archive's file list: owner root/root and modes as designed.
 field() { dpkg-deb -f "$DEB1" "$1"; }
-check "control: Package custos-agent, Version 0.1.0, Architecture amd64" \
-    test "$(field Package) $(field Version) $(field Architecture)" = "custos-agent 0.1.0 amd64"
+check "control: Package custos-agent, Version 0.2.0, Architecture amd64" \
+    test "$(field Package) $(field Version) $(field Architecture)" = "custos-agent 0.2.0 amd64"
 check "control: Depends lists libc6 (from dpkg-shlibdeps)" bash -c '[[ "$1" == *libc6* ]]' _ "$(field Depends)"
 check "control: conffiles lists exactly /etc/custos/config.cfg" \
     test "$(dpkg-deb --ctrl-tarfile "$DEB1" | tar -xO ./conffiles)" = "/etc/custos/config.cfg"
 listing="$(dpkg-deb -c "$DEB1" | awk '{print $1, $2, $6}')"
 expect_entry() { grep -qxF -e "$1" <<<"$listing" || { echo "not in archive: $1"; echo "$listing"; return 1; }; }
 for e in "-rwxr-xr-x root/root ./usr/bin/custos-agent" \
-         "-rwxr-xr-x root/root ./usr/bin/custos" \
          "-rw-r--r-- root/root ./lib/systemd/system/custos-agent.service" \
          "drwxr-xr-x root/root ./etc/custos/" \
          "-rw------- root/root ./etc/custos/config.cfg" \
@@ -130,6 +129,42 @@ for e in "-rwxr-xr-x root/root ./usr/bin/custos-agent" \
 done
 check "archive: every entry is owned by root/root" \
     bash -c '! grep -v " root/root " <<<"$1"' _ "$listing"
+check "the agent package no longer holds the admin tool (package custos)" bash -c '! grep -q " ./usr/bin/custos$" <<<"$1"' _ "$listing"
+
+# --- the collector and admin packages --------------------------------------------------------
+DEBC="$WORK/out/custos-collector_0.2.0_amd64.deb"
+DEBA="$WORK/out/custos_0.2.0_amd64.deb"
+check "build-deb.sh builds custos-collector_0.2.0_amd64.deb" \
+    env PACKAGE=custos-collector VERSION=0.2.0 OUT_DIR="$WORK/out" "$HERE/build-deb.sh"
+check "build-deb.sh builds custos_0.2.0_amd64.deb (the admin tool)" \
+    env PACKAGE=custos VERSION=0.2.0 OUT_DIR="$WORK/out" "$HERE/build-deb.sh"
+check "build-deb.sh refuses an unknown PACKAGE" \
+    bash -c '! env PACKAGE=custos-server OUT_DIR="$1" "$2" >/dev/null 2>&1' _ "$WORK/bad" "$HERE/build-deb.sh"
+if [ ! -f "$DEBC" ] || [ ! -f "$DEBA" ]; then finish; fi
+check "control: custos-collector Depends on a sysusers provider (its postinst makes the user)" \
+    bash -c '[[ "$1" == *"systemd | systemd-standalone-sysusers | systemd-sysusers"* ]]' _ "$(dpkg-deb -f "$DEBC" Depends)"
+check "control: custos Replaces and Breaks custos-agent (<< 0.2.0), which shipped /usr/bin/custos" \
+    test "$(dpkg-deb -f "$DEBA" Replaces) / $(dpkg-deb -f "$DEBA" Breaks)" = "custos-agent (<< 0.2.0) / custos-agent (<< 0.2.0)"
+check "control: custos-collector conffiles lists exactly /etc/custos/collector.cfg" \
+    test "$(dpkg-deb --ctrl-tarfile "$DEBC" | tar -xO ./conffiles)" = "/etc/custos/collector.cfg"
+clisting="$(dpkg-deb -c "$DEBC" | awk '{print $1, $2, $6}')"
+for e in "-rwxr-xr-x root/root ./usr/bin/custos-collector" \
+         "-rw-r--r-- root/root ./lib/systemd/system/custos-collector.service" \
+         "-rw-r----- root/root ./etc/custos/collector.cfg" \
+         "-rw-r--r-- root/root ./usr/lib/sysusers.d/custos-collector.conf" \
+         "-rw-r--r-- root/root ./usr/share/man/man8/custos-collector.8.gz"; do
+    check "collector archive has $e" bash -c 'grep -qxF -e "$1" <<<"$2" || { echo "$2"; false; }' _ "$e" "$clisting"
+done
+check "collector package: database= is in the service's state directory" \
+    bash -c 'dpkg-deb --fsys-tarfile "$1" | tar -xO ./etc/custos/collector.cfg | grep -qx "database=/var/lib/custos-collector/collector.db"' _ "$DEBC"
+check "admin archive has -rwxr-xr-x root/root ./usr/bin/custos and its man page" \
+    bash -c 'l="$(dpkg-deb -c "$1" | awk "{print \$1, \$2, \$6}")"; grep -qxF -- "-rwxr-xr-x root/root ./usr/bin/custos" <<<"$l" && grep -q "custos.1.gz" <<<"$l"' _ "$DEBA"
+for deb in "$DEBC" "$DEBA"; do
+    name="$(dpkg-deb -f "$deb" Package)"
+    lint="$(lintian --tag-display-limit 0 "$deb" 2>&1)"; lint_rc=$?
+    echo "# lintian $name (exit $lint_rc):"; printf '%s\n' "$lint" | sed 's/^/#   /'
+    check "lintian reports no errors for $name" bash -c '! grep -q "^E:" <<<"$1" && [ "$2" = 0 ]' _ "$lint" "$lint_rc"
+done
 
 # --- lintian ---------------------------------------------------------------------------------
 lint="$(lintian --tag-display-limit 0 "$DEB1" 2>&1)"; lint_rc=$?
@@ -168,11 +203,32 @@ score="$(sed -n 's/.*: \([0-9.]*\) .*/\1/p' <<<"$score_line")"
 check "systemd-analyze security exposure ≤ 3.0 (README documents it)" \
     python3 -c 'import sys; s=sys.argv[1]; sys.exit(0 if s and float(s) <= 3.0 else 1)' "$score"
 check "README states the measured exposure score $score" grep -qF "exposure level $score" "$HERE/README.md"
+CROOT="$WORK/verify-root-collector"
+mkdir -p "$CROOT/lib/systemd/system" "$CROOT/bin"
+dpkg-deb -x "$DEBC" "$CROOT"
+cp -a /lib/systemd/system/*.target "$CROOT/lib/systemd/system/"
+cp /bin/kill "$CROOT/bin/kill"
+check "systemd-analyze verify accepts the collector's unit (no warnings)" \
+    bash -c 'systemd-analyze verify --root="$1" custos-collector.service >"$2" 2>&1 && ! [ -s "$2" ] || { cat "$2"; false; }' \
+    _ "$CROOT" "$WORK/verify-collector.out"
+for d in "User=custos-collector" "StateDirectory=custos-collector" "StateDirectoryMode=0700" "CapabilityBoundingSet=" \
+         "NoNewPrivileges=yes" "ProtectSystem=strict" "ProtectHome=yes" "PrivateUsers=yes" "MemoryDenyWriteExecute=yes" \
+         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" "SystemCallFilter=@system-service"; do
+    check "collector unit sets $d" grep -qxF "$d" "$HERE/custos-collector.service"
+done
+csecurity="$(systemd-analyze security --offline=yes --root="$CROOT" --no-pager custos-collector.service 2>&1)"
+cscore_line="$(grep -o 'Overall exposure level for custos-collector.service: .*' <<<"$csecurity")"
+echo "# systemd-analyze security (collector): ${cscore_line:-<no score>}"
+cscore="$(sed -n 's/.*: \([0-9.]*\) .*/\1/p' <<<"$cscore_line")"
+check "systemd-analyze security exposure of the collector ≤ 2.5 (issue 14)" \
+    python3 -c 'import sys; s=sys.argv[1]; sys.exit(0 if s and float(s) <= 2.5 else 1)' "$cscore"
+check "README states the collector's measured exposure score $cscore" grep -qF "collector: exposure level $cscore" "$HERE/README.md"
 
 # --- throwaway roots -------------------------------------------------------------------------
 # A root with an empty dpkg database plus the status entries of exactly the packages the .deb
 # Depends on (taken from this machine), so dpkg's own dependency check passes for real.
-dep_pkgs="$(dpkg-deb -f "$DEB1" Depends | tr ',' '\n' | sed 's/(.*//; s/|.*//; s/[[:space:]]//g' | grep -v '^$')"
+dep_pkgs="$(for d in "$DEB1" "$DEBC" "$DEBA"; do dpkg-deb -f "$d" Depends; echo ,; done \
+    | tr ',' '\n' | sed 's/(.*//; s/|.*//; s/[[:space:]]//g' | grep -v '^$' | sort -u)"
 new_root() {
     local r="$WORK/root-$1"
     mkdir -p "$r/var/lib/dpkg/info" "$r/var/lib/dpkg/updates" "$r/var/lib/dpkg/triggers"
@@ -198,7 +254,6 @@ status_of() { dpkg-query --root="$1" -W -f='${Status} ${Version}' custos-agent 2
 expect_layout() {
     local r="$1"
     check "[$2] /usr/bin/custos-agent 755 root:root" test "$(mode_of "$r" /usr/bin/custos-agent)" = "755 root:root"
-    check "[$2] /usr/bin/custos 755 root:root" test "$(mode_of "$r" /usr/bin/custos)" = "755 root:root"
     check "[$2] unit 644 root:root" test "$(mode_of "$r" /lib/systemd/system/custos-agent.service)" = "644 root:root"
     check "[$2] /etc/custos 755 root:root" test "$(mode_of "$r" /etc/custos)" = "755 root:root"
     check "[$2] /etc/custos/config.cfg 600 root:root" test "$(mode_of "$r" /etc/custos/config.cfg)" = "600 root:root"
@@ -217,15 +272,15 @@ os.execv(sys.argv[1], sys.argv[1:])' "$r/usr/bin/custos-agent" --help
 
 # 1. Install without the flag: the config is the shipped sample, byte for byte.
 R="$(new_root plain)"; before="$(snapshot "$R")"
-check "[plain] dpkg -i 0.1.0 without CUSTOS_ENCRYPTION" env -u CUSTOS_ENCRYPTION dpkg --root="$R" --force-script-chrootless -i "$DEB1"
+check "[plain] dpkg -i 0.2.0 without CUSTOS_ENCRYPTION" env -u CUSTOS_ENCRYPTION dpkg --root="$R" --force-script-chrootless -i "$DEB1"
 expect_layout "$R" plain
 check "[plain] config.cfg equals config.cfg.sample" cmp "$R/etc/custos/config.cfg" "$SAMPLE"
 check "[plain] service not enabled on install (no wants symlink)" \
     test ! -e "$R/etc/systemd/system/multi-user.target.wants/custos-agent.service"
 # Upgrade of an unmodified conffile: dpkg installs the new version silently.
-check "[plain] upgrade to 0.1.1 (conffile unmodified)" DPKG "$R" -i "$DEB2"
-check "[plain] unmodified conffile replaced by 0.1.1's" cmp "$R/etc/custos/config.cfg" "$SAMPLE2"
-check "[plain] status after upgrade: installed 0.1.1" test "$(status_of "$R")" = "install ok installed 0.1.1"
+check "[plain] upgrade to 0.2.1 (conffile unmodified)" DPKG "$R" -i "$DEB2"
+check "[plain] unmodified conffile replaced by 0.2.1's" cmp "$R/etc/custos/config.cfg" "$SAMPLE2"
+check "[plain] status after upgrade: installed 0.2.1" test "$(status_of "$R")" = "install ok installed 0.2.1"
 check "[plain] purge" DPKG "$R" --purge custos-agent
 check "[plain] purge leaves nothing behind" test "$(snapshot "$R")" = "$before"
 check "[plain] package unknown to dpkg after purge" bash -c '[ -z "$(dpkg-query --root="$1" -W custos-agent 2>/dev/null)" ]' _ "$R"
@@ -233,7 +288,7 @@ check "[plain] package unknown to dpkg after purge" bash -c '[ -z "$(dpkg-query 
 # 2. Install with CUSTOS_ENCRYPTION=1: exactly one enable-encryption line, set to 1; the rest
 #    of the config unchanged.
 R="$(new_root flag)"; before="$(snapshot "$R")"
-check "[flag] CUSTOS_ENCRYPTION=1 dpkg -i 0.1.0" env CUSTOS_ENCRYPTION=1 dpkg --root="$R" --force-script-chrootless -i "$DEB1"
+check "[flag] CUSTOS_ENCRYPTION=1 dpkg -i 0.2.0" env CUSTOS_ENCRYPTION=1 dpkg --root="$R" --force-script-chrootless -i "$DEB1"
 expect_layout "$R" flag
 check "[flag] config has exactly one enable-encryption line, =1" \
     test "$(grep -E '^[[:space:]]*enable-encryption[[:space:]]*=' "$R/etc/custos/config.cfg")" = "enable-encryption=1"
@@ -245,16 +300,16 @@ printf 'screen-interval-ms=2000\n' >> "$R/etc/custos/config.cfg"
 sed -i '0,/^screen-interval-ms=1000$/{/^screen-interval-ms=1000$/d}' "$R/etc/custos/config.cfg"
 cp "$R/etc/custos/config.cfg" "$WORK/edited.cfg"
 mkdir -p "$R/var/lib/custos" && echo sealed > "$R/var/lib/custos/spool.sqlite"
-check "[flag] upgrade to 0.1.1 with --force-confdef --force-confold (apt -o Dpkg::Options)" \
+check "[flag] upgrade to 0.2.1 with --force-confdef --force-confold (apt -o Dpkg::Options)" \
     env CUSTOS_ENCRYPTION=0 dpkg --root="$R" --force-script-chrootless --force-confdef --force-confold -i "$DEB2" </dev/null
 check "[flag] upgrade keeps the modified conffile" cmp "$R/etc/custos/config.cfg" "$WORK/edited.cfg"
 check "[flag] upgrade leaves the new conffile as config.cfg.dpkg-dist" cmp "$R/etc/custos/config.cfg.dpkg-dist" "$SAMPLE2"
 check "[flag] kept conffile still mode 600 root:root" test "$(mode_of "$R" /etc/custos/config.cfg)" = "600 root:root"
-check "[flag] status after upgrade: installed 0.1.1" test "$(status_of "$R")" = "install ok installed 0.1.1"
+check "[flag] status after upgrade: installed 0.2.1" test "$(status_of "$R")" = "install ok installed 0.2.1"
 # Remove keeps config and spool; reinstalling does not re-apply the flag.
 check "[flag] remove" DPKG "$R" --remove custos-agent
 check "[flag] remove deletes the binaries and the unit" \
-    bash -c '! [ -e "$1/usr/bin/custos-agent" ] && ! [ -e "$1/usr/bin/custos" ] && ! [ -e "$1/lib/systemd/system/custos-agent.service" ]' _ "$R"
+    bash -c '! [ -e "$1/usr/bin/custos-agent" ] && ! [ -e "$1/lib/systemd/system/custos-agent.service" ]' _ "$R"
 check "[flag] remove keeps config.cfg and the spool" \
     bash -c 'cmp -s "$1/etc/custos/config.cfg" "$2" && [ -f "$1/var/lib/custos/spool.sqlite" ]' _ "$R" "$WORK/edited.cfg"
 check "[flag] status after remove: deinstall ok config-files" \
@@ -282,6 +337,27 @@ check "[envwins] CUSTOS_ENCRYPTION=0 in the environment beats install.env" \
     bash -c 'env CUSTOS_ENCRYPTION=0 dpkg --root="$1" --force-script-chrootless -i "$2" </dev/null && cmp "$1/etc/custos/config.cfg" "$3"' \
     _ "$R" "$DEB1" "$SAMPLE"
 check "[envwins] purge" DPKG "$R" --purge custos-agent
+
+# 4. The collector and the admin tool beside the agent: no file in two packages; the
+#    collector's user is made by its postinst (systemd-sysusers --root), the config is given to
+#    its group; purge keeps the database (the organisation's recordings).
+R="$(new_root collector)"
+check "[collector] dpkg -i custos-agent, custos-collector and custos 0.2.0 together" DPKG "$R" -i "$DEB1" "$DEBC" "$DEBA"
+check "[collector] the postinst made the system user custos-collector (nologin, home its state directory)" \
+    bash -c 'grep -Eq "^custos-collector:x:[0-9]+:[0-9]+:Custos collector:/var/lib/custos-collector:/usr/sbin/nologin$" "$1/etc/passwd" || cat "$1/etc/passwd"' _ "$R"
+cgid="$(awk -F: '$1 == "custos-collector" { print $3 }' "$R/etc/group" 2>/dev/null)"
+check "[collector] /etc/custos/collector.cfg is root:custos-collector 0640 (gid ${cgid:-?})" \
+    test "$(stat -c '%a %u:%g' "$R/etc/custos/collector.cfg")" = "640 0:${cgid:-x}"
+check "[collector] service not enabled on install" test ! -e "$R/etc/systemd/system/multi-user.target.wants/custos-collector.service"
+check "[collector] the installed admin tool runs (custos --help)" "$R/usr/bin/custos" --help
+check "[collector] the installed collector runs (custos-collector --help)" "$R/usr/bin/custos-collector" --help
+mkdir -p "$R/var/lib/custos-collector" && echo sealed > "$R/var/lib/custos-collector/collector.db"
+check "[collector] purge custos-collector" DPKG "$R" --purge custos-collector
+check "[collector] purge removed the unit, the binary and the conffile, kept the database" \
+    bash -c '! [ -e "$1/lib/systemd/system/custos-collector.service" ] && ! [ -e "$1/usr/bin/custos-collector" ] &&
+             ! [ -e "$1/etc/custos/collector.cfg" ] && [ -f "$1/var/lib/custos-collector/collector.db" ]' _ "$R"
+check "[collector] the agent and the admin tool are untouched" \
+    bash -c '[ -x "$1/usr/bin/custos-agent" ] && [ -x "$1/usr/bin/custos" ] && [ -f "$1/etc/custos/config.cfg" ]' _ "$R"
 
 # --- live: the package under a real systemd ------------------------------------------------
 # systemd-sandbox.sh boots the host's systemd as PID 1 of new namespaces on an overlay of /, so
@@ -323,7 +399,7 @@ else
     openssl rsa -in "$WORK/kek-keypair.pem" -pubout -out "$WORK/kek.pem" 2>/dev/null
 
     # The documented command: apt passes its environment down to dpkg and the postinst.
-    check "[systemd] CUSTOS_ENCRYPTION=1 apt-get install ./custos-agent_0.1.0_amd64.deb on a systemd machine" \
+    check "[systemd] CUSTOS_ENCRYPTION=1 apt-get install ./custos-agent_0.2.0_amd64.deb on a systemd machine" \
         in_sbx env CUSTOS_ENCRYPTION=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$DEB1"
     check "[systemd] the flag reached the postinst through apt: enable-encryption=1" \
         test "$(in_sbx grep '^enable-encryption=' /etc/custos/config.cfg)" = "enable-encryption=1"
@@ -514,8 +590,70 @@ else
         bash -c '! kill -0 "$1" 2>/dev/null && { [ -z "$2" ] || { echo "$2"; false; }; }' _ "$nonroot_nsenter" "$nonroot_errors"
     wait "$nonroot_nsenter" 2>/dev/null
 
+    # --- the packaged collector under its own unit, and the agent service uploading to it ------
+    # Installed with apt beside the agent, with the same certificate as the host's collector,
+    # the database in its state directory, and the agent switched over to it.
+    sbx_cprop() { in_sbx systemctl show -P "$1" custos-collector.service 2>/dev/null; }
+    check "[collector] apt-get install ./custos-collector_0.2.0_amd64.deb ./custos_0.2.0_amd64.deb on a systemd machine" \
+        in_sbx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$DEBC" "$DEBA"
+    check "[collector] unit known, not enabled, not started; user custos-collector exists" \
+        bash -c '[ "$("$1" run "$2" systemctl show -P UnitFileState custos-collector.service) $("$1" run "$2" systemctl show -P ActiveState custos-collector.service)" = "disabled inactive" ] &&
+                 "$1" run "$2" id custos-collector' _ "$HERE/systemd-sandbox.sh" "$SBX"
+    CPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    in_sbx install -m 0644 "$COLL/collector.crt" /etc/custos/collector.crt
+    in_sbx install -m 0640 -o root -g custos-collector "$COLL/collector.key" /etc/custos/collector.key
+    in_sbx sed -i -e "s|^listen=.*|listen=127.0.0.1:$CPORT|" /etc/custos/collector.cfg
+    check "[collector] systemctl enable --now custos-collector" in_sbx timeout 60 systemctl enable --now custos-collector.service
+    for _ in $(seq 1 100); do bash -c "exec 3<>/dev/tcp/127.0.0.1/$CPORT" 2>/dev/null && break; sleep 0.1; done
+    check "[collector] service active/running as user custos-collector, listening on 127.0.0.1:$CPORT" \
+        bash -c '[ "$("$1" run "$2" systemctl show -P ActiveState custos-collector.service)" = active ] &&
+                 p="$("$1" run "$2" systemctl show -P MainPID custos-collector.service)" &&
+                 [ "$("$1" run "$2" stat -c %U "/proc/$p")" = custos-collector ] && exec 3<>"/dev/tcp/127.0.0.1/$3"' \
+        _ "$HERE/systemd-sandbox.sh" "$SBX" "$CPORT"
+    check "[collector] StateDirectory /var/lib/custos-collector is 700 custos-collector, holding the SQLite database" \
+        bash -c '[ "$("$1" run "$2" stat -c "%a %U" /var/lib/custos-collector)" = "700 custos-collector" ] &&
+                 "$1" run "$2" test -f /var/lib/custos-collector/collector.db' _ "$HERE/systemd-sandbox.sh" "$SBX"
+    cpid="$(sbx_cprop MainPID)"
+    check "[collector] service's /etc and /home are out of reach (ProtectSystem=strict, ProtectHome=yes)" \
+        in_sbx nsenter -t "$cpid" -m sh -c '! touch /etc/custos/probe 2>/dev/null && ! ls /home/custos-desk >/dev/null 2>&1'
+    # The admin, on the collector host, as the service's user (the database is that user's).
+    as_collector=(runuser -u custos-collector --)
+    in_sbx install -m 0644 "$WORK/kek.pem" /var/tmp/custos-kek.pem
+    PKG_TOKEN="$(in_sbx "${as_collector[@]}" custos agents add --db /var/lib/custos-collector/collector.db --id "$UNIT_AGENT" 2>"$WORK/pkg-admin.log")"
+    check "[collector] custos agents add (as custos-collector) gives a token for $UNIT_AGENT" \
+        bash -c '[ -n "$1" ] || { cat "$2"; false; }' _ "$PKG_TOKEN" "$WORK/pkg-admin.log"
+    check "[collector] custos keys register stores the agents' KEK in the packaged collector's database" \
+        in_sbx "${as_collector[@]}" custos keys register --db /var/lib/custos-collector/collector.db --public /var/tmp/custos-kek.pem
+    in_sbx sed -i -e "s|^agent-token=.*|agent-token=$PKG_TOKEN|" -e "s|^server-url=.*|server-url=https://127.0.0.1:$CPORT|" \
+        /etc/custos/config.cfg
+    check "[collector] the agent service restarts with server-url pointing at the packaged collector" \
+        in_sbx timeout 60 systemctl restart custos-agent.service
+    pkg_screens=0 pkg_keys=0
+    for i in $(seq 1 60); do
+        [ $((i % 10)) = 1 ] && type_keys
+        pkg_screens="$(in_sbx "${as_collector[@]}" custos captures list --db /var/lib/custos-collector/collector.db \
+            --agent "$UNIT_AGENT" --kind screen 2>/dev/null | sed -n 's/^\([0-9][0-9]*\) captures\{0,1\}, .*/\1/p')"
+        pkg_keys="$(in_sbx "${as_collector[@]}" custos captures list --db /var/lib/custos-collector/collector.db \
+            --agent "$UNIT_AGENT" --kind keystrokes 2>/dev/null | sed -n 's/^\([0-9][0-9]*\) captures\{0,1\}, .*/\1/p')"
+        [ "${pkg_screens:-0}" -gt 0 ] && [ "${pkg_keys:-0}" -gt 0 ] && break
+        sleep 0.5
+    done
+    check "[collector] the agent service's screen frames (${pkg_screens:-0}) and keystroke chunks (${pkg_keys:-0}) are stored by the packaged collector" \
+        bash -c '[ "${1:-0}" -gt 0 ] && [ "${2:-0}" -gt 0 ]' _ "$pkg_screens" "$pkg_keys"
+    coll_errors="$(in_sbx journalctl --no-pager -o cat -u custos-collector.service 2>&1 | grep -Ei " (error|critical) custos-collector|EACCES|permission denied" || true)"
+    check "[collector] the collector's journal has no error, no EACCES" bash -c '[ -z "$1" ] || { echo "$1"; false; }' _ "$coll_errors"
+    check "[collector] systemctl stop custos-collector, Result=success" \
+        bash -c '"$1" run "$2" timeout 40 systemctl stop custos-collector.service &&
+                 [ "$("$1" run "$2" systemctl show -P Result custos-collector.service)" = success ]' _ "$HERE/systemd-sandbox.sh" "$SBX"
+    check "[collector] dpkg --purge custos-collector keeps the database" \
+        bash -c '"$1" run "$2" dpkg --purge custos-collector && "$1" run "$2" test -f /var/lib/custos-collector/collector.db &&
+                 ! "$1" run "$2" test -e /lib/systemd/system/custos-collector.service' _ "$HERE/systemd-sandbox.sh" "$SBX"
+    in_sbx rm -f /etc/custos/collector.crt /etc/custos/collector.key  # the admin's files, not the package's
+    echo "# journal of custos-collector.service in the sandbox (last 15 lines):"
+    in_sbx journalctl --no-pager -o short-monotonic -u custos-collector.service 2>&1 | tail -n 15 | sed 's/^/#   /'
+
     pid_before="$(sbx_prop MainPID)"
-    check "[systemd] apt-get install of 0.1.1 (Dpkg::Options --force-confold) restarts the enabled service" \
+    check "[systemd] apt-get install of 0.2.1 (Dpkg::Options --force-confold) restarts the enabled service" \
         bash -c '"$1" run "$2" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
                      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "$3" </dev/null &&
                  [ "$("$1" run "$2" systemctl show -P ActiveState custos-agent.service)" = active ] &&

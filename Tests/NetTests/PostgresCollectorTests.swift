@@ -3,6 +3,7 @@ import CollectorStorage
 import CustosBase
 import Envelope
 import Foundation
+import Spool
 import Testing
 import TestSupport
 import Transport
@@ -133,6 +134,8 @@ struct PostgresCollectorTests {
         let rows = try await cluster.psqlAsync("SELECT * FROM public.encryption_dek order by creation_time desc", database: db.name)
         #expect(rows.split(separator: "\n").count == 1 && rows.contains("pg-agent"), "\(rows)")
         #expect(!collector.log.contains(db.password), "the password reached the log")
+        collector.send(SIGTERM)
+        #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
     }
 
     /// PostgreSQL down when the collector starts: it says so naming host and port, serves
@@ -162,13 +165,20 @@ struct PostgresCollectorTests {
                 && log.contains("Connection refused"), "\(log)")
         let client = try Self.client(port: port, agentID: "pg-down", token: token)
         #expect(try await client.health().status == "storage-failing")
+        // The agent's own upload loop: its spool keeps every record while the answer is 503.
+        let logs = LogCapture()
+        let spool = try Spool(directory: dir.file("spool"), maxBytes: 64 << 20, logger: logs.logger("spool"))
         let records = try Self.records("pg-down", count: 4)
-        await #expect {
-            _ = try await client.upload(stream(records))
-        } throws: { error in
-            let e = error as? TransportError
-            return e?.httpStatus == 503 && e?.retryAfter == .seconds(1)
+        _ = try UploaderTests.spool(records, into: spool)
+        let uploader = Uploader(queue: spool, client: try Self.client(port: port, agentID: "pg-down", token: token),
+                                configuration: .init(retryableRefusalDelay: .zero), logger: logs.logger("uploader"))
+        do {
+            let summary = try await uploader.uploadOnce()
+            Issue.record("the upload was answered: \(summary)")
+        } catch {
+            #expect(error.httpStatus == 503 && error.retryAfter == .seconds(1), "\(error)")
         }
+        #expect(try spool.stats().totalSpooled.count == 5, "a record was given up")
 
         try await cluster.startAsync()
         // The retry (0.5 s doubling to 10 s) connects, and reads the KEK rows.
@@ -177,13 +187,16 @@ struct PostgresCollectorTests {
             let h = try? await client.health()
             return h?.status == "ok" && h?.activeKEKs == 1
         }, "\(collector.log)")
-        #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .stored })
+        try await UploaderTests.drain(spool, uploader: uploader, within: .seconds(30))
         #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .duplicate })
         await client.close()
         let counts = try await cluster.psqlAsync("SELECT (SELECT count(*) FROM captures) || ' ' || (SELECT count(*) FROM public.encryption_dek);",
                                                  database: db.name)
         #expect(counts.trimmingCharacters(in: .whitespacesAndNewlines) == "4 1", "stored once: \(counts)")
         #expect(collector.isRunning)
+        // SIGTERM: the server, then the storage (last in the group's shutdown), stop; exit 0.
+        collector.send(SIGTERM)
+        #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
     }
 
     /// The collector refuses to start, with a clear error and exit 1, when PostgreSQL refuses

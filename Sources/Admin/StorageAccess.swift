@@ -30,23 +30,24 @@ func storageLocation(_ text: String, passwordFile: String?) throws -> StorageLoc
     }
 }
 
-/// Opens the storage at `location`, runs `body` with it and closes it (also when `body` throws).
+/// Opens the storage at `location` (``StorageOpener/withStorage(_:createIfMissing:logger:_:)``:
+/// its `run()` runs while `body` does; the schema is brought up to date first), runs `body`
+/// with it and closes it (also when `body` throws).
 /// - Parameter createIfMissing: false for commands that list, decrypt or export: a SQLite file
 ///   that does not exist is then an error instead of a new empty database.
-/// - Throws: `AdminError` (``AdminError/fromStorage(_:)``) when it cannot be opened; what `body` throws.
+/// - Throws: `AdminError` (``AdminError/fromStorage(_:)``) when it cannot be opened or reached
+///   (the message names the database; a PostgreSQL login refused names `user@host:port/db`);
+///   what `body` throws.
 func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool,
                     _ body: (any CollectorStorage) async throws -> T) async throws -> T {
-    let storage: any CollectorStorage
-    do { storage = try await StorageOpener.open(location, createIfMissing: createIfMissing) } catch {
-        throw AdminError.fromStorage(error)
-    }
+    var opened = false
     do {
-        let result = try await body(storage)
-        await storage.close()
-        return result
-    } catch {
-        await storage.close()
-        throw error
+        return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing) { storage in
+            opened = true
+            return try await body(storage)
+        }
+    } catch let error as StorageError where !opened {
+        throw AdminError.fromStorage(error)
     }
 }
 

@@ -10,7 +10,7 @@ import Wire
 /// - `listen` (HOST:PORT, default `0.0.0.0:8443`): address to serve HTTPS on; port 0 picks a free one.
 /// - `tls-cert` (path, required): PEM certificate chain, leaf first (intermediates may follow).
 /// - `tls-key` (path, required): PEM private key of the leaf certificate.
-/// - `database` (path or `postgres://USER@HOST[:PORT]/DBNAME[?sslmode=…]`, default `collector.db`
+/// - `database` (path or `postgres://USER@HOST[:PORT]/DBNAME[?sslmode=…][&sslrootcert=…]`, default `collector.db`
 ///   beside the config file): the storage, parsed by `StorageLocation` (a SQLite file, or a
 ///   PostgreSQL database).
 /// - `database-password-file` (path, optional): the file whose first line is the PostgreSQL
@@ -87,10 +87,10 @@ public struct CollectorConfiguration: Sendable {
                   doc: "PEM certificate chain of the collector, leaf first; intermediates may follow. Required."),
         ConfigKey("tls-key", type: "path", default: nil,
                   doc: "PEM private key of the leaf certificate. Required."),
-        ConfigKey("database", type: "path or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=MODE]", default: "collector.db",
-                  doc: "Where captures, DEK records, agents, KEKs and the audit log are stored: a SQLite database file (created if missing; relative paths are relative to this file), or a PostgreSQL database URL without a password (sslmode: disable, prefer (default), require, verify-ca, verify-full)."),
+        ConfigKey("database", type: "path or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=MODE][&sslrootcert=PATH]", default: "collector.db",
+                  doc: "Where captures, DEK records, agents, KEKs and the audit log are stored: a SQLite database file (created if missing; relative paths are relative to this file), or a PostgreSQL database URL without a password (sslmode: verify-full (default: TLS, certificate and host checked against sslrootcert or the system's CAs), require (TLS, certificate not checked), disable (no TLS))."),
         ConfigKey("database-password-file", type: "path", default: nil,
-                  doc: "File whose first line is the PostgreSQL password (never put it in the URL); not readable by others. Only with a postgres:// database."),
+                  doc: "File whose first line is the PostgreSQL password (never put it in the URL); a regular file others may not read or write (chmod 640 or 600). Read at start. Only with a postgres:// database."),
         ConfigKey("max-request-bytes", type: "integer 1024...1073741824", default: "16777216",
                   doc: "Largest accepted upload body in bytes; larger ones get HTTP 413."),
         ConfigKey("max-records-per-request", type: "integer 1...1000000", default: "10000",

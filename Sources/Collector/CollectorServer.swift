@@ -38,9 +38,11 @@ public final class CollectorServer: Sendable {
     public var openConnections: Int { connections.count }
 
     /// Loads the TLS certificate chain and key, then opens the storage at `database=` (unless
-    /// `storage` is given: the caller then owns it and closes it).
+    /// `storage` is given: the caller then owns it, runs it and closes it). No connection to a
+    /// PostgreSQL database is made here: ``run(onListening:)`` does it.
     /// - Throws: ``CollectorError`` `.configuration` for unreadable TLS files, `.database` when
-    ///   the storage cannot be opened (the message names it).
+    ///   the storage cannot be opened (the message names it: a SQLite file that cannot be
+    ///   opened, a PostgreSQL password file that is missing or open to others).
     public init(configuration: CollectorConfiguration, storage: (any CollectorStorage)? = nil,
                 logger: Logger) async throws(CollectorError) {
         self.configuration = configuration
@@ -54,7 +56,7 @@ public final class CollectorServer: Sendable {
             ownsStorage = false
         } else {
             do {
-                self.storage = try await StorageOpener.open(configuration.database)
+                self.storage = try await StorageOpener.openService(configuration.database, logger: logger)
             } catch {
                 throw CollectorError(.database, "database=\(SafeText.escaped(configuration.database.description)): cannot open the storage: \(error.message)")
             }
@@ -106,14 +108,25 @@ public final class CollectorServer: Sendable {
     /// Serves until the task is cancelled or a graceful shutdown is triggered (for the executable:
     /// SIGTERM/SIGINT, see `runWithSignals`). `onListening` receives the bound TCP port. Closes
     /// the storage it opened when it ends.
+    ///
+    /// One `ServiceGroup` runs, in this order: the storage it opened (its `run()`: PostgreSQL's
+    /// connection pool; started first, stopped last), the HTTP server, the KEK refresher.
+    /// Before listening, the server connects to the storage and brings its schema up to date
+    /// (``startStorage()``): a storage that refuses (wrong password, no such database, TLS,
+    /// newer schema) ends `run` with a ``CollectorError`` `.database`; one that cannot be
+    /// reached now is logged (naming host and port) and retried in the background while the
+    /// server serves: uploads are answered 503 with `Retry-After` and health says
+    /// `storage-failing` until it answers.
     public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         do {
-            await registry.refresh()
-            let app = try makeApplication(onListening: onListening)
+            let app = AfterStorageStart(server: self, app: try makeApplication(onListening: onListening))
+            var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+            if ownsStorage { services.append(.init(service: storage)) }
+            services += [.init(service: app),
+                         .init(service: KEKRefresher(registry: registry, interval: configuration.kekPollInterval,
+                                                     trapSIGHUP: configuration.trapSIGHUP))]
             let group = ServiceGroup(configuration: .init(
-                services: [.init(service: app),
-                           .init(service: KEKRefresher(registry: registry, interval: configuration.kekPollInterval,
-                                                       trapSIGHUP: configuration.trapSIGHUP))],
+                services: services,
                 gracefulShutdownSignals: configuration.trapSIGHUP ? [.sigterm, .sigint] : [],
                 logger: logger))
             try await group.run()
@@ -453,6 +466,79 @@ final class InflightBudget: Sendable {
             used.now -= bytes
             let left = used.uploads[agent, default: 1] - 1
             used.uploads[agent] = left > 0 ? left : nil
+        }
+    }
+}
+
+// MARK: Storage start
+
+extension CollectorServer {
+    /// How often an unreachable storage is tried again at start (0.5 s, doubling to 10 s).
+    static let storageRetry = Backoff(initial: .milliseconds(500), cap: .seconds(10))
+
+    /// Connects to the storage and brings its schema up to date (`StorageOpener.prepare`), then
+    /// reads the KEK registry. Returns false when the storage cannot be reached now (logged
+    /// once, at error, naming the database: host and port for PostgreSQL).
+    /// - Throws: ``CollectorError`` `.database` when the storage refuses for good (a wrong
+    ///   password, an unknown database, TLS, a newer schema): retrying would not help.
+    func startStorage() async throws(CollectorError) -> Bool {
+        do {
+            try await StorageOpener.prepare(storage)
+        } catch where error.code == .unavailable {
+            logger.error("storage: cannot reach the database at start; answering uploads 503 and retrying", metadata: [
+                "collector.database": .safe(configuration.database.description), "collector.error": .safe(error.message)])
+            return false
+        } catch {
+            throw CollectorError(.database, "database=\(SafeText.escaped(configuration.database.description)): \(error.message)")
+        }
+        await registry.refresh()
+        return true
+    }
+
+    /// Tries ``startStorage()``'s connection again with ``storageRetry`` until it works (logged
+    /// once, at notice), the task is cancelled or the server shuts down. A storage that refuses
+    /// for good at a retry (e.g. it came up with another password) is logged at error and
+    /// tried again: the server keeps answering 503 rather than stopping.
+    func retryStorage() async {
+        var failures = 1
+        let errors = RepeatedErrorLog()
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            let delay = Self.storageRetry.delay(afterFailures: failures)
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
+            } catch { return }
+            do {
+                try await StorageOpener.prepare(storage)
+                logger.notice("storage: the database answers; schema up to date",
+                              metadata: ["collector.database": .safe(configuration.database.description)])
+                await registry.refresh()
+                return
+            } catch {
+                failures += 1
+                if error.code != .unavailable, errors.isNew(error.message) {
+                    logger.error("storage: the database refuses the collector", metadata: [
+                        "collector.database": .safe(configuration.database.description), "collector.error": .safe(error.message)])
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP server, started once ``CollectorServer/startStorage()`` has tried the storage: it
+/// ends the group with its error when the storage refuses for good, and otherwise serves while
+/// ``CollectorServer/retryStorage()`` tries an unreachable storage again in a child task.
+struct AfterStorageStart<App: Service>: Service {
+    let server: CollectorServer
+    let app: App
+
+    func run() async throws {
+        let ready = try await server.startStorage()
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            if !ready { group.addTask { await server.retryStorage(); return false } }
+            group.addTask { try await app.run(); return true }
+            while let appEnded = try await group.next() {
+                if appEnded { group.cancelAll(); return }
+            }
         }
     }
 }

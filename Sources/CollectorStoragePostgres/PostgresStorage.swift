@@ -22,14 +22,16 @@ import Synchronization
 /// connection lost mid-call, no answer within ``Configuration/operationTimeout``) is
 /// `.unavailable` — transient: retry, nothing was half-stored (a batch is one transaction);
 /// wrong password, unknown database or role, TLS failures, a newer schema are `.failed`.
-/// Messages name `host:port/dbname` and never the password; text from the server is escaped.
+/// Messages name `user@host:port/dbname` and never the password; text from the server is escaped.
 /// After a restart of the server, calls work again without restarting this process.
 public final class PostgresStorage: CollectorStorage, Service {
     /// What to connect to and how patiently.
     public struct Configuration: Sendable {
-        public var url: PostgresURL
-        /// The role's password (from a file: ``PostgresURL/readPasswordFile(_:field:)``).
-        public var password: Secret
+        /// Where the database is (its ``PostgresLocation/passwordFile`` is not read here).
+        public var location: PostgresLocation
+        /// The role's password (``PostgresLocation/readPassword()``); nil: none (the server
+        /// trusts this client).
+        public var password: Secret?
         /// How long one call may wait for a connection and its answer before it fails
         /// `.unavailable` (default 10 s). After a second without a connection, a probe
         /// connection tells a server that is down (`.unavailable` at once) or refuses the
@@ -40,10 +42,10 @@ public final class PostgresStorage: CollectorStorage, Service {
         /// Retry schedule of the `LISTEN` connection.
         public var listenerBackoff: Backoff
 
-        public init(url: PostgresURL, password: Secret, operationTimeout: Duration = .seconds(10),
+        public init(location: PostgresLocation, password: Secret?, operationTimeout: Duration = .seconds(10),
                     maximumConnections: Int = 10,
                     listenerBackoff: Backoff = Backoff(initial: .milliseconds(200), cap: .seconds(10))) {
-            self.url = url
+            self.location = location
             self.password = password
             self.operationTimeout = operationTimeout
             self.maximumConnections = maximumConnections
@@ -52,8 +54,8 @@ public final class PostgresStorage: CollectorStorage, Service {
     }
 
     public let configuration: Configuration
-    /// `host:port/dbname`.
-    public var location: String { configuration.url.location }
+    /// `user@host:port/dbname` (escaped), how errors name the database.
+    public var location: String { configuration.location.named }
 
     let client: PostgresClient
     /// For the probe and the `LISTEN` connection (outside the pool).
@@ -83,15 +85,16 @@ public final class PostgresStorage: CollectorStorage, Service {
     public init(_ configuration: Configuration, logger: Logger) throws(StorageError) {
         self.configuration = configuration
         self.logger = logger
-        let url = configuration.url
+        let url = configuration.location
+        let password = configuration.password?.revealed
         var clientConfig: PostgresClient.Configuration
         var connConfig: PostgresConnection.Configuration
         switch url.sslMode {
         case .disable:
             clientConfig = .init(host: url.host, port: url.port, username: url.user,
-                                 password: configuration.password.revealed, database: url.database, tls: .disable)
+                                 password: password, database: url.database, tls: .disable)
             connConfig = .init(host: url.host, port: url.port, username: url.user,
-                               password: configuration.password.revealed, database: url.database, tls: .disable)
+                               password: password, database: url.database, tls: .disable)
         case .require, .verifyFull:
             var tls = TLSConfiguration.makeClientConfiguration()
             if url.sslMode == .require {
@@ -104,14 +107,14 @@ public final class PostgresStorage: CollectorStorage, Service {
             do {
                 context = try NIOSSLContext(configuration: tls)
             } catch {
-                throw StorageError(.failed, "\(url.location): cannot set up TLS (sslmode=\(url.sslMode.rawValue)"
+                throw StorageError(.failed, "\(url.named): cannot set up TLS (sslmode=\(url.sslMode.rawValue)"
                                    + (url.sslRootCert.map { ", sslrootcert \(SafeText.quoted($0))" } ?? "")
                                    + "): \(SafeText.escaped(String(describing: error)))")
             }
             clientConfig = .init(host: url.host, port: url.port, username: url.user,
-                                 password: configuration.password.revealed, database: url.database, tls: .require(tls))
+                                 password: password, database: url.database, tls: .require(tls))
             connConfig = .init(host: url.host, port: url.port, username: url.user,
-                               password: configuration.password.revealed, database: url.database,
+                               password: password, database: url.database,
                                tls: .require(context))
         }
         // Times read as text (`encryption_kek.created_at`) are in UTC whatever the server's zone.
@@ -141,7 +144,7 @@ public final class PostgresStorage: CollectorStorage, Service {
             return true
         }
         guard start else { return }
-        logger.info("storage: PostgreSQL at \(location) (sslmode=\(configuration.url.sslMode.rawValue))")
+        logger.info("storage: PostgreSQL at \(location) (sslmode=\(configuration.location.sslMode.rawValue))")
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.client.run() }
             group.addTask { await self.listenForKEKChanges() }
@@ -187,9 +190,9 @@ public final class PostgresStorage: CollectorStorage, Service {
             _ = try await withClient("health check") { client in
                 try await client.query("SELECT 1", logger: Self.quiet).collect().count
             }
-            return StorageHealth(backend: "postgresql", location: location, reachable: true)
+            return StorageHealth(backend: "postgresql", location: configuration.location.shown, reachable: true)
         } catch {
-            return StorageHealth(backend: "postgresql", location: location, reachable: false, problem: error.message)
+            return StorageHealth(backend: "postgresql", location: configuration.location.shown, reachable: false, problem: error.message)
         }
     }
 

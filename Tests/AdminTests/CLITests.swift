@@ -103,11 +103,15 @@ struct CLITests {
         let custos = try builtProduct("custos")
         let tmp = try TempDir("adm-db-forms")
         defer { tmp.remove() }
-        // A PostgreSQL location: named, and refused clearly by this build; a password in the URL
-        // is refused before anything is opened, without repeating it.
-        let pg = try runCommand([custos, "agents", "list", "--db", "postgres://custos@127.0.0.1:5432/custos?sslmode=disable"])
+        // A PostgreSQL location where nothing listens: exit 2 naming user@host:port/db and why
+        // (PostgresCollectorTests covers a real server); a password in the URL or a refused
+        // sslmode is refused before anything is opened, without repeating the password.
+        let closed = try freeLocalPort()
+        let pg = try runCommand([custos, "agents", "list", "--db", "postgres://custos@127.0.0.1:\(closed)/custos?sslmode=disable"])
         #expect(pg.status == 2)
-        #expect(pg.stderrString.contains("127.0.0.1:5432/custos: this build's PostgreSQL backend is not wired yet"), "\(pg.stderrString)")
+        #expect(pg.stderrString.contains("custos@127.0.0.1:\(closed)/custos: connect: cannot connect: Connection refused"), "\(pg.stderrString)")
+        let prefer = try runCommand([custos, "agents", "list", "--db", "postgres://custos@db/custos?sslmode=prefer"])
+        #expect(prefer.status == 2 && prefer.stderrString.contains("--db: sslmode=prefer is not supported"), "\(prefer.stderrString)")
         for command in [["agents", "list"], ["captures", "list"], ["audit", "list"], ["keys", "list"],
                         ["decrypt", "--key", tmp.file("k.pem"), "--out", tmp.file("o")]] {
             let r = try runCommand([custos] + command + ["--db", "postgres://custos:hunter2@db/custos"])

@@ -35,11 +35,11 @@ import TestSupport
         #expect(help.stdoutString.contains("listen=HOST:PORT"))
     }
 
-    /// `database=` is read by the one `StorageLocation` validator: a `postgres://` URL is named
-    /// in a clear error while this build has no PostgreSQL backend; a password in the URL, or a
-    /// password file with a SQLite path, is refused naming the file, line and key (and the
-    /// password is not repeated).
-    @Test func theDatabaseValueIsValidatedAndAPostgresURLIsNamed() throws {
+    /// `database=` is read by the one `StorageLocation` validator: a refused `sslmode`, a
+    /// password in the URL, or a password file with a SQLite path, is refused naming the file,
+    /// line and key (and the password is not repeated); a password file that is not there is
+    /// named at start.
+    @Test func theDatabaseValueIsValidatedAndThePasswordFileNamed() throws {
         let dir = try TempDir("custos-collector-db-url")
         defer { dir.remove() }
         let pki = try sharedMaterial.get().pki
@@ -49,10 +49,14 @@ import TestSupport
                 .write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
             return try runCommand([bin, "--config", dir.file("c.cfg")], timeout: 30)
         }
-        let pg = try start("database=postgres://custos@127.0.0.1:5432/custos?sslmode=require")
-        #expect(pg.status == 1)
-        #expect(pg.stderrString.contains("database=postgres://custos@127.0.0.1:5432/custos?sslmode=require: cannot open the storage: 127.0.0.1:5432/custos: this build's PostgreSQL backend is not wired yet"),
-                "\(pg.stderrString)")
+        let prefer = try start("database=postgres://custos@127.0.0.1:5432/custos?sslmode=prefer")
+        #expect(prefer.status == 1)
+        #expect(prefer.stderrString.contains("c.cfg:4: database: sslmode=prefer is not supported: it falls back to an unencrypted connection without saying so; use sslmode=verify-full"),
+                "\(prefer.stderrString)")
+        let missingFile = try start("database=postgres://custos@127.0.0.1:5432/custos?sslmode=disable\ndatabase-password-file=none")
+        #expect(missingFile.status == 1)
+        #expect(missingFile.stderrString.contains("cannot open the storage: custos@127.0.0.1:5432/custos: database password file '\(dir.file("none"))': No such file"),
+                "\(missingFile.stderrString)")
         let password = try start("database=postgres://custos:hunter2@db/custos")
         #expect(password.status == 1)
         #expect(password.stderrString.contains("\(dir.file("c.cfg")):4: database: a password does not belong in the URL"),

@@ -72,8 +72,8 @@ struct PostgresTLSTests {
         let db = try await cluster.createDatabaseAsync(owner: collectorRole)
         let password = try #require(cluster.password(of: collectorRole))
         func storage(_ query: String, host: String = "localhost") throws -> PostgresStorage {
-            let url = try PostgresURL("postgres://\(collectorRole)@\(host):\(cluster.port)/\(db)?\(query)")
-            return try PostgresStorage(.init(url: url, password: Secret(password), operationTimeout: .seconds(3)),
+            let location = try PostgresLocation("postgres://\(collectorRole)@\(host):\(cluster.port)/\(db)?\(query)")
+            return try PostgresStorage(.init(location: location, password: Secret(password), operationTimeout: .seconds(3)),
                                        logger: .init(label: "test"))
         }
         func firstError(_ s: PostgresStorage) async -> StorageError? {
@@ -100,6 +100,8 @@ struct PostgresTLSTests {
         // No TLS on the server yet: require is refused, clearly.
         let plain = await firstError(try storage("sslmode=require"))
         #expect(plain?.code == .failed && plain?.message.contains("does not offer TLS") == true, "\(String(describing: plain))")
+        let plainFull = await firstError(try storage("sslmode=verify-full"))
+        #expect(plainFull?.code == .failed && plainFull?.message.contains("does not offer TLS") == true, "\(String(describing: plainFull))")
 
         let dir = try TempDir("custos-pg-tls")
         defer { dir.remove() }

@@ -92,8 +92,8 @@ func makePostgresStorage(cluster: PostgresCluster, database: String, role: Strin
                          logger: Logger = Logger(label: "test.storage"),
                          listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1))) throws -> PostgresStorage {
     let pw = try password ?? cluster.password(of: role) ?? cluster.createRole(role)
-    let url = try PostgresURL(cluster.url(database: database, user: role))
-    return try PostgresStorage(.init(url: url, password: Secret(pw), operationTimeout: timeout, maximumConnections: 4,
+    let location = try PostgresLocation(cluster.url(database: database, user: role))
+    return try PostgresStorage(.init(location: location, password: Secret(pw), operationTimeout: timeout, maximumConnections: 4,
                                      listenerBackoff: listenerBackoff),
                                logger: logger)
 }

@@ -239,14 +239,14 @@ struct PostgresStorageTests {
     }
 
     /// Wrong password, unknown database, nothing listening, and `run()` not running: each a
-    /// clear error naming `host:port/db`, never the password.
+    /// clear error naming `user@host:port/db`, never the password.
     @Test func connectionErrorsAreClear() async throws {
         let (cluster, db) = try await freshDatabase()
         let wrongPassword = "wrong-\(PostgresCluster.newPassword())"
         try await withPostgresStorage(cluster: cluster, database: db, password: wrongPassword, timeout: .seconds(3)) { s in
             let error = await storageError { _ = try await s.agents() }
             #expect(error?.code == .failed)
-            #expect(error?.message.contains("\(cluster.host):\(cluster.port)/\(db)") == true)
+            #expect(error?.message.contains("\(collectorRole)@\(cluster.host):\(cluster.port)/\(db)") == true, "\(String(describing: error))")
             #expect(error?.message.contains("refused the login") == true)
             #expect(error?.description.contains(wrongPassword) == false)
             let health = await s.health()
@@ -259,8 +259,8 @@ struct PostgresStorageTests {
             #expect(error?.message.contains("no such database") == true && error?.message.contains("no_such_db") == true)
         }
         let closedPort = try freeLocalPort()
-        let url = try PostgresURL("postgres://custos@127.0.0.1:\(closedPort)/custos?sslmode=disable")
-        let down = try PostgresStorage(.init(url: url, password: Secret("pw"), operationTimeout: .seconds(3)),
+        let location = try PostgresLocation("postgres://custos@127.0.0.1:\(closedPort)/custos?sslmode=disable")
+        let down = try PostgresStorage(.init(location: location, password: Secret("pw"), operationTimeout: .seconds(3)),
                                        logger: Logger(label: "test"))
         let runner = Task { try await down.run() }
         let start = ContinuousClock.now

@@ -1,0 +1,245 @@
+import Collector
+import CollectorStorage
+import CustosBase
+import Envelope
+import Foundation
+import Spool
+import Testing
+import TestSupport
+import Transport
+import Wire
+
+/// The built `custos-collector` and `custos` on a real PostgreSQL cluster (issue 14): the
+/// collector started with `database=postgres://…` and `database-password-file=` stores an
+/// agent's upload, `custos … --db postgres://… --db-password-file …` lists it, and the seed's
+/// `SELECT` in `psql` shows the DEK row. Faults: the database down at start, a wrong password,
+/// a wrong database name, a password file open to others, `sslmode=verify-full` against a
+/// server without TLS. (Storage-level faults of the backend itself — restart mid-ingest, the
+/// `LISTEN` connection, TLS modes — are in StorageTests.)
+@Suite(.enabled(if: PostgresCluster.isAvailable, "needs Debian's postgresql (make deps)"))
+struct PostgresCollectorTests {
+    /// One cluster for the tests that do not stop it (its watchdog removes it when the test
+    /// process ends).
+    static let shared: Result<PostgresCluster, any Error> = Result { try PostgresCluster() }
+
+    /// A PostgreSQL database for one test: a role `custos` owning a fresh database, and a
+    /// password file of mode 0640 in `dir`.
+    struct Database {
+        let cluster: PostgresCluster
+        let name: String
+        let password: String
+        let passwordFile: String
+        var url: String { cluster.url(database: name, user: "custos") }
+        var db: [String] { ["--db", url, "--db-password-file", passwordFile] }
+        var configLines: String { "database=\(url)\ndatabase-password-file=\(passwordFile)" }
+
+        static func make(_ cluster: PostgresCluster, in dir: TempDir) async throws -> Database {
+            let password = try await offPool { try cluster.createRole("custos") }
+            let name = try await cluster.createDatabaseAsync(owner: "custos")
+            let file = dir.file("db.password")
+            try (password + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+            guard chmod(file, 0o640) == 0 else { throw TestSupportError("chmod \(file) failed") }
+            return Database(cluster: cluster, name: name, password: password, passwordFile: file)
+        }
+    }
+
+    /// Starts the built collector on `config` and waits for its port (or its exit).
+    static func startCollector(_ config: String, in dir: TempDir) async throws -> (BackgroundProcess, port: Int) {
+        let process = try BackgroundProcess(try builtProduct("custos-collector"), ["--config", config],
+                                            logPath: dir.file("collector-\(UInt32.random(in: 0...UInt32.max)).log"))
+        var port = 0
+        _ = try await waitUntil(timeout: 60) {
+            let log = process.log
+            if let r = log.range(of: "collector.port=") { port = Int(log[r.upperBound...].prefix { $0.isNumber }) ?? 0 }
+            return port > 0 || !process.isRunning
+        }
+        guard port > 0 else { throw TestSupportError("the collector did not listen: \(process.log)") }
+        return (process, port)
+    }
+
+    /// Runs the built collector on `config`, expecting it to stop by itself; returns its status and log.
+    static func collectorExit(_ config: String) async throws -> CommandResult {
+        let bin = try builtProduct("custos-collector")
+        return try await offPool { try runCommand([bin, "--config", config], timeout: 60) }
+    }
+
+    static func client(port: Int, agentID: String, token: String) throws -> CollectorClient {
+        let pki = try sharedMaterial.get().pki
+        return try CollectorClient(configuration: testTransport(serverURL: "https://127.0.0.1:\(port)", agentID: agentID,
+                                                                agentToken: token, pins: [try pki.pin("leaf")], caFile: nil),
+                                   logger: LogCapture().logger("transport"))
+    }
+
+    /// `custos` with `arguments`, off the concurrency pool.
+    static func custos(_ arguments: [String]) async throws -> CommandResult {
+        let bin = try builtProduct("custos")
+        return try await offPool { try runCommand([bin] + arguments, timeout: 120) }
+    }
+
+    /// Records sealed to the shared KEK for `agent`: a DEK record and `count` blobs.
+    static func records(_ agent: String, count: Int) throws -> [EnvelopeRecord] {
+        let session = try DEKSession(kek: try KEKPublicKey(pemFile: try sharedMaterial.get().kek.publicKey), agentID: agent)
+        var out: [EnvelopeRecord] = [.dekRecord(session.record)]
+        for i in 0..<count {
+            out.append(.blob(try session.seal(randomData(500 + i), kind: i % 2 == 0 ? .screen : .keystrokes,
+                                              captureTimeMs: 1_700_000_000_000 + Int64(i))))
+        }
+        return out
+    }
+
+    /// The seed's KEK row, inserted with `psql` verbatim (step 6).
+    static func insertSeedKEK(_ db: Database) async throws {
+        let kek = try sharedMaterial.get().kek
+        try await db.cluster.psqlAsync("insert into encryption_kek (active, priv_encrypted, pub_datafile, priv_datafile) values (true, true, '\(kek.publicKey)', '\(kek.privateKey)');",
+                                       database: db.name)
+    }
+
+    /// End to end: `custos agents add` on PostgreSQL (the schema is made), the seed's KEK row by
+    /// `psql`, the collector executable stores an upload, `custos captures list` lists it, and
+    /// the seed's `SELECT * FROM public.encryption_dek order by creation_time desc` shows the row.
+    @Test func theCollectorStoresOnPostgreSQLAndCustosListsIt() async throws {
+        let cluster = try Self.shared.get()
+        let dir = try TempDir("custos-pg-e2e")
+        defer { dir.remove() }
+        let db = try await Database.make(cluster, in: dir)
+        let add = try await Self.custos(["agents", "add"] + db.db + ["--id", "pg-agent"])
+        #expect(add.status == 0, "\(add.stderrString)")
+        let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
+        try await Self.insertSeedKEK(db)
+        let pki = try sharedMaterial.get().pki
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", extra: "")
+        // writeCollectorConfig names a SQLite file: append the PostgreSQL lines instead.
+        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
+        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines)
+        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+
+        let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
+        defer { collector.send(SIGTERM); collector.waitExit(timeout: 10) }
+        let client = try Self.client(port: port, agentID: "pg-agent", token: token)
+        let health = try await client.health()
+        #expect(health.status == "ok" && health.activeKEKs == 1, "\(health)")
+        #expect(health.storage == HealthResponse.Storage(backend: "postgresql", location: "\(cluster.host):\(cluster.port)/\(db.name)",
+                                                         reachable: true))
+        let records = try Self.records("pg-agent", count: 3)
+        #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .stored })
+        #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .duplicate })
+        await client.close()
+        #expect(!FileManager.default.fileExists(atPath: dir.file("collector.db")), "a SQLite file was made")
+
+        let list = try await Self.custos(["captures", "list"] + db.db + ["--agent", "pg-agent"])
+        #expect(list.status == 0, "\(list.stderrString)")
+        #expect(list.stdoutString.contains("3 captures"), "\(list.stdoutString)")
+        for r in records.dropFirst() { #expect(list.stdoutString.contains(r.blobID.hex), "\(list.stdoutString)") }
+
+        let rows = try await cluster.psqlAsync("SELECT * FROM public.encryption_dek order by creation_time desc", database: db.name)
+        #expect(rows.split(separator: "\n").count == 1 && rows.contains("pg-agent"), "\(rows)")
+        #expect(!collector.log.contains(db.password), "the password reached the log")
+        collector.send(SIGTERM)
+        #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
+    }
+
+    /// PostgreSQL down when the collector starts: it says so naming host and port, serves
+    /// anyway (health `storage-failing`, uploads 503 with `Retry-After`), retries, and once the
+    /// server is up stores the same upload once.
+    @Test func postgreSQLDownAtStartIsRetried() async throws {
+        let cluster = try await PostgresCluster.make()
+        defer { cluster.shutdown() }
+        let dir = try TempDir("custos-pg-down")
+        defer { dir.remove() }
+        let db = try await Database.make(cluster, in: dir)
+        let add = try await Self.custos(["agents", "add"] + db.db + ["--id", "pg-down"])
+        try #require(add.status == 0, "\(add.stderrString)")
+        let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
+        try await Self.insertSeedKEK(db)
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: try sharedMaterial.get().pki, listen: "127.0.0.1:0",
+                                 extra: "retry-after-seconds=1")
+        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
+        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines)
+        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+        try await cluster.stopAsync()
+
+        let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
+        defer { collector.send(SIGTERM); collector.waitExit(timeout: 10) }
+        let log = collector.log
+        #expect(log.contains("cannot reach the database at start") && log.contains("127.0.0.1:\(cluster.port)/\(db.name)")
+                && log.contains("Connection refused"), "\(log)")
+        let client = try Self.client(port: port, agentID: "pg-down", token: token)
+        #expect(try await client.health().status == "storage-failing")
+        // The agent's own upload loop: its spool keeps every record while the answer is 503.
+        let logs = LogCapture()
+        let spool = try Spool(directory: dir.file("spool"), maxBytes: 64 << 20, logger: logs.logger("spool"))
+        let records = try Self.records("pg-down", count: 4)
+        _ = try UploaderTests.spool(records, into: spool)
+        let uploader = Uploader(queue: spool, client: try Self.client(port: port, agentID: "pg-down", token: token),
+                                configuration: .init(retryableRefusalDelay: .zero), logger: logs.logger("uploader"))
+        do {
+            let summary = try await uploader.uploadOnce()
+            Issue.record("the upload was answered: \(summary)")
+        } catch {
+            #expect(error.httpStatus == 503 && error.retryAfter == .seconds(1), "\(error)")
+        }
+        #expect(try spool.stats().totalSpooled.count == 5, "a record was given up")
+
+        try await cluster.startAsync()
+        // The retry (0.5 s doubling to 10 s) connects, and reads the KEK rows.
+        #expect(try await waitUntil(timeout: 30) { collector.log.contains("the database answers") }, "\(collector.log)")
+        #expect(try await waitUntil(timeout: 10) {
+            let h = try? await client.health()
+            return h?.status == "ok" && h?.activeKEKs == 1
+        }, "\(collector.log)")
+        try await UploaderTests.drain(spool, uploader: uploader, within: .seconds(30))
+        #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .duplicate })
+        await client.close()
+        let counts = try await cluster.psqlAsync("SELECT (SELECT count(*) FROM captures) || ' ' || (SELECT count(*) FROM public.encryption_dek);",
+                                                 database: db.name)
+        #expect(counts.trimmingCharacters(in: .whitespacesAndNewlines) == "4 1", "stored once: \(counts)")
+        #expect(collector.isRunning)
+        // SIGTERM: the server, then the storage (last in the group's shutdown), stop; exit 0.
+        collector.send(SIGTERM)
+        #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
+    }
+
+    /// The collector refuses to start, with a clear error and exit 1, when PostgreSQL refuses
+    /// it for good: a wrong password (naming user@host:port/db, never the password), a wrong
+    /// database name, a password file others may read (naming the file and the chmod), and
+    /// `sslmode=verify-full` against a server without TLS. `custos` says the same, exit 2.
+    @Test func refusalsAtStartAreClear() async throws {
+        let cluster = try Self.shared.get()
+        let dir = try TempDir("custos-pg-refused")
+        defer { dir.remove() }
+        let db = try await Database.make(cluster, in: dir)
+        let pki = try sharedMaterial.get().pki
+        let wrong = "wrong-\(PostgresCluster.newPassword())"
+        let wrongFile = dir.file("wrong.password")
+        try (wrong + "\n").write(toFile: wrongFile, atomically: true, encoding: .utf8)
+        chmod(wrongFile, 0o600)
+        let looseFile = dir.file("loose.password")
+        try (db.password + "\n").write(toFile: looseFile, atomically: true, encoding: .utf8)
+        chmod(looseFile, 0o644)
+        let hostPort = "\(cluster.host):\(cluster.port)"
+        let cases: [(url: String, file: String, expected: [String])] = [
+            (db.url, wrongFile, ["custos@\(hostPort)/\(db.name)", "refused the login", "password file"]),
+            (cluster.url(database: "no_such_db", user: "custos"), db.passwordFile,
+             ["custos@\(hostPort)/no_such_db", "no such database"]),
+            (db.url, looseFile, ["database password file '\(looseFile)'", "others may read or write it (mode 644)",
+                                 "chmod o-rwx '\(looseFile)'"]),
+            (db.url.replacingOccurrences(of: "sslmode=disable", with: "sslmode=verify-full"), db.passwordFile,
+             ["custos@\(hostPort)/\(db.name)", "the server does not offer TLS"]),
+        ]
+        for (i, c) in cases.enumerated() {
+            let config = dir.file("c\(i).cfg")
+            try "listen=127.0.0.1:0\ntls-cert=\(pki.chain("leaf"))\ntls-key=\(pki.key("leaf"))\ndatabase=\(c.url)\ndatabase-password-file=\(c.file)\n"
+                .write(toFile: config, atomically: true, encoding: .utf8)
+            let r = try await Self.collectorExit(config)
+            #expect(r.status == 1, "case \(i): \(r.stderrString)")
+            let line = r.stderrString.split(separator: "\n").last { $0.hasPrefix("custos-collector: ") }.map(String.init) ?? ""
+            for e in c.expected { #expect(line.contains(e), "case \(i): \(e) not in \(r.stderrString)") }
+            #expect(!r.stderrString.contains(wrong) && !r.stderrString.contains(db.password), "case \(i): a password was shown")
+
+            let cli = try await Self.custos(["agents", "list", "--db", c.url, "--db-password-file", c.file])
+            #expect(cli.status == 2, "case \(i): \(cli.stderrString)")
+            for e in c.expected { #expect(cli.stderrString.contains(e), "case \(i): \(e) not in \(cli.stderrString)") }
+            #expect(!cli.stderrString.contains(wrong) && !cli.stderrString.contains(db.password))
+        }
+    }
+}

@@ -32,6 +32,8 @@ public struct AdminError: Error, CustomStringConvertible, Sendable {
         public static let interrupted = Code("interrupted")
         /// A key file is unusable (from Envelope).
         public static let invalidKey = Code("invalidKey")
+        /// A copy (`custos db migrate`) does not match its source: a count, a row or a blob's bytes.
+        public static let verificationFailed = Code("verificationFailed")
     }
 
     public let code: Code
@@ -44,10 +46,10 @@ public struct AdminError: Error, CustomStringConvertible, Sendable {
 
     public var description: String { message }
 
-    /// The process exit status for this error (1 crypto failure, 2 usage/I/O, 130 interrupted).
+    /// The process exit status for this error (1 crypto or verification failure, 2 usage/I/O, 130 interrupted).
     public var exitCode: Int32 {
         switch code {
-        case .wrongPassphrase, .keyMismatch, .decryptionFailed: 1
+        case .wrongPassphrase, .keyMismatch, .decryptionFailed, .verificationFailed: 1
         case .interrupted: 130
         default: 2
         }

@@ -16,7 +16,7 @@ public struct CustosCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "custos",
         abstract: "Custos admin tool: keys, sealing and opening of end-to-end encrypted captures.",
-        subcommands: [KeysCommand.self, SealCommand.self, OpenCommand.self,
+        subcommands: [KeysCommand.self, SealCommand.self, OpenCommand.self, DBCommand.self,
                       AgentsCommand.self, CapturesCommand.self, DecryptCommand.self, ExportCommand.self, AuditCommand.self]
     )
 

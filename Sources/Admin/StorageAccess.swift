@@ -22,9 +22,10 @@ struct DatabaseOptions: ParsableArguments {
 
 /// `--db TEXT` (and `--db-password-file`) as a ``StorageLocation``.
 /// - Throws: `ValidationError` (exit 2) naming the option and what was expected.
-func storageLocation(_ text: String, passwordFile: String?) throws -> StorageLocation {
+func storageLocation(_ text: String, passwordFile: String?, field: String = "--db",
+                     passwordField: String = "--db-password-file") throws -> StorageLocation {
     do {
-        return try StorageLocation(text, passwordFile: passwordFile, field: "--db", passwordField: "--db-password-file")
+        return try StorageLocation(text, passwordFile: passwordFile, field: field, passwordField: passwordField)
     } catch {
         throw ValidationError(error.description)
     }

@@ -167,6 +167,10 @@ final class SignallingStorage: CollectorStorage {
     func auditEntries(before: Int64?, limit: Int) async throws(StorageError) -> [AuditEntry] {
         try await base.auditEntries(before: before, limit: limit)
     }
+    func agentCredentials() async throws(StorageError) -> [AgentCredential] { try await base.agentCredentials() }
+    func importAgents(_ agents: [AgentCredential]) async throws(StorageError) -> Int { try await base.importAgents(agents) }
+    func importKEKs(_ rows: [KEKRow]) async throws(StorageError) -> Int { try await base.importKEKs(rows) }
+    func importAudit(_ entries: [AuditEntry]) async throws(StorageError) -> Int { try await base.importAudit(entries) }
     func health() async -> StorageHealth { await base.health() }
     func run() async throws { try await base.run() }
     func close() async {

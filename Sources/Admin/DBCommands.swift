@@ -1,0 +1,265 @@
+import ArgumentParser
+import CollectorStorage
+import CollectorStorageOpen
+import CustosBase
+import Envelope
+import Foundation
+
+/// `custos db …`: whole-database operations.
+public struct DBCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "db",
+        abstract: "Whole-database operations on a collector's storage.",
+        subcommands: [DBMigrateCommand.self]
+    )
+    public init() {}
+}
+
+/// `custos db migrate --from collector.db --to postgres://…`: copies a collector database into
+/// another (typically an embedded SQLite file, with its blob files, into PostgreSQL), then
+/// verifies it (``StorageMigration``). Stop the collector writing to `--from` first, or run it
+/// again afterwards: the copy is idempotent, so a second run adds what arrived meanwhile.
+public struct DBMigrateCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Copy a collector database (agents, KEKs, DEK records, captures with their blob bytes, audit log) into another, then verify counts and a sample of blobs byte for byte.",
+        discussion: """
+            Typical use: custos db migrate --from /var/lib/custos-collector/collector.db \
+            --to postgres://custos@db.example.org/custos --to-password-file /etc/custos/database-password. \
+            Rows are copied as they are: agents keep their tokens, KEK rows and audit entries their ids and \
+            times, captures their capture and receive times. Running it again resumes an interrupted copy \
+            (what is there already is skipped); a target holding other data under the same ids is refused. \
+            Exit 0 when the copy verifies, 1 when it does not (the numbers are printed), 2 for usage or \
+            database errors.
+            """
+    )
+
+    @Option(help: ArgumentHelp("The database to copy: a SQLite file (its blob files beside it), or a postgres:// URL.", valueName: "path-or-url"))
+    var from: String
+    @Option(help: ArgumentHelp("File whose first line is --from's PostgreSQL password.", valueName: "file"))
+    var fromPasswordFile: String?
+    @Option(help: ArgumentHelp("The database to copy into: a postgres:// URL (or a SQLite file path); its schema is created when missing.", valueName: "path-or-url"))
+    var to: String
+    @Option(help: ArgumentHelp("File whose first line is --to's PostgreSQL password.", valueName: "file"))
+    var toPasswordFile: String?
+    @Option(help: ArgumentHelp("How many captures, spread over the whole copy, to compare byte for byte after copying (besides every count and every DEK record).", valueName: "N"))
+    var verifySample = 1000
+    @Flag(help: "No progress lines.")
+    var quiet = false
+
+    public init() {}
+
+    public func validate() throws {
+        let source = try storageLocation(from, passwordFile: fromPasswordFile, field: "--from", passwordField: "--from-password-file")
+        let target = try storageLocation(to, passwordFile: toPasswordFile, field: "--to", passwordField: "--to-password-file")
+        guard source.description != target.description else {
+            throw ValidationError("--from and --to name the same database (\(SafeText.escaped(source.description)))")
+        }
+        guard (0...10_000_000).contains(verifySample) else {
+            throw ValidationError("--verify-sample \(verifySample): expected 0 to 10000000 captures")
+        }
+    }
+
+    public func run() async throws {
+        let source = try storageLocation(from, passwordFile: fromPasswordFile, field: "--from", passwordField: "--from-password-file")
+        let target = try storageLocation(to, passwordFile: toPasswordFile, field: "--to", passwordField: "--to-password-file")
+        let quiet = self.quiet
+        let log: @Sendable (String) -> Void = { line in if !quiet { printError(line) } }
+        let sample = verifySample, actor = loginUser(), sourceName = source.description
+        let report: MigrationReport = try await withStorage(source, createIfMissing: false) { (from: any CollectorStorage) -> MigrationReport in
+            try await withStorage(target, createIfMissing: true) { (to: any CollectorStorage) -> MigrationReport in
+                let migration = StorageMigration(source: from, target: to, sourceName: sourceName, verifySample: sample,
+                                                 actor: actor, log: log)
+                return try await migration.run()
+            }
+        }
+        printError("db migrate: \(report.summary) → \(target.description)")
+        if !report.problems.isEmpty {
+            for p in report.problems.prefix(20) { printError("mismatch: \(p)") }
+            throw AdminError(.verificationFailed, "the copy does not match its source: \(counted(report.problems.count, "problem")) (listed above)")
+        }
+    }
+}
+
+/// What a migration did and found.
+struct MigrationReport: Sendable {
+    var agents = (copied: 0, new: 0)
+    var keks = (copied: 0, new: 0)
+    var deks = (copied: 0, new: 0)
+    var captures = (copied: 0, new: 0)
+    var bytes: Int64 = 0
+    var audit = (copied: 0, new: 0)
+    var verifiedBlobs = 0
+    /// Each difference found (a count, a row, a blob), in words.
+    var problems: [String] = []
+
+    var summary: String {
+        "\(counted(agents.copied, "agent")), \(counted(keks.copied, "KEK row")), \(counted(deks.copied, "DEK record")), "
+            + "\(counted(captures.copied, "capture")) (\(bytes) bytes sealed), \(counted(audit.copied, "audit entry", plural: "audit entries")) "
+            + "copied (\(agents.new + keks.new + deks.new + captures.new + audit.new) new); "
+            + "\(verifiedBlobs) blobs compared byte for byte; \(problems.isEmpty ? "verified" : "NOT verified")"
+    }
+}
+
+/// Copies one collector storage into another through the seam, and verifies the copy.
+///
+/// Order: agents (token hashes), KEK rows, DEK records, captures (a page of 200 at a time, each
+/// with its blob bytes, ingested grouped by their original receive time), the audit log, then a
+/// `db.migrate` audit entry in the target. Every step is idempotent (``TransferStore``, ingest by
+/// id), so running it again resumes; a target holding other rows under the same ids fails
+/// (`.alreadyExists`, or ingest's `conflict`/`otherAgent`, reported as problems).
+///
+/// Verification: the agents, KEK rows, DEK records (all, byte for byte) and the capture count
+/// must be equal on both sides, and `verifySample` captures spread evenly over the copy are
+/// compared row and bytes. Memory: one page of blobs at a time (200 blobs).
+struct StorageMigration {
+    let source: any CollectorStorage
+    let target: any CollectorStorage
+    /// The source as shown in messages and the audit entry (never a password).
+    let sourceName: String
+    let verifySample: Int
+    let actor: String
+    let log: @Sendable (String) -> Void
+
+    static let pageSize = 200
+
+    /// - Throws: `AdminError` (exit 2) when a storage call fails; differences are in the report.
+    func run() async throws -> MigrationReport {
+        var report = MigrationReport()
+
+        let agents = try await storageCall { () throws(StorageError) in try await source.agentCredentials() }
+        report.agents = (agents.count, try await storageCall { () throws(StorageError) in try await target.importAgents(agents) })
+        log("agents: \(agents.count) (\(report.agents.new) new)")
+
+        let keks = try await storageCall { () throws(StorageError) in try await source.keks() }
+        report.keks = (keks.count, try await storageCall { () throws(StorageError) in try await target.importKEKs(keks) })
+        log("KEK rows: \(keks.count) (\(report.keks.new) new)")
+
+        // DEK records, a page at a time; all are compared afterwards (they are few and small).
+        var after: DEKID?
+        var dekIDs: [DEKID] = []
+        while true {
+            let page = try await storageCall { () throws(StorageError) in
+                try await source.dekRecords(agent: nil, after: after, limit: Self.pageSize)
+            }
+            guard let last = page.last else { break }
+            after = last.dekID
+            dekIDs += page.map(\.dekID)
+            let outcomes = try await storageCall { () throws(StorageError) in
+                try await target.ingest(page.map { .dek($0) }, receivedAtMs: Int64(Date().timeIntervalSince1970 * 1000))
+            }
+            tally(outcomes, ids: page.map(\.dekID.hex), what: "DEK record", into: &report, counter: \.deks)
+        }
+        log("DEK records: \(report.deks.copied) (\(report.deks.new) new)")
+
+        // Captures, oldest first, with their blob bytes.
+        let total = try await storageCall { () throws(StorageError) in try await source.counts() }.captures
+        let stride = verifySample > 0 ? max(1, total / verifySample) : Int.max
+        var sampled: [CaptureInfo] = []
+        var cursor: CaptureCursor?
+        var seen = 0
+        repeat {
+            let page = try await storageCall { () throws(StorageError) in
+                try await source.captures(CaptureQuery(), after: cursor, limit: Self.pageSize)
+            }
+            cursor = page.next
+            var groups: [Int64: [IngestItem]] = [:]
+            var order: [Int64] = []
+            for info in page.items {
+                if seen % stride == 0 || seen == total - 1 { sampled.append(info) }
+                seen += 1
+                guard let bytes = try await storageCall({ () throws(StorageError) in try await source.blob(info.blobID) }) else {
+                    report.problems.append("capture \(info.blobID.hex): its blob bytes are missing from the source")
+                    continue
+                }
+                report.bytes += Int64(bytes.count)
+                if groups[info.receivedAtMs] == nil { order.append(info.receivedAtMs) }
+                groups[info.receivedAtMs, default: []].append(.blob(StoredBlob(
+                    blobID: info.blobID, agentID: info.agentID, kind: info.kind, dekID: info.dekID, kekID: info.kekID,
+                    sequence: info.sequence, captureTimeMs: info.captureTimeMs, bytes: bytes)))
+            }
+            for receivedAt in order {
+                let items = groups[receivedAt]!
+                let outcomes = try await storageCall { () throws(StorageError) in try await target.ingest(items, receivedAtMs: receivedAt) }
+                tally(outcomes, ids: items.map { Data($0.idBytes).map { String(format: "%02x", $0) }.joined() },
+                      what: "capture", into: &report, counter: \.captures)
+            }
+            if !page.items.isEmpty { log("captures: \(seen) of \(total) copied (\(report.captures.new) new)") }
+        } while cursor != nil
+
+        // The audit log, oldest first.
+        var entries: [AuditEntry] = []
+        var before: Int64?
+        while true {
+            let page = try await storageCall { () throws(StorageError) in try await source.auditEntries(before: before, limit: 1000) }
+            guard let last = page.last else { break }
+            entries += page
+            before = last.id
+        }
+        entries.reverse()
+        for chunk in Swift.stride(from: 0, to: entries.count, by: 1000).map({ Array(entries[$0..<min($0 + 1000, entries.count)]) }) {
+            report.audit.new += try await storageCall { () throws(StorageError) in try await target.importAudit(chunk) }
+        }
+        report.audit.copied = entries.count
+        log("audit entries: \(entries.count) (\(report.audit.new) new)")
+
+        try await verify(dekIDs: dekIDs, sampled: sampled, sourceCaptures: total, into: &report)
+        _ = try await storageCall { () throws(StorageError) in
+            try await target.appendAudit(actor: actor, action: "db.migrate",
+                                         detail: "from=\(sourceName) \(report.summary)")
+        }
+        return report
+    }
+
+    /// Counts what ingest did; `conflict`, `otherAgent` and `unknownDEK` are problems.
+    private func tally(_ outcomes: [IngestOutcome], ids: [String], what: String, into report: inout MigrationReport,
+                       counter: WritableKeyPath<MigrationReport, (copied: Int, new: Int)>) {
+        for (outcome, id) in zip(outcomes, ids) {
+            report[keyPath: counter].copied += 1
+            switch outcome {
+            case .stored: report[keyPath: counter].new += 1
+            case .duplicate: break
+            case .conflict: report.problems.append("\(what) \(id): the target holds other bytes under this id")
+            case .otherAgent: report.problems.append("\(what) \(id): the target holds this id for another agent")
+            case .unknownDEK: report.problems.append("\(what) \(id): its DEK record is in neither database")
+            }
+        }
+    }
+
+    private func verify(dekIDs: [DEKID], sampled: [CaptureInfo], sourceCaptures: Int, into report: inout MigrationReport) async throws {
+        func same<T: Equatable & Sendable>(_ what: String, _ read: (any CollectorStorage) async throws(StorageError) -> T) async throws {
+            let a = try await storageCall { () throws(StorageError) in try await read(source) }
+            let b = try await storageCall { () throws(StorageError) in try await read(target) }
+            if a != b { report.problems.append("\(what) differ") }
+        }
+        try await same("the agents (ids and token hashes)") { s throws(StorageError) in try await s.agentCredentials().map(\.id) }
+        try await same("the agents' token hashes") { s throws(StorageError) in try await s.agentCredentials().map(\.tokenHash) }
+        let sourceKEKs = try await storageCall { () throws(StorageError) in try await source.keks() }
+        let targetKEKs = try await storageCall { () throws(StorageError) in try await target.keks() }
+        if sourceKEKs.count != targetKEKs.count || !zip(sourceKEKs, targetKEKs).allSatisfy({ $0.sameEntry(as: $1) }) {
+            report.problems.append("the KEK rows differ (\(sourceKEKs.count) in the source, \(targetKEKs.count) in the target)")
+        }
+        let counts = try await storageCall { () throws(StorageError) in try await target.counts() }
+        if counts.captures != sourceCaptures {
+            report.problems.append("captures: \(sourceCaptures) in the source, \(counts.captures) in the target")
+        }
+        if counts.deks != dekIDs.count {
+            report.problems.append("DEK records: \(dekIDs.count) in the source, \(counts.deks) in the target")
+        }
+        for id in dekIDs {
+            let a = try await storageCall { () throws(StorageError) in try await source.dekRecord(id) }
+            let b = try await storageCall { () throws(StorageError) in try await target.dekRecord(id) }
+            if a != b { report.problems.append("DEK record \(id.hex): its bytes differ") }
+        }
+        for info in sampled {
+            let copy = try await storageCall { () throws(StorageError) in try await target.capture(info.blobID) }
+            if copy != info { report.problems.append("capture \(info.blobID.hex): its row differs") }
+            let a = try await storageCall { () throws(StorageError) in try await source.blob(info.blobID) }
+            let b = try await storageCall { () throws(StorageError) in try await target.blob(info.blobID) }
+            if a == nil || a != b { report.problems.append("capture \(info.blobID.hex): its blob bytes differ") }
+            report.verifiedBlobs += 1
+        }
+        log("verified: counts, \(counted(dekIDs.count, "DEK record")) and \(counted(sampled.count, "sampled capture")) "
+            + (report.problems.isEmpty ? "match" : "DO NOT match"))
+    }
+}

@@ -1,0 +1,145 @@
+import CollectorStorage
+import CollectorStorageOpen
+import CollectorStorageSQLite
+import CustosBase
+import Envelope
+import Foundation
+import Testing
+import TestSupport
+
+/// issue 14 part 6: `custos db migrate --from collector.db --to postgres://…` (the built `custos`)
+/// copies an embedded collector — agents with their tokens, the seed's path-only KEK row and a
+/// PEM row, DEK records, captures whose blobs sit in blob files and in the table, the audit log —
+/// into a real PostgreSQL database, verifies it, and resumes; a target holding other data is refused.
+@Suite(.enabled(if: PostgresCluster.isAvailable, "needs Debian's postgresql (make deps)"))
+struct DBMigrateTests {
+    /// A SQLite collector with two agents, two KEK rows, 3 DEK records and 60 captures (one in
+    /// three of 40 KiB, in blob files), received in 4 batches, and 3 audit entries.
+    static func makeSource(_ path: String) async throws -> (tokens: [String: String], captures: [SealedBlob]) {
+        let store = try SQLiteStorage(path: path)
+        defer { Task { await store.close() } }
+        let kek = try sharedMaterial.get().kek
+        var tokens: [String: String] = [:]
+        for id in ["pc-1", "pc-2"] { tokens[id] = try await store.addAgent(try AgentID(id)).revealed }
+        _ = try await store.registerKEK(pathOnlyKEK(kek.publicKey, kek.privateKey))
+        let pem = try String(contentsOfFile: kek.publicKey, encoding: .utf8)
+        let row = try await store.registerKEK(KEKRegistration(pubDatafile: nil, publicKeyPEM: pem, privDatafile: nil, active: false,
+                                                              kekID: try KEKPublicKey(pemFile: kek.publicKey).id))
+        #expect(row == 2)
+        var captures: [SealedBlob] = []
+        for (n, agent) in ["pc-1", "pc-2", "pc-1"].enumerated() {
+            let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek.publicKey), agentID: agent)
+            var items: [IngestItem] = [ingestItem(session.record)]
+            for i in 0..<20 {
+                let size = i % 3 == 0 ? 40 * 1024 : 300 + i
+                let blob = try session.seal(randomData(size), kind: i % 2 == 0 ? .screen : .keystrokes,
+                                            captureTimeMs: 1_700_000_000_000 + Int64(n * 100 + i))
+                captures.append(blob)
+                items.append(ingestItem(blob, agent: try AgentID(agent)))
+            }
+            // Two receive times per session: the copy keeps each capture's own.
+            let half = items.count / 2
+            _ = try await store.ingest(Array(items[..<half]), receivedAtMs: 1_700_000_500_000 + Int64(n * 2))
+            _ = try await store.ingest(Array(items[half...]), receivedAtMs: 1_700_000_500_001 + Int64(n * 2))
+        }
+        for action in ["agents.add", "keys.register", "captures.list"] {
+            _ = try await store.appendAudit(actor: "admin", action: action, detail: "before the migration")
+        }
+        return (tokens, captures)
+    }
+
+    static func custos(_ arguments: [String]) async throws -> CommandResult {
+        let bin = try builtProduct("custos")
+        return try await offPool { try runCommand([bin] + arguments, timeout: 300) }
+    }
+
+    @Test func migratesAnEmbeddedCollectorIntoPostgreSQLVerifiesAndResumes() async throws {
+        let cluster = try PostgresCollectorTests.shared.get()
+        let dir = try TempDir("custos-migrate")
+        defer { dir.remove() }
+        let source = dir.file("collector.db")
+        let (tokens, captures) = try await Self.makeSource(source)
+        let blobFiles = try FileManager.default.contentsOfDirectory(atPath: source + ".blobs")
+        #expect(!blobFiles.isEmpty, "the source keeps large blobs in blob files")
+        let db = try await PostgresCollectorTests.Database.make(cluster, in: dir)
+        let to = ["--to", db.url, "--to-password-file", db.passwordFile]
+
+        let first = try await Self.custos(["db", "migrate", "--from", source] + to)
+        #expect(first.status == 0, "\(first.stderrString)")
+        #expect(first.stderrString.contains("2 agents, 2 KEK rows, 3 DEK records, 60 captures"), "\(first.stderrString)")
+        #expect(first.stderrString.contains("verified"), "\(first.stderrString)")
+        #expect(!first.stderrString.contains(db.password))
+
+        // Everything is there, as it was, read back through PostgreSQL.
+        let location = try StorageLocation(db.url, passwordFile: db.passwordFile)
+        try await StorageOpener.withStorage(location, createIfMissing: false) { pg in
+            for (id, token) in tokens {
+                #expect(try await pg.authenticate(try AgentID(id), token: Secret(token)), "the token of \(id) works after the move")
+            }
+            let keks = try await pg.keks()
+            #expect(keks.map(\.rowID) == [1, 2] && keks[0].pubDatafile != nil && keks[1].publicKeyPEM != nil && !keks[1].active)
+            #expect(try await pg.counts() == (60, 3))
+            for blob in captures {
+                #expect(try await pg.blob(blob.header.blobID) == blob.serialized, "blob \(blob.header.blobID)")
+            }
+            let sqlite = try SQLiteStorage(path: source)
+            for blob in captures {
+                #expect(try await pg.capture(blob.header.blobID) == (try await sqlite.capture(blob.header.blobID)),
+                        "the row of \(blob.header.blobID), receive time included")
+            }
+            await sqlite.close()
+            let audit = try await pg.auditEntries(before: nil, limit: 10)
+            #expect(audit.map(\.action) == ["db.migrate", "captures.list", "keys.register", "agents.add"], "\(audit)")
+            #expect(audit.dropFirst().map(\.id) == [3, 2, 1])
+        }
+        let rows = try await cluster.psqlAsync("SELECT * FROM public.encryption_dek order by creation_time desc", database: db.name)
+        #expect(rows.split(separator: "\n").count == 3, "\(rows)")
+
+        // Again: nothing new, still verified (a resumed copy).
+        let again = try await Self.custos(["db", "migrate", "--from", source] + to + ["--quiet"])
+        #expect(again.status == 0, "\(again.stderrString)")
+        #expect(again.stderrString.contains("(0 new)"), "\(again.stderrString)")
+        // Made after the move: the next ids follow the copied ones.
+        let publicKey = try sharedMaterial.get().kek.publicKey
+        try await StorageOpener.withStorage(location, createIfMissing: false) { (pg: any CollectorStorage) async throws in
+            #expect(try await pg.registerKEK(pathOnlyKEK(publicKey)) == 3)
+            #expect(try await pg.appendAudit(actor: "t", action: "after", detail: "").id > 3)
+        }
+
+        // Another collector's database into the same target: its agent pc-1 has another token.
+        let other = dir.file("other.db")
+        let store = try SQLiteStorage(path: other)
+        _ = try await store.addAgent(try AgentID("pc-1"))
+        await store.close()
+        let refused = try await Self.custos(["db", "migrate", "--from", other] + to)
+        #expect(refused.status == 2 && refused.stderrString.contains("agent pc-1 exists already with another token"),
+                "\(refused.stderrString)")
+
+        // Usage errors name the option.
+        let same = try await Self.custos(["db", "migrate", "--from", source, "--to", source])
+        #expect(same.status == 2 && same.stderrString.contains("--from and --to name the same database"), "\(same.stderrString)")
+        let missing = try await Self.custos(["db", "migrate", "--from", dir.file("nope.db")] + to)
+        #expect(missing.status == 2 && missing.stderrString.contains("nope.db"), "\(missing.stderrString)")
+    }
+
+    /// SQLite into SQLite works the same (a copy to another disk); a blob file damaged in the
+    /// source shows up as a problem, not as a silent hole.
+    @Test func sqliteToSQLiteAndADamagedSourceBlob() async throws {
+        let dir = try TempDir("custos-migrate-sqlite")
+        defer { dir.remove() }
+        let source = dir.file("collector.db")
+        _ = try await Self.makeSource(source)
+        let ok = try await Self.custos(["db", "migrate", "--from", source, "--to", dir.file("copy.db"), "--quiet"])
+        #expect(ok.status == 0 && ok.stderrString.contains("60 captures") && ok.stderrString.contains("verified"), "\(ok.stderrString)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.file("copy.db.blobs")).count
+                == (try FileManager.default.contentsOfDirectory(atPath: source + ".blobs")).count)
+
+        // Truncate one blob file of the source: the copy of its blobs cannot be made.
+        let files = try FileManager.default.contentsOfDirectory(atPath: source + ".blobs").filter { !$0.hasPrefix(".") }.sorted()
+        let victim = try #require(files.last { (try? FileManager.default.attributesOfItem(atPath: source + ".blobs/" + $0)[.size] as? Int) ?? 0 > 1000 })
+        try FileHandle(forWritingTo: URL(fileURLWithPath: source + ".blobs/" + victim)).truncate(atOffset: 100)
+        let damaged = try await Self.custos(["db", "migrate", "--from", source, "--to", dir.file("copy2.db"), "--quiet"])
+        #expect(damaged.status != 0, "\(damaged.stderrString)")
+        #expect(damaged.stderrString.contains(victim) || damaged.stderrString.contains("blob"), "\(damaged.stderrString)")
+    }
+}

@@ -206,7 +206,7 @@ struct DecryptArguments: ParsableArguments {
             ? try Passphrase.read(file: passphraseFile, prompt: "Passphrase for \(key): ") : nil
         let report = try await DecryptJob.run(input: sealed, keyFile: key, passphrase: passphrase, options: options,
                                         actor: loginUser(), log: printError, progressStyle: quiet ? .quiet : nil)
-        for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
+        for f in report.failures { printError(f.blobID.isEmpty ? "failed: \(f.reason)" : "failed: blob \(f.blobID): \(f.reason)") }
         let what = "\(counted(report.screens, "screen frame")), \(report.videoSummary), "
             + "\(counted(report.keystrokeChunks, "keystroke chunk")) in \(counted(report.keystrokeWindows, "window")), \(report.generic) other"
         printError("\(options.operation): \(report.decrypted) of \(counted(report.attempted, "item")) decrypted (\(what)) → \(options.outputPath)"
@@ -220,8 +220,8 @@ struct DecryptArguments: ParsableArguments {
         if report.videoPacketsSkippedTotal > 0 {
             throw AdminError(.decryptionFailed, "\(counted(report.videoPacketsSkippedTotal, "video packet")) decrypted but not written "
                              + "(\(report.videoPacketsSkipped.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))): "
-                             + "no-keyframe: a packet before it is missing (never stored, evicted on the endpoint, or failed), "
-                             + "so it cannot be decoded; duplicate: a second copy of a packet already written; the rest was written")
+                             + report.videoPacketsSkipped.keys.sorted().compactMap { VideoSkipReason.explanation[$0] }.joined(separator: "; ")
+                             + "; the rest was written")
         }
     }
 }

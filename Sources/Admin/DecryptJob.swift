@@ -171,6 +171,8 @@ public enum DecryptJob {
         var report = DecryptReport()
         do {
             try await decryptor.run(options.query, expected: mine, report: &report)
+            // A torn end of a record stream is a failure of the whole (exit 1), not of one blob.
+            if let damage = source.damage { report.failures.append(.init(blobID: "", reason: damage)) }
             if report.interrupted, case .archive = options.output {
                 sink.abort()
             } else {

@@ -47,6 +47,8 @@ public struct DecryptReport: Sendable, Codable, Equatable {
     public var interrupted = false
 
     public struct Failure: Sendable, Codable, Equatable {
+        /// The blob that failed; empty for a failure of the source as a whole (a record stream
+        /// whose last record was cut short).
         public var blobID: String
         public var reason: String
     }

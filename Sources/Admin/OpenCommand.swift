@@ -44,14 +44,16 @@ public struct OpenCommand: AsyncParsableCommand {
     public func run() async throws {
         let sealed = try readInput(input, what: "sealed input")
         let records: [EnvelopeRecord]
+        let torn: (offset: Int, bytes: Int)?
         do {
-            records = try RecordStream.parse(sealed)
+            (records, torn) = try RecordStream.parseAllowingTornTail(sealed)
         } catch let e as EnvelopeError {
             throw EnvelopeError(e.code, "\(input): \(e.message)")
         }
         let blobs = records.compactMap { if case .blob(let b) = $0 { b } else { nil } }
         guard !blobs.isEmpty else {
-            throw CLIError("\(input): holds no sealed blob (\(records.count) DEK record(s) only, or empty)")
+            throw CLIError("\(input): holds no complete sealed blob (\(records.count) DEK record(s) only, or empty"
+                           + (torn.map { "; its last \($0.bytes) bytes are a record cut short" } ?? "") + ")")
         }
         // Ask for a passphrase only when the key is encrypted (or one was offered explicitly).
         let passphrase: SecretBytes? = try passphraseFile != nil || KEKPrivateKey.requiresPassphrase(pemFile: key)
@@ -63,7 +65,7 @@ public struct OpenCommand: AsyncParsableCommand {
             return
         }
         guard stills == nil else {
-            throw ValidationError("--stills needs a directory --out (a path ending in /): \(input) holds one blob, written to the file \(output)")
+            throw AdminError(.usage, "--stills needs a directory --out (a path ending in /): \(input) holds one blob, written to the file \(output)")
         }
         let privateKey = try KEKPrivateKey(pemFile: key, passphrase: passphrase)
         var openers: [DEKID: BlobOpener] = [:]
@@ -99,6 +101,10 @@ public struct OpenCommand: AsyncParsableCommand {
             throw AdminError(.decryptionFailed, "\(input): blob \(header.blobID) opened, but its \(header.kind.name) payload cannot be written: \(error)")
         }
         try writeOutput(natural, to: output)
+        if let torn {
+            throw AdminError(.decryptionFailed, "\(input): the last \(torn.bytes) bytes (from byte \(torn.offset)) are a record cut short "
+                             + "(the writer was stopped mid-write); the complete blob before it was written to \(output)")
+        }
     }
 
     /// One opened blob as a file a viewer takes (see the type's documentation).
@@ -134,7 +140,7 @@ public struct OpenCommand: AsyncParsableCommand {
         let report = try await DecryptJob.run(input: .recordStream(input), keyFile: key, passphrase: passphrase,
                                         options: DecryptOptions(output: .directory(output), stillsEveryMs: stills?.milliseconds),
                                         actor: loginUser(), log: printError, progressStyle: .quiet)
-        for f in report.failures { printError("failed: blob \(f.blobID): \(f.reason)") }
+        for f in report.failures { printError(f.blobID.isEmpty ? "failed: \(f.reason)" : "failed: blob \(f.blobID): \(f.reason)") }
         printError("open: \(report.decrypted) of \(counted(report.attempted, "blob")) opened (\(counted(report.screens, "screen frame")), "
                    + "\(report.videoSummary), \(counted(report.keystrokeChunks, "keystroke chunk")), \(report.generic) other) → \(output)")
         if !report.failures.isEmpty {

@@ -34,6 +34,13 @@ protocol SealedItemSource {
     func dekRecord(_ id: DEKID) async throws -> Data?
     /// The sealed blob bytes of a blob id, nil when unknown.
     func blob(_ id: BlobID) async throws -> Data?
+    /// What of the source could not be read although the rest could (a record stream whose
+    /// last record was cut while it was written), in words; nil when it is whole.
+    var damage: String? { get }
+}
+
+extension SealedItemSource {
+    var damage: String? { nil }
 }
 
 extension SealedItemSource {
@@ -75,6 +82,7 @@ struct CollectorSource: SealedItemSource {
 /// Sealed items in a record-stream file, parsed once into memory (the file is in memory anyway).
 struct RecordStreamSource: SealedItemSource {
     let name: String
+    let damage: String?
     private let deks: [DEKID: Data]
     private let blobs: [BlobID: SealedBlob]
     /// Every blob, in listing order (capture time, then blob id).
@@ -88,7 +96,14 @@ struct RecordStreamSource: SealedItemSource {
             throw AdminError(.io, "\(path): cannot read the record stream: \((error as NSError).localizedDescription)")
         }
         let records: [EnvelopeRecord]
-        do { records = try RecordStream.parse(data) } catch {
+        do {
+            let (complete, torn) = try RecordStream.parseAllowingTornTail(data)
+            records = complete
+            damage = torn.map {
+                "\(path): the last \($0.bytes) bytes (from byte \($0.offset)) are a record cut short (the writer was stopped mid-write); "
+                    + "the \(complete.count) complete records before it were read"
+            }
+        } catch {
             throw AdminError(.io, "\(path): not a Custos record stream: \(error)")
         }
         var deks: [DEKID: Data] = [:], blobs: [BlobID: SealedBlob] = [:], infos: [SealedItem] = []

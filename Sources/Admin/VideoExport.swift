@@ -24,6 +24,15 @@ struct VideoExportOptions: Sendable {
     }
 }
 
+/// Why a decrypted video packet was not written (``DecryptReport/videoPacketsSkipped``'s keys).
+enum VideoSkipReason {
+    /// Each reason in words, for the summary's error line.
+    static let explanation: [String: String] = [
+        "no-keyframe": "no-keyframe: a packet before it is missing (never stored, evicted on the endpoint, or failed), so it cannot be decoded",
+        "duplicate": "duplicate: a second copy of a packet already written",
+    ]
+}
+
 /// The video packets met in the first pass of a decrypt, grouped per stream (agent, monitor,
 /// stream id) in the order streams first appeared. Holds metadata only (about 200 bytes a
 /// packet: the item row it shares with the selection, index, time, size, and the sequence
@@ -117,6 +126,8 @@ extension Decryptor {
         /// (ms), and the manifest entries of stills written, to name the file once it has its path.
         var decoder: AV1Decoder?
         var nextStillMs: Int64
+        /// Still times are `stillOrigin` + k × `stillsEveryMs`.
+        var stillOrigin: Int64
         var stillEntries: [Int] = []
 
         init(stream: VideoStreams.Stream, first: VideoStreams.Packet, stills: Bool) throws {
@@ -126,7 +137,14 @@ extension Decryptor {
             // TrackUID: the stream id's first 16 hex digits (random per stream), never 0.
             writer = WebMWriter(trackUID: UInt64(stream.key.streamID.prefix(16), radix: 16) ?? 1)
             nextStillMs = first.timeMs
+            stillOrigin = first.timeMs
             decoder = stills ? try AV1Decoder() : nil
+        }
+
+        /// Stills start at the selection's start when the run was looked back before it
+        /// (`--since` inside a group of pictures): pictures before `--since` are decoded, not stilled.
+        func startStills(notBefore selectionStartMs: Int64?) {
+            if let s = selectionStartMs, s > nextStillMs { (nextStillMs, stillOrigin) = (s, s) }
         }
 
         func continues(with p: VideoStreams.Packet) -> Bool {
@@ -182,7 +200,13 @@ extension Decryptor {
                 }
                 do {
                     let bytes = [UInt8](try VideoPacketPayload.decode(plaintext).packet)
-                    let r = try run ?? Run(stream: stream, first: p, stills: video.stillsEveryMs != nil)
+                    let r: Run
+                    if let existing = run {
+                        r = existing
+                    } else {
+                        r = try Run(stream: stream, first: p, stills: video.stillsEveryMs != nil)
+                        r.startStills(notBefore: video.selectionStartMs)
+                    }
                     run = r
                     try r.writer.append(bytes, timeMs: p.timeMs, keyframe: p.keyframe)
                     r.last = p
@@ -259,8 +283,8 @@ extension Decryptor {
         let onGrid = r.nextStillMs < end
         guard onGrid || shownUntilMs == nil, let picture = pictures.last else { return }
         if onGrid {
-            let steps = (end - r.first.timeMs + every - 1) / every
-            r.nextStillMs = r.first.timeMs + steps * every
+            let steps = (end - r.stillOrigin + every - 1) / every
+            r.nextStillMs = r.stillOrigin + steps * every
         }
         let png: Data
         do {

@@ -13,6 +13,7 @@ import UnixSignals
 ///
 /// Order: the spool opens first and closes last; services start as uploader, KEK watcher,
 /// capture, and stop in reverse (capture first). SIGTERM/SIGINT stop gracefully within 2 s
+/// (longer only while a frame is still being encoded: it is finished, never cut)
 /// (the uploader makes a bounded final flush). SIGHUP re-reads the config: `enable-encryption`
 /// and the KEK files take effect at once (a new DEK, wrapped to the KEK now in force); the
 /// spool keeps everything sealed before, each record under the KEK it was sealed to.
@@ -39,10 +40,14 @@ struct AgentRunner {
                                                     logger: logger)
         // Within the graceful period the uploader makes its final flush (at most
         // `finalFlushTimeout`); after it, the group cancels what still runs. Every transport wait
-        // is cancellable, so cancellation ends in milliseconds; the cancellation limit only
-        // guards against a bug (service-lifecycle traps when it is exceeded: SIGILL, exit 132).
+        // is cancellable, so that ends in milliseconds. The capture thread cannot be cut short
+        // inside libaom: it finishes the frame it is encoding (a 1920x1080 keyframe of a noisy
+        // screen takes 2-4 s on a loaded 2-core machine; issue 13 QA), seals it and the open
+        // keystroke chunk, and ends. The cancellation limit (service-lifecycle traps when it is
+        // exceeded: SIGILL, exit 132) therefore allows that, and stays below the unit's
+        // TimeoutStopSec=15s.
         groupConfig.maximumGracefulShutdownDuration = .milliseconds(1800)
-        groupConfig.maximumCancellationDuration = .milliseconds(500)
+        groupConfig.maximumCancellationDuration = .seconds(12)
         let group = ServiceGroup(configuration: groupConfig)
         SystemdNotify.send("READY=1\nSTATUS=\(sealer.isAvailable ? "capturing" : "waiting for a usable KEK")")
         logger.info("ready", metadata: ["spool.dir": "\(config.spoolDir)", "encryption.enabled": "\(config.enableEncryption)"])

@@ -117,7 +117,12 @@ public final class CaptureService: Service, Sendable {
     }
 
     public func run() async throws {
-        guard config.keystrokeIdleMs > 0 || config.screenIntervalMs > 0 else { return }
+        guard config.keystrokeIdleMs > 0 || config.screenIntervalMs > 0 else {
+            // Nothing to capture (a way to drain a spool): the agent keeps uploading until stopped.
+            logger.notice("screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured; uploading what is spooled")
+            try? await gracefulShutdown()
+            return
+        }
         let thread = Thread { [self] in
             // Name the OS thread for ps/top/perf (Foundation's `Thread.name` does not on Linux).
             try? "custos.capture".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
@@ -443,13 +448,6 @@ public final class CaptureService: Service, Sendable {
             + "larger ones are dropped (counted as too-large in `custos-agent status`); spool-max-mb=\(enough) or more keeps every one"
     }
 
-    /// One warning per monitor the configured `screen-format` cannot record (video: a side
-    /// outside 2…16384 pixels), for `--check-config` and the daemon's first capture.
-    static func unrecordableMonitors(_ monitors: [(name: String, width: Int, height: Int)],
-                                     encoding: ScreenEncoding) -> [String] {
-        monitors.filter { !ScreenCapturer.canRecord(width: $0.width, height: $0.height, encoding: encoding) }
-            .map { ScreenCapturer.unsupportedMessage($0.name, $0.width, $0.height) }
-    }
 }
 
 /// Wakes the capture thread and carries keystroke chunks to it from the record thread; tells

@@ -30,6 +30,10 @@ enum CheckConfig {
             line(false, "kek", "\(error)")
         }
         line(true, "agent-id", config.agentID.rawValue)
+        if config.screenIntervalMs == 0 && config.keystrokeIdleMs == 0 {
+            line(false, "capture", "screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured; the agent only uploads what is spooled",
+                 required: false)
+        }
         if !config.serverURLs.isEmpty {
             line(config.agentToken != nil, "agent-token", config.agentToken != nil ? "set" : "missing: uploads will be refused")
             let detail = "\(config.serverPins.count) pin(s)\(config.serverCA.map { ", CA \($0)" } ?? "")"
@@ -54,14 +58,14 @@ enum CheckConfig {
         }
         do {
             let capturer = try ScreenCapturer(display: config.display, xauthority: config.xauthority,
-                                              pngLevel: config.pngLevel,
+                                              encoding: config.screenEncoding,
                                               logger: Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() })
             // The reason the first connection failed (no server / authorization refused), not a retry delay.
             if let problem = capturer.connectError { throw problem }
             let frames = try capturer.captureAll()
             line(true, "display", "\(config.display ?? "(DISPLAY unset)"): \(frames.count) monitor(s) readable")
             let monitors = capturer.monitorSizes()
-            for warning in CaptureService.unrecordableMonitors(monitors, encoding: config.screenEncoding) {
+            for warning in capturer.unrecordableMonitors() {
                 line(false, "display", warning, required: false)
             }
             if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: config.screenFormat,

@@ -92,6 +92,10 @@ public final class ScreenCapturer {
 
     struct Geometry: Equatable {
         var name: String, x: Int, y: Int, width: Int, height: Int
+        /// For a RandR monitor that lies wholly outside the root window (width and height 0
+        /// here): its own rectangle and the root's, for the message. It keeps its index, so the
+        /// monitors after it are not renumbered.
+        var outside: String? = nil
 
         func intersects(_ other: Geometry) -> Bool {
             x < other.x + other.width && other.x < x + width && y < other.y + other.height && other.y < y + height
@@ -227,10 +231,29 @@ public final class ScreenCapturer {
     public var connectError: CaptureError? { connection == nil ? lastConnectError : nil }
 
     /// The monitors of the connected display (name, width, height in pixels), for sizing
-    /// checks; empty while disconnected.
+    /// checks; empty while disconnected. A monitor outside the screen is not listed.
     public func monitorSizes() -> [(name: String, width: Int, height: Int)] {
         guard let connection, let monitors = try? readMonitors(connection) else { return [] }
-        return monitors.map { ($0.name, $0.width, $0.height) }
+        return monitors.filter { $0.outside == nil }.map { ($0.name, $0.width, $0.height) }
+    }
+
+    /// Why each monitor that cannot be recorded is not (outside the screen, or a size this
+    /// capturer's encoding does not take), in words naming it; empty when all can be. For
+    /// `--check-config`.
+    public func unrecordableMonitors() -> [String] {
+        guard let connection, let monitors = try? readMonitors(connection) else { return [] }
+        return monitors.compactMap { unrecordable($0)?.message }
+    }
+
+    /// The reason monitor `g` cannot be recorded, or nil.
+    private func unrecordable(_ g: Geometry) -> CaptureError? {
+        if let outside = g.outside {
+            return CaptureError(.monitorUnsupported, "monitor \(SafeText.escaped(g.name)) (\(outside)): nothing of it can be recorded")
+        }
+        guard case .video = output, !Self.canRecord(width: g.width, height: g.height, encoding: .video(keyframeIntervalMs: 0)) else {
+            return nil
+        }
+        return CaptureError(.monitorUnsupported, Self.unsupportedMessage(g.name, g.width, g.height))
     }
 
     /// Forgets the previous frames, so the next `captureAll` encodes every monitor (for a
@@ -341,6 +364,16 @@ public final class ScreenCapturer {
             var hashes: [Int: (geometry: Geometry, hash: UInt64)] = [:]
             do {
                 for (index, geometry) in monitors.enumerated() {
+                    if let problem = unrecordable(geometry) {
+                        // Reported once while it stays the same and its part of the screen does
+                        // not change (no capture was lost then); again on each change.
+                        streams[index] = nil
+                        let same = previous[index]?.geometry == geometry
+                        let quiet = same && (geometry.outside != nil || damaged.map { d in !d.contains { $0.intersects(geometry) } } == true)
+                        hashes[index] = (geometry, 0)
+                        frames.append(quiet ? .unchanged(monitor: index) : .skipped(monitor: index, error: problem))
+                        continue
+                    }
                     if let damaged, let last = previous[index], last.geometry == geometry,
                        !damaged.contains(where: { $0.intersects(geometry) }) {
                         hashes[index] = last
@@ -413,13 +446,17 @@ public final class ScreenCapturer {
                     let m = monitors[i]
                     let x0 = max(0, Int(m.x)), y0 = max(0, Int(m.y))
                     let x1 = min(rootW, Int(m.x) + Int(m.width)), y1 = min(rootH, Int(m.y) + Int(m.height))
-                    guard x1 > x0, y1 > y0 else { continue }
                     let name: String
                     if let cached = conn.atomNames[m.name] {
                         name = cached
                     } else {
                         name = conn.display.atomName(m.name) ?? "monitor-\(i)"
                         conn.atomNames[m.name] = name
+                    }
+                    guard x1 > x0, y1 > y0 else {
+                        result.append(Geometry(name: name, x: Int(m.x), y: Int(m.y), width: 0, height: 0,
+                                               outside: "\(m.width)x\(m.height)+\(m.x)+\(m.y) lies outside the \(rootW)x\(rootH) screen"))
+                        continue
                     }
                     result.append(Geometry(name: name, x: x0, y: y0, width: x1 - x0, height: y1 - y0))
                 }
@@ -582,10 +619,6 @@ public final class ScreenCapturer {
     private func grabVideo(_ conn: Connection, index: Int, geometry g: Geometry, timeMs: Int64,
                            keyframeIntervalMs: Int64,
                            hashes: inout [Int: (geometry: Geometry, hash: UInt64)]) throws -> FrameCapture {
-        guard AV1Encoder.sideRange.contains(g.width), AV1Encoder.sideRange.contains(g.height) else {
-            streams[index] = nil
-            return .skipped(monitor: index, error: CaptureError(.monitorUnsupported, Self.unsupportedMessage(g.name, g.width, g.height)))
-        }
         if let stream = streams[index], stream.width != g.width || stream.height != g.height
             || previous[index].map({ $0.geometry.name != g.name }) == true {
             streams[index] = nil

@@ -83,7 +83,7 @@ public struct AgentConfig: Sendable, Equatable {
         ConfigKey("screen-interval-ms", type: "integer ms, 0 or 100-86400000", default: "1000",
                   doc: "Time between screen captures. An unchanged screen costs almost nothing. 0 disables frames. With screen-format=png use 5000 or more: every changed frame is a whole PNG."),
         ConfigKey("screen-format", type: "video or png", default: "video",
-                  doc: "video: each monitor is one AV1 video stream, one sealed packet per changed frame (docs/VIDEO.md). png: one PNG per changed frame, 10 to 100 times the bytes."),
+                  doc: "video: each monitor is one AV1 video stream, one sealed packet per changed frame (docs/VIDEO.md). png: one PNG per changed frame, 100 to 500 times video's bytes."),
         ConfigKey("keyframe-interval-seconds", type: "integer seconds, 0 or 1-3600", default: "300",
                   doc: "Longest time between keyframes of a video stream (a keyframe also starts every new stream: agent start, new DEK, display reconnect, resize, a packet not kept). Shorter: faster seeking and smaller losses on eviction; longer: fewer bytes. 0: only at a stream's start."),
         ConfigKey("png-level", type: "integer 0-9", default: "1",

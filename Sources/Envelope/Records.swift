@@ -245,6 +245,46 @@ public enum RecordStream {
         return records
     }
 
+    /// Splits a stream whose end may have been cut while it was written (the writer killed
+    /// mid-record, a copy cut short): the complete records, and where the cut record starts.
+    ///
+    /// Only the last record may be cut — a partial prefix, or a length reaching past the end,
+    /// after a valid magic, version and type. Anything else that does not parse throws, as
+    /// ``parse(_:)`` does.
+    /// - Returns: the complete records, and the byte offset and length of the cut tail (nil
+    ///   when the stream ends at a record boundary).
+    /// - Throws: `EnvelopeError` from `DEKRecord(parsing:)` / `SealedBlob(parsing:)` or a bad prefix.
+    public static func parseAllowingTornTail(_ data: Data) throws -> (records: [EnvelopeRecord], tornTail: (offset: Int, bytes: Int)?) {
+        let data = data.startIndex == 0 ? data : Data(data)
+        var records: [EnvelopeRecord] = []
+        var offset = 0
+        while offset < data.count {
+            let remaining = data.count - offset
+            if remaining < Format.prefixSize {
+                // A prefix cut short: torn when what is there begins like a prefix.
+                let head = Array(data[offset...])
+                let magic = Array(Format.magic.prefix(min(4, head.count)))
+                guard Array(head.prefix(4)) == magic else {
+                    throw EnvelopeError(.malformed, "record \(records.count) at byte \(offset): bad magic (expected 'CSTS')")
+                }
+                return (records, (offset, remaining))
+            }
+            let head = data.subdata(in: offset..<offset + Format.prefixSize)
+            var r = ByteReader(head, what: "record \(records.count) at byte \(offset)")
+            let length: Int
+            do {
+                (_, length) = try r.prefix(available: remaining)
+            } catch let e as EnvelopeError where e.code == .truncated {
+                return (records, (offset, remaining))
+            }
+            let bytes = data.subdata(in: offset..<offset + length)
+            let parsed = try parse(bytes)
+            records += parsed
+            offset += length
+        }
+        return (records, nil)
+    }
+
     /// Concatenates the records' bytes.
     public static func encode(_ records: [EnvelopeRecord]) -> Data {
         var out = Data(capacity: records.reduce(0) { $0 + $1.serialized.count })

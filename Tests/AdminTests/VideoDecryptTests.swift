@@ -251,6 +251,16 @@ struct VideoDecryptTests {
             let p = try probe(tmp.file("since") + "/" + f)
             #expect(p.packets == 5 || p.packets == 4 || p.packets == 6, "\(f): \(p)")
         }
+        // Stills with a look back: none of the pictures before --since, except the one on screen at
+        // --since (packet 1, shown from 1 s to 2 s, named by its capture time).
+        let sinceStills = try await run(DecryptOptions(output: .directory(tmp.file("since-stills")), sinceMs: Self.t0 + 1500,
+                                                       stillsEveryMs: 1000))
+        let sinceNames = Set(filesUnder(tmp.file("since-stills")).filter { $0.hasSuffix(".png") })
+        for (ms, expected) in [(Int64(0), false), (1000, true), (2000, true), (4000, true)] {
+            let name = OutputNaming.screen(agent: "host-v", monitor: 0, monitorName: "DP-1", timeMs: Self.t0 + ms)
+            #expect(sinceNames.contains(name) == expected, "still at \(ms) ms with --since 1.5 s: \(sinceNames.sorted())")
+        }
+        #expect(sinceStills.videoPacketsBeforeSelection == 3)
         // --since past a whole group: no look back needed (monitor 0 from its keyframe at 8 s).
         let late = try await run(DecryptOptions(output: .directory(tmp.file("late")), agentID: try AgentID("host-v"),
                                                 sinceMs: Self.t0 + 8000))
@@ -347,6 +357,25 @@ struct VideoDecryptTests {
         let noDir = try open(try sealedFile("key2.sealed", [packets[0]]), tmp.file("key2.webm"), ["--stills", "1"])
         #expect(noDir.status == 2 && noDir.stderrString.contains("--stills needs a directory"), "\(noDir.stderrString)")
         #expect(!FileManager.default.fileExists(atPath: tmp.file("key2.webm")))
+
+        // A record cut short at the end (the writer killed mid-write): the complete records are
+        // opened and written, the torn tail is reported, exit 1.
+        let whole = try Data(contentsOf: URL(fileURLWithPath: try sealedFile("torn.sealed", packets)))
+        try whole.prefix(whole.count - 100).write(to: URL(fileURLWithPath: tmp.file("torn.sealed")))
+        let torn = try open(tmp.file("torn.sealed"), tmp.file("torn") + "/")
+        #expect(torn.status == 1, "\(torn.stderrString)")
+        #expect(torn.stderrString.contains("are a record cut short") && torn.stderrString.contains("2 complete records before it were read"),
+                "\(torn.stderrString)")
+        #expect(torn.stderrString.contains("1 video packet in 1 WebM file"), "\(torn.stderrString)")
+        let tornWebM = try #require(filesUnder(tmp.file("torn")).first { $0.hasSuffix(".webm") })
+        #expect(try probe(tmp.file("torn") + "/" + tornWebM).packets == 1)
+        // One blob and a torn tail, --out FILE: the blob is written, exit 1.
+        let oneTorn = try Data(contentsOf: URL(fileURLWithPath: try sealedFile("key3.sealed", packets)))
+        let cut = oneTorn.count - packets[1].serialized.count + 50
+        try oneTorn.prefix(cut).write(to: URL(fileURLWithPath: tmp.file("key3t.sealed")))
+        let fileTorn = try open(tmp.file("key3t.sealed"), tmp.file("key3.webm"))
+        #expect(fileTorn.status == 1 && fileTorn.stderrString.contains("record cut short"), "\(fileTorn.stderrString)")
+        #expect(try probe(tmp.file("key3.webm")).packets == 1)
 
         // Both packets into a directory, with stills: one WebM of 2 packets, a still of each picture.
         let dir = try open(try sealedFile("both.sealed", packets), tmp.file("both") + "/", ["--stills", "1"])

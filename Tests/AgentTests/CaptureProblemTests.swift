@@ -201,6 +201,49 @@ struct CaptureProblemTests {
         #expect(rig.foreignLines.isEmpty, "foreign stderr lines: \(rig.foreignLines)")
     }
 
+    /// issue 13 QA: SIGTERM while libaom encodes a large keyframe of a noisy screen (seconds; it
+    /// cannot be interrupted) used to exceed the service group's 0.5 s cancellation limit, and
+    /// service-lifecycle trapped (SIGILL, exit 132). Now the frame is finished and sealed, and the
+    /// agent exits 0. The elapsed time shows the encode outlasted the old limits (1.8 + 0.5 s).
+    @Test func sigtermDuringALongKeyframeEncodeFinishesItAndExitsCleanly() throws {
+        for tool in ["Xvfb", "xsetroot"] { try requireTool(tool) }
+        let rig = try SpoolOnlyAgent(name: "slow-encode")
+        let xvfb = try Xvfb(width: 3840, height: 2160, depth: 24)
+        let noise = rig.dir.file("noise.xbm")
+        try randomXBM(width: 3840, height: 2160).write(toFile: noise, atomically: true, encoding: .utf8)
+        try xvfb.run(["xsetroot", "-bitmap", noise])
+        try rig.writeConfig(display: xvfb.name, xauthority: "/dev/null", screenIntervalMs: 1000, keystrokeIdleMs: 400)
+        try rig.start()
+        // The first capture starts at once; its keyframe takes seconds.
+        usleep(800_000)
+        let stop = Date()
+        rig.agent!.send(SIGTERM)
+        let status = rig.agent!.waitExit(timeout: 30)
+        let elapsed = Date().timeIntervalSince(stop)
+        #expect(status == 0, "exit \(String(describing: status)) after \(elapsed) s: \(rig.log.suffix(3000))")
+        #expect(elapsed > 2.3, "the keyframe took \(elapsed) s: not longer than the old limits, so this run proves nothing")
+        #expect(!rig.log.contains("Fatal error") && !rig.log.contains("crashed"), "\(rig.log.suffix(3000))")
+        let status2 = try rig.status()
+        let spooled = status2.split(separator: "\n").first { $0.hasPrefix("spool by kind:") } ?? ""
+        #expect(!spooled.contains("screen 0 "), "the frame being encoded at SIGTERM was finished and sealed: \(status2)")
+    }
+
+    /// issue 13 QA: `screen-interval-ms=0` and `keystroke-idle-ms=0` (nothing to capture: a way
+    /// to drain a spool) made the daemon exit 1 ("a service has finished unexpectedly") while
+    /// `--check-config` passed. Now it runs until stopped, and `--check-config` says so.
+    @Test func nothingToCaptureKeepsTheAgentRunning() throws {
+        let rig = try SpoolOnlyAgent(name: "no-capture")
+        try rig.writeConfig(display: ":0", xauthority: "/dev/null", screenIntervalMs: 0, keystrokeIdleMs: 0)
+        let check = try rig.checkConfig()
+        #expect(check.stdoutString.contains("warn capture: screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured"),
+                "\(check.stdoutString)")
+        try rig.start()
+        usleep(1_500_000)
+        #expect(rig.agent!.isRunning, "\(rig.log)")
+        #expect(rig.log.contains("nothing is captured; uploading what is spooled"), "\(rig.log)")
+        rig.stop()
+    }
+
     /// The issue's scenario: spool-max-mb=1 and 1920x1080 PNG frames of changing content. Every
     /// frame is refused too-large: `status` shows the drops by reason, the log says "dropped"
     /// once (not "retrying" per frame), and `--check-config` warns about the cap.

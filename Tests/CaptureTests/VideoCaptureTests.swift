@@ -247,9 +247,37 @@ struct VideoCaptureTests {
             #expect(error.message.contains("monitor THIN is 640x1") && error.message.contains("2 to 16384 pixels"), "\(error.message)")
         }
         #expect(capturer.streamSummary.keys.sorted() == [0], "no stream for the skipped monitor")
+        // Nothing drawn: the thin monitor is not reported again (no capture of it was lost).
+        let quiet = try capturer.captureAll()
+        #expect(quiet.count == 2 && quiet[1].isUnchanged, "\(quiet)")
+        #expect(capturer.unrecordableMonitors() == [ScreenCapturer.unsupportedMessage("THIN", 640, 1)])
         let png = try ScreenCapturer(display: xvfb.name, xauthority: nil, encoding: .png(level: 1), logger: testLogger("t"))
         let frames = try png.captureAll()
         #expect(frames.count == 2 && frames.allSatisfy { $0.changedFrame != nil }, "\(frames)")
+    }
+
+    @Test("a RandR monitor wholly outside the screen keeps its index (the next monitor is not renumbered), is skipped once with why, and comes back when moved on screen")
+    func monitorOutsideTheScreen() throws {
+        try requireXTools()
+        let xvfb = try Xvfb(width: 640, height: 480, depth: 24)
+        try xvfb.run(["xrandr", "--setmonitor", "LEFT", "320/84x480/127+0+0", "screen"])
+        try xvfb.run(["xrandr", "--setmonitor", "OFF", "100/26x100/26+5000+5000", "none"])
+        try xvfb.run(["xrandr", "--setmonitor", "RIGHT", "320/84x480/127+320+0", "none"])
+        try xvfb.run(["xsetroot", "-solid", "#3366cc"])
+        let capturer = try videoCapturer(xvfb)
+        let frames = try capturer.captureAll()
+        try #require(frames.count == 3)
+        let (right, _) = try #require(frames[2].videoPacket)
+        #expect(right.monitor == 2 && right.monitorName == "RIGHT")
+        guard case .skipped(1, let error) = frames[1] else { Issue.record("OFF: \(frames[1])"); return }
+        #expect(error.code == .monitorUnsupported && error.message.contains("monitor OFF (100x100+5000+5000 lies outside the 640x480 screen)"),
+                "\(error.message)")
+        #expect(capturer.unrecordableMonitors().count == 1)
+        try xvfb.run(["xsetroot", "-solid", "#cc6633"])
+        let again = try capturer.captureAll()
+        #expect(again.count == 3 && again[1].isUnchanged, "reported once: \(again)")
+        let (right2, _) = try #require(again[2].videoPacket)
+        #expect(right2.streamID == right.streamID && right2.packetIndex == 1, "RIGHT's stream goes on under the same index")
     }
 
     @Test("the X server restarted: the stream after the reconnect is a new one starting with a keyframe")

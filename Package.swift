@@ -181,6 +181,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/NetBench", swiftSettings: strict),
 
+        .executableTarget(name: "custos-bench-storage", dependencies: [
+            "CollectorStorage", "CollectorStorageOpen", "CollectorStorageSQLite", "CustosBase", "Envelope", "TestSupport",
+        ], path: "Benchmarks/StorageBench", swiftSettings: strict),
+
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", dependencies: [
             "Collector", "CollectorStorage", "CollectorStorageOpen", .product(name: "Logging", package: "swift-log"),

@@ -22,6 +22,8 @@ public final class PostgresCluster: Sendable {
     public let port: Int
     /// The superuser (`initdb -U`).
     public let superuser = "postgres"
+    /// Whether the server syncs its writes to disk (`-c fsync=`).
+    public let fsync: Bool
     /// The superuser's password (also in `PGPASSWORD` of ``psql(_:database:user:password:)``).
     public let superuserPassword: String
     /// Folder of the cluster: `data/` (PGDATA), `sock/` (the Unix socket), `server.log`.
@@ -55,7 +57,10 @@ public final class PostgresCluster: Sendable {
     /// Makes and starts a new cluster (about 1–2 s).
     /// - Throws: ``TestSupportError`` when PostgreSQL is not installed (run `make deps`) or a
     ///   server command fails (with its output and the server log).
-    public init() throws {
+    /// - Parameter fsync: PostgreSQL's `fsync` (off for tests: faster, and a crash of the test
+    ///   machine loses nothing that matters; on for benchmarks, as in production).
+    public init(fsync: Bool = false) throws {
+        self.fsync = fsync
         guard let bin = Self.findBinDirectory() else {
             throw TestSupportError("PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin (run `make deps`, which installs Debian's postgresql)")
         }
@@ -133,7 +138,7 @@ public final class PostgresCluster: Sendable {
             _ = FileManager.default.createFile(atPath: logPath, contents: nil)
             _ = try? runCommand(["chown", "postgres:postgres", logPath])
         }
-        let options = "-k \(socketDirectory) -p \(port) -c listen_addresses=\(host) -c fsync=off -c max_connections=200"
+        let options = "-k \(socketDirectory) -p \(port) -c listen_addresses=\(host) -c fsync=\(fsync ? "on" : "off") -c max_connections=200"
         let r = try runCommand(Self.closingInheritedDescriptors(Self.asServerUser(
             [binDirectory + "/pg_ctl", "-D", dataDirectory, "-o", options, "-l", logPath, "-w", "-t", "60", "start"])),
             timeout: 90)

@@ -11,7 +11,8 @@ import Video
 /// holding the blob in its natural form, and nothing is written unless it opens and decodes: a
 /// PNG screen frame as the PNG, a video packet as a one-frame WebM (a keyframe; an inter packet
 /// cannot be decoded alone and is refused), a keystroke chunk as the window's text (as `decrypt`
-/// writes it), any other blob (`custos seal`) as exactly its plaintext. Otherwise (several blobs,
+/// writes it), any other blob (`custos seal`, whatever its kind, when the bytes are not a
+/// capture payload) as exactly its plaintext. Otherwise (several blobs,
 /// as in a `custos-agent record` file, or `--out DIR/`): `--out` is a directory written exactly as
 /// `custos decrypt --in` writes it (docs/ADMIN.md): each frame as a PNG, each keystroke chunk as
 /// text per window plus `keystrokes.jsonl`, generic blobs as `.bin`, and `manifest.json`; a blob
@@ -121,9 +122,10 @@ public struct OpenCommand: AsyncParsableCommand {
             try writer.append([UInt8](packet), timeMs: meta.captureTimeMs, keyframe: true)
             return try writer.finish()
         case .screen:
-            return try FramePayload.decode(plaintext).png
+            // A PNG frame payload, or bytes sealed as `screen` by `custos seal`: those as they are.
+            return (try? FramePayload.decode(plaintext).png) ?? plaintext
         case .keystrokes:
-            let chunk = try KeystrokeChunk.decode(plaintext)
+            guard let chunk = try? KeystrokeChunk.decode(plaintext) else { return plaintext }
             return OutputNaming.windowText(agent: header.agentID, title: chunk.windowTitle, wmClass: chunk.wmClass,
                                            chunks: [chunk])
         default:

@@ -39,8 +39,7 @@ public struct RetentionService: Service {
         self.policy = policy
         self.interval = interval
         self.logger = logger
-        let host = ProcessInfo.processInfo.hostName
-        holder = "\(host):\(getpid()):\(String(UInt32.random(in: .min ... .max), radix: 16))"
+        holder = "\(Self.hostName()):\(getpid()):\(String(UInt32.random(in: .min ... .max), radix: 16))"
     }
 
     public func run() async throws {
@@ -50,6 +49,13 @@ public struct RetentionService: Service {
                 try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             } catch { return }
         }
+    }
+
+    /// `gethostname(2)` (no name lookup, unlike `ProcessInfo.hostName`), escaped; `host` when it fails.
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "host" }
+        return SafeText.escaped(String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
     }
 
     /// Unix ms now.

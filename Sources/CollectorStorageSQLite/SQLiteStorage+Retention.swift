@@ -29,6 +29,7 @@ extension SQLiteStorage {
 
     /// - Throws: `.corrupt` naming the row when one does not parse (an agent id `AgentID` refuses).
     public func holds(activeAtMs: Int64?) async throws(StorageError) -> [LegalHold] {
+        if let activeAtMs { try StorageCheck.time(activeAtMs, "holds active at", context: shownPath) }
         let database = shownPath
         return try await read("list holds") { db in
             try Row.fetchAll(db, sql: """
@@ -116,7 +117,8 @@ extension SQLiteStorage {
                 }
             }
             outcome.more = remaining == 0
-            if !released.isEmpty { try self.releaseBlobBytes(released, db: db) }
+            // Best effort: the rows are gone (committed); bytes left behind are unreferenced, never read.
+            if !released.isEmpty { try? self.releaseBlobBytes(released, db: db) }
             return outcome
         }
     }

@@ -220,6 +220,14 @@ struct PostgresStorageTests {
             _ = try await s.addAgent(agent("a1"))
             _ = try await s.registerKEK(KEKRegistration(pubDatafile: "/k.pem", publicKeyPEM: nil, privDatafile: nil, kekID: nil))
             #expect(try await s.ingest([.dek(dek), .blob(sampleBlob(dek))], receivedAtMs: 1) == [.stored, .stored])
+            // Retention too: holds, the lease, expiry.
+            let hold = try await s.addHold(agent: agent("a2"), untilMs: 10_000, reason: "r", createdBy: "admin")
+            #expect(try await s.holds(activeAtMs: 1) == [hold])
+            try await s.removeHold(id: hold.id)
+            #expect(try await s.acquireLease("retention", holder: "h", ttlMs: 1000, nowMs: 1))
+            try await s.releaseLease("retention", holder: "h")
+            let expired = try await s.expire(policy: try RetentionPolicy(defaultDays: 1), nowMs: 1_800_000_000_000, limit: 10)
+            #expect(expired.captures == 1)
         }
         for sql in ["UPDATE audit_log SET detail = 'rewritten';", "DELETE FROM audit_log;", "TRUNCATE audit_log;"] {
             let asApp = try await offPool { try cluster.psqlResult(sql, database: db, user: app) }

@@ -88,7 +88,8 @@ extension SQLiteStorage {
     /// `PUNCH_HOLE`; offsets of other blobs unchanged; skipped where the file system cannot),
     /// and a file no row points to any more is deleted, under the write lock (no other process
     /// is appending to it then). A crash in between leaves unreferenced bytes, never a row
-    /// without its bytes.
+    /// without its bytes; so does a release that fails (best effort: the outcome still counts
+    /// the rows removed).
     public func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome {
         try StorageCheck.expiry(policy: policy, nowMs: nowMs, limit: limit, context: shownPath)
         let rules = policy.expiryRules(nowMs: nowMs)

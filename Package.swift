@@ -92,7 +92,7 @@ let package = Package(
         // The SQLite backend (GRDB on the system sqlite3; the embedded default), with blob files
         // for large blobs.
         .target(name: "CollectorStorageSQLite", dependencies: [
-            "CollectorStorage", "CustosBase", "Envelope",
+            "CollectorStorage", "CustosBase", "Envelope", "CSysShim",
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),

@@ -17,7 +17,8 @@ public struct CustosCommand: AsyncParsableCommand {
         commandName: "custos",
         abstract: "Custos admin tool: keys, sealing and opening of end-to-end encrypted captures.",
         subcommands: [KeysCommand.self, SealCommand.self, OpenCommand.self, DBCommand.self,
-                      AgentsCommand.self, CapturesCommand.self, DecryptCommand.self, ExportCommand.self, AuditCommand.self]
+                      AgentsCommand.self, CapturesCommand.self, DecryptCommand.self, ExportCommand.self, AuditCommand.self,
+                      HoldCommand.self]
     )
 
     public init() {}

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "csys_shim.h"
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -19,3 +20,7 @@ int custos_malloc_tune(int mmap_threshold, int trim_threshold) {
 }
 
 int custos_malloc_trim(void) { return malloc_trim(0); }
+
+int custos_punch_hole(int fd, long long offset, long long len) {
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)len);
+}

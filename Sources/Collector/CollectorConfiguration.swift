@@ -1,6 +1,8 @@
+import CollectorStorage
 import CollectorStorageOpen
 import CustosBase
 import CustosConfig
+import Envelope
 import Foundation
 import Wire
 
@@ -30,6 +32,15 @@ import Wire
 /// - `max-connections` (integer 1...1000000, default 1024): TLS connections open at once (idle
 ///   keep-alives included; about 55 KB of memory and one file descriptor each). A connection
 ///   above it is closed at once, before its handshake; the agent retries with backoff.
+/// - `retention-days` (integer 0...36500, default 0 = keep forever): captures older than this
+///   many days (by capture time) are deleted with their blob bytes.
+/// - `retention-days-kind` (KIND:DAYS, repeatable): days for one capture kind (screen,
+///   keystrokes, generic), over `retention-days`.
+/// - `retention-days-agent` (AGENT:DAYS, repeatable): days for one agent, over every kind rule
+///   and `retention-days`. Precedence: agent rule > kind rule > default; 0 keeps forever.
+///   Legal holds (`custos hold add`) win over all of them (``RetentionPolicy``).
+/// - `retention-interval-minutes` (integer 1...10080, default 60): how often expiry runs (and
+///   once at start); nothing runs when every day count is 0.
 public struct CollectorConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
@@ -55,13 +66,18 @@ public struct CollectorConfiguration: Sendable {
     public var maxConnections: Int
     /// Whether SIGHUP triggers a KEK refresh (the executable: yes; in-process tests: no).
     public var trapSIGHUP: Bool
+    /// `retention-days`, `retention-days-kind`, `retention-days-agent`.
+    public var retention: RetentionPolicy
+    /// `retention-interval-minutes`: time between expiry runs.
+    public var retentionInterval: Duration
 
     public init(listenHost: String = "0.0.0.0", listenPort: Int = 8443, tlsCertFile: String, tlsKeyFile: String,
                 database: StorageLocation, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
                 maxRecordsPerRequest: Int = WireAPI.defaultMaxRecordsPerRequest,
                 kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                 retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), bodyTimeout: Duration = .seconds(120),
-                maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024, trapSIGHUP: Bool = false) {
+                maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024, trapSIGHUP: Bool = false,
+                retention: RetentionPolicy = .keepForever, retentionInterval: Duration = .seconds(3600)) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
@@ -77,6 +93,8 @@ public struct CollectorConfiguration: Sendable {
         self.maxUploadsPerAgent = maxUploadsPerAgent
         self.maxConnections = maxConnections
         self.trapSIGHUP = trapSIGHUP
+        self.retention = retention
+        self.retentionInterval = retentionInterval
     }
 
     /// The keys `collector.cfg` may hold (also listed in `collector.cfg.sample`).
@@ -109,6 +127,14 @@ public struct CollectorConfiguration: Sendable {
                   doc: "Uploads one agent may have in flight at once (the agent sends 2); more get HTTP 503 with Retry-After, so one agent, or one stolen token, cannot take all of max-inflight-bytes."),
         ConfigKey("max-connections", type: "integer 1...1000000", default: "1024",
                   doc: "TLS connections open at once, idle keep-alives included (each holds about 55 KB of memory and a file descriptor). A connection above it is closed before its TLS handshake, logged once per episode; agents retry with backoff. Agents keep one connection each: allow for your fleet, and keep it below the file-descriptor limit (LimitNOFILE; the collector raises its soft limit to the hard one at start)."),
+        ConfigKey("retention-days", type: "integer 0...36500", default: "0",
+                  doc: "Captures whose capture time is more than this many days ago are deleted, with their blob bytes (DEK records stay). 0 keeps them forever. Overridden by retention-days-kind and retention-days-agent; never deletes captures of an agent under a legal hold (custos hold add)."),
+        ConfigKey("retention-days-kind", type: "KIND:DAYS (KIND: screen, keystrokes, generic; DAYS 0...36500)", default: nil, repeatable: true,
+                  doc: "Days for one capture kind, over retention-days (0: keep that kind forever). One line per kind."),
+        ConfigKey("retention-days-agent", type: "AGENT:DAYS (DAYS 0...36500)", default: nil, repeatable: true,
+                  doc: "Days for one agent's captures, over retention-days-kind and retention-days (0: keep that agent's forever). Precedence: agent rule, then kind rule, then retention-days. One line per agent."),
+        ConfigKey("retention-interval-minutes", type: "integer 1...10080", default: "60",
+                  doc: "How often expiry runs (and once at start). One collector at a time runs it, through a lease in the database. Nothing runs when retention-days is 0 and no rule is set."),
     ]
 
     /// Reads `collector.cfg`.
@@ -148,7 +174,61 @@ public struct CollectorConfiguration: Sendable {
                   bodyTimeout: .seconds(try f.int("body-timeout-seconds", default: 120, in: 1...3600)),
                   maxUploadsPerAgent: try f.int("max-uploads-per-agent", default: 4, in: 1...1000),
                   maxConnections: try f.int("max-connections", default: 1024, in: 1...1_000_000),
-                  trapSIGHUP: true)
+                  trapSIGHUP: true,
+                  retention: try Self.retentionPolicy(f),
+                  retentionInterval: .seconds(60 * (try f.int("retention-interval-minutes", default: 60, in: 1...10_080))))
+    }
+
+    /// `retention-days`, `retention-days-kind` and `retention-days-agent` as one policy.
+    /// - Throws: `ConfigError` naming the file, line and key: a day count that is not 0...36500,
+    ///   a rule that is not NAME:DAYS, an unknown kind, an invalid agent id, a second rule for
+    ///   the same kind or agent.
+    static func retentionPolicy(_ f: ConfigFile) throws(ConfigError) -> RetentionPolicy {
+        func days(_ entry: ConfigFile.Entry, _ text: String) throws(ConfigError) -> Int {
+            do { return try RetentionPolicy.days(text, field: entry.key) } catch {
+                throw ConfigError(file: f.path, line: entry.line, key: entry.key, error.message)
+            }
+        }
+        /// Splits `NAME:DAYS` at its last ':'.
+        func rule(_ entry: ConfigFile.Entry, _ what: String) throws(ConfigError) -> (String, Int) {
+            guard let colon = entry.value.lastIndex(of: ":"), colon != entry.value.startIndex else {
+                throw ConfigError(file: f.path, line: entry.line, key: entry.key,
+                                  "expected \(what):DAYS (e.g. \(what == "KIND" ? "screen:30" : "host-17:365")), found \(SafeText.quoted(entry.value))")
+            }
+            return (String(entry.value[..<colon]), try days(entry, String(entry.value[entry.value.index(after: colon)...])))
+        }
+        let defaultDays = try f.value("retention-days").map { e throws(ConfigError) in try days(e, e.value) } ?? 0
+        var kinds: [CaptureKind: Int] = [:], kindLines: [CaptureKind: Int] = [:]
+        for e in f.values("retention-days-kind") {
+            let (name, d) = try rule(e, "KIND")
+            guard let kind = CaptureKind(name: name) else {
+                throw ConfigError(file: f.path, line: e.line, key: e.key,
+                                  "expected a capture kind (screen, keystrokes or generic) before ':', found \(SafeText.quoted(name))")
+            }
+            if let first = kindLines[kind] {
+                throw ConfigError(file: f.path, line: e.line, key: e.key, "a second rule for kind \(kind.name) (first on line \(first)); expected one per kind")
+            }
+            kinds[kind] = d
+            kindLines[kind] = e.line
+        }
+        var agents: [AgentID: Int] = [:], agentLines: [AgentID: Int] = [:]
+        for e in f.values("retention-days-agent") {
+            let (name, d) = try rule(e, "AGENT")
+            let agent: AgentID
+            do { agent = try AgentID(name, field: e.key) } catch {
+                throw ConfigError(file: f.path, line: e.line, key: e.key, "before ':', " + error.message)
+            }
+            if let first = agentLines[agent] {
+                throw ConfigError(file: f.path, line: e.line, key: e.key, "a second rule for agent \(agent) (first on line \(first)); expected one per agent")
+            }
+            agents[agent] = d
+            agentLines[agent] = e.line
+        }
+        do {
+            return try RetentionPolicy(defaultDays: defaultDays, kindDays: kinds, agentDays: agents)
+        } catch {
+            throw ConfigError(file: f.path, key: error.field, error.message)  // unreachable: each count was checked
+        }
     }
 
     /// Splits `HOST:PORT` / `[V6]:PORT`.

@@ -110,7 +110,8 @@ public final class CollectorServer: Sendable {
     /// the storage it opened when it ends.
     ///
     /// One `ServiceGroup` runs, in this order: the storage it opened (its `run()`: PostgreSQL's
-    /// connection pool; started first, stopped last), the HTTP server, the KEK refresher.
+    /// connection pool; started first, stopped last), the HTTP server, the KEK refresher, and
+    /// — when the retention policy expires anything — the ``RetentionService``.
     /// Before listening, the server connects to the storage and brings its schema up to date
     /// (``startStorage()``): a storage that refuses (wrong password, no such database, TLS,
     /// newer schema) ends `run` with a ``CollectorError`` `.database`; one that cannot be
@@ -125,6 +126,10 @@ public final class CollectorServer: Sendable {
             services += [.init(service: app),
                          .init(service: KEKRefresher(registry: registry, interval: configuration.kekPollInterval,
                                                      trapSIGHUP: configuration.trapSIGHUP))]
+            if !configuration.retention.keepsEverything {
+                services.append(.init(service: RetentionService(storage: storage, policy: configuration.retention,
+                                                                interval: configuration.retentionInterval, logger: logger)))
+            }
             let group = ServiceGroup(configuration: .init(
                 services: services,
                 gracefulShutdownSignals: configuration.trapSIGHUP ? [.sigterm, .sigint] : [],

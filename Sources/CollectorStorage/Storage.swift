@@ -93,7 +93,8 @@ public protocol AuditStore: Sendable {
 /// Lifecycle: a storage is a swift-service-lifecycle `Service`. Its owner runs ``run()`` in a
 /// long-lived task (the collector puts it in its `ServiceGroup`, before the HTTP server, so it
 /// stops after it) and ends with ``close()``.
-public protocol CollectorStorage: AgentStore, KEKStore, DEKStore, CaptureStore, AuditStore, TransferStore, Service {
+public protocol CollectorStorage: AgentStore, KEKStore, DEKStore, CaptureStore, AuditStore, HoldStore, RetentionStore,
+                                  TransferStore, Service {
     /// Backend, location and reachability, for collector health and messages.
     func health() async -> StorageHealth
     /// Drives the backend's connections until ``close()``; the owner runs it, e.g. in the

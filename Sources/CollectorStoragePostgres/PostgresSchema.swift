@@ -134,6 +134,36 @@ enum PostgresSchema {
                 FOR EACH STATEMENT EXECUTE FUNCTION encryption_kek_notify()
             """#,
         ]),
+        Migration(version: 2, name: "v2-retention", statements: [
+            // Legal holds (HoldStore): no capture of `agent_id` expires while `until_at` is in
+            // the future. The index serves expiry's "is this agent held" probe.
+            #"""
+            CREATE TABLE legal_hold (
+                id bigserial PRIMARY KEY,
+                agent_id text COLLATE "C" NOT NULL,
+                until_at timestamptz NOT NULL,
+                reason text NOT NULL,
+                created_by text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            )
+            """#,
+            #"""
+            CREATE INDEX legal_hold_agent_until ON legal_hold (agent_id, until_at)
+            """#,
+            // The maintenance lease (RetentionStore.acquireLease): one row per job, taken by one
+            // conditional upsert, so one collector at a time runs expiry on this database.
+            #"""
+            CREATE TABLE maintenance_lease (
+                name text COLLATE "C" PRIMARY KEY,
+                holder text NOT NULL,
+                expires_at timestamptz NOT NULL
+            )
+            """#,
+            // Expiry of one kind among all agents walks (kind, capture_time).
+            #"""
+            CREATE INDEX captures_kind_time ON captures (kind, capture_time, blob_id)
+            """#,
+        ]),
     ]
 
     /// The newest version this build knows.
@@ -149,6 +179,11 @@ enum PostgresSchema {
         "GRANT SELECT, INSERT, UPDATE, DELETE ON agents, encryption_kek, encryption_dek, captures TO %ROLE%",
         "GRANT SELECT, INSERT ON audit_log TO %ROLE%",
         "GRANT USAGE ON SEQUENCE encryption_kek_id_seq, audit_log_id_seq TO %ROLE%",
+        // Retention: the collector expires captures (DELETE above), reads holds, takes the lease;
+        // holds are placed and removed with `custos hold` (by the collector's role or the owner).
+        "GRANT SELECT, INSERT, DELETE ON legal_hold TO %ROLE%",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON maintenance_lease TO %ROLE%",
+        "GRANT USAGE ON SEQUENCE legal_hold_id_seq TO %ROLE%",
     ]
 
     /// `name` as a quoted SQL identifier (`"` doubled), for the role of a GRANT.

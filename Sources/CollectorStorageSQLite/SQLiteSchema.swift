@@ -4,7 +4,7 @@ import GRDB
 /// The collector database's schema: GRDB migrations, applied in order, each once (recorded in
 /// `grdb_migrations`). `v1` and `v2-blob-files` are those of the first collector
 /// (`Collector.SQLiteCollectorStore`, since removed), same identifiers and same statements, so a `collector.db`
-/// it made opens unchanged; `v3` adds what the storage seam needs. docs/API.md "Storage".
+/// it made opens unchanged; `v3` adds what the storage seam needs; `v4-retention` legal holds and the maintenance lease. docs/API.md "Storage".
 enum SQLiteSchema {
     /// The migrations this build knows, oldest first. A database that records another one was
     /// migrated by a newer build and is refused (``SQLiteStorage/init(path:blobDirectory:busyTimeout:)``).
@@ -109,6 +109,28 @@ enum SQLiteSchema {
                 DROP INDEX encryption_dek_agent;
                 CREATE INDEX encryption_dek_time_id ON encryption_dek(creation_time, dek_id);
                 CREATE INDEX encryption_dek_agent_time_id ON encryption_dek(agent_id, creation_time, dek_id);
+                """)
+        }
+        m.registerMigration("v4-retention") { db in
+            // Legal holds (HoldStore): no capture of `agent_id` expires while `until_at` (Unix ms)
+            // is in the future. The index serves expiry's "is this agent held" probe.
+            // The maintenance lease (RetentionStore.acquireLease): one row per job name, taken
+            // by one conditional upsert, so one process at a time runs expiry on this file.
+            try db.execute(sql: """
+                CREATE TABLE legal_hold (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    agent_id TEXT NOT NULL,
+                    until_at INTEGER NOT NULL,
+                    reason TEXT NOT NULL,
+                    created_by TEXT NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE INDEX legal_hold_agent_until ON legal_hold(agent_id, until_at);
+                CREATE TABLE maintenance_lease (
+                    name TEXT PRIMARY KEY NOT NULL,
+                    holder TEXT NOT NULL,
+                    expires_at INTEGER NOT NULL
+                );
                 """)
         }
         return m

@@ -12,7 +12,9 @@ import Wire
         let path = packageRoot + "/collector.cfg.sample"
         let config = try CollectorConfiguration(file: path)
         #expect(config.listenHost == "0.0.0.0" && config.listenPort == 8443)
+        // The packaged collector's state directory (packaging: custos-collector's StateDirectory).
         #expect(config.database == .sqlite(path: "/var/lib/custos-collector/collector.db"))
+        #expect(config.retention.keepsEverything && config.retentionInterval == .seconds(3600), "retention is opt-in")
         #expect(config.maxRequestBytes == WireAPI.defaultMaxRequestBytes)
         let text = try String(contentsOfFile: path, encoding: .utf8)
         for key in CollectorConfiguration.schema {

@@ -171,6 +171,18 @@ final class SignallingStorage: CollectorStorage {
     func importAgents(_ agents: [AgentCredential]) async throws(StorageError) -> Int { try await base.importAgents(agents) }
     func importKEKs(_ rows: [KEKRow]) async throws(StorageError) -> Int { try await base.importKEKs(rows) }
     func importAudit(_ entries: [AuditEntry]) async throws(StorageError) -> Int { try await base.importAudit(entries) }
+    func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold {
+        try await base.addHold(agent: agent, untilMs: untilMs, reason: reason, createdBy: createdBy)
+    }
+    func holds(activeAtMs: Int64?) async throws(StorageError) -> [LegalHold] { try await base.holds(activeAtMs: activeAtMs) }
+    func removeHold(id: Int64) async throws(StorageError) { try await base.removeHold(id: id) }
+    func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome {
+        try await base.expire(policy: policy, nowMs: nowMs, limit: limit)
+    }
+    func acquireLease(_ name: String, holder: String, ttlMs: Int64, nowMs: Int64) async throws(StorageError) -> Bool {
+        try await base.acquireLease(name, holder: holder, ttlMs: ttlMs, nowMs: nowMs)
+    }
+    func releaseLease(_ name: String, holder: String) async throws(StorageError) { try await base.releaseLease(name, holder: holder) }
     func health() async -> StorageHealth { await base.health() }
     func run() async throws { try await base.run() }
     func close() async {

@@ -242,4 +242,66 @@ struct PostgresCollectorTests {
             #expect(!cli.stderrString.contains(wrong) && !cli.stderrString.contains(db.password))
         }
     }
+
+    /// Retention on PostgreSQL with the built binaries: `custos hold add` holds one agent; two
+    /// collectors with `retention-days=5` start on the same database; the expired captures of
+    /// the other agent are removed once (one log line and one `retention.expire` audit record
+    /// across both: the lease), the held agent's stay.
+    @Test func twoCollectorsExpireOnceAndKeepTheHeldAgent() async throws {
+        let cluster = try Self.shared.get()
+        let dir = try TempDir("custos-pg-retention")
+        defer { dir.remove() }
+        let db = try await Database.make(cluster, in: dir)
+        var tokens: [String: String] = [:]
+        for agent in ["pg-old", "pg-held"] {
+            let add = try await Self.custos(["agents", "add"] + db.db + ["--id", agent])
+            #expect(add.status == 0, "\(add.stderrString)")
+            tokens[agent] = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let hold = try await Self.custos(["hold", "add"] + db.db + ["--agent", "pg-held", "--until", "2099-01-01", "--reason", "case 9"])
+        #expect(hold.status == 0 && hold.stdoutString == "1\n", "\(hold.stderrString)")
+        try await Self.insertSeedKEK(db)
+        let pki = try sharedMaterial.get().pki
+        func config(_ name: String, _ extra: String) throws -> String {
+            let path = dir.file(name)
+            try writeCollectorConfig(path, pki: pki, listen: "127.0.0.1:0", extra: extra)
+            let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "database=collector.db", with: db.configLines)
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+
+        // Captures from 2023 (Self.records), stored by a collector without retention.
+        let (plain, port) = try await Self.startCollector(try config("plain.cfg", ""), in: dir)
+        for agent in ["pg-old", "pg-held"] {
+            let client = try Self.client(port: port, agentID: agent, token: tokens[agent]!)
+            #expect(try await client.upload(stream(try Self.records(agent, count: 4))).results.allSatisfy { $0.status == .stored })
+            await client.close()
+        }
+        plain.send(SIGTERM)
+        #expect(plain.waitExit(timeout: 20) == 0, "\(plain.log)")
+        func count(_ sql: String) async throws -> String {
+            try await cluster.psqlAsync(sql, database: db.name).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #expect(try await count("SELECT count(*) FROM captures") == "8")
+
+        let retention = try config("retention.cfg", "retention-days=5\nretention-interval-minutes=60")
+        let (a, _) = try await Self.startCollector(retention, in: dir)
+        defer { a.send(SIGTERM); a.waitExit(timeout: 10) }
+        let (b, _) = try await Self.startCollector(retention, in: dir)
+        defer { b.send(SIGTERM); b.waitExit(timeout: 10) }
+        #expect(try await waitUntil(timeout: 60) { (a.log + b.log).contains("retention: expired captures") }, "\(a.log)\n\(b.log)")
+        try await Task.sleep(for: .seconds(2))  // both have run at start by now
+        #expect(try await count("SELECT count(*) FROM captures WHERE agent_id = 'pg-old'") == "0")
+        #expect(try await count("SELECT count(*) FROM captures WHERE agent_id = 'pg-held'") == "4")
+        #expect(try await count("SELECT count(*) FROM encryption_dek") == "2", "DEK records stay")
+        let lines = (a.log + b.log).components(separatedBy: "\n").filter { $0.contains("retention: expired captures") }
+        #expect(lines.count == 1, "\(lines)")
+        #expect(lines.first?.contains("retention.captures=4") == true && lines.first?.contains("default=5d") == true, "\(lines)")
+        #expect(try await count("SELECT count(*) FROM audit_log WHERE action = 'retention.expire'") == "1")
+        #expect(try await count("SELECT count(*) FROM audit_log WHERE action = 'hold.add'") == "1")
+        for p in [a, b] {
+            p.send(SIGTERM)
+            #expect(p.waitExit(timeout: 20) == 0, "\(p.log)")
+        }
+    }
 }

@@ -51,12 +51,14 @@ public final class TestCollector: Sendable {
     ///   - port: 0 for a free port, or a port to reuse after ``stop()``.
     ///   - maxRequestBytes: the collector's upload limit.
     ///   - storage: a storage to serve instead of opening `databasePath` (the test closes it).
+    ///   - retention: the policy its ``RetentionService`` applies every `retentionInterval`.
     public static func start(in directory: String, pki: TestPKI? = nil, certificate: String = "leaf", port: Int = 0,
                              databasePath: String? = nil, storage: (any CollectorStorage)? = nil,
                              maxRequestBytes: Int = 16 * 1024 * 1024,
                              kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                              retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
                              bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024,
+                             retention: RetentionPolicy = .keepForever, retentionInterval: Duration = .seconds(3600),
                              logger: Logger = Logger(label: "test-collector")) async throws -> TestCollector {
         let pki = try pki ?? makeTestPKI(in: directory)
         let db = databasePath ?? directory + "/collector.db"
@@ -66,7 +68,8 @@ public final class TestCollector: Sendable {
                                             kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
                                             retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
                                             bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
-                                            maxConnections: maxConnections, trapSIGHUP: false)
+                                            maxConnections: maxConnections, trapSIGHUP: false,
+                                            retention: retention, retentionInterval: retentionInterval)
         let server = try await CollectorServer(configuration: config, storage: storage, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let task = Task {

@@ -18,4 +18,8 @@ long long custos_file_size(const char *path);
 int custos_malloc_tune(int mmap_threshold, int trim_threshold);
 /* Returns free memory at the top and inside every arena to the kernel; 1 if any was released. */
 int custos_malloc_trim(void);
+/* Frees the disk blocks of `len` bytes at `offset` of the open file `fd` without changing its
+   size or any other byte's offset (fallocate(2) FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+   hidden behind _GNU_SOURCE). 0, or -1 with errno (EOPNOTSUPP where the file system cannot). */
+int custos_punch_hole(int fd, long long offset, long long len);
 #endif

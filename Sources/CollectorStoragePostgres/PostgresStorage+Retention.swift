@@ -1,0 +1,130 @@
+import CollectorStorage
+import CustosBase
+import Envelope
+import Foundation
+import PostgresNIO
+
+/// Legal holds, expiry and the maintenance lease (docs/STORAGE.md "Retention").
+extension PostgresStorage {
+    // MARK: HoldStore
+
+    /// - Throws: `.invalidArgument` for `untilMs` outside years 1–9999 or a text holding NUL.
+    public func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold {
+        try StorageCheck.time(untilMs, "hold until", context: location)
+        try StorageCheck.text(reason, "hold reason", context: location)
+        try StorageCheck.text(createdBy, "hold created by", context: location)
+        return try await withClient("add a hold on agent \(agent)") { client in
+            let rows = try await client.query("""
+                INSERT INTO legal_hold (agent_id, until_at, reason, created_by)
+                VALUES (\(agent.rawValue), \(timestampMs: untilMs), \(reason), \(createdBy))
+                RETURNING id, \(unescaped: SQLTime.ms("created_at"))
+                """, logger: Self.quiet)
+            for try await (id, at) in rows.decode((Int64, Int64).self) {
+                return LegalHold(id: id, agentID: agent, untilMs: untilMs, reason: reason, createdBy: createdBy, createdAtMs: at)
+            }
+            throw StorageError(.failed, "legal_hold INSERT returned no row")
+        }
+    }
+
+    /// - Throws: `.corrupt` naming the row when its agent id does not parse.
+    public func holds(activeAtMs: Int64?) async throws(StorageError) -> [LegalHold] {
+        if let activeAtMs { try StorageCheck.time(activeAtMs, "holds active at", context: location) }
+        let location = self.location
+        let query: PostgresQuery = if let activeAtMs {
+            """
+            SELECT id, agent_id, \(unescaped: SQLTime.ms("until_at")), reason, created_by, \(unescaped: SQLTime.ms("created_at"))
+            FROM legal_hold WHERE until_at > \(timestampMs: activeAtMs) ORDER BY id
+            """
+        } else {
+            """
+            SELECT id, agent_id, \(unescaped: SQLTime.ms("until_at")), reason, created_by, \(unescaped: SQLTime.ms("created_at"))
+            FROM legal_hold ORDER BY id
+            """
+        }
+        return try await withClient("list holds") { client in
+            var out: [LegalHold] = []
+            for try await (id, agent, until, reason, by, at) in try await client.query(query, logger: Self.quiet)
+                .decode((Int64, String, Int64, String, String, Int64).self) {
+                out.append(LegalHold(id: id, agentID: try Self.agentID(agent, location: location, table: "legal_hold"),
+                                     untilMs: until, reason: reason, createdBy: by, createdAtMs: at))
+            }
+            return out
+        }
+    }
+
+    public func removeHold(id: Int64) async throws(StorageError) {
+        let deleted = try await withClient("remove hold \(id)") { client in
+            try await client.query("DELETE FROM legal_hold WHERE id = \(id) RETURNING 1", logger: Self.quiet).collect().count > 0
+        }
+        guard deleted else { throw StorageError(.notFound, "\(location): no legal hold \(id)") }
+    }
+
+    // MARK: Lease
+
+    /// One `INSERT … ON CONFLICT DO UPDATE … WHERE` that only takes a row that is `holder`'s or
+    /// expired; PostgreSQL serialises two instances' upserts on the row, so one of them wins.
+    public func acquireLease(_ name: String, holder: String, ttlMs: Int64, nowMs: Int64) async throws(StorageError) -> Bool {
+        try StorageCheck.lease(name, holder: holder, ttlMs: ttlMs, nowMs: nowMs, context: location)
+        return try await withClient("take lease \(SafeText.quoted(name))") { client in
+            try await client.query("""
+                INSERT INTO maintenance_lease (name, holder, expires_at) VALUES (\(name), \(holder), \(timestampMs: nowMs + ttlMs))
+                ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                WHERE maintenance_lease.holder = EXCLUDED.holder OR maintenance_lease.expires_at <= \(timestampMs: nowMs)
+                RETURNING 1
+                """, logger: Self.quiet).collect().count > 0
+        }
+    }
+
+    public func releaseLease(_ name: String, holder: String) async throws(StorageError) {
+        _ = try await withClient("release lease \(SafeText.quoted(name))") { client in
+            try await client.query("DELETE FROM maintenance_lease WHERE name = \(name) AND holder = \(holder)",
+                                   logger: Self.quiet).collect().count
+        }
+    }
+
+    // MARK: Expiry
+
+    /// One transaction per ``ExpiryRule``: a `DELETE … WHERE blob_id IN (SELECT … LIMIT n FOR
+    /// UPDATE SKIP LOCKED) RETURNING size`. The sealed bytes are in the row (`bytea`, TOASTed),
+    /// so they go with it (the space is reused after `VACUUM`, which autovacuum runs).
+    public func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome {
+        try StorageCheck.expiry(policy: policy, nowMs: nowMs, limit: limit, context: location)
+        var outcome = ExpiryOutcome()
+        var remaining = limit
+        for rule in policy.expiryRules(nowMs: nowMs) where remaining > 0 {
+            let query = Self.expiryQuery(rule, nowMs: nowMs, limit: remaining)
+            let sizes = try await inTransaction("expire \(rule.kind.name) captures") { conn in
+                var sizes: [Int64] = []
+                for try await size in try await conn.query(query, logger: Self.quiet).decode(Int64.self) { sizes.append(size) }
+                return sizes
+            }
+            for size in sizes { outcome.add(rule.kind, bytes: size) }
+            remaining -= sizes.count
+        }
+        outcome.more = remaining == 0
+        return outcome
+    }
+
+    /// The DELETE of one expiry selection (every value bound).
+    static func expiryQuery(_ rule: ExpiryRule, nowMs: Int64, limit: Int) -> PostgresQuery {
+        var parts = PostgresQuery.StringInterpolation(literalCapacity: 512, interpolationCount: 6)
+        parts.appendLiteral("DELETE FROM captures WHERE blob_id IN (SELECT blob_id FROM captures WHERE kind = ")
+        parts.appendInterpolation(rule.kind.name)
+        parts.appendLiteral(" AND capture_time < ")
+        parts.appendInterpolation(timestampMs: rule.cutoffMs)
+        if let agent = rule.agent {
+            parts.appendLiteral(" AND agent_id = ")
+            parts.appendInterpolation(agent.rawValue)
+        } else if !rule.excludedAgents.isEmpty {
+            parts.appendLiteral(" AND agent_id <> ALL(")
+            parts.appendInterpolation(rule.excludedAgents.map(\.rawValue))
+            parts.appendLiteral(")")
+        }
+        parts.appendLiteral(" AND NOT EXISTS (SELECT 1 FROM legal_hold h WHERE h.agent_id = captures.agent_id AND h.until_at > ")
+        parts.appendInterpolation(timestampMs: nowMs)
+        parts.appendLiteral(") ORDER BY capture_time LIMIT ")
+        parts.appendInterpolation(Int64(limit))
+        parts.appendLiteral(" FOR UPDATE SKIP LOCKED) RETURNING size")
+        return PostgresQuery(stringInterpolation: parts)
+    }
+}

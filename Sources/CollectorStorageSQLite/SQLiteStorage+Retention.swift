@@ -1,0 +1,178 @@
+import CollectorStorage
+import CSysShim
+import CustosBase
+import Envelope
+import Foundation
+import GRDB
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Legal holds, expiry and the maintenance lease (docs/STORAGE.md "Retention").
+extension SQLiteStorage {
+    // MARK: HoldStore
+
+    /// - Throws: `.invalidArgument` for `untilMs` outside years 1–9999 or a text holding NUL.
+    public func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold {
+        try StorageCheck.time(untilMs, "hold until", context: shownPath)
+        try StorageCheck.text(reason, "hold reason", context: shownPath)
+        try StorageCheck.text(createdBy, "hold created by", context: shownPath)
+        let now = Self.nowMs()
+        return try await write("add a hold on agent \(agent)") { db in
+            try db.execute(sql: """
+                INSERT INTO legal_hold (agent_id, until_at, reason, created_by, created_at) VALUES (?, ?, ?, ?, ?)
+                """, arguments: [agent.rawValue, untilMs, reason, createdBy, now])
+            return LegalHold(id: db.lastInsertedRowID, agentID: agent, untilMs: untilMs, reason: reason,
+                             createdBy: createdBy, createdAtMs: now)
+        }
+    }
+
+    /// - Throws: `.corrupt` naming the row when one does not parse (an agent id `AgentID` refuses).
+    public func holds(activeAtMs: Int64?) async throws(StorageError) -> [LegalHold] {
+        if let activeAtMs { try StorageCheck.time(activeAtMs, "holds active at", context: shownPath) }
+        let database = shownPath
+        return try await read("list holds") { db in
+            try Row.fetchAll(db, sql: """
+                SELECT id, agent_id, until_at, reason, created_by, created_at FROM legal_hold
+                WHERE until_at > ? ORDER BY id
+                """, arguments: [activeAtMs ?? Int64.min]).map { row in
+                let r = RowReader(row, database: database, table: "legal_hold", key: "id")
+                return LegalHold(id: try r.int("id"), agentID: try r.agentID("agent_id"), untilMs: try r.int("until_at"),
+                                 reason: try r.text("reason"), createdBy: try r.text("created_by"),
+                                 createdAtMs: try r.int("created_at"))
+            }
+        }
+    }
+
+    public func removeHold(id: Int64) async throws(StorageError) {
+        try await write("remove hold \(id)") { db in
+            try db.execute(sql: "DELETE FROM legal_hold WHERE id = ?", arguments: [id])
+            if db.changesCount == 0 { throw StorageError(.notFound, "no legal hold \(id)") }
+        }
+    }
+
+    // MARK: Lease
+
+    /// One upsert whose `DO UPDATE … WHERE` only takes a row that is `holder`'s or expired.
+    public func acquireLease(_ name: String, holder: String, ttlMs: Int64, nowMs: Int64) async throws(StorageError) -> Bool {
+        try StorageCheck.lease(name, holder: holder, ttlMs: ttlMs, nowMs: nowMs, context: shownPath)
+        return try await write("take lease \(SafeText.quoted(name))") { db in
+            try db.execute(sql: """
+                INSERT INTO maintenance_lease (name, holder, expires_at) VALUES (?, ?, ?)
+                ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                WHERE maintenance_lease.holder = excluded.holder OR maintenance_lease.expires_at <= ?
+                """, arguments: [name, holder, nowMs + ttlMs, nowMs])
+            return db.changesCount > 0
+        }
+    }
+
+    public func releaseLease(_ name: String, holder: String) async throws(StorageError) {
+        try await write("release lease \(SafeText.quoted(name))") { db in
+            try db.execute(sql: "DELETE FROM maintenance_lease WHERE name = ? AND holder = ?", arguments: [name, holder])
+        }
+    }
+
+    // MARK: Expiry
+
+    /// A blob-file range whose row was deleted.
+    struct ReleasedRange: Sendable {
+        let file: Int64
+        let offset: Int64
+        let size: Int64
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction per ``ExpiryRule`` (each at most `limit` rows: an index
+    /// range of `captures_agent_kind_time_id` or `captures_kind_time_id`, filtered by the hold
+    /// probe), all on GRDB's writer queue. After the rows' commits, the blob-file bytes they
+    /// pointed to are released: each range is punched out of its file (`fallocate`
+    /// `PUNCH_HOLE`; offsets of other blobs unchanged; skipped where the file system cannot),
+    /// and a file no row points to any more is deleted, under the write lock (no other process
+    /// is appending to it then). A crash in between leaves unreferenced bytes, never a row
+    /// without its bytes; so does a release that fails (best effort: the outcome still counts
+    /// the rows removed).
+    public func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome {
+        try StorageCheck.expiry(policy: policy, nowMs: nowMs, limit: limit, context: shownPath)
+        let rules = policy.expiryRules(nowMs: nowMs)
+        if rules.isEmpty { return ExpiryOutcome() }
+        let database = shownPath
+        return try await writeWithoutTransaction("expire captures") { db in
+            var outcome = ExpiryOutcome()
+            var released: [ReleasedRange] = []
+            var remaining = limit
+            for rule in rules where remaining > 0 {
+                try db.inTransaction(.immediate) {
+                    let (sql, arguments) = Self.expirySQL(rule, nowMs: nowMs, limit: remaining)
+                    let rows = try Row.fetchAll(db, sql: sql, arguments: arguments)
+                    for row in rows {
+                        let r = RowReader(row, database: database, table: "captures", key: "blob_id")
+                        let id = try r.text("blob_id"), size = try r.int("size")
+                        try db.execute(sql: "DELETE FROM captures WHERE blob_id = ?", arguments: [id])
+                        outcome.add(rule.kind, bytes: size)
+                        if !(row["blob_file"] as DatabaseValue).isNull {
+                            let offset = (row["blob_offset"] as DatabaseValue).isNull ? 0 : try r.int("blob_offset")
+                            released.append(ReleasedRange(file: try r.int("blob_file"), offset: offset, size: size))
+                        }
+                    }
+                    remaining -= rows.count
+                    return .commit
+                }
+            }
+            outcome.more = remaining == 0
+            // Best effort: the rows are gone (committed); bytes left behind are unreferenced, never read.
+            if !released.isEmpty { try? self.releaseBlobBytes(released, db: db) }
+            return outcome
+        }
+    }
+
+    /// The SQL of one expiry selection and its arguments (the last one is the row limit):
+    /// `blob_id, size, blob_file, blob_offset` of captures of the rule's kind (and agent) before
+    /// its cutoff whose agent is under no hold active at `nowMs`.
+    package static func expirySQL(_ rule: ExpiryRule, nowMs: Int64, limit: Int) -> (String, StatementArguments) {
+        var conditions = ["kind = ?", "capture_time < ?"]
+        var arguments: StatementArguments = [rule.kind.name, rule.cutoffMs]
+        let index: String
+        if let agent = rule.agent {
+            conditions.insert("agent_id = ?", at: 0)
+            arguments = [agent.rawValue] + arguments
+            index = "captures_agent_kind_time_id"
+        } else {
+            index = "captures_kind_time_id"
+            if !rule.excludedAgents.isEmpty {
+                conditions.append("agent_id NOT IN (\(rule.excludedAgents.map { _ in "?" }.joined(separator: ", ")))")
+                arguments += StatementArguments(rule.excludedAgents.map(\.rawValue))
+            }
+        }
+        conditions.append("NOT EXISTS (SELECT 1 FROM legal_hold h WHERE h.agent_id = captures.agent_id AND h.until_at > ?)")
+        arguments += [nowMs, limit]
+        return ("""
+            SELECT blob_id, size, blob_file, blob_offset FROM captures INDEXED BY \(index)
+            WHERE \(conditions.joined(separator: " AND ")) ORDER BY capture_time LIMIT ?
+            """, arguments)
+    }
+
+    /// Punches the released ranges out of their blob files, then, holding the write lock
+    /// (`BEGIN IMMEDIATE`: no appender of another process is open), deletes each touched file
+    /// that no row points to any more. Runs on GRDB's writer queue, after the rows' commit.
+    private func releaseBlobBytes(_ ranges: [ReleasedRange], db: Database) throws {
+        for range in ranges {
+            let file = blobDirectory + "/" + BlobFiles.fileName(range.file)
+            let fd = open(file, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+            guard fd >= 0 else { continue }  // gone already: nothing to release
+            // The size and every other blob's offset stay; EOPNOTSUPP leaves the bytes until the file goes.
+            _ = custos_punch_hole(fd, range.offset, range.size)
+            Glibc.close(fd)
+        }
+        let files = Set(ranges.map(\.file))
+        let directory = blobDirectory
+        try db.inTransaction(.immediate) {
+            var removed = false
+            for number in files.sorted() {
+                let referenced = try Bool.fetchOne(db, sql: "SELECT 1 FROM captures WHERE blob_file = ? LIMIT 1",
+                                                   arguments: [number]) != nil
+                if !referenced && unlink(directory + "/" + BlobFiles.fileName(number)) == 0 { removed = true }
+            }
+            if removed { BlobAppender.syncDirectory(directory) }
+            return .commit
+        }
+    }
+}

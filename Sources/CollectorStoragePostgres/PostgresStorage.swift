@@ -202,7 +202,7 @@ public final class PostgresStorage: CollectorStorage, Service {
     /// every error becomes a ``StorageError`` (see the type's comment).
     func withClient<T: Sendable>(_ what: String, migrate: Bool = true, timeout: Duration? = nil,
                                  _ body: @escaping @Sendable (PostgresClient) async throws -> T) async throws(StorageError) -> T {
-        let (closed, running) = state.withLock { ($0.closed, $0.running) }
+        let closed = state.withLock { $0.closed }
         if closed { throw StorageError(.unavailable, "\(location): \(what): the storage is closed") }
         if migrate { try await ensureSchema() }
         let client = self.client
@@ -210,7 +210,8 @@ public final class PostgresStorage: CollectorStorage, Service {
         do {
             return try await withDeadline(timeout) { try await body(client) }
         } catch is DeadlineExceeded {
-            let why = running ? "no answer within \(timeout)"
+            // Read now, not before the call: under load `run()` may start only while we wait.
+            let why = state.withLock({ $0.running }) ? "no answer within \(timeout)"
                 : "PostgresStorage.run() is not running (the owner must run it)"
             throw StorageError(.unavailable, "\(location): \(what): \(why)")
         } catch {

@@ -243,7 +243,7 @@ struct DecryptTests {
         #expect(start.detail.contains("since=2025-12-01T00:00:00.000Z"))
         #expect(start.detail.contains("selected=28"))
         #expect(done.detail.contains("decrypted=27") && done.detail.contains("failed=1"))
-        #expect(abs(start.atMs - Int64(Date().timeIntervalSince1970 * 1000)) < 60_000)
+        #expect(abs(start.atMs - Int64(Date().timeIntervalSince1970 * 1000)) < 600_000, "the audit time is now (within the run)")
     }
 
     @Test("output directory not writable: clear error, no plaintext anywhere")

@@ -19,7 +19,8 @@ struct PostgresFaultTests {
         try cluster.createRole(collectorRole)
         let db = try await cluster.createDatabaseAsync(owner: collectorRole)
         let logs = LogCapture()
-        try await withPostgresStorage(cluster: cluster, database: db, timeout: .seconds(3), logger: logs.logger("storage")) { s in
+        // A generous limit (a loaded CI machine): the fault below is a refused connection, seen at once.
+        try await withPostgresStorage(cluster: cluster, database: db, timeout: .seconds(15), logger: logs.logger("storage")) { s in
             let a = agent("a1")
             let token = try await s.addAgent(a)
             let dek = sampleDEK(a)

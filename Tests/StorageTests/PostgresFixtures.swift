@@ -68,7 +68,7 @@ let collectorRole = "custos"
 /// the test) until `body` returns or throws; then closed.
 func withPostgresStorage<T: Sendable>(
     cluster: PostgresCluster, database: String, role: String = collectorRole, password: String? = nil,
-    timeout: Duration = .seconds(5), logger: Logger = Logger(label: "test.storage"),
+    timeout: Duration = .seconds(20), logger: Logger = Logger(label: "test.storage"),
     listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)),
     _ body: (PostgresStorage) async throws -> T
 ) async throws -> T {
@@ -88,7 +88,7 @@ func withPostgresStorage<T: Sendable>(
 }
 
 func makePostgresStorage(cluster: PostgresCluster, database: String, role: String = collectorRole,
-                         password: String? = nil, timeout: Duration = .seconds(5),
+                         password: String? = nil, timeout: Duration = .seconds(20),
                          logger: Logger = Logger(label: "test.storage"),
                          listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1))) throws -> PostgresStorage {
     let pw = try password ?? cluster.password(of: role) ?? cluster.createRole(role)

@@ -43,6 +43,28 @@ public protocol TransferStore: Sendable {
 }
 
 extension KEKRow {
+    /// The rows of `incoming` a target holding `existing` must add (``TransferStore/importKEKs(_:)``
+    /// on every backend): a row already there with the same entry is skipped.
+    /// - Throws: ``StorageError`` `.alreadyExists` for a row id that holds another entry,
+    ///   `.invalidArgument` for a row with neither a public key path nor a PEM; `context` names
+    ///   the database.
+    public static func rowsToImport(_ incoming: [KEKRow], existing: [KEKRow], context: String) throws(StorageError) -> [KEKRow] {
+        var fresh: [KEKRow] = []
+        for row in incoming {
+            if let present = existing.first(where: { $0.rowID == row.rowID }) {
+                guard present.sameEntry(as: row) else {
+                    throw StorageError(.alreadyExists, "\(context): encryption_kek row \(row.rowID) exists already with other content")
+                }
+                continue
+            }
+            guard row.pubDatafile != nil || row.publicKeyPEM != nil else {
+                throw StorageError(.invalidArgument, "\(context): encryption_kek row \(row.rowID) has neither pub_datafile nor pub_pem")
+            }
+            fresh.append(row)
+        }
+        return fresh
+    }
+
     /// The same registry entry as `other`: everything but the informational `createdAt`.
     public func sameEntry(as other: KEKRow) -> Bool {
         rowID == other.rowID && active == other.active && privEncrypted == other.privEncrypted

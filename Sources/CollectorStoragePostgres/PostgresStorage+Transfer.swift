@@ -51,19 +51,7 @@ extension PostgresStorage {
 
     public func importKEKs(_ rows: [KEKRow]) async throws(StorageError) -> Int {
         let existing = try await keks()
-        var fresh: [KEKRow] = []
-        for row in rows {
-            if let present = existing.first(where: { $0.rowID == row.rowID }) {
-                guard present.sameEntry(as: row) else {
-                    throw StorageError(.alreadyExists, "\(location): encryption_kek row \(row.rowID) exists already with other content")
-                }
-                continue
-            }
-            guard row.pubDatafile != nil || row.publicKeyPEM != nil else {
-                throw StorageError(.invalidArgument, "\(location): encryption_kek row \(row.rowID) has neither pub_datafile nor pub_pem")
-            }
-            fresh.append(row)
-        }
+        let fresh = try KEKRow.rowsToImport(rows, existing: existing, context: location)
         guard !fresh.isEmpty else { return 0 }
         let toAdd = fresh
         try await inTransaction("import \(toAdd.count) KEK rows") { conn in

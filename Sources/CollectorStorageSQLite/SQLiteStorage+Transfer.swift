@@ -43,19 +43,7 @@ extension SQLiteStorage {
     public func importKEKs(_ rows: [KEKRow]) async throws(StorageError) -> Int {
         let existing = try await keks()
         let database = shownPath
-        var fresh: [KEKRow] = []
-        for row in rows {
-            if let present = existing.first(where: { $0.rowID == row.rowID }) {
-                guard present.sameEntry(as: row) else {
-                    throw StorageError(.alreadyExists, "\(database): encryption_kek row \(row.rowID) exists already with other content")
-                }
-                continue
-            }
-            guard row.pubDatafile != nil || row.publicKeyPEM != nil else {
-                throw StorageError(.invalidArgument, "\(database): encryption_kek row \(row.rowID) has neither pub_datafile nor pub_pem")
-            }
-            fresh.append(row)
-        }
+        let fresh = try KEKRow.rowsToImport(rows, existing: existing, context: database)
         let toAdd = fresh
         try await write("import \(toAdd.count) KEK rows") { db in
             for r in toAdd {

@@ -183,6 +183,7 @@ let package = Package(
 
         .executableTarget(name: "custos-bench-storage", dependencies: [
             "CollectorStorage", "CollectorStorageOpen", "CollectorStorageSQLite", "CustosBase", "Envelope", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/StorageBench", swiftSettings: strict),
 
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.

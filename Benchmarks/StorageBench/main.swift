@@ -21,7 +21,12 @@ import CollectorStorageSQLite
 import CustosBase
 import Envelope
 import Foundation
+import Logging
 import TestSupport
+
+/// One line to standard output, written at once (also when piped).
+func out(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+let quiet = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 
 func argument(_ name: String, _ fallback: Int) -> Int {
     let a = CommandLine.arguments
@@ -68,7 +73,7 @@ let batches: [[IngestItem]] = try {
     return batches
 }()
 
-print("PostgreSQL: starting a throwaway cluster …")
+out("PostgreSQL: starting a throwaway cluster …")
 let cluster = try PostgresCluster(fsync: true)
 defer { try? cluster.stop() }
 let pgPassword = try cluster.createRole("custos")
@@ -87,7 +92,7 @@ func sqlite() -> StorageLocation {
 // MARK: 1. Ingest
 
 func ingestRun(_ location: StorageLocation) async throws -> Double {
-    try await StorageOpener.withStorage(location) { storage in
+    try await StorageOpener.withStorage(location, logger: quiet) { storage in
         let clock = ContinuousClock()
         let start = clock.now
         var receivedAt: Int64 = 1_700_000_100_000
@@ -102,24 +107,24 @@ func ingestRun(_ location: StorageLocation) async throws -> Double {
     }
 }
 
-print("\n1. Ingest: \(captureCount) captures of \(blobBytes) B sealed payload, batches of \(batchSize) (median of 3 runs each, fresh database each run)")
+out("\n1. Ingest: \(captureCount) captures of \(blobBytes) B sealed payload, batches of \(batchSize) (median of 3 runs each, fresh database each run)")
 var sqliteRates: [Double] = [], pgRates: [Double] = []
 for round in 1...3 {
     let s = try await ingestRun(sqlite())
     let p = try await ingestRun(try postgres())
     sqliteRates.append(s); pgRates.append(p)
-    print(String(format: "   run %d: SQLite %.0f captures/s, PostgreSQL %.0f captures/s", round, s, p))
+    out(String(format: "   run %d: SQLite %.0f captures/s, PostgreSQL %.0f captures/s", round, s, p))
 }
 let ratio = median(pgRates) / median(sqliteRates)
-print(String(format: "   median: SQLite %.0f captures/s, PostgreSQL %.0f captures/s; PostgreSQL ÷ SQLite = %.2f (goal ≥ 0.8: %@)",
+out(String(format: "   median: SQLite %.0f captures/s, PostgreSQL %.0f captures/s; PostgreSQL ÷ SQLite = %.2f (goal ≥ 0.8: %@)",
              median(sqliteRates), median(pgRates), ratio, ratio >= 0.8 ? "met" : "MISSED"))
 
 // MARK: 2. Listing
 
-print("\n2. Listing: newest 100 of \(listingRows) captures (rows made in SQL; median and p95 of 30 calls through the seam)")
+out("\n2. Listing: newest 100 of \(listingRows) captures (rows made in SQL; median and p95 of 30 calls through the seam)")
 let pgList = try postgres()
 guard case .postgres(let pgLocation) = pgList else { throw BenchError("not PostgreSQL") }
-try await StorageOpener.withStorage(pgList) { _ in }  // the schema
+try await StorageOpener.withStorage(pgList, logger: quiet) { _ in }  // the schema
 _ = try cluster.psql("""
     INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, received_at)
     SELECT lpad(to_hex(g), 32, '0'), 'agent-' || (g % 100), CASE WHEN g % 2 = 0 THEN 'screen' ELSE 'keystrokes' END,
@@ -128,7 +133,7 @@ _ = try cluster.psql("""
     ANALYZE captures;
     """, database: pgLocation.database)
 let sqliteList = sqlite()
-try await StorageOpener.withStorage(sqliteList) { _ in }
+try await StorageOpener.withStorage(sqliteList, logger: quiet) { _ in }
 guard case .sqlite(let sqlitePath) = sqliteList else { throw BenchError("not SQLite") }
 let fill = Process()
 fill.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
@@ -136,7 +141,7 @@ fill.arguments = [sqlitePath, """
     WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < \(listingRows))
     INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, received_at)
     SELECT printf('%032x', n), 'agent-' || (n % 100), CASE WHEN n % 2 = 0 THEN 'screen' ELSE 'keystrokes' END,
-           printf('%032d', 0), printf('%064d', 0), n, 1700000000000 + n * 100, 100, x'00', 1700000000000;
+           printf('%032d', 0), printf('%064d', 0), n, 1700000000000 + n * 100, 100, x'00', 1700000000000 FROM g;
     ANALYZE;
     """]
 try fill.run()
@@ -144,7 +149,7 @@ fill.waitUntilExit()
 guard fill.terminationStatus == 0 else { throw BenchError("sqlite3 could not fill \(sqlitePath)") }
 
 func listing(_ location: StorageLocation, _ label: String) async throws {
-    try await StorageOpener.withStorage(location) { storage in
+    try await StorageOpener.withStorage(location, logger: quiet) { storage in
         let clock = ContinuousClock()
         func time(_ name: String, _ call: () async throws -> Int) async throws {
             var samples: [Double] = []
@@ -155,7 +160,7 @@ func listing(_ location: StorageLocation, _ label: String) async throws {
                 guard n == 100 else { throw BenchError("\(label) \(name): \(n) rows instead of 100") }
             }
             let m = median(samples)
-            print(String(format: "   %@ %@: median %.2f ms, p95 %.2f ms (goal < 50 ms: %@)", label, name, m, percentile(samples, 0.95),
+            out(String(format: "   %@ %@: median %.2f ms, p95 %.2f ms (goal < 50 ms: %@)", label, name, m, percentile(samples, 0.95),
                          m < 50 ? "met" : "MISSED"))
         }
         try await time("newest 100") {

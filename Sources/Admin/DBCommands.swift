@@ -94,9 +94,9 @@ struct MigrationReport: Sendable {
     var problems: [String] = []
 
     var summary: String {
-        "\(counted(agents.copied, "agent")), \(counted(keks.copied, "KEK row")), \(counted(deks.copied, "DEK record")), "
-            + "\(counted(captures.copied, "capture")) (\(bytes) bytes sealed), \(counted(audit.copied, "audit entry", plural: "audit entries")) "
-            + "copied (\(agents.new + keks.new + deks.new + captures.new + audit.new) new); "
+        "\(counted(agents.copied, "agent")) (\(agents.new) new), \(counted(keks.copied, "KEK row")) (\(keks.new) new), "
+            + "\(counted(deks.copied, "DEK record")) (\(deks.new) new), \(counted(captures.copied, "capture")) (\(captures.new) new, "
+            + "\(bytes) bytes sealed), \(counted(audit.copied, "audit entry", plural: "audit entries")) (\(audit.new) new) copied; "
             + "\(verifiedBlobs) blobs compared byte for byte; \(problems.isEmpty ? "verified" : "NOT verified")"
     }
 }
@@ -123,9 +123,12 @@ struct StorageMigration {
 
     static let pageSize = 200
 
-    /// - Throws: `AdminError` (exit 2) when a storage call fails; differences are in the report.
+    /// - Throws: `AdminError` (exit 2) when a storage call fails, when source and target are
+    ///   one database, or when the target holds data that is not an earlier copy of this source
+    ///   (``preflight()``: checked before anything is written); differences are in the report.
     func run() async throws -> MigrationReport {
         var report = MigrationReport()
+        let sourceID = try await preflight()
 
         let agents = try await storageCall { () throws(StorageError) in try await source.agentCredentials() }
         report.agents = (agents.count, try await storageCall { () throws(StorageError) in try await target.importAgents(agents) })
@@ -168,7 +171,14 @@ struct StorageMigration {
             for info in page.items {
                 if seen % stride == 0 || seen == total - 1 { sampled.append(info) }
                 seen += 1
-                guard let bytes = try await storageCall({ () throws(StorageError) in try await source.blob(info.blobID) }) else {
+                let read: Data?
+                do { read = try await source.blob(info.blobID) } catch where error.code == .corrupt {
+                    report.problems.append("capture \(info.blobID.hex): its blob bytes cannot be read in the source: \(error.message)")
+                    continue
+                } catch {
+                    throw AdminError.fromStorage(error)
+                }
+                guard let bytes = read else {
                     report.problems.append("capture \(info.blobID.hex): its blob bytes are missing from the source")
                     continue
                 }
@@ -188,16 +198,13 @@ struct StorageMigration {
         } while cursor != nil
 
         // The audit log, oldest first.
-        var entries: [AuditEntry] = []
-        var before: Int64?
-        while true {
-            let page = try await storageCall { () throws(StorageError) in try await source.auditEntries(before: before, limit: 1000) }
-            guard let last = page.last else { break }
-            entries += page
-            before = last.id
-        }
+        var entries = try await Self.allAudit(source)
         entries.reverse()
-        for chunk in Swift.stride(from: 0, to: entries.count, by: 1000).map({ Array(entries[$0..<min($0 + 1000, entries.count)]) }) {
+        // Only what the target does not hold yet, by content (its ids may differ: the target's
+        // own `db.migrate` records take ids the source uses later).
+        let present = Set(try await Self.allAudit(target).map(\.content))
+        let missing = entries.filter { !present.contains($0.content) }
+        for chunk in Swift.stride(from: 0, to: missing.count, by: 1000).map({ Array(missing[$0..<min($0 + 1000, missing.count)]) }) {
             report.audit.new += try await storageCall { () throws(StorageError) in try await target.importAudit(chunk) }
         }
         report.audit.copied = entries.count
@@ -206,9 +213,59 @@ struct StorageMigration {
         try await verify(dekIDs: dekIDs, sampled: sampled, sourceCaptures: total, into: &report)
         _ = try await storageCall { () throws(StorageError) in
             try await target.appendAudit(actor: actor, action: "db.migrate",
-                                         detail: "from=\(sourceName) \(report.summary)")
+                                         detail: "from=\(sourceName) source-id=\(sourceID) \(report.summary)")
         }
         return report
+    }
+
+    /// Every audit entry of `storage`, newest first.
+    static func allAudit(_ storage: any CollectorStorage) async throws -> [AuditEntry] {
+        var entries: [AuditEntry] = []
+        var before: Int64?
+        while true {
+            let page = try await storageCall { () throws(StorageError) in try await storage.auditEntries(before: before, limit: 1000) }
+            guard let last = page.last else { break }
+            entries += page
+            before = last.id
+        }
+        return entries
+    }
+
+    /// Checks, before anything is written, that source and target are two databases and that
+    /// the target is empty or an earlier copy of this source (it holds a `db.migrate` record
+    /// naming the source's identity, and only agents and KEK rows the source has, the same).
+    /// - Returns: the source's identity (``TransferStore/identity()``).
+    /// - Throws: `AdminError(.usage)` naming what the target holds.
+    func preflight() async throws -> String {
+        let sourceID = try await storageCall { () throws(StorageError) in try await source.identity() }
+        let targetID = try await storageCall { () throws(StorageError) in try await target.identity() }
+        guard sourceID != targetID else {
+            throw AdminError(.usage, "--from and --to are the same database (\(sourceName), \(sourceID)): nothing to copy")
+        }
+        let counts = try await storageCall { () throws(StorageError) in try await target.counts() }
+        let agents = try await storageCall { () throws(StorageError) in try await target.agentCredentials() }
+        let keks = try await storageCall { () throws(StorageError) in try await target.keks() }
+        let audit = try await Self.allAudit(target)
+        let isEmpty = counts == (0, 0) && agents.isEmpty && keks.isEmpty && audit.isEmpty
+        let earlierCopy = audit.contains { $0.action == "db.migrate" && $0.detail.contains("source-id=\(sourceID) ") }
+        guard isEmpty || earlierCopy else {
+            throw AdminError(.usage, "the target is not empty and is not an earlier copy of \(sourceName): it holds "
+                             + "\(counted(counts.captures, "capture")), \(counted(agents.count, "agent")), \(counted(keks.count, "KEK row")) and "
+                             + "\(counted(audit.count, "audit entry", plural: "audit entries")); copy into an empty database")
+        }
+        // An earlier copy may have gained rows of its own since (agents added on the new
+        // collector): those must not clash with the source's.
+        let sourceAgents = try await storageCall { () throws(StorageError) in try await source.agentCredentials() }
+        for a in agents {
+            if let s = sourceAgents.first(where: { $0.id == a.id }), s.tokenHash != a.tokenHash {
+                throw AdminError(.usage, "agent \(a.id) has another token in the target than in \(sourceName); nothing was copied")
+            }
+        }
+        let sourceKEKs = try await storageCall { () throws(StorageError) in try await source.keks() }
+        do { _ = try KEKRow.rowsToImport(sourceKEKs, existing: keks, context: "the target") } catch {
+            throw AdminError(.usage, "\(error.message); nothing was copied")
+        }
+        return sourceID
     }
 
     /// Counts what ingest did; `conflict`, `otherAgent` and `unknownDEK` are problems.
@@ -240,11 +297,16 @@ struct StorageMigration {
             report.problems.append("the KEK rows differ (\(sourceKEKs.count) in the source, \(targetKEKs.count) in the target)")
         }
         let counts = try await storageCall { () throws(StorageError) in try await target.counts() }
-        if counts.captures != sourceCaptures {
-            report.problems.append("captures: \(sourceCaptures) in the source, \(counts.captures) in the target")
+        // The source counted again: a collector still writing to it makes it grow meanwhile.
+        let now = try await storageCall { () throws(StorageError) in try await source.counts() }
+        if now.captures > sourceCaptures && counts.captures < now.captures {
+            report.problems.append("the source grew during the copy (\(sourceCaptures) captures at the start, \(now.captures) now, "
+                                   + "\(counts.captures) copied): stop the collector writing to it, and run the copy again")
+        } else if counts.captures != now.captures {
+            report.problems.append("captures: \(now.captures) in the source, \(counts.captures) in the target")
         }
-        if counts.deks != dekIDs.count {
-            report.problems.append("DEK records: \(dekIDs.count) in the source, \(counts.deks) in the target")
+        if counts.deks != now.deks {
+            report.problems.append("DEK records: \(now.deks) in the source, \(counts.deks) in the target")
         }
         for id in dekIDs {
             let a = try await storageCall { () throws(StorageError) in try await source.dekRecord(id) }

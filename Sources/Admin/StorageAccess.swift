@@ -3,6 +3,7 @@ import CollectorStorage
 import CollectorStorageOpen
 import CustosBase
 import Foundation
+import Logging
 
 /// `--db` and `--db-password-file`: the collector storage a command works on, one
 /// `StorageLocation` (a SQLite file path, or `postgres://USER@HOST[:PORT]/DBNAME[?sslmode=…]`
@@ -43,7 +44,10 @@ func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool,
                     _ body: (any CollectorStorage) async throws -> T) async throws -> T {
     var opened = false
     do {
-        return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing) { storage in
+        // No log lines from the storage in a command's output: its errors are thrown, with the
+        // database named, and the collector-only notices (the KEK change listener) do not apply.
+        let quiet = Logger(label: "custos.storage") { _ in SwiftLogNoOpLogHandler() }
+        return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing, logger: quiet) { storage in
             opened = true
             return try await body(storage)
         }

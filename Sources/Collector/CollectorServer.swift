@@ -219,8 +219,12 @@ public final class CollectorServer: Sendable {
                 logger.warning("upload refused: wrong token", metadata: ["collector.agent_id": .safe(auth.agentID)])
                 return (unauthorized(), Self.unauthenticatedDrainBytes)
             }
+            ingestor.authErrors.success("agent tokens can be checked again", logger: logger)
         } catch {
-            logger.error("authentication failed", metadata: ["collector.error": .safe(error)])
+            // The storage failed, not the agent: logged once per kind (repeats at debug), and
+            // its recovery once; health reports the storage itself.
+            ingestor.authErrors.failure("storage unavailable while checking an agent's token; uploads answered 503",
+                                        key: "\(error.code)", metadata: ["collector.error": .safe(error)], logger: logger)
             return (json(.serviceUnavailable, ErrorResponse(error: .unavailable, message: "authentication store unavailable"),
                          retryAfter: limits.retryAfterSeconds), Self.unauthenticatedDrainBytes)
         }

@@ -21,6 +21,8 @@ public struct Ingestor: Sendable {
     let logger: Logger
     let maxRecords: Int
     let storageErrors = RepeatedErrorLog()
+    /// Token checks that failed because the storage did (not a wrong token): logged once.
+    let authErrors = RepeatedErrorLog()
 
     public init(storage: any CollectorStorage, registry: KEKRegistry, logger: Logger,
                 maxRecords: Int = WireAPI.defaultMaxRecordsPerRequest) {

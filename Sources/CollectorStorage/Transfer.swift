@@ -22,8 +22,8 @@ public struct AgentCredential: Sendable, Equatable {
 /// and DEK records go through ``CaptureStore/ingest(_:receivedAtMs:)`` (idempotent by id).
 ///
 /// Every import is idempotent: a row already present with the same content is skipped, so an
-/// interrupted migration is simply run again; a row present with other content is `.alreadyExists`,
-/// naming it (the target then holds other data: nothing of that row is changed).
+/// interrupted migration is simply run again; an agent or KEK row present with other content is
+/// `.alreadyExists`, naming it (the target then holds other data: nothing of that row is changed).
 public protocol TransferStore: Sendable {
     /// Every agent, by id.
     /// - Throws: ``StorageError`` (`.corrupt` for a row the backend cannot read).
@@ -35,11 +35,22 @@ public protocol TransferStore: Sendable {
     /// `created_at` that is not `YYYY-MM-DD HH:MM:SS` is left empty). Returns how many were new.
     /// - Throws: ``StorageError`` `.alreadyExists` when a row with that id holds something else.
     func importKEKs(_ rows: [KEKRow]) async throws(StorageError) -> Int
-    /// Adds audit entries with their ids and times (entries appended later get larger ids).
-    /// Returns how many were new.
-    /// - Throws: ``StorageError`` `.alreadyExists` when an entry with that id says something else;
-    ///   `.invalidArgument` for text the audit log refuses.
+    /// Adds audit entries with their times: each with its own id when that id is free, else
+    /// with the next id after every existing one (the target's own entries — the migration's
+    /// record — may have taken it). The caller passes only entries the target does not hold
+    /// (compared by content); entries appended later get larger ids. Returns how many were added.
+    /// - Throws: ``StorageError`` `.invalidArgument` for text the audit log refuses.
     func importAudit(_ entries: [AuditEntry]) async throws(StorageError) -> Int
+    /// What identifies this database wherever it is reached from (another path, a symbolic
+    /// link, another host name): SQLite `sqlite:` + the random id made with the database
+    /// (`blob_store.id`); PostgreSQL `postgresql:` + the cluster's system identifier
+    /// (`pg_control_system()`) + `/` + the database's OID.
+    func identity() async throws(StorageError) -> String
+}
+
+extension AuditEntry {
+    /// What makes two entries the same record, whatever their ids: time, actor, action, detail.
+    public var content: [String] { [String(atMs), actor, action, detail] }
 }
 
 extension KEKRow {

@@ -78,31 +78,41 @@ extension PostgresStorage {
             }
         }
         guard !entries.isEmpty else { return 0 }
-        let location = self.location
         return try await inTransaction("import \(entries.count) audit entries") { conn in
-            var added = 0
             for e in entries {
                 let inserted = try await conn.query("""
                     INSERT INTO audit_log (id, at, actor, action, detail)
                     VALUES (\(e.id), \(timestampMs: e.atMs), \(e.actor), \(e.action), \(e.detail))
                     ON CONFLICT (id) DO NOTHING RETURNING 1
                     """, logger: Self.quiet).collect().count > 0
-                if inserted { added += 1; continue }
-                var same = false
-                let rows = try await conn.query("""
-                    SELECT \(unescaped: SQLTime.ms("at")), actor, action, detail FROM audit_log WHERE id = \(e.id)
-                    """, logger: Self.quiet)
-                for try await (at, actor, action, detail) in rows.decode((Int64, String, String, String).self) {
-                    same = at == e.atMs && actor == e.actor && action == e.action && detail == e.detail
-                }
-                guard same else {
-                    throw StorageError(.alreadyExists, "\(location): audit entry \(e.id) exists already with other content")
+                if !inserted {
+                    // The id is the target's own: the next one after every existing id.
+                    try await conn.query("""
+                        SELECT setval(pg_get_serial_sequence('audit_log', 'id'), (SELECT max(id) FROM audit_log))
+                        """, logger: Self.quiet)
+                    try await conn.query("""
+                        INSERT INTO audit_log (at, actor, action, detail)
+                        VALUES (\(timestampMs: e.atMs), \(e.actor), \(e.action), \(e.detail))
+                        """, logger: Self.quiet)
                 }
             }
             try await conn.query("""
                 SELECT setval(pg_get_serial_sequence('audit_log', 'id'), (SELECT max(id) FROM audit_log))
                 """, logger: Self.quiet)
-            return added
+            return entries.count
+        }
+    }
+
+    public func identity() async throws(StorageError) -> String {
+        try await withClient("read the database's identity") { client in
+            var out: String?
+            let rows = try await client.query("""
+                SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' ||
+                       (SELECT oid FROM pg_database WHERE datname = current_database())::text
+                """, logger: Self.quiet)
+            for try await id in rows.decode(String.self) { out = id }
+            guard let out else { throw StorageError(.failed, "the database's identity query returned no row") }
+            return "postgresql:" + out
         }
     }
 }

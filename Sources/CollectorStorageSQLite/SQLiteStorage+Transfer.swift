@@ -63,23 +63,28 @@ extension SQLiteStorage {
                 try StorageCheck.text(text, "audit entry \(e.id) \(field)", context: shownPath)
             }
         }
-        let database = shownPath
         return try await write("import \(entries.count) audit entries") { db in
-            var added = 0
             for e in entries {
-                if let row = try Row.fetchOne(db, sql: "SELECT at, actor, action, detail FROM audit_log WHERE id = ?", arguments: [e.id]) {
-                    let same = (row["at"] as Int64?) == e.atMs && (row["actor"] as String?) == e.actor
-                        && (row["action"] as String?) == e.action && (row["detail"] as String?) == e.detail
-                    guard same else {
-                        throw StorageError(.alreadyExists, "\(database): audit entry \(e.id) exists already with other content")
-                    }
-                    continue
+                let taken = try Bool.fetchOne(db, sql: "SELECT 1 FROM audit_log WHERE id = ?", arguments: [e.id]) != nil
+                if taken {
+                    try db.execute(sql: "INSERT INTO audit_log (at, actor, action, detail) VALUES (?, ?, ?, ?)",
+                                   arguments: [e.atMs, e.actor, e.action, e.detail])
+                } else {
+                    try db.execute(sql: "INSERT INTO audit_log (id, at, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
+                                   arguments: [e.id, e.atMs, e.actor, e.action, e.detail])
                 }
-                try db.execute(sql: "INSERT INTO audit_log (id, at, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
-                               arguments: [e.id, e.atMs, e.actor, e.action, e.detail])
-                added += 1
             }
-            return added
+            return entries.count
+        }
+    }
+
+    public func identity() async throws(StorageError) -> String {
+        let database = shownPath
+        return try await read("read the database's id") { db in
+            guard let id = try String.fetchOne(db, sql: "SELECT id FROM blob_store LIMIT 1") else {
+                throw StorageError(.corrupt, "\(database): blob_store holds no id")
+            }
+            return "sqlite:" + id
         }
     }
 }

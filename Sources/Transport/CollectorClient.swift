@@ -117,10 +117,10 @@ public actor CollectorClient {
             do {
                 return try JSONDecoder().decode(UploadResponse.self, from: Data(answer.body.readableBytesView))
             } catch {
-                throw TransportError(.protocolError, "collector \(configuration.host): unreadable upload answer: \(error)")
+                throw TransportError(.protocolError, "collector \(configuration.server): unreadable upload answer: \(error)")
             }
         default:
-            throw Self.rejection(answer, host: configuration.host)
+            throw Self.rejection(answer, host: configuration.server.description)
         }
     }
 
@@ -129,7 +129,7 @@ public actor CollectorClient {
         let answer = try await request(.GET, WireAPI.healthPath, headers: HTTPHeaders(), body: nil, timeout: timeout)
         guard answer.status == .ok,
               let h = try? JSONDecoder().decode(HealthResponse.self, from: Data(answer.body.readableBytesView)) else {
-            throw Self.rejection(answer, host: configuration.host)
+            throw Self.rejection(answer, host: configuration.server.description)
         }
         return h
     }
@@ -211,7 +211,7 @@ public actor CollectorClient {
                       limit: Duration) async throws(TransportError) -> HTTPAnswer {
         let ch = try await connectedChannel(deadline: deadline)
         let promise = ch.eventLoop.makePromise(of: HTTPAnswer.self)
-        let host = configuration.host
+        let host = configuration.server.description
         let timeout = ch.eventLoop.scheduleTask(deadline: deadline) {
             promise.fail(TransportError(.io, "collector \(host): no answer within \(limit)"))
             ch.close(promise: nil)

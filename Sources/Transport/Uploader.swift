@@ -224,8 +224,11 @@ public final class Uploader: Service, Sendable {
             if let left, left <= .zero, let lastError { throw lastError }
             do {
                 let response = try await lane[index].upload(records: records, timeout: left)
-                if index != start {
-                    state.withLock { $0.current = index }
+                // Every lane may get here for the same switch: the one that makes it logs it.
+                if index != start, state.withLock({ s -> Bool in
+                    defer { s.current = index }
+                    return s.current != index
+                }) {
                     logger.notice("uploading to collector \(lane[index].configuration.server)", metadata: [
                         "transport.collector": "\(lane[index].configuration.server)",
                         "transport.previous": "\(lane[start].configuration.server)"])

@@ -66,7 +66,8 @@ struct DBMigrateTests {
 
         let first = try await Self.custos(["db", "migrate", "--from", source] + to)
         #expect(first.status == 0, "\(first.stderrString)")
-        #expect(first.stderrString.contains("2 agents, 2 KEK rows, 3 DEK records, 60 captures"), "\(first.stderrString)")
+        #expect(first.stderrString.contains("2 agents (2 new), 2 KEK rows (2 new), 3 DEK records (3 new), 60 captures (60 new"),
+                "\(first.stderrString)")
         #expect(first.stderrString.contains("verified"), "\(first.stderrString)")
         #expect(!first.stderrString.contains(db.password))
 
@@ -98,7 +99,22 @@ struct DBMigrateTests {
         // Again: nothing new, still verified (a resumed copy).
         let again = try await Self.custos(["db", "migrate", "--from", source] + to + ["--quiet"])
         #expect(again.status == 0, "\(again.stderrString)")
-        #expect(again.stderrString.contains("(0 new)"), "\(again.stderrString)")
+        #expect(again.stderrString.contains("60 captures (0 new") && again.stderrString.contains("verified"), "\(again.stderrString)")
+
+        // The old collector goes on (an agent added, an audit record: ids the target's own
+        // db.migrate records took): a third run copies what is new and verifies.
+        let later = try SQLiteStorage(path: source)
+        let lateToken = try await later.addAgent(try AgentID("pc-late")).revealed
+        _ = try await later.appendAudit(actor: "admin", action: "captures.list", detail: "after the migration")
+        await later.close()
+        let third = try await Self.custos(["db", "migrate", "--from", source] + to + ["--quiet"])
+        #expect(third.status == 0, "\(third.stderrString)")
+        #expect(third.stderrString.contains("3 agents (1 new)") && third.stderrString.contains("verified"), "\(third.stderrString)")
+        try await StorageOpener.withStorage(location, createIfMissing: false) { (pg: any CollectorStorage) async throws in
+            #expect(try await pg.authenticate(try AgentID("pc-late"), token: Secret(lateToken)))
+            let actions = try await pg.auditEntries(before: nil, limit: 100).map(\.detail)
+            #expect(actions.filter { $0 == "after the migration" }.count == 1)
+        }
         // Made after the move: the next ids follow the copied ones.
         let publicKey = try sharedMaterial.get().kek.publicKey
         try await StorageOpener.withStorage(location, createIfMissing: false) { (pg: any CollectorStorage) async throws in
@@ -106,18 +122,24 @@ struct DBMigrateTests {
             #expect(try await pg.appendAudit(actor: "t", action: "after", detail: "").id > 3)
         }
 
-        // Another collector's database into the same target: its agent pc-1 has another token.
+        // Another collector's database into the same target: refused before anything is written.
         let other = dir.file("other.db")
         let store = try SQLiteStorage(path: other)
         _ = try await store.addAgent(try AgentID("pc-1"))
+        _ = try await store.addAgent(try AgentID("intruder"))
         await store.close()
+        let before = try await cluster.psqlAsync("SELECT count(*) FROM agents", database: db.name)
         let refused = try await Self.custos(["db", "migrate", "--from", other] + to)
-        #expect(refused.status == 2 && refused.stderrString.contains("agent pc-1 exists already with another token"),
+        #expect(refused.status == 2 && refused.stderrString.contains("the target is not empty and is not an earlier copy"),
                 "\(refused.stderrString)")
+        #expect(try await cluster.psqlAsync("SELECT count(*) FROM agents", database: db.name) == before, "nothing written")
 
-        // Usage errors name the option.
+        // The same database, however named, is refused (a symbolic link, `..`).
         let same = try await Self.custos(["db", "migrate", "--from", source, "--to", source])
         #expect(same.status == 2 && same.stderrString.contains("--from and --to name the same database"), "\(same.stderrString)")
+        try FileManager.default.createSymbolicLink(atPath: dir.file("link.db"), withDestinationPath: source)
+        let linked = try await Self.custos(["db", "migrate", "--from", source, "--to", dir.file("link.db")])
+        #expect(linked.status == 2 && linked.stderrString.contains("are the same database"), "\(linked.stderrString)")
         let missing = try await Self.custos(["db", "migrate", "--from", dir.file("nope.db")] + to)
         #expect(missing.status == 2 && missing.stderrString.contains("nope.db"), "\(missing.stderrString)")
     }

@@ -171,6 +171,7 @@ final class SignallingStorage: CollectorStorage {
     func importAgents(_ agents: [AgentCredential]) async throws(StorageError) -> Int { try await base.importAgents(agents) }
     func importKEKs(_ rows: [KEKRow]) async throws(StorageError) -> Int { try await base.importKEKs(rows) }
     func importAudit(_ entries: [AuditEntry]) async throws(StorageError) -> Int { try await base.importAudit(entries) }
+    func identity() async throws(StorageError) -> String { try await base.identity() }
     func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold {
         try await base.addHold(agent: agent, untilMs: untilMs, reason: reason, createdBy: createdBy)
     }

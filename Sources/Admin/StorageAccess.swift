@@ -31,7 +31,7 @@ func storageLocation(_ text: String, passwordFile: String?, field: String = "--d
     }
 }
 
-/// Opens the storage at `location` (``StorageOpener/withStorage(_:createIfMissing:logger:_:)``:
+/// Opens the storage at `location` (``StorageOpener/withStorage(_:createIfMissing:blobDirectory:logger:_:)``:
 /// its `run()` runs while `body` does; the schema is brought up to date first), runs `body`
 /// with it and closes it (also when `body` throws).
 /// - Parameter createIfMissing: false for commands that list, decrypt or export: a SQLite file

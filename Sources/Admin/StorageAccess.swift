@@ -39,11 +39,14 @@ func storageLocation(_ text: String, passwordFile: String?, field: String = "--d
 /// - Throws: `AdminError` (``AdminError/fromStorage(_:)``) when it cannot be opened or reached
 ///   (the message names the database; a PostgreSQL login refused names `user@host:port/db`);
 ///   what `body` throws.
-func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool,
+/// - Parameter blobDirectory: a PostgreSQL database's blob directory (`blob-dir=`), needed to
+///   read or write blobs kept in blob files; nil: blobs in the table only.
+func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool, blobDirectory: String? = nil,
                     _ body: (any CollectorStorage) async throws -> T) async throws -> T {
     var opened = false
     do {
-        return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing) { storage in
+        return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing,
+                                                   blobDirectory: blobDirectory) { storage in
             opened = true
             return try await body(storage)
         }

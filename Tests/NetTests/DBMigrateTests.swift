@@ -151,6 +151,15 @@ struct DBMigrateTests {
         try await StorageOpener.withStorage(location, createIfMissing: false, blobDirectory: blobs) { (pg: any CollectorStorage) async throws in
             for blob in captures { #expect(try await pg.blob(blob.header.blobID) == blob.serialized) }
         }
+        // custos decrypt reads (and opens) all 60 with --db-blob-dir; without it, the error says where they are.
+        let key = try sharedMaterial.get().kek.privateKey
+        let pgArgs = ["--db", db.url, "--db-password-file", db.passwordFile, "--key", key]
+        let decrypted = try await Self.custos(["decrypt"] + pgArgs + ["--db-blob-dir", blobs, "--out", dir.file("out")])
+        // (The fixture's plaintexts are random bytes, not frames: each is opened, then found not decodable.)
+        let opened = decrypted.stderrString.components(separatedBy: "decrypted, but the").count - 1
+        #expect(opened == 60 && decrypted.stderrString.contains("60/60 items"), "\(decrypted.stderrString)")
+        let blind = try await Self.custos(["decrypt"] + pgArgs + ["--out", dir.file("out-blind")])
+        #expect(blind.status != 0 && blind.stderrString.contains("blob-dir="), "\(blind.stderrString)")
         // Out again, reading through the references.
         let back = try await Self.custos(["db", "migrate", "--from", db.url, "--from-password-file", db.passwordFile,
                                           "--from-blob-dir", blobs, "--to", dir.file("back.db"), "--quiet"])

@@ -161,6 +161,8 @@ struct DecryptArguments: ParsableArguments {
     var db: String?
     @Option(help: ArgumentHelp("File whose first line is the PostgreSQL password (never part of --db).", valueName: "file"))
     var dbPasswordFile: String?
+    @Option(help: ArgumentHelp("The blob directory of a postgres:// --db (its collectors' blob-dir=), to read blobs kept in blob files.", valueName: "dir"))
+    var dbBlobDir: String?
     @Option(name: .customLong("in"), help: "Instead of --db: a record-stream file (sealed file or API export).")
     var input: String?
     @Option(help: "Private key PEM (keypair.pem), any form openssl writes.")
@@ -177,8 +179,13 @@ struct DecryptArguments: ParsableArguments {
 
     func validate() throws {
         guard (db == nil) != (input == nil) else { throw ValidationError("give exactly one of --db and --in") }
-        if let db { _ = try storageLocation(db, passwordFile: dbPasswordFile) } else if dbPasswordFile != nil {
-            throw ValidationError("--db-password-file goes with --db")
+        if let db {
+            let location = try storageLocation(db, passwordFile: dbPasswordFile)
+            if dbBlobDir != nil, case .sqlite = location {
+                throw ValidationError("--db-blob-dir is for a postgres:// --db only; a SQLite database keeps its blob files beside it")
+            }
+        } else if dbPasswordFile != nil || dbBlobDir != nil {
+            throw ValidationError("\(dbPasswordFile != nil ? "--db-password-file" : "--db-blob-dir") goes with --db")
         }
     }
 
@@ -190,7 +197,7 @@ struct DecryptArguments: ParsableArguments {
         var files = [key]
         if let db {
             let location = try storageLocation(db, passwordFile: dbPasswordFile)
-            sealed = .database(location)
+            sealed = .database(location, blobDirectory: dbBlobDir)
             if case .sqlite(let path) = location { files.insert(path, at: 0) }
         } else {
             sealed = .recordStream(input!)

@@ -42,6 +42,10 @@ public struct DBMigrateCommand: AsyncParsableCommand {
     var to: String
     @Option(help: ArgumentHelp("File whose first line is --to's PostgreSQL password.", valueName: "file"))
     var toPasswordFile: String?
+    @Option(help: ArgumentHelp("--from's blob directory (its collectors' blob-dir=), when --from is a postgres:// database whose large blobs are in blob files.", valueName: "dir"))
+    var fromBlobDir: String?
+    @Option(help: ArgumentHelp("Blob directory for --to (a postgres:// database; what its collectors' blob-dir= will be): blobs of 32 KiB or more go to blob files there instead of the table. It must exist (mode 0700).", valueName: "dir"))
+    var toBlobDir: String?
     @Option(help: ArgumentHelp("How many captures, spread over the whole copy, to compare byte for byte after copying (besides every count and every DEK record).", valueName: "N"))
     var verifySample = 1000
     @Flag(help: "No progress lines.")
@@ -55,6 +59,11 @@ public struct DBMigrateCommand: AsyncParsableCommand {
         guard source.description != target.description else {
             throw ValidationError("--from and --to name the same database (\(SafeText.escaped(source.description)))")
         }
+        for (dir, option, location) in [(fromBlobDir, "--from-blob-dir", source), (toBlobDir, "--to-blob-dir", target)] {
+            if dir != nil, case .sqlite = location {
+                throw ValidationError("\(option) is for a postgres:// database only; a SQLite database keeps its blob files beside it")
+            }
+        }
         guard (0...10_000_000).contains(verifySample) else {
             throw ValidationError("--verify-sample \(verifySample): expected 0 to 10000000 captures")
         }
@@ -66,8 +75,9 @@ public struct DBMigrateCommand: AsyncParsableCommand {
         let quiet = self.quiet
         let log: @Sendable (String) -> Void = { line in if !quiet { printError(line) } }
         let sample = verifySample, actor = loginUser(), sourceName = source.description
-        let report: MigrationReport = try await withStorage(source, createIfMissing: false) { (from: any CollectorStorage) -> MigrationReport in
-            try await withStorage(target, createIfMissing: true) { (to: any CollectorStorage) -> MigrationReport in
+        let report: MigrationReport = try await withStorage(source, createIfMissing: false,
+                                                            blobDirectory: fromBlobDir) { (from: any CollectorStorage) -> MigrationReport in
+            try await withStorage(target, createIfMissing: true, blobDirectory: toBlobDir) { (to: any CollectorStorage) -> MigrationReport in
                 let migration = StorageMigration(source: from, target: to, sourceName: sourceName, verifySample: sample,
                                                  actor: actor, log: log)
                 return try await migration.run()

@@ -57,8 +57,9 @@ public struct DecryptOptions: Sendable {
 /// Where the sealed items come from.
 public enum SealedInput: Sendable {
     /// The collector's storage (or a copy of its database file); audit records are appended to
-    /// it. A SQLite file must exist (it is never created).
-    case database(StorageLocation)
+    /// it. A SQLite file must exist (it is never created). `blobDirectory`: a PostgreSQL
+    /// database's blob directory (`blob-dir=`), to read blobs kept in blob files.
+    case database(StorageLocation, blobDirectory: String? = nil)
     /// A record-stream file (a sealed file or an API export); there is no database to audit into.
     case recordStream(String)
 }
@@ -88,8 +89,8 @@ public enum DecryptJob {
         defer { passphrase?.wipe() }
         // 1. The sealed items.
         switch input {
-        case .database(let location):
-            return try await withStorage(location, createIfMissing: false) { storage in
+        case .database(let location, let blobDirectory):
+            return try await withStorage(location, createIfMissing: false, blobDirectory: blobDirectory) { storage in
                 try await run(source: CollectorSource(storage: storage, name: location.shown), audit: storage, keyFile: keyFile,
                               passphrase: passphrase, options: options, actor: actor, log: log, progressStyle: progressStyle)
             }

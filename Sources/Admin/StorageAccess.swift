@@ -32,7 +32,7 @@ func storageLocation(_ text: String, passwordFile: String?, field: String = "--d
     }
 }
 
-/// Opens the storage at `location` (``StorageOpener/withStorage(_:createIfMissing:logger:_:)``:
+/// Opens the storage at `location` (``StorageOpener/withStorage(_:createIfMissing:blobDirectory:logger:_:)``:
 /// its `run()` runs while `body` does; the schema is brought up to date first), runs `body`
 /// with it and closes it (also when `body` throws).
 /// - Parameter createIfMissing: false for commands that list, decrypt or export: a SQLite file
@@ -40,14 +40,17 @@ func storageLocation(_ text: String, passwordFile: String?, field: String = "--d
 /// - Throws: `AdminError` (``AdminError/fromStorage(_:)``) when it cannot be opened or reached
 ///   (the message names the database; a PostgreSQL login refused names `user@host:port/db`);
 ///   what `body` throws.
-func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool,
+/// - Parameter blobDirectory: a PostgreSQL database's blob directory (`blob-dir=`), needed to
+///   read or write blobs kept in blob files; nil: blobs in the table only.
+func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool, blobDirectory: String? = nil,
                     _ body: (any CollectorStorage) async throws -> T) async throws -> T {
     var opened = false
     do {
         // No log lines from the storage in a command's output: its errors are thrown, with the
         // database named, and the collector-only notices (the KEK change listener) do not apply.
         let quiet = Logger(label: "custos.storage") { _ in SwiftLogNoOpLogHandler() }
-        return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing, logger: quiet) { storage in
+        return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing,
+                                                   blobDirectory: blobDirectory, logger: quiet) { storage in
             opened = true
             return try await body(storage)
         }

@@ -17,6 +17,10 @@ import Wire
 ///   PostgreSQL database).
 /// - `database-password-file` (path, optional): the file whose first line is the PostgreSQL
 ///   password (never in the URL); only with a `postgres://` database.
+/// - `blob-dir` (path, optional; `postgres://` databases only): the directory (it must exist,
+///   mode 0700; may be one NFS mount shared by every collector instance) where sealed blobs of
+///   32 KiB or more go to append-only blob files, the row keeping a reference; unset: every blob
+///   stays in the table (`PostgresStorage.Configuration.blobDirectory`, docs/STORAGE.md "Blobs").
 /// - `max-request-bytes` (integer 1024...1073741824, default 16777216): larger upload bodies get 413.
 /// - `max-records-per-request` (integer 1...1000000, default 10000): more records get 413.
 /// - `kek-poll-seconds` (integer 1...3600, default 3): how often `encryption_kek` is re-read (also on SIGHUP).
@@ -48,6 +52,9 @@ public struct CollectorConfiguration: Sendable {
     public var tlsKeyFile: String
     /// `database=` (and `database-password-file=`).
     public var database: StorageLocation
+    /// `blob-dir=` (PostgreSQL only; absolute after resolving against the config file's folder):
+    /// the shared blob directory, nil: blobs stay in the table.
+    public var blobDirectory: String?
     public var maxRequestBytes: Int
     public var maxRecordsPerRequest: Int
     public var kekPollInterval: Duration
@@ -77,7 +84,8 @@ public struct CollectorConfiguration: Sendable {
                 kekPollInterval: Duration = .seconds(3), maxInflightBytes: Int = 256 << 20,
                 retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), bodyTimeout: Duration = .seconds(120),
                 maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024, trapSIGHUP: Bool = false,
-                retention: RetentionPolicy = .keepForever, retentionInterval: Duration = .seconds(3600)) {
+                retention: RetentionPolicy = .keepForever, retentionInterval: Duration = .seconds(3600),
+                blobDirectory: String? = nil) {
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
@@ -95,6 +103,7 @@ public struct CollectorConfiguration: Sendable {
         self.trapSIGHUP = trapSIGHUP
         self.retention = retention
         self.retentionInterval = retentionInterval
+        self.blobDirectory = blobDirectory
     }
 
     /// The keys `collector.cfg` may hold (also listed in `collector.cfg.sample`).
@@ -109,6 +118,8 @@ public struct CollectorConfiguration: Sendable {
                   doc: "Where captures, DEK records, agents, KEKs and the audit log are stored: a SQLite database file (created if missing; relative paths are relative to this file), or a PostgreSQL database URL without a password (sslmode: verify-full (default: TLS, certificate and host checked against sslrootcert or the system's CAs), require (TLS, certificate not checked), disable (no TLS))."),
         ConfigKey("database-password-file", type: "path", default: nil,
                   doc: "File whose first line is the PostgreSQL password (never put it in the URL); a regular file others may not read or write (chmod 640 or 600). Read at start. Only with a postgres:// database."),
+        ConfigKey("blob-dir", type: "path", default: nil,
+                  doc: "Only with a postgres:// database: directory where sealed blobs of 32 KiB or more go to append-only blob files (fdatasync'ed before the row commits), the row keeping a reference. It must exist (mode 0700) and may be one mount (NFS) shared by every collector instance: each writes only files named with its own random instance id. Its .custos-blobs marker ties it to the database; a foreign or unmounted directory is refused (uploads get 503 and are retried). Unset: every blob stays in the table (one system to back up)."),
         ConfigKey("max-request-bytes", type: "integer 1024...1073741824", default: "16777216",
                   doc: "Largest accepted upload body in bytes; larger ones get HTTP 413."),
         ConfigKey("max-records-per-request", type: "integer 1...1000000", default: "10000",
@@ -161,6 +172,11 @@ public struct CollectorConfiguration: Sendable {
             let key = error.field == "database" ? "database" : "database-password-file"
             throw ConfigError(file: path, line: f.value(key)?.line, key: key, error.message)
         }
+        let blobDirectory = try f.path("blob-dir", default: nil)
+        if blobDirectory != nil, case .sqlite = database {
+            throw ConfigError(file: path, line: f.value("blob-dir")?.line, key: "blob-dir",
+                              "is for a postgres:// database only; a SQLite database keeps its blob files in the directory beside it (DATABASE.blobs)")
+        }
         self.init(listenHost: host, listenPort: port, tlsCertFile: cert, tlsKeyFile: key,
                   database: database,
                   maxRequestBytes: try f.int("max-request-bytes", default: WireAPI.defaultMaxRequestBytes,
@@ -176,7 +192,8 @@ public struct CollectorConfiguration: Sendable {
                   maxConnections: try f.int("max-connections", default: 1024, in: 1...1_000_000),
                   trapSIGHUP: true,
                   retention: try Self.retentionPolicy(f),
-                  retentionInterval: .seconds(60 * (try f.int("retention-interval-minutes", default: 60, in: 1...10_080))))
+                  retentionInterval: .seconds(60 * (try f.int("retention-interval-minutes", default: 60, in: 1...10_080))),
+                  blobDirectory: blobDirectory)
     }
 
     /// `retention-days`, `retention-days-kind` and `retention-days-agent` as one policy.

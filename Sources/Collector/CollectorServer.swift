@@ -56,7 +56,8 @@ public final class CollectorServer: Sendable {
             ownsStorage = false
         } else {
             do {
-                self.storage = try await StorageOpener.openService(configuration.database, logger: logger)
+                self.storage = try await StorageOpener.openService(configuration.database, blobDirectory: configuration.blobDirectory,
+                                                                          logger: logger)
             } catch {
                 throw CollectorError(.database, "database=\(SafeText.escaped(configuration.database.description)): cannot open the storage: \(error.message)")
             }

@@ -11,9 +11,9 @@ import Logging
 /// A storage is a `Service` whose `run()` must be running while it is used (PostgreSQL's
 /// connection pool and `LISTEN` connection live in it). Two ways to get one, so that is never
 /// forgotten:
-/// - ``withStorage(_:createIfMissing:logger:_:)``: for a command or a test — runs `run()` in a
+/// - ``withStorage(_:createIfMissing:blobDirectory:logger:_:)``: for a command or a test — runs `run()` in a
 ///   child task for the duration of the closure, then closes the storage;
-/// - ``openService(_:createIfMissing:logger:)``: for a long-lived owner with a
+/// - ``openService(_:createIfMissing:blobDirectory:logger:)``: for a long-lived owner with a
 ///   swift-service-lifecycle `ServiceGroup` (the collector), which puts the storage first in
 ///   its group so it starts before and stops after the HTTP server. A call made while `run()`
 ///   is not running fails `.unavailable` saying "run() is not running".
@@ -21,13 +21,14 @@ public enum StorageOpener {
     /// Opens the storage at `location`, runs its `run()` in a child task, brings its schema up
     /// to date (``prepare(_:)``), calls `body` with it, and closes it when `body` returns or
     /// throws (waiting for `run()` to end).
-    /// - Throws: ``StorageError`` from ``openService(_:createIfMissing:logger:)`` or
+    /// - Throws: ``StorageError`` from ``openService(_:createIfMissing:blobDirectory:logger:)`` or
     ///   ``prepare(_:)`` (before `body` runs), or what `body` throws.
     public static func withStorage<T>(
-        _ location: StorageLocation, createIfMissing: Bool = true, logger: Logger = Logger(label: "custos.storage"),
+        _ location: StorageLocation, createIfMissing: Bool = true, blobDirectory: String? = nil,
+        logger: Logger = Logger(label: "custos.storage"),
         _ body: (any CollectorStorage) async throws -> T
     ) async throws -> T {
-        let storage = try await openService(location, createIfMissing: createIfMissing, logger: logger)
+        let storage = try await openService(location, createIfMissing: createIfMissing, blobDirectory: blobDirectory, logger: logger)
         let runner = Task { try await storage.run() }
         func finish() async {
             await storage.close()
@@ -46,7 +47,7 @@ public enum StorageOpener {
 
     /// Opens the storage at `location` without running it: the caller must run its `run()`
     /// (e.g. first in its `ServiceGroup`) while it uses it, and call `close()` at the end.
-    /// Prefer ``withStorage(_:createIfMissing:logger:_:)`` where a closure fits.
+    /// Prefer ``withStorage(_:createIfMissing:blobDirectory:logger:_:)`` where a closure fits.
     ///
     /// - SQLite: opens the file (creating it and bringing its schema up to date when needed);
     ///   this blocking open runs on a Dispatch queue, not on the Swift concurrency pool.
@@ -56,11 +57,14 @@ public enum StorageOpener {
     /// - Parameter createIfMissing: false for commands that only read or append to an existing
     ///   database (`custos … list`, `decrypt`, `export`): a SQLite file that does not exist is
     ///   then `.notFound` instead of created. (A PostgreSQL database is never created.)
+    /// - Parameter blobDirectory: `blob-dir=`, PostgreSQL only: the shared directory of blob
+    ///   files (`PostgresStorage.Configuration.blobDirectory`); nil: blobs stay in the table.
+    ///   (A SQLite database keeps its blob files beside it.)
     /// - Throws: ``StorageError`` naming the database: `.notFound` (see `createIfMissing`),
     ///   SQLite's errors (`SQLiteStorage.init(path:blobDirectory:busyTimeout:)`), and `.failed`
     ///   for a PostgreSQL password file that is missing, open to others or empty, or an
     ///   unreadable `sslrootcert`.
-    public static func openService(_ location: StorageLocation, createIfMissing: Bool = true,
+    public static func openService(_ location: StorageLocation, createIfMissing: Bool = true, blobDirectory: String? = nil,
                                    logger: Logger = Logger(label: "custos.storage")) async throws(StorageError) -> any CollectorStorage {
         switch location {
         case .sqlite(let path):
@@ -78,7 +82,7 @@ public enum StorageOpener {
             do { password = try location.readPassword() } catch {
                 throw StorageError(error.code, "\(location.named): \(error.message)")
             }
-            return try PostgresStorage(.init(location: location, password: password), logger: logger)
+            return try PostgresStorage(.init(location: location, password: password, blobDirectory: blobDirectory), logger: logger)
         }
     }
 

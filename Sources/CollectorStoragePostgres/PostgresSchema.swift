@@ -64,8 +64,8 @@ enum PostgresSchema {
             #"""
             CREATE INDEX encryption_dek_agent_time ON encryption_dek (agent_id, creation_time, dek_id)
             """#,
-            // The sealed bytes are in the row (bytea, TOASTed out of line when large) until a
-            // BlobStore puts large ones in blob files (docs/STORAGE.md "Blobs").
+            // The sealed bytes are in the row (bytea, TOASTed out of line when large); with
+            // `blob-dir=`, large ones are in blob files and `blob_ref` (v3) points to them.
             #"""
             CREATE TABLE captures (
                 blob_id text COLLATE "C" PRIMARY KEY CHECK (blob_id ~ '^[0-9a-f]{32}$'),
@@ -164,6 +164,26 @@ enum PostgresSchema {
             CREATE INDEX captures_kind_time ON captures (kind, capture_time, blob_id)
             """#,
         ]),
+        Migration(version: 3, name: "v3-blob-refs", statements: [
+            // This database's identity (the blob directory's `.custos-blobs` marker) and whether
+            // a blob directory has been marked for it: once one has, a directory without the
+            // marker (an unmounted volume's mount point) is refused instead of marked.
+            #"""
+            CREATE TABLE blob_store (
+                id text COLLATE "C" PRIMARY KEY CHECK (id ~ '^[0-9a-f]{32}$'),
+                marked_at timestamptz
+            )
+            """#,
+            #"""
+            INSERT INTO blob_store (id) VALUES (replace(gen_random_uuid()::text, '-', ''))
+            """#,
+            // Large blobs in a shared blob directory (`blob-dir=`): the row holds an empty `blob`
+            // and `blob_ref` = INSTANCE:FILE:OFFSET:SIZE (BlobRef); NULL: the bytes are in `blob`.
+            #"""
+            ALTER TABLE captures ADD COLUMN blob_ref text
+                CHECK (blob_ref ~ '^[0-9a-f]{32}:[0-9]{1,8}:[0-9]{1,19}:[0-9]{1,19}$')
+            """#,
+        ]),
     ]
 
     /// The newest version this build knows.
@@ -184,6 +204,8 @@ enum PostgresSchema {
         "GRANT SELECT, INSERT, DELETE ON legal_hold TO %ROLE%",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON maintenance_lease TO %ROLE%",
         "GRANT USAGE ON SEQUENCE legal_hold_id_seq TO %ROLE%",
+        // Blob files: the database's id (the directory marker), marked once by a collector.
+        "GRANT SELECT, UPDATE ON blob_store TO %ROLE%",
     ]
 
     /// `name` as a quoted SQL identifier (`"` doubled), for the role of a GRANT.

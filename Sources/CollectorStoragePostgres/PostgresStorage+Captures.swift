@@ -14,11 +14,14 @@ extension PostgresStorage {
     /// waits for the first and then compares (the stored bytes by SHA-256, computed by the
     /// server, so they are not sent back). Outcomes as the SQLite backend: a DEK record earlier
     /// in the same batch counts for the blobs after it; another agent's id is `.otherAgent`.
+    /// With `blob-dir=`, large blobs not stored yet are first appended to blob files and made
+    /// durable (``putLargeBlobs(_:)``); their rows get a `blob_ref` in the transaction.
     /// - Throws: `.invalidArgument` for a time outside years 1-9999 (nothing stored);
-    ///   `.unavailable` when the database cannot be reached (nothing stored).
+    ///   `.unavailable` when the database or the blob directory cannot be used (nothing stored).
     public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome] {
         if items.isEmpty { return [] }
         try StorageCheck.ingest(items, receivedAtMs: receivedAtMs, context: location)
+        let refs = try await putLargeBlobs(items)
         return try await inTransaction("store \(items.count) records") { conn in
             var outcomes: [IngestOutcome] = []
             outcomes.reserveCapacity(items.count)
@@ -30,7 +33,8 @@ extension PostgresStorage {
                     if outcome == .stored || outcome == .duplicate { batchDEKs.insert(d.dekID) }
                     outcomes.append(outcome)
                 case .blob(let b):
-                    outcomes.append(try await Self.insertBlob(b, receivedAtMs: receivedAtMs, batchDEKs: &batchDEKs, conn: conn))
+                    outcomes.append(try await self.insertBlob(b, ref: refs[b.blobID], receivedAtMs: receivedAtMs,
+                                                              batchDEKs: &batchDEKs, conn: conn))
                 }
             }
             return outcomes
@@ -57,44 +61,53 @@ extension PostgresStorage {
         return try await insertDEK(d, receivedAtMs: receivedAtMs, conn: conn)
     }
 
-    private static func insertBlob(_ b: StoredBlob, receivedAtMs: Int64, batchDEKs: inout Set<DEKID>,
-                                   conn: PostgresConnection) async throws -> IngestOutcome {
+    /// Inserts `b`'s row: with `ref`, an empty `blob` and the reference (its bytes are in a blob
+    /// file already); else the bytes in `blob`.
+    private func insertBlob(_ b: StoredBlob, ref: BlobRef?, receivedAtMs: Int64, batchDEKs: inout Set<DEKID>,
+                            conn: PostgresConnection) async throws -> IngestOutcome {
         if let outcome = try await compareStoredBlob(b, conn: conn) { return outcome }
         if !batchDEKs.contains(b.dekID) {
             // The DEK record must be this agent's: another agent's DEK id is answered as an
             // unknown one (the blob could never be opened with it, and the answer must not tell
             // whether that id exists).
             var owner: String?
-            let rows = try await conn.query("SELECT agent_id FROM encryption_dek WHERE dek_id = \(b.dekID.hex)", logger: quiet)
+            let rows = try await conn.query("SELECT agent_id FROM encryption_dek WHERE dek_id = \(b.dekID.hex)", logger: Self.quiet)
             for try await (agent) in rows.decode(String.self) { owner = agent }
             guard owner == b.agentID.rawValue else { return .unknownDEK }
             batchDEKs.insert(b.dekID)
         }
-        let bytes = ByteBuffer(bytes: b.bytes)
+        let bytes = ref == nil ? ByteBuffer(bytes: b.bytes) : ByteBuffer()
         let inserted = try await conn.query("""
-            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, received_at)
+            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, blob_ref, received_at)
             VALUES (\(b.blobID.hex), \(b.agentID.rawValue), \(b.kind.name), \(b.dekID.hex), \(b.kekID.hex), \(b.sequence),
-                    \(timestampMs: b.captureTimeMs), \(Int64(b.bytes.count)), \(bytes), \(timestampMs: receivedAtMs))
+                    \(timestampMs: b.captureTimeMs), \(Int64(b.bytes.count)), \(bytes), \(ref?.text), \(timestampMs: receivedAtMs))
             ON CONFLICT (blob_id) DO NOTHING RETURNING 1
-            """, logger: quiet).collect().count > 0
+            """, logger: Self.quiet).collect().count > 0
         if inserted { return .stored }
         // Another instance stored the id after our first look (its transaction committed while
         // this INSERT waited on the key): compare with what it stored.
         return try await compareStoredBlob(b, conn: conn) ?? .conflict
     }
 
-    /// nil when `b.blobID` is not stored; else how the stored row compares.
-    private static func compareStoredBlob(_ b: StoredBlob, conn: PostgresConnection) async throws -> IngestOutcome? {
+    /// nil when `b.blobID` is not stored; else how the stored row compares. A row whose bytes
+    /// are in a blob file is compared with the file's bytes (read through its `blob_ref`).
+    private func compareStoredBlob(_ b: StoredBlob, conn: PostgresConnection) async throws -> IngestOutcome? {
         let rows = try await conn.query("""
-            SELECT agent_id, kind, dek_id, kek_id, sequence, \(unescaped: SQLTime.ms("capture_time")), size, sha256(blob)
+            SELECT agent_id, kind, dek_id, kek_id, sequence, \(unescaped: SQLTime.ms("capture_time")), size, sha256(blob), blob_ref
             FROM captures WHERE blob_id = \(b.blobID.hex)
-            """, logger: quiet)
-        for try await (agent, kind, dek, kek, sequence, time, size, digest)
-            in rows.decode((String, String, String, String, Int64, Int64, Int64, ByteBuffer).self) {
+            """, logger: Self.quiet)
+        var found: (String, String, String, String, Int64, Int64, Int64, ByteBuffer, String?)?
+        for try await row in rows.decode((String, String, String, String, Int64, Int64, Int64, ByteBuffer, String?).self) {
+            found = row
+        }
+        if let (agent, kind, dek, kek, sequence, time, size, digest, refText) = found {
             guard agent == b.agentID.rawValue else { return .otherAgent }
             let sameRow = kind == b.kind.name && dek == b.dekID.hex && kek == b.kekID.hex && sequence == b.sequence
                 && time == b.captureTimeMs && size == Int64(b.bytes.count)
             guard sameRow else { return .conflict }
+            if let refText {
+                return try await referencedBytes(b.blobID, refText: refText, size: size) == b.bytes ? .duplicate : .conflict
+            }
             let mine = SHA256.hash(data: b.bytes)
             return digest.readableBytesView.elementsEqual(mine) ? .duplicate : .conflict
         }
@@ -180,19 +193,24 @@ extension PostgresStorage {
         }
     }
 
+    /// Reads the row's bytes, or through its `blob_ref` the blob file's (any instance's), checked
+    /// by ``referencedBytes(_:refText:size:)``.
     public func blob(_ id: BlobID) async throws(StorageError) -> Data? {
         let location = self.location
-        return try await withClient("read blob \(id)") { client in
-            for try await (size, bytes) in try await client.query(
-                "SELECT size, blob FROM captures WHERE blob_id = \(id.hex)", logger: Self.quiet
-            ).decode((Int64, ByteBuffer).self) {
-                guard bytes.readableBytes == size else {
-                    throw StorageError(.corrupt, "\(location): blob \(id) has \(bytes.readableBytes) bytes, its row says \(size)")
-                }
-                return Data(bytes.readableBytesView)
+        let row = try await withClient("read blob \(id)") { client -> (Int64, ByteBuffer, String?)? in
+            for try await row in try await client.query(
+                "SELECT size, blob, blob_ref FROM captures WHERE blob_id = \(id.hex)", logger: Self.quiet
+            ).decode((Int64, ByteBuffer, String?).self) {
+                return row
             }
             return nil
         }
+        guard let (size, bytes, refText) = row else { return nil }
+        if let refText { return try await referencedBytes(id, refText: refText, size: size) }
+        guard bytes.readableBytes == size else {
+            throw StorageError(.corrupt, "\(location): blob \(id) has \(bytes.readableBytes) bytes, its row says \(size)")
+        }
+        return Data(bytes.readableBytesView)
     }
 
     public func counts() async throws(StorageError) -> (captures: Int, deks: Int) {

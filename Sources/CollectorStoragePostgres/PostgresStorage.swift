@@ -41,15 +41,22 @@ public final class PostgresStorage: CollectorStorage, Service {
         public var maximumConnections: Int
         /// Retry schedule of the `LISTEN` connection.
         public var listenerBackoff: Backoff
+        /// `blob-dir=`: the directory (shared by every instance, e.g. an NFS mount) where sealed
+        /// blobs of ``SharedBlobDirectory/minBytes`` or more go to blob files, the row keeping a
+        /// ``BlobRef``; nil: every blob stays in `captures.blob` (docs/STORAGE.md "Blobs").
+        /// Reading a blob stored through a reference needs it too.
+        public var blobDirectory: String?
 
         public init(location: PostgresLocation, password: Secret?, operationTimeout: Duration = .seconds(10),
                     maximumConnections: Int = 10,
-                    listenerBackoff: Backoff = Backoff(initial: .milliseconds(200), cap: .seconds(10))) {
+                    listenerBackoff: Backoff = Backoff(initial: .milliseconds(200), cap: .seconds(10)),
+                    blobDirectory: String? = nil) {
             self.location = location
             self.password = password
             self.operationTimeout = operationTimeout
             self.maximumConnections = maximumConnections
             self.listenerBackoff = listenerBackoff
+            self.blobDirectory = blobDirectory
         }
     }
 
@@ -73,7 +80,14 @@ public final class PostgresStorage: CollectorStorage, Service {
         var nextSubscriber = 0
         var stopWaiters: [CheckedContinuation<Void, Never>] = []
         var runEnded = false
+        /// Made at the first use of the blob directory (it needs the database's id).
+        var blobStore: SharedBlobDirectory?
+        /// Whether `blob_store.marked_at` was seen set (a blob directory was marked).
+        var blobDirectoryMarked = false
     }
+    /// This instance's random id (32 hex digits, new at each start): the blob files it writes
+    /// are named with it, so instances sharing a blob directory never write the same file.
+    public let blobInstance = SharedBlobDirectory.newInstanceID()
     let state = Mutex(State())
     let stop = AsyncStream<Void>.makeStream()
     let probe: Probe

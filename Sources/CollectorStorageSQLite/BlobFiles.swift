@@ -24,8 +24,9 @@ import Foundation
 /// stored, the agent keeps its copy and retries, and it goes through once the directory is fixed.
 package enum BlobFiles {
     /// Sealed blobs of at least this many bytes (32 KiB) go to blob files; smaller ones
-    /// (keystroke chunks) stay inline in `captures.blob`, one write with the row.
-    package static let minBytes = 32 * 1024
+    /// (keystroke chunks) stay inline in `captures.blob`, one write with the row. The same
+    /// threshold as PostgreSQL's `blob-dir=` (``SharedBlobDirectory/minBytes``).
+    package static let minBytes = SharedBlobDirectory.minBytes
 
     /// A blob file is not appended to once it holds this many bytes (1 GiB).
     package static let maxFileBytes = 1 << 30

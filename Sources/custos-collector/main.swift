@@ -13,7 +13,7 @@ func usage(_ status: Int32) -> Never {
         The Custos reference collector: HTTPS only (TLS 1.2+), stores sealed records, never decrypts.
         Keys of collector.cfg (see collector.cfg.sample): listen=HOST:PORT, tls-cert=, tls-key=,
         database= (a SQLite file, or postgres://USER@HOST[:PORT]/DBNAME[?sslmode=…] with the password in
-        database-password-file=), max-connections=, ….
+        database-password-file=; large blobs in the shared directory blob-dir=), max-connections=, ….
         SIGHUP re-reads the encryption_kek table; SIGTERM/SIGINT stop gracefully.
 
         """

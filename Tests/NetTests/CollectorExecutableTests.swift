@@ -34,6 +34,22 @@ import Wire
         #expect { try CollectorConfiguration(file: dir.file("d.cfg")) } throws: { "\($0)".contains("tls-cert") }
     }
 
+    /// `blob-dir=` resolves against the config file's folder, goes with a postgres:// database
+    /// only, and is absent by default (blobs stay in the table).
+    @Test func blobDirIsForPostgreSQL() throws {
+        let dir = try TempDir("custos-collector-blobdir")
+        defer { dir.remove() }
+        let pg = "tls-cert=a\ntls-key=b\ndatabase=postgres://custos@db.example.org/custos?sslmode=disable\n"
+        try (pg + "blob-dir=blobs\n").write(toFile: dir.file("a.cfg"), atomically: true, encoding: .utf8)
+        #expect(try CollectorConfiguration(file: dir.file("a.cfg")).blobDirectory == dir.file("blobs"))
+        try pg.write(toFile: dir.file("b.cfg"), atomically: true, encoding: .utf8)
+        #expect(try CollectorConfiguration(file: dir.file("b.cfg")).blobDirectory == nil)
+        try "tls-cert=a\ntls-key=b\ndatabase=c.db\nblob-dir=/srv/blobs\n".write(toFile: dir.file("c.cfg"), atomically: true, encoding: .utf8)
+        #expect { try CollectorConfiguration(file: dir.file("c.cfg")) } throws: {
+            "\($0)".contains("blob-dir") && "\($0)".contains("c.cfg:4") && "\($0)".contains("postgres:// database only")
+        }
+    }
+
     /// The built `custos-collector` serves HTTPS from a config file and re-reads `encryption_kek` on SIGHUP.
     @Test func executableServesAndReloadsKEKsOnSIGHUP() async throws {
         try requireTool("sqlite3")

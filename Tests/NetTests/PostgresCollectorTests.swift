@@ -1,5 +1,6 @@
 import Collector
 import CollectorStorage
+import CollectorStorageOpen
 import CustosBase
 import Envelope
 import Foundation
@@ -134,6 +135,60 @@ struct PostgresCollectorTests {
         let rows = try await cluster.psqlAsync("SELECT * FROM public.encryption_dek order by creation_time desc", database: db.name)
         #expect(rows.split(separator: "\n").count == 1 && rows.contains("pg-agent"), "\(rows)")
         #expect(!collector.log.contains(db.password), "the password reached the log")
+        collector.send(SIGTERM)
+        #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
+    }
+
+    /// The collector executable with `blob-dir=`: while the directory is missing, an upload of a
+    /// large blob is refused with 503 (nothing stored, the error logged naming the directory);
+    /// once it exists, the same upload stores the large blob in this collector's blob file and
+    /// the small one in the row; both read back through `custos decrypt --db-blob-dir`'s storage.
+    @Test func theCollectorWritesLargeBlobsToBlobDir() async throws {
+        let cluster = try Self.shared.get()
+        let dir = try TempDir("custos-pg-blobdir")
+        defer { dir.remove() }
+        let db = try await Database.make(cluster, in: dir)
+        let add = try await Self.custos(["agents", "add"] + db.db + ["--id", "blob-agent"])
+        #expect(add.status == 0, "\(add.stderrString)")
+        let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
+        try await Self.insertSeedKEK(db)
+        let pki = try sharedMaterial.get().pki
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", extra: "")
+        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
+        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines + "\nblob-dir=blobs")
+        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+
+        let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
+        defer { collector.send(SIGTERM); collector.waitExit(timeout: 10) }
+        let client = try Self.client(port: port, agentID: "blob-agent", token: token)
+        let session = try DEKSession(kek: try KEKPublicKey(pemFile: try sharedMaterial.get().kek.publicKey), agentID: "blob-agent")
+        let large = try session.seal(randomData(100_000), kind: .screen, captureTimeMs: 1_700_000_000_000)
+        let small = try session.seal(randomData(300), kind: .keystrokes, captureTimeMs: 1_700_000_000_001)
+        let records: [EnvelopeRecord] = [.dekRecord(session.record), .blob(large), .blob(small)]
+        do {
+            let answer = try await client.upload(stream(records))
+            Issue.record("the upload was answered: \(answer)")
+        } catch {
+            #expect(error.httpStatus == 503, "\(error)")
+        }
+        let none = try await cluster.psqlAsync("SELECT count(*) FROM captures", database: db.name)
+        #expect(none.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        #expect(collector.log.contains("blobs") && collector.log.contains("does not exist"), "\(collector.log)")
+
+        try FileManager.default.createDirectory(atPath: dir.file("blobs"), withIntermediateDirectories: false,
+                                                attributes: [.posixPermissions: 0o700])
+        #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .stored })
+        await client.close()
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.file("blobs")).sorted()
+        #expect(files.count == 2 && files[0] == ".custos-blobs" && files[1].hasSuffix("-00000001.blobs"), "\(files)")
+        let refs = try await cluster.psqlAsync("SELECT blob_id FROM captures WHERE blob_ref IS NOT NULL", database: db.name)
+        #expect(refs.trimmingCharacters(in: .whitespacesAndNewlines) == large.header.blobID.hex)
+        let location = try StorageLocation(db.url, passwordFile: db.passwordFile)
+        try await StorageOpener.withStorage(location, createIfMissing: false, blobDirectory: dir.file("blobs")) {
+            (pg: any CollectorStorage) async throws in
+            #expect(try await pg.blob(large.header.blobID) == large.serialized)
+            #expect(try await pg.blob(small.header.blobID) == small.serialized)
+        }
         collector.send(SIGTERM)
         #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
     }

@@ -69,11 +69,12 @@ let collectorRole = "custos"
 func withPostgresStorage<T: Sendable>(
     cluster: PostgresCluster, database: String, role: String = collectorRole, password: String? = nil,
     timeout: Duration = .seconds(20), logger: Logger = Logger(label: "test.storage"),
-    listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)),
+    listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)), blobDirectory: String? = nil,
     _ body: (PostgresStorage) async throws -> T
 ) async throws -> T {
     let storage = try makePostgresStorage(cluster: cluster, database: database, role: role, password: password,
-                                          timeout: timeout, logger: logger, listenerBackoff: listenerBackoff)
+                                          timeout: timeout, logger: logger, listenerBackoff: listenerBackoff,
+                                          blobDirectory: blobDirectory)
     let runner = Task { try await storage.run() }
     do {
         let result = try await body(storage)
@@ -90,11 +91,12 @@ func withPostgresStorage<T: Sendable>(
 func makePostgresStorage(cluster: PostgresCluster, database: String, role: String = collectorRole,
                          password: String? = nil, timeout: Duration = .seconds(20),
                          logger: Logger = Logger(label: "test.storage"),
-                         listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1))) throws -> PostgresStorage {
+                         listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)),
+                         blobDirectory: String? = nil) throws -> PostgresStorage {
     let pw = try password ?? cluster.password(of: role) ?? cluster.createRole(role)
     let location = try PostgresLocation(cluster.url(database: database, user: role))
     return try PostgresStorage(.init(location: location, password: Secret(pw), operationTimeout: timeout, maximumConnections: 4,
-                                     listenerBackoff: listenerBackoff),
+                                     listenerBackoff: listenerBackoff, blobDirectory: blobDirectory),
                                logger: logger)
 }
 

@@ -23,22 +23,90 @@ extension PostgresStorage {
         try StorageCheck.ingest(items, receivedAtMs: receivedAtMs, context: location)
         let refs = try await putLargeBlobs(items)
         return try await inTransaction("store \(items.count) records") { conn in
-            var outcomes: [IngestOutcome] = []
-            outcomes.reserveCapacity(items.count)
+            // A constant number of statements for the blobs (docs/STORAGE.md "Benchmarks"): which
+            // ids are stored already and which DEK records exist, each one query; then the new
+            // rows in one INSERT; row-by-row work only for ids that are taken.
+            let blobs = items.compactMap { if case .blob(let b) = $0 { b } else { nil } }
+            var taken = Set<String>()
+            var owners: [String: String] = [:]
+            if !blobs.isEmpty {
+                let ids = blobs.map(\.blobID.hex)
+                for try await id in try await conn.query("SELECT blob_id FROM captures WHERE blob_id = ANY(\(ids))",
+                                                         logger: Self.quiet).decode(String.self) {
+                    taken.insert(id)
+                }
+                let deks = Array(Set(blobs.map(\.dekID.hex)))
+                for try await (dek, agent) in try await conn.query(
+                    "SELECT dek_id, agent_id FROM encryption_dek WHERE dek_id = ANY(\(deks))", logger: Self.quiet
+                ).decode((String, String).self) {
+                    owners[dek] = agent
+                }
+            }
+            var outcomes = [IngestOutcome?](repeating: nil, count: items.count)
             var batchDEKs = Set<DEKID>()
-            for item in items {
+            var pending: [(index: Int, blob: StoredBlob)] = []
+            var pendingIDs = Set<String>()
+            var compareLater: [(index: Int, blob: StoredBlob)] = []
+            for (index, item) in items.enumerated() {
                 switch item {
                 case .dek(let d):
                     let outcome = try await Self.insertDEK(d, receivedAtMs: receivedAtMs, conn: conn)
                     if outcome == .stored || outcome == .duplicate { batchDEKs.insert(d.dekID) }
-                    outcomes.append(outcome)
+                    outcomes[index] = outcome
                 case .blob(let b):
-                    outcomes.append(try await self.insertBlob(b, ref: refs[b.blobID], receivedAtMs: receivedAtMs,
-                                                              batchDEKs: &batchDEKs, conn: conn))
+                    let id = b.blobID.hex
+                    if taken.contains(id) || pendingIDs.contains(id) {
+                        compareLater.append((index, b))  // compared with the stored row after the INSERT
+                        continue
+                    }
+                    // The DEK record must be this agent's, stored before the batch or earlier in
+                    // it: another agent's DEK id is answered as an unknown one (the blob could
+                    // never be opened with it, and the answer must not tell whether that id exists).
+                    guard batchDEKs.contains(b.dekID) || owners[b.dekID.hex] == b.agentID.rawValue else {
+                        outcomes[index] = .unknownDEK
+                        continue
+                    }
+                    pending.append((index, b))
+                    pendingIDs.insert(id)
                 }
             }
-            return outcomes
+            let inserted = try await self.insertBlobs(pending.map(\.blob), refs: refs, receivedAtMs: receivedAtMs, conn: conn)
+            for (index, b) in pending {
+                // Not inserted: another instance stored the id after our first look.
+                outcomes[index] = inserted.contains(b.blobID.hex) ? .stored : try await self.compareStoredBlob(b, conn: conn) ?? .conflict
+            }
+            for (index, b) in compareLater {
+                outcomes[index] = try await self.compareStoredBlob(b, conn: conn) ?? .conflict
+            }
+            return outcomes.map { $0 ?? .conflict }
         }
+    }
+
+    /// Inserts the rows of `blobs` (distinct ids) in one statement (`unnest` of one array per
+    /// column); a blob with a `refs` entry gets an empty `blob` and the reference (its bytes are
+    /// in a blob file already), the others their bytes. Returns the ids inserted; an id another
+    /// instance holds is skipped (`ON CONFLICT DO NOTHING`).
+    private func insertBlobs(_ blobs: [StoredBlob], refs: [BlobID: BlobRef], receivedAtMs: Int64,
+                             conn: PostgresConnection) async throws -> Set<String> {
+        guard !blobs.isEmpty else { return [] }
+        let ids = blobs.map(\.blobID.hex), agents = blobs.map(\.agentID.rawValue), kinds = blobs.map(\.kind.name)
+        let deks = blobs.map(\.dekID.hex), keks = blobs.map(\.kekID.hex), sequences = blobs.map(\.sequence)
+        let times = blobs.map(\.captureTimeMs), sizes = blobs.map { Int64($0.bytes.count) }
+        let bytes = blobs.map { refs[$0.blobID] == nil ? ByteBuffer(bytes: $0.bytes) : ByteBuffer() }
+        let refTexts = blobs.map { refs[$0.blobID]?.text ?? "" }
+        var inserted = Set<String>()
+        let rows = try await conn.query("""
+            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, blob_ref, received_at)
+            SELECT id, agent, kind, dek, kek, seq,
+                   to_timestamp((t / 1000)::float8) + (t % 1000) * interval '1 millisecond', sz, b, NULLIF(r, ''),
+                   \(timestampMs: receivedAtMs)
+            FROM unnest(\(ids)::text[], \(agents)::text[], \(kinds)::text[], \(deks)::text[], \(keks)::text[],
+                        \(sequences)::int8[], \(times)::int8[], \(sizes)::int8[], \(bytes)::bytea[], \(refTexts)::text[])
+                 AS u(id, agent, kind, dek, kek, seq, t, sz, b, r)
+            ON CONFLICT (blob_id) DO NOTHING RETURNING blob_id
+            """, logger: Self.quiet)
+        for try await id in rows.decode(String.self) { inserted.insert(id) }
+        return inserted
     }
 
     private static func insertDEK(_ d: StoredDEK, receivedAtMs: Int64, conn: PostgresConnection) async throws -> IngestOutcome {
@@ -59,34 +127,6 @@ extension PostgresStorage {
         }
         // Deleted between the two statements (by a retention run): store it now.
         return try await insertDEK(d, receivedAtMs: receivedAtMs, conn: conn)
-    }
-
-    /// Inserts `b`'s row: with `ref`, an empty `blob` and the reference (its bytes are in a blob
-    /// file already); else the bytes in `blob`.
-    private func insertBlob(_ b: StoredBlob, ref: BlobRef?, receivedAtMs: Int64, batchDEKs: inout Set<DEKID>,
-                            conn: PostgresConnection) async throws -> IngestOutcome {
-        if let outcome = try await compareStoredBlob(b, conn: conn) { return outcome }
-        if !batchDEKs.contains(b.dekID) {
-            // The DEK record must be this agent's: another agent's DEK id is answered as an
-            // unknown one (the blob could never be opened with it, and the answer must not tell
-            // whether that id exists).
-            var owner: String?
-            let rows = try await conn.query("SELECT agent_id FROM encryption_dek WHERE dek_id = \(b.dekID.hex)", logger: Self.quiet)
-            for try await (agent) in rows.decode(String.self) { owner = agent }
-            guard owner == b.agentID.rawValue else { return .unknownDEK }
-            batchDEKs.insert(b.dekID)
-        }
-        let bytes = ref == nil ? ByteBuffer(bytes: b.bytes) : ByteBuffer()
-        let inserted = try await conn.query("""
-            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, blob_ref, received_at)
-            VALUES (\(b.blobID.hex), \(b.agentID.rawValue), \(b.kind.name), \(b.dekID.hex), \(b.kekID.hex), \(b.sequence),
-                    \(timestampMs: b.captureTimeMs), \(Int64(b.bytes.count)), \(bytes), \(ref?.text), \(timestampMs: receivedAtMs))
-            ON CONFLICT (blob_id) DO NOTHING RETURNING 1
-            """, logger: Self.quiet).collect().count > 0
-        if inserted { return .stored }
-        // Another instance stored the id after our first look (its transaction committed while
-        // this INSERT waited on the key): compare with what it stored.
-        return try await compareStoredBlob(b, conn: conn) ?? .conflict
     }
 
     /// nil when `b.blobID` is not stored; else how the stored row compares. A row whose bytes

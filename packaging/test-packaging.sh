@@ -629,8 +629,9 @@ else
     check "[collector] the agent service restarts with server-url pointing at the packaged collector" \
         in_sbx timeout 60 systemctl restart custos-agent.service
     pkg_screens=0 pkg_keys=0
-    for i in $(seq 1 60); do
-        [ $((i % 10)) = 1 ] && type_keys
+    # Up to 60 s: the restarted agent's keystroke recorder needs a moment before typing counts.
+    for i in $(seq 1 120); do
+        [ $((i % 6)) = 3 ] && type_keys
         pkg_screens="$(in_sbx "${as_collector[@]}" custos captures list --db /var/lib/custos-collector/collector.db \
             --agent "$UNIT_AGENT" --kind screen 2>/dev/null | sed -n 's/^\([0-9][0-9]*\) captures\{0,1\}, .*/\1/p')"
         pkg_keys="$(in_sbx "${as_collector[@]}" custos captures list --db /var/lib/custos-collector/collector.db \

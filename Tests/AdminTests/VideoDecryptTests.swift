@@ -196,7 +196,7 @@ struct VideoDecryptTests {
         #expect((manifest["counts"] as? [String: Any])?["videoPackets"] as? Int == 15)
     }
 
-    @Test("export: the zip holds the same WebM files (no stills without --stills); a size cap cuts files at keyframes; --since starts at the first keyframe after it")
+    @Test("export: the zip holds the same WebM files (no stills without --stills); a size cap cuts files at keyframes; --since inside a group of pictures looks back to its keyframe")
     func exportCapAndSelection() async throws {
         for tool in ["ffprobe", "unzip"] { try requireTool(tool) }
         let tmp = try TempDir("adm-video-zip")

@@ -99,6 +99,8 @@ struct MigrationReport: Sendable {
     var captures = (copied: 0, new: 0)
     var bytes: Int64 = 0
     var audit = (copied: 0, new: 0)
+    /// Legal holds active at the copy (ended ones are in the audit log).
+    var holds = (copied: 0, new: 0)
     var verifiedBlobs = 0
     /// Each difference found (a count, a row, a blob), in words.
     var problems: [String] = []
@@ -106,7 +108,8 @@ struct MigrationReport: Sendable {
     var summary: String {
         "\(counted(agents.copied, "agent")) (\(agents.new) new), \(counted(keks.copied, "KEK row")) (\(keks.new) new), "
             + "\(counted(deks.copied, "DEK record")) (\(deks.new) new), \(counted(captures.copied, "capture")) (\(captures.new) new, "
-            + "\(bytes) bytes sealed), \(counted(audit.copied, "audit entry", plural: "audit entries")) (\(audit.new) new) copied; "
+            + "\(bytes) bytes sealed), \(counted(audit.copied, "audit entry", plural: "audit entries")) (\(audit.new) new), "
+            + "\(counted(holds.copied, "active legal hold")) (\(holds.new) new) copied; "
             + "\(verifiedBlobs) blobs compared byte for byte; \(problems.isEmpty ? "verified" : "NOT verified")"
     }
 }
@@ -220,12 +223,30 @@ struct StorageMigration {
         report.audit.copied = entries.count
         log("audit entries: \(entries.count) (\(report.audit.new) new)")
 
+        // Legal holds active now: without them the copy's retention could remove held captures.
+        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        let activeHolds = try await storageCall { () throws(StorageError) in try await source.holds(activeAtMs: nowMs) }
+        let targetHolds = try await storageCall { () throws(StorageError) in try await target.holds(activeAtMs: nil) }
+        for h in activeHolds where !targetHolds.contains(where: { Self.sameHold($0, h) }) {
+            _ = try await storageCall { () throws(StorageError) in
+                try await target.addHold(agent: h.agentID, untilMs: h.untilMs, reason: h.reason, createdBy: h.createdBy)
+            }
+            report.holds.new += 1
+        }
+        report.holds.copied = activeHolds.count
+        log("legal holds active now: \(activeHolds.count) (\(report.holds.new) new)")
+
         try await verify(dekIDs: dekIDs, sampled: sampled, sourceCaptures: total, into: &report)
         _ = try await storageCall { () throws(StorageError) in
             try await target.appendAudit(actor: actor, action: "db.migrate",
                                          detail: "from=\(sourceName) source-id=\(sourceID) \(report.summary)")
         }
         return report
+    }
+
+    /// The same hold: agent, end, reason and who placed it (its id and placing time are the target's).
+    static func sameHold(_ a: LegalHold, _ b: LegalHold) -> Bool {
+        a.agentID == b.agentID && a.untilMs == b.untilMs && a.reason == b.reason && a.createdBy == b.createdBy
     }
 
     /// Every audit entry of `storage`, newest first.
@@ -317,6 +338,12 @@ struct StorageMigration {
         }
         if counts.deks != now.deks {
             report.problems.append("DEK records: \(now.deks) in the source, \(counts.deks) in the target")
+        }
+        let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
+        let sourceHolds = try await storageCall { () throws(StorageError) in try await source.holds(activeAtMs: nowMs) }
+        let targetHolds = try await storageCall { () throws(StorageError) in try await target.holds(activeAtMs: nowMs) }
+        for h in sourceHolds where !targetHolds.contains(where: { Self.sameHold($0, h) }) {
+            report.problems.append("the legal hold on agent \(h.agentID) until \(OutputNaming.iso(h.untilMs)) is not in the target")
         }
         for id in dekIDs {
             let a = try await storageCall { () throws(StorageError) in try await source.dekRecord(id) }

@@ -264,6 +264,15 @@ public func parseTime(_ text: String, now: Date = Date()) throws -> Int64 {
     let day = ISO8601DateFormatter()
     day.formatOptions = [.withFullDate]
     day.timeZone = TimeZone(identifier: "UTC")
+    // The formatter moves an impossible date (2027-02-30) to another day: refuse it instead.
+    if let m = t.prefixMatch(of: /([0-9]{4})-([0-9]{2})-([0-9]{2})/) {
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let parts = DateComponents(calendar: calendar, year: Int(m.1), month: Int(m.2), day: Int(m.3))
+        guard parts.isValidDate else {
+            throw AdminError(.usage, "'\(text)': \(m.0) is not a date of the calendar")
+        }
+    }
     for f in [withFraction, plain, day] {
         if let d = f.date(from: t) { return Int64((d.timeIntervalSince1970 * 1000).rounded()) }
     }

@@ -332,6 +332,11 @@ struct DecryptTests {
         let now = Date(timeIntervalSince1970: 1_764_547_200)
         #expect(try parseTime("2h", now: now) == 1_764_547_200_000 - 7_200_000)
         #expect(throws: AdminError.self) { try parseTime("yesterday") }
+        // An impossible date is refused, not moved to another day (QA: 2027-02-30 became 2 March).
+        for bad in ["2027-02-30", "2027-02-29T12:00:00Z", "2025-04-31"] {
+            #expect(throws: AdminError.self, "\(bad)") { try parseTime(bad) }
+        }
+        #expect(try parseTime("2028-02-29") == 1_835_395_200_000, "a leap day is a date")
         let meta = FrameMetadata(monitor: 1, monitorName: "HDMI/2", x: 0, y: 0, width: 1, height: 1, captureTimeMs: 0)
         #expect(OutputNaming.screen(agent: "../etc", meta: meta, timeMs: 1_764_547_200_123)
                 == "_etc/screens/_etc_mon1-HDMI_2_2025-12-01T00-00-00.123Z.png")

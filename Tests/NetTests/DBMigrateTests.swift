@@ -42,6 +42,11 @@ struct DBMigrateTests {
             _ = try await store.ingest(Array(items[..<half]), receivedAtMs: 1_700_000_500_000 + Int64(n * 2))
             _ = try await store.ingest(Array(items[half...]), receivedAtMs: 1_700_000_500_001 + Int64(n * 2))
         }
+        // A legal hold active now (must travel: the copy's retention would ignore it otherwise),
+        // and one that ended (the audit log keeps it).
+        _ = try await store.addHold(agent: try AgentID("pc-2"), untilMs: Int64(Date().timeIntervalSince1970 * 1000) + 86_400_000,
+                                    reason: "case 17", createdBy: "legal")
+        _ = try await store.addHold(agent: try AgentID("pc-1"), untilMs: 1_600_000_000_000, reason: "over", createdBy: "legal")
         for action in ["agents.add", "keys.register", "captures.list"] {
             _ = try await store.appendAudit(actor: "admin", action: action, detail: "before the migration")
         }
@@ -68,7 +73,8 @@ struct DBMigrateTests {
         #expect(first.status == 0, "\(first.stderrString)")
         #expect(first.stderrString.contains("2 agents (2 new), 2 KEK rows (2 new), 3 DEK records (3 new), 60 captures (60 new"),
                 "\(first.stderrString)")
-        #expect(first.stderrString.contains("verified"), "\(first.stderrString)")
+        #expect(first.stderrString.contains("verified") && first.stderrString.contains("1 active legal hold (1 new)"),
+                "\(first.stderrString)")
         #expect(!first.stderrString.contains(db.password))
 
         // Everything is there, as it was, read back through PostgreSQL.
@@ -92,6 +98,8 @@ struct DBMigrateTests {
             let audit = try await pg.auditEntries(before: nil, limit: 10)
             #expect(audit.map(\.action) == ["db.migrate", "captures.list", "keys.register", "agents.add"], "\(audit)")
             #expect(audit.dropFirst().map(\.id) == [3, 2, 1])
+            let holds = try await pg.holds(activeAtMs: nil)
+            #expect(holds.count == 1 && holds.first?.agentID.rawValue == "pc-2" && holds.first?.reason == "case 17", "\(holds)")
         }
         let rows = try await cluster.psqlAsync("SELECT * FROM public.encryption_dek order by creation_time desc", database: db.name)
         #expect(rows.split(separator: "\n").count == 3, "\(rows)")

@@ -199,7 +199,7 @@ let package = Package(
 
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", dependencies: [
-            "Collector", "CollectorStorage", "CollectorStorageOpen", .product(name: "Logging", package: "swift-log"),
+            "Collector", "CollectorStorage", "CollectorStorageOpen", "AdminAuth", "CustosBase", .product(name: "Logging", package: "swift-log"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "BaseTests", dependencies: [
             "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),

@@ -37,6 +37,12 @@ public enum AdminPassword {
 
     /// The bcrypt hash of `password` (60 characters, a random salt each time).
     public static func hash(_ password: Secret) async -> String {
+        await hash(password, cost: cost)
+    }
+
+    /// ``hash(_:)`` at another cost (4...31): tests make their accounts at cost 4, so a login
+    /// takes milliseconds in a debug build; ``verify(_:hash:)`` reads the cost from the hash.
+    package static func hash(_ password: Secret, cost: UInt8) async -> String {
         await offPool { Bcrypt.hash(password.revealed, cost: cost) }
     }
 

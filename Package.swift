@@ -146,7 +146,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Admin", dependencies: [
-            "Envelope", "CollectorStorage", "CollectorStorageOpen", "CaptureFormat", "CustosBase", "Video", "AdminAuth",
+            "Envelope", "CollectorStorage", "CollectorStorageOpen", "CaptureFormat", "CustosBase", "Video", "AdminAuth", "Collector",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),

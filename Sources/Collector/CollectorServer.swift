@@ -70,17 +70,21 @@ public final class CollectorServer: Sendable {
         healthCheck = StorageHealthCheck(storage: self.storage)
         if let a = configuration.admin {
             let adminTLS = try Self.loadTLS(cert: a.tlsCertFile, key: a.tlsKeyFile, certKey: "admin-tls-cert", keyKey: "admin-tls-key")
-            var ownKey: KEKPrivateKey?
-            if let file = a.serverPrivateKeyFile {
-                do {
-                    ownKey = try KEKPrivateKey(pemFile: file, passphrase: nil)
-                } catch {
-                    throw CollectorError(.configuration, "server-private-key-file '\(SafeText.escaped(file))': \(SafeText.escaped(String(describing: error))) (expected an unencrypted PEM RSA private key)")
-                }
-            }
+            let ownKey = try Self.ownKey(a.serverPrivateKeyFile)
             admin = (adminTLS, AdminAPI(storage: self.storage, configuration: a, ownKey: ownKey, logger: logger))
         } else {
             admin = nil
+        }
+    }
+
+    /// The collector's own KEK from `server-private-key-file` (unencrypted PEM), nil for nil.
+    /// - Throws: ``CollectorError`` `.configuration` naming the file and why.
+    static func ownKey(_ file: String?) throws(CollectorError) -> KEKPrivateKey? {
+        guard let file else { return nil }
+        do {
+            return try KEKPrivateKey(pemFile: file, passphrase: nil)
+        } catch {
+            throw CollectorError(.configuration, "server-private-key-file '\(SafeText.escaped(file))': \(SafeText.escaped(String(describing: error))) (expected an unencrypted PEM RSA private key)")
         }
     }
 
@@ -224,8 +228,14 @@ public final class CollectorServer: Sendable {
     /// listener (TLS 1.2 minimum, 1.3 preferred), serving ``AdminAPI``.
     func makeAdminApplication(_ api: AdminAPI, tls: TLSConfiguration, listen: AdminListenerConfiguration,
                               onListening: @escaping @Sendable (Int) async -> Void) -> some ApplicationProtocol {
-        let logger = self.logger
-        let http1 = HTTP1Channel.Configuration(idleTimeout: TimeAmount(configuration.idleTimeout))
+        Self.adminApplication(api, tls: tls, listen: listen, idleTimeout: configuration.idleTimeout, logger: logger,
+                              onListening: onListening)
+    }
+
+    /// The admin listener's Hummingbird application (also `custos dashboard`'s, ``LocalDashboard``).
+    static func adminApplication(_ api: AdminAPI, tls: TLSConfiguration, listen: AdminListenerConfiguration, idleTimeout: Duration,
+                                 logger: Logger, onListening: @escaping @Sendable (Int) async -> Void) -> some ApplicationProtocol {
+        let http1 = HTTP1Channel.Configuration(idleTimeout: TimeAmount(idleTimeout))
         return Application(
             router: api.router(),
             server: HTTPServerBuilder { responder in

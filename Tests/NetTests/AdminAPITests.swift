@@ -1,6 +1,7 @@
 import Collector
 import CollectorStorage
 import CollectorStorageOpen
+import CollectorStorageSQLite
 import CustosBase
 import Envelope
 import Foundation
@@ -381,4 +382,44 @@ import TestSupport
         #expect(log.contains("admin request") && !log.contains("a long test password") && !log.contains(token))
         #expect(!log.contains("\u{1B}"))
     }
+
+    /// `custos dashboard`: the same API and pages on 127.0.0.1 from a copy of the database, a
+    /// self-signed certificate made at start, a one-time login removed when it stops.
+    @Test func localDashboardServesACopyWithAOneTimeLogin() async throws {
+        let dir = try TempDir("custos-local-dashboard")
+        defer { dir.remove() }
+        let copy = dir.file("copy.db")
+        let storage = try SQLiteStorage(path: copy)
+        _ = try await storage.addAgent(try AgentID("ws-17"))
+        await storage.close()
+        try FileManager.default.createDirectory(atPath: dir.file("dashboard"), withIntermediateDirectories: true)
+        try "<!doctype html><title>Custos local</title>".write(toFile: dir.file("dashboard/index.html"), atomically: true, encoding: .utf8)
+        let port = try freeLocalPort()
+        let refused = try await PostgresCollectorTests.custos(["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
+                                                               "--listen", "0.0.0.0:\(port)"])
+        #expect(refused.status == 2 && refused.stderrString.contains("loopback"), "\(refused.stderrString)")
+        let process = try BackgroundProcess(try builtProduct("custos"), ["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
+                                                                       "--listen", "127.0.0.1:\(port)", "--one-time-login"],
+                                            logPath: dir.file("dashboard.log"))
+        defer { process.send(SIGTERM); _ = process.waitExit(timeout: 10) }
+        #expect(try await waitUntil(timeout: 60) { process.log.contains("dashboard: https://127.0.0.1:\(port)/") || !process.isRunning },
+                "\(process.log)")
+        let log = process.log
+        func value(_ key: String) -> String? {
+            log.split(whereSeparator: \.isNewline).first { $0.hasPrefix(key) }.map { String($0.dropFirst(key.count)) }
+        }
+        let name = try #require(value("login: ")), password = try #require(value("password: "))
+        let cert = try #require(value("certificate: ")?.split(separator: " ").first.map(String.init))
+        let client = try AdminClient(url: "https://127.0.0.1:\(port)", caFile: cert)
+        #expect(try await client.get("/").text.contains("Custos local"))
+        #expect(try await client.login(name, password).status == 200)
+        let agents = try await client.get("/api/v1/agents")
+        #expect((agents.json?["agents"] as? [[String: Any]])?.first?["id"] as? String == "ws-17", "\(agents.text)")
+        process.send(SIGTERM)
+        #expect(process.waitExit(timeout: 30) == 0, "\(process.log)")
+        let after = try SQLiteStorage(path: copy)
+        #expect(try await after.admins().isEmpty, "the one-time account is gone")
+        await after.close()
+    }
 }
+

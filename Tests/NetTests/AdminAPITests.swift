@@ -1,3 +1,4 @@
+import AdminAuth
 import Collector
 import CollectorStorage
 import CollectorStorageOpen
@@ -175,6 +176,25 @@ import TestSupport
             let byAddress = try await c.login("u5", Self.password)
             #expect(byAddress.status == 429 && Int(byAddress.headers["retry-after"] ?? "") ?? 0 > 0, "\(byAddress.text)")
             #expect(try await s.admin(try AdminName("u5"))?.lockedUntilMs == nil, "u5 itself is not locked")
+        }
+    }
+
+    /// An account with a TOTP secret (HummingbirdOTP): the password alone is refused, a wrong code
+    /// is refused and counted, the current code logs in.
+    @Test func totpAccountsNeedTheirCode() async throws {
+        try await Rig.with("totp") { rig in
+            let secret = AdminTOTP.newSecret()
+            try await TestAdmin.add(to: rig.collector.storage, name: "tess", role: .auditor, password: Self.password, totpSecret: secret)
+            let c = rig.client
+            let none = try await c.login("tess", Self.password)
+            #expect(none.status == 401 && none.error?.hasPrefix("totp") == true, "\(none.text)")
+            let wrongCode = AdminTOTP.code(secret: secret, at: Date().addingTimeInterval(-600))
+            #expect(try await c.login("tess", Self.password, totp: wrongCode).error == "totp: wrong code")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 2)
+            #expect(try await c.login("tess", "wrong password here", totp: AdminTOTP.code(secret: secret)).error == "wrong name or password")
+            let ok = try await c.login("tess", Self.password, totp: AdminTOTP.code(secret: secret))
+            #expect(ok.status == 200 && ok.json?["role"] as? String == "auditor", "\(ok.text)")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 0, "a success clears the count")
         }
     }
 

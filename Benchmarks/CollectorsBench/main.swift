@@ -338,6 +338,8 @@ struct RunResult {
     let cpu: CPUUse
     /// Multiplies cores into CPU milliseconds per answered upload.
     let cpuMillisecondsPerRequest: Double
+    /// PostgreSQL's WAL syncs per answered upload (below 1: commits shared a sync).
+    let walSyncsPerUpload: Double?
     let errors: Errors
 }
 
@@ -390,6 +392,16 @@ struct PortTaken: Error {}
             [" warning ", " error ", " critical "].contains { line.contains($0) }
         }.map { SafeText.escaped(String($0)) }
     }
+}
+
+/// How often PostgreSQL has synced its WAL to disk so far (`pg_stat_wal.wal_sync`, PostgreSQL
+/// 14+; every server process adds its count at most once a second, so a delta over a few
+/// seconds is close, not exact).
+/// - Throws: ``TestSupportError`` when psql fails; ``BenchError`` when the answer is not a number.
+@MainActor func walSyncs() throws -> Int {
+    let text = try cluster.psql("SELECT wal_sync FROM pg_stat_wal;").trimmingCharacters(in: .whitespacesAndNewlines)
+    guard let n = Int(text) else { throw BenchError("pg_stat_wal.wal_sync: expected a number, found \(SafeText.quoted(text))") }
+    return n
 }
 
 /// The captures and DEK records stored at `location` (opened, counted, closed).
@@ -509,6 +521,7 @@ var clientCache: [Int: [Int: CollectorClient]] = [:]
     let warmUpSeconds = seconds(warmStart.duration(to: clock.now))
 
     // The measured window: every agent uploads back to back until the deadline.
+    let walBefore = setUp.backend == .postgres ? try walSyncs() : 0
     let before = CPUSample()
     let start = clock.now
     let deadline = start.advanced(by: .seconds(windowSeconds))
@@ -551,6 +564,7 @@ var clientCache: [Int: [Int: CollectorClient]] = [:]
         return all
     }
     let after = CPUSample()
+    let walAfter = setUp.backend == .postgres ? try walSyncs() : 0
     let window = Double(windowSeconds)
     for c in clients { await c.close() }
 
@@ -586,12 +600,15 @@ var clientCache: [Int: [Int: CollectorClient]] = [:]
                      p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99), max: latencies.last ?? 0,
                      warmUpSeconds: warmUpSeconds, cpu: cpu,
                      cpuMillisecondsPerRequest: Double(answered) > 0 ? seconds(before.at.duration(to: after.at)) * 1000 / Double(answered) : 0,
+                     walSyncsPerUpload: setUp.backend == .postgres && answered > 0 ? Double(walAfter - walBefore) / Double(answered) : nil,
                      errors: errors)
 }
 
-/// Median milliseconds of one 8 KiB `pwrite` + `fdatasync` (man 2 fdatasync) to a new file in
-/// `dir`, over `count` tries: the disk's floor for one durable commit, which a single writer
-/// that syncs every upload (SQLite, synchronous=FULL) pays once per upload.
+/// Median milliseconds of one 8 KiB `pwrite` + `fdatasync` (man 2 fdatasync) over `count` tries,
+/// each overwriting a block of a file in `dir` written and synced before (as a write-ahead log
+/// is reused: no size change, so no file-system metadata to sync): the disk's floor for one
+/// durable commit, which a single writer that syncs every upload (SQLite, synchronous=FULL)
+/// pays once per upload.
 /// - Throws: ``BenchError`` naming the call that failed.
 func syncLatency(in dir: String, count: Int = 200) throws -> Double {
     let path = dir + "/sync-probe.bin"
@@ -599,6 +616,10 @@ func syncLatency(in dir: String, count: Int = 200) throws -> Double {
     guard fd >= 0 else { throw BenchError("open \(path): errno \(errno)") }
     defer { close(fd); unlink(path) }
     let block = [UInt8](repeating: 0x5A, count: 8192)
+    for i in 0..<count {
+        guard pwrite(fd, block, block.count, off_t(i * block.count)) == block.count else { throw BenchError("pwrite \(path): errno \(errno)") }
+    }
+    guard fsync(fd) == 0 else { throw BenchError("fsync \(path): errno \(errno)") }
     var samples: [Double] = []
     for i in 0..<count {
         let start = clock.now
@@ -640,7 +661,8 @@ do {
                        r.p50 * 1000, r.p99 * 1000, r.max * 1000, r.warmUpSeconds))
             let c = r.cpu
             let top = c.otherTop.isEmpty ? "" : " (still running: " + c.otherTop.map { "\($0.name) \(cores($0.cores))" }.joined(separator: ", ") + ")"
-            out("   " + pad("", 15) + " cores: generator \(cores(c.generator)), collectors \(c.collectors.map(cores).joined(separator: " + ")), PostgreSQL \(c.postgres.map(cores) ?? "-"), softirq \(cores(c.softirq)), other work \(cores(c.other))\(top); machine \(cores(c.machine)) of \(cpuCount); errors: \(r.errors.summary)")
+            let wal = r.walSyncsPerUpload.map { String(format: "; PostgreSQL WAL syncs per upload %.2f", $0) } ?? ""
+            out("   " + pad("", 15) + " cores: generator \(cores(c.generator)), collectors \(c.collectors.map(cores).joined(separator: " + ")), PostgreSQL \(c.postgres.map(cores) ?? "-"), softirq \(cores(c.softirq)), other work \(cores(c.other))\(top); machine \(cores(c.machine)) of \(cpuCount)\(wal); errors: \(r.errors.summary)")
         }
     }
 } catch {
@@ -651,7 +673,7 @@ do {
 
 if !results.isEmpty {
     out("\nMedians of \(rounds) rounds (\(agentCount) agents, \(windowSeconds) s windows, \(blobsPerRequest) × \(blobBytes) B per upload):")
-    out("   " + pad("set-up", 15) + "  requests/s  captures/s  ack p50  ack p99 | cores: generator collectors PostgreSQL softirq other | CPU ms/upload: generator collectors PostgreSQL")
+    out("   " + pad("set-up", 15) + "  requests/s  captures/s  ack p50  ack p99 | cores: generator collectors PostgreSQL softirq other | CPU ms/upload: generator collectors PostgreSQL | WAL syncs/upload")
     var medianRate: [SetUp: Double] = [:]
     for setUp in setUps {
         guard let rs = results[setUp] else { continue }
@@ -666,6 +688,7 @@ if !results.isEmpty {
         line += " " + pad(cores(median(rs.map(\.cpu.softirq))), -7) + " " + pad(cores(median(rs.map(\.cpu.other))), -5) + " | "
         line += pad(String(format: "%.2f", ms { $0.cpu.generator }), -23) + " " + pad(String(format: "%.2f", ms { $0.cpu.collectors.reduce(0, +) }), -10)
         line += " " + pad(pg ? String(format: "%.2f", ms { $0.cpu.postgres ?? 0 }) : "-", -10)
+        line += " | " + pad(pg ? String(format: "%.2f", median(rs.map { $0.walSyncsPerUpload ?? 0 })) : "-", -16)
         out(line)
     }
     let sync = median(syncTimes)

@@ -18,8 +18,8 @@
 // includes the queueing of 1,000 agents on whatever the machine serves). Requests/s counts the
 // uploads acknowledged within the window; the ack time is measured per upload (send to answer).
 // Rounds rotate the order of the set-ups; the summary gives the median of the rounds, column by
-// column. Each round also times one 8 KiB write + fdatasync on the same file system: the floor
-// of a commit that waits for the disk.
+// column. Each round also times one 8 KiB overwrite + fdatasync on the same file system: about
+// what a commit that waits for the disk costs at that time (other work on the host loads it).
 //
 // Sanity: every upload must answer 200 with every record `stored`; non-2xx answers, failed
 // connections, broken requests, records not stored and collector log lines at warning or above
@@ -606,9 +606,9 @@ var clientCache: [Int: [Int: CollectorClient]] = [:]
 
 /// Median milliseconds of one 8 KiB `pwrite` + `fdatasync` (man 2 fdatasync) over `count` tries,
 /// each overwriting a block of a file in `dir` written and synced before (as a write-ahead log
-/// is reused: no size change, so no file-system metadata to sync): the disk's floor for one
-/// durable commit, which a single writer that syncs every upload (SQLite, synchronous=FULL)
-/// pays once per upload.
+/// is reused: no size change, so no file-system metadata to sync): about what one durable
+/// commit waits for at that moment, which a single writer that syncs every upload (SQLite,
+/// synchronous=FULL: `perf stat` counted one fdatasync per upload) pays once per upload.
 /// - Throws: ``BenchError`` naming the call that failed.
 func syncLatency(in dir: String, count: Int = 200) throws -> Double {
     let path = dir + "/sync-probe.bin"
@@ -650,7 +650,7 @@ do {
         out("\nRound \(round + 1) of \(rounds)")
         let sync = try syncLatency(in: work.path)
         syncTimes.append(sync)
-        out(String(format: "   disk: one 8 KiB write + fdatasync %.2f ms (median of 200): at most %@ commits/s one after another", sync, grouped(1000 / sync)))
+        out(String(format: "   disk: one 8 KiB overwrite + fdatasync %.2f ms (median of 200; a writer that syncs each upload alone manages about %@/s)", sync, grouped(1000 / sync)))
         for k in 0..<setUps.count {
             let setUp = setUps[(k + round) % setUps.count]
             let r = try await run(setUp)
@@ -692,7 +692,7 @@ if !results.isEmpty {
         out(line)
     }
     let sync = median(syncTimes)
-    out(String(format: "   disk: one 8 KiB write + fdatasync %.2f ms: at most %@ commits/s one after another", sync, grouped(1000 / sync)))
+    out(String(format: "   disk: one 8 KiB overwrite + fdatasync %.2f ms (median of the rounds)", sync))
     let sqlite1 = SetUp(backend: .sqlite, collectors: 1), pg1 = SetUp(backend: .postgres, collectors: 1)
     if let s = medianRate[sqlite1], let p = medianRate[pg1], s > 0 {
         let ratio = p / s

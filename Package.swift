@@ -198,6 +198,11 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/StorageBench", swiftSettings: strict),
 
+        .executableTarget(name: "custos-bench-collectors", dependencies: [
+            "CollectorStorage", "CollectorStorageOpen", "CustosBase", "Envelope", "TestSupport", "Transport", "Wire",
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Benchmarks/CollectorsBench", swiftSettings: strict),
+
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", dependencies: [
             "Collector", "CollectorStorage", "CollectorStorageOpen", "AdminAuth", "CustosBase", .product(name: "Logging", package: "swift-log"),

@@ -32,7 +32,6 @@ struct PostgresCollectorTests {
         let passwordFile: String
         var url: String { cluster.url(database: name, user: "custos") }
         var db: [String] { ["--db", url, "--db-password-file", passwordFile] }
-        var configLines: String { "database=\(url)\ndatabase-password-file=\(passwordFile)" }
 
         static func make(_ cluster: PostgresCluster, in dir: TempDir) async throws -> Database {
             let password = try await offPool { try cluster.createRole("custos") }
@@ -108,11 +107,8 @@ struct PostgresCollectorTests {
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await Self.insertSeedKEK(db)
         let pki = try sharedMaterial.get().pki
-        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", extra: "")
-        // writeCollectorConfig names a SQLite file: append the PostgreSQL lines instead.
-        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
-        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines)
-        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", database: db.url,
+                                 passwordFile: db.passwordFile)
 
         let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
         defer { collector.send(SIGTERM); collector.waitExit(timeout: 10) }
@@ -153,10 +149,8 @@ struct PostgresCollectorTests {
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await Self.insertSeedKEK(db)
         let pki = try sharedMaterial.get().pki
-        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", extra: "")
-        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
-        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines + "\nblob-dir=blobs")
-        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", database: db.url,
+                                 passwordFile: db.passwordFile, extra: "blob-dir=blobs")
 
         let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
         defer { collector.send(SIGTERM); collector.waitExit(timeout: 10) }
@@ -207,10 +201,7 @@ struct PostgresCollectorTests {
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await Self.insertSeedKEK(db)
         try writeCollectorConfig(dir.file("collector.cfg"), pki: try sharedMaterial.get().pki, listen: "127.0.0.1:0",
-                                 extra: "retry-after-seconds=1")
-        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
-        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines)
-        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+                                 database: db.url, passwordFile: db.passwordFile, extra: "retry-after-seconds=1")
         try await cluster.stopAsync()
 
         let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
@@ -319,9 +310,8 @@ struct PostgresCollectorTests {
         let pki = try sharedMaterial.get().pki
         func config(_ name: String, _ extra: String) throws -> String {
             let path = dir.file(name)
-            try writeCollectorConfig(path, pki: pki, listen: "127.0.0.1:0", extra: extra)
-            let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "database=collector.db", with: db.configLines)
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            try writeCollectorConfig(path, pki: pki, listen: "127.0.0.1:0", database: db.url, passwordFile: db.passwordFile,
+                                     extra: extra)
             return path
         }
 

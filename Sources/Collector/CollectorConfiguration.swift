@@ -207,13 +207,16 @@ public struct CollectorConfiguration: Sendable {
                 throw ConfigError(file: f.path, line: entry.line, key: entry.key, error.message)
             }
         }
-        /// Splits `NAME:DAYS` at its last ':'.
+        /// Splits `NAME:DAYS` at its ':' (neither a kind nor an agent id holds one).
         func rule(_ entry: ConfigFile.Entry, _ what: String) throws(ConfigError) -> (String, Int) {
-            guard let colon = entry.value.lastIndex(of: ":"), colon != entry.value.startIndex else {
-                throw ConfigError(file: f.path, line: entry.line, key: entry.key,
-                                  "expected \(what):DAYS (e.g. \(what == "KIND" ? "screen:30" : "host-17:365")), found \(SafeText.quoted(entry.value))")
+            let example = what == "KIND" ? "screen:30" : "host-17:365"
+            let parts = entry.value.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty else {
+                let form = parts.count > 2 ? "\(what):DAYS with one ':' (e.g. \(example); one line per \(what == "KIND" ? "kind" : "agent"))"
+                    : "\(what):DAYS (e.g. \(example))"
+                throw ConfigError(file: f.path, line: entry.line, key: entry.key, "expected \(form), found \(SafeText.quoted(entry.value))")
             }
-            return (String(entry.value[..<colon]), try days(entry, String(entry.value[entry.value.index(after: colon)...])))
+            return (String(parts[0]), try days(entry, String(parts[1])))
         }
         let defaultDays = try f.value("retention-days").map { e throws(ConfigError) in try days(e, e.value) } ?? 0
         var kinds: [CaptureKind: Int] = [:], kindLines: [CaptureKind: Int] = [:]

@@ -138,44 +138,77 @@ public struct ExpiryOutcome: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// A legal hold: while it is active (until ``untilMs``), no capture of its agent expires,
-/// whatever the retention policy (docs/STORAGE.md "Legal holds").
+/// A legal hold: while it is active (until ``untilMs``, and not removed), no capture of its agent
+/// expires, whatever the retention policy (docs/STORAGE.md "Legal holds"). A removed hold keeps
+/// its row (who removed it, when): the hold history stays, and only active holds protect.
 public struct LegalHold: Sendable, Equatable {
     /// Row id (`custos hold remove --id`).
     public var id: Int64
     public var agentID: AgentID
     /// The hold ends then, Unix ms (exclusive: active while now < until).
     public var untilMs: Int64
-    /// Why (free text, may be empty; escape before showing it).
+    /// Why (free text, at most ``maxReasonCharacters``, may be empty; escape before showing it).
     public var reason: String
     /// Who placed it (the admin's user name).
     public var createdBy: String
     /// When it was placed, Unix ms.
     public var createdAtMs: Int64
+    /// When it was removed (`custos hold remove`), Unix ms; nil while it is not.
+    public var removedAtMs: Int64?
+    /// Who removed it; nil while it is not removed.
+    public var removedBy: String?
 
-    public init(id: Int64, agentID: AgentID, untilMs: Int64, reason: String, createdBy: String, createdAtMs: Int64) {
+    /// The longest reason a hold may have, in characters (a case number and a sentence; a
+    /// listing shows it in one line).
+    public static let maxReasonCharacters = 500
+
+    public init(id: Int64, agentID: AgentID, untilMs: Int64, reason: String, createdBy: String, createdAtMs: Int64,
+                removedAtMs: Int64? = nil, removedBy: String? = nil) {
         self.id = id
         self.agentID = agentID
         self.untilMs = untilMs
         self.reason = reason
         self.createdBy = createdBy
         self.createdAtMs = createdAtMs
+        self.removedAtMs = removedAtMs
+        self.removedBy = removedBy
     }
 
-    /// Whether it holds at `nowMs` (Unix ms).
-    public func isActive(atMs nowMs: Int64) -> Bool { nowMs < untilMs }
+    /// Whether it holds at `nowMs` (Unix ms): not removed, and now < until.
+    public func isActive(atMs nowMs: Int64) -> Bool { removedAtMs == nil && nowMs < untilMs }
+
+    /// `active`, `ended` (its until time passed) or `removed`, at `nowMs`.
+    public func state(atMs nowMs: Int64) -> String {
+        removedAtMs != nil ? "removed" : nowMs < untilMs ? "active" : "ended"
+    }
+
+    /// What is wrong with `reason` as a hold's reason, in words (`holds 612 characters; at most
+    /// 500`), nil when nothing: the one check of a reason, made by every backend
+    /// (``StorageCheck/holdReason(_:context:)``) and by `custos hold add --reason` before the
+    /// database is touched.
+    public static func reasonProblem(_ reason: String) -> String? {
+        if reason.utf8.contains(0) { return "holds a NUL character, which no backend stores (PostgreSQL text cannot)" }
+        let n = reason.count
+        return n > maxReasonCharacters ? "holds \(n) characters; at most \(maxReasonCharacters) are stored" : nil
+    }
 }
 
 /// Legal holds: the `legal_hold` table.
 public protocol HoldStore: Sendable {
     /// Places a hold on `agent`'s captures until `untilMs` (Unix ms), stamped now; returns it.
     /// The agent need not be registered (a removed agent's captures stay, and may be held).
-    /// - Throws: `.invalidArgument` for a time outside years 1–9999 or a text holding NUL.
+    /// - Throws: `.invalidArgument` for a time outside years 1–9999, a reason
+    ///   ``LegalHold/reasonProblem(_:)`` refuses, or a `createdBy` holding NUL.
     func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold
-    /// Holds by id; only those active at `activeAtMs` (Unix ms) when given, else all (ended ones too).
+    /// Holds by id: only those active at `activeAtMs` (Unix ms: not removed, until later) when
+    /// given, else all (ended and removed ones too).
     func holds(activeAtMs: Int64?) async throws(StorageError) -> [LegalHold]
-    /// Removes a hold (its agent's captures may then expire at the next run). - Throws: `.notFound`.
-    func removeHold(id: Int64) async throws(StorageError)
+    /// Marks a hold removed by `removedBy`, stamped now, and returns it: from then on it no
+    /// longer protects (its agent's expired captures go at the next retention run); its row
+    /// stays, listed with who removed it and when.
+    /// - Throws: `.notFound` for an unknown id, or a hold removed already (the message says
+    ///   by whom and when); `.invalidArgument` for a `removedBy` holding NUL.
+    func removeHold(id: Int64, removedBy: String) async throws(StorageError) -> LegalHold
 }
 
 /// Expiry of captures and the lease that lets one instance at a time run it.
@@ -230,6 +263,13 @@ extension RetentionPolicy {
 }
 
 extension StorageCheck {
+    /// Throws `.invalidArgument` when ``LegalHold/reasonProblem(_:)`` finds one in `reason`.
+    public static func holdReason(_ reason: String, context: String) throws(StorageError) {
+        if let problem = LegalHold.reasonProblem(reason) {
+            throw StorageError(.invalidArgument, "\(context): hold reason \(problem)")
+        }
+    }
+
     /// The checks of ``RetentionStore/expire(policy:nowMs:limit:)``: limit 1…10,000, `nowMs`
     /// within years 1–9999, and every cutoff too (a policy of 36,500 days near year 1 would not be).
     public static func expiry(policy: RetentionPolicy, nowMs: Int64, limit: Int, context: String) throws(StorageError) {

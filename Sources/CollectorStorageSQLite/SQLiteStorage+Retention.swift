@@ -12,10 +12,11 @@ import Glibc
 extension SQLiteStorage {
     // MARK: HoldStore
 
-    /// - Throws: `.invalidArgument` for `untilMs` outside years 1–9999 or a text holding NUL.
+    /// - Throws: `.invalidArgument` for `untilMs` outside years 1–9999, a reason
+    ///   ``LegalHold/reasonProblem(_:)`` refuses, or a `createdBy` holding NUL.
     public func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold {
         try StorageCheck.time(untilMs, "hold until", context: shownPath)
-        try StorageCheck.text(reason, "hold reason", context: shownPath)
+        try StorageCheck.holdReason(reason, context: shownPath)
         try StorageCheck.text(createdBy, "hold created by", context: shownPath)
         let now = Self.nowMs()
         return try await write("add a hold on agent \(agent)") { db in
@@ -33,21 +34,38 @@ extension SQLiteStorage {
         let database = shownPath
         return try await read("list holds") { db in
             try Row.fetchAll(db, sql: """
-                SELECT id, agent_id, until_at, reason, created_by, created_at FROM legal_hold
-                WHERE until_at > ? ORDER BY id
-                """, arguments: [activeAtMs ?? Int64.min]).map { row in
-                let r = RowReader(row, database: database, table: "legal_hold", key: "id")
-                return LegalHold(id: try r.int("id"), agentID: try r.agentID("agent_id"), untilMs: try r.int("until_at"),
-                                 reason: try r.text("reason"), createdBy: try r.text("created_by"),
-                                 createdAtMs: try r.int("created_at"))
+                SELECT id, agent_id, until_at, reason, created_by, created_at, removed_at, removed_by FROM legal_hold
+                WHERE ? OR (until_at > ? AND removed_at IS NULL) ORDER BY id
+                """, arguments: [activeAtMs == nil, activeAtMs ?? 0]).map { row in
+                try Self.hold(RowReader(row, database: database, table: "legal_hold", key: "id"))
             }
         }
     }
 
-    public func removeHold(id: Int64) async throws(StorageError) {
-        try await write("remove hold \(id)") { db in
-            try db.execute(sql: "DELETE FROM legal_hold WHERE id = ?", arguments: [id])
-            if db.changesCount == 0 { throw StorageError(.notFound, "no legal hold \(id)") }
+    /// A `legal_hold` row (all columns) as a ``LegalHold``.
+    private static func hold(_ r: RowReader) throws(StorageError) -> LegalHold {
+        LegalHold(id: try r.int("id"), agentID: try r.agentID("agent_id"), untilMs: try r.int("until_at"),
+                  reason: try r.text("reason"), createdBy: try r.text("created_by"), createdAtMs: try r.int("created_at"),
+                  removedAtMs: try r.optionalInt("removed_at"), removedBy: try r.optionalText("removed_by"))
+    }
+
+    public func removeHold(id: Int64, removedBy: String) async throws(StorageError) -> LegalHold {
+        try StorageCheck.text(removedBy, "hold removed by", context: shownPath)
+        let now = Self.nowMs(), database = shownPath
+        return try await write("remove hold \(id)") { db in
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT id, agent_id, until_at, reason, created_by, created_at, removed_at, removed_by FROM legal_hold WHERE id = ?
+                """, arguments: [id]) else {
+                throw StorageError(.notFound, "\(database): no legal hold \(id)")
+            }
+            var hold = try Self.hold(RowReader(row, database: database, table: "legal_hold", key: "id"))
+            if let at = hold.removedAtMs {
+                throw StorageError(.notFound, "\(database): legal hold \(id) was removed already, by \(SafeText.quoted(hold.removedBy ?? "")) at \(at) (Unix ms)")
+            }
+            try db.execute(sql: "UPDATE legal_hold SET removed_at = ?, removed_by = ? WHERE id = ?", arguments: [now, removedBy, id])
+            hold.removedAtMs = now
+            hold.removedBy = removedBy
+            return hold
         }
     }
 
@@ -142,7 +160,7 @@ extension SQLiteStorage {
                 arguments += StatementArguments(rule.excludedAgents.map(\.rawValue))
             }
         }
-        conditions.append("NOT EXISTS (SELECT 1 FROM legal_hold h WHERE h.agent_id = captures.agent_id AND h.until_at > ?)")
+        conditions.append("NOT EXISTS (SELECT 1 FROM legal_hold h WHERE h.agent_id = captures.agent_id AND h.until_at > ? AND h.removed_at IS NULL)")
         arguments += [nowMs, limit]
         return ("""
             SELECT blob_id, size, blob_file, blob_offset FROM captures INDEXED BY \(index)

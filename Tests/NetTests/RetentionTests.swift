@@ -64,6 +64,8 @@ import TestSupport
         ("retention-days=ten", "retention-days", "found 'ten'"),
         ("retention-days-kind=video:3", "retention-days-kind", "capture kind (screen, keystrokes or generic)"),
         ("retention-days-kind=screen", "retention-days-kind", "expected KIND:DAYS"),
+        ("retention-days-kind=screen:3:4", "retention-days-kind", "expected KIND:DAYS with one ':' (e.g. screen:30; one line per kind), found 'screen:3:4'"),
+        ("retention-days-agent=host-1:3:4", "retention-days-agent", "expected AGENT:DAYS with one ':'"),
         ("retention-days-kind=screen:x", "retention-days-kind", "whole number of days"),
         ("retention-days-kind=screen:3\nretention-days-kind=screen:4", "retention-days-kind", "first on line 3"),
         ("retention-days-agent=bad/agent:3", "retention-days-agent", "letters, digits"),

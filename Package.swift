@@ -85,7 +85,7 @@ let package = Package(
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
         // The storage seam: async protocols by role over typed ids; backends in their own targets.
         .target(name: "CollectorStorage", dependencies: [
-            "CustosBase", "Envelope",
+            "CustosBase", "Envelope", "CSysShim",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),

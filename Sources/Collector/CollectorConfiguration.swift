@@ -37,8 +37,8 @@ import Wire
 ///   keep-alives included; about 55 KB of memory and one file descriptor each). A connection
 ///   above it is closed at once, before its handshake; the agent retries with backoff.
 /// - `retention-days` (integer 0...36500, default 0 = keep forever): captures older than this
-///   many days (by capture time) are deleted with their blob bytes (with `blob-dir=` on
-///   PostgreSQL the bytes stay in the blob files: docs/STORAGE.md "Blobs").
+///   many days (by capture time) are deleted with their blob bytes, which are erased from blob
+///   files (docs/STORAGE.md "Retention", "Releasing blob bytes").
 /// - `retention-days-kind` (KIND:DAYS, repeatable): days for one capture kind (screen,
 ///   keystrokes, generic), over `retention-days`.
 /// - `retention-days-agent` (AGENT:DAYS, repeatable): days for one agent, over every kind rule
@@ -140,7 +140,7 @@ public struct CollectorConfiguration: Sendable {
         ConfigKey("max-connections", type: "integer 1...1000000", default: "1024",
                   doc: "TLS connections open at once, idle keep-alives included (each holds about 55 KB of memory and a file descriptor). A connection above it is closed before its TLS handshake, logged once per episode; agents retry with backoff. Agents keep one connection each: allow for your fleet, and keep it below the file-descriptor limit (LimitNOFILE; the collector raises its soft limit to the hard one at start)."),
         ConfigKey("retention-days", type: "integer 0...36500", default: "0",
-                  doc: "Captures whose capture time is more than this many days ago are deleted, with their blob bytes (DEK records stay; with blob-dir= on PostgreSQL the bytes stay in the blob files until those are compacted, which is not built yet). 0 keeps them forever. Overridden by retention-days-kind and retention-days-agent; never deletes captures of an agent under a legal hold (custos hold add)."),
+                  doc: "Captures whose capture time is more than this many days ago are deleted, with their blob bytes (DEK records stay; bytes in blob files, SQLite's or PostgreSQL's blob-dir=, are erased there: a hole punched, or zeros where the file system cannot punch holes). 0 keeps them forever. Overridden by retention-days-kind and retention-days-agent; never deletes captures of an agent under a legal hold (custos hold add)."),
         ConfigKey("retention-days-kind", type: "KIND:DAYS (KIND: screen, keystrokes, generic; DAYS 0...36500)", default: nil, repeatable: true,
                   doc: "Days for one capture kind, over retention-days (0: keep that kind forever). One line per kind."),
         ConfigKey("retention-days-agent", type: "AGENT:DAYS (DAYS 0...36500)", default: nil, repeatable: true,

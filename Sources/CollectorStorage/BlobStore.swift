@@ -71,8 +71,8 @@ public struct BlobRef: Sendable, Hashable, CustomStringConvertible {
 ///
 /// Contract: ``put(_:)`` makes every byte durable before it returns, so the caller may then
 /// commit rows pointing at them (a crash in between leaves unreferenced bytes, never a row
-/// without bytes); bytes are never changed or removed by the store, so a reference stays valid
-/// until its row is deleted (what no row references any more is unused space).
+/// without bytes); a referenced range is never changed, so a reference stays valid until its
+/// row is deleted. Only then may its bytes be erased (retention: ``SharedBlobDirectory/erase(_:zeroOnly:)``).
 public protocol BlobStore: Sendable {
     /// Appends `blobs` (each non-empty) and makes them durable; one reference per blob, in order.
     /// - Throws: ``StorageError`` `.unavailable` naming the directory or file (missing,
@@ -128,13 +128,15 @@ public final class SharedBlobDirectory: BlobStore {
         return (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &g)) }.joined()
     }
 
-    private struct Writer {
+    struct Writer {
         var number: Int64 = 0
         var fd: Int32 = -1
         var size: Int64 = 0
+        /// Set by ``finish()``: no more appends; the end marker is written.
+        var finished = false
     }
-    private let writer = Mutex(Writer())
-    private let writeQueue: DispatchQueue
+    let writer = Mutex(Writer())
+    let writeQueue: DispatchQueue
 
     /// No I/O here. - Throws: `.invalidArgument` when `instance` is not 32 lowercase hex digits
     /// or `storeID` is empty or holds a line break.
@@ -188,7 +190,7 @@ public final class SharedBlobDirectory: BlobStore {
 
     // MARK: Blocking parts (on Dispatch queues)
 
-    private var shownDirectory: String { SafeText.escaped(directory) }
+    var shownDirectory: String { SafeText.escaped(directory) }
 
     /// Checks the directory and its marker (writing the marker when allowed and absent).
     func checkDirectory(mayCreateMarker: Bool) throws(StorageError) {
@@ -227,6 +229,9 @@ public final class SharedBlobDirectory: BlobStore {
     }
 
     private func appendAndSync(_ blobs: [Data], mayCreateMarker: Bool) throws(StorageError) -> [BlobRef] {
+        if writer.withLock({ $0.finished }) {
+            throw StorageError(.unavailable, "\(shownDirectory): blob files of instance \(instance) are closed (the storage is closing)")
+        }
         try checkDirectory(mayCreateMarker: mayCreateMarker)
         try openFile()
         let (fd, number, start) = writer.withLock { ($0.fd, $0.number, $0.size) }

@@ -86,7 +86,7 @@ public struct RetentionPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// What one expiry call removed.
+/// What one expiry call removed, and what it erased from blob files.
 public struct ExpiryOutcome: Sendable, Equatable, CustomStringConvertible {
     /// Captures removed and their sealed bytes, per kind.
     public struct Removed: Sendable, Equatable {
@@ -99,19 +99,45 @@ public struct ExpiryOutcome: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    public var removed: [CaptureKind: Removed]
-    /// Whether the call stopped at its limit (call again: more may have expired).
-    public var more: Bool
+    /// The bytes of expired blobs erased from blob files (``BlobErasure``), by this call: its
+    /// own captures' and those an earlier run left (a crash between the rows' delete and the
+    /// erasure, a blob directory that was not mounted).
+    public struct Released: Sendable, Equatable {
+        /// Ranges erased (punched out, or overwritten with zeros).
+        public var ranges = 0
+        /// Bytes erased.
+        public var bytes: Int64 = 0
+        /// Of ``ranges``, those overwritten with zeros (the file system cannot punch holes).
+        public var zeroed = 0
+        /// Blob files deleted: no row pointed into them any more, and their writer had moved on.
+        public var filesDeleted = 0
+        /// Ranges still waiting to be erased after this call (PostgreSQL `blob_release`):
+        /// non-zero with a ``problem``, or while ``ExpiryOutcome/more`` says to call again.
+        public var pending = 0
+        /// Why ranges wait (the directory missing or foreign, a file that cannot be written, no
+        /// `blob-dir=` on this instance), escaped; nil when none does for a reason.
+        public var problem: String?
+        public init() {}
+    }
 
-    public init(removed: [CaptureKind: Removed] = [:], more: Bool = false) {
+    public var removed: [CaptureKind: Removed]
+    /// Whether the call stopped at its limit (call again: more may have expired, or more
+    /// ranges wait to be erased).
+    public var more: Bool
+    public var released: Released
+
+    public init(removed: [CaptureKind: Removed] = [:], more: Bool = false, released: Released = Released()) {
         self.removed = removed
         self.more = more
+        self.released = released
     }
 
     /// Captures removed, all kinds.
     public var captures: Int { removed.values.reduce(0) { $0 + $1.captures } }
     /// Bytes removed, all kinds.
     public var bytes: Int64 { removed.values.reduce(0) { $0 + $1.bytes } }
+    /// Whether the call removed or released anything (worth a log line and an audit record).
+    public var didSomething: Bool { captures > 0 || released.ranges > 0 || released.filesDeleted > 0 }
 
     /// Counts one removed capture of `kind` and `size` bytes.
     public mutating func add(_ kind: CaptureKind, bytes: Int64) {
@@ -119,22 +145,38 @@ public struct ExpiryOutcome: Sendable, Equatable, CustomStringConvertible {
         removed[kind, default: Removed()].bytes += bytes
     }
 
-    /// Adds `other`'s counts (``more`` is `other`'s).
+    /// Adds `other`'s counts (``more``, ``Released/pending`` and ``Released/problem`` are
+    /// `other`'s: the latest call's).
     public mutating func merge(_ other: ExpiryOutcome) {
         for (kind, r) in other.removed {
             removed[kind, default: Removed()].captures += r.captures
             removed[kind, default: Removed()].bytes += r.bytes
         }
         more = other.more
+        released.ranges += other.released.ranges
+        released.bytes += other.released.bytes
+        released.zeroed += other.released.zeroed
+        released.filesDeleted += other.released.filesDeleted
+        released.pending = other.released.pending
+        released.problem = other.released.problem
     }
 
-    /// `screen: 12 captures, 4567 bytes; keystrokes: …` (kinds with nothing removed left out).
+    /// `screen: 12 captures, 4567 bytes; keystrokes: …` (kinds with nothing removed left out),
+    /// then what was erased from blob files: `; blob files: 12 ranges, 4567 bytes erased
+    /// (2 zeroed), 1 file deleted`.
     public var description: String {
         let parts = CaptureKind.allCases.compactMap { kind -> String? in
             guard let r = removed[kind], r.captures > 0 else { return nil }
             return "\(kind.name): \(r.captures) captures, \(r.bytes) bytes"
         }
-        return parts.isEmpty ? "nothing" : parts.joined(separator: "; ")
+        var text = parts.isEmpty ? "nothing" : parts.joined(separator: "; ")
+        if released.ranges > 0 || released.filesDeleted > 0 {
+            text += "; blob files: \(released.ranges) ranges, \(released.bytes) bytes erased"
+                + (released.zeroed > 0 ? " (\(released.zeroed) by writing zeros)" : "")
+                + ", \(released.filesDeleted) file\(released.filesDeleted == 1 ? "" : "s") deleted"
+        }
+        if released.pending > 0 { text += "; \(released.pending) ranges wait to be erased" }
+        return text
     }
 }
 
@@ -217,8 +259,10 @@ public protocol RetentionStore: Sendable {
     /// ms), never one of an agent under a hold active at `nowMs`, and their sealed bytes; in
     /// short transactions (none holds the table long). DEK records stay (small; a DEK may still
     /// seal later blobs). Call again while the outcome says ``ExpiryOutcome/more``.
-    /// SQLite: blob-file bytes are released after the rows' transaction committed (a crash in
-    /// between leaves unreferenced bytes, never a row without bytes).
+    /// The bytes of removed blobs kept in blob files are erased (``BlobErasure``) after the
+    /// rows' transaction committed, and counted in ``ExpiryOutcome/released``. PostgreSQL with
+    /// `blob-dir=`: the ranges are queued in the rows' transaction and erased after it, so a
+    /// crash in between is finished by the next call; SQLite: best effort after the commit.
     /// - Throws: `.invalidArgument` for a limit out of range or `nowMs` outside years 1–9999.
     func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome
     /// Takes or renews the lease `name` for `holder` until `nowMs + ttlMs`: one conditional

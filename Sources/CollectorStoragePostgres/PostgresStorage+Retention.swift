@@ -104,10 +104,28 @@ extension PostgresStorage {
 
     // MARK: Expiry
 
-    /// One transaction per ``ExpiryRule``: a `DELETE … WHERE blob_id IN (SELECT … LIMIT n FOR
-    /// UPDATE SKIP LOCKED) RETURNING size`. The sealed bytes are in the row (`bytea`, TOASTed),
-    /// so they go with it (the space is reused after `VACUUM`, which autovacuum runs).
+    /// Expiry in two phases (docs/STORAGE.md "Retention"): ``expireRows(policy:nowMs:limit:)``
+    /// deletes the rows, one transaction per ``ExpiryRule``, queueing the blob-file ranges of
+    /// rows with a `blob_ref` in `blob_release` in the same statement; then
+    /// ``releaseBlobBytes(limit:)`` erases the queued ranges (this call's and any an earlier run
+    /// left) and deletes blob files no row points into. Bytes kept in the row (`bytea`, TOASTed)
+    /// go with it (the space is reused after `VACUUM`, which autovacuum runs). A failure of the
+    /// second phase does not fail the call: it is in ``ExpiryOutcome/released`` and the ranges
+    /// wait for the next call.
     public func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome {
+        var outcome = try await expireRows(policy: policy, nowMs: nowMs, limit: limit)
+        let (released, more) = await releaseBlobBytes(limit: limit)
+        outcome.released = released
+        outcome.more = outcome.more || more
+        return outcome
+    }
+
+    /// Phase 1 of ``expire(policy:nowMs:limit:)``: deletes at most `limit` expired captures, one
+    /// transaction per ``ExpiryRule``, each one statement that also queues the deleted rows'
+    /// blob-file ranges in `blob_release` (so a crash after its commit leaves the ranges queued,
+    /// never forgotten). ``ExpiryOutcome/released`` is empty.
+    /// - Throws: `.invalidArgument` as ``expire(policy:nowMs:limit:)``; `.unavailable`, `.failed`.
+    func expireRows(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome {
         try StorageCheck.expiry(policy: policy, nowMs: nowMs, limit: limit, context: location)
         var outcome = ExpiryOutcome()
         var remaining = limit
@@ -125,10 +143,12 @@ extension PostgresStorage {
         return outcome
     }
 
-    /// The DELETE of one expiry selection (every value bound).
+    /// The DELETE of one expiry selection (every value bound), which queues the deleted rows'
+    /// blob references in `blob_release` in the same statement (a data-modifying `WITH`) and
+    /// returns each deleted row's size.
     static func expiryQuery(_ rule: ExpiryRule, nowMs: Int64, limit: Int) -> PostgresQuery {
         var parts = PostgresQuery.StringInterpolation(literalCapacity: 512, interpolationCount: 6)
-        parts.appendLiteral("DELETE FROM captures WHERE blob_id IN (SELECT blob_id FROM captures WHERE kind = ")
+        parts.appendLiteral("WITH gone AS (DELETE FROM captures WHERE blob_id IN (SELECT blob_id FROM captures WHERE kind = ")
         parts.appendInterpolation(rule.kind.name)
         parts.appendLiteral(" AND capture_time < ")
         parts.appendInterpolation(timestampMs: rule.cutoffMs)
@@ -144,7 +164,9 @@ extension PostgresStorage {
         parts.appendInterpolation(timestampMs: nowMs)
         parts.appendLiteral(" AND h.removed_at IS NULL) ORDER BY capture_time LIMIT ")
         parts.appendInterpolation(Int64(limit))
-        parts.appendLiteral(" FOR UPDATE SKIP LOCKED) RETURNING size")
+        parts.appendLiteral(" FOR UPDATE SKIP LOCKED) RETURNING blob_id, size, blob_ref), ")
+        parts.appendLiteral("queued AS (INSERT INTO blob_release (ref, blob_id) SELECT blob_ref, blob_id FROM gone ")
+        parts.appendLiteral("WHERE blob_ref IS NOT NULL ON CONFLICT (ref) DO NOTHING) SELECT size FROM gone")
         return PostgresQuery(stringInterpolation: parts)
     }
 }

@@ -137,7 +137,7 @@ extension SQLiteStorage {
             }
             outcome.more = remaining == 0
             // Best effort: the rows are gone (committed); bytes left behind are unreferenced, never read.
-            if !released.isEmpty { try? self.releaseBlobBytes(released, db: db) }
+            if !released.isEmpty { outcome.released = self.releaseBlobBytes(released, db: db) }
             return outcome
         }
     }
@@ -168,29 +168,58 @@ extension SQLiteStorage {
             """, arguments)
     }
 
-    /// Punches the released ranges out of their blob files, then, holding the write lock
-    /// (`BEGIN IMMEDIATE`: no appender of another process is open), deletes each touched file
-    /// that no row points to any more. Runs on GRDB's writer queue, after the rows' commit.
-    private func releaseBlobBytes(_ ranges: [ReleasedRange], db: Database) throws {
-        for range in ranges {
-            let file = blobDirectory + "/" + BlobFiles.fileName(range.file)
+    /// Erases the released ranges from their blob files (``BlobErasure``: a hole punched, or
+    /// zeros where the file system cannot punch; each file `fdatasync`ed), then, holding the
+    /// write lock (`BEGIN IMMEDIATE`: no appender of another process is open), deletes each
+    /// touched file that no row points to any more. Runs on GRDB's writer queue, after the
+    /// rows' commit. Best effort: what fails is named in ``ExpiryOutcome/Released/problem``.
+    private func releaseBlobBytes(_ ranges: [ReleasedRange], db: Database) -> ExpiryOutcome.Released {
+        var released = ExpiryOutcome.Released()
+        var problems: [String] = []
+        for (number, inFile) in Dictionary(grouping: ranges, by: \.file).sorted(by: { $0.key < $1.key }) {
+            let file = blobDirectory + "/" + BlobFiles.fileName(number)
             let fd = open(file, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-            guard fd >= 0 else { continue }  // gone already: nothing to release
-            // The size and every other blob's offset stay; EOPNOTSUPP leaves the bytes until the file goes.
-            _ = custos_punch_hole(fd, range.offset, range.size)
-            Glibc.close(fd)
+            guard fd >= 0 else {
+                if errno != ENOENT { problems.append("\(SafeText.escaped(file)): cannot open: \(String(cString: strerror(errno)))") }
+                continue  // gone already: nothing to erase
+            }
+            defer { Glibc.close(fd) }
+            do throws(SystemCallError) {
+                var n = 0, bytes: Int64 = 0, zeroed = 0
+                for range in inFile {
+                    let (method, erased) = try BlobErasure.erase(fd: fd, path: file, offset: range.offset, length: range.size)
+                    n += 1
+                    bytes += erased
+                    if method == .zeroed { zeroed += 1 }
+                }
+                try syscall("fdatasync", file) { fdatasync(fd) }
+                released.ranges += n
+                released.bytes += bytes
+                released.zeroed += zeroed
+            } catch {
+                problems.append(error.description)
+            }
         }
         let files = Set(ranges.map(\.file))
         let directory = blobDirectory
-        try db.inTransaction(.immediate) {
-            var removed = false
-            for number in files.sorted() {
-                let referenced = try Bool.fetchOne(db, sql: "SELECT 1 FROM captures WHERE blob_file = ? LIMIT 1",
-                                                   arguments: [number]) != nil
-                if !referenced && unlink(directory + "/" + BlobFiles.fileName(number)) == 0 { removed = true }
+        do {
+            try db.inTransaction(.immediate) {
+                var removed = false
+                for number in files.sorted() {
+                    let referenced = try Bool.fetchOne(db, sql: "SELECT 1 FROM captures WHERE blob_file = ? LIMIT 1",
+                                                       arguments: [number]) != nil
+                    if !referenced && unlink(directory + "/" + BlobFiles.fileName(number)) == 0 {
+                        removed = true
+                        released.filesDeleted += 1
+                    }
+                }
+                if removed { BlobAppender.syncDirectory(directory) }
+                return .commit
             }
-            if removed { BlobAppender.syncDirectory(directory) }
-            return .commit
+        } catch {
+            problems.append("\(SafeText.escaped(directory)): blob files no row points to were not deleted: \(SafeText.escaped(String(describing: error)))")
         }
+        released.problem = problems.isEmpty ? nil : problems.joined(separator: "; ")
+        return released
     }
 }

@@ -91,7 +91,10 @@ public enum DecryptJob {
         switch input {
         case .database(let location, let blobDirectory):
             return try await withStorage(location, createIfMissing: false, blobDirectory: blobDirectory) { storage in
-                try await run(source: CollectorSource(storage: storage, name: location.shown), audit: storage, keyFile: keyFile,
+                // Before the key is opened: a blob directory that is missing, foreign or unmounted,
+                // or one needed but not given, is said now rather than as a failure per blob.
+                try await checkBlobDirectory(storage, name: location.shown, option: "--db-blob-dir")
+                return try await run(source: CollectorSource(storage: storage, name: location.shown), audit: storage, keyFile: keyFile,
                               passphrase: passphrase, options: options, actor: actor, log: log, progressStyle: progressStyle)
             }
         case .recordStream(let path):

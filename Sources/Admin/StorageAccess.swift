@@ -93,3 +93,24 @@ func withAuditedCall<T>(_ location: StorageLocation, createIfMissing: Bool = fal
         try await audited(storage, action: action, actor: actor, required: required, { try await call(storage) }, detail: detail)
     }
 }
+
+/// Checks, before a command reads or copies anything, that the blob directory it was given for
+/// `storage` can be used, or that it needs none (``CollectorStorage/checkBlobDirectory()``).
+/// - Parameters:
+///   - name: the database as messages name it.
+///   - option: the option that names its blob directory (`--db-blob-dir`, `--from-blob-dir`,
+///     `--to-blob-dir`).
+/// - Throws: `AdminError` `.usage` (exit 2): the database keeps large blobs in blob files but
+///   `option` was not given ("pass --db-blob-dir DIR"), or the directory cannot be used (missing,
+///   writable by others, another database's marker, no marker: an unmounted volume), naming
+///   `option` and the directory.
+func checkBlobDirectory(_ storage: any CollectorStorage, name: String, option: String) async throws {
+    switch try await storageCall({ () throws(StorageError) in try await storage.checkBlobDirectory() }) {
+    case .notUsed, .ready:
+        return
+    case .needed:
+        throw AdminError(.usage, "\(name) keeps large blobs in blob files (its collectors' blob-dir=): pass \(option) DIR, the directory they use")
+    case .unusable(let why):
+        throw AdminError(.usage, "\(option): \(why)")
+    }
+}

@@ -17,9 +17,10 @@ import Wire
 ///   PostgreSQL database).
 /// - `database-password-file` (path, optional): the file whose first line is the PostgreSQL
 ///   password (never in the URL); only with a `postgres://` database.
-/// - `blob-dir` (path, optional; `postgres://` databases only): the directory (it must exist,
-///   mode 0700; may be one NFS mount shared by every collector instance) where sealed blobs of
-///   32 KiB or more go to append-only blob files, the row keeping a reference; unset: every blob
+/// - `blob-dir` (path, optional; `postgres://` databases only; relative to the config file's
+///   folder, as `database`): the directory (it must exist, mode 0700; may be one NFS mount shared
+///   by every collector instance) where sealed blobs of 32 KiB or more go to append-only blob
+///   files, the row keeping a reference; checked at start (`CollectorServer`); unset: every blob
 ///   stays in the table (`PostgresStorage.Configuration.blobDirectory`, docs/STORAGE.md "Blobs").
 /// - `max-request-bytes` (integer 1024...1073741824, default 16777216): larger upload bodies get 413.
 /// - `max-records-per-request` (integer 1...1000000, default 10000): more records get 413.
@@ -120,7 +121,7 @@ public struct CollectorConfiguration: Sendable {
         ConfigKey("database-password-file", type: "path", default: nil,
                   doc: "File whose first line is the PostgreSQL password (never put it in the URL); a regular file others may not read or write (chmod 640 or 600). Read at start. Only with a postgres:// database."),
         ConfigKey("blob-dir", type: "path", default: nil,
-                  doc: "Only with a postgres:// database: directory where sealed blobs of 32 KiB or more go to append-only blob files (fdatasync'ed before the row commits), the row keeping a reference. It must exist (mode 0700) and may be one mount (NFS) shared by every collector instance: each writes only files named with its own random instance id. Its .custos-blobs marker ties it to the database; a foreign or unmounted directory is refused (uploads get 503 and are retried). Unset: every blob stays in the table (one system to back up)."),
+                  doc: "Only with a postgres:// database: directory where sealed blobs of 32 KiB or more go to append-only blob files (fdatasync'ed before the row commits), the row keeping a reference; a relative path is relative to this file's folder, as database= is. It must exist (mode 0700; it is never created) and may be one mount (NFS) shared by every collector instance: each writes only files named with its own random instance id. Its .custos-blobs marker ties it to the database. Checked at start: a missing directory, one group or others may write, or one whose marker names another database (or has no marker although this database used one: an unmounted volume) stops the collector with an error naming it; a volume unmounted later is refused at each upload (uploads get 503 and are retried). Unset: every blob stays in the table (one system to back up)."),
         ConfigKey("max-request-bytes", type: "integer 1024...1073741824", default: "16777216",
                   doc: "Largest accepted upload body in bytes; larger ones get HTTP 413."),
         ConfigKey("max-records-per-request", type: "integer 1...1000000", default: "10000",

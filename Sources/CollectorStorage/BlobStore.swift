@@ -67,6 +67,24 @@ public struct BlobRef: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// What ``CollectorStorage/checkBlobDirectory()`` found.
+public enum BlobDirectoryCheck: Sendable, Equatable {
+    /// No blob directory is configured and none is needed: no row points into a blob file (or
+    /// the backend keeps its blob files itself, beside its database: SQLite).
+    case notUsed
+    /// The configured directory can be used: it exists, is a directory not writable by group or
+    /// others, and its marker names this database (or it has none yet, and this database never
+    /// marked one: the first large blob writes it).
+    case ready
+    /// Rows point into blob files, but no blob directory is configured: their bytes cannot be
+    /// read. The caller says which option names it (`blob-dir=`, `--db-blob-dir`, `--from-blob-dir`).
+    case needed
+    /// The configured directory cannot be used, and why (escaped, naming it): missing, not a
+    /// directory, writable by group or others, another database's marker, or no marker although
+    /// this database marked one (an unmounted volume).
+    case unusable(String)
+}
+
 /// Where a backend keeps the bytes of large sealed blobs outside its rows.
 ///
 /// Contract: ``put(_:)`` makes every byte durable before it returns, so the caller may then
@@ -192,30 +210,59 @@ public final class SharedBlobDirectory: BlobStore {
 
     var shownDirectory: String { SafeText.escaped(directory) }
 
-    /// Checks the directory and its marker (writing the marker when allowed and absent).
-    func checkDirectory(mayCreateMarker: Bool) throws(StorageError) {
+    /// Checks what a blob directory must be whatever its marker says: it exists, is a directory
+    /// (a symbolic link to one is followed), and is not writable by group or others. Only
+    /// `stat(2)`; no database needed (the collector checks `blob-dir=` so before it connects).
+    /// - Throws: ``StorageError`` `.unavailable` naming the directory and what is expected.
+    public static func checkPlace(_ directory: String) throws(StorageError) {
+        let shown = SafeText.escaped(directory)
         var st = stat()
         guard stat(directory, &st) == 0 else {
             let e = errno
-            throw StorageError(.unavailable, "\(shownDirectory): the blob directory (blob-dir=) \(e == ENOENT ? "does not exist: create it (mode 0700) or mount its volume" : "cannot be read: \(String(cString: strerror(e)))"); large blobs are refused until then")
+            throw StorageError(.unavailable, "\(shown): the blob directory (blob-dir=) \(e == ENOENT ? "does not exist: create it (mode 0700) or mount its volume" : "cannot be read: \(String(cString: strerror(e)))"); large blobs are refused until then")
         }
         guard (st.st_mode & S_IFMT) == S_IFDIR else {
-            throw StorageError(.unavailable, "\(shownDirectory): expected the blob directory (blob-dir=), found something else")
+            throw StorageError(.unavailable, "\(shown): expected the blob directory (blob-dir=), found something else")
         }
         guard st.st_mode & 0o022 == 0 else {
-            throw StorageError(.unavailable, "\(shownDirectory): the blob directory must not be writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)); expected 0700)")
+            throw StorageError(.unavailable, "\(shown): the blob directory (blob-dir=) must not be writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)); expected 0700)")
         }
+    }
+
+    /// Checks the directory and its marker without writing anything, off the concurrency pool:
+    /// what a collector does at start and a `custos` command before it reads or copies.
+    /// - Parameter markerMayBeMissing: whether a directory without a marker is fine (the
+    ///   database has never marked one: it gets its marker with the first large blob).
+    /// - Throws: ``StorageError`` `.unavailable` naming the directory: ``checkPlace(_:)``'s
+    ///   refusals, another database's marker, or no marker where one is expected ("is its
+    ///   volume unmounted?").
+    public func check(markerMayBeMissing: Bool) async throws(StorageError) {
+        let result = await withCheckedContinuation { (done: CheckedContinuation<Result<Void, StorageError>, Never>) in
+            DispatchQueue.global().async {
+                done.resume(returning: Result { () throws(StorageError) in
+                    try self.checkDirectory(mayCreateMarker: markerMayBeMissing, writeMarker: false)
+                })
+            }
+        }
+        try result.get()
+    }
+
+    /// Checks the directory and its marker, writing the marker when it is absent, allowed
+    /// (`mayCreateMarker`) and `writeMarker`.
+    func checkDirectory(mayCreateMarker: Bool, writeMarker: Bool = true) throws(StorageError) {
+        try Self.checkPlace(directory)
         let marker = directory + "/" + Self.markerName
         if let text = try? String(contentsOfFile: marker, encoding: .utf8) {
             let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
             guard id == storeID else {
-                throw StorageError(.unavailable, "\(SafeText.escaped(marker)): this blob directory belongs to another database (id \(SafeText.quoted(id)), this database's is \(storeID)); large blobs are refused")
+                throw StorageError(.unavailable, "\(SafeText.escaped(marker)): this blob directory (blob-dir=) belongs to another database (id \(SafeText.quoted(id)), this database's is \(storeID)); large blobs are refused")
             }
             return
         }
         guard mayCreateMarker else {
-            throw StorageError(.unavailable, "\(shownDirectory): no \(Self.markerName) marker, but this database has used a blob directory before: is its volume unmounted, or the directory replaced? Large blobs are refused until the right directory is back")
+            throw StorageError(.unavailable, "\(shownDirectory): no \(Self.markerName) marker, but this database has used a blob directory (blob-dir=) before: is its volume unmounted, or the directory replaced? Large blobs are refused until the right directory is back")
         }
+        guard writeMarker else { return }
         do {
             try Data((storeID + "\n").utf8).write(to: URL(fileURLWithPath: marker), options: .withoutOverwriting)
         } catch {

@@ -69,6 +69,12 @@ extension SQLiteStorage {
         }
     }
 
+    // MARK: Blob directory
+
+    /// `.notUsed`: the SQLite backend keeps its blob files in `DATABASE.blobs/` itself, and no
+    /// `blob-dir=` applies to it.
+    public func checkBlobDirectory() async throws(StorageError) -> BlobDirectoryCheck { .notUsed }
+
     // MARK: Lease
 
     /// One upsert whose `DO UPDATE … WHERE` only takes a row that is `holder`'s or expired.

@@ -187,6 +187,7 @@ final class SignallingStorage: CollectorStorage {
     }
     func releaseLease(_ name: String, holder: String) async throws(StorageError) { try await base.releaseLease(name, holder: holder) }
     func health() async -> StorageHealth { await base.health() }
+    func checkBlobDirectory() async throws(StorageError) -> BlobDirectoryCheck { try await base.checkBlobDirectory() }
     func run() async throws { try await base.run() }
     func close() async {
         listener.withLock { $0?.finish() }

@@ -357,12 +357,17 @@ import TestSupport
         #expect(admin.sessionIdle == .seconds(900) && admin.sessionMax == .seconds(43_200))
 
         chmod(key, 0o644)
+        // The extra lines come after the generated ones: line numbers from the file as written.
+        try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:0")
+        let base = try String(contentsOfFile: cfg, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+            .count - 1
+        let (first, second) = ("collector.cfg:\(base + 1):", "collector.cfg:\(base + 2):")
         for (extra, expected) in [
-            ("admin-listen=8444", "collector.cfg:5: admin-listen: expected HOST:PORT"),
-            ("admin-listen=127.0.0.1:1\nadmin-session-idle-minutes=0", "collector.cfg:6: admin-session-idle-minutes:"),
-            ("admin-listen=127.0.0.1:1\nadmin-session-max-hours=721", "collector.cfg:6: admin-session-max-hours:"),
-            ("server-private-key-file=server.pem", "collector.cfg:5: server-private-key-file: '\(key)' has mode 644; expected 0600 or 0400"),
-            ("server-private-key-file=missing.pem", "collector.cfg:5: server-private-key-file: expected a private key file"),
+            ("admin-listen=8444", "\(first) admin-listen: expected HOST:PORT"),
+            ("admin-listen=127.0.0.1:1\nadmin-session-idle-minutes=0", "\(second) admin-session-idle-minutes:"),
+            ("admin-listen=127.0.0.1:1\nadmin-session-max-hours=721", "\(second) admin-session-max-hours:"),
+            ("server-private-key-file=server.pem", "\(first) server-private-key-file: '\(key)' has mode 644; expected 0600 or 0400"),
+            ("server-private-key-file=missing.pem", "\(first) server-private-key-file: expected a private key file"),
         ] {
             try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:0", extra: extra)
             do {

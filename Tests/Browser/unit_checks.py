@@ -1,0 +1,3 @@
+"""Checks run.py makes on bytes the unit page produced (artifacts), with real tools."""
+
+CHECKS = []

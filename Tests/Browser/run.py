@@ -48,10 +48,12 @@ def run_unit(args, work, out):
         results = json.loads(driver.execute_script("return document.getElementById('results-json').textContent"))
         for r in results:
             record("unit: " + r["name"], r["ok"], r.get("detail", ""))
+        artifacts = json.loads(driver.execute_script("return document.getElementById('artifacts-json').textContent"))
         import unit_checks  # checks of the bytes the page produced (WebM, zip) with real tools
+        unit_checks.BIN[0] = args.bin
         for name, check in unit_checks.CHECKS:
             try:
-                check(results, work)
+                check(artifacts, work)
                 record("unit: " + name, True)
             except Exception as e:  # noqa: BLE001
                 record("unit: " + name, False, str(e))

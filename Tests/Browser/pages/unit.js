@@ -5,6 +5,8 @@ import { CONVERT_COMMAND, unlockKey, unlockPrivateKey } from "/js/keys.js";
 import { KeyRing, openStream } from "/js/envelope.js";
 import { chunkText, decodePayload } from "/js/payload.js";
 import { MonitorPlayer } from "/js/player.js";
+import { videoRuns, webmForRun, WebMWriter } from "/js/webm.js";
+import { crc32, ZipWriter } from "/js/zip.js";
 import { artifact, assert, assertEqual, fetchBytes, fetchText, rejects, run, test } from "/tests/harness.js";
 
 const F = "/fixtures/";
@@ -209,6 +211,46 @@ test("agent recording (png): the CFRM frame's PNG decodes at its own size with t
   canvas.getContext("2d").drawImage(bitmap, 0, 0);
   document.getElementById("scratch").append(canvas);
   near(pixel(canvas, 160, 120), rgb(m.png.colour), 0, "PNG pixel");
+});
+
+test("webm.js: the recorded packets make one WebM file that Chromium plays (size, duration, last picture's colour)", async () => {
+  assert(video, "needs the video test");
+  const { runs, skipped } = videoRuns(video);
+  assertEqual(runs.length, 1, "runs");
+  assertEqual(skipped, 0, "skipped");
+  const file = webmForRun(runs[0]);
+  artifact("recording.webm", file);
+  artifact("recording.webm.json", new TextEncoder().encode(JSON.stringify({ packets: video.length,
+    durationMs: video[video.length - 1].meta.captureTimeMs - video[0].meta.captureTimeMs + (video[video.length - 1].meta.captureTimeMs - video[video.length - 2].meta.captureTimeMs) })));
+  const el = document.createElement("video");
+  el.muted = true;
+  el.src = URL.createObjectURL(new Blob([file], { type: "video/webm" }));
+  await new Promise((resolve, reject) => { el.onloadeddata = resolve; el.onerror = () => reject(new Error(`<video> error ${el.error?.code} ${el.error?.message}`)); });
+  assertEqual(el.videoWidth, 320, "videoWidth");
+  assertEqual(el.videoHeight, 240, "videoHeight");
+  el.currentTime = el.duration - 0.05;
+  await new Promise((resolve) => { el.onseeked = resolve; });
+  const c = document.createElement("canvas");
+  c.width = 320; c.height = 240;
+  c.getContext("2d").drawImage(el, 0, 0);
+  document.getElementById("scratch").append(c);
+  near(pixel(c, 300, 220), rgb(m.video.last), 10, "the WebM's last picture");
+  // The writer refuses what WebMWriter.swift refuses.
+  const w = new WebMWriter();
+  assert((() => { try { w.append(video[1].packet, 1, false); return false; } catch (e) { return e.name === "WebMError" && e.message.includes("must start with a keyframe"); } })(), "delta first");
+  w.append(video[0].packet, 10, true);
+  assert((() => { try { w.append(video[1].packet, 10, false); return false; } catch (e) { return e.message.includes("not after"); } })(), "time not increasing");
+  assert((() => { try { w.append(video[1].packet, 20, true); return false; } catch (e) { return e.message.includes("flagged as a keyframe"); } })(), "false keyframe flag");
+});
+test("zip.js: a store-only zip with UTF-8 names (checked by Python's zipfile)", async () => {
+  assertEqual(crc32(new TextEncoder().encode("123456789")), 0xcbf43926, "CRC-32 check value");
+  const z = new ZipWriter();
+  z.add("manifest.json", JSON.stringify({ hello: "wörld" }), Date.UTC(2026, 11, 7, 12, 30, 10));
+  z.add("pc-1/keystrokes/Übersicht — bash.txt", "typed ✓");
+  z.add("pc-1/screens/bytes.bin", await fetchBytes(F + m.generic.plain));
+  assert((() => { try { z.add("../evil", "x"); return false; } catch (e) { return e.name === "ZipError"; } })(), "a '..' name is refused");
+  assert((() => { try { z.add("manifest.json", "x"); return false; } catch (e) { return e.name === "ZipError"; } })(), "a repeated name is refused");
+  artifact("test.zip", new Uint8Array(await z.finish().arrayBuffer()));
 });
 
 await run();

@@ -34,6 +34,9 @@ export function chunkFor(p) {
   return new EncodedVideoChunk({ type: p.meta.keyframe ? "key" : "delta", timestamp: p.meta.captureTimeMs * 1000, data: p.packet });
 }
 
+/** Packets to decode past which a seek first shows its group's keyframe (see MonitorPlayer). */
+export const PROGRESSIVE_AFTER = 30;
+
 export function decoderConfig(meta) {
   return { codec: meta.codec, codedWidth: meta.width, codedHeight: meta.height, optimizeForLatency: true };
 }
@@ -58,6 +61,8 @@ export class MonitorPlayer {
     this.generation = 0;
     this.shown = null;
     this.stats = { decoded: 0, resets: 0 };
+    /** Called after each picture drawn: {timestampUs, exact} (exact false: the keyframe shown first). */
+    this.onDraw = null;
   }
 
   /** @param {{meta, packet: Uint8Array}[]} packets video payloads (payload.js) of one monitor, any streams */
@@ -91,6 +96,8 @@ export class MonitorPlayer {
    */
   showAt(timeMs) {
     const generation = ++this.generation;
+    // A seek while another is still decoding: drop that one's queued chunks (scrubbing stays responsive).
+    if (this.pending) this.#abort();
     const run = async () => {
       if (generation !== this.generation) return null;
       return this.#show(timeMs);
@@ -119,30 +126,50 @@ export class MonitorPlayer {
       from = k;
       this.#reset(target.meta);
     }
-    const shown = new Promise((resolve, reject) => { this.pending = { timestamp: target.meta.captureTimeMs * 1000, resolve, reject }; });
+    // A long way from the keyframe: the keyframe's picture is drawn as soon as it is decoded,
+    // then the exact one (a seek shows something at once; the exact picture follows).
+    const progressive = target.position - from > PROGRESSIVE_AFTER;
+    const pending = { timestamp: target.meta.captureTimeMs * 1000, aborted: false, progressive, drewFirst: false };
+    const shown = new Promise((resolve, reject) => { pending.resolve = resolve; pending.reject = reject; });
+    this.pending = pending;
     for (let i = from; i <= target.position; i++) {
       this.decoder.decode(chunkFor(list[i]));
       this.stats.decoded++;
     }
     this.state = { streamID: id, position: target.position };
-    // Chromium's AV1 decoder outputs each low-delay frame without a flush; a flush would make the
-    // next chunk need to be a keyframe, so it is only the fallback after 1 s.
-    const timer = setTimeout(() => {
-      if (this.decoder && this.decoder.state === "configured") {
-        this.state = null;
-        this.decoder.flush().catch(() => {}).then(() => {
-          if (this.pending) { this.pending.reject(new Error(`no picture came out for packet ${target.meta.packetIndex} of stream ${id}`)); this.pending = null; }
-        });
-      }
-    }, 1000);
+    // Chromium's AV1 decoder (optimizeForLatency) outputs each frame without a flush; a flush
+    // would make the next chunk need to be a keyframe, so it is only the fallback when the queue
+    // has drained and the target's picture is still not out after 250 ms.
+    const timer = setInterval(() => {
+      if (this.pending !== pending || !this.decoder || this.decoder.decodeQueueSize > 0) return;
+      pending.idleTicks = (pending.idleTicks ?? 0) + 1;
+      if (pending.idleTicks < 5) return;
+      clearInterval(timer);
+      this.state = null;
+      this.decoder.flush().catch(() => {}).then(() => {
+        if (this.pending === pending) { this.pending = null; pending.reject(new Error(`no picture came out for packet ${target.meta.packetIndex} of stream ${id}`)); }
+      });
+    }, 50);
     try {
       await shown;
     } finally {
-      clearTimeout(timer);
+      clearInterval(timer);
     }
+    if (pending.aborted) return null;
     const info = { timeMs: target.meta.captureTimeMs, streamID: id, packetIndex: target.meta.packetIndex };
     this.shown = { packet: target, info };
     return info;
+  }
+
+  /** Drops the decode in flight (its caller gets null). */
+  #abort() {
+    const p = this.pending;
+    this.pending = null;
+    p.aborted = true;
+    p.resolve();
+    this.state = null;
+    this.shown = null;
+    if (this.decoder && this.decoder.state === "configured") this.decoder.reset();
   }
 
   #contiguous(list, a, b) {
@@ -157,23 +184,29 @@ export class MonitorPlayer {
         output: (frame) => this.#output(frame),
         error: (e) => {
           this.state = null;
-          if (this.pending) { this.pending.reject(new Error(`video decoder: ${e.message}`)); this.pending = null; }
+          this.shown = null;
+          if (this.pending) { const p = this.pending; this.pending = null; p.reject(new Error(`video decoder: ${e.message}`)); }
         },
       });
     } else {
       this.decoder.reset();
     }
-    if (this.pending) { this.pending.resolve(); this.pending = null; }
     this.decoder.configure(decoderConfig(meta));
   }
 
   #output(frame) {
     try {
-      if (this.pending && frame.timestamp === this.pending.timestamp) {
+      const p = this.pending;
+      if (!p) return;
+      const target = frame.timestamp === p.timestamp;
+      if (target || (p.progressive && !p.drewFirst)) {
         const w = frame.displayWidth, h = frame.displayHeight;
         if (this.canvas.width !== w || this.canvas.height !== h) { this.canvas.width = w; this.canvas.height = h; }
         this.ctx.drawImage(frame, 0, 0, w, h);
-        const p = this.pending;
+        p.drewFirst = true;
+        if (this.onDraw) this.onDraw({ timestampUs: frame.timestamp, exact: target });
+      }
+      if (target) {
         this.pending = null;
         p.resolve();
       }
@@ -187,6 +220,6 @@ export class MonitorPlayer {
     if (this.decoder && this.decoder.state !== "closed") this.decoder.close();
     this.decoder = null;
     this.state = null;
-    if (this.pending) { this.pending.resolve(); this.pending = null; }
+    if (this.pending) this.#abort();
   }
 }

@@ -60,7 +60,7 @@ export class MonitorPlayer {
     this.chain = Promise.resolve();
     this.generation = 0;
     this.shown = null;
-    this.stats = { decoded: 0, resets: 0 };
+    this.stats = { decoded: 0, resets: 0, flushes: 0 };
     /** Called after each picture drawn: {timestampUs, exact} (exact false: the keyframe shown first). */
     this.onDraw = null;
   }
@@ -146,6 +146,7 @@ export class MonitorPlayer {
       if (pending.idleTicks < 5) return;
       clearInterval(timer);
       this.state = null;
+      this.stats.flushes++;
       this.decoder.flush().catch(() => {}).then(() => {
         if (this.pending === pending) { this.pending = null; pending.reject(new Error(`no picture came out for packet ${target.meta.packetIndex} of stream ${id}`)); }
       });

@@ -194,6 +194,14 @@ test("webcodecs: the recorded AV1 packets decode; the first picture shows the pa
   document.getElementById("scratch").append(canvas2);
   player.canvas = canvas2; player.ctx = canvas2.getContext("2d");
   await player.showAt(player.range[1]);
+  assertEqual(player.stats.flushes, 0, "pictures came out without the flush fallback (optimizeForLatency)");
+  // A lone keyframe (a tile's first picture) comes out without a flush too.
+  const lone = new MonitorPlayer(document.createElement("canvas"));
+  lone.setPackets([video[0]]);
+  const t = performance.now();
+  assertEqual((await lone.showAt(video[0].meta.captureTimeMs)).packetIndex, 0, "lone keyframe shown");
+  assertEqual(lone.stats.flushes, 0, `lone keyframe without the flush fallback (${Math.round(performance.now() - t)} ms)`);
+  lone.close();
   player.close();
 });
 test("agent recording (png): the CFRM frame's PNG decodes at its own size with the painted colour exactly", async () => {

@@ -37,6 +37,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.20"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
     ],
     targets: [
         // C libraries: one tiny system-library target each, imported only by the module that wraps it.
@@ -112,6 +113,15 @@ let package = Package(
             "CollectorStorage", "CollectorStorageSQLite", "CollectorStoragePostgres", "CustosBase",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
+        // Dashboard accounts: the password rule, bcrypt (HummingbirdBcrypt, cost 12, off the
+        // concurrency pool) and TOTP (HummingbirdOTP, RFC 6238); shared by `custos admins` and
+        // the collector's login.
+        .target(name: "AdminAuth", dependencies: [
+            "CustosBase", "CollectorStorage",
+            .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+            .product(name: "HummingbirdOTP", package: "hummingbird-auth"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ], swiftSettings: strict),
         .target(name: "Transport", dependencies: [
             "Wire", "Spool", "Envelope", "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
@@ -125,6 +135,7 @@ let package = Package(
         ], swiftSettings: strict),
         .target(name: "Collector", dependencies: [
             "Wire", "Envelope", "CustosConfig", "CustosBase", "CSysShim", "CollectorStorage", "CollectorStorageOpen",
+            "AdminAuth",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "Hummingbird", package: "hummingbird"),
@@ -135,7 +146,8 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .target(name: "Admin", dependencies: [
-            "Envelope", "CollectorStorage", "CollectorStorageOpen", "CaptureFormat", "CustosBase", "Video",
+            "Envelope", "CollectorStorage", "CollectorStorageOpen", "CaptureFormat", "CustosBase", "Video", "AdminAuth", "Collector",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
@@ -188,7 +200,7 @@ let package = Package(
 
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", dependencies: [
-            "Collector", "CollectorStorage", "CollectorStorageOpen", .product(name: "Logging", package: "swift-log"),
+            "Collector", "CollectorStorage", "CollectorStorageOpen", "AdminAuth", "CustosBase", .product(name: "Logging", package: "swift-log"),
         ], path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "BaseTests", dependencies: [
             "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
@@ -209,7 +221,7 @@ let package = Package(
         .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "CollectorStorage", "CollectorStorageSQLite",
                                                      "Wire", "Spool", "Envelope", "TestSupport"],
                     swiftSettings: strict),
-        .testTarget(name: "AdminTests", dependencies: ["Admin", "CollectorStorage", "CollectorStorageSQLite", "CustosBase", "Envelope",
+        .testTarget(name: "AdminTests", dependencies: ["Admin", "AdminAuth", "CollectorStorage", "CollectorStorageSQLite", "CustosBase", "Envelope",
                                                        "CaptureFormat", "Video", "TestSupport"],
                     swiftSettings: strict),
         // One conformance suite for every CollectorStorage backend (Backend.testable).

@@ -18,7 +18,7 @@ public struct CustosCommand: AsyncParsableCommand {
         abstract: "Custos admin tool: keys, sealing and opening of end-to-end encrypted captures.",
         subcommands: [KeysCommand.self, SealCommand.self, OpenCommand.self, DBCommand.self,
                       AgentsCommand.self, CapturesCommand.self, DecryptCommand.self, ExportCommand.self, AuditCommand.self,
-                      HoldCommand.self]
+                      HoldCommand.self, AdminsCommand.self, DashboardCommand.self]
     )
 
     public init() {}

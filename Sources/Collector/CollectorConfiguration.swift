@@ -46,6 +46,15 @@ import Wire
 ///   Legal holds (`custos hold add`) win over all of them (``RetentionPolicy``).
 /// - `retention-interval-minutes` (integer 1...10080, default 60): how often expiry runs (and
 ///   once at start); nothing runs when every day count is 0.
+/// - `admin-listen` (HOST:PORT, optional; unset: no admin listener): the dashboard's HTTPS
+///   listener (``AdminListenerConfiguration``), its own port so each can be firewalled.
+/// - `admin-tls-cert`, `admin-tls-key` (paths, default `tls-cert`, `tls-key`): its certificate and key.
+/// - `admin-session-idle-minutes` (integer 1...1440, default 15): a session unused this long is gone.
+/// - `admin-session-max-hours` (integer 1...720, default 12): a session's whole life.
+/// - `dashboard-dir` (path, default `/usr/share/custos/dashboard`): the dashboard's static files.
+/// - `server-private-key-file` (path, optional): the unencrypted PKCS#8 PEM private key (mode
+///   0600 or 0400) of the collector's own KEK (`server-kek-file` of `enable-encryption=0`
+///   agents): items sealed to it are opened for logged-in admins; never E2EE items.
 public struct CollectorConfiguration: Sendable {
     public var listenHost: String
     public var listenPort: Int
@@ -78,6 +87,8 @@ public struct CollectorConfiguration: Sendable {
     public var retention: RetentionPolicy
     /// `retention-interval-minutes`: time between expiry runs.
     public var retentionInterval: Duration
+    /// The dashboard's admin listener (`admin-listen` and its keys); nil: none.
+    public var admin: AdminListenerConfiguration?
 
     public init(listenHost: String = "0.0.0.0", listenPort: Int = 8443, tlsCertFile: String, tlsKeyFile: String,
                 database: StorageLocation, maxRequestBytes: Int = WireAPI.defaultMaxRequestBytes,
@@ -86,7 +97,8 @@ public struct CollectorConfiguration: Sendable {
                 retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30), bodyTimeout: Duration = .seconds(120),
                 maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024, trapSIGHUP: Bool = false,
                 retention: RetentionPolicy = .keepForever, retentionInterval: Duration = .seconds(3600),
-                blobDirectory: String? = nil) {
+                blobDirectory: String? = nil, admin: AdminListenerConfiguration? = nil) {
+        self.admin = admin
         self.listenHost = listenHost
         self.listenPort = listenPort
         self.tlsCertFile = tlsCertFile
@@ -147,6 +159,20 @@ public struct CollectorConfiguration: Sendable {
                   doc: "Days for one agent's captures, over retention-days-kind and retention-days (0: keep that agent's forever). Precedence: agent rule, then kind rule, then retention-days. One line per agent."),
         ConfigKey("retention-interval-minutes", type: "integer 1...10080", default: "60",
                   doc: "How often expiry runs (and once at start). One collector at a time runs it, through a lease in the database. Nothing runs when retention-days is 0 and no rule is set."),
+        ConfigKey("admin-listen", type: "HOST:PORT", default: nil,
+                  doc: "Address and TCP port of the admin HTTPS listener: the reviewer's dashboard and its API (docs/API.md \"Admin API\"), on its own port so it can be firewalled apart from the agents' listen=. Unset: no admin listener. Accounts: custos admins add."),
+        ConfigKey("admin-tls-cert", type: "path", default: nil,
+                  doc: "PEM certificate chain of the admin listener, leaf first. Default: tls-cert."),
+        ConfigKey("admin-tls-key", type: "path", default: nil,
+                  doc: "PEM private key of admin-tls-cert. Default: tls-key."),
+        ConfigKey("admin-session-idle-minutes", type: "integer 1...1440", default: "15",
+                  doc: "A dashboard session unused this long is gone (checked in the database, so on every collector instance)."),
+        ConfigKey("admin-session-max-hours", type: "integer 1...720", default: "12",
+                  doc: "A dashboard session's whole life, however busy."),
+        ConfigKey("dashboard-dir", type: "path", default: AdminListenerConfiguration.defaultDashboardDirectory,
+                  doc: "Directory of the dashboard's static files (index.html, app.css, js/). Only files under it with the extensions html, js, css, svg, png, ico, woff2 are served; symbolic links out of it are refused."),
+        ConfigKey("server-private-key-file", type: "path", default: nil,
+                  doc: "Private key (PKCS#8 or PKCS#1 PEM, unencrypted, mode 0600 or 0400) of the collector's own KEK, the one agents with enable-encryption=0 wrap to (their server-kek-file). When set, items sealed under it are opened by the collector for any logged-in admin; end-to-end encrypted items never are. Unset: those items are masked like E2EE ones."),
     ]
 
     /// Reads `collector.cfg`.
@@ -178,6 +204,7 @@ public struct CollectorConfiguration: Sendable {
             throw ConfigError(file: path, line: f.value("blob-dir")?.line, key: "blob-dir",
                               "is for a postgres:// database only; a SQLite database keeps its blob files in the directory beside it (DATABASE.blobs)")
         }
+        let admin = try Self.adminListener(f, tlsCert: cert, tlsKey: key)
         self.init(listenHost: host, listenPort: port, tlsCertFile: cert, tlsKeyFile: key,
                   database: database,
                   maxRequestBytes: try f.int("max-request-bytes", default: WireAPI.defaultMaxRequestBytes,
@@ -194,7 +221,44 @@ public struct CollectorConfiguration: Sendable {
                   trapSIGHUP: true,
                   retention: try Self.retentionPolicy(f),
                   retentionInterval: .seconds(60 * (try f.int("retention-interval-minutes", default: 60, in: 1...10_080))),
-                  blobDirectory: blobDirectory)
+                  blobDirectory: blobDirectory, admin: admin)
+    }
+
+    /// `admin-listen` and the keys that go with it; nil when `admin-listen` is unset.
+    /// - Throws: `ConfigError` naming the file, line and key: a listen address that is not
+    ///   HOST:PORT, a number out of range, a `server-private-key-file` that is missing, not a
+    ///   regular file or readable by group or others.
+    static func adminListener(_ f: ConfigFile, tlsCert: String, tlsKey: String) throws(ConfigError) -> AdminListenerConfiguration? {
+        let idle = try f.int("admin-session-idle-minutes", default: 15, in: 1...1440)
+        let maxHours = try f.int("admin-session-max-hours", default: 12, in: 1...720)
+        let dashboard = try f.path("dashboard-dir", default: AdminListenerConfiguration.defaultDashboardDirectory)
+            ?? AdminListenerConfiguration.defaultDashboardDirectory
+        let privateKey = try f.path("server-private-key-file", default: nil)
+        if let privateKey, let line = f.value("server-private-key-file")?.line {
+            var st = stat()
+            guard lstat(privateKey, &st) == 0 else {
+                throw ConfigError(file: f.path, line: line, key: "server-private-key-file",
+                                  "expected a private key file, found nothing at \(SafeText.quoted(privateKey)) (\(String(cString: strerror(errno))))")
+            }
+            guard st.st_mode & S_IFMT == S_IFREG else {
+                throw ConfigError(file: f.path, line: line, key: "server-private-key-file",
+                                  "expected a regular file, \(SafeText.quoted(privateKey)) is not one (a symbolic link is refused)")
+            }
+            guard st.st_mode & 0o077 == 0 else {
+                throw ConfigError(file: f.path, line: line, key: "server-private-key-file",
+                                  "\(SafeText.quoted(privateKey)) has mode \(String(st.st_mode & 0o777, radix: 8)); expected 0600 or 0400 (run chmod 600 on it)")
+            }
+        }
+        guard let listen = try f.string("admin-listen") else { return nil }
+        guard let (host, port) = Self.parseListen(listen) else {
+            throw ConfigError(file: f.path, line: f.value("admin-listen")?.line, key: "admin-listen",
+                              "expected HOST:PORT (IPv6 as [ADDR]:PORT, port 0...65535), found \(SafeText.quoted(listen))")
+        }
+        return AdminListenerConfiguration(
+            host: host, port: port, tlsCertFile: try f.path("admin-tls-cert", default: nil) ?? tlsCert,
+            tlsKeyFile: try f.path("admin-tls-key", default: nil) ?? tlsKey,
+            sessionIdle: .seconds(60 * idle), sessionMax: .seconds(3600 * maxHours),
+            dashboardDirectory: dashboard, serverPrivateKeyFile: privateKey)
     }
 
     /// `retention-days`, `retention-days-kind` and `retention-days-agent` as one policy.
@@ -257,5 +321,37 @@ public struct CollectorConfiguration: Sendable {
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { return nil }
         return (host, port)
+    }
+}
+
+/// The dashboard's admin listener (`admin-listen=` and its keys; docs/API.md "Admin API").
+public struct AdminListenerConfiguration: Sendable {
+    public static let defaultDashboardDirectory = "/usr/share/custos/dashboard"
+
+    public var host: String
+    /// 0 picks a free port.
+    public var port: Int
+    public var tlsCertFile: String
+    public var tlsKeyFile: String
+    /// `admin-session-idle-minutes`.
+    public var sessionIdle: Duration
+    /// `admin-session-max-hours`.
+    public var sessionMax: Duration
+    /// `dashboard-dir`: the static files.
+    public var dashboardDirectory: String
+    /// `server-private-key-file`: the collector's own KEK's private key, nil: none.
+    public var serverPrivateKeyFile: String?
+
+    public init(host: String = "127.0.0.1", port: Int, tlsCertFile: String, tlsKeyFile: String,
+                sessionIdle: Duration = .seconds(15 * 60), sessionMax: Duration = .seconds(12 * 3600),
+                dashboardDirectory: String = defaultDashboardDirectory, serverPrivateKeyFile: String? = nil) {
+        self.host = host
+        self.port = port
+        self.tlsCertFile = tlsCertFile
+        self.tlsKeyFile = tlsKeyFile
+        self.sessionIdle = sessionIdle
+        self.sessionMax = sessionMax
+        self.dashboardDirectory = dashboardDirectory
+        self.serverPrivateKeyFile = serverPrivateKeyFile
     }
 }

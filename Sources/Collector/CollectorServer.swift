@@ -1,6 +1,7 @@
 import CollectorStorage
 import CollectorStorageOpen
 import CustosBase
+import Envelope
 import Foundation
 import Synchronization
 import Hummingbird
@@ -34,6 +35,8 @@ public final class CollectorServer: Sendable {
     let logger: Logger
     let tls: TLSConfiguration
     let connections: ConnectionLimit
+    /// The admin listener's TLS configuration and API, nil without `admin-listen`.
+    let admin: (tls: TLSConfiguration, api: AdminAPI)?
     /// Connections open now (`max-connections` bounds it).
     public var openConnections: Int { connections.count }
 
@@ -50,7 +53,7 @@ public final class CollectorServer: Sendable {
                                   retryAfterSeconds: configuration.retryAfterSeconds)
         self.logger = logger
         connections = ConnectionLimit(limit: configuration.maxConnections, logger: logger)
-        self.tls = try Self.loadTLS(configuration)
+        self.tls = try Self.loadTLS(cert: configuration.tlsCertFile, key: configuration.tlsKeyFile)
         if let storage {
             self.storage = storage
             ownsStorage = false
@@ -65,30 +68,50 @@ public final class CollectorServer: Sendable {
         }
         registry = KEKRegistry(storage: self.storage, logger: logger)
         healthCheck = StorageHealthCheck(storage: self.storage)
+        if let a = configuration.admin {
+            let adminTLS = try Self.loadTLS(cert: a.tlsCertFile, key: a.tlsKeyFile, certKey: "admin-tls-cert", keyKey: "admin-tls-key")
+            let ownKey = try Self.ownKey(a.serverPrivateKeyFile)
+            admin = (adminTLS, AdminAPI(storage: self.storage, configuration: a, ownKey: ownKey, logger: logger))
+        } else {
+            admin = nil
+        }
     }
 
-    /// The server TLS configuration from `tls-cert` and `tls-key`.
-    static func loadTLS(_ configuration: CollectorConfiguration) throws(CollectorError) -> TLSConfiguration {
+    /// The collector's own KEK from `server-private-key-file` (unencrypted PEM), nil for nil.
+    /// - Throws: ``CollectorError`` `.configuration` naming the file and why.
+    static func ownKey(_ file: String?) throws(CollectorError) -> KEKPrivateKey? {
+        guard let file else { return nil }
+        do {
+            return try KEKPrivateKey(pemFile: file, passphrase: nil)
+        } catch {
+            throw CollectorError(.configuration, "server-private-key-file '\(SafeText.escaped(file))': \(SafeText.escaped(String(describing: error))) (expected an unencrypted PEM RSA private key)")
+        }
+    }
+
+    /// The server TLS configuration from a certificate chain and key file (`tls-cert` and
+    /// `tls-key`, or the admin listener's); `certKey` and `keyKey` name the keys in messages.
+    static func loadTLS(cert certFile: String, key keyFile: String, certKey: String = "tls-cert",
+                        keyKey: String = "tls-key") throws(CollectorError) -> TLSConfiguration {
         let chain: [NIOSSLCertificate]
         let key: NIOSSLPrivateKey
         do {
-            for (key, file) in [("tls-cert", configuration.tlsCertFile), ("tls-key", configuration.tlsKeyFile)]
+            for (key, file) in [(certKey, certFile), (keyKey, keyFile)]
             where !FileManager.default.isReadableFile(atPath: file) {
                 throw CollectorError(.configuration, "\(key) '\(file)': \(FileManager.default.fileExists(atPath: file) ? "not readable" : "file does not exist")")
             }
-            chain = try NIOSSLCertificate.fromPEMFile(configuration.tlsCertFile)
+            chain = try NIOSSLCertificate.fromPEMFile(certFile)
         } catch let error as CollectorError {
             throw error
         } catch {
-            throw CollectorError(.configuration, "tls-cert '\(configuration.tlsCertFile)': cannot read a PEM certificate chain: \(error)")
+            throw CollectorError(.configuration, "\(certKey) '\(certFile)': cannot read a PEM certificate chain: \(error)")
         }
         guard !chain.isEmpty else {
-            throw CollectorError(.configuration, "tls-cert '\(configuration.tlsCertFile)': no certificate found")
+            throw CollectorError(.configuration, "\(certKey) '\(certFile)': no certificate found")
         }
         do {
-            key = try NIOSSLPrivateKey(file: configuration.tlsKeyFile, format: .pem)
+            key = try NIOSSLPrivateKey(file: keyFile, format: .pem)
         } catch {
-            throw CollectorError(.configuration, "tls-key '\(configuration.tlsKeyFile)': cannot read a PEM private key: \(error)")
+            throw CollectorError(.configuration, "\(keyKey) '\(keyFile)': cannot read a PEM private key: \(error)")
         }
         var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) },
                                                            privateKey: .privateKey(key))
@@ -101,7 +124,7 @@ public final class CollectorServer: Sendable {
         do {
             _ = try NIOSSLContext(configuration: tls)
         } catch {
-            throw CollectorError(.configuration, "tls-key '\(configuration.tlsKeyFile)' does not match tls-cert '\(configuration.tlsCertFile)' (or cannot serve TLS): \(error)")
+            throw CollectorError(.configuration, "\(keyKey) '\(keyFile)' does not match \(certKey) '\(certFile)' (or cannot serve TLS): \(error)")
         }
         return tls
     }
@@ -119,12 +142,19 @@ public final class CollectorServer: Sendable {
     /// reached now is logged (naming host and port) and retried in the background while the
     /// server serves: uploads are answered 503 with `Retry-After` and health says
     /// `storage-failing` until it answers.
-    public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+    /// `onAdminListening` receives the admin listener's bound port (`admin-listen`).
+    public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in },
+                    onAdminListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         do {
             let app = AfterStorageStart(server: self, app: try makeApplication(onListening: onListening))
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
             if ownsStorage { services.append(.init(service: storage)) }
-            services += [.init(service: app),
+            services.append(.init(service: app))
+            if let admin, let listen = configuration.admin {
+                services.append(.init(service: makeAdminApplication(admin.api, tls: admin.tls, listen: listen,
+                                                                    onListening: onAdminListening)))
+            }
+            services += [
                          .init(service: KEKRefresher(registry: registry, interval: configuration.kekPollInterval,
                                                      trapSIGHUP: configuration.trapSIGHUP))]
             if !configuration.retention.keepsEverything {
@@ -189,6 +219,32 @@ public final class CollectorServer: Sendable {
             onServerRunning: { channel in
                 let port = channel.localAddress?.port ?? 0
                 logger.info("collector listening", metadata: ["collector.port": "\(port)"])
+                await onListening(port)
+            },
+            logger: logger)
+    }
+
+    /// The admin listener (`admin-listen`): its own Hummingbird server, TLS like the agents'
+    /// listener (TLS 1.2 minimum, 1.3 preferred), serving ``AdminAPI``.
+    func makeAdminApplication(_ api: AdminAPI, tls: TLSConfiguration, listen: AdminListenerConfiguration,
+                              onListening: @escaping @Sendable (Int) async -> Void) -> some ApplicationProtocol {
+        Self.adminApplication(api, tls: tls, listen: listen, idleTimeout: configuration.idleTimeout, logger: logger,
+                              onListening: onListening)
+    }
+
+    /// The admin listener's Hummingbird application (also `custos dashboard`'s, ``LocalDashboard``).
+    static func adminApplication(_ api: AdminAPI, tls: TLSConfiguration, listen: AdminListenerConfiguration, idleTimeout: Duration,
+                                 logger: Logger, onListening: @escaping @Sendable (Int) async -> Void) -> some ApplicationProtocol {
+        let http1 = HTTP1Channel.Configuration(idleTimeout: TimeAmount(idleTimeout))
+        return Application(
+            router: api.router(),
+            server: HTTPServerBuilder { responder in
+                try TLSChannel(HTTP1Channel(responder: responder, configuration: http1), tlsConfiguration: tls)
+            },
+            configuration: .init(address: .hostname(listen.host, port: listen.port), serverName: nil, backlog: 256),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? 0
+                logger.info("admin listener (dashboard) listening", metadata: ["collector.admin_port": "\(port)"])
                 await onListening(port)
             },
             logger: logger)

@@ -94,7 +94,7 @@ public protocol AuditStore: Sendable {
 /// long-lived task (the collector puts it in its `ServiceGroup`, before the HTTP server, so it
 /// stops after it) and ends with ``close()``.
 public protocol CollectorStorage: AgentStore, KEKStore, DEKStore, CaptureStore, AuditStore, HoldStore, RetentionStore,
-                                  TransferStore, Service {
+                                  TransferStore, AdminAccountStore, Service {
     /// Backend, location and reachability, for collector health and messages.
     func health() async -> StorageHealth
     /// Drives the backend's connections until ``close()``; the owner runs it, e.g. in the

@@ -184,6 +184,37 @@ enum PostgresSchema {
                 CHECK (blob_ref ~ '^[0-9a-f]{32}:[0-9]{1,8}:[0-9]{1,19}:[0-9]{1,19}$')
             """#,
         ]),
+        // Version 4 is left to another branch (it may come later: a database is brought up to
+        // every version it lacks, in this order, whatever was applied before; versions need not
+        // be contiguous).
+        Migration(version: 5, name: "v5-admins", statements: [
+            // Dashboard accounts (AdminAccountStore): the bcrypt hash of the password, an
+            // optional TOTP secret, and the failed-login count and lock shared by every instance.
+            #"""
+            CREATE TABLE admin_accounts (
+                name text COLLATE "C" PRIMARY KEY,
+                role text NOT NULL CHECK (role IN ('viewer', 'decryptor', 'auditor')),
+                password_hash text NOT NULL,
+                totp_secret text,
+                created_at timestamptz NOT NULL,
+                failed_logins integer NOT NULL DEFAULT 0,
+                locked_until timestamptz
+            )
+            """#,
+            // Sessions in the database, so any instance accepts any session: the SHA-256 of the
+            // token only.
+            #"""
+            CREATE TABLE admin_sessions (
+                token_hash bytea PRIMARY KEY CHECK (length(token_hash) = 32),
+                admin text COLLATE "C" NOT NULL REFERENCES admin_accounts (name) ON DELETE CASCADE,
+                created_at timestamptz NOT NULL,
+                last_seen timestamptz NOT NULL
+            )
+            """#,
+            #"""
+            CREATE INDEX admin_sessions_admin ON admin_sessions (admin)
+            """#,
+        ]),
     ]
 
     /// The newest version this build knows.
@@ -206,6 +237,8 @@ enum PostgresSchema {
         "GRANT USAGE ON SEQUENCE legal_hold_id_seq TO %ROLE%",
         // Blob files: the database's id (the directory marker), marked once by a collector.
         "GRANT SELECT, UPDATE ON blob_store TO %ROLE%",
+        // The dashboard: logins count failures and make sessions; `custos admins` manages accounts.
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON admin_accounts, admin_sessions TO %ROLE%",
     ]
 
     /// `name` as a quoted SQL identifier (`"` doubled), for the role of a GRANT.

@@ -83,7 +83,7 @@ extension PostgresStorage {
             }
             let known = Set(PostgresSchema.migrations.map(\.version))
             if let unknown = applied.first(where: { !known.contains($0.0) }) {
-                throw StorageError(.failed, "\(location): newer schema: the database has migration \(unknown.0) (\(SafeText.quoted(unknown.1))), which this build does not know (it knows 1-\(PostgresSchema.latestVersion)); run a newer custos")
+                throw StorageError(.failed, "\(location): newer schema: the database has migration \(unknown.0) (\(SafeText.quoted(unknown.1))), which this build does not know (it knows \(PostgresSchema.migrations.map { String($0.version) }.joined(separator: ", "))); run a newer custos")
             }
             let done = Set(applied.map(\.0))
             guard let next = PostgresSchema.migrations.first(where: { !done.contains($0.version) }) else {
@@ -94,7 +94,7 @@ extension PostgresStorage {
             }
             try await conn.query("INSERT INTO schema_migrations (version, name) VALUES (\(next.version), \(next.name))",
                                  logger: Self.quiet)
-            return (applied.map(\.0) + [next.version], next.version == PostgresSchema.latestVersion)
+            return ((applied.map(\.0) + [next.version]).sorted(), false)
         }
     }
 

@@ -4,7 +4,7 @@ import GRDB
 /// The collector database's schema: GRDB migrations, applied in order, each once (recorded in
 /// `grdb_migrations`). `v1` and `v2-blob-files` are those of the first collector
 /// (`Collector.SQLiteCollectorStore`, since removed), same identifiers and same statements, so a `collector.db`
-/// it made opens unchanged; `v3` adds what the storage seam needs; `v4-retention` legal holds and the maintenance lease. docs/API.md "Storage".
+/// it made opens unchanged; `v3` adds what the storage seam needs; `v4-retention` legal holds and the maintenance lease; `v6-admins` dashboard accounts and sessions, and the audit log's append-only triggers. docs/API.md "Storage".
 enum SQLiteSchema {
     /// The migrations this build knows, oldest first. A database that records another one was
     /// migrated by a newer build and is refused (``SQLiteStorage/init(path:blobDirectory:busyTimeout:)``).
@@ -131,6 +131,37 @@ enum SQLiteSchema {
                     holder TEXT NOT NULL,
                     expires_at INTEGER NOT NULL
                 );
+                """)
+        }
+        m.registerMigration("v6-admins") { db in
+            // Dashboard accounts and their sessions (AdminAccountStore). Registered after any
+            // `v5-…` of another branch: GRDB applies every migration a database lacks, in this
+            // order, whatever was applied before. A session row holds only the SHA-256 of its
+            // token; times are Unix ms.
+            // The audit log becomes append-only here too (PostgreSQL's v1 triggers): SQLite
+            // has no roles, so whoever can write the file can drop the triggers, but no code
+            // path of Custos can change or remove an entry.
+            try db.execute(sql: """
+                CREATE TABLE admin_accounts (
+                    name TEXT PRIMARY KEY NOT NULL,
+                    role TEXT NOT NULL CHECK (role IN ('viewer', 'decryptor', 'auditor')),
+                    password_hash TEXT NOT NULL,
+                    totp_secret TEXT,
+                    created_at INTEGER NOT NULL,
+                    failed_logins INTEGER NOT NULL DEFAULT 0,
+                    locked_until INTEGER
+                );
+                CREATE TABLE admin_sessions (
+                    token_hash BLOB PRIMARY KEY NOT NULL CHECK (length(token_hash) = 32),
+                    admin TEXT NOT NULL REFERENCES admin_accounts(name) ON DELETE CASCADE,
+                    created_at INTEGER NOT NULL,
+                    last_seen INTEGER NOT NULL
+                );
+                CREATE INDEX admin_sessions_admin ON admin_sessions(admin);
+                CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+                    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused'); END;
+                CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+                    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused'); END;
                 """)
         }
         return m

@@ -184,6 +184,28 @@ final class SignallingStorage: CollectorStorage {
         try await base.acquireLease(name, holder: holder, ttlMs: ttlMs, nowMs: nowMs)
     }
     func releaseLease(_ name: String, holder: String) async throws(StorageError) { try await base.releaseLease(name, holder: holder) }
+    func addAdmin(_ account: AdminAccount) async throws(StorageError) { try await base.addAdmin(account) }
+    func admin(_ name: AdminName) async throws(StorageError) -> AdminAccount? { try await base.admin(name) }
+    func admins() async throws(StorageError) -> [AdminAccount] { try await base.admins() }
+    func removeAdmin(_ name: AdminName) async throws(StorageError) { try await base.removeAdmin(name) }
+    func setAdminRole(_ name: AdminName, role: AdminRole) async throws(StorageError) { try await base.setAdminRole(name, role: role) }
+    func setAdminPassword(_ name: AdminName, passwordHash: String, totpSecret: String??) async throws(StorageError) {
+        try await base.setAdminPassword(name, passwordHash: passwordHash, totpSecret: totpSecret)
+    }
+    func recordFailedLogin(_ name: AdminName, nowMs: Int64, maxFailures: Int, lockMs: Int64) async throws(StorageError) -> LoginFailure? {
+        try await base.recordFailedLogin(name, nowMs: nowMs, maxFailures: maxFailures, lockMs: lockMs)
+    }
+    func recordSuccessfulLogin(_ name: AdminName) async throws(StorageError) { try await base.recordSuccessfulLogin(name) }
+    func createSession(admin: AdminName, tokenHash: Data, nowMs: Int64) async throws(StorageError) {
+        try await base.createSession(admin: admin, tokenHash: tokenHash, nowMs: nowMs)
+    }
+    func session(tokenHash: Data, nowMs: Int64, limits: SessionLimits) async throws(StorageError) -> AdminSession? {
+        try await base.session(tokenHash: tokenHash, nowMs: nowMs, limits: limits)
+    }
+    func deleteSession(tokenHash: Data) async throws(StorageError) { try await base.deleteSession(tokenHash: tokenHash) }
+    func deleteExpiredSessions(nowMs: Int64, limits: SessionLimits) async throws(StorageError) -> Int {
+        try await base.deleteExpiredSessions(nowMs: nowMs, limits: limits)
+    }
     func health() async -> StorageHealth { await base.health() }
     func run() async throws { try await base.run() }
     func close() async {

@@ -185,9 +185,9 @@ struct PostgresStorageTests {
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
-        #expect(statuses.allSatisfy { $0.applied == [1, 2, 3] && $0.latest == 3 })
+        #expect(statuses.allSatisfy { $0.applied == [1, 2, 3, 5] && $0.latest == 5 })
         #expect(try await cluster.psqlAsync("SELECT count(*) FROM schema_migrations;", database: db)
-            .trimmingCharacters(in: .whitespacesAndNewlines) == "3")
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "4")
 
         try await cluster.psqlAsync("INSERT INTO schema_migrations (version, name) VALUES (99, E'v99-\\x1b[31mfuture');",
                                     database: db)
@@ -208,7 +208,7 @@ struct PostgresStorageTests {
         let (cluster, db) = try await freshDatabase(owner: owner)
         try cluster.createRole(app)
         try await withPostgresStorage(cluster: cluster, database: db, role: owner) { (ownerStorage: PostgresStorage) async throws in
-            #expect(try await ownerStorage.migrate(grantingTo: app).applied == [1, 2, 3])
+            #expect(try await ownerStorage.migrate(grantingTo: app).applied == [1, 2, 3, 5])
             #expect(await storageError { _ = try await ownerStorage.migrate(grantingTo: "x; DROP TABLE agents") }?.code
                 == .invalidArgument)
         }
@@ -228,6 +228,14 @@ struct PostgresStorageTests {
             try await s.releaseLease("retention", holder: "h")
             let expired = try await s.expire(policy: try RetentionPolicy(defaultDays: 1), nowMs: 1_800_000_000_000, limit: 10)
             #expect(expired.captures == 1)
+            // Dashboard accounts and sessions (v5-admins).
+            let admin = try AdminName("ann")
+            try await s.addAdmin(AdminAccount(name: admin, role: .decryptor, passwordHash: "$2b$12$x", totpSecret: nil, createdAtMs: 1))
+            #expect(try await s.recordFailedLogin(admin, nowMs: 2, maxFailures: 5, lockMs: 10)?.failures == 1)
+            try await s.createSession(admin: admin, tokenHash: Data(repeating: 1, count: 32), nowMs: 2)
+            #expect(try await s.session(tokenHash: Data(repeating: 1, count: 32), nowMs: 100_000,
+                                        limits: SessionLimits(idleMs: 1_000_000, maxMs: 1_000_000))?.role == .decryptor)
+            try await s.removeAdmin(admin)
         }
         for sql in ["UPDATE audit_log SET detail = 'rewritten';", "DELETE FROM audit_log;", "TRUNCATE audit_log;"] {
             let asApp = try await offPool { try cluster.psqlResult(sql, database: db, user: app) }

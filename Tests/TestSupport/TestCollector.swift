@@ -24,7 +24,12 @@ public final class TestCollector: Sendable {
     /// The SQLite file.
     public let databasePath: String
     public let server: CollectorServer
+    /// The admin listener's bound port (`admin-listen`), 0 without one.
+    public let adminPort: Int
     private let task: Task<Void, any Error>
+
+    /// `https://127.0.0.1:ADMINPORT`: the dashboard and its API.
+    public var adminURL: String { "https://127.0.0.1:\(adminPort)" }
 
     /// The storage the server writes (closed when the server stops, unless the test gave it).
     public var storage: any CollectorStorage { server.storage }
@@ -33,9 +38,10 @@ public final class TestCollector: Sendable {
     /// The `sha256/BASE64` pin of the presented leaf certificate.
     public var pin: String { get throws { try pki.pin(certificateName) } }
 
-    private init(port: Int, pki: TestPKI, certificateName: String, databasePath: String, server: CollectorServer,
+    private init(port: Int, adminPort: Int, pki: TestPKI, certificateName: String, databasePath: String, server: CollectorServer,
                  task: Task<Void, any Error>) {
         self.port = port
+        self.adminPort = adminPort
         self.pki = pki
         self.certificateName = certificateName
         self.databasePath = databasePath
@@ -52,6 +58,10 @@ public final class TestCollector: Sendable {
     ///   - maxRequestBytes: the collector's upload limit.
     ///   - storage: a storage to serve instead of opening `databasePath` (the test closes it).
     ///   - retention: the policy its ``RetentionService`` applies every `retentionInterval`.
+    ///   - admin: the admin listener (the dashboard) on a free port of 127.0.0.1 with the same
+    ///     certificate, nil: none. Accounts: `storage.addAdmin` or ``TestAdmin/add(to:name:role:password:totpSecret:)``.
+    ///   - location: a storage to open instead of `databasePath` (a PostgreSQL database; the
+    ///     server opens, runs and closes it).
     public static func start(in directory: String, pki: TestPKI? = nil, certificate: String = "leaf", port: Int = 0,
                              databasePath: String? = nil, storage: (any CollectorStorage)? = nil,
                              maxRequestBytes: Int = 16 * 1024 * 1024,
@@ -59,24 +69,33 @@ public final class TestCollector: Sendable {
                              retryAfterSeconds: Int = 5, idleTimeout: Duration = .seconds(30),
                              bodyTimeout: Duration = .seconds(120), maxUploadsPerAgent: Int = 4, maxConnections: Int = 1024,
                              retention: RetentionPolicy = .keepForever, retentionInterval: Duration = .seconds(3600),
+                             admin: TestAdminListener? = nil, location: StorageLocation? = nil,
                              logger: Logger = Logger(label: "test-collector")) async throws -> TestCollector {
         let pki = try pki ?? makeTestPKI(in: directory)
         let db = databasePath ?? directory + "/collector.db"
+        let adminConfig = admin.map {
+            AdminListenerConfiguration(host: "127.0.0.1", port: 0, tlsCertFile: pki.chain(certificate), tlsKeyFile: pki.key(certificate),
+                                       sessionIdle: $0.sessionIdle, sessionMax: $0.sessionMax,
+                                       dashboardDirectory: $0.dashboardDirectory ?? packageRoot + "/dashboard",
+                                       serverPrivateKeyFile: $0.serverPrivateKeyFile)
+        }
         let config = CollectorConfiguration(listenHost: "127.0.0.1", listenPort: port,
                                             tlsCertFile: pki.chain(certificate), tlsKeyFile: pki.key(certificate),
-                                            database: .sqlite(path: db), maxRequestBytes: maxRequestBytes,
+                                            database: location ?? .sqlite(path: db), maxRequestBytes: maxRequestBytes,
                                             kekPollInterval: kekPollInterval, maxInflightBytes: maxInflightBytes,
                                             retryAfterSeconds: retryAfterSeconds, idleTimeout: idleTimeout,
                                             bodyTimeout: bodyTimeout, maxUploadsPerAgent: maxUploadsPerAgent,
                                             maxConnections: maxConnections, trapSIGHUP: false,
-                                            retention: retention, retentionInterval: retentionInterval)
+                                            retention: retention, retentionInterval: retentionInterval, admin: adminConfig)
         let server = try await CollectorServer(configuration: config, storage: storage, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
+        let (adminPorts, adminContinuation) = AsyncStream<Int>.makeStream()
         let task = Task {
-            defer { continuation.finish() }
-            try await server.run(onListening: { continuation.yield($0) })
+            defer { continuation.finish(); adminContinuation.finish() }
+            try await server.run(onListening: { continuation.yield($0) }, onAdminListening: { adminContinuation.yield($0) })
         }
-        // Wait for the port (or the server failing first), at most 60 s.
+        // Wait for the port(s) (or the server failing first), at most 60 s.
+        let wantsAdmin = admin != nil
         let bound: Int? = await withTaskGroup(of: Int?.self) { group in
             group.addTask { for await p in ports { return p }; return nil }
             group.addTask { try? await Task.sleep(for: .seconds(60)); return nil }
@@ -89,7 +108,21 @@ public final class TestCollector: Sendable {
             if case .failure(let error) = await task.result { throw error }
             throw TestSupportError("collector did not start listening within 60 s")
         }
-        return TestCollector(port: bound, pki: pki, certificateName: certificate, databasePath: db, server: server,
+        var adminBound = 0
+        if wantsAdmin {
+            adminBound = await withTaskGroup(of: Int.self) { group in
+                group.addTask { for await p in adminPorts { return p }; return 0 }
+                group.addTask { try? await Task.sleep(for: .seconds(60)); return 0 }
+                let first = await group.next() ?? 0
+                group.cancelAll()
+                return first
+            }
+            guard adminBound > 0 else {
+                task.cancel()
+                throw TestSupportError("the admin listener did not start within 60 s")
+            }
+        }
+        return TestCollector(port: bound, adminPort: adminBound, pki: pki, certificateName: certificate, databasePath: db, server: server,
                              task: task)
     }
 
@@ -97,6 +130,24 @@ public final class TestCollector: Sendable {
     public func stop() async {
         task.cancel()
         _ = await task.result
+    }
+}
+
+/// How a ``TestCollector``'s admin listener is set up (the certificate is the collector's).
+public struct TestAdminListener: Sendable {
+    /// `dashboard-dir`; nil: the repository's `dashboard/`.
+    public var dashboardDirectory: String?
+    /// `server-private-key-file`.
+    public var serverPrivateKeyFile: String?
+    public var sessionIdle: Duration
+    public var sessionMax: Duration
+
+    public init(dashboardDirectory: String? = nil, serverPrivateKeyFile: String? = nil,
+                sessionIdle: Duration = .seconds(15 * 60), sessionMax: Duration = .seconds(12 * 3600)) {
+        self.dashboardDirectory = dashboardDirectory
+        self.serverPrivateKeyFile = serverPrivateKeyFile
+        self.sessionIdle = sessionIdle
+        self.sessionMax = sessionMax
     }
 }
 

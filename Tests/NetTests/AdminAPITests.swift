@@ -1,0 +1,425 @@
+import Collector
+import CollectorStorage
+import CollectorStorageOpen
+import CollectorStorageSQLite
+import CustosBase
+import Envelope
+import Foundation
+import Testing
+import TestSupport
+
+/// The collector's admin listener (issue 15, docs/API.md "Admin API"): a real collector on
+/// 127.0.0.1 with real TLS, a real SQLite file (or a throwaway PostgreSQL), and `curl` as the
+/// client with a cookie jar.
+@Suite struct AdminAPITests {
+    static let password = "a long test password"
+
+    /// A collector with an admin listener, its dashboard directory (with a symbolic link out of
+    /// it and a hidden file), accounts ann (decryptor), vic (viewer), aud (auditor), and a client.
+    struct Rig {
+        let dir: TempDir
+        let collector: TestCollector
+        let client: AdminClient
+
+        static func start(_ name: String, admin: TestAdminListener = TestAdminListener(),
+                          location: StorageLocation? = nil, pki: TestPKI? = nil) async throws -> Rig {
+            let dir = try TempDir("custos-admin-\(name)")
+            let dashboard = dir.file("dashboard")
+            try FileManager.default.createDirectory(atPath: dashboard + "/js", withIntermediateDirectories: true)
+            try "<!doctype html><title>Custos</title>".write(toFile: dashboard + "/index.html", atomically: true, encoding: .utf8)
+            try "export const x = 1;".write(toFile: dashboard + "/js/app.js", atomically: true, encoding: .utf8)
+            try "hidden".write(toFile: dashboard + "/.hidden.js", atomically: true, encoding: .utf8)
+            try "secret outside".write(toFile: dir.file("outside.js"), atomically: true, encoding: .utf8)
+            try "not served".write(toFile: dashboard + "/notes.txt", atomically: true, encoding: .utf8)
+            try FileManager.default.createSymbolicLink(atPath: dashboard + "/js/link.js", withDestinationPath: dir.file("outside.js"))
+            var admin = admin
+            admin.dashboardDirectory = admin.dashboardDirectory ?? dashboard
+            let collector = try await TestCollector.start(in: dir.path, pki: pki, admin: admin, location: location)
+            let client = try AdminClient(url: collector.adminURL, caFile: collector.pki.rootCertificate)
+            return Rig(dir: dir, collector: collector, client: client)
+        }
+
+        func addAccounts() async throws {
+            try await TestAdmin.add(to: collector.storage, name: "ann", role: .decryptor, password: AdminAPITests.password)
+            try await TestAdmin.add(to: collector.storage, name: "vic", role: .viewer, password: AdminAPITests.password)
+            try await TestAdmin.add(to: collector.storage, name: "aud", role: .auditor, password: AdminAPITests.password)
+        }
+
+        func newClient() throws -> AdminClient { try AdminClient(url: collector.adminURL, caFile: collector.pki.rootCertificate) }
+
+        func stop() async {
+            await collector.stop()
+            dir.remove()
+        }
+
+        /// Starts a rig, runs `body`, stops it (also when `body` throws).
+        static func with(_ name: String, admin: TestAdminListener = TestAdminListener(), location: StorageLocation? = nil,
+                         pki: TestPKI? = nil, _ body: (Rig) async throws -> Void) async throws {
+            let rig = try await start(name, admin: admin, location: location, pki: pki)
+            do { try await body(rig) } catch {
+                await rig.stop()
+                throw error
+            }
+            await rig.stop()
+        }
+    }
+
+    static func expectSecurityHeaders(_ r: AdminClient.Reply, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(r.headers["content-security-policy"]?.hasPrefix("default-src 'self'; script-src 'self'") == true
+                && r.headers["content-security-policy"]?.contains("frame-ancestors 'none'") == true, "\(what): CSP", sourceLocation: sourceLocation)
+        #expect(r.headers["x-content-type-options"] == "nosniff", "\(what)", sourceLocation: sourceLocation)
+        #expect(r.headers["referrer-policy"] == "no-referrer", "\(what)", sourceLocation: sourceLocation)
+        #expect(r.headers["x-frame-options"] == "DENY", "\(what)", sourceLocation: sourceLocation)
+        #expect(r.headers["strict-transport-security"] == "max-age=31536000", "\(what)", sourceLocation: sourceLocation)
+    }
+
+    @Test func loginRolesLogoutHeadersAndStaticFiles() async throws {
+        try await Rig.with("login") { rig in
+            try await rig.addAccounts()
+            let c = rig.client
+
+            let anonymous = try await c.get("/api/v1/session")
+            #expect(anonymous.status == 401 && anonymous.error != nil)
+            #expect(anonymous.headers["cache-control"] == "no-store")
+            Self.expectSecurityHeaders(anonymous, "401")
+
+            // Wrong password and unknown name: the same answer.
+            let wrong = try await c.login("ann", "not the password at all")
+            let unknown = try await c.login("nobody", Self.password)
+            #expect(wrong.status == 401 && unknown.status == 401)
+            #expect(wrong.error == "wrong name or password" && unknown.error == wrong.error)
+            #expect(c.sessionToken == nil)
+            // Origin missing or foreign: 403 before anything else.
+            #expect(try await c.request("POST", "/api/v1/login", json: ["name": "ann", "password": Self.password], origin: .some(nil)).status == 403)
+            #expect(try await c.request("POST", "/api/v1/login", json: ["name": "ann", "password": Self.password],
+                                        origin: "https://evil.example").status == 403)
+            #expect(try await c.request("POST", "/api/v1/login", body: Data("not json".utf8)).error?.hasPrefix("body") == true)
+            #expect(try await c.post("/api/v1/login", json: ["name": "ann"]).error?.hasPrefix("password") == true)
+
+            let login = try await c.login("ann", Self.password)
+            #expect(login.status == 200, "\(login.text)")
+            #expect(login.json?["name"] as? String == "ann" && login.json?["role"] as? String == "decryptor")
+            #expect(login.json?["idleMinutes"] as? Int == 15)
+            let cookie = try #require(login.headers["set-cookie"])
+            #expect(cookie.hasSuffix("; Path=/; HttpOnly; Secure; SameSite=Strict"), "\(cookie)")
+            #expect(c.sessionToken?.utf8.count == 43)
+            let session = try await c.get("/api/v1/session")
+            #expect(session.status == 200 && session.json?["ownKEKIDs"] as? [String] == [])
+            #expect(session.headers["cache-control"] == "no-store")
+            Self.expectSecurityHeaders(session, "API")
+            // The session is in the database, hashed: never the token itself.
+            let token = try #require(c.sessionToken)
+            #expect(try await rig.collector.storage.session(tokenHash: AgentToken.hash(Secret(token)), nowMs: Int64(Date().timeIntervalSince1970 * 1000),
+                                                            limits: SessionLimits(idleMs: 60_000, maxMs: 60_000)) != nil)
+            #expect(try await rig.collector.storage.auditEntries(before: nil, limit: 10).contains { $0.action == "admin.login" && $0.actor == "ann" })
+
+            // Roles: viewer 403 on /sealed, decryptor 403 on /audit, auditor 200 on /audit.
+            #expect(try await c.get("/api/v1/audit").status == 403)
+            let viewer = try rig.newClient(), auditor = try rig.newClient()
+            #expect(try await viewer.login("vic", Self.password).status == 200)
+            let refused = try await viewer.post("/api/v1/sealed", json: ["blobs": [String](), "deks": [String]()])
+            #expect(refused.status == 403, "\(refused.text)")
+            #expect(try await auditor.login("aud", Self.password).status == 200)
+            let audit = try await auditor.get("/api/v1/audit?limit=2")
+            #expect(audit.status == 200 && (audit.json?["entries"] as? [Any])?.count == 2 && audit.json?["next"] is Int, "\(audit.text)")
+            // A POST with the session cookie but from another origin: 403.
+            #expect(try await c.post("/api/v1/client-report", json: ["action": "lock"], origin: "https://evil.example").status == 403)
+            #expect(try await c.post("/api/v1/client-report", json: ["action": "lock"]).status == 204)
+
+            // Bad parameters: 400 naming them.
+            for (path, name) in [("/api/v1/captures?limit=0", "limit"), ("/api/v1/captures?kind=video", "kind"),
+                                 ("/api/v1/captures?after=zzz", "after"), ("/api/v1/captures?agent=a%2Fb", "agent"),
+                                 ("/api/v1/agents?limit=501", "limit"), ("/api/v1/captures?since=soon", "since")] {
+                let r = try await c.get(path)
+                #expect(r.status == 400 && r.error?.hasPrefix(name) == true, "\(path): \(r.text)")
+            }
+            let big = try await c.request("POST", "/api/v1/client-report", body: Data(repeating: 0x20, count: 100_000),
+                                          headers: ["Content-Type": "application/json"])
+            #expect(big.status == 413, "\(big.text)")
+
+            // Static files: only under dashboard-dir, only known extensions, no links out, no hidden files.
+            let index = try await c.get("/", cookies: false)
+            #expect(index.status == 200 && index.text.contains("Custos") && index.headers["content-type"] == "text/html; charset=utf-8")
+            Self.expectSecurityHeaders(index, "static")
+            #expect(try await c.get("/js/app.js").headers["content-type"] == "text/javascript; charset=utf-8")
+            for path in ["/js/link.js", "/../outside.js", "/%2e%2e/outside.js", "/js/%2e%2e/%2e%2e/outside.js", "/.hidden.js",
+                         "/notes.txt", "/nope.html", "/js/..%2f..%2foutside.js", "/api/v1/nope"] {
+                let r = try await c.get(path)
+                #expect(r.status == 404 && !r.text.contains("secret outside"), "\(path): \(r.status) \(r.text)")
+                Self.expectSecurityHeaders(r, "404 \(path)")
+            }
+
+            // Logout ends the session (server side) and clears the cookie.
+            let stolen = try rig.newClient()
+            try stolen.useCookies(of: c)
+            let logout = try await c.post("/api/v1/logout", json: [String: String]())
+            #expect(logout.status == 204 && logout.headers["set-cookie"]?.contains("Max-Age=0") == true)
+            #expect(try await c.get("/api/v1/session").status == 401)
+            #expect(try await stolen.get("/api/v1/session").status == 401, "the old cookie no longer works anywhere")
+        }
+    }
+
+    @Test func lockoutAndPerAddressLimit() async throws {
+        try await Rig.with("lockout") { rig in
+            let s = rig.collector.storage
+            for n in 1...5 { try await TestAdmin.add(to: s, name: "u\(n)", role: .viewer, password: Self.password) }
+            let c = rig.client
+            for _ in 1...5 { #expect(try await c.login("u1", "wrong password here").status == 401) }
+            let locked = try await c.login("u1", Self.password)
+            #expect(locked.status == 429, "\(locked.text)")
+            let wait = Int(locked.headers["retry-after"] ?? "") ?? 0
+            #expect((840...900).contains(wait), "Retry-After \(wait)")
+            #expect(try await s.auditEntries(before: nil, limit: 10).contains { $0.action == "admin.locked" && $0.actor == "u1" })
+            // 20 failures from one address (u2..u5, 4 each: none locked, 5 on u1 before): the 21st try is refused by address.
+            for n in 2...5 { for _ in 1...4 { _ = try await c.login("u\(n)", "wrong password here") } }
+            let byAddress = try await c.login("u5", Self.password)
+            #expect(byAddress.status == 429 && Int(byAddress.headers["retry-after"] ?? "") ?? 0 > 0, "\(byAddress.text)")
+            #expect(try await s.admin(try AdminName("u5"))?.lockedUntilMs == nil, "u5 itself is not locked")
+        }
+    }
+
+    @Test func sessionsExpireWhenIdleAndAfterTheirLifetime() async throws {
+        try await Rig.with("expiry", admin: TestAdminListener(sessionIdle: .seconds(2), sessionMax: .seconds(5))) { rig in
+            try await rig.addAccounts()
+            let c = rig.client
+            #expect(try await c.login("ann", Self.password).status == 200)
+            try await Task.sleep(for: .milliseconds(2500))
+            #expect(try await c.get("/api/v1/session").status == 401, "idle")
+            #expect(try await c.login("ann", Self.password).status == 200)
+            let start = ContinuousClock.now
+            while start.duration(to: .now) < .seconds(4) {
+                #expect(try await c.get("/api/v1/session").status == 200, "in use, within its lifetime")
+                try await Task.sleep(for: .milliseconds(700))
+            }
+            try await Task.sleep(until: start + .milliseconds(5500))
+            #expect(try await c.get("/api/v1/session").status == 401, "past its lifetime, though used")
+        }
+    }
+
+    /// Records uploaded by agents (through the agent API, as an agent would), read back through
+    /// the admin API: the `/sealed` record stream byte for byte, `/plain` for items sealed to
+    /// the collector's own KEK, listings paged by cursor.
+    @Test func sealedStreamPlainAndPaging() async throws {
+        let keyDir = try TempDir("custos-admin-keys")
+        defer { keyDir.remove() }
+        let e2ee = try makeTestKEK(in: keyDir.path, name: "e2ee")
+        let own = try makeTestKEK(in: keyDir.path, name: "own")
+        chmod(own.privateKey, 0o600)
+        try await Rig.with("sealed", admin: TestAdminListener(serverPrivateKeyFile: own.privateKey)) { rig in
+            try await rig.addAccounts()
+            let s = rig.collector.storage
+            for kek in [e2ee, own] {
+                _ = try await s.registerKEK(KEKRegistration(pubDatafile: kek.publicKey, publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+            }
+            // The agent API is on the other port: post there.
+            let agentClient = try AdminClient(url: rig.collector.url, caFile: rig.collector.pki.rootCertificate)
+            func uploadTo(_ agent: String, kek: String, count: Int, t0: Int64) async throws -> (DEKRecord, [SealedBlob], [Data]) {
+                let token = try await s.addAgent(try AgentID(agent))
+                let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek), agentID: agent)
+                var plain: [Data] = [], blobs: [SealedBlob] = []
+                for i in 0..<count {
+                    let p = Data("keystrokes \(agent) \(i)".utf8)
+                    plain.append(p)
+                    blobs.append(try session.seal(p, kind: i % 2 == 0 ? .keystrokes : .generic, captureTimeMs: t0 + Int64(i)))
+                }
+                let body = RecordStream.encode([.dekRecord(session.record)] + blobs.map { .blob($0) })
+                let r = try await agentClient.request("POST", "/v1/records", body: body, origin: .some(nil), cookies: false,
+                                                      headers: ["Authorization": "Bearer \(agent):\(token.revealed)",
+                                                                "Content-Type": "application/vnd.custos.records"])
+                try #require(r.status == 200, "upload: \(r.text)")
+                return (session.record, blobs, plain)
+            }
+            let (dekA, blobsA, _) = try await uploadTo("e2ee-host", kek: e2ee.publicKey, count: 4, t0: 1_700_000_000_000)
+            let (_, blobsB, plainB) = try await uploadTo("plain-host", kek: own.publicKey, count: 3, t0: 1_700_000_100_000)
+
+            let c = rig.client
+            #expect(try await c.login("ann", Self.password).status == 200)
+            let ownID = try KEKPrivateKey(pemFile: own.privateKey, passphrase: nil).id.hex
+            #expect(try await c.get("/api/v1/session").json?["ownKEKIDs"] as? [String] == [ownID])
+
+            // The record stream: DEK records first, then blobs, exactly as uploaded; one id unknown.
+            let unknown = BlobID.random().hex
+            let asked = [blobsA[2].header.blobID.hex, unknown, blobsA[0].header.blobID.hex]
+            let sealed = try await c.post("/api/v1/sealed", json: ["deks": [dekA.dekID.hex], "blobs": asked])
+            #expect(sealed.status == 200 && sealed.headers["content-type"] == "application/octet-stream", "\(sealed.text)")
+            #expect(sealed.headers["x-custos-missing"] == "1" && sealed.headers["cache-control"] == "no-store")
+            #expect(sealed.body == dekA.serialized + blobsA[2].serialized + blobsA[0].serialized, "byte for byte as uploaded")
+            let fetched = try await s.auditEntries(before: nil, limit: 20).filter { $0.action == "admin.fetch-sealed" }
+            #expect(fetched.count == 1 && fetched.first?.actor == "ann", "one audit record per request")
+            #expect(fetched.first?.detail.contains("127.0.0.1") == true && fetched.first?.detail.contains(blobsA[2].header.blobID.hex) == true)
+            let badID = try await c.post("/api/v1/sealed", json: ["blobs": ["xyz"]])
+            #expect(badID.status == 400 && badID.error?.hasPrefix("blobs[0]") == true, "\(badID.text)")
+
+            // /plain: the collector's own items open here; E2EE ones never.
+            let opened = try await c.get("/api/v1/captures/\(blobsB[1].header.blobID.hex)/plain")
+            #expect(opened.status == 200 && opened.body == plainB[1])
+            let masked = try await c.get("/api/v1/captures/\(blobsA[1].header.blobID.hex)/plain")
+            #expect(masked.status == 403 && masked.error == "end-to-end encrypted: decrypt in your browser")
+            #expect(try await c.get("/api/v1/captures/\(BlobID.random().hex)/plain").status == 404)
+            #expect(try await s.auditEntries(before: nil, limit: 20).contains { $0.action == "admin.open-collector-sealed" && $0.actor == "ann" })
+
+            // Listings: agents with what their captures are sealed to; captures paged by cursor.
+            let agents = try await c.get("/api/v1/agents?limit=1")
+            let first = try #require((agents.json?["agents"] as? [[String: Any]])?.first)
+            #expect(first["id"] as? String == "e2ee-host" && first["sealedTo"] as? String == "e2ee" && first["kekIDs"] as? [String] == [blobsA[0].header.kekID.hex])
+            #expect(first["lastCaptureMs"] as? Int == 1_700_000_000_003)
+            let nextAgent = try #require(agents.json?["next"] as? String)
+            let second = try await c.get("/api/v1/agents?limit=1&after=\(nextAgent)")
+            #expect((second.json?["agents"] as? [[String: Any]])?.first?["sealedTo"] as? String == "collector")
+            #expect(second.json?["next"] is NSNull)
+
+            var seen: [String] = [], cursor: String?, pages = 0
+            repeat {
+                let r = try await c.get("/api/v1/captures?limit=3&order=asc" + (cursor.map { "&after=\($0)" } ?? ""))
+                let items = try #require(r.json?["items"] as? [[String: Any]], "\(r.text)")
+                #expect(items.count <= 3)
+                seen += items.compactMap { $0["id"] as? String }
+                cursor = r.json?["next"] as? String
+                pages += 1
+            } while cursor != nil && pages < 10
+            #expect(pages == 3, "7 captures, 3 a page")
+            #expect(seen == (blobsA + blobsB).map(\.header.blobID.hex), "every capture once, in capture-time order")
+            let newest = try await c.get("/api/v1/captures?agent=plain-host&kind=keystrokes&limit=1")
+            let item = try #require((newest.json?["items"] as? [[String: Any]])?.first)
+            #expect(item["id"] as? String == blobsB[2].header.blobID.hex && item["sealedTo"] as? String == "collector")
+            #expect(item["dekID"] as? String == blobsB[2].header.dekID.hex && item["kind"] as? String == "keystrokes")
+
+            #expect(try await c.post("/api/v1/client-report", json: ["action": "decrypted", "count": 4, "detail": "tiles"]).status == 204)
+            let reported = try await s.auditEntries(before: nil, limit: 5).first
+            #expect(reported?.action == "client.decrypted" && reported?.detail.hasPrefix("client-reported: count=4") == true)
+            #expect(try await c.post("/api/v1/client-report", json: ["action": "format-disk"]).error?.hasPrefix("action") == true)
+        }
+    }
+
+    /// A session made on one collector instance is accepted by another on the same PostgreSQL.
+    @Test(.enabled(if: PostgresCluster.isAvailable, "needs Debian's postgresql (make deps)"))
+    func aSessionWorksOnEveryInstance() async throws {
+        let cluster = try PostgresCollectorTests.shared.get()
+        let dir = try TempDir("custos-admin-pg")
+        defer { dir.remove() }
+        let db = try await PostgresCollectorTests.Database.make(cluster, in: dir)
+        let location = try StorageLocation(db.url, passwordFile: db.passwordFile)
+        try await Rig.with("pg-a", location: location) { a in
+            try await Rig.with("pg-b", location: location, pki: a.collector.pki) { b in
+                try await TestAdmin.add(to: a.collector.storage, name: "ann", role: .decryptor, password: Self.password)
+                #expect(try await a.client.login("ann", Self.password).status == 200)
+                let onB = try b.newClient()
+                try onB.useCookies(of: a.client)
+                let session = try await onB.get("/api/v1/session")
+                #expect(session.status == 200 && session.json?["name"] as? String == "ann", "\(session.text)")
+                #expect(try await a.client.post("/api/v1/logout", json: [String: String]()).status == 204)
+                #expect(try await onB.get("/api/v1/session").status == 401, "logged out on A: gone on B too")
+            }
+        }
+    }
+}
+
+/// The admin keys of collector.cfg and the real binaries the browser tests drive:
+/// `custos admins add --password-file`, then `custos-collector --config` with `admin-listen`
+/// and `dashboard-dir` (docs/API.md "Admin API", "Running it for a browser test").
+@Suite struct AdminConfigurationTests {
+    @Test func adminKeysAreParsedAndCheckedNamingFileLineAndKey() throws {
+        let dir = try TempDir("custos-admin-cfg")
+        defer { dir.remove() }
+        let pki = try sharedMaterial.get().pki
+        let cfg = dir.file("collector.cfg")
+        try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:0")
+        #expect(try CollectorConfiguration(file: cfg).admin == nil, "no admin-listen: no admin listener")
+
+        let key = dir.file("server.pem")
+        try "not read here".write(toFile: key, atomically: true, encoding: .utf8)
+        chmod(key, 0o600)
+        try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:0", extra: "admin-listen=127.0.0.1:8444\ndashboard-dir=web\nserver-private-key-file=server.pem")
+        let admin = try #require(try CollectorConfiguration(file: cfg).admin)
+        #expect(admin.host == "127.0.0.1" && admin.port == 8444 && admin.tlsCertFile == pki.chain("leaf"))
+        #expect(admin.dashboardDirectory == dir.file("web") && admin.serverPrivateKeyFile == key, "relative to the file's folder")
+        #expect(admin.sessionIdle == .seconds(900) && admin.sessionMax == .seconds(43_200))
+
+        chmod(key, 0o644)
+        for (extra, expected) in [
+            ("admin-listen=8444", "collector.cfg:5: admin-listen: expected HOST:PORT"),
+            ("admin-listen=127.0.0.1:1\nadmin-session-idle-minutes=0", "collector.cfg:6: admin-session-idle-minutes:"),
+            ("admin-listen=127.0.0.1:1\nadmin-session-max-hours=721", "collector.cfg:6: admin-session-max-hours:"),
+            ("server-private-key-file=server.pem", "collector.cfg:5: server-private-key-file: '\(key)' has mode 644; expected 0600 or 0400"),
+            ("server-private-key-file=missing.pem", "collector.cfg:5: server-private-key-file: expected a private key file"),
+        ] {
+            try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:0", extra: extra)
+            do {
+                _ = try CollectorConfiguration(file: cfg)
+                Issue.record("\(extra) was accepted")
+            } catch {
+                #expect(String(describing: error).contains(expected), "\(error)")
+            }
+        }
+    }
+
+    @Test func theBuiltBinariesServeTheDashboardToALoggedInAdmin() async throws {
+        let dir = try TempDir("custos-admin-bin")
+        defer { dir.remove() }
+        let pki = try sharedMaterial.get().pki
+        let pw = dir.file("admin.pw")
+        try "a long test password\n".write(toFile: pw, atomically: true, encoding: .utf8)
+        let add = try await PostgresCollectorTests.custos(["admins", "add", "--db", dir.file("collector.db"), "--name", "ann",
+                                                           "--role", "decryptor", "--password-file", pw])
+        try #require(add.status == 0, "\(add.stderrString)")
+        try FileManager.default.createDirectory(atPath: dir.file("dashboard"), withIntermediateDirectories: true)
+        try "<!doctype html><title>Custos</title>".write(toFile: dir.file("dashboard/index.html"), atomically: true, encoding: .utf8)
+        let adminPort = try freeLocalPort()
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0",
+                                 extra: "admin-listen=127.0.0.1:\(adminPort)\ndashboard-dir=dashboard")
+        let (collector, _) = try await PostgresCollectorTests.startCollector(dir.file("collector.cfg"), in: dir)
+        defer { collector.send(SIGTERM); _ = collector.waitExit(timeout: 10) }
+        _ = try await waitUntil(timeout: 30) { collector.log.contains("collector.admin_port=\(adminPort)") || !collector.isRunning }
+        let client = try AdminClient(url: "https://127.0.0.1:\(adminPort)", caFile: pki.rootCertificate)
+        #expect(try await client.get("/").text.contains("Custos"))
+        let login = try await client.login("ann", "a long test password")
+        #expect(login.status == 200, "\(login.text)")
+        #expect(try await client.get("/api/v1/session").json?["role"] as? String == "decryptor")
+        // The log has the requests, escaped, and never the password, cookie or token.
+        let token = try #require(client.sessionToken)
+        _ = try await client.get("/api/v1/captures?agent=%1B%5B31m")
+        let log = collector.log
+        #expect(log.contains("admin request") && !log.contains("a long test password") && !log.contains(token))
+        #expect(!log.contains("\u{1B}"))
+    }
+
+    /// `custos dashboard`: the same API and pages on 127.0.0.1 from a copy of the database, a
+    /// self-signed certificate made at start, a one-time login removed when it stops.
+    @Test func localDashboardServesACopyWithAOneTimeLogin() async throws {
+        let dir = try TempDir("custos-local-dashboard")
+        defer { dir.remove() }
+        let copy = dir.file("copy.db")
+        let storage = try SQLiteStorage(path: copy)
+        _ = try await storage.addAgent(try AgentID("ws-17"))
+        await storage.close()
+        try FileManager.default.createDirectory(atPath: dir.file("dashboard"), withIntermediateDirectories: true)
+        try "<!doctype html><title>Custos local</title>".write(toFile: dir.file("dashboard/index.html"), atomically: true, encoding: .utf8)
+        let port = try freeLocalPort()
+        let refused = try await PostgresCollectorTests.custos(["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
+                                                               "--listen", "0.0.0.0:\(port)"])
+        #expect(refused.status == 2 && refused.stderrString.contains("loopback"), "\(refused.stderrString)")
+        let process = try BackgroundProcess(try builtProduct("custos"), ["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
+                                                                       "--listen", "127.0.0.1:\(port)", "--one-time-login"],
+                                            logPath: dir.file("dashboard.log"))
+        defer { process.send(SIGTERM); _ = process.waitExit(timeout: 10) }
+        #expect(try await waitUntil(timeout: 60) { process.log.contains("dashboard: https://127.0.0.1:\(port)/") || !process.isRunning },
+                "\(process.log)")
+        let log = process.log
+        func value(_ key: String) -> String? {
+            log.split(whereSeparator: \.isNewline).first { $0.hasPrefix(key) }.map { String($0.dropFirst(key.count)) }
+        }
+        let name = try #require(value("login: ")), password = try #require(value("password: "))
+        let cert = try #require(value("certificate: ")?.split(separator: " ").first.map(String.init))
+        let client = try AdminClient(url: "https://127.0.0.1:\(port)", caFile: cert)
+        #expect(try await client.get("/").text.contains("Custos local"))
+        #expect(try await client.login(name, password).status == 200)
+        let agents = try await client.get("/api/v1/agents")
+        #expect((agents.json?["agents"] as? [[String: Any]])?.first?["id"] as? String == "ws-17", "\(agents.text)")
+        process.send(SIGTERM)
+        #expect(process.waitExit(timeout: 30) == 0, "\(process.log)")
+        let after = try SQLiteStorage(path: copy)
+        #expect(try await after.admins().isEmpty, "the one-time account is gone")
+        await after.close()
+    }
+}
+

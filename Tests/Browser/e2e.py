@@ -290,6 +290,23 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             check("Lock masks every pc-e2ee item again and keeps the collector-sealed frames",
                   all(t["encrypted"] == "<Encrypted>" and not t["frame"] for t in state if t["agent"] == "pc-e2ee")
                   and any(t["frame"] for t in state if t["agent"] == "pc-plain"), json.dumps(state)[:400])
+            # The server ends the session (as idle expiry does): the page goes back to the login
+            # form at its next request and forgets the key it held.
+            decrypt(d, key, PASSPHRASE)
+            wait_for(d, "document.querySelector('[data-testid=key-state]').textContent.startsWith('Unlocked')", 30, "unlock again")
+            cookie = next(c for c in d.get_cookies() if c["name"] == "custos_session")
+            ended = Admin(admin_port, cert)
+            ended.cookie = f"custos_session={cookie['value']}"
+            status = ended.request("POST", "/api/v1/logout")[0]
+            d.execute_script("location.hash = '#/agents'")
+            wait_for(d, "document.querySelector('[data-testid=username]')", 30, "the login form after the session ended")
+            message = d.execute_script("return document.querySelector('[data-testid=login-error]').textContent")
+            shot("e2e-6b-session-ended")
+            login(d, base, "alice")
+            wait_for(d, "document.querySelectorAll('[data-testid=capture]').length >= 3", 30, "tiles after logging in again")
+            check("a session ended on the server (logout elsewhere, idle expiry) returns the page to the login form and forgets the key",
+                  status == 204 and "session ended" in message and d.execute_script("return document.querySelector('[data-testid=key-state]').textContent") == "Locked"
+                  and all(t["encrypted"] == "<Encrypted>" for t in tiles(d) if t["agent"] == "pc-e2ee"), f"{status} {message!r}")
             errors = [e for e in browser_log(d) if e.get("level") == "SEVERE" and "401" not in e["message"]]
             check("no browser console errors (CSP violations, uncaught errors)", not errors, "; ".join(e["message"][:200] for e in errors))
 

@@ -158,17 +158,22 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
         x2.run(["xsetroot", "-solid", COLOUR_PLAIN])
         procs.append(start_agent(bin_dir, work, "pc-e2ee", x1, f"enable-encryption=1\nkek-file={pub}", tokens["pc-e2ee"], port, pin))
         procs.append(start_agent(bin_dir, work, "pc-plain", x2, f"enable-encryption=0\nserver-kek-file={server_pub}", tokens["pc-plain"], port, pin))
-        time.sleep(1.5)
-        x1.run(["xdotool", "type", "--delay", "40", TYPED])
         api.login("alice")
-        deadline = time.time() + 60
+        # Type until a keystroke chunk arrives (an agent starting on a loaded machine may not
+        # record yet: the text is typed again every 3 s, as packaging/test-packaging.sh does).
+        deadline = time.time() + 90
+        typed_at = 0
         while True:
             items = api.json("/api/v1/captures?limit=100")["items"]
             kinds = {(i["agent"], i["kind"]) for i in items}
             if {("pc-e2ee", "screen"), ("pc-e2ee", "keystrokes"), ("pc-plain", "screen")} <= kinds:
                 break
             if time.time() > deadline:
-                raise Failure(f"captures did not arrive within 60 s: {sorted(kinds)}")
+                raise Failure(f"captures did not arrive within 90 s: {sorted(kinds)}; agent log: "
+                              f"{open(os.path.join(work, 'pc-e2ee.log'), errors='replace').read()[-1500:]}")
+            if ("pc-e2ee", "keystrokes") not in kinds and time.time() - typed_at > 3:
+                x1.run(["xdotool", "type", "--delay", "40", TYPED])
+                typed_at = time.time()
             time.sleep(0.5)
         for p in procs[1:]:
             stop(p)  # a fixed set of captures from here on

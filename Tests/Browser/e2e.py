@@ -306,11 +306,12 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             d.execute_script("location.hash = '#/agents'")
             wait_for(d, "document.querySelector('[data-testid=username]')", 30, "the login form after the session ended")
             message = d.execute_script("return document.querySelector('[data-testid=login-error]').textContent")
+            header_hidden = d.execute_script("return document.getElementById('top').offsetParent === null")
             shot("e2e-6b-session-ended")
             login(d, base, "alice")
             wait_for(d, "document.querySelectorAll('[data-testid=capture]').length >= 3", 30, "tiles after logging in again")
             check("a session ended on the server (logout elsewhere, idle expiry) returns the page to the login form and forgets the key",
-                  status == 204 and "session ended" in message and d.execute_script("return document.querySelector('[data-testid=key-state]').textContent") == "Locked"
+                  status == 204 and "session ended" in message and header_hidden and d.execute_script("return document.querySelector('[data-testid=key-state]').textContent") == "Locked"
                   and all(t["encrypted"] == "<Encrypted>" for t in tiles(d) if t["agent"] == "pc-e2ee"), f"{status} {message!r}")
             errors = [e for e in browser_log(d) if e.get("level") == "SEVERE" and "401" not in e["message"]]
             check("no browser console errors (CSP violations, uncaught errors)", not errors, "; ".join(e["message"][:200] for e in errors))

@@ -218,7 +218,7 @@ let package = Package(
             .product(name: "GRDB", package: "GRDB.swift"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
-        .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "CollectorStorage", "CollectorStorageSQLite",
+        .testTarget(name: "NetTests", dependencies: ["Transport", "Collector", "CollectorStorage", "CollectorStorageSQLite", "AdminAuth",
                                                      "Wire", "Spool", "Envelope", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "AdminTests", dependencies: ["Admin", "AdminAuth", "CollectorStorage", "CollectorStorageSQLite", "CustosBase", "Envelope",

@@ -1,3 +1,4 @@
+import AdminAuth
 import Collector
 import CollectorStorage
 import CollectorStorageOpen
@@ -178,21 +179,41 @@ import TestSupport
         }
     }
 
-    @Test func sessionsExpireWhenIdleAndAfterTheirLifetime() async throws {
-        try await Rig.with("expiry", admin: TestAdminListener(sessionIdle: .seconds(2), sessionMax: .seconds(5))) { rig in
-            try await rig.addAccounts()
+    /// An account with a TOTP secret (HummingbirdOTP): the password alone is refused, a wrong code
+    /// is refused and counted, the current code logs in.
+    @Test func totpAccountsNeedTheirCode() async throws {
+        try await Rig.with("totp") { rig in
+            let secret = AdminTOTP.newSecret()
+            try await TestAdmin.add(to: rig.collector.storage, name: "tess", role: .auditor, password: Self.password, totpSecret: secret)
             let c = rig.client
-            #expect(try await c.login("ann", Self.password).status == 200)
-            try await Task.sleep(for: .milliseconds(2500))
-            #expect(try await c.get("/api/v1/session").status == 401, "idle")
-            #expect(try await c.login("ann", Self.password).status == 200)
-            let start = ContinuousClock.now
-            while start.duration(to: .now) < .seconds(4) {
-                #expect(try await c.get("/api/v1/session").status == 200, "in use, within its lifetime")
-                try await Task.sleep(for: .milliseconds(700))
+            let none = try await c.login("tess", Self.password)
+            #expect(none.status == 401 && none.error?.hasPrefix("totp") == true, "\(none.text)")
+            let wrongCode = AdminTOTP.code(secret: secret, at: Date().addingTimeInterval(-600))
+            #expect(try await c.login("tess", Self.password, totp: wrongCode).error == "totp: wrong code")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 2)
+            #expect(try await c.login("tess", "wrong password here", totp: AdminTOTP.code(secret: secret)).error == "wrong name or password")
+            let ok = try await c.login("tess", Self.password, totp: AdminTOTP.code(secret: secret))
+            #expect(ok.status == 200 && ok.json?["role"] as? String == "auditor", "\(ok.text)")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 0, "a success clears the count")
+        }
+    }
+
+    /// Idle 4 s, life 8 s (margins wide enough for a loaded machine): an unused session is gone
+    /// after its idle time; one used every half second is gone after its life.
+    @Test func sessionsExpireWhenIdleAndAfterTheirLifetime() async throws {
+        try await Rig.with("expiry", admin: TestAdminListener(sessionIdle: .seconds(4), sessionMax: .seconds(8))) { rig in
+            try await rig.addAccounts()
+            let idle = rig.client, busy = try rig.newClient()
+            #expect(try await idle.login("ann", Self.password).status == 200)
+            #expect(try await busy.login("vic", Self.password).status == 200)
+            let start = ContinuousClock.now  // both sessions were made before this
+            while start.duration(to: .now) < .milliseconds(5500) {
+                #expect(try await busy.get("/api/v1/session").status == 200, "in use, within its life")
+                try await Task.sleep(for: .milliseconds(500))
             }
-            try await Task.sleep(until: start + .milliseconds(5500))
-            #expect(try await c.get("/api/v1/session").status == 401, "past its lifetime, though used")
+            #expect(try await idle.get("/api/v1/session").status == 401, "unused for more than 4 s")
+            try await Task.sleep(until: start + .milliseconds(8500))
+            #expect(try await busy.get("/api/v1/session").status == 401, "past its life, though used")
         }
     }
 

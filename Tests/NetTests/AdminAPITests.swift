@@ -309,6 +309,13 @@ import TestSupport
             let reported = try await s.auditEntries(before: nil, limit: 5).first
             #expect(reported?.action == "client.decrypted" && reported?.detail.hasPrefix("client-reported: count=4") == true)
             #expect(try await c.post("/api/v1/client-report", json: ["action": "format-disk"]).error?.hasPrefix("action") == true)
+            // Counts 0 and 1 are numbers, not booleans (Linux bridges NSNumber 0/1 to Bool); a JSON true is refused.
+            for n in [0, 1] {
+                #expect(try await c.post("/api/v1/client-report", json: ["action": "lock", "count": n]).status == 204, "count \(n)")
+                let entry = try await s.auditEntries(before: nil, limit: 1).first
+                #expect(entry?.detail.hasPrefix("client-reported: count=\(n) ") == true, "\(entry?.detail ?? "-")")
+            }
+            #expect(try await c.post("/api/v1/client-report", json: ["action": "lock", "count": true]).error?.hasPrefix("count") == true)
         }
     }
 

@@ -290,7 +290,9 @@ import Wire
                                 logger: logs.logger("uploader"))
         #expect(uploader.configuration.parallelRequests == 2)
         let running = Task { try await uploader.run() }
-        try await Self.drain(spool, running: running, within: .seconds(30))
+        // 31 batches with a 50 ms hold each: seconds when idle; a run with every NetTests suite in
+        // parallel on 2 loaded cores did not finish in 30 s (the wait ends as soon as it is empty).
+        try await Self.drain(spool, running: running, within: .seconds(120))
         #expect(try await f.storedCounts == (120, 3))
         let counts = queue.counts.withLock { $0 }
         #expect(counts.maxInFlight == 2, "at most \(counts.maxInFlight) batches were in flight at once")

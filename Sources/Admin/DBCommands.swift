@@ -145,7 +145,16 @@ struct StorageMigration {
     ///   (``preflight()``: checked before anything is written); differences are in the report.
     func run() async throws -> MigrationReport {
         var report = MigrationReport()
-        let sourceID = try await preflight()
+        let (sourceID, earlierCopy) = try await preflight()
+        // The marker naming the source goes in before any row: a copy interrupted from here on
+        // is an earlier copy of this source, and running it again resumes (docs/STORAGE.md).
+        // The entry after the verification marks the copy complete.
+        if !earlierCopy {
+            _ = try await storageCall { () throws(StorageError) in
+                try await target.appendAudit(actor: actor, action: "db.migrate",
+                                             detail: "from=\(sourceName) source-id=\(sourceID) started")
+            }
+        }
 
         let agents = try await storageCall { () throws(StorageError) in try await source.agentCredentials() }
         report.agents = (agents.count, try await storageCall { () throws(StorageError) in try await target.importAgents(agents) })
@@ -186,7 +195,7 @@ struct StorageMigration {
             var groups: [Int64: [IngestItem]] = [:]
             var order: [Int64] = []
             for info in page.items {
-                if seen % stride == 0 || seen == total - 1 { sampled.append(info) }
+                let sample = seen % stride == 0 || seen == total - 1
                 seen += 1
                 let read: Data?
                 do { read = try await source.blob(info.blobID) } catch where error.code == .corrupt {
@@ -199,6 +208,8 @@ struct StorageMigration {
                     report.problems.append("capture \(info.blobID.hex): its blob bytes are missing from the source")
                     continue
                 }
+                // Only captures whose bytes were read are compared afterwards (the others are problems).
+                if sample { sampled.append(info) }
                 report.bytes += Int64(bytes.count)
                 if groups[info.receivedAtMs] == nil { order.append(info.receivedAtMs) }
                 groups[info.receivedAtMs, default: []].append(.blob(StoredBlob(
@@ -211,7 +222,11 @@ struct StorageMigration {
                 tally(outcomes, ids: items.map { Data($0.idBytes).map { String(format: "%02x", $0) }.joined() },
                       what: "capture", into: &report, counter: \.captures)
             }
-            if !page.items.isEmpty { log("captures: \(seen) of \(total) copied (\(report.captures.new) new)") }
+            if !page.items.isEmpty {
+                let unreadable = seen - report.captures.copied
+                log("captures: \(report.captures.copied) of \(total) copied (\(report.captures.new) new"
+                    + (unreadable > 0 ? ", \(unreadable) unreadable in the source)" : ")"))
+            }
         } while cursor != nil
 
         // The audit log, oldest first.
@@ -269,9 +284,12 @@ struct StorageMigration {
     /// Checks, before anything is written, that source and target are two databases and that
     /// the target is empty or an earlier copy of this source (it holds a `db.migrate` record
     /// naming the source's identity, and only agents and KEK rows the source has, the same).
-    /// - Returns: the source's identity (``TransferStore/identity()``).
+    /// A copy that began writes its `db.migrate` record first (``run()``), so an interrupted one
+    /// is recognised too.
+    /// - Returns: the source's identity (``TransferStore/identity()``), and whether the target
+    ///   already holds a `db.migrate` record naming it.
     /// - Throws: `AdminError(.usage)` naming what the target holds.
-    func preflight() async throws -> String {
+    func preflight() async throws -> (sourceID: String, earlierCopy: Bool) {
         let sourceID = try await storageCall { () throws(StorageError) in try await source.identity() }
         let targetID = try await storageCall { () throws(StorageError) in try await target.identity() }
         guard sourceID != targetID else {
@@ -300,7 +318,7 @@ struct StorageMigration {
         do { _ = try KEKRow.rowsToImport(sourceKEKs, existing: keks, context: "the target") } catch {
             throw AdminError(.usage, "\(error.message); nothing was copied")
         }
-        return sourceID
+        return (sourceID, earlierCopy)
     }
 
     /// Counts what ingest did; `conflict`, `otherAgent` and `unknownDEK` are problems.
@@ -356,7 +374,14 @@ struct StorageMigration {
         for info in sampled {
             let copy = try await storageCall { () throws(StorageError) in try await target.capture(info.blobID) }
             if copy != info { report.problems.append("capture \(info.blobID.hex): its row differs") }
-            let a = try await storageCall { () throws(StorageError) in try await source.blob(info.blobID) }
+            let a: Data?
+            do { a = try await source.blob(info.blobID) } catch where error.code == .corrupt {
+                report.problems.append("capture \(info.blobID.hex): its blob bytes cannot be read in the source: \(error.message)")
+                report.verifiedBlobs += 1
+                continue
+            } catch {
+                throw AdminError.fromStorage(error)
+            }
             let b = try await storageCall { () throws(StorageError) in try await target.blob(info.blobID) }
             if a == nil || a != b { report.problems.append("capture \(info.blobID.hex): its blob bytes differ") }
             report.verifiedBlobs += 1

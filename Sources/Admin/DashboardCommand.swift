@@ -47,7 +47,7 @@ public struct DashboardCommand: AsyncParsableCommand {
             throw ValidationError("--listen \(SafeText.quoted(listen)): expected 127.0.0.1:PORT or [::1]:PORT")
         }
         let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
-        guard ["127.0.0.1", "::1", "localhost"].contains(host) else {
+        guard ["127.0.0.1", "::1"].contains(host) else {
             throw ValidationError("--listen \(SafeText.quoted(listen)): the local dashboard serves the loopback address only (127.0.0.1 or [::1])")
         }
         guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
@@ -110,7 +110,7 @@ public struct DashboardCommand: AsyncParsableCommand {
 
     /// A new directory only this user can enter.
     static func temporaryDirectory() throws -> String {
-        var template = Array((NSTemporaryDirectory() + "/custos-dashboard-XXXXXX").utf8CString)
+        var template = Array((URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("custos-dashboard-XXXXXX").path).utf8CString)
         guard let made = mkdtemp(&template) else { throw CLIError("cannot make a temporary directory: \(String(cString: strerror(errno)))") }
         return String(cString: made)
     }

@@ -252,13 +252,20 @@ private func restoreSignalHandlers(_ old: [Int32: sighandler_t?]) {
 public func parseTime(_ text: String, field: String? = nil, now: Date = Date()) throws -> Int64 {
     let shown = (field.map { "\($0) " } ?? "") + SafeText.quoted(text)
     let forms = "expected ISO 8601 like 2026-11-30T12:00:00Z, a date 2026-11-30, Unix ms of 10 or more digits like 1764547200000, or an age like 2h / 7d"
+    /// Years 1...9999 only (what ISO 8601 with four-digit years, and the databases, hold).
+    func inRange(_ ms: Int64) throws -> Int64 {
+        guard (-62_135_596_800_000 ... 253_402_300_799_999).contains(ms) else {
+            throw AdminError(.usage, "\(shown): outside the years 1 to 9999")
+        }
+        return ms
+    }
     let t = text.trimmingCharacters(in: .whitespaces)
     if !t.isEmpty, t.utf8.allSatisfy({ (0x30...0x39).contains($0) }) {
         guard t.count >= 10 else {
             throw AdminError(.usage, "\(shown): a number is read as Unix ms only with 10 or more digits (fewer would be in January 1970); \(forms)")
         }
         guard let ms = Int64(t) else { throw AdminError(.usage, "\(shown): too large for Unix ms; \(forms)") }
-        return ms
+        return try inRange(ms)
     }
     if let unit = t.last, let n = Int64(t.dropLast()), n >= 0 {
         let seconds: Int64? = switch unit {
@@ -287,7 +294,7 @@ public func parseTime(_ text: String, field: String? = nil, now: Date = Date()) 
         }
     }
     for f in [withFraction, plain, day] {
-        if let d = f.date(from: t) { return Int64((d.timeIntervalSince1970 * 1000).rounded()) }
+        if let d = f.date(from: t) { return try inRange(Int64((d.timeIntervalSince1970 * 1000).rounded())) }
     }
     throw AdminError(.usage, "\(shown): not a time (\(forms))")
 }

@@ -159,7 +159,7 @@ final class AdminAPI: Sendable {
         { request, context in
             let session = try await self.session(request)
             guard session.role.allows(permission) else {
-                throw AdminHTTPError.forbidden("a \(session.role) may not do this")
+                throw AdminHTTPError.forbidden("\("\(session.role)".first.map { "aeiou".contains($0) } == true ? "an" : "a") \(session.role) may not do this")
             }
             return try await body(request, context, session)
         }

@@ -206,6 +206,10 @@ public struct CollectorConfiguration: Sendable {
                               "is for a postgres:// database only; a SQLite database keeps its blob files in the directory beside it (DATABASE.blobs)")
         }
         let admin = try Self.adminListener(f, tlsCert: cert, tlsKey: key)
+        if let admin, admin.host == host, admin.port == port, port != 0 {
+            throw ConfigError(file: path, line: f.value("admin-listen")?.line, key: "admin-listen",
+                              "must differ from listen (both are \(SafeText.quoted(listen))): the dashboard needs a port of its own")
+        }
         self.init(listenHost: host, listenPort: port, tlsCertFile: cert, tlsKeyFile: key,
                   database: database,
                   maxRequestBytes: try f.int("max-request-bytes", default: WireAPI.defaultMaxRequestBytes,

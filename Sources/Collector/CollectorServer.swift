@@ -152,14 +152,15 @@ public final class CollectorServer: Sendable {
     public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in },
                     onAdminListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         do {
-            let app = AfterStorageStart(server: self, app: try makeApplication(onListening: onListening))
+            // The admin listener too listens only once the storage started (docs/ADMIN.md).
+            var adminApp: [any Service] = []
+            if let admin, let listen = configuration.admin {
+                adminApp.append(makeAdminApplication(admin.api, tls: admin.tls, listen: listen, onListening: onAdminListening))
+            }
+            let app = AfterStorageStart(server: self, app: try makeApplication(onListening: onListening), alsoAfter: adminApp)
             var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
             if ownsStorage { services.append(.init(service: storage)) }
             services.append(.init(service: app))
-            if let admin, let listen = configuration.admin {
-                services.append(.init(service: makeAdminApplication(admin.api, tls: admin.tls, listen: listen,
-                                                                    onListening: onAdminListening)))
-            }
             services += [
                          .init(service: KEKRefresher(registry: registry, interval: configuration.kekPollInterval,
                                                      trapSIGHUP: configuration.trapSIGHUP))]
@@ -624,15 +625,18 @@ extension CollectorServer {
 /// The HTTP server, started once ``CollectorServer/startStorage()`` has tried the storage: it
 /// ends the group with its error when the storage refuses for good, and otherwise serves while
 /// ``CollectorServer/retryStorage()`` tries an unreachable storage again in a child task.
+/// `alsoAfter` (the admin listener) starts with it; the first of them to end ends the rest.
 struct AfterStorageStart<App: Service>: Service {
     let server: CollectorServer
     let app: App
+    var alsoAfter: [any Service] = []
 
     func run() async throws {
         let ready = try await server.startStorage()
         try await withThrowingTaskGroup(of: Bool.self) { group in
             if !ready { group.addTask { await server.retryStorage(); return false } }
             group.addTask { try await app.run(); return true }
+            for other in alsoAfter { group.addTask { try await other.run(); return true } }
             while let appEnded = try await group.next() {
                 if appEnded { group.cancelAll(); return }
             }

@@ -329,6 +329,12 @@ struct DecryptTests {
         #expect(try parseTime("2025-12-01T01:00:00.5+01:00") == 1_764_547_200_500)
         #expect(try parseTime("2025-12-01") == 1_764_547_200_000)
         #expect(try parseTime("1764547200000") == 1_764_547_200_000)
+        // Years 1...9999 only, refused naming the option when it is parsed.
+        for far in ["99999-01-01", "99999999999999999"] {
+            #expect { _ = try parseTime(far, field: "--until") } throws: {
+                "\($0)".contains("--until '\(far)': outside the years 1 to 9999")
+            }
+        }
         let now = Date(timeIntervalSince1970: 1_764_547_200)
         #expect(try parseTime("2h", now: now) == 1_764_547_200_000 - 7_200_000)
         #expect(throws: AdminError.self) { try parseTime("yesterday") }

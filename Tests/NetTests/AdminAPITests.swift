@@ -119,8 +119,10 @@ import TestSupport
             let viewer = try rig.newClient(), auditor = try rig.newClient()
             #expect(try await viewer.login("vic", Self.password).status == 200)
             let refused = try await viewer.post("/api/v1/sealed", json: ["blobs": [String](), "deks": [String]()])
-            #expect(refused.status == 403, "\(refused.text)")
+            #expect(refused.status == 403 && refused.error == "a viewer may not do this", "\(refused.text)")
             #expect(try await auditor.login("aud", Self.password).status == 200)
+            let notAuditors = try await auditor.post("/api/v1/sealed", json: ["blobs": [String](), "deks": [String]()])
+            #expect(notAuditors.status == 403 && notAuditors.error == "an auditor may not do this", "\(notAuditors.text)")
             let audit = try await auditor.get("/api/v1/audit?limit=2")
             #expect(audit.status == 200 && (audit.json?["entries"] as? [Any])?.count == 2 && audit.json?["next"] is Int, "\(audit.text)")
             // A POST with the session cookie but from another origin: 403.
@@ -385,6 +387,11 @@ import TestSupport
                 #expect(String(describing: error).contains(expected), "\(error)")
             }
         }
+        // One HOST:PORT for both listeners: refused, naming admin-listen.
+        try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:8443", extra: "admin-listen=127.0.0.1:8443")
+        #expect {
+            _ = try CollectorConfiguration(file: cfg)
+        } throws: { String(describing: $0).contains("\(first) admin-listen: must differ from listen") }
     }
 
     @Test func theBuiltBinariesServeTheDashboardToALoggedInAdmin() async throws {
@@ -429,9 +436,11 @@ import TestSupport
         try FileManager.default.createDirectory(atPath: dir.file("dashboard"), withIntermediateDirectories: true)
         try "<!doctype html><title>Custos local</title>".write(toFile: dir.file("dashboard/index.html"), atomically: true, encoding: .utf8)
         let port = try freeLocalPort()
-        let refused = try await PostgresCollectorTests.custos(["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
-                                                               "--listen", "0.0.0.0:\(port)"])
-        #expect(refused.status == 2 && refused.stderrString.contains("loopback"), "\(refused.stderrString)")
+        for listen in ["0.0.0.0:\(port)", "localhost:\(port)"] {
+            let refused = try await PostgresCollectorTests.custos(["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
+                                                                   "--listen", listen])
+            #expect(refused.status == 2 && refused.stderrString.contains("loopback"), "\(listen): \(refused.stderrString)")
+        }
         let process = try BackgroundProcess(try builtProduct("custos"), ["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
                                                                        "--listen", "127.0.0.1:\(port)", "--one-time-login"],
                                             logPath: dir.file("dashboard.log"))
@@ -444,6 +453,7 @@ import TestSupport
         }
         let name = try #require(value("login: ")), password = try #require(value("password: "))
         let cert = try #require(value("certificate: ")?.split(separator: " ").first.map(String.init))
+        #expect(!cert.contains("//"), "one slash between the folders: \(cert)")
         let client = try AdminClient(url: "https://127.0.0.1:\(port)", caFile: cert)
         #expect(try await client.get("/").text.contains("Custos local"))
         #expect(try await client.login(name, password).status == 200)

@@ -7,12 +7,13 @@ SHELL := /bin/bash
 # Debian packages the project needs to build, test and demo.
 DEB_PACKAGES := libssl-dev libx11-dev libxtst-dev libxext-dev libxrandr-dev libxfixes-dev libpng-dev \
 	libsqlite3-dev pkg-config xvfb xauth xdotool x11-xkb-utils x11-xserver-utils x11-utils \
-	x11-apps xterm libaom-dev libyuv-dev mkvtoolnix sqlite3 openssl curl lintian systemd dpkg-dev fakeroot ffmpeg time python3 python3-cryptography procps util-linux tmux strace postgresql
+	x11-apps xterm libaom-dev libyuv-dev mkvtoolnix sqlite3 openssl curl lintian systemd dpkg-dev fakeroot ffmpeg time python3 python3-cryptography procps util-linux tmux strace postgresql \
+	chromium chromium-driver python3-selenium
 
 SWIFT ?= swift
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: deps build test demo bench sample
+.PHONY: deps build test test-browser demo bench sample
 
 include packaging/Makefile.fragment
 
@@ -42,7 +43,12 @@ build: deps
 test: build
 	$(SWIFT) test --skip-build $(SWIFT_BUILD_FLAGS) --filter NetTests
 	$(SWIFT) test --skip-build $(SWIFT_BUILD_FLAGS) --skip NetTests
+	/usr/bin/python3 Tests/Browser/run.py --bin "$$($(SWIFT) build $(SWIFT_BUILD_FLAGS) --show-bin-path)"
 	@if [ -x packaging/test-packaging.sh ]; then packaging/test-packaging.sh; fi
+
+# The dashboard in real headless Chromium (Tests/Browser/run.py; screenshots in .build/browser-tests).
+test-browser: build
+	/usr/bin/python3 Tests/Browser/run.py --bin "$$($(SWIFT) build $(SWIFT_BUILD_FLAGS) --show-bin-path)"
 
 demo: build
 	scripts/demo.sh

@@ -1,0 +1,170 @@
+// Custos sealed data format, version 1 (docs/FORMAT.md): splitting a record stream and reading
+// the fields of DEK records and sealed-blob headers. Pure byte parsing, no crypto.
+// All integers big-endian; times are ms since the Unix epoch (i64, exact in a JS number up to 2^53).
+
+/** Thrown for bytes that are not format version 1. `code` is one of docs/FORMAT.md's codes:
+ *  "malformed", "truncated", "unsupportedVersion". The message names the field and offset. */
+export class FormatError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "FormatError";
+    this.code = code;
+  }
+}
+
+export const MAGIC = [0x43, 0x53, 0x54, 0x53]; // "CSTS"
+export const RECORD_DEK = 1;
+export const RECORD_BLOB = 2;
+export const PREFIX_LENGTH = 10;
+/** Smallest DEK record: n = 1, w = 0 is refused by the wrapped-length check, so 102 + 1 + 1. */
+const MIN_LENGTH = { 1: 102 + 1 + 1, 2: 109 + 1 };
+/** Capture kinds by header byte (offset 75 of a sealed blob). */
+export const KINDS = { 1: "screen", 2: "keystrokes", 3: "generic" };
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+export function hex(bytes) {
+  let s = "";
+  for (const b of bytes) s += b.toString(16).padStart(2, "0");
+  return s;
+}
+
+function u32(b, at) { return ((b[at] << 24) >>> 0) + (b[at + 1] << 16) + (b[at + 2] << 8) + b[at + 3]; }
+
+/** u64 at `at` as a JS number; throws when it exceeds 2^53 (no real value does). */
+function u64(b, at, field) {
+  const hi = u32(b, at), lo = u32(b, at + 4);
+  if (hi >= 0x200000) throw new FormatError("malformed", `${field} at byte ${at} is larger than 2^53`);
+  return hi * 0x100000000 + lo;
+}
+
+/** i64 (two's complement) at `at` as a JS number (times: ms since 1970). */
+function i64(b, at, field) {
+  const hi = u32(b, at), lo = u32(b, at + 4);
+  if (hi & 0x80000000) {
+    const v = -((~hi >>> 0) * 0x100000000 + ((~lo >>> 0) + 1));
+    if (v < -(2 ** 53)) throw new FormatError("malformed", `${field} at byte ${at} is below -2^53`);
+    return v;
+  }
+  if (hi >= 0x200000) throw new FormatError("malformed", `${field} at byte ${at} is larger than 2^53`);
+  return hi * 0x100000000 + lo;
+}
+
+function readAgentID(b, at, n, what) {
+  if (n < 1) throw new FormatError("malformed", `${what}: agent id length at byte ${at - 1} is 0 (expected 1…255)`);
+  try {
+    return utf8.decode(b.subarray(at, at + n));
+  } catch {
+    throw new FormatError("malformed", `${what}: agent id at byte ${at} is not UTF-8`);
+  }
+}
+
+/** Checks the common prefix of the record at `b[0...]` and returns {type, length}. */
+function readPrefix(b, what) {
+  if (b.length < PREFIX_LENGTH) {
+    throw new FormatError("truncated", `${what}: ${b.length} bytes, shorter than the 10-byte record prefix`);
+  }
+  for (let i = 0; i < 4; i++) {
+    if (b[i] !== MAGIC[i]) throw new FormatError("malformed", `${what}: bytes 0–3 are not the magic CSTS`);
+  }
+  if (b[4] !== 1) throw new FormatError("unsupportedVersion", `${what}: format version ${b[4]} at byte 4 (expected 1)`);
+  const type = b[5];
+  if (type !== RECORD_DEK && type !== RECORD_BLOB) {
+    throw new FormatError("malformed", `${what}: record type ${type} at byte 5 (expected 1 DEK record or 2 sealed blob)`);
+  }
+  const length = u32(b, 6);
+  if (length < MIN_LENGTH[type]) {
+    throw new FormatError("malformed", `${what}: record length ${length} at byte 6 is below the minimum ${MIN_LENGTH[type]} for type ${type}`);
+  }
+  return { type, length };
+}
+
+/**
+ * Splits a record stream (records back to back, docs/FORMAT.md "Record stream") into records.
+ * @param {Uint8Array} bytes
+ * @returns {{type: 1|2, bytes: Uint8Array, offset: number}[]} views into `bytes` (no copies)
+ * @throws {FormatError} naming the record index and byte offset
+ */
+export function splitRecords(bytes) {
+  const records = [];
+  let at = 0;
+  while (at < bytes.length) {
+    const what = `record ${records.length} at byte ${at}`;
+    const { type, length } = readPrefix(bytes.subarray(at), what);
+    if (at + length > bytes.length) {
+      throw new FormatError("truncated", `${what}: declares ${length} bytes, only ${bytes.length - at} are left`);
+    }
+    records.push({ type, bytes: bytes.subarray(at, at + length), offset: at });
+    at += length;
+  }
+  return records;
+}
+
+/**
+ * Reads a DEK record (type 1).
+ * @returns {{dekID: string, kekID: string, createdMs: number, agentID: string,
+ *   wrappedDEK: Uint8Array, commitment: Uint8Array, committed: Uint8Array, bytes: Uint8Array}}
+ *   ids as lowercase hex; `committed` = record[0 ..< 68+n] (the commitment's HKDF info tail).
+ * @throws {FormatError}
+ */
+export function parseDEKRecord(bytes, what = "DEK record") {
+  const { type, length } = readPrefix(bytes, what);
+  if (type !== RECORD_DEK) throw new FormatError("malformed", `${what}: record type ${type} (expected 1, DEK record)`);
+  if (length !== bytes.length) {
+    throw new FormatError(length > bytes.length ? "truncated" : "malformed",
+      `${what}: declares ${length} bytes, has ${bytes.length}`);
+  }
+  if (bytes[10] !== 1) throw new FormatError("unsupportedVersion", `${what}: algorithm suite ${bytes[10]} at byte 10 (expected 1)`);
+  const n = bytes[67];
+  if (70 + n > length) throw new FormatError("malformed", `${what}: agent id length ${n} runs past the record`);
+  const agentID = readAgentID(bytes, 68, n, what);
+  const w = (bytes[68 + n] << 8) | bytes[69 + n];
+  if (w === 0) throw new FormatError("malformed", `${what}: wrapped DEK length at byte ${68 + n} is 0`);
+  if (102 + n + w !== length) {
+    throw new FormatError("malformed", `${what}: length ${length} disagrees with agent id length ${n} and wrapped DEK length ${w} (expected ${102 + n + w})`);
+  }
+  return {
+    dekID: hex(bytes.subarray(11, 27)),
+    kekID: hex(bytes.subarray(27, 59)),
+    createdMs: i64(bytes, 59, "creation time"),
+    agentID,
+    wrappedDEK: bytes.subarray(70 + n, 70 + n + w),
+    commitment: bytes.subarray(70 + n + w, 102 + n + w),
+    committed: bytes.subarray(0, 68 + n),
+    bytes,
+  };
+}
+
+/**
+ * Reads a sealed blob's header (type 2).
+ * @returns {{blobID: string, kekID: string, dekID: string, kind: "screen"|"keystrokes"|"generic",
+ *   sequence: number, timeMs: number, agentID: string, headerLength: number,
+ *   plaintextLength: number, blobIDBytes: Uint8Array}}
+ *   `headerLength` = 93 + n: bytes [0, headerLength) are the GCM AAD; ciphertext and tag follow.
+ * @throws {FormatError}
+ */
+export function parseBlobHeader(bytes, what = "sealed blob") {
+  const { type, length } = readPrefix(bytes, what);
+  if (type !== RECORD_BLOB) throw new FormatError("malformed", `${what}: record type ${type} (expected 2, sealed blob)`);
+  if (length !== bytes.length) {
+    throw new FormatError(length > bytes.length ? "truncated" : "malformed",
+      `${what}: declares ${length} bytes, has ${bytes.length}`);
+  }
+  if (bytes[10] !== 1) throw new FormatError("unsupportedVersion", `${what}: algorithm suite ${bytes[10]} at byte 10 (expected 1)`);
+  const kind = KINDS[bytes[75]];
+  if (!kind) throw new FormatError("malformed", `${what}: capture kind ${bytes[75]} at byte 75 (expected 1, 2 or 3)`);
+  const n = bytes[92];
+  if (109 + n > length) throw new FormatError("malformed", `${what}: agent id length ${n} at byte 92 runs past the record (length ${length})`);
+  return {
+    blobID: hex(bytes.subarray(11, 27)),
+    blobIDBytes: bytes.subarray(11, 27),
+    kekID: hex(bytes.subarray(27, 59)),
+    dekID: hex(bytes.subarray(59, 75)),
+    kind,
+    sequence: u64(bytes, 76, "sequence number"),
+    timeMs: i64(bytes, 84, "capture time"),
+    agentID: readAgentID(bytes, 93, n, what),
+    headerLength: 93 + n,
+    plaintextLength: length - 109 - n,
+  };
+}

@@ -241,8 +241,8 @@ final class AdminAPI: Sendable {
                 try await storage.recordFailedLogin(name, nowMs: nowMs, maxFailures: Self.maxFailures, lockMs: Self.lockMs)
             }
             logger.notice("admin login refused", metadata: ["admin.name": .safe(name), "admin.client": .safe(ip),
-                                                           "admin.failures": "\(failure?.failures ?? 0)"])
-            if let until = failure?.lockedUntilMs {
+                                                           "admin.failures": "\(failure.failures)"])
+            if let until = failure.lockedUntilMs {
                 _ = try? await storage.appendAudit(actor: name.rawValue, action: "admin.locked",
                                                    detail: "\(Self.maxFailures) failed logins; locked until \(until) ms; last from \(ip)")
             }

@@ -179,8 +179,36 @@ import TestSupport
         }
     }
 
+    /// A name that is not an account locks like one: five failures, then the same 429 and
+    /// Retry-After as a locked account (the lock no longer tells which names exist); the lock
+    /// is audited, saying no account has that name.
+    @Test func unknownNamesLockLikeAccounts() async throws {
+        try await Rig.with("unknown-lock") { rig in
+            let s = rig.collector.storage
+            try await TestAdmin.add(to: s, name: "u1", role: .viewer, password: Self.password)
+            let c = rig.client
+            for _ in 1...5 {
+                let known = try await c.login("u1", "wrong password here"), unknown = try await c.login("ghost", "wrong password here")
+                #expect(known.status == 401 && unknown.status == 401 && known.error == unknown.error)
+            }
+            let known = try await c.login("u1", Self.password), unknown = try await c.login("ghost", Self.password)
+            #expect(known.status == 429 && unknown.status == 429, "\(known.text) \(unknown.text)")
+            #expect(unknown.error == known.error, "the same text")
+            for r in [known, unknown] {
+                let wait = Int(r.headers["retry-after"] ?? "") ?? 0
+                #expect((840...900).contains(wait), "Retry-After \(wait)")
+            }
+            #expect(try await s.loginLockedUntil(try AdminName("ghost"), nowMs: Int64(Date().timeIntervalSince1970 * 1000)) != nil)
+            #expect(try await s.admin(try AdminName("ghost")) == nil)
+            let locks = try await s.auditEntries(before: nil, limit: 20).filter { $0.action == "admin.locked" }
+            #expect(locks.contains { $0.actor == "ghost" && $0.detail.contains("no account of this name") })
+            #expect(locks.contains { $0.actor == "u1" && !$0.detail.contains("no account") })
+        }
+    }
+
     /// An account with a TOTP secret (HummingbirdOTP): the password alone is refused, a wrong code
-    /// is refused and counted, the current code logs in.
+    /// is refused and counted, the current code logs in; a code is accepted once: the same code,
+    /// or that of an earlier step, is refused afterwards (a replay) and counted.
     @Test func totpAccountsNeedTheirCode() async throws {
         try await Rig.with("totp") { rig in
             let secret = AdminTOTP.newSecret()
@@ -192,9 +220,20 @@ import TestSupport
             #expect(try await c.login("tess", Self.password, totp: wrongCode).error == "totp: wrong code")
             #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 2)
             #expect(try await c.login("tess", "wrong password here", totp: AdminTOTP.code(secret: secret)).error == "wrong name or password")
-            let ok = try await c.login("tess", Self.password, totp: AdminTOTP.code(secret: secret))
+            let now = Date()
+            let ok = try await c.login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now))
             #expect(ok.status == 200 && ok.json?["role"] as? String == "auditor", "\(ok.text)")
             #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 0, "a success clears the count")
+
+            let replay = try await rig.newClient().login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now))
+            #expect(replay.status == 401 && replay.error == "totp: this code was used already; wait for the next one", "\(replay.text)")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 1, "a replay is counted")
+            // The next step's code (a clock 30 s ahead) is new: accepted; then the earlier one is not.
+            let next = try await rig.newClient().login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now.addingTimeInterval(30)))
+            #expect(next.status == 200, "\(next.text)")
+            let earlier = try await rig.newClient().login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now))
+            #expect(earlier.status == 401 && earlier.error?.hasPrefix("totp: ") == true, "\(earlier.text)")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.totpLastStep == AdminTOTP.step(at: now) + 1)
         }
     }
 
@@ -234,7 +273,7 @@ import TestSupport
             }
             // The agent API is on the other port: post there.
             let agentClient = try AdminClient(url: rig.collector.url, caFile: rig.collector.pki.rootCertificate)
-            func uploadTo(_ agent: String, kek: String, count: Int, t0: Int64) async throws -> (DEKRecord, [SealedBlob], [Data]) {
+            func uploadTo(_ agent: String, kek: String, count: Int, t0: Int64, tamperLast: Bool = false) async throws -> (DEKRecord, [SealedBlob], [Data]) {
                 let token = try await s.addAgent(try AgentID(agent))
                 let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek), agentID: agent)
                 var plain: [Data] = [], blobs: [SealedBlob] = []
@@ -242,6 +281,12 @@ import TestSupport
                     let p = Data("keystrokes \(agent) \(i)".utf8)
                     plain.append(p)
                     blobs.append(try session.seal(p, kind: i % 2 == 0 ? .keystrokes : .generic, captureTimeMs: t0 + Int64(i)))
+                }
+                if tamperLast, let last = blobs.popLast() {
+                    // One ciphertext byte (of the GCM tag) changed: stored as is, it never opens.
+                    var bytes = last.serialized
+                    bytes[bytes.endIndex - 1] ^= 0x01
+                    blobs.append(try SealedBlob(parsing: bytes))
                 }
                 let body = RecordStream.encode([.dekRecord(session.record)] + blobs.map { .blob($0) })
                 let r = try await agentClient.request("POST", "/v1/records", body: body, origin: .some(nil), cookies: false,
@@ -278,7 +323,6 @@ import TestSupport
             #expect(masked.status == 403 && masked.error == "end-to-end encrypted: decrypt in your browser")
             #expect(try await c.get("/api/v1/captures/\(BlobID.random().hex)/plain").status == 404)
             #expect(try await s.auditEntries(before: nil, limit: 20).contains { $0.action == "admin.open-collector-sealed" && $0.actor == "ann" })
-
             // Listings: agents with what their captures are sealed to; captures paged by cursor.
             let agents = try await c.get("/api/v1/agents?limit=1")
             let first = try #require((agents.json?["agents"] as? [[String: Any]])?.first)

@@ -140,6 +140,7 @@ final class AdminAPI: Sendable {
         api.get("captures/:id/plain", use: authed(.view) { request, context, session in
             try await self.plain(request, context, session)
         })
+        api.post("plain", use: authed(.view) { request, context, session in try await self.plainBatch(request, context, session) })
         api.post("sealed", use: authed(.fetchSealed) { request, context, session in try await self.sealed(request, context, session) })
         api.get("audit", use: authed(.readAudit) { request, _, _ in try await self.audit(request) })
         api.post("client-report", use: authed(.view) { request, context, session in
@@ -396,11 +397,11 @@ final class AdminAPI: Sendable {
 
     // MARK: Sealed bytes and collector-sealed items
 
-    /// Ids of a `/sealed` list: at most ``maxSealedIDs`` of 32 hex digits each.
-    static func ids<Kind: IdentifierKind>(_ value: Any?, _ name: String, _: Kind.Type) throws -> [FixedLengthID<Kind>] {
+    /// Ids of a request's list: at most `max` (default ``maxSealedIDs``) of 32 hex digits each.
+    static func ids<Kind: IdentifierKind>(_ value: Any?, _ name: String, _: Kind.Type, max: Int = maxSealedIDs) throws -> [FixedLengthID<Kind>] {
         guard let value else { return [] }
         guard let list = value as? [Any] else { throw AdminHTTPError.badParameter(name, "expected a list of ids") }
-        guard list.count <= maxSealedIDs else { throw AdminHTTPError.badParameter(name, "at most \(maxSealedIDs) ids") }
+        guard list.count <= max else { throw AdminHTTPError.badParameter(name, "at most \(max) ids") }
         return try list.enumerated().map { i, item in
             guard let text = item as? String, let id = FixedLengthID<Kind>(hex: text.lowercased()) else {
                 throw AdminHTTPError.badParameter("\(name)[\(i)]", "expected \(Kind.byteCount * 2) hex digits")

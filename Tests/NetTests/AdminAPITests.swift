@@ -296,7 +296,7 @@ import TestSupport
                 return (session.record, blobs, plain)
             }
             let (dekA, blobsA, _) = try await uploadTo("e2ee-host", kek: e2ee.publicKey, count: 4, t0: 1_700_000_000_000)
-            let (_, blobsB, plainB) = try await uploadTo("plain-host", kek: own.publicKey, count: 3, t0: 1_700_000_100_000)
+            let (_, blobsB, plainB) = try await uploadTo("plain-host", kek: own.publicKey, count: 4, t0: 1_700_000_100_000, tamperLast: true)
 
             let c = rig.client
             #expect(try await c.login("ann", Self.password).status == 200)
@@ -323,6 +323,37 @@ import TestSupport
             #expect(masked.status == 403 && masked.error == "end-to-end encrypted: decrypt in your browser")
             #expect(try await c.get("/api/v1/captures/\(BlobID.random().hex)/plain").status == 404)
             #expect(try await s.auditEntries(before: nil, limit: 20).contains { $0.action == "admin.open-collector-sealed" && $0.actor == "ann" })
+            #expect(try await c.get("/api/v1/captures/\(blobsB[3].header.blobID.hex)/plain").status == 422, "tampered")
+
+            // POST /plain: many items in one request, one frame each in the order asked (a
+            // repeated id once), one audit record for the request; any role.
+            let viewer = try rig.newClient()
+            #expect(try await viewer.login("vic", Self.password).status == 200)
+            let audited = try await s.auditEntries(before: nil, limit: 100).count { $0.action == "admin.open-collector-sealed" }
+            let ids = [blobsB[0], blobsA[1]].map(\.header.blobID.hex) + [unknown] + [blobsB[2], blobsB[3], blobsB[0]].map(\.header.blobID.hex)
+            let batch = try await viewer.post("/api/v1/plain", json: ["ids": ids])
+            #expect(batch.status == 200 && batch.headers["content-type"] == "application/octet-stream"
+                    && batch.headers["cache-control"] == "no-store", "\(batch.text)")
+            let frames = try Self.plainFrames(batch.body)
+            #expect(frames.map(\.id) == Array(ids.prefix(5)))
+            #expect(frames.map(\.status) == [0, 2, 1, 0, 3], "opened, end-to-end, not found, opened, damaged")
+            #expect(frames[0].payload == plainB[0] && frames[3].payload == plainB[2])
+            #expect(frames.filter { $0.status != 0 }.allSatisfy { $0.payload.isEmpty })
+            let batchAudit = try await s.auditEntries(before: nil, limit: 100).filter { $0.action == "admin.open-collector-sealed" }
+            #expect(batchAudit.count == audited + 1, "one audit record for the request")
+            #expect(batchAudit.first?.actor == "vic" && batchAudit.first?.detail.contains("blobs=3 e2ee=1 missing=1") == true,
+                    "\(batchAudit.first?.detail ?? "")")
+            // Nothing to open: nothing revealed, nothing audited.
+            let none = try await viewer.post("/api/v1/plain", json: ["ids": [blobsA[0].header.blobID.hex]])
+            #expect(try Self.plainFrames(none.body).map(\.status) == [2])
+            #expect(try await s.auditEntries(before: nil, limit: 100).count { $0.action == "admin.open-collector-sealed" } == audited + 1)
+            for (json, name) in [(["ids": ["xyz"]], "ids[0]"), (["ids": [String]()], "ids"), (["blobs": [unknown]], "ids"),
+                                 (["ids": Array(repeating: unknown, count: 101)], "ids")] as [([String: [String]], String)] {
+                let r = try await viewer.post("/api/v1/plain", json: json)
+                #expect(r.status == 400 && r.error?.hasPrefix(name) == true, "\(json): \(r.text)")
+            }
+            #expect(try await viewer.post("/api/v1/plain", json: ["ids": [unknown]], origin: "https://evil.example").status == 403)
+
             // Listings: agents with what their captures are sealed to; captures paged by cursor.
             let agents = try await c.get("/api/v1/agents?limit=1")
             let first = try #require((agents.json?["agents"] as? [[String: Any]])?.first)
@@ -342,7 +373,7 @@ import TestSupport
                 cursor = r.json?["next"] as? String
                 pages += 1
             } while cursor != nil && pages < 10
-            #expect(pages == 3, "7 captures, 3 a page")
+            #expect(pages == 3, "8 captures, 3 a page")
             #expect(seen == (blobsA + blobsB).map(\.header.blobID.hex), "every capture once, in capture-time order")
             let newest = try await c.get("/api/v1/captures?agent=plain-host&kind=keystrokes&limit=1")
             let item = try #require((newest.json?["items"] as? [[String: Any]])?.first)
@@ -354,6 +385,23 @@ import TestSupport
             #expect(reported?.action == "client.decrypted" && reported?.detail.hasPrefix("client-reported: count=4") == true)
             #expect(try await c.post("/api/v1/client-report", json: ["action": "format-disk"]).error?.hasPrefix("action") == true)
         }
+    }
+
+    /// The items of a `POST /api/v1/plain` answer (docs/API.md "Opened items"), each header
+    /// field checked.
+    static func plainFrames(_ data: Data) throws -> [(status: UInt8, id: String, payload: Data)] {
+        var out: [(status: UInt8, id: String, payload: Data)] = []
+        var rest = data[...]
+        while !rest.isEmpty {
+            try #require(rest.count >= 26, "a frame header is 26 bytes; \(rest.count) left")
+            let h = Array(rest.prefix(26))
+            try #require(h[0..<4] == Array("CPLN".utf8)[...] && h[4] == 1, "magic and version")
+            let total = h[6..<10].reduce(0) { $0 << 8 | Int($1) }
+            try #require(total >= 26 && total <= rest.count, "length \(total)")
+            out.append((h[5], h[10..<26].map { String(format: "%02x", $0) }.joined(), Data(rest.dropFirst(26).prefix(total - 26))))
+            rest = rest.dropFirst(total)
+        }
+        return out
     }
 
     /// A session made on one collector instance is accepted by another on the same PostgreSQL.

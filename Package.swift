@@ -86,7 +86,7 @@ let package = Package(
         .target(name: "Wire", dependencies: ["CustosBase"], swiftSettings: strict),
         // The storage seam: async protocols by role over typed ids; backends in their own targets.
         .target(name: "CollectorStorage", dependencies: [
-            "CustosBase", "Envelope",
+            "CustosBase", "Envelope", "CSysShim",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: strict),
@@ -185,8 +185,10 @@ let package = Package(
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ], path: "Benchmarks/EnvelopeBench", swiftSettings: strict),
 
+        // What the benchmark programs share (their arguments, their error).
+        .target(name: "BenchSupport", path: "Benchmarks/BenchSupport", swiftSettings: strict),
         .executableTarget(name: "custos-bench-net", dependencies: [
-            "Collector", "CollectorStorage", "Transport", "Envelope", "Wire", "Spool",
+            "BenchSupport", "Collector", "CollectorStorage", "Transport", "Envelope", "Wire", "Spool",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -194,9 +196,14 @@ let package = Package(
         ], path: "Benchmarks/NetBench", swiftSettings: strict),
 
         .executableTarget(name: "custos-bench-storage", dependencies: [
-            "CollectorStorage", "CollectorStorageOpen", "CollectorStorageSQLite", "CustosBase", "Envelope", "TestSupport",
+            "BenchSupport", "CollectorStorage", "CollectorStorageOpen", "CollectorStorageSQLite", "CustosBase", "Envelope", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/StorageBench", swiftSettings: strict),
+
+        .executableTarget(name: "custos-bench-collectors", dependencies: [
+            "CollectorStorage", "CollectorStorageOpen", "CustosBase", "Envelope", "TestSupport", "Transport", "Wire",
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "Benchmarks/CollectorsBench", swiftSettings: strict),
 
         // Tests: real Xvfb, real openssl keys, real SQLite files, real TLS on 127.0.0.1.
         .target(name: "TestSupport", dependencies: [

@@ -7,6 +7,7 @@
 // certificates and KEK made by the openssl CLI), real pinned Transport clients, and for the
 // baseline a NIOSSL server that discards what it reads.
 
+import BenchSupport
 import Collector
 import CollectorStorage
 import CustosBase
@@ -23,11 +24,6 @@ import Wire
 
 // MARK: Arguments
 
-func argument(_ name: String, _ fallback: Int) -> Int {
-    let a = CommandLine.arguments
-    if let i = a.firstIndex(of: name), i + 1 < a.count, let v = Int(a[i + 1]) { return v }
-    return fallback
-}
 let totalMiB = argument("--mib", 128)
 let blobKiB = argument("--blob-kib", 256)
 let agentCount = argument("--agents", 1000)
@@ -51,11 +47,6 @@ func sh(_ command: String) throws -> String {
     p.waitUntilExit()
     guard p.terminationStatus == 0 else { throw BenchError("command failed: \(command)") }
     return String(decoding: data, as: UTF8.self)
-}
-
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
 }
 
 func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }

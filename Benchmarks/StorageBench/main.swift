@@ -15,6 +15,7 @@
 //
 // Usage: custos-bench-storage [--captures N] [--blob-bytes N] [--batch N] [--rows N]
 
+import BenchSupport
 import CollectorStorage
 import CollectorStorageOpen
 import CollectorStorageSQLite
@@ -28,20 +29,10 @@ import TestSupport
 func out(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
 let quiet = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 
-func argument(_ name: String, _ fallback: Int) -> Int {
-    let a = CommandLine.arguments
-    if let i = a.firstIndex(of: name), i + 1 < a.count, let v = Int(a[i + 1]) { return v }
-    return fallback
-}
 let captureCount = argument("--captures", 20_000)
 let blobBytes = argument("--blob-bytes", 2048)
 let batchSize = argument("--batch", 200)
 let listingRows = argument("--rows", 1_000_000)
-
-struct BenchError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
 
 func median(_ xs: [Double]) -> Double { let s = xs.sorted(); return s[s.count / 2] }
 func percentile(_ xs: [Double], _ p: Double) -> Double { let s = xs.sorted(); return s[min(s.count - 1, Int(Double(s.count) * p))] }

@@ -144,9 +144,9 @@ struct CaptureSelection: ParsableArguments {
     /// `--kind` (checked by ``validate()``).
     var captureKind: CaptureKind? { kind.flatMap(CaptureKind.init(name:)) }
     /// `--since` in Unix ms. - Throws: `AdminError` for a TIME it cannot read.
-    func sinceMs() throws -> Int64? { try since.map { try parseTime($0) } }
+    func sinceMs() throws -> Int64? { try since.map { try parseTime($0, field: "--since") } }
     /// `--until` in Unix ms. - Throws: `AdminError` for a TIME it cannot read.
-    func untilMs() throws -> Int64? { try until.map { try parseTime($0) } }
+    func untilMs() throws -> Int64? { try until.map { try parseTime($0, field: "--until") } }
 
     /// The selection as a storage query.
     func query(order: CaptureQuery.Order = .ascending) throws -> CaptureQuery {
@@ -222,7 +222,7 @@ struct DecryptArguments: ParsableArguments {
             throw AdminError(.interrupted, "interrupted after \(report.decrypted) items; \(output == .archive(options.outputPath) ? "no archive was written" : "the files written are complete")")
         }
         if !report.failures.isEmpty {
-            throw AdminError(.decryptionFailed, "\(report.failures.count) of \(report.attempted) items failed to decrypt (listed above); the others were written")
+            throw AdminError(.decryptionFailed, report.failureLine("item", verb: "decrypt"))
         }
         if report.videoPacketsSkippedTotal > 0 {
             throw AdminError(.decryptionFailed, "\(counted(report.videoPacketsSkippedTotal, "video packet")) decrypted but not written "

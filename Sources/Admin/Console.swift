@@ -16,13 +16,17 @@ struct TerminalText: Sendable, CustomStringConvertible, Equatable {
 /// message, listing, summary and error of every `custos` command goes through here.
 ///
 /// A line is escaped as a whole (a message never holds a newline of its own: one call, one
-/// line); a table's cells are escaped one by one before they are laid out, so a cell can
-/// neither add a row nor shift a column. Callers never escape anything themselves.
+/// line; parts of it may be escaped already where the message was made, so escaping is
+/// idempotent there); a table's cells are raw values from the database, escaped one by one
+/// (`SafeText.escapedVerbatim`: backslashes doubled too, so a typed `\u{1B}` is told apart from
+/// an escaped ESC) before they are laid out, so a cell can neither add a row nor shift a column.
+/// Callers never escape anything themselves.
 enum Console {
-    /// `text` as one line: controls (newlines included), bidi controls and backslashes escaped.
+    /// `text` as one line: controls (newlines included) and bidi controls escaped.
     static func line(_ text: String) -> TerminalText { TerminalText(safe: SafeText.escaped(text)) }
 
-    /// Left-aligned columns separated by two spaces, each cell escaped; one line per row.
+    /// Left-aligned columns separated by two spaces, each cell escaped (backslashes doubled); one
+    /// line per row.
     static func table(_ rows: [[String]]) -> TerminalText {
         var widths: [Int] = []
         return table(rows, widths: &widths)
@@ -32,7 +36,7 @@ enum Console {
     /// least as wide as `widths` says, and `widths` grows to what these rows need, so the
     /// columns of later parts line up with the earlier ones unless a wider cell comes.
     static func table(_ rows: [[String]], widths: inout [Int]) -> TerminalText {
-        let cells = rows.map { $0.map { SafeText.escaped($0) } }
+        let cells = rows.map { $0.map { SafeText.escapedVerbatim($0) } }
         guard let first = cells.first else { return TerminalText(safe: "") }
         if widths.count < first.count { widths += Array(repeating: 0, count: first.count - widths.count) }
         for r in cells { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }

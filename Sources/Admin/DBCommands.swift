@@ -78,6 +78,10 @@ public struct DBMigrateCommand: AsyncParsableCommand {
         let report: MigrationReport = try await withStorage(source, createIfMissing: false,
                                                             blobDirectory: fromBlobDir) { (from: any CollectorStorage) -> MigrationReport in
             try await withStorage(target, createIfMissing: true, blobDirectory: toBlobDir) { (to: any CollectorStorage) -> MigrationReport in
+                // The blob directories first: a bad --to-blob-dir would otherwise fail at the first
+                // large blob, leaving a partial copy behind.
+                try await checkBlobDirectory(from, name: sourceName, option: "--from-blob-dir")
+                try await checkBlobDirectory(to, name: target.description, option: "--to-blob-dir")
                 let migration = StorageMigration(source: from, target: to, sourceName: sourceName, verifySample: sample,
                                                  actor: actor, log: log)
                 return try await migration.run()

@@ -91,7 +91,10 @@ public enum DecryptJob {
         switch input {
         case .database(let location, let blobDirectory):
             return try await withStorage(location, createIfMissing: false, blobDirectory: blobDirectory) { storage in
-                try await run(source: CollectorSource(storage: storage, name: location.shown), audit: storage, keyFile: keyFile,
+                // Before the key is opened: a blob directory that is missing, foreign or unmounted,
+                // or one needed but not given, is said now rather than as a failure per blob.
+                try await checkBlobDirectory(storage, name: location.shown, option: "--db-blob-dir")
+                return try await run(source: CollectorSource(storage: storage, name: location.shown), audit: storage, keyFile: keyFile,
                               passphrase: passphrase, options: options, actor: actor, log: log, progressStyle: progressStyle)
             }
         case .recordStream(let path):
@@ -241,12 +244,22 @@ private func restoreSignalHandlers(_ old: [Int32: sighandler_t?]) {
 
 /// Parses a time for `--since`/`--until`: ISO 8601 (`2026-11-30T12:00:00Z`, with optional
 /// fractional seconds or a `±hh:mm` offset), a date (`2026-11-30`, UTC midnight), Unix
-/// milliseconds (`1764547200000`), or an age before `now` (`90s`, `30m`, `2h`, `7d`).
+/// milliseconds of 10 or more digits (`1764547200000`; fewer would be days of January 1970, so
+/// they are refused rather than read), or an age before `now` (`90s`, `30m`, `2h`, `7d`).
+/// - Parameter field: the option the text came from (`--until`), named in errors.
 /// - Returns: Unix ms.
-/// - Throws: `AdminError.usage` naming the text.
-public func parseTime(_ text: String, now: Date = Date()) throws -> Int64 {
+/// - Throws: `AdminError.usage` naming the option and the text, and saying which forms are read.
+public func parseTime(_ text: String, field: String? = nil, now: Date = Date()) throws -> Int64 {
+    let shown = (field.map { "\($0) " } ?? "") + SafeText.quoted(text)
+    let forms = "expected ISO 8601 like 2026-11-30T12:00:00Z, a date 2026-11-30, Unix ms of 10 or more digits like 1764547200000, or an age like 2h / 7d"
     let t = text.trimmingCharacters(in: .whitespaces)
-    if let ms = Int64(t), t.count >= 10 { return ms }
+    if !t.isEmpty, t.utf8.allSatisfy({ (0x30...0x39).contains($0) }) {
+        guard t.count >= 10 else {
+            throw AdminError(.usage, "\(shown): a number is read as Unix ms only with 10 or more digits (fewer would be in January 1970); \(forms)")
+        }
+        guard let ms = Int64(t) else { throw AdminError(.usage, "\(shown): too large for Unix ms; \(forms)") }
+        return ms
+    }
     if let unit = t.last, let n = Int64(t.dropLast()), n >= 0 {
         let seconds: Int64? = switch unit {
         case "s": n
@@ -270,11 +283,11 @@ public func parseTime(_ text: String, now: Date = Date()) throws -> Int64 {
         calendar.timeZone = TimeZone(identifier: "UTC")!
         let parts = DateComponents(calendar: calendar, year: Int(m.1), month: Int(m.2), day: Int(m.3))
         guard parts.isValidDate else {
-            throw AdminError(.usage, "'\(text)': \(m.0) is not a date of the calendar")
+            throw AdminError(.usage, "\(shown): \(m.0) is not a date of the calendar")
         }
     }
     for f in [withFraction, plain, day] {
         if let d = f.date(from: t) { return Int64((d.timeIntervalSince1970 * 1000).rounded()) }
     }
-    throw AdminError(.usage, "'\(text)': not a time (expected ISO 8601 like 2026-11-30T12:00:00Z, a date 2026-11-30, Unix ms, or an age like 2h / 7d)")
+    throw AdminError(.usage, "\(shown): not a time (\(forms))")
 }

@@ -384,3 +384,14 @@ enum OutputNaming {
         return d
     }
 }
+
+extension DecryptReport {
+    /// The closing error line when items failed: how many of how many `noun`s failed to `verb`,
+    /// then what was written — "the others were written" only when something was; with nothing
+    /// decrypted and written, the output holds only its manifest, and the line says so.
+    func failureLine(_ noun: String, verb: String) -> String {
+        let head = "\(failures.count) of \(counted(attempted, noun)) failed to \(verb) (listed above)"
+        return head + (decrypted - videoPacketsSkippedTotal > 0 ? "; the others were written"
+                       : "; nothing was written but manifest.json")
+    }
+}

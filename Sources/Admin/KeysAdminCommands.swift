@@ -142,10 +142,10 @@ public enum KEKRows {
         }
         let registration = KEKRegistration(pubDatafile: pub, publicKeyPEM: pem, privDatafile: priv, privEncrypted: encrypted,
                                            active: active, kekID: kek.id)
-        let row = try await storageCall { () throws(StorageError) in try await storage.registerKEK(registration) }
-        _ = try await storageCall { () throws(StorageError) in
-            try await storage.appendAudit(actor: loginUser(), action: "keys.register",
-                                          detail: "row=\(row) kek=\(kek.id.hex) active=\(active) public=\(pub) private=\(priv ?? "-")")
+        let row = try await audited(storage, action: "keys.register") {
+            try await storageCall { () throws(StorageError) in try await storage.registerKEK(registration) }
+        } detail: { row in
+            "row=\(row) kek=\(kek.id.hex) active=\(active) public=\(pub) private=\(priv ?? "-")"
         }
         return (row, kek.id.hex)
     }
@@ -211,11 +211,10 @@ public struct AgentsAddCommand: AsyncParsableCommand {
         // The one agent-id validator (CustosBase.AgentID), before the database is touched.
         let agent: AgentID
         do { agent = try AgentID(id, field: "--id") } catch { throw AdminError(.usage, error.description) }
-        let token = try await withStorage(try database.location(), createIfMissing: true) { storage in
-            let token = try await storageCall { () throws(StorageError) in try await storage.addAgent(agent) }
-            _ = try? await storage.appendAudit(actor: loginUser(), action: "agents.add", detail: "agent=\(agent)")
-            return token
-        }
+        // Best effort: the token exists only in this answer, so a failed audit append must not hide it.
+        let token = try await withAuditedCall(try database.location(), createIfMissing: true, action: "agents.add", required: false) {
+            storage in try await storageCall { () throws(StorageError) in try await storage.addAgent(agent) }
+        } detail: { _ in "agent=\(agent)" }
         printError("agent \(id) added; its config.cfg needs agent-id=\(id) and agent-token=<the token below>")
         printOut(token.revealed)
     }

@@ -146,7 +146,7 @@ public struct OpenCommand: AsyncParsableCommand {
         printError("open: \(report.decrypted) of \(counted(report.attempted, "blob")) opened (\(counted(report.screens, "screen frame")), "
                    + "\(report.videoSummary), \(counted(report.keystrokeChunks, "keystroke chunk")), \(report.generic) other) → \(output)")
         if !report.failures.isEmpty {
-            throw AdminError(.decryptionFailed, "\(report.failures.count) of \(report.attempted) blobs failed to open (listed above); the others were written")
+            throw AdminError(.decryptionFailed, report.failureLine("blob", verb: "open"))
         }
         if report.videoPacketsSkippedTotal > 0 {
             throw AdminError(.decryptionFailed, "\(counted(report.videoPacketsSkippedTotal, "video packet")) opened but not written "

@@ -63,3 +63,54 @@ func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool, blobDire
 func storageCall<T>(_ call: () async throws(StorageError) -> T) async throws(AdminError) -> T {
     do { return try await call() } catch { throw AdminError.fromStorage(error) }
 }
+
+/// The one shape of an audited admin change (`hold add`, `hold remove`, `hold list`, `keys
+/// register`, `agents add`): one storage `call`, then one audit record `action` by `actor` whose
+/// detail `detail` makes from the call's result. Returns the result.
+/// - Parameter required: whether a failed append fails the command (exit 2; a change must be
+///   audited), or is ignored (best effort: a listing, or a change whose result must still reach
+///   the admin, such as a new agent's token shown once).
+/// - Throws: `AdminError` (``AdminError/fromStorage(_:)``) from the call, or from the append
+///   when `required`.
+func audited<T>(_ storage: any CollectorStorage, action: String, actor: String = loginUser(), required: Bool = true,
+                _ call: () async throws -> T, detail: (T) -> String) async throws -> T {
+    let result = try await call()
+    let text = detail(result)
+    if required {
+        _ = try await storageCall { () throws(StorageError) in try await storage.appendAudit(actor: actor, action: action, detail: text) }
+    } else {
+        _ = try? await storage.appendAudit(actor: actor, action: action, detail: text)
+    }
+    return result
+}
+
+/// ``audited(_:action:actor:required:_:detail:)`` on the storage at `location`, opened for the
+/// call and closed after it (``withStorage(_:createIfMissing:blobDirectory:_:)``).
+func withAuditedCall<T>(_ location: StorageLocation, createIfMissing: Bool = false, action: String, required: Bool = true,
+                        _ call: (any CollectorStorage) async throws -> T, detail: (T) -> String) async throws -> T {
+    let actor = loginUser()
+    return try await withStorage(location, createIfMissing: createIfMissing) { storage in
+        try await audited(storage, action: action, actor: actor, required: required, { try await call(storage) }, detail: detail)
+    }
+}
+
+/// Checks, before a command reads or copies anything, that the blob directory it was given for
+/// `storage` can be used, or that it needs none (``CollectorStorage/checkBlobDirectory()``).
+/// - Parameters:
+///   - name: the database as messages name it.
+///   - option: the option that names its blob directory (`--db-blob-dir`, `--from-blob-dir`,
+///     `--to-blob-dir`).
+/// - Throws: `AdminError` `.usage` (exit 2): the database keeps large blobs in blob files but
+///   `option` was not given ("pass --db-blob-dir DIR"), or the directory cannot be used (missing,
+///   writable by others, another database's marker, no marker: an unmounted volume), naming
+///   `option` and the directory.
+func checkBlobDirectory(_ storage: any CollectorStorage, name: String, option: String) async throws {
+    switch try await storageCall({ () throws(StorageError) in try await storage.checkBlobDirectory() }) {
+    case .notUsed, .ready:
+        return
+    case .needed:
+        throw AdminError(.usage, "\(name) keeps large blobs in blob files (its collectors' blob-dir=): pass \(option) DIR, the directory they use")
+    case .unusable(let why):
+        throw AdminError(.usage, "\(option): \(why)")
+    }
+}

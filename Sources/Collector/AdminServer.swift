@@ -467,7 +467,10 @@ final class AdminAPI: Sendable {
         }
         var count = 0
         if let value = body["count"] {
-            guard let n = value as? Int, (0...1_000_000_000).contains(n), !(value is Bool) else {
+            // `value is Bool` is true for the JSON numbers 0 and 1 on Linux (swift-corelibs NSNumber
+            // bridging); a JSON true/false is the NSNumber whose objCType is "c".
+            let isBool = (value as? NSNumber).map { String(cString: $0.objCType) == "c" } ?? (value is Bool)
+            guard let n = value as? Int, (0...1_000_000_000).contains(n), !isBool else {
                 throw AdminHTTPError.badParameter("count", "expected a whole number from 0")
             }
             count = n

@@ -17,9 +17,10 @@ import Wire
 ///   PostgreSQL database).
 /// - `database-password-file` (path, optional): the file whose first line is the PostgreSQL
 ///   password (never in the URL); only with a `postgres://` database.
-/// - `blob-dir` (path, optional; `postgres://` databases only): the directory (it must exist,
-///   mode 0700; may be one NFS mount shared by every collector instance) where sealed blobs of
-///   32 KiB or more go to append-only blob files, the row keeping a reference; unset: every blob
+/// - `blob-dir` (path, optional; `postgres://` databases only; relative to the config file's
+///   folder, as `database`): the directory (it must exist, mode 0700; may be one NFS mount shared
+///   by every collector instance) where sealed blobs of 32 KiB or more go to append-only blob
+///   files, the row keeping a reference; checked at start (`CollectorServer`); unset: every blob
 ///   stays in the table (`PostgresStorage.Configuration.blobDirectory`, docs/STORAGE.md "Blobs").
 /// - `max-request-bytes` (integer 1024...1073741824, default 16777216): larger upload bodies get 413.
 /// - `max-records-per-request` (integer 1...1000000, default 10000): more records get 413.
@@ -37,8 +38,8 @@ import Wire
 ///   keep-alives included; about 55 KB of memory and one file descriptor each). A connection
 ///   above it is closed at once, before its handshake; the agent retries with backoff.
 /// - `retention-days` (integer 0...36500, default 0 = keep forever): captures older than this
-///   many days (by capture time) are deleted with their blob bytes (with `blob-dir=` on
-///   PostgreSQL the bytes stay in the blob files: docs/STORAGE.md "Blobs").
+///   many days (by capture time) are deleted with their blob bytes, which are erased from blob
+///   files (docs/STORAGE.md "Retention", "Releasing blob bytes").
 /// - `retention-days-kind` (KIND:DAYS, repeatable): days for one capture kind (screen,
 ///   keystrokes, generic), over `retention-days`.
 /// - `retention-days-agent` (AGENT:DAYS, repeatable): days for one agent, over every kind rule
@@ -132,7 +133,7 @@ public struct CollectorConfiguration: Sendable {
         ConfigKey("database-password-file", type: "path", default: nil,
                   doc: "File whose first line is the PostgreSQL password (never put it in the URL); a regular file others may not read or write (chmod 640 or 600). Read at start. Only with a postgres:// database."),
         ConfigKey("blob-dir", type: "path", default: nil,
-                  doc: "Only with a postgres:// database: directory where sealed blobs of 32 KiB or more go to append-only blob files (fdatasync'ed before the row commits), the row keeping a reference. It must exist (mode 0700) and may be one mount (NFS) shared by every collector instance: each writes only files named with its own random instance id. Its .custos-blobs marker ties it to the database; a foreign or unmounted directory is refused (uploads get 503 and are retried). Unset: every blob stays in the table (one system to back up)."),
+                  doc: "Only with a postgres:// database: directory where sealed blobs of 32 KiB or more go to append-only blob files (fdatasync'ed before the row commits), the row keeping a reference; a relative path is relative to this file's folder, as database= is. It must exist (mode 0700; it is never created) and may be one mount (NFS) shared by every collector instance: each writes only files named with its own random instance id. Its .custos-blobs marker ties it to the database. Checked at start: a missing directory, one group or others may write, or one whose marker names another database (or has no marker although this database used one: an unmounted volume) stops the collector with an error naming it; a volume unmounted later is refused at each upload (uploads get 503 and are retried). Unset: every blob stays in the table (one system to back up)."),
         ConfigKey("max-request-bytes", type: "integer 1024...1073741824", default: "16777216",
                   doc: "Largest accepted upload body in bytes; larger ones get HTTP 413."),
         ConfigKey("max-records-per-request", type: "integer 1...1000000", default: "10000",
@@ -152,7 +153,7 @@ public struct CollectorConfiguration: Sendable {
         ConfigKey("max-connections", type: "integer 1...1000000", default: "1024",
                   doc: "TLS connections open at once, idle keep-alives included (each holds about 55 KB of memory and a file descriptor). A connection above it is closed before its TLS handshake, logged once per episode; agents retry with backoff. Agents keep one connection each: allow for your fleet, and keep it below the file-descriptor limit (LimitNOFILE; the collector raises its soft limit to the hard one at start)."),
         ConfigKey("retention-days", type: "integer 0...36500", default: "0",
-                  doc: "Captures whose capture time is more than this many days ago are deleted, with their blob bytes (DEK records stay; with blob-dir= on PostgreSQL the bytes stay in the blob files until those are compacted, which is not built yet). 0 keeps them forever. Overridden by retention-days-kind and retention-days-agent; never deletes captures of an agent under a legal hold (custos hold add)."),
+                  doc: "Captures whose capture time is more than this many days ago are deleted, with their blob bytes (DEK records stay; bytes in blob files, SQLite's or PostgreSQL's blob-dir=, are erased there: a hole punched, or zeros where the file system cannot punch holes). 0 keeps them forever. Overridden by retention-days-kind and retention-days-agent; never deletes captures of an agent under a legal hold (custos hold add)."),
         ConfigKey("retention-days-kind", type: "KIND:DAYS (KIND: screen, keystrokes, generic; DAYS 0...36500)", default: nil, repeatable: true,
                   doc: "Days for one capture kind, over retention-days (0: keep that kind forever). One line per kind."),
         ConfigKey("retention-days-agent", type: "AGENT:DAYS (DAYS 0...36500)", default: nil, repeatable: true,
@@ -271,13 +272,16 @@ public struct CollectorConfiguration: Sendable {
                 throw ConfigError(file: f.path, line: entry.line, key: entry.key, error.message)
             }
         }
-        /// Splits `NAME:DAYS` at its last ':'.
+        /// Splits `NAME:DAYS` at its ':' (neither a kind nor an agent id holds one).
         func rule(_ entry: ConfigFile.Entry, _ what: String) throws(ConfigError) -> (String, Int) {
-            guard let colon = entry.value.lastIndex(of: ":"), colon != entry.value.startIndex else {
-                throw ConfigError(file: f.path, line: entry.line, key: entry.key,
-                                  "expected \(what):DAYS (e.g. \(what == "KIND" ? "screen:30" : "host-17:365")), found \(SafeText.quoted(entry.value))")
+            let example = what == "KIND" ? "screen:30" : "host-17:365"
+            let parts = entry.value.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2, !parts[0].isEmpty else {
+                let form = parts.count > 2 ? "\(what):DAYS with one ':' (e.g. \(example); one line per \(what == "KIND" ? "kind" : "agent"))"
+                    : "\(what):DAYS (e.g. \(example))"
+                throw ConfigError(file: f.path, line: entry.line, key: entry.key, "expected \(form), found \(SafeText.quoted(entry.value))")
             }
-            return (String(entry.value[..<colon]), try days(entry, String(entry.value[entry.value.index(after: colon)...])))
+            return (String(parts[0]), try days(entry, String(parts[1])))
         }
         let defaultDays = try f.value("retention-days").map { e throws(ConfigError) in try days(e, e.value) } ?? 0
         var kinds: [CaptureKind: Int] = [:], kindLines: [CaptureKind: Int] = [:]

@@ -54,6 +54,12 @@ public final class CollectorServer: Sendable {
         self.logger = logger
         connections = ConnectionLimit(limit: configuration.maxConnections, logger: logger)
         self.tls = try Self.loadTLS(cert: configuration.tlsCertFile, key: configuration.tlsKeyFile)
+        if let directory = configuration.blobDirectory {
+            // What can be checked without the database (its marker is checked once it answers).
+            do { try SharedBlobDirectory.checkPlace(directory) } catch {
+                throw CollectorError(.configuration, error.message)  // names the directory and blob-dir=
+            }
+        }
         if let storage {
             self.storage = storage
             ownsStorage = false
@@ -546,10 +552,13 @@ extension CollectorServer {
     /// reads the KEK registry. Returns false when the storage cannot be reached now (logged
     /// once, at error, naming the database: host and port for PostgreSQL).
     /// - Throws: ``CollectorError`` `.database` when the storage refuses for good (a wrong
-    ///   password, an unknown database, TLS, a newer schema): retrying would not help.
+    ///   password, an unknown database, TLS, a newer schema): retrying would not help;
+    ///   `.configuration` when `blob-dir=` cannot be used (``checkBlobDirectory()``).
     func startStorage() async throws(CollectorError) -> Bool {
+        let blobs: BlobDirectoryCheck
         do {
             try await StorageOpener.prepare(storage)
+            blobs = try await storage.checkBlobDirectory()
         } catch where error.code == .unavailable {
             logger.error("storage: cannot reach the database at start; answering uploads 503 and retrying", metadata: [
                 "collector.database": .safe(configuration.database.description), "collector.error": .safe(error.message)])
@@ -557,8 +566,23 @@ extension CollectorServer {
         } catch {
             throw CollectorError(.database, "database=\(SafeText.escaped(configuration.database.description)): \(error.message)")
         }
+        if case .unusable(let why) = blobs {
+            throw CollectorError(.configuration, why)  // names the directory and blob-dir=
+        }
+        warnIfBlobDirectoryNeeded(blobs)
         await registry.refresh()
         return true
+    }
+
+    /// Rows pointing into blob files without `blob-dir=`: logged at warning (their bytes cannot
+    /// be read here). (`blob-dir=` itself is checked against the database, its marker, once the
+    /// database answers, so a directory that cannot be used is a clear error at start rather than
+    /// a 503 at the first large upload; each upload still checks it, for a volume unmounted later.)
+    func warnIfBlobDirectoryNeeded(_ check: BlobDirectoryCheck) {
+        if check == .needed {
+            logger.warning("storage: rows point into blob files, but blob-dir= is not set: their bytes cannot be read by this collector (set blob-dir= to the directory the other collectors use)",
+                           metadata: ["collector.database": .safe(configuration.database.description)])
+        }
     }
 
     /// Tries ``startStorage()``'s connection again with ``storageRetry`` until it works (logged
@@ -577,6 +601,13 @@ extension CollectorServer {
                 try await StorageOpener.prepare(storage)
                 logger.notice("storage: the database answers; schema up to date",
                               metadata: ["collector.database": .safe(configuration.database.description)])
+                let blobs = (try? await storage.checkBlobDirectory()) ?? .ready
+                if case .unusable(let why) = blobs {
+                    // Serving already: large uploads get 503 until the directory is fixed.
+                    logger.error("storage: blob-dir= cannot be used; large blobs are refused until it is fixed",
+                                 metadata: ["collector.error": .safe(why)])
+                }
+                warnIfBlobDirectoryNeeded(blobs)
                 await registry.refresh()
                 return
             } catch {

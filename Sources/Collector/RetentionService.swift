@@ -11,9 +11,12 @@ import ServiceLifecycle
 /// One run: take the database's lease ``leaseName`` (so of N collectors on one database, or
 /// two processes on one SQLite file, one runs it; the others skip this run), then expire
 /// batches of ``batchSize`` captures, renewing the lease before each batch (a run that lost
-/// it stops), then release it. A run that removed something logs once, at info, what it
-/// removed by kind (captures, bytes) and the policy, and appends an audit record
-/// `retention.expire` (actor `collector`) with the counts. A failing run is logged once
+/// it stops), then release it. Each batch also erases the expired blobs' bytes from blob files
+/// (``ExpiryOutcome/released``: ranges, bytes, files deleted). A run that removed or erased
+/// something logs once, at info, what it removed by kind (captures, bytes), the bytes erased
+/// from blob files and the policy, and appends an audit record `retention.expire` (actor
+/// `collector`) with the counts. Ranges that could not be erased are logged once at warning
+/// (with why) and wait for the next run. A failing run is logged once
 /// (``RepeatedErrorLog``: repeats at debug, the recovery at notice) and retried at the next
 /// interval. The collector adds this service only when the policy expires something.
 public struct RetentionService: Service {
@@ -25,6 +28,8 @@ public struct RetentionService: Service {
     /// This instance's lease holder: `HOST:PID:RANDOM`.
     public let holder: String
     let errors = RepeatedErrorLog()
+    /// Blob bytes that could not be erased (logged once, then the recovery once).
+    let releaseErrors = RepeatedErrorLog()
 
     /// The lease's name in `maintenance_lease`.
     public static let leaseName = "retention"
@@ -82,10 +87,18 @@ public struct RetentionService: Service {
             failure = error
         }
         if leased { try? await storage.releaseLease(Self.leaseName, holder: holder) }
-        if outcome.captures > 0 {
+        if let problem = outcome.released.problem {
+            releaseErrors.failure("retention: expired blob bytes wait to be erased from blob files; retrying at the next run: \(problem)",
+                                  key: "retention.release", level: .warning, logger: logger)
+        } else if leased {
+            releaseErrors.success("retention: the waiting blob bytes are erased", logger: logger)
+        }
+        if outcome.didSomething {
             logger.info("retention: expired captures", metadata: [
                 "retention.removed": .safe(outcome), "retention.captures": "\(outcome.captures)",
-                "retention.bytes": "\(outcome.bytes)", "retention.policy": .safe(policy)])
+                "retention.bytes": "\(outcome.bytes)", "retention.released_bytes": "\(outcome.released.bytes)",
+                "retention.released_ranges": "\(outcome.released.ranges)",
+                "retention.files_deleted": "\(outcome.released.filesDeleted)", "retention.policy": .safe(policy)])
             do {
                 try await storage.appendAudit(actor: "collector", action: "retention.expire",
                                               detail: "\(outcome); policy \(policy)")

@@ -67,12 +67,30 @@ public struct BlobRef: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+/// What ``CollectorStorage/checkBlobDirectory()`` found.
+public enum BlobDirectoryCheck: Sendable, Equatable {
+    /// No blob directory is configured and none is needed: no row points into a blob file (or
+    /// the backend keeps its blob files itself, beside its database: SQLite).
+    case notUsed
+    /// The configured directory can be used: it exists, is a directory not writable by group or
+    /// others, and its marker names this database (or it has none yet, and this database never
+    /// marked one: the first large blob writes it).
+    case ready
+    /// Rows point into blob files, but no blob directory is configured: their bytes cannot be
+    /// read. The caller says which option names it (`blob-dir=`, `--db-blob-dir`, `--from-blob-dir`).
+    case needed
+    /// The configured directory cannot be used, and why (escaped, naming it): missing, not a
+    /// directory, writable by group or others, another database's marker, or no marker although
+    /// this database marked one (an unmounted volume).
+    case unusable(String)
+}
+
 /// Where a backend keeps the bytes of large sealed blobs outside its rows.
 ///
 /// Contract: ``put(_:)`` makes every byte durable before it returns, so the caller may then
 /// commit rows pointing at them (a crash in between leaves unreferenced bytes, never a row
-/// without bytes); bytes are never changed or removed by the store, so a reference stays valid
-/// until its row is deleted (what no row references any more is unused space).
+/// without bytes); a referenced range is never changed, so a reference stays valid until its
+/// row is deleted. Only then may its bytes be erased (retention: ``SharedBlobDirectory/erase(_:zeroOnly:)``).
 public protocol BlobStore: Sendable {
     /// Appends `blobs` (each non-empty) and makes them durable; one reference per blob, in order.
     /// - Throws: ``StorageError`` `.unavailable` naming the directory or file (missing,
@@ -128,13 +146,15 @@ public final class SharedBlobDirectory: BlobStore {
         return (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &g)) }.joined()
     }
 
-    private struct Writer {
+    struct Writer {
         var number: Int64 = 0
         var fd: Int32 = -1
         var size: Int64 = 0
+        /// Set by ``finish()``: no more appends; the end marker is written.
+        var finished = false
     }
-    private let writer = Mutex(Writer())
-    private let writeQueue: DispatchQueue
+    let writer = Mutex(Writer())
+    let writeQueue: DispatchQueue
 
     /// No I/O here. - Throws: `.invalidArgument` when `instance` is not 32 lowercase hex digits
     /// or `storeID` is empty or holds a line break.
@@ -188,32 +208,61 @@ public final class SharedBlobDirectory: BlobStore {
 
     // MARK: Blocking parts (on Dispatch queues)
 
-    private var shownDirectory: String { SafeText.escaped(directory) }
+    var shownDirectory: String { SafeText.escaped(directory) }
 
-    /// Checks the directory and its marker (writing the marker when allowed and absent).
-    func checkDirectory(mayCreateMarker: Bool) throws(StorageError) {
+    /// Checks what a blob directory must be whatever its marker says: it exists, is a directory
+    /// (a symbolic link to one is followed), and is not writable by group or others. Only
+    /// `stat(2)`; no database needed (the collector checks `blob-dir=` so before it connects).
+    /// - Throws: ``StorageError`` `.unavailable` naming the directory and what is expected.
+    public static func checkPlace(_ directory: String) throws(StorageError) {
+        let shown = SafeText.escaped(directory)
         var st = stat()
         guard stat(directory, &st) == 0 else {
             let e = errno
-            throw StorageError(.unavailable, "\(shownDirectory): the blob directory (blob-dir=) \(e == ENOENT ? "does not exist: create it (mode 0700) or mount its volume" : "cannot be read: \(String(cString: strerror(e)))"); large blobs are refused until then")
+            throw StorageError(.unavailable, "\(shown): the blob directory (blob-dir=) \(e == ENOENT ? "does not exist: create it (mode 0700) or mount its volume" : "cannot be read: \(String(cString: strerror(e)))"); large blobs are refused until then")
         }
         guard (st.st_mode & S_IFMT) == S_IFDIR else {
-            throw StorageError(.unavailable, "\(shownDirectory): expected the blob directory (blob-dir=), found something else")
+            throw StorageError(.unavailable, "\(shown): expected the blob directory (blob-dir=), found something else")
         }
         guard st.st_mode & 0o022 == 0 else {
-            throw StorageError(.unavailable, "\(shownDirectory): the blob directory must not be writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)); expected 0700)")
+            throw StorageError(.unavailable, "\(shown): the blob directory (blob-dir=) must not be writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)); expected 0700)")
         }
+    }
+
+    /// Checks the directory and its marker without writing anything, off the concurrency pool:
+    /// what a collector does at start and a `custos` command before it reads or copies.
+    /// - Parameter markerMayBeMissing: whether a directory without a marker is fine (the
+    ///   database has never marked one: it gets its marker with the first large blob).
+    /// - Throws: ``StorageError`` `.unavailable` naming the directory: ``checkPlace(_:)``'s
+    ///   refusals, another database's marker, or no marker where one is expected ("is its
+    ///   volume unmounted?").
+    public func check(markerMayBeMissing: Bool) async throws(StorageError) {
+        let result = await withCheckedContinuation { (done: CheckedContinuation<Result<Void, StorageError>, Never>) in
+            DispatchQueue.global().async {
+                done.resume(returning: Result { () throws(StorageError) in
+                    try self.checkDirectory(mayCreateMarker: markerMayBeMissing, writeMarker: false)
+                })
+            }
+        }
+        try result.get()
+    }
+
+    /// Checks the directory and its marker, writing the marker when it is absent, allowed
+    /// (`mayCreateMarker`) and `writeMarker`.
+    func checkDirectory(mayCreateMarker: Bool, writeMarker: Bool = true) throws(StorageError) {
+        try Self.checkPlace(directory)
         let marker = directory + "/" + Self.markerName
         if let text = try? String(contentsOfFile: marker, encoding: .utf8) {
             let id = text.trimmingCharacters(in: .whitespacesAndNewlines)
             guard id == storeID else {
-                throw StorageError(.unavailable, "\(SafeText.escaped(marker)): this blob directory belongs to another database (id \(SafeText.quoted(id)), this database's is \(storeID)); large blobs are refused")
+                throw StorageError(.unavailable, "\(SafeText.escaped(marker)): this blob directory (blob-dir=) belongs to another database (id \(SafeText.quoted(id)), this database's is \(storeID)); large blobs are refused")
             }
             return
         }
         guard mayCreateMarker else {
-            throw StorageError(.unavailable, "\(shownDirectory): no \(Self.markerName) marker, but this database has used a blob directory before: is its volume unmounted, or the directory replaced? Large blobs are refused until the right directory is back")
+            throw StorageError(.unavailable, "\(shownDirectory): no \(Self.markerName) marker, but this database has used a blob directory (blob-dir=) before: is its volume unmounted, or the directory replaced? Large blobs are refused until the right directory is back")
         }
+        guard writeMarker else { return }
         do {
             try Data((storeID + "\n").utf8).write(to: URL(fileURLWithPath: marker), options: .withoutOverwriting)
         } catch {
@@ -227,6 +276,9 @@ public final class SharedBlobDirectory: BlobStore {
     }
 
     private func appendAndSync(_ blobs: [Data], mayCreateMarker: Bool) throws(StorageError) -> [BlobRef] {
+        if writer.withLock({ $0.finished }) {
+            throw StorageError(.unavailable, "\(shownDirectory): blob files of instance \(instance) are closed (the storage is closing)")
+        }
         try checkDirectory(mayCreateMarker: mayCreateMarker)
         try openFile()
         let (fd, number, start) = writer.withLock { ($0.fd, $0.number, $0.size) }

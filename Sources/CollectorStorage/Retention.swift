@@ -86,7 +86,7 @@ public struct RetentionPolicy: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// What one expiry call removed.
+/// What one expiry call removed, and what it erased from blob files.
 public struct ExpiryOutcome: Sendable, Equatable, CustomStringConvertible {
     /// Captures removed and their sealed bytes, per kind.
     public struct Removed: Sendable, Equatable {
@@ -99,19 +99,45 @@ public struct ExpiryOutcome: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    public var removed: [CaptureKind: Removed]
-    /// Whether the call stopped at its limit (call again: more may have expired).
-    public var more: Bool
+    /// The bytes of expired blobs erased from blob files (``BlobErasure``), by this call: its
+    /// own captures' and those an earlier run left (a crash between the rows' delete and the
+    /// erasure, a blob directory that was not mounted).
+    public struct Released: Sendable, Equatable {
+        /// Ranges erased (punched out, or overwritten with zeros).
+        public var ranges = 0
+        /// Bytes erased.
+        public var bytes: Int64 = 0
+        /// Of ``ranges``, those overwritten with zeros (the file system cannot punch holes).
+        public var zeroed = 0
+        /// Blob files deleted: no row pointed into them any more, and their writer had moved on.
+        public var filesDeleted = 0
+        /// Ranges still waiting to be erased after this call (PostgreSQL `blob_release`):
+        /// non-zero with a ``problem``, or while ``ExpiryOutcome/more`` says to call again.
+        public var pending = 0
+        /// Why ranges wait (the directory missing or foreign, a file that cannot be written, no
+        /// `blob-dir=` on this instance), escaped; nil when none does for a reason.
+        public var problem: String?
+        public init() {}
+    }
 
-    public init(removed: [CaptureKind: Removed] = [:], more: Bool = false) {
+    public var removed: [CaptureKind: Removed]
+    /// Whether the call stopped at its limit (call again: more may have expired, or more
+    /// ranges wait to be erased).
+    public var more: Bool
+    public var released: Released
+
+    public init(removed: [CaptureKind: Removed] = [:], more: Bool = false, released: Released = Released()) {
         self.removed = removed
         self.more = more
+        self.released = released
     }
 
     /// Captures removed, all kinds.
     public var captures: Int { removed.values.reduce(0) { $0 + $1.captures } }
     /// Bytes removed, all kinds.
     public var bytes: Int64 { removed.values.reduce(0) { $0 + $1.bytes } }
+    /// Whether the call removed or released anything (worth a log line and an audit record).
+    public var didSomething: Bool { captures > 0 || released.ranges > 0 || released.filesDeleted > 0 }
 
     /// Counts one removed capture of `kind` and `size` bytes.
     public mutating func add(_ kind: CaptureKind, bytes: Int64) {
@@ -119,63 +145,112 @@ public struct ExpiryOutcome: Sendable, Equatable, CustomStringConvertible {
         removed[kind, default: Removed()].bytes += bytes
     }
 
-    /// Adds `other`'s counts (``more`` is `other`'s).
+    /// Adds `other`'s counts (``more``, ``Released/pending`` and ``Released/problem`` are
+    /// `other`'s: the latest call's).
     public mutating func merge(_ other: ExpiryOutcome) {
         for (kind, r) in other.removed {
             removed[kind, default: Removed()].captures += r.captures
             removed[kind, default: Removed()].bytes += r.bytes
         }
         more = other.more
+        released.ranges += other.released.ranges
+        released.bytes += other.released.bytes
+        released.zeroed += other.released.zeroed
+        released.filesDeleted += other.released.filesDeleted
+        released.pending = other.released.pending
+        released.problem = other.released.problem
     }
 
-    /// `screen: 12 captures, 4567 bytes; keystrokes: …` (kinds with nothing removed left out).
+    /// `screen: 12 captures, 4567 bytes; keystrokes: …` (kinds with nothing removed left out),
+    /// then what was erased from blob files: `; blob files: 12 ranges, 4567 bytes erased
+    /// (2 zeroed), 1 file deleted`.
     public var description: String {
         let parts = CaptureKind.allCases.compactMap { kind -> String? in
             guard let r = removed[kind], r.captures > 0 else { return nil }
             return "\(kind.name): \(r.captures) captures, \(r.bytes) bytes"
         }
-        return parts.isEmpty ? "nothing" : parts.joined(separator: "; ")
+        var text = parts.isEmpty ? "nothing" : parts.joined(separator: "; ")
+        if released.ranges > 0 || released.filesDeleted > 0 {
+            text += "; blob files: \(released.ranges) ranges, \(released.bytes) bytes erased"
+                + (released.zeroed > 0 ? " (\(released.zeroed) by writing zeros)" : "")
+                + ", \(released.filesDeleted) file\(released.filesDeleted == 1 ? "" : "s") deleted"
+        }
+        if released.pending > 0 { text += "; \(released.pending) ranges wait to be erased" }
+        return text
     }
 }
 
-/// A legal hold: while it is active (until ``untilMs``), no capture of its agent expires,
-/// whatever the retention policy (docs/STORAGE.md "Legal holds").
+/// A legal hold: while it is active (until ``untilMs``, and not removed), no capture of its agent
+/// expires, whatever the retention policy (docs/STORAGE.md "Legal holds"). A removed hold keeps
+/// its row (who removed it, when): the hold history stays, and only active holds protect.
 public struct LegalHold: Sendable, Equatable {
     /// Row id (`custos hold remove --id`).
     public var id: Int64
     public var agentID: AgentID
     /// The hold ends then, Unix ms (exclusive: active while now < until).
     public var untilMs: Int64
-    /// Why (free text, may be empty; escape before showing it).
+    /// Why (free text, at most ``maxReasonCharacters``, may be empty; escape before showing it).
     public var reason: String
     /// Who placed it (the admin's user name).
     public var createdBy: String
     /// When it was placed, Unix ms.
     public var createdAtMs: Int64
+    /// When it was removed (`custos hold remove`), Unix ms; nil while it is not.
+    public var removedAtMs: Int64?
+    /// Who removed it; nil while it is not removed.
+    public var removedBy: String?
 
-    public init(id: Int64, agentID: AgentID, untilMs: Int64, reason: String, createdBy: String, createdAtMs: Int64) {
+    /// The longest reason a hold may have, in characters (a case number and a sentence; a
+    /// listing shows it in one line).
+    public static let maxReasonCharacters = 500
+
+    public init(id: Int64, agentID: AgentID, untilMs: Int64, reason: String, createdBy: String, createdAtMs: Int64,
+                removedAtMs: Int64? = nil, removedBy: String? = nil) {
         self.id = id
         self.agentID = agentID
         self.untilMs = untilMs
         self.reason = reason
         self.createdBy = createdBy
         self.createdAtMs = createdAtMs
+        self.removedAtMs = removedAtMs
+        self.removedBy = removedBy
     }
 
-    /// Whether it holds at `nowMs` (Unix ms).
-    public func isActive(atMs nowMs: Int64) -> Bool { nowMs < untilMs }
+    /// Whether it holds at `nowMs` (Unix ms): not removed, and now < until.
+    public func isActive(atMs nowMs: Int64) -> Bool { removedAtMs == nil && nowMs < untilMs }
+
+    /// `active`, `ended` (its until time passed) or `removed`, at `nowMs`.
+    public func state(atMs nowMs: Int64) -> String {
+        removedAtMs != nil ? "removed" : nowMs < untilMs ? "active" : "ended"
+    }
+
+    /// What is wrong with `reason` as a hold's reason, in words (`holds 612 characters; at most
+    /// 500`), nil when nothing: the one check of a reason, made by every backend
+    /// (``StorageCheck/holdReason(_:context:)``) and by `custos hold add --reason` before the
+    /// database is touched.
+    public static func reasonProblem(_ reason: String) -> String? {
+        if reason.utf8.contains(0) { return "holds a NUL character, which no backend stores (PostgreSQL text cannot)" }
+        let n = reason.count
+        return n > maxReasonCharacters ? "holds \(n) characters; at most \(maxReasonCharacters) are stored" : nil
+    }
 }
 
 /// Legal holds: the `legal_hold` table.
 public protocol HoldStore: Sendable {
     /// Places a hold on `agent`'s captures until `untilMs` (Unix ms), stamped now; returns it.
     /// The agent need not be registered (a removed agent's captures stay, and may be held).
-    /// - Throws: `.invalidArgument` for a time outside years 1–9999 or a text holding NUL.
+    /// - Throws: `.invalidArgument` for a time outside years 1–9999, a reason
+    ///   ``LegalHold/reasonProblem(_:)`` refuses, or a `createdBy` holding NUL.
     func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold
-    /// Holds by id; only those active at `activeAtMs` (Unix ms) when given, else all (ended ones too).
+    /// Holds by id: only those active at `activeAtMs` (Unix ms: not removed, until later) when
+    /// given, else all (ended and removed ones too).
     func holds(activeAtMs: Int64?) async throws(StorageError) -> [LegalHold]
-    /// Removes a hold (its agent's captures may then expire at the next run). - Throws: `.notFound`.
-    func removeHold(id: Int64) async throws(StorageError)
+    /// Marks a hold removed by `removedBy`, stamped now, and returns it: from then on it no
+    /// longer protects (its agent's expired captures go at the next retention run); its row
+    /// stays, listed with who removed it and when.
+    /// - Throws: `.notFound` for an unknown id, or a hold removed already (the message says
+    ///   by whom and when); `.invalidArgument` for a `removedBy` holding NUL.
+    func removeHold(id: Int64, removedBy: String) async throws(StorageError) -> LegalHold
 }
 
 /// Expiry of captures and the lease that lets one instance at a time run it.
@@ -184,8 +259,10 @@ public protocol RetentionStore: Sendable {
     /// ms), never one of an agent under a hold active at `nowMs`, and their sealed bytes; in
     /// short transactions (none holds the table long). DEK records stay (small; a DEK may still
     /// seal later blobs). Call again while the outcome says ``ExpiryOutcome/more``.
-    /// SQLite: blob-file bytes are released after the rows' transaction committed (a crash in
-    /// between leaves unreferenced bytes, never a row without bytes).
+    /// The bytes of removed blobs kept in blob files are erased (``BlobErasure``) after the
+    /// rows' transaction committed, and counted in ``ExpiryOutcome/released``. PostgreSQL with
+    /// `blob-dir=`: the ranges are queued in the rows' transaction and erased after it, so a
+    /// crash in between is finished by the next call; SQLite: best effort after the commit.
     /// - Throws: `.invalidArgument` for a limit out of range or `nowMs` outside years 1–9999.
     func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome
     /// Takes or renews the lease `name` for `holder` until `nowMs + ttlMs`: one conditional
@@ -230,6 +307,13 @@ extension RetentionPolicy {
 }
 
 extension StorageCheck {
+    /// Throws `.invalidArgument` when ``LegalHold/reasonProblem(_:)`` finds one in `reason`.
+    public static func holdReason(_ reason: String, context: String) throws(StorageError) {
+        if let problem = LegalHold.reasonProblem(reason) {
+            throw StorageError(.invalidArgument, "\(context): hold reason \(problem)")
+        }
+    }
+
     /// The checks of ``RetentionStore/expire(policy:nowMs:limit:)``: limit 1…10,000, `nowMs`
     /// within years 1–9999, and every cutoff too (a policy of 36,500 days near year 1 would not be).
     public static func expiry(policy: RetentionPolicy, nowMs: Int64, limit: Int, context: String) throws(StorageError) {

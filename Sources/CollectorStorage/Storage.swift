@@ -102,6 +102,12 @@ public protocol CollectorStorage: AgentStore, KEKStore, DEKStore, CaptureStore, 
                                   TransferStore, AdminAccountStore, Service {
     /// Backend, location and reachability, for collector health and messages.
     func health() async -> StorageHealth
+    /// Whether the blob directory this storage was opened with can be used, before anything
+    /// relies on it (the collector at start, `custos decrypt` and `db migrate` before they read or
+    /// copy), without writing anything. ``BlobDirectoryCheck``.
+    /// - Throws: ``StorageError`` from the database only (`.unavailable` when it cannot be
+    ///   reached); a directory that cannot be used is ``BlobDirectoryCheck/unusable(_:)``.
+    func checkBlobDirectory() async throws(StorageError) -> BlobDirectoryCheck
     /// Drives the backend's connections until ``close()``; the owner runs it, e.g. in the
     /// collector's `ServiceGroup`. Returns once the storage is closed: by ``close()``, by
     /// cancelling the task, or by the group's graceful shutdown (each of which closes it).

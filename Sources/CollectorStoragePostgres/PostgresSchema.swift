@@ -184,9 +184,30 @@ enum PostgresSchema {
                 CHECK (blob_ref ~ '^[0-9a-f]{32}:[0-9]{1,8}:[0-9]{1,19}:[0-9]{1,19}$')
             """#,
         ]),
-        // Version 4 is left to another branch (it may come later: a database is brought up to
-        // every version it lacks, in this order, whatever was applied before; versions need not
-        // be contiguous).
+        Migration(version: 4, name: "v4-release-and-hold-removal", statements: [
+            // `custos hold remove` marks a hold removed (by whom, when) instead of deleting its
+            // row: the hold history stays; a removed hold protects nothing (HoldStore).
+            #"""
+            ALTER TABLE legal_hold ADD COLUMN removed_at timestamptz, ADD COLUMN removed_by text
+            """#,
+            // Ranges of blob files whose rows expiry deleted (`blob-dir=`): queued in the same
+            // transaction as the DELETE, then erased from their files (hole punched, or zeros)
+            // and `punched_at` set; a row goes once its file holds no referenced byte and was
+            // deleted, or still holds some (docs/STORAGE.md "Retention": releasing the bytes).
+            #"""
+            CREATE TABLE blob_release (
+                ref text COLLATE "C" PRIMARY KEY CHECK (ref ~ '^[0-9a-f]{32}:[0-9]{1,8}:[0-9]{1,19}:[0-9]{1,19}$'),
+                blob_id text COLLATE "C" NOT NULL,
+                queued_at timestamptz NOT NULL DEFAULT now(),
+                punched_at timestamptz
+            )
+            """#,
+            // "Does any row still point into file INSTANCE:N?" is one range of this index
+            // (`INSTANCE:N:` ≤ ref < `INSTANCE:N;`, byte order).
+            #"""
+            CREATE INDEX captures_blob_ref ON captures ((blob_ref COLLATE "C")) WHERE blob_ref IS NOT NULL
+            """#,
+        ]),
         Migration(version: 5, name: "v5-admins", statements: [
             // Dashboard accounts (AdminAccountStore): the bcrypt hash of the password, an
             // optional TOTP secret, and the failed-login count and lock shared by every instance.
@@ -252,14 +273,17 @@ enum PostgresSchema {
         "GRANT SELECT, INSERT ON audit_log TO %ROLE%",
         "GRANT USAGE ON SEQUENCE encryption_kek_id_seq, audit_log_id_seq TO %ROLE%",
         // Retention: the collector expires captures (DELETE above), reads holds, takes the lease;
-        // holds are placed and removed with `custos hold` (by the collector's role or the owner).
-        "GRANT SELECT, INSERT, DELETE ON legal_hold TO %ROLE%",
+        // holds are placed and marked removed with `custos hold` (by the collector's role or the
+        // owner); no one deletes a hold's row.
+        "GRANT SELECT, INSERT, UPDATE ON legal_hold TO %ROLE%",
         "GRANT SELECT, INSERT, UPDATE, DELETE ON maintenance_lease TO %ROLE%",
         "GRANT USAGE ON SEQUENCE legal_hold_id_seq TO %ROLE%",
         // Blob files: the database's id (the directory marker), marked once by a collector.
         "GRANT SELECT, UPDATE ON blob_store TO %ROLE%",
         // The dashboard: logins count failures and make sessions; `custos admins` manages accounts.
         "GRANT SELECT, INSERT, UPDATE, DELETE ON admin_accounts, admin_sessions, admin_login_failures TO %ROLE%",
+        // Retention with blob files: the ranges to erase (queued by expiry, removed when done).
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON blob_release TO %ROLE%",
     ]
 
     /// `name` as a quoted SQL identifier (`"` doubled), for the role of a GRANT.

@@ -32,6 +32,34 @@ extension PostgresStorage {
         }
     }
 
+    /// Without `blob-dir=`: `.needed` when a row points into a blob file (one probe of the
+    /// partial index `captures_blob_ref`), else `.notUsed`. With it: the directory and its
+    /// marker checked (``SharedBlobDirectory/check(markerMayBeMissing:)``; a missing marker is
+    /// fine only while `blob_store.marked_at` is unset), `.ready`.
+    /// - Throws: `.unavailable` or `.failed` from the database.
+    public func checkBlobDirectory() async throws(StorageError) -> BlobDirectoryCheck {
+        guard let store = try await sharedBlobDirectory() else {
+            let referenced = try await withClient("look for rows pointing into blob files") { client in
+                try await client.query("SELECT 1 FROM captures WHERE blob_ref IS NOT NULL LIMIT 1", logger: Self.quiet)
+                    .collect().count > 0
+            }
+            return referenced ? .needed : .notUsed
+        }
+        let marked = try await withClient("read whether a blob directory was marked") { client in
+            for try await (m) in try await client.query("SELECT marked_at IS NOT NULL FROM blob_store LIMIT 1",
+                                                        logger: Self.quiet).decode(Bool.self) {
+                return m
+            }
+            return false
+        }
+        do {
+            try await store.check(markerMayBeMissing: !marked)
+        } catch {
+            return .unusable(error.message)
+        }
+        return .ready
+    }
+
     /// Appends the blobs of `items` of ``SharedBlobDirectory/minBytes`` or more whose ids are
     /// not stored yet (each id once) to this instance's blob files and makes them durable;
     /// returns their references by blob id. Empty without `blob-dir=`.

@@ -22,7 +22,7 @@ extension PostgresStorage {
         if items.isEmpty { return [] }
         try StorageCheck.ingest(items, receivedAtMs: receivedAtMs, context: location)
         let refs = try await putLargeBlobs(items)
-        return try await inTransaction("store \(items.count) records") { conn in
+        let outcomes = try await inTransaction("store \(items.count) records") { conn in
             // A constant number of statements for the blobs (docs/STORAGE.md "Benchmarks"): which
             // ids are stored already and which DEK records exist, each one query; then the new
             // rows in one INSERT; row-by-row work only for ids that are taken.
@@ -80,6 +80,24 @@ extension PostgresStorage {
             }
             return outcomes.map { $0 ?? .conflict }
         }
+        await eraseUnused(refs, items: items, outcomes: outcomes)
+        return outcomes
+    }
+
+    /// Erases the bytes this batch appended to blob files for blobs it did not store (another
+    /// instance stored the id first, an unknown DEK, a conflict): the transaction committed
+    /// without a row pointing at them, so no row ever will. Best effort (a copy left is never
+    /// read, and goes with its file). After a failed transaction nothing is erased: a commit
+    /// the server made after the caller gave up would point at those bytes.
+    private func eraseUnused(_ refs: [BlobID: BlobRef], items: [IngestItem], outcomes: [IngestOutcome]) async {
+        guard !refs.isEmpty, let store = state.withLock({ $0.blobStore }) else { return }
+        var stored = Set<BlobID>()
+        for (item, outcome) in zip(items, outcomes) where outcome == .stored {
+            if case .blob(let b) = item { stored.insert(b.blobID) }
+        }
+        let unused = refs.filter { !stored.contains($0.key) }.map(\.value)
+        if unused.isEmpty { return }
+        _ = try? await store.erase(unused)
     }
 
     /// Inserts the rows of `blobs` (distinct ids) in one statement (`unnest` of one array per
@@ -246,7 +264,15 @@ extension PostgresStorage {
             return nil
         }
         guard let (size, bytes, refText) = row else { return nil }
-        if let refText { return try await referencedBytes(id, refText: refText, size: size) }
+        if let refText {
+            do {
+                return try await referencedBytes(id, refText: refText, size: size)
+            } catch where error.code == .corrupt {
+                // Expired meanwhile: its row is gone and its bytes erased. That is "not stored".
+                if try await capture(id) == nil { return nil }
+                throw error
+            }
+        }
         guard bytes.readableBytes == size else {
             throw StorageError(.corrupt, "\(location): blob \(id) has \(bytes.readableBytes) bytes, its row says \(size)")
         }

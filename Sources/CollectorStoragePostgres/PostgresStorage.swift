@@ -46,17 +46,23 @@ public final class PostgresStorage: CollectorStorage, Service {
         /// ``BlobRef``; nil: every blob stays in `captures.blob` (docs/STORAGE.md "Blobs").
         /// Reading a blob stored through a reference needs it too.
         public var blobDirectory: String?
+        /// Retention deletes a blob file no row points into only when it has not changed for this
+        /// long (default 15 minutes): far longer than a batch appended just before its writer
+        /// moved to its next file can take to commit its rows (the operation timeout), plus
+        /// clock differences between hosts and the file server (docs/STORAGE.md "Retention").
+        public var blobFileQuietPeriod: Duration
 
         public init(location: PostgresLocation, password: Secret?, operationTimeout: Duration = .seconds(10),
                     maximumConnections: Int = 10,
                     listenerBackoff: Backoff = Backoff(initial: .milliseconds(200), cap: .seconds(10)),
-                    blobDirectory: String? = nil) {
+                    blobDirectory: String? = nil, blobFileQuietPeriod: Duration = .seconds(15 * 60)) {
             self.location = location
             self.password = password
             self.operationTimeout = operationTimeout
             self.maximumConnections = maximumConnections
             self.listenerBackoff = listenerBackoff
             self.blobDirectory = blobDirectory
+            self.blobFileQuietPeriod = blobFileQuietPeriod
         }
     }
 
@@ -180,6 +186,9 @@ public final class PostgresStorage: CollectorStorage, Service {
     /// Closes every connection (``run()`` returns) and ends the ``kekChanges()`` streams; later
     /// calls throw `.unavailable`. Returns once ``run()`` has ended (at once when it never ran).
     public func close() async {
+        // This instance's blob files will not grow any more: say so (their end marker), so that
+        // retention may delete its last file once no row points into it.
+        if let store = state.withLock({ $0.blobStore }) { await store.finish() }
         let (wait, subscribers) = state.withLock { s -> (Bool, [AsyncStream<Void>.Continuation]) in
             s.closed = true
             let subs = Array(s.subscribers.values)

@@ -47,6 +47,14 @@ struct RowReader {
         return v
     }
 
+    /// An integer, or nil for NULL.
+    func optionalInt(_ column: String) throws(StorageError) -> Int64? {
+        let value: DatabaseValue = row[column]
+        if value.isNull { return nil }
+        guard let v = Int64.fromDatabaseValue(value) else { throw corrupt(column, "an integer or NULL") }
+        return v
+    }
+
     func text(_ column: String) throws(StorageError) -> String {
         guard let v = String.fromDatabaseValue(row[column]) else { throw corrupt(column, "text") }
         return v

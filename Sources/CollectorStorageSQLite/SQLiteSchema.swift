@@ -4,7 +4,8 @@ import GRDB
 /// The collector database's schema: GRDB migrations, applied in order, each once (recorded in
 /// `grdb_migrations`). `v1` and `v2-blob-files` are those of the first collector
 /// (`Collector.SQLiteCollectorStore`, since removed), same identifiers and same statements, so a `collector.db`
-/// it made opens unchanged; `v3` adds what the storage seam needs; `v4-retention` legal holds and the maintenance lease; `v6-admins` dashboard accounts and sessions, and the audit log's append-only triggers; `v7-admin-hardening` the last accepted TOTP step and the failed logins of names that are not accounts. docs/API.md "Storage".
+/// it made opens unchanged; `v3` adds what the storage seam needs; `v4-retention` legal holds and the maintenance lease; `v5-hold-removal` who removed a hold and when; `v6-admins` dashboard accounts and sessions, and the audit log's append-only triggers; `v7-admin-hardening` the last accepted TOTP step and the failed logins of names that are not accounts.
+/// docs/API.md "Storage".
 enum SQLiteSchema {
     /// The migrations this build knows, oldest first. A database that records another one was
     /// migrated by a newer build and is refused (``SQLiteStorage/init(path:blobDirectory:busyTimeout:)``).
@@ -131,6 +132,14 @@ enum SQLiteSchema {
                     holder TEXT NOT NULL,
                     expires_at INTEGER NOT NULL
                 );
+                """)
+        }
+        m.registerMigration("v5-hold-removal") { db in
+            // `custos hold remove` marks a hold removed (by whom, when) instead of deleting its
+            // row: the hold history stays; a removed hold protects nothing (HoldStore).
+            try db.execute(sql: """
+                ALTER TABLE legal_hold ADD COLUMN removed_at INTEGER;
+                ALTER TABLE legal_hold ADD COLUMN removed_by TEXT;
                 """)
         }
         m.registerMigration("v6-admins") { db in

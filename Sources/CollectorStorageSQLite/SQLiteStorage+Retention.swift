@@ -12,10 +12,11 @@ import Glibc
 extension SQLiteStorage {
     // MARK: HoldStore
 
-    /// - Throws: `.invalidArgument` for `untilMs` outside years 1–9999 or a text holding NUL.
+    /// - Throws: `.invalidArgument` for `untilMs` outside years 1–9999, a reason
+    ///   ``LegalHold/reasonProblem(_:)`` refuses, or a `createdBy` holding NUL.
     public func addHold(agent: AgentID, untilMs: Int64, reason: String, createdBy: String) async throws(StorageError) -> LegalHold {
         try StorageCheck.time(untilMs, "hold until", context: shownPath)
-        try StorageCheck.text(reason, "hold reason", context: shownPath)
+        try StorageCheck.holdReason(reason, context: shownPath)
         try StorageCheck.text(createdBy, "hold created by", context: shownPath)
         let now = Self.nowMs()
         return try await write("add a hold on agent \(agent)") { db in
@@ -33,23 +34,46 @@ extension SQLiteStorage {
         let database = shownPath
         return try await read("list holds") { db in
             try Row.fetchAll(db, sql: """
-                SELECT id, agent_id, until_at, reason, created_by, created_at FROM legal_hold
-                WHERE until_at > ? ORDER BY id
-                """, arguments: [activeAtMs ?? Int64.min]).map { row in
-                let r = RowReader(row, database: database, table: "legal_hold", key: "id")
-                return LegalHold(id: try r.int("id"), agentID: try r.agentID("agent_id"), untilMs: try r.int("until_at"),
-                                 reason: try r.text("reason"), createdBy: try r.text("created_by"),
-                                 createdAtMs: try r.int("created_at"))
+                SELECT id, agent_id, until_at, reason, created_by, created_at, removed_at, removed_by FROM legal_hold
+                WHERE ? OR (until_at > ? AND removed_at IS NULL) ORDER BY id
+                """, arguments: [activeAtMs == nil, activeAtMs ?? 0]).map { row in
+                try Self.hold(RowReader(row, database: database, table: "legal_hold", key: "id"))
             }
         }
     }
 
-    public func removeHold(id: Int64) async throws(StorageError) {
-        try await write("remove hold \(id)") { db in
-            try db.execute(sql: "DELETE FROM legal_hold WHERE id = ?", arguments: [id])
-            if db.changesCount == 0 { throw StorageError(.notFound, "no legal hold \(id)") }
+    /// A `legal_hold` row (all columns) as a ``LegalHold``.
+    private static func hold(_ r: RowReader) throws(StorageError) -> LegalHold {
+        LegalHold(id: try r.int("id"), agentID: try r.agentID("agent_id"), untilMs: try r.int("until_at"),
+                  reason: try r.text("reason"), createdBy: try r.text("created_by"), createdAtMs: try r.int("created_at"),
+                  removedAtMs: try r.optionalInt("removed_at"), removedBy: try r.optionalText("removed_by"))
+    }
+
+    public func removeHold(id: Int64, removedBy: String) async throws(StorageError) -> LegalHold {
+        try StorageCheck.text(removedBy, "hold removed by", context: shownPath)
+        let now = Self.nowMs(), database = shownPath
+        return try await write("remove hold \(id)") { db in
+            guard let row = try Row.fetchOne(db, sql: """
+                SELECT id, agent_id, until_at, reason, created_by, created_at, removed_at, removed_by FROM legal_hold WHERE id = ?
+                """, arguments: [id]) else {
+                throw StorageError(.notFound, "\(database): no legal hold \(id)")
+            }
+            var hold = try Self.hold(RowReader(row, database: database, table: "legal_hold", key: "id"))
+            if let at = hold.removedAtMs {
+                throw StorageError(.notFound, "\(database): legal hold \(id) was removed already, by \(SafeText.quoted(hold.removedBy ?? "")) at \(at) (Unix ms)")
+            }
+            try db.execute(sql: "UPDATE legal_hold SET removed_at = ?, removed_by = ? WHERE id = ?", arguments: [now, removedBy, id])
+            hold.removedAtMs = now
+            hold.removedBy = removedBy
+            return hold
         }
     }
+
+    // MARK: Blob directory
+
+    /// `.notUsed`: the SQLite backend keeps its blob files in `DATABASE.blobs/` itself, and no
+    /// `blob-dir=` applies to it.
+    public func checkBlobDirectory() async throws(StorageError) -> BlobDirectoryCheck { .notUsed }
 
     // MARK: Lease
 
@@ -119,7 +143,7 @@ extension SQLiteStorage {
             }
             outcome.more = remaining == 0
             // Best effort: the rows are gone (committed); bytes left behind are unreferenced, never read.
-            if !released.isEmpty { try? self.releaseBlobBytes(released, db: db) }
+            if !released.isEmpty { outcome.released = self.releaseBlobBytes(released, db: db) }
             return outcome
         }
     }
@@ -142,7 +166,7 @@ extension SQLiteStorage {
                 arguments += StatementArguments(rule.excludedAgents.map(\.rawValue))
             }
         }
-        conditions.append("NOT EXISTS (SELECT 1 FROM legal_hold h WHERE h.agent_id = captures.agent_id AND h.until_at > ?)")
+        conditions.append("NOT EXISTS (SELECT 1 FROM legal_hold h WHERE h.agent_id = captures.agent_id AND h.until_at > ? AND h.removed_at IS NULL)")
         arguments += [nowMs, limit]
         return ("""
             SELECT blob_id, size, blob_file, blob_offset FROM captures INDEXED BY \(index)
@@ -150,29 +174,58 @@ extension SQLiteStorage {
             """, arguments)
     }
 
-    /// Punches the released ranges out of their blob files, then, holding the write lock
-    /// (`BEGIN IMMEDIATE`: no appender of another process is open), deletes each touched file
-    /// that no row points to any more. Runs on GRDB's writer queue, after the rows' commit.
-    private func releaseBlobBytes(_ ranges: [ReleasedRange], db: Database) throws {
-        for range in ranges {
-            let file = blobDirectory + "/" + BlobFiles.fileName(range.file)
+    /// Erases the released ranges from their blob files (``BlobErasure``: a hole punched, or
+    /// zeros where the file system cannot punch; each file `fdatasync`ed), then, holding the
+    /// write lock (`BEGIN IMMEDIATE`: no appender of another process is open), deletes each
+    /// touched file that no row points to any more. Runs on GRDB's writer queue, after the
+    /// rows' commit. Best effort: what fails is named in ``ExpiryOutcome/Released/problem``.
+    private func releaseBlobBytes(_ ranges: [ReleasedRange], db: Database) -> ExpiryOutcome.Released {
+        var released = ExpiryOutcome.Released()
+        var problems: [String] = []
+        for (number, inFile) in Dictionary(grouping: ranges, by: \.file).sorted(by: { $0.key < $1.key }) {
+            let file = blobDirectory + "/" + BlobFiles.fileName(number)
             let fd = open(file, O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-            guard fd >= 0 else { continue }  // gone already: nothing to release
-            // The size and every other blob's offset stay; EOPNOTSUPP leaves the bytes until the file goes.
-            _ = custos_punch_hole(fd, range.offset, range.size)
-            Glibc.close(fd)
+            guard fd >= 0 else {
+                if errno != ENOENT { problems.append("\(SafeText.escaped(file)): cannot open: \(String(cString: strerror(errno)))") }
+                continue  // gone already: nothing to erase
+            }
+            defer { Glibc.close(fd) }
+            do throws(SystemCallError) {
+                var n = 0, bytes: Int64 = 0, zeroed = 0
+                for range in inFile {
+                    let (method, erased) = try BlobErasure.erase(fd: fd, path: file, offset: range.offset, length: range.size)
+                    n += 1
+                    bytes += erased
+                    if method == .zeroed { zeroed += 1 }
+                }
+                try syscall("fdatasync", file) { fdatasync(fd) }
+                released.ranges += n
+                released.bytes += bytes
+                released.zeroed += zeroed
+            } catch {
+                problems.append(error.description)
+            }
         }
         let files = Set(ranges.map(\.file))
         let directory = blobDirectory
-        try db.inTransaction(.immediate) {
-            var removed = false
-            for number in files.sorted() {
-                let referenced = try Bool.fetchOne(db, sql: "SELECT 1 FROM captures WHERE blob_file = ? LIMIT 1",
-                                                   arguments: [number]) != nil
-                if !referenced && unlink(directory + "/" + BlobFiles.fileName(number)) == 0 { removed = true }
+        do {
+            try db.inTransaction(.immediate) {
+                var removed = false
+                for number in files.sorted() {
+                    let referenced = try Bool.fetchOne(db, sql: "SELECT 1 FROM captures WHERE blob_file = ? LIMIT 1",
+                                                       arguments: [number]) != nil
+                    if !referenced && unlink(directory + "/" + BlobFiles.fileName(number)) == 0 {
+                        removed = true
+                        released.filesDeleted += 1
+                    }
+                }
+                if removed { BlobAppender.syncDirectory(directory) }
+                return .commit
             }
-            if removed { BlobAppender.syncDirectory(directory) }
-            return .commit
+        } catch {
+            problems.append("\(SafeText.escaped(directory)): blob files no row points to were not deleted: \(SafeText.escaped(String(describing: error)))")
         }
+        released.problem = problems.isEmpty ? nil : problems.joined(separator: "; ")
+        return released
     }
 }

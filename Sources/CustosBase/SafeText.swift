@@ -35,6 +35,14 @@ public enum SafeText {
         return String(out)
     }
 
+    /// ``escaped(_:)`` for a raw value shown as it is (a cell of a listing), with every backslash
+    /// doubled first: a `\u{1B}` typed into the data shows as `\\u{1B}`, told apart from an
+    /// escaped ESC (`\u{1B}`). Not idempotent, unlike ``escaped(_:)``: apply it once, to the raw
+    /// value, never to text that is escaped already (a message).
+    public static func escapedVerbatim(_ text: some StringProtocol) -> String {
+        escaped(text.split(separator: "\\", omittingEmptySubsequences: false).joined(separator: "\\\\"))
+    }
+
     /// Bytes that should be UTF-8 text, escaped: invalid sequences become U+FFFD first.
     public static func escaped(utf8 bytes: some Collection<UInt8>) -> String {
         escaped(String(decoding: bytes, as: UTF8.self))

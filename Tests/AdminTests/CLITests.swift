@@ -83,7 +83,16 @@ struct CLITests {
         #expect(d.stderrString.contains("failed: blob \(bad)"))
         #expect(d.stderrString.contains("decrypt: 0/10 items"), "plain progress lines when not a terminal")
         #expect(d.stderrString.contains("decrypt: 10/10 items (1 failed)"))
+        #expect(d.stderrString.contains("1 of 10 items failed to decrypt (listed above); the others were written"), "\(d.stderrString)")
         try expectOutputMatches(out, captured, agent: "ws-17", skipping: [bad])
+        // Only the tampered blob selected (its capture time, 1 s after the first frame): nothing
+        // was written, and the closing line says so instead of "the others were written".
+        let only = try runCommand([custos, "decrypt", "--db", db, "--key", keys + "/keypair.pem", "--passphrase-file", pass,
+                                   "--since", "1764547201000", "--until", "1764547201001", "--out", tmp.file("out-bad")])
+        #expect(only.status == 1 && only.stderrString.contains("failed: blob \(bad)"), "\(only.stderrString)")
+        #expect(only.stderrString.contains("1 of 1 item failed to decrypt (listed above); nothing was written but manifest.json"),
+                "\(only.stderrString)")
+        #expect(!only.stderrString.contains("the others were written"))
 
         // export of the untampered time range: exit 0, one archive.
         let zip = tmp.file("ws-17.zip")
@@ -93,7 +102,7 @@ struct CLITests {
         #expect(e.status == 0, "\(e.stderrString)")
         #expect(FileManager.default.fileExists(atPath: zip))
         let audit = try await allAudit(store).map(\.action)
-        #expect(audit.filter { $0 == "captures.decrypt" }.count == 1)
+        #expect(audit.filter { $0 == "captures.decrypt" }.count == 2)
         #expect(audit.filter { $0 == "captures.export" }.count == 1)
         #expect(audit.contains("captures.decrypt.refused"))
     }

@@ -31,6 +31,17 @@ import TestSupport
         #expect(SafeText.escaped("a\\b") == "a\\b")
     }
 
+    /// A raw value shown verbatim (a listing's cell): a typed `\u{1B}` and a real ESC must not
+    /// look alike, so backslashes are doubled before the controls are escaped.
+    @Test func verbatimEscapingTellsATypedEscapeFromARealOne() {
+        let real = "\u{1B}[31m", typed = "\\u{1B}[31m"  // an ESC, and the six characters \u{1B} typed
+        #expect(SafeText.escapedVerbatim(real) == "\\u{1B}[31m")
+        #expect(SafeText.escapedVerbatim(typed) == "\\\\u{1B}[31m")
+        #expect(SafeText.escaped(real) == SafeText.escaped(typed), "escaped(_:) alone cannot tell them apart")
+        #expect(SafeText.escapedVerbatim("C:\\x\\") == "C:\\\\x\\\\")
+        #expect(SafeText.escapedVerbatim("plain é") == "plain é")
+    }
+
     @Test func invalidUTF8BecomesReplacementCharacters() {
         #expect(SafeText.escaped(utf8: [0x61, 0xFF, 0x1B, 0x62]) == "a\u{FFFD}\\u{1B}b")
     }

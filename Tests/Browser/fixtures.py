@@ -70,15 +70,23 @@ def make(bin_dir, work):
     try:
         x.run(["xsetroot", "-solid", COLOUR_FIRST])
 
+        acted = []
+
         def act(x):
-            time.sleep(0.8)
-            x.run(["xdotool", "type", "--delay", "40", TYPED])
-            time.sleep(0.4)
+            time.sleep(0.6)
             x.run(["xsetroot", "-solid", COLOUR_MID])
             time.sleep(0.6)
             x.run(["xsetroot", "-solid", COLOUR_LAST])
+            time.sleep(0.3)
+            x.run(["xdotool", "type", "--delay", "40", TYPED])
+            acted.append(time.time())
 
-        video, video_line = record(bin_dir, work, x, pub, "video", 4, during=act)
+        started = time.time()
+        video, video_line = record(bin_dir, work, x, pub, "video", 5, during=act)
+        # The repaints and the typing must fall inside the recording (with 1 s to spare for the
+        # last frame and the keystroke chunk's idle time); a machine too loaded for that says so.
+        if not acted or acted[0] > started + 4:
+            raise Failure(f"the repaints and typing ended {acted[0] - started if acted else 'never'} s into a 5 s recording: machine too loaded")
         x.run(["xsetroot", "-solid", COLOUR_PNG])
         png, png_line = record(bin_dir, work, x, pub, "png", 0.8, extra="screen-format=png\n")
     finally:

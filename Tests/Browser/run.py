@@ -64,7 +64,7 @@ def run_unit(args, work, out):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["unit", "e2e", "all"], default="unit")
+    p.add_argument("--suite", choices=["unit", "e2e", "all"], default="all")
     p.add_argument("--bin", default=os.path.join(REPO, ".build", "debug"), help="folder of the built custos binaries")
     p.add_argument("--out", default=os.path.join(REPO, ".build", "browser-tests"), help="screenshots and artifacts")
     p.add_argument("--keep", action="store_true", help="keep the temporary work folder")
@@ -72,7 +72,7 @@ def main():
     args.bin = os.path.abspath(args.bin)
     os.makedirs(args.out, exist_ok=True)
     require_tools("chromium", "chromedriver", "Xvfb", "xsetroot", "xdotool", "openssl")
-    for b in ["custos", "custos-agent"]:
+    for b in ["custos", "custos-agent", "custos-collector"]:
         if not os.access(os.path.join(args.bin, b), os.X_OK):
             raise SystemExit(f"run.py: {args.bin}/{b} is missing: build first (make build)")
     started = time.time()

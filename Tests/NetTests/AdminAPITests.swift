@@ -384,6 +384,13 @@ import TestSupport
             let reported = try await s.auditEntries(before: nil, limit: 5).first
             #expect(reported?.action == "client.decrypted" && reported?.detail.hasPrefix("client-reported: count=4") == true)
             #expect(try await c.post("/api/v1/client-report", json: ["action": "format-disk"]).error?.hasPrefix("action") == true)
+            // Counts 0 and 1 are numbers, not booleans (Linux bridges NSNumber 0/1 to Bool); a JSON true is refused.
+            for n in [0, 1] {
+                #expect(try await c.post("/api/v1/client-report", json: ["action": "lock", "count": n]).status == 204, "count \(n)")
+                let entry = try await s.auditEntries(before: nil, limit: 1).first
+                #expect(entry?.detail.hasPrefix("client-reported: count=\(n) ") == true, "\(entry?.detail ?? "-")")
+            }
+            #expect(try await c.post("/api/v1/client-report", json: ["action": "lock", "count": true]).error?.hasPrefix("count") == true)
         }
     }
 
@@ -449,12 +456,17 @@ import TestSupport
         #expect(admin.sessionIdle == .seconds(900) && admin.sessionMax == .seconds(43_200))
 
         chmod(key, 0o644)
+        // The extra lines come after the generated ones: line numbers from the file as written.
+        try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:0")
+        let base = try String(contentsOfFile: cfg, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+            .count - 1
+        let (first, second) = ("collector.cfg:\(base + 1):", "collector.cfg:\(base + 2):")
         for (extra, expected) in [
-            ("admin-listen=8444", "collector.cfg:5: admin-listen: expected HOST:PORT"),
-            ("admin-listen=127.0.0.1:1\nadmin-session-idle-minutes=0", "collector.cfg:6: admin-session-idle-minutes:"),
-            ("admin-listen=127.0.0.1:1\nadmin-session-max-hours=721", "collector.cfg:6: admin-session-max-hours:"),
-            ("server-private-key-file=server.pem", "collector.cfg:5: server-private-key-file: '\(key)' has mode 644; expected 0600 or 0400"),
-            ("server-private-key-file=missing.pem", "collector.cfg:5: server-private-key-file: expected a private key file"),
+            ("admin-listen=8444", "\(first) admin-listen: expected HOST:PORT"),
+            ("admin-listen=127.0.0.1:1\nadmin-session-idle-minutes=0", "\(second) admin-session-idle-minutes:"),
+            ("admin-listen=127.0.0.1:1\nadmin-session-max-hours=721", "\(second) admin-session-max-hours:"),
+            ("server-private-key-file=server.pem", "\(first) server-private-key-file: '\(key)' has mode 644; expected 0600 or 0400"),
+            ("server-private-key-file=missing.pem", "\(first) server-private-key-file: expected a private key file"),
         ] {
             try writeCollectorConfig(cfg, pki: pki, listen: "127.0.0.1:0", extra: extra)
             do {

@@ -167,6 +167,24 @@ struct DBMigrateTests {
         try FileManager.default.createDirectory(atPath: blobs, withIntermediateDirectories: false,
                                                 attributes: [.posixPermissions: 0o700])
         let db = try await PostgresCollectorTests.Database.make(cluster, in: dir)
+        // A --to-blob-dir that cannot be used fails before anything is copied (QA: it used to
+        // fail at the first large blob, leaving a partial target that a second run refused).
+        let open = dir.file("open-to-all"), foreign = dir.file("foreign")
+        for (path, mode) in [(open, 0o777), (foreign, 0o700)] as [(String, Int)] {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false, attributes: [.posixPermissions: mode])
+        }
+        _ = chmod(open, 0o777)  // past the umask
+        try Data("0123456789abcdef0123456789abcdef\n".utf8).write(to: URL(fileURLWithPath: foreign + "/.custos-blobs"))
+        for (bad, expected) in [(dir.file("missing"), "does not exist"), (open, "must not be writable by group or others"),
+                                (foreign, "belongs to another database")] {
+            let r = try await Self.custos(["db", "migrate", "--from", source, "--to", db.url, "--to-password-file", db.passwordFile,
+                                           "--to-blob-dir", bad, "--quiet"])
+            #expect(r.status == 2 && r.stderrString.contains("--to-blob-dir: ") && r.stderrString.contains(expected),
+                    "\(bad): \(r.stderrString)")
+            let rows = try await cluster.psqlAsync(
+                "SELECT (SELECT count(*) FROM agents) + (SELECT count(*) FROM captures) + (SELECT count(*) FROM audit_log)", database: db.name)
+            #expect(rows.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(bad): something was copied")
+        }
         let into = try await Self.custos(["db", "migrate", "--from", source, "--to", db.url, "--to-password-file", db.passwordFile,
                                           "--to-blob-dir", blobs, "--quiet"])
         #expect(into.status == 0 && into.stderrString.contains("60 captures") && into.stderrString.contains("verified"),
@@ -189,7 +207,22 @@ struct DBMigrateTests {
         let opened = decrypted.stderrString.components(separatedBy: "decrypted, but the").count - 1
         #expect(opened == 60 && decrypted.stderrString.contains("60/60 items"), "\(decrypted.stderrString)")
         let blind = try await Self.custos(["decrypt"] + pgArgs + ["--out", dir.file("out-blind")])
-        #expect(blind.status != 0 && blind.stderrString.contains("blob-dir="), "\(blind.stderrString)")
+        #expect(blind.status == 2 && blind.stderrString.contains("keeps large blobs in blob files (its collectors' blob-dir=): pass --db-blob-dir DIR"),
+                "\(blind.stderrString)")
+        #expect(!FileManager.default.fileExists(atPath: dir.file("out-blind")))
+        // --db-blob-dir is checked (its marker) before anything is decrypted: another database's
+        // directory, or an empty one where the volume should be mounted.
+        let empty = dir.file("empty-mount-point")
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        for (bad, expected) in [(foreign, "belongs to another database"), (empty, "is its volume unmounted")] {
+            let r = try await Self.custos(["decrypt"] + pgArgs + ["--db-blob-dir", bad, "--out", dir.file("out-bad")])
+            #expect(r.status == 2 && r.stderrString.contains("--db-blob-dir: ") && r.stderrString.contains(expected), "\(r.stderrString)")
+            #expect(!FileManager.default.fileExists(atPath: dir.file("out-bad")))
+        }
+        // Copying it out needs its blob directory too, and says which option names it.
+        let noFrom = try await Self.custos(["db", "migrate", "--from", db.url, "--from-password-file", db.passwordFile,
+                                            "--to", dir.file("nofrom.db"), "--quiet"])
+        #expect(noFrom.status == 2 && noFrom.stderrString.contains("pass --from-blob-dir DIR"), "\(noFrom.stderrString)")
         // Out again, reading through the references.
         let back = try await Self.custos(["db", "migrate", "--from", db.url, "--from-password-file", db.passwordFile,
                                           "--from-blob-dir", blobs, "--to", dir.file("back.db"), "--quiet"])

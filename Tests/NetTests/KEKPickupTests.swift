@@ -177,7 +177,9 @@ final class SignallingStorage: CollectorStorage {
         try await base.addHold(agent: agent, untilMs: untilMs, reason: reason, createdBy: createdBy)
     }
     func holds(activeAtMs: Int64?) async throws(StorageError) -> [LegalHold] { try await base.holds(activeAtMs: activeAtMs) }
-    func removeHold(id: Int64) async throws(StorageError) { try await base.removeHold(id: id) }
+    func removeHold(id: Int64, removedBy: String) async throws(StorageError) -> LegalHold {
+        try await base.removeHold(id: id, removedBy: removedBy)
+    }
     func expire(policy: RetentionPolicy, nowMs: Int64, limit: Int) async throws(StorageError) -> ExpiryOutcome {
         try await base.expire(policy: policy, nowMs: nowMs, limit: limit)
     }
@@ -212,6 +214,7 @@ final class SignallingStorage: CollectorStorage {
         try await base.deleteExpiredSessions(nowMs: nowMs, limits: limits)
     }
     func health() async -> StorageHealth { await base.health() }
+    func checkBlobDirectory() async throws(StorageError) -> BlobDirectoryCheck { try await base.checkBlobDirectory() }
     func run() async throws { try await base.run() }
     func close() async {
         listener.withLock { $0?.finish() }

@@ -151,13 +151,16 @@ func testTransport(serverURL: String, agentID: String, agentToken: String, pins:
 func stream(_ records: [EnvelopeRecord]) -> Data { RecordStream.encode(records) }
 
 /// Writes a `collector.cfg` serving the shared PKI's leaf certificate on `listen`, with
-/// `database=collector.db` (beside the file) and any `extra` lines.
-func writeCollectorConfig(_ path: String, pki: TestPKI, listen: String, extra: String = "") throws {
+/// `database=DATABASE` (default `collector.db`, beside the file; or a `postgres://` URL, then
+/// with `database-password-file=` when `passwordFile` is given) and any `extra` lines.
+func writeCollectorConfig(_ path: String, pki: TestPKI, listen: String, database: String = "collector.db",
+                          passwordFile: String? = nil, extra: String = "") throws {
     try """
         listen=\(listen)
         tls-cert=\(pki.chain("leaf"))
         tls-key=\(pki.key("leaf"))
-        database=collector.db
+        database=\(database)
+        \(passwordFile.map { "database-password-file=\($0)" } ?? "")
         \(extra)
         """.write(toFile: path, atomically: true, encoding: .utf8)
 }

@@ -32,7 +32,6 @@ struct PostgresCollectorTests {
         let passwordFile: String
         var url: String { cluster.url(database: name, user: "custos") }
         var db: [String] { ["--db", url, "--db-password-file", passwordFile] }
-        var configLines: String { "database=\(url)\ndatabase-password-file=\(passwordFile)" }
 
         static func make(_ cluster: PostgresCluster, in dir: TempDir) async throws -> Database {
             let password = try await offPool { try cluster.createRole("custos") }
@@ -108,11 +107,8 @@ struct PostgresCollectorTests {
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await Self.insertSeedKEK(db)
         let pki = try sharedMaterial.get().pki
-        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", extra: "")
-        // writeCollectorConfig names a SQLite file: append the PostgreSQL lines instead.
-        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
-        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines)
-        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", database: db.url,
+                                 passwordFile: db.passwordFile)
 
         let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
         defer { collector.send(SIGTERM); collector.waitExit(timeout: 10) }
@@ -139,11 +135,14 @@ struct PostgresCollectorTests {
         #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
     }
 
-    /// The collector executable with `blob-dir=`: while the directory is missing, an upload of a
-    /// large blob is refused with 503 (nothing stored, the error logged naming the directory);
-    /// once it exists, the same upload stores the large blob in this collector's blob file and
-    /// the small one in the row; both read back through `custos decrypt --db-blob-dir`'s storage.
-    @Test func theCollectorWritesLargeBlobsToBlobDir() async throws {
+    /// The collector executable with `blob-dir=`: a directory that is missing, open to others or
+    /// another database's is refused at start (exit 1, naming it and what is wrong) instead of
+    /// answering 503 at the first large upload; with the right one, the large blob goes to this
+    /// collector's blob file and the small one to the row, both read back through the storage of
+    /// `custos decrypt --db-blob-dir`; a volume unmounted later (an empty directory in its place)
+    /// is still caught at upload time (503, nothing stored), and the retry goes through once it is
+    /// back.
+    @Test func theCollectorChecksBlobDirAtStartAndAtEachUpload() async throws {
         let cluster = try Self.shared.get()
         let dir = try TempDir("custos-pg-blobdir")
         defer { dir.remove() }
@@ -153,10 +152,25 @@ struct PostgresCollectorTests {
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await Self.insertSeedKEK(db)
         let pki = try sharedMaterial.get().pki
-        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", extra: "")
-        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
-        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines + "\nblob-dir=blobs")
-        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+        // A relative blob-dir= is relative to the config file's folder, as database= is.
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: pki, listen: "127.0.0.1:0", database: db.url,
+                                 passwordFile: db.passwordFile, extra: "blob-dir=blobs")
+        let blobs = dir.file("blobs")
+
+        let missing = try await Self.collectorExit(dir.file("collector.cfg"))
+        #expect(missing.status == 1 && missing.stderrString.contains(blobs) && missing.stderrString.contains("(blob-dir=) does not exist"),
+                "\(missing.stderrString)")
+        try FileManager.default.createDirectory(atPath: blobs, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        _ = chmod(blobs, 0o777)
+        let open = try await Self.collectorExit(dir.file("collector.cfg"))
+        #expect(open.status == 1 && open.stderrString.contains("must not be writable by group or others (mode 777"), "\(open.stderrString)")
+        _ = chmod(blobs, 0o700)
+        try Data("0123456789abcdef0123456789abcdef\n".utf8).write(to: URL(fileURLWithPath: blobs + "/.custos-blobs"))
+        let foreign = try await Self.collectorExit(dir.file("collector.cfg"))
+        #expect(foreign.status == 1 && foreign.stderrString.contains("belongs to another database"), "\(foreign.stderrString)")
+        try FileManager.default.removeItem(atPath: blobs + "/.custos-blobs")
+        let none = try await cluster.psqlAsync("SELECT count(*) FROM captures", database: db.name)
+        #expect(none.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
 
         let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
         defer { collector.send(SIGTERM); collector.waitExit(timeout: 10) }
@@ -165,30 +179,35 @@ struct PostgresCollectorTests {
         let large = try session.seal(randomData(100_000), kind: .screen, captureTimeMs: 1_700_000_000_000)
         let small = try session.seal(randomData(300), kind: .keystrokes, captureTimeMs: 1_700_000_000_001)
         let records: [EnvelopeRecord] = [.dekRecord(session.record), .blob(large), .blob(small)]
-        do {
-            let answer = try await client.upload(stream(records))
-            Issue.record("the upload was answered: \(answer)")
-        } catch {
-            #expect(error.httpStatus == 503, "\(error)")
-        }
-        let none = try await cluster.psqlAsync("SELECT count(*) FROM captures", database: db.name)
-        #expect(none.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
-        #expect(collector.log.contains("blobs") && collector.log.contains("does not exist"), "\(collector.log)")
-
-        try FileManager.default.createDirectory(atPath: dir.file("blobs"), withIntermediateDirectories: false,
-                                                attributes: [.posixPermissions: 0o700])
         #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .stored })
-        await client.close()
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.file("blobs")).sorted()
+        let files = try FileManager.default.contentsOfDirectory(atPath: blobs).sorted()
         #expect(files.count == 2 && files[0] == ".custos-blobs" && files[1].hasSuffix("-00000001.blobs"), "\(files)")
         let refs = try await cluster.psqlAsync("SELECT blob_id FROM captures WHERE blob_ref IS NOT NULL", database: db.name)
         #expect(refs.trimmingCharacters(in: .whitespacesAndNewlines) == large.header.blobID.hex)
         let location = try StorageLocation(db.url, passwordFile: db.passwordFile)
-        try await StorageOpener.withStorage(location, createIfMissing: false, blobDirectory: dir.file("blobs")) {
-            (pg: any CollectorStorage) async throws in
+        try await StorageOpener.withStorage(location, createIfMissing: false, blobDirectory: blobs) { (pg: any CollectorStorage) async throws in
             #expect(try await pg.blob(large.header.blobID) == large.serialized)
             #expect(try await pg.blob(small.header.blobID) == small.serialized)
         }
+
+        // The volume unmounted while the collector runs: its empty mount point is refused.
+        try FileManager.default.moveItem(atPath: blobs, toPath: blobs + ".away")
+        try FileManager.default.createDirectory(atPath: blobs, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let later = try session.seal(randomData(90_000), kind: .screen, captureTimeMs: 1_700_000_000_002)
+        do {
+            let answer = try await client.upload(stream([.dekRecord(session.record), .blob(later)]))
+            Issue.record("the upload was answered: \(answer)")
+        } catch {
+            #expect(error.httpStatus == 503, "\(error)")
+        }
+        #expect(collector.log.contains("is its volume unmounted"), "\(collector.log)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: blobs).isEmpty, "the mount point was written to")
+        try FileManager.default.removeItem(atPath: blobs)
+        try FileManager.default.moveItem(atPath: blobs + ".away", toPath: blobs)
+        #expect(try await client.upload(stream([.dekRecord(session.record), .blob(later)])).results.allSatisfy { $0.status != .refused })
+        let count = try await cluster.psqlAsync("SELECT count(*) FROM captures", database: db.name)
+        #expect(count.trimmingCharacters(in: .whitespacesAndNewlines) == "3")
+        await client.close()
         collector.send(SIGTERM)
         #expect(collector.waitExit(timeout: 20) == 0, "\(collector.log)")
     }
@@ -207,10 +226,7 @@ struct PostgresCollectorTests {
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await Self.insertSeedKEK(db)
         try writeCollectorConfig(dir.file("collector.cfg"), pki: try sharedMaterial.get().pki, listen: "127.0.0.1:0",
-                                 extra: "retry-after-seconds=1")
-        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
-        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines)
-        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+                                 database: db.url, passwordFile: db.passwordFile, extra: "retry-after-seconds=1")
         try await cluster.stopAsync()
 
         let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
@@ -319,9 +335,8 @@ struct PostgresCollectorTests {
         let pki = try sharedMaterial.get().pki
         func config(_ name: String, _ extra: String) throws -> String {
             let path = dir.file(name)
-            try writeCollectorConfig(path, pki: pki, listen: "127.0.0.1:0", extra: extra)
-            let text = try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "database=collector.db", with: db.configLines)
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            try writeCollectorConfig(path, pki: pki, listen: "127.0.0.1:0", database: db.url, passwordFile: db.passwordFile,
+                                     extra: extra)
             return path
         }
 

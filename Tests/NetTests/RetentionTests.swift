@@ -1,5 +1,6 @@
 import Collector
 import CollectorStorage
+import CollectorStorageOpen
 import CollectorStorageSQLite
 import CustosBase
 import Envelope
@@ -64,6 +65,8 @@ import TestSupport
         ("retention-days=ten", "retention-days", "found 'ten'"),
         ("retention-days-kind=video:3", "retention-days-kind", "capture kind (screen, keystrokes or generic)"),
         ("retention-days-kind=screen", "retention-days-kind", "expected KIND:DAYS"),
+        ("retention-days-kind=screen:3:4", "retention-days-kind", "expected KIND:DAYS with one ':' (e.g. screen:30; one line per kind), found 'screen:3:4'"),
+        ("retention-days-agent=host-1:3:4", "retention-days-agent", "expected AGENT:DAYS with one ':'"),
         ("retention-days-kind=screen:x", "retention-days-kind", "whole number of days"),
         ("retention-days-kind=screen:3\nretention-days-kind=screen:4", "retention-days-kind", "first on line 3"),
         ("retention-days-agent=bad/agent:3", "retention-days-agent", "letters, digits"),
@@ -106,8 +109,11 @@ import TestSupport
         #expect(logs.count("retention: expired captures") == 1)
         let line = logs.all.first { $0.contains("retention: expired captures") } ?? ""
         #expect(line.hasPrefix("info ") && line.contains("screen: 2 captures, 80000 bytes") && line.contains("default=5d"), "\(line)")
+        // Their bytes were in blob files (40 KB each): erased there, counted and audited.
+        #expect(line.contains("blob files: 2 ranges, 80000 bytes erased"), "\(line)")
         let audit = try await storage.auditEntries(before: nil, limit: 10).first { $0.action == "retention.expire" }
         #expect(audit?.actor == "collector" && audit?.detail.contains("screen: 2 captures, 80000 bytes") == true)
+        #expect(audit?.detail.contains("blob files: 2 ranges, 80000 bytes erased") == true, "\(audit?.detail ?? "")")
         await collector.stop()
         await storage.close()
     }
@@ -142,5 +148,57 @@ import TestSupport
         #expect(logs.lines(atLeast: .error).filter { $0.contains("retention: expiry failed") }.count == 1, "\(logs.text)")
         #expect(logs.count("retention: expiry failed") == 2)
         await storage.close()
+    }
+
+    /// PostgreSQL with `blob-dir=`: a run while the blob directory is not mounted (an empty
+    /// mount point) removes the rows, says once at warning that their bytes wait (the repeat at
+    /// debug), and a run once the directory is back erases them, logs the recovery once, and
+    /// logs and audits the bytes erased.
+    @Test(.enabled(if: PostgresCluster.isAvailable, "needs Debian's postgresql (make deps)"))
+    func bytesThatWaitAreLoggedOnceAndErasedOnceTheDirectoryIsBack() async throws {
+        let cluster = try PostgresCollectorTests.shared.get()
+        let dir = try TempDir("custos-retention-pg-blobs")
+        defer { dir.remove() }
+        let db = try await PostgresCollectorTests.Database.make(cluster, in: dir)
+        let location = try StorageLocation(db.url, passwordFile: db.passwordFile)
+        let blobs = dir.file("blobs")
+        try FileManager.default.createDirectory(atPath: blobs, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let quiet = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+        let old = try await StorageOpener.withStorage(location, blobDirectory: blobs, logger: quiet) { s in
+            try await Self.store(s, agent: "pg", ages: [10, 20]) + Self.store(s, agent: "pg", ages: [1])
+        }
+        let file = try #require(try FileManager.default.contentsOfDirectory(atPath: blobs).first { $0.hasSuffix(".blobs") })
+        let original = try Data(contentsOf: URL(fileURLWithPath: blobs + "/" + file))
+        // The volume "unmounted": an empty directory in its place.
+        try FileManager.default.moveItem(atPath: blobs, toPath: blobs + ".away")
+        try FileManager.default.createDirectory(atPath: blobs, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        let logs = LogCapture()
+        try await StorageOpener.withStorage(location, blobDirectory: blobs, logger: quiet) { s in
+            let service = RetentionService(storage: s, policy: try RetentionPolicy(defaultDays: 5), interval: .seconds(3600),
+                                           logger: logs.logger("retention"))
+            let first = await service.runOnce()
+            #expect(first?.captures == 2 && first?.released.pending == 2, "\(String(describing: first))")
+            #expect(await service.runOnce()?.captures == 0)
+            let warnings = logs.lines(atLeast: .warning).filter { $0.contains("expired blob bytes wait to be erased") }
+            #expect(warnings.count == 1 && warnings[0].contains("unmounted"), "\(logs.text)")
+            #expect(logs.count("expired blob bytes wait to be erased") == 2)
+            #expect(try Data(contentsOf: URL(fileURLWithPath: blobs + ".away/" + file)) == original)
+
+            // The volume is back: the next run erases what waited.
+            try FileManager.default.removeItem(atPath: blobs)
+            try FileManager.default.moveItem(atPath: blobs + ".away", toPath: blobs)
+            let outcome = await service.runOnce()
+            #expect(outcome?.captures == 0 && outcome?.released.ranges == 2 && outcome?.released.bytes == 80_000,
+                    "\(String(describing: outcome))")
+            let audit = try await s.auditEntries(before: nil, limit: 10).first { $0.action == "retention.expire" }
+            #expect(audit?.detail.contains("blob files: 2 ranges, 80000 bytes erased") == true, "\(audit?.detail ?? "")")
+            for id in old.prefix(2) { #expect(try await s.blob(id) == nil) }
+        }
+        #expect(logs.count("retention: the waiting blob bytes are erased") == 1, "\(logs.text)")
+        let line = logs.all.last { $0.contains("retention: expired captures") } ?? ""
+        #expect(line.contains("80000 bytes erased") && line.contains("retention.released_bytes"), "\(line)")
+        // Two of the file's three blobs were erased: 80,000 of its 120,000 bytes read as zeros.
+        let after = try Data(contentsOf: URL(fileURLWithPath: blobs + "/" + file))
+        #expect(after.count == original.count && after.filter { $0 == 0 }.count >= 80_000, "\(after.count)")
     }
 }

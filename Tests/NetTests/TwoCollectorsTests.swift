@@ -24,10 +24,8 @@ struct TwoCollectorsTests {
         try #require(add.status == 0, "\(add.stderrString)")
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await PostgresCollectorTests.insertSeedKEK(db)
-        try writeCollectorConfig(dir.file("collector.cfg"), pki: try sharedMaterial.get().pki, listen: "127.0.0.1:0")
-        var config = try String(contentsOfFile: dir.file("collector.cfg"), encoding: .utf8)
-        config = config.replacingOccurrences(of: "database=collector.db", with: db.configLines)
-        try config.write(toFile: dir.file("collector.cfg"), atomically: true, encoding: .utf8)
+        try writeCollectorConfig(dir.file("collector.cfg"), pki: try sharedMaterial.get().pki, listen: "127.0.0.1:0",
+                                 database: db.url, passwordFile: db.passwordFile)
         let (a, portA) = try await PostgresCollectorTests.startCollector(dir.file("collector.cfg"), in: dir)
         let (b, portB) = try await PostgresCollectorTests.startCollector(dir.file("collector.cfg"), in: dir)
         defer {

@@ -70,11 +70,12 @@ func withPostgresStorage<T: Sendable>(
     cluster: PostgresCluster, database: String, role: String = collectorRole, password: String? = nil,
     timeout: Duration = .seconds(20), logger: Logger = Logger(label: "test.storage"),
     listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)), blobDirectory: String? = nil,
+    blobFileQuietPeriod: Duration = .seconds(15 * 60),
     _ body: (PostgresStorage) async throws -> T
 ) async throws -> T {
     let storage = try makePostgresStorage(cluster: cluster, database: database, role: role, password: password,
                                           timeout: timeout, logger: logger, listenerBackoff: listenerBackoff,
-                                          blobDirectory: blobDirectory)
+                                          blobDirectory: blobDirectory, blobFileQuietPeriod: blobFileQuietPeriod)
     let runner = Task { try await storage.run() }
     do {
         let result = try await body(storage)
@@ -92,11 +93,12 @@ func makePostgresStorage(cluster: PostgresCluster, database: String, role: Strin
                          password: String? = nil, timeout: Duration = .seconds(20),
                          logger: Logger = Logger(label: "test.storage"),
                          listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)),
-                         blobDirectory: String? = nil) throws -> PostgresStorage {
+                         blobDirectory: String? = nil, blobFileQuietPeriod: Duration = .seconds(15 * 60)) throws -> PostgresStorage {
     let pw = try password ?? cluster.password(of: role) ?? cluster.createRole(role)
     let location = try PostgresLocation(cluster.url(database: database, user: role))
     return try PostgresStorage(.init(location: location, password: Secret(pw), operationTimeout: timeout, maximumConnections: 4,
-                                     listenerBackoff: listenerBackoff, blobDirectory: blobDirectory),
+                                     listenerBackoff: listenerBackoff, blobDirectory: blobDirectory,
+                                     blobFileQuietPeriod: blobFileQuietPeriod),
                                logger: logger)
 }
 

@@ -149,15 +149,53 @@ extension StorageConformance {
                     #expect((try await s.blob(b.blobID) == nil) == goneLater.contains(b))
                 }
 
-                try await s.removeHold(id: hold.id)
-                #expect(try await s.holds(activeAtMs: nil) == [ended])
-                #expect(await storageError { try await s.removeHold(id: hold.id) }?.code == .notFound)
+                // Removing marks the row (who, when); it stays listed among all holds, not among active ones.
+                let removed = try await s.removeHold(id: hold.id, removedBy: "admin2")
+                #expect(removed.id == hold.id && removed.removedBy == "admin2" && removed.reason == hold.reason)
+                #expect(abs((removed.removedAtMs ?? 0) - Int64(Date().timeIntervalSince1970 * 1000)) < 60_000)
+                #expect(try await s.holds(activeAtMs: nil) == [removed, ended])
+                #expect(try await s.holds(activeAtMs: Self.now).isEmpty)
+                #expect(!removed.isActive(atMs: Self.now) && removed.state(atMs: Self.now) == "removed")
+                let again = await storageError { _ = try await s.removeHold(id: hold.id, removedBy: "admin3") }
+                #expect(again?.code == .notFound && again?.message.contains("removed already, by 'admin2'") == true, "\(String(describing: again))")
+                let unknown = await storageError { _ = try await s.removeHold(id: 999, removedBy: "admin") }
+                #expect(unknown?.code == .notFound && unknown?.message.contains("no legal hold 999") == true, "\(String(describing: unknown))")
+                #expect(await storageError {
+                    _ = try await s.addHold(agent: held, untilMs: Self.now, reason: String(repeating: "é", count: 501), createdBy: "admin")
+                }?.message.contains("501 characters; at most 500") == true)
+                #expect(try await s.addHold(agent: held, untilMs: Self.now, reason: String(repeating: "é", count: 500),
+                                            createdBy: "admin").reason.count == 500)
                 #expect(await storageError {
                     _ = try await s.addHold(agent: held, untilMs: Int64.max, reason: "", createdBy: "admin")
                 }?.code == .invalidArgument)
                 #expect(await storageError {
                     _ = try await s.addHold(agent: held, untilMs: Self.now, reason: "a\u{0}b", createdBy: "admin")
                 }?.code == .invalidArgument)
+            }
+        }
+
+        /// A removed hold no longer protects: its agent's expired captures go at the next run,
+        /// although its until time is still ahead; another active hold on the same agent still does.
+        @Test(arguments: Backend.testable)
+        func aRemovedHoldNoLongerProtects(_ backend: Backend) async throws {
+            try await withRig(backend, "removed-hold") { rig async throws in
+                let s = rig.storage
+                let held = agent("held"), twice = agent("twice")
+                let blobs = try await Self.populate(s, agents: [held, twice])
+                let policy = try RetentionPolicy(defaultDays: 2)
+                let hold = try await s.addHold(agent: held, untilMs: Self.now + 100 * Self.day, reason: "case 1", createdBy: "a")
+                let first = try await s.addHold(agent: twice, untilMs: Self.now + 100 * Self.day, reason: "case 2", createdBy: "a")
+                _ = try await s.addHold(agent: twice, untilMs: Self.now + 100 * Self.day, reason: "case 3", createdBy: "a")
+                #expect(try await expireAll(s, policy, nowMs: Self.now, limit: 100).captures == 0)
+                _ = try await s.removeHold(id: hold.id, removedBy: "b")
+                _ = try await s.removeHold(id: first.id, removedBy: "b")
+                let outcome = try await expireAll(s, policy, nowMs: Self.now, limit: 100)
+                let expired = blobs.filter { $0.agentID == held && Self.ageDays($0) > 2 }
+                #expect(!expired.isEmpty && outcome.captures == expired.count, "\(outcome)")
+                for b in blobs {
+                    let gone = expired.contains(b)
+                    #expect((try await s.blob(b.blobID) == nil) == gone, "\(b.agentID) \(Self.ageDays(b)) days")
+                }
             }
         }
 

@@ -73,7 +73,7 @@ async function start() {
 
 setUnauthorizedHandler(() => {
   if (!session) return;
-  vault.lock("session ended", false);
+  vault.lock("session ended", false, true);
   showLogin("Your session ended (idle or expired): log in again.");
 });
 
@@ -123,7 +123,7 @@ $("idle-minutes").addEventListener("change", (ev) => {
   try { vault.setIdleMinutes(ev.target.value); notice(""); } catch (e) { notice(e.message, "error"); ev.target.value = vault.idleMinutes(); }
 });
 $("logout-button").addEventListener("click", async () => {
-  vault.lock("logout");
+  vault.lock("logout", true, true);
   try { await api.logout(); } catch { /* gone anyway */ }
   showLogin("Logged out.");
 });
@@ -680,7 +680,7 @@ function playerPage(params) {
       cursor.style.left = pct(t);
       let current = null;
       for (const c of chunks) if (c.chunk.startMs <= t) current = c;
-      titleNow.textContent = current ? `Window: ${current.chunk.windowTitle || "(none)"} (${current.chunk.wmClass})` : "Window: —";
+      titleNow.textContent = current ? `Window: ${current.chunk.windowTitle || "(no title)"}${current.chunk.wmClass ? ` (${current.chunk.wmClass})` : ""}` : "Window: —";
       typedNow.textContent = current ? current.chunk.keys.filter((k) => k.pressed !== false && k.timeMs <= t).map((k) => k.text).join("") : "";
       for (const c of chunks) c.row.classList.toggle("active", c === current);
       await Promise.all(views.map(async (v) => {

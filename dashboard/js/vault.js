@@ -36,17 +36,19 @@ export async function unlock(file, passphrase) {
   emit({ type: "unlock", kekID: id });
 }
 
-/** Forgets the key, every DEK and every e2ee plaintext the page holds. */
-export function lock(reason = "lock", report = true) {
-  const had = ring !== null || decoded.size > 0;
+/**
+ * Forgets the key, every DEK and every end-to-end plaintext the page holds; with `everything`
+ * (logout, session end) also what the collector opened for this account.
+ */
+export function lock(reason = "lock", report = true, everything = false) {
+  const hadKey = ring !== null;
+  const had = hadKey || decoded.size > 0;
   if (ring) ring.forget();
   ring = null;
   kekID = null;
-  for (const [id, d] of decoded) if (!d.sealedToCollector) decoded.delete(id);
-  if (had) {
-    emit({ type: "lock", reason });
-    if (report) api.clientReport("lock", 0, `keys forgotten (${reason})`).catch(() => {});
-  }
+  for (const [id, d] of decoded) if (everything || !d.sealedToCollector) decoded.delete(id);
+  if (had) emit({ type: "lock", reason });
+  if (hadKey && report) api.clientReport("lock", 0, `keys forgotten (${reason})`).catch(() => {});
 }
 
 /** What the page holds for a blob: {payload, sealedToCollector} or {error}, or undefined. */
@@ -145,13 +147,20 @@ export function setIdleMinutes(v) {
   localStorage.setItem(IDLE_KEY, String(n));
 }
 
+/** Locks when the key is unlocked and no input came for the idle setting; true if it locked. */
+export function checkIdle(now = Date.now()) {
+  if (ring && now - lastActivity > idleMinutes() * 60_000) {
+    lock("idle");
+    return true;
+  }
+  return false;
+}
+
 /** Starts the idle timer and the pagehide handler (once). */
 export function watchIdle() {
   for (const ev of ["pointerdown", "keydown", "wheel", "pointermove", "touchstart"]) {
     addEventListener(ev, () => { lastActivity = Date.now(); }, { passive: true, capture: true });
   }
-  setInterval(() => {
-    if (ring && Date.now() - lastActivity > idleMinutes() * 60_000) lock("idle");
-  }, 5_000);
-  addEventListener("pagehide", () => lock("pagehide", false));
+  setInterval(() => checkIdle(), 5_000);
+  addEventListener("pagehide", () => lock("pagehide", false, true));
 }

@@ -7,6 +7,7 @@ import { chunkText, decodePayload } from "/js/payload.js";
 import { MonitorPlayer } from "/js/player.js";
 import { videoRuns, webmForRun, WebMWriter } from "/js/webm.js";
 import { crc32, ZipWriter } from "/js/zip.js";
+import * as vault from "/js/vault.js";
 import { artifact, assert, assertEqual, fetchBytes, fetchText, rejects, run, test } from "/tests/harness.js";
 
 const F = "/fixtures/";
@@ -259,6 +260,27 @@ test("zip.js: a store-only zip with UTF-8 names (checked by Python's zipfile)", 
   assert((() => { try { z.add("../evil", "x"); return false; } catch (e) { return e.name === "ZipError"; } })(), "a '..' name is refused");
   assert((() => { try { z.add("manifest.json", "x"); return false; } catch (e) { return e.name === "ZipError"; } })(), "a repeated name is refused");
   artifact("test.zip", new Uint8Array(await z.finish().arrayBuffer()));
+});
+
+test("vault.js: unlock from a File, idle lock after the setting's minutes without input, forget on pagehide", async () => {
+  vault.watchIdle();
+  await rejects(vault.unlock(new File([pem], "keypair.pem"), "wrong"), "wrongPassphrase", null, "wrong passphrase");
+  assertEqual(vault.isUnlocked(), false, "not unlocked by a wrong passphrase");
+  const events = [];
+  vault.subscribe((e) => events.push(`${e.type}:${e.reason ?? ""}`));
+  await vault.unlock(new File([pem], "keypair.pem"), m.passphrase);
+  assertEqual(vault.unlockedKEK(), m.kekID, "unlocked KEK");
+  assertEqual(vault.idleMinutes(), 15, "default idle minutes");
+  assert((() => { try { vault.setIdleMinutes(0); return false; } catch { return true; } })(), "0 minutes refused");
+  vault.setIdleMinutes(2);
+  assertEqual(vault.checkIdle(Date.now() + 60_000), false, "not idle after 1 of 2 minutes");
+  assertEqual(vault.checkIdle(Date.now() + 121_000), true, "idle after 2 minutes");
+  assertEqual(vault.isUnlocked(), false, "locked by idle");
+  await vault.unlock(new File([pem], "keypair.pem"), m.passphrase);
+  dispatchEvent(new PageTransitionEvent("pagehide", { persisted: true }));
+  assertEqual(vault.isUnlocked(), false, "locked by pagehide");
+  assertEqual(events.join(","), "unlock:,lock:idle,unlock:,lock:pagehide", "events");
+  localStorage.removeItem("custos.idleLockMinutes");
 });
 
 await run();

@@ -3,13 +3,18 @@
 #   custos-agent      the endpoint agent daemon and its hardened unit   (default)
 #   custos-collector  the collector daemon, its hardened unit, system user and conffile
 #   custos            the admin and reviewer tool (keys, agents, listings, decrypt/export)
+#   custos-dashboard  the reviewer's dashboard: the static files of dashboard/ in
+#                     /usr/share/custos/dashboard (Architecture: all), which custos-collector
+#                     (its admin listener) and custos (custos dashboard) depend on
 #
 # Usage: PACKAGE=NAME packaging/build-deb.sh   (after `swift build -c release --static-swift-stdlib`)
 # Environment (all optional):
-#   PACKAGE        custos-agent (default), custos-collector or custos
+#   PACKAGE        custos-agent (default), custos-collector, custos or custos-dashboard
 #   AGENT_BIN      custos-agent binary     (default .build/release/custos-agent)
 #   COLLECTOR_BIN  custos-collector binary (default .build/release/custos-collector)
 #   CUSTOS_BIN     custos admin binary     (default .build/release/custos)
+#   DASHBOARD_DIR  the dashboard's static files (default dashboard/; must hold index.html):
+#               its html, js, css, svg, png, ico and woff2 files, what the collector serves
 #   VERSION     package version       (default: packaging/VERSION)
 #   CONFIG_SAMPLE  shipped as the conffile: /etc/custos/config.cfg (agent, default
 #               config.cfg.sample) or /etc/custos/collector.cfg (collector, default
@@ -33,6 +38,7 @@ AGENT_BIN="${AGENT_BIN:-$REPO/.build/release/custos-agent}"
 COLLECTOR_BIN="${COLLECTOR_BIN:-$REPO/.build/release/custos-collector}"
 CUSTOS_BIN="${CUSTOS_BIN:-$REPO/.build/release/custos}"
 VERSION="${VERSION:-$(cat "$HERE/VERSION")}"
+ARCH=amd64
 # What each package holds: binaries, control file, maintainer scripts, conffile.
 case "$PACKAGE" in
     custos-agent)
@@ -46,7 +52,10 @@ case "$PACKAGE" in
     custos)
         BINS="$CUSTOS_BIN"; DEBDIR="$HERE/debian/admin"; CONFIG_SAMPLE=""; CONFFILE=""
         MAN="$HERE/debian/custos.1" ;;
-    *) echo "build-deb: PACKAGE '$PACKAGE' is not custos-agent, custos-collector or custos" >&2; exit 1 ;;
+    custos-dashboard)
+        BINS=""; DEBDIR="$HERE/debian/dashboard"; CONFIG_SAMPLE=""; CONFFILE=""; MAN=""; ARCH=all
+        DASHBOARD_DIR="${DASHBOARD_DIR:-$REPO/dashboard}" ;;
+    *) echo "build-deb: PACKAGE '$PACKAGE' is not custos-agent, custos-collector, custos or custos-dashboard" >&2; exit 1 ;;
 esac
 OUT_DIR="${OUT_DIR:-$REPO/build}"
 if [ -z "${MAINTAINER:-}" ]; then
@@ -66,6 +75,8 @@ done
 for f in $BINS; do
     [ -x "$f" ] || die "binary $f missing or not executable (build it, or set AGENT_BIN/COLLECTOR_BIN/CUSTOS_BIN)"
 done
+[ "$PACKAGE" != custos-dashboard ] || [ -f "$DASHBOARD_DIR/index.html" ] \
+    || die "dashboard $DASHBOARD_DIR/index.html missing (set DASHBOARD_DIR to the dashboard's static files)"
 [ -z "$CONFIG_SAMPLE" ] || [ -f "$CONFIG_SAMPLE" ] || die "config sample $CONFIG_SAMPLE missing (set CONFIG_SAMPLE)"
 echo "$VERSION" | grep -Eq '^[0-9][A-Za-z0-9.+~]*$' \
     || die "VERSION '$VERSION' is not a native Debian version (digits first; A-Za-z0-9.+~)"
@@ -91,7 +102,9 @@ ROOT="$STAGE/$PACKAGE"
 DOC="$ROOT/usr/share/doc/$PACKAGE"
 section="$(echo "$MAN" | sed 's/.*\.//')"
 
-install -d -m 0755 "$ROOT/DEBIAN" "$ROOT/usr/bin" "$DOC" "$ROOT/usr/share/man/man$section"
+install -d -m 0755 "$ROOT/DEBIAN" "$DOC"
+[ -z "$BINS" ] || install -d -m 0755 "$ROOT/usr/bin"
+[ -z "$MAN" ] || install -d -m 0755 "$ROOT/usr/share/man/man$section"
 
 # Binaries, stripped (Debian Policy §10.1); Swift reflection metadata stays (not a symbol table).
 installed=""
@@ -120,13 +133,24 @@ case "$PACKAGE" in
         install -m 0644 "$HERE/README.md" "$DOC/README.md" ;;
     custos)
         install -m 0644 "$HERE/README.md" "$DOC/README.md" ;;
+    custos-dashboard)
+        # Only what the collector serves (docs/API.md "Static files"): regular files with its
+        # extensions, no hidden ones, no symbolic links; directories 0755, files 0644.
+        dest="$ROOT/usr/share/custos/dashboard"
+        install -d -m 0755 "$dest"
+        (cd "$DASHBOARD_DIR" && find . -type f ! -path '*/.*' \( -name '*.html' -o -name '*.js' -o -name '*.css' \
+            -o -name '*.svg' -o -name '*.png' -o -name '*.ico' -o -name '*.woff2' \) \
+            -exec sh -c 'dest="$1"; shift; for f; do install -D -m 0644 "$f" "$dest/$f"; done' sh "$dest" {} +)
+        find "$dest" -type d -exec chmod 0755 {} + ;;
 esac
 
 sed -e "s|@MAINTAINER@|$MAINTAINER|" -e "s|@YEAR@|$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)|" \
     "$HERE/debian/copyright.in" > "$DOC/copyright"
 chmod 0644 "$DOC/copyright"
-gzip -9n < "$MAN" > "$ROOT/usr/share/man/man$section/$(basename "$MAN").gz"
-chmod 0644 "$ROOT/usr/share/man/man$section/$(basename "$MAN").gz"
+if [ -n "$MAN" ]; then
+    gzip -9n < "$MAN" > "$ROOT/usr/share/man/man$section/$(basename "$MAN").gz"
+    chmod 0644 "$ROOT/usr/share/man/man$section/$(basename "$MAN").gz"
+fi
 overrides="$ROOT/usr/share/lintian/overrides/$PACKAGE"
 if [ -f "$DEBDIR/lintian-overrides" ] && [ "$PACKAGE" != custos ]; then
     install -d -m 0755 "$ROOT/usr/share/lintian/overrides"
@@ -153,22 +177,28 @@ changelog_date="$(date -u -R -d "@$SOURCE_DATE_EPOCH")"
 } | gzip -9n > "$DOC/changelog.gz"
 chmod 0644 "$DOC/changelog.gz"
 
-if [ "$PACKAGE" != custos ]; then
+if [ "$PACKAGE" != custos ] && [ "$PACKAGE" != custos-dashboard ]; then
     install -m 0755 "$DEBDIR/postinst" "$DEBDIR/prerm" "$DEBDIR/postrm" "$ROOT/DEBIAN/"
     install -m 0644 "$DEBDIR/conffiles" "$ROOT/DEBIAN/conffiles"
 fi
 
 # Depends: the shared libraries the binaries need, mapped to packages by dpkg-shlibdeps(1).
-mkdir -p "$STAGE/src/debian"
-printf 'Source: custos\n\nPackage: %s\nArchitecture: amd64\n' "$PACKAGE" > "$STAGE/src/debian/control"
-shlib_flags=""
-[ -z "$swift_libs" ] || shlib_flags="--ignore-missing-info"
-# shellcheck disable=SC2086 # $installed holds several paths
-depends="$(cd "$STAGE/src" && dpkg-shlibdeps -O $shlib_flags $installed 2>"$STAGE/shlibdeps.err" \
-    | sed -n 's/^shlibs:Depends=//p')" || { cat "$STAGE/shlibdeps.err" >&2; die "dpkg-shlibdeps failed"; }
-[ -n "$depends" ] || die "dpkg-shlibdeps found no dependencies"
+depends=""
+if [ -n "$BINS" ]; then
+    mkdir -p "$STAGE/src/debian"
+    printf 'Source: custos\n\nPackage: %s\nArchitecture: amd64\n' "$PACKAGE" > "$STAGE/src/debian/control"
+    shlib_flags=""
+    [ -z "$swift_libs" ] || shlib_flags="--ignore-missing-info"
+    # shellcheck disable=SC2086 # $installed holds several paths
+    depends="$(cd "$STAGE/src" && dpkg-shlibdeps -O $shlib_flags $installed 2>"$STAGE/shlibdeps.err" \
+        | sed -n 's/^shlibs:Depends=//p')" || { cat "$STAGE/shlibdeps.err" >&2; die "dpkg-shlibdeps failed"; }
+    [ -n "$depends" ] || die "dpkg-shlibdeps found no dependencies"
+fi
 # The collector's postinst creates its user with systemd-sysusers (as dh_installsysusers does).
 [ "$PACKAGE" != custos-collector ] || depends="$depends, systemd | systemd-standalone-sysusers | systemd-sysusers"
+# The collector's admin listener and `custos dashboard` serve the dashboard's files, which live
+# in one package of their own (dpkg refuses a file shipped by two packages).
+case "$PACKAGE" in custos-collector|custos) depends="$depends, custos-dashboard (= $VERSION)" ;; esac
 
 (cd "$ROOT" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \
     | xargs -0 md5sum) > "$ROOT/DEBIAN/md5sums"
@@ -182,8 +212,8 @@ chmod 0644 "$ROOT/DEBIAN/control"
 
 find "$ROOT" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 mkdir -p "$OUT_DIR"
-DEB="$OUT_DIR/${PACKAGE}_${VERSION}_amd64.deb"
+DEB="$OUT_DIR/${PACKAGE}_${VERSION}_${ARCH}.deb"
 # shellcheck disable=SC2086 # DEB_COMPRESS holds several options
 dpkg-deb --root-owner-group ${DEB_COMPRESS:--Zxz} --build "$ROOT" "$DEB" >/dev/null
-echo "build-deb: Depends: $depends" >&2
+[ -z "$depends" ] || echo "build-deb: Depends: $depends" >&2
 echo "$DEB"

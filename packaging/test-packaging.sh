@@ -9,9 +9,10 @@
 #    enables, reloads, upgrades, stops and purges the service, which captures from an Xvfb;
 #    the service, configured as an administrator would, uploads to a real custos-collector on
 #    127.0.0.1 (captures listed there), and so does the packaged agent run as a non-root user
-#    with the unit's capability set (setpriv).
+#    with the unit's capability set (setpriv); the packaged collector with admin-listen on serves
+#    the packaged dashboard (custos-dashboard) and logs in an admin made with the packaged custos.
 # Needs root (dpkg sets owners; namespaces), dpkg-dev, lintian, systemd, python3, Xvfb, xauth,
-# x11-utils, xdotool, openssl, util-linux, passwd (useradd, in the sandbox only).
+# x11-utils, xdotool, openssl, util-linux, passwd (useradd, in the sandbox only), curl.
 #
 # Binaries: AGENT_BIN / CUSTOS_BIN if set; else .build/release/{custos-agent,custos} if both
 # exist and are not older than the debug ones (make deb builds them statically linked); else
@@ -134,17 +135,35 @@ check "the agent package no longer holds the admin tool (package custos)" bash -
 # --- the collector and admin packages --------------------------------------------------------
 DEBC="$WORK/out/custos-collector_0.2.0_amd64.deb"
 DEBA="$WORK/out/custos_0.2.0_amd64.deb"
+DEBD="$WORK/out/custos-dashboard_0.2.0_all.deb"
 check "build-deb.sh builds custos-collector_0.2.0_amd64.deb" \
     env PACKAGE=custos-collector VERSION=0.2.0 OUT_DIR="$WORK/out" "$HERE/build-deb.sh"
 check "build-deb.sh builds custos_0.2.0_amd64.deb (the admin tool)" \
     env PACKAGE=custos VERSION=0.2.0 OUT_DIR="$WORK/out" "$HERE/build-deb.sh"
+check "build-deb.sh builds custos-dashboard_0.2.0_all.deb (the dashboard's static files)" \
+    env PACKAGE=custos-dashboard VERSION=0.2.0 OUT_DIR="$WORK/out" "$HERE/build-deb.sh"
 check "build-deb.sh refuses an unknown PACKAGE" \
     bash -c '! env PACKAGE=custos-server OUT_DIR="$1" "$2" >/dev/null 2>&1' _ "$WORK/bad" "$HERE/build-deb.sh"
-if [ ! -f "$DEBC" ] || [ ! -f "$DEBA" ]; then finish; fi
+if [ ! -f "$DEBC" ] || [ ! -f "$DEBA" ] || [ ! -f "$DEBD" ]; then finish; fi
 check "control: custos-collector Depends on a sysusers provider (its postinst makes the user)" \
     bash -c '[[ "$1" == *"systemd | systemd-standalone-sysusers | systemd-sysusers"* ]]' _ "$(dpkg-deb -f "$DEBC" Depends)"
 check "control: custos Replaces and Breaks custos-agent (<< 0.2.0), which shipped /usr/bin/custos" \
     test "$(dpkg-deb -f "$DEBA" Replaces) / $(dpkg-deb -f "$DEBA" Breaks)" = "custos-agent (<< 0.2.0) / custos-agent (<< 0.2.0)"
+check "control: custos-collector and custos Depend on custos-dashboard (= 0.2.0), which is Architecture all" \
+    bash -c '[[ "$1" == *"custos-dashboard (= 0.2.0)"* && "$2" == *"custos-dashboard (= 0.2.0)"* && "$3" == all ]]' \
+    _ "$(dpkg-deb -f "$DEBC" Depends)" "$(dpkg-deb -f "$DEBA" Depends)" "$(dpkg-deb -f "$DEBD" Architecture)"
+# The dashboard package: exactly the files of dashboard/ the collector serves, 644 root/root.
+served_files() { (cd "$1" && find . -type f ! -path '*/.*' \( -name '*.html' -o -name '*.js' -o -name '*.css' -o -name '*.svg' \
+    -o -name '*.png' -o -name '*.ico' -o -name '*.woff2' \) | sed 's|^\./||' | LC_ALL=C sort); }
+check "dashboard archive: dashboard/'s served files (index.html among them) in /usr/share/custos/dashboard, each 644 root/root" \
+    bash -c 'want="$(sed "s|^|-rw-r--r-- root/root ./usr/share/custos/dashboard/|" <<<"$2")"
+             got="$(dpkg-deb -c "$1" | awk "\$1 ~ /^-/ {print \$1, \$2, \$6}" | grep " ./usr/share/custos/dashboard/" | LC_ALL=C sort)"
+             grep -qx "index.html" <<<"$2" && [ "$got" = "$want" ] || { diff <(echo "$want") <(echo "$got"); false; }' \
+    _ "$DEBD" "$(served_files "$REPO/dashboard")"
+check "collector package: collector.cfg documents admin-listen, off (commented out), and dashboard-dir=/usr/share/custos/dashboard" \
+    bash -c 'c="$(dpkg-deb --fsys-tarfile "$1" | tar -xO ./etc/custos/collector.cfg)"
+             grep -q "^#admin-listen=" <<<"$c" && ! grep -Eq "^[[:space:]]*admin-listen[[:space:]]*=" <<<"$c" &&
+             grep -qx "#dashboard-dir=/usr/share/custos/dashboard" <<<"$c"' _ "$DEBC"
 check "control: custos-collector conffiles lists exactly /etc/custos/collector.cfg" \
     test "$(dpkg-deb --ctrl-tarfile "$DEBC" | tar -xO ./conffiles)" = "/etc/custos/collector.cfg"
 clisting="$(dpkg-deb -c "$DEBC" | awk '{print $1, $2, $6}')"
@@ -159,7 +178,7 @@ check "collector package: database= is in the service's state directory" \
     bash -c 'dpkg-deb --fsys-tarfile "$1" | tar -xO ./etc/custos/collector.cfg | grep -qx "database=/var/lib/custos-collector/collector.db"' _ "$DEBC"
 check "admin archive has -rwxr-xr-x root/root ./usr/bin/custos and its man page" \
     bash -c 'l="$(dpkg-deb -c "$1" | awk "{print \$1, \$2, \$6}")"; grep -qxF -- "-rwxr-xr-x root/root ./usr/bin/custos" <<<"$l" && grep -q "custos.1.gz" <<<"$l"' _ "$DEBA"
-for deb in "$DEBC" "$DEBA"; do
+for deb in "$DEBC" "$DEBA" "$DEBD"; do
     name="$(dpkg-deb -f "$deb" Package)"
     lint="$(lintian --tag-display-limit 0 "$deb" 2>&1)"; lint_rc=$?
     echo "# lintian $name (exit $lint_rc):"; printf '%s\n' "$lint" | sed 's/^/#   /'
@@ -338,11 +357,15 @@ check "[envwins] CUSTOS_ENCRYPTION=0 in the environment beats install.env" \
     _ "$R" "$DEB1" "$SAMPLE"
 check "[envwins] purge" DPKG "$R" --purge custos-agent
 
-# 4. The collector and the admin tool beside the agent: no file in two packages; the
+# 4. The collector, the admin tool and the dashboard beside the agent: no file in two packages; the
 #    collector's user is made by its postinst (systemd-sysusers --root), the config is given to
 #    its group; purge keeps the database (the organisation's recordings).
 R="$(new_root collector)"
-check "[collector] dpkg -i custos-agent, custos-collector and custos 0.2.0 together" DPKG "$R" -i "$DEB1" "$DEBC" "$DEBA"
+check "[collector] dpkg -i custos-agent, custos-collector, custos and custos-dashboard 0.2.0 together" DPKG "$R" -i "$DEB1" "$DEBC" "$DEBA" "$DEBD"
+check "[collector] the dashboard is in /usr/share/custos/dashboard (collector.cfg's default dashboard-dir), as in dashboard/" \
+    bash -c '[ "$(cd "$2" && find . -type f | sed "s|^\./||" | LC_ALL=C sort)" = "$3" ] &&
+             while read -r f; do cmp "$1/$f" "$2/$f" || exit 1; done <<<"$3"' \
+    _ "$REPO/dashboard" "$R/usr/share/custos/dashboard" "$(served_files "$REPO/dashboard")"
 check "[collector] the postinst made the system user custos-collector (nologin, home its state directory)" \
     bash -c 'grep -Eq "^custos-collector:x:[0-9]+:[0-9]+:Custos collector:/var/lib/custos-collector:/usr/sbin/nologin$" "$1/etc/passwd" || cat "$1/etc/passwd"' _ "$R"
 cgid="$(awk -F: '$1 == "custos-collector" { print $3 }' "$R/etc/group" 2>/dev/null)"
@@ -356,8 +379,9 @@ check "[collector] purge custos-collector" DPKG "$R" --purge custos-collector
 check "[collector] purge removed the unit, the binary and the conffile, kept the database" \
     bash -c '! [ -e "$1/lib/systemd/system/custos-collector.service" ] && ! [ -e "$1/usr/bin/custos-collector" ] &&
              ! [ -e "$1/etc/custos/collector.cfg" ] && [ -f "$1/var/lib/custos-collector/collector.db" ]' _ "$R"
-check "[collector] the agent and the admin tool are untouched" \
-    bash -c '[ -x "$1/usr/bin/custos-agent" ] && [ -x "$1/usr/bin/custos" ] && [ -f "$1/etc/custos/config.cfg" ]' _ "$R"
+check "[collector] the agent, the admin tool and the dashboard (custos dashboard needs it) are untouched" \
+    bash -c '[ -x "$1/usr/bin/custos-agent" ] && [ -x "$1/usr/bin/custos" ] && [ -f "$1/etc/custos/config.cfg" ] &&
+             [ -f "$1/usr/share/custos/dashboard/index.html" ]' _ "$R"
 
 # --- live: the package under a real systemd ------------------------------------------------
 # systemd-sandbox.sh boots the host's systemd as PID 1 of new namespaces on an overlay of /, so
@@ -367,7 +391,7 @@ SBX="$WORK/sandbox"
 in_sbx() { "$HERE/systemd-sandbox.sh" run "$SBX" "$@"; }
 sbx_prop() { in_sbx systemctl show -P "$1" custos-agent.service 2>/dev/null; }
 live_ok=1
-for tool in unshare nsenter setpriv Xvfb xauth xdpyinfo mcookie openssl xdotool useradd; do
+for tool in unshare nsenter setpriv Xvfb xauth xdpyinfo mcookie openssl xdotool useradd curl; do
     command -v "$tool" >/dev/null 2>&1 || { live_ok=0; echo "# live systemd checks: $tool missing"; }
 done
 [ -x "$COLLECTOR_BIN" ] || { live_ok=0; echo "# live systemd checks: collector $COLLECTOR_BIN missing (swift build)"; }
@@ -594,17 +618,20 @@ else
     # Installed with apt beside the agent, with the same certificate as the host's collector,
     # the database in its state directory, and the agent switched over to it.
     sbx_cprop() { in_sbx systemctl show -P "$1" custos-collector.service 2>/dev/null; }
-    check "[collector] apt-get install ./custos-collector_0.2.0_amd64.deb ./custos_0.2.0_amd64.deb on a systemd machine" \
-        in_sbx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$DEBC" "$DEBA"
+    check "[collector] apt-get install ./custos-collector_0.2.0_amd64.deb ./custos_0.2.0_amd64.deb ./custos-dashboard_0.2.0_all.deb on a systemd machine" \
+        in_sbx env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$DEBC" "$DEBA" "$DEBD"
     check "[collector] unit known, not enabled, not started; user custos-collector exists" \
         bash -c '[ "$("$1" run "$2" systemctl show -P UnitFileState custos-collector.service) $("$1" run "$2" systemctl show -P ActiveState custos-collector.service)" = "disabled inactive" ] &&
                  "$1" run "$2" id custos-collector' _ "$HERE/systemd-sandbox.sh" "$SBX"
     CPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     in_sbx install -m 0644 "$COLL/collector.crt" /etc/custos/collector.crt
     in_sbx install -m 0640 -o root -g custos-collector "$COLL/collector.key" /etc/custos/collector.key
-    in_sbx sed -i -e "s|^listen=.*|listen=127.0.0.1:$CPORT|" /etc/custos/collector.cfg
+    APORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    # The dashboard's admin listener on, as an administrator turns it on (the shipped line commented out).
+    in_sbx sed -i -e "s|^listen=.*|listen=127.0.0.1:$CPORT|" -e "s|^#admin-listen=.*|admin-listen=127.0.0.1:$APORT|" /etc/custos/collector.cfg
     check "[collector] systemctl enable --now custos-collector" in_sbx timeout 60 systemctl enable --now custos-collector.service
     for _ in $(seq 1 100); do bash -c "exec 3<>/dev/tcp/127.0.0.1/$CPORT" 2>/dev/null && break; sleep 0.1; done
+    for _ in $(seq 1 100); do bash -c "exec 3<>/dev/tcp/127.0.0.1/$APORT" 2>/dev/null && break; sleep 0.1; done
     check "[collector] service active/running as user custos-collector, listening on 127.0.0.1:$CPORT" \
         bash -c '[ "$("$1" run "$2" systemctl show -P ActiveState custos-collector.service)" = active ] &&
                  p="$("$1" run "$2" systemctl show -P MainPID custos-collector.service)" &&
@@ -626,6 +653,46 @@ else
         in_sbx "${as_collector[@]}" custos keys register --db /var/lib/custos-collector/collector.db --public /var/tmp/custos-kek.pem
     in_sbx sed -i -e "s|^agent-token=.*|agent-token=$PKG_TOKEN|" -e "s|^server-url=.*|server-url=https://127.0.0.1:$CPORT|" \
         /etc/custos/config.cfg
+
+    # --- the dashboard: an admin made with the packaged custos logs in over HTTPS (curl) ------
+    ( umask 077; echo "a packaged dashboard password" > "$WORK/admin.pw"
+      echo '{"name":"pkg-reviewer","password":"a packaged dashboard password"}' > "$WORK/admin-login.json" )
+    in_sbx install -m 0600 -o custos-collector -g custos-collector "$WORK/admin.pw" /var/tmp/custos-admin.pw
+    check "[dashboard] custos admins add --password-file (as custos-collector) makes the viewer pkg-reviewer" \
+        in_sbx "${as_collector[@]}" custos admins add --db /var/lib/custos-collector/collector.db --name pkg-reviewer \
+            --role viewer --password-file /var/tmp/custos-admin.pw
+    in_sbx rm -f /var/tmp/custos-admin.pw
+    AURL="https://127.0.0.1:$APORT"
+    # acurl OUT PATH [CURL-ARGS...]: prints the status; the body to OUT, headers (CR removed) to OUT.hdr.
+    acurl() {
+        local out="$1" path="$2"; shift 2
+        curl -sS --max-time 30 --cacert "$COLL/collector.crt" -c "$WORK/admin.jar" -b "$WORK/admin.jar" \
+            -D "$out.hdr.raw" -o "$out" -w '%{http_code}' "$@" "$AURL$path"
+        tr -d '\r' < "$out.hdr.raw" > "$out.hdr"
+    }
+    st="$(acurl "$WORK/login" /api/v1/login -H "Origin: $AURL" -H 'Content-Type: application/json' --data-binary @"$WORK/admin-login.json")"
+    check "[dashboard] POST /api/v1/login on admin-listen over HTTPS: 200, role viewer, cookie HttpOnly; Secure; SameSite=Strict" \
+        bash -c '[ "$1" = 200 ] && grep -q "\"role\":\"viewer\"" "$2" &&
+                 grep -Eqi "^set-cookie: custos_session=[A-Za-z0-9_-]{43}; Path=/; HttpOnly; Secure; SameSite=Strict$" "$2.hdr" ||
+                 { echo "status $1"; cat "$2" "$2.hdr"; false; }' _ "$st" "$WORK/login"
+    st="$(acurl "$WORK/session" /api/v1/session)"
+    check "[dashboard] GET /api/v1/session with that cookie: pkg-reviewer" \
+        bash -c '[ "$1" = 200 ] && grep -q "\"name\":\"pkg-reviewer\"" "$2" || { echo "status $1"; cat "$2"; false; }' _ "$st" "$WORK/session"
+    st="$(acurl "$WORK/index" /)"
+    in_sbx cat /usr/share/custos/dashboard/index.html > "$WORK/index.installed"
+    check "[dashboard] GET / is /usr/share/custos/dashboard/index.html byte for byte (custos-dashboard, the default dashboard-dir)" \
+        bash -c '[ "$1" = 200 ] && [ -s "$3" ] && cmp "$2" "$3"' _ "$st" "$WORK/index" "$WORK/index.installed"
+    csp="default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    check "[dashboard] GET / carries the Content-Security-Policy of docs/API.md (frame-ancestors 'none') and nosniff" \
+        bash -c 'grep -qixF "content-security-policy: $2" "$1" && grep -qix "x-content-type-options: nosniff" "$1" || { cat "$1"; false; }' \
+        _ "$WORK/index.hdr" "$csp"
+    # The admin listener needs nothing of the unit: the running service's exposure (online,
+    # as systemd sees it now) is the packaged unit's measured above, and no drop-in was added.
+    live_score="$(in_sbx systemd-analyze security --no-pager custos-collector.service 2>&1 \
+        | sed -n 's/.*Overall exposure level for custos-collector.service: \([0-9.]*\) .*/\1/p')"
+    check "[dashboard] with admin-listen on, the running unit's exposure is the packaged unit's (${live_score:-?} = $cscore), no drop-in" \
+        bash -c '[ -n "$1" ] && [ "$1" = "$2" ] && [ -z "$("$3" run "$4" systemctl show -P DropInPaths custos-collector.service)" ]' \
+        _ "$live_score" "$cscore" "$HERE/systemd-sandbox.sh" "$SBX"
     check "[collector] the agent service restarts with server-url pointing at the packaged collector" \
         in_sbx timeout 60 systemctl restart custos-agent.service
     pkg_screens=0 pkg_keys=0

@@ -22,12 +22,13 @@ public struct DBCommand: AsyncParsableCommand {
 public struct DBMigrateCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "migrate",
-        abstract: "Copy a collector database (agents, KEKs, DEK records, captures with their blob bytes, audit log) into another, then verify counts and a sample of blobs byte for byte.",
+        abstract: "Copy a collector database (agents, KEKs, DEK records, captures with their blob bytes, audit log, legal holds, dashboard accounts) into another, then verify counts and a sample of blobs byte for byte.",
         discussion: """
             Typical use: custos db migrate --from /var/lib/custos-collector/collector.db \
             --to postgres://custos@db.example.org/custos --to-password-file /etc/custos/database-password. \
             Rows are copied as they are: agents keep their tokens, KEK rows and audit entries their ids and \
-            times, captures their capture and receive times. Running it again resumes an interrupted copy \
+            times, captures their capture and receive times, dashboard accounts their password hashes and TOTP \
+            secrets (their sessions are not copied: reviewers log in again). Running it again resumes an interrupted copy \
             (what is there already is skipped); a target holding other data under the same ids is refused. \
             Exit 0 when the copy verifies, 1 when it does not (the numbers are printed), 2 for usage or \
             database errors.
@@ -105,6 +106,8 @@ struct MigrationReport: Sendable {
     var audit = (copied: 0, new: 0)
     /// Legal holds active at the copy (ended ones are in the audit log).
     var holds = (copied: 0, new: 0)
+    /// Dashboard accounts (their sessions are never copied).
+    var admins = (copied: 0, new: 0)
     var verifiedBlobs = 0
     /// Each difference found (a count, a row, a blob), in words.
     var problems: [String] = []
@@ -113,21 +116,25 @@ struct MigrationReport: Sendable {
         "\(counted(agents.copied, "agent")) (\(agents.new) new), \(counted(keks.copied, "KEK row")) (\(keks.new) new), "
             + "\(counted(deks.copied, "DEK record")) (\(deks.new) new), \(counted(captures.copied, "capture")) (\(captures.new) new, "
             + "\(bytes) bytes sealed), \(counted(audit.copied, "audit entry", plural: "audit entries")) (\(audit.new) new), "
-            + "\(counted(holds.copied, "active legal hold")) (\(holds.new) new) copied; "
+            + "\(counted(holds.copied, "active legal hold")) (\(holds.new) new), "
+            + "\(counted(admins.copied, "dashboard account")) (\(admins.new) new; sessions not copied) copied; "
             + "\(verifiedBlobs) blobs compared byte for byte; \(problems.isEmpty ? "verified" : "NOT verified")"
     }
 }
 
 /// Copies one collector storage into another through the seam, and verifies the copy.
 ///
-/// Order: agents (token hashes), KEK rows, DEK records, captures (a page of 200 at a time, each
-/// with its blob bytes, ingested grouped by their original receive time), the audit log, then a
-/// `db.migrate` audit entry in the target. Every step is idempotent (``TransferStore``, ingest by
+/// Order: agents (token hashes), KEK rows, dashboard accounts (as stored: bcrypt hash, TOTP
+/// secret and last accepted step, failed-login state; never their sessions, so every reviewer
+/// logs in again on the copy), DEK records, captures (a page of 200 at a time, each with its blob
+/// bytes, ingested grouped by their original receive time), the audit log, active legal holds,
+/// then a `db.migrate` audit entry in the target. Every step is idempotent (``TransferStore``, ingest by
 /// id), so running it again resumes; a target holding other rows under the same ids fails
 /// (`.alreadyExists`, or ingest's `conflict`/`otherAgent`, reported as problems).
 ///
 /// Verification: the agents, KEK rows, DEK records (all, byte for byte) and the capture count
-/// must be equal on both sides, and `verifySample` captures spread evenly over the copy are
+/// must be equal on both sides, every source dashboard account must be in the target with the
+/// same credentials, and `verifySample` captures spread evenly over the copy are
 /// compared row and bytes. Memory: one page of blobs at a time (200 blobs).
 struct StorageMigration {
     let source: any CollectorStorage
@@ -163,6 +170,17 @@ struct StorageMigration {
         let keks = try await storageCall { () throws(StorageError) in try await source.keks() }
         report.keks = (keks.count, try await storageCall { () throws(StorageError) in try await target.importKEKs(keks) })
         log("KEK rows: \(keks.count) (\(report.keks.new) new)")
+
+        // Dashboard accounts, as stored; a name the target has already is an earlier copy of it
+        // (``preflight()`` refused other credentials under it).
+        let accounts = try await storageCall { () throws(StorageError) in try await source.admins() }
+        let targetAccounts = Set(try await storageCall { () throws(StorageError) in try await target.admins() }.map(\.name))
+        for account in accounts where !targetAccounts.contains(account.name) {
+            try await storageCall { () throws(StorageError) in try await target.addAdmin(account) }
+            report.admins.new += 1
+        }
+        report.admins.copied = accounts.count
+        log("dashboard accounts: \(accounts.count) (\(report.admins.new) new; their sessions are not copied)")
 
         // DEK records, a page at a time; all are compared afterwards (they are few and small).
         var after: DEKID?
@@ -299,11 +317,13 @@ struct StorageMigration {
         let agents = try await storageCall { () throws(StorageError) in try await target.agentCredentials() }
         let keks = try await storageCall { () throws(StorageError) in try await target.keks() }
         let audit = try await Self.allAudit(target)
-        let isEmpty = counts == (0, 0) && agents.isEmpty && keks.isEmpty && audit.isEmpty
+        let accounts = try await storageCall { () throws(StorageError) in try await target.admins() }
+        let isEmpty = counts == (0, 0) && agents.isEmpty && keks.isEmpty && audit.isEmpty && accounts.isEmpty
         let earlierCopy = audit.contains { $0.action == "db.migrate" && $0.detail.contains("source-id=\(sourceID) ") }
         guard isEmpty || earlierCopy else {
             throw AdminError(.usage, "the target is not empty and is not an earlier copy of \(sourceName): it holds "
-                             + "\(counted(counts.captures, "capture")), \(counted(agents.count, "agent")), \(counted(keks.count, "KEK row")) and "
+                             + "\(counted(counts.captures, "capture")), \(counted(agents.count, "agent")), \(counted(keks.count, "KEK row")), "
+                             + "\(counted(accounts.count, "dashboard account")) and "
                              + "\(counted(audit.count, "audit entry", plural: "audit entries")); copy into an empty database")
         }
         // An earlier copy may have gained rows of its own since (agents added on the new
@@ -317,6 +337,13 @@ struct StorageMigration {
         let sourceKEKs = try await storageCall { () throws(StorageError) in try await source.keks() }
         do { _ = try KEKRow.rowsToImport(sourceKEKs, existing: keks, context: "the target") } catch {
             throw AdminError(.usage, "\(error.message); nothing was copied")
+        }
+        // Nor may a dashboard account: credentials are never overwritten either way.
+        let sourceAccounts = try await storageCall { () throws(StorageError) in try await source.admins() }
+        for a in accounts {
+            if let s = sourceAccounts.first(where: { $0.name == a.name }), !s.sameCredentials(as: a) {
+                throw AdminError(.usage, "dashboard account \(a.name) has another role, password or TOTP secret in the target than in \(sourceName); nothing was copied")
+            }
         }
         return (sourceID, earlierCopy)
     }
@@ -360,6 +387,15 @@ struct StorageMigration {
         if counts.deks != now.deks {
             report.problems.append("DEK records: \(now.deks) in the source, \(counts.deks) in the target")
         }
+        let sourceAccounts = try await storageCall { () throws(StorageError) in try await source.admins() }
+        let targetAccounts = try await storageCall { () throws(StorageError) in try await target.admins() }
+        for a in sourceAccounts {
+            guard let copy = targetAccounts.first(where: { $0.name == a.name }) else {
+                report.problems.append("dashboard account \(a.name) is not in the target")
+                continue
+            }
+            if !copy.sameCredentials(as: a) { report.problems.append("dashboard account \(a.name): its role, password or TOTP secret differ") }
+        }
         let nowMs = Int64(Date().timeIntervalSince1970 * 1000)
         let sourceHolds = try await storageCall { () throws(StorageError) in try await source.holds(activeAtMs: nowMs) }
         let targetHolds = try await storageCall { () throws(StorageError) in try await target.holds(activeAtMs: nowMs) }
@@ -386,7 +422,7 @@ struct StorageMigration {
             if a == nil || a != b { report.problems.append("capture \(info.blobID.hex): its blob bytes differ") }
             report.verifiedBlobs += 1
         }
-        log("verified: counts, \(counted(dekIDs.count, "DEK record")) and \(counted(sampled.count, "sampled capture")) "
+        log("verified: counts, \(counted(sourceAccounts.count, "dashboard account")), \(counted(dekIDs.count, "DEK record")) and \(counted(sampled.count, "sampled capture")) "
             + (report.problems.isEmpty ? "match" : "DO NOT match"))
     }
 }

@@ -86,15 +86,22 @@ public enum AdminTOTP {
         return String(uri[start...].prefix { $0 != "&" })
     }
 
-    /// Whether `code` (6 digits) is the code of `secret` at `date`, or of the step before or
-    /// after (a clock up to 30 s off), compared in constant time.
-    public static func verify(code: String, secret: String, at date: Date = Date()) -> Bool {
-        guard code.utf8.count == 6, code.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return false }
+    /// The RFC 6238 time step of `date`: whole 30-second periods since 1970 (the counter the
+    /// code is computed from).
+    public static func step(at date: Date) -> Int64 { Int64((date.timeIntervalSince1970 / 30).rounded(.down)) }
+
+    /// The time step whose code `code` (6 digits) is: the step of `date`, or the one before or
+    /// after (a clock up to 30 s off), compared in constant time (all three are computed); nil
+    /// when it is none of them. The caller accepts a step once
+    /// (`AdminAccountStore.acceptTOTPStep`), so a code cannot be used twice.
+    public static func matchingStep(code: String, secret: String, at date: Date = Date()) -> Int64? {
+        guard code.utf8.count == 6, code.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
         let totp = TOTP(secret: secret)
-        var match = false
+        var match: Int64?
         for offset in [-30.0, 0, 30] {
-            let expected = String(format: "%06d", totp.compute(date: date.addingTimeInterval(offset)))
-            match = constantTimeEqual(Array(expected.utf8), Array(code.utf8)) || match
+            let at = date.addingTimeInterval(offset)
+            let expected = String(format: "%06d", totp.compute(date: at))
+            if constantTimeEqual(Array(expected.utf8), Array(code.utf8)) { match = step(at: at) }
         }
         return match
     }

@@ -140,6 +140,7 @@ final class AdminAPI: Sendable {
         api.get("captures/:id/plain", use: authed(.view) { request, context, session in
             try await self.plain(request, context, session)
         })
+        api.post("plain", use: authed(.view) { request, context, session in try await self.plainBatch(request, context, session) })
         api.post("sealed", use: authed(.fetchSealed) { request, context, session in try await self.sealed(request, context, session) })
         api.get("audit", use: authed(.readAudit) { request, _, _ in try await self.audit(request) })
         api.post("client-report", use: authed(.view) { request, context, session in
@@ -215,36 +216,55 @@ final class AdminAPI: Sendable {
         guard totp == nil || totp is String || totp is NSNull else { throw AdminHTTPError.badParameter("totp", "expected a string of 6 digits") }
         let password = Secret(passwordText)
         let nowMs = Self.nowMs()
-        guard let name = try? AdminName(nameText),
-              let account = try await stored("read an account", { () throws(StorageError) in try await storage.admin(name) }) else {
-            // Unknown name: the same work and the same answer as a wrong password.
+        guard let name = try? AdminName(nameText) else {
+            // Not a name any account can have: nothing to count it under, nothing to reveal.
             _ = await AdminPassword.verify(password, hash: AdminPassword.dummyHash)
             addressLimiter.failed(ip)
-            logger.notice("admin login refused: unknown name", metadata: ["admin.name": .safe(nameText), "admin.client": .safe(ip)])
+            logger.notice("admin login refused: not an admin name", metadata: ["admin.name": .safe(nameText), "admin.client": .safe(ip)])
             throw Self.wrongLogin
         }
-        if let until = account.lockedUntilMs, until > nowMs {
+        // A name that is not an account is counted and locked like one (in the storage, so on
+        // every instance), and checked against a dummy hash: the same answers, the same work.
+        let account = try await stored("read an account") { () throws(StorageError) in try await storage.admin(name) }
+        let lockedUntil: Int64? = if let account {
+            account.lockedUntilMs.flatMap { $0 > nowMs ? $0 : nil }
+        } else {
+            try await stored("read a login lock") { () throws(StorageError) in try await storage.loginLockedUntil(name, nowMs: nowMs) }
+        }
+        if let until = lockedUntil {
             throw AdminHTTPError(.tooManyRequests, "too many failed logins; the account is locked for now",
                                  headers: [.retryAfter: "\((until - nowMs + 999) / 1000)"])
         }
-        var good = await AdminPassword.verify(password, hash: account.passwordHash)
+        var good = await AdminPassword.verify(password, hash: account?.passwordHash ?? AdminPassword.dummyHash) && account != nil
         var refusal = Self.wrongLogin
-        if good, let secret = account.totpSecret {
+        if good, let account, let secret = account.totpSecret {
             let code = (totp as? String) ?? ""
-            if code.isEmpty { refusal = AdminHTTPError(.unauthorized, "totp: a 6-digit code is required for this account") }
-            good = AdminTOTP.verify(code: code, secret: secret)
-            if !good && !code.isEmpty { refusal = AdminHTTPError(.unauthorized, "totp: wrong code") }
+            if code.isEmpty {
+                refusal = AdminHTTPError(.unauthorized, "totp: a 6-digit code is required for this account")
+                good = false
+            } else if let step = AdminTOTP.matchingStep(code: code, secret: secret) {
+                // Each code is accepted once (one conditional UPDATE, so on one instance only).
+                good = try await stored("record a TOTP step") { () throws(StorageError) in
+                    try await storage.acceptTOTPStep(name, step: step)
+                }
+                if !good { refusal = AdminHTTPError(.unauthorized, "totp: this code was used already; wait for the next one") }
+            } else {
+                refusal = AdminHTTPError(.unauthorized, "totp: wrong code")
+                good = false
+            }
         }
-        guard good else {
+        guard good, let account else {
             addressLimiter.failed(ip)
             let failure = try await stored("count a failed login") { () throws(StorageError) in
                 try await storage.recordFailedLogin(name, nowMs: nowMs, maxFailures: Self.maxFailures, lockMs: Self.lockMs)
             }
             logger.notice("admin login refused", metadata: ["admin.name": .safe(name), "admin.client": .safe(ip),
-                                                           "admin.failures": "\(failure?.failures ?? 0)"])
-            if let until = failure?.lockedUntilMs {
+                                                           "admin.failures": "\(failure.failures)",
+                                                           "admin.known": "\(account != nil)"])
+            if let until = failure.lockedUntilMs {
+                let what = account == nil ? " (no account of this name)" : ""
                 _ = try? await storage.appendAudit(actor: name.rawValue, action: "admin.locked",
-                                                   detail: "\(Self.maxFailures) failed logins; locked until \(until) ms; last from \(ip)")
+                                                   detail: "\(Self.maxFailures) failed logins\(what); locked until \(until) ms; last from \(ip)")
             }
             throw refusal
         }
@@ -291,10 +311,10 @@ final class AdminAPI: Sendable {
             guard let id = try? AgentID(String(text)) else { throw AdminHTTPError.badParameter("after", "expected an agent id") }
             after = id
         }
-        // The agents table is fleet-sized and read whole; each agent on the page then costs
-        // one index range of its newest captures.
-        let all = try await stored("list agents") { () throws(StorageError) in try await storage.agents() }
-        let rest = all.filter { after == nil || $0.id > after! }
+        // One range of the agents' primary key (one more row than the page says whether a next
+        // page exists); each agent on the page then costs one index range of its newest captures
+        // (`captures (agent_id, capture_time, blob_id)`, read backwards).
+        let rest = try await stored("list agents") { () throws(StorageError) in try await storage.agents(after: after, limit: limit + 1) }
         let page = Array(rest.prefix(limit))
         var items: [[String: Any]] = []
         for agent in page {
@@ -377,11 +397,11 @@ final class AdminAPI: Sendable {
 
     // MARK: Sealed bytes and collector-sealed items
 
-    /// Ids of a `/sealed` list: at most ``maxSealedIDs`` of 32 hex digits each.
-    static func ids<Kind: IdentifierKind>(_ value: Any?, _ name: String, _: Kind.Type) throws -> [FixedLengthID<Kind>] {
+    /// Ids of a request's list: at most `max` (default ``maxSealedIDs``) of 32 hex digits each.
+    static func ids<Kind: IdentifierKind>(_ value: Any?, _ name: String, _: Kind.Type, max: Int = maxSealedIDs) throws -> [FixedLengthID<Kind>] {
         guard let value else { return [] }
         guard let list = value as? [Any] else { throw AdminHTTPError.badParameter(name, "expected a list of ids") }
-        guard list.count <= maxSealedIDs else { throw AdminHTTPError.badParameter(name, "at most \(maxSealedIDs) ids") }
+        guard list.count <= max else { throw AdminHTTPError.badParameter(name, "at most \(max) ids") }
         return try list.enumerated().map { i, item in
             guard let text = item as? String, let id = FixedLengthID<Kind>(hex: text.lowercased()) else {
                 throw AdminHTTPError.badParameter("\(name)[\(i)]", "expected \(Kind.byteCount * 2) hex digits")
@@ -434,40 +454,6 @@ final class AdminAPI: Sendable {
         }
         return Response(status: .ok, headers: [.contentType: "application/octet-stream", .cacheControl: "no-store",
                                                .init("X-Custos-Missing")!: "\(missing)"], body: bodyWriter)
-    }
-
-    /// `GET /api/v1/captures/ID/plain`: an item sealed to the collector's own KEK, opened here
-    /// (Envelope: the DEK record unwrapped with `server-private-key-file`, the blob opened with
-    /// AES-256-GCM); an E2EE item is refused 403. Audited (`admin.open-collector-sealed`).
-    func plain(_ request: Request, _ context: AdminRequestContext, _ session: AdminSession) async throws -> Response {
-        guard let text = context.parameters.get("id"), let id = BlobID(hex: text) else {
-            throw AdminHTTPError.badParameter("id", "expected 32 hex digits")
-        }
-        let storage = self.storage
-        guard let info = try await stored("read a capture", { () throws(StorageError) in try await storage.capture(id) }) else {
-            throw AdminHTTPError(.notFound, "no capture \(id.hex)")
-        }
-        guard let key = ownKey, info.kekID == key.id else {
-            throw AdminHTTPError.forbidden("end-to-end encrypted: decrypt in your browser")
-        }
-        guard let recordBytes = try await stored("read a DEK record", { () throws(StorageError) in try await storage.dekRecord(info.dekID) }),
-              let blobBytes = try await stored("read a blob", { () throws(StorageError) in try await storage.blob(id) }) else {
-            throw AdminHTTPError(.notFound, "capture \(id.hex): its DEK record or bytes are gone")
-        }
-        try await stored("append the audit record") { () throws(StorageError) in
-            try await storage.appendAudit(actor: session.admin.rawValue, action: "admin.open-collector-sealed",
-                                          detail: "blob=\(id.hex) agent=\(info.agentID) kind=\(info.kind.name) from \(context.clientIP)")
-        }
-        let plaintext: Data
-        do {
-            let opener = try key.unwrap(try DEKRecord(parsing: recordBytes))
-            plaintext = try opener.open(try SealedBlob(parsing: blobBytes))
-        } catch {
-            logger.error("admin: a collector-sealed item does not open", metadata: ["admin.blob": "\(id.hex)", "admin.error": .safe(error)])
-            throw AdminHTTPError(.unprocessableContent, "capture \(id.hex) does not open with the collector's key (damaged or tampered)")
-        }
-        return Response(status: .ok, headers: [.contentType: "application/octet-stream", .cacheControl: "no-store"],
-                        body: .init(byteBuffer: ByteBuffer(bytes: plaintext)))
     }
 
     // MARK: Client reports

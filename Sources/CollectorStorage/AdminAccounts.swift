@@ -52,9 +52,13 @@ public struct AdminAccount: Sendable, Equatable {
     public var failedLogins: Int
     /// While now is before this (Unix ms), logins are refused without checking the password.
     public var lockedUntilMs: Int64?
+    /// The RFC 6238 time step (Unix seconds / 30) of the last TOTP code accepted for this
+    /// account: a code of this step or an earlier one is refused (no replay within its
+    /// window). nil: none accepted since the secret was set.
+    public var totpLastStep: Int64?
 
     public init(name: AdminName, role: AdminRole, passwordHash: String, totpSecret: String?, createdAtMs: Int64,
-                failedLogins: Int = 0, lockedUntilMs: Int64? = nil) {
+                failedLogins: Int = 0, lockedUntilMs: Int64? = nil, totpLastStep: Int64? = nil) {
         self.name = name
         self.role = role
         self.passwordHash = passwordHash
@@ -62,6 +66,7 @@ public struct AdminAccount: Sendable, Equatable {
         self.createdAtMs = createdAtMs
         self.failedLogins = failedLogins
         self.lockedUntilMs = lockedUntilMs
+        self.totpLastStep = totpLastStep
     }
 }
 
@@ -101,7 +106,7 @@ public struct SessionLimits: Sendable, Equatable {
     }
 }
 
-/// What a failed login did to its account (``AdminAccountStore/recordFailedLogin(_:nowMs:maxFailures:lockMs:)``).
+/// What a failed login did to its name's count (``AdminAccountStore/recordFailedLogin(_:nowMs:maxFailures:lockMs:)``).
 public struct LoginFailure: Sendable, Equatable {
     /// Failures counted now (1 after a lock ended).
     public var failures: Int
@@ -132,14 +137,27 @@ public protocol AdminAccountStore: Sendable {
     /// Changes an account's role (open sessions get it at their next request). - Throws: `.notFound`.
     func setAdminRole(_ name: AdminName, role: AdminRole) async throws(StorageError)
     /// Replaces the password hash (and the TOTP secret when `totpSecret` is given: `.some(nil)`
-    /// removes it), ends every session of the account and clears its lock. - Throws: `.notFound`.
+    /// removes it, and a new or removed secret forgets the last accepted TOTP step), ends every
+    /// session of the account and clears its lock. - Throws: `.notFound`.
     func setAdminPassword(_ name: AdminName, passwordHash: String, totpSecret: String??) async throws(StorageError)
-    /// Counts a failed login in one statement (concurrent failures on several instances all
-    /// count). When the count reaches `maxFailures` the account is locked until `nowMs + lockMs`;
-    /// a failure after a lock ended starts counting at 1. nil for an unknown account.
-    func recordFailedLogin(_ name: AdminName, nowMs: Int64, maxFailures: Int, lockMs: Int64) async throws(StorageError) -> LoginFailure?
+    /// Counts a failed login of `name` in one statement (concurrent failures on several
+    /// instances all count), whether or not an account of that name exists, so a name that is
+    /// not an account locks like one and a lock reveals nothing (docs/API.md "Login limits").
+    /// When the count reaches `maxFailures` the name is locked until `nowMs + lockMs`; a failure
+    /// after a lock ended starts counting at 1. An account's count is in its row; other names'
+    /// are in `admin_login_failures`, at most ``AdminLoginLimits/maxUnknownNames`` of them (past
+    /// that, the unlocked ones whose last failure is oldest are forgotten).
+    func recordFailedLogin(_ name: AdminName, nowMs: Int64, maxFailures: Int, lockMs: Int64) async throws(StorageError) -> LoginFailure
+    /// Until when (Unix ms) logins of `name` are refused at `nowMs`, nil when they are not: an
+    /// account's lock or, for a name that is not an account, that name's.
+    func loginLockedUntil(_ name: AdminName, nowMs: Int64) async throws(StorageError) -> Int64?
     /// Clears the failure count and lock after a successful login.
     func recordSuccessfulLogin(_ name: AdminName) async throws(StorageError)
+    /// Records `step` (RFC 6238 time step of the TOTP code just verified) as the account's last
+    /// accepted one, in one conditional UPDATE; false (nothing changed) when a code of this step
+    /// or a later one was accepted already (a replay, possibly on another instance) or the
+    /// account is gone.
+    func acceptTOTPStep(_ name: AdminName, step: Int64) async throws(StorageError) -> Bool
 
     /// Stores a new session (`tokenHash`: SHA-256 of its token, 32 bytes) made now.
     /// - Throws: `.notFound` for an unknown account, `.invalidArgument` for a hash that is not 32 bytes.
@@ -152,6 +170,13 @@ public protocol AdminAccountStore: Sendable {
     func deleteSession(tokenHash: Data) async throws(StorageError)
     /// Deletes every session expired at `nowMs`; returns how many.
     func deleteExpiredSessions(nowMs: Int64, limits: SessionLimits) async throws(StorageError) -> Int
+}
+
+/// Bounds of the failed-login bookkeeping every backend keeps alike.
+public enum AdminLoginLimits {
+    /// Most names that are not accounts whose failed logins are remembered
+    /// (`admin_login_failures`); a name locked now is never forgotten.
+    public static let maxUnknownNames = 10_000
 }
 
 extension StorageCheck {

@@ -14,6 +14,11 @@ public protocol AgentStore: Sendable {
     func removeAgent(_ id: AgentID) async throws(StorageError)
     /// Every agent, by id.
     func agents() async throws(StorageError) -> [AgentInfo]
+    /// One page of agents by id (byte order), strictly after `after` (any agent id, stored or
+    /// not; nil: from the first), at most `limit` (1…10,000). One range of the primary key's
+    /// index: a page never reads the whole table.
+    /// - Throws: `.invalidArgument` for a limit out of range.
+    func agents(after: AgentID?, limit: Int) async throws(StorageError) -> [AgentInfo]
     /// Whether `token` is the agent's token (constant-time comparison of SHA-256 digests);
     /// false for an unknown agent.
     func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool

@@ -90,3 +90,13 @@ extension KEKRow {
         return c
     }
 }
+
+extension AdminAccount {
+    /// The same credentials as `other` (what `custos db migrate` compares): name, role,
+    /// password hash, TOTP secret and creation time; not the failed-login state or the last
+    /// TOTP step, which change with every login.
+    public func sameCredentials(as other: AdminAccount) -> Bool {
+        name == other.name && role == other.role && passwordHash == other.passwordHash
+            && totpSecret == other.totpSecret && createdAtMs == other.createdAtMs
+    }
+}

@@ -236,6 +236,27 @@ enum PostgresSchema {
             CREATE INDEX admin_sessions_admin ON admin_sessions (admin)
             """#,
         ]),
+        Migration(version: 6, name: "v6-admin-hardening", statements: [
+            // The RFC 6238 step of the last TOTP code accepted: a code is accepted once
+            // (AdminAccountStore.acceptTOTPStep).
+            #"""
+            ALTER TABLE admin_accounts ADD COLUMN totp_last_step bigint
+            """#,
+            // Failed logins of names that are not accounts, counted and locked like an
+            // account's, so a lock reveals nothing about which names exist; bounded
+            // (AdminLoginLimits), pruned by last_failure.
+            #"""
+            CREATE TABLE admin_login_failures (
+                name text COLLATE "C" PRIMARY KEY,
+                failed_logins integer NOT NULL,
+                locked_until timestamptz,
+                last_failure timestamptz NOT NULL
+            )
+            """#,
+            #"""
+            CREATE INDEX admin_login_failures_last ON admin_login_failures (last_failure)
+            """#,
+        ]),
     ]
 
     /// The newest version this build knows.
@@ -260,7 +281,7 @@ enum PostgresSchema {
         // Blob files: the database's id (the directory marker), marked once by a collector.
         "GRANT SELECT, UPDATE ON blob_store TO %ROLE%",
         // The dashboard: logins count failures and make sessions; `custos admins` manages accounts.
-        "GRANT SELECT, INSERT, UPDATE, DELETE ON admin_accounts, admin_sessions TO %ROLE%",
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON admin_accounts, admin_sessions, admin_login_failures TO %ROLE%",
         // Retention with blob files: the ranges to erase (queued by expiry, removed when done).
         "GRANT SELECT, INSERT, UPDATE, DELETE ON blob_release TO %ROLE%",
     ]

@@ -4,18 +4,25 @@ import Foundation
 import NIOCore
 import PostgresNIO
 
-/// Dashboard accounts and sessions (`admin_accounts`, `admin_sessions`; migration 5 `v5-admins`).
+/// Dashboard accounts and sessions (`admin_accounts`, `admin_sessions`; migration 5 `v5-admins`), the
+/// failed logins of names that are not accounts and the last accepted TOTP step (migration 6
+/// `v6-admin-hardening`).
 extension PostgresStorage {
     public func addAdmin(_ account: AdminAccount) async throws(StorageError) {
         try StorageCheck.account(account, context: location)
         let a = account
-        let inserted = try await withClient("add admin \(a.name)") { client in
-            try await client.query("""
-                INSERT INTO admin_accounts (name, role, password_hash, totp_secret, created_at, failed_logins, locked_until)
+        let inserted = try await inTransaction("add admin \(a.name)") { conn in
+            guard try await conn.query("""
+                INSERT INTO admin_accounts (name, role, password_hash, totp_secret, created_at, failed_logins, locked_until,
+                                            totp_last_step)
                 VALUES (\(a.name.rawValue), \(a.role.rawValue), \(a.passwordHash), \(a.totpSecret),
-                        \(timestampMs: a.createdAtMs), \(a.failedLogins), \(a.lockedUntilMs.map { Self.timestamp($0) }))
+                        \(timestampMs: a.createdAtMs), \(a.failedLogins), \(a.lockedUntilMs.map { Self.timestamp($0) }),
+                        \(a.totpLastStep))
                 ON CONFLICT (name) DO NOTHING RETURNING 1
-                """, logger: Self.quiet).collect().count > 0
+                """, logger: Self.quiet).collect().count > 0 else { return false }
+            // The name's failures from before it was an account no longer count.
+            try await conn.query("DELETE FROM admin_login_failures WHERE name = \(a.name.rawValue)", logger: Self.quiet)
+            return true
         }
         guard inserted else { throw StorageError(.alreadyExists, "\(location): admin \(SafeText.quoted(a.name.rawValue)) exists already") }
     }
@@ -24,10 +31,11 @@ extension PostgresStorage {
     static func timestamp(_ ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
 
     static let accountColumns = """
-        name, role, password_hash, totp_secret, \(SQLTime.ms("created_at")), failed_logins, \(SQLTime.ms("locked_until"))
+        name, role, password_hash, totp_secret, \(SQLTime.ms("created_at")), failed_logins, \(SQLTime.ms("locked_until")),
+        totp_last_step
         """
 
-    static func account(_ row: (String, String, String, String?, Int64, Int, Int64?), location: String) throws(StorageError) -> AdminAccount {
+    static func account(_ row: (String, String, String, String?, Int64, Int, Int64?, Int64?), location: String) throws(StorageError) -> AdminAccount {
         guard let name = try? AdminName(row.0) else {
             throw StorageError(.corrupt, "\(location): admin_accounts holds name \(SafeText.quoted(row.0)), not a valid admin name")
         }
@@ -35,7 +43,7 @@ extension PostgresStorage {
             throw StorageError(.corrupt, "\(location): admin_accounts row \(SafeText.quoted(row.0)) holds role \(SafeText.quoted(row.1))")
         }
         return AdminAccount(name: name, role: role, passwordHash: row.2, totpSecret: row.3, createdAtMs: row.4,
-                            failedLogins: row.5, lockedUntilMs: row.6)
+                            failedLogins: row.5, lockedUntilMs: row.6, totpLastStep: row.7)
     }
 
     public func admin(_ name: AdminName) async throws(StorageError) -> AdminAccount? {
@@ -56,7 +64,7 @@ extension PostgresStorage {
                 try await client.query("SELECT \(unescaped: Self.accountColumns) FROM admin_accounts ORDER BY name", logger: Self.quiet)
             }
             var out: [AdminAccount] = []
-            for try await row in rows.decode((String, String, String, String?, Int64, Int, Int64?).self) {
+            for try await row in rows.decode((String, String, String, String?, Int64, Int, Int64?, Int64?).self) {
                 out.append(try Self.account(row, location: location))
             }
             return out
@@ -89,7 +97,8 @@ extension PostgresStorage {
                 WHERE name = \(name.rawValue) RETURNING 1
                 """, logger: Self.quiet).collect().count > 0 else { return false }
             if case .some(let secret) = totpSecret {
-                try await conn.query("UPDATE admin_accounts SET totp_secret = \(secret) WHERE name = \(name.rawValue)", logger: Self.quiet)
+                try await conn.query("UPDATE admin_accounts SET totp_secret = \(secret), totp_last_step = NULL WHERE name = \(name.rawValue)",
+                                     logger: Self.quiet)
             }
             try await conn.query("DELETE FROM admin_sessions WHERE admin = \(name.rawValue)", logger: Self.quiet)
             return true
@@ -97,30 +106,58 @@ extension PostgresStorage {
         guard updated else { throw StorageError(.notFound, "\(location): no admin \(SafeText.quoted(name.rawValue))") }
     }
 
-    public func recordFailedLogin(_ name: AdminName, nowMs: Int64, maxFailures: Int, lockMs: Int64) async throws(StorageError) -> LoginFailure? {
+    public func recordFailedLogin(_ name: AdminName, nowMs: Int64, maxFailures: Int, lockMs: Int64) async throws(StorageError) -> LoginFailure {
         try StorageCheck.time(nowMs, "login time", context: location)
-        let until = nowMs + lockMs
-        return try await withClient("count a failed login of admin \(name)") { client in
+        let rule = FailureCount(nowMs: nowMs, maxFailures: maxFailures, lockMs: lockMs)
+        let cap = AdminLoginLimits.maxUnknownNames
+        let location = self.location
+        let counted = try await inTransaction("count a failed login of \(name)") { conn -> (Int, Int64?)? in
             // Right-hand sides see the row as it was (SQL UPDATE semantics): one statement, so
             // failures on several instances at once all count.
-            let rows = try await client.query("""
-                UPDATE admin_accounts SET
-                    failed_logins = CASE WHEN locked_until IS NOT NULL AND locked_until <= \(timestampMs: nowMs) THEN 1
-                                         ELSE failed_logins + 1 END,
-                    locked_until = CASE
-                        WHEN locked_until IS NOT NULL AND locked_until <= \(timestampMs: nowMs)
-                            THEN (CASE WHEN 1 >= \(maxFailures) THEN \(timestampMs: until) END)
-                        WHEN failed_logins + 1 >= \(maxFailures) THEN \(timestampMs: until)
-                        ELSE locked_until END
+            var account: (Int, Int64?)?
+            for try await row in try await conn.query("""
+                UPDATE admin_accounts SET \(failureCount: rule, table: "admin_accounts")
                 WHERE name = \(name.rawValue)
                 RETURNING failed_logins, \(unescaped: SQLTime.ms("locked_until"))
+                """, logger: Self.quiet).decode((Int, Int64?).self) { account = row }
+            if let account { return account }
+            // Not an account: the same count in admin_login_failures (the upsert's DO UPDATE
+            // sees the stored row as `f`).
+            var out: (Int, Int64?)?
+            for try await row in try await conn.query("""
+                INSERT INTO admin_login_failures AS f (name, failed_logins, locked_until, last_failure)
+                VALUES (\(name.rawValue), 1, CASE WHEN 1 >= \(maxFailures) THEN \(timestampMs: rule.untilMs) END, \(timestampMs: nowMs))
+                ON CONFLICT (name) DO UPDATE SET \(failureCount: rule, table: "f"), last_failure = \(timestampMs: nowMs)
+                RETURNING failed_logins, \(unescaped: SQLTime.ms("locked_until"))
+                """, logger: Self.quiet).decode((Int, Int64?).self) { out = row }
+            // Bounded: past the cap, the unlocked names whose last failure is oldest go.
+            try await conn.query("""
+                DELETE FROM admin_login_failures WHERE name IN (
+                    SELECT name FROM admin_login_failures
+                    WHERE locked_until IS NULL OR locked_until <= \(timestampMs: nowMs)
+                    ORDER BY last_failure
+                    LIMIT GREATEST(0, (SELECT count(*) FROM admin_login_failures) - \(cap)))
                 """, logger: Self.quiet)
-            var out: LoginFailure?
-            for try await (failures, locked) in rows.decode((Int, Int64?).self) {
-                out = LoginFailure(failures: failures, lockedUntilMs: locked.flatMap { $0 > nowMs ? $0 : nil })
-            }
             return out
         }
+        guard let counted else { throw StorageError(.failed, "\(location): counting a failed login of \(name) returned no row") }
+        return LoginFailure(failures: counted.0, lockedUntilMs: counted.1.flatMap { $0 > nowMs ? $0 : nil })
+    }
+
+    public func loginLockedUntil(_ name: AdminName, nowMs: Int64) async throws(StorageError) -> Int64? {
+        try StorageCheck.time(nowMs, "login time", context: location)
+        let until = try await withClient("read the login lock of \(name)") { client -> Int64? in
+            // An account's own lock if it is one, else the name's.
+            var out: Int64?
+            for try await (locked) in try await client.query("""
+                SELECT CASE WHEN EXISTS (SELECT 1 FROM admin_accounts WHERE name = \(name.rawValue))
+                            THEN (SELECT \(unescaped: SQLTime.ms("locked_until")) FROM admin_accounts WHERE name = \(name.rawValue))
+                            ELSE (SELECT \(unescaped: SQLTime.ms("locked_until")) FROM admin_login_failures WHERE name = \(name.rawValue))
+                       END
+                """, logger: Self.quiet).decode((Int64?).self) { out = locked }
+            return out
+        }
+        return until.flatMap { $0 > nowMs ? $0 : nil }
     }
 
     public func recordSuccessfulLogin(_ name: AdminName) async throws(StorageError) {
@@ -129,6 +166,16 @@ extension PostgresStorage {
                 UPDATE admin_accounts SET failed_logins = 0, locked_until = NULL
                 WHERE name = \(name.rawValue) AND (failed_logins <> 0 OR locked_until IS NOT NULL)
                 """, logger: Self.quiet).collect().count
+        }
+    }
+
+    public func acceptTOTPStep(_ name: AdminName, step: Int64) async throws(StorageError) -> Bool {
+        try await withClient("record the TOTP step of admin \(name)") { client in
+            try await client.query("""
+                UPDATE admin_accounts SET totp_last_step = \(step)
+                WHERE name = \(name.rawValue) AND (totp_last_step IS NULL OR totp_last_step < \(step))
+                RETURNING 1
+                """, logger: Self.quiet).collect().count == 1
         }
     }
 
@@ -195,5 +242,35 @@ extension PostgresStorage {
                 RETURNING 1
                 """, logger: Self.quiet).collect().count
         }
+    }
+}
+
+/// The failed-login rule's values (``PostgresStorage/recordFailedLogin(_:nowMs:maxFailures:lockMs:)``).
+struct FailureCount {
+    let nowMs: Int64
+    let maxFailures: Int
+    let lockMs: Int64
+    var untilMs: Int64 { nowMs + lockMs }
+}
+
+extension PostgresQuery.StringInterpolation {
+    /// The new `failed_logins` and `locked_until` of a failed login, as a SET list over the
+    /// row's old values (`table`: the name or alias they are read through): the one rule for
+    /// accounts and other names alike. A failure after a lock ended counts from 1; the count
+    /// reaching `maxFailures` locks until now + `lockMs`.
+    mutating func appendInterpolation(failureCount rule: FailureCount, table: String) {
+        appendLiteral("failed_logins = CASE WHEN \(table).locked_until IS NOT NULL AND \(table).locked_until <= ")
+        appendInterpolation(timestampMs: rule.nowMs)
+        appendLiteral(" THEN 1 ELSE \(table).failed_logins + 1 END, locked_until = CASE WHEN \(table).locked_until IS NOT NULL AND \(table).locked_until <= ")
+        appendInterpolation(timestampMs: rule.nowMs)
+        appendLiteral(" THEN (CASE WHEN 1 >= ")
+        appendInterpolation(rule.maxFailures)
+        appendLiteral(" THEN ")
+        appendInterpolation(timestampMs: rule.untilMs)
+        appendLiteral(" END) WHEN \(table).failed_logins + 1 >= ")
+        appendInterpolation(rule.maxFailures)
+        appendLiteral(" THEN ")
+        appendInterpolation(timestampMs: rule.untilMs)
+        appendLiteral(" ELSE \(table).locked_until END")
     }
 }

@@ -73,6 +73,32 @@ extension PostgresStorage {
         }
     }
 
+    public func agents(after: AgentID?, limit: Int) async throws(StorageError) -> [AgentInfo] {
+        try StorageCheck.limit(limit, "agents", context: location)
+        let location = self.location
+        let query = Self.agentListing(after: after, limit: limit)
+        return try await withClient("list agents") { client in
+            var out: [AgentInfo] = []
+            for try await (id, createdAt) in try await client.query(query, logger: Self.quiet).decode((String, Int64).self) {
+                out.append(AgentInfo(id: try Self.agentID(id, location: location, table: "agents"), createdAtMs: createdAt))
+            }
+            return out
+        }
+    }
+
+    /// The query of one page of ``agents(after:limit:)``: a range of the primary key's index
+    /// (`agent_id` is `COLLATE "C"`: byte order, as `AgentID` compares). Used by the method and
+    /// its query-plan test.
+    static func agentListing(after: AgentID?, limit: Int) -> PostgresQuery {
+        if let after {
+            return """
+                SELECT agent_id, \(unescaped: SQLTime.ms("created_at")) FROM agents WHERE agent_id > \(after.rawValue)
+                ORDER BY agent_id LIMIT \(limit)
+                """
+        }
+        return "SELECT agent_id, \(unescaped: SQLTime.ms("created_at")) FROM agents ORDER BY agent_id LIMIT \(limit)"
+    }
+
     public func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool {
         let stored = try await withClient("look up agent \(id)") { client -> Data? in
             var hash: Data?

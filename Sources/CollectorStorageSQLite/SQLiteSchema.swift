@@ -4,7 +4,7 @@ import GRDB
 /// The collector database's schema: GRDB migrations, applied in order, each once (recorded in
 /// `grdb_migrations`). `v1` and `v2-blob-files` are those of the first collector
 /// (`Collector.SQLiteCollectorStore`, since removed), same identifiers and same statements, so a `collector.db`
-/// it made opens unchanged; `v3` adds what the storage seam needs; `v4-retention` legal holds and the maintenance lease; `v5-hold-removal` who removed a hold and when; `v6-admins` dashboard accounts and sessions, and the audit log's append-only triggers.
+/// it made opens unchanged; `v3` adds what the storage seam needs; `v4-retention` legal holds and the maintenance lease; `v5-hold-removal` who removed a hold and when; `v6-admins` dashboard accounts and sessions, and the audit log's append-only triggers; `v7-admin-hardening` the last accepted TOTP step and the failed logins of names that are not accounts.
 /// docs/API.md "Storage".
 enum SQLiteSchema {
     /// The migrations this build knows, oldest first. A database that records another one was
@@ -171,6 +171,23 @@ enum SQLiteSchema {
                     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused'); END;
                 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
                     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused'); END;
+                """)
+        }
+        m.registerMigration("v7-admin-hardening") { db in
+            // `totp_last_step`: the RFC 6238 step of the last TOTP code accepted, so a code is
+            // accepted once (AdminAccountStore.acceptTOTPStep). `admin_login_failures`: failed
+            // logins of names that are not accounts, counted and locked like an account's, so a
+            // lock reveals nothing about which names exist; bounded (AdminLoginLimits), pruned
+            // by `last_failure` (Unix ms).
+            try db.execute(sql: """
+                ALTER TABLE admin_accounts ADD COLUMN totp_last_step INTEGER;
+                CREATE TABLE admin_login_failures (
+                    name TEXT PRIMARY KEY NOT NULL,
+                    failed_logins INTEGER NOT NULL,
+                    locked_until INTEGER,
+                    last_failure INTEGER NOT NULL
+                );
+                CREATE INDEX admin_login_failures_last ON admin_login_failures(last_failure);
                 """)
         }
         return m

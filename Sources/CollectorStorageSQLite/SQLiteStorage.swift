@@ -280,6 +280,28 @@ public final class SQLiteStorage: CollectorStorage {
         }
     }
 
+    public func agents(after: AgentID?, limit: Int) async throws(StorageError) -> [AgentInfo] {
+        try checkLimit(limit, "agents")
+        let database = shownPath
+        let (sql, arguments) = Self.agentPageSQL(after: after, limit: limit)
+        return try await read("list agents") { db in
+            try Row.fetchAll(db, sql: sql, arguments: arguments).map { row in
+                let r = RowReader(row, database: database, table: "agents", key: "agent_id")
+                return AgentInfo(id: try r.agentID("agent_id"), createdAtMs: try r.int("created_at"))
+            }
+        }
+    }
+
+    /// The statement of one page of ``agents(after:limit:)``: a range of the primary key's
+    /// index (`agent_id` is TEXT with SQLite's BINARY collation: byte order, as `AgentID`
+    /// compares). Used by the method and its query-plan test.
+    package static func agentPageSQL(after: AgentID?, limit: Int) -> (String, StatementArguments) {
+        if let after {
+            return ("SELECT agent_id, created_at FROM agents WHERE agent_id > ? ORDER BY agent_id LIMIT ?", [after.rawValue, limit])
+        }
+        return ("SELECT agent_id, created_at FROM agents ORDER BY agent_id LIMIT ?", [limit])
+    }
+
     /// ``AgentToken/matches(_:storedHash:)``: constant-time, the same work for an unknown agent.
     public func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool {
         let stored = try await read("look up agent \(id)") { db in

@@ -70,16 +70,21 @@ struct AdminsCommandTests {
         await storage.close()
     }
 
-    @Test("TOTP: the code of now and of the neighbouring steps passes, others fail; the URI's key is base32 of the secret")
+    @Test("TOTP: the code of now and of the neighbouring steps passes with its step, others fail; the URI's key is base32 of the secret")
     func totp() throws {
         let secret = AdminTOTP.newSecret()
         #expect(secret.count == 32 && secret.allSatisfy { "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".contains($0) })
         #expect(secret != AdminTOTP.newSecret())
         let now = Date(timeIntervalSince1970: 1_700_000_015)
-        #expect(AdminTOTP.verify(code: AdminTOTP.code(secret: secret, at: now), secret: secret, at: now))
-        #expect(AdminTOTP.verify(code: AdminTOTP.code(secret: secret, at: now.addingTimeInterval(-30)), secret: secret, at: now))
-        #expect(!AdminTOTP.verify(code: AdminTOTP.code(secret: secret, at: now.addingTimeInterval(-90)), secret: secret, at: now))
-        #expect(!AdminTOTP.verify(code: "12345", secret: secret, at: now) && !AdminTOTP.verify(code: "abcdef", secret: secret, at: now))
+        #expect(AdminTOTP.step(at: now) == 56_666_667, "floor(1,700,000,015 / 30)")
+        #expect(AdminTOTP.matchingStep(code: AdminTOTP.code(secret: secret, at: now), secret: secret, at: now) == 56_666_667)
+        #expect(AdminTOTP.matchingStep(code: AdminTOTP.code(secret: secret, at: now.addingTimeInterval(-30)), secret: secret, at: now)
+            == 56_666_666)
+        #expect(AdminTOTP.matchingStep(code: AdminTOTP.code(secret: secret, at: now.addingTimeInterval(30)), secret: secret, at: now)
+            == 56_666_668)
+        #expect(AdminTOTP.matchingStep(code: AdminTOTP.code(secret: secret, at: now.addingTimeInterval(-90)), secret: secret, at: now) == nil)
+        #expect(AdminTOTP.matchingStep(code: "12345", secret: secret, at: now) == nil)
+        #expect(AdminTOTP.matchingStep(code: "abcdef", secret: secret, at: now) == nil)
         // RFC 6238 Appendix B, SHA-1, T = 59 s: 94287082 (8 digits), so 287082 for 6.
         #expect(AdminTOTP.code(secret: "12345678901234567890", at: Date(timeIntervalSince1970: 59)) == "287082")
         let key = AdminTOTP.base32Key(secret: "12345678901234567890")

@@ -181,8 +181,36 @@ import TestSupport
         }
     }
 
+    /// A name that is not an account locks like one: five failures, then the same 429 and
+    /// Retry-After as a locked account (the lock no longer tells which names exist); the lock
+    /// is audited, saying no account has that name.
+    @Test func unknownNamesLockLikeAccounts() async throws {
+        try await Rig.with("unknown-lock") { rig in
+            let s = rig.collector.storage
+            try await TestAdmin.add(to: s, name: "u1", role: .viewer, password: Self.password)
+            let c = rig.client
+            for _ in 1...5 {
+                let known = try await c.login("u1", "wrong password here"), unknown = try await c.login("ghost", "wrong password here")
+                #expect(known.status == 401 && unknown.status == 401 && known.error == unknown.error)
+            }
+            let known = try await c.login("u1", Self.password), unknown = try await c.login("ghost", Self.password)
+            #expect(known.status == 429 && unknown.status == 429, "\(known.text) \(unknown.text)")
+            #expect(unknown.error == known.error, "the same text")
+            for r in [known, unknown] {
+                let wait = Int(r.headers["retry-after"] ?? "") ?? 0
+                #expect((840...900).contains(wait), "Retry-After \(wait)")
+            }
+            #expect(try await s.loginLockedUntil(try AdminName("ghost"), nowMs: Int64(Date().timeIntervalSince1970 * 1000)) != nil)
+            #expect(try await s.admin(try AdminName("ghost")) == nil)
+            let locks = try await s.auditEntries(before: nil, limit: 20).filter { $0.action == "admin.locked" }
+            #expect(locks.contains { $0.actor == "ghost" && $0.detail.contains("no account of this name") })
+            #expect(locks.contains { $0.actor == "u1" && !$0.detail.contains("no account") })
+        }
+    }
+
     /// An account with a TOTP secret (HummingbirdOTP): the password alone is refused, a wrong code
-    /// is refused and counted, the current code logs in.
+    /// is refused and counted, the current code logs in; a code is accepted once: the same code,
+    /// or that of an earlier step, is refused afterwards (a replay) and counted.
     @Test func totpAccountsNeedTheirCode() async throws {
         try await Rig.with("totp") { rig in
             let secret = AdminTOTP.newSecret()
@@ -194,9 +222,20 @@ import TestSupport
             #expect(try await c.login("tess", Self.password, totp: wrongCode).error == "totp: wrong code")
             #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 2)
             #expect(try await c.login("tess", "wrong password here", totp: AdminTOTP.code(secret: secret)).error == "wrong name or password")
-            let ok = try await c.login("tess", Self.password, totp: AdminTOTP.code(secret: secret))
+            let now = Date()
+            let ok = try await c.login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now))
             #expect(ok.status == 200 && ok.json?["role"] as? String == "auditor", "\(ok.text)")
             #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 0, "a success clears the count")
+
+            let replay = try await rig.newClient().login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now))
+            #expect(replay.status == 401 && replay.error == "totp: this code was used already; wait for the next one", "\(replay.text)")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.failedLogins == 1, "a replay is counted")
+            // The next step's code (a clock 30 s ahead) is new: accepted; then the earlier one is not.
+            let next = try await rig.newClient().login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now.addingTimeInterval(30)))
+            #expect(next.status == 200, "\(next.text)")
+            let earlier = try await rig.newClient().login("tess", Self.password, totp: AdminTOTP.code(secret: secret, at: now))
+            #expect(earlier.status == 401 && earlier.error?.hasPrefix("totp: ") == true, "\(earlier.text)")
+            #expect(try await rig.collector.storage.admin(try AdminName("tess"))?.totpLastStep == AdminTOTP.step(at: now) + 1)
         }
     }
 
@@ -237,7 +276,7 @@ import TestSupport
             }
             // The agent API is on the other port: post there.
             let agentClient = try AdminClient(url: rig.collector.url, caFile: rig.collector.pki.rootCertificate)
-            func uploadTo(_ agent: String, kek: String, count: Int, t0: Int64) async throws -> (DEKRecord, [SealedBlob], [Data]) {
+            func uploadTo(_ agent: String, kek: String, count: Int, t0: Int64, tamperLast: Bool = false) async throws -> (DEKRecord, [SealedBlob], [Data]) {
                 let token = try await s.addAgent(try AgentID(agent))
                 let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek), agentID: agent)
                 var plain: [Data] = [], blobs: [SealedBlob] = []
@@ -245,6 +284,12 @@ import TestSupport
                     let p = Data("keystrokes \(agent) \(i)".utf8)
                     plain.append(p)
                     blobs.append(try session.seal(p, kind: i % 2 == 0 ? .keystrokes : .generic, captureTimeMs: t0 + Int64(i)))
+                }
+                if tamperLast, let last = blobs.popLast() {
+                    // One ciphertext byte (of the GCM tag) changed: stored as is, it never opens.
+                    var bytes = last.serialized
+                    bytes[bytes.endIndex - 1] ^= 0x01
+                    blobs.append(try SealedBlob(parsing: bytes))
                 }
                 let body = RecordStream.encode([.dekRecord(session.record)] + blobs.map { .blob($0) })
                 let r = try await agentClient.request("POST", "/v1/records", body: body, origin: .some(nil), cookies: false,
@@ -254,7 +299,7 @@ import TestSupport
                 return (session.record, blobs, plain)
             }
             let (dekA, blobsA, _) = try await uploadTo("e2ee-host", kek: e2ee.publicKey, count: 4, t0: 1_700_000_000_000)
-            let (_, blobsB, plainB) = try await uploadTo("plain-host", kek: own.publicKey, count: 3, t0: 1_700_000_100_000)
+            let (_, blobsB, plainB) = try await uploadTo("plain-host", kek: own.publicKey, count: 4, t0: 1_700_000_100_000, tamperLast: true)
 
             let c = rig.client
             #expect(try await c.login("ann", Self.password).status == 200)
@@ -281,6 +326,36 @@ import TestSupport
             #expect(masked.status == 403 && masked.error == "end-to-end encrypted: decrypt in your browser")
             #expect(try await c.get("/api/v1/captures/\(BlobID.random().hex)/plain").status == 404)
             #expect(try await s.auditEntries(before: nil, limit: 20).contains { $0.action == "admin.open-collector-sealed" && $0.actor == "ann" })
+            #expect(try await c.get("/api/v1/captures/\(blobsB[3].header.blobID.hex)/plain").status == 422, "tampered")
+
+            // POST /plain: many items in one request, one frame each in the order asked (a
+            // repeated id once), one audit record for the request; any role.
+            let viewer = try rig.newClient()
+            #expect(try await viewer.login("vic", Self.password).status == 200)
+            let audited = try await s.auditEntries(before: nil, limit: 100).count { $0.action == "admin.open-collector-sealed" }
+            let ids = [blobsB[0], blobsA[1]].map(\.header.blobID.hex) + [unknown] + [blobsB[2], blobsB[3], blobsB[0]].map(\.header.blobID.hex)
+            let batch = try await viewer.post("/api/v1/plain", json: ["ids": ids])
+            #expect(batch.status == 200 && batch.headers["content-type"] == "application/octet-stream"
+                    && batch.headers["cache-control"] == "no-store", "\(batch.text)")
+            let frames = try Self.plainFrames(batch.body)
+            #expect(frames.map(\.id) == Array(ids.prefix(5)))
+            #expect(frames.map(\.status) == [0, 2, 1, 0, 3], "opened, end-to-end, not found, opened, damaged")
+            #expect(frames[0].payload == plainB[0] && frames[3].payload == plainB[2])
+            #expect(frames.filter { $0.status != 0 }.allSatisfy { $0.payload.isEmpty })
+            let batchAudit = try await s.auditEntries(before: nil, limit: 100).filter { $0.action == "admin.open-collector-sealed" }
+            #expect(batchAudit.count == audited + 1, "one audit record for the request")
+            #expect(batchAudit.first?.actor == "vic" && batchAudit.first?.detail.contains("blobs=3 e2ee=1 missing=1") == true,
+                    "\(batchAudit.first?.detail ?? "")")
+            // Nothing to open: nothing revealed, nothing audited.
+            let none = try await viewer.post("/api/v1/plain", json: ["ids": [blobsA[0].header.blobID.hex]])
+            #expect(try Self.plainFrames(none.body).map(\.status) == [2])
+            #expect(try await s.auditEntries(before: nil, limit: 100).count { $0.action == "admin.open-collector-sealed" } == audited + 1)
+            for (json, name) in [(["ids": ["xyz"]], "ids[0]"), (["ids": [String]()], "ids"), (["blobs": [unknown]], "ids"),
+                                 (["ids": Array(repeating: unknown, count: 101)], "ids")] as [([String: [String]], String)] {
+                let r = try await viewer.post("/api/v1/plain", json: json)
+                #expect(r.status == 400 && r.error?.hasPrefix(name) == true, "\(json): \(r.text)")
+            }
+            #expect(try await viewer.post("/api/v1/plain", json: ["ids": [unknown]], origin: "https://evil.example").status == 403)
 
             // Listings: agents with what their captures are sealed to; captures paged by cursor.
             let agents = try await c.get("/api/v1/agents?limit=1")
@@ -301,7 +376,7 @@ import TestSupport
                 cursor = r.json?["next"] as? String
                 pages += 1
             } while cursor != nil && pages < 10
-            #expect(pages == 3, "7 captures, 3 a page")
+            #expect(pages == 3, "8 captures, 3 a page")
             #expect(seen == (blobsA + blobsB).map(\.header.blobID.hex), "every capture once, in capture-time order")
             let newest = try await c.get("/api/v1/captures?agent=plain-host&kind=keystrokes&limit=1")
             let item = try #require((newest.json?["items"] as? [[String: Any]])?.first)
@@ -320,6 +395,23 @@ import TestSupport
             }
             #expect(try await c.post("/api/v1/client-report", json: ["action": "lock", "count": true]).error?.hasPrefix("count") == true)
         }
+    }
+
+    /// The items of a `POST /api/v1/plain` answer (docs/API.md "Opened items"), each header
+    /// field checked.
+    static func plainFrames(_ data: Data) throws -> [(status: UInt8, id: String, payload: Data)] {
+        var out: [(status: UInt8, id: String, payload: Data)] = []
+        var rest = data[...]
+        while !rest.isEmpty {
+            try #require(rest.count >= 26, "a frame header is 26 bytes; \(rest.count) left")
+            let h = Array(rest.prefix(26))
+            try #require(h[0..<4] == Array("CPLN".utf8)[...] && h[4] == 1, "magic and version")
+            let total = h[6..<10].reduce(0) { $0 << 8 | Int($1) }
+            try #require(total >= 26 && total <= rest.count, "length \(total)")
+            out.append((h[5], h[10..<26].map { String(format: "%02x", $0) }.joined(), Data(rest.dropFirst(26).prefix(total - 26))))
+            rest = rest.dropFirst(total)
+        }
+        return out
     }
 
     /// A session made on one collector instance is accepted by another on the same PostgreSQL.

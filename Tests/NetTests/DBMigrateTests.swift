@@ -1,3 +1,4 @@
+import AdminAuth
 import CollectorStorage
 import CollectorStorageOpen
 import CollectorStorageSQLite
@@ -9,12 +10,17 @@ import TestSupport
 
 /// issue 14 part 6: `custos db migrate --from collector.db --to postgres://…` (the built `custos`)
 /// copies an embedded collector — agents with their tokens, the seed's path-only KEK row and a
-/// PEM row, DEK records, captures whose blobs sit in blob files and in the table, the audit log —
-/// into a real PostgreSQL database, verifies it, and resumes; a target holding other data is refused.
+/// PEM row, DEK records, captures whose blobs sit in blob files and in the table, the audit log,
+/// legal holds, dashboard accounts (not their sessions) — into a real PostgreSQL database,
+/// verifies it, and resumes; a target holding other data is refused.
 @Suite(.enabled(if: PostgresCluster.isAvailable, "needs Debian's postgresql (make deps)"))
 struct DBMigrateTests {
+    static let adminPassword = "a long reviewer password"
+    static let sessionHash = Data(repeating: 7, count: 32)
+
     /// A SQLite collector with two agents, two KEK rows, 3 DEK records and 60 captures (one in
-    /// three of 40 KiB, in blob files), received in 4 batches, and 3 audit entries.
+    /// three of 40 KiB, in blob files), received in 4 batches, 3 audit entries, two legal holds,
+    /// and two dashboard accounts (one with TOTP, a last step and failed logins) with a session.
     static func makeSource(_ path: String) async throws -> (tokens: [String: String], captures: [SealedBlob]) {
         let store = try SQLiteStorage(path: path)
         defer { Task { await store.close() } }
@@ -47,6 +53,13 @@ struct DBMigrateTests {
         _ = try await store.addHold(agent: try AgentID("pc-2"), untilMs: Int64(Date().timeIntervalSince1970 * 1000) + 86_400_000,
                                     reason: "case 17", createdBy: "legal")
         _ = try await store.addHold(agent: try AgentID("pc-1"), untilMs: 1_600_000_000_000, reason: "over", createdBy: "legal")
+        let hash = await AdminPassword.hash(Secret(adminPassword), cost: 4)
+        try await store.addAdmin(AdminAccount(name: try AdminName("ann"), role: .decryptor, passwordHash: hash, totpSecret: nil,
+                                              createdAtMs: 1_700_000_000_000))
+        try await store.addAdmin(AdminAccount(name: try AdminName("tess@example.org"), role: .auditor, passwordHash: hash,
+                                              totpSecret: AdminTOTP.newSecret(), createdAtMs: 1_700_000_000_001,
+                                              failedLogins: 2, totpLastStep: 56_666_667))
+        try await store.createSession(admin: try AdminName("ann"), tokenHash: sessionHash, nowMs: Int64(Date().timeIntervalSince1970 * 1000))
         for action in ["agents.add", "keys.register", "captures.list"] {
             _ = try await store.appendAudit(actor: "admin", action: action, detail: "before the migration")
         }
@@ -75,6 +88,7 @@ struct DBMigrateTests {
                 "\(first.stderrString)")
         #expect(first.stderrString.contains("verified") && first.stderrString.contains("1 active legal hold (1 new)"),
                 "\(first.stderrString)")
+        #expect(first.stderrString.contains("2 dashboard accounts (2 new; sessions not copied)"), "\(first.stderrString)")
         #expect(!first.stderrString.contains(db.password))
 
         // Everything is there, as it was, read back through PostgreSQL.
@@ -94,6 +108,15 @@ struct DBMigrateTests {
                 #expect(try await pg.capture(blob.header.blobID) == (try await sqlite.capture(blob.header.blobID)),
                         "the row of \(blob.header.blobID), receive time included")
             }
+            // Dashboard accounts as stored (the same bcrypt hash logs in; TOTP secret and step,
+            // failed logins), their sessions not: reviewers log in again.
+            let accounts = try await pg.admins()
+            #expect(accounts == (try await sqlite.admins()) && accounts.count == 2, "\(accounts)")
+            #expect(await AdminPassword.verify(Secret(Self.adminPassword), hash: accounts[0].passwordHash))
+            #expect(accounts[1].totpLastStep == 56_666_667 && accounts[1].failedLogins == 2)
+            let now = Int64(Date().timeIntervalSince1970 * 1000), limits = SessionLimits(idleMs: 3_600_000, maxMs: 3_600_000)
+            #expect(try await sqlite.session(tokenHash: Self.sessionHash, nowMs: now, limits: limits) != nil)
+            #expect(try await pg.session(tokenHash: Self.sessionHash, nowMs: now, limits: limits) == nil, "no session copied")
             await sqlite.close()
             let audit = try await pg.auditEntries(before: nil, limit: 10)
             #expect(audit.map(\.action) == ["db.migrate", "captures.list", "keys.register", "agents.add"], "\(audit)")
@@ -108,16 +131,32 @@ struct DBMigrateTests {
         let again = try await Self.custos(["db", "migrate", "--from", source] + to + ["--quiet"])
         #expect(again.status == 0, "\(again.stderrString)")
         #expect(again.stderrString.contains("60 captures (0 new") && again.stderrString.contains("verified"), "\(again.stderrString)")
+        #expect(again.stderrString.contains("2 dashboard accounts (0 new"), "\(again.stderrString)")
 
         // The old collector goes on (an agent added, an audit record: ids the target's own
         // db.migrate records took): a third run copies what is new and verifies.
         let later = try SQLiteStorage(path: source)
         let lateToken = try await later.addAgent(try AgentID("pc-late")).revealed
+        try await later.addAdmin(AdminAccount(name: try AdminName("late"), role: .viewer, passwordHash: "$2b$04$late", totpSecret: nil,
+                                              createdAtMs: 1_700_000_000_002))
         _ = try await later.appendAudit(actor: "admin", action: "captures.list", detail: "after the migration")
         await later.close()
         let third = try await Self.custos(["db", "migrate", "--from", source] + to + ["--quiet"])
         #expect(third.status == 0, "\(third.stderrString)")
         #expect(third.stderrString.contains("3 agents (1 new)") && third.stderrString.contains("verified"), "\(third.stderrString)")
+        #expect(third.stderrString.contains("3 dashboard accounts (1 new"), "\(third.stderrString)")
+        // An account whose credentials were changed on the copy is never overwritten: refused
+        // before anything is written, naming it.
+        try await StorageOpener.withStorage(location, createIfMissing: false) { (pg: any CollectorStorage) async throws in
+            try await pg.setAdminRole(try AdminName("late"), role: .decryptor)
+        }
+        let clash = try await Self.custos(["db", "migrate", "--from", source] + to + ["--quiet"])
+        #expect(clash.status == 2 && clash.stderrString.contains("dashboard account late has another role, password or TOTP secret"),
+                "\(clash.stderrString)")
+        try await StorageOpener.withStorage(location, createIfMissing: false) { (pg: any CollectorStorage) async throws in
+            #expect(try await pg.admin(try AdminName("late"))?.role == .decryptor, "left as it was")
+            try await pg.setAdminRole(try AdminName("late"), role: .viewer)
+        }
         try await StorageOpener.withStorage(location, createIfMissing: false) { (pg: any CollectorStorage) async throws in
             #expect(try await pg.authenticate(try AgentID("pc-late"), token: Secret(lateToken)))
             let actions = try await pg.auditEntries(before: nil, limit: 100).map(\.detail)

@@ -143,6 +143,7 @@ final class SignallingStorage: CollectorStorage {
     func rotateToken(_ id: AgentID) async throws(StorageError) -> Secret { try await base.rotateToken(id) }
     func removeAgent(_ id: AgentID) async throws(StorageError) { try await base.removeAgent(id) }
     func agents() async throws(StorageError) -> [AgentInfo] { try await base.agents() }
+    func agents(after: AgentID?, limit: Int) async throws(StorageError) -> [AgentInfo] { try await base.agents(after: after, limit: limit) }
     func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool { try await base.authenticate(id, token: token) }
     func registerKEK(_ registration: KEKRegistration) async throws(StorageError) -> Int64 { try await base.registerKEK(registration) }
     func setKEKActive(rowID: Int64, active: Bool) async throws(StorageError) { try await base.setKEKActive(rowID: rowID, active: active) }
@@ -194,9 +195,13 @@ final class SignallingStorage: CollectorStorage {
     func setAdminPassword(_ name: AdminName, passwordHash: String, totpSecret: String??) async throws(StorageError) {
         try await base.setAdminPassword(name, passwordHash: passwordHash, totpSecret: totpSecret)
     }
-    func recordFailedLogin(_ name: AdminName, nowMs: Int64, maxFailures: Int, lockMs: Int64) async throws(StorageError) -> LoginFailure? {
+    func recordFailedLogin(_ name: AdminName, nowMs: Int64, maxFailures: Int, lockMs: Int64) async throws(StorageError) -> LoginFailure {
         try await base.recordFailedLogin(name, nowMs: nowMs, maxFailures: maxFailures, lockMs: lockMs)
     }
+    func loginLockedUntil(_ name: AdminName, nowMs: Int64) async throws(StorageError) -> Int64? {
+        try await base.loginLockedUntil(name, nowMs: nowMs)
+    }
+    func acceptTOTPStep(_ name: AdminName, step: Int64) async throws(StorageError) -> Bool { try await base.acceptTOTPStep(name, step: step) }
     func recordSuccessfulLogin(_ name: AdminName) async throws(StorageError) { try await base.recordSuccessfulLogin(name) }
     func createSession(admin: AdminName, tokenHash: Data, nowMs: Int64) async throws(StorageError) {
         try await base.createSession(admin: admin, tokenHash: tokenHash, nowMs: nowMs)

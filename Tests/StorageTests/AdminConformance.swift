@@ -65,7 +65,6 @@ extension StorageConformance {
                 let s = rig.storage
                 let ann = Self.name("ann")
                 try await s.addAdmin(Self.account("ann"))
-                #expect(try await s.recordFailedLogin(Self.name("nobody"), nowMs: 1000, maxFailures: 5, lockMs: 900_000) == nil)
                 for i in 1...4 {
                     let f = try await s.recordFailedLogin(ann, nowMs: 1000 + Int64(i), maxFailures: 5, lockMs: 900_000)
                     #expect(f == LoginFailure(failures: i, lockedUntilMs: nil))
@@ -90,6 +89,130 @@ extension StorageConformance {
                 }
                 let raced = try #require(try await s.admin(ann))
                 #expect(raced.failedLogins == 5 && raced.lockedUntilMs == 4000)
+            }
+        }
+
+        /// A name that is not an account counts, locks and unlocks exactly as an account does
+        /// (the same answers step by step), concurrent failures all count, and the name's record
+        /// is dropped when an account of that name is made.
+        @Test(arguments: Backend.testable)
+        func unknownNamesLockLikeAccounts(_ backend: Backend) async throws {
+            try await withRig(backend, "admin-unknown-lock") { rig async throws in
+                let s = rig.storage
+                let ann = Self.name("ann"), nobody = Self.name("nobody")
+                try await s.addAdmin(Self.account("ann"))
+                let lockMs: Int64 = 900_000
+                for name in [ann, nobody] {
+                    #expect(try await s.loginLockedUntil(name, nowMs: 1000) == nil, "\(name)")
+                }
+                // Side by side, failure by failure: the same counts, the same lock.
+                for i in 1...5 {
+                    let now = 1000 + Int64(i)
+                    let known = try await s.recordFailedLogin(ann, nowMs: now, maxFailures: 5, lockMs: lockMs)
+                    let unknown = try await s.recordFailedLogin(nobody, nowMs: now, maxFailures: 5, lockMs: lockMs)
+                    #expect(known == unknown, "failure \(i)")
+                    #expect(unknown == LoginFailure(failures: i, lockedUntilMs: i == 5 ? now + lockMs : nil), "failure \(i)")
+                }
+                for name in [ann, nobody] {
+                    #expect(try await s.loginLockedUntil(name, nowMs: 2000) == 1005 + lockMs, "\(name) is locked")
+                    #expect(try await s.loginLockedUntil(name, nowMs: 1005 + lockMs) == nil, "\(name): the lock ended")
+                    #expect(try await s.recordFailedLogin(name, nowMs: 1005 + lockMs, maxFailures: 5, lockMs: lockMs)
+                        == LoginFailure(failures: 1, lockedUntilMs: nil), "\(name): counting starts again")
+                }
+                #expect(try await s.admin(nobody) == nil, "counting made no account")
+                // Concurrent failures of another unknown name all count (one statement each).
+                let eve = Self.name("eve@example.org")
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for _ in 0..<5 {
+                        group.addTask { _ = try await s.recordFailedLogin(eve, nowMs: 3000, maxFailures: 5, lockMs: 1000) }
+                    }
+                    try await group.waitForAll()
+                }
+                #expect(try await s.loginLockedUntil(eve, nowMs: 3500) == 4000)
+                // Made an account now: its own (clear) state counts, not the name's past.
+                try await s.addAdmin(Self.account("eve@example.org"))
+                #expect(try await s.loginLockedUntil(eve, nowMs: 3500) == nil)
+                #expect(try await s.recordFailedLogin(eve, nowMs: 3600, maxFailures: 5, lockMs: 1000)
+                    == LoginFailure(failures: 1, lockedUntilMs: nil))
+                try await s.removeAdmin(eve)
+                #expect(try await s.loginLockedUntil(eve, nowMs: 3500) == nil, "the old record went with the account's creation")
+            }
+        }
+
+        /// At most ``AdminLoginLimits/maxUnknownNames`` unknown names are remembered: past it, the
+        /// unlocked ones whose last failure is oldest go; a locked one stays, however old.
+        @Test(arguments: Backend.testable)
+        func unknownNamesAreBounded(_ backend: Backend) async throws {
+            try await withRig(backend, "admin-unknown-cap") { rig async throws in
+                let s = rig.storage
+                let cap = AdminLoginLimits.maxUnknownNames
+                #expect(cap == 10_000)
+                // 10,000 names failed once at times 1…10,000 ms, and one locked name older than all.
+                switch backend {
+                case .sqlite:
+                    _ = try await rig.cli("""
+                        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < \(cap))
+                        INSERT INTO admin_login_failures (name, failed_logins, locked_until, last_failure)
+                        SELECT 'filler-' || i, 1, NULL, i FROM n;
+                        INSERT INTO admin_login_failures VALUES ('locked-old', 5, 9000000000000, 0);
+                        """)
+                case .postgres:
+                    _ = try await rig.cli("""
+                        INSERT INTO admin_login_failures (name, failed_logins, locked_until, last_failure)
+                        SELECT 'filler-' || i, 1, NULL, to_timestamp(i / 1000.0) FROM generate_series(1, \(cap)) AS i;
+                        INSERT INTO admin_login_failures VALUES ('locked-old', 5, to_timestamp(9000000000), to_timestamp(0));
+                        """)
+                }
+                func count() async throws -> Int {
+                    Int(try await rig.cli("SELECT count(*) FROM admin_login_failures;").trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+                }
+                #expect(try await count() == cap + 1)
+                let now: Int64 = 1_700_000_000_000
+                #expect(try await s.recordFailedLogin(Self.name("newcomer"), nowMs: now, maxFailures: 5, lockMs: 1000).failures == 1)
+                #expect(try await count() == cap, "pruned to the cap")
+                #expect(try await s.loginLockedUntil(Self.name("locked-old"), nowMs: now) == 9_000_000_000_000, "a locked name stays")
+                for gone in ["filler-1", "filler-2"] {
+                    #expect(try await rig.cli("SELECT count(*) FROM admin_login_failures WHERE name = '\(gone)';")
+                        .trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(gone): the oldest unlocked went")
+                }
+                #expect(try await s.recordFailedLogin(Self.name("filler-3"), nowMs: now + 1, maxFailures: 5, lockMs: 1000).failures == 2,
+                        "a remembered name keeps its count")
+                #expect(try await count() == cap)
+            }
+        }
+
+        /// A TOTP step is accepted once: the same or an earlier step is refused (a replay), also
+        /// when tried concurrently; a new secret forgets the step.
+        @Test(arguments: Backend.testable)
+        func totpStepsAreAcceptedOnce(_ backend: Backend) async throws {
+            try await withRig(backend, "admin-totp-step") { rig async throws in
+                let s = rig.storage
+                let ann = Self.name("ann")
+                try await s.addAdmin(Self.account("ann", totp: "SECRETSECRETSECRET12"))
+                #expect(try await s.admin(ann)?.totpLastStep == nil)
+                #expect(try await s.acceptTOTPStep(ann, step: 100))
+                #expect(try await !s.acceptTOTPStep(ann, step: 100), "the same step again")
+                #expect(try await !s.acceptTOTPStep(ann, step: 99), "an earlier step")
+                #expect(try await s.acceptTOTPStep(ann, step: 101))
+                #expect(try await s.admin(ann)?.totpLastStep == 101)
+                #expect(try await !s.acceptTOTPStep(Self.name("nobody"), step: 500), "no account")
+                let accepted = try await withThrowingTaskGroup(of: Bool.self) { group in
+                    for _ in 0..<5 { group.addTask { try await s.acceptTOTPStep(ann, step: 200) } }
+                    return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+                }
+                #expect(accepted == 1, "one of five concurrent logins with one code")
+                // A password reset that keeps the secret keeps the step; a new secret forgets it.
+                try await s.setAdminPassword(ann, passwordHash: "$2b$12$other", totpSecret: nil)
+                #expect(try await s.admin(ann)?.totpLastStep == 200)
+                try await s.setAdminPassword(ann, passwordHash: "$2b$12$other", totpSecret: .some("NEWSECRETNEWSECRETNEW2"))
+                #expect(try await s.admin(ann)?.totpLastStep == nil)
+                #expect(try await s.acceptTOTPStep(ann, step: 150))
+                // The step travels with the account (addAdmin, as db migrate copies it).
+                var copy = Self.account("bob", totp: "SECRETSECRETSECRET12")
+                copy.totpLastStep = 77
+                try await s.addAdmin(copy)
+                #expect(try await s.admin(Self.name("bob")) == copy)
+                #expect(try await !s.acceptTOTPStep(Self.name("bob"), step: 77))
             }
         }
 

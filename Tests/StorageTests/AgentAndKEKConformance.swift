@@ -48,6 +48,37 @@ extension StorageConformance {
             }
         }
 
+        /// Agents page by id in byte order (upper case before lower, `-` before digits, so
+        /// `host-10` before `host-9`), after any id, stored or not; the pages together are the
+        /// whole list.
+        @Test(arguments: Backend.testable)
+        func agentsPageByID(_ backend: Backend) async throws {
+            try await withRig(backend, "agents-pages") { rig async throws in
+                let s = rig.storage
+                let ids = ["host-9", "host-10", "Host-A", "a", "B", "z.1", "_x", "0", "host-9.a"]
+                for id in ids { _ = try await s.addAgent(agent(id)) }
+                let byteOrder = ids.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+                #expect(byteOrder == ["0", "B", "Host-A", "_x", "a", "host-10", "host-9", "host-9.a", "z.1"])
+                var pages: [[String]] = [], after: AgentID?
+                while true {
+                    let page = try await s.agents(after: after, limit: 2)
+                    if page.isEmpty { break }
+                    pages.append(page.map(\.id.rawValue))
+                    after = page.last?.id
+                }
+                #expect(pages == [["0", "B"], ["Host-A", "_x"], ["a", "host-10"], ["host-9", "host-9.a"], ["z.1"]])
+                #expect(try await s.agents().map(\.id.rawValue) == byteOrder, "agents() lists the same, whole")
+                #expect(try await s.agents(after: agent("host-5"), limit: 3).map(\.id.rawValue) == ["host-9", "host-9.a", "z.1"],
+                        "after an id that is not stored")
+                #expect(try await s.agents(after: agent("zz"), limit: 10).isEmpty)
+                let listed = try await s.agents(after: nil, limit: 10_000)
+                #expect(listed == (try await s.agents()), "createdAtMs too")
+                for bad in [0, 10_001] {
+                    #expect(await storageError { _ = try await s.agents(after: nil, limit: bad) }?.code == .invalidArgument)
+                }
+            }
+        }
+
         /// An agent's captures stay when the agent is removed.
         @Test(arguments: Backend.testable)
         func removingAnAgentKeepsItsCaptures(_ backend: Backend) async throws {

@@ -150,6 +150,16 @@ struct PostgresStorageTests {
                     #expect(plan.contains("Index Scan") && plan.contains("using \(index)"), "\(query): \(plan)")
                 }
             }
+            // The dashboard's agent pages among 20,000 agents: a range of the primary key, no sort.
+            try await cluster.psqlAsync("""
+                INSERT INTO agents (agent_id, token_hash) SELECT 'agent-' || i, sha256(i::text::bytea) FROM generate_series(1, 20000) AS i;
+                ANALYZE agents;
+                """, database: db)
+            for after in [nil, agent("agent-5")] as [AgentID?] {
+                let plan = try await explain(s, PostgresStorage.agentListing(after: after, limit: 101))
+                #expect(plan.contains("Index Scan using agents_pkey") && !plan.contains("Sort") && !plan.contains("Seq Scan"), "\(plan)")
+            }
+            #expect(try await s.agents(after: agent("agent-9997"), limit: 5).map(\.id.rawValue) == ["agent-9998", "agent-9999"])
             // The agent's newest page is read backwards along its own index, never sorted.
             let newestPlan = try await explain(s, PostgresStorage.captureListing(
                 CaptureQuery(agentID: agent("agent-7"), order: .descending), after: nil, limit: 100))
@@ -185,9 +195,9 @@ struct PostgresStorageTests {
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
-        #expect(statuses.allSatisfy { $0.applied == [1, 2, 3, 4, 5] && $0.latest == 5 })
+        #expect(statuses.allSatisfy { $0.applied == [1, 2, 3, 4, 5, 6] && $0.latest == 6 })
         #expect(try await cluster.psqlAsync("SELECT count(*) FROM schema_migrations;", database: db)
-            .trimmingCharacters(in: .whitespacesAndNewlines) == "5")
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "6")
 
         try await cluster.psqlAsync("INSERT INTO schema_migrations (version, name) VALUES (99, E'v99-\\x1b[31mfuture');",
                                     database: db)
@@ -208,7 +218,7 @@ struct PostgresStorageTests {
         let (cluster, db) = try await freshDatabase(owner: owner)
         try cluster.createRole(app)
         try await withPostgresStorage(cluster: cluster, database: db, role: owner) { (ownerStorage: PostgresStorage) async throws in
-            #expect(try await ownerStorage.migrate(grantingTo: app).applied == [1, 2, 3, 4, 5])
+            #expect(try await ownerStorage.migrate(grantingTo: app).applied == [1, 2, 3, 4, 5, 6])
             #expect(await storageError { _ = try await ownerStorage.migrate(grantingTo: "x; DROP TABLE agents") }?.code
                 == .invalidArgument)
         }
@@ -231,7 +241,11 @@ struct PostgresStorageTests {
             // Dashboard accounts and sessions (v5-admins).
             let admin = try AdminName("ann")
             try await s.addAdmin(AdminAccount(name: admin, role: .decryptor, passwordHash: "$2b$12$x", totpSecret: nil, createdAtMs: 1))
-            #expect(try await s.recordFailedLogin(admin, nowMs: 2, maxFailures: 5, lockMs: 10)?.failures == 1)
+            #expect(try await s.recordFailedLogin(admin, nowMs: 2, maxFailures: 5, lockMs: 10).failures == 1)
+            // Names that are not accounts are counted too (v6-admin-hardening), and TOTP steps recorded.
+            #expect(try await s.recordFailedLogin(try AdminName("nobody"), nowMs: 2, maxFailures: 5, lockMs: 10).failures == 1)
+            #expect(try await s.loginLockedUntil(try AdminName("nobody"), nowMs: 3) == nil)
+            #expect(try await s.acceptTOTPStep(admin, step: 1))
             try await s.createSession(admin: admin, tokenHash: Data(repeating: 1, count: 32), nowMs: 2)
             #expect(try await s.session(tokenHash: Data(repeating: 1, count: 32), nowMs: 100_000,
                                         limits: SessionLimits(idleMs: 1_000_000, maxMs: 1_000_000))?.role == .decryptor)

@@ -81,6 +81,14 @@ import Glibc
                 #expect(!steps.contains { $0.contains("TEMP B-TREE") }, "\(steps)")
             }
         }
+        // The dashboard's agent pages: a range of the primary key, no sort.
+        for after in [nil, agent("p1")] as [AgentID?] {
+            let (sql, args) = SQLiteStorage.agentPageSQL(after: after, limit: 101)
+            let steps = try await Self.plan(s, sql, args)
+            #expect(steps.contains { $0.contains("USING INDEX sqlite_autoindex_agents_1") || $0.contains("USING PRIMARY KEY") }, "\(steps)")
+            #expect(!steps.contains { $0.contains("TEMP B-TREE") }, "\(steps)")
+            #expect(steps.contains { $0.contains("agent_id>?") } == (after != nil), "\(steps)")
+        }
         await s.close()
     }
 

@@ -119,8 +119,11 @@ struct DBMigrateTests {
             #expect(try await pg.session(tokenHash: Self.sessionHash, nowMs: now, limits: limits) == nil, "no session copied")
             await sqlite.close()
             let audit = try await pg.auditEntries(before: nil, limit: 10)
-            #expect(audit.map(\.action) == ["db.migrate", "captures.list", "keys.register", "agents.add"], "\(audit)")
-            #expect(audit.dropFirst().map(\.id) == [3, 2, 1])
+            // The copy's own record, the source's three, and (oldest) the "started" marker written
+            // right after the preflight, which lets an interrupted copy resume.
+            #expect(audit.map(\.action) == ["db.migrate", "captures.list", "keys.register", "agents.add", "db.migrate"], "\(audit)")
+            #expect(audit.dropFirst().map(\.id) == [4, 3, 2, 1])
+            #expect(audit.last?.detail.contains("started") == true, "\(audit)")
             let holds = try await pg.holds(activeAtMs: nil)
             #expect(holds.count == 1 && holds.first?.agentID.rawValue == "pc-2" && holds.first?.reason == "case 17", "\(holds)")
         }

@@ -90,7 +90,8 @@ public final class TestCollector: Sendable {
         let server = try await CollectorServer(configuration: config, storage: storage, logger: logger)
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let (adminPorts, adminContinuation) = AsyncStream<Int>.makeStream()
-        let task = Task {
+        // On threads of its own, like the separate process it is in production.
+        let task = Task(executorPreference: ThreadTaskExecutor.collectors) {
             defer { continuation.finish(); adminContinuation.finish() }
             try await server.run(onListening: { continuation.yield($0) }, onAdminListening: { adminContinuation.yield($0) })
         }

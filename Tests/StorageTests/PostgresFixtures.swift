@@ -70,11 +70,13 @@ func withPostgresStorage<T: Sendable>(
     cluster: PostgresCluster, database: String, role: String = collectorRole, password: String? = nil,
     timeout: Duration = .seconds(20), logger: Logger = Logger(label: "test.storage"),
     listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)), blobDirectory: String? = nil,
+    maximumConnections: Int = 4, tokenCacheTTL: Duration = .seconds(5),
     _ body: (PostgresStorage) async throws -> T
 ) async throws -> T {
     let storage = try makePostgresStorage(cluster: cluster, database: database, role: role, password: password,
                                           timeout: timeout, logger: logger, listenerBackoff: listenerBackoff,
-                                          blobDirectory: blobDirectory)
+                                          blobDirectory: blobDirectory, maximumConnections: maximumConnections,
+                                          tokenCacheTTL: tokenCacheTTL)
     let runner = Task { try await storage.run() }
     do {
         let result = try await body(storage)
@@ -92,11 +94,13 @@ func makePostgresStorage(cluster: PostgresCluster, database: String, role: Strin
                          password: String? = nil, timeout: Duration = .seconds(20),
                          logger: Logger = Logger(label: "test.storage"),
                          listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)),
-                         blobDirectory: String? = nil) throws -> PostgresStorage {
+                         blobDirectory: String? = nil, maximumConnections: Int = 4,
+                         tokenCacheTTL: Duration = .seconds(5)) throws -> PostgresStorage {
     let pw = try password ?? cluster.password(of: role) ?? cluster.createRole(role)
     let location = try PostgresLocation(cluster.url(database: database, user: role))
-    return try PostgresStorage(.init(location: location, password: Secret(pw), operationTimeout: timeout, maximumConnections: 4,
-                                     listenerBackoff: listenerBackoff, blobDirectory: blobDirectory),
+    return try PostgresStorage(.init(location: location, password: Secret(pw), operationTimeout: timeout,
+                                     maximumConnections: maximumConnections, listenerBackoff: listenerBackoff,
+                                     blobDirectory: blobDirectory, tokenCacheTTL: tokenCacheTTL),
                                logger: logger)
 }
 

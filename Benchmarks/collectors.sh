@@ -6,8 +6,9 @@
 #     captures/s, p99 acknowledgement time; PostgreSQL ÷ SQLite (goal >= 0.8);
 #  2. 1, 2 and 3 collectors (separate processes, own ports) on one PostgreSQL, agents spread over them.
 # CPU per process (generator, collectors, PostgreSQL, other work) from /proc; any error exits 1.
-# Default: 3 rounds of 4 s windows (about 2 minutes). Longer: --seconds 30 --rounds 5.
-# Usage: Benchmarks/collectors.sh [--agents N] [--seconds N] [--rounds N] [--blobs N] [--blob-bytes N]   (needs make deps: postgresql, sqlite3, openssl)
+# Default: 3 rounds of 4 s windows (about 2 minutes). Longer: --seconds 30 --rounds 5. Fewer set-ups:
+# --set-ups sqlite1,pg1 (of sqlite1,pg1,pg2,pg3); another collector binary: --collector PATH.
+# Usage: Benchmarks/collectors.sh [--agents N] [--seconds N] [--rounds N] [--blobs N] [--blob-bytes N] [--set-ups LIST]   (needs make deps: postgresql, sqlite3, openssl)
 set -eu
 cd "$(dirname "$0")/.."
 . Benchmarks/release-flags.sh

@@ -34,6 +34,7 @@
 // beyond these (other programs on the host), with the busiest of them still running named.
 //
 // Usage: custos-bench-collectors [--agents N] [--seconds N] [--rounds N] [--blobs N] [--blob-bytes N]
+//                                [--set-ups sqlite1,pg1,pg2,pg3]   (default: all four)
 //                                [--collector PATH]   (default: custos-collector beside this program)
 
 import CollectorStorage
@@ -65,9 +66,20 @@ let windowSeconds = argument("--seconds", 4, 1...3600)
 let rounds = argument("--rounds", 3, 1...100)
 let blobsPerRequest = argument("--blobs", 4, 1...1000)
 let blobBytes = argument("--blob-bytes", 2048, 1...(1 << 20))
+/// `--set-ups sqlite1,pg1,pg2,pg3` (default: all four, in this order): the set-ups to run.
+let chosenSetUps: [String] = {
+    let a = CommandLine.arguments, known = ["sqlite1", "pg1", "pg2", "pg3"]
+    guard let i = a.firstIndex(of: "--set-ups") else { return known }
+    let list = i + 1 < a.count ? a[i + 1].split(separator: ",").map(String.init) : []
+    guard !list.isEmpty, list.allSatisfy(known.contains), Set(list).count == list.count else {
+        FileHandle.standardError.write(Data("custos-bench-collectors: --set-ups expects a comma-separated list of distinct names from \(known.joined(separator: ","))\n".utf8))
+        exit(2)
+    }
+    return known.filter(list.contains)
+}()
 let collectorBinary: String = {
     let a = CommandLine.arguments
-    if let i = a.firstIndex(of: "--collector"), i + 1 < a.count { return a[i + 1] }
+    if let i = a.lastIndex(of: "--collector"), i + 1 < a.count { return a[i + 1] }  // the last one: collectors.sh passes one first
     return URL(fileURLWithPath: a[0]).deletingLastPathComponent().appendingPathComponent("custos-collector").path
 }()
 
@@ -641,6 +653,7 @@ func pad(_ text: String, _ width: Int) -> String {
 
 let setUps = [SetUp(backend: .sqlite, collectors: 1), SetUp(backend: .postgres, collectors: 1),
               SetUp(backend: .postgres, collectors: 2), SetUp(backend: .postgres, collectors: 3)]
+    .filter { chosenSetUps.contains($0.backend == .sqlite ? "sqlite1" : "pg\($0.collectors)") }
 var results: [SetUp: [RunResult]] = [:]
 var syncTimes: [Double] = []
 var totalErrors = Errors()

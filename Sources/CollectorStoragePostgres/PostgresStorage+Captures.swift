@@ -9,79 +9,77 @@ import PostgresNIO
 extension PostgresStorage {
     // MARK: Ingest
 
-    /// Stores `items` in one transaction. Idempotent across collector instances: each insert is
-    /// `INSERT … ON CONFLICT DO NOTHING`, so of two transactions storing one id the second
+    /// Stores `items` atomically (all or nothing). Idempotent across collector instances: each
+    /// insert is `INSERT … ON CONFLICT DO NOTHING`, so of two instances storing one id the second
     /// waits for the first and then compares (the stored bytes by SHA-256, computed by the
     /// server, so they are not sent back). Outcomes as the SQLite backend: a DEK record earlier
     /// in the same batch counts for the blobs after it; another agent's id is `.otherAgent`.
+    ///
+    /// A batch of blobs only (every upload but an agent's first under a new DEK) is one prepared
+    /// statement, ``PostgresStatements/InsertCaptures``, a transaction by itself: one round trip
+    /// (docs/STORAGE.md "Benchmarks"). A batch with DEK records runs `BEGIN`, one `INSERT` per
+    /// DEK record, the same statement, `COMMIT`. Blobs the statement did not insert (an id
+    /// stored already, by a retry or another instance; a DEK record that is not the agent's)
+    /// are then compared with the stored row, one query each, after the commit.
     /// With `blob-dir=`, large blobs not stored yet are first appended to blob files and made
-    /// durable (``putLargeBlobs(_:)``); their rows get a `blob_ref` in the transaction.
+    /// durable (``putLargeBlobs(_:)``); their rows get a `blob_ref`.
     /// - Throws: `.invalidArgument` for a time outside years 1-9999 (nothing stored);
-    ///   `.unavailable` when the database or the blob directory cannot be used (nothing stored).
+    ///   `.unavailable` when the database or the blob directory cannot be used (nothing stored,
+    ///   or — when the connection is lost after the commit — stored and answered `duplicate`
+    ///   when the agent sends it again).
     public func ingest(_ items: [IngestItem], receivedAtMs: Int64) async throws(StorageError) -> [IngestOutcome] {
         if items.isEmpty { return [] }
         try StorageCheck.ingest(items, receivedAtMs: receivedAtMs, context: location)
         let refs = try await putLargeBlobs(items)
-        let outcomes = try await inTransaction("store \(items.count) records") { conn in
-            // A constant number of statements for the blobs (docs/STORAGE.md "Benchmarks"): which
-            // ids are stored already and which DEK records exist, each one query; then the new
-            // rows in one INSERT; row-by-row work only for ids that are taken.
-            let blobs = items.compactMap { if case .blob(let b) = $0 { b } else { nil } }
-            var taken = Set<String>()
-            var owners: [String: String] = [:]
-            if !blobs.isEmpty {
-                let ids = blobs.map(\.blobID.hex)
-                for try await id in try await conn.query("SELECT blob_id FROM captures WHERE blob_id = ANY(\(ids))",
-                                                         logger: Self.quiet).decode(String.self) {
-                    taken.insert(id)
-                }
-                let deks = Array(Set(blobs.map(\.dekID.hex)))
-                for try await (dek, agent) in try await conn.query(
-                    "SELECT dek_id, agent_id FROM encryption_dek WHERE dek_id = ANY(\(deks))", logger: Self.quiet
-                ).decode((String, String).self) {
-                    owners[dek] = agent
-                }
+        var deks: [(index: Int, dek: StoredDEK)] = []
+        // The first copy of each blob id goes into the INSERT; later copies in the same batch
+        // are compared with the stored row afterwards.
+        var firsts: [(index: Int, blob: StoredBlob)] = [], later: [(index: Int, blob: StoredBlob)] = []
+        var seen = Set<BlobID>()
+        for (index, item) in items.enumerated() {
+            switch item {
+            case .dek(let d): deks.append((index, d))
+            case .blob(let b): if seen.insert(b.blobID).inserted { firsts.append((index, b)) } else { later.append((index, b)) }
             }
-            var outcomes = [IngestOutcome?](repeating: nil, count: items.count)
-            var batchDEKs = Set<DEKID>()
-            var pending: [(index: Int, blob: StoredBlob)] = []
-            var pendingIDs = Set<String>()
-            var compareLater: [(index: Int, blob: StoredBlob)] = []
-            for (index, item) in items.enumerated() {
-                switch item {
-                case .dek(let d):
-                    let outcome = try await Self.insertDEK(d, receivedAtMs: receivedAtMs, conn: conn)
-                    if outcome == .stored || outcome == .duplicate { batchDEKs.insert(d.dekID) }
-                    outcomes[index] = outcome
-                case .blob(let b):
-                    let id = b.blobID.hex
-                    if taken.contains(id) || pendingIDs.contains(id) {
-                        compareLater.append((index, b))  // compared with the stored row after the INSERT
-                        continue
-                    }
-                    // The DEK record must be this agent's, stored before the batch or earlier in
-                    // it: another agent's DEK id is answered as an unknown one (the blob could
-                    // never be opened with it, and the answer must not tell whether that id exists).
-                    guard batchDEKs.contains(b.dekID) || owners[b.dekID.hex] == b.agentID.rawValue else {
-                        outcomes[index] = .unknownDEK
-                        continue
-                    }
-                    pending.append((index, b))
-                    pendingIDs.insert(id)
-                }
-            }
-            let inserted = try await self.insertBlobs(pending.map(\.blob), refs: refs, receivedAtMs: receivedAtMs, conn: conn)
-            for (index, b) in pending {
-                // Not inserted: another instance stored the id after our first look.
-                outcomes[index] = inserted.contains(b.blobID.hex) ? .stored : try await self.compareStoredBlob(b, conn: conn) ?? .conflict
-            }
-            for (index, b) in compareLater {
-                outcomes[index] = try await self.compareStoredBlob(b, conn: conn) ?? .conflict
-            }
-            return outcomes.map { $0 ?? .conflict }
         }
-        await eraseUnused(refs, items: items, outcomes: outcomes)
-        return outcomes
+        let insert = PostgresStatements.InsertCaptures(firsts.map(\.blob), refs: refs, receivedAtMs: receivedAtMs)
+        let hasBlobs = !firsts.isEmpty
+        let (dekOutcomes, inserted): ([IngestOutcome], Set<String>)
+        if deks.isEmpty {
+            inserted = try await onConnection("store \(items.count) records") { conn in
+                Set(try await self.execute(insert, on: conn))
+            }
+            dekOutcomes = []
+        } else {
+            let dekItems = deks.map(\.dek)
+            (dekOutcomes, inserted) = try await inTransaction("store \(items.count) records") { conn in
+                var outcomes: [IngestOutcome] = []
+                for d in dekItems { outcomes.append(try await Self.insertDEK(d, receivedAtMs: receivedAtMs, conn: conn)) }
+                return (outcomes, hasBlobs ? Set(try await self.execute(insert, on: conn)) : [])
+            }
+        }
+        var outcomes = [IngestOutcome?](repeating: nil, count: items.count)
+        for (k, d) in deks.enumerated() { outcomes[d.index] = dekOutcomes[k] }
+        var compare: [(index: Int, blob: StoredBlob)] = later
+        for f in firsts {
+            if inserted.contains(f.blob.blobID.hex) { outcomes[f.index] = .stored } else { compare.append(f) }
+        }
+        if !compare.isEmpty {
+            // Not inserted: the id is stored (by an earlier upload, another instance, another
+            // agent), or the blob's DEK record is not this agent's, stored before the batch or
+            // earlier in it: another agent's DEK id is answered as an unknown one (the blob could
+            // never be opened with it, and the answer must not tell whether that id exists).
+            let toCompare = compare
+            let compared = try await onConnection("compare \(toCompare.count) records with the stored ones") { conn in
+                var out: [IngestOutcome] = []
+                for c in toCompare { out.append(try await self.compareStoredBlob(c.blob, conn: conn) ?? .unknownDEK) }
+                return out
+            }
+            for (k, c) in compare.enumerated() { outcomes[c.index] = compared[k] }
+        }
+        let final = outcomes.map { $0 ?? .conflict }
+        await eraseUnused(refs, items: items, outcomes: final)
+        return final
     }
 
     /// Erases the bytes this batch appended to blob files for blobs it did not store (another
@@ -98,33 +96,6 @@ extension PostgresStorage {
         let unused = refs.filter { !stored.contains($0.key) }.map(\.value)
         if unused.isEmpty { return }
         _ = try? await store.erase(unused)
-    }
-
-    /// Inserts the rows of `blobs` (distinct ids) in one statement (`unnest` of one array per
-    /// column); a blob with a `refs` entry gets an empty `blob` and the reference (its bytes are
-    /// in a blob file already), the others their bytes. Returns the ids inserted; an id another
-    /// instance holds is skipped (`ON CONFLICT DO NOTHING`).
-    private func insertBlobs(_ blobs: [StoredBlob], refs: [BlobID: BlobRef], receivedAtMs: Int64,
-                             conn: PostgresConnection) async throws -> Set<String> {
-        guard !blobs.isEmpty else { return [] }
-        let ids = blobs.map(\.blobID.hex), agents = blobs.map(\.agentID.rawValue), kinds = blobs.map(\.kind.name)
-        let deks = blobs.map(\.dekID.hex), keks = blobs.map(\.kekID.hex), sequences = blobs.map(\.sequence)
-        let times = blobs.map(\.captureTimeMs), sizes = blobs.map { Int64($0.bytes.count) }
-        let bytes = blobs.map { refs[$0.blobID] == nil ? ByteBuffer(bytes: $0.bytes) : ByteBuffer() }
-        let refTexts = blobs.map { refs[$0.blobID]?.text ?? "" }
-        var inserted = Set<String>()
-        let rows = try await conn.query("""
-            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, blob_ref, received_at)
-            SELECT id, agent, kind, dek, kek, seq,
-                   to_timestamp((t / 1000)::float8) + (t % 1000) * interval '1 millisecond', sz, b, NULLIF(r, ''),
-                   \(timestampMs: receivedAtMs)
-            FROM unnest(\(ids)::text[], \(agents)::text[], \(kinds)::text[], \(deks)::text[], \(keks)::text[],
-                        \(sequences)::int8[], \(times)::int8[], \(sizes)::int8[], \(bytes)::bytea[], \(refTexts)::text[])
-                 AS u(id, agent, kind, dek, kek, seq, t, sz, b, r)
-            ON CONFLICT (blob_id) DO NOTHING RETURNING blob_id
-            """, logger: Self.quiet)
-        for try await id in rows.decode(String.self) { inserted.insert(id) }
-        return inserted
     }
 
     private static func insertDEK(_ d: StoredDEK, receivedAtMs: Int64, conn: PostgresConnection) async throws -> IngestOutcome {

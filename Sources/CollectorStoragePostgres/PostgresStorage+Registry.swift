@@ -42,6 +42,7 @@ extension PostgresStorage {
     }
 
     public func rotateToken(_ id: AgentID) async throws(StorageError) -> Secret {
+        defer { verifiedTokens.forget(id) }  // also when the answer is lost after the commit
         let token = AgentToken.new()
         let hash = ByteBuffer(bytes: AgentToken.hash(token))
         let updated = try await withClient("rotate the token of agent \(id)") { client in
@@ -53,6 +54,7 @@ extension PostgresStorage {
     }
 
     public func removeAgent(_ id: AgentID) async throws(StorageError) {
+        defer { verifiedTokens.forget(id) }
         let deleted = try await withClient("remove agent \(id)") { client in
             try await client.query("DELETE FROM agents WHERE agent_id = \(id.rawValue) RETURNING 1",
                                    logger: Self.quiet).collect().count > 0
@@ -99,15 +101,21 @@ extension PostgresStorage {
         return "SELECT agent_id, \(unescaped: SQLTime.ms("created_at")) FROM agents ORDER BY agent_id LIMIT \(limit)"
     }
 
+    /// Whether `token` is `id`'s. An acceptance is remembered for
+    /// ``Configuration/tokenCacheTTL`` (``VerifiedTokens``): a token rotated or an agent removed
+    /// by another process (or by hand in `psql`) is refused here within that time; through this
+    /// instance, at once. A wrong token always asks the database.
     public func authenticate(_ id: AgentID, token: Secret) async throws(StorageError) -> Bool {
-        let stored = try await withClient("look up agent \(id)") { client -> Data? in
-            var hash: Data?
-            let rows = try await client.query("SELECT token_hash FROM agents WHERE agent_id = \(id.rawValue)", logger: Self.quiet)
-            for try await (h) in rows.decode(ByteBuffer.self) { hash = Data(h.readableBytesView) }
-            return hash
+        if verifiedTokens.accepts(id, token) { return true }
+        let ticket = verifiedTokens.ticket()
+        let lookUp = PostgresStatements.TokenHash(agentID: id.rawValue)
+        let stored = try await onConnection("look up agent \(id)") { conn -> Data? in
+            try await self.execute(lookUp, on: conn).last.map { Data($0.readableBytesView) }
         }
         // Constant-time; an unknown agent is compared against a dummy digest (the same work).
-        return AgentToken.matches(token, storedHash: stored)
+        let accepted = AgentToken.matches(token, storedHash: stored)
+        if accepted, let stored { verifiedTokens.remember(id, hash: stored, ticket) }
+        return accepted
     }
 
     static func agentID(_ text: String, location: String, table: String) throws(StorageError) -> AgentID {

@@ -51,11 +51,17 @@ public final class PostgresStorage: CollectorStorage, Service {
         /// moved to its next file can take to commit its rows (the operation timeout), plus
         /// clock differences between hosts and the file server (docs/STORAGE.md "Retention").
         public var blobFileQuietPeriod: Duration
+        /// How long ``authenticate(_:token:)`` trusts the database's acceptance of an agent's
+        /// token before asking again (default 5 s; zero: every call asks): a token rotated or an
+        /// agent removed by another process is refused within this time (docs/STORAGE.md
+        /// "Agent tokens: the look-up cache").
+        public var tokenCacheTTL: Duration
 
         public init(location: PostgresLocation, password: Secret?, operationTimeout: Duration = .seconds(10),
                     maximumConnections: Int = 10,
                     listenerBackoff: Backoff = Backoff(initial: .milliseconds(200), cap: .seconds(10)),
-                    blobDirectory: String? = nil, blobFileQuietPeriod: Duration = .seconds(15 * 60)) {
+                    blobDirectory: String? = nil, blobFileQuietPeriod: Duration = .seconds(15 * 60),
+                    tokenCacheTTL: Duration = .seconds(5)) {
             self.location = location
             self.password = password
             self.operationTimeout = operationTimeout
@@ -63,6 +69,7 @@ public final class PostgresStorage: CollectorStorage, Service {
             self.listenerBackoff = listenerBackoff
             self.blobDirectory = blobDirectory
             self.blobFileQuietPeriod = blobFileQuietPeriod
+            self.tokenCacheTTL = tokenCacheTTL
         }
     }
 
@@ -99,6 +106,7 @@ public final class PostgresStorage: CollectorStorage, Service {
     let probe: Probe
     let listenerErrors = RepeatedErrorLog()
     let connectionIDs = Atomic<Int>(1)
+    let verifiedTokens: VerifiedTokens
 
     /// - Throws: `.failed` when the TLS configuration cannot be made (an unreadable
     ///   `sslrootcert` file). No connection is made here.
@@ -146,6 +154,7 @@ public final class PostgresStorage: CollectorStorage, Service {
         connectionConfiguration = connConfig
         client = PostgresClient(configuration: clientConfig, backgroundLogger: Self.quiet)
         probe = Probe()
+        verifiedTokens = VerifiedTokens(ttl: max(.zero, configuration.tokenCacheTTL))
     }
 
     static func timeAmount(_ d: Duration) -> TimeAmount {
@@ -242,30 +251,38 @@ public final class PostgresStorage: CollectorStorage, Service {
         }
     }
 
-    /// Runs `body` in one transaction on one pooled connection (BEGIN … COMMIT; ROLLBACK when
-    /// it throws). A serialization failure or deadlock (SQLSTATE 40001, 40P01) is retried
-    /// twice with the whole body.
-    func inTransaction<T: Sendable>(_ what: String, migrate: Bool = true, timeout: Duration? = nil,
-                                    _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws(StorageError) -> T {
+    /// Runs `body` on one pooled connection (in autocommit: each statement is a transaction of
+    /// its own). A serialization failure or deadlock (SQLSTATE 40001, 40P01) is retried twice
+    /// with the whole body.
+    func onConnection<T: Sendable>(_ what: String, migrate: Bool = true, timeout: Duration? = nil,
+                                   _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws(StorageError) -> T {
         try await withClient(what, migrate: migrate, timeout: timeout) { client in
             var attempt = 0
             while true {
                 attempt += 1
                 do {
-                    return try await client.withConnection { conn in
-                        try await conn.query("BEGIN", logger: Self.quiet)
-                        do {
-                            let value = try await body(conn)
-                            try await conn.query("COMMIT", logger: Self.quiet)
-                            return value
-                        } catch {
-                            do { try await conn.query("ROLLBACK", logger: Self.quiet) } catch { try? await conn.close() }
-                            throw error
-                        }
-                    }
+                    return try await client.withConnection { conn in try await body(conn) }
                 } catch let e as PSQLError where attempt < 3 && ["40001", "40P01"].contains(e.serverInfo?[.sqlState] ?? "") {
                     continue
                 }
+            }
+        }
+    }
+
+    /// Runs `body` in one transaction on one pooled connection (BEGIN … COMMIT; ROLLBACK when
+    /// it throws). A serialization failure or deadlock (SQLSTATE 40001, 40P01) is retried
+    /// twice with the whole body.
+    func inTransaction<T: Sendable>(_ what: String, migrate: Bool = true, timeout: Duration? = nil,
+                                    _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws(StorageError) -> T {
+        try await onConnection(what, migrate: migrate, timeout: timeout) { conn in
+            try await conn.query("BEGIN", logger: Self.quiet)
+            do {
+                let value = try await body(conn)
+                try await conn.query("COMMIT", logger: Self.quiet)
+                return value
+            } catch {
+                do { try await conn.query("ROLLBACK", logger: Self.quiet) } catch { try? await conn.close() }
+                throw error
             }
         }
     }

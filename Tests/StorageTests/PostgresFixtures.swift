@@ -70,12 +70,13 @@ func withPostgresStorage<T: Sendable>(
     cluster: PostgresCluster, database: String, role: String = collectorRole, password: String? = nil,
     timeout: Duration = .seconds(20), logger: Logger = Logger(label: "test.storage"),
     listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)), blobDirectory: String? = nil,
-    blobFileQuietPeriod: Duration = .seconds(15 * 60),
+    blobFileQuietPeriod: Duration = .seconds(15 * 60), maximumConnections: Int = 4, tokenCacheTTL: Duration = .seconds(5),
     _ body: (PostgresStorage) async throws -> T
 ) async throws -> T {
     let storage = try makePostgresStorage(cluster: cluster, database: database, role: role, password: password,
                                           timeout: timeout, logger: logger, listenerBackoff: listenerBackoff,
-                                          blobDirectory: blobDirectory, blobFileQuietPeriod: blobFileQuietPeriod)
+                                          blobDirectory: blobDirectory, blobFileQuietPeriod: blobFileQuietPeriod,
+                                          maximumConnections: maximumConnections, tokenCacheTTL: tokenCacheTTL)
     let runner = Task { try await storage.run() }
     do {
         let result = try await body(storage)
@@ -93,12 +94,14 @@ func makePostgresStorage(cluster: PostgresCluster, database: String, role: Strin
                          password: String? = nil, timeout: Duration = .seconds(20),
                          logger: Logger = Logger(label: "test.storage"),
                          listenerBackoff: Backoff = Backoff(initial: .milliseconds(100), cap: .seconds(1)),
-                         blobDirectory: String? = nil, blobFileQuietPeriod: Duration = .seconds(15 * 60)) throws -> PostgresStorage {
+                         blobDirectory: String? = nil, blobFileQuietPeriod: Duration = .seconds(15 * 60),
+                         maximumConnections: Int = 4, tokenCacheTTL: Duration = .seconds(5)) throws -> PostgresStorage {
     let pw = try password ?? cluster.password(of: role) ?? cluster.createRole(role)
     let location = try PostgresLocation(cluster.url(database: database, user: role))
-    return try PostgresStorage(.init(location: location, password: Secret(pw), operationTimeout: timeout, maximumConnections: 4,
-                                     listenerBackoff: listenerBackoff, blobDirectory: blobDirectory,
-                                     blobFileQuietPeriod: blobFileQuietPeriod),
+    return try PostgresStorage(.init(location: location, password: Secret(pw), operationTimeout: timeout,
+                                     maximumConnections: maximumConnections, listenerBackoff: listenerBackoff,
+                                     blobDirectory: blobDirectory, blobFileQuietPeriod: blobFileQuietPeriod,
+                                     tokenCacheTTL: tokenCacheTTL),
                                logger: logger)
 }
 

@@ -111,6 +111,146 @@ struct PostgresStorageTests {
         }
     }
 
+    /// Batches of blobs only (one statement each, no `BEGIN`) racing through two instances:
+    /// overlapping batches in opposite orders store every blob exactly once (each other answer
+    /// `duplicate`: an id another statement inserted meanwhile is compared after it commits);
+    /// one id with other bytes at the same time is stored once and a `conflict` for the other.
+    @Test func blobBatchesRacingThroughTwoInstances() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { first in
+            try await withPostgresStorage(cluster: cluster, database: db) { second in
+                let dek = sampleDEK(agent("racer"))
+                #expect(try await first.ingest([.dek(dek)], receivedAtMs: 1) == [.stored])
+                let blobs = (0..<40).map { sampleBlob(dek, sequence: Int64($0), timeMs: 1_700_000_000_000 + Int64($0)) }
+                // Batch i: 20 blobs from 3·i on (wrapping), forwards for even i, backwards for odd.
+                let batches: [[StoredBlob]] = (0..<8).map { i in
+                    let window = (0..<20).map { blobs[(3 * i + $0) % blobs.count] }
+                    return i % 2 == 0 ? window : window.reversed()
+                }
+                let results = try await withThrowingTaskGroup(of: (Int, [IngestOutcome]).self) { group in
+                    for (i, batch) in batches.enumerated() {
+                        let s = i % 2 == 0 ? first : second
+                        group.addTask { (i, try await s.ingest(batch.map { .blob($0) }, receivedAtMs: 2)) }
+                    }
+                    return try await group.reduce(into: [:]) { $0[$1.0] = $1.1 }
+                }
+                var outcomes: [BlobID: [IngestOutcome]] = [:]
+                for (i, batch) in batches.enumerated() {
+                    let answers = try #require(results[i])
+                    #expect(answers.count == batch.count)
+                    for (b, o) in zip(batch, answers) { outcomes[b.blobID, default: []].append(o) }
+                }
+                let sent = Set(batches.joined().map(\.blobID))
+                for id in sent {
+                    let o = outcomes[id] ?? []
+                    #expect(o.filter { $0 == .stored }.count == 1 && o.filter { $0 == .duplicate }.count == o.count - 1, "\(id): \(o)")
+                }
+                #expect(try await first.counts() == (sent.count, 1))
+
+                for round in 0..<10 {
+                    let a = sampleBlob(dek, sequence: 100 + Int64(round), bytes: Data("one \(round)".utf8))
+                    let b = sampleBlob(dek, sequence: a.sequence, timeMs: a.captureTimeMs, bytes: Data("two \(round)".utf8), id: a.blobID)
+                    async let one = first.ingest([.blob(a)], receivedAtMs: 3)
+                    async let two = second.ingest([.blob(b)], receivedAtMs: 3)
+                    let answers = try await [one[0], two[0]]
+                    #expect(answers.sorted { "\($0)" < "\($1)" } == [.conflict, .stored], "round \(round): \(answers)")
+                    #expect(try await second.blob(a.blobID) == (answers[0] == .stored ? a.bytes : b.bytes))
+                }
+            }
+        }
+    }
+
+    /// The upload statement as PostgreSQL runs it after a few uploads on a connection (a generic
+    /// plan, forced here) finds each blob's DEK record by its primary key: no sequential scan of
+    /// `encryption_dek`, even among 1,000 rows, where an `EXISTS` was planned as a hash join
+    /// over one (and a connection keeps its plan until the statistics change).
+    @Test func theUploadStatementProbesDEKRecordsByKey() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db) { s in
+            try await s.prepare()
+            let plan = try await cluster.psqlAsync("""
+                INSERT INTO encryption_dek (dek_id, kek_id, agent_id, creation_time, record, received_at)
+                SELECT md5(i::text), repeat('ab', 32), 'agent-' || (i % 100), now(), '\\x00', now()
+                FROM generate_series(1, 1000) AS i;
+                ANALYZE encryption_dek;
+                SET plan_cache_mode = force_generic_plan;
+                PREPARE upload(text[], text[], text[], text[], text[], int8[], int8[], int8[], bytea[], text[], int8, int8)
+                    AS \(PostgresStatements.InsertCaptures.sql);
+                EXPLAIN EXECUTE upload(ARRAY[md5('x')], ARRAY['agent-1'], ARRAY['screen'], ARRAY[md5('1')],
+                                       ARRAY[repeat('ab', 32)], ARRAY[1::int8], ARRAY[1000::int8], ARRAY[3::int8],
+                                       ARRAY['\\x01'::bytea], ARRAY[''], 1, 2);
+                """, database: db, user: collectorRole)
+            #expect(plan.contains("Index Scan using encryption_dek_pkey") && !plan.contains("Seq Scan"), "\(plan)")
+        }
+    }
+
+    /// postgres-nio remembers a failed preparation for a connection's life: a prepared
+    /// statement that failed to prepare (its table missing for a moment) closes its connection,
+    /// so once the table is back the next upload is stored — on a pool of one connection, which
+    /// would otherwise fail every later call.
+    @Test func aFailedPreparationIsNotRemembered() async throws {
+        let (cluster, db) = try await freshDatabase()
+        try await withPostgresStorage(cluster: cluster, database: db, maximumConnections: 1) { s in
+            let dek = sampleDEK(agent("prepared"))
+            #expect(try await s.ingest([.dek(dek)], receivedAtMs: 1) == [.stored])
+            try await cluster.psqlAsync("ALTER TABLE captures RENAME TO captures_away;", database: db, user: collectorRole)
+            let error = await storageError { _ = try await s.ingest([.blob(sampleBlob(dek))], receivedAtMs: 2) }
+            #expect(error?.code == .failed && error?.message.contains("captures") == true, "\(String(describing: error))")
+            try await cluster.psqlAsync("ALTER TABLE captures_away RENAME TO captures;", database: db, user: collectorRole)
+            let blob = sampleBlob(dek, sequence: 1)
+            #expect(try await s.ingest([.blob(blob)], receivedAtMs: 3) == [.stored])
+            #expect(try await s.blob(blob.blobID) == blob.bytes)
+        }
+    }
+
+    /// A token rotated or an agent removed by another process is refused within the token
+    /// cache's time (``PostgresStorage/Configuration/tokenCacheTTL``): every check that starts
+    /// later than that after the change refuses it. Until then the acceptance is remembered
+    /// (the cache is in use), but a wrong token is never accepted, a new token works at once
+    /// (and then replaces the old one), and with no cache time the change counts at once.
+    @Test func tokensChangedElsewhereAreRefusedWithinTheCacheTime() async throws {
+        let (cluster, db) = try await freshDatabase()
+        let ttl = Duration.seconds(2)
+        try await withPostgresStorage(cluster: cluster, database: db, tokenCacheTTL: ttl) { collector in
+            try await withPostgresStorage(cluster: cluster, database: db, tokenCacheTTL: .zero) { other in
+                let rotated = agent("rotated"), removed = agent("removed"), replaced = agent("replaced")
+                let oldRotated = try await other.addAgent(rotated), oldRemoved = try await other.addAgent(removed)
+                let oldReplaced = try await other.addAgent(replaced)
+                let cachedAt = ContinuousClock.now
+                for (a, t) in [(rotated, oldRotated), (removed, oldRemoved), (replaced, oldReplaced)] {
+                    #expect(try await collector.authenticate(a, token: t))
+                }
+                let newRotated = try await other.rotateToken(rotated)
+                try await other.removeAgent(removed)
+                let newReplaced = try await other.rotateToken(replaced)
+                let changed = ContinuousClock.now
+                #expect(try await !collector.authenticate(rotated, token: newReplaced), "a wrong token, while the agent is cached")
+                #expect(try await !other.authenticate(rotated, token: oldRotated), "no cache time: refused at once")
+                // The new token works at once and takes the old one's place.
+                #expect(try await collector.authenticate(replaced, token: newReplaced))
+                #expect(try await !collector.authenticate(replaced, token: oldReplaced))
+
+                let start = ContinuousClock.now
+                let stillCached = try await collector.authenticate(rotated, token: oldRotated)
+                if start < cachedAt + ttl { #expect(stillCached, "remembered until the cache time has passed") }
+                for (a, t) in [(rotated, oldRotated), (removed, oldRemoved)] {
+                    while true {
+                        let asked = ContinuousClock.now
+                        let accepted = try await collector.authenticate(a, token: t)
+                        if asked >= changed + ttl {
+                            #expect(!accepted, "\(a): accepted \(asked - changed) after the change")
+                            break
+                        }
+                        if !accepted { break }
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                    #expect(try await !collector.authenticate(a, token: t), "\(a): refused for good")
+                }
+                #expect(try await collector.authenticate(rotated, token: newRotated))
+            }
+        }
+    }
+
     /// A listing page is one index range: no Seq Scan and no Sort among 20,000 rows of 40
     /// agents, forwards and backwards, with and without an agent, kind or time bounds; the
     /// newest 100 of one agent are the right ones, and its 500 page by cursor.

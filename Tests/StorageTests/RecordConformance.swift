@@ -68,6 +68,14 @@ extension StorageConformance {
                 // A blob under a DEK stored by an earlier batch.
                 let b2 = blob(d, kind: .keystrokes, time: 103, size: 40, sequence: 1)
                 #expect(try await s.ingest([.blob(b2)], receivedAtMs: 7) == [.stored])
+                // Batches of blobs only (PostgreSQL's one-statement path): a new blob, a retry, an
+                // orphan, one id twice (the second copy compared with the first), other bytes.
+                let b3 = blob(d, time: 104, sequence: 2)
+                var b3Other = b3
+                b3Other.bytes = randomData(b3.bytes.count)
+                #expect(try await s.ingest([.blob(b3), .blob(b2), .blob(orphan), .blob(b3), .blob(b3Other)], receivedAtMs: 7)
+                    == [.stored, .duplicate, .unknownDEK, .duplicate, .conflict])
+                #expect(try await s.capture(b3.blobID) == info(b3, receivedAtMs: 7))
 
                 // Same id, other bytes: a conflict, nothing changed.
                 var otherRecord = d
@@ -104,7 +112,12 @@ extension StorageConformance {
                 #expect(try await s.capture(b1.blobID)?.agentID == a)
                 #expect(try await s.dekRecords(agent: m, after: nil, limit: 10).map(\.dekID) == [md.dekID])
                 #expect(try await s.capture(underAlicesDEK.blobID) == nil)
-                #expect(try await s.counts() == (2, 2))
+                // The same without a DEK record in the batch.
+                let underAlicesDEKAgain = blob(d, time: 301).with(agent: m)
+                #expect(try await s.ingest([.blob(underAlicesDEKAgain), .blob(stolenBlob)], receivedAtMs: 10)
+                    == [.unknownDEK, .otherAgent])
+                #expect(try await s.capture(underAlicesDEKAgain.blobID) == nil)
+                #expect(try await s.counts() == (3, 2))
             }
         }
 
@@ -158,6 +171,17 @@ extension StorageConformance {
                 #expect(try await s.blob(large.blobID) == large.bytes)
                 #expect(try await s.blob(small.blobID) == small.bytes)
                 #expect(try await s.counts() == (2, 2))
+
+                // A batch of blobs only (PostgreSQL's one-statement path) fails whole as well.
+                let small2 = blob(d, time: 6), large2 = blob(d, time: 7, size: 100_000)
+                let again = await storageError {
+                    _ = try await s.ingest([.blob(small2), .blob(large2), .blob(refused)], receivedAtMs: 4)
+                }
+                #expect(again?.code == .failed, "\(String(describing: again))")
+                #expect(try await s.counts() == (2, 2))
+                #expect(try await s.capture(small2.blobID) == nil)
+                #expect(try await s.ingest([.blob(small2), .blob(large2)], receivedAtMs: 5) == [.stored, .stored])
+                #expect(try await s.blob(large2.blobID) == large2.bytes)
             }
         }
     }

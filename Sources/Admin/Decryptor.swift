@@ -294,12 +294,7 @@ func sha256Hex(_ data: Data) -> String {
 /// File names and text layouts of decrypted output (docs/ADMIN.md, "Output layout").
 enum OutputNaming {
     /// `2026-11-30T23:59:01.123Z`.
-    static func iso(_ ms: Int64) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
-    }
+    static func iso(_ ms: Int64) -> String { isoTime(unixMs: ms) }
 
     /// `2026-11-30T23-59-01.123Z`: ISO 8601 with `-` for `:` (portable file names).
     static func fileTime(_ ms: Int64) -> String { iso(ms).replacingOccurrences(of: ":", with: "-") }

@@ -73,7 +73,7 @@ extension PostgresStorage {
             for try await row in try await client.query("SELECT \(unescaped: Self.holdColumns) FROM legal_hold WHERE id = \(id)",
                                                         logger: Self.quiet).decode(HoldRow.self) {
                 let hold = try Self.hold(row, location: location)
-                throw StorageError(.notFound, "\(location): legal hold \(id) was removed already, by \(SafeText.quoted(hold.removedBy ?? "")) at \(hold.removedAtMs ?? 0) (Unix ms)")
+                throw StorageError(.notFound, "\(location): legal hold \(id) was removed already, by \(SafeText.quoted(hold.removedBy ?? "")) at \(isoTime(unixMs: hold.removedAtMs ?? 0))")
             }
             throw StorageError(.notFound, "\(location): no legal hold \(id)")
         }

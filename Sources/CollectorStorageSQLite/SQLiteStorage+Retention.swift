@@ -60,7 +60,7 @@ extension SQLiteStorage {
             }
             var hold = try Self.hold(RowReader(row, database: database, table: "legal_hold", key: "id"))
             if let at = hold.removedAtMs {
-                throw StorageError(.notFound, "\(database): legal hold \(id) was removed already, by \(SafeText.quoted(hold.removedBy ?? "")) at \(at) (Unix ms)")
+                throw StorageError(.notFound, "\(database): legal hold \(id) was removed already, by \(SafeText.quoted(hold.removedBy ?? "")) at \(isoTime(unixMs: at))")
             }
             try db.execute(sql: "UPDATE legal_hold SET removed_at = ?, removed_by = ? WHERE id = ?", arguments: [now, removedBy, id])
             hold.removedAtMs = now

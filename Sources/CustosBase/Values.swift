@@ -151,3 +151,12 @@ public struct Secret: Sendable, Hashable, CustomStringConvertible, CustomDebugSt
     public var debugDescription: String { "<redacted>" }
     public var customMirror: Mirror { Mirror(self, children: []) }
 }
+
+/// Unix milliseconds as people read them: `2026-11-30T23:59:01.123Z` (RFC 3339 in UTC, with
+/// milliseconds). The one text form of a time in listings, messages and file layouts.
+public func isoTime(unixMs ms: Int64) -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    f.timeZone = TimeZone(identifier: "UTC")
+    return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+}

@@ -158,6 +158,9 @@ extension StorageConformance {
                 #expect(!removed.isActive(atMs: Self.now) && removed.state(atMs: Self.now) == "removed")
                 let again = await storageError { _ = try await s.removeHold(id: hold.id, removedBy: "admin3") }
                 #expect(again?.code == .notFound && again?.message.contains("removed already, by 'admin2'") == true, "\(String(describing: again))")
+                // When, as people read it (not Unix ms), on both backends.
+                #expect(again?.message.contains("removed already, by 'admin2' at \(isoTime(unixMs: removed.removedAtMs ?? 0))") == true,
+                        "\(String(describing: again))")
                 let unknown = await storageError { _ = try await s.removeHold(id: 999, removedBy: "admin") }
                 #expect(unknown?.code == .notFound && unknown?.message.contains("no legal hold 999") == true, "\(String(describing: unknown))")
                 #expect(await storageError {

@@ -62,6 +62,9 @@ struct AdminGuard: RouterMiddleware {
             response = AdminHTTPError(.internalServerError, "internal error").response
         }
         SecurityHeaders.apply(to: &response.headers)
+        // HEAD (answered by the GET route, `autoGenerateHeadEndpoints`): the GET's status and
+        // headers, Content-Length included, without the body; an error answer's too.
+        if request.method == .head { response = response.createHeadResponse() }
         logger.info("admin request", metadata: [
             "admin.method": .safe(request.method.rawValue), "admin.path": .safe(request.uri.path),
             "admin.status": "\(response.status.code)", "admin.client": .safe(context.clientIP)])
@@ -126,7 +129,8 @@ final class AdminAPI: Sendable {
     // MARK: Router
 
     func router() -> Router<AdminRequestContext> {
-        let router = Router(context: AdminRequestContext.self)
+        // HEAD answers like GET without the body (RFC 9110 9.3.2), for static files and API GETs.
+        let router = Router(context: AdminRequestContext.self, options: .autoGenerateHeadEndpoints)
         router.add(middleware: AdminGuard(logger: logger))
         let api = router.group("api/v1")
         api.post("login") { request, context in try await self.login(request, context) }

@@ -145,6 +145,19 @@ import TestSupport
             #expect(index.status == 200 && index.text.contains("Custos") && index.headers["content-type"] == "text/html; charset=utf-8")
             Self.expectSecurityHeaders(index, "static")
             #expect(try await c.get("/js/app.js").headers["content-type"] == "text/javascript; charset=utf-8")
+            // HEAD answers like GET without a body (QA: it answered 404).
+            for path in ["/", "/js/app.js"] {
+                let full = try await c.get(path)
+                let headOnly = try await c.request("HEAD", path)
+                let length: String = "\(full.body.count)"
+                #expect(headOnly.status == 200, "HEAD \(path): \(headOnly.status)")
+                #expect(headOnly.headers["content-type"] == full.headers["content-type"], "HEAD \(path): \(headOnly.headers)")
+                #expect(headOnly.headers["content-length"] == length, "HEAD \(path): \(headOnly.headers)")
+                #expect(headOnly.headers["cache-control"] == "no-cache", "HEAD \(path): \(headOnly.headers)")
+                Self.expectSecurityHeaders(headOnly, "HEAD \(path)")
+            }
+            let headMissing = try await c.request("HEAD", "/nope.html")
+            #expect(headMissing.status == 404, "HEAD /nope.html: \(headMissing.status)")
             for path in ["/js/link.js", "/../outside.js", "/%2e%2e/outside.js", "/js/%2e%2e/%2e%2e/outside.js", "/.hidden.js",
                          "/notes.txt", "/nope.html", "/js/..%2f..%2foutside.js", "/api/v1/nope"] {
                 let r = try await c.get(path)
@@ -492,6 +505,7 @@ import TestSupport
         let pki = try sharedMaterial.get().pki
         let pw = dir.file("admin.pw")
         try "a long test password\n".write(toFile: pw, atomically: true, encoding: .utf8)
+        chmod(pw, 0o600)
         let add = try await PostgresCollectorTests.custos(["admins", "add", "--db", dir.file("collector.db"), "--name", "ann",
                                                            "--role", "decryptor", "--password-file", pw])
         try #require(add.status == 0, "\(add.stderrString)")
@@ -533,6 +547,10 @@ import TestSupport
                                                                    "--listen", listen])
             #expect(refused.status == 2 && refused.stderrString.contains("loopback"), "\(listen): \(refused.stderrString)")
         }
+        let sqliteBlobDir = try await PostgresCollectorTests.custos(["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
+                                                                    "--db-blob-dir", dir.path])
+        #expect(sqliteBlobDir.status == 2 && sqliteBlobDir.stderrString.contains("--db-blob-dir is for a postgres:// database only"),
+                "\(sqliteBlobDir.stderrString)")
         let process = try BackgroundProcess(try builtProduct("custos"), ["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
                                                                        "--listen", "127.0.0.1:\(port)", "--one-time-login"],
                                             logPath: dir.file("dashboard.log"))

@@ -240,6 +240,20 @@ test("webcodecs: the recorded AV1 packets decode; the first picture shows the pa
   assertEqual(lone.stats.flushes, 0, `lone keyframe without the flush fallback (${Math.round(performance.now() - t)} ms)`);
   lone.close();
   player.close();
+  // A seek decoded in one batch on the throughput decoder (flushed), as far seeks are (batchAfter 1
+  // here: the recording is short); playback then goes on from there on the playback decoder.
+  const batched = new MonitorPlayer(document.createElement("canvas"), { batchAfter: 1 });
+  batched.setPackets(video);
+  const superseded = batched.showAt(player.range[1]);
+  const end = await batched.showAt(player.range[1] - 1);
+  assertEqual(await superseded, null, "a batch superseded by a newer seek gives null");
+  assertEqual(end.packetIndex, video.length - 2, "the newer seek's packet");
+  assertEqual((await batched.showAt(player.range[1])).packetIndex, video.length - 1, "last packet by batch");
+  near(pixel(batched.canvas, 300, 220), rgb(m.video.last), 10, "batch: the last picture");
+  assert(batched.stats.batches >= 2 && batched.stats.flushes === 0, `batches ${batched.stats.batches}, flush fallbacks ${batched.stats.flushes}`);
+  assertEqual((await batched.showAt(player.range[0])).packetIndex, 0, "back to the keyframe (playback decoder)");
+  near(pixel(batched.canvas, 10, 10), rgb(m.video.first), 10, "batch, then keyframe: the first picture");
+  batched.close();
 });
 test("agent recording (png): the CFRM frame's PNG decodes at its own size with the painted colour exactly", async () => {
   const ring = new KeyRing(unlocked.privateKey, unlocked.kekID);

@@ -11,7 +11,9 @@
 #     keyframe-interval-seconds=0 while xdotool types, so every packet changes the screen),
 #     re-timed to 1 s apart and repeated 12 times as 12 streams: a seek decodes from its group's
 #     keyframe up to the target, which is what seeking costs; decrypting the hour happens once,
-#     when the session loads, and is reported on its own.
+#     when the session loads, and is reported on its own. Two players seek to the same times,
+#     interleaved: the default (a far seek is one batch on a throughput decoder, flushed) and the
+#     latency-configured decoder alone (the player before the batch seek), with their ratio.
 # Medians of the runs (BENCH_RUNS, default 15 frames / 30 seeks). Usage: Benchmarks/dashboard.sh
 # DASHBOARD_BENCH_BIN=DIR takes custos and custos-agent from DIR (default: the debug build; the
 # agent's build type does not change what the browser measures).

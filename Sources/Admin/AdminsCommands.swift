@@ -40,14 +40,15 @@ extension AdminRole: ExpressibleByArgument {
 /// Reads a new password: the first line of `file` (`-` = standard input), or typed twice at the
 /// terminal without echo. Checked by the one rule (``AdminPassword/check(_:field:)``).
 /// - Throws: ``AdminError`` `.usage` (exit 2) when the two differ, the rule refuses it, or it
-///   is not UTF-8 text; `CLIError` when the file cannot be read or there is no terminal.
+///   is not UTF-8 text; `CLIError` when the file cannot be read, others may read or write it
+///   (``SecretFileMode``), or there is no terminal.
 func readNewPassword(file: String?, for name: AdminName) throws -> Secret {
     let bytes: SecretBytes
     if let file {
-        bytes = try Passphrase.read(file: file)
+        bytes = try Passphrase.read(file: file, noun: "password", privateFile: true)
     } else {
-        let first = try Passphrase.promptTerminal("New password for \(name) (at least \(AdminPassword.minCharacters) characters): ")
-        let second = try Passphrase.promptTerminal("Repeat the password: ")
+        let first = try Passphrase.promptTerminal("New password for \(name) (at least \(AdminPassword.minCharacters) characters): ", noun: "password")
+        let second = try Passphrase.promptTerminal("Repeat the password: ", noun: "password")
         let same = first.count == second.count && first.withUnsafeBytes { a in
             second.withUnsafeBytes { b in zip(a, b).reduce(UInt8(0)) { $0 | ($1.0 ^ $1.1) } == 0 }
         }

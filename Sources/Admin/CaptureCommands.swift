@@ -161,7 +161,7 @@ struct DecryptArguments: ParsableArguments {
     var db: String?
     @Option(help: ArgumentHelp("File whose first line is the PostgreSQL password (never part of --db).", valueName: "file"))
     var dbPasswordFile: String?
-    @Option(help: ArgumentHelp("The blob directory of a postgres:// --db (its collectors' blob-dir=), to read blobs kept in blob files.", valueName: "dir"))
+    @Option(help: dbBlobDirHelp)
     var dbBlobDir: String?
     @Option(name: .customLong("in"), help: "Instead of --db: a record-stream file (sealed file or API export).")
     var input: String?
@@ -180,10 +180,7 @@ struct DecryptArguments: ParsableArguments {
     func validate() throws {
         guard (db == nil) != (input == nil) else { throw ValidationError("give exactly one of --db and --in") }
         if let db {
-            let location = try storageLocation(db, passwordFile: dbPasswordFile)
-            if dbBlobDir != nil, case .sqlite = location {
-                throw ValidationError("--db-blob-dir is for a postgres:// --db only; a SQLite database keeps its blob files beside it")
-            }
+            try validateBlobDirectoryOption(dbBlobDir, "--db-blob-dir", for: try storageLocation(db, passwordFile: dbPasswordFile))
         } else if dbPasswordFile != nil || dbBlobDir != nil {
             throw ValidationError("\(dbPasswordFile != nil ? "--db-password-file" : "--db-blob-dir") goes with --db")
         }

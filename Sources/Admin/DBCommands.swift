@@ -60,11 +60,8 @@ public struct DBMigrateCommand: AsyncParsableCommand {
         guard source.description != target.description else {
             throw ValidationError("--from and --to name the same database (\(SafeText.escaped(source.description)))")
         }
-        for (dir, option, location) in [(fromBlobDir, "--from-blob-dir", source), (toBlobDir, "--to-blob-dir", target)] {
-            if dir != nil, case .sqlite = location {
-                throw ValidationError("\(option) is for a postgres:// database only; a SQLite database keeps its blob files beside it")
-            }
-        }
+        try validateBlobDirectoryOption(fromBlobDir, "--from-blob-dir", for: source)
+        try validateBlobDirectoryOption(toBlobDir, "--to-blob-dir", for: target)
         guard (0...10_000_000).contains(verifySample) else {
             throw ValidationError("--verify-sample \(verifySample): expected 0 to 10000000 captures")
         }

@@ -6,7 +6,7 @@ import CustosBase
 import Foundation
 import Logging
 
-/// `custos dashboard --db COPY --dashboard-dir DIR [--listen 127.0.0.1:PORT]`: the reviewer's
+/// `custos dashboard --db COPY [--db-blob-dir DIR] --dashboard-dir DIR [--listen 127.0.0.1:PORT]`: the reviewer's
 /// dashboard served on this machine from a copy of the collector's database, with the pages of
 /// this machine's own installed package (docs/ADMIN.md "Local dashboard"). A compromised
 /// collector could serve a page that steals the passphrase; here the page comes from the
@@ -25,6 +25,8 @@ public struct DashboardCommand: AsyncParsableCommand {
     )
 
     @OptionGroup var database: DatabaseOptions
+    @Option(help: dbBlobDirHelp)
+    var dbBlobDir: String?
     @Option(help: ArgumentHelp("Loopback address and port to serve (127.0.0.1:PORT or [::1]:PORT; port 0 picks one).",
                                valueName: "host:port"))
     var listen = "127.0.0.1:8444"
@@ -50,6 +52,7 @@ public struct DashboardCommand: AsyncParsableCommand {
         guard ["127.0.0.1", "::1"].contains(host) else {
             throw ValidationError("--listen \(SafeText.quoted(listen)): the local dashboard serves the loopback address only (127.0.0.1 or [::1])")
         }
+        try validateBlobDirectoryOption(dbBlobDir, "--db-blob-dir", for: try database.location())
         guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dashboardDir, isDirectory: &isDirectory), isDirectory.boolValue else {
@@ -78,7 +81,10 @@ public struct DashboardCommand: AsyncParsableCommand {
         logger.logLevel = .notice
         let oneTime = oneTimeLogin
         let actor = loginUser()
-        try await withStorage(try database.location(), createIfMissing: false) { storage in
+        let location = try database.location()
+        try await withStorage(location, createIfMissing: false, blobDirectory: dbBlobDir) { storage in
+            // Before anything is served: a copy whose large blobs are in blob files needs their directory.
+            try await checkBlobDirectory(storage, name: location.shown, option: "--db-blob-dir")
             var added: AdminName?
             if oneTime {
                 let name = try AdminName("local-" + String(AgentToken.new().revealed.filter { $0.isLetter || $0.isNumber }.prefix(8)))

@@ -21,6 +21,21 @@ struct DatabaseOptions: ParsableArguments {
     func location() throws -> StorageLocation { try storageLocation(db, passwordFile: dbPasswordFile) }
 }
 
+/// The help of `--db-blob-dir` (`decrypt`, `export`, `dashboard`).
+let dbBlobDirHelp = ArgumentHelp("The blob directory of a postgres:// --db (its collectors' blob-dir=), to read blobs kept in blob files.",
+                                 valueName: "dir")
+
+/// The one check of a blob-directory option (`--db-blob-dir`, `--from-blob-dir`, `--to-blob-dir`)
+/// at parse time: it goes with a postgres:// database only (a SQLite database keeps its blob
+/// files beside it). Whether the directory can be used is checked once the database is open
+/// (``checkBlobDirectory(_:name:option:)``).
+/// - Throws: `ValidationError` (exit 2) naming `option`.
+func validateBlobDirectoryOption(_ dir: String?, _ option: String, for location: StorageLocation) throws {
+    if dir != nil, case .sqlite = location {
+        throw ValidationError("\(option) is for a postgres:// database only; a SQLite database keeps its blob files beside it")
+    }
+}
+
 /// `--db TEXT` (and `--db-password-file`) as a ``StorageLocation``.
 /// - Throws: `ValidationError` (exit 2) naming the option and what was expected.
 func storageLocation(_ text: String, passwordFile: String?, field: String = "--db",

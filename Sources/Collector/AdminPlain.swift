@@ -35,6 +35,9 @@ extension AdminAPI {
             throw AdminHTTPError(.notFound, "capture \(id.hex): its DEK record or bytes are gone")
         case .damaged:
             throw AdminHTTPError(.unprocessableContent, "capture \(id.hex) does not open with the collector's key (damaged or tampered)")
+        case .unreadable:
+            throw AdminHTTPError(.internalServerError,
+                                 "capture \(id.hex): the collector cannot read its stored bytes (blob file missing or damaged; see the collector's log)")
         }
     }
 
@@ -76,12 +79,15 @@ extension AdminAPI {
             for (id, info) in items {
                 guard let info else { try await writer.write(PlainFrame.buffer(id, .notFound)); continue }
                 guard let key, info.kekID == key.id else { try await writer.write(PlainFrame.buffer(id, .endToEnd)); continue }
-                // A storage failure now ends the answer midway (logged by `stored`): the client
-                // sees a frame cut short.
-                switch try await self.openOwn(info, key, openers: &openers) {
+                // The head is sent already: a storage failure now (logged by `stored`) is this
+                // item's status, never an answer cut short.
+                let opening: OwnOpening
+                do { opening = try await self.openOwn(info, key, openers: &openers) } catch { opening = .unreadable }
+                switch opening {
                 case .opened(let plaintext) where plaintext.count <= PlainFrame.maxPayload:
                     try await writer.write(PlainFrame.buffer(id, .opened, payload: plaintext))
                 case .gone: try await writer.write(PlainFrame.buffer(id, .notFound))
+                case .unreadable: try await writer.write(PlainFrame.buffer(id, .unreadable))
                 case .opened, .damaged:
                     try await writer.write(PlainFrame.buffer(id, .damaged))
                 }
@@ -98,13 +104,16 @@ extension AdminAPI {
         case gone
         /// It does not open: damaged or tampered (logged).
         case damaged
+        /// Its stored bytes cannot be read: a blob file missing or cut short (logged).
+        case unreadable
     }
 
     /// Opens the item `info` (sealed to `key`, the collector's own KEK): its DEK record
     /// unwrapped with `server-private-key-file` (once per DEK: `openers` keeps them for the
     /// request), its blob opened with AES-256-GCM (Envelope); a blob whose header names another
     /// id than its row is damaged too.
-    /// - Throws: 503 (``AdminHTTPError``) when the storage fails.
+    /// - Throws: 503 (``AdminHTTPError``) when the storage fails (`.unreadable` is returned
+    ///   instead when the blob's stored bytes are damaged: ``StorageError/Code/corrupt``).
     func openOwn(_ info: CaptureInfo, _ key: KEKPrivateKey, openers: inout [DEKID: BlobOpener]) async throws -> OwnOpening {
         let storage = self.storage, id = info.blobID
         var opener = openers[info.dekID]
@@ -119,9 +128,14 @@ extension AdminAPI {
                 return .damaged
             }
         }
-        guard let opener, let blobBytes = try await stored("read a blob", { () throws(StorageError) in try await storage.blob(id) }) else {
-            return .gone
+        guard let opener else { return .gone }
+        let read: Data?
+        do { read = try await storage.blob(id) } catch {
+            logger.warning("admin: storage failed", metadata: ["admin.what": "read blob \(id.hex)", "admin.error": .safe(error.message)])
+            guard error.code == .corrupt else { throw AdminHTTPError.unavailable() }
+            return .unreadable
         }
+        guard let blobBytes = read else { return .gone }
         do {
             let blob = try SealedBlob(parsing: blobBytes)
             guard blob.header.blobID == id else {
@@ -139,6 +153,7 @@ extension AdminAPI {
 
 /// One item of a `POST /api/v1/plain` answer (docs/API.md "Admin API", "Opened items"): a
 /// 26-byte header shaped like docs/FORMAT.md's record prefix, then the payload. Big-endian.
+/// A `POST /api/v1/sealed` answer carries payload-less ones in place of blobs it cannot send.
 ///
 /// | offset | size | field |
 /// |---|---|---|
@@ -158,6 +173,10 @@ enum PlainFrame {
         case endToEnd = 2
         /// Sealed to the collector's KEK but does not open: damaged or tampered.
         case damaged = 3
+        /// The collector cannot read its stored bytes: a blob file missing or cut short, or the
+        /// database failed while answering (logged). Also in a `POST /api/v1/sealed` answer,
+        /// in place of a blob, as is `notFound` for a blob gone since the request began.
+        case unreadable = 4
     }
 
     static let magic: [UInt8] = Array("CPLN".utf8)

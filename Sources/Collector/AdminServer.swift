@@ -62,6 +62,9 @@ struct AdminGuard: RouterMiddleware {
             response = AdminHTTPError(.internalServerError, "internal error").response
         }
         SecurityHeaders.apply(to: &response.headers)
+        // HEAD (answered by the GET route, `autoGenerateHeadEndpoints`): the GET's status and
+        // headers, Content-Length included, without the body; an error answer's too.
+        if request.method == .head { response = response.createHeadResponse() }
         logger.info("admin request", metadata: [
             "admin.method": .safe(request.method.rawValue), "admin.path": .safe(request.uri.path),
             "admin.status": "\(response.status.code)", "admin.client": .safe(context.clientIP)])
@@ -126,7 +129,8 @@ final class AdminAPI: Sendable {
     // MARK: Router
 
     func router() -> Router<AdminRequestContext> {
-        let router = Router(context: AdminRequestContext.self)
+        // HEAD answers like GET without the body (RFC 9110 9.3.2), for static files and API GETs.
+        let router = Router(context: AdminRequestContext.self, options: .autoGenerateHeadEndpoints)
         router.add(middleware: AdminGuard(logger: logger))
         let api = router.group("api/v1")
         api.post("login") { request, context in try await self.login(request, context) }
@@ -413,7 +417,12 @@ final class AdminAPI: Sendable {
     /// `POST /api/v1/sealed`: the DEK records asked for, then the sealed blobs, each exactly as
     /// stored, as one record stream (docs/FORMAT.md); ids not found are counted in
     /// `X-Custos-Missing`. One audit record per request, written before any byte is sent (no
-    /// audit record, no bytes). Blobs are read one at a time while the answer is written.
+    /// audit record, no bytes). Blobs are read one at a time while the answer is written: a blob
+    /// gone since (retention) or whose bytes cannot be read (a blob file missing or cut short,
+    /// the database failing midway) is answered in its place by a 26-byte ``PlainFrame`` with
+    /// status `notFound` or `unreadable` naming it, so the answer is never cut and the reader
+    /// knows which item is missing (docs/API.md "Admin API"); unreadable ones are logged once
+    /// per request.
     func sealed(_ request: Request, _ context: AdminRequestContext, _ session: AdminSession) async throws -> Response {
         let body = try await AdminJSON.object(request)
         let blobIDs = try Self.ids(body["blobs"], "blobs", BlobIDKind.self)
@@ -441,14 +450,24 @@ final class AdminAPI: Sendable {
         let (deks, blobs) = (records, present)
         let bodyWriter = ResponseBody { writer in
             for r in deks { try await writer.write(ByteBuffer(bytes: r)) }
+            var unreadable: [String] = [], firstError = ""
             for id in blobs {
-                // A blob removed since (retention) is skipped: the header was sent already.
+                // The head is sent already: an item that cannot be sent gets a status entry.
                 do {
-                    if let bytes = try await storage.blob(id) { try await writer.write(ByteBuffer(bytes: bytes)) }
+                    if let bytes = try await storage.blob(id) {
+                        try await writer.write(ByteBuffer(bytes: bytes))
+                    } else {
+                        try await writer.write(PlainFrame.buffer(id, .notFound))
+                    }
                 } catch let error as StorageError {
-                    logger.warning("admin: storage failed while sending sealed blobs", metadata: ["admin.error": .safe(error.message)])
-                    throw error
+                    if unreadable.isEmpty { firstError = error.message }
+                    unreadable.append(id.hex)
+                    try await writer.write(PlainFrame.buffer(id, .unreadable))
                 }
+            }
+            if !unreadable.isEmpty {
+                logger.error("admin: sealed blobs cannot be read; answered as unreadable entries", metadata: [
+                    "admin.count": "\(unreadable.count)", "admin.blobs": "\(unreadable.prefix(20).joined(separator: ","))\(unreadable.count > 20 ? ",…" : "")", "admin.error": .safe(firstError)])
             }
             try await writer.finish(nil)
         }

@@ -237,8 +237,8 @@ public struct PostgresLocation: Sendable, Equatable, CustomStringConvertible {
         guard st.st_mode & S_IFMT == S_IFREG else {
             throw StorageError(.failed, "database password file \(shown): not a regular file")
         }
-        guard st.st_mode & 0o007 == 0 else {
-            throw StorageError(.failed, "database password file \(shown): others may read or write it (mode \(String(st.st_mode & 0o777, radix: 8))); run chmod o-rwx \(shown)")
+        if let problem = SecretFileMode.problem(mode: st.st_mode, shown: shown) {
+            throw StorageError(.failed, "database password file \(shown): \(problem)")
         }
         guard st.st_size <= maxPasswordFileBytes, let data = FileManager.default.contents(atPath: path) else {
             throw StorageError(.failed, "database password file \(shown): cannot be read, or larger than \(maxPasswordFileBytes) bytes")

@@ -18,6 +18,17 @@ struct AdminsCommandTests {
         let db = tmp.file("collector.db")
         let pw = tmp.file("pw")
         try "correct horse battery\n".write(toFile: pw, atomically: true, encoding: .utf8)
+        // A password file others may read is refused (the rule of --db-password-file), in a
+        // message that says "password file"; nothing is stored.
+        let openToAll = try runCommand([custos, "admins", "add", "--db", db, "--name", "ann@example.org", "--role", "decryptor",
+                                        "--password-file", pw])
+        #expect(openToAll.status == 2 && openToAll.stderrString.contains("\(pw): password file: others may read or write it (mode 644)")
+                && openToAll.stderrString.contains("chmod o-rwx") && !openToAll.stderrString.contains("passphrase"),
+                "\(openToAll.stderrString)")
+        let missing = try runCommand([custos, "admins", "add", "--db", db, "--name", "ann@example.org", "--role", "decryptor",
+                                      "--password-file", tmp.file("nothing-here")])
+        #expect(missing.status == 2 && missing.stderrString.contains("cannot open password file"), "\(missing.stderrString)")
+        chmod(pw, 0o640)
 
         let add = try runCommand([custos, "admins", "add", "--db", db, "--name", "ann@example.org", "--role", "decryptor",
                                   "--password-file", pw])
@@ -31,6 +42,7 @@ struct AdminsCommandTests {
         // Refused, nothing stored: short password, bad name, bad role, taken name, password as an argument.
         let short = tmp.file("short")
         try "too short\n".write(toFile: short, atomically: true, encoding: .utf8)
+        chmod(short, 0o600)
         for (args, expected) in [(["--name", "x", "--role", "viewer", "--password-file", short], "at least 12 characters"),
                                  (["--name", "bad name", "--role", "viewer", "--password-file", pw], "--name"),
                                  (["--name", "x", "--role", "root", "--password-file", pw], "root"),
@@ -50,6 +62,7 @@ struct AdminsCommandTests {
         #expect(try runCommand([custos, "admins", "set-role", "--db", db, "--name", "vic", "--role", "auditor"]).status == 0)
         let pw2 = tmp.file("pw2")
         try "a brand new password\n".write(toFile: pw2, atomically: true, encoding: .utf8)
+        chmod(pw2, 0o600)
         let reset = try runCommand([custos, "admins", "reset-password", "--db", db, "--name", "vic", "--password-file", pw2, "--no-totp"])
         #expect(reset.status == 0, "\(reset.stderrString)")
         #expect(try runCommand([custos, "admins", "remove", "--db", db, "--name", "ann@example.org"]).status == 0)

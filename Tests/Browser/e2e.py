@@ -316,6 +316,46 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             errors = [e for e in browser_log(d) if e.get("level") == "SEVERE" and "401" not in e["message"]]
             check("no browser console errors (CSP violations, uncaught errors)", not errors, "; ".join(e["message"][:200] for e in errors))
 
+            # QA: server-provided and decrypted text with bidi/control characters, and a blob the
+            # collector cannot read. pc-e2ee (stopped) uploads, as an agent would, a keystroke
+            # chunk whose window title holds U+202E (and U+200E, ESC) and a 70 KB generic item,
+            # which goes to the collector's blob file; that file is then cut short.
+            bidi_title = "invoice\u202Etxt.exe \u200Eterm\u001b[31m"
+            now_ms = int(time.time() * 1000)
+            chunk = {"endMs": now_ms, "keys": [{"text": "b", "timeMs": now_ms - 200}, {"text": "d", "timeMs": now_ms - 100}],
+                     "startMs": now_ms - 200, "windowTitle": bidi_title, "wmClass": "evil\u202Eclass"}
+            bidi_id = upload_sealed(work, custos, pub, "pc-e2ee", tokens["pc-e2ee"], port, cert, "keystrokes",
+                                    json.dumps(chunk, ensure_ascii=False).encode())
+            big_id = upload_sealed(work, custos, pub, "pc-e2ee", tokens["pc-e2ee"], port, cert, "generic", os.urandom(70_000))
+            blob_files = sorted(glob.glob(db + ".blobs/*.blobs"))
+            check("the 70 KB item went to the collector's blob file", blob_files, str(blob_files))
+            with open(blob_files[-1], "r+b") as f:  # the newest blob is the file's last: cut its end
+                f.truncate(os.path.getsize(blob_files[-1]) - 100)
+            d.get(base + "/#/")
+            wait_for(d, f"document.querySelector('[data-testid=capture][data-blob-id=\"{big_id}\"]')", 30, "the new tiles")
+            decrypt(d, key, PASSPHRASE)
+            wait_for(d, f"document.querySelector('[data-testid=capture][data-blob-id=\"{big_id}\"] [data-testid=item-error]')", 30,
+                     "the unreadable item's error")
+            wait_for(d, f"document.querySelector('[data-testid=capture][data-blob-id=\"{bidi_id}\"] [data-testid=keystrokes]')", 30,
+                     "the bidi chunk's tile")
+            shot("e2e-6c-bidi-and-unreadable")
+            item_error = d.execute_script(f"return document.querySelector('[data-testid=capture][data-blob-id=\"{big_id}\"] [data-testid=item-error]').textContent")
+            page_notice = d.execute_script("return document.getElementById('notice').textContent")
+            others_open = d.execute_script("return [...document.querySelectorAll('[data-testid=capture][data-agent=pc-e2ee][data-kind=screen]')].every(t => t.querySelector('[data-testid=frame]'))")
+            check("an item whose blob file is cut short shows an error naming it (tile and page notice); the other items open",
+                  "cannot read" in item_error and big_id in item_error and big_id in page_notice and others_open, f"{item_error!r} {page_notice!r}")
+            shown = d.execute_script(f"""const t = document.querySelector('[data-testid=capture][data-blob-id="{bidi_id}"] .window');
+              return [t.textContent, t.getAttribute('title'), document.body.textContent]""")
+            escaped_title = "invoice\\u{202E}txt.exe \\u{200E}term\\u{1B}[31m"
+            raw = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ufeff]")
+            check("a window title with U+202E, U+200E and ESC shows them escaped (\\u{202E}) in the tile and its tooltip; none reaches the page raw",
+                  shown[0] == escaped_title and shown[1] == "evil\\u{202E}class" and not raw.search(shown[2]), repr(shown[:2]))
+            d.get(base + "/#/keystrokes")
+            wait_for(d, f"document.querySelector('tr[data-blob-id=\"{bidi_id}\"] [data-testid=keystrokes]')", 30, "the bidi chunk's row")
+            row = d.execute_script(f"return [document.querySelector('tr[data-blob-id=\"{bidi_id}\"]').textContent, document.body.textContent]")
+            shot("e2e-6d-bidi-keystrokes")
+            check("the keystrokes report shows the title escaped too", escaped_title in row[0] and not raw.search(row[1]), repr(row[0]))
+
             # Viewer: no Decrypt button; the page's own /sealed call is refused.
             d.execute_script("document.querySelector('[data-testid=logout]').click()")
             wait_for(d, "document.querySelector('[data-testid=username]')", 10, "the login form")
@@ -362,6 +402,27 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
 
 def run_(cmd):
     return sh(cmd)
+
+
+def upload_sealed(work, custos, pub, agent, token, port, cafile, kind, plaintext):
+    """Seals `plaintext` with `custos seal` and uploads it through the agent API as `agent`
+    would (POST /v1/records); returns its blob id (hex)."""
+    n = len(glob.glob(os.path.join(work, "upload-*.bin")))
+    plain, sealed = os.path.join(work, f"upload-{n}.bin"), os.path.join(work, f"upload-{n}.custos")
+    with open(plain, "wb") as f:
+        f.write(plaintext)
+    run_([custos, "seal", "--kek", pub, "--kind", kind, "--agent", agent, "--in", plain, "--out", sealed])
+    body = open(sealed, "rb").read()
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ssl.create_default_context(cafile=cafile), timeout=30)
+    c.request("POST", "/v1/records", body=body, headers={"Authorization": f"Bearer {agent}:{token}",
+                                                          "Content-Type": "application/vnd.custos.records"})
+    r = c.getresponse()
+    answer = r.read()
+    c.close()
+    if r.status != 200:
+        raise Failure(f"upload {kind} as {agent}: {r.status} {answer[:300]}")
+    first = int.from_bytes(body[6:10], "big")  # the DEK record, then the blob: its id at bytes 11..27
+    return body[first + 11:first + 27].hex()
 
 
 class Checks:

@@ -145,6 +145,19 @@ import TestSupport
             #expect(index.status == 200 && index.text.contains("Custos") && index.headers["content-type"] == "text/html; charset=utf-8")
             Self.expectSecurityHeaders(index, "static")
             #expect(try await c.get("/js/app.js").headers["content-type"] == "text/javascript; charset=utf-8")
+            // HEAD answers like GET without a body (QA: it answered 404).
+            for path in ["/", "/js/app.js"] {
+                let full = try await c.get(path)
+                let headOnly = try await c.request("HEAD", path)
+                let length: String = "\(full.body.count)"
+                #expect(headOnly.status == 200, "HEAD \(path): \(headOnly.status)")
+                #expect(headOnly.headers["content-type"] == full.headers["content-type"], "HEAD \(path): \(headOnly.headers)")
+                #expect(headOnly.headers["content-length"] == length, "HEAD \(path): \(headOnly.headers)")
+                #expect(headOnly.headers["cache-control"] == "no-cache", "HEAD \(path): \(headOnly.headers)")
+                Self.expectSecurityHeaders(headOnly, "HEAD \(path)")
+            }
+            let headMissing = try await c.request("HEAD", "/nope.html")
+            #expect(headMissing.status == 404, "HEAD /nope.html: \(headMissing.status)")
             for path in ["/js/link.js", "/../outside.js", "/%2e%2e/outside.js", "/js/%2e%2e/%2e%2e/outside.js", "/.hidden.js",
                          "/notes.txt", "/nope.html", "/js/..%2f..%2foutside.js", "/api/v1/nope"] {
                 let r = try await c.get(path)
@@ -397,6 +410,73 @@ import TestSupport
         }
     }
 
+    /// A blob whose stored bytes cannot be read (its blob file cut short, then deleted: QA found
+    /// `/sealed` answered 200 and then broke the body): `/sealed` and `POST /plain` answer every
+    /// other item and, in the unreadable one's place, a status entry naming it; `GET …/plain`
+    /// fails before the head with a JSON error naming the capture.
+    @Test func unreadableBlobFilesAreNamedNotACutAnswer() async throws {
+        let keyDir = try TempDir("custos-admin-unreadable-keys")
+        defer { keyDir.remove() }
+        let e2ee = try makeTestKEK(in: keyDir.path, name: "e2ee")
+        let own = try makeTestKEK(in: keyDir.path, name: "own")
+        chmod(own.privateKey, 0o600)
+        try await Rig.with("unreadable", admin: TestAdminListener(serverPrivateKeyFile: own.privateKey)) { rig in
+            try await rig.addAccounts()
+            let s = rig.collector.storage
+            let agentClient = try AdminClient(url: rig.collector.url, caFile: rig.collector.pki.rootCertificate)
+            /// Uploads through the agent API; payloads of 40 KiB go to the SQLite blob file.
+            func upload(_ agent: String, kek: (publicKey: String, privateKey: String), sizes: [Int]) async throws -> (DEKRecord, [SealedBlob], [Data]) {
+                _ = try await s.registerKEK(KEKRegistration(pubDatafile: kek.publicKey, publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+                let token = try await s.addAgent(try AgentID(agent))
+                let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek.publicKey), agentID: agent)
+                var plain: [Data] = [], blobs: [SealedBlob] = []
+                for (i, size) in sizes.enumerated() {
+                    let p = Data((0..<size).map { _ in UInt8.random(in: 0...255) })
+                    plain.append(p)
+                    blobs.append(try session.seal(p, kind: .generic, captureTimeMs: 1_700_000_000_000 + Int64(i)))
+                }
+                let body = RecordStream.encode([.dekRecord(session.record)] + blobs.map { .blob($0) })
+                let r = try await agentClient.request("POST", "/v1/records", body: body, origin: .some(nil), cookies: false,
+                                                      headers: ["Authorization": "Bearer \(agent):\(token.revealed)",
+                                                                "Content-Type": "application/vnd.custos.records"])
+                try #require(r.status == 200, "upload: \(r.text)")
+                return (session.record, blobs, plain)
+            }
+            let (dek, blobs, _) = try await upload("e2ee-host", kek: e2ee, sizes: [100, 40 << 10, 100])
+            let (_, ownBlobs, ownPlain) = try await upload("plain-host", kek: own, sizes: [40 << 10, 100])
+            let blobDir = rig.collector.databasePath + ".blobs"
+            let files = try FileManager.default.contentsOfDirectory(atPath: blobDir).filter { $0.hasSuffix(".blobs") }
+            try #require(files.count == 1, "the two large blobs are in one blob file: \(files)")
+            let file = blobDir + "/" + files[0]
+
+            /// The 26-byte status entry of docs/API.md "Opened items" (built here from the spec).
+            func entry(_ blob: SealedBlob, _ status: UInt8) -> Data {
+                Data("CPLN".utf8) + Data([1, status, 0, 0, 0, 26]) + Data(blob.header.blobID.bytes)
+            }
+            let c = rig.client
+            #expect(try await c.login("ann", Self.password).status == 200)
+            let asked = blobs.map(\.header.blobID.hex)
+            // Cut short: the large blob (the file's first) is unreadable, the others are sent.
+            try #require(truncate(file, 1000) == 0)
+            let cut = try await c.post("/api/v1/sealed", json: ["deks": [dek.dekID.hex], "blobs": asked])
+            #expect(cut.status == 200 && cut.headers["x-custos-missing"] == "0", "\(cut.status) \(cut.text)")
+            #expect(cut.body == dek.serialized + blobs[0].serialized + entry(blobs[1], 4) + blobs[2].serialized,
+                    "\(cut.body.count) bytes")
+            // Deleted: the same, and the collector-sealed large item too.
+            try FileManager.default.removeItem(atPath: file)
+            let gone = try await c.post("/api/v1/sealed", json: ["deks": [String](), "blobs": asked])
+            #expect(gone.body == blobs[0].serialized + entry(blobs[1], 4) + blobs[2].serialized, "\(gone.body.count) bytes")
+            let batch = try await c.post("/api/v1/plain", json: ["ids": ownBlobs.map(\.header.blobID.hex)])
+            let frames = try Self.plainFrames(batch.body)
+            #expect(batch.status == 200 && frames.map(\.status) == [4, 0], "unreadable, opened: \(frames.map(\.status))")
+            #expect(frames.map(\.id) == ownBlobs.map(\.header.blobID.hex) && frames.last?.payload == ownPlain[1])
+            let single = try await c.get("/api/v1/captures/\(ownBlobs[0].header.blobID.hex)/plain")
+            #expect(single.status == 500 && single.headers["content-type"] == "application/json"
+                    && single.error?.contains(ownBlobs[0].header.blobID.hex) == true
+                    && single.error?.contains("cannot read its stored bytes") == true, "\(single.status) \(single.text)")
+        }
+    }
+
     /// The items of a `POST /api/v1/plain` answer (docs/API.md "Opened items"), each header
     /// field checked.
     static func plainFrames(_ data: Data) throws -> [(status: UInt8, id: String, payload: Data)] {
@@ -492,6 +572,7 @@ import TestSupport
         let pki = try sharedMaterial.get().pki
         let pw = dir.file("admin.pw")
         try "a long test password\n".write(toFile: pw, atomically: true, encoding: .utf8)
+        chmod(pw, 0o600)
         let add = try await PostgresCollectorTests.custos(["admins", "add", "--db", dir.file("collector.db"), "--name", "ann",
                                                            "--role", "decryptor", "--password-file", pw])
         try #require(add.status == 0, "\(add.stderrString)")
@@ -533,6 +614,10 @@ import TestSupport
                                                                    "--listen", listen])
             #expect(refused.status == 2 && refused.stderrString.contains("loopback"), "\(listen): \(refused.stderrString)")
         }
+        let sqliteBlobDir = try await PostgresCollectorTests.custos(["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
+                                                                    "--db-blob-dir", dir.path])
+        #expect(sqliteBlobDir.status == 2 && sqliteBlobDir.stderrString.contains("--db-blob-dir is for a postgres:// database only"),
+                "\(sqliteBlobDir.stderrString)")
         let process = try BackgroundProcess(try builtProduct("custos"), ["dashboard", "--db", copy, "--dashboard-dir", dir.file("dashboard"),
                                                                        "--listen", "127.0.0.1:\(port)", "--one-time-login"],
                                             logPath: dir.file("dashboard.log"))

@@ -274,6 +274,33 @@ struct DBMigrateTests {
         let wrong = try await Self.custos(["db", "migrate", "--from", source, "--to", dir.file("x.db"), "--to-blob-dir", blobs])
         #expect(wrong.status == 2 && wrong.stderrString.contains("--to-blob-dir is for a postgres:// database only"),
                 "\(wrong.stderrString)")
+        // custos dashboard on this database (QA: it had no --db-blob-dir): without it, refused
+        // before serving, saying which option to pass; with it, a large blob's sealed bytes are
+        // served whole from its blob file.
+        let pages = dir.file("dashboard")
+        try FileManager.default.createDirectory(atPath: pages, withIntermediateDirectories: false)
+        try "<!doctype html><title>Custos</title>".write(toFile: pages + "/index.html", atomically: true, encoding: .utf8)
+        let port = try freeLocalPort()
+        let dashboardArgs = ["dashboard", "--db", db.url, "--db-password-file", db.passwordFile, "--dashboard-dir", pages,
+                             "--listen", "127.0.0.1:\(port)", "--one-time-login"]
+        let blindDashboard = try await Self.custos(dashboardArgs)
+        #expect(blindDashboard.status == 2 && blindDashboard.stderrString.contains("pass --db-blob-dir DIR"), "\(blindDashboard.stderrString)")
+        let process = try BackgroundProcess(try builtProduct("custos"), dashboardArgs + ["--db-blob-dir", blobs],
+                                            logPath: dir.file("dashboard.log"))
+        defer { process.send(SIGTERM); _ = process.waitExit(timeout: 10) }
+        try #require(try await waitUntil(timeout: 60) { process.log.contains("dashboard: https://") || !process.isRunning }, "\(process.log)")
+        func logValue(_ key: String) -> String? {
+            process.log.split(whereSeparator: \.isNewline).first { $0.hasPrefix(key) }.map { String($0.dropFirst(key.count)) }
+        }
+        let cert = try #require(logValue("certificate: ")?.split(separator: " ").first.map(String.init))
+        let client = try AdminClient(url: "https://127.0.0.1:\(port)", caFile: cert)
+        #expect(try await client.login(try #require(logValue("login: ")), try #require(logValue("password: "))).status == 200)
+        let big = try #require(large.first)
+        let sealed = try await client.post("/api/v1/sealed", json: ["blobs": [big.header.blobID.hex], "deks": [String]()])
+        #expect(sealed.status == 200 && sealed.body == big.serialized && sealed.headers["x-custos-missing"] == "0",
+                "\(sealed.status) \(sealed.body.count) bytes, \(big.serialized.count) expected")
+        process.send(SIGTERM)
+        #expect(process.waitExit(timeout: 30) == 0, "\(process.log)")
     }
 
     @Test func sqliteToSQLiteAndADamagedSourceBlob() async throws {

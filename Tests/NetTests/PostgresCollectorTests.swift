@@ -225,8 +225,18 @@ struct PostgresCollectorTests {
         try #require(add.status == 0, "\(add.stderrString)")
         let token = add.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         try await Self.insertSeedKEK(db)
+        // The admin listener too (QA): an account, and admin-listen with its pages.
+        let pw = dir.file("admin.pw")
+        try "a long admin password\n".write(toFile: pw, atomically: true, encoding: .utf8)
+        chmod(pw, 0o600)
+        let admin = try await Self.custos(["admins", "add"] + db.db + ["--name", "ann", "--role", "decryptor", "--password-file", pw])
+        try #require(admin.status == 0, "\(admin.stderrString)")
+        try FileManager.default.createDirectory(atPath: dir.file("dashboard"), withIntermediateDirectories: false)
+        try "<!doctype html><title>Custos</title>".write(toFile: dir.file("dashboard/index.html"), atomically: true, encoding: .utf8)
+        let adminPort = try freeLocalPort()
         try writeCollectorConfig(dir.file("collector.cfg"), pki: try sharedMaterial.get().pki, listen: "127.0.0.1:0",
-                                 database: db.url, passwordFile: db.passwordFile, extra: "retry-after-seconds=1")
+                                 database: db.url, passwordFile: db.passwordFile,
+                                 extra: "retry-after-seconds=1\nadmin-listen=127.0.0.1:\(adminPort)\ndashboard-dir=dashboard")
         try await cluster.stopAsync()
 
         let (collector, port) = try await Self.startCollector(dir.file("collector.cfg"), in: dir)
@@ -234,6 +244,13 @@ struct PostgresCollectorTests {
         let log = collector.log
         #expect(log.contains("cannot reach the database at start") && log.contains("127.0.0.1:\(cluster.port)/\(db.name)")
                 && log.contains("Connection refused"), "\(log)")
+        // The admin listener listens after the storage's first try and answers 503 while the
+        // database is down (pages need no database).
+        try #require(try await waitUntil(timeout: 30) { collector.log.contains("collector.admin_port=\(adminPort)") }, "\(collector.log)")
+        let adminClient = try AdminClient(url: "https://127.0.0.1:\(adminPort)", caFile: try sharedMaterial.get().pki.rootCertificate)
+        let downLogin = try await adminClient.login("ann", "a long admin password")
+        #expect(downLogin.status == 503 && downLogin.error != nil, "\(downLogin.status) \(downLogin.text)")
+        #expect(try await adminClient.get("/").status == 200)
         let client = try Self.client(port: port, agentID: "pg-down", token: token)
         #expect(try await client.health().status == "storage-failing")
         // The agent's own upload loop: its spool keeps every record while the answer is 503.
@@ -259,6 +276,11 @@ struct PostgresCollectorTests {
             return h?.status == "ok" && h?.activeKEKs == 1
         }, "\(collector.log)")
         try await UploaderTests.drain(spool, uploader: uploader, within: .seconds(30))
+        // The admin API works now, with the same listener.
+        let upLogin = try await adminClient.login("ann", "a long admin password")
+        #expect(upLogin.status == 200, "\(upLogin.status) \(upLogin.text)")
+        let captures = try await adminClient.get("/api/v1/captures?agent=pg-down")
+        #expect((captures.json?["items"] as? [[String: Any]])?.count == 4, "\(captures.text)")
         #expect(try await client.upload(stream(records)).results.allSatisfy { $0.status == .duplicate })
         await client.close()
         let counts = try await cluster.psqlAsync("SELECT (SELECT count(*) FROM captures) || ' ' || (SELECT count(*) FROM public.encryption_dek);",

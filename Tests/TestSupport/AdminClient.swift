@@ -67,8 +67,9 @@ public final class AdminClient: Sendable {
         let n = UInt64.random(in: 0...UInt64.max)
         let headerFile = dir.file("h-\(n)"), bodyFile = dir.file("b-\(n)"), sendFile = dir.file("s-\(n)")
         defer { for f in [headerFile, bodyFile, sendFile] { try? FileManager.default.removeItem(atPath: f) } }
-        var args = ["curl", "-sS", "--cacert", caFile, "-X", method, "-D", headerFile, "-o", bodyFile, "-w", "%{http_code}",
-                    "--max-time", "60", "--path-as-is"]
+        // HEAD: curl's --head (with -X HEAD it would wait for the Content-Length bytes).
+        var args = ["curl", "-sS", "--cacert", caFile] + (method == "HEAD" ? ["--head"] : ["-X", method])
+            + ["-D", headerFile, "-o", bodyFile, "-w", "%{http_code}", "--max-time", "60", "--path-as-is"]
         if cookies { args += ["-b", cookieJar, "-c", cookieJar] }
         let sentOrigin: String? = switch origin {
         case .none: self.origin
@@ -97,7 +98,8 @@ public final class AdminClient: Sendable {
             guard let colon = line.firstIndex(of: ":") else { continue }
             fields[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
-        let data = FileManager.default.contents(atPath: bodyFile) ?? Data()
+        // (With --head curl writes the header lines to -o too: a HEAD reply has no body.)
+        let data = method == "HEAD" ? Data() : FileManager.default.contents(atPath: bodyFile) ?? Data()
         return Reply(status: status, headers: fields, body: data)
     }
 

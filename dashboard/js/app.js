@@ -7,7 +7,7 @@ import * as exporter from "./export.js";
 import * as media from "./media.js";
 import { chunkText } from "./payload.js";
 import { MonitorPlayer } from "./player.js";
-import { download, encrypted, fmtClock, fmtTime, fromLocalInput, h, shortID, toLocalInput } from "./ui.js";
+import { download, encrypted, fmtClock, fmtTime, fromLocalInput, h, safeText, setText, shortID, toLocalInput } from "./ui.js";
 import * as vault from "./vault.js";
 
 const $ = (id) => document.getElementById(id);
@@ -18,7 +18,7 @@ let page = null; // {cleanup(), onVault(event)}
 // ---- notices ----
 function notice(text, kind = "") {
   const n = $("notice");
-  n.textContent = text;
+  setText(n, text);
   n.className = "notice " + kind;
   n.hidden = !text;
 }
@@ -45,8 +45,8 @@ function showLogin(message) {
       password.value = "";
       await start();
     } catch (e) {
-      error.textContent = e instanceof ApiError && e.status === 429
-        ? `Too many attempts; try again${e.retryAfter ? ` in ${e.retryAfter} s` : " later"}.` : errorText(e);
+      setText(error, e instanceof ApiError && e.status === 429
+        ? `Too many attempts; try again${e.retryAfter ? ` in ${e.retryAfter} s` : " later"}.` : errorText(e));
       error.hidden = false;
     }
   } },
@@ -63,7 +63,7 @@ function showLogin(message) {
 async function start() {
   session = await api.session();
   $("top").hidden = false;
-  $("whoami").textContent = `${session.name} (${session.role})`;
+  setText($("whoami"), `${session.name} (${session.role})`);
   $("decrypt-button").hidden = session.role !== "decryptor";
   $("nav-audit").hidden = session.role !== "auditor";
   $("idle-minutes").value = vault.idleMinutes();
@@ -81,8 +81,8 @@ setUnauthorizedHandler(() => {
 function updateKeyState() {
   const unlocked = vault.isUnlocked();
   const s = $("key-state");
-  s.textContent = unlocked ? `Unlocked: KEK ${vault.unlockedKEK().slice(0, 12)}…` : "Locked";
-  s.title = unlocked ? vault.unlockedKEK() : "";
+  setText(s, unlocked ? `Unlocked: KEK ${vault.unlockedKEK().slice(0, 12)}…` : "Locked");
+  s.title = unlocked ? safeText(vault.unlockedKEK()) : "";
   s.className = "key-state" + (unlocked ? " unlocked" : "");
   $("lock-button").disabled = !unlocked;
 }
@@ -103,7 +103,7 @@ $("decrypt-form").addEventListener("submit", async (ev) => {
   const file = $("key-file").files[0];
   const pass = $("passphrase");
   const submit = $("decrypt-submit");
-  if (!file) { err.textContent = "Choose the private key file (keypair.pem)."; err.hidden = false; return; }
+  if (!file) { setText(err, "Choose the private key file (keypair.pem)."); err.hidden = false; return; }
   submit.disabled = true;
   try {
     await vault.unlock(file, pass.value);
@@ -111,7 +111,7 @@ $("decrypt-form").addEventListener("submit", async (ev) => {
     $("key-file").value = "";
     $("decrypt-dialog").close();
   } catch (e) {
-    err.textContent = e.message;
+    setText(err, e.message);
     err.hidden = false;
     pass.select();
   } finally {
@@ -190,6 +190,13 @@ function tile(item) {
   return el;
 }
 
+/** Names, in the page notice, the items whose stored bytes the collector cannot read. */
+function noticeUnreadable(result) {
+  const ids = result?.unreadable ?? [];
+  if (!ids.length) return;
+  notice(`The collector cannot read ${ids.length} item${ids.length === 1 ? "" : "s"} (blob file missing or damaged): ${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""}`, "error");
+}
+
 /** Fills a tile's body from the vault: <Encrypted>, an error, keystroke text, or a frame canvas (drawn later). */
 function fillTile(el) {
   const item = el.item;
@@ -221,7 +228,7 @@ function fillTile(el) {
 async function openTiles(tiles, isCurrent) {
   const items = tiles.map((t) => t.item);
   try {
-    await vault.open(items);
+    noticeUnreadable(await vault.open(items));
   } catch (e) {
     notice(`Decrypting failed: ${errorText(e)}`, "error");
   }
@@ -266,13 +273,13 @@ function captureGrid(query, pageSize = 24) {
       const fresh = r.items.map(tile);
       tiles.push(...fresh);
       grid.append(...fresh);
-      status.textContent = tiles.length ? `${tiles.length} captures${next ? " (more below)" : ""}` : "No captures.";
+      setText(status, tiles.length ? `${tiles.length} captures${next ? " (more below)" : ""}` : "No captures.");
       more.hidden = !next;
       const hint = needKeyHint(r.items);
       if (hint) notice(hint);
       await openTiles(fresh, () => g === generation);
     } catch (e) {
-      status.textContent = `Listing failed: ${errorText(e)}`;
+      setText(status, `Listing failed: ${errorText(e)}`);
       status.className = "error";
     } finally {
       more.disabled = false;
@@ -361,9 +368,9 @@ function agentsPage() {
             h("a", { href: `#/player?agent=${enc}` }, "player"), " · ", h("a", { href: `#/keystrokes?agent=${enc}` }, "keystrokes"))));
       }
       more.hidden = !next;
-      status.textContent = `${body.children.length} agents`;
+      setText(status, `${body.children.length} agents`);
     } catch (e) {
-      status.textContent = `Listing failed: ${errorText(e)}`;
+      setText(status, `Listing failed: ${errorText(e)}`);
       status.className = "error";
     }
   };
@@ -408,17 +415,17 @@ function keystrokesPage(params) {
     const f = windowIn.value.trim().toLowerCase();
     tr.hidden = f !== "" && !(c.windowTitle.toLowerCase().includes(f) || c.wmClass.toLowerCase().includes(f));
   };
-  const applyWindowFilter = () => { for (const tr of rows) fill(tr); status.textContent = summary(); };
+  const applyWindowFilter = () => { for (const tr of rows) fill(tr); setText(status, summary()); };
   const summary = () => {
     const shown = rows.filter((r) => !r.hidden).length;
     return `${rows.length} keystroke chunks loaded${rows.length !== shown ? `, ${shown} match the window filter` : ""}${next ? " (more below)" : ""}` +
       (windowIn.value.trim() && !vault.isUnlocked() ? "; the window filter applies to decrypted rows" : "");
   };
   const openRows = async (list, g) => {
-    try { await vault.open(list.map((r) => r.item)); } catch (e) { notice(`Decrypting failed: ${errorText(e)}`, "error"); }
+    try { noticeUnreadable(await vault.open(list.map((r) => r.item))); } catch (e) { notice(`Decrypting failed: ${errorText(e)}`, "error"); }
     if (g !== generation) return;
     for (const tr of list) fill(tr);
-    status.textContent = summary();
+    setText(status, summary());
   };
   const load = async () => {
     const g = generation;
@@ -436,12 +443,12 @@ function keystrokesPage(params) {
       rows.push(...fresh);
       body.append(...fresh);
       more.hidden = !next;
-      status.textContent = summary();
+      setText(status, summary());
       const hint = needKeyHint(r.items);
       if (hint) notice(hint);
       await openRows(fresh, g);
     } catch (e) {
-      status.textContent = `Listing failed: ${errorText(e)}`;
+      setText(status, `Listing failed: ${errorText(e)}`);
       status.className = "error";
     }
   };
@@ -493,12 +500,12 @@ function livePage() {
       if (g !== generation) return;
       const tiles = latest.map(tile);
       grid.replaceChildren(...tiles);
-      status.textContent = `Latest screen of ${tiles.length} agents, ${fmtTime(Date.now())}; refreshes every 15 s.`;
+      setText(status, `Latest screen of ${tiles.length} agents, ${fmtTime(Date.now())}; refreshes every 15 s.`);
       const hint = needKeyHint(latest);
       if (hint) notice(hint);
       await openTiles(tiles, () => g === generation);
     } catch (e) {
-      status.textContent = `Refresh failed: ${errorText(e)}`;
+      setText(status, `Refresh failed: ${errorText(e)}`);
     }
   };
   timer = setInterval(refresh, 15_000);
@@ -525,9 +532,9 @@ function auditPage() {
           h("td", {}, e.action), h("td", {}, e.detail)));
       }
       more.hidden = !next;
-      status.textContent = `${body.children.length} entries, newest first`;
+      setText(status, `${body.children.length} entries, newest first`);
     } catch (e) {
-      status.textContent = errorText(e);
+      setText(status, errorText(e));
       status.className = "error";
     }
   };
@@ -564,7 +571,7 @@ function playerPage(params) {
       }
     }
     if (agent && from !== null && to !== null) load();
-  }).catch((e) => { status.textContent = errorText(e); });
+  }).catch((e) => { setText(status, errorText(e)); });
 
   const apply = () => {
     const q = new URLSearchParams({ agent: agentIn.value });
@@ -578,7 +585,7 @@ function playerPage(params) {
     if (session_) session_.close();
     session_ = null;
     stage.replaceChildren();
-    status.textContent = "Loading the session's captures…";
+    setText(status, "Loading the session's captures…");
     try {
       const items = await allPages(async (after) => {
         const r = await api.captures({ agent, since: from, until: to, order: "asc", limit: 500, after });
@@ -586,14 +593,14 @@ function playerPage(params) {
       }, 100000);
       if (!alive) return;
       const screens = items.filter((i) => i.kind === "screen"), keys = items.filter((i) => i.kind === "keystrokes");
-      status.textContent = `${screens.length} screen captures, ${keys.length} keystroke chunks between ${fmtTime(from)} and ${fmtTime(to)}.`;
+      setText(status, `${screens.length} screen captures, ${keys.length} keystroke chunks between ${fmtTime(from)} and ${fmtTime(to)}.`);
       const hint = needKeyHint(items);
       if (hint) {
         notice(hint);
         stage.replaceChildren(h("p", {}, "This session is ", encrypted(), ": decrypt to play it."));
         if (!vault.isUnlocked()) return;
       }
-      await vault.open(items);
+      noticeUnreadable(await vault.open(items));
       await media.completeGroups(screens);
       if (!alive) return;
       if (!items.length) { stage.replaceChildren(h("p", { className: "muted" }, "Nothing recorded in this range.")); return; }
@@ -601,7 +608,7 @@ function playerPage(params) {
       stage.replaceChildren(session_.el);
       await session_.show(session_.start);
     } catch (e) {
-      status.textContent = `Loading failed: ${errorText(e)}`;
+      setText(status, `Loading failed: ${errorText(e)}`);
       status.className = "error";
     }
   }
@@ -676,12 +683,12 @@ function playerPage(params) {
     async function show(time) {
       t = Math.max(t0, Math.min(t1, time));
       seek.value = t;
-      clock.textContent = `${fmtTime(t)}.${String(Math.floor(t % 1000)).padStart(3, "0")}`;
+      setText(clock, `${fmtTime(t)}.${String(Math.floor(t % 1000)).padStart(3, "0")}`);
       cursor.style.left = pct(t);
       let current = null;
       for (const c of chunks) if (c.chunk.startMs <= t) current = c;
-      titleNow.textContent = current ? `Window: ${current.chunk.windowTitle || "(no title)"}${current.chunk.wmClass ? ` (${current.chunk.wmClass})` : ""}` : "Window: —";
-      typedNow.textContent = current ? current.chunk.keys.filter((k) => k.pressed !== false && k.timeMs <= t).map((k) => k.text).join("") : "";
+      setText(titleNow, current ? `Window: ${current.chunk.windowTitle || "(no title)"}${current.chunk.wmClass ? ` (${current.chunk.wmClass})` : ""}` : "Window: —");
+      setText(typedNow, current ? current.chunk.keys.filter((k) => k.pressed !== false && k.timeMs <= t).map((k) => k.text).join("") : "");
       for (const c of chunks) c.row.classList.toggle("active", c === current);
       await Promise.all(views.map(async (v) => {
         let frame = null;
@@ -704,11 +711,11 @@ function playerPage(params) {
       if (!busy) { busy = true; show(next).finally(() => { busy = false; }); } else t = next;
       raf = requestAnimationFrame(tick);
     }
-    function pause() { playing = false; cancelAnimationFrame(raf); play.textContent = "Play"; }
+    function pause() { playing = false; cancelAnimationFrame(raf); setText(play, "Play"); }
     play.addEventListener("click", () => {
       if (playing) { pause(); return; }
       if (t >= t1) t = t0;
-      playing = true; last = 0; play.textContent = "Pause";
+      playing = true; last = 0; setText(play, "Pause");
       raf = requestAnimationFrame(tick);
     });
     seek.addEventListener("input", () => show(Number(seek.value)));

@@ -100,6 +100,47 @@ export function splitRecords(bytes) {
   return records;
 }
 
+/** Status entries of admin answers (docs/API.md "Opened items"): magic CPLN, version 1. */
+const STATUS_MAGIC = [0x43, 0x50, 0x4c, 0x4e];
+const STATUS_LENGTH = 26;
+/** Status codes of a CPLN entry without payload, as the collector's `PlainFrame.Status`. */
+export const ITEM_STATUS = Object.freeze({ notFound: 1, endToEnd: 2, damaged: 3, unreadable: 4 });
+
+/**
+ * Splits a `POST /api/v1/sealed` answer: records back to back (docs/FORMAT.md), and in place of
+ * a blob the collector could not send, a 26-byte CPLN status entry naming it (docs/API.md
+ * "Admin API": `01` gone since the listing, `04` its stored bytes cannot be read).
+ * @param {Uint8Array} bytes
+ * @returns {{records: {type: 1|2, bytes: Uint8Array, offset: number}[], statuses: {id: string, status: number, offset: number}[]}}
+ * @throws {FormatError} naming the entry index and byte offset
+ */
+export function splitSealedAnswer(bytes) {
+  const records = [], statuses = [];
+  let at = 0;
+  while (at < bytes.length) {
+    const what = `entry ${records.length + statuses.length} at byte ${at}`;
+    const b = bytes.subarray(at);
+    if (b.length >= 4 && STATUS_MAGIC.every((m, i) => b[i] === m)) {
+      if (b.length < STATUS_LENGTH) throw new FormatError("truncated", `${what}: a status entry is 26 bytes, only ${b.length} are left`);
+      if (b[4] !== 1) throw new FormatError("unsupportedVersion", `${what}: status entry version ${b[4]} at byte 4 (expected 1)`);
+      const status = b[5], length = u32(b, 6);
+      if (length !== STATUS_LENGTH || (status !== ITEM_STATUS.notFound && status !== ITEM_STATUS.unreadable)) {
+        throw new FormatError("malformed", `${what}: status ${status}, length ${length} (expected status 1 or 4, length 26)`);
+      }
+      statuses.push({ id: hex(b.subarray(10, 26)), status, offset: at });
+      at += STATUS_LENGTH;
+      continue;
+    }
+    const { type, length } = readPrefix(b, what);
+    if (at + length > bytes.length) {
+      throw new FormatError("truncated", `${what}: declares ${length} bytes, only ${bytes.length - at} are left`);
+    }
+    records.push({ type, bytes: bytes.subarray(at, at + length), offset: at });
+    at += length;
+  }
+  return { records, statuses };
+}
+
 /**
  * Reads a DEK record (type 1).
  * @returns {{dekID: string, kekID: string, createdMs: number, agentID: string,

@@ -5,7 +5,7 @@
 
 import { api } from "./api.js";
 import { KeyRing } from "./envelope.js";
-import { splitRecords } from "./format.js";
+import { ITEM_STATUS, splitSealedAnswer } from "./format.js";
 import { unlockKey } from "./keys.js";
 import { decodePayload } from "./payload.js";
 
@@ -64,11 +64,15 @@ const BATCH = 500;
  * (needs unlock), collector-sealed ones through GET …/plain. Items that fail keep an error and
  * show no plaintext. Reports the count to the collector's audit log (client-reported).
  * @param {object[]} items listing rows {id, kind, dekID, sealedTo, …}
- * @returns {Promise<{opened: number, failed: number, missing: number}>}
+ * An item the collector could not send (gone since the listing, or its stored bytes unreadable:
+ * a status entry in the /sealed answer; a JSON error from …/plain) keeps an error naming why.
+ * @returns {Promise<{opened: number, failed: number, missing: number, unreadable: string[]}>}
+ *   `unreadable`: ids whose stored bytes the collector cannot read (counted in `failed`)
  */
 export async function open(items) {
   const todo = items.filter((i) => !decoded.has(i.id) && canOpen(i));
   let opened = 0, failed = 0, missing = 0;
+  const unreadable = [];
   const e2ee = todo.filter((i) => i.sealedTo !== "collector");
   const plain = todo.filter((i) => i.sealedTo === "collector");
   for (let at = 0; at < e2ee.length; at += BATCH) {
@@ -79,12 +83,23 @@ export async function open(items) {
     const answer = await api.sealed(batch.map((i) => i.id), deks);
     missing += answer.missing;
     if (r !== ring) break; // locked meanwhile: keep nothing
-    const records = splitRecords(answer.bytes);
+    const { records, statuses } = splitSealedAnswer(answer.bytes);
+    const byID = new Map(batch.map((i) => [i.id, i]));
+    for (const st of statuses) {
+      if (!byID.has(st.id) || decoded.has(st.id)) continue;
+      if (st.status === ITEM_STATUS.unreadable) {
+        decoded.set(st.id, { error: new Error(`the collector cannot read this item's stored bytes (blob file missing or damaged; see the collector's log): ${st.id}`) });
+        unreadable.push(st.id);
+        failed++;
+      } else {
+        decoded.set(st.id, { error: new Error(`the collector no longer has this item (removed since the listing): ${st.id}`) });
+        missing++;
+      }
+    }
     const dekErrors = new Map();
     for (const rec of records.filter((x) => x.type === 1)) {
       try { await r.addDEKRecord(rec.bytes); } catch (e) { dekErrors.set(rec.offset, e); }
     }
-    const byID = new Map(batch.map((i) => [i.id, i]));
     for (const rec of records.filter((x) => x.type === 2)) {
       let id = null;
       try {
@@ -109,11 +124,12 @@ export async function open(items) {
     } catch (e) {
       decoded.set(i.id, { error: e, sealedToCollector: true });
       failed++;
+      if (e?.status === 500) unreadable.push(i.id);
     }
   });
   if (opened) api.clientReport("decrypted", opened, `blobs: ${todo.slice(0, 20).map((i) => i.id).join(",")}${todo.length > 20 ? ",…" : ""}`).catch(() => {});
   if (todo.length) emit({ type: "decoded", opened, failed });
-  return { opened, failed, missing };
+  return { opened, failed, missing, unreadable };
 }
 
 function blobIDOf(bytes) {

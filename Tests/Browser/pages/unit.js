@@ -1,6 +1,7 @@
 // Module tests of the dashboard's crypto core, payloads and player against real vectors made by
 // run.py (fixtures.py): openssl keys, `custos seal` files, `custos-agent record` recordings.
-import { FormatError, parseBlobHeader, parseDEKRecord, splitRecords } from "/js/format.js";
+import { FormatError, ITEM_STATUS, parseBlobHeader, parseDEKRecord, splitRecords, splitSealedAnswer } from "/js/format.js";
+import { h, safeText, setText } from "/js/ui.js";
 import { CONVERT_COMMAND, unlockKey, unlockPrivateKey } from "/js/keys.js";
 import { KeyRing, openStream } from "/js/envelope.js";
 import { chunkText, decodePayload } from "/js/payload.js";
@@ -94,6 +95,41 @@ test("format: truncated, bad magic, unknown version and trailing bytes are refus
   const longer = new Uint8Array(records[1].bytes.length + 1);
   longer.set(records[1].bytes);
   await rejects((async () => parseBlobHeader(longer))(), "malformed", "declares", "trailing byte");
+});
+
+test("format: a /sealed answer splits into records and CPLN status entries (04 unreadable, 01 gone) naming their blob", async () => {
+  const bytes = await fetchBytes(F + m.generic.sealed);
+  const [dek, blob] = splitRecords(bytes);
+  const id = parseBlobHeader(blob.bytes).blobID;
+  // A status entry as the collector writes it (docs/API.md "Opened items"): CPLN 01 status u32(26) id.
+  const entry = (status, idHex) => Uint8Array.from([0x43, 0x50, 0x4c, 0x4e, 1, status, 0, 0, 0, 26, ...idHex.match(/../g).map((x) => parseInt(x, 16))]);
+  const other = "00112233445566778899aabbccddeeff";
+  const answer = new Uint8Array([...dek.bytes, ...entry(4, other), ...blob.bytes, ...entry(1, id)]);
+  const { records, statuses } = splitSealedAnswer(answer);
+  assertEqual(records.map((r) => r.type).join(","), "1,2", "the two records");
+  assertEqual(JSON.stringify(statuses.map((s) => [s.id, s.status])), JSON.stringify([[other, ITEM_STATUS.unreadable], [id, ITEM_STATUS.notFound]]), "statuses");
+  assertEqual(records[1].bytes.length, blob.bytes.length, "the blob after the entry, whole");
+  await rejects((async () => splitSealedAnswer(answer.subarray(0, dek.bytes.length + 20)))(), "truncated", "26 bytes", "a cut entry");
+  await rejects((async () => splitSealedAnswer(new Uint8Array([...entry(0, other)])))(), "malformed", "status 0", "status 00 (a payload) is not a /sealed entry");
+  assertEqual(splitRecords(bytes).length, 2, "a plain record stream still splits");
+});
+
+// ---- ui ----
+test("ui: bidi and control characters (U+202E, U+200E, C0, C1) show escaped as SafeText writes them, everywhere h() puts text", async () => {
+  const title = "invoice\u202Etxt.exe";
+  assertEqual(safeText(title), "invoice\\u{202E}txt.exe", "U+202E");
+  assertEqual(safeText("a\u200Eb\u200Fc\u061Cd\u2066e\u2069f"), "a\\u{200E}b\\u{200F}c\\u{61C}d\\u{2066}e\\u{2069}f", "bidi marks and isolates");
+  assertEqual(safeText("x\u001B[31my\u0000\u007F\u0085\u009Bz\n"), "x\\u{1B}[31my\\u{0}\\u{7F}\\u{85}\\u{9B}z\\u{A}", "C0, DEL, C1");
+  assertEqual(safeText("\u2028\u2029\uFEFF"), "\\u{2028}\\u{2029}\\u{FEFF}", "separators and BOM");
+  assertEqual(safeText("Ünïcödé 文字 ✓ plain"), "Ünïcödé 文字 ✓ plain", "plain text unchanged");
+  assertEqual(safeText(safeText(title)), safeText(title), "idempotent");
+  const el = h("div", { title }, "window: ", title, h("span", { textContent: title }));
+  for (const [what, text] of [["text child", el.textContent], ["title attribute", el.getAttribute("title")], ["textContent", el.lastChild.textContent]]) {
+    assert(!/[\u202E\u0000-\u001F]/u.test(text) && text.includes("\\u{202E}"), `${what}: ${JSON.stringify(text)}`);
+  }
+  const p = document.createElement("p");
+  setText(p, "\u202Eabc");
+  assertEqual(p.textContent, "\\u{202E}abc", "setText");
 });
 
 // ---- envelope ----
@@ -204,6 +240,20 @@ test("webcodecs: the recorded AV1 packets decode; the first picture shows the pa
   assertEqual(lone.stats.flushes, 0, `lone keyframe without the flush fallback (${Math.round(performance.now() - t)} ms)`);
   lone.close();
   player.close();
+  // A seek decoded in one batch on the throughput decoder (flushed), as far seeks are (batchAfter 1
+  // here: the recording is short); playback then goes on from there on the playback decoder.
+  const batched = new MonitorPlayer(document.createElement("canvas"), { batchAfter: 1 });
+  batched.setPackets(video);
+  const superseded = batched.showAt(player.range[1]);
+  const end = await batched.showAt(player.range[1] - 1);
+  assertEqual(await superseded, null, "a batch superseded by a newer seek gives null");
+  assertEqual(end.packetIndex, video.length - 2, "the newer seek's packet");
+  assertEqual((await batched.showAt(player.range[1])).packetIndex, video.length - 1, "last packet by batch");
+  near(pixel(batched.canvas, 300, 220), rgb(m.video.last), 10, "batch: the last picture");
+  assert(batched.stats.batches >= 2 && batched.stats.flushes === 0, `batches ${batched.stats.batches}, flush fallbacks ${batched.stats.flushes}`);
+  assertEqual((await batched.showAt(player.range[0])).packetIndex, 0, "back to the keyframe (playback decoder)");
+  near(pixel(batched.canvas, 10, 10), rgb(m.video.first), 10, "batch, then keyframe: the first picture");
+  batched.close();
 });
 test("agent recording (png): the CFRM frame's PNG decodes at its own size with the painted colour exactly", async () => {
   const ring = new KeyRing(unlocked.privateKey, unlocked.kekID);

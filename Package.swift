@@ -70,8 +70,15 @@ let package = Package(
         .target(name: "CaptureFormat", swiftSettings: strict),
         .target(name: "CPNGWriter", dependencies: ["CPNG"], path: "Sources/CPNGWriter"),
         .target(name: "CX11Damage", dependencies: ["CX11"], path: "Sources/CX11Damage"),
-        .target(name: "Capture", dependencies: [
-            "CX11", "CX11Damage", "Video", "CaptureFormat", "CustosBase",
+        // The capture backend seam: frame and keystroke sources, capture values and errors;
+        // knows no display protocol (docs/ARCHITECTURE.md "The capture seam").
+        .target(name: "CaptureCore", dependencies: [
+            "CaptureFormat", "CustosBase",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // The X11 backend of the seam: X connections, frames, keystrokes (RECORD), window context.
+        .target(name: "CaptureX11", dependencies: [
+            "CaptureCore", "CX11", "CX11Damage", "Video", "CaptureFormat", "CustosBase",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
         // Picture codecs: raw frames → AV1 packets (libaom) and back, the stream and keyframe
@@ -141,7 +148,7 @@ let package = Package(
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: strict),
         .target(name: "Agent", dependencies: [
-            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Video", "Spool", "Transport", "Wire", "CSysShim",
+            "Envelope", "CustosConfig", "CaptureCore", "CaptureX11", "CaptureFormat", "Video", "Spool", "Transport", "Wire", "CSysShim",
             "CustosBase",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -163,7 +170,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/SpoolBench", swiftSettings: strict),
         .executableTarget(name: "custos-bench-capture", dependencies: [
-            "Capture", "CX11", .product(name: "Logging", package: "swift-log"),
+            "CaptureCore", "CaptureX11", "CX11", .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
         .executableTarget(name: "custos-bench-video", dependencies: ["Video"], path: "Benchmarks/VideoBench",
                           swiftSettings: strict),
@@ -198,7 +205,7 @@ let package = Package(
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CaptureTests", dependencies: [
-            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", "Video",
+            "CaptureCore", "CaptureX11", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", "Video",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: [

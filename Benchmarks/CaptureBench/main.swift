@@ -13,7 +13,8 @@
 //                          frames) / N, so start-up cost cancels out
 // and prints medians, the ratio custos/ffmpeg (goal ≤ 0.5) and unchanged/changed (goal ≤ 0.02).
 import CX11
-import Capture
+import CaptureCore
+import CaptureX11
 import Foundation
 import Logging
 

@@ -1,14 +1,14 @@
-import Capture
+import CaptureCore
 import CaptureFormat
 import CustosBase
 import CustosConfig
 import Envelope
-import Video
 import Foundation
 import Logging
 import ServiceLifecycle
 import Spool
 import Synchronization
+import Video
 
 /// Counters of what the capture loops did, for logs, `status` and tests.
 public struct CaptureCounters: Sendable, Equatable {
@@ -22,7 +22,8 @@ public struct CaptureCounters: Sendable, Equatable {
 }
 
 /// Runs screen and keystroke capture on one dedicated thread (`custos.capture`) and hands
-/// every capture to the `Sealer`.
+/// every capture to the `Sealer`. Knows the display system only through the capture seam
+/// (`CaptureBackend`: a `FrameSource` and a `KeystrokeSource` per session).
 ///
 /// Everything that blocks — X requests, PNG encoding, sealing, the spool's fsync'd insert —
 /// runs on that thread, never on Swift's cooperative pool, so the uploader and the service
@@ -42,6 +43,7 @@ public final class CaptureService: Service, Sendable {
     private let sealer: Sealer
     private let logger: Logger
     private let health: DisplayHealth
+    private let backend: any CaptureBackend
     private let counters = Mutex(CaptureCounters())
     private let lastErrorText = Mutex<String?>(nil)
     private let settings: Mutex<CaptureSettings>
@@ -66,6 +68,8 @@ public final class CaptureService: Service, Sendable {
         }
 
         var sameDisplay: (String?, String?) { (display, xauthority) }
+
+        var target: CaptureTarget { CaptureTarget(display: display, credentials: xauthority) }
     }
 
     /// How often agent-side drop counts are written to the spool (the spool's own refusals are
@@ -77,8 +81,10 @@ public final class CaptureService: Service, Sendable {
     /// The last capture error, for `record`'s summary.
     public var lastError: String? { lastErrorText.withLock { $0 } }
 
-    public init(config: AgentConfig, sealer: Sealer, logger: Logger) {
+    /// Records through `backend` (`CaptureBackends.standard` in the agent).
+    public init(config: AgentConfig, sealer: Sealer, logger: Logger, backend: any CaptureBackend) {
         self.config = config
+        self.backend = backend
         self.sealer = sealer
         self.logger = logger
         self.health = DisplayHealth(logger: logger)
@@ -156,8 +162,8 @@ public final class CaptureService: Service, Sendable {
     /// State owned by the capture thread alone.
     private struct Loop {
         var settings: CaptureSettings
-        var capturer: ScreenCapturer?
-        var recorder: KeystrokeRecorder?
+        var capturer: (any FrameSource)?
+        var recorder: (any KeystrokeSource)?
         var keystrokeRetry = RetrySchedule(CaptureService.keystrokeBackoff)
         var nextKeystrokeAttempt = ContinuousClock.now
         var nextFrame = ContinuousClock.now
@@ -256,18 +262,18 @@ public final class CaptureService: Service, Sendable {
         let frames: [FrameCapture]
         do {
             if loop.capturer == nil {
-                loop.capturer = try ScreenCapturer(display: loop.settings.display, xauthority: loop.settings.xauthority,
-                                                   encoding: loop.settings.encoding, logger: logger, health: health)
+                loop.capturer = try backend.makeFrameSource(loop.settings.target, encoding: loop.settings.encoding,
+                                                            logger: logger, health: health)
             }
             if case .video = loop.settings.encoding {
                 // A new DEK begins with keyframes: each DEK's packets decode on their own.
                 let dek = try sealer.rotateIfDue()
                 if dek != loop.streamDEK {
-                    loop.capturer!.restartStreams()
+                    loop.capturer!.restartStreams(monitor: nil)
                     loop.streamDEK = dek
                 }
             }
-            frames = try loop.capturer!.captureAll()
+            frames = try loop.capturer!.captureAll(now: Date())
         } catch let error as CaptureError where error.code == .displayUnavailable {
             // Reported once by `health`; the capturer reconnects with backoff.
             counters.withLock { $0.errors += 1 }
@@ -327,7 +333,7 @@ public final class CaptureService: Service, Sendable {
                 if let packet {
                     loop.currentGroups[packet.monitor] = packet.groupID
                     if receipt.dekID != loop.streamDEK {  // rotated inside seal (a limit reached mid-capture)
-                        loop.capturer?.restartStreams()
+                        loop.capturer?.restartStreams(monitor: nil)
                         loop.streamDEK = receipt.dekID
                     }
                 }
@@ -369,9 +375,9 @@ public final class CaptureService: Service, Sendable {
         }
         let mailbox = self.mailbox
         do {
-            let recorder = try KeystrokeRecorder(display: loop.settings.display, xauthority: loop.settings.xauthority,
-                                                 idleMs: config.keystrokeIdleMs, maxKeysPerChunk: 4096, logger: logger,
-                                                 health: health, onChunk: { mailbox.post($0) })
+            let recorder = try backend.makeKeystrokeSource(loop.settings.target, idleMs: config.keystrokeIdleMs,
+                                                           maxKeysPerChunk: 4096, logger: logger, health: health,
+                                                           onChunk: { mailbox.post($0) })
             try recorder.start()
             loop.recorder = recorder
             loop.keystrokeRetry.succeeded()

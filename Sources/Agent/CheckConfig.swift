@@ -1,4 +1,4 @@
-import Capture
+import CaptureCore
 import CustosBase
 import CustosConfig
 import Envelope
@@ -15,7 +15,8 @@ enum CheckConfig {
     /// Limit for the collector probe (connect and handshake).
     static let probeTimeout = Duration.seconds(5)
 
-    static func run(config: AgentConfig, print: (String) -> Void) async -> Bool {
+    static func run(config: AgentConfig, backend: any CaptureBackend = CaptureBackends.standard,
+                    print: (String) -> Void) async -> Bool {
         var ok = true
         func line(_ good: Bool, _ what: String, _ detail: String, required: Bool = true) {
             print("\(good ? "ok  " : (required ? "FAIL" : "warn")) \(what): \(detail)")
@@ -57,12 +58,13 @@ enum CheckConfig {
             line(true, "server-url", "not set: captures stay in the spool", required: false)
         }
         do {
-            let capturer = try ScreenCapturer(display: config.display, xauthority: config.xauthority,
-                                              encoding: config.screenEncoding,
-                                              logger: Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() })
+            let quiet = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
+            let capturer = try backend.makeFrameSource(CaptureTarget(display: config.display, credentials: config.xauthority),
+                                                       encoding: config.screenEncoding, logger: quiet,
+                                                       health: DisplayHealth(logger: quiet))
             // The reason the first connection failed (no server / authorization refused), not a retry delay.
             if let problem = capturer.connectError { throw problem }
-            let frames = try capturer.captureAll()
+            let frames = try capturer.captureAll(now: Date())
             line(true, "display", "\(config.display ?? "(DISPLAY unset)"): \(frames.count) monitor(s) readable")
             let monitors = capturer.monitorSizes()
             for warning in capturer.unrecordableMonitors() {

@@ -42,7 +42,7 @@ struct RecordCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("custos-agent record: \(sealer.status.reason ?? "no KEK")\n".utf8))
             throw ExitCode(2)
         }
-        let capture = CaptureService(config: config, sealer: sealer, logger: logger)
+        let capture = CaptureService(config: config, sealer: sealer, logger: logger, backend: CaptureBackends.standard)
         await capture.run(for: seconds)
         try sink.close()
         let c = capture.snapshot

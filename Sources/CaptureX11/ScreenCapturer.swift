@@ -1,42 +1,11 @@
 import CX11
 import CX11Damage
+import CaptureCore
 import CaptureFormat
 import CustosBase
 import Foundation
 import Logging
 import Video
-
-/// How a capturer encodes the monitors that changed.
-public enum ScreenEncoding: Sendable, Equatable {
-    /// One PNG per changed frame at zlib level 0…9 (`screen-format=png`).
-    case png(level: Int)
-    /// One AV1 packet per changed frame, in one video stream per monitor (`screen-format=video`,
-    /// docs/VIDEO.md), with a keyframe at least every `keyframeIntervalMs` (0: only at a stream's start).
-    case video(keyframeIntervalMs: Int64)
-}
-
-/// The result of capturing one monitor.
-public enum FrameCapture: Sendable {
-    /// The monitor's pixels differ from its previous frame (or it is new): metadata and PNG.
-    case changed(FrameMetadata, png: Data)
-    /// As `.changed`, encoded as the next packet of the monitor's video stream.
-    case packet(VideoPacketMetadata, packet: [UInt8])
-    /// The monitor's raw pixels equal its previous frame; nothing was encoded.
-    case unchanged(monitor: Int)
-    /// The monitor could not be recorded this round; the other monitors were. `error` is
-    /// `.monitorUnsupported` (a size the encoder does not take: nothing was grabbed) or
-    /// `.encoding` (the encoder failed: its video stream restarts with the next frame).
-    case skipped(monitor: Int, error: CaptureError)
-
-    /// The monitor index this result is about.
-    public var monitor: Int {
-        switch self {
-        case .changed(let meta, _): meta.monitor
-        case .packet(let meta, _): meta.monitor
-        case .unchanged(let monitor), .skipped(let monitor, _): monitor
-        }
-    }
-}
 
 /// Captures every monitor of an X display as PNG frames or as packets of one AV1 video stream
 /// per monitor (``ScreenEncoding``).

@@ -45,7 +45,7 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CX11", path: "Sources/CX11", pkgConfig: "x11",
-                       providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev", "libxfixes-dev"])]),
+                       providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev", "libxfixes-dev", "libxi-dev"])]),
 
         .systemLibrary(name: "CAOM", path: "Sources/CAOM", pkgConfig: "aom", providers: [.apt(["libaom-dev"])]),
         .systemLibrary(name: "CYUV", path: "Sources/CYUV", providers: [.apt(["libyuv-dev"])]),
@@ -160,6 +160,9 @@ let package = Package(
         .executableTarget(name: "custos", dependencies: ["Admin"], swiftSettings: strict, linkerSettings: lean),
         .executableTarget(name: "custos-agent", dependencies: ["Agent"], swiftSettings: strict, linkerSettings: lean),
         .executableTarget(name: "custos-collector", dependencies: ["Collector"], swiftSettings: strict, linkerSettings: lean),
+        // Test helper: a real X client that grabs the keyboard like a password prompt (core or XI2).
+        .executableTarget(name: "x11-grab-keyboard", dependencies: ["CX11"], path: "Tests/Tools/x11-grab-keyboard",
+                          swiftSettings: strict),
         .executableTarget(name: "spool-crash-child", dependencies: [
             "Spool", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),

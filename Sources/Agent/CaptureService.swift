@@ -44,6 +44,8 @@ public final class CaptureService: Service, Sendable {
     private let logger: Logger
     private let health: DisplayHealth
     private let backend: any CaptureBackend
+    /// The window rules every source reads (`sensitive-window-class`); replaced on SIGHUP.
+    private let policy: CapturePolicy
     private let counters = Mutex(CaptureCounters())
     private let lastErrorText = Mutex<String?>(nil)
     private let settings: Mutex<CaptureSettings>
@@ -89,6 +91,7 @@ public final class CaptureService: Service, Sendable {
         self.logger = logger
         self.health = DisplayHealth(logger: logger)
         self.settings = Mutex(CaptureSettings(config))
+        self.policy = CapturePolicy(config.windowRules)
     }
 
     /// A snapshot of the counters.
@@ -98,8 +101,15 @@ public final class CaptureService: Service, Sendable {
     /// thread drop its X connections and reconnect with the new values at once; a new
     /// `screen-format`, `png-level` or `keyframe-interval-seconds` replaces the screen capturer
     /// (video streams restart with keyframes); a new `screen-interval-ms` applies from the next
-    /// capture. `keystroke-idle-ms` and the rest take effect at the next start.
+    /// capture; the window rules (`sensitive-window-class`) from the next key. `keystroke-idle-ms`
+    /// and the rest take effect at the next start.
     public func reload(_ config: AgentConfig) {
+        if policy.rules != config.windowRules {
+            policy.update(config.windowRules)
+            logger.info("window rules changed", metadata: [
+                "capture.sensitive-window-class": "\(config.sensitiveWindowClasses.count)",
+            ])
+        }
         let fresh = CaptureSettings(config)
         let old = settings.withLock { current -> CaptureSettings in
             defer { current = fresh }
@@ -376,7 +386,8 @@ public final class CaptureService: Service, Sendable {
         let mailbox = self.mailbox
         do {
             let recorder = try backend.makeKeystrokeSource(loop.settings.target, idleMs: config.keystrokeIdleMs,
-                                                           maxKeysPerChunk: 4096, logger: logger, health: health,
+                                                           maxKeysPerChunk: 4096, policy: policy, logger: logger,
+                                                           health: health,
                                                            onChunk: { mailbox.post($0) })
             try recorder.start()
             loop.recorder = recorder
@@ -520,6 +531,11 @@ private final class Mailbox: Sendable {
 }
 
 extension AgentConfig {
+    /// What `sensitive-window-class` asks of the sources.
+    var windowRules: WindowRules {
+        WindowRules(sensitiveClasses: sensitiveWindowClasses)
+    }
+
     /// What `screen-format`, `png-level` and `keyframe-interval-seconds` ask of the capturer.
     var screenEncoding: ScreenEncoding {
         switch screenFormat {

@@ -31,6 +31,7 @@ enum CheckConfig {
             line(false, "kek", "\(error)")
         }
         line(true, "agent-id", config.agentID.rawValue)
+        line(true, "window rules", Self.windowRulesSummary(config))
         if config.screenIntervalMs == 0 && config.keystrokeIdleMs == 0 {
             line(false, "capture", "screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured; the agent only uploads what is spooled",
                  required: false)
@@ -88,6 +89,17 @@ enum CheckConfig {
             }
         }
         return ok
+    }
+
+    /// The window rules in force, per key: how many patterns, exact and regular expressions
+    /// (each already compiled while the config was parsed), and what always applies.
+    static func windowRulesSummary(_ config: AgentConfig) -> String {
+        func count(_ key: String, _ patterns: [WindowPattern]) -> String {
+            let regex = patterns.filter(\.isRegularExpression).count
+            return "\(key) \(patterns.count) (\(patterns.count - regex) exact, \(regex) regular expression\(regex == 1 ? "" : "s"))"
+        }
+        return [count("sensitive-window-class", config.sensitiveWindowClasses)].joined(separator: ", ")
+            + "; keystrokes are suppressed while another program grabs the keyboard (password prompts)"
     }
 
     /// Records in an existing spool sealed under another agent id than `agent-id` (the collector

@@ -111,9 +111,11 @@ public protocol CaptureBackend: Sendable {
                          health: DisplayHealth) throws -> any FrameSource
 
     /// A keystroke source for `target` (not started): chunks close after `idleMs` ms without a
-    /// key and at `maxKeysPerChunk` keys, and go to `onChunk`.
+    /// key and at `maxKeysPerChunk` keys, and go to `onChunk`. Keys are suppressed (a
+    /// `[suppressed]` marker with the time span instead) while another client holds an active
+    /// keyboard grab (a password prompt) and while a window `policy` calls sensitive has the focus.
     /// - Throws: `CaptureError.invalidArgument` when `idleMs` or `maxKeysPerChunk` < 1.
-    func makeKeystrokeSource(_ target: CaptureTarget, idleMs: Int, maxKeysPerChunk: Int, logger: Logger,
-                             health: DisplayHealth,
+    func makeKeystrokeSource(_ target: CaptureTarget, idleMs: Int, maxKeysPerChunk: Int, policy: CapturePolicy,
+                             logger: Logger, health: DisplayHealth,
                              onChunk: @escaping @Sendable (KeystrokeChunk) -> Void) throws -> any KeystrokeSource
 }

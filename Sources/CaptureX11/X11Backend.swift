@@ -16,11 +16,12 @@ public struct X11Backend: CaptureBackend {
                            health: health)
     }
 
-    public func makeKeystrokeSource(_ target: CaptureTarget, idleMs: Int, maxKeysPerChunk: Int, logger: Logger,
-                                    health: DisplayHealth,
+    public func makeKeystrokeSource(_ target: CaptureTarget, idleMs: Int, maxKeysPerChunk: Int, policy: CapturePolicy,
+                                    logger: Logger, health: DisplayHealth,
                                     onChunk: @escaping @Sendable (KeystrokeChunk) -> Void) throws -> any KeystrokeSource {
         try KeystrokeRecorder(display: target.display, xauthority: target.credentials, idleMs: idleMs,
-                              maxKeysPerChunk: maxKeysPerChunk, logger: logger, health: health, onChunk: onChunk)
+                              maxKeysPerChunk: maxKeysPerChunk, logger: logger, health: health, policy: policy,
+                              onChunk: onChunk)
     }
 }
 

@@ -21,6 +21,8 @@ import Foundation
 /// - `screen-format` (``ScreenFormat``: `video` (default) or `png`), `keyframe-interval-seconds`
 ///   (0 or 1...3600, default 300: docs/VIDEO.md "Defaults and why")
 /// - `keystroke-idle-ms` (integer ms, default 2000; 0 disables keystroke capture)
+/// - `sensitive-window-class` (repeatable ``WindowPattern``): keystrokes suppressed while such
+///   a window has the focus
 /// - `spool-dir` (path, default `/var/lib/custos`), `spool-max-mb` (MiB, default 512)
 /// - `dek-rotate-blobs` (default 100000), `dek-rotate-mb` (MiB, default 4096),
 ///   `dek-rotate-hours` (default 24); 0 turns that limit off.
@@ -48,6 +50,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var keyframeIntervalSeconds: Int
     /// Idle time in ms that closes a keystroke chunk; 0 = no keystroke capture.
     public var keystrokeIdleMs: Int
+    /// `sensitive-window-class`: keys typed while such a window has the focus are suppressed.
+    public var sensitiveWindowClasses: [WindowPattern]
     public var spoolDir: String
     /// Spool byte cap in MiB (database + WAL).
     public var spoolMaxMB: Int
@@ -90,6 +94,9 @@ public struct AgentConfig: Sendable, Equatable {
                   doc: "zlib level of PNG frames (screen-format=png): 1 is fastest, 9 smallest."),
         ConfigKey("keystroke-idle-ms", type: "integer ms, 0 or 100-3600000", default: "2000",
                   doc: "Typing idle time that closes a keystroke chunk. 0 disables keystroke capture."),
+        ConfigKey("sensitive-window-class", type: "window class, or /regular expression/ (repeatable)", default: nil,
+                  repeatable: true,
+                  doc: "While a window of this WM_CLASS (its class or instance, e.g. KeePassXC) has the focus, keystrokes are not recorded: the keystroke chunk shows [suppressed] with the time span. Its pixels are recorded. Plain text matches exactly (case-sensitive); /.../ is a regular expression (ICU syntax) found anywhere in the class or instance, e.g. /^(?i)keepass/. Keystrokes are also suppressed, always, while another program holds the keyboard grabbed (password prompts, screen lockers)."),
         ConfigKey("spool-dir", type: "path", default: "/var/lib/custos",
                   doc: "Folder of the spool database (created 0700; files 0600). Holds sealed blobs only."),
         ConfigKey("spool-max-mb", type: "integer MiB, 1-1048576", default: "512",
@@ -175,6 +182,9 @@ public struct AgentConfig: Sendable, Equatable {
         if keystrokeIdleMs != 0 && keystrokeIdleMs < 100 {
             throw ConfigError(file: file.path, line: file.value("keystroke-idle-ms")?.line, key: "keystroke-idle-ms",
                               "expected 0 (off) or at least 100 ms, found \(keystrokeIdleMs)")
+        }
+        sensitiveWindowClasses = try file.values("sensitive-window-class").map { e throws(ConfigError) in
+            try typed(e) { v throws(ValueError) in try WindowPattern(v, field: e.key) }
         }
         spoolDir = try file.path("spool-dir", default: def("spool-dir"))!
         spoolMaxMB = try file.int("spool-max-mb", default: intDefault("spool-max-mb"), in: 1...1_048_576)

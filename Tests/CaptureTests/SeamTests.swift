@@ -37,10 +37,10 @@ struct SeamTests {
 
         let received = Mutex<[KeystrokeChunk]>([])
         let keys: any KeystrokeSource = try backend.makeKeystrokeSource(
-            target, idleMs: 10_000, maxKeysPerChunk: 100, logger: logger, health: health,
+            target, idleMs: 10_000, maxKeysPerChunk: 100, policy: CapturePolicy(), logger: logger, health: health,
             onChunk: { chunk in received.withLock { $0.append(chunk) } })
         try keys.start()
-        #expect(keys.isRecording)
+        #expect(waitUntil(timeout: 10) { keys.isRecording })  // set by the record thread once it runs
         try xvfb.run(["xdotool", "type", "--delay", "5", "seam"])
         // RECORD delivers within one poll: wait for the keys, then flush the open chunk.
         let deadline = Date().addingTimeInterval(10)

@@ -204,6 +204,19 @@ private func error(_ text: String) -> ConfigError? {
         #expect(e?.description.hasPrefix("\(path):2: \(key): ") == true, "\(String(describing: e))")
     }
 
+    @Test func windowPatternsRepeatInOrderAndABadRegexNamesItsLine() throws {
+        let c = try parse("sensitive-window-class=KeePassXC\nsensitive-window-class=/(?i)^pass/\n")
+        #expect(c.sensitiveWindowClasses.map(\.text) == ["KeePassXC", "/(?i)^pass/"])
+        #expect(c.sensitiveWindowClasses.map(\.isRegularExpression) == [false, true])
+        #expect(try parse("").sensitiveWindowClasses.isEmpty)
+        let e = error("display=:1\nsensitive-window-class=ok\nsensitive-window-class=/a(b/\n")
+        #expect(e?.line == 3 && e?.key == "sensitive-window-class", "\(String(describing: e))")
+        #expect(e?.description.hasPrefix("\(path):3: sensitive-window-class: '/a(b/' is not a valid regular expression") == true,
+                "\(String(describing: e))")
+        #expect(error("sensitive-window-class=//\n")?.line == 1)
+        #expect(error("sensitive-window-class=\n")?.line == 1)
+    }
+
     @Test func typedValues() throws {
         let pin = "sha256/" + Data(repeating: 9, count: 32).base64EncodedString()
         let c = try parse("server-url=https://[::1]:8443/\nserver-pin=\(pin)\nagent-id=pc.1\nagent-token=s3cret\n")

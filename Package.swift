@@ -173,7 +173,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/SpoolBench", swiftSettings: strict),
         .executableTarget(name: "custos-bench-capture", dependencies: [
-            "CaptureCore", "CaptureX11", "CX11", .product(name: "Logging", package: "swift-log"),
+            "CaptureCore", "CaptureX11", "CX11", "CustosBase", .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
         .executableTarget(name: "custos-bench-video", dependencies: ["Video"], path: "Benchmarks/VideoBench",
                           swiftSettings: strict),

@@ -358,6 +358,10 @@ enum OutputNaming {
         var s = "# agent: \(SafeText.escaped(agent))\n# window: \(SafeText.escaped(title))\n# WM_CLASS: \(SafeText.escaped(wmClass))\n"
         for c in chunks {
             s += "\n[\(iso(c.startMs)) – \(iso(c.endMs))]\n\(c.text)\n"
+            // Keys left out (docs/CAPTURE.md): when, and how many where they are counted.
+            for m in c.keys where m.isMarker {
+                s += "# \(m.text) \(iso(m.timeMs)) – \(iso(m.untilMs ?? m.timeMs))\(m.count.map { ", \($0) key\($0 == 1 ? "" : "s")" } ?? "")\n"
+            }
         }
         return Data(s.utf8)
     }
@@ -371,14 +375,27 @@ enum OutputNaming {
         var windowTitle: String
         var wmClass: String
         var text: String
+        /// The markers for keys left out (`[suppressed]`, `[excluded]`): their spans and counts.
+        var markers: [Marker]?
+
+        struct Marker: Codable {
+            var text: String
+            var startMs: Int64
+            var untilMs: Int64
+            var count: Int?
+        }
     }
 
     /// One `keystrokes.jsonl` line (JSON Lines, https://jsonlines.org), newline-terminated.
     static func jsonLine(agent: String, blobID: String, chunk: KeystrokeChunk) -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let line = JSONLine(time: iso(chunk.startMs), startMs: chunk.startMs, endMs: chunk.endMs, agent: agent,
+        var line = JSONLine(time: iso(chunk.startMs), startMs: chunk.startMs, endMs: chunk.endMs, agent: agent,
                             blobId: blobID, windowTitle: chunk.windowTitle, wmClass: chunk.wmClass, text: chunk.text)
+        let markers = chunk.keys.filter(\.isMarker).map {
+            JSONLine.Marker(text: $0.text, startMs: $0.timeMs, untilMs: $0.untilMs ?? $0.timeMs, count: $0.count)
+        }
+        line.markers = markers.isEmpty ? nil : markers
         var d = (try? enc.encode(line)) ?? Data("{}".utf8)
         d.append(0x0a)
         return d

@@ -15,6 +15,9 @@ public struct CaptureCounters: Sendable, Equatable {
     public var framesSealed = 0
     public var framesUnchanged = 0
     public var chunksSealed = 0
+    /// Key presses dropped because an `exclude-window-*` window had the focus (each chunk's
+    /// `[excluded]` markers count them too).
+    public var keysExcluded = 0
     public var skippedNoKEK = 0
     public var errors = 0
     /// Captures not kept, by reason (this run; the spool keeps the lifetime totals).
@@ -44,7 +47,7 @@ public final class CaptureService: Service, Sendable {
     private let logger: Logger
     private let health: DisplayHealth
     private let backend: any CaptureBackend
-    /// The window rules every source reads (`sensitive-window-class`); replaced on SIGHUP.
+    /// The window rules every source reads (`sensitive-window-class`, `exclude-window-*`); replaced on SIGHUP.
     private let policy: CapturePolicy
     private let counters = Mutex(CaptureCounters())
     private let lastErrorText = Mutex<String?>(nil)
@@ -101,13 +104,16 @@ public final class CaptureService: Service, Sendable {
     /// thread drop its X connections and reconnect with the new values at once; a new
     /// `screen-format`, `png-level` or `keyframe-interval-seconds` replaces the screen capturer
     /// (video streams restart with keyframes); a new `screen-interval-ms` applies from the next
-    /// capture; the window rules (`sensitive-window-class`) from the next key. `keystroke-idle-ms`
+    /// capture; the window rules (`sensitive-window-class`, `exclude-window-*`) from the next key
+    /// and frame. `keystroke-idle-ms`
     /// and the rest take effect at the next start.
     public func reload(_ config: AgentConfig) {
         if policy.rules != config.windowRules {
             policy.update(config.windowRules)
             logger.info("window rules changed", metadata: [
                 "capture.sensitive-window-class": "\(config.sensitiveWindowClasses.count)",
+                "capture.exclude-window-class": "\(config.excludeWindowClasses.count)",
+                "capture.exclude-window-title": "\(config.excludeWindowTitles.count)",
             ])
         }
         let fresh = CaptureSettings(config)
@@ -273,7 +279,7 @@ public final class CaptureService: Service, Sendable {
         do {
             if loop.capturer == nil {
                 loop.capturer = try backend.makeFrameSource(loop.settings.target, encoding: loop.settings.encoding,
-                                                            logger: logger, health: health)
+                                                            policy: policy, logger: logger, health: health)
             }
             if case .video = loop.settings.encoding {
                 // A new DEK begins with keyframes: each DEK's packets decode on their own.
@@ -416,7 +422,11 @@ public final class CaptureService: Service, Sendable {
         for chunk in mailbox.takeChunks() {
             do {
                 let receipt = try sealer.seal(chunk.encoded(), kind: .keystrokes, captureTimeMs: chunk.startMs)
-                counters.withLock { $0.chunksSealed += 1 }
+                let excluded = chunk.keys.lazy.filter { $0.text == KeyToken.excluded && $0.isMarker }.reduce(0) { $0 + ($1.count ?? 0) }
+                counters.withLock {
+                    $0.chunksSealed += 1
+                    $0.keysExcluded += excluded
+                }
                 noteEvictions(receipt.evictedGroups, &loop)  // keystrokes evict screen records first
                 loop.keystrokeDrops.success("keystroke chunks kept again", logger: logger)
             } catch {
@@ -531,9 +541,10 @@ private final class Mailbox: Sendable {
 }
 
 extension AgentConfig {
-    /// What `sensitive-window-class` asks of the sources.
+    /// What `sensitive-window-class`, `exclude-window-class` and `exclude-window-title` ask of the sources.
     var windowRules: WindowRules {
-        WindowRules(sensitiveClasses: sensitiveWindowClasses)
+        WindowRules(sensitiveClasses: sensitiveWindowClasses, excludedClasses: excludeWindowClasses,
+                    excludedTitles: excludeWindowTitles)
     }
 
     /// What `screen-format`, `png-level` and `keyframe-interval-seconds` ask of the capturer.

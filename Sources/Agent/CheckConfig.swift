@@ -61,7 +61,8 @@ enum CheckConfig {
         do {
             let quiet = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
             let capturer = try backend.makeFrameSource(CaptureTarget(display: config.display, credentials: config.xauthority),
-                                                       encoding: config.screenEncoding, logger: quiet,
+                                                       encoding: config.screenEncoding, policy: CapturePolicy(config.windowRules),
+                                                       logger: quiet,
                                                        health: DisplayHealth(logger: quiet))
             // The reason the first connection failed (no server / authorization refused), not a retry delay.
             if let problem = capturer.connectError { throw problem }
@@ -98,7 +99,9 @@ enum CheckConfig {
             let regex = patterns.filter(\.isRegularExpression).count
             return "\(key) \(patterns.count) (\(patterns.count - regex) exact, \(regex) regular expression\(regex == 1 ? "" : "s"))"
         }
-        return [count("sensitive-window-class", config.sensitiveWindowClasses)].joined(separator: ", ")
+        return [count("sensitive-window-class", config.sensitiveWindowClasses),
+                count("exclude-window-class", config.excludeWindowClasses),
+                count("exclude-window-title", config.excludeWindowTitles)].joined(separator: ", ")
             + "; keystrokes are suppressed while another program grabs the keyboard (password prompts)"
     }
 

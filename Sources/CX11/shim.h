@@ -6,6 +6,7 @@
 #include <X11/XKBlib.h>
 #include <X11/Xatom.h>
 #include <X11/extensions/XShm.h>
+#include <X11/extensions/shape.h>
 #include <X11/extensions/record.h>
 #include <X11/extensions/XTest.h>
 #include <X11/extensions/Xfixes.h>

@@ -29,14 +29,37 @@ public struct WindowRules: Sendable, Equatable {
     /// `sensitive-window-class=`: while such a window has the focus, keystrokes are not
     /// recorded (the chunk shows `[suppressed]` with the time span); its pixels are recorded.
     public var sensitiveClasses: [WindowPattern]
+    /// `exclude-window-class=`: such windows' visible pixels are painted over with
+    /// ``maskColor`` before a frame is encoded, and keys typed into them are dropped (counted,
+    /// an `[excluded]` marker).
+    public var excludedClasses: [WindowPattern]
+    /// `exclude-window-title=`: as `excludedClasses`, matched against the window's title.
+    public var excludedTitles: [WindowPattern]
 
-    public init(sensitiveClasses: [WindowPattern] = []) {
+    /// The colour excluded windows are painted with (8-bit R, G, B): magenta, which screen
+    /// content rarely is, so a reviewer sees at once that something was left out.
+    public static let maskColor: (red: UInt8, green: UInt8, blue: UInt8) = (0xFF, 0x00, 0xFF)
+
+    public init(sensitiveClasses: [WindowPattern] = [], excludedClasses: [WindowPattern] = [],
+                excludedTitles: [WindowPattern] = []) {
         self.sensitiveClasses = sensitiveClasses
+        self.excludedClasses = excludedClasses
+        self.excludedTitles = excludedTitles
     }
+
+    /// Whether any window can be excluded (frame sources track windows only then).
+    public var hasExclusions: Bool { !excludedClasses.isEmpty || !excludedTitles.isEmpty }
 
     /// Whether keys typed into `window` are suppressed.
     public func isSensitive(_ window: WindowIdentity) -> Bool {
         sensitiveClasses.contains { $0.matches(window.windowClass) || $0.matches(window.instance) }
+    }
+
+    /// Whether `window` is excluded: its class or instance matches an `exclude-window-class`
+    /// pattern, or its title an `exclude-window-title` pattern.
+    public func isExcluded(_ window: WindowIdentity) -> Bool {
+        excludedClasses.contains { $0.matches(window.windowClass) || $0.matches(window.instance) }
+            || excludedTitles.contains { $0.matches(window.title) }
     }
 }
 

@@ -105,9 +105,10 @@ public protocol CaptureBackend: Sendable {
     var name: String { get }
 
     /// A frame source for `target`. Connects when it can; a display that is not up yet is
-    /// reported to `health` once and connected on a later `captureAll`.
+    /// reported to `health` once and connected on a later `captureAll`. The visible parts of
+    /// windows `policy` excludes are painted with `WindowRules.maskColor` before encoding.
     /// - Throws: `CaptureError.invalidArgument` for an encoding outside its range.
-    func makeFrameSource(_ target: CaptureTarget, encoding: ScreenEncoding, logger: Logger,
+    func makeFrameSource(_ target: CaptureTarget, encoding: ScreenEncoding, policy: CapturePolicy, logger: Logger,
                          health: DisplayHealth) throws -> any FrameSource
 
     /// A keystroke source for `target` (not started): chunks close after `idleMs` ms without a

@@ -28,6 +28,8 @@ final class RecordSession {
     private var enabled = false
     private var disabled = false
     private var endOfData = false
+    /// Whether the context's StartOfData came: recording is enabled from that point of the stream.
+    private var startOfData = false
     fileprivate var failure: CaptureError?
     private var focusCache: (window: Window, identity: WindowIdentity, read: Date)?
 
@@ -136,7 +138,16 @@ final class RecordSession {
         enabled = true
         try data.check("enabling the record context")
         // Keys are suppressed until this probe's answer is seen in the stream: a grab held
-        // before the context was enabled is not in it.
+        // before the context was enabled is not in it. The probe goes on the control connection,
+        // which the server may serve before the data connection's enable: wait for StartOfData
+        // first, so the probe and its reply are in the stream.
+        let deadline = Date().addingTimeInterval(2)
+        let fd = XConnectionNumber(data.dpy)
+        while !startOfData && !data.isDead && Date() < deadline {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&pfd, 1, 50) > 0 { XRecordProcessReplies(data.dpy) }
+        }
+        _ = grabs.shouldProbe(now: Date())
         probeKeyboardGrab()
     }
 
@@ -216,6 +227,8 @@ final class RecordSession {
     fileprivate func handle(_ record: UnsafeMutablePointer<XRecordInterceptData>) {
         let r = record.pointee
         switch Int32(r.category) {
+        case XRecordStartOfData:
+            startOfData = true
         case XRecordEndOfData:
             endOfData = true
         case XRecordClientDied:
@@ -293,8 +306,15 @@ final class RecordSession {
         guard let text else { return }
         let now = Date()
         let focus = focusedWindow(now: now)
-        if policy.rules.isSensitive(focus.identity) {
+        let rules = policy.rules
+        if rules.isSensitive(focus.identity) {
             suppress(now: now, focus: focus)
+            return
+        }
+        if rules.isExcluded(focus.identity) {
+            // Dropped and counted (presses only): the marker says how many.
+            sink.addMarker(KeyToken.excluded, timeMs: Self.ms(now), counted: pressed, window: UInt(focus.window),
+                           title: focus.identity.title, wmClass: focus.identity.wmClass, now: now)
             return
         }
         let key = Keystroke(timeMs: Self.ms(now), text: text, pressed: pressed ? nil : false)

@@ -70,14 +70,16 @@ final class WindowReader {
     /// The client window of the top-level `w` (a window manager's frame holds it): `w` itself
     /// when it has `WM_STATE` or `WM_CLASS`, else the first descendant with `WM_STATE`
     /// (breadth first, at most `depth` levels); nil when there is none (a frame-less override
-    /// window without `WM_CLASS`).
-    func clientWindow(_ w: Window, depth: Int = 3) -> Window? {
+    /// window without `WM_CLASS`, or a frame whose client is not managed yet). `visited` gets
+    /// the descendants looked at.
+    func clientWindow(_ w: Window, depth: Int = 3, visited: inout [Window]) -> Window? {
         if hasProperty(w, atomWMState) || classHint(w) != nil { return w }
         var level = [w]
         for _ in 0..<depth {
             var next: [Window] = []
             for parent in level {
                 for child in children(parent) {
+                    visited.append(child)
                     if hasProperty(child, atomWMState) { return child }
                     next.append(child)
                 }

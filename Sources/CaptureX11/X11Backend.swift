@@ -10,10 +10,10 @@ public struct X11Backend: CaptureBackend {
 
     public var name: String { "x11" }
 
-    public func makeFrameSource(_ target: CaptureTarget, encoding: ScreenEncoding, logger: Logger,
+    public func makeFrameSource(_ target: CaptureTarget, encoding: ScreenEncoding, policy: CapturePolicy, logger: Logger,
                                 health: DisplayHealth) throws -> any FrameSource {
         try ScreenCapturer(display: target.display, xauthority: target.credentials, encoding: encoding, logger: logger,
-                           health: health)
+                           health: health, policy: policy)
     }
 
     public func makeKeystrokeSource(_ target: CaptureTarget, idleMs: Int, maxKeysPerChunk: Int, policy: CapturePolicy,

@@ -23,6 +23,8 @@ import Foundation
 /// - `keystroke-idle-ms` (integer ms, default 2000; 0 disables keystroke capture)
 /// - `sensitive-window-class` (repeatable ``WindowPattern``): keystrokes suppressed while such
 ///   a window has the focus
+/// - `exclude-window-class`, `exclude-window-title` (repeatable ``WindowPattern``): such windows'
+///   pixels are painted over before encoding, keys typed into them dropped
 /// - `spool-dir` (path, default `/var/lib/custos`), `spool-max-mb` (MiB, default 512)
 /// - `dek-rotate-blobs` (default 100000), `dek-rotate-mb` (MiB, default 4096),
 ///   `dek-rotate-hours` (default 24); 0 turns that limit off.
@@ -52,6 +54,10 @@ public struct AgentConfig: Sendable, Equatable {
     public var keystrokeIdleMs: Int
     /// `sensitive-window-class`: keys typed while such a window has the focus are suppressed.
     public var sensitiveWindowClasses: [WindowPattern]
+    /// `exclude-window-class`: windows whose pixels and keys are left out.
+    public var excludeWindowClasses: [WindowPattern]
+    /// `exclude-window-title`: windows whose pixels and keys are left out, by title.
+    public var excludeWindowTitles: [WindowPattern]
     public var spoolDir: String
     /// Spool byte cap in MiB (database + WAL).
     public var spoolMaxMB: Int
@@ -97,6 +103,12 @@ public struct AgentConfig: Sendable, Equatable {
         ConfigKey("sensitive-window-class", type: "window class, or /regular expression/ (repeatable)", default: nil,
                   repeatable: true,
                   doc: "While a window of this WM_CLASS (its class or instance, e.g. KeePassXC) has the focus, keystrokes are not recorded: the keystroke chunk shows [suppressed] with the time span. Its pixels are recorded. Plain text matches exactly (case-sensitive); /.../ is a regular expression (ICU syntax) found anywhere in the class or instance, e.g. /^(?i)keepass/. Keystrokes are also suppressed, always, while another program holds the keyboard grabbed (password prompts, screen lockers)."),
+        ConfigKey("exclude-window-class", type: "window class, or /regular expression/ (repeatable)", default: nil,
+                  repeatable: true,
+                  doc: "Windows of this WM_CLASS (class or instance) never leave the endpoint: before a frame is encoded, the part of every such top-level window that is visible (its frame and children, minus what other windows cover) is painted magenta, and keystrokes typed while it has the focus are dropped (the chunk shows [excluded] with their count). Exact text, or /.../ as a regular expression (ICU syntax) found anywhere in the class or instance. Re-read on SIGHUP."),
+        ConfigKey("exclude-window-title", type: "window title, or /regular expression/ (repeatable)", default: nil,
+                  repeatable: true,
+                  doc: "As exclude-window-class, matched against the window's title (_NET_WM_NAME, else WM_NAME): exact text, or /.../ found anywhere in the title, e.g. /^Online Banking/. A window is excluded from the frame after its title changes to match."),
         ConfigKey("spool-dir", type: "path", default: "/var/lib/custos",
                   doc: "Folder of the spool database (created 0700; files 0600). Holds sealed blobs only."),
         ConfigKey("spool-max-mb", type: "integer MiB, 1-1048576", default: "512",
@@ -184,6 +196,12 @@ public struct AgentConfig: Sendable, Equatable {
                               "expected 0 (off) or at least 100 ms, found \(keystrokeIdleMs)")
         }
         sensitiveWindowClasses = try file.values("sensitive-window-class").map { e throws(ConfigError) in
+            try typed(e) { v throws(ValueError) in try WindowPattern(v, field: e.key) }
+        }
+        excludeWindowClasses = try file.values("exclude-window-class").map { e throws(ConfigError) in
+            try typed(e) { v throws(ValueError) in try WindowPattern(v, field: e.key) }
+        }
+        excludeWindowTitles = try file.values("exclude-window-title").map { e throws(ConfigError) in
             try typed(e) { v throws(ValueError) in try WindowPattern(v, field: e.key) }
         }
         spoolDir = try file.path("spool-dir", default: def("spool-dir"))!

@@ -20,6 +20,8 @@ final class AgentRig: @unchecked Sendable {
     let rootColor: (UInt8, UInt8, UInt8) = (0x33, 0x66, 0x99)
     /// `screen-format` of the agent's config (`writeConfig`).
     var screenFormat = "video"
+    /// More `key=value` lines for the agent's config (`writeConfig`).
+    var extraConfig = ""
 
     var db: String { dir.file("collector/collector.db") }
     var configPath: String { dir.file("agent/config.cfg") }
@@ -65,7 +67,7 @@ final class AgentRig: @unchecked Sendable {
             keystroke-idle-ms=\(keystrokeIdleMs)
             spool-dir=\(spoolDir)
             spool-max-mb=64
-
+            \(extraConfig)
             """
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
     }

@@ -21,7 +21,7 @@ struct SeamTests {
         let logger = testLogger("seam")
         let health = DisplayHealth(logger: logger)
         let target = CaptureTarget(display: xvfb.name, credentials: "/dev/null")
-        let frames: any FrameSource = try backend.makeFrameSource(target, encoding: .png(level: 1), logger: logger,
+        let frames: any FrameSource = try backend.makeFrameSource(target, encoding: .png(level: 1), policy: CapturePolicy(), logger: logger,
                                                                   health: health)
         #expect(frames.connectError == nil)
         let shot = try frames.captureAll(now: Date())

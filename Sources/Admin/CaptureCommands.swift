@@ -14,7 +14,7 @@ public struct CapturesCommand: AsyncParsableCommand {
     public init() {}
 }
 
-/// `custos captures list --db collector.db [--agent ID] [--kind screen|keystrokes] [--since TIME]`.
+/// `custos captures list --db collector.db [--agent ID] [--kind screen|keystrokes|generic|activity] [--since TIME]`.
 public struct CapturesListCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "list",
@@ -120,7 +120,7 @@ public struct CaptureListing {
 struct CaptureSelection: ParsableArguments {
     @Option(help: "Only this agent.")
     var agent: String?
-    @Option(help: "Only this kind: screen, keystrokes or generic.")
+    @Option(help: "Only this kind: screen, keystrokes, generic or activity.")
     var kind: String?
     @Option(help: "Only captures at or after TIME (ISO 8601, date, Unix ms, or an age like 2h).")
     var since: String?
@@ -129,7 +129,7 @@ struct CaptureSelection: ParsableArguments {
 
     func validate() throws {
         if let kind, CaptureKind(name: kind) == nil {
-            throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
+            throw ValidationError("--kind \(kind): expected screen, keystrokes, generic or activity")
         }
         if let agent {
             do { _ = try AgentID(agent, field: "--agent") } catch { throw ValidationError(error.description) }
@@ -215,7 +215,8 @@ struct DecryptArguments: ParsableArguments {
                                         actor: loginUser(), log: printError, progressStyle: quiet ? .quiet : nil)
         for f in report.failures { printError(f.blobID.isEmpty ? "failed: \(f.reason)" : "failed: blob \(f.blobID): \(f.reason)") }
         let what = "\(counted(report.screens, "screen frame")), \(report.videoSummary), "
-            + "\(counted(report.keystrokeChunks, "keystroke chunk")) in \(counted(report.keystrokeWindows, "window")), \(report.generic) other"
+            + "\(counted(report.keystrokeChunks, "keystroke chunk")) in \(counted(report.keystrokeWindows, "window")), "
+            + "\(counted(report.activityPeriods, "activity period")), \(report.generic) other"
         printError("\(options.operation): \(report.decrypted) of \(counted(report.attempted, "item")) decrypted (\(what)) → \(options.outputPath)"
                    + (report.failures.isEmpty ? "" : "; \(report.failures.count) FAILED"))
         if report.interrupted {

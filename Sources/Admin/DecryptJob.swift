@@ -194,7 +194,7 @@ public enum DecryptJob {
             try? await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) error=\(error)")
             throw error
         }
-        try await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkippedTotal) video_before_since=\(report.videoPacketsBeforeSelection) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
+        try await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkippedTotal) video_before_since=\(report.videoPacketsBeforeSelection) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) activity_chunks=\(report.activityChunks) interrupted=\(report.interrupted)")
         return report
     }
 }

@@ -35,6 +35,10 @@ public struct DecryptReport: Sendable, Codable, Equatable {
     public var keystrokeChunks = 0
     /// Distinct (agent, window title, WM_CLASS) keystroke text files.
     public var keystrokeWindows = 0
+    /// Activity chunks decoded (kind `activity`).
+    public var activityChunks = 0
+    /// Rows of the activity timeline written (periods, continuations joined).
+    public var activityPeriods = 0
     /// Generic blobs written as raw `.bin` files.
     public var generic = 0
     /// DEK records unwrapped (each once).
@@ -207,6 +211,7 @@ final class Decryptor {
         var windows: [WindowKey: [Chunk]] = [:]
         var windowOrder: [WindowKey] = []
         var jsonLines = Data()
+        var activity = ActivityTimelineExport()
         let videoStreams = VideoStreams()
 
         progress.start(total: expected)
@@ -240,6 +245,9 @@ final class Decryptor {
                         windows[k, default: []].append(Chunk(blobID: info.blobID, chunk: chunk))
                         jsonLines.append(OutputNaming.jsonLine(agent: info.agentID, blobID: info.blobID.hex, chunk: chunk))
                         report.keystrokeChunks += 1
+                    case .activity:
+                        activity.add(try ActivityChunk.decode(plaintext), agent: info.agentID)
+                        report.activityChunks += 1
                     default:
                         let name = OutputNaming.generic(agent: info.agentID, timeMs: info.captureTimeMs, blobID: info.blobID.hex)
                         let used = try sink.add(plaintext, at: name, compress: true)
@@ -277,6 +285,17 @@ final class Decryptor {
             let used = try sink.add(jsonLines, at: "keystrokes.jsonl", compress: true)
             files.append(ManifestFile(path: used, kind: "keystrokes-jsonl", agent: "", blobIds: [],
                                       captureTime: "", bytes: jsonLines.count, sha256: sha256Hex(jsonLines)))
+        }
+
+        // Activity: one timeline of every agent, as CSV and JSON.
+        if !activity.isEmpty {
+            let rows = activity.rows()
+            report.activityPeriods = rows.count
+            for (name, data) in [("activity.csv", ActivityTimelineExport.csv(rows)), ("activity.json", ActivityTimelineExport.json(rows))] {
+                let used = try sink.add(data, at: name, compress: true)
+                files.append(ManifestFile(path: used, kind: "activity", agent: "", blobIds: [], captureTime: rows.first?.start ?? "",
+                                          bytes: data.count, sha256: sha256Hex(data)))
+            }
         }
     }
 

@@ -15,6 +15,8 @@ public struct CaptureCounters: Sendable, Equatable {
     public var framesSealed = 0
     public var framesUnchanged = 0
     public var chunksSealed = 0
+    /// Activity chunks (focus and idle/active periods) sealed.
+    public var activitySealed = 0
     /// Key presses dropped because an `exclude-window-*` window had the focus (each chunk's
     /// `[excluded]` markers count them too).
     public var keysExcluded = 0
@@ -139,9 +141,9 @@ public final class CaptureService: Service, Sendable {
     }
 
     public func run() async throws {
-        guard config.keystrokeIdleMs > 0 || config.screenIntervalMs > 0 else {
+        guard config.keystrokeIdleMs > 0 || config.screenIntervalMs > 0 || config.activityIntervalSeconds > 0 else {
             // Nothing to capture (a way to drain a spool): the agent keeps uploading until stopped.
-            logger.notice("screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured; uploading what is spooled")
+            logger.notice("screen-interval-ms=0, keystroke-idle-ms=0 and activity-interval-seconds=0: nothing is captured; uploading what is spooled")
             try? await gracefulShutdown()
             return
         }
@@ -197,14 +199,27 @@ public final class CaptureService: Service, Sendable {
         /// Per monitor index: a monitor that cannot be recorded is logged once, and once again
         /// when it records (or is gone).
         var monitorProblems: [Int: RepeatedErrorLog] = [:]
+        /// Activity: the source, the periods it produced since the last seal, and when to look
+        /// and seal next.
+        var activity: (any ActivitySource)?
+        var timeline: ActivityTimeline
+        var activityPeriods: [ActivityPeriod] = []
+        var activityStartMs: Int64?
+        var nextActivityPoll = ContinuousClock.now
+        var nextActivitySeal: ContinuousClock.Instant
+        let activityDrops = RepeatedErrorLog()
     }
 
     private func captureThread() {
-        var loop = Loop(settings: settings.withLock { $0 })
+        let activityOn = config.activityIntervalSeconds > 0
+        var loop = Loop(settings: settings.withLock { $0 },
+                        timeline: ActivityTimeline(idleThresholdMs: Int64(config.idleThresholdSeconds) * 1000),
+                        nextActivitySeal: .now + .seconds(config.activityIntervalSeconds))
         while !mailbox.stopRequested {
             let settings = settings.withLock { $0 }
             if settings.sameDisplay != loop.settings.sameDisplay {
                 stopRecorder(&loop)
+                endActivity(&loop)
                 loop.keystrokeRetry.succeeded()
                 loop.nextKeystrokeAttempt = .now
             }
@@ -226,16 +241,26 @@ public final class CaptureService: Service, Sendable {
                 // The interval is the pause between captures.
                 loop.nextFrame = .now + .milliseconds(loop.settings.screenIntervalMs)
             }
+            if activityOn && ContinuousClock.now >= loop.nextActivityPoll {
+                activityTick(&loop)
+                loop.nextActivityPoll = .now + .milliseconds(ActivityTimeline.pollIntervalMs)
+            }
+            if activityOn && ContinuousClock.now >= loop.nextActivitySeal {
+                sealActivity(&loop, cut: true)
+                loop.nextActivitySeal = .now + .seconds(config.activityIntervalSeconds)
+            }
             if ContinuousClock.now >= loop.nextFlush {
                 flushDrops(&loop)
                 loop.nextFlush = .now + Self.dropFlushInterval
             }
             var wakeAt = loop.nextFlush
             if screenOn { wakeAt = min(wakeAt, loop.nextFrame) }
+            if activityOn { wakeAt = min(wakeAt, loop.nextActivityPoll, loop.nextActivitySeal) }
             if config.keystrokeIdleMs > 0 && loop.recorder == nil { wakeAt = min(wakeAt, loop.nextKeystrokeAttempt) }
             mailbox.wait(until: wakeAt)
         }
         stopRecorder(&loop)
+        endActivity(&loop)
         loop.capturer = nil
         flushDrops(&loop)
     }
@@ -379,6 +404,71 @@ public final class CaptureService: Service, Sendable {
         for (monitor, group) in loop.currentGroups where groups.contains(group) {
             loop.capturer?.restartStreams(monitor: monitor)
             loop.currentGroups[monitor] = nil
+        }
+    }
+
+    // MARK: Activity
+
+    private static func nowMs() -> Int64 { Int64((Date().timeIntervalSince1970 * 1000).rounded()) }
+
+    /// Observes the focus and idle time once and adds the periods that closed.
+    private func activityTick(_ loop: inout Loop) {
+        guard sealer.isAvailable else {
+            // Nothing is captured without a KEK: the periods so far end here.
+            endActivity(&loop)
+            return
+        }
+        if loop.activity == nil {
+            loop.activity = backend.makeActivitySource(loop.settings.target, logger: logger, health: health)
+        }
+        let now = Date()
+        let timeMs = Int64((now.timeIntervalSince1970 * 1000).rounded())
+        do {
+            let seen = try loop.activity!.observe(now: now)
+            if loop.activityStartMs == nil { loop.activityStartMs = timeMs }
+            loop.activityPeriods += loop.timeline.observe(seen, timeMs: timeMs, excluded: policy.rules.isExcluded(seen.focus))
+        } catch {
+            // Display down (reported once by `health`): the open periods end at the loss.
+            loop.activityPeriods += loop.timeline.finish(timeMs: timeMs)
+            if (error as? CaptureError)?.code != .displayUnavailable {
+                counters.withLock { $0.errors += 1 }
+                lastErrorText.withLock { $0 = "\(error)" }
+            }
+        }
+    }
+
+    /// Closes the open periods (stop, display change) and seals what there is.
+    private func endActivity(_ loop: inout Loop) {
+        loop.activityPeriods += loop.timeline.finish(timeMs: Self.nowMs())
+        sealActivity(&loop, cut: false)
+        loop.activity = nil
+    }
+
+    /// Seals the periods gathered since the last seal as one `activity` chunk; with `cut`, the
+    /// periods still open are cut here first (and go on in the next chunk).
+    private func sealActivity(_ loop: inout Loop, cut: Bool) {
+        let endMs = Self.nowMs()
+        if cut { loop.activityPeriods += loop.timeline.cut(timeMs: endMs) }
+        guard !loop.activityPeriods.isEmpty else {
+            loop.activityStartMs = nil
+            return
+        }
+        let periods = loop.activityPeriods.sorted { ($0.startMs, $0.type.rawValue) < ($1.startMs, $1.type.rawValue) }
+        let startMs = min(loop.activityStartMs ?? endMs, periods.first!.startMs)
+        let chunk = ActivityChunk(startMs: startMs, endMs: max(endMs, periods.map(\.endMs).max()!),
+                                  idleThresholdMs: loop.timeline.idleThresholdMs, periods: periods)
+        loop.activityPeriods = []
+        loop.activityStartMs = nil
+        do {
+            let receipt = try sealer.seal(chunk.encoded(), kind: .activity, captureTimeMs: chunk.startMs)
+            counters.withLock { $0.activitySealed += 1 }
+            noteEvictions(receipt.evictedGroups, &loop)
+            loop.activityDrops.success("activity records kept again", logger: logger)
+        } catch {
+            let (reason, counted) = Self.reason(ofSealError: error)
+            counters.withLock { $0.errors += 1 }
+            drop(reason, &loop, countedBySpool: counted)
+            loop.activityDrops.failure("activity record dropped (\(reason)): \(error)", key: reason.rawValue, logger: logger)
         }
     }
 

@@ -32,8 +32,8 @@ enum CheckConfig {
         }
         line(true, "agent-id", config.agentID.rawValue)
         line(true, "window rules", Self.windowRulesSummary(config))
-        if config.screenIntervalMs == 0 && config.keystrokeIdleMs == 0 {
-            line(false, "capture", "screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured; the agent only uploads what is spooled",
+        if config.screenIntervalMs == 0 && config.keystrokeIdleMs == 0 && config.activityIntervalSeconds == 0 {
+            line(false, "capture", "screen-interval-ms=0, keystroke-idle-ms=0 and activity-interval-seconds=0: nothing is captured; the agent only uploads what is spooled",
                  required: false)
         }
         if !config.serverURLs.isEmpty {

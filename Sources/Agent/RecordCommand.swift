@@ -46,7 +46,7 @@ struct RecordCommand: AsyncParsableCommand {
         await capture.run(for: seconds)
         try sink.close()
         let c = capture.snapshot
-        if c.framesSealed == 0 && c.chunksSealed == 0 {
+        if c.framesSealed == 0 && c.chunksSealed == 0 && c.activitySealed == 0 {
             // Nothing captured: remove the file (it holds only a DEK record) and say why.
             unlink(out)
             let why = capture.lastError.map { "; last error: \($0)" } ?? ""
@@ -54,7 +54,7 @@ struct RecordCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         defer { print("open it with: custos open --key keypair.pem --in \(out) --out DIR/") }
-        print("recorded \(out): frames=\(c.framesSealed) unchanged=\(c.framesUnchanged) keystroke-chunks=\(c.chunksSealed) errors=\(c.errors) kek=\(sealer.status.kekID?.hex ?? "-")")
+        print("recorded \(out): frames=\(c.framesSealed) unchanged=\(c.framesUnchanged) keystroke-chunks=\(c.chunksSealed) activity=\(c.activitySealed) errors=\(c.errors) kek=\(sealer.status.kekID?.hex ?? "-")")
     }
 }
 

@@ -199,6 +199,7 @@ extension SpoolKind {
         case .screen: self = .screen
         case .keystrokes: self = .keystrokes
         case .generic: self = .generic
+        case .activity: self = .activity
         }
     }
 }

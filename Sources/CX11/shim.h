@@ -12,6 +12,7 @@
 #include <X11/extensions/Xfixes.h>
 #include <X11/extensions/Xrandr.h>
 #include <X11/extensions/XInput2.h>
+#include <X11/extensions/scrnsaver.h>
 #include <sys/ipc.h>
 #include <sys/shm.h>
 #endif

@@ -119,4 +119,7 @@ public protocol CaptureBackend: Sendable {
     func makeKeystrokeSource(_ target: CaptureTarget, idleMs: Int, maxKeysPerChunk: Int, policy: CapturePolicy,
                              logger: Logger, health: DisplayHealth,
                              onChunk: @escaping @Sendable (KeystrokeChunk) -> Void) throws -> any KeystrokeSource
+
+    /// An activity source for `target` (focus and idle time). Connects on the first `observe`.
+    func makeActivitySource(_ target: CaptureTarget, logger: Logger, health: DisplayHealth) -> any ActivitySource
 }

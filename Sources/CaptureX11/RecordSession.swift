@@ -312,9 +312,10 @@ final class RecordSession {
             return
         }
         if rules.isExcluded(focus.identity) {
-            // Dropped and counted (presses only): the marker says how many.
+            // Dropped and counted (presses only): the marker says how many. The window's title
+            // is not kept either (it may be content: a mail subject, an account).
             sink.addMarker(KeyToken.excluded, timeMs: Self.ms(now), counted: pressed, window: UInt(focus.window),
-                           title: focus.identity.title, wmClass: focus.identity.wmClass, now: now)
+                           title: "", wmClass: focus.identity.wmClass, now: now)
             return
         }
         let key = Keystroke(timeMs: Self.ms(now), text: text, pressed: pressed ? nil : false)

@@ -23,6 +23,10 @@ public struct X11Backend: CaptureBackend {
                               maxKeysPerChunk: maxKeysPerChunk, logger: logger, health: health, policy: policy,
                               onChunk: onChunk)
     }
+
+    public func makeActivitySource(_ target: CaptureTarget, logger: Logger, health: DisplayHealth) -> any ActivitySource {
+        X11ActivityMonitor(display: target.display, xauthority: target.credentials, logger: logger, health: health)
+    }
 }
 
 extension ScreenCapturer: FrameSource {}

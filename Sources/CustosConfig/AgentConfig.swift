@@ -25,6 +25,8 @@ import Foundation
 ///   a window has the focus
 /// - `exclude-window-class`, `exclude-window-title` (repeatable ``WindowPattern``): such windows'
 ///   pixels are painted over before encoding, keys typed into them dropped
+/// - `activity-interval-seconds` (0 or 10...3600, default 60; 0 disables activity),
+///   `idle-threshold-seconds` (1...86400, default 300)
 /// - `spool-dir` (path, default `/var/lib/custos`), `spool-max-mb` (MiB, default 512)
 /// - `dek-rotate-blobs` (default 100000), `dek-rotate-mb` (MiB, default 4096),
 ///   `dek-rotate-hours` (default 24); 0 turns that limit off.
@@ -58,6 +60,10 @@ public struct AgentConfig: Sendable, Equatable {
     public var excludeWindowClasses: [WindowPattern]
     /// `exclude-window-title`: windows whose pixels and keys are left out, by title.
     public var excludeWindowTitles: [WindowPattern]
+    /// How often the activity timeline is sealed, in seconds; 0 = no activity capture.
+    public var activityIntervalSeconds: Int
+    /// No input for this long (seconds) makes the user idle.
+    public var idleThresholdSeconds: Int
     public var spoolDir: String
     /// Spool byte cap in MiB (database + WAL).
     public var spoolMaxMB: Int
@@ -109,6 +115,10 @@ public struct AgentConfig: Sendable, Equatable {
         ConfigKey("exclude-window-title", type: "window title, or /regular expression/ (repeatable)", default: nil,
                   repeatable: true,
                   doc: "As exclude-window-class, matched against the window's title (_NET_WM_NAME, else WM_NAME): exact text, or /.../ found anywhere in the title, e.g. /^Online Banking/. A window is excluded from the frame after its title changes to match."),
+        ConfigKey("activity-interval-seconds", type: "integer seconds, 0 or 10-3600", default: "60",
+                  doc: "Activity (sealed as its own kind): which window had the focus when (WM_CLASS, title, start, end) and when the user was active or idle. Periods in progress are sealed every this many seconds (and at stop); custos decrypt writes them as a timeline (activity.csv, activity.json). 0 disables activity capture."),
+        ConfigKey("idle-threshold-seconds", type: "integer seconds, 1-86400", default: "300",
+                  doc: "No keyboard or pointer input for this long makes the user idle (from the last input on, read from the X screen saver extension's idle time)."),
         ConfigKey("spool-dir", type: "path", default: "/var/lib/custos",
                   doc: "Folder of the spool database (created 0700; files 0600). Holds sealed blobs only."),
         ConfigKey("spool-max-mb", type: "integer MiB, 1-1048576", default: "512",
@@ -204,6 +214,13 @@ public struct AgentConfig: Sendable, Equatable {
         excludeWindowTitles = try file.values("exclude-window-title").map { e throws(ConfigError) in
             try typed(e) { v throws(ValueError) in try WindowPattern(v, field: e.key) }
         }
+        activityIntervalSeconds = try file.int("activity-interval-seconds", default: intDefault("activity-interval-seconds"),
+                                               in: 0...3600)
+        if activityIntervalSeconds != 0 && activityIntervalSeconds < 10 {
+            throw ConfigError(file: file.path, line: file.value("activity-interval-seconds")?.line, key: "activity-interval-seconds",
+                              "expected 0 (off) or at least 10 seconds, found \(activityIntervalSeconds)")
+        }
+        idleThresholdSeconds = try file.int("idle-threshold-seconds", default: intDefault("idle-threshold-seconds"), in: 1...86_400)
         spoolDir = try file.path("spool-dir", default: def("spool-dir"))!
         spoolMaxMB = try file.int("spool-max-mb", default: intDefault("spool-max-mb"), in: 1...1_048_576)
         dekRotateBlobs = try file.int("dek-rotate-blobs", default: intDefault("dek-rotate-blobs"), in: 0...Int(Int32.max))

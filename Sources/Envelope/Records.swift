@@ -174,7 +174,7 @@ public struct SealedBlob: Sendable {
         let dekID = DEKID(bytes: try r.take(DEKID.byteCount, "dek id"))!
         let kindByte = try r.u8("kind")
         guard let kind = CaptureKind(rawValue: kindByte) else {
-            throw EnvelopeError(.malformed, "sealed blob \(blobID): unknown capture kind \(kindByte) (expected 1, 2 or 3)")
+            throw EnvelopeError(.malformed, "sealed blob \(blobID): unknown capture kind \(kindByte) (expected 1, 2, 3 or 4)")
         }
         let sequence = try r.u64("sequence")
         let time = Int64(bitPattern: try r.u64("capture time"))

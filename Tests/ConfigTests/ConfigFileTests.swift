@@ -31,6 +31,9 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.keystrokeIdleMs == 2000)
         #expect(c.spoolDir == "/var/lib/custos")
         #expect(c.spoolMaxMB == 512)
+        #expect(c.activityIntervalSeconds == 60 && c.idleThresholdSeconds == 300)
+        #expect(c.excludeWindowClasses.isEmpty && c.excludeWindowTitles.isEmpty && c.sensitiveWindowClasses.isEmpty)
+        #expect(try parse("activity-interval-seconds=0\nidle-threshold-seconds=1\n").activityIntervalSeconds == 0)
         #expect(c.serverURLs.isEmpty)
         #expect(c.serverPins.isEmpty)
         #expect(!c.agentID.rawValue.isEmpty)
@@ -126,7 +129,8 @@ private func error(_ text: String) -> ConfigError? {
     @Test(arguments: ["png-level=10", "png-level=-1", "png-level=one", "screen-interval-ms=50",
                       "spool-max-mb=0", "keystroke-idle-ms=5", "agent-id=has space", "agent-id=",
                       "dek-rotate-hours=1e3", "screen-format=mp4", "screen-format=", "keyframe-interval-seconds=3601",
-                      "keyframe-interval-seconds=-1"])
+                      "keyframe-interval-seconds=-1", "activity-interval-seconds=5", "activity-interval-seconds=3601",
+                      "idle-threshold-seconds=0", "idle-threshold-seconds=86401"])
     func outOfRangeValuesNameTheKey(_ line: String) {
         let key = String(line.split(separator: "=")[0])
         let e = error(line)

@@ -28,6 +28,23 @@ struct FormatTests {
         opener = try FixtureKeys.privateKey.unwrap(session.record)
     }
 
+    @Test("kind byte: 4 is activity (sealed and opened), 5 is refused naming the kinds")
+    func activityKindByte() throws {
+        let activity = try session.seal(plaintext, kind: .activity, captureTimeMs: 1)
+        var b = [UInt8](activity.serialized)
+        #expect(b[BlobOffsets.kind] == 4)
+        let parsed = try SealedBlob(parsing: activity.serialized)
+        #expect(parsed.header.kind == .activity)
+        #expect(try opener.open(parsed) == plaintext)
+        b[BlobOffsets.kind] = 5
+        do {
+            _ = try SealedBlob(parsing: Data(b))
+            Issue.record("kind 5 was accepted")
+        } catch let e as EnvelopeError {
+            #expect(e.code == .malformed && e.message.contains("unknown capture kind 5 (expected 1, 2, 3 or 4)"), "\(e)")
+        }
+    }
+
     @Test("layout: prefix, header fields at their documented offsets, sizes")
     func layout() throws {
         let b = [UInt8](blob.serialized)

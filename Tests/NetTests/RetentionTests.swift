@@ -62,7 +62,7 @@ import TestSupport
         ("retention-days=-1", "retention-days", "whole number of days from 0"),
         ("retention-days=36501", "retention-days", "36500"),
         ("retention-days=ten", "retention-days", "found 'ten'"),
-        ("retention-days-kind=video:3", "retention-days-kind", "capture kind (screen, keystrokes or generic)"),
+        ("retention-days-kind=video:3", "retention-days-kind", "capture kind (screen, keystrokes, generic or activity)"),
         ("retention-days-kind=screen", "retention-days-kind", "expected KIND:DAYS"),
         ("retention-days-kind=screen:x", "retention-days-kind", "whole number of days"),
         ("retention-days-kind=screen:3\nretention-days-kind=screen:4", "retention-days-kind", "first on line 3"),

@@ -175,14 +175,14 @@ extension StoredBlob {
 extension StorageConformance {
     /// `CaptureStore.captures` (cursor paging) on every backend.
     @Suite struct CaptureListingConformance {
-        /// 60 captures of two agents and three kinds, many at equal capture times.
+        /// 60 captures of two agents and four kinds (activity among them), many at equal capture times.
         static func fill(_ s: any CollectorStorage) async throws -> [CaptureInfo] {
             let agents = [agent("north"), agent("south")]
             let deks = agents.map { dek($0, time: 0) }
             var blobs: [StoredBlob] = []
             for i in 0..<60 {
                 let d = deks[i % 2]
-                let kind: CaptureKind = [.screen, .keystrokes, .screen, .generic][i % 4]
+                let kind: CaptureKind = [.screen, .keystrokes, .screen, .generic, .activity][i % 5]
                 // Capture times 1000, 1000, 1000, 1010, …: runs of three ties; blob ids random, so
                 // the order within a tie is the blob id's.
                 blobs.append(blob(d, kind: kind, time: 1000 + Int64(i / 3) * 10, size: 10 + i, sequence: Int64(i)))
@@ -200,6 +200,8 @@ extension StorageConformance {
                     CaptureQuery(agentID: agent("north")),
                     CaptureQuery(kind: .screen),
                     CaptureQuery(agentID: agent("south"), kind: .keystrokes),
+                    CaptureQuery(kind: .activity),
+                    CaptureQuery(agentID: agent("north"), kind: .activity),
                     CaptureQuery(sinceMs: 1030),
                     CaptureQuery(untilMs: 1030),
                     CaptureQuery(sinceMs: 1050, untilMs: 1120),

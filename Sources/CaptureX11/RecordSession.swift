@@ -67,7 +67,7 @@ final class RecordSession {
         var xiOpcode: Int32 = 0, xiEvent: Int32 = 0, xiError: Int32 = 0
         var xiMajorVersion: Int32 = 2, xiMinorVersion: Int32 = 0
         if XQueryExtension(dpy, "XInputExtension", &xiOpcode, &xiEvent, &xiError) != 0,
-           XIQueryVersion(dpy, &xiMajorVersion, &xiMinorVersion) == Success {
+           XErrorState.xinputLock.withLock({ _ in XIQueryVersion(dpy, &xiMajorVersion, &xiMinorVersion) }) == Success {
             control.registerExtension("XInputExtension", majorOpcode: xiOpcode)
             xiMajor = UInt8(truncatingIfNeeded: xiOpcode)
         } else {
@@ -350,20 +350,20 @@ final class RecordSession {
     /// for a slave or floating keyboard, nil for a device without keys (a pointer).
     private func xiSlot(_ id: Int) -> Int? {
         if let known = xiSlots[id] { return known }
-        var count: Int32 = 0
-        var slot: Int? = nil
-        if let info = XIQueryDevice(control.dpy, Int32(id), &count) {
-            if count > 0 {
-                switch info[0].use {
-                case XIMasterKeyboard: slot = 0
-                case XISlaveKeyboard: slot = id
-                case XIFloatingSlave:
-                    let classes = UnsafeBufferPointer(start: info[0].classes, count: Int(info[0].num_classes))
-                    if classes.contains(where: { $0?.pointee.type == XIKeyClass }) { slot = id }
-                default: slot = nil
-                }
+        let dpy = control.dpy
+        let slot: Int? = XErrorState.xinputLock.withLock { _ -> Int? in
+            var count: Int32 = 0
+            guard let info = XIQueryDevice(dpy, Int32(id), &count) else { return nil }
+            defer { XIFreeDeviceInfo(info) }
+            guard count > 0 else { return nil }
+            switch info[0].use {
+            case XIMasterKeyboard: return 0
+            case XISlaveKeyboard: return id
+            case XIFloatingSlave:
+                let classes = UnsafeBufferPointer(start: info[0].classes, count: Int(info[0].num_classes))
+                return classes.contains(where: { $0?.pointee.type == XIKeyClass }) ? id : nil
+            default: return nil
             }
-            XIFreeDeviceInfo(info)
         }
         _ = control.takeError()
         xiSlots[id] = slot

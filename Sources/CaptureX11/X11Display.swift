@@ -20,6 +20,16 @@ enum XErrorState {
     /// Serialises XOpenDisplay, which reads `XAUTHORITY` from the process environment.
     static let openLock = Mutex<Void>(())
 
+    /// Serialises every use of libXi's per-process display list: the XI calls
+    /// (`XIQueryVersion`, `XIQueryDevice`, which add a display to it) and every `XCloseDisplay`
+    /// (whose XI close hook removes the display and, when it was the last, frees the whole
+    /// list and sets it to NULL: `XInputClose` in libXi's src/XExtInt.c, without a lock). With
+    /// one keystroke recorder per graphical session, a record session opening on one thread
+    /// while another closed its connection wrote into the freed list (heap corruption,
+    /// `ConcurrentRecorderTests`). libXtst, libXext, libXfixes and libXrandr keep theirs in
+    /// static storage under Xlib's global lock and need nothing.
+    static let xinputLock = Mutex<Void>(())
+
     static func key(_ dpy: OpaquePointer?) -> UInt { UInt(bitPattern: UnsafeRawPointer(dpy)) }
 
     /// Installs the handlers and turns on Xlib's thread support, once per process.
@@ -116,7 +126,7 @@ final class X11Display {
         let key = XErrorState.key(dpy)
         XErrorState.errors.withLock { _ = $0.removeValue(forKey: key) }
         // XCloseDisplay also works on a connection marked dead: Xlib skips the round trips.
-        XCloseDisplay(dpy)
+        XErrorState.xinputLock.withLock { _ in _ = XCloseDisplay(dpy) }
         _ = XErrorState.dead.withLock { $0.remove(key) }
     }
 

@@ -62,7 +62,7 @@ let package = Package(
 
         // Seams.
         .target(name: "Envelope", dependencies: [
-            "COpenSSL",
+            "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -204,7 +204,7 @@ let package = Package(
             "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
+        .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "CustosBase", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CaptureTests", dependencies: [

@@ -8,6 +8,9 @@ import Foundation
 struct ActivityTimelineExport {
     struct Row: Codable, Equatable {
         var agent: String
+        /// The graphical session's user and display (sealed session blobs), else nil.
+        var user: String?
+        var display: String?
         var type: String
         var start: String
         var end: String
@@ -19,22 +22,32 @@ struct ActivityTimelineExport {
         var excluded: Bool?
     }
 
-    private var periods: [(agent: String, period: ActivityPeriod)] = []
+    /// Whose periods: agent, and the session's user and display.
+    struct Owner: Hashable, Comparable {
+        var agent: String
+        var user: String?
+        var display: String?
+        static func < (a: Owner, b: Owner) -> Bool { (a.agent, a.user ?? "", a.display ?? "") < (b.agent, b.user ?? "", b.display ?? "") }
+    }
+
+    private var periods: [(owner: Owner, period: ActivityPeriod)] = []
     private(set) var chunks = 0
 
     var isEmpty: Bool { periods.isEmpty }
 
-    mutating func add(_ chunk: ActivityChunk, agent: String) {
+    mutating func add(_ chunk: ActivityChunk, agent: String, user: String? = nil, display: String? = nil) {
         chunks += 1
-        periods += chunk.periods.map { (agent, $0) }
+        let owner = Owner(agent: agent, user: user, display: display)
+        periods += chunk.periods.map { (owner, $0) }
     }
 
-    /// The rows: per agent, focus periods and active/idle periods in time order, continuations joined.
+    /// The rows: per agent and session, focus periods and active/idle periods in time order,
+    /// continuations joined.
     func rows() -> [Row] {
         var out: [Row] = []
-        let byAgent = Dictionary(grouping: periods, by: \.agent)
-        for agent in byAgent.keys.sorted() {
-            let list = byAgent[agent]!.map(\.period)
+        let byOwner = Dictionary(grouping: periods, by: \.owner)
+        for owner in byOwner.keys.sorted() {
+            let list = byOwner[owner]!.map(\.period)
             for group in [[ActivityPeriod.Kind.focus], [.active, .idle]] {
                 var open: ActivityPeriod?
                 for p in list.filter({ group.contains($0.type) }).sorted(by: { ($0.startMs, $0.endMs) < ($1.startMs, $1.endMs) }) {
@@ -44,17 +57,17 @@ struct ActivityTimelineExport {
                         open = o
                         continue
                     }
-                    if let o = open { out.append(Self.row(agent, o)) }
+                    if let o = open { out.append(Self.row(owner, o)) }
                     open = p
                 }
-                if let o = open { out.append(Self.row(agent, o)) }
+                if let o = open { out.append(Self.row(owner, o)) }
             }
         }
-        return out.sorted { ($0.agent, $0.startMs, $0.type) < ($1.agent, $1.startMs, $1.type) }
+        return out.sorted { ($0.agent, $0.user ?? "", $0.display ?? "", $0.startMs, $0.type) < ($1.agent, $1.user ?? "", $1.display ?? "", $1.startMs, $1.type) }
     }
 
-    private static func row(_ agent: String, _ p: ActivityPeriod) -> Row {
-        Row(agent: agent, type: p.type.rawValue, start: OutputNaming.iso(p.startMs), end: OutputNaming.iso(p.endMs),
+    private static func row(_ owner: Owner, _ p: ActivityPeriod) -> Row {
+        Row(agent: owner.agent, user: owner.user, display: owner.display, type: p.type.rawValue, start: OutputNaming.iso(p.startMs), end: OutputNaming.iso(p.endMs),
             startMs: p.startMs, endMs: p.endMs, durationMs: p.endMs - p.startMs, wmClass: p.wmClass,
             windowTitle: p.windowTitle, excluded: p.excluded)
     }
@@ -79,9 +92,10 @@ struct ActivityTimelineExport {
             }
             return v
         }
-        var out = "agent,type,start,end,duration_ms,wm_class,window_title,excluded\r\n"
+        var out = "agent,user,display,type,start,end,duration_ms,wm_class,window_title,excluded\r\n"
         for r in rows {
-            let fields = [text(r.agent), r.type, r.start, r.end, String(r.durationMs), text(r.wmClass ?? ""),
+            let fields = [text(r.agent), text(r.user ?? ""), text(r.display ?? ""), r.type, r.start, r.end, String(r.durationMs),
+                          text(r.wmClass ?? ""),
                           text(r.windowTitle ?? ""), r.excluded == true ? "1" : ""]
             out += fields.joined(separator: ",") + "\r\n"
         }

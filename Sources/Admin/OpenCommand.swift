@@ -131,7 +131,8 @@ public struct OpenCommand: AsyncParsableCommand {
         case .activity:
             // One chunk: its periods as the timeline's CSV.
             var timeline = ActivityTimelineExport()
-            timeline.add(try ActivityChunk.decode(plaintext), agent: header.agentID)
+            timeline.add(try ActivityChunk.decode(plaintext), agent: header.agentID, user: header.session?.user.rawValue,
+                         display: header.session?.display)
             return ActivityTimelineExport.csv(timeline.rows())
         default:
             return plaintext

@@ -58,28 +58,39 @@ enum CheckConfig {
         } else {
             line(true, "server-url", "not set: captures stay in the spool", required: false)
         }
-        do {
-            let quiet = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
-            let capturer = try backend.makeFrameSource(CaptureTarget(display: config.display, credentials: config.xauthority),
-                                                       encoding: config.screenEncoding, policy: CapturePolicy(config.windowRules),
-                                                       logger: quiet,
-                                                       health: DisplayHealth(logger: quiet))
-            // The reason the first connection failed (no server / authorization refused), not a retry delay.
-            if let problem = capturer.connectError { throw problem }
-            let frames = try capturer.captureAll(now: Date())
-            line(true, "display", "\(config.display ?? "(DISPLAY unset)"): \(frames.count) monitor(s) readable")
-            let monitors = capturer.monitorSizes()
-            for warning in capturer.unrecordableMonitors() {
-                line(false, "display", warning, required: false)
+        let quiet = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
+        let sessions = backend.makeSessionSource(displays: config.displays.displays, credentials: config.xauthority,
+                                                 logger: quiet).sessions()
+        if sessions.isEmpty {
+            // With display=auto nobody may be logged in yet: recording starts when someone is.
+            line(config.displays == .auto, "display", config.displays == .auto
+                 ? "auto: no graphical session now; sessions are recorded as they start"
+                 : "\(config.displays): no display", required: config.displays != .auto)
+        }
+        var monitors: [(name: String, width: Int, height: Int)] = []
+        for session in sessions {
+            let about = " (user \(SafeText.escaped(session.userName.rawValue)), \(session.origin), cookie \(SafeText.escaped(session.credentials ?? "default")))"
+            do {
+                let capturer = try backend.makeFrameSource(session.target, encoding: config.screenEncoding,
+                                                           policy: CapturePolicy(config.windowRules), logger: quiet,
+                                                           health: DisplayHealth(logger: quiet))
+                // The reason the first connection failed (no server / authorization refused), not a retry delay.
+                if let problem = capturer.connectError { throw problem }
+                let frames = try capturer.captureAll(now: Date())
+                line(true, "display", "\(session.display): \(frames.count) monitor(s) readable" + about)
+                monitors += capturer.monitorSizes()
+                for warning in capturer.unrecordableMonitors() {
+                    line(false, "display", warning, required: false)
+                }
+            } catch let error as CaptureError {
+                line(false, "display", "\(session.display): \(error.message)" + about)
+            } catch {
+                line(false, "display", "\(session.display): \(error)" + about)
             }
-            if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: config.screenFormat,
-                                                          monitors: monitors) {
-                line(false, "spool-max-mb", advice, required: false)
-            }
-        } catch let error as CaptureError {
-            line(false, "display", "\(config.display ?? "(DISPLAY unset)"): \(error.message)")
-        } catch {
-            line(false, "display", "\(config.display ?? "(DISPLAY unset)"): \(error)")
+        }
+        if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: config.screenFormat,
+                                                      monitors: monitors) {
+            line(false, "spool-max-mb", advice, required: false)
         }
         let spool = probeSpoolDirectory(config.spoolDir)
         line(spool.ok, "spool-dir", "\(config.spoolDir): \(spool.detail)")

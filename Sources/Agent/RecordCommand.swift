@@ -50,7 +50,7 @@ struct RecordCommand: AsyncParsableCommand {
             // Nothing captured: remove the file (it holds only a DEK record) and say why.
             unlink(out)
             let why = capture.lastError.map { "; last error: \($0)" } ?? ""
-            FileHandle.standardError.write(Data("custos-agent record: nothing was captured in \(seconds) s on display \(config.display ?? "(DISPLAY unset)") (errors: \(c.errors))\(why); \(out) not written\n".utf8))
+            FileHandle.standardError.write(Data("custos-agent record: nothing was captured in \(seconds) s on display \(config.displays) (errors: \(c.errors))\(why); \(out) not written\n".utf8))
             throw ExitCode(1)
         }
         defer { print("open it with: custos open --key keypair.pem --in \(out) --out DIR/") }

@@ -122,4 +122,10 @@ public protocol CaptureBackend: Sendable {
 
     /// An activity source for `target` (focus and idle time). Connects on the first `observe`.
     func makeActivitySource(_ target: CaptureTarget, logger: Logger, health: DisplayHealth) -> any ActivitySource
+
+    /// The sessions to record: every graphical session of the machine (`displays` nil:
+    /// `display=auto`), or the displays named (`display=:0,:1`), each with its user and
+    /// credentials. `credentials`: the configured ones (`xauthority=`), used for every
+    /// session when given.
+    func makeSessionSource(displays: [String]?, credentials: String?, logger: Logger) -> any SessionSource
 }

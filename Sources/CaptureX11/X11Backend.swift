@@ -27,6 +27,10 @@ public struct X11Backend: CaptureBackend {
     public func makeActivitySource(_ target: CaptureTarget, logger: Logger, health: DisplayHealth) -> any ActivitySource {
         X11ActivityMonitor(display: target.display, xauthority: target.credentials, logger: logger, health: health)
     }
+
+    public func makeSessionSource(displays: [String]?, credentials: String?, logger: Logger) -> any SessionSource {
+        X11SessionDiscovery(displays: displays, credentials: credentials, logger: logger)
+    }
 }
 
 extension ScreenCapturer: FrameSource {}

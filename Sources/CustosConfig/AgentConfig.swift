@@ -16,7 +16,8 @@ import Foundation
 ///
 /// Values with a CustosBase type are validated by that type's one validator (the same the
 /// transport and the collector use), so `--check-config` can never pass what the daemon refuses.
-/// - `display`, `xauthority` (defaults: `DISPLAY`, `XAUTHORITY` from the environment)
+/// - `display` (``DisplaySelection``: `auto`, the default, or a comma-separated list of displays),
+///   `xauthority` (path; default none: each session's own cookie, docs/CAPTURE.md)
 /// - `screen-interval-ms` (integer ms, default 1000; 0 disables frames), `png-level` (0...9, default 1)
 /// - `screen-format` (``ScreenFormat``: `video` (default) or `png`), `keyframe-interval-seconds`
 ///   (0 or 1...3600, default 300: docs/VIDEO.md "Defaults and why")
@@ -42,7 +43,9 @@ public struct AgentConfig: Sendable, Equatable {
     public var serverURLs: [CollectorURL]
     public var serverPins: [SPKIPin]
     public var serverCA: String?
-    public var display: String?
+    /// Which graphical sessions are recorded.
+    public var displays: DisplaySelection
+    /// The X authority file used for every session, when set; nil: each session's own.
     public var xauthority: String?
     /// Interval between screen captures in ms; 0 = no frames.
     public var screenIntervalMs: Int
@@ -92,10 +95,10 @@ public struct AgentConfig: Sendable, Equatable {
                   doc: "SHA-256 of the collector certificate's (or an intermediate's) SubjectPublicKeyInfo, base64. Give the current and a backup pin (RFC 7469 section 2.6)."),
         ConfigKey("server-ca", type: "path", default: nil,
                   doc: "PEM file of a private CA that signs the collector's certificate. Without it only the system roots or a matching pin are accepted."),
-        ConfigKey("display", type: "X display name", default: nil,
-                  doc: "The X display to record, e.g. :0. Default: DISPLAY from the environment."),
+        ConfigKey("display", type: "auto, or X display names separated by commas", default: "auto",
+                  doc: "auto: record every local graphical session (X11), found from systemd-logind (sessions of type x11; not login or lock screens) and from the X server sockets in /tmp/.X11-unix; sessions that start later are picked up and ended ones let go, without a restart. Or a fixed list, e.g. :0 or :0,:1. Each capture names the session's user and display."),
         ConfigKey("xauthority", type: "path", default: nil,
-                  doc: "The X authority file. Default: XAUTHORITY from the environment."),
+                  doc: "An X authority (cookie) file used for every session. Default: each session's own, found from the session's processes (XAUTHORITY) or the usual files (~/.Xauthority, /run/user/UID/gdm/Xauthority, ...)."),
         ConfigKey("screen-interval-ms", type: "integer ms, 0 or 100-86400000", default: "1000",
                   doc: "Time between screen captures. An unchanged screen costs almost nothing. 0 disables frames. With screen-format=png use 5000 or more: every changed frame is a whole PNG."),
         ConfigKey("screen-format", type: "video or png", default: "video",
@@ -180,8 +183,14 @@ public struct AgentConfig: Sendable, Equatable {
             try typed(e) { v throws(ValueError) in try SPKIPin(v) }
         }
         serverCA = try file.path("server-ca", default: nil)
-        display = try file.string("display") ?? environment["DISPLAY"]
-        xauthority = try file.path("xauthority", default: nil) ?? environment["XAUTHORITY"]
+        if let e = file.value("display") {
+            do { displays = try DisplaySelection(e.value) } catch {
+                throw ConfigError(file: file.path, line: e.line, key: e.key, error.message)
+            }
+        } else {
+            displays = .auto
+        }
+        xauthority = try file.path("xauthority", default: nil)
 
         screenIntervalMs = try file.int("screen-interval-ms", default: intDefault("screen-interval-ms"), in: 0...86_400_000)
         if screenIntervalMs != 0 && screenIntervalMs < 100 {
@@ -235,4 +244,57 @@ public enum ScreenFormat: String, Sendable, Equatable, CaseIterable {
     case video
     /// One PNG per changed frame.
     case png
+}
+
+/// Which graphical sessions the agent records (`display=`).
+public enum DisplaySelection: Sendable, Equatable, CustomStringConvertible {
+    /// Every local graphical session, as they come and go.
+    case auto
+    /// These displays (X display names `[host]:N[.S]`, in the order given).
+    case list([String])
+
+    /// Parses `auto` or a comma-separated list of display names (spaces around names allowed).
+    /// - Throws: ``ValueError`` for an empty name, one not of the form `[host]:N[.S]`, or one
+    ///   given twice.
+    public init(_ text: String) throws(ValueError) {
+        if text == "auto" {
+            self = .auto
+            return
+        }
+        var names: [String] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let name = part.trimmingCharacters(in: .whitespaces)
+            guard Self.isDisplayName(name) else {
+                throw ValueError(field: "display", "expected auto or X display names like :0 or :0,:1 (each [host]:N[.S]), found \(SafeText.quoted(name))")
+            }
+            guard !names.contains(name) else {
+                throw ValueError(field: "display", "\(SafeText.quoted(name)) is given twice")
+            }
+            names.append(name)
+        }
+        self = .list(names)
+    }
+
+    /// The displays of a list; nil for `auto`.
+    public var displays: [String]? {
+        if case .list(let names) = self { return names }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .auto: "auto"
+        case .list(let names): names.joined(separator: ",")
+        }
+    }
+
+    /// `[host]:N[.S]` with N and S decimal (`man 7 X`, "DISPLAY NAMES").
+    static func isDisplayName(_ name: String) -> Bool {
+        guard let colon = name.lastIndex(of: ":") else { return false }
+        let host = name[..<colon]
+        guard host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-/".contains($0)) }) else { return false }
+        let rest = name[name.index(after: colon)...].split(separator: ".", omittingEmptySubsequences: false)
+        guard (1...2).contains(rest.count) else { return false }
+        return rest.allSatisfy { !$0.isEmpty && $0.count <= 5 && $0.allSatisfy { $0.isASCII && $0.isNumber } }
+    }
 }

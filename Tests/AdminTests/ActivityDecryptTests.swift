@@ -49,18 +49,18 @@ struct ActivityDecryptTests {
         #expect(r.failures.isEmpty && r.activityChunks == 2 && r.activityPeriods == 5, "\(r)")
         let csv = try String(contentsOfFile: out + "/activity.csv", encoding: .utf8)
         let lines = csv.components(separatedBy: "\r\n").filter { !$0.isEmpty }
-        #expect(lines.first == "agent,type,start,end,duration_ms,wm_class,window_title,excluded")
+        #expect(lines.first == "agent,user,display,type,start,end,duration_ms,wm_class,window_title,excluded")
         // Time order (ties by type): active and xterm at t0, firefox at +20 s, idle at +70 s, KeePassXC at +90 s.
-        #expect(lines.dropFirst().map { $0.split(separator: ",").prefix(2).joined(separator: ",") } == [
-            "pc-7,active", "pc-7,focus", "pc-7,focus", "pc-7,idle", "pc-7,focus",
+        #expect(lines.dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false).prefix(4).joined(separator: ",") } == [
+            "pc-7,,,active", "pc-7,,,focus", "pc-7,,,focus", "pc-7,,,idle", "pc-7,,,focus",
         ])
         // The firefox period cut at the seal is one row of 70 s; a formula-like title is text.
-        #expect(lines.contains("pc-7,focus,2025-12-01T00:00:20.000Z,2025-12-01T00:01:30.000Z,70000,firefox.Firefox,\"News, \"\"quoted\"\"\","),
+        #expect(lines.contains("pc-7,,,focus,2025-12-01T00:00:20.000Z,2025-12-01T00:01:30.000Z,70000,firefox.Firefox,\"News, \"\"quoted\"\"\","),
                 "\(csv)")
-        #expect(lines.contains("pc-7,focus,2025-12-01T00:00:00.000Z,2025-12-01T00:00:20.000Z,20000,xterm.XTerm,'=cmd|' /C calc'!A0,"),
+        #expect(lines.contains("pc-7,,,focus,2025-12-01T00:00:00.000Z,2025-12-01T00:00:20.000Z,20000,xterm.XTerm,'=cmd|' /C calc'!A0,"),
                 "\(csv)")
-        #expect(lines.contains("pc-7,active,2025-12-01T00:00:00.000Z,2025-12-01T00:01:10.000Z,70000,,,"), "\(csv)")
-        #expect(lines.contains("pc-7,focus,2025-12-01T00:01:30.000Z,2025-12-01T00:02:00.000Z,30000,keepassxc.KeePassXC,,1"), "\(csv)")
+        #expect(lines.contains("pc-7,,,active,2025-12-01T00:00:00.000Z,2025-12-01T00:01:10.000Z,70000,,,"), "\(csv)")
+        #expect(lines.contains("pc-7,,,focus,2025-12-01T00:01:30.000Z,2025-12-01T00:02:00.000Z,30000,keepassxc.KeePassXC,,1"), "\(csv)")
         #expect(lines.count == 6)
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/activity.json")))
             as? [[String: Any]] ?? []

@@ -22,6 +22,9 @@ final class AgentRig: @unchecked Sendable {
     var screenFormat = "video"
     /// More `key=value` lines for the agent's config (`writeConfig`).
     var extraConfig = ""
+    /// `display=` and `xauthority=` of the agent's config (`writeConfig`); nil: the rig's Xvfb
+    /// with no cookie.
+    var displaySetting: String?
 
     var db: String { dir.file("collector/collector.db") }
     var configPath: String { dir.file("agent/config.cfg") }
@@ -61,8 +64,7 @@ final class AgentRig: @unchecked Sendable {
             agent-token=\(token)
             server-url=https://localhost:\(port)
             server-pin=\(pin)
-            display=\(xvfb.name)
-            xauthority=/dev/null
+            \(displaySetting.map { "display=\($0)" } ?? "display=\(xvfb.name)\nxauthority=/dev/null")
             screen-interval-ms=\(screenIntervalMs)
             keystroke-idle-ms=\(keystrokeIdleMs)
             spool-dir=\(spoolDir)

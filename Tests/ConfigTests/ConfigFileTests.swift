@@ -22,8 +22,9 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.kekFile == "/etc/custos/certs/kek.pem")
         #expect(c.serverKEKFile == "/etc/custos/certs/server-kek.pem")
         #expect(c.activeKEKFile == c.serverKEKFile)
-        #expect(c.display == ":7")
-        #expect(c.xauthority == "/run/x/auth")
+        // display=auto by default (every graphical session), not $DISPLAY; no xauthority forced.
+        #expect(c.displays == .auto && c.displays.displays == nil)
+        #expect(c.xauthority == nil)
         #expect(c.screenIntervalMs == 1000)
         #expect(c.screenFormat == .video)
         #expect(c.keyframeIntervalSeconds == 300)
@@ -43,7 +44,7 @@ private func error(_ text: String) -> ConfigError? {
         let c = try parse("\u{FEFF}  enable-encryption =  yes  \r\n\r\n\tdisplay= :3 \r\nagent-id=pc-17\r\n")
         #expect(c.enableEncryption)
         #expect(c.activeKEKFile == "/etc/custos/certs/kek.pem")
-        #expect(c.display == ":3")
+        #expect(c.displays == .list([":3"]))
         #expect(c.agentID.rawValue == "pc-17")
     }
 
@@ -206,6 +207,18 @@ private func error(_ text: String) -> ConfigError? {
         let e = error("display=:1\n\(key)=\(value)\n")
         #expect(e?.line == 2 && e?.key == key, "\(String(describing: e))")
         #expect(e?.description.hasPrefix("\(path):2: \(key): ") == true, "\(String(describing: e))")
+    }
+
+    @Test func displayIsAutoOrAListOfDisplayNames() throws {
+        #expect(try parse("display=auto\n").displays == .auto)
+        #expect(try parse("display=:0\n").displays == .list([":0"]))
+        #expect(try parse("display=:0, :1 ,unix:2.1,host.example:10.0\n").displays == .list([":0", ":1", "unix:2.1", "host.example:10.0"]))
+        #expect(try parse("display=:0,:1\n").displays.description == ":0,:1")
+        for bad in ["display=0", "display=:0,", "display=:a", "display=:0,:0", "display=:1.2.3", "display=AUTO", "display=:0 :1"] {
+            let e = error("agent-id=x\n\(bad)\n")
+            #expect(e?.line == 2 && e?.key == "display", "\(bad): \(String(describing: e))")
+        }
+        #expect(error("display=:0,:0\n")?.message.contains("given twice") == true)
     }
 
     @Test func windowPatternsRepeatInOrderAndABadRegexNamesItsLine() throws {

@@ -26,7 +26,7 @@ enum XErrorState {
     /// list and sets it to NULL: `XInputClose` in libXi's src/XExtInt.c, without a lock). With
     /// one keystroke recorder per graphical session, a record session opening on one thread
     /// while another closed its connection wrote into the freed list (heap corruption,
-    /// `ConcurrentRecorderTests`). libXtst, libXext, libXfixes and libXrandr keep theirs in
+    /// `ConcurrentRecorderTests`). libXtst, libXext, libXfixes, libXrandr and libXss keep theirs in
     /// static storage under Xlib's global lock and need nothing.
     static let xinputLock = Mutex<Void>(())
 

@@ -30,6 +30,13 @@ import TestSupport
         try rig.writeConfig(encryption: true)
         try rig.startCollector()
         try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
+        // --check-config names each session with its user and the cookie found in their home,
+        // and reads it through that cookie.
+        let check = try runCommand([try builtProduct("custos-agent"), "--config", rig.configPath, "--check-config"]).stdoutString
+        for i in 0..<2 {
+            let want = "ok   display: \(servers[i].name): 1 monitor(s) readable (user \(users[i].name), socket, cookie \(users[i].home)/.Xauthority)"
+            #expect(check.contains(want), "\(check)")
+        }
         try rig.startAgent()
         func usersOf(_ display: String) throws -> [String] {
             try rig.sql("select distinct user_name from captures where display = '\(display)'").split(separator: "\n").map(String.init)

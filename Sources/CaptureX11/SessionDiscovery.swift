@@ -96,7 +96,7 @@ public final class X11SessionDiscovery: SessionSource {
             guard let number = entry.number else { continue }
             covered.insert(number)
             guard entry.recorded else {
-                noteSkipped(number, "logind session \(entry.id) of class \(entry.sessionClass) (a login or lock screen)")
+                noteSkipped(number, "logind session \(SafeText.escaped(entry.id)) is \(entry.whyNotRecorded)")
                 continue
             }
             found.append(session(entry, number: number, table))
@@ -122,6 +122,12 @@ public final class X11SessionDiscovery: SessionSource {
         var recorded: Bool {
             type == "x11" && number != nil && values["STATE"] != "closing"
                 && !["greeter", "lock-screen"].contains(sessionClass)
+        }
+        /// Why a session that names a display is not recorded (for the log).
+        var whyNotRecorded: String {
+            if type != "x11" { return "of type \(SafeText.escaped(type)), not x11 (e.g. Xwayland of a Wayland session)" }
+            if values["STATE"] == "closing" { return "closing" }
+            return "of class \(SafeText.escaped(sessionClass)) (a login or lock screen)"
         }
     }
 

@@ -23,13 +23,15 @@ struct SessionDecryptTests {
         let session = try DEKSession(kek: try KEKPublicKey(pemFile: k.publicKey), agentID: "term-srv")
         let t0: Int64 = 1_764_547_200_000
         var items = [ingestItem(session.record)]
+        var stream = session.record.serialized  // the same records as a file, for `custos open`
         var frames: [String: (FrameMetadata, Data)] = [:]
         for (i, (user, display)) in [("alice", ":1"), ("bob", ":2"), ("CORP\\carol", ":3")].enumerated() {
             let s = try BlobSession(user: UserName(user), display: display)
             let meta = FrameMetadata(monitor: 0, monitorName: "screen", x: 0, y: 0, width: 8, height: 6, captureTimeMs: t0 + Int64(i))
             let png = makePNG(width: 8, height: 6, seed: UInt8(i))
-            items.append(ingestItem(try session.seal(FramePayload.encode(meta, png: png), kind: .screen, captureTimeMs: t0 + Int64(i),
-                                                     session: s)))
+            let frame = try session.seal(FramePayload.encode(meta, png: png), kind: .screen, captureTimeMs: t0 + Int64(i), session: s)
+            items.append(ingestItem(frame))
+            stream += frame.serialized
             frames[user] = (meta, png)
             let chunk = KeystrokeChunk(windowTitle: "Terminal", wmClass: "xterm.XTerm", startMs: t0 + 10 + Int64(i),
                                        endMs: t0 + 10 + Int64(i), keys: [Keystroke(timeMs: t0 + 10 + Int64(i), text: user.prefix(1).description)])
@@ -78,5 +80,19 @@ struct SessionDecryptTests {
         #expect(rb.decrypted == 2 && rb.selected == 2)
         let names = try FileManager.default.contentsOfDirectory(atPath: onlyBob + "/term-srv")
         #expect(names == ["bob"], "\(names)")
+
+        // `custos open` of a file of such records: the same per-user folders.
+        let file = tmp.file("sealed.csts")
+        try stream.write(to: URL(fileURLWithPath: file))
+        let opened = tmp.file("opened")
+        let o = try runCommand([custos, "open", "--key", k.privateKey, "--passphrase-file", k.passphraseFile, "--in", file,
+                                "--out", opened + "/"])
+        #expect(o.status == 0, "\(o.stderrString)")
+        for (user, folder) in [("alice", "alice"), ("bob", "bob"), ("CORP\\carol", "CORP_carol")] {
+            let (meta, png) = try #require(frames[user])
+            let path = opened + "/" + OutputNaming.screen(agent: "term-srv", user: try UserName(user), meta: meta, timeMs: meta.captureTimeMs)
+            #expect(path.hasPrefix(opened + "/term-srv/\(folder)/screens/"), "\(path)")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == png)
+        }
     }
 }

@@ -65,9 +65,7 @@ final class RecordSession {
         // XI 2 device grabs (GTK 3 prompts grab with XIGrabDevice); XIQueryVersion must come
         // before any XI 2 request of this connection.
         var xiOpcode: Int32 = 0, xiEvent: Int32 = 0, xiError: Int32 = 0
-        var xiMajorVersion: Int32 = 2, xiMinorVersion: Int32 = 0
-        if XQueryExtension(dpy, "XInputExtension", &xiOpcode, &xiEvent, &xiError) != 0,
-           XErrorState.xinputLock.withLock({ _ in XIQueryVersion(dpy, &xiMajorVersion, &xiMinorVersion) }) == Success {
+        if XQueryExtension(dpy, "XInputExtension", &xiOpcode, &xiEvent, &xiError) != 0, control.queryXInput2() {
             control.registerExtension("XInputExtension", majorOpcode: xiOpcode)
             xiMajor = UInt8(truncatingIfNeeded: xiOpcode)
         } else {

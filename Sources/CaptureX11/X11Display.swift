@@ -130,6 +130,15 @@ final class X11Display {
         _ = XErrorState.dead.withLock { $0.remove(key) }
     }
 
+    /// Asks for XI `major.minor` (`XIQueryVersion`, which must come before any other XI 2
+    /// request of the connection) under `XErrorState.xinputLock`.
+    /// - Returns: whether the server grants XI 2.
+    func queryXInput2(major: Int32 = 2, minor: Int32 = 0) -> Bool {
+        var grantedMajor = major, grantedMinor = minor
+        let d = dpy
+        return XErrorState.xinputLock.withLock { _ in XIQueryVersion(d, &grantedMajor, &grantedMinor) } == Success
+    }
+
     /// Whether the connection has failed (server gone); a dead display only returns errors.
     var isDead: Bool { XErrorState.dead.withLock { $0.contains(XErrorState.key(dpy)) } }
 

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := build
 
 # Debian packages the project needs to build, test and demo.
-DEB_PACKAGES := libssl-dev libx11-dev libxtst-dev libxext-dev libxrandr-dev libxfixes-dev libpng-dev \
+DEB_PACKAGES := libssl-dev libx11-dev libxtst-dev libxext-dev libxrandr-dev libxfixes-dev libxi-dev libxss-dev libpng-dev \
 	libsqlite3-dev pkg-config xvfb xauth xdotool x11-xkb-utils x11-xserver-utils x11-utils \
 	x11-apps xterm libaom-dev libyuv-dev mkvtoolnix sqlite3 openssl curl lintian systemd dpkg-dev fakeroot ffmpeg time python3 python3-cryptography procps util-linux tmux strace postgresql \
 	chromium chromium-driver python3-selenium

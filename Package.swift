@@ -46,7 +46,7 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CX11", path: "Sources/CX11", pkgConfig: "x11",
-                       providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev", "libxfixes-dev"])]),
+                       providers: [.apt(["libx11-dev", "libxext-dev", "libxtst-dev", "libxrandr-dev", "libxfixes-dev", "libxi-dev", "libxss-dev"])]),
 
         .systemLibrary(name: "CAOM", path: "Sources/CAOM", pkgConfig: "aom", providers: [.apt(["libaom-dev"])]),
         .systemLibrary(name: "CYUV", path: "Sources/CYUV", providers: [.apt(["libyuv-dev"])]),
@@ -63,7 +63,7 @@ let package = Package(
 
         // Seams.
         .target(name: "Envelope", dependencies: [
-            "COpenSSL",
+            "COpenSSL", "CustosBase",
             .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "_CryptoExtras", package: "swift-crypto"),
         ], swiftSettings: strict),
@@ -71,8 +71,15 @@ let package = Package(
         .target(name: "CaptureFormat", swiftSettings: strict),
         .target(name: "CPNGWriter", dependencies: ["CPNG"], path: "Sources/CPNGWriter"),
         .target(name: "CX11Damage", dependencies: ["CX11"], path: "Sources/CX11Damage"),
-        .target(name: "Capture", dependencies: [
-            "CX11", "CX11Damage", "Video", "CaptureFormat", "CustosBase",
+        // The capture backend seam: frame and keystroke sources, capture values and errors;
+        // knows no display protocol (docs/ARCHITECTURE.md "The capture seam").
+        .target(name: "CaptureCore", dependencies: [
+            "CaptureFormat", "CustosBase",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: strict),
+        // The X11 backend of the seam: X connections, frames, keystrokes (RECORD), window context.
+        .target(name: "CaptureX11", dependencies: [
+            "CaptureCore", "CX11", "CX11Damage", "Video", "CaptureFormat", "CustosBase",
             .product(name: "Logging", package: "swift-log"),
         ], exclude: ["Generated/gen-keysyms.sh"], swiftSettings: strict),
         // Picture codecs: raw frames → AV1 packets (libaom) and back, the stream and keyframe
@@ -153,7 +160,7 @@ let package = Package(
             .product(name: "ZIPFoundation", package: "ZIPFoundation"),
         ], swiftSettings: strict),
         .target(name: "Agent", dependencies: [
-            "Envelope", "CustosConfig", "Capture", "CaptureFormat", "Video", "Spool", "Transport", "Wire", "CSysShim",
+            "Envelope", "CustosConfig", "CaptureCore", "CaptureX11", "CaptureFormat", "Video", "Spool", "Transport", "Wire", "CSysShim",
             "CustosBase",
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -165,6 +172,9 @@ let package = Package(
         .executableTarget(name: "custos", dependencies: ["Admin"], swiftSettings: strict, linkerSettings: lean),
         .executableTarget(name: "custos-agent", dependencies: ["Agent"], swiftSettings: strict, linkerSettings: lean),
         .executableTarget(name: "custos-collector", dependencies: ["Collector"], swiftSettings: strict, linkerSettings: lean),
+        // Test helper: a real X client that grabs the keyboard like a password prompt (core or XI2).
+        .executableTarget(name: "x11-grab-keyboard", dependencies: ["CX11"], path: "Tests/Tools/x11-grab-keyboard",
+                          swiftSettings: strict),
         .executableTarget(name: "spool-crash-child", dependencies: [
             "Spool", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
@@ -175,7 +185,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/SpoolBench", swiftSettings: strict),
         .executableTarget(name: "custos-bench-capture", dependencies: [
-            "Capture", "CX11", .product(name: "Logging", package: "swift-log"),
+            "CaptureCore", "CaptureX11", "CX11", "CustosBase", .product(name: "Logging", package: "swift-log"),
         ], path: "Benchmarks/CaptureBench", swiftSettings: strict),
         .executableTarget(name: "custos-bench-video", dependencies: ["Video"], path: "Benchmarks/VideoBench",
                           swiftSettings: strict),
@@ -213,11 +223,11 @@ let package = Package(
             "CustosBase", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "VideoTests", dependencies: ["Video", "CaptureFormat", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "TestSupport"],
+        .testTarget(name: "EnvelopeTests", dependencies: ["Envelope", "CustosBase", "TestSupport"],
                     resources: [.copy("Fixtures")], swiftSettings: strict),
         .testTarget(name: "ConfigTests", dependencies: ["CustosConfig", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CaptureTests", dependencies: [
-            "Capture", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", "Video",
+            "CaptureCore", "CaptureX11", "CaptureFormat", "CPNG", "CX11", "CustosBase", "TestSupport", "Video",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: strict),
         .testTarget(name: "SpoolTests", dependencies: [

@@ -45,11 +45,13 @@ finish() {
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/custos-pkgtest.XXXXXX")"
 XVFB_PID=""
+XVFB_AUTH=""
 COLLECTOR_PID=""
 cleanup() {
     [ -f "$WORK/sandbox/pid1" ] && "$HERE/systemd-sandbox.sh" stop "$WORK/sandbox"
     [ -n "$COLLECTOR_PID" ] && kill "$COLLECTOR_PID" 2>/dev/null && wait "$COLLECTOR_PID" 2>/dev/null
     [ -n "$XVFB_PID" ] && kill "$XVFB_PID" 2>/dev/null && wait "$XVFB_PID" 2>/dev/null
+    [ -n "$XVFB_AUTH" ] && rm -f "$XVFB_AUTH"
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -397,11 +399,16 @@ done
 [ -x "$COLLECTOR_BIN" ] || { live_ok=0; echo "# live systemd checks: collector $COLLECTOR_BIN missing (swift build)"; }
 if [ "$live_ok" = 1 ]; then
     # The X server runs on the host, started before the sandbox so its socket is in the overlay.
-    # It demands a MIT-MAGIC-COOKIE-1 (a wildcard entry: any display number, any address).
+    # It demands a MIT-MAGIC-COOKIE-1 (a wildcard entry: any display number, any address). It
+    # runs as the desktop user (uid 4242, made in the sandbox as custos-desk), so its socket is
+    # theirs and display=auto finds their session (setpriv execs it: the pid is the server's).
     ( umask 077; echo "ffff 0000  0000  0012 4d49542d4d414749432d434f4f4b49452d31 0010 $(mcookie)" \
         | xauth -q -f "$WORK/xauthority" nmerge - 2>/dev/null )
+    XVFB_AUTH="$(mktemp /tmp/custos-pkgtest-xauth.XXXXXX)"
+    cp "$WORK/xauthority" "$XVFB_AUTH" && chown 4242:4242 "$XVFB_AUTH"
     exec 3>"$WORK/xdisplay"
-    Xvfb -displayfd 3 -nolisten tcp -auth "$WORK/xauthority" -screen 0 640x480x24 >"$WORK/xvfb.log" 2>&1 &
+    setpriv --reuid=4242 --regid=4242 --clear-groups -- \
+        Xvfb -displayfd 3 -nolisten tcp -auth "$XVFB_AUTH" -screen 0 640x480x24 >"$WORK/xvfb.log" 2>&1 &
     XVFB_PID=$!
     exec 3>&-
     for _ in $(seq 1 100); do [ -s "$WORK/xdisplay" ] && break; sleep 0.1; done
@@ -429,16 +436,21 @@ else
         test "$(in_sbx grep '^enable-encryption=' /etc/custos/config.cfg)" = "enable-encryption=1"
     check "[systemd] unit known to systemd after install, not enabled, not started" \
         test "$(sbx_prop UnitFileState) $(sbx_prop ActiveState)" = "disabled inactive"
-    # The desktop user's cookie: 0600 in a 0700 home of another uid, as on a real desktop.
+    # The desktop user (uid 4242, whose X server runs on the host) and their cookie: 0600 in a
+    # 0700 home, as on a real desktop.
+    in_sbx useradd -u 4242 -M -d /home/custos-desk -s /usr/sbin/nologin custos-desk
     in_sbx install -d -m 0700 -o 4242 -g 4242 /home/custos-desk
     in_sbx install -m 0600 -o 4242 -g 4242 "$WORK/xauthority" /home/custos-desk/.Xauthority
     check "[systemd] control: root without CAP_DAC_READ_SEARCH/CAP_DAC_OVERRIDE cannot read that cookie" \
         in_sbx sh -c '! setpriv --bounding-set -dac_read_search,-dac_override -- cat /home/custos-desk/.Xauthority >/dev/null 2>&1'
     # The endpoint's id at the collector is set before the first start, as an administrator
     # would: the spool's records carry it, and the collector refuses those of another id.
+    # display= and xauthority= keep their defaults: display=auto finds the desktop user's
+    # session from its socket and the cookie in their home.
     UNIT_AGENT=pkgtest-unit
-    in_sbx sed -i -e "s|^#display=\$|display=:$DISPLAY_NUM|" \
-        -e "s|^#xauthority=\$|xauthority=/home/custos-desk/.Xauthority|" -e "s|^#agent-id=\$|agent-id=$UNIT_AGENT|" \
+    check "[systemd] the packaged config records every graphical session (display=auto, no xauthority=)" \
+        test "$(in_sbx grep -E '^#?(display|xauthority)=' /etc/custos/config.cfg | tr '\n' ' ')" = "display=auto #xauthority= "
+    in_sbx sed -i -e "s|^#agent-id=\$|agent-id=$UNIT_AGENT|" \
         -e 's|^screen-interval-ms=1000$|screen-interval-ms=500|' /etc/custos/config.cfg
     in_sbx install -m 0644 "$WORK/kek.pem" /etc/custos/certs/kek.pem
     check "[systemd] systemctl enable --now custos-agent (Type=notify: returns after READY=1)" \
@@ -458,6 +470,10 @@ else
     done
     check "[systemd] sandboxed agent reaches the X display (cookie read through ProtectHome=read-only and CAP_DAC_READ_SEARCH) and spools sealed frames ($frames)" \
         test "${frames:-0}" -gt 0 2>/dev/null
+    check "[systemd] display=auto found the desktop user's session (its socket's owner) and their cookie file in their home" \
+        bash -c '"$1" run "$2" journalctl --no-pager -o cat -u custos-agent.service | grep "recording session" |
+                 grep "capture.display=:$3" | grep "capture.user=custos-desk" | grep -q "capture.xauthority=/home/custos-desk/.Xauthority"' \
+        _ "$HERE/systemd-sandbox.sh" "$SBX" "$DISPLAY_NUM"
     pid_before="$(sbx_prop MainPID)"
     # Look into the service's own mount namespace: the X socket is there, the host's /tmp is not,
     # and /etc is read-only.

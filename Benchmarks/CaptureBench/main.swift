@@ -12,8 +12,19 @@
 //   ffmpeg frame           (CPU of `ffmpeg -f x11grab … -c:v png` with N+5 frames − with 5
 //                          frames) / N, so start-up cost cancels out
 // and prints medians, the ratio custos/ffmpeg (goal ≤ 0.5) and unchanged/changed (goal ≤ 0.02).
+//
+// With --exclusions it measures instead the cost of pixel exclusions (exclude-window-class/
+// -title): 12 overlapping top-level windows over the desktop, 3 of them excluded (two by class,
+// one by a title regular expression), and two capturers on the same display, one with the rules
+// and one without, taking turns on the same screen states:
+//   video, window moved   a window is moved before every frame (the mask is recomputed from the
+//                         stacking order every frame), AV1 packet encoded
+//   png, steady           change detection reset, the whole frame grabbed, masked and encoded
+// and prints the medians and the ratio with/without (goal ≤ 1.1).
 import CX11
-import Capture
+import CaptureCore
+import CaptureX11
+import CustosBase
 import Foundation
 import Logging
 
@@ -22,6 +33,7 @@ struct Options {
     var frames = 30
     var level = 1
     var ffmpeg = "ffmpeg"
+    var exclusions = false
 }
 
 func parseOptions() -> Options {
@@ -33,6 +45,7 @@ func parseOptions() -> Options {
         case "--frames": o.frames = Int(args.next() ?? "") ?? o.frames
         case "--level": o.level = Int(args.next() ?? "") ?? o.level
         case "--ffmpeg": o.ffmpeg = args.next() ?? o.ffmpeg
+        case "--exclusions": o.exclusions = true
         default:
             FileHandle.standardError.write(Data("unknown argument \(a)\n".utf8))
             exit(2)
@@ -165,11 +178,91 @@ func runFFmpeg(_ o: Options, frames: Int, width: Int, height: Int) -> Double {
     return childrenCPUms() - before
 }
 
+/// Opens 12 overlapping top-level windows (plain background colours, WM_CLASS and titles);
+/// three match `rules`. Returns the window the moving scenario moves (not excluded).
+func openWindows(_ dpy: OpaquePointer) -> Window {
+    let root = XDefaultRootWindow(dpy)
+    var moving: Window = 0
+    for i in 0..<12 {
+        let w = XCreateSimpleWindow(dpy, root, Int32(40 + (i % 4) * 420), Int32(60 + (i / 4) * 300), 640, 420, 1, 0,
+                                    UInt(0x203040 + i * 0x0c0a08))
+        var hint = XClassHint()
+        let name = strdup("app\(i)"), cls = strdup(i == 2 || i == 7 ? "KeePassXC" : "Editor")
+        hint.res_name = name
+        hint.res_class = cls
+        XSetClassHint(dpy, w, &hint)
+        XStoreName(dpy, w, i == 10 ? "Online Banking - Browser" : "Document \(i)")
+        free(name)
+        free(cls)
+        XMapRaised(dpy, w)
+        if i == 11 { moving = w }  // the top one: every move changes the screen
+    }
+    XSync(dpy, 0)
+    return moving
+}
+
+func exclusionBench(_ options: Options, keep: OpaquePointer, logger: Logger) throws {
+    let moving = openWindows(keep)
+    usleep(200_000)
+    let rules = WindowRules(excludedClasses: [try WindowPattern("KeePassXC", field: "exclude-window-class")],
+                            excludedTitles: [try WindowPattern("/^Online Banking/", field: "exclude-window-title")])
+    let with = try ScreenCapturer(display: options.display, xauthority: nil, encoding: .video(keyframeIntervalMs: 0),
+                                  logger: logger, policy: CapturePolicy(rules))
+    let without = try ScreenCapturer(display: options.display, xauthority: nil, encoding: .video(keyframeIntervalMs: 0),
+                                     logger: logger)
+    _ = try with.captureAll()
+    _ = try without.captureAll()
+    var movedWith: [Double] = [], movedWithout: [Double] = []
+    for i in 0..<options.frames {
+        XMoveWindow(keep, moving, Int32(880 + (i % 2) * 24), Int32(360 + (i % 3) * 16))
+        XSync(keep, 0)
+        // Alternate which goes first, so neither always meets a warmer cache.
+        for c in i % 2 == 0 ? [with, without] : [without, with] {
+            let t0 = threadCPUms()
+            let frames = try c.captureAll()
+            let ms = threadCPUms() - t0
+            guard case .packet = frames.first else {
+                FileHandle.standardError.write(Data("frame \(i): a moved window gave no packet (\(c === with ? "with" : "without") exclusions): \(frames)\n".utf8))
+                exit(1)
+            }
+            if c === with { movedWith.append(ms) } else { movedWithout.append(ms) }
+        }
+    }
+    let pngWithout = try ScreenCapturer(display: options.display, xauthority: nil, pngLevel: options.level, logger: logger)
+    let pngPolicy = CapturePolicy(rules)
+    let pngMasked = try ScreenCapturer(display: options.display, xauthority: nil, encoding: .png(level: options.level),
+                                       logger: logger, policy: pngPolicy)
+    _ = try pngMasked.captureAll()
+    _ = try pngWithout.captureAll()
+    var steadyWith: [Double] = [], steadyWithout: [Double] = []
+    for i in 0..<options.frames {
+        for c in i % 2 == 0 ? [pngMasked, pngWithout] : [pngWithout, pngMasked] {
+            c.resetChangeDetection()
+            let t0 = threadCPUms()
+            _ = try c.captureAll()
+            let ms = threadCPUms() - t0
+            if c === pngMasked { steadyWith.append(ms) } else { steadyWithout.append(ms) }
+        }
+    }
+    func f(_ x: Double, _ digits: Int = 2) -> String { String(format: "%.\(digits)f", x) }
+    let movedRatio = median(movedWith) / median(movedWithout), steadyRatio = median(steadyWith) / median(steadyWithout)
+    print("screen \(XDisplayWidth(keep, XDefaultScreen(keep)))x\(XDisplayHeight(keep, XDefaultScreen(keep))), 12 windows, 3 excluded, \(options.frames) frames each")
+    print("video, window moved: with exclusions \(f(median(movedWith))) ms, without \(f(median(movedWithout))) ms CPU (medians); ratio \(f(movedRatio, 3)) (goal <= 1.1) \(movedRatio <= 1.1 ? "OK" : "MISSED")")
+    print("png, steady:         with exclusions \(f(median(steadyWith))) ms, without \(f(median(steadyWithout))) ms CPU (medians); ratio \(f(steadyRatio, 3)) (goal <= 1.1) \(steadyRatio <= 1.1 ? "OK" : "MISSED")")
+}
+
 let options = parseOptions()
 let keep = paintDesktop(display: options.display)
 let screen = XDefaultScreen(keep)
 let width = Int(XDisplayWidth(keep, screen)), height = Int(XDisplayHeight(keep, screen))
 let logger = Logger(label: "custos.bench") { _ in SwiftLogNoOpLogHandler() }
+if options.exclusions {
+    do { try exclusionBench(options, keep: keep, logger: logger) } catch {
+        FileHandle.standardError.write(Data("\(error)\n".utf8))
+        exit(1)
+    }
+    exit(0)
+}
 let capturer: ScreenCapturer
 do {
     capturer = try ScreenCapturer(display: options.display, xauthority: nil, pngLevel: options.level, logger: logger)

@@ -14,7 +14,7 @@ public struct CapturesCommand: AsyncParsableCommand {
     public init() {}
 }
 
-/// `custos captures list --db collector.db [--agent ID] [--kind screen|keystrokes] [--since TIME]`.
+/// `custos captures list --db collector.db [--agent ID] [--kind screen|keystrokes|generic|activity] [--since TIME]`.
 public struct CapturesListCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "list",
@@ -82,11 +82,12 @@ public struct CaptureListing {
     mutating func add(_ rows: [CaptureInfo]) -> TerminalText {
         var lines: [[String]] = []
         if !headerShown {
-            lines.append(["CAPTURE TIME (UTC)", "AGENT", "KIND", "SIZE", "BLOB ID", "KEK ID", "CONTENT"])
+            lines.append(["CAPTURE TIME (UTC)", "AGENT", "USER", "DISPLAY", "KIND", "SIZE", "BLOB ID", "KEK ID", "CONTENT"])
             headerShown = true
         }
         for r in rows {
-            lines.append([OutputNaming.iso(r.captureTimeMs), r.agentID.rawValue, r.kind.name, Self.byteCount(r.size),
+            lines.append([OutputNaming.iso(r.captureTimeMs), r.agentID.rawValue, r.user?.rawValue ?? "-", r.display ?? "-",
+                          r.kind.name, Self.byteCount(r.size),
                           r.blobID.hex, String(r.kekID.hex.prefix(16)) + "…", "<Encrypted>"])
             count += 1
             bytes += r.size
@@ -115,13 +116,15 @@ public struct CaptureListing {
     }
 }
 
-/// Which captures: `--agent`, `--kind`, `--since`, `--until` (shared by `captures list`,
-/// `decrypt` and `export`).
+/// Which captures: `--agent`, `--kind`, `--user`, `--since`, `--until` (shared by `captures
+/// list`, `decrypt` and `export`).
 struct CaptureSelection: ParsableArguments {
     @Option(help: "Only this agent.")
     var agent: String?
-    @Option(help: "Only this kind: screen, keystrokes or generic.")
+    @Option(help: "Only this kind: screen, keystrokes, generic or activity.")
     var kind: String?
+    @Option(help: "Only captures of this user's graphical sessions (the login name the agent named; '?' for a session whose user it could not find).")
+    var user: String?
     @Option(help: "Only captures at or after TIME (ISO 8601, date, Unix ms, or an age like 2h).")
     var since: String?
     @Option(help: "Only captures before TIME.")
@@ -129,11 +132,12 @@ struct CaptureSelection: ParsableArguments {
 
     func validate() throws {
         if let kind, CaptureKind(name: kind) == nil {
-            throw ValidationError("--kind \(kind): expected screen, keystrokes or generic")
+            throw ValidationError("--kind \(kind): expected screen, keystrokes, generic or activity")
         }
         if let agent {
             do { _ = try AgentID(agent, field: "--agent") } catch { throw ValidationError(error.description) }
         }
+        _ = try userName()
     }
 
     /// `--agent` (checked by ``validate()``).
@@ -148,9 +152,17 @@ struct CaptureSelection: ParsableArguments {
     /// `--until` in Unix ms. - Throws: `AdminError` for a TIME it cannot read.
     func untilMs() throws -> Int64? { try until.map { try parseTime($0, field: "--until") } }
 
+    /// `--user` as a ``UserName`` (its one validator).
+    /// - Throws: `ValidationError` naming `--user` when it is not a valid user name.
+    func userName() throws -> UserName? {
+        guard let user else { return nil }
+        do { return try UserName(user, field: "--user") } catch { throw ValidationError(error.description) }
+    }
+
     /// The selection as a storage query.
     func query(order: CaptureQuery.Order = .ascending) throws -> CaptureQuery {
-        CaptureQuery(agentID: try agentID(), kind: captureKind, sinceMs: try sinceMs(), untilMs: try untilMs(), order: order)
+        CaptureQuery(agentID: try agentID(), kind: captureKind, user: try userName(), sinceMs: try sinceMs(), untilMs: try untilMs(),
+                     order: order)
     }
 }
 
@@ -188,7 +200,7 @@ struct DecryptArguments: ParsableArguments {
 
     func run(output: DecryptOptions.Output) async throws {
         let options = DecryptOptions(output: output, agentID: try selection.agentID(), kind: selection.captureKind,
-                                     sinceMs: try selection.sinceMs(), untilMs: try selection.untilMs(),
+                                     user: try selection.userName(), sinceMs: try selection.sinceMs(), untilMs: try selection.untilMs(),
                                      stillsEveryMs: stills?.milliseconds)
         let sealed: SealedInput
         var files = [key]
@@ -212,7 +224,8 @@ struct DecryptArguments: ParsableArguments {
                                         actor: loginUser(), log: printError, progressStyle: quiet ? .quiet : nil)
         for f in report.failures { printError(f.blobID.isEmpty ? "failed: \(f.reason)" : "failed: blob \(f.blobID): \(f.reason)") }
         let what = "\(counted(report.screens, "screen frame")), \(report.videoSummary), "
-            + "\(counted(report.keystrokeChunks, "keystroke chunk")) in \(counted(report.keystrokeWindows, "window")), \(report.generic) other"
+            + "\(counted(report.keystrokeChunks, "keystroke chunk")) in \(counted(report.keystrokeWindows, "window")), "
+            + "\(counted(report.activityPeriods, "activity period")), \(report.generic) other"
         printError("\(options.operation): \(report.decrypted) of \(counted(report.attempted, "item")) decrypted (\(what)) → \(options.outputPath)"
                    + (report.failures.isEmpty ? "" : "; \(report.failures.count) FAILED"))
         if report.interrupted {

@@ -229,7 +229,8 @@ struct StorageMigration {
                 if groups[info.receivedAtMs] == nil { order.append(info.receivedAtMs) }
                 groups[info.receivedAtMs, default: []].append(.blob(StoredBlob(
                     blobID: info.blobID, agentID: info.agentID, kind: info.kind, dekID: info.dekID, kekID: info.kekID,
-                    sequence: info.sequence, captureTimeMs: info.captureTimeMs, bytes: bytes)))
+                    sequence: info.sequence, captureTimeMs: info.captureTimeMs, bytes: bytes, user: info.user,
+                    display: info.display)))
             }
             for receivedAt in order {
                 let items = groups[receivedAt]!

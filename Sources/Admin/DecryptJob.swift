@@ -19,6 +19,8 @@ public struct DecryptOptions: Sendable {
     public var agentID: AgentID?
     /// Only this kind.
     public var kind: CaptureKind?
+    /// Only this user's captures (sealed session blobs naming the user).
+    public var user: UserName?
     /// Capture time lower bound, Unix ms, inclusive.
     public var sinceMs: Int64?
     /// Capture time upper bound, Unix ms, exclusive.
@@ -29,11 +31,12 @@ public struct DecryptOptions: Sendable {
     /// A WebM file is cut at the next keyframe once it holds this many bytes (it is built in memory).
     public var maxVideoFileBytes: Int
 
-    public init(output: Output, agentID: AgentID? = nil, kind: CaptureKind? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil,
-                stillsEveryMs: Int64? = nil, maxVideoFileBytes: Int = 256 << 20) {
+    public init(output: Output, agentID: AgentID? = nil, kind: CaptureKind? = nil, user: UserName? = nil, sinceMs: Int64? = nil,
+                untilMs: Int64? = nil, stillsEveryMs: Int64? = nil, maxVideoFileBytes: Int = 256 << 20) {
         self.output = output
         self.agentID = agentID
         self.kind = kind
+        self.user = user
         self.sinceMs = sinceMs
         self.untilMs = untilMs
         self.stillsEveryMs = stillsEveryMs
@@ -41,7 +44,7 @@ public struct DecryptOptions: Sendable {
     }
 
     /// The selection as a storage query (oldest first).
-    var query: CaptureQuery { CaptureQuery(agentID: agentID, kind: kind, sinceMs: sinceMs, untilMs: untilMs) }
+    var query: CaptureQuery { CaptureQuery(agentID: agentID, kind: kind, user: user, sinceMs: sinceMs, untilMs: untilMs) }
 
     var operation: String {
         if case .archive = output { return "export" }
@@ -197,7 +200,7 @@ public enum DecryptJob {
             try? await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) error=\(error)")
             throw error
         }
-        try await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkippedTotal) video_before_since=\(report.videoPacketsBeforeSelection) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) interrupted=\(report.interrupted)")
+        try await audit("captures.\(op).done", "\(selection) kek=\(key.id.hex) decrypted=\(report.decrypted) failed=\(report.failures.count) screens=\(report.screens) video_packets=\(report.videoPackets) video_files=\(report.videoFiles) video_skipped=\(report.videoPacketsSkippedTotal) video_before_since=\(report.videoPacketsBeforeSelection) stills=\(report.stills) keystroke_chunks=\(report.keystrokeChunks) activity_chunks=\(report.activityChunks) interrupted=\(report.interrupted)")
         return report
     }
 }

@@ -35,6 +35,10 @@ public struct DecryptReport: Sendable, Codable, Equatable {
     public var keystrokeChunks = 0
     /// Distinct (agent, window title, WM_CLASS) keystroke text files.
     public var keystrokeWindows = 0
+    /// Activity chunks decoded (kind `activity`).
+    public var activityChunks = 0
+    /// Rows of the activity timeline written (periods, continuations joined).
+    public var activityPeriods = 0
     /// Generic blobs written as raw `.bin` files.
     public var generic = 0
     /// DEK records unwrapped (each once).
@@ -139,8 +143,8 @@ final class Decryptor {
         self.video = video
     }
 
-    /// Keystroke chunks grouped per (agent, window); written when the run ends.
-    private struct WindowKey: Hashable { var agent: String; var title: String; var wmClass: String }
+    /// Keystroke chunks grouped per (agent, user, window); written when the run ends.
+    private struct WindowKey: Hashable { var agent: String; var user: UserName?; var title: String; var wmClass: String }
     private struct Chunk { var blobID: BlobID; var chunk: KeystrokeChunk }
 
     /// Opens one sealed item: its DEK (unwrapped once per run and kept), the blob, a check that
@@ -183,8 +187,9 @@ final class Decryptor {
             }
             let blob = try SealedBlob(parsing: bytes)
             guard blob.header.blobID == info.blobID, blob.header.agentID == info.agentID,
-                  blob.header.kind == info.kind, blob.header.captureTimeMs == info.captureTimeMs else {
-                return fail("the blob's header does not match its database row (agent, kind, time or id changed)")
+                  blob.header.kind == info.kind, blob.header.captureTimeMs == info.captureTimeMs,
+                  blob.header.session?.user == info.user, blob.header.session?.display == info.display else {
+                return fail("the blob's header does not match its database row (agent, kind, time, id, user or display changed)")
             }
             return try opener.open(blob)
         } catch let e as EnvelopeError {
@@ -207,6 +212,7 @@ final class Decryptor {
         var windows: [WindowKey: [Chunk]] = [:]
         var windowOrder: [WindowKey] = []
         var jsonLines = Data()
+        var activity = ActivityTimelineExport()
         let videoStreams = VideoStreams()
 
         progress.start(total: expected)
@@ -229,19 +235,25 @@ final class Decryptor {
                         try videoStreams.add(info, meta: meta, packet: packet)
                     case .screen:
                         let (meta, png) = try FramePayload.decode(plaintext)
-                        let name = OutputNaming.screen(agent: info.agentID, meta: meta, timeMs: info.captureTimeMs)
+                        let name = OutputNaming.screen(agent: info.agentID, user: info.user, meta: meta, timeMs: info.captureTimeMs)
                         let used = try sink.add(png, at: name, compress: false)
                         record(used, kind: "screen", info: info, blobIDs: [info.blobID.hex], data: png)
                         report.screens += 1
                     case .keystrokes:
                         let chunk = try KeystrokeChunk.decode(plaintext)
-                        let k = WindowKey(agent: info.agentID, title: chunk.windowTitle, wmClass: chunk.wmClass)
+                        let k = WindowKey(agent: info.agentID, user: info.user, title: chunk.windowTitle, wmClass: chunk.wmClass)
                         if windows[k] == nil { windowOrder.append(k) }
                         windows[k, default: []].append(Chunk(blobID: info.blobID, chunk: chunk))
-                        jsonLines.append(OutputNaming.jsonLine(agent: info.agentID, blobID: info.blobID.hex, chunk: chunk))
+                        jsonLines.append(OutputNaming.jsonLine(agent: info.agentID, user: info.user?.rawValue, display: info.display,
+                                                               blobID: info.blobID.hex, chunk: chunk))
                         report.keystrokeChunks += 1
+                    case .activity:
+                        activity.add(try ActivityChunk.decode(plaintext), agent: info.agentID, user: info.user?.rawValue,
+                                     display: info.display)
+                        report.activityChunks += 1
                     default:
-                        let name = OutputNaming.generic(agent: info.agentID, timeMs: info.captureTimeMs, blobID: info.blobID.hex)
+                        let name = OutputNaming.generic(agent: info.agentID, user: info.user, timeMs: info.captureTimeMs,
+                                                        blobID: info.blobID.hex)
                         let used = try sink.add(plaintext, at: name, compress: true)
                         record(used, kind: info.kind.name, info: info, blobIDs: [info.blobID.hex], data: plaintext)
                         report.generic += 1
@@ -266,7 +278,7 @@ final class Decryptor {
             let chunks = windows[k]!
             let text = OutputNaming.windowText(agent: k.agent, title: k.title, wmClass: k.wmClass,
                                                chunks: chunks.map(\.chunk))
-            let used = try sink.add(text, at: OutputNaming.window(agent: k.agent, title: k.title, wmClass: k.wmClass),
+            let used = try sink.add(text, at: OutputNaming.window(agent: k.agent, user: k.user, title: k.title, wmClass: k.wmClass),
                                     compress: true)
             files.append(ManifestFile(path: used, kind: "keystrokes", agent: k.agent, blobIds: chunks.map(\.blobID.hex),
                                       captureTime: OutputNaming.iso(chunks[0].chunk.startMs), bytes: text.count,
@@ -277,6 +289,17 @@ final class Decryptor {
             let used = try sink.add(jsonLines, at: "keystrokes.jsonl", compress: true)
             files.append(ManifestFile(path: used, kind: "keystrokes-jsonl", agent: "", blobIds: [],
                                       captureTime: "", bytes: jsonLines.count, sha256: sha256Hex(jsonLines)))
+        }
+
+        // Activity: one timeline of every agent, as CSV and JSON.
+        if !activity.isEmpty {
+            let rows = activity.rows()
+            report.activityPeriods = rows.count
+            for (name, data) in [("activity.csv", ActivityTimelineExport.csv(rows)), ("activity.json", ActivityTimelineExport.json(rows))] {
+                let used = try sink.add(data, at: name, compress: true)
+                files.append(ManifestFile(path: used, kind: "activity", agent: "", blobIds: [], captureTime: rows.first?.start ?? "",
+                                          bytes: data.count, sha256: sha256Hex(data)))
+            }
         }
     }
 
@@ -315,33 +338,41 @@ enum OutputNaming {
         return out.isEmpty ? "_" : out
     }
 
-    /// `<agent>/screens/<agent>_mon<N>-<name>_<time>.png`: a PNG frame, or a still decoded from video.
-    static func screen(agent: String, meta: FrameMetadata, timeMs: Int64) -> String {
-        screen(agent: agent, monitor: meta.monitor, monitorName: meta.monitorName, timeMs: timeMs)
+    /// The folder of a capture's files: `<agent>`, or `<agent>/<user>` for a capture of a
+    /// graphical session (a sealed session blob names its user), so each user's captures are in
+    /// a folder named after the user (`?`, an unknown user, becomes `_`).
+    static func folder(agent: String, user: UserName?) -> String {
+        component(agent) + (user.map { "/" + component($0.rawValue, maxBytes: 64) } ?? "")
     }
 
-    static func screen(agent: String, monitor: Int, monitorName: String, timeMs: Int64) -> String {
-        let a = component(agent)
-        return "\(a)/screens/\(a)_mon\(monitor)-\(component(monitorName, maxBytes: 32))_\(fileTime(timeMs)).png"
+    /// `<folder>/screens/<agent>_mon<N>-<name>_<time>.png`: a PNG frame, or a still decoded from video.
+    static func screen(agent: String, user: UserName? = nil, meta: FrameMetadata, timeMs: Int64) -> String {
+        screen(agent: agent, user: user, monitor: meta.monitor, monitorName: meta.monitorName, timeMs: timeMs)
     }
 
-    /// `<agent>/screens/<agent>_mon<N>-<name>_<time of the first packet>_<first 8 digits of the stream id>.webm`.
-    static func video(agent: String, monitor: Int, monitorName: String, startMs: Int64, streamID: String) -> String {
+    static func screen(agent: String, user: UserName? = nil, monitor: Int, monitorName: String, timeMs: Int64) -> String {
         let a = component(agent)
-        return "\(a)/screens/\(a)_mon\(monitor)-\(component(monitorName, maxBytes: 32))_\(fileTime(startMs))_"
+        return "\(folder(agent: agent, user: user))/screens/\(a)_mon\(monitor)-\(component(monitorName, maxBytes: 32))_\(fileTime(timeMs)).png"
+    }
+
+    /// `<folder>/screens/<agent>_mon<N>-<name>_<time of the first packet>_<first 8 digits of the stream id>.webm`.
+    static func video(agent: String, user: UserName? = nil, monitor: Int, monitorName: String, startMs: Int64,
+                      streamID: String) -> String {
+        let a = component(agent)
+        return "\(folder(agent: agent, user: user))/screens/\(a)_mon\(monitor)-\(component(monitorName, maxBytes: 32))_\(fileTime(startMs))_"
             + "\(component(String(streamID.prefix(8)))).webm"
     }
 
-    /// `<agent>/keystrokes/<WM_CLASS>_<window title>.txt`.
-    static func window(agent: String, title: String, wmClass: String) -> String {
+    /// `<folder>/keystrokes/<WM_CLASS>_<window title>.txt`.
+    static func window(agent: String, user: UserName? = nil, title: String, wmClass: String) -> String {
         let cls = wmClass.isEmpty ? "no-class" : component(wmClass, maxBytes: 40)
         let t = title.isEmpty ? "untitled" : component(title, maxBytes: 80)
-        return "\(component(agent))/keystrokes/\(cls)_\(t).txt"
+        return "\(folder(agent: agent, user: user))/keystrokes/\(cls)_\(t).txt"
     }
 
-    /// `<agent>/other/<time>_<blob id>.bin`.
-    static func generic(agent: String, timeMs: Int64, blobID: String) -> String {
-        "\(component(agent))/other/\(fileTime(timeMs))_\(component(blobID)).bin"
+    /// `<folder>/other/<time>_<blob id>.bin`.
+    static func generic(agent: String, user: UserName? = nil, timeMs: Int64, blobID: String) -> String {
+        "\(folder(agent: agent, user: user))/other/\(fileTime(timeMs))_\(component(blobID)).bin"
     }
 
     /// The readable keystroke text of one window: a header, then each chunk as a time range
@@ -353,6 +384,10 @@ enum OutputNaming {
         var s = "# agent: \(SafeText.escaped(agent))\n# window: \(SafeText.escaped(title))\n# WM_CLASS: \(SafeText.escaped(wmClass))\n"
         for c in chunks {
             s += "\n[\(iso(c.startMs)) – \(iso(c.endMs))]\n\(c.text)\n"
+            // Keys left out (docs/CAPTURE.md): when, and how many where they are counted.
+            for m in c.keys where m.isMarker {
+                s += "# \(m.text) \(iso(m.timeMs)) – \(iso(m.untilMs ?? m.timeMs))\(m.count.map { ", \($0) key\($0 == 1 ? "" : "s")" } ?? "")\n"
+            }
         }
         return Data(s.utf8)
     }
@@ -366,14 +401,32 @@ enum OutputNaming {
         var windowTitle: String
         var wmClass: String
         var text: String
+        /// The graphical session's user and display (sealed session blobs).
+        var user: String?
+        var display: String?
+        /// The markers for keys left out (`[suppressed]`, `[excluded]`): their spans and counts.
+        var markers: [Marker]?
+
+        struct Marker: Codable {
+            var text: String
+            var startMs: Int64
+            var untilMs: Int64
+            var count: Int?
+        }
     }
 
     /// One `keystrokes.jsonl` line (JSON Lines, https://jsonlines.org), newline-terminated.
-    static func jsonLine(agent: String, blobID: String, chunk: KeystrokeChunk) -> Data {
+    static func jsonLine(agent: String, user: String? = nil, display: String? = nil, blobID: String,
+                         chunk: KeystrokeChunk) -> Data {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let line = JSONLine(time: iso(chunk.startMs), startMs: chunk.startMs, endMs: chunk.endMs, agent: agent,
-                            blobId: blobID, windowTitle: chunk.windowTitle, wmClass: chunk.wmClass, text: chunk.text)
+        var line = JSONLine(time: iso(chunk.startMs), startMs: chunk.startMs, endMs: chunk.endMs, agent: agent,
+                            blobId: blobID, windowTitle: chunk.windowTitle, wmClass: chunk.wmClass, text: chunk.text,
+                            user: user, display: display)
+        let markers = chunk.keys.filter(\.isMarker).map {
+            JSONLine.Marker(text: $0.text, startMs: $0.timeMs, untilMs: $0.untilMs ?? $0.timeMs, count: $0.count)
+        }
+        line.markers = markers.isEmpty ? nil : markers
         var d = (try? enc.encode(line)) ?? Data("{}".utf8)
         d.append(0x0a)
         return d

@@ -128,6 +128,12 @@ public struct OpenCommand: AsyncParsableCommand {
             guard let chunk = try? KeystrokeChunk.decode(plaintext) else { return plaintext }
             return OutputNaming.windowText(agent: header.agentID, title: chunk.windowTitle, wmClass: chunk.wmClass,
                                            chunks: [chunk])
+        case .activity:
+            // One chunk: its periods as the timeline's CSV.
+            var timeline = ActivityTimelineExport()
+            timeline.add(try ActivityChunk.decode(plaintext), agent: header.agentID, user: header.session?.user.rawValue,
+                         display: header.session?.display)
+            return ActivityTimelineExport.csv(timeline.rows())
         default:
             return plaintext
         }
@@ -144,7 +150,7 @@ public struct OpenCommand: AsyncParsableCommand {
                                         actor: loginUser(), log: printError, progressStyle: .quiet)
         for f in report.failures { printError(f.blobID.isEmpty ? "failed: \(f.reason)" : "failed: blob \(f.blobID): \(f.reason)") }
         printError("open: \(report.decrypted) of \(counted(report.attempted, "blob")) opened (\(counted(report.screens, "screen frame")), "
-                   + "\(report.videoSummary), \(counted(report.keystrokeChunks, "keystroke chunk")), \(report.generic) other) → \(output)")
+                   + "\(report.videoSummary), \(counted(report.keystrokeChunks, "keystroke chunk")), \(counted(report.activityChunks, "activity chunk")), \(report.generic) other) → \(output)")
         if !report.failures.isEmpty {
             throw AdminError(.decryptionFailed, report.failureLine("blob", verb: "open"))
         }

@@ -13,7 +13,7 @@ public struct SealCommand: AsyncParsableCommand {
     @Option(help: "KEK: RSA public key PEM (e.g. publickey.crt).")
     var kek: String
 
-    @Option(help: "Capture kind written in the header: screen, keystrokes or generic.")
+    @Option(help: "Capture kind written in the header: screen, keystrokes, generic or activity.")
     var kind: String = "generic"
 
     @Option(help: "Agent id written in the header (1-255 UTF-8 bytes).")
@@ -29,7 +29,7 @@ public struct SealCommand: AsyncParsableCommand {
 
     public func validate() throws {
         guard CaptureKind(name: kind) != nil else {
-            throw ValidationError("--kind must be screen, keystrokes or generic, not '\(kind)'")
+            throw ValidationError("--kind must be screen, keystrokes, generic or activity, not '\(kind)'")
         }
     }
 

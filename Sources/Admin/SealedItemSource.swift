@@ -15,6 +15,9 @@ struct SealedItem: Sendable, Equatable {
     var sequence: Int64
     var captureTimeMs: Int64
     var size: Int
+    /// The graphical session's user and display (a sealed session blob's header); nil otherwise.
+    var user: UserName? = nil
+    var display: String? = nil
 
     /// Its position in a listing (`(capture time, blob id)` order).
     var cursor: CaptureCursor { CaptureCursor(captureTimeMs: captureTimeMs, blobID: blobID) }
@@ -68,7 +71,8 @@ struct CollectorSource: SealedItemSource {
         let page = try await storageCall { () throws(StorageError) in try await storage.captures(query, after: cursor, limit: limit) }
         return (page.items.map {
             SealedItem(blobID: $0.blobID, agentID: $0.agentID.rawValue, kind: $0.kind, dekID: $0.dekID, kekID: $0.kekID,
-                       sequence: $0.sequence, captureTimeMs: $0.captureTimeMs, size: $0.size)
+                       sequence: $0.sequence, captureTimeMs: $0.captureTimeMs, size: $0.size, user: $0.user,
+                       display: $0.display)
         }, page.next)
     }
     func dekRecord(_ id: DEKID) async throws -> Data? {
@@ -115,7 +119,7 @@ struct RecordStreamSource: SealedItemSource {
                 blobs[h.blobID] = b
                 infos.append(SealedItem(blobID: h.blobID, agentID: h.agentID, kind: h.kind, dekID: h.dekID, kekID: h.kekID,
                                         sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
-                                        size: b.serialized.count))
+                                        size: b.serialized.count, user: h.session?.user, display: h.session?.display))
             }
         }
         self.deks = deks
@@ -133,6 +137,7 @@ struct RecordStreamSource: SealedItemSource {
         let ordered = ascending ? AnySequence(infos) : AnySequence(infos.reversed())
         let selected = ordered.lazy.filter { i in
             (q.agentID == nil || i.agentID == q.agentID?.rawValue) && (q.kind == nil || i.kind == q.kind)
+                && (q.user == nil || i.user == q.user)
                 && (q.sinceMs.map { i.captureTimeMs >= $0 } ?? true) && (q.untilMs.map { i.captureTimeMs < $0 } ?? true)
                 && (cursor.map { ascending ? Self.precedes($0, i.cursor) : Self.precedes(i.cursor, $0) } ?? true)
         }

@@ -40,6 +40,8 @@ enum VideoSkipReason {
 final class VideoStreams {
     struct Key: Hashable {
         var agent: String
+        /// The graphical session's user (sealed session blobs), else nil: its files go in the user's folder.
+        var user: UserName?
         var monitor: Int
         var streamID: String
     }
@@ -72,7 +74,7 @@ final class VideoStreams {
     /// - Throws: what ``packet(_:meta:bytes:)`` throws.
     func add(_ item: SealedItem, meta: VideoPacketMetadata, packet: Data) throws {
         let p = try Self.packet(item, meta: meta, bytes: packet)
-        let key = Key(agent: item.agentID, monitor: meta.monitor, streamID: meta.streamID)
+        let key = Key(agent: item.agentID, user: item.user, monitor: meta.monitor, streamID: meta.streamID)
         let slot: Int
         if let s = slots[key] {
             slot = s
@@ -245,7 +247,7 @@ extension Decryptor {
         let wanted = first.groupStart..<first.index
         var found: [Int: VideoStreams.Packet] = [:]
         var scratch = DecryptReport()  // failures outside the selection are not the selection's
-        let query = CaptureQuery(agentID: agent, kind: .screen, sinceMs: sinceMs - Self.groupLookBackMs,
+        let query = CaptureQuery(agentID: agent, kind: .screen, user: stream.key.user, sinceMs: sinceMs - Self.groupLookBackMs,
                                  untilMs: min(sinceMs, first.timeMs), order: .descending)
         try await source.forEachPage(query) { page in
             for info in page where info.kekID == key.id {
@@ -297,7 +299,8 @@ extension Decryptor {
             return
         }
         let s = r.stream
-        let used = try sink.add(png, at: OutputNaming.screen(agent: s.key.agent, monitor: s.key.monitor, monitorName: s.monitorName,
+        let used = try sink.add(png, at: OutputNaming.screen(agent: s.key.agent, user: s.key.user, monitor: s.key.monitor,
+                                                             monitorName: s.monitorName,
                                                              timeMs: p.timeMs), compress: false)
         r.stillEntries.append(files.count)
         files.append(ManifestFile(path: used, kind: "still", agent: s.key.agent, blobIds: [p.item.blobID.hex],
@@ -316,7 +319,8 @@ extension Decryptor {
             return
         }
         let s = r.stream
-        let used = try sink.add(data, at: OutputNaming.video(agent: s.key.agent, monitor: s.key.monitor, monitorName: s.monitorName,
+        let used = try sink.add(data, at: OutputNaming.video(agent: s.key.agent, user: s.key.user, monitor: s.key.monitor,
+                                                             monitorName: s.monitorName,
                                                              startMs: r.first.timeMs, streamID: s.key.streamID), compress: false)
         files.append(ManifestFile(path: used, kind: "video", agent: s.key.agent, blobIds: r.blobIDs,
                                   captureTime: OutputNaming.iso(r.first.timeMs), bytes: data.count, sha256: sha256Hex(data),

@@ -27,7 +27,7 @@ struct AgentRunner {
         noteStranded(spool)
         let sealer = Sealer(config: config, sink: spool, logger: logger)
         let uploader = try makeUploader(spool: spool)
-        let capture = CaptureService(config: config, sealer: sealer, logger: logger)
+        let capture = CaptureService(config: config, sealer: sealer, logger: logger, backend: CaptureBackends.standard)
         let watcher = KEKWatcher(config: config, sealer: sealer, spool: spool, uploader: uploader, logger: logger,
                                  onReload: { capture.reload($0) })
         watcher.check(config)

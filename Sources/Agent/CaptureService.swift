@@ -1,9 +1,8 @@
-import Capture
+import CaptureCore
 import CaptureFormat
 import CustosBase
 import CustosConfig
 import Envelope
-import Video
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -15,42 +14,47 @@ public struct CaptureCounters: Sendable, Equatable {
     public var framesSealed = 0
     public var framesUnchanged = 0
     public var chunksSealed = 0
+    /// Activity chunks (focus and idle/active periods) sealed.
+    public var activitySealed = 0
+    /// Key presses dropped because an `exclude-window-*` window had the focus (each chunk's
+    /// `[excluded]` markers count them too).
+    public var keysExcluded = 0
     public var skippedNoKEK = 0
     public var errors = 0
     /// Captures not kept, by reason (this run; the spool keeps the lifetime totals).
     public var dropped: [DropReason: Int] = [:]
 }
-
-/// Runs screen and keystroke capture on one dedicated thread (`custos.capture`) and hands
-/// every capture to the `Sealer`.
+/// Records every graphical session the config selects (`display=auto`: each local X session;
+/// `display=:0,:1`: those displays), one `SessionCapture` per session, and hands every capture
+/// to the `Sealer`. Knows the display system only through the capture seam (`CaptureBackend`:
+/// a `SessionSource`, and per session a `FrameSource`, a `KeystrokeSource` and an
+/// `ActivitySource`).
 ///
-/// Everything that blocks — X requests, PNG encoding, sealing, the spool's fsync'd insert —
-/// runs on that thread, never on Swift's cooperative pool, so the uploader and the service
-/// group stay responsive on a 2-core machine. `run()` only starts the thread and waits for it;
-/// graceful shutdown or cancellation asks it to stop: the current capture finishes, the
-/// keystroke recorder is flushed (its open chunk sealed) and stopped (≤ 2 s), and the thread
-/// exits. Keystroke chunks arrive from the recorder's own record thread through a mailbox.
-///
-/// Display problems are reported once for both paths through one `DisplayHealth`. Every capture
-/// not kept is counted by reason (`DropReason`) here and in the spool's counters (`status`),
-/// and logged as "dropped" once per reason until a capture is kept again.
+/// A supervising thread (`custos.sessions`) asks the session source every
+/// ``sessionPollInterval`` (and at once after SIGHUP): a session that appears (a user logs
+/// in, an Xvnc or xrdp session starts) gets its capture started; one that ends (its display
+/// gone) is stopped (its open keystroke chunk and activity sealed); one whose user or cookie
+/// changed is restarted. `run()` only starts that thread and waits for it; graceful shutdown
+/// or cancellation stops every session's capture, then the thread exits. All blocking work
+/// (file reads, X requests, encoding, sealing) runs on these threads, never on Swift's
+/// cooperative pool.
 ///
 /// Captures exist in plaintext only in memory between the capture call and `Sealer.seal`.
-/// With no usable KEK nothing is captured (counted as `sealing-paused`).
 public final class CaptureService: Service, Sendable {
-    private let config: AgentConfig
-    private let sealer: Sealer
+    private let shared: CaptureShared
     private let logger: Logger
-    private let health: DisplayHealth
-    private let counters = Mutex(CaptureCounters())
-    private let lastErrorText = Mutex<String?>(nil)
-    private let settings: Mutex<CaptureSettings>
-    private let mailbox = Mailbox()
+    private let control = Mailbox()
+    /// The running captures, by display.
+    private let running = Mutex<[String: SessionCapture]>([:])
+    /// Per display: its health, kept across restarts of its capture (a refused cookie fixed
+    /// by SIGHUP is logged as recovered once).
+    private let healths = Mutex<[String: DisplayHealth]>([:])
 
     /// The settings `reload(_:)` may change while running (SIGHUP).
     struct CaptureSettings: Equatable, Sendable {
-        /// `display`, `xauthority`: a change reconnects both capture paths.
-        var display: String?
+        /// `display`, `xauthority`: which sessions are recorded and how to connect; a change
+        /// restarts the captures of the sessions it changes.
+        var displays: DisplaySelection
         var xauthority: String?
         /// `screen-format`, `png-level`, `keyframe-interval-seconds`: a change replaces the
         /// screen capturer (video: new streams, starting with keyframes).
@@ -59,15 +63,20 @@ public final class CaptureService: Service, Sendable {
         var screenIntervalMs: Int
 
         init(_ config: AgentConfig) {
-            display = config.display
+            displays = config.displays
             xauthority = config.xauthority
             encoding = config.screenEncoding
             screenIntervalMs = config.screenIntervalMs
         }
 
-        var sameDisplay: (String?, String?) { (display, xauthority) }
+        /// Equal when what a running session's capture uses is equal (not which sessions).
+        static func == (a: CaptureSettings, b: CaptureSettings) -> Bool {
+            a.encoding == b.encoding && a.screenIntervalMs == b.screenIntervalMs
+        }
     }
 
+    /// How often the sessions are looked up again.
+    static let sessionPollInterval = Duration.seconds(5)
     /// How often agent-side drop counts are written to the spool (the spool's own refusals are
     /// written at once).
     static let dropFlushInterval = Duration.seconds(2)
@@ -75,74 +84,94 @@ public final class CaptureService: Service, Sendable {
     static let keystrokeBackoff = Backoff(initial: .seconds(1), cap: .seconds(30))
 
     /// The last capture error, for `record`'s summary.
-    public var lastError: String? { lastErrorText.withLock { $0 } }
+    public var lastError: String? { shared.lastErrorText.withLock { $0 } }
 
-    public init(config: AgentConfig, sealer: Sealer, logger: Logger) {
-        self.config = config
-        self.sealer = sealer
+    /// Records through `backend` (`CaptureBackends.standard` in the agent).
+    public init(config: AgentConfig, sealer: Sealer, logger: Logger, backend: any CaptureBackend) {
+        shared = CaptureShared(config: config, sealer: sealer, backend: backend)
         self.logger = logger
-        self.health = DisplayHealth(logger: logger)
-        self.settings = Mutex(CaptureSettings(config))
+        selection = Mutex((config.displays, config.xauthority))
     }
 
-    /// A snapshot of the counters.
-    public var snapshot: CaptureCounters { counters.withLock { $0 } }
+    /// `display`/`xauthority` in force (SIGHUP may change them).
+    private let selection: Mutex<(DisplaySelection, String?)>
 
-    /// Applies a re-read config (SIGHUP): a new `display` or `xauthority` makes the capture
-    /// thread drop its X connections and reconnect with the new values at once; a new
-    /// `screen-format`, `png-level` or `keyframe-interval-seconds` replaces the screen capturer
-    /// (video streams restart with keyframes); a new `screen-interval-ms` applies from the next
-    /// capture. `keystroke-idle-ms` and the rest take effect at the next start.
+    /// A snapshot of the counters (all sessions).
+    public var snapshot: CaptureCounters { shared.counters.withLock { $0 } }
+
+    /// The sessions being recorded now (for logs and tests).
+    public var sessions: [GraphicalSession] { running.withLock { $0.values.map(\.session) }.sorted { $0.display < $1.display } }
+
+    /// Applies a re-read config (SIGHUP): a new `display` or `xauthority` looks the sessions up
+    /// again at once (captures of sessions no longer selected stop, new ones start, changed ones
+    /// restart); a new `screen-format`, `png-level` or `keyframe-interval-seconds` replaces every
+    /// session's screen capturer (video streams restart with keyframes); a new
+    /// `screen-interval-ms` applies from the next capture; the window rules
+    /// (`sensitive-window-class`, `exclude-window-*`) from the next key and frame.
+    /// `keystroke-idle-ms` and the rest take effect at the next start.
     public func reload(_ config: AgentConfig) {
+        let policy = shared.policy
+        if policy.rules != config.windowRules {
+            policy.update(config.windowRules)
+            logger.info("window rules changed", metadata: [
+                "capture.sensitive-window-class": "\(config.sensitiveWindowClasses.count)",
+                "capture.exclude-window-class": "\(config.excludeWindowClasses.count)",
+                "capture.exclude-window-title": "\(config.excludeWindowTitles.count)",
+            ])
+        }
         let fresh = CaptureSettings(config)
-        let old = settings.withLock { current -> CaptureSettings in
+        let old = shared.settings.withLock { current -> CaptureSettings in
             defer { current = fresh }
             return current
         }
-        guard old != fresh else { return }
-        if old.sameDisplay != fresh.sameDisplay {
-            logger.info("X display settings changed; reconnecting",
-                        metadata: ["capture.display": "\(SafeText.escaped(config.display ?? "$DISPLAY"))",
-                                   "capture.xauthority": "\(SafeText.escaped(config.xauthority ?? "-"))"])
-        }
-        if old.encoding != fresh.encoding || old.screenIntervalMs != fresh.screenIntervalMs {
+        if old != fresh {
             logger.info("screen capture settings changed", metadata: [
                 "capture.screen-format": "\(config.screenFormat.rawValue)",
                 "capture.keyframe-interval-seconds": "\(config.keyframeIntervalSeconds)",
                 "capture.png-level": "\(config.pngLevel)",
                 "capture.screen-interval-ms": "\(config.screenIntervalMs)",
             ])
+            running.withLock { $0.values.forEach { $0.wake() } }
         }
-        mailbox.wake()
+        let changed = selection.withLock { s -> Bool in
+            defer { s = (config.displays, config.xauthority) }
+            return s.0 != config.displays || s.1 != config.xauthority
+        }
+        if changed {
+            logger.info("display settings changed; looking for sessions again",
+                        metadata: ["capture.display": "\(SafeText.escaped(config.displays.description))",
+                                   "capture.xauthority": "\(SafeText.escaped(config.xauthority ?? "-"))"])
+            control.wake()
+        }
     }
 
     public func run() async throws {
-        guard config.keystrokeIdleMs > 0 || config.screenIntervalMs > 0 else {
+        let config = shared.config
+        guard config.keystrokeIdleMs > 0 || config.screenIntervalMs > 0 || config.activityIntervalSeconds > 0 else {
             // Nothing to capture (a way to drain a spool): the agent keeps uploading until stopped.
-            logger.notice("screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured; uploading what is spooled")
+            logger.notice("screen-interval-ms=0, keystroke-idle-ms=0 and activity-interval-seconds=0: nothing is captured; uploading what is spooled")
             try? await gracefulShutdown()
             return
         }
         let thread = Thread { [self] in
-            // Name the OS thread for ps/top/perf (Foundation's `Thread.name` does not on Linux).
-            try? "custos.capture".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
-            self.captureThread()
-            self.mailbox.finish()
+            try? "custos.sessions".write(toFile: "/proc/thread-self/comm", atomically: false, encoding: .utf8)
+            self.supervise()
+            self.control.finish()
         }
-        thread.name = "custos.capture"
+        thread.name = "custos.sessions"
         thread.start()
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
-                await mailbox.finished()
+                await control.finished()
             } onGracefulShutdown: {
-                self.mailbox.requestStop()
+                self.control.requestStop()
             }
         } onCancel: {
-            self.mailbox.requestStop()
+            self.control.requestStop()
         }
     }
 
-    /// Runs both loops for `seconds`, then stops them as on shutdown (for `custos-agent record`).
+    /// Runs the capture for `seconds`, then stops it as on shutdown (for `custos-agent record`).
     public func run(for seconds: Double) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { try? await self.run() }
@@ -151,87 +180,72 @@ public final class CaptureService: Service, Sendable {
         }
     }
 
-    // MARK: - The capture thread
+    // MARK: - The supervising thread
 
-    /// State owned by the capture thread alone.
-    private struct Loop {
-        var settings: CaptureSettings
-        var capturer: ScreenCapturer?
-        var recorder: KeystrokeRecorder?
-        var keystrokeRetry = RetrySchedule(CaptureService.keystrokeBackoff)
-        var nextKeystrokeAttempt = ContinuousClock.now
-        var nextFrame = ContinuousClock.now
-        var nextFlush = ContinuousClock.now + CaptureService.dropFlushInterval
-        /// Agent-side drops not yet written to the spool's counters.
-        var pendingDrops: [DropReason: Int] = [:]
-        var capWarned = false
-        /// Video: the DEK the current streams are sealed under (a new DEK starts new streams),
-        /// and each monitor's current group of pictures (an eviction of it restarts the stream).
-        var streamDEK: DEKID?
-        var currentGroups: [Int: Int64] = [:]
-        let screenDrops = RepeatedErrorLog()
-        let keystrokeDrops = RepeatedErrorLog()
-        let keystrokeErrors = RepeatedErrorLog()
-        /// Per monitor index: a monitor that cannot be recorded is logged once, and once again
-        /// when it records (or is gone).
-        var monitorProblems: [Int: RepeatedErrorLog] = [:]
-    }
-
-    private func captureThread() {
-        var loop = Loop(settings: settings.withLock { $0 })
-        while !mailbox.stopRequested {
-            let settings = settings.withLock { $0 }
-            if settings.sameDisplay != loop.settings.sameDisplay {
-                stopRecorder(&loop)
-                loop.keystrokeRetry.succeeded()
-                loop.nextKeystrokeAttempt = .now
+    private func supervise() {
+        var source: (any SessionSource)?
+        var sourceSelection: (DisplaySelection, String?)?
+        while !control.stopRequested {
+            let wanted = selection.withLock { $0 }
+            if source == nil || sourceSelection.map({ $0.0 != wanted.0 || $0.1 != wanted.1 }) == true {
+                source = shared.backend.makeSessionSource(displays: wanted.0.displays, credentials: wanted.1, logger: logger)
+                sourceSelection = wanted
             }
-            if settings != loop.settings {
-                loop.capturer = nil  // a new capturer: new connection, encoder and streams
-                loop.currentGroups = [:]
-                loop.streamDEK = nil
-                loop.capWarned = false
-                loop.settings = settings
-                loop.nextFrame = .now
-            }
-            let screenOn = loop.settings.screenIntervalMs > 0
-            sealChunks(&loop)
-            if config.keystrokeIdleMs > 0 && loop.recorder == nil && ContinuousClock.now >= loop.nextKeystrokeAttempt {
-                startRecorder(&loop)
-            }
-            if screenOn && ContinuousClock.now >= loop.nextFrame {
-                screenTick(&loop)
-                // The interval is the pause between captures.
-                loop.nextFrame = .now + .milliseconds(loop.settings.screenIntervalMs)
-            }
-            if ContinuousClock.now >= loop.nextFlush {
-                flushDrops(&loop)
-                loop.nextFlush = .now + Self.dropFlushInterval
-            }
-            var wakeAt = loop.nextFlush
-            if screenOn { wakeAt = min(wakeAt, loop.nextFrame) }
-            if config.keystrokeIdleMs > 0 && loop.recorder == nil { wakeAt = min(wakeAt, loop.nextKeystrokeAttempt) }
-            mailbox.wait(until: wakeAt)
+            reconcile(source!.sessions())
+            control.wait(until: .now + Self.sessionPollInterval)
         }
-        stopRecorder(&loop)
-        loop.capturer = nil
-        flushDrops(&loop)
-    }
-
-    private func drop(_ reason: DropReason, _ loop: inout Loop, countedBySpool: Bool = false) {
-        counters.withLock { $0.dropped[reason, default: 0] += 1 }
-        if !countedBySpool { loop.pendingDrops[reason, default: 0] += 1 }
-    }
-
-    private func flushDrops(_ loop: inout Loop) {
-        for (reason, count) in loop.pendingDrops where count > 0 {
-            sealer.countDropped(reason, count: count)
+        // Stop them all at once (each seals what it holds), then wait for each.
+        let all = running.withLock { r in
+            defer { r = [:] }
+            return Array(r.values)
         }
-        loop.pendingDrops = [:]
+        all.forEach { $0.requestStop() }
+        all.forEach { $0.stop() }
+    }
+
+    /// Starts the captures of new sessions, stops those of ended ones, restarts changed ones.
+    private func reconcile(_ found: [GraphicalSession]) {
+        let wanted = Dictionary(found.map { ($0.display, $0) }, uniquingKeysWith: { a, _ in a })
+        let current = running.withLock { $0 }
+        for (display, capture) in current {
+            guard let session = wanted[display] else {
+                logger.notice("session ended; its capture stops", metadata: Self.metadata(capture.session))
+                capture.stop()
+                running.withLock { _ = $0.removeValue(forKey: display) }
+                continue
+            }
+            if session.user != capture.session.user || session.uid != capture.session.uid
+                || session.credentials != capture.session.credentials {
+                logger.notice("session changed (user or cookie); its capture restarts", metadata: Self.metadata(session))
+                capture.stop()
+                running.withLock { _ = $0.removeValue(forKey: display) }
+            }
+        }
+        for session in found where running.withLock({ $0[session.display] == nil }) {
+            guard !control.stopRequested else { return }
+            logger.notice("recording session", metadata: Self.metadata(session))
+            let health = healths.withLock { h -> DisplayHealth in
+                if let known = h[session.display] { return known }
+                var l = logger
+                l[metadataKey: "capture.display"] = "\(SafeText.escaped(session.display))"
+                let fresh = DisplayHealth(logger: l)
+                h[session.display] = fresh
+                return fresh
+            }
+            let capture = SessionCapture(session: session, shared: shared, logger: logger, health: health)
+            running.withLock { $0[session.display] = capture }
+            capture.start()
+        }
+    }
+
+    private static func metadata(_ s: GraphicalSession) -> Logger.Metadata {
+        ["capture.display": "\(SafeText.escaped(s.display))", "capture.user": "\(SafeText.escaped(s.userName.rawValue))",
+         "capture.session": "\(SafeText.escaped(s.origin.description))",
+         "capture.xauthority": "\(SafeText.escaped(s.credentials ?? "-"))"]
     }
 
     /// The drop reason of a failed seal, and whether the spool already counted it.
-    private static func reason(ofSealError error: any Error) -> (DropReason, countedBySpool: Bool) {
+    static func reason(ofSealError error: any Error) -> (DropReason, countedBySpool: Bool) {
         if let e = error as? SpoolError {
             switch e.code {
             case .tooLarge: return (.tooLarge, true)
@@ -243,173 +257,6 @@ public final class CaptureService: Service, Sendable {
         }
         if error is SealerUnavailable { return (.sealingPaused, false) }
         return (.sealError, false)
-    }
-
-    // MARK: Screen
-
-    private func screenTick(_ loop: inout Loop) {
-        guard sealer.isAvailable else {
-            counters.withLock { $0.skippedNoKEK += 1 }
-            drop(.sealingPaused, &loop)
-            return
-        }
-        let frames: [FrameCapture]
-        do {
-            if loop.capturer == nil {
-                loop.capturer = try ScreenCapturer(display: loop.settings.display, xauthority: loop.settings.xauthority,
-                                                   encoding: loop.settings.encoding, logger: logger, health: health)
-            }
-            if case .video = loop.settings.encoding {
-                // A new DEK begins with keyframes: each DEK's packets decode on their own.
-                let dek = try sealer.rotateIfDue()
-                if dek != loop.streamDEK {
-                    loop.capturer!.restartStreams()
-                    loop.streamDEK = dek
-                }
-            }
-            frames = try loop.capturer!.captureAll()
-        } catch let error as CaptureError where error.code == .displayUnavailable {
-            // Reported once by `health`; the capturer reconnects with backoff.
-            counters.withLock { $0.errors += 1 }
-            lastErrorText.withLock { $0 = "\(error)" }
-            return
-        } catch {
-            counters.withLock { $0.errors += 1 }
-            lastErrorText.withLock { $0 = "\(error)" }
-            drop(.captureError, &loop)
-            loop.screenDrops.failure("screen capture dropped (\(DropReason.captureError)): \(error)",
-                                     key: DropReason.captureError.rawValue, logger: logger)
-            return
-        }
-        if !loop.capWarned, let capturer = loop.capturer {
-            loop.capWarned = true
-            let format: ScreenFormat = if case .video = loop.settings.encoding { .video } else { .png }
-            if let advice = Self.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: format,
-                                                monitors: capturer.monitorSizes()) {
-                logger.warning("\(advice)")
-            }
-        }
-        // A monitor that is gone no longer fails.
-        for (monitor, log) in loop.monitorProblems where monitor >= frames.count {
-            log.success("screen capture of monitor \(monitor) stopped failing: the monitor is gone", logger: logger)
-            loop.monitorProblems[monitor] = nil
-        }
-        var sealedAny = false
-        for frame in frames {
-            let plaintext: Data, timeMs: Int64, packet: VideoPacketMetadata?
-            switch frame {
-            case .changed(let meta, let png):
-                (plaintext, timeMs, packet) = (FramePayload.encode(meta, png: png), meta.captureTimeMs, nil)
-            case .packet(let meta, let bytes):
-                (plaintext, timeMs, packet) = (VideoPacketPayload.encode(meta, packet: bytes), meta.captureTimeMs, meta)
-            case .unchanged:
-                counters.withLock { $0.framesUnchanged += 1 }
-                continue
-            case .skipped(let monitor, let error):
-                let reason: DropReason = error.code == .monitorUnsupported ? .monitorUnsupported : .encodeError
-                counters.withLock { $0.errors += 1 }
-                lastErrorText.withLock { $0 = "\(error)" }
-                drop(reason, &loop)
-                loop.currentGroups[monitor] = nil
-                let log = loop.monitorProblems[monitor] ?? RepeatedErrorLog()
-                loop.monitorProblems[monitor] = log
-                log.failure("screen capture of monitor \(monitor) dropped (\(reason)): \(error.message)", key: reason.rawValue,
-                            level: reason == .monitorUnsupported ? .warning : .error, logger: logger)
-                continue
-            }
-            if let log = loop.monitorProblems.removeValue(forKey: frame.monitor) {
-                log.success("screen capture of monitor \(frame.monitor) recording again", logger: logger)
-            }
-            do {
-                let receipt = try sealer.seal(plaintext, kind: .screen, captureTimeMs: timeMs, group: packet?.groupID)
-                counters.withLock { $0.framesSealed += 1 }
-                sealedAny = true
-                if let packet {
-                    loop.currentGroups[packet.monitor] = packet.groupID
-                    if receipt.dekID != loop.streamDEK {  // rotated inside seal (a limit reached mid-capture)
-                        loop.capturer?.restartStreams()
-                        loop.streamDEK = receipt.dekID
-                    }
-                }
-                noteEvictions(receipt.evictedGroups, &loop)
-                loop.screenDrops.success("screen captures kept again", logger: logger)
-            } catch {
-                if let packet {
-                    // The stream cannot go on without this packet: its monitor starts a new one.
-                    loop.capturer?.restartStreams(monitor: packet.monitor)
-                    loop.currentGroups[packet.monitor] = nil
-                }
-                let (reason, counted) = Self.reason(ofSealError: error)
-                counters.withLock { $0.errors += 1 }
-                lastErrorText.withLock { $0 = "\(error)" }
-                drop(reason, &loop, countedBySpool: counted)
-                loop.screenDrops.failure("screen capture dropped (\(reason)): \(error)", key: reason.rawValue,
-                                         metadata: ["capture.bytes": "\(plaintext.count)"], logger: logger)
-            }
-        }
-        if sealedAny { MemoryPolicy.trim() }
-    }
-
-    /// Restarts the video stream of every monitor whose current group of pictures the spool
-    /// evicted (its next packets could not decode), so the next frame is a keyframe.
-    private func noteEvictions(_ groups: Set<Int64>, _ loop: inout Loop) {
-        guard !groups.isEmpty else { return }
-        for (monitor, group) in loop.currentGroups where groups.contains(group) {
-            loop.capturer?.restartStreams(monitor: monitor)
-            loop.currentGroups[monitor] = nil
-        }
-    }
-
-    // MARK: Keystrokes
-
-    private func startRecorder(_ loop: inout Loop) {
-        guard sealer.isAvailable else {
-            loop.nextKeystrokeAttempt = .now + .seconds(1)
-            return
-        }
-        let mailbox = self.mailbox
-        do {
-            let recorder = try KeystrokeRecorder(display: loop.settings.display, xauthority: loop.settings.xauthority,
-                                                 idleMs: config.keystrokeIdleMs, maxKeysPerChunk: 4096, logger: logger,
-                                                 health: health, onChunk: { mailbox.post($0) })
-            try recorder.start()
-            loop.recorder = recorder
-            loop.keystrokeRetry.succeeded()
-            loop.keystrokeErrors.success("keystroke capture started", logger: logger)
-        } catch {
-            loop.nextKeystrokeAttempt = .now + loop.keystrokeRetry.failed()
-            // A missing display is reported by `health`; anything else (no RECORD) here, once.
-            if (error as? CaptureError)?.code != .displayUnavailable {
-                loop.keystrokeErrors.failure("keystroke capture unavailable; retrying with backoff: \(error)",
-                                             logger: logger)
-            }
-        }
-    }
-
-    /// Flushes and stops the recorder (≤ 2 s), then seals what it delivered.
-    private func stopRecorder(_ loop: inout Loop) {
-        guard let recorder = loop.recorder else { return }
-        recorder.flush()
-        recorder.stop()
-        loop.recorder = nil
-        sealChunks(&loop)
-    }
-
-    private func sealChunks(_ loop: inout Loop) {
-        for chunk in mailbox.takeChunks() {
-            do {
-                let receipt = try sealer.seal(chunk.encoded(), kind: .keystrokes, captureTimeMs: chunk.startMs)
-                counters.withLock { $0.chunksSealed += 1 }
-                noteEvictions(receipt.evictedGroups, &loop)  // keystrokes evict screen records first
-                loop.keystrokeDrops.success("keystroke chunks kept again", logger: logger)
-            } catch {
-                let (reason, counted) = Self.reason(ofSealError: error)
-                counters.withLock { $0.errors += 1 }
-                drop(reason, &loop, countedBySpool: counted)
-                loop.keystrokeDrops.failure("keystroke chunk dropped (\(reason)): \(error)", key: reason.rawValue,
-                                            logger: logger)
-            }
-        }
     }
 
     // MARK: - Spool cap against frame size
@@ -447,73 +294,15 @@ public final class CaptureService: Service, Sendable {
             + "(monitor \(SafeText.escaped(largest.name)), screen-format=\(format.rawValue)) can seal to \(worst) bytes: "
             + "larger ones are dropped (counted as too-large in `custos-agent status`); spool-max-mb=\(enough) or more keeps every one"
     }
-
-}
-
-/// Wakes the capture thread and carries keystroke chunks to it from the record thread; tells
-/// `run()` when the thread has finished.
-private final class Mailbox: Sendable {
-    private struct State {
-        var chunks: [KeystrokeChunk] = []
-        var stop = false
-        var finished = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
-    private let state = Mutex(State())
-    private let signal = DispatchSemaphore(value: 0)
-
-    var stopRequested: Bool { state.withLock { $0.stop } }
-
-    func post(_ chunk: KeystrokeChunk) {
-        state.withLock { $0.chunks.append(chunk) }
-        signal.signal()
-    }
-
-    func takeChunks() -> [KeystrokeChunk] {
-        state.withLock { s in
-            defer { s.chunks = [] }
-            return s.chunks
-        }
-    }
-
-    func wake() { signal.signal() }
-
-    func requestStop() {
-        state.withLock { $0.stop = true }
-        signal.signal()
-    }
-
-    /// Blocks the capture thread until `deadline`, a posted chunk, a wake or a stop request.
-    func wait(until deadline: ContinuousClock.Instant) {
-        let left = ContinuousClock.now.duration(to: deadline)
-        guard left > .zero, state.withLock({ $0.chunks.isEmpty && !$0.stop }) else { return }
-        let ns = left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000
-        _ = signal.wait(timeout: .now() + .nanoseconds(Int(min(ns, Int64(Int32.max)))))
-    }
-
-    func finish() {
-        let waiters = state.withLock { s in
-            s.finished = true
-            defer { s.waiters = [] }
-            return s.waiters
-        }
-        waiters.forEach { $0.resume() }
-    }
-
-    /// Returns once the capture thread has finished.
-    func finished() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let done = state.withLock { s -> Bool in
-                if s.finished { return true }
-                s.waiters.append(c)
-                return false
-            }
-            if done { c.resume() }
-        }
-    }
 }
 
 extension AgentConfig {
+    /// What `sensitive-window-class`, `exclude-window-class` and `exclude-window-title` ask of the sources.
+    var windowRules: WindowRules {
+        WindowRules(sensitiveClasses: sensitiveWindowClasses, excludedClasses: excludeWindowClasses,
+                    excludedTitles: excludeWindowTitles)
+    }
+
     /// What `screen-format`, `png-level` and `keyframe-interval-seconds` ask of the capturer.
     var screenEncoding: ScreenEncoding {
         switch screenFormat {

@@ -1,4 +1,4 @@
-import Capture
+import CaptureCore
 import CustosBase
 import CustosConfig
 import Envelope
@@ -15,7 +15,8 @@ enum CheckConfig {
     /// Limit for the collector probe (connect and handshake).
     static let probeTimeout = Duration.seconds(5)
 
-    static func run(config: AgentConfig, print: (String) -> Void) async -> Bool {
+    static func run(config: AgentConfig, backend: any CaptureBackend = CaptureBackends.standard,
+                    print: (String) -> Void) async -> Bool {
         var ok = true
         func line(_ good: Bool, _ what: String, _ detail: String, required: Bool = true) {
             print("\(good ? "ok  " : (required ? "FAIL" : "warn")) \(what): \(detail)")
@@ -30,8 +31,9 @@ enum CheckConfig {
             line(false, "kek", "\(error)")
         }
         line(true, "agent-id", config.agentID.rawValue)
-        if config.screenIntervalMs == 0 && config.keystrokeIdleMs == 0 {
-            line(false, "capture", "screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured; the agent only uploads what is spooled",
+        line(true, "window rules", Self.windowRulesSummary(config))
+        if config.screenIntervalMs == 0 && config.keystrokeIdleMs == 0 && config.activityIntervalSeconds == 0 {
+            line(false, "capture", "screen-interval-ms=0, keystroke-idle-ms=0 and activity-interval-seconds=0: nothing is captured; the agent only uploads what is spooled",
                  required: false)
         }
         if !config.serverURLs.isEmpty {
@@ -56,26 +58,39 @@ enum CheckConfig {
         } else {
             line(true, "server-url", "not set: captures stay in the spool", required: false)
         }
-        do {
-            let capturer = try ScreenCapturer(display: config.display, xauthority: config.xauthority,
-                                              encoding: config.screenEncoding,
-                                              logger: Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() })
-            // The reason the first connection failed (no server / authorization refused), not a retry delay.
-            if let problem = capturer.connectError { throw problem }
-            let frames = try capturer.captureAll()
-            line(true, "display", "\(config.display ?? "(DISPLAY unset)"): \(frames.count) monitor(s) readable")
-            let monitors = capturer.monitorSizes()
-            for warning in capturer.unrecordableMonitors() {
-                line(false, "display", warning, required: false)
+        let quiet = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
+        let sessions = backend.makeSessionSource(displays: config.displays.displays, credentials: config.xauthority,
+                                                 logger: quiet).sessions()
+        if sessions.isEmpty {
+            // With display=auto nobody may be logged in yet: recording starts when someone is.
+            line(config.displays == .auto, "display", config.displays == .auto
+                 ? "auto: no graphical session now; sessions are recorded as they start"
+                 : "\(config.displays): no display", required: config.displays != .auto)
+        }
+        var monitors: [(name: String, width: Int, height: Int)] = []
+        for session in sessions {
+            let about = " (user \(SafeText.escaped(session.userName.rawValue)), \(session.origin), cookie \(SafeText.escaped(session.credentials ?? "default")))"
+            do {
+                let capturer = try backend.makeFrameSource(session.target, encoding: config.screenEncoding,
+                                                           policy: CapturePolicy(config.windowRules), logger: quiet,
+                                                           health: DisplayHealth(logger: quiet))
+                // The reason the first connection failed (no server / authorization refused), not a retry delay.
+                if let problem = capturer.connectError { throw problem }
+                let frames = try capturer.captureAll(now: Date())
+                line(true, "display", "\(session.display): \(frames.count) monitor(s) readable" + about)
+                monitors += capturer.monitorSizes()
+                for warning in capturer.unrecordableMonitors() {
+                    line(false, "display", warning, required: false)
+                }
+            } catch let error as CaptureError {
+                line(false, "display", "\(session.display): \(error.message)" + about)
+            } catch {
+                line(false, "display", "\(session.display): \(error)" + about)
             }
-            if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: config.screenFormat,
-                                                          monitors: monitors) {
-                line(false, "spool-max-mb", advice, required: false)
-            }
-        } catch let error as CaptureError {
-            line(false, "display", "\(config.display ?? "(DISPLAY unset)"): \(error.message)")
-        } catch {
-            line(false, "display", "\(config.display ?? "(DISPLAY unset)"): \(error)")
+        }
+        if let advice = CaptureService.spoolCapAdvice(spoolMaxMB: config.spoolMaxMB, format: config.screenFormat,
+                                                      monitors: monitors) {
+            line(false, "spool-max-mb", advice, required: false)
         }
         let spool = probeSpoolDirectory(config.spoolDir)
         line(spool.ok, "spool-dir", "\(config.spoolDir): \(spool.detail)")
@@ -86,6 +101,19 @@ enum CheckConfig {
             }
         }
         return ok
+    }
+
+    /// The window rules in force, per key: how many patterns, exact and regular expressions
+    /// (each already compiled while the config was parsed), and what always applies.
+    static func windowRulesSummary(_ config: AgentConfig) -> String {
+        func count(_ key: String, _ patterns: [WindowPattern]) -> String {
+            let regex = patterns.filter(\.isRegularExpression).count
+            return "\(key) \(patterns.count) (\(patterns.count - regex) exact, \(regex) regular expression\(regex == 1 ? "" : "s"))"
+        }
+        return [count("sensitive-window-class", config.sensitiveWindowClasses),
+                count("exclude-window-class", config.excludeWindowClasses),
+                count("exclude-window-title", config.excludeWindowTitles)].joined(separator: ", ")
+            + "; keystrokes are suppressed while another program grabs the keyboard (password prompts)"
     }
 
     /// Records in an existing spool sealed under another agent id than `agent-id` (the collector

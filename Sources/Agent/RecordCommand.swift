@@ -42,19 +42,19 @@ struct RecordCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("custos-agent record: \(sealer.status.reason ?? "no KEK")\n".utf8))
             throw ExitCode(2)
         }
-        let capture = CaptureService(config: config, sealer: sealer, logger: logger)
+        let capture = CaptureService(config: config, sealer: sealer, logger: logger, backend: CaptureBackends.standard)
         await capture.run(for: seconds)
         try sink.close()
         let c = capture.snapshot
-        if c.framesSealed == 0 && c.chunksSealed == 0 {
+        if c.framesSealed == 0 && c.chunksSealed == 0 && c.activitySealed == 0 {
             // Nothing captured: remove the file (it holds only a DEK record) and say why.
             unlink(out)
             let why = capture.lastError.map { "; last error: \($0)" } ?? ""
-            FileHandle.standardError.write(Data("custos-agent record: nothing was captured in \(seconds) s on display \(config.display ?? "(DISPLAY unset)") (errors: \(c.errors))\(why); \(out) not written\n".utf8))
+            FileHandle.standardError.write(Data("custos-agent record: nothing was captured in \(seconds) s on display \(config.displays) (errors: \(c.errors))\(why); \(out) not written\n".utf8))
             throw ExitCode(1)
         }
         defer { print("open it with: custos open --key keypair.pem --in \(out) --out DIR/") }
-        print("recorded \(out): frames=\(c.framesSealed) unchanged=\(c.framesUnchanged) keystroke-chunks=\(c.chunksSealed) errors=\(c.errors) kek=\(sealer.status.kekID?.hex ?? "-")")
+        print("recorded \(out): frames=\(c.framesSealed) unchanged=\(c.framesUnchanged) keystroke-chunks=\(c.chunksSealed) activity=\(c.activitySealed) errors=\(c.errors) kek=\(sealer.status.kekID?.hex ?? "-")")
     }
 }
 

@@ -173,20 +173,22 @@ public final class Sealer: Sendable {
 
     /// Seals `plaintext` and puts the sealed blob into the sink (in `group`, a video packet's
     /// group of pictures). Rotates the DEK first when the configured blob, byte or age limit is
-    /// reached.
+    /// reached. `session`: the graphical session (user, display) the capture comes from, named
+    /// in the blob's authenticated header (docs/FORMAT.md "Sealed session blob").
     /// - Returns: the DEK used and the groups of pictures the sink evicted for it.
     /// - Throws: `SealerUnavailable` when there is no KEK, or the sink's / Envelope's error.
     @discardableResult
-    public func seal(_ plaintext: Data, kind: CaptureKind, captureTimeMs: Int64, group: Int64? = nil) throws -> SealReceipt {
+    public func seal(_ plaintext: Data, kind: CaptureKind, captureTimeMs: Int64, group: Int64? = nil,
+                     session: BlobSession? = nil) throws -> SealReceipt {
         guard let (active, config) = state.withLock({ s in s.active.map { ($0, s.config) } }) else {
             throw SealerUnavailable(description: state.withLock { $0.unavailable } ?? "no KEK")
         }
-        var session = active.session
-        if session.needsRotation(Self.policy(config), now: now()) {
+        var dekSession = active.session
+        if dekSession.needsRotation(Self.policy(config), now: now()) {
             try startSession(kek: active.kek, file: active.kekFile, config: config, reason: "rotation")
-            session = state.withLock { $0.active?.session } ?? session
+            dekSession = state.withLock { $0.active?.session } ?? dekSession
         }
-        let blob = try session.seal(plaintext, kind: kind, captureTimeMs: captureTimeMs)
+        let blob = try dekSession.seal(plaintext, kind: kind, captureTimeMs: captureTimeMs, session: session)
         let evicted = try sink.put(.blob(blob), kind: SpoolKind(kind), dekID: blob.header.dekID,
                                    captureTimeMs: captureTimeMs, group: group)
         return SealReceipt(dekID: blob.header.dekID, evictedGroups: evicted)
@@ -199,6 +201,7 @@ extension SpoolKind {
         case .screen: self = .screen
         case .keystrokes: self = .keystrokes
         case .generic: self = .generic
+        case .activity: self = .activity
         }
     }
 }

@@ -93,12 +93,23 @@ public struct Keystroke: Codable, Sendable, Equatable {
     public var text: String
     /// `nil` or `true` for a press, `false` for a release (releases are only recorded on request).
     public var pressed: Bool?
+    /// For a marker that stands for keys left out (`[suppressed]`, `[excluded]`): the time of
+    /// the last of them (`timeMs` is the first's), ms since the epoch; nil for a key.
+    public var untilMs: Int64?
+    /// For `[excluded]`: how many key presses it stands for; nil otherwise (a `[suppressed]`
+    /// marker does not count them: a password's length is itself a secret).
+    public var count: Int?
 
-    public init(timeMs: Int64, text: String, pressed: Bool? = nil) {
+    public init(timeMs: Int64, text: String, pressed: Bool? = nil, untilMs: Int64? = nil, count: Int? = nil) {
         self.timeMs = timeMs
         self.text = text
         self.pressed = pressed
+        self.untilMs = untilMs
+        self.count = count
     }
+
+    /// Whether this entry is a marker for keys left out rather than a key.
+    public var isMarker: Bool { untilMs != nil }
 
     /// Whether this is a press (`pressed` is `nil` or `true`).
     public var isPress: Bool { pressed ?? true }
@@ -166,6 +177,12 @@ public enum KeyToken {
     public static func literal(_ text: String) -> String {
         text == "[" ? "[[" : text
     }
+
+    /// The marker for keys not recorded while another client held an active keyboard grab (a
+    /// password prompt, a screen locker) or a `sensitive-window-class` window had the focus.
+    public static let suppressed = "[suppressed]"
+    /// The marker for keys dropped while an `exclude-window-*` window had the focus.
+    public static let excluded = "[excluded]"
 }
 
 /// The framing both binary payloads share: a 4-byte magic, a version byte, a big-endian u32

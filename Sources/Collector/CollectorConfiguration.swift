@@ -41,7 +41,7 @@ import Wire
 ///   many days (by capture time) are deleted with their blob bytes, which are erased from blob
 ///   files (docs/STORAGE.md "Retention", "Releasing blob bytes").
 /// - `retention-days-kind` (KIND:DAYS, repeatable): days for one capture kind (screen,
-///   keystrokes, generic), over `retention-days`.
+///   keystrokes, generic, activity), over `retention-days`.
 /// - `retention-days-agent` (AGENT:DAYS, repeatable): days for one agent, over every kind rule
 ///   and `retention-days`. Precedence: agent rule > kind rule > default; 0 keeps forever.
 ///   Legal holds (`custos hold add`) win over all of them (``RetentionPolicy``).
@@ -154,7 +154,7 @@ public struct CollectorConfiguration: Sendable {
                   doc: "TLS connections open at once, idle keep-alives included (each holds about 55 KB of memory and a file descriptor). A connection above it is closed before its TLS handshake, logged once per episode; agents retry with backoff. Agents keep one connection each: allow for your fleet, and keep it below the file-descriptor limit (LimitNOFILE; the collector raises its soft limit to the hard one at start)."),
         ConfigKey("retention-days", type: "integer 0...36500", default: "0",
                   doc: "Captures whose capture time is more than this many days ago are deleted, with their blob bytes (DEK records stay; bytes in blob files, SQLite's or PostgreSQL's blob-dir=, are erased there: a hole punched, or zeros where the file system cannot punch holes). 0 keeps them forever. Overridden by retention-days-kind and retention-days-agent; never deletes captures of an agent under a legal hold (custos hold add)."),
-        ConfigKey("retention-days-kind", type: "KIND:DAYS (KIND: screen, keystrokes, generic; DAYS 0...36500)", default: nil, repeatable: true,
+        ConfigKey("retention-days-kind", type: "KIND:DAYS (KIND: screen, keystrokes, generic, activity; DAYS 0...36500)", default: nil, repeatable: true,
                   doc: "Days for one capture kind, over retention-days (0: keep that kind forever). One line per kind."),
         ConfigKey("retention-days-agent", type: "AGENT:DAYS (DAYS 0...36500)", default: nil, repeatable: true,
                   doc: "Days for one agent's captures, over retention-days-kind and retention-days (0: keep that agent's forever). Precedence: agent rule, then kind rule, then retention-days. One line per agent."),
@@ -293,7 +293,7 @@ public struct CollectorConfiguration: Sendable {
             let (name, d) = try rule(e, "KIND")
             guard let kind = CaptureKind(name: name) else {
                 throw ConfigError(file: f.path, line: e.line, key: e.key,
-                                  "expected a capture kind (screen, keystrokes or generic) before ':', found \(SafeText.quoted(name))")
+                                  "expected a capture kind (screen, keystrokes, generic or activity) before ':', found \(SafeText.quoted(name))")
             }
             if let first = kindLines[kind] {
                 throw ConfigError(file: f.path, line: e.line, key: e.key, "a second rule for kind \(kind.name) (first on line \(first)); expected one per kind")

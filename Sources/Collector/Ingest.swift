@@ -124,7 +124,7 @@ public struct Ingestor: Sendable {
                 items.append(.dek(StoredDEK(dekID: r.dekID, kekID: kek, agentID: agentID, creationTimeMs: r.creationTimeMs,
                                             record: rec.bytes)))
                 itemIndex.append(i)
-            case 2:
+            case 2, 3:  // a sealed blob, or a sealed session blob (docs/FORMAT.md)
                 let b: SealedBlob
                 do { b = try SealedBlob(parsing: rec.bytes) } catch {
                     refuse(.malformed, retryable: false, id: nil, "sealed blob does not parse: \(error)")
@@ -142,7 +142,7 @@ public struct Ingestor: Sendable {
                 }
                 items.append(.blob(StoredBlob(blobID: h.blobID, agentID: agentID, kind: h.kind, dekID: h.dekID, kekID: kek,
                                               sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
-                                              bytes: rec.bytes)))
+                                              bytes: rec.bytes, user: h.session?.user, display: h.session?.display)))
                 itemIndex.append(i)
             default:
                 refuse(.malformed, retryable: false, id: nil, "unknown record type \(rec.type)")

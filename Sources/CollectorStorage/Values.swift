@@ -103,9 +103,13 @@ public struct StoredBlob: Sendable, Equatable {
     public var captureTimeMs: Int64
     /// The serialized sealed blob (docs/FORMAT.md).
     public var bytes: Data
+    /// The graphical session's user and display, from a sealed session blob's header; nil for
+    /// a plain sealed blob. Stored beside the row so listings filter by user without a key.
+    public var user: UserName?
+    public var display: String?
 
     public init(blobID: BlobID, agentID: AgentID, kind: CaptureKind, dekID: DEKID, kekID: KEKID, sequence: Int64,
-                captureTimeMs: Int64, bytes: Data) {
+                captureTimeMs: Int64, bytes: Data, user: UserName? = nil, display: String? = nil) {
         self.blobID = blobID
         self.agentID = agentID
         self.kind = kind
@@ -114,6 +118,8 @@ public struct StoredBlob: Sendable, Equatable {
         self.sequence = sequence
         self.captureTimeMs = captureTimeMs
         self.bytes = bytes
+        self.user = user
+        self.display = display
     }
 }
 
@@ -149,6 +155,8 @@ public enum IngestOutcome: Sendable, Equatable {
 public struct CaptureQuery: Sendable, Equatable {
     public var agentID: AgentID?
     public var kind: CaptureKind?
+    /// The session's user name (captures of sealed session blobs only; docs/FORMAT.md).
+    public var user: UserName?
     /// Capture time lower bound, Unix ms, inclusive.
     public var sinceMs: Int64?
     /// Capture time upper bound, Unix ms, exclusive.
@@ -158,10 +166,11 @@ public struct CaptureQuery: Sendable, Equatable {
 
     public enum Order: Sendable, Equatable { case ascending, descending }
 
-    public init(agentID: AgentID? = nil, kind: CaptureKind? = nil, sinceMs: Int64? = nil, untilMs: Int64? = nil,
-                order: Order = .ascending) {
+    public init(agentID: AgentID? = nil, kind: CaptureKind? = nil, user: UserName? = nil, sinceMs: Int64? = nil,
+                untilMs: Int64? = nil, order: Order = .ascending) {
         self.agentID = agentID
         self.kind = kind
+        self.user = user
         self.sinceMs = sinceMs
         self.untilMs = untilMs
         self.order = order
@@ -204,9 +213,14 @@ public struct CaptureInfo: Sendable, Equatable {
     public var size: Int
     /// When the collector stored it, Unix ms.
     public var receivedAtMs: Int64
+    /// The graphical session's user and display (sealed session blobs; nil otherwise).
+    public var user: UserName?
+    public var display: String?
 
     public init(blobID: BlobID, agentID: AgentID, kind: CaptureKind, dekID: DEKID, kekID: KEKID, sequence: Int64,
-                captureTimeMs: Int64, size: Int, receivedAtMs: Int64) {
+                captureTimeMs: Int64, size: Int, receivedAtMs: Int64, user: UserName? = nil, display: String? = nil) {
+        self.user = user
+        self.display = display
         self.blobID = blobID
         self.agentID = agentID
         self.kind = kind

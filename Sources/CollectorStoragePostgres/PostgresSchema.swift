@@ -257,6 +257,20 @@ enum PostgresSchema {
             CREATE INDEX admin_login_failures_last ON admin_login_failures (last_failure)
             """#,
         ]),
+        Migration(version: 7, name: "v7-sessions", statements: [
+            // The graphical session of a sealed session blob (its header's user and display;
+            // docs/FORMAT.md "Sealed session blob"); NULL for plain blobs. One user's captures
+            // are one index range, as an agent's are.
+            #"""
+            ALTER TABLE captures ADD COLUMN user_name text, ADD COLUMN display text
+            """#,
+            #"""
+            CREATE INDEX captures_user_time ON captures (user_name, capture_time, blob_id)
+            """#,
+            #"""
+            CREATE INDEX captures_agent_user_time ON captures (agent_id, user_name, capture_time, blob_id)
+            """#,
+        ]),
     ]
 
     /// The newest version this build knows.

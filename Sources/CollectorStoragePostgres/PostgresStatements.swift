@@ -48,16 +48,19 @@ enum PostgresStatements {
     /// Ids must be distinct (the caller keeps later copies of an id out). Times are Unix ms
     /// (`timestamptz` exact to the millisecond: whole seconds through `to_timestamp`, the rest
     /// as an interval); `refs` holds the ``BlobRef`` text of a blob whose bytes are in a blob
-    /// file (its `bytes` entry empty), else "".
+    /// file (its `bytes` entry empty), else "". `users`/`displays` hold a session blob's user and
+    /// display (docs/FORMAT.md "Sealed session blob"), "" for NULL: a session's are never empty.
     struct InsertCaptures: PostgresPreparedStatement {
-        static let name = "custos_insert_captures_v1"
+        static let name = "custos_insert_captures_v2"
         static let sql = """
-            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, blob_ref, received_at)
+            INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob, blob_ref, received_at,
+                                  user_name, display)
             SELECT u.id, u.agent, u.kind, u.dek, u.kek, u.seq,
                    to_timestamp((u.t / 1000)::float8) + (u.t % 1000) * interval '1 millisecond', u.sz, u.b, NULLIF(u.r, ''),
-                   to_timestamp($11::int8) + $12::int8 * interval '1 millisecond'
+                   to_timestamp($11::int8) + $12::int8 * interval '1 millisecond',
+                   NULLIF(u.usr, ''), NULLIF(u.dpy, '')
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[], $8::int8[],
-                        $9::bytea[], $10::text[]) AS u(id, agent, kind, dek, kek, seq, t, sz, b, r)
+                        $9::bytea[], $10::text[], $13::text[], $14::text[]) AS u(id, agent, kind, dek, kek, seq, t, sz, b, r, usr, dpy)
             WHERE u.agent = (SELECT d.agent_id FROM encryption_dek d WHERE d.dek_id = u.dek)
             ORDER BY u.id
             ON CONFLICT (blob_id) DO NOTHING
@@ -65,13 +68,13 @@ enum PostgresStatements {
             """
         static let bindingDataTypes: [PostgresDataType] = [
             .textArray, .textArray, .textArray, .textArray, .textArray, .int8Array, .int8Array, .int8Array,
-            .byteaArray, .textArray, .int8, .int8,
+            .byteaArray, .textArray, .int8, .int8, .textArray, .textArray,
         ]
         typealias Row = String
 
         var ids: [String] = [], agents: [String] = [], kinds: [String] = [], deks: [String] = [], keks: [String] = []
         var sequences: [Int64] = [], times: [Int64] = [], sizes: [Int64] = []
-        var bytes: [ByteBuffer] = [], refs: [String] = []
+        var bytes: [ByteBuffer] = [], refs: [String] = [], users: [String] = [], displays: [String] = []
         var receivedAtMs: Int64
 
         /// The rows of `blobs`; a blob with a `refs` entry gets an empty `blob` and the reference.
@@ -89,11 +92,13 @@ enum PostgresStatements {
                 let ref = blobRefs[b.blobID]
                 bytes.append(ref == nil ? ByteBuffer(bytes: b.bytes) : ByteBuffer())
                 refs.append(ref?.text ?? "")
+                users.append(b.user?.rawValue ?? "")
+                displays.append(b.display ?? "")
             }
         }
 
         func makeBindings() throws -> PostgresBindings {
-            var b = PostgresBindings(capacity: 12)
+            var b = PostgresBindings(capacity: 14)
             b.append(ids)
             b.append(agents)
             b.append(kinds)
@@ -106,6 +111,8 @@ enum PostgresStatements {
             b.append(refs)
             b.append(receivedAtMs / 1000)
             b.append(receivedAtMs % 1000)
+            b.append(users)
+            b.append(displays)
             return b
         }
 

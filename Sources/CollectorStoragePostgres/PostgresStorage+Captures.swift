@@ -122,17 +122,18 @@ extension PostgresStorage {
     /// are in a blob file is compared with the file's bytes (read through its `blob_ref`).
     private func compareStoredBlob(_ b: StoredBlob, conn: PostgresConnection) async throws -> IngestOutcome? {
         let rows = try await conn.query("""
-            SELECT agent_id, kind, dek_id, kek_id, sequence, \(unescaped: SQLTime.ms("capture_time")), size, sha256(blob), blob_ref
+            SELECT agent_id, kind, dek_id, kek_id, sequence, \(unescaped: SQLTime.ms("capture_time")), size, sha256(blob), blob_ref,
+                   user_name, display
             FROM captures WHERE blob_id = \(b.blobID.hex)
             """, logger: Self.quiet)
-        var found: (String, String, String, String, Int64, Int64, Int64, ByteBuffer, String?)?
-        for try await row in rows.decode((String, String, String, String, Int64, Int64, Int64, ByteBuffer, String?).self) {
+        var found: (String, String, String, String, Int64, Int64, Int64, ByteBuffer, String?, String?, String?)?
+        for try await row in rows.decode((String, String, String, String, Int64, Int64, Int64, ByteBuffer, String?, String?, String?).self) {
             found = row
         }
-        if let (agent, kind, dek, kek, sequence, time, size, digest, refText) = found {
+        if let (agent, kind, dek, kek, sequence, time, size, digest, refText, user, display) = found {
             guard agent == b.agentID.rawValue else { return .otherAgent }
             let sameRow = kind == b.kind.name && dek == b.dekID.hex && kek == b.kekID.hex && sequence == b.sequence
-                && time == b.captureTimeMs && size == Int64(b.bytes.count)
+                && time == b.captureTimeMs && size == Int64(b.bytes.count) && user == b.user?.rawValue && display == b.display
             guard sameRow else { return .conflict }
             if let refText {
                 return try await referencedBytes(b.blobID, refText: refText, size: size) == b.bytes ? .duplicate : .conflict
@@ -155,7 +156,7 @@ extension PostgresStorage {
         let rows = try await withClient("list captures") { client in
             var out: [CaptureInfo] = []
             for try await row in try await client.query(sql, logger: Self.quiet).decode(
-                (String, String, String, String, String, Int64, Int64, Int64, Int64).self) {
+                CaptureRow.self) {
                 out.append(try Self.captureInfo(row, location: location))
             }
             return out
@@ -168,8 +169,12 @@ extension PostgresStorage {
     }
 
     static let captureColumns = """
-        blob_id, agent_id, kind, dek_id, kek_id, sequence, \(SQLTime.ms("capture_time")), size, \(SQLTime.ms("received_at"))
+        blob_id, agent_id, kind, dek_id, kek_id, sequence, \(SQLTime.ms("capture_time")), size, \(SQLTime.ms("received_at")), \
+        user_name, display
         """
+
+    /// A row of ``captureColumns``.
+    typealias CaptureRow = (String, String, String, String, String, Int64, Int64, Int64, Int64, String?, String?)
 
     /// One page (and one row more, to know whether another page follows) of `query`: one range
     /// of the index that matches its filters — `captures_agent_kind_time`,
@@ -182,6 +187,7 @@ extension PostgresStorage {
         parts.appendLiteral("SELECT \(captureColumns) FROM captures WHERE true")
         if let agent = query.agentID { parts.appendLiteral(" AND agent_id = "); parts.appendInterpolation(agent.rawValue) }
         if let kind = query.kind { parts.appendLiteral(" AND kind = "); parts.appendInterpolation(kind.name) }
+        if let user = query.user { parts.appendLiteral(" AND user_name = "); parts.appendInterpolation(user.rawValue) }
         if let since = query.sinceMs { parts.appendLiteral(" AND capture_time >= "); parts.appendInterpolation(timestampMs: since) }
         if let until = query.untilMs { parts.appendLiteral(" AND capture_time < "); parts.appendInterpolation(timestampMs: until) }
         if let cursor {
@@ -196,18 +202,24 @@ extension PostgresStorage {
         return PostgresQuery(stringInterpolation: parts)
     }
 
-    static func captureInfo(_ row: (String, String, String, String, String, Int64, Int64, Int64, Int64),
-                            location: String) throws(StorageError) -> CaptureInfo {
-        let (blobHex, agent, kindName, dekHex, kekHex, sequence, time, size, received) = row
+    static func captureInfo(_ row: CaptureRow, location: String) throws(StorageError) -> CaptureInfo {
+        let (blobHex, agent, kindName, dekHex, kekHex, sequence, time, size, received, user, display) = row
         guard let blobID = BlobID(hex: blobHex), let dekID = DEKID(hex: dekHex), let kekID = KEKID(hex: kekHex) else {
             throw StorageError(.corrupt, "\(location): captures row \(SafeText.quoted(blobHex)) holds an id that is not hex of the right length")
         }
         guard let kind = CaptureKind(name: kindName) else {
             throw StorageError(.corrupt, "\(location): captures row \(blobHex): unknown kind \(SafeText.quoted(kindName))")
         }
+        var userName: UserName?
+        if let user {
+            guard let valid = try? UserName(user) else {
+                throw StorageError(.corrupt, "\(location): captures row \(SafeText.quoted(blobHex)) holds user_name \(SafeText.quoted(user)), not a user name")
+            }
+            userName = valid
+        }
         return CaptureInfo(blobID: blobID, agentID: try agentID(agent, location: location, table: "captures"), kind: kind,
                            dekID: dekID, kekID: kekID, sequence: sequence, captureTimeMs: time, size: Int(size),
-                           receivedAtMs: received)
+                           receivedAtMs: received, user: userName, display: display)
     }
 
     public func capture(_ id: BlobID) async throws(StorageError) -> CaptureInfo? {
@@ -215,7 +227,7 @@ extension PostgresStorage {
         return try await withClient("read capture \(id)") { client in
             for try await row in try await client.query(
                 "SELECT \(unescaped: Self.captureColumns) FROM captures WHERE blob_id = \(id.hex)", logger: Self.quiet
-            ).decode((String, String, String, String, String, Int64, Int64, Int64, Int64).self) {
+            ).decode(CaptureRow.self) {
                 return try Self.captureInfo(row, location: location)
             }
             return nil

@@ -95,6 +95,13 @@ struct RowReader {
         return id
     }
 
+    /// A ``UserName`` or NULL (a plain blob's row).
+    func optionalUserName(_ column: String) throws(StorageError) -> UserName? {
+        guard let text = try optionalText(column) else { return nil }
+        guard let name = try? UserName(text) else { throw corrupt(column, "a user name (1-128 bytes, no '/' or control characters) or NULL") }
+        return name
+    }
+
     func id<Kind: IdentifierKind>(_ column: String, _: Kind.Type) throws(StorageError) -> FixedLengthID<Kind> {
         guard let text = String.fromDatabaseValue(row[column]), let id = FixedLengthID<Kind>(hex: text) else {
             throw corrupt(column, "\(Kind.byteCount * 2) hex digits")

@@ -190,6 +190,17 @@ enum SQLiteSchema {
                 CREATE INDEX admin_login_failures_last ON admin_login_failures(last_failure);
                 """)
         }
+        m.registerMigration("v8-sessions") { db in
+            // The graphical session of a sealed session blob (its header's user and display;
+            // docs/FORMAT.md "Sealed session blob"), NULL for plain blobs. A listing of one
+            // user's captures is one range of these indexes, as for agents and kinds.
+            try db.execute(sql: """
+                ALTER TABLE captures ADD COLUMN user_name TEXT;
+                ALTER TABLE captures ADD COLUMN display TEXT;
+                CREATE INDEX captures_user_time_id ON captures(user_name, capture_time, blob_id);
+                CREATE INDEX captures_agent_user_time_id ON captures(agent_id, user_name, capture_time, blob_id);
+                """)
+        }
         return m
     }
 }

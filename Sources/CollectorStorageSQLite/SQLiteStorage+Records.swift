@@ -140,7 +140,8 @@ extension SQLiteStorage {
                 }
             case .blob(let b):
                 if let row = try Row.fetchOne(db, sql: """
-                    SELECT blob_id, blob, blob_file, blob_offset, size, agent_id, kek_id, kind, dek_id, sequence, capture_time
+                    SELECT blob_id, blob, blob_file, blob_offset, size, agent_id, kek_id, kind, dek_id, sequence, capture_time,
+                           user_name, display
                     FROM captures WHERE blob_id = ?
                     """, arguments: [b.blobID.hex]) {
                     // Another agent's blob id: answered as a new id would be (IngestOutcome.otherAgent).
@@ -148,12 +149,15 @@ extension SQLiteStorage {
                         outcomes.append(.otherAgent)
                         continue
                     }
-                    let sameRow = Int.fromDatabaseValue(row["size"]) == b.bytes.count
+                    let sameHeader = Int.fromDatabaseValue(row["size"]) == b.bytes.count
                         && String.fromDatabaseValue(row["kek_id"]) == b.kekID.hex
                         && String.fromDatabaseValue(row["kind"]) == b.kind.name
                         && String.fromDatabaseValue(row["dek_id"]) == b.dekID.hex
                         && Int64.fromDatabaseValue(row["sequence"]) == b.sequence
                         && Int64.fromDatabaseValue(row["capture_time"]) == b.captureTimeMs
+                    let storedUser: String? = String.fromDatabaseValue(row["user_name"])
+                    let storedDisplay: String? = String.fromDatabaseValue(row["display"])
+                    let sameRow = sameHeader && storedUser == b.user?.rawValue && storedDisplay == b.display
                     guard sameRow else { outcomes.append(.conflict); continue }
                     let stored: Data
                     do {
@@ -186,10 +190,10 @@ extension SQLiteStorage {
                 }
                 try db.execute(sql: """
                     INSERT INTO captures (blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, blob,
-                                          blob_file, blob_offset, received_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                          blob_file, blob_offset, received_at, user_name, display)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """, arguments: [b.blobID.hex, b.agentID.rawValue, b.kind.name, b.dekID.hex, b.kekID.hex, b.sequence,
-                                     b.captureTimeMs, b.bytes.count, inline, file, offset, receivedAtMs])
+                                     b.captureTimeMs, b.bytes.count, inline, file, offset, receivedAtMs, b.user?.rawValue, b.display])
                 outcomes.append(.stored)
             }
         }
@@ -228,7 +232,7 @@ extension SQLiteStorage {
 
     // MARK: Captures
 
-    static let captureColumns = "blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, received_at"
+    static let captureColumns = "blob_id, agent_id, kind, dek_id, kek_id, sequence, capture_time, size, received_at, user_name, display"
 
     static func captureInfo(_ row: Row, database: String) throws(StorageError) -> CaptureInfo {
         let r = RowReader(row, database: database, table: "captures", key: "blob_id")
@@ -237,7 +241,8 @@ extension SQLiteStorage {
         return CaptureInfo(blobID: try r.id("blob_id", BlobIDKind.self), agentID: try r.agentID("agent_id"),
                            kind: try r.kind("kind"), dekID: try r.id("dek_id", DEKIDKind.self),
                            kekID: try r.id("kek_id", KEKIDKind.self), sequence: try r.int("sequence"),
-                           captureTimeMs: try r.int("capture_time"), size: count, receivedAtMs: try r.int("received_at"))
+                           captureTimeMs: try r.int("capture_time"), size: count, receivedAtMs: try r.int("received_at"),
+                           user: try r.optionalUserName("user_name"), display: try r.optionalText("display"))
     }
 
     /// The SQL of one listing page and its arguments (the last one is the row limit): a range
@@ -253,6 +258,7 @@ extension SQLiteStorage {
         var conditions: [String] = [], arguments: StatementArguments = []
         if let a = query.agentID { conditions.append("agent_id = ?"); arguments += [a.rawValue] }
         if let k = query.kind { conditions.append("kind = ?"); arguments += [k.name] }
+        if let u = query.user { conditions.append("user_name = ?"); arguments += [u.rawValue] }
         let ascending = query.order == .ascending
         // The bound the cursor replaces: since (inclusive) going up, until (exclusive) going down.
         var since = query.sinceMs, until = query.untilMs
@@ -268,11 +274,14 @@ extension SQLiteStorage {
         }
         if let s = since { conditions.append("capture_time >= ?"); arguments += [s] }
         if let u = until { conditions.append("capture_time < ?"); arguments += [u] }
-        let index = switch (query.agentID != nil, query.kind != nil) {
-        case (false, false): "captures_time_id"
-        case (false, true): "captures_kind_time_id"
-        case (true, false): "captures_agent_time_id"
-        case (true, true): "captures_agent_kind_time_id"
+        // A user filter takes the user indexes (v5); a kind then filters that range.
+        let index = switch (query.agentID != nil, query.kind != nil, query.user != nil) {
+        case (false, _, true): "captures_user_time_id"
+        case (true, _, true): "captures_agent_user_time_id"
+        case (false, false, false): "captures_time_id"
+        case (false, true, false): "captures_kind_time_id"
+        case (true, false, false): "captures_agent_time_id"
+        case (true, true, false): "captures_agent_kind_time_id"
         }
         let filter = conditions.isEmpty ? "" : " WHERE " + conditions.joined(separator: " AND ")
         let direction = ascending ? "ASC" : "DESC"

@@ -58,6 +58,60 @@ public struct AgentID: Hashable, Sendable, Comparable, CustomStringConvertible, 
     }
 }
 
+/// The user a capture belongs to: the login name of the graphical session's user, as the agent
+/// names it in a sealed session blob's header (docs/FORMAT.md "Sealed session blob"). The one
+/// validator for a user name: the agent's session discovery, the blob parser, the storage rows,
+/// `custos captures --user` and the per-user folders of `custos decrypt`/`open` all go through it.
+///
+/// Valid: 1-128 UTF-8 bytes; no character `SafeText` would escape (controls, bidirectional
+/// formatting), no `/`, and not `.` or `..` — so a name is always one harmless path component
+/// (no traversal), whatever a passwd or directory service holds. Login names of every common
+/// form pass (`alice`, `j.doe`, `alice@corp.example`, `CORP\alice`). Two reserved forms are
+/// made by the agent itself: ``unknown`` (`?`, no user found for the display) and
+/// ``uid(_:)`` (`uid-N`, a uid without a passwd entry).
+public struct UserName: Hashable, Sendable, Comparable, CustomStringConvertible, Codable {
+    /// The validated name.
+    public let rawValue: String
+
+    /// - Throws: ``ValueError`` naming `field` when `text` is not a valid user name.
+    public init(_ text: String, field: String = "user") throws(ValueError) {
+        guard Self.isValid(text) else {
+            throw ValueError(field: field,
+                             "expected a login name of 1-128 UTF-8 bytes without '/', control or bidirectional characters (not '.' or '..'), found \(SafeText.quoted(text))")
+        }
+        rawValue = text
+    }
+
+    /// Whether `text` is a valid user name.
+    public static func isValid(_ text: String) -> Bool {
+        guard (1...128).contains(text.utf8.count), text != ".", text != ".." else { return false }
+        return !text.unicodeScalars.contains { $0 == "/" || SafeText.needsEscape($0) }
+    }
+
+    /// No user could be found for the display (`?`: not a login name anyone has).
+    public static let unknown = UserName(unchecked: "?")
+
+    /// A uid without a passwd entry (`uid-N`).
+    public static func uid(_ uid: UInt32) -> UserName { UserName(unchecked: "uid-\(uid)") }
+
+    private init(unchecked text: String) { rawValue = text }
+
+    public var description: String { rawValue }
+    public static func < (a: UserName, b: UserName) -> Bool { a.rawValue < b.rawValue }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        do { try self.init(text) } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: error.description))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rawValue)
+    }
+}
+
 /// The collector's address, `https://HOST[:PORT][/]`: scheme `https` only, a host name or an
 /// IPv4/IPv6 literal (IPv6 in brackets), no user, path, query or fragment (the API lives at
 /// `/v1`; docs/API.md). The one validator used by `--check-config`, `status` and the daemon.

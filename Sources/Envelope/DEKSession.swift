@@ -74,9 +74,11 @@ public final class DEKSession: Sendable {
     ///   - plaintext: the bytes to protect (at most 4 GiB minus the header).
     ///   - kind: what they are (in the authenticated header).
     ///   - captureTimeMs: capture time, ms since 1970-01-01 UTC (in the authenticated header).
+    ///   - session: the graphical session (user, display) it comes from: a sealed session blob
+    ///     (record type 3) names it in the authenticated header; nil: a plain sealed blob (type 2).
     /// - Throws: `EnvelopeError.invalidArgument` when the blob would not fit the u32 length field.
-    public func seal(_ plaintext: Data, kind: CaptureKind, captureTimeMs: Int64) throws -> SealedBlob {
-        let headerLength = Format.blobHeaderFixedSize + agentIDBytes.count
+    public func seal(_ plaintext: Data, kind: CaptureKind, captureTimeMs: Int64, session: BlobSession? = nil) throws -> SealedBlob {
+        let headerLength = BlobHeader.length(agentIDBytes: agentIDBytes.count, session: session)
         guard plaintext.count <= Format.maxRecordSize - headerLength - Format.tagSize else {
             throw EnvelopeError(.invalidArgument, "seal: \(plaintext.count) bytes exceed the largest blob (\(Format.maxRecordSize - headerLength - Format.tagSize) bytes)")
         }
@@ -85,7 +87,8 @@ public final class DEKSession: Sendable {
             return c.sequence
         }
         let header = BlobHeader(blobID: BlobID.random(), kekID: record.kekID, dekID: record.dekID,
-                                agentID: record.agentID, kind: kind, sequence: sequence, captureTimeMs: captureTimeMs)
+                                agentID: record.agentID, kind: kind, sequence: sequence, captureTimeMs: captureTimeMs,
+                                session: session)
         let aad = header.serialized(agentIDBytes: agentIDBytes, ciphertextLength: plaintext.count)
         let (key, nonce) = BlobKey.derive(dek: dek, blobID: header.blobID)
         let total = headerLength + plaintext.count + Format.tagSize

@@ -9,7 +9,12 @@ enum Format {
     /// Size of the common prefix: magic (4), version (1), record type (1), total length (4).
     static let prefixSize = 10
     /// Record type byte (offset 5).
-    enum RecordType: UInt8 { case dekRecord = 1, blob = 2 }
+    enum RecordType: UInt8 {
+        case dekRecord = 1, blob = 2
+        /// A sealed blob whose header also names the graphical session it was captured in
+        /// (user name and display; docs/FORMAT.md "Sealed session blob").
+        case sessionBlob = 3
+    }
     /// Algorithm suite 1: RSA-OAEP (SHA-256, MGF1-SHA-256) wrap of a 32-byte DEK; HKDF-SHA256
     /// per-blob key and nonce; AES-256-GCM with a 16-byte tag; HKDF-SHA256 key commitment.
     static let suiteV1: UInt8 = 1
@@ -107,7 +112,7 @@ struct ByteReader {
         }
         let typeByte = try u8("record type")
         guard let type = Format.RecordType(rawValue: typeByte) else {
-            throw EnvelopeError(.malformed, "\(what): unknown record type \(typeByte) (expected 1 = DEK record or 2 = sealed blob)")
+            throw EnvelopeError(.malformed, "\(what): unknown record type \(typeByte) (expected 1 = DEK record, 2 = sealed blob or 3 = sealed session blob)")
         }
         let length = Int(try u32("length"))
         guard length >= Format.prefixSize else {

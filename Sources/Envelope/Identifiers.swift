@@ -6,19 +6,23 @@ public enum CaptureKind: UInt8, Sendable, CaseIterable, Codable {
     case screen = 1
     /// A chunk of keystrokes (CaptureFormat keystroke encoding).
     case keystrokes = 2
-    /// Any other data (files sealed by `custos seal`, later capture kinds).
+    /// Any other data (files sealed by `custos seal`).
     case generic = 3
+    /// A timeline of focus changes and idle/active periods (CaptureFormat `ActivityChunk`).
+    case activity = 4
 
-    /// The lowercase name used on the command line and in config: "screen", "keystrokes", "generic".
+    /// The lowercase name used on the command line and in config: "screen", "keystrokes",
+    /// "generic", "activity".
     public var name: String {
         switch self {
         case .screen: "screen"
         case .keystrokes: "keystrokes"
         case .generic: "generic"
+        case .activity: "activity"
         }
     }
 
-    /// Parses `name` ("screen", "keystrokes", "generic"); nil for anything else.
+    /// Parses `name` ("screen", "keystrokes", "generic", "activity"); nil for anything else.
     public init?(name: String) {
         guard let kind = Self.allCases.first(where: { $0.name == name }) else { return nil }
         self = kind

@@ -1,3 +1,4 @@
+import CustosBase
 import Foundation
 
 /// A DEK record: a DEK wrapped to a KEK with RSA-OAEP, plus a commitment to the DEK
@@ -103,9 +104,12 @@ public struct BlobHeader: Sendable, Equatable {
     public let sequence: UInt64
     /// Capture time, ms since 1970-01-01 UTC.
     public let captureTimeMs: Int64
+    /// The graphical session the capture comes from (user name, display), in a sealed session
+    /// blob (record type 3); nil in a plain sealed blob (type 2).
+    public let session: BlobSession?
 
     public init(blobID: BlobID, kekID: KEKID, dekID: DEKID, agentID: String, kind: CaptureKind,
-                sequence: UInt64, captureTimeMs: Int64) {
+                sequence: UInt64, captureTimeMs: Int64, session: BlobSession? = nil) {
         self.blobID = blobID
         self.kekID = kekID
         self.dekID = dekID
@@ -113,13 +117,19 @@ public struct BlobHeader: Sendable, Equatable {
         self.kind = kind
         self.sequence = sequence
         self.captureTimeMs = captureTimeMs
+        self.session = session
+    }
+
+    /// The header's length in bytes for `agentIDBytes` and `session`.
+    static func length(agentIDBytes: Int, session: BlobSession?) -> Int {
+        Format.blobHeaderFixedSize + agentIDBytes + (session.map { 2 + $0.userBytes.count + $0.displayBytes.count } ?? 0)
     }
 
     /// The header bytes (the AAD) for a blob carrying `ciphertextLength` bytes of ciphertext.
     func serialized(agentIDBytes: [UInt8], ciphertextLength: Int) -> Data {
-        let headerLength = Format.blobHeaderFixedSize + agentIDBytes.count
+        let headerLength = Self.length(agentIDBytes: agentIDBytes.count, session: session)
         var w = ByteWriter(capacity: headerLength)
-        w.prefix(.blob, totalLength: headerLength + ciphertextLength + Format.tagSize)
+        w.prefix(session == nil ? .blob : .sessionBlob, totalLength: headerLength + ciphertextLength + Format.tagSize)
         w.u8(Format.suiteV1)
         w.bytes(blobID.bytes)
         w.bytes(kekID.bytes)
@@ -129,7 +139,36 @@ public struct BlobHeader: Sendable, Equatable {
         w.u64(UInt64(bitPattern: captureTimeMs))
         w.u8(UInt8(agentIDBytes.count))
         w.bytes(agentIDBytes)
+        if let session {
+            w.u8(UInt8(session.userBytes.count))
+            w.bytes(session.userBytes)
+            w.u8(UInt8(session.displayBytes.count))
+            w.bytes(session.displayBytes)
+        }
         return w.data
+    }
+}
+
+/// The graphical session a capture comes from, as a sealed session blob's header names it:
+/// the local user's login name and the display (docs/FORMAT.md "Sealed session blob").
+/// Authenticated (part of the AAD) but not encrypted: listings filter by it without a key.
+public struct BlobSession: Sendable, Hashable {
+    /// The session's user (``UserName``: its one validator).
+    public let user: UserName
+    /// The display (X11: `:N`), 1-255 UTF-8 bytes without characters `SafeText` would escape.
+    public let display: String
+
+    var userBytes: [UInt8] { Array(user.rawValue.utf8) }
+    var displayBytes: [UInt8] { Array(display.utf8) }
+
+    /// - Throws: `EnvelopeError.invalidArgument` when `display` is empty, longer than 255
+    ///   UTF-8 bytes, or holds a character `SafeText` would escape.
+    public init(user: UserName, display: String) throws {
+        guard (1...255).contains(display.utf8.count), !display.unicodeScalars.contains(where: SafeText.needsEscape) else {
+            throw EnvelopeError(.invalidArgument, "session display must be 1-255 UTF-8 bytes without control characters, found \(SafeText.quoted(display))")
+        }
+        self.user = user
+        self.display = display
     }
 }
 
@@ -159,8 +198,8 @@ public struct SealedBlob: Sendable {
     public init(parsing data: Data) throws {
         var r = ByteReader(data, what: "sealed blob")
         let (type, length) = try r.prefix()
-        guard type == .blob else {
-            throw EnvelopeError(.malformed, "sealed blob: record type is \(type.rawValue) (DEK record), expected 2 (sealed blob)")
+        guard type == .blob || type == .sessionBlob else {
+            throw EnvelopeError(.malformed, "sealed blob: record type is \(type.rawValue) (DEK record), expected 2 (sealed blob) or 3 (sealed session blob)")
         }
         guard length == r.data.count else {
             throw EnvelopeError(.malformed, "sealed blob: declared length \(length) but \(r.data.count) bytes given (expected exactly one record)")
@@ -174,7 +213,7 @@ public struct SealedBlob: Sendable {
         let dekID = DEKID(bytes: try r.take(DEKID.byteCount, "dek id"))!
         let kindByte = try r.u8("kind")
         guard let kind = CaptureKind(rawValue: kindByte) else {
-            throw EnvelopeError(.malformed, "sealed blob \(blobID): unknown capture kind \(kindByte) (expected 1, 2 or 3)")
+            throw EnvelopeError(.malformed, "sealed blob \(blobID): unknown capture kind \(kindByte) (expected 1, 2, 3 or 4)")
         }
         let sequence = try r.u64("sequence")
         let time = Int64(bitPattern: try r.u64("capture time"))
@@ -183,11 +222,29 @@ public struct SealedBlob: Sendable {
         guard n >= 1, let agent = String(validating: agentBytes, as: UTF8.self) else {
             throw EnvelopeError(.malformed, "sealed blob \(blobID): agent id is empty or not UTF-8")
         }
+        var session: BlobSession?
+        if type == .sessionBlob {
+            func text(_ field: String) throws -> String {
+                let count = Int(try r.u8("\(field) length"))
+                guard let value = String(validating: try r.take(count, field), as: UTF8.self) else {
+                    throw EnvelopeError(.malformed, "sealed blob \(blobID): session \(field) is not UTF-8")
+                }
+                return value
+            }
+            let userText = try text("user"), display = try text("display")
+            do {
+                session = try BlobSession(user: try UserName(userText, field: "session user"), display: display)
+            } catch let e as ValueError {
+                throw EnvelopeError(.malformed, "sealed blob \(blobID): \(e)")
+            } catch let e as EnvelopeError {
+                throw EnvelopeError(.malformed, "sealed blob \(blobID): \(e.message)")
+            }
+        }
         guard r.remaining >= Format.tagSize else {
             throw EnvelopeError(.malformed, "sealed blob \(blobID): record length \(length) leaves no room for the 16-byte tag")
         }
         header = BlobHeader(blobID: blobID, kekID: kekID, dekID: dekID, agentID: agent, kind: kind,
-                            sequence: sequence, captureTimeMs: time)
+                            sequence: sequence, captureTimeMs: time, session: session)
         serialized = r.data
         headerLength = r.offset
     }
@@ -235,7 +292,7 @@ public enum RecordStream {
             do {
                 switch type {
                 case .dekRecord: records.append(.dekRecord(try DEKRecord(parsing: bytes)))
-                case .blob: records.append(.blob(try SealedBlob(parsing: bytes)))
+                case .blob, .sessionBlob: records.append(.blob(try SealedBlob(parsing: bytes)))
                 }
             } catch let e as EnvelopeError {
                 throw EnvelopeError(e.code, "record \(records.count) at byte \(offset): \(e.message)")

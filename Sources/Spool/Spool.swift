@@ -586,7 +586,7 @@ public final class Spool: Sendable {
     /// Leases up to `maxItems` records (and about `maxBytes` payload bytes; the first record
     /// is always included, however large) for upload.
     ///
-    /// Order: by kind priority (DEK records, keystrokes, generic, screen), then oldest
+    /// Order: by kind priority (DEK records, keystrokes, activity, generic, screen), then oldest
     /// capture time first. Only records whose next attempt time has come and that are not
     /// leased (or whose lease expired) are returned. A blob whose DEK record is still spooled
     /// is returned only in the same batch as (and after) that DEK record. Rows that fail to

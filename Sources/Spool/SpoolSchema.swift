@@ -51,6 +51,11 @@ enum SpoolSchema {
                 CREATE INDEX record_group ON record(grp, seq) WHERE grp IS NOT NULL;
                 """)
         }
+        // v3: the activity kind (priority 2, leased after keystrokes and before generic records
+        // and screens): generic records move from 2 to 3, screens from 3 to 4.
+        migrator.registerMigration("v3") { db in
+            try db.execute(sql: "UPDATE record SET priority = priority + 1 WHERE priority >= 2")
+        }
         return migrator
     }
 

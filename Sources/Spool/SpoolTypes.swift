@@ -2,19 +2,21 @@ import Foundation
 
 /// What a spooled record is. The kind decides lease priority and eviction order.
 ///
-/// Lease priority (first uploaded first): `dekRecord`, `keystrokes`, `generic`, `screen`.
-/// Eviction order when the spool is full (first evicted first): `screen`, `generic`,
-/// `keystrokes`; a `dekRecord` is never evicted (its blobs would become unreadable).
+/// Lease priority (first uploaded first): `dekRecord`, `keystrokes`, `activity`, `generic`,
+/// `screen`. Eviction order when the spool is full (first evicted first): `screen`, `generic`,
+/// `activity`, `keystrokes`; a `dekRecord` is never evicted (its blobs would become unreadable).
 public enum SpoolKind: String, Sendable, CaseIterable, Codable, CodingKeyRepresentable {
-    case dekRecord = "dek", keystrokes, generic, screen
+    case dekRecord = "dek", keystrokes, activity, generic, screen
 
-    /// Lease priority: lower values are leased first (stored in the `priority` column).
+    /// Lease priority: lower values are leased first (stored in the `priority` column; the
+    /// spool's migration v3 moved generic from 2 to 3 and screen from 3 to 4 for activity).
     var priority: Int {
         switch self {
         case .dekRecord: 0
         case .keystrokes: 1
-        case .generic: 2
-        case .screen: 3
+        case .activity: 2
+        case .generic: 3
+        case .screen: 4
         }
     }
 
@@ -24,7 +26,8 @@ public enum SpoolKind: String, Sendable, CaseIterable, Codable, CodingKeyReprese
         switch self {
         case .screen: [.screen]
         case .generic: [.screen, .generic]
-        case .keystrokes, .dekRecord: [.screen, .generic, .keystrokes]
+        case .activity: [.screen, .generic, .activity]
+        case .keystrokes, .dekRecord: [.screen, .generic, .activity, .keystrokes]
         }
     }
 }

@@ -183,7 +183,8 @@ public func wireHex<D: Collection<UInt8>>(_ bytes: D) -> String {
 
 /// One record's bytes cut out of a record stream by its 10-byte prefix alone (no parsing of the inside).
 public struct FramedRecord: Sendable {
-    /// Record type byte: 1 = DEK record, 2 = sealed blob (others are passed through for the parser to refuse).
+    /// Record type byte: 1 = DEK record, 2 = sealed blob, 3 = sealed session blob (others are
+    /// passed through for the parser to refuse).
     public var type: UInt8
     /// The whole record, prefix included.
     public var bytes: Data

@@ -117,7 +117,7 @@ func ingestItem(_ b: SealedBlob, bytes: Data? = nil) -> IngestItem {
     let h = b.header
     return .blob(StoredBlob(blobID: h.blobID, agentID: aid(h.agentID), kind: h.kind, dekID: h.dekID, kekID: h.kekID,
                             sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
-                            bytes: bytes ?? b.serialized))
+                            bytes: bytes ?? b.serialized, user: h.session?.user, display: h.session?.display))
 }
 
 /// An agent id known to be valid.

@@ -175,7 +175,7 @@ struct CLITests {
             let extra = command[0] == "captures" ? [] : ["--key", tmp.file("k.pem")]
             let r = try runCommand([custos] + command + ["--db", tmp.file("c.db"), "--kind", "bogus"] + extra)
             #expect(r.status == 2, "\(command): \(r.stderrString)")
-            #expect(r.stderrString.contains("--kind bogus: expected screen, keystrokes or generic"), "\(command): \(r.stderrString)")
+            #expect(r.stderrString.contains("--kind bogus: expected screen, keystrokes, generic or activity"), "\(command): \(r.stderrString)")
         }
     }
 

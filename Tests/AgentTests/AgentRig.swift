@@ -20,6 +20,11 @@ final class AgentRig: @unchecked Sendable {
     let rootColor: (UInt8, UInt8, UInt8) = (0x33, 0x66, 0x99)
     /// `screen-format` of the agent's config (`writeConfig`).
     var screenFormat = "video"
+    /// More `key=value` lines for the agent's config (`writeConfig`).
+    var extraConfig = ""
+    /// `display=` and `xauthority=` of the agent's config (`writeConfig`); nil: the rig's Xvfb
+    /// with no cookie.
+    var displaySetting: String?
 
     var db: String { dir.file("collector/collector.db") }
     var configPath: String { dir.file("agent/config.cfg") }
@@ -59,13 +64,12 @@ final class AgentRig: @unchecked Sendable {
             agent-token=\(token)
             server-url=https://localhost:\(port)
             server-pin=\(pin)
-            display=\(xvfb.name)
-            xauthority=/dev/null
+            \(displaySetting.map { "display=\($0)" } ?? "display=\(xvfb.name)\nxauthority=/dev/null")
             screen-interval-ms=\(screenIntervalMs)
             keystroke-idle-ms=\(keystrokeIdleMs)
             spool-dir=\(spoolDir)
             spool-max-mb=64
-
+            \(extraConfig)
             """
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
     }

@@ -233,9 +233,10 @@ struct CaptureProblemTests {
     /// `--check-config` passed. Now it runs until stopped, and `--check-config` says so.
     @Test func nothingToCaptureKeepsTheAgentRunning() throws {
         let rig = try SpoolOnlyAgent(name: "no-capture")
-        try rig.writeConfig(display: ":0", xauthority: "/dev/null", screenIntervalMs: 0, keystrokeIdleMs: 0)
+        try rig.writeConfig(display: ":0", xauthority: "/dev/null", screenIntervalMs: 0, keystrokeIdleMs: 0,
+                            extra: ["activity-interval-seconds=0"])
         let check = try rig.checkConfig()
-        #expect(check.stdoutString.contains("warn capture: screen-interval-ms=0 and keystroke-idle-ms=0: nothing is captured"),
+        #expect(check.stdoutString.contains("warn capture: screen-interval-ms=0, keystroke-idle-ms=0 and activity-interval-seconds=0: nothing is captured"),
                 "\(check.stdoutString)")
         try rig.start()
         usleep(1_500_000)

@@ -11,6 +11,8 @@ import TestSupport
         ("server-url", "http://h"),
         ("server-pin", "sha256/" + Data(count: 31).base64EncodedString()),
         ("agent-id", ".."),
+        ("exclude-window-title", "/Bank (of/"),
+        ("sensitive-window-class", "//"),
     ]
 
     @Test(arguments: badValues.indices)

@@ -1,10 +1,11 @@
-import Capture
+import CaptureCore
+import CaptureX11
 import CustosBase
 import Foundation
 import Logging
 import Synchronization
-import Testing
 import TestSupport
+import Testing
 
 /// A display number with no server: no socket file and no lock file.
 func unusedDisplay() -> String {

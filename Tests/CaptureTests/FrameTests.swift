@@ -1,9 +1,10 @@
-import Capture
+import CaptureCore
 import CaptureFormat
+import CaptureX11
 import CustosBase
 import Foundation
-import Testing
 import TestSupport
+import Testing
 
 @Suite("Screen frames on a real Xvfb")
 struct FrameTests {

@@ -1,6 +1,7 @@
 import CPNG
-import Capture
+import CaptureCore
 import CaptureFormat
+import CaptureX11
 import Foundation
 import Logging
 import TestSupport

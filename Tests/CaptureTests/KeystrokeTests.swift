@@ -1,9 +1,10 @@
 import CX11
-import Capture
+import CaptureCore
 import CaptureFormat
+import CaptureX11
 import Foundation
-import Testing
 import TestSupport
+import Testing
 
 /// Presses raw keycodes and locks XKB groups through XTest, for the cases xdotool cannot
 /// express (xdotool picks keycodes by keysym; "the key labelled Y" is keycode 29).

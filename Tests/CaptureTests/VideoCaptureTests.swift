@@ -1,9 +1,10 @@
-import Capture
+import CaptureCore
 import CaptureFormat
+import CaptureX11
 import CustosBase
 import Foundation
-import Testing
 import TestSupport
+import Testing
 import Video
 
 /// A decoded video picture as RGB (through libyuv's BT.601 conversion).

@@ -22,8 +22,9 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.kekFile == "/etc/custos/certs/kek.pem")
         #expect(c.serverKEKFile == "/etc/custos/certs/server-kek.pem")
         #expect(c.activeKEKFile == c.serverKEKFile)
-        #expect(c.display == ":7")
-        #expect(c.xauthority == "/run/x/auth")
+        // display=auto by default (every graphical session), not $DISPLAY; no xauthority forced.
+        #expect(c.displays == .auto && c.displays.displays == nil)
+        #expect(c.xauthority == nil)
         #expect(c.screenIntervalMs == 1000)
         #expect(c.screenFormat == .video)
         #expect(c.keyframeIntervalSeconds == 300)
@@ -31,6 +32,9 @@ private func error(_ text: String) -> ConfigError? {
         #expect(c.keystrokeIdleMs == 2000)
         #expect(c.spoolDir == "/var/lib/custos")
         #expect(c.spoolMaxMB == 512)
+        #expect(c.activityIntervalSeconds == 60 && c.idleThresholdSeconds == 300)
+        #expect(c.excludeWindowClasses.isEmpty && c.excludeWindowTitles.isEmpty && c.sensitiveWindowClasses.isEmpty)
+        #expect(try parse("activity-interval-seconds=0\nidle-threshold-seconds=1\n").activityIntervalSeconds == 0)
         #expect(c.serverURLs.isEmpty)
         #expect(c.serverPins.isEmpty)
         #expect(!c.agentID.rawValue.isEmpty)
@@ -40,7 +44,7 @@ private func error(_ text: String) -> ConfigError? {
         let c = try parse("\u{FEFF}  enable-encryption =  yes  \r\n\r\n\tdisplay= :3 \r\nagent-id=pc-17\r\n")
         #expect(c.enableEncryption)
         #expect(c.activeKEKFile == "/etc/custos/certs/kek.pem")
-        #expect(c.display == ":3")
+        #expect(c.displays == .list([":3"]))
         #expect(c.agentID.rawValue == "pc-17")
     }
 
@@ -126,7 +130,8 @@ private func error(_ text: String) -> ConfigError? {
     @Test(arguments: ["png-level=10", "png-level=-1", "png-level=one", "screen-interval-ms=50",
                       "spool-max-mb=0", "keystroke-idle-ms=5", "agent-id=has space", "agent-id=",
                       "dek-rotate-hours=1e3", "screen-format=mp4", "screen-format=", "keyframe-interval-seconds=3601",
-                      "keyframe-interval-seconds=-1"])
+                      "keyframe-interval-seconds=-1", "activity-interval-seconds=5", "activity-interval-seconds=3601",
+                      "idle-threshold-seconds=0", "idle-threshold-seconds=86401"])
     func outOfRangeValuesNameTheKey(_ line: String) {
         let key = String(line.split(separator: "=")[0])
         let e = error(line)
@@ -202,6 +207,31 @@ private func error(_ text: String) -> ConfigError? {
         let e = error("display=:1\n\(key)=\(value)\n")
         #expect(e?.line == 2 && e?.key == key, "\(String(describing: e))")
         #expect(e?.description.hasPrefix("\(path):2: \(key): ") == true, "\(String(describing: e))")
+    }
+
+    @Test func displayIsAutoOrAListOfDisplayNames() throws {
+        #expect(try parse("display=auto\n").displays == .auto)
+        #expect(try parse("display=:0\n").displays == .list([":0"]))
+        #expect(try parse("display=:0, :1 ,unix:2.1,host.example:10.0\n").displays == .list([":0", ":1", "unix:2.1", "host.example:10.0"]))
+        #expect(try parse("display=:0,:1\n").displays.description == ":0,:1")
+        for bad in ["display=0", "display=:0,", "display=:a", "display=:0,:0", "display=:1.2.3", "display=AUTO", "display=:0 :1"] {
+            let e = error("agent-id=x\n\(bad)\n")
+            #expect(e?.line == 2 && e?.key == "display", "\(bad): \(String(describing: e))")
+        }
+        #expect(error("display=:0,:0\n")?.message.contains("given twice") == true)
+    }
+
+    @Test func windowPatternsRepeatInOrderAndABadRegexNamesItsLine() throws {
+        let c = try parse("sensitive-window-class=KeePassXC\nsensitive-window-class=/(?i)^pass/\n")
+        #expect(c.sensitiveWindowClasses.map(\.text) == ["KeePassXC", "/(?i)^pass/"])
+        #expect(c.sensitiveWindowClasses.map(\.isRegularExpression) == [false, true])
+        #expect(try parse("").sensitiveWindowClasses.isEmpty)
+        let e = error("display=:1\nsensitive-window-class=ok\nsensitive-window-class=/a(b/\n")
+        #expect(e?.line == 3 && e?.key == "sensitive-window-class", "\(String(describing: e))")
+        #expect(e?.description.hasPrefix("\(path):3: sensitive-window-class: '/a(b/' is not a valid regular expression") == true,
+                "\(String(describing: e))")
+        #expect(error("sensitive-window-class=//\n")?.line == 1)
+        #expect(error("sensitive-window-class=\n")?.line == 1)
     }
 
     @Test func typedValues() throws {

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
+import CustosBase
 @testable import Envelope
 
 /// Byte offsets of the blob header fields (docs/FORMAT.md).
@@ -26,6 +27,75 @@ struct FormatTests {
         session = try DEKSession(kek: FixtureKeys.kek, agentID: "agent-α", now: Date(timeIntervalSince1970: 1_700_000_000))
         blob = try session.seal(plaintext, kind: .keystrokes, captureTimeMs: 1_700_000_000_321)
         opener = try FixtureKeys.privateKey.unwrap(session.record)
+    }
+
+    @Test("kind byte: 4 is activity (sealed and opened), 5 is refused naming the kinds")
+    func activityKindByte() throws {
+        let activity = try session.seal(plaintext, kind: .activity, captureTimeMs: 1)
+        var b = [UInt8](activity.serialized)
+        #expect(b[BlobOffsets.kind] == 4)
+        let parsed = try SealedBlob(parsing: activity.serialized)
+        #expect(parsed.header.kind == .activity)
+        #expect(try opener.open(parsed) == plaintext)
+        b[BlobOffsets.kind] = 5
+        do {
+            _ = try SealedBlob(parsing: Data(b))
+            Issue.record("kind 5 was accepted")
+        } catch let e as EnvelopeError {
+            #expect(e.code == .malformed && e.message.contains("unknown capture kind 5 (expected 1, 2, 3 or 4)"), "\(e)")
+        }
+    }
+
+    @Test("sealed session blob (type 3): user and display after the agent id, authenticated, parsed back")
+    func sessionBlob() throws {
+        let session = try BlobSession(user: UserName("alice"), display: ":1")
+        let sealed = try self.session.seal(plaintext, kind: .screen, captureTimeMs: 7, session: session)
+        var b = [UInt8](sealed.serialized)
+        let agent = Array("agent-α".utf8)
+        #expect(b[BlobOffsets.type] == 3)
+        #expect(b[BlobOffsets.length].reduce(0) { $0 << 8 | Int($1) } == b.count)
+        let at = 93 + agent.count
+        #expect(Int(b[at]) == 5 && Array(b[(at + 1)..<(at + 6)]) == Array("alice".utf8))
+        #expect(Int(b[at + 6]) == 2 && Array(b[(at + 7)..<(at + 9)]) == Array(":1".utf8))
+        #expect(b.count == at + 9 + plaintext.count + 16)
+        let parsed = try SealedBlob(parsing: sealed.serialized)
+        #expect(parsed.header.session == session && parsed.header.kind == .screen && parsed.plaintextCount == plaintext.count)
+        #expect(try opener.open(parsed) == plaintext)
+        #expect(try RecordStream.parse(sealed.serialized).count == 1)
+        // The user is authenticated: another name of the same length fails to open.
+        b[at + 1] = UInt8(ascii: "b")
+        #expect(throws: EnvelopeError.self) { try opener.open(try SealedBlob(parsing: Data(b))) }
+        do { _ = try opener.open(try SealedBlob(parsing: Data(b))) } catch let e as EnvelopeError {
+            #expect(e.code == .authenticationFailed)
+        }
+        // A user that is not UTF-8 does not parse; an empty one cannot be sealed.
+        b[at + 1] = 0xff
+        do {
+            _ = try SealedBlob(parsing: Data(b))
+            Issue.record("a non-UTF-8 user parsed")
+        } catch let e as EnvelopeError {
+            #expect(e.code == .malformed && e.message.contains("session user is not UTF-8"), "\(e)")
+        }
+        // A user name that is not a UserName (a path, a control character) does not parse.
+        for bad in ["../ab", "a/bcd", "ab\ncd"] {
+            b.replaceSubrange((at + 1)..<(at + 6), with: Array(bad.utf8))
+            do {
+                _ = try SealedBlob(parsing: Data(b))
+                Issue.record("user \(bad.debugDescription) parsed")
+            } catch let e as EnvelopeError {
+                #expect(e.code == .malformed && e.message.contains("session user"), "\(e)")
+            }
+        }
+        for bad in ["", ".", "..", "../etc", "a/b", "a\nb", "a\u{202E}b", String(repeating: "x", count: 129)] {
+            #expect(throws: ValueError.self, "\(bad.debugDescription)") { try UserName(bad) }
+        }
+        for good in ["alice", "j.doe", "alice@corp.example", "CORP\\alice", "?", "uid-1001", "Zoë"] {
+            #expect(try UserName(good).rawValue == good)
+        }
+        #expect(throws: EnvelopeError.self) { try BlobSession(user: UserName("a"), display: "") }
+        #expect(throws: EnvelopeError.self) { try BlobSession(user: UserName("a"), display: String(repeating: "x", count: 256)) }
+        // A plain blob stays type 2 with no session.
+        #expect(blob.serialized[BlobOffsets.type] == 2 && blob.header.session == nil)
     }
 
     @Test("layout: prefix, header fields at their documented offsets, sizes")
@@ -87,7 +157,8 @@ struct FormatTests {
                 switch i {
                 case BlobOffsets.magic: expected = [.malformed]
                 case BlobOffsets.version, BlobOffsets.suite: expected = [.unsupportedVersion]
-                case BlobOffsets.type: expected = [.malformed]
+                // 2 → 3 reads a sealed session blob: its session fields from the ciphertext.
+                case BlobOffsets.type: expected = [.malformed, .truncated, .authenticationFailed]
                 case BlobOffsets.length: expected = [.malformed, .truncated]
                 case BlobOffsets.blobID: expected = [.authenticationFailed]
                 case BlobOffsets.kekID: expected = [.keyMismatch]

@@ -10,7 +10,7 @@ struct SessionTests {
         let session = try DEKSession(kek: FixtureKeys.kek, agentID: "host")
         let opener = try FixtureKeys.privateKey.unwrap(session.record)
         for (i, size) in [0, 1, 15, 16, 17, 4096, 1 << 20].enumerated() {
-            let kind = CaptureKind.allCases[i % 3]
+            let kind = CaptureKind.allCases[i % CaptureKind.allCases.count]
             let plain = Data((0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) })
             let blob = try session.seal(plain, kind: kind, captureTimeMs: Int64(i))
             #expect(blob.header.kind == kind)
@@ -98,7 +98,8 @@ struct SessionTests {
         #expect(DEKID(hex: "zz") == nil)
         #expect(BlobID(hex: String(repeating: "0", count: 31)) == nil)
         #expect(KEKID(hex: FixtureKeys.kek.id.hex) == FixtureKeys.kek.id)
-        #expect(CaptureKind.allCases.map(\.name) == ["screen", "keystrokes", "generic"])
+        #expect(CaptureKind.allCases.map(\.name) == ["screen", "keystrokes", "generic", "activity"])
+        #expect(CaptureKind.allCases.map(\.rawValue) == [1, 2, 3, 4])  // the header's kind byte (docs/FORMAT.md)
         #expect(CaptureKind(name: "keystrokes") == .keystrokes)
         #expect(CaptureKind(name: "Screen") == nil)
     }

@@ -36,10 +36,12 @@ struct DBMigrateTests {
         for (n, agent) in ["pc-1", "pc-2", "pc-1"].enumerated() {
             let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek.publicKey), agentID: agent)
             var items: [IngestItem] = [ingestItem(session.record)]
+            // The first agent's captures name a graphical session (user and display travel too).
+            let graphical = n == 0 ? try BlobSession(user: UserName("alice"), display: ":1") : nil
             for i in 0..<20 {
                 let size = i % 3 == 0 ? 40 * 1024 : 300 + i
                 let blob = try session.seal(randomData(size), kind: i % 2 == 0 ? .screen : .keystrokes,
-                                            captureTimeMs: 1_700_000_000_000 + Int64(n * 100 + i))
+                                            captureTimeMs: 1_700_000_000_000 + Int64(n * 100 + i), session: graphical)
                 captures.append(blob)
                 items.append(ingestItem(blob, agent: try AgentID(agent)))
             }
@@ -310,6 +312,10 @@ struct DBMigrateTests {
         _ = try await Self.makeSource(source)
         let ok = try await Self.custos(["db", "migrate", "--from", source, "--to", dir.file("copy.db"), "--quiet"])
         #expect(ok.status == 0 && ok.stderrString.contains("60 captures") && ok.stderrString.contains("verified"), "\(ok.stderrString)")
+        let copy = try SQLiteStorage(path: dir.file("copy.db"))
+        let alices = try await copy.captures(CaptureQuery(user: try UserName("alice")), after: nil, limit: 100).items
+        await copy.close()
+        #expect(alices.count == 20 && alices.allSatisfy { $0.display == ":1" && $0.agentID.rawValue == "pc-1" })
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.file("copy.db.blobs")).count
                 == (try FileManager.default.contentsOfDirectory(atPath: source + ".blobs")).count)
 

@@ -116,13 +116,13 @@ func ingestItem(_ r: DEKRecord) -> IngestItem {
                    record: r.serialized))
 }
 
-/// A sealed blob as the collector stores it: its header's fields, `bytes` (default its own), by
-/// `agent` (default the header's).
+/// A sealed blob as the collector stores it: its header's fields (a session blob's user and
+/// display too), `bytes` (default its own), by `agent` (default the header's).
 func ingestItem(_ b: SealedBlob, bytes: Data? = nil, agent: AgentID? = nil) -> IngestItem {
     let h = b.header
     return .blob(StoredBlob(blobID: h.blobID, agentID: agent ?? (try! AgentID(h.agentID)), kind: h.kind, dekID: h.dekID,
                             kekID: h.kekID, sequence: Int64(bitPattern: h.sequence), captureTimeMs: h.captureTimeMs,
-                            bytes: bytes ?? b.serialized))
+                            bytes: bytes ?? b.serialized, user: h.session?.user, display: h.session?.display))
 }
 
 extension EnvelopeRecord {

@@ -63,7 +63,7 @@ import TestSupport
         ("retention-days=-1", "retention-days", "whole number of days from 0"),
         ("retention-days=36501", "retention-days", "36500"),
         ("retention-days=ten", "retention-days", "found 'ten'"),
-        ("retention-days-kind=video:3", "retention-days-kind", "capture kind (screen, keystrokes or generic)"),
+        ("retention-days-kind=video:3", "retention-days-kind", "capture kind (screen, keystrokes, generic or activity)"),
         ("retention-days-kind=screen", "retention-days-kind", "expected KIND:DAYS"),
         ("retention-days-kind=screen:3:4", "retention-days-kind", "expected KIND:DAYS with one ':' (e.g. screen:30; one line per kind), found 'screen:3:4'"),
         ("retention-days-agent=host-1:3:4", "retention-days-agent", "expected AGENT:DAYS with one ':'"),

@@ -37,21 +37,22 @@ import TestSupport
         let keysNew = entry(2, .keystrokes, time: 50)
         let keysOld = entry(3, .keystrokes, time: 20)
         let generic = entry(4, .generic, time: 5)
+        let activity = entry(5, .activity, time: 70)
         let dek = entry(0, .dekRecord, time: 60)
-        for e in [screenOld, keysNew, keysOld, generic, dek] { try spool.enqueue(e) }
+        for e in [screenOld, keysNew, keysOld, generic, activity, dek] { try spool.enqueue(e) }
         // Same id again, other bytes: a no-op.
         var dup = keysNew
         dup.payload = Data("other".utf8)
         try spool.enqueue(dup)
-        #expect(try spool.stats().totalSpooled.count == 5)
+        #expect(try spool.stats().totalSpooled.count == 6)
 
         let leased = try spool.lease(maxItems: 10, maxBytes: 1 << 20)
-        #expect(leased.map(\.id) == [dek.id, keysOld.id, keysNew.id, generic.id, screenOld.id])
+        #expect(leased.map(\.id) == [dek.id, keysOld.id, keysNew.id, activity.id, generic.id, screenOld.id])
         #expect(leased[2] == keysNew)  // original payload, attempts 0
         // Leased records are not leased again until the lease expires.
         #expect(try spool.lease(maxItems: 10, maxBytes: 1 << 20).isEmpty)
         let later = Date().addingTimeInterval(61)
-        #expect(try spool.lease(maxItems: 10, maxBytes: 1 << 20, now: later).count == 5)
+        #expect(try spool.lease(maxItems: 10, maxBytes: 1 << 20, now: later).count == 6)
         try spool.ack(leased.map(\.id))
         #expect(try spool.stats().totalSpooled.count == 0)
         try spool.close()

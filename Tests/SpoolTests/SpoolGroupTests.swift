@@ -261,9 +261,9 @@ import TestSupport
     }
 
     /// A spool written by the v1 schema (before groups), with records and counters, opens
-    /// under v2: the migration adds `grp` and its index, old records keep their bytes and
-    /// lease with no group, old counters stay, and eviction under the cap takes old ungrouped
-    /// frames singly and new groups whole.
+    /// under v2 and v3: v2 adds `grp` and its index, old records keep their bytes and lease with
+    /// no group, old counters stay, and eviction under the cap takes old ungrouped frames singly
+    /// and new groups whole; v3 moves screens from priority 3 to 4 (room for activity at 2).
     @Test func aV1SpoolWithRecordsMigratesToV2() throws {
         let tmp = try TempDir("spool-v1")
         defer { tmp.remove() }
@@ -281,7 +281,12 @@ import TestSupport
              try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'record'"),
              try Int.fetchOne(db, sql: "SELECT count(*) FROM record WHERE grp IS NOT NULL"))
         }
-        #expect(schema.0 == ["v1", "v2"])
+        #expect(schema.0 == ["v1", "v2", "v3"])
+        let priorities = try raw.read { db in
+            try Row.fetchAll(db, sql: "SELECT kind, min(priority) AS lo, max(priority) AS hi FROM record GROUP BY kind")
+                .map { "\($0["kind"] as String) \($0["lo"] as Int)-\($0["hi"] as Int)" }.sorted()
+        }
+        #expect(priorities == ["dek 0-0", "keystrokes 1-1", "screen 4-4"])
         #expect(schema.1.last == "grp")
         #expect(schema.2.contains("record_group"))
         #expect(schema.3 == 0)
@@ -310,13 +315,13 @@ import TestSupport
         #expect(stats.spooled[.keystrokes]?.count == 3 && stats.spooled[.dekRecord]?.count == 1)
         #expect(check.evictionCalls > 5)
         try spool.close()
-        // v2 opens as v2; the read-only status path reads it.
+        // v3 opens as v3; the read-only status path reads it.
         spool = try Spool(directory: tmp.path, maxBytes: Self.cap, logger: logger)
         try spool.close()
         let ro = try Spool.openReadOnly(directory: tmp.path)
         #expect(try ro.stats().evicted[.screen] == stats.evicted[.screen])
         try ro.close()
-        #expect(try raw.read { db in try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") }.count == 2)
+        #expect(try raw.read { db in try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") }.count == 3)
         let names = try FileManager.default.contentsOfDirectory(atPath: tmp.path)
         #expect(!names.contains { $0.contains(".newer-") || $0.contains(".corrupt-") }, "\(names)")
     }

@@ -169,7 +169,7 @@ func blob(_ dek: StoredDEK, kind: CaptureKind = .screen, time: Int64, size: Int 
 /// The ``CaptureInfo`` a stored blob should list as (its `receivedAtMs` as given to ingest).
 func info(_ b: StoredBlob, receivedAtMs: Int64) -> CaptureInfo {
     CaptureInfo(blobID: b.blobID, agentID: b.agentID, kind: b.kind, dekID: b.dekID, kekID: b.kekID, sequence: b.sequence,
-                captureTimeMs: b.captureTimeMs, size: b.bytes.count, receivedAtMs: receivedAtMs)
+                captureTimeMs: b.captureTimeMs, size: b.bytes.count, receivedAtMs: receivedAtMs, user: b.user, display: b.display)
 }
 
 /// The listing order: capture time, then blob id bytes.

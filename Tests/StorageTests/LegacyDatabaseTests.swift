@@ -140,7 +140,7 @@ import TestSupport
         let audit = try await s.auditEntries(before: nil, limit: 10)
         #expect(audit.map(\.action) == ["agents.add"] && audit.first?.detail == "legacy-host")
         let migrations = try await s.pool.read { db in try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations") }
-        #expect(migrations == ["v1", "v2-blob-files", "v3", "v4-retention", "v5-hold-removal", "v6-admins", "v7-admin-hardening"])
+        #expect(migrations == ["v1", "v2-blob-files", "v3", "v4-retention", "v5-hold-removal", "v6-admins", "v7-admin-hardening", "v8-sessions"])
 
         // The same blob directory and marker: a new large blob goes after the old ones in file 1.
         let newer = blob(d, time: 1_700_000_000_300, size: 50_000, sequence: 3)

@@ -174,11 +174,11 @@ struct PostgresStorageTests {
                 FROM generate_series(1, 1000) AS i;
                 ANALYZE encryption_dek;
                 SET plan_cache_mode = force_generic_plan;
-                PREPARE upload(text[], text[], text[], text[], text[], int8[], int8[], int8[], bytea[], text[], int8, int8)
+                PREPARE upload(text[], text[], text[], text[], text[], int8[], int8[], int8[], bytea[], text[], int8, int8, text[], text[])
                     AS \(PostgresStatements.InsertCaptures.sql);
                 EXPLAIN EXECUTE upload(ARRAY[md5('x')], ARRAY['agent-1'], ARRAY['screen'], ARRAY[md5('1')],
                                        ARRAY[repeat('ab', 32)], ARRAY[1::int8], ARRAY[1000::int8], ARRAY[3::int8],
-                                       ARRAY['\\x01'::bytea], ARRAY[''], 1, 2);
+                                       ARRAY['\\x01'::bytea], ARRAY[''], 1, 2, ARRAY['alice'], ARRAY[':0']);
                 """, database: db, user: collectorRole)
             #expect(plan.contains("Index Scan using encryption_dek_pkey") && !plan.contains("Seq Scan"), "\(plan)")
         }
@@ -335,9 +335,9 @@ struct PostgresStorageTests {
             }
             return try await group.reduce(into: []) { $0.append($1) }
         }
-        #expect(statuses.allSatisfy { $0.applied == [1, 2, 3, 4, 5, 6] && $0.latest == 6 })
+        #expect(statuses.allSatisfy { $0.applied == [1, 2, 3, 4, 5, 6, 7] && $0.latest == 7 })
         #expect(try await cluster.psqlAsync("SELECT count(*) FROM schema_migrations;", database: db)
-            .trimmingCharacters(in: .whitespacesAndNewlines) == "6")
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "7")
 
         try await cluster.psqlAsync("INSERT INTO schema_migrations (version, name) VALUES (99, E'v99-\\x1b[31mfuture');",
                                     database: db)
@@ -358,7 +358,7 @@ struct PostgresStorageTests {
         let (cluster, db) = try await freshDatabase(owner: owner)
         try cluster.createRole(app)
         try await withPostgresStorage(cluster: cluster, database: db, role: owner) { (ownerStorage: PostgresStorage) async throws in
-            #expect(try await ownerStorage.migrate(grantingTo: app).applied == [1, 2, 3, 4, 5, 6])
+            #expect(try await ownerStorage.migrate(grantingTo: app).applied == [1, 2, 3, 4, 5, 6, 7])
             #expect(await storageError { _ = try await ownerStorage.migrate(grantingTo: "x; DROP TABLE agents") }?.code
                 == .invalidArgument)
         }

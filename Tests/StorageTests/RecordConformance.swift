@@ -199,14 +199,14 @@ extension StoredBlob {
 extension StorageConformance {
     /// `CaptureStore.captures` (cursor paging) on every backend.
     @Suite struct CaptureListingConformance {
-        /// 60 captures of two agents and three kinds, many at equal capture times.
+        /// 60 captures of two agents and four kinds (activity among them), many at equal capture times.
         static func fill(_ s: any CollectorStorage) async throws -> [CaptureInfo] {
             let agents = [agent("north"), agent("south")]
             let deks = agents.map { dek($0, time: 0) }
             var blobs: [StoredBlob] = []
             for i in 0..<60 {
                 let d = deks[i % 2]
-                let kind: CaptureKind = [.screen, .keystrokes, .screen, .generic][i % 4]
+                let kind: CaptureKind = [.screen, .keystrokes, .screen, .generic, .activity][i % 5]
                 // Capture times 1000, 1000, 1000, 1010, …: runs of three ties; blob ids random, so
                 // the order within a tie is the blob id's.
                 blobs.append(blob(d, kind: kind, time: 1000 + Int64(i / 3) * 10, size: 10 + i, sequence: Int64(i)))
@@ -224,6 +224,8 @@ extension StorageConformance {
                     CaptureQuery(agentID: agent("north")),
                     CaptureQuery(kind: .screen),
                     CaptureQuery(agentID: agent("south"), kind: .keystrokes),
+                    CaptureQuery(kind: .activity),
+                    CaptureQuery(agentID: agent("north"), kind: .activity),
                     CaptureQuery(sinceMs: 1030),
                     CaptureQuery(untilMs: 1030),
                     CaptureQuery(sinceMs: 1050, untilMs: 1120),
@@ -340,6 +342,62 @@ extension StorageConformance {
 private func info(_ c: CaptureCursor) -> CaptureInfo {
     CaptureInfo(blobID: c.blobID, agentID: agent("x"), kind: .generic, dekID: DEKID.random(), kekID: kekID(0), sequence: 0,
                 captureTimeMs: c.captureTimeMs, size: 0, receivedAtMs: 0)
+}
+
+extension StorageConformance {
+    /// The graphical session of sealed session blobs (user, display: docs/FORMAT.md) on every
+    /// backend: stored beside the row, listed back, filtered by user (alone and with an agent,
+    /// with every order and page size), part of what a second upload is compared with.
+    @Suite struct SessionConformance {
+        @Test(arguments: Backend.testable)
+        func usersAreStoredListedAndFiltered(_ backend: Backend) async throws {
+            try await withRig(backend, "sessions") { rig async throws in
+                let s = rig.storage
+                let agents = [agent("term-1"), agent("term-2")]
+                let deks = agents.map { dek($0, time: 0) }
+                var blobs: [StoredBlob] = []
+                for i in 0..<30 {
+                    var b = blob(deks[i % 2], kind: [.screen, .keystrokes, .activity][i % 3], time: 1000 + Int64(i / 2) * 10,
+                                 size: 20 + i, sequence: Int64(i))
+                    // Users alice (:1), bob (:2), and plain blobs without a session.
+                    switch i % 3 {
+                    case 0: (b.user, b.display) = (try UserName("alice"), ":1")
+                    case 1: (b.user, b.display) = (try UserName("bob"), ":2")
+                    default: break
+                    }
+                    blobs.append(b)
+                }
+                #expect(try await s.ingest(deks.map { .dek($0) } + blobs.map { .blob($0) }, receivedAtMs: 5).allSatisfy { $0 == .stored })
+                let all = blobs.map { info($0, receivedAtMs: 5) }.sorted(by: listingOrder)
+                #expect(try await allPages(s, CaptureQuery(), limit: 1000).flatMap { $0 } == all)
+                for (query, expected) in [
+                    (CaptureQuery(user: try UserName("alice")), all.filter { $0.user?.rawValue == "alice" }),
+                    (CaptureQuery(agentID: agents[1], user: try UserName("bob")),
+                     all.filter { $0.user?.rawValue == "bob" && $0.agentID == agents[1] }),
+                    (CaptureQuery(kind: .screen, user: try UserName("alice")),
+                     all.filter { $0.user?.rawValue == "alice" && $0.kind == .screen }),
+                    (CaptureQuery(user: try UserName("carol")), []),
+                ] {
+                    #expect(!expected.isEmpty || query.user?.rawValue == "carol")
+                    for limit in [1, 4, 1000] {
+                        #expect(try await allPages(s, query, limit: limit).flatMap { $0 } == expected, "\(query) \(limit)")
+                        var down = query
+                        down.order = .descending
+                        #expect(try await allPages(s, down, limit: limit).flatMap { $0 } == expected.reversed(), "\(down) \(limit)")
+                    }
+                }
+                #expect(try await s.capture(blobs[0].blobID)?.user?.rawValue == "alice")
+                #expect(try await s.capture(blobs[0].blobID)?.display == ":1")
+                #expect(try await s.capture(blobs[2].blobID)?.user == nil)
+                // The same upload again is a duplicate; the same id naming another user a conflict.
+                #expect(try await s.ingest([.blob(blobs[0])], receivedAtMs: 6) == [.duplicate])
+                var other = blobs[0]
+                other.user = try UserName("mallory")
+                #expect(try await s.ingest([.blob(other)], receivedAtMs: 6) == [.conflict])
+                #expect(try await s.capture(blobs[0].blobID)?.user?.rawValue == "alice")
+            }
+        }
+    }
 }
 
 extension StorageConformance {

@@ -96,7 +96,9 @@ extension StorageConformance {
                 var expected = ExpiryOutcome()
                 for b in blobs where expired(b) { expected.add(b.kind, bytes: Int64(b.bytes.count)) }
                 #expect(outcome.removed == expected.removed, "\(outcome) vs \(expected)")
-                #expect(outcome.captures == 3 * 3 + 2 + 1)
+                // short: 3 ages past 2 days × 4 kinds; plain: 2 screens past 3 days, keystrokes and
+                // activity past 10 days once each (generic is kept).
+                #expect(outcome.captures == 3 * 4 + 2 + 2)
                 for b in blobs {
                     let stored = try await s.blob(b.blobID)
                     #expect((stored == nil) == expired(b), "\(b.agentID) \(b.kind.name) \(Self.ageDays(b)) days")

@@ -15,6 +15,10 @@ public final class Xvfb: @unchecked Sendable {
     public let height: Int
     public let depth: Int
     public let extraArgs: [String]
+    /// The user the server runs as (its socket is theirs), or nil for this process's.
+    public let user: TestUser?
+    /// The cookie file clients use (`XAUTHORITY`), for a server started with one.
+    public let authFile: String?
     /// The display number (`:number`).
     public private(set) var number: Int = -1
     private var process: Process?
@@ -32,7 +36,31 @@ public final class Xvfb: @unchecked Sendable {
         self.height = height
         self.depth = depth
         self.extraArgs = extraArgs
+        user = nil
+        authFile = nil
         try start(display: nil)
+    }
+
+    /// Starts Xvfb as `user` (`setpriv`, so the process is the server itself and its socket
+    /// `/tmp/.X11-unix/XN` is the user's), with access control: a fresh MIT-MAGIC-COOKIE-1
+    /// (`mcookie`) in the user's `~/.Xauthority`, owned by them, as a display manager leaves it.
+    /// The server reads the cookie at start (an entry for a placeholder display: its number is
+    /// known only once it runs); the entry for `:N` is added after.
+    public init(width: Int = 320, height: Int = 240, depth: Int = 24, user: TestUser) throws {
+        for tool in ["Xvfb", "xauth", "mcookie", "setpriv"] { try requireTool(tool) }
+        self.width = width
+        self.height = height
+        self.depth = depth
+        self.user = user
+        let file = user.home + "/.Xauthority"
+        authFile = file
+        let cookie = try runChecked(["mcookie"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        try runChecked(["xauth", "-f", file, "add", ":65000", ".", cookie])
+        try runChecked(["chown", "\(user.name):\(user.name)", file])
+        extraArgs = ["-auth", file]
+        try start(display: nil)
+        try runChecked(["xauth", "-f", file, "add", name, ".", cookie])
+        try runChecked(["chown", "\(user.name):\(user.name)", file])
     }
 
     deinit { stop() }
@@ -78,7 +106,7 @@ public final class Xvfb: @unchecked Sendable {
     }
 
     /// Environment for X clients of this server.
-    public var environment: [String: String] { ["DISPLAY": name, "XAUTHORITY": "/dev/null"] }
+    public var environment: [String: String] { ["DISPLAY": name, "XAUTHORITY": authFile ?? "/dev/null"] }
 
     /// Runs an X client (`xsetroot`, `xdotool`, `setxkbmap` …) against this server; throws
     /// unless it exits 0; returns its standard output.
@@ -90,7 +118,7 @@ public final class Xvfb: @unchecked Sendable {
     private func start(display: Int?) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        var args = ["Xvfb"]
+        var args = user.map { ["setpriv", "--reuid=\($0.uid)", "--regid=\($0.uid)", "--init-groups", "--", "Xvfb"] } ?? ["Xvfb"]
         if let display { args.append(":\(display)") }
         args += ["-displayfd", "1", "-screen", "0", "\(width)x\(height)x\(depth)", "-nolisten", "tcp", "-noreset"]
         args += extraArgs
@@ -119,11 +147,46 @@ public final class Xvfb: @unchecked Sendable {
         guard ready, let number = Int(line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
             if process.isRunning { process.terminate() }
             process.waitUntilExit()
-            throw TestSupportError("Xvfb \(args.dropFirst().joined(separator: " ")) did not report a display (got \"\(line)\")")
+            throw TestSupportError("Xvfb \(args.joined(separator: " ")) did not report a display (got \"\(line)\")")
         }
         lock.lock()
         self.number = number
         self.process = process
         lock.unlock()
     }
+}
+
+/// A local user made for one test (`useradd -m`, a home of its own), removed with its home by
+/// `remove()` or `deinit` (`userdel -r`). Needs root; names are unique per process and index.
+public final class TestUser: @unchecked Sendable {
+    // @unchecked Sendable: immutable after init; `removed` only flips once under `lock`.
+    public let name: String
+    public let uid: UInt32
+    public let home: String
+    private var removed = false
+    private let lock = NSLock()
+
+    /// - Throws: when not root, or `useradd` fails.
+    public init(_ tag: String) throws {
+        guard getuid() == 0 else { throw TestSupportError("TestUser needs root (useradd)") }
+        try requireTool("useradd")
+        name = "cst\(getpid())\(tag)"
+        _ = try? runCommand(["userdel", "-r", name])  // a leftover of a killed run with the same pid
+        try runChecked(["useradd", "-m", "-s", "/usr/sbin/nologin", name])
+        guard let pw = getpwnam(name) else { throw TestSupportError("user \(name) was not created") }
+        uid = pw.pointee.pw_uid
+        home = String(cString: pw.pointee.pw_dir)
+    }
+
+    /// Removes the user and their home (`userdel -r`). Stop what runs as the user first (the
+    /// test's `Xvfb`): a user with processes is not removed.
+    public func remove() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !removed else { return }
+        removed = true
+        _ = try? runCommand(["userdel", "-r", name])
+    }
+
+    deinit { remove() }
 }

@@ -1,4 +1,5 @@
 import CX11
+import CaptureCore
 import CaptureFormat
 import Foundation
 

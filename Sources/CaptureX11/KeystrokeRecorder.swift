@@ -1,4 +1,5 @@
 import CX11
+import CaptureCore
 import CaptureFormat
 import CustosBase
 import Foundation
@@ -27,6 +28,7 @@ public final class KeystrokeRecorder: Sendable {
     private let xauthority: String?
     private let logger: Logger
     private let health: DisplayHealth
+    private let policy: CapturePolicy
     private let sink: ChunkSink
     /// Delays between reconnection attempts after the display is lost (250 ms doubling to 30 s).
     static let reconnectBackoff = Backoff(initial: .milliseconds(250), cap: .seconds(30))
@@ -49,11 +51,14 @@ public final class KeystrokeRecorder: Sendable {
     /// (nil: `$XAUTHORITY`). Chunks close after `idleMs` ms without a key or after
     /// `maxKeysPerChunk` keys. With `includeReleases`, key releases are recorded too
     /// (`Keystroke.pressed == false`). Display problems go to `health` (nil: a private one).
+    /// Keys typed while another client holds an active keyboard grab, or while a window
+    /// `policy` calls sensitive has the focus, become one `[suppressed]` marker per run
+    /// (docs/CAPTURE.md "Password prompts").
     /// Closed chunks go to `onChunk` when given (called on the record thread or the caller of
     /// `flush`/`stop`; it must not block long), else to `chunks`.
     /// - Throws: `CaptureError.invalidArgument` when `idleMs` < 1 or `maxKeysPerChunk` < 1.
     public init(display: String?, xauthority: String?, idleMs: Int, maxKeysPerChunk: Int, logger: Logger,
-                includeReleases: Bool = false, health: DisplayHealth? = nil,
+                includeReleases: Bool = false, health: DisplayHealth? = nil, policy: CapturePolicy = CapturePolicy(),
                 onChunk: (@Sendable (KeystrokeChunk) -> Void)? = nil) throws {
         guard idleMs >= 1 else { throw CaptureError(.invalidArgument, "idleMs \(idleMs) must be at least 1 ms") }
         guard maxKeysPerChunk >= 1 else {
@@ -63,6 +68,7 @@ public final class KeystrokeRecorder: Sendable {
         self.xauthority = xauthority
         self.logger = logger
         self.health = health ?? DisplayHealth(logger: logger)
+        self.policy = policy
         let (stream, continuation) = AsyncStream.makeStream(of: KeystrokeChunk.self, bufferingPolicy: .unbounded)
         self.stream = stream
         let deliver: @Sendable (KeystrokeChunk) -> Void = onChunk ?? { continuation.yield($0) }
@@ -85,7 +91,8 @@ public final class KeystrokeRecorder: Sendable {
             }
             let session: RecordSession
             do {
-                session = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, logger: logger)
+                session = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, policy: policy,
+                                            logger: logger)
             } catch let error as CaptureError where error.code == .displayUnavailable {
                 health.failed(error)
                 throw error
@@ -160,7 +167,8 @@ public final class KeystrokeRecorder: Sendable {
             while !shouldStop && ContinuousClock.now < until { usleep(50_000) }
             if shouldStop { break }
             do {
-                let fresh = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, logger: logger)
+                let fresh = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, policy: policy,
+                                              logger: logger)
                 session = fresh
                 retry.succeeded()
                 health.connected(fresh.displayName)
@@ -228,6 +236,39 @@ final class ChunkSink: Sendable {
             }
             current!.chunk.keys.append(key)
             current!.chunk.endMs = key.timeMs
+            current!.lastKey = now
+            if current!.chunk.keys.count >= maxKeys {
+                deliver(current!.chunk)
+                current = nil
+            }
+        }
+    }
+
+    /// Adds a marker (`KeyToken.suppressed`, `.excluded`) standing for a key left out at
+    /// `timeMs` in `window`: it extends the chunk's last entry when that is the same marker
+    /// (its `untilMs`, and `count` when counted), else it starts one. `counted`: add one to the
+    /// marker's `count` (a press of `[excluded]`).
+    func addMarker(_ marker: String, timeMs: Int64, counted: Bool, window: UInt, title: String, wmClass: String,
+                   now: Date) {
+        open.withLock { current in
+            if let c = current, c.window != window || c.chunk.windowTitle != title || c.chunk.wmClass != wmClass {
+                deliver(c.chunk)
+                current = nil
+            }
+            if current == nil {
+                current = Open(window: window,
+                               chunk: KeystrokeChunk(windowTitle: title, wmClass: wmClass, startMs: timeMs,
+                                                     endMs: timeMs, keys: []),
+                               lastKey: now)
+            }
+            if let last = current!.chunk.keys.last, last.text == marker, last.isMarker {
+                current!.chunk.keys[current!.chunk.keys.count - 1].untilMs = timeMs
+                if counted { current!.chunk.keys[current!.chunk.keys.count - 1].count = (last.count ?? 0) + 1 }
+            } else {
+                current!.chunk.keys.append(Keystroke(timeMs: timeMs, text: marker, untilMs: timeMs,
+                                                     count: counted ? 1 : nil))
+            }
+            current!.chunk.endMs = timeMs
             current!.lastKey = now
             if current!.chunk.keys.count >= maxKeys {
                 deliver(current!.chunk)

@@ -1,4 +1,5 @@
 import CX11
+import CaptureCore
 import Foundation
 import Synchronization
 
@@ -18,6 +19,16 @@ enum XErrorState {
     static let dead = Mutex<Set<UInt>>([])
     /// Serialises XOpenDisplay, which reads `XAUTHORITY` from the process environment.
     static let openLock = Mutex<Void>(())
+
+    /// Serialises every use of libXi's per-process display list: the XI calls
+    /// (`XIQueryVersion`, `XIQueryDevice`, which add a display to it) and every `XCloseDisplay`
+    /// (whose XI close hook removes the display and, when it was the last, frees the whole
+    /// list and sets it to NULL: `XInputClose` in libXi's src/XExtInt.c, without a lock). With
+    /// one keystroke recorder per graphical session, a record session opening on one thread
+    /// while another closed its connection wrote into the freed list (heap corruption,
+    /// `ConcurrentRecorderTests`). libXtst, libXext, libXfixes, libXrandr and libXss keep theirs in
+    /// static storage under Xlib's global lock and need nothing.
+    static let xinputLock = Mutex<Void>(())
 
     static func key(_ dpy: OpaquePointer?) -> UInt { UInt(bitPattern: UnsafeRawPointer(dpy)) }
 
@@ -115,8 +126,17 @@ final class X11Display {
         let key = XErrorState.key(dpy)
         XErrorState.errors.withLock { _ = $0.removeValue(forKey: key) }
         // XCloseDisplay also works on a connection marked dead: Xlib skips the round trips.
-        XCloseDisplay(dpy)
+        XErrorState.xinputLock.withLock { _ in _ = XCloseDisplay(dpy) }
         _ = XErrorState.dead.withLock { $0.remove(key) }
+    }
+
+    /// Asks for XI `major.minor` (`XIQueryVersion`, which must come before any other XI 2
+    /// request of the connection) under `XErrorState.xinputLock`.
+    /// - Returns: whether the server grants XI 2.
+    func queryXInput2(major: Int32 = 2, minor: Int32 = 0) -> Bool {
+        var grantedMajor = major, grantedMinor = minor
+        let d = dpy
+        return XErrorState.xinputLock.withLock { _ in XIQueryVersion(d, &grantedMajor, &grantedMinor) } == Success
     }
 
     /// Whether the connection has failed (server gone); a dead display only returns errors.

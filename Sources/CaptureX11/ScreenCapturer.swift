@@ -1,42 +1,11 @@
 import CX11
 import CX11Damage
+import CaptureCore
 import CaptureFormat
 import CustosBase
 import Foundation
 import Logging
 import Video
-
-/// How a capturer encodes the monitors that changed.
-public enum ScreenEncoding: Sendable, Equatable {
-    /// One PNG per changed frame at zlib level 0…9 (`screen-format=png`).
-    case png(level: Int)
-    /// One AV1 packet per changed frame, in one video stream per monitor (`screen-format=video`,
-    /// docs/VIDEO.md), with a keyframe at least every `keyframeIntervalMs` (0: only at a stream's start).
-    case video(keyframeIntervalMs: Int64)
-}
-
-/// The result of capturing one monitor.
-public enum FrameCapture: Sendable {
-    /// The monitor's pixels differ from its previous frame (or it is new): metadata and PNG.
-    case changed(FrameMetadata, png: Data)
-    /// As `.changed`, encoded as the next packet of the monitor's video stream.
-    case packet(VideoPacketMetadata, packet: [UInt8])
-    /// The monitor's raw pixels equal its previous frame; nothing was encoded.
-    case unchanged(monitor: Int)
-    /// The monitor could not be recorded this round; the other monitors were. `error` is
-    /// `.monitorUnsupported` (a size the encoder does not take: nothing was grabbed) or
-    /// `.encoding` (the encoder failed: its video stream restarts with the next frame).
-    case skipped(monitor: Int, error: CaptureError)
-
-    /// The monitor index this result is about.
-    public var monitor: Int {
-        switch self {
-        case .changed(let meta, _): meta.monitor
-        case .packet(let meta, _): meta.monitor
-        case .unchanged(let monitor), .skipped(let monitor, _): monitor
-        }
-    }
-}
 
 /// Captures every monitor of an X display as PNG frames or as packets of one AV1 video stream
 /// per monitor (``ScreenEncoding``).
@@ -81,6 +50,11 @@ public final class ScreenCapturer {
     private var streams: [Int: MonitorStream] = [:]
     private let logger: Logger
     private let health: DisplayHealth
+    /// The window rules (`exclude-window-class`, `exclude-window-title`), read at every capture.
+    private let policy: CapturePolicy
+    /// The exclusion mask the previous frames were painted with: a different one grabs every
+    /// monitor again (the change may come without DAMAGE, e.g. a title now matching).
+    private var lastMask: [MaskRect] = []
 
     private var connection: Connection?
     private var failures = 0
@@ -113,6 +87,11 @@ public final class ScreenCapturer {
         /// DAMAGE on the root window and an XFixes region to fetch it into; nil when the
         /// server lacks DAMAGE or XFIXES (then every capture grabs and hashes).
         let damage: (major: Int32, id: UInt, parts: XserverRegion)?
+        /// The visible parts of excluded windows, while the rules exclude any.
+        var exclusion: ExclusionTracker?
+        /// The mask colour in this display's pixel format.
+        lazy var maskPixel: [UInt8] = format.pixelBytes(red: WindowRules.maskColor.red, green: WindowRules.maskColor.green,
+                                                        blue: WindowRules.maskColor.blue)
 
         deinit {
             if let damage, !display.isDead {
@@ -199,8 +178,10 @@ public final class ScreenCapturer {
     /// ``init(display:xauthority:pngLevel:logger:health:)``.
     /// - Throws: `CaptureError.invalidArgument` for a PNG level outside 0…9 or a negative
     ///   keyframe interval.
+    /// Windows the rules of `policy` exclude are painted over before encoding (docs/CAPTURE.md
+    /// "Pixel exclusions").
     public init(display: String?, xauthority: String?, encoding: ScreenEncoding, logger: Logger,
-                health: DisplayHealth? = nil) throws {
+                health: DisplayHealth? = nil, policy: CapturePolicy = CapturePolicy()) throws {
         switch encoding {
         case .png(let level):
             guard (0...9).contains(level) else {
@@ -217,6 +198,7 @@ public final class ScreenCapturer {
         self.xauthority = xauthority
         self.logger = logger
         self.health = health ?? DisplayHealth(logger: logger)
+        self.policy = policy
         _ = try? ensureConnection(now: Date())
     }
 
@@ -350,6 +332,18 @@ public final class ScreenCapturer {
         var lastError: CaptureError?
         // Take the damage first: anything drawn after this point is caught next time.
         var damaged = try takeDamage(conn)
+        // The exclusion mask now; a new one (a window excluded, moved, covered, uncovered)
+        // grabs every monitor, DAMAGE or not.
+        let (rules, generation) = policy.current
+        if rules.hasExclusions {
+            if conn.exclusion == nil { conn.exclusion = try ExclusionTracker(display: conn.display, reader: WindowReader(conn.display)) }
+            try conn.exclusion!.update(rules: rules, generation: generation)
+        } else if let tracker = conn.exclusion {
+            tracker.stop()
+            conn.exclusion = nil
+        }
+        let mask = conn.exclusion?.rects ?? []
+        if mask != lastMask { damaged = nil }
         // A RandR resize between reading the geometry and grabbing makes a strip's grab fail
         // with BadMatch; re-read the geometry and grab the whole frame again, so no frame is
         // sheared or stale. During a burst of resizes (a VM window being dragged, `xrandr` in
@@ -398,6 +392,7 @@ public final class ScreenCapturer {
                 continue
             }
             previous = hashes
+            lastMask = conn.exclusion?.rects ?? []
             // A monitor gone (or renumbered) takes its stream with it.
             for index in streams.keys where index >= monitors.count { streams[index] = nil }
             return frames
@@ -496,7 +491,17 @@ public final class ScreenCapturer {
                 let format = PixelFormat(bitsPerPixel: buffer.bitsPerPixel, msbFirst: buffer.msbFirst,
                                          redMask: conn.format.red.mask, greenMask: conn.format.green.mask,
                                          blueMask: conn.format.blue.mask)
-                try body(pixels + skip * buffer.bytesPerLine, rows, y, buffer.bytesPerLine, format)
+                let first = pixels + skip * buffer.bytesPerLine
+                if let rects = conn.exclusion?.rects, !rects.isEmpty {
+                    // Excluded pixels are overwritten in this process's own buffer, before
+                    // anything hashes, converts or encodes them.
+                    let pixel = format == conn.format ? conn.maskPixel
+                        : format.pixelBytes(red: WindowRules.maskColor.red, green: WindowRules.maskColor.green,
+                                            blue: WindowRules.maskColor.blue)
+                    paintMask(rects, pixel: pixel, into: UnsafeMutableRawPointer(mutating: first), originX: g.x,
+                              originY: g.y + y, width: g.width, rows: rows, stride: buffer.bytesPerLine)
+                }
+                try body(first, rows, y, buffer.bytesPerLine, format)
             }
             y += rows
         }
@@ -557,11 +562,40 @@ public final class ScreenCapturer {
         // one strip and its new state in the next (the next capture then has both new).
         switch output {
         case .png(let encoder):
-            return try grabPNG(conn, index: index, geometry: g, timeMs: timeMs, encoder: encoder, hashes: &hashes)
+            return try withCurrentMask(conn) {
+                try grabPNG(conn, index: index, geometry: g, timeMs: timeMs, encoder: encoder, hashes: &hashes)
+            }
         case .video(let interval):
             return try grabVideo(conn, index: index, geometry: g, timeMs: timeMs, keyframeIntervalMs: interval,
                                  hashes: &hashes)
         }
+    }
+
+    /// How many times a grab is repeated because an excluded window moved (or was uncovered)
+    /// while it was read, before the last try holds the server (`XGrabServer`) for it.
+    static let maskRetries = 2
+
+    /// Runs `grab` (which reads strips painted with the current mask) until no notification
+    /// changed the mask meanwhile: after each run, `ExclusionTracker.changedSinceUpdate` waits
+    /// for the server's notifications up to now; when the mask moved, the frame may show an
+    /// excluded window where it was not painted, so it is grabbed again with the new mask.
+    /// After `maskRetries` repeats (a window being dragged), the last run holds the server, so
+    /// nothing can move during it. Without exclusions it runs `grab` once.
+    private func withCurrentMask<T>(_ conn: Connection, _ grab: () throws -> T) throws -> T {
+        guard let tracker = conn.exclusion else { return try grab() }
+        let (rules, generation) = policy.current
+        for _ in 0...Self.maskRetries {
+            let result = try grab()
+            if try !tracker.changedSinceUpdate(rules: rules, generation: generation) { return result }
+        }
+        let dpy = conn.display.dpy
+        XGrabServer(dpy)
+        defer {
+            XUngrabServer(dpy)
+            XFlush(dpy)
+        }
+        try tracker.update(rules: rules, generation: generation)
+        return try grab()
     }
 
     /// Grabs monitor `g` strip by strip (``forEachStrip``), hashes each strip's raw rows into
@@ -635,8 +669,10 @@ public final class ScreenCapturer {
             // An X error mid-frame leaves the picture half-filled but the encoder untouched: the
             // retry refills it whole.
             var hasher: RowHasher?
-            try forEachEncodableStrip(conn, index: index, geometry: g, hasher: &hasher) { pixels, rows, firstRow, stride, layout in
-                try stream.picture.write(rows: pixels, firstRow: firstRow, rowCount: rows, stride: stride, layout: layout)
+            try withCurrentMask(conn) {
+                try forEachEncodableStrip(conn, index: index, geometry: g, hasher: &hasher) { pixels, rows, firstRow, stride, layout in
+                    try stream.picture.write(rows: pixels, firstRow: firstRow, rowCount: rows, stride: stride, layout: layout)
+                }
             }
             let (meta, packet) = try stream.encode(timeMs: timeMs, monitorName: g.name, x: g.x, y: g.y)
             hashes[index] = (g, hasher!.value)

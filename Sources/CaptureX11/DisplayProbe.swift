@@ -1,18 +1,6 @@
+import CaptureCore
 import CustosBase
 import Foundation
-
-/// Why an X display cannot be used.
-public enum DisplayProblem: String, Sendable, Hashable {
-    /// Nothing accepts connections at the display's socket (missing, refused, or the server did
-    /// not answer the connection setup).
-    case noServer = "no-server"
-    /// The server answered the connection setup with Failed or Authenticate.
-    case authorizationRefused = "authorization-refused"
-    /// A live connection broke (server exited or restarted).
-    case lost
-    /// The display name is unset or not of the form `[host]:N[.S]`.
-    case badName = "bad-name"
-}
 
 /// The X authority ("cookie") file used for a display: `xauthority=` from the config, else
 /// `$XAUTHORITY`, else `~/.Xauthority` (the order of libXau's `XauFileName`, with the config

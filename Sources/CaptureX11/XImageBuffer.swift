@@ -1,4 +1,5 @@
 import CX11
+import CaptureCore
 import Foundation
 
 /// One `XImage` and, for MIT-SHM, its shared-memory segment; frees both in `deinit`.

@@ -1,6 +1,6 @@
 import Foundation
 
-/// The one error type of the Capture module.
+/// The one error type of every capture backend (the seam's and each backend's).
 ///
 /// `description` names the display, request or field involved and what was expected. It never
 /// contains pixels or keystroke text.
@@ -44,4 +44,17 @@ public struct CaptureError: Error, CustomStringConvertible, Sendable {
     }
 
     public var description: String { "\(code): \(message)" }
+}
+
+/// Why a capture session's display cannot be used (X11: the display server or its cookie).
+public enum DisplayProblem: String, Sendable, Hashable {
+    /// Nothing accepts connections at the display's socket (missing, refused, or the server did
+    /// not answer the connection setup).
+    case noServer = "no-server"
+    /// The server answered the connection setup with Failed or Authenticate.
+    case authorizationRefused = "authorization-refused"
+    /// A live connection broke (server exited or restarted).
+    case lost
+    /// The display name is unset or not of the form `[host]:N[.S]`.
+    case badName = "bad-name"
 }

@@ -1,10 +1,12 @@
 import CX11
+import CaptureCore
 import CaptureFormat
 import Foundation
 import Logging
 
-/// One RECORD session: the control and data connections, the record context and the key
-/// translator. Created by `start()` or on reconnection, then used only by the record thread.
+/// One RECORD session: the control and data connections, the record context, the key
+/// translator and the keyboard grab state. Created by `start()` or on reconnection, then used
+/// only by the record thread.
 final class RecordSession {
     enum End { case stopped, lost(CaptureError) }
 
@@ -13,20 +15,27 @@ final class RecordSession {
     private let context: RecordContext
     private let translator: KeyTranslator
     private let sink: ChunkSink
+    private let policy: CapturePolicy
     private let logger: Logger
     private let xkbMajor: UInt8
+    /// XInputExtension's major opcode when the server has XI 2 (for XIGrabDevice), else nil.
+    private let xiMajor: UInt8?
+    private var grabs = KeyboardGrabs()
+    /// Per XI device id: its grab slot (0 for a master keyboard, its id for a slave keyboard),
+    /// nil for a device that is not a keyboard (read once with XIQueryDevice).
+    private var xiSlots: [Int: Int?] = [:]
+    private let windows: WindowReader
     private var enabled = false
     private var disabled = false
     private var endOfData = false
+    /// Whether the context's StartOfData came: recording is enabled from that point of the stream.
+    private var startOfData = false
     fileprivate var failure: CaptureError?
-    private var focusCache: (window: Window, title: String, wmClass: String, read: Date)?
-    private let atomNetWMName: Atom
-    private let atomUTF8: Atom
-    private let atomCompoundText: Atom
+    private var focusCache: (window: Window, identity: WindowIdentity, read: Date)?
 
     /// Opens both connections, checks RECORD and XKEYBOARD, creates and enables the context.
     /// - Throws: `CaptureError.displayUnavailable`, `.extensionUnavailable`, `.xProtocolError`.
-    init(display: String?, xauthority: String?, sink: ChunkSink, logger: Logger) throws {
+    init(display: String?, xauthority: String?, sink: ChunkSink, policy: CapturePolicy, logger: Logger) throws {
         control = try X11Display(name: display, xauthority: xauthority)
         let dpy = control.dpy
         var major: Int32 = 0, event: Int32 = 0, error: Int32 = 0
@@ -51,20 +60,47 @@ final class RecordSession {
         // these notifications on the control connection.
         _ = XkbSelectEvents(dpy, UInt32(XkbUseCoreKbd), UInt32(XkbNewKeyboardNotifyMask | XkbMapNotifyMask),
                             UInt32(XkbNewKeyboardNotifyMask | XkbMapNotifyMask))
-        atomNetWMName = XInternAtom(dpy, "_NET_WM_NAME", 0)
-        atomUTF8 = XInternAtom(dpy, "UTF8_STRING", 0)
-        atomCompoundText = XInternAtom(dpy, "COMPOUND_TEXT", 0)
+        windows = WindowReader(control)
         translator = KeyTranslator(display: control)
+        // XI 2 device grabs (GTK 3 prompts grab with XIGrabDevice); XIQueryVersion must come
+        // before any XI 2 request of this connection.
+        var xiOpcode: Int32 = 0, xiEvent: Int32 = 0, xiError: Int32 = 0
+        if XQueryExtension(dpy, "XInputExtension", &xiOpcode, &xiEvent, &xiError) != 0, control.queryXInput2() {
+            control.registerExtension("XInputExtension", majorOpcode: xiOpcode)
+            xiMajor = UInt8(truncatingIfNeeded: xiOpcode)
+        } else {
+            xiMajor = nil
+        }
+        _ = control.takeError()
 
         // Ranges: key presses/releases, core ChangeKeyboardMapping (100) and the XKB requests
-        // that replace the keymap (SetMap 9, GetKbdByName 23).
+        // that replace the keymap (SetMap 9, GetKbdByName 23); keyboard grabs: core
+        // GrabKeyboard (31) with its reply and UngrabKeyboard (32), XI 2 XIGrabDevice (51)
+        // with its reply and XIUngrabDevice (52), and client disconnections.
         var ranges: [UnsafeMutablePointer<XRecordRange>] = []
         defer { ranges.forEach { XFree($0) } }
         guard let keys = XRecordAllocRange(), let mapping = XRecordAllocRange(),
-              let setMap = XRecordAllocRange(), let byName = XRecordAllocRange() else {
+              let setMap = XRecordAllocRange(), let byName = XRecordAllocRange(), let grabRange = XRecordAllocRange() else {
             throw CaptureError(.xProtocolError, "XRecordAllocRange failed")
         }
-        ranges = [keys, mapping, setMap, byName]
+        ranges = [keys, mapping, setMap, byName, grabRange]
+        grabRange.pointee.core_requests.first = 31
+        grabRange.pointee.core_requests.last = 32
+        grabRange.pointee.core_replies.first = 31
+        grabRange.pointee.core_replies.last = 31
+        grabRange.pointee.client_died = 1
+        if let xiMajor {
+            guard let xiRange = XRecordAllocRange() else { throw CaptureError(.xProtocolError, "XRecordAllocRange failed") }
+            ranges.append(xiRange)
+            xiRange.pointee.ext_requests.ext_major.first = xiMajor
+            xiRange.pointee.ext_requests.ext_major.last = xiMajor
+            xiRange.pointee.ext_requests.ext_minor.first = 51
+            xiRange.pointee.ext_requests.ext_minor.last = 52
+            xiRange.pointee.ext_replies.ext_major.first = xiMajor
+            xiRange.pointee.ext_replies.ext_major.last = xiMajor
+            xiRange.pointee.ext_replies.ext_minor.first = 51
+            xiRange.pointee.ext_replies.ext_minor.last = 51
+        }
         keys.pointee.device_events.first = UInt8(KeyPress)
         keys.pointee.device_events.last = UInt8(KeyRelease)
         mapping.pointee.core_requests.first = 100
@@ -80,8 +116,10 @@ final class RecordSession {
         var clients: XRecordClientSpec = XRecordClientSpec(XRecordAllClients)
         var rangeList: [UnsafeMutablePointer<XRecordRange>?] = ranges
         // Owned from here on: every throw below frees it (RecordContext.deinit).
-        let context = RecordContext(takingOwnership: XRecordCreateContext(dpy, 0, &clients, 1, &rangeList,
-                                                                          Int32(rangeList.count)), on: control)
+        // Requests carry their sequence number, so a grab's reply is matched to its request.
+        let context = RecordContext(takingOwnership: XRecordCreateContext(dpy, XRecordFromClientSequence, &clients, 1,
+                                                                          &rangeList, Int32(rangeList.count)),
+                                    on: control)
         try control.sync("creating the record context")
         guard context.id != 0 else {
             throw CaptureError(.xProtocolError, "XRecordCreateContext failed on \(control.name)")
@@ -89,6 +127,7 @@ final class RecordSession {
         self.context = context
         data = try X11Display(name: display, xauthority: xauthority)
         self.sink = sink
+        self.policy = policy
         self.logger = logger
         let closure = Unmanaged.passUnretained(self).toOpaque().assumingMemoryBound(to: CChar.self)
         guard XRecordEnableContextAsync(data.dpy, context.id, custosRecordCallback, closure) != 0 else {
@@ -96,6 +135,18 @@ final class RecordSession {
         }
         enabled = true
         try data.check("enabling the record context")
+        // Keys are suppressed until this probe's answer is seen in the stream: a grab held
+        // before the context was enabled is not in it. The probe goes on the control connection,
+        // which the server may serve before the data connection's enable: wait for StartOfData
+        // first, so the probe and its reply are in the stream.
+        let deadline = Date().addingTimeInterval(2)
+        let fd = XConnectionNumber(data.dpy)
+        while !startOfData && !data.isDead && Date() < deadline {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            if poll(&pfd, 1, 50) > 0 { XRecordProcessReplies(data.dpy) }
+        }
+        _ = grabs.shouldProbe(now: Date())
+        probeKeyboardGrab()
     }
 
     deinit {
@@ -133,7 +184,9 @@ final class RecordSession {
                 }
             }
             drainControlEvents()
-            sink.closeIfIdle(now: Date())
+            let now = Date()
+            if grabs.shouldProbe(now: now) { probeKeyboardGrab() }
+            sink.closeIfIdle(now: now)
         }
     }
 
@@ -172,10 +225,21 @@ final class RecordSession {
     fileprivate func handle(_ record: UnsafeMutablePointer<XRecordInterceptData>) {
         let r = record.pointee
         switch Int32(r.category) {
+        case XRecordStartOfData:
+            startOfData = true
         case XRecordEndOfData:
             endOfData = true
+        case XRecordClientDied:
+            grabs.died(client: UInt(r.id_base))
         case XRecordFromServer:
             guard let bytes = r.data, r.data_len >= 8 else { return }
+            if bytes[0] == 1 {  // a reply: to GrabKeyboard or XIGrabDevice (the only ones recorded)
+                var sequence = UnsafeRawPointer(bytes + 2).loadUnaligned(as: UInt16.self)
+                if r.client_swapped != 0 { sequence = sequence.byteSwapped }
+                grabs.replied(client: UInt(r.id_base), sequence: sequence,
+                              status: { $0 == .core ? bytes[1] : bytes[8] }, slot: { self.xiSlot($0) })
+                return
+            }
             let type = bytes[0] & 0x7f
             guard type == KeyPress || type == KeyRelease else { return }
             let pressed = type == KeyPress
@@ -185,7 +249,22 @@ final class RecordSession {
             keyEvent(keycode: keycode, state: state, pressed: pressed)
         case XRecordFromClient:
             guard let bytes = r.data, r.data_len >= 1 else { return }
-            if bytes[0] == 100, r.data_len >= 2 {
+            let client = UInt(r.id_base)
+            func u16(_ offset: Int) -> Int {
+                let v = UnsafeRawPointer(bytes + offset).loadUnaligned(as: UInt16.self)
+                return Int(r.client_swapped != 0 ? v.byteSwapped : v)
+            }
+            if bytes[0] == 31 {
+                grabs.requested(.core, client: client, sequence: r.client_seq)
+            } else if bytes[0] == 32 {
+                grabs.ungrabbed(.core, client: client, slot: { self.xiSlot($0) })
+            } else if let xiMajor, bytes[0] == xiMajor {
+                if bytes[1] == 51, r.data_len >= 6 {
+                    grabs.requested(.xi(device: u16(16)), client: client, sequence: r.client_seq)
+                } else if bytes[1] == 52, r.data_len >= 3 {
+                    grabs.ungrabbed(.xi(device: u16(8)), client: client, slot: { self.xiSlot($0) })
+                }
+            } else if bytes[0] == 100, r.data_len >= 2 {
                 // ChangeKeyboardMapping: count, length, first keycode, keysyms per keycode.
                 let count = Int(bytes[1]), first = bytes[4], per = Int(bytes[5])
                 let words = Int(r.data_len) - 2
@@ -208,6 +287,11 @@ final class RecordSession {
     }
 
     private func keyEvent(keycode: UInt8, state: UInt16, pressed: Bool) {
+        if grabs.isGrabbed {
+            // Not even translated: no text of a password exists, only the marker.
+            suppress(now: Date())
+            return
+        }
         let text: String?
         do {
             text = try translator.text(keycode: keycode, state: state)
@@ -220,114 +304,90 @@ final class RecordSession {
         guard let text else { return }
         let now = Date()
         let focus = focusedWindow(now: now)
-        let key = Keystroke(timeMs: Int64((now.timeIntervalSince1970 * 1000).rounded()), text: text,
-                            pressed: pressed ? nil : false)
-        sink.add(key, window: UInt(focus.window), title: focus.title, wmClass: focus.wmClass, now: now)
+        let rules = policy.rules
+        if rules.isSensitive(focus.identity) {
+            suppress(now: now, focus: focus)
+            return
+        }
+        if rules.isExcluded(focus.identity) {
+            // Dropped and counted (presses only): the marker says how many. The window's title
+            // is not kept either (it may be content: a mail subject, an account).
+            sink.addMarker(KeyToken.excluded, timeMs: Self.ms(now), counted: pressed, window: UInt(focus.window),
+                           title: "", wmClass: focus.identity.wmClass, now: now)
+            return
+        }
+        let key = Keystroke(timeMs: Self.ms(now), text: text, pressed: pressed ? nil : false)
+        sink.add(key, window: UInt(focus.window), title: focus.identity.title, wmClass: focus.identity.wmClass, now: now)
+    }
+
+    private static func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+
+    /// Records a key left out as part of a `[suppressed]` marker in the focused window's chunk.
+    private func suppress(now: Date, focus known: (window: Window, identity: WindowIdentity)? = nil) {
+        let focus = known ?? focusedWindow(now: now)
+        sink.addMarker(KeyToken.suppressed, timeMs: Self.ms(now), counted: false, window: UInt(focus.window),
+                       title: focus.identity.title, wmClass: focus.identity.wmClass, now: now)
+    }
+
+    // MARK: - Keyboard grabs
+
+    /// Asks for the keyboard on the control connection and gives it back at once when granted
+    /// (`KeyboardGrabs`): the request and its reply reach the stream in order with everyone
+    /// else's, so a success ends a grab the stream could not see end.
+    private func probeKeyboardGrab() {
+        let dpy = control.dpy
+        let status = XGrabKeyboard(dpy, control.root, 0, GrabModeAsync, GrabModeAsync, UInt(CurrentTime))
+        if status == GrabSuccess {
+            XUngrabKeyboard(dpy, UInt(CurrentTime))
+        }
+        XFlush(dpy)
+        _ = control.takeError()
+    }
+
+    /// The grab slot of XI device `id`: 0 for a master keyboard (the core keyboard's grab), `id`
+    /// for a slave or floating keyboard, nil for a device without keys (a pointer).
+    private func xiSlot(_ id: Int) -> Int? {
+        if let known = xiSlots[id] { return known }
+        let dpy = control.dpy
+        let slot: Int? = XErrorState.xinputLock.withLock { _ -> Int? in
+            var count: Int32 = 0
+            guard let info = XIQueryDevice(dpy, Int32(id), &count) else { return nil }
+            defer { XIFreeDeviceInfo(info) }
+            guard count > 0 else { return nil }
+            switch info[0].use {
+            case XIMasterKeyboard: return 0
+            case XISlaveKeyboard: return id
+            case XIFloatingSlave:
+                let classes = UnsafeBufferPointer(start: info[0].classes, count: Int(info[0].num_classes))
+                return classes.contains(where: { $0?.pointee.type == XIKeyClass }) ? id : nil
+            default: return nil
+            }
+        }
+        _ = control.takeError()
+        xiSlots[id] = slot
+        return slot
     }
 
     // MARK: - Window context
 
     /// The focused top-level window's title and WM_CLASS; re-read on a focus change and at
     /// most every 500 ms otherwise (titles change while typing, e.g. browser tabs).
-    private func focusedWindow(now: Date) -> (window: Window, title: String, wmClass: String) {
+    private func focusedWindow(now: Date) -> (window: Window, identity: WindowIdentity) {
         let dpy = control.dpy
         var focus: Window = 0
         var revert: Int32 = 0
         XGetInputFocus(dpy, &focus, &revert)
         _ = control.takeError()
         if let c = focusCache, c.window == focus, now.timeIntervalSince(c.read) < 0.5 {
-            return (c.window, c.title, c.wmClass)
+            return (c.window, c.identity)
         }
-        var title = "", wmClass = ""
-        var w = focus
-        // Walk up to the first window carrying WM_CLASS (the client's top-level).
-        for _ in 0..<32 where w > 1 && w != control.root {
-            if let cls = classHint(w) {
-                wmClass = cls
-                title = windowTitle(w) ?? ""
-                break
-            }
-            var rootReturn: Window = 0, parent: Window = 0
-            var children: UnsafeMutablePointer<Window>?
-            var count: UInt32 = 0
-            guard XQueryTree(dpy, w, &rootReturn, &parent, &children, &count) != 0 else { break }
-            if let children { XFree(children) }
-            w = parent
-        }
+        // The first window carrying WM_CLASS from the focus up (the client's top-level).
+        let identity = windows.ancestorWithClass(focus)?.identity ?? .none
         _ = control.takeError()
-        focusCache = (focus, title, wmClass, now)
-        return (focus, title, wmClass)
+        focusCache = (focus, identity, now)
+        return (focus, identity)
     }
 
-    private func classHint(_ w: Window) -> String? {
-        var hint = XClassHint()
-        guard XGetClassHint(control.dpy, w, &hint) != 0 else { return nil }
-        defer {
-            if let n = hint.res_name { XFree(n) }
-            if let c = hint.res_class { XFree(c) }
-        }
-        let name = hint.res_name.map { String(cString: $0) } ?? ""
-        let cls = hint.res_class.map { String(cString: $0) } ?? ""
-        return name + "." + cls
-    }
-
-    private func windowTitle(_ w: Window) -> String? {
-        if let utf8 = property(w, atomNetWMName, type: atomUTF8) { return String(decoding: utf8, as: UTF8.self) }
-        if let latin1 = property(w, Atom(XA_WM_NAME), type: Atom(XA_STRING)) {
-            return String(latin1.map { Character(Unicode.Scalar($0)) })
-        }
-        if let compound = property(w, Atom(XA_WM_NAME), type: atomCompoundText) {
-            return Self.decodeCompoundText(compound)
-        }
-        return nil
-    }
-
-    /// Decodes COMPOUND_TEXT (X Consortium "Compound Text Encoding" v1.1) as far as titles
-    /// need: ASCII/Latin-1 (the initial state), `ESC ( B`, `ESC - A`, and UTF-8 segments
-    /// (`ESC % G` … `ESC % @`). Characters in other charsets become U+FFFD. Independent of
-    /// the process locale, unlike Xlib's converters.
-    static func decodeCompoundText(_ bytes: [UInt8]) -> String {
-        var out = ""
-        var i = 0
-        var utf8: [UInt8]? = nil
-        var grLatin1 = true
-        while i < bytes.count {
-            let b = bytes[i]
-            if b == 0x1b {
-                let rest = bytes[(i + 1)...].prefix(2)
-                if rest.elementsEqual([0x25, 0x47]) { utf8 = []; i += 3; continue }          // ESC % G
-                if rest.elementsEqual([0x25, 0x40]) {                                         // ESC % @
-                    if let u = utf8 { out += String(decoding: u, as: UTF8.self) }
-                    utf8 = nil; i += 3; continue
-                }
-                if rest.elementsEqual([0x2d, 0x41]) { grLatin1 = true; i += 3; continue }    // ESC - A
-                if rest.elementsEqual([0x28, 0x42]) { i += 3; continue }                     // ESC ( B
-                // Another charset designation: skip the sequence (ESC, intermediates, final).
-                i += 1
-                while i < bytes.count && (0x20...0x2f).contains(bytes[i]) { i += 1 }
-                i += 1
-                if rest.first == 0x2d || rest.first == 0x24 { grLatin1 = false }
-                continue
-            }
-            if utf8 != nil { utf8!.append(b); i += 1; continue }
-            if b < 0x80 || grLatin1 { out.unicodeScalars.append(Unicode.Scalar(b)) } else { out += "\u{FFFD}" }
-            i += 1
-        }
-        if let u = utf8 { out += String(decoding: u, as: UTF8.self) }
-        return out
-    }
-
-    private func property(_ w: Window, _ atom: Atom, type: Atom) -> [UInt8]? {
-        var actualType: Atom = 0
-        var format: Int32 = 0
-        var count: UInt = 0, after: UInt = 0
-        var value: UnsafeMutablePointer<UInt8>?
-        let status = XGetWindowProperty(control.dpy, w, atom, 0, 4096, 0, type, &actualType, &format, &count,
-                                        &after, &value)
-        defer { if let value { XFree(value) } }
-        guard status == Success, actualType == type, format == 8, let value else { return nil }
-        return Array(UnsafeBufferPointer(start: value, count: Int(count)))
-    }
 }
 
 /// One RECORD context (X Record Extension Library, `XRecordCreateContext`); frees it with

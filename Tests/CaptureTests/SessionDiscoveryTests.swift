@@ -1,0 +1,104 @@
+import CaptureCore
+import CaptureX11
+import Foundation
+import TestSupport
+import Testing
+
+/// `X11SessionDiscovery` on real Xvfb servers run by real users (useradd), with their cookies
+/// in their homes: from the sockets, from logind's session files (real format, a directory of
+/// the test's own: logind does not run here), from a fixed list.
+@Suite("Session discovery", .serialized)
+struct SessionDiscoveryTests {
+    func requireRoot() throws {
+        guard getuid() == 0 else {
+            if isCI { throw TestSupportError("session tests need root (useradd)") }
+            throw TestSupportError("skipped: session tests need root (useradd)")
+        }
+    }
+
+    @Test("display=auto from the sockets: each user's display with the user and the cookie in their home; the sessions connect")
+    func sockets() throws {
+        try requireRoot()
+        let users = try ["a", "b"].map { try TestUser("d\($0)") }
+        var servers = try users.map { try Xvfb(user: $0) }
+        defer { servers.forEach { $0.stop() }; users.forEach { $0.remove() } }
+        let emptyLogind = try TempDir("no-logind")
+        defer { emptyLogind.remove() }
+        let discovery = X11SessionDiscovery(displays: nil, credentials: nil,
+                                            paths: .init(logindSessions: emptyLogind.path), logger: testLogger("sessions"))
+        let found = discovery.sessions()
+        for (user, server) in zip(users, servers) {
+            let session = try #require(found.first { $0.display == server.name }, "\(server.name) not found in \(found)")
+            #expect(session.user == user.name && session.uid == user.uid && session.origin == .socket)
+            #expect(session.credentials == user.home + "/.Xauthority")
+            // The cookie found opens the display (the server refuses connections without it).
+            let capturer = try ScreenCapturer(display: session.display, xauthority: session.credentials, encoding: .png(level: 1),
+                                              logger: testLogger("t"))
+            #expect(capturer.connectError == nil, "\(String(describing: capturer.connectError))")
+            #expect(try capturer.captureAll().count == 1)
+        }
+        // A root-run server nobody else uses (a login screen, or another test's Xvfb) is not recorded.
+        let rootServer = try Xvfb(width: 64, height: 64, depth: 24)
+        defer { rootServer.stop() }
+        #expect(!discovery.sessions().contains { $0.display == rootServer.name })
+        // A server that ends is gone from the next answer (also when it was killed and left its
+        // socket behind: its lock file names a pid that is gone).
+        servers[0].stop()
+        let after = discovery.sessions()
+        #expect(!after.contains { $0.display == servers[0].name }, "\(after)")
+        servers.removeFirst()
+        // A fixed list names the display's user too, and uses xauthority= when given.
+        let fixed = X11SessionDiscovery(displays: [servers[0].name, rootServer.name], credentials: nil,
+                                        paths: .init(logindSessions: emptyLogind.path), logger: testLogger("sessions")).sessions()
+        #expect(fixed.map(\.display) == [servers[0].name, rootServer.name])
+        #expect(fixed[0].user == users[1].name && fixed[0].origin == .configured && fixed[0].credentials == users[1].home + "/.Xauthority")
+        #expect(fixed[1].user == "root")
+        let forced = X11SessionDiscovery(displays: [servers[0].name], credentials: "/dev/null",
+                                         paths: .init(logindSessions: emptyLogind.path), logger: testLogger("sessions")).sessions()
+        #expect(forced.first?.credentials == "/dev/null" && forced.first?.user == users[1].name)
+    }
+
+    @Test("logind: x11 sessions with their user and the leader's XAUTHORITY; greeter, closing and tty sessions are not recorded")
+    func logind() throws {
+        try requireRoot()
+        let user = try TestUser("dl")
+        let server = try Xvfb(user: user)
+        let greeter = try Xvfb(width: 64, height: 64, depth: 24)
+        defer { server.stop(); greeter.stop(); user.remove() }
+        // The session leader: a process whose environment names a cookie file of its own.
+        let dir = try TempDir("logind")
+        defer { dir.remove() }
+        let leaderCookie = dir.file("leader.auth")
+        try FileManager.default.copyItem(atPath: user.home + "/.Xauthority", toPath: leaderCookie)
+        let leader = Process()
+        leader.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        leader.arguments = ["60"]
+        leader.environment = ["XAUTHORITY": leaderCookie, "DISPLAY": server.name]
+        try leader.run()
+        // SIGKILL: a child of the test runner may start with SIGTERM blocked.
+        defer { kill(leader.processIdentifier, SIGKILL); leader.waitUntilExit() }
+        let sessions = dir.file("sessions")
+        try FileManager.default.createDirectory(atPath: sessions, withIntermediateDirectories: true)
+        func write(_ id: String, _ lines: [String]) throws {
+            try ("# This is private data. Do not parse.\n" + lines.joined(separator: "\n") + "\n")
+                .write(toFile: sessions + "/" + id, atomically: true, encoding: .utf8)
+        }
+        try write("3", ["UID=\(user.uid)", "USER=\(user.name)", "ACTIVE=1", "STATE=active", "REMOTE=0", "TYPE=x11",
+                        "CLASS=user", "DISPLAY=\(server.name)", "LEADER=\(leader.processIdentifier)"])
+        try write("c1", ["UID=0", "USER=root", "STATE=online", "TYPE=x11", "CLASS=greeter", "DISPLAY=\(greeter.name)"])
+        try write("7", ["UID=\(user.uid)", "USER=\(user.name)", "STATE=closing", "TYPE=x11", "CLASS=user", "DISPLAY=:64999"])
+        try write("8", ["UID=\(user.uid)", "USER=\(user.name)", "STATE=active", "TYPE=tty", "CLASS=user"])
+        // logind's FIFO beside the file is not a session.
+        mkfifo(sessions + "/3.ref", 0o600)
+        let found = X11SessionDiscovery(displays: nil, credentials: nil, paths: .init(logindSessions: sessions),
+                                        logger: testLogger("sessions")).sessions()
+        let session = try #require(found.first { $0.display == server.name }, "\(found)")
+        #expect(session.user == user.name && session.uid == user.uid && session.origin == .logind("3"))
+        #expect(session.credentials == leaderCookie, "the leader's XAUTHORITY first")
+        // The greeter's display is logind's too: not recorded, and not taken from its socket either.
+        #expect(!found.contains { $0.display == greeter.name || $0.display == ":64999" })
+        let capturer = try ScreenCapturer(display: session.display, xauthority: session.credentials, encoding: .png(level: 1),
+                                          logger: testLogger("t"))
+        #expect(capturer.connectError == nil)
+    }
+}

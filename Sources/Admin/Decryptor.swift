@@ -338,11 +338,17 @@ enum OutputNaming {
         return out.isEmpty ? "_" : out
     }
 
-    /// The folder of a capture's files: `<agent>`, or `<agent>/<user>` for a capture of a
+    /// The folder of a capture's files: `<agent>`, or `<agent>/users/<user>` for a capture of a
     /// graphical session (a sealed session blob names its user), so each user's captures are in
-    /// a folder named after the user (`?`, an unknown user, becomes `_`).
+    /// a folder named after the user, apart from the agent's own `screens/`, `keystrokes/` and
+    /// `other/` (a user may be called `screens`). A name that file-name sanitising changed
+    /// (`CORP\\carol` → `CORP_carol`, `?` → `_`, cut at 64 bytes) gets `~` and the first 8 hex
+    /// digits of its SHA-256, so two users never share a folder (`CORP:carol` is another one).
     static func folder(agent: String, user: UserName?) -> String {
-        component(agent) + (user.map { "/" + component($0.rawValue, maxBytes: 64) } ?? "")
+        guard let user else { return component(agent) }
+        let name = component(user.rawValue, maxBytes: 64)
+        let unique = name == user.rawValue ? name : name + "~" + sha256Hex(Data(user.rawValue.utf8)).prefix(8)
+        return component(agent) + "/users/" + unique
     }
 
     /// `<folder>/screens/<agent>_mon<N>-<name>_<time>.png`: a PNG frame, or a still decoded from video.

@@ -13,7 +13,7 @@ import Testing
 /// the user and `--user` selects one; plain blobs keep the agent's folder.
 @Suite("Per-user captures")
 struct SessionDecryptTests {
-    @Test("list and filter by user; decrypt into <agent>/<user>/; --user decrypts one user's captures only")
+    @Test("list and filter by user; decrypt into <agent>/users/<user>/; --user decrypts one user's captures only")
     func perUser() async throws {
         let tmp = try TempDir("adm-users")
         defer { tmp.remove() }
@@ -58,13 +58,19 @@ struct SessionDecryptTests {
                                          options: DecryptOptions(output: .directory(out)), actor: "t", log: { _ in },
                                          progressStyle: .quiet)
         #expect(r.failures.isEmpty && r.decrypted == 7, "\(r)")
-        for (user, folder) in [("alice", "alice"), ("bob", "bob"), ("CORP\\carol", "CORP_carol")] {
+        for (user, folder) in [("alice", "users/alice/"), ("bob", "users/bob/"), ("CORP\\carol", "users/CORP_carol~")] {
             let (meta, png) = try #require(frames[user])
             let path = out + "/" + OutputNaming.screen(agent: "term-srv", user: try UserName(user), meta: meta, timeMs: meta.captureTimeMs)
-            #expect(path.hasPrefix(out + "/term-srv/\(folder)/screens/"), "\(path)")
+            #expect(path.hasPrefix(out + "/term-srv/\(folder)"), "\(path)")
             #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == png)
-            #expect(FileManager.default.fileExists(atPath: out + "/term-srv/\(folder)/keystrokes/xterm.XTerm_Terminal.txt"))
+            let userFolder = out + "/" + OutputNaming.folder(agent: "term-srv", user: try UserName(user))
+            #expect(FileManager.default.fileExists(atPath: userFolder + "/keystrokes/xterm.XTerm_Terminal.txt"))
         }
+        // Users apart from the agent's own folders, and never two in one folder: a user called
+        // `screens`, and a name that sanitises like another one (`CORP:carol` vs `CORP\carol`).
+        #expect(OutputNaming.folder(agent: "term-srv", user: try UserName("screens")) == "term-srv/users/screens")
+        let carols = try ["CORP\\carol", "CORP:carol", "CORP_carol"].map { OutputNaming.folder(agent: "a", user: try UserName($0)) }
+        #expect(Set(carols).count == 3 && carols[2] == "a/users/CORP_carol", "\(carols)")
         // A name that would leave its folder is no user name: refused by the CLI, never a folder.
         let refused = try runCommand([custos, "captures", "list", "--db", dbPath, "--user", "../etc"])
         #expect(refused.status != 0 && refused.stderrString.contains("--user"), "\(refused.stderrString)")
@@ -78,7 +84,7 @@ struct SessionDecryptTests {
                                           options: DecryptOptions(output: .directory(onlyBob), user: try UserName("bob")), actor: "t",
                                           log: { _ in }, progressStyle: .quiet)
         #expect(rb.decrypted == 2 && rb.selected == 2)
-        let names = try FileManager.default.contentsOfDirectory(atPath: onlyBob + "/term-srv")
+        let names = try FileManager.default.contentsOfDirectory(atPath: onlyBob + "/term-srv/users")
         #expect(names == ["bob"], "\(names)")
 
         // `custos open` of a file of such records: the same per-user folders.
@@ -88,10 +94,10 @@ struct SessionDecryptTests {
         let o = try runCommand([custos, "open", "--key", k.privateKey, "--passphrase-file", k.passphraseFile, "--in", file,
                                 "--out", opened + "/"])
         #expect(o.status == 0, "\(o.stderrString)")
-        for (user, folder) in [("alice", "alice"), ("bob", "bob"), ("CORP\\carol", "CORP_carol")] {
+        for (user, folder) in [("alice", "users/alice/"), ("bob", "users/bob/"), ("CORP\\carol", "users/CORP_carol~")] {
             let (meta, png) = try #require(frames[user])
             let path = opened + "/" + OutputNaming.screen(agent: "term-srv", user: try UserName(user), meta: meta, timeMs: meta.captureTimeMs)
-            #expect(path.hasPrefix(opened + "/term-srv/\(folder)/screens/"), "\(path)")
+            #expect(path.hasPrefix(opened + "/term-srv/\(folder)"), "\(path)")
             #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == png)
         }
     }

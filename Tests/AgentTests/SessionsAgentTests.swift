@@ -66,8 +66,8 @@ import TestSupport
         let (status, out) = try rig.decrypt(key: rig.e2e, name: "decrypted")
         #expect(status == 0)
         for (i, user) in users.enumerated() {
-            let videos = rig.files(in: out + "/\(rig.agentID)/\(user.name)", suffix: ".webm")
-            try #require(!videos.isEmpty, "no video in \(out)/\(rig.agentID)/\(user.name)")
+            let videos = rig.files(in: out + "/\(rig.agentID)/users/\(user.name)", suffix: ".webm")
+            try #require(!videos.isEmpty, "no video in \(out)/\(rig.agentID)/users/\(user.name)")
             // The user's folder holds their own screen: the first picture is their root colour.
             let rgb = [UInt8](try rig.rgb(ofPNG: videos[0]))
             let want = [UInt8](arrayLiteral: colors[i] == "#aa0000" ? 0xaa : 0, colors[i] == "#00aa00" ? 0xaa : 0,

@@ -176,3 +176,11 @@ printf '%-44s %s\n' "KEK id" "$KEKID" \
 [ "$STILLS" -gt 0 ] || fail "no stills decoded"
 [ "$PIXEL_OK" = yes ] || fail "last frame pixel #$PIXEL is not the painted #204a87"
 echo "demo output kept in $OUT"
+
+# The same captures in the reviewer's dashboard (decrypted in the browser): a consistent copy
+# (sqlite3 .backup, which includes what is still in the -wal file) served on 127.0.0.1.
+db ".backup '$OUT/review.db'"
+say "Review in the browser (optional)"
+echo "  $BIN/custos dashboard --db $OUT/review.db --dashboard-dir $ROOT/dashboard --one-time-login"
+echo "  then open the printed https://127.0.0.1:8444/ address, log in with the printed one-time account,"
+echo "  press Decrypt and pick $OUT/keys/keypair.pem (passphrase: in $OUT/keys/pass). Ctrl-C stops it."

@@ -346,9 +346,16 @@ final class AdminAPI: Sendable {
         }
         if let text = q["kind"] {
             guard let kind = CaptureKind(name: String(text)) else {
-                throw AdminHTTPError.badParameter("kind", "expected screen, keystrokes or generic")
+                throw AdminHTTPError.badParameter("kind", "expected screen, keystrokes, generic or activity")
             }
             query.kind = kind
+        }
+        if let text = q["user"] {
+            // The one validator (CustosBase.UserName); the storage answers it from the user
+            // indexes (`captures (user_name, …)`, `captures (agent_id, user_name, …)`).
+            do { query.user = try UserName(String(text)) } catch {
+                throw AdminHTTPError.badParameter("user", "expected a user name: 1-128 UTF-8 bytes without '/', control or bidirectional characters, not '.' or '..'")
+            }
         }
         for (key, path) in [("since", \CaptureQuery.sinceMs), ("until", \CaptureQuery.untilMs)] {
             if let text = q[Substring(key)] {
@@ -378,7 +385,8 @@ final class AdminAPI: Sendable {
         }
         let items: [[String: Any]] = page.items.map { c in
             ["id": c.blobID.hex, "agent": c.agentID.rawValue, "kind": c.kind.name, "timeMs": c.captureTimeMs,
-             "sequence": c.sequence, "dekID": c.dekID.hex, "kekID": c.kekID.hex, "bytes": c.size, "sealedTo": sealedTo(c.kekID)]
+             "sequence": c.sequence, "dekID": c.dekID.hex, "kekID": c.kekID.hex, "bytes": c.size, "sealedTo": sealedTo(c.kekID),
+             "user": c.user.map { $0.rawValue as Any } ?? NSNull(), "display": c.display.map { $0 as Any } ?? NSNull()]
         }
         return AdminJSON.response(["items": items, "next": page.next.map { $0.token as Any } ?? NSNull()])
     }

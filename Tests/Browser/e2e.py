@@ -13,12 +13,15 @@ the typed text."""
 
 import base64
 import glob
+import hashlib
 import http.client
 import json
 import os
 import re
+import sqlite3
 import ssl
 import subprocess
+import urllib.parse
 import time
 import zipfile
 
@@ -30,6 +33,7 @@ PASSPHRASE = "e2e passphrase: never logged 7"
 TYPED = "sekret typing 42"
 COLOUR_E2EE = "#c83214"
 COLOUR_PLAIN = "#2a7f3c"
+PLAIN_USER = "nobody"
 PASSWORDS = {"alice": "alice password 123", "bob": "bob password 12345", "carol": "carol password 123"}
 ROLES = {"alice": "decryptor", "bob": "viewer", "carol": "auditor"}
 
@@ -152,7 +156,8 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             time.sleep(0.3)
 
         # Agents on Xvfb: pc-e2ee (enable-encryption=1, typed text) and pc-plain (enable-encryption=0, mixed fleet).
-        x1, x2 = Xvfb(320, 240, 24), Xvfb(320, 240, 24)
+        # pc-plain's X server runs as another account (nobody): its captures name that user.
+        x1, x2 = Xvfb(320, 240, 24), Xvfb(320, 240, 24, user=PLAIN_USER)
         xs += [x1, x2]
         x1.run(["xsetroot", "-solid", COLOUR_E2EE])
         x2.run(["xsetroot", "-solid", COLOUR_PLAIN])
@@ -181,6 +186,18 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
         sealed_to = {i["agent"]: i["sealedTo"] for i in items}
         check("the listing says pc-e2ee items are e2ee and pc-plain items are sealed to the collector",
               sealed_to == {"pc-e2ee": "e2ee", "pc-plain": "collector"}, str(sealed_to))
+        # Users (sealed session blobs, issue 16): every agent capture names its session's user and display.
+        users = {a: {(i["user"], i["display"]) for i in items if i["agent"] == a} for a in ["pc-e2ee", "pc-plain"]}
+        e2ee_user = next(iter(users["pc-e2ee"]))[0] if len(users["pc-e2ee"]) == 1 else None
+        check("each capture names its session: pc-plain's user is the X server's owner (nobody), pc-e2ee's another; the display is the agent's",
+              users["pc-plain"] == {(PLAIN_USER, x2.name)} and e2ee_user not in (None, PLAIN_USER)
+              and users["pc-e2ee"] == {(e2ee_user, x1.name)}, str(users))
+        by_user = api.json(f"/api/v1/captures?limit=100&user={urllib.parse.quote(PLAIN_USER)}")["items"]
+        check("GET /api/v1/captures?user= lists that user's captures only",
+              by_user and {i["id"] for i in by_user} == {i["id"] for i in items if i["user"] == PLAIN_USER}, str(len(by_user)))
+        status, _, data = api.request("GET", "/api/v1/captures?user=a%2Fb")
+        check("a user name the one validator refuses is a 400 naming user", status == 400 and json.loads(data)["error"].startswith("user:"),
+              f"{status} {data[:200]}")
         check("the agents listing gives each agent's encryption", {a["id"]: a["sealedTo"] for a in api.json("/api/v1/agents")["agents"]}
               == {"pc-e2ee": "e2ee", "pc-plain": "collector"})
 
@@ -222,6 +239,10 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             masked = [t for t in state if t["agent"] == "pc-e2ee"]
             check("every pc-e2ee tile shows <Encrypted> before Decrypt, and no frame or keystroke text",
                   masked and all(t["encrypted"] == "<Encrypted>" and not t["frame"] and t["keys"] is None for t in masked), json.dumps(masked)[:500])
+            shown_users = {(t["agent"], t["user"]) for t in state}
+            check("the tiles show each capture's user (pc-e2ee's and nobody on pc-plain)",
+                  shown_users == {("pc-e2ee", e2ee_user), ("pc-plain", PLAIN_USER)}
+                  and all(t["userText"].startswith(t["user"]) for t in state), json.dumps(sorted(shown_users)))
             plain = [t for t in state if t["agent"] == "pc-plain" and t["kind"] == "screen"]
             check("pc-plain (collector key) frames show without a passphrase, in their painted colour",
                   plain and all(t["frame"] and near(t["pixel"], rgb(COLOUR_PLAIN)) for t in plain if t["frame"]) and any(t["frame"] for t in plain),
@@ -254,7 +275,9 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             # Export the selection as a zip.
             d.execute_script("document.querySelector('[data-testid=export]').click()")
             zips = wait_file(downloads, "custos-export-*.zip", 30)
-            check_zip(check, zips[0])
+            check_zip(check, zips[0], {"pc-e2ee": e2ee_user, "pc-plain": PLAIN_USER})
+            check("no decrypted tile disagrees with its listing row (the headers' users are the listing's)",
+                  not d.execute_script("return document.querySelector('[data-testid=item-error]')"))
 
             # Session player of pc-e2ee: the frame shows the colour, keystrokes on the time line.
             d.get(base + "/#/player?agent=pc-e2ee")
@@ -263,7 +286,9 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             time.sleep(0.5)
             px = d.execute_script("const c = document.querySelector('[data-testid=player-frame]'); return Array.from(c.getContext('2d').getImageData(c.width - 5, c.height - 5, 1, 1).data.slice(0, 3))")
             typed_now = d.execute_script("return document.querySelector('[data-testid=typed-now]').textContent + '|' + [...document.querySelectorAll('[data-testid=chunk]')].map(r => r.textContent).join('')")
+            sessions = d.execute_script("return [...document.querySelectorAll('[data-testid=player-session]')].map(a => a.dataset.user)")
             shot("e2e-4-player")
+            check("the session player names the session (user) it plays", sessions == [e2ee_user], str(sessions))
             check("the session player shows the painted colour and the typed text on its time line", near(px, rgb(COLOUR_E2EE)) and TYPED in typed_now, f"{px} {typed_now!r}")
             # Play from the start at 16×: the time advances to the end and playback stops by itself.
             d.execute_script("const s = document.querySelector('[data-testid=seek]'); s.value = s.min; s.dispatchEvent(new Event('input'));"
@@ -284,6 +309,23 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             d.execute_script("const f = document.querySelector('[data-testid=window-filter]'); f.value = 'no such window'; f.dispatchEvent(new Event('input'))")
             hidden = d.execute_script("return [...document.querySelectorAll('tr[data-testid=capture]')].every(r => r.hidden)")
             check("the keystrokes report's window filter hides non-matching decrypted rows", hidden)
+            row_users = d.execute_script("return [...document.querySelectorAll('tr[data-testid=capture]')].map(r => r.dataset.user + '|' + r.cells[2].textContent)")
+            check("the keystrokes report's rows name the user and display", row_users and all(u == f"{e2ee_user}|{e2ee_user} {x1.name}" for u in row_users), str(row_users))
+            # The user filter: another user's report is empty; a name the rule refuses is an error, not a request.
+            d.execute_script("const f = document.querySelector('[data-testid=user-filter]'); f.value = arguments[0]; [...document.querySelectorAll('button')].find(b => b.textContent === 'Apply').click()", PLAIN_USER)
+            wait_for(d, "location.hash.includes('user=') && document.querySelector('p.muted') && /keystroke chunks loaded/.test(document.body.textContent)", 30, "the filtered report")
+            none = d.execute_script("return document.querySelectorAll('tr[data-testid=capture]').length")
+            d.get(base + "/#/keystrokes?user=" + urllib.parse.quote(e2ee_user))
+            wait_for(d, "document.querySelector('tr[data-testid=capture] [data-testid=keystrokes]')", 30, "the user's keystroke rows")
+            mine = d.execute_script("return [...document.querySelectorAll('tr[data-testid=capture]')].map(r => r.dataset.user)")
+            d.execute_script("const f = document.querySelector('[data-testid=user-filter]'); f.value = 'a/b'; [...document.querySelectorAll('button')].find(b => b.textContent === 'Apply').click()")
+            refused = d.execute_script("return document.getElementById('notice').textContent")
+            check("the user filter lists that user's keystrokes only (nobody typed none); 'a/b' is refused naming user",
+                  none == 0 and mine and set(mine) == {e2ee_user} and refused.startswith("user: expected a user name"), f"{none} {mine} {refused!r}")
+            d.get(base + "/#/timeline?agent=pc-plain&user=" + urllib.parse.quote(PLAIN_USER))
+            wait_for(d, "document.querySelectorAll('[data-testid=capture]').length", 30, "pc-plain's tiles of user nobody")
+            timeline_users = d.execute_script("return [...document.querySelectorAll('[data-testid=capture]')].map(t => t.dataset.user)")
+            check("the timeline's user filter shows that user's tiles", timeline_users and set(timeline_users) == {PLAIN_USER}, str(timeline_users))
 
             # Lock: masked again, the mixed-fleet frames stay.
             d.get(base + "/#/")
@@ -355,6 +397,24 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
             row = d.execute_script(f"return [document.querySelector('tr[data-blob-id=\"{bidi_id}\"]').textContent, document.body.textContent]")
             shot("e2e-6d-bidi-keystrokes")
             check("the keystrokes report shows the title escaped too", escaped_title in row[0] and not raw.search(row[1]), repr(row[0]))
+
+            # A listing row that disagrees with the blob's authenticated header (its user changed in
+            # the database) is shown as an error naming the fields, never as that user's capture.
+            moved = next(i["id"] for i in items if i["agent"] == "pc-e2ee" and i["kind"] == "screen")
+            con = sqlite3.connect(db)
+            con.execute("UPDATE captures SET user_name = 'mallory' WHERE blob_id = ?", (moved,))
+            con.commit()
+            con.close()
+            d.get(base + "/#/")
+            d.refresh()  # a new page: nothing decrypted yet
+            wait_for(d, f"document.querySelector('[data-testid=capture][data-blob-id=\"{moved}\"]')", 30, "the moved tile")
+            decrypt(d, key, PASSPHRASE)
+            wait_for(d, f"document.querySelector('[data-testid=capture][data-blob-id=\"{moved}\"] [data-testid=item-error]')", 30, "the mismatch error")
+            mismatch = d.execute_script(f"return document.querySelector('[data-testid=capture][data-blob-id=\"{moved}\"]').textContent")
+            shot("e2e-6e-user-mismatch")
+            check("a row whose user differs from the blob's header shows 'does not match its listing row (user differ)' and no frame",
+                  "does not match its listing row (user differ)" in mismatch and "mallory" in mismatch
+                  and not d.execute_script(f"return document.querySelector('[data-testid=capture][data-blob-id=\"{moved}\"] [data-testid=frame]')"), mismatch)
 
             # Viewer: no Decrypt button; the page's own /sealed call is refused.
             d.execute_script("document.querySelector('[data-testid=logout]').click()")
@@ -470,7 +530,9 @@ def tiles(d):
       const c = t.querySelector('[data-testid=frame]:not([data-pending])');
       const k = t.querySelector('[data-testid=keystrokes]');
       const e = t.querySelector('[data-testid=encrypted]');
+      const u = t.querySelector('[data-testid=user]');
       return {agent: t.dataset.agent, kind: t.dataset.kind, id: t.dataset.blobId, time: t.querySelector('header span').textContent,
+        user: t.dataset.user, userText: u ? u.textContent : '',
         encrypted: e ? e.textContent : null, keys: k ? k.textContent : null,
         frame: c ? [c.width, c.height] : null,
         pixel: c ? Array.from(c.getContext('2d').getImageData(c.width - 5, c.height - 5, 1, 1).data.slice(0, 3)) : null};
@@ -488,16 +550,27 @@ def wait_file(directory, pattern, timeout):
     raise Failure(f"no download {pattern} within {timeout} s: {os.listdir(directory)}")
 
 
-def check_zip(check, path):
+def user_folder(agent, user):
+    """`custos decrypt`'s folder for a user's captures (OutputNaming.folder): `<agent>/users/<user>`,
+    with ~ and 8 hex digits of the name's SHA-256 when the file-name rules changed it."""
+    name = "".join("_" if c in '\\:*?"<>|/' else c for c in user).lstrip(".").strip() or "_"
+    return f"{agent}/users/{name}" + ("" if name == user else "~" + hashlib.sha256(user.encode()).hexdigest()[:8])
+
+
+def check_zip(check, path, users):
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         manifest = json.loads(z.read("manifest.json"))
         csv = z.read("keystrokes.csv").decode() if "keystrokes.csv" in names else ""
         webms = [n for n in names if n.endswith(".webm")]
         check("the exported zip reads back (CRCs): a WebM per agent's stream (E2EE and collector-sealed), the typed text in keystrokes.csv and .json, a manifest",
-              z.testzip() is None and any(n.startswith("pc-plain/screens/") for n in webms) and any(n.startswith("pc-e2ee/screens/") for n in webms)
+              z.testzip() is None and all(any(n.startswith(user_folder(a, u) + "/screens/") for n in webms) for a, u in users.items())
               and TYPED in csv and TYPED in z.read("keystrokes.json").decode() and manifest["counts"]["videoFiles"] == len(webms)
               and manifest["counts"]["notDecrypted"] == 0, f"{names} {manifest.get('counts')}")
+        check("the zip puts each user's captures under <agent>/users/<user>/ (custos decrypt's layout) and names the user in keystrokes.csv",
+              all(any(n.startswith(user_folder(a, u) + "/") for n in names) for a, u in users.items())
+              and not any(n.startswith(("pc-e2ee/screens/", "pc-plain/screens/")) for n in names)
+              and csv.startswith('time,agent,user,display,') and f'"{users["pc-e2ee"]}"' in csv, f"{names} {csv[:200]!r}")
 
 
 def unwrap_deks(stream, key_path, passphrase):

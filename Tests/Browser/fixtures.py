@@ -65,6 +65,22 @@ def make(bin_dir, work):
     run([custos, "seal", "--kek", pub, "--kind", "keystrokes", "--agent", "pc-seal", "--in", chunk_plain,
          "--out", os.path.join(work, "chunk.custos")])
 
+    # Sealed session blobs (record type 3) of two users, made by `custos seal --user --display`;
+    # `custos open` of each names the per-user folder the CLI writes (the export's rule).
+    sessions = []
+    for i, (user, display) in enumerate([("alice", ":1"), ("CORP\\carol", ":2")]):
+        name = f"session{i}.custos"
+        run([custos, "seal", "--kek", pub, "--kind", "keystrokes", "--agent", "pc-seal", "--user", user, "--display", display,
+             "--in", chunk_plain, "--out", os.path.join(work, name)])
+        opened = os.path.join(work, f"session{i}-opened")
+        run([custos, "open", "--key", key, "--passphrase-file", os.path.join(work, "keypair.pass"),
+             "--in", os.path.join(work, name), "--out", opened + "/"])
+        users = os.path.join(opened, "pc-seal", "users")
+        folders = os.listdir(users) if os.path.isdir(users) else []
+        if len(folders) != 1:
+            raise Failure(f"custos open of {name} wrote {folders} under pc-seal/users, expected one folder")
+        sessions.append({"sealed": name, "user": user, "display": display, "cliFolder": "pc-seal/users/" + folders[0]})
+
     # Agent recordings on Xvfb: AV1 video (the default) with typing and a repaint, and PNG frames.
     x = Xvfb(320, 240, 24)
     try:
@@ -98,6 +114,7 @@ def make(bin_dir, work):
         "chunk": {"sealed": "chunk.custos", "plain": "chunk.json"},
         "video": {"sealed": video, "typed": TYPED, "first": COLOUR_FIRST, "last": COLOUR_LAST, "agent": video_line},
         "png": {"sealed": png, "colour": COLOUR_PNG, "agent": png_line},
+        "sessions": sessions,
     }
     with open(os.path.join(work, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)

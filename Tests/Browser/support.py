@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -70,9 +71,12 @@ class Xvfb:
     """A private Xvfb (-noreset, so the painted root colour stays); the display number is chosen
     by Xvfb itself (-displayfd), so parallel runs never collide."""
 
-    def __init__(self, width=320, height=240, depth=24):
+    def __init__(self, width=320, height=240, depth=24, user=None):
+        """`user`: run the server as this account (setpriv), so its socket names that user
+        (the agent's session look-up, docs/CAPTURE.md "Every graphical session")."""
         r, w = os.pipe()
-        self.proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", f"{width}x{height}x{depth}",
+        as_user = ["setpriv", f"--reuid={user}", f"--regid={pwd.getpwnam(user).pw_gid}", "--clear-groups"] if user else []
+        self.proc = subprocess.Popen([*as_user, "Xvfb", "-displayfd", str(w), "-screen", "0", f"{width}x{height}x{depth}",
                                       "-noreset", "-nolisten", "tcp"], pass_fds=(w,),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(w)

@@ -410,6 +410,73 @@ import TestSupport
         }
     }
 
+    /// Sealed session blobs (docs/FORMAT.md "Sealed session blob") of two users on one agent,
+    /// and plain blobs of another: every listing row carries `user` and `display` (null without
+    /// a session); `user=` filters (with `agent=`, paged by cursor); a user name the one
+    /// validator refuses is a 400 naming `user`.
+    @Test func listingsNameTheSessionUserAndFilterByIt() async throws {
+        let keyDir = try TempDir("custos-admin-users-keys")
+        defer { keyDir.remove() }
+        let kek = try makeTestKEK(in: keyDir.path, name: "e2ee")
+        try await Rig.with("users") { rig in
+            try await rig.addAccounts()
+            let s = rig.collector.storage
+            _ = try await s.registerKEK(KEKRegistration(pubDatafile: kek.publicKey, publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+            let agentClient = try AdminClient(url: rig.collector.url, caFile: rig.collector.pki.rootCertificate)
+            func upload(_ agent: String, _ sessions: [BlobSession?], t0: Int64) async throws -> [SealedBlob] {
+                let token = try await s.addAgent(try AgentID(agent))
+                let session = try DEKSession(kek: try KEKPublicKey(pemFile: kek.publicKey), agentID: agent)
+                let blobs = try sessions.enumerated().map { i, blobSession in
+                    try session.seal(Data("capture \(i)".utf8), kind: .keystrokes, captureTimeMs: t0 + Int64(i), session: blobSession)
+                }
+                let body = RecordStream.encode([.dekRecord(session.record)] + blobs.map { .blob($0) })
+                let r = try await agentClient.request("POST", "/v1/records", body: body, origin: .some(nil), cookies: false,
+                                                      headers: ["Authorization": "Bearer \(agent):\(token.revealed)",
+                                                                "Content-Type": "application/vnd.custos.records"])
+                try #require(r.status == 200, "upload: \(r.text)")
+                return blobs
+            }
+            let alice = try BlobSession(user: try UserName("alice"), display: ":1")
+            let carol = try BlobSession(user: try UserName("CORP\\carol"), display: ":2")
+            let shared = try await upload("terminal-server", [alice, carol, alice, carol, alice], t0: 1_700_000_000_000)
+            let plain = try await upload("old-agent", [nil, nil], t0: 1_700_000_100_000)
+
+            let c = rig.client
+            #expect(try await c.login("vic", Self.password).status == 200)
+            let all = try #require(try await c.get("/api/v1/captures?order=asc").json?["items"] as? [[String: Any]])
+            #expect(all.compactMap { $0["id"] as? String } == (shared + plain).map(\.header.blobID.hex))
+            #expect(all.prefix(5).map { $0["user"] as? String } == ["alice", "CORP\\carol", "alice", "CORP\\carol", "alice"])
+            #expect(all.prefix(5).map { $0["display"] as? String } == [":1", ":2", ":1", ":2", ":1"])
+            #expect(all.suffix(2).allSatisfy { $0["user"] is NSNull && $0["display"] is NSNull }, "no session: null, not absent")
+
+            // user= alone and with agent=, two a page by cursor: alice's three, in order.
+            for base in ["/api/v1/captures?user=alice&order=asc&limit=2", "/api/v1/captures?agent=terminal-server&user=alice&order=asc&limit=2"] {
+                var seen: [String] = [], cursor: String?, pages = 0
+                repeat {
+                    let r = try await c.get(base + (cursor.map { "&after=\($0)" } ?? ""))
+                    let items = try #require(r.json?["items"] as? [[String: Any]], "\(r.text)")
+                    #expect(items.allSatisfy { $0["user"] as? String == "alice" && $0["display"] as? String == ":1" })
+                    seen += items.compactMap { $0["id"] as? String }
+                    cursor = r.json?["next"] as? String
+                    pages += 1
+                } while cursor != nil && pages < 5
+                #expect(seen == [shared[0], shared[2], shared[4]].map(\.header.blobID.hex) && pages == 2, "\(base)")
+            }
+            let carols = try await c.get("/api/v1/captures?user=CORP%5Ccarol")
+            #expect((carols.json?["items"] as? [[String: Any]])?.compactMap { $0["id"] as? String }
+                    == [shared[3], shared[1]].map(\.header.blobID.hex), "newest first; a percent-encoded backslash")
+            let nobody = try await c.get("/api/v1/captures?user=alice&agent=old-agent")
+            #expect((nobody.json?["items"] as? [[String: Any]])?.isEmpty == true && nobody.json?["next"] is NSNull)
+
+            // Bad names: a '/', '..', a control or bidi character, empty, 129 bytes: 400 naming user.
+            for bad in ["a%2Fb", "..", "%1B%5B31m", "invoice%E2%80%AEtxt", "", String(repeating: "x", count: 129)] {
+                let r = try await c.get("/api/v1/captures?user=\(bad)")
+                #expect(r.status == 400 && r.error?.hasPrefix("user: expected a user name") == true, "\(bad): \(r.text)")
+                #expect(r.text.contains("\u{1B}") == false, "the refused value is not echoed raw")
+            }
+        }
+    }
+
     /// A blob whose stored bytes cannot be read (its blob file cut short, then deleted: QA found
     /// `/sealed` answered 200 and then broke the body): `/sealed` and `POST /plain` answer every
     /// other item and, in the unreadable one's place, a status entry naming it; `GET …/plain`

@@ -7,6 +7,7 @@ import * as exporter from "./export.js";
 import * as media from "./media.js";
 import { chunkText } from "./payload.js";
 import { MonitorPlayer } from "./player.js";
+import { isValidUserName } from "./format.js";
 import { download, encrypted, fmtClock, fmtTime, fromLocalInput, h, safeText, setText, shortID, toLocalInput } from "./ui.js";
 import * as vault from "./vault.js";
 
@@ -174,13 +175,35 @@ function needKeyHint(items) {
   return "";
 }
 
+// ---- users (graphical sessions: docs/FORMAT.md "Sealed session blob") ----
+
+/** The session of a listing row as shown: `user` and display (null for captures without one). */
+function userCell(item) {
+  if (!item.user) return h("span", { className: "muted", title: "no graphical session named (a plain sealed blob)" }, "—");
+  return h("span", { className: "user", dataset: { testid: "user", user: item.user } }, item.user,
+    item.display ? h("span", { className: "muted" }, ` ${item.display}`) : null);
+}
+
+/** A user filter (`user=`), checked with the format's one rule (CustosBase.UserName) before it is sent. */
+function userInput(value) {
+  return h("input", { type: "text", value, placeholder: "user name", size: 14, dataset: { testid: "user-filter" } });
+}
+
+/** The filter's value, or throws naming what is wrong (shown in the page notice). */
+function userValue(input) {
+  const v = input.value.trim();
+  if (v && !isValidUserName(v)) throw new Error("user: expected a user name: 1-128 UTF-8 bytes without '/', control or bidirectional characters, not '.' or '..'");
+  return v;
+}
+
 // ---- capture tiles ----
 
 /** A tile (data-testid capture) for one listing row; body() redraws from the vault. */
 function tile(item) {
   const body = h("div", { className: "body" });
-  const el = h("article", { className: "tile", dataset: { testid: "capture", kind: item.kind, blobId: item.id, agent: item.agent } },
+  const el = h("article", { className: "tile", dataset: { testid: "capture", kind: item.kind, blobId: item.id, agent: item.agent, user: item.user ?? "" } },
     h("header", {}, h("span", {}, fmtTime(item.timeMs)), h("a", { href: `#/timeline?agent=${encodeURIComponent(item.agent)}` }, item.agent),
+      item.user ? h("a", { href: `#/timeline?${new URLSearchParams({ agent: item.agent, user: item.user })}` }, userCell(item)) : null,
       h("span", {}, item.kind), h("span", {}, `#${item.sequence}`),
       item.sealedTo === "collector" ? h("span", { className: "badge collector", title: "sealed to the collector's own key (encryption off on this agent)" }, "collector key") : null),
     body);
@@ -322,24 +345,29 @@ function timelinePage(params) {
   const agent = params.get("agent") ?? "";
   const since = numberParam(params, "since"), until = numberParam(params, "until");
   const kind = params.get("kind") ?? "";
+  const user = params.get("user") ?? "";
   const sinceIn = h("input", { type: "datetime-local", step: 1, value: toLocalInput(since) });
   const untilIn = h("input", { type: "datetime-local", step: 1, value: toLocalInput(until) });
-  const kindIn = h("select", {}, ["", "screen", "keystrokes", "generic"].map((k) => h("option", { value: k, selected: k === kind }, k || "all kinds")));
+  const kindIn = h("select", {}, ["", "screen", "keystrokes", "generic", "activity"].map((k) => h("option", { value: k, selected: k === kind }, k || "all kinds")));
+  const userIn = userInput(user);
   const apply = () => {
     const q = new URLSearchParams({ agent });
+    try { const u = userValue(userIn); if (u) q.set("user", u); } catch (e) { notice(e.message, "error"); return; }
     const s = fromLocalInput(sinceIn.value), u = fromLocalInput(untilIn.value);
     if (s !== null) q.set("since", s);
     if (u !== null) q.set("until", u);
     if (kindIn.value) q.set("kind", kindIn.value);
     location.hash = "#/timeline?" + q;
   };
-  const grid = captureGrid({ agent, since, until, kind });
+  const grid = captureGrid({ agent, since, until, kind, user });
+  const withUser = new URLSearchParams({ agent, ...(user ? { user } : {}) });
   setPage(h("div", {},
-    h("h1", {}, "Timeline of ", h("code", {}, agent)),
+    h("h1", {}, "Timeline of ", h("code", {}, agent), user ? [" · user ", h("code", {}, user)] : null),
     h("div", { className: "toolbar" }, h("label", {}, "From", sinceIn), h("label", {}, "To", untilIn), h("label", {}, "Kind", kindIn),
+      h("label", {}, "User", userIn),
       h("button", { type: "button", onclick: apply }, "Apply"),
-      h("a", { href: `#/player?agent=${encodeURIComponent(agent)}` }, "Session player"),
-      h("a", { href: `#/keystrokes?agent=${encodeURIComponent(agent)}` }, "Keystrokes")),
+      h("a", { href: `#/player?${withUser}` }, "Session player"),
+      h("a", { href: `#/keystrokes?${withUser}` }, "Keystrokes")),
     grid.el), grid);
 }
 
@@ -390,6 +418,8 @@ function keystrokesPage(params) {
   const agent = params.get("agent") ?? "";
   const since = numberParam(params, "since"), until = numberParam(params, "until");
   const windowFilter = params.get("window") ?? "";
+  const user = params.get("user") ?? "";
+  const userIn = userInput(user);
   const agentIn = h("select", {}, h("option", { value: "" }, "all agents"));
   agentOptions().then((list) => {
     for (const a of list) agentIn.append(h("option", { value: a.id, selected: a.id === agent }, a.id));
@@ -406,7 +436,7 @@ function keystrokesPage(params) {
 
   const fill = (tr) => {
     const d = vault.get(tr.item.id);
-    const [winCell, textCell] = [tr.cells[2], tr.cells[3]];
+    const [winCell, textCell] = [tr.cells[3], tr.cells[4]];
     if (!d) { winCell.replaceChildren(encrypted()); textCell.replaceChildren(encrypted()); tr.hidden = false; return; }
     if (d.error) { winCell.replaceChildren("—"); textCell.replaceChildren(h("span", { className: "error", dataset: { testid: "item-error" } }, `Cannot open: ${d.error.message}`)); return; }
     const c = d.payload.chunk;
@@ -430,12 +460,12 @@ function keystrokesPage(params) {
   const load = async () => {
     const g = generation;
     try {
-      const r = await api.captures({ kind: "keystrokes", agent, since, until, order: "desc", limit: 100, after: next });
+      const r = await api.captures({ kind: "keystrokes", agent, user, since, until, order: "desc", limit: 100, after: next });
       if (g !== generation) return;
       next = r.next;
       const fresh = r.items.map((item) => {
-        const tr = h("tr", { dataset: { testid: "capture", kind: item.kind, blobId: item.id, agent: item.agent } },
-          h("td", {}, fmtTime(item.timeMs)), h("td", {}, item.agent), h("td"), h("td"));
+        const tr = h("tr", { dataset: { testid: "capture", kind: item.kind, blobId: item.id, agent: item.agent, user: item.user ?? "" } },
+          h("td", {}, fmtTime(item.timeMs)), h("td", {}, item.agent), h("td", {}, userCell(item)), h("td"), h("td"));
         tr.item = item;
         fill(tr);
         return tr;
@@ -457,6 +487,7 @@ function keystrokesPage(params) {
   const apply = () => {
     const q = new URLSearchParams();
     if (agentIn.value) q.set("agent", agentIn.value);
+    try { const name = userValue(userIn); if (name) q.set("user", name); } catch (e) { notice(e.message, "error"); return; }
     const s = fromLocalInput(sinceIn.value), u = fromLocalInput(untilIn.value);
     if (s !== null) q.set("since", s);
     if (u !== null) q.set("until", u);
@@ -471,10 +502,10 @@ function keystrokesPage(params) {
     } catch (e) { notice(`Export failed: ${e.message}`, "error"); }
   } }, "Export (zip: CSV + JSON)");
   setPage(h("div", {}, h("h1", {}, "Keystrokes report"),
-    h("div", { className: "toolbar" }, h("label", {}, "Agent", agentIn), h("label", {}, "From", sinceIn), h("label", {}, "To", untilIn),
+    h("div", { className: "toolbar" }, h("label", {}, "Agent", agentIn), h("label", {}, "User", userIn), h("label", {}, "From", sinceIn), h("label", {}, "To", untilIn),
       h("button", { type: "button", onclick: apply }, "Apply"), h("label", {}, "Window (after decrypting)", windowIn), exportButton),
     status,
-    h("table", {}, h("thead", {}, h("tr", {}, ["Time", "Agent", "Window", "Text"].map((t) => h("th", {}, t)))), body), more),
+    h("table", {}, h("thead", {}, h("tr", {}, ["Time", "Agent", "User", "Window", "Text"].map((t) => h("th", {}, t)))), body), more),
   {
     onVault: () => { generation++; const g = generation; for (const tr of rows) fill(tr); openRows(rows, g); },
     cleanup: () => { generation++; },
@@ -550,8 +581,11 @@ const SPEEDS = [0.5, 1, 2, 4, 8, 16];
 
 function playerPage(params) {
   const agent = params.get("agent") ?? "";
+  const user = params.get("user") ?? "";
   let from = numberParam(params, "from"), to = numberParam(params, "to");
   const agentIn = h("select", { dataset: { testid: "player-agent" } }, h("option", { value: "" }, "choose an agent"));
+  const userIn = userInput(user);
+  const sessions = h("p", { className: "muted", dataset: { testid: "player-sessions" } });
   const fromIn = h("input", { type: "datetime-local", step: 1, value: toLocalInput(from) });
   const toIn = h("input", { type: "datetime-local", step: 1, value: toLocalInput(to) });
   const status = h("p", { className: "muted", dataset: { testid: "player-status" } });
@@ -575,6 +609,7 @@ function playerPage(params) {
 
   const apply = () => {
     const q = new URLSearchParams({ agent: agentIn.value });
+    try { const u = userValue(userIn); if (u) q.set("user", u); } catch (e) { notice(e.message, "error"); return; }
     const f = fromLocalInput(fromIn.value), t = fromLocalInput(toIn.value);
     if (f !== null) q.set("from", f);
     if (t !== null) q.set("to", t);
@@ -588,11 +623,12 @@ function playerPage(params) {
     setText(status, "Loading the session's captures…");
     try {
       const items = await allPages(async (after) => {
-        const r = await api.captures({ agent, since: from, until: to, order: "asc", limit: 500, after });
+        const r = await api.captures({ agent, user, since: from, until: to, order: "asc", limit: 500, after });
         return { list: r.items, next: r.next };
       }, 100000);
       if (!alive) return;
       const screens = items.filter((i) => i.kind === "screen"), keys = items.filter((i) => i.kind === "keystrokes");
+      showSessions(items);
       setText(status, `${screens.length} screen captures, ${keys.length} keystroke chunks between ${fmtTime(from)} and ${fmtTime(to)}.`);
       const hint = needKeyHint(items);
       if (hint) {
@@ -613,6 +649,21 @@ function playerPage(params) {
     }
   }
 
+  /** The graphical sessions (user, display) in the loaded range, each a link to play it alone. */
+  function showSessions(items) {
+    const found = new Map();
+    for (const i of items) if (i.user) found.set(`${i.user}\u0000${i.display}`, { user: i.user, display: i.display, n: (found.get(`${i.user}\u0000${i.display}`)?.n ?? 0) + 1 });
+    if (!found.size) { sessions.replaceChildren(); return; }
+    const link = (s) => {
+      const q = new URLSearchParams({ agent, user: s.user });
+      if (from !== null) q.set("from", from);
+      if (to !== null) q.set("to", to);
+      return h("a", { href: `#/player?${q}`, dataset: { testid: "player-session", user: s.user } }, userCell(s), ` (${s.n})`);
+    };
+    sessions.replaceChildren(h("span", {}, user ? "Session of " : "Sessions in this range: ", [...found.values()].map((s, i) => [i ? ", " : "", link(s)]),
+      user ? [" · ", h("a", { href: `#/player?${new URLSearchParams({ agent, ...(from !== null ? { from } : {}), ...(to !== null ? { to } : {}) })}` }, "all users")] : null));
+  }
+
   function buildSession(items) {
     const monitors = new Map(); // monitor key → {label, packets, frames}
     const streamIDs = new Set();
@@ -623,8 +674,10 @@ function playerPage(params) {
       if (!d || d.error) { if (d?.error) failed++; continue; }
       const p = d.payload;
       if (p.type === "video" || p.type === "frame") {
-        const key = `${p.meta.monitor}:${p.meta.monitorName}`;
-        if (!monitors.has(key)) monitors.set(key, { label: `monitor ${p.meta.monitor} ${p.meta.monitorName}`, streams: new Set(), frames: [] });
+        // Each session's monitors apart: two users' ":1 root" are two screens.
+        const key = `${it.user ?? ""}\u0000${it.display ?? ""}\u0000${p.meta.monitor}:${p.meta.monitorName}`;
+        const who = it.user ? `${it.user} ${it.display ?? ""} · ` : "";
+        if (!monitors.has(key)) monitors.set(key, { label: `${who}monitor ${p.meta.monitor} ${p.meta.monitorName}`, streams: new Set(), frames: [] });
         if (p.type === "video") { monitors.get(key).streams.add(p.meta.streamID); streamIDs.add(p.meta.streamID); }
         else monitors.get(key).frames.push({ timeMs: p.meta.captureTimeMs, item: it });
       } else if (p.type === "keys") {
@@ -666,15 +719,15 @@ function playerPage(params) {
     const titleNow = h("div", { className: "title-now", dataset: { testid: "window-now" } });
     const typedNow = h("div", { className: "typed-now", dataset: { testid: "typed-now" } });
     const list = h("table", { className: "chunks" }, h("tbody", {}, chunks.map((c) => {
-      const tr = h("tr", { dataset: { testid: "chunk", start: c.chunk.startMs } }, h("td", {}, fmtClock(c.chunk.startMs)), h("td", {}, c.chunk.windowTitle),
+      const tr = h("tr", { dataset: { testid: "chunk", start: c.chunk.startMs } }, h("td", {}, fmtClock(c.chunk.startMs)), h("td", {}, userCell(c.item)), h("td", {}, c.chunk.windowTitle),
         h("td", {}, h("pre", { className: "keys" }, chunkText(c.chunk))));
       tr.addEventListener("click", () => { pause(); show(c.chunk.startMs); });
       c.row = tr;
       return tr;
     })));
-    const exportButton = h("button", { type: "button", dataset: { testid: "export-webm" }, onclick: () => {
+    const exportButton = h("button", { type: "button", dataset: { testid: "export-webm" }, onclick: async () => {
       try {
-        const r = exporter.exportSessionVideo(media.streamPackets([...streamIDs]).filter((p) => p.meta.captureTimeMs <= t1), agent);
+        const r = await exporter.exportSessionVideo(media.streamPackets([...streamIDs]).filter((p) => p.meta.captureTimeMs <= t1), agent);
         download(r.blob, r.name);
         notice(`Exported ${r.runs} WebM file(s)${r.skipped ? `; ${r.skipped} packets after gaps could not be decoded and were left out` : ""}.`);
       } catch (e) { notice(`Export failed: ${e.message}`, "error"); }
@@ -729,9 +782,9 @@ function playerPage(params) {
   }
 
   setPage(h("div", {}, h("h1", {}, "Session player"),
-    h("div", { className: "toolbar" }, h("label", {}, "Agent", agentIn), h("label", {}, "From", fromIn), h("label", {}, "To", toIn),
+    h("div", { className: "toolbar" }, h("label", {}, "Agent", agentIn), h("label", {}, "User", userIn), h("label", {}, "From", fromIn), h("label", {}, "To", toIn),
       h("button", { type: "button", dataset: { testid: "player-load" }, onclick: apply }, "Load")),
-    status, stage),
+    status, sessions, stage),
   {
     onVault: (e) => { if (agent && from !== null && to !== null) load(); },
     cleanup: () => { alive = false; if (session_) session_.close(); },

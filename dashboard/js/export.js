@@ -4,7 +4,9 @@
 
 import { api } from "./api.js";
 import * as media from "./media.js";
+import { hex } from "./format.js";
 import { chunkText } from "./payload.js";
+import { needsEscape } from "./ui.js";
 import * as vault from "./vault.js";
 import { videoRuns, webmForRun } from "./webm.js";
 import { ZipWriter } from "./zip.js";
@@ -13,6 +15,45 @@ import { ZipWriter } from "./zip.js";
 export function namePart(s) {
   const t = String(s).replace(/[^A-Za-z0-9._-]/g, "_").replace(/^\.+/, "_").slice(0, 64);
   return t || "_";
+}
+
+/**
+ * The CLI's file-name component (OutputNaming.component in Sources/Admin/Decryptor.swift) of a
+ * user name: controls and bidi controls dropped and "/" made "_" (SafeText.fileNameComponent),
+ * cut at `maxBytes` UTF-8 bytes on a character boundary, `\ : * ? " < > |` made "_", leading
+ * dots and outer spaces removed; "_" when nothing is left.
+ */
+export function cliComponent(s, maxBytes = 64) {
+  const enc = new TextEncoder();
+  let out = "", bytes = 0;
+  for (const c of String(s)) {
+    if (needsEscape(c.codePointAt(0))) continue;
+    const ch = c === "/" ? "_" : c;
+    const n = enc.encode(ch).length;
+    if (bytes + n > maxBytes) break;
+    bytes += n;
+    out += ch;
+  }
+  if (out === "" || out === "." || out === "..") out = "_";
+  out = out.replace(/[\\:*?"<>|]/g, "_").replace(/^\.+/, "").trim();
+  return out || "_";
+}
+
+/**
+ * The folder of a listing row's files, as `custos decrypt` names it (OutputNaming.folder):
+ * `<agent>`, or `<agent>/users/<user>` for a capture of a graphical session. A user name the
+ * file-name rule changed gets "~" and the first 8 hex digits of its SHA-256 (WebCrypto), so
+ * `CORP\carol` and `CORP:carol` never share a folder.
+ * @param {{agent: string, user?: string|null}} item
+ * @returns {Promise<string>}
+ */
+export async function itemFolder(item) {
+  const agent = namePart(item.agent);
+  if (!item.user) return agent;
+  const name = cliComponent(item.user, 64);
+  if (name === item.user) return `${agent}/users/${name}`;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(item.user)));
+  return `${agent}/users/${name}~${hex(digest).slice(0, 8)}`;
 }
 
 /** 20261207T160653.123Z */
@@ -27,15 +68,15 @@ function csvField(v) {
 }
 
 export function keystrokesCSV(rows) {
-  const lines = [["time", "agent", "window", "wmClass", "text", "blobId"].join(",")];
-  for (const r of rows) lines.push([new Date(r.timeMs).toISOString(), r.agent, r.windowTitle, r.wmClass, r.text, r.blobId].map(csvField).join(","));
+  const lines = [["time", "agent", "user", "display", "window", "wmClass", "text", "blobId"].join(",")];
+  for (const r of rows) lines.push([new Date(r.timeMs).toISOString(), r.agent, r.user, r.display, r.windowTitle, r.wmClass, r.text, r.blobId].map(csvField).join(","));
   return lines.join("\r\n") + "\r\n";
 }
 
-function videoName(run) {
+async function videoName(run) {
   const m = run.packets[0].meta;
-  const agent = run.packets[0].item?.agent ?? "agent";
-  return `${namePart(agent)}/screens/${namePart(agent)}_mon${m.monitor}-${namePart(m.monitorName)}_${stamp(m.captureTimeMs)}_${run.streamID.slice(0, 8)}.webm`;
+  const item = run.packets[0].item ?? { agent: "agent" };
+  return `${await itemFolder(item)}/screens/${namePart(item.agent)}_mon${m.monitor}-${namePart(m.monitorName)}_${stamp(m.captureTimeMs)}_${run.streamID.slice(0, 8)}.webm`;
 }
 
 /**
@@ -51,9 +92,10 @@ export async function exportZip(items) {
   const selectedVideo = new Map(); // streamID → [min, max] packetIndex selected
   for (const it of open) {
     const p = vault.get(it.id).payload;
-    const base = { blobId: it.id, agent: it.agent, kind: it.kind, timeMs: it.timeMs, sequence: it.sequence };
+    const base = { blobId: it.id, agent: it.agent, user: it.user ?? null, display: it.display ?? null, kind: it.kind, timeMs: it.timeMs, sequence: it.sequence };
+    const folder = await itemFolder(it);
     if (p.type === "frame") {
-      const name = `${namePart(it.agent)}/screens/${namePart(it.agent)}_mon${p.meta.monitor}-${namePart(p.meta.monitorName)}_${stamp(p.meta.captureTimeMs)}.png`;
+      const name = `${folder}/screens/${namePart(it.agent)}_mon${p.meta.monitor}-${namePart(p.meta.monitorName)}_${stamp(p.meta.captureTimeMs)}.png`;
       z.add(name, p.png, it.timeMs);
       manifest.files.push({ ...base, kind: "frame", file: name, width: p.meta.width, height: p.meta.height });
       manifest.counts.frames++;
@@ -64,7 +106,7 @@ export async function exportZip(items) {
       keyRows.push({ ...base, windowTitle: p.chunk.windowTitle, wmClass: p.chunk.wmClass, text: chunkText(p.chunk), startMs: p.chunk.startMs, endMs: p.chunk.endMs, keys: p.chunk.keys });
       manifest.counts.keystrokeChunks++;
     } else {
-      const name = `${namePart(it.agent)}/generic/${it.id}.bin`;
+      const name = `${folder}/generic/${it.id}.bin`;
       z.add(name, p.bytes, it.timeMs);
       manifest.files.push({ ...base, file: name });
       manifest.counts.generic++;
@@ -77,10 +119,10 @@ export async function exportZip(items) {
   const { runs, skipped } = videoRuns(packets);
   manifest.counts.videoPacketsSkipped = skipped;
   for (const run of runs) {
-    const name = videoName(run);
+    const name = await videoName(run);
     const m = run.packets[0].meta;
     z.add(name, webmForRun(run), m.captureTimeMs);
-    manifest.files.push({ kind: "video", file: name, agent: run.packets[0].item?.agent, streamId: run.streamID, monitor: m.monitor, codec: m.codec,
+    manifest.files.push({ kind: "video", file: name, agent: run.packets[0].item?.agent, user: run.packets[0].item?.user ?? null, streamId: run.streamID, monitor: m.monitor, codec: m.codec,
       width: m.width, height: m.height, packets: run.packets.length, firstTime: m.captureTimeMs,
       lastTime: run.packets[run.packets.length - 1].meta.captureTimeMs, blobIds: run.packets.map((p) => p.item?.id) });
     manifest.counts.videoFiles++;
@@ -101,18 +143,18 @@ export async function exportZip(items) {
 /**
  * A session's video: one WebM when it is one run, else a zip of one WebM per run.
  * @param {{meta, packet, item}[]} packets decrypted video packets
- * @returns {{blob: Blob, name: string, runs: number, skipped: number}}
+ * @returns {Promise<{blob: Blob, name: string, runs: number, skipped: number}>}
  */
-export function exportSessionVideo(packets, label) {
+export async function exportSessionVideo(packets, label) {
   const { runs, skipped } = videoRuns(packets);
   if (!runs.length) throw new Error("no video run starts at a keyframe in this session");
   let blob, name;
   if (runs.length === 1) {
     blob = new Blob([webmForRun(runs[0])], { type: "video/webm" });
-    name = videoName(runs[0]).split("/").pop();
+    name = (await videoName(runs[0])).split("/").pop();
   } else {
     const z = new ZipWriter();
-    for (const run of runs) z.add(videoName(run), webmForRun(run), run.packets[0].meta.captureTimeMs);
+    for (const run of runs) z.add(await videoName(run), webmForRun(run), run.packets[0].meta.captureTimeMs);
     blob = z.finish();
     name = `custos-session-${namePart(label)}.zip`;
   }

@@ -5,7 +5,7 @@
 
 import { api } from "./api.js";
 import { KeyRing } from "./envelope.js";
-import { ITEM_STATUS, splitSealedAnswer } from "./format.js";
+import { ITEM_STATUS, headerMismatch, isBlobRecord, splitSealedAnswer } from "./format.js";
 import { unlockKey } from "./keys.js";
 import { decodePayload } from "./payload.js";
 
@@ -100,13 +100,21 @@ export async function open(items) {
     for (const rec of records.filter((x) => x.type === 1)) {
       try { await r.addDEKRecord(rec.bytes); } catch (e) { dekErrors.set(rec.offset, e); }
     }
-    for (const rec of records.filter((x) => x.type === 2)) {
+    for (const rec of records.filter((x) => isBlobRecord(x.type))) {
       let id = null;
       try {
         const { header, plaintext } = await r.open(rec.bytes);
         id = header.blobID;
         if (!byID.has(id)) continue; // not asked for
         if (r !== ring) break;
+        const differ = headerMismatch(header, byID.get(id));
+        if (differ.length) {
+          // The authenticated header is the truth: a listing row that says otherwise is shown as
+          // an error, never the plaintext under the row's (wrong) agent, user or time.
+          decoded.set(id, { error: new Error(`the blob's header does not match its listing row (${differ.join(", ")} differ): ${id}`), header });
+          failed++;
+          continue;
+        }
         decoded.set(id, { payload: decodePayload(header.kind, plaintext), header });
         opened++;
       } catch (e) {

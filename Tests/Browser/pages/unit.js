@@ -1,6 +1,7 @@
 // Module tests of the dashboard's crypto core, payloads and player against real vectors made by
 // run.py (fixtures.py): openssl keys, `custos seal` files, `custos-agent record` recordings.
-import { FormatError, ITEM_STATUS, parseBlobHeader, parseDEKRecord, splitRecords, splitSealedAnswer } from "/js/format.js";
+import { FormatError, headerMismatch, isValidUserName, ITEM_STATUS, parseBlobHeader, parseDEKRecord, splitRecords, splitSealedAnswer } from "/js/format.js";
+import { cliComponent, itemFolder } from "/js/export.js";
 import { h, safeText, setText } from "/js/ui.js";
 import { CONVERT_COMMAND, unlockKey, unlockPrivateKey } from "/js/keys.js";
 import { KeyRing, openStream } from "/js/envelope.js";
@@ -162,6 +163,75 @@ test("envelope: a changed header byte or ciphertext byte fails authentication an
   }
   assert((await ring.open(blob)).plaintext.length === 70000, "the untouched blob still opens");
 });
+// ---- sealed session blobs (record type 3, docs/FORMAT.md "Sealed session blob") ----
+test("session blobs: `custos seal --user --display` files of two users parse (user, display, header length) and open in the browser", async () => {
+  assertEqual(m.sessions.length, 2, "two users' fixtures");
+  for (const f of m.sessions) {
+    const records = splitRecords(await fetchBytes(F + f.sealed));
+    assertEqual(records.map((r) => r.type).join(","), "1,3", `${f.user}: a DEK record, then a sealed session blob`);
+    const h = parseBlobHeader(records[1].bytes);
+    assertEqual(h.user, f.user, "user from the header");
+    assertEqual(h.display, f.display, "display from the header");
+    assertEqual(h.agentID, "pc-seal", "agent id before them");
+    const m_ = new TextEncoder().encode(f.user).length, d = new TextEncoder().encode(f.display).length;
+    assertEqual(h.headerLength, 95 + "pc-seal".length + m_ + d, "AAD = 95 + n + m + d bytes");
+    const { items, errors } = await openStream(await ringFor(records), records);
+    assertEqual(errors.length, 0, `${f.user}: errors ${errors.map((e) => e.error.message)}`);
+    assertEqual(items.length, 1, `${f.user}: the session blob opened`);
+    const p = decodePayload(items[0].header.kind, items[0].plaintext);
+    assertEqual(chunkText(p.chunk), "hi[Enter]", `${f.user}: the typed text`);
+    assertEqual(items[0].header.user, f.user, "opened header names the user");
+  }
+  // The plain-blob parse of a type 2 file names no session.
+  const plain = parseBlobHeader(splitRecords(await fetchBytes(F + m.generic.sealed))[1].bytes);
+  assertEqual(plain.user, null, "type 2: user null");
+  assertEqual(plain.display, null, "type 2: display null");
+});
+test("session blobs: the user and display are authenticated; a name the one rule refuses is malformed before any key is used", async () => {
+  const records = splitRecords(await fetchBytes(F + m.sessions[0].sealed));
+  const ring = await ringFor(records);
+  const blob = records[1].bytes;
+  const n = "pc-seal".length, at = 93 + n; // user length byte, then "alice", display length, ":1"
+  const changeTo = (offset, ch) => { const c = blob.slice(); c[offset] = ch.charCodeAt(0); return c; };
+  await rejects(ring.open(changeTo(at + 1, "A")), "authenticationFailed", "authentication failed", "user alice → Alice");
+  await rejects(ring.open(changeTo(at + 1 + 5 + 2, "2")), "authenticationFailed", "authentication failed", "display :1 → :2");
+  await rejects(ring.open(changeTo(at + 1, "/")), "malformed", "user name", "a '/' in the user");
+  await rejects(ring.open(changeTo(at + 1, "\u001b")), "malformed", "user name", "an escape character in the user");
+  const zero = blob.slice(); zero[at] = 0;
+  await rejects((async () => parseBlobHeader(zero))(), "malformed", "user name length", "user length 0");
+  const long = blob.slice(); long[at] = 250;
+  await rejects((async () => parseBlobHeader(long))(), "malformed", "runs past", "user length past the record");
+  assert((await ring.open(blob)).plaintext.length > 0, "the untouched blob still opens");
+  for (const [name, ok] of [["alice", true], ["CORP\\carol", true], ["j.doe@corp.example", true], ["?", true], ["a/b", false],
+    [".", false], ["..", false], ["", false], ["x".repeat(129), false], ["é".repeat(64), true], ["é".repeat(65), false], ["in\u202Evoice", false]]) {
+    assertEqual(isValidUserName(name), ok, `isValidUserName(${JSON.stringify(name)})`);
+  }
+});
+test("session blobs: a listing row that disagrees with the opened header is named (the header is the truth)", async () => {
+  const records = splitRecords(await fetchBytes(F + m.sessions[1].sealed));
+  const { header } = await (await ringFor(records)).open(records[1].bytes);
+  const row = { id: header.blobID, agent: "pc-seal", kind: "keystrokes", timeMs: header.timeMs, user: m.sessions[1].user, display: ":2" };
+  assertEqual(headerMismatch(header, row).join(","), "", "the right row");
+  assertEqual(headerMismatch(header, { ...row, user: "alice" }).join(","), "user", "another user");
+  assertEqual(headerMismatch(header, { ...row, user: null, display: null }).join(","), "user,display", "a row without a session");
+  assertEqual(headerMismatch(header, { ...row, agent: "pc-x", timeMs: 1 }).join(","), "agent,time", "agent and time");
+  const plain = parseBlobHeader(splitRecords(await fetchBytes(F + m.generic.sealed))[1].bytes);
+  assertEqual(headerMismatch(plain, { id: plain.blobID, agent: "pc-seal", kind: "generic", timeMs: plain.timeMs, user: "alice", display: ":1" }).join(","),
+    "user,display", "a row naming a session for a plain blob");
+});
+test("session blobs: the export's user folder is the one `custos open` writes (~ and 8 hex of SHA-256 when the name changed)", async () => {
+  for (const f of m.sessions) {
+    assertEqual(await itemFolder({ agent: "pc-seal", user: f.user }), f.cliFolder, `folder of ${f.user}`);
+  }
+  assertEqual(await itemFolder({ agent: "pc-seal", user: null }), "pc-seal", "no session: the agent's folder");
+  assertEqual(cliComponent('a\\b:c*d?e"f<g>h|i'), "a_b_c_d_e_f_g_h_i", "the characters zip names refuse");
+  assertEqual(cliComponent("..hidden"), "hidden", "leading dots");
+  const colon = await itemFolder({ agent: "pc-seal", user: "CORP:carol" });
+  const backslash = await itemFolder({ agent: "pc-seal", user: "CORP\\carol" });
+  assert(colon.startsWith("pc-seal/users/CORP_carol~") && backslash.startsWith("pc-seal/users/CORP_carol~") && colon !== backslash,
+    `CORP:carol and CORP\\carol get two folders: ${colon}, ${backslash}`);
+});
+
 test("envelope: a DEK record with a changed commitment or committed field is refused (commitmentMismatch); its blobs stay shut", async () => {
   const records = splitRecords(await fetchBytes(F + m.generic.sealed));
   const dek = records[0].bytes;

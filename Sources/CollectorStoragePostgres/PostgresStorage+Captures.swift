@@ -180,14 +180,54 @@ extension PostgresStorage {
     /// of the index that matches its filters — `captures_agent_kind_time`,
     /// `captures_agent_time` or `captures_time` (kind then filters the range) — read forwards or
     /// backwards from the cursor (a row comparison on `(capture_time, blob_id)`, never OFFSET).
+    ///
+    /// With a user: a range of `captures_user_time`, or with an agent `captures_agent_user_time`,
+    /// written so that no other index can serve the order. `user_name = $u` would let the planner
+    /// treat the user as a constant and walk `captures_time` instead, filtering by user, which it
+    /// prefers (by cost) when a user holds many rows: a newest-first page of a user whose
+    /// captures are all old would then read everyone's newer ones first. Instead the user's range
+    /// is bounded by row comparisons on `(user_name, capture_time, blob_id)` — from
+    /// `(u, since or -infinity, '')` to `(u, until or infinity, '')`, and the cursor — and the
+    /// order includes `user_name`, which only the user indexes provide.
     static func captureListing(_ query: CaptureQuery, after cursor: CaptureCursor?, limit: Int) -> PostgresQuery {
         let ascending = query.order == .ascending
         // Built piece by piece: every value is a bound parameter, never text in the SQL.
-        var parts = PostgresQuery.StringInterpolation(literalCapacity: 256, interpolationCount: 8)
+        var parts = PostgresQuery.StringInterpolation(literalCapacity: 256, interpolationCount: 12)
         parts.appendLiteral("SELECT \(captureColumns) FROM captures WHERE true")
         if let agent = query.agentID { parts.appendLiteral(" AND agent_id = "); parts.appendInterpolation(agent.rawValue) }
         if let kind = query.kind { parts.appendLiteral(" AND kind = "); parts.appendInterpolation(kind.name) }
-        if let user = query.user { parts.appendLiteral(" AND user_name = "); parts.appendInterpolation(user.rawValue) }
+        if let user = query.user {
+            // (user_name, capture_time, blob_id) >= (u, since, '') and < (u, until, ''): '' sorts
+            // before every blob id, so these are exactly `capture_time >= since` and `< until`.
+            parts.appendLiteral(" AND (user_name, capture_time, blob_id) >= (")
+            parts.appendInterpolation(user.rawValue)
+            if let since = query.sinceMs {
+                parts.appendLiteral(", "); parts.appendInterpolation(timestampMs: since)
+            } else {
+                parts.appendLiteral(", '-infinity'::timestamptz")
+            }
+            parts.appendLiteral(", '') AND (user_name, capture_time, blob_id) < (")
+            parts.appendInterpolation(user.rawValue)
+            if let until = query.untilMs {
+                parts.appendLiteral(", "); parts.appendInterpolation(timestampMs: until)
+            } else {
+                parts.appendLiteral(", 'infinity'::timestamptz")
+            }
+            parts.appendLiteral(", '')")
+            if let cursor {
+                parts.appendLiteral(ascending ? " AND (user_name, capture_time, blob_id) > (" : " AND (user_name, capture_time, blob_id) < (")
+                parts.appendInterpolation(user.rawValue)
+                parts.appendLiteral(", ")
+                parts.appendInterpolation(timestampMs: cursor.captureTimeMs)
+                parts.appendLiteral(", ")
+                parts.appendInterpolation(cursor.blobID.hex)
+                parts.appendLiteral(")")
+            }
+            parts.appendLiteral(ascending ? " ORDER BY user_name, capture_time, blob_id LIMIT "
+                                          : " ORDER BY user_name DESC, capture_time DESC, blob_id DESC LIMIT ")
+            parts.appendInterpolation(Int64(limit + 1))
+            return PostgresQuery(stringInterpolation: parts)
+        }
         if let since = query.sinceMs { parts.appendLiteral(" AND capture_time >= "); parts.appendInterpolation(timestampMs: since) }
         if let until = query.untilMs { parts.appendLiteral(" AND capture_time < "); parts.appendInterpolation(timestampMs: until) }
         if let cursor {

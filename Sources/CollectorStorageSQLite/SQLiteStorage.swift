@@ -121,7 +121,8 @@ public final class SQLiteStorage: CollectorStorage {
     }
 
     /// Checks, without writing to it, that the SQLite file at `path` is a collector database
-    /// (its migrations table records the first migration, `v1`), for the commands that must not
+    /// (its migrations table records the first migration, `v1`, and it has the tables `agents`
+    /// and `captures`: an agent's spool database, also GRDB-migrated, does not), for the commands that must not
     /// turn another SQLite file into one (``StorageOpener`` with `createIfMissing: false`).
     /// - Throws: ``StorageError`` naming the file: `.notFound` when it has no collector schema
     ///   (an empty file, another program's database, or a plain `cp` of a running collector's
@@ -135,7 +136,7 @@ public final class SQLiteStorage: CollectorStorage {
             config.readonly = true
             let queue = try DatabaseQueue(path: path, configuration: config)
             hasSchema = try queue.read { db in
-                try db.tableExists("grdb_migrations")
+                try db.tableExists("grdb_migrations") && db.tableExists("captures") && db.tableExists("agents")
                     && (try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM grdb_migrations WHERE identifier = 'v1')") ?? false)
             }
             try queue.close()

@@ -3,7 +3,7 @@
 // commitment check (HKDF-SHA256, RFC 5869), the per-blob key and nonce (HKDF-SHA256, 44 bytes)
 // and AES-256-GCM (NIST SP 800-38D) with the whole blob header as AAD.
 
-import { FormatError, hex, parseBlobHeader, parseDEKRecord } from "./format.js";
+import { FormatError, hex, isBlobRecord, parseBlobHeader, parseDEKRecord } from "./format.js";
 
 /** An item that does not open. `code` is docs/FORMAT.md's: "keyMismatch", "dekMismatch",
  *  "unwrapFailed", "commitmentMismatch", "authenticationFailed" (FormatError covers the rest).
@@ -136,7 +136,7 @@ export async function openStream(ring, records) {
   for (const r of records.filter((r) => r.type === 1)) {
     try { await ring.addDEKRecord(r.bytes); } catch (error) { errors.push({ offset: r.offset, error }); }
   }
-  for (const r of records.filter((r) => r.type === 2)) {
+  for (const r of records.filter((r) => isBlobRecord(r.type))) {
     try { items.push(await ring.open(r.bytes)); } catch (error) { errors.push({ offset: r.offset, error }); }
   }
   return { items, errors };

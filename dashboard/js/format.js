@@ -15,11 +15,16 @@ export class FormatError extends Error {
 export const MAGIC = [0x43, 0x53, 0x54, 0x53]; // "CSTS"
 export const RECORD_DEK = 1;
 export const RECORD_BLOB = 2;
+/** A sealed session blob: a sealed blob whose header also names the user and display (docs/FORMAT.md "Sealed session blob (type 3)"). */
+export const RECORD_SESSION_BLOB = 3;
 export const PREFIX_LENGTH = 10;
 /** Smallest DEK record: n = 1, w = 0 is refused by the wrapped-length check, so 102 + 1 + 1. */
-const MIN_LENGTH = { 1: 102 + 1 + 1, 2: 109 + 1 };
+const MIN_LENGTH = { 1: 102 + 1 + 1, 2: 109 + 1, 3: 111 + 1 + 1 + 1 };
 /** Capture kinds by header byte (offset 75 of a sealed blob). */
-export const KINDS = { 1: "screen", 2: "keystrokes", 3: "generic" };
+export const KINDS = { 1: "screen", 2: "keystrokes", 3: "generic", 4: "activity" };
+
+/** Whether a record of `type` is a sealed blob (type 2, or 3 with user and display). */
+export function isBlobRecord(type) { return type === RECORD_BLOB || type === RECORD_SESSION_BLOB; }
 
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
@@ -59,6 +64,15 @@ function readAgentID(b, at, n, what) {
   }
 }
 
+/** A UTF-8 header field (`name` in messages) of `n` bytes at `at`. */
+function readText(b, at, n, name, what) {
+  try {
+    return utf8.decode(b.subarray(at, at + n));
+  } catch {
+    throw new FormatError("malformed", `${what}: ${name} at byte ${at} is not UTF-8`);
+  }
+}
+
 /** Checks the common prefix of the record at `b[0...]` and returns {type, length}. */
 function readPrefix(b, what) {
   if (b.length < PREFIX_LENGTH) {
@@ -69,8 +83,8 @@ function readPrefix(b, what) {
   }
   if (b[4] !== 1) throw new FormatError("unsupportedVersion", `${what}: format version ${b[4]} at byte 4 (expected 1)`);
   const type = b[5];
-  if (type !== RECORD_DEK && type !== RECORD_BLOB) {
-    throw new FormatError("malformed", `${what}: record type ${type} at byte 5 (expected 1 DEK record or 2 sealed blob)`);
+  if (type !== RECORD_DEK && !isBlobRecord(type)) {
+    throw new FormatError("malformed", `${what}: record type ${type} at byte 5 (expected 1 DEK record, 2 sealed blob or 3 sealed session blob)`);
   }
   const length = u32(b, 6);
   if (length < MIN_LENGTH[type]) {
@@ -177,25 +191,36 @@ export function parseDEKRecord(bytes, what = "DEK record") {
 }
 
 /**
- * Reads a sealed blob's header (type 2).
- * @returns {{blobID: string, kekID: string, dekID: string, kind: "screen"|"keystrokes"|"generic",
- *   sequence: number, timeMs: number, agentID: string, headerLength: number,
- *   plaintextLength: number, blobIDBytes: Uint8Array}}
- *   `headerLength` = 93 + n: bytes [0, headerLength) are the GCM AAD; ciphertext and tag follow.
+ * Reads a sealed blob's header (type 2, or type 3 with the session's user and display).
+ * @returns {{blobID: string, kekID: string, dekID: string, kind: "screen"|"keystrokes"|"generic"|"activity",
+ *   sequence: number, timeMs: number, agentID: string, user: string|null, display: string|null,
+ *   headerLength: number, plaintextLength: number, blobIDBytes: Uint8Array}}
+ *   `headerLength` = 93 + n (type 3: 95 + n + m + d): bytes [0, headerLength) are the GCM AAD;
+ *   ciphertext and tag follow. `user`/`display` null for type 2.
  * @throws {FormatError}
  */
 export function parseBlobHeader(bytes, what = "sealed blob") {
   const { type, length } = readPrefix(bytes, what);
-  if (type !== RECORD_BLOB) throw new FormatError("malformed", `${what}: record type ${type} (expected 2, sealed blob)`);
+  if (!isBlobRecord(type)) throw new FormatError("malformed", `${what}: record type ${type} (expected 2 or 3, sealed blob)`);
   if (length !== bytes.length) {
     throw new FormatError(length > bytes.length ? "truncated" : "malformed",
       `${what}: declares ${length} bytes, has ${bytes.length}`);
   }
   if (bytes[10] !== 1) throw new FormatError("unsupportedVersion", `${what}: algorithm suite ${bytes[10]} at byte 10 (expected 1)`);
   const kind = KINDS[bytes[75]];
-  if (!kind) throw new FormatError("malformed", `${what}: capture kind ${bytes[75]} at byte 75 (expected 1, 2 or 3)`);
+  if (!kind) throw new FormatError("malformed", `${what}: capture kind ${bytes[75]} at byte 75 (expected 1, 2, 3 or 4)`);
   const n = bytes[92];
   if (109 + n > length) throw new FormatError("malformed", `${what}: agent id length ${n} at byte 92 runs past the record (length ${length})`);
+  let user = null, display = null, headerLength = 93 + n;
+  if (type === RECORD_SESSION_BLOB) {
+    const m = bytes[93 + n];
+    if (m < 1 || 111 + n + m > length) throw new FormatError("malformed", `${what}: user name length ${m} at byte ${93 + n} is 0 or runs past the record (length ${length})`);
+    const d = bytes[94 + n + m];
+    if (d < 1 || 111 + n + m + d > length) throw new FormatError("malformed", `${what}: display length ${d} at byte ${94 + n + m} is 0 or runs past the record (length ${length})`);
+    user = readText(bytes, 94 + n, m, "user name", what);
+    display = readText(bytes, 95 + n + m, d, "display", what);
+    headerLength = 95 + n + m + d;
+  }
   return {
     blobID: hex(bytes.subarray(11, 27)),
     blobIDBytes: bytes.subarray(11, 27),
@@ -205,7 +230,9 @@ export function parseBlobHeader(bytes, what = "sealed blob") {
     sequence: u64(bytes, 76, "sequence number"),
     timeMs: i64(bytes, 84, "capture time"),
     agentID: readAgentID(bytes, 93, n, what),
-    headerLength: 93 + n,
-    plaintextLength: length - 109 - n,
+    user,
+    display,
+    headerLength,
+    plaintextLength: length - headerLength - 16,
   };
 }

@@ -5,7 +5,7 @@
 
 import { api } from "./api.js";
 import { KeyRing } from "./envelope.js";
-import { ITEM_STATUS, splitSealedAnswer } from "./format.js";
+import { isBlobRecord, ITEM_STATUS, splitSealedAnswer } from "./format.js";
 import { unlockKey } from "./keys.js";
 import { decodePayload } from "./payload.js";
 
@@ -103,7 +103,7 @@ export async function open(items) {
     for (const rec of records.filter((x) => x.type === 1)) {
       try { await r.addDEKRecord(rec.bytes); } catch (e) { dekErrors.set(rec.offset, e); }
     }
-    for (const rec of records.filter((x) => x.type === 2)) {
+    for (const rec of records.filter((x) => isBlobRecord(x.type))) {
       let id = null;
       try {
         const { header, plaintext } = await r.open(rec.bytes);

@@ -211,7 +211,8 @@ public struct AdminsResetPasswordCommand: AsyncParsableCommand {
     @OptionGroup var account: AdminNameOption
     @Option(help: ArgumentHelp("File whose first line is the password; '-' reads standard input.", valueName: "file"))
     var passwordFile: String?
-    @Flag(inversion: .prefixedNo, help: "Make a new TOTP secret (--totp) or remove it (--no-totp); without either the secret stays.")
+    @Flag(inversion: .prefixedNo, exclusivity: .exclusive,
+          help: "Make a new TOTP secret (--totp) or remove it (--no-totp), not both; without either the secret stays.")
     var totp: Bool?
 
     public init() {}

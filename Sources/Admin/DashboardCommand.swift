@@ -66,17 +66,6 @@ public struct DashboardCommand: AsyncParsableCommand {
         let port = Int(listen[listen.index(after: colon)...])!
         var temporary: String?
         defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
-        let (cert, key): (String, String)
-        if let tlsCert, let tlsKey {
-            (cert, key) = (tlsCert, tlsKey)
-        } else {
-            let dir = try Self.temporaryDirectory()
-            temporary = dir
-            (cert, key) = try Self.selfSignedCertificate(in: dir)
-            printError("certificate: \(cert) (self-signed for 127.0.0.1 and localhost, valid one day; trust it in the browser for this session)")
-        }
-        let settings = AdminListenerConfiguration(host: host, port: port, tlsCertFile: cert, tlsKeyFile: key,
-                                                  dashboardDirectory: dashboardDir, serverPrivateKeyFile: serverPrivateKeyFile)
         var logger = Logger(label: "custos.dashboard") { StreamLogHandler.standardError(label: $0) }
         logger.logLevel = .notice
         let oneTime = oneTimeLogin
@@ -85,6 +74,18 @@ public struct DashboardCommand: AsyncParsableCommand {
         try await withStorage(location, createIfMissing: false, blobDirectory: dbBlobDir) { storage in
             // Before anything is served: a copy whose large blobs are in blob files needs their directory.
             try await checkBlobDirectory(storage, name: location.shown, option: "--db-blob-dir")
+            // The certificate once the database is known to be usable (a wrong --db makes none).
+            let (cert, key): (String, String)
+            if let tlsCert, let tlsKey {
+                (cert, key) = (tlsCert, tlsKey)
+            } else {
+                let dir = try Self.temporaryDirectory()
+                temporary = dir
+                (cert, key) = try Self.selfSignedCertificate(in: dir)
+                printError("certificate: \(cert) (self-signed for 127.0.0.1 and localhost, valid one day; trust it in the browser for this session)")
+            }
+            let settings = AdminListenerConfiguration(host: host, port: port, tlsCertFile: cert, tlsKeyFile: key,
+                                                      dashboardDirectory: dashboardDir, serverPrivateKeyFile: serverPrivateKeyFile)
             var added: AdminName?
             if oneTime {
                 let name = try AdminName("local-" + String(AgentToken.new().revealed.filter { $0.isLetter || $0.isNumber }.prefix(8)))

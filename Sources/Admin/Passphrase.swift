@@ -30,12 +30,16 @@ public enum Passphrase {
             do { fd = FileDescriptor(takingOwnership: try syscall("open", file) { open(file, O_RDONLY | O_CLOEXEC) }) } catch {
                 throw CLIError("\(SafeText.escaped(file)): cannot open \(noun) file: \(error.reason)")
             }
+            // The opened file itself (fstat), not a name that could be swapped after a check.
+            var st = stat()
+            guard fstat(fd.rawValue, &st) == 0 else {
+                throw CLIError("\(SafeText.escaped(file)): cannot check the \(noun) file: \(String(cString: strerror(errno)))")
+            }
+            // A regular file, or a pipe or terminal (`<(…)`, /dev/stdin): not a directory.
+            guard [S_IFREG, S_IFIFO, S_IFCHR].contains(st.st_mode & S_IFMT) else {
+                throw CLIError("\(SafeText.escaped(file)): \(noun) file: not a regular file (expected a file whose first line is the \(noun))")
+            }
             if privateFile {
-                // The opened file itself (fstat), not a name that could be swapped after a check.
-                var st = stat()
-                guard fstat(fd.rawValue, &st) == 0 else {
-                    throw CLIError("\(SafeText.escaped(file)): cannot check the \(noun) file: \(String(cString: strerror(errno)))")
-                }
                 if let problem = SecretFileMode.problem(mode: st.st_mode, shown: SafeText.quoted(file)) {
                     throw CLIError("\(SafeText.escaped(file)): \(noun) file: \(problem)")
                 }

@@ -51,7 +51,9 @@ func storageLocation(_ text: String, passwordFile: String?, field: String = "--d
 /// its `run()` runs while `body` does; the schema is brought up to date first), runs `body`
 /// with it and closes it (also when `body` throws).
 /// - Parameter createIfMissing: false for commands that list, decrypt or export: a SQLite file
-///   that does not exist is then an error instead of a new empty database.
+///   that does not exist, or has no collector schema, is then an error instead of a new empty
+///   database. True (`admins add`, `agents add`, `keys register`, `db migrate --to`): a new
+///   database is made and a note says so on standard error.
 /// - Throws: `AdminError` (``AdminError/fromStorage(_:)``) when it cannot be opened or reached
 ///   (the message names the database; a PostgreSQL login refused names `user@host:port/db`);
 ///   what `body` throws.
@@ -60,6 +62,8 @@ func storageLocation(_ text: String, passwordFile: String?, field: String = "--d
 func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool, blobDirectory: String? = nil,
                     _ body: (any CollectorStorage) async throws -> T) async throws -> T {
     var opened = false
+    var creating = false
+    if createIfMissing, case .sqlite(let path) = location, !FileManager.default.fileExists(atPath: path) { creating = true }
     do {
         // No log lines from the storage in a command's output: its errors are thrown, with the
         // database named, and the collector-only notices (the KEK change listener) do not apply.
@@ -67,6 +71,11 @@ func withStorage<T>(_ location: StorageLocation, createIfMissing: Bool, blobDire
         return try await StorageOpener.withStorage(location, createIfMissing: createIfMissing,
                                                    blobDirectory: blobDirectory, logger: quiet) { storage in
             opened = true
+            if creating, case .sqlite(let path) = location {
+                // As `agents add` and `keys register` do on a new install (before the collector's
+                // first start); said, so a mistyped --db does not go unnoticed.
+                printError("note: \(SafeText.escaped(path)) did not exist: created a new, empty collector database")
+            }
             return try await body(storage)
         }
     } catch let error as StorageError where !opened {

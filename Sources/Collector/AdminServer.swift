@@ -9,6 +9,7 @@ import HummingbirdTLS
 import Logging
 import NIOCore
 import NIOSSL
+import Synchronization
 
 /// The request context of the admin listener: Hummingbird's basic context plus the client's
 /// address (audit records, the per-address login limit).
@@ -42,6 +43,7 @@ struct AdminGuard: RouterMiddleware {
                 next: (Request, Context) async throws -> Response) async throws -> Response {
         var response: Response
         do {
+            try Self.checkMethod(request)
             try Self.checkOrigin(request)
             var bounded = request
             _ = try await bounded.collectBody(upTo: Self.maxBodyBytes)
@@ -71,6 +73,34 @@ struct AdminGuard: RouterMiddleware {
         return response
     }
 
+    /// The methods of each API route (``AdminAPI/router()``; HEAD with every GET); any other
+    /// path is a static file: GET and HEAD.
+    static let routeMethods: [(path: [String], methods: String)] = [
+        (["api", "v1", "login"], "POST"), (["api", "v1", "logout"], "POST"), (["api", "v1", "session"], "GET, HEAD"),
+        (["api", "v1", "agents"], "GET, HEAD"), (["api", "v1", "captures"], "GET, HEAD"),
+        (["api", "v1", "captures", "*", "plain"], "GET, HEAD"), (["api", "v1", "plain"], "POST"),
+        (["api", "v1", "sealed"], "POST"), (["api", "v1", "audit"], "GET, HEAD"), (["api", "v1", "client-report"], "POST"),
+    ]
+
+    /// The methods allowed on `path` (`Allow`), nil for an API path that is no route (404).
+    static func allowedMethods(_ path: String) -> String? {
+        let segments = path.split(separator: "/").map(String.init)
+        guard segments.first == "api" else { return "GET, HEAD" }
+        return routeMethods.first { route in
+            route.path.count == segments.count && zip(route.path, segments).allSatisfy { $0 == "*" || $0 == $1 }
+        }?.methods
+    }
+
+    /// - Throws: 405 with `Allow` for a method a route (or a static file) does not answer
+    ///   (RFC 9110 15.5.6), before the Origin check, so `OPTIONS`, `PUT`, `DELETE` … get 405.
+    static func checkMethod(_ request: Request) throws {
+        guard let allowed = allowedMethods(request.uri.path) else { return }
+        let names = allowed.components(separatedBy: ", ")
+        guard !names.contains(request.method.rawValue) else { return }
+        throw AdminHTTPError(.methodNotAllowed, "method not allowed: \(SafeText.escaped(request.method.rawValue)) (allowed: \(allowed))",
+                             headers: [.allow: allowed])
+    }
+
     /// - Throws: 403 when a state-changing request's `Origin` is missing or not its own.
     static func checkOrigin(_ request: Request) throws {
         guard request.method != .get, request.method != .head else { return }
@@ -91,6 +121,19 @@ final class AdminAPI: Sendable {
     /// The collector's own KEK (`server-private-key-file`), nil: none.
     let ownKey: KEKPrivateKey?
     let addressLimiter = LoginRateLimiter()
+    let failedLoginAudit = FailedLoginAuditBudget()
+    /// Storage failures of this API by what was being done (``stored(_:_:)``'s `what`, a fixed
+    /// set of texts), each logged once and its recovery once.
+    private let storageLogs = Mutex<[String: RepeatedErrorLog]>([:])
+
+    func storageLog(_ what: String) -> RepeatedErrorLog {
+        storageLogs.withLock { logs in
+            if let log = logs[what] { return log }
+            let log = RepeatedErrorLog()
+            logs[what] = log
+            return log
+        }
+    }
     let files: StaticFiles
     let logger: Logger
 
@@ -189,18 +232,34 @@ final class AdminAPI: Sendable {
             }
             return s
         } catch let error as StorageError {
-            logger.warning("admin: storage failed while checking a session", metadata: ["admin.error": .safe(error.message)])
-            throw AdminHTTPError.unavailable()
+            throw storageFailure("check a session", error)
         }
     }
 
-    /// Runs a storage call; a failure is 503 (logged).
+    /// Runs a storage call; a failure is ``storageFailure(_:_:)``'s answer. A success after a
+    /// failure logs the recovery once.
     @discardableResult
     func stored<T>(_ what: String, _ call: () async throws(StorageError) -> T) async throws -> T {
-        do { return try await call() } catch {
-            logger.warning("admin: storage failed", metadata: ["admin.what": "\(what)", "admin.error": .safe(error.message)])
-            throw AdminHTTPError.unavailable()
+        do {
+            let result = try await call()
+            storageLog(what).success("admin: the storage answers again", metadata: ["admin.what": "\(what)"], logger: logger)
+            return result
+        } catch {
+            throw storageFailure(what, error)
         }
+    }
+
+    /// The answer to a storage failure, logged once per kind (``RepeatedErrorLog``: repeats at
+    /// debug, the recovery once): a row this build cannot read (`.corrupt`) is 500 naming the
+    /// table and the row's escaped key (retrying will not help); anything else is 503 with
+    /// `Retry-After` (the database is down or busy).
+    func storageFailure(_ what: String, _ error: StorageError) -> AdminHTTPError {
+        let corrupt = error.code == .corrupt
+        storageLog(what).failure(corrupt ? "admin: the database holds a damaged row" : "admin: storage failed",
+                                 key: "\(error.code) " + RepeatedErrorLog.key(of: error.message),
+                                 level: corrupt ? .error : .warning,
+                                 metadata: ["admin.what": "\(what)", "admin.error": .safe(error.message)], logger: logger)
+        return corrupt ? .damaged(error.message) : .unavailable()
     }
 
     // MARK: Login
@@ -210,6 +269,7 @@ final class AdminAPI: Sendable {
     func login(_ request: Request, _ context: AdminRequestContext) async throws -> Response {
         let ip = context.clientIP
         if let wait = addressLimiter.retryAfter(ip) {
+            // Not counted and not audited: the address was audited up to its limit (failedLogin).
             throw AdminHTTPError(.tooManyRequests, "too many failed logins from this address; retry later",
                                  headers: [.retryAfter: "\(wait)"])
         }
@@ -223,7 +283,7 @@ final class AdminAPI: Sendable {
         guard let name = try? AdminName(nameText) else {
             // Not a name any account can have: nothing to count it under, nothing to reveal.
             _ = await AdminPassword.verify(password, hash: AdminPassword.dummyHash)
-            addressLimiter.failed(ip)
+            await failedLogin(ip, actor: "-", detail: "not an admin name \(SafeText.quoted(String(nameText.prefix(80))))")
             logger.notice("admin login refused: not an admin name", metadata: ["admin.name": .safe(nameText), "admin.client": .safe(ip)])
             throw Self.wrongLogin
         }
@@ -258,7 +318,7 @@ final class AdminAPI: Sendable {
             }
         }
         guard good, let account else {
-            addressLimiter.failed(ip)
+            await failedLogin(ip, actor: name.rawValue, detail: account == nil ? "no account of this name" : refusal.message)
             let failure = try await stored("count a failed login") { () throws(StorageError) in
                 try await storage.recordFailedLogin(name, nowMs: nowMs, maxFailures: Self.maxFailures, lockMs: Self.lockMs)
             }
@@ -268,11 +328,10 @@ final class AdminAPI: Sendable {
             if let until = failure.lockedUntilMs {
                 let what = account == nil ? " (no account of this name)" : ""
                 _ = try? await storage.appendAudit(actor: name.rawValue, action: "admin.locked",
-                                                   detail: "\(Self.maxFailures) failed logins\(what); locked until \(until) ms; last from \(ip)")
+                                                   detail: "\(Self.maxFailures) failed logins\(what); locked until \(isoTime(unixMs: until)); last from \(ip)")
             }
             throw refusal
         }
-        addressLimiter.succeeded(ip)
         let token = AgentToken.new()
         try await stored("start a session") { () throws(StorageError) in
             if account.failedLogins != 0 || account.lockedUntilMs != nil { try await storage.recordSuccessfulLogin(name) }
@@ -283,6 +342,31 @@ final class AdminAPI: Sendable {
         logger.info("admin logged in", metadata: ["admin.name": .safe(name), "admin.role": "\(account.role)", "admin.client": .safe(ip)])
         return AdminJSON.response(["name": name.rawValue, "role": account.role.rawValue, "idleMinutes": idleMinutes],
                                   headers: [.setCookie: "\(Self.cookieName)=\(token.revealed); Path=/; HttpOnly; Secure; SameSite=Strict"])
+    }
+
+    /// Counts a failed login at the client's address and appends its audit record
+    /// (`admin.login-failed`, actor the name tried or `-`), bounded: only while the address is
+    /// under its limit, and within ``FailedLoginAuditBudget`` (docs/DASHBOARD.md "Failed
+    /// logins"). The failure that reaches the address's limit says so and until when. A failed
+    /// append is logged, never the login's answer.
+    func failedLogin(_ ip: String, actor: String, detail: String) async {
+        let count = addressLimiter.failed(ip)
+        guard count <= addressLimiter.maxFailures else { return }
+        let nowMs = Self.nowMs()
+        var text = "\(detail); failure \(count) of \(addressLimiter.maxFailures) allowed from \(ip) in \(addressLimiter.window.components.seconds / 60) min"
+        if count == addressLimiter.maxFailures, let wait = addressLimiter.retryAfter(ip) {
+            text += "; this address is refused until \(isoTime(unixMs: nowMs + Int64(wait) * 1000))"
+        }
+        let (action, record): (String, String)
+        switch failedLoginAudit.admit() {
+        case .record: (action, record) = ("admin.login-failed", text)
+        case .lastNotice:
+            (action, record) = ("admin.login-failed-unrecorded", "more than \(failedLoginAudit.budget) failed logins in \(failedLoginAudit.window.components.seconds / 60) min; further ones until \(isoTime(unixMs: failedLoginAudit.windowEndMs(nowMs: nowMs))) are only logged (the last: \(text))")
+        case .skip: return
+        }
+        do { try await storage.appendAudit(actor: actor, action: action, detail: record) } catch {
+            _ = storageFailure("audit a failed login", error)
+        }
     }
 
     func logout(_ request: Request) async throws -> Response {
@@ -360,7 +444,7 @@ final class AdminAPI: Sendable {
         for (key, path) in [("since", \CaptureQuery.sinceMs), ("until", \CaptureQuery.untilMs)] {
             if let text = q[Substring(key)] {
                 guard let ms = Int64(String(text)), StorageCheck.timeRangeMs.contains(ms) else {
-                    throw AdminHTTPError.badParameter(key, "expected Unix milliseconds")
+                    throw AdminHTTPError.badParameter(key, "expected Unix milliseconds from \(StorageCheck.timeRangeMs.lowerBound) to \(StorageCheck.timeRangeMs.upperBound) (the years 1 to 9999)")
                 }
                 query[keyPath: path] = ms
             }

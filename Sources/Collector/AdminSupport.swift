@@ -23,6 +23,12 @@ struct AdminHTTPError: Error {
     }
     static let notLoggedIn = AdminHTTPError(.unauthorized, "not logged in, or the session expired")
     static func forbidden(_ why: String) -> AdminHTTPError { AdminHTTPError(.forbidden, why) }
+    /// 500 for a stored row this build cannot read: `message` names the table, the row's key
+    /// (escaped) and the column (``StorageError`` `.corrupt`). Retrying does not help, so no
+    /// `Retry-After`.
+    static func damaged(_ message: String) -> AdminHTTPError {
+        AdminHTTPError(.internalServerError, "the collector's database holds a damaged row (retrying will not help; repair or remove the row): \(message)")
+    }
     static func unavailable(retryAfter: Int = 5) -> AdminHTTPError {
         AdminHTTPError(.serviceUnavailable, "the collector's storage is unavailable; retry later",
                        headers: [.retryAfter: "\(retryAfter)"])
@@ -69,8 +75,9 @@ enum SecurityHeaders {
 
 /// Failed logins per client IP address, in this process's memory (the per-account count is in
 /// the database): more than ``maxFailures`` within ``window`` and that address gets 429 with
-/// `Retry-After` until its window ends. At most ``maxAddresses`` addresses are tracked; when
-/// full, those whose window ended are dropped, then the oldest.
+/// `Retry-After` until its window ends. A successful login does not clear the address's count
+/// (else an attacker's own account would reset it between guesses). At most ``maxAddresses``
+/// addresses are tracked; when full, those whose window ended are dropped, then the oldest.
 final class LoginRateLimiter: Sendable {
     let maxFailures: Int
     let window: Duration
@@ -93,12 +100,14 @@ final class LoginRateLimiter: Sendable {
         }
     }
 
-    func failed(_ address: String, now: ContinuousClock.Instant = .now) {
+    /// Counts a failure; returns the address's failures in its current window (this one included).
+    @discardableResult
+    func failed(_ address: String, now: ContinuousClock.Instant = .now) -> Int {
         state.withLock { s in
             if var entry = s[address], entry.since.duration(to: now) < window {
                 entry.failures += 1
                 s[address] = entry
-                return
+                return entry.failures
             }
             if s.count >= Self.maxAddresses {
                 s = s.filter { $0.value.since.duration(to: now) < window }
@@ -107,10 +116,47 @@ final class LoginRateLimiter: Sendable {
                 }
             }
             s[address] = (1, now)
+            return 1
+        }
+    }
+}
+
+/// How many failed logins get an audit record (`admin.login-failed`), so that guessing cannot
+/// grow the append-only audit table without bound: each failure is recorded while its address
+/// is under its limit (``LoginRateLimiter``: at most 20 an address per 15 minutes; past that
+/// the address gets 429 and nothing is recorded), and at most ``budget`` records per
+/// ``window`` in this process over all addresses; the first failure past the budget gets one
+/// `admin.login-failed-unrecorded` record saying until when further ones are only counted in
+/// the log, then none until the window ends (docs/DASHBOARD.md "Failed logins").
+final class FailedLoginAuditBudget: Sendable {
+    enum Admission: Equatable { case record, lastNotice, skip }
+    let budget: Int
+    let window: Duration
+    private let state = Mutex<(since: ContinuousClock.Instant?, used: Int)>((nil, 0))
+
+    init(budget: Int = 500, window: Duration = .seconds(15 * 60)) {
+        self.budget = budget
+        self.window = window
+    }
+
+    /// Whether a failed login now gets its audit record, the one notice that the budget is
+    /// spent, or nothing.
+    func admit(now: ContinuousClock.Instant = .now) -> Admission {
+        state.withLock { s in
+            if s.since == nil || s.since!.duration(to: now) >= window { s = (now, 0) }
+            s.used += 1
+            return s.used <= budget ? .record : s.used == budget + 1 ? .lastNotice : .skip
         }
     }
 
-    func succeeded(_ address: String) { _ = state.withLock { $0.removeValue(forKey: address) } }
+    /// Unix ms at which the current window ends (for the notice).
+    func windowEndMs(nowMs: Int64, now: ContinuousClock.Instant = .now) -> Int64 {
+        state.withLock { s in
+            guard let since = s.since else { return nowMs }
+            let left = window - since.duration(to: now)
+            return nowMs + left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000
+        }
+    }
 }
 
 /// The dashboard's static files from `dashboard-dir` (docs/API.md "Admin API", "Static files"):

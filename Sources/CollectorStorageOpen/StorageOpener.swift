@@ -56,7 +56,9 @@ public enum StorageOpener {
     ///   or the first call.
     /// - Parameter createIfMissing: false for commands that only read or append to an existing
     ///   database (`custos … list`, `decrypt`, `export`): a SQLite file that does not exist is
-    ///   then `.notFound` instead of created. (A PostgreSQL database is never created.)
+    ///   then `.notFound` instead of created, and so is a file with no collector schema
+    ///   (``SQLiteStorage/checkCollectorSchema(path:)``: it is never migrated into one). (A
+    ///   PostgreSQL database is never created.)
     /// - Parameter blobDirectory: `blob-dir=`, PostgreSQL only: the shared directory of blob
     ///   files (`PostgresStorage.Configuration.blobDirectory`); nil: blobs stay in the table.
     ///   (A SQLite database keeps its blob files beside it.)
@@ -73,7 +75,10 @@ public enum StorageOpener {
             }
             let result = await withCheckedContinuation { (done: CheckedContinuation<Result<SQLiteStorage, StorageError>, Never>) in
                 DispatchQueue.global().async {
-                    done.resume(returning: Result { () throws(StorageError) in try SQLiteStorage(path: path) })
+                    done.resume(returning: Result { () throws(StorageError) in
+                        if !createIfMissing { try SQLiteStorage.checkCollectorSchema(path: path) }
+                        return try SQLiteStorage(path: path)
+                    })
                 }
             }
             return try result.get()

@@ -120,6 +120,34 @@ public final class SQLiteStorage: CollectorStorage {
         }
     }
 
+    /// Checks, without writing to it, that the SQLite file at `path` is a collector database
+    /// (its migrations table records the first migration, `v1`, and it has the tables `agents`
+    /// and `captures`: an agent's spool database, also GRDB-migrated, does not), for the commands that must not
+    /// turn another SQLite file into one (``StorageOpener`` with `createIfMissing: false`).
+    /// - Throws: ``StorageError`` naming the file: `.notFound` when it has no collector schema
+    ///   (an empty file, another program's database, or a plain `cp` of a running collector's
+    ///   database whose tables are still in its `-wal` file), `.failed` when it is not an SQLite
+    ///   file or cannot be read.
+    public static func checkCollectorSchema(path: String) throws(StorageError) {
+        let shown = SafeText.escaped(path)
+        let hasSchema: Bool
+        do {
+            var config = Configuration()
+            config.readonly = true
+            let queue = try DatabaseQueue(path: path, configuration: config)
+            hasSchema = try queue.read { db in
+                try db.tableExists("grdb_migrations") && db.tableExists("captures") && db.tableExists("agents")
+                    && (try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM grdb_migrations WHERE identifier = 'v1')") ?? false)
+            }
+            try queue.close()
+        } catch {
+            throw storageError(error, database: shown, what: "cannot read it as a collector database")
+        }
+        guard hasSchema else {
+            throw StorageError(.notFound, "\(shown): not a collector database (no Custos schema in it); expected the collector's database or a copy made with sqlite3 collector.db \".backup copy.db\" (a plain cp of a running collector's database leaves its newest data in collector.db-wal)")
+        }
+    }
+
     deinit {
         for watcher in state.withLock({ $0.kekWatchers.values }) { watcher.finish() }
         closing.continuation.finish()

@@ -33,9 +33,11 @@ struct AdminsCommandTests {
         let add = try runCommand([custos, "admins", "add", "--db", db, "--name", "ann@example.org", "--role", "decryptor",
                                   "--password-file", pw])
         #expect(add.status == 0 && add.stdoutString.isEmpty, "\(add.stderrString)")
+        // A new database (a mistyped --db) is made as by `agents add`, but said; not again.
+        #expect(add.stderrString.contains("note: \(db) did not exist: created a new, empty collector database"), "\(add.stderrString)")
         let viaStdin = try runCommand([custos, "admins", "add", "--db", db, "--name", "vic", "--role", "viewer", "--password-file", "-",
                                        "--totp"], stdin: Data("another long password\n".utf8))
-        #expect(viaStdin.status == 0, "\(viaStdin.stderrString)")
+        #expect(viaStdin.status == 0 && !viaStdin.stderrString.contains("did not exist"), "\(viaStdin.stderrString)")
         let uri = viaStdin.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(uri.hasPrefix("otpauth://totp/Custos:vic?secret=") && uri.contains("issuer=Custos"), "\(uri)")
 
@@ -45,6 +47,9 @@ struct AdminsCommandTests {
         chmod(short, 0o600)
         for (args, expected) in [(["--name", "x", "--role", "viewer", "--password-file", short], "at least 12 characters"),
                                  (["--name", "bad name", "--role", "viewer", "--password-file", pw], "--name"),
+                                 (["--name", ".", "--role", "viewer", "--password-file", pw], "--name: expected 1-64 letters, digits, '.', '_', '-' or '@' (not '.' or '..'), found '.'"),
+                                 (["--name", "..", "--role", "viewer", "--password-file", pw], "(not '.' or '..'), found '..'"),
+                                 (["--name", "x", "--role", "viewer", "--password-file", tmp.path], "\(tmp.path): password file: not a regular file"),
                                  (["--name", "x", "--role", "root", "--password-file", pw], "root"),
                                  (["--name", "vic", "--role", "viewer", "--password-file", pw], "exists already"),
                                  (["--name", "x", "--role", "viewer", "--password", "correct horse battery"], "--password")] {
@@ -63,6 +68,8 @@ struct AdminsCommandTests {
         let pw2 = tmp.file("pw2")
         try "a brand new password\n".write(toFile: pw2, atomically: true, encoding: .utf8)
         chmod(pw2, 0o600)
+        let both = try runCommand([custos, "admins", "reset-password", "--db", db, "--name", "vic", "--password-file", pw2, "--totp", "--no-totp"])
+        #expect(both.status == 2 && both.stderrString.contains("--totp") && both.stderrString.contains("--no-totp"), "\(both.stderrString)")
         let reset = try runCommand([custos, "admins", "reset-password", "--db", db, "--name", "vic", "--password-file", pw2, "--no-totp"])
         #expect(reset.status == 0, "\(reset.stderrString)")
         #expect(try runCommand([custos, "admins", "remove", "--db", db, "--name", "ann@example.org"]).status == 0)
@@ -81,6 +88,35 @@ struct AdminsCommandTests {
         }
         #expect(actions.filter { $0 == "admins.add" }.count == 2, "refused adds leave no record")
         await storage.close()
+    }
+
+    @Test("read-only commands refuse a SQLite file with no collector schema and leave it as it was; dashboard checks --db before making a certificate")
+    func notACollectorDatabaseIsRefused() throws {
+        let custos = try builtProduct("custos")
+        let tmp = try TempDir("adm-not-collector")
+        defer { tmp.remove() }
+        let other = tmp.file("other.db"), empty = tmp.file("empty.db"), fresh = tmp.file("fresh.db")
+        #expect(try runCommand(["/usr/bin/sqlite3", other, "CREATE TABLE notes (x TEXT); INSERT INTO notes VALUES ('mine');"]).status == 0)
+        try Data().write(to: URL(fileURLWithPath: empty))
+        let dashboardDir = tmp.file("dashboard")
+        try FileManager.default.createDirectory(atPath: dashboardDir, withIntermediateDirectories: true)
+        for db in [other, empty] {
+            for args in [["dashboard", "--db", db, "--dashboard-dir", dashboardDir, "--listen", "127.0.0.1:0"],
+                         ["captures", "list", "--db", db], ["agents", "list", "--db", db], ["admins", "list", "--db", db],
+                         ["db", "migrate", "--from", db, "--to", fresh]] {
+                let r = try runCommand([custos] + args, timeout: 60)
+                #expect(r.status == 2 && r.stderrString.contains("\(db): not a collector database (no Custos schema in it)")
+                        && r.stderrString.contains("sqlite3 collector.db \".backup copy.db\""), "\(args): \(r.status) \(r.stderrString)")
+                #expect(!r.stderrString.contains("certificate:"), "\(args): no certificate made")
+            }
+        }
+        let tables = try runCommand(["/usr/bin/sqlite3", other, ".tables"])
+        #expect(tables.stdoutString.trimmingCharacters(in: .whitespacesAndNewlines) == "notes", "untouched: \(tables.stdoutString)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: empty)).isEmpty && !FileManager.default.fileExists(atPath: fresh))
+        let missing = try runCommand([custos, "dashboard", "--db", tmp.file("nonexistent.db"), "--dashboard-dir", dashboardDir,
+                                      "--listen", "127.0.0.1:0"], timeout: 60)
+        #expect(missing.status == 2 && missing.stderrString.contains("collector database does not exist")
+                && !missing.stderrString.contains("certificate:"), "\(missing.stderrString)")
     }
 
     @Test("TOTP: the code of now and of the neighbouring steps passes with its step, others fail; the URI's key is base32 of the secret")

@@ -248,6 +248,24 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
                   plain and all(t["frame"] and near(t["pixel"], rgb(COLOUR_PLAIN)) for t in plain if t["frame"]) and any(t["frame"] for t in plain),
                   json.dumps(plain)[:500])
 
+            # A damaged row (an agent id typed in with sqlite3: U+202E and ESC): the home page says
+            # the database holds a damaged row, naming it escaped, not "retry later"; repaired, it lists again.
+            bad = "char(101,118,105,108,8238,103,110,112,46,101,120,101,27,91,50,74)"
+            run_(["sqlite3", db, f"UPDATE captures SET agent_id = {bad} WHERE blob_id = '{e2ee[0]['id']}'"])
+            d.get(base + "/#/")
+            wait_for(d, "document.body.textContent.includes('damaged row')", 30, "the damaged-row message")
+            body = d.execute_script("return document.body.textContent")
+            shot("e2e-1b-damaged-row")
+            check("a damaged database row shows a clear message naming the table and the escaped id, not 'retry later'",
+                  "captures row" in body and "evil\\u{202E}gnp.exe\\u{1B}[2J" in body and "retry later" not in body and not re.search('[\\u001b\\u202e]', body),
+                  body[:400])
+            run_(["sqlite3", db, f"UPDATE captures SET agent_id = 'pc-e2ee' WHERE blob_id = '{e2ee[0]['id']}'"])
+            d.refresh()  # the same URL: get() would not load it again
+            wait_for(d, "document.querySelectorAll('[data-testid=capture]').length >= 3", 30, "tiles after the repair")
+            expected_500 = [e for e in browser_log(d) if e.get("level") == "SEVERE"]  # read (and so cleared): the 500s asked for above
+            check("the browser saw the damaged row as a 500 (not 503)", any("status of 500" in e["message"] for e in expected_500)
+                  and not any("status of 503" in e["message"] for e in expected_500), str(expected_500)[:300])
+
             # Wrong passphrase: an error, nothing decrypted.
             decrypt(d, key, "not the passphrase")
             wait_for(d, "!document.querySelector('[data-testid=decrypt-error]').hidden", 30, "the decrypt error")
@@ -258,8 +276,25 @@ def run(args, work, out, record):  # noqa: C901 - one scenario, in order
                   "wrong passphrase" in err and all(t["encrypted"] == "<Encrypted>" for t in state if t["agent"] == "pc-e2ee"), err)
             d.execute_script("document.getElementById('decrypt-cancel').click()")
 
+            # An unencrypted key file (openssl pkey writes "BEGIN PRIVATE KEY"): accepted, with a
+            # warning that no passphrase protects it (the one typed was not used); Lock hides it.
+            plain_key = os.path.join(work, "keypair-unprotected.pem")
+            run_(["openssl", "pkey", "-in", key, "-passin", "pass:" + PASSPHRASE, "-out", plain_key])
+            decrypt(d, plain_key, "typed anyway")
+            wait_for(d, "document.querySelector('[data-testid=key-state]').textContent.startsWith('Unlocked')", 30, "unlock with an unencrypted key")
+            warning = d.execute_script("const w = document.querySelector('[data-testid=key-warning]'); return w.hidden ? null : w.textContent")
+            shot("e2e-2b-unprotected-key")
+            check("an unencrypted key file unlocks, with a warning that no passphrase protects it and the typed one was not used",
+                  warning is not None and "not protected by a passphrase" in warning and "was not used" in warning and "openssl pkcs8 -topk8" in warning,
+                  repr(warning))
+            d.execute_script("document.querySelector('[data-testid=lock]').click()")
+            wait_for(d, "document.querySelector('[data-testid=key-state]').textContent === 'Locked'", 10, "locked")
+            check("Lock hides the unprotected-key warning", d.execute_script("return document.querySelector('[data-testid=key-warning]').hidden"))
+
             decrypt(d, key, PASSPHRASE)
             wait_for(d, "document.querySelector('[data-testid=key-state]').textContent.startsWith('Unlocked')", 30, "unlock")
+            check("a passphrase-protected key shows no unprotected-key warning",
+                  d.execute_script("return document.querySelector('[data-testid=key-warning]').hidden"))
             wait_for(d, "[...document.querySelectorAll('[data-testid=capture][data-agent=pc-e2ee][data-kind=screen]')].every(t => t.querySelector('[data-testid=frame]:not([data-pending])'))", 60, "decrypted frames")
             wait_for(d, "document.querySelector('[data-testid=capture][data-agent=pc-e2ee] [data-testid=keystrokes]')", 30, "keystroke text")
             shot("e2e-3-decrypted")

@@ -6,6 +6,7 @@ import CollectorStorageSQLite
 import CustosBase
 import Envelope
 import Foundation
+import Logging
 import Testing
 import TestSupport
 
@@ -23,7 +24,8 @@ import TestSupport
         let client: AdminClient
 
         static func start(_ name: String, admin: TestAdminListener = TestAdminListener(),
-                          location: StorageLocation? = nil, pki: TestPKI? = nil) async throws -> Rig {
+                          location: StorageLocation? = nil, pki: TestPKI? = nil,
+                          logger: Logger = Logger(label: "test-collector")) async throws -> Rig {
             let dir = try TempDir("custos-admin-\(name)")
             let dashboard = dir.file("dashboard")
             try FileManager.default.createDirectory(atPath: dashboard + "/js", withIntermediateDirectories: true)
@@ -35,7 +37,7 @@ import TestSupport
             try FileManager.default.createSymbolicLink(atPath: dashboard + "/js/link.js", withDestinationPath: dir.file("outside.js"))
             var admin = admin
             admin.dashboardDirectory = admin.dashboardDirectory ?? dashboard
-            let collector = try await TestCollector.start(in: dir.path, pki: pki, admin: admin, location: location)
+            let collector = try await TestCollector.start(in: dir.path, pki: pki, admin: admin, location: location, logger: logger)
             let client = try AdminClient(url: collector.adminURL, caFile: collector.pki.rootCertificate)
             return Rig(dir: dir, collector: collector, client: client)
         }
@@ -55,8 +57,9 @@ import TestSupport
 
         /// Starts a rig, runs `body`, stops it (also when `body` throws).
         static func with(_ name: String, admin: TestAdminListener = TestAdminListener(), location: StorageLocation? = nil,
-                         pki: TestPKI? = nil, _ body: (Rig) async throws -> Void) async throws {
-            let rig = try await start(name, admin: admin, location: location, pki: pki)
+                         pki: TestPKI? = nil, logger: Logger = Logger(label: "test-collector"),
+                         _ body: (Rig) async throws -> Void) async throws {
+            let rig = try await start(name, admin: admin, location: location, pki: pki, logger: logger)
             do { try await body(rig) } catch {
                 await rig.stop()
                 throw error
@@ -185,12 +188,42 @@ import TestSupport
             #expect(locked.status == 429, "\(locked.text)")
             let wait = Int(locked.headers["retry-after"] ?? "") ?? 0
             #expect((840...900).contains(wait), "Retry-After \(wait)")
-            #expect(try await s.auditEntries(before: nil, limit: 10).contains { $0.action == "admin.locked" && $0.actor == "u1" })
+            let lock = try await s.auditEntries(before: nil, limit: 10).first { $0.action == "admin.locked" && $0.actor == "u1" }
+            #expect(lock?.detail.contains(/locked until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z;/) == true, "ISO time: \(lock?.detail ?? "no admin.locked record")")
             // 20 failures from one address (u2..u5, 4 each: none locked, 5 on u1 before): the 21st try is refused by address.
             for n in 2...5 { for _ in 1...4 { _ = try await c.login("u\(n)", "wrong password here") } }
             let byAddress = try await c.login("u5", Self.password)
             #expect(byAddress.status == 429 && Int(byAddress.headers["retry-after"] ?? "") ?? 0 > 0, "\(byAddress.text)")
             #expect(try await s.admin(try AdminName("u5"))?.lockedUntilMs == nil, "u5 itself is not locked")
+        }
+    }
+
+    /// A successful login does not clear the address's failures (an attacker's own account
+    /// between guesses used to reset the count), and every failed login under the address's
+    /// limit has an audit record (`admin.login-failed`), the one reaching the limit saying until
+    /// when the address is refused; past the limit nothing more is recorded.
+    @Test func ownLoginsDoNotResetTheAddressLimitAndFailuresAreAudited() async throws {
+        try await Rig.with("address-limit") { rig in
+            let s = rig.collector.storage
+            for n in 1...5 { try await TestAdmin.add(to: s, name: "u\(n)", role: .viewer, password: Self.password) }
+            try await TestAdmin.add(to: s, name: "me", role: .viewer, password: Self.password)
+            let c = rig.client
+            #expect(try await c.login("bad name!", "x").status == 401)
+            for n in 1...4 {
+                for _ in 1...4 { #expect(try await c.login("u\(n)", "wrong password here").status == 401) }
+                #expect(try await c.login("me", Self.password).status == 200, "own login between guesses")
+            }
+            for _ in 1...3 { #expect(try await c.login("u5", "wrong password here").status == 401) }
+            // 20 failures (1 + 16 + 3) in the window, 4 own logins among them: the 21st try is refused.
+            let refused = try await c.login("me", Self.password)
+            #expect(refused.status == 429 && Int(refused.headers["retry-after"] ?? "") ?? 0 > 0, "\(refused.status) \(refused.text)")
+            #expect(try await c.login("u5", "wrong password here").status == 429)
+            let failed = try await s.auditEntries(before: nil, limit: 100).filter { $0.action == "admin.login-failed" }
+            #expect(failed.count == 20, "one record per failure under the limit, none past it: \(failed.count)")
+            #expect(failed.contains { $0.actor == "-" && $0.detail.contains("not an admin name \(SafeText.quoted("bad name!"))") })
+            #expect(failed.filter { $0.actor == "u1" }.count == 4 && failed.allSatisfy { $0.detail.contains("from 127.0.0.1") })
+            let last = failed.max { $0.id < $1.id }
+            #expect(last?.detail.contains(/failure 20 of 20 .*refused until \d{4}-\d\d-\d\dT/) == true, "\(last?.detail ?? "none")")
         }
     }
 
@@ -541,6 +574,88 @@ import TestSupport
             #expect(single.status == 500 && single.headers["content-type"] == "application/json"
                     && single.error?.contains(ownBlobs[0].header.blobID.hex) == true
                     && single.error?.contains("cannot read its stored bytes") == true, "\(single.status) \(single.text)")
+        }
+    }
+
+    /// A stored row whose agent id does not parse (typed in with `sqlite3`: bidi override and an
+    /// escape sequence) makes the listings and `/plain` answer 500 naming the table and the
+    /// escaped key, without `Retry-After` (retrying will not help), not 503 "retry later"; the
+    /// collector logs it once (repeats at debug) and its recovery once.
+    @Test func aDamagedRowIs500NamingItLoggedOnce() async throws {
+        let keyDir = try TempDir("custos-admin-damaged-keys")
+        defer { keyDir.remove() }
+        let own = try makeTestKEK(in: keyDir.path, name: "own")
+        chmod(own.privateKey, 0o600)
+        let logs = LogCapture()
+        try await Rig.with("damaged", admin: TestAdminListener(serverPrivateKeyFile: own.privateKey),
+                           logger: logs.logger("collector")) { rig in
+            try await rig.addAccounts()
+            let s = rig.collector.storage
+            _ = try await s.registerKEK(KEKRegistration(pubDatafile: own.publicKey, publicKeyPEM: nil, privDatafile: nil, kekID: nil))
+            let token = try await s.addAgent(try AgentID("host-1"))
+            let session = try DEKSession(kek: try KEKPublicKey(pemFile: own.publicKey), agentID: "host-1")
+            let blobs = try (0..<2).map { i in try session.seal(Data("item \(i)".utf8), kind: .generic, captureTimeMs: 1_700_000_000_000 + Int64(i)) }
+            let agentClient = try AdminClient(url: rig.collector.url, caFile: rig.collector.pki.rootCertificate)
+            let up = try await agentClient.request("POST", "/v1/records", body: RecordStream.encode([.dekRecord(session.record)] + blobs.map { .blob($0) }),
+                                                   origin: .some(nil), cookies: false,
+                                                   headers: ["Authorization": "Bearer host-1:\(token.revealed)",
+                                                             "Content-Type": "application/vnd.custos.records"])
+            try #require(up.status == 200, "upload: \(up.text)")
+            let c = rig.client
+            #expect(try await c.login("vic", Self.password).status == 200)
+            let before = try await c.get("/api/v1/captures")
+            #expect(before.status == 200 && logs.count("damaged row") == 0)
+            // The bad id, as the tester typed it: evil U+202E gnp.exe ESC [2J.
+            let bad = "char(101,118,105,108,8238,103,110,112,46,101,120,101,27,91,50,74)"
+            let victim = blobs[1].header.blobID.hex
+            let sql = try runCommand(["/usr/bin/sqlite3", rig.collector.databasePath,
+                                      "UPDATE captures SET agent_id = \(bad) WHERE blob_id = '\(victim)'; INSERT INTO agents (agent_id, token_hash, created_at) VALUES (\(bad), x'00', 1);"])
+            try #require(sql.status == 0, "sqlite3: \(sql.stderr)")
+            for _ in 1...3 {
+                for (method, path, table) in [("GET", "/api/v1/agents", "agents"), ("GET", "/api/v1/captures", "captures"),
+                                              ("POST", "/api/v1/plain", "captures")] {
+                    let r = method == "GET" ? try await c.get(path) : try await c.post(path, json: ["ids": [victim]])
+                    #expect(r.status == 500 && r.headers["retry-after"] == nil && r.headers["content-type"] == "application/json",
+                            "\(path): \(r.status) \(r.text)")
+                    let error = r.error ?? ""
+                    #expect(error.contains("damaged row") && error.contains("\(table) row") && error.contains("\\u{202E}")
+                            && error.contains("\\u{1B}") && !error.contains("\u{202E}") && !error.contains("retry later"), "\(path): \(error)")
+                }
+            }
+            // Each kind of failure (route and row) logged once above debug, however often asked.
+            let loud = logs.lines(atLeast: .info).filter { $0.contains("damaged row") }
+            #expect(loud.count == 3, "once per route: \(loud)")
+            #expect(loud.allSatisfy { !$0.contains("\u{202E}") && !$0.contains("\u{1B}") }, "escaped in the log")
+            // Repaired: answers again, and the recovery is logged once.
+            #expect(try runCommand(["/usr/bin/sqlite3", rig.collector.databasePath,
+                                    "UPDATE captures SET agent_id = 'host-1' WHERE blob_id = '\(victim)'; DELETE FROM agents WHERE agent_id <> 'host-1';"]).status == 0)
+            let agents = try await c.get("/api/v1/agents"), captures = try await c.get("/api/v1/captures")
+            #expect(agents.status == 200 && captures.status == 200, "\(agents.text) \(captures.text)")
+            #expect(logs.count("the storage answers again") == 2, "once for each of the two listings asked again")
+        }
+    }
+
+    /// A method a route does not answer is 405 with `Allow` (before the Origin check), not 404;
+    /// a time outside the range names the range.
+    @Test func otherMethodsAre405WithAllowAndTimeRangesAreNamed() async throws {
+        try await Rig.with("methods") { rig in
+            try await rig.addAccounts()
+            let c = rig.client
+            #expect(try await c.login("vic", Self.password).status == 200)
+            for (method, path, allow) in [("OPTIONS", "/api/v1/sealed", "POST"), ("PUT", "/api/v1/sealed", "POST"),
+                                          ("DELETE", "/api/v1/session", "GET, HEAD"), ("PUT", "/api/v1/captures/\(String(repeating: "ab", count: 16))/plain", "GET, HEAD"),
+                                          ("GET", "/api/v1/login", "POST"), ("POST", "/index.html", "GET, HEAD")] {
+                for origin: String?? in [.none, .some(nil)] {
+                    let r = try await c.request(method, path, origin: origin)
+                    #expect(r.status == 405 && r.headers["allow"] == allow && r.error?.contains("method not allowed") == true,
+                            "\(method) \(path): \(r.status) \(r.headers["allow"] ?? "no Allow") \(r.text)")
+                    Self.expectSecurityHeaders(r, "\(method) \(path)")
+                }
+            }
+            #expect(try await c.request("PUT", "/api/v1/nothing").status == 404, "no such route")
+            let r = try await c.get("/api/v1/captures?since=-99999999999999")
+            #expect(r.status == 400 && r.error == "since: expected Unix milliseconds from -62135596800000 to 253402300799999 (the years 1 to 9999)",
+                    "\(r.text)")
         }
     }
 

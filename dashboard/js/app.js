@@ -4,6 +4,7 @@
 
 import { allPages, api, ApiError, setUnauthorizedHandler } from "./api.js";
 import * as exporter from "./export.js";
+import { PROTECT_COMMAND } from "./keys.js";
 import * as media from "./media.js";
 import { chunkText } from "./payload.js";
 import { MonitorPlayer } from "./player.js";
@@ -86,6 +87,17 @@ function updateKeyState() {
   s.title = unlocked ? safeText(vault.unlockedKEK()) : "";
   s.className = "key-state" + (unlocked ? " unlocked" : "");
   $("lock-button").disabled = !unlocked;
+  if (!unlocked) showKeyWarning(false);
+}
+
+/** The warning, while unlocked, that the key file had no passphrase (keys.js `unprotected`). */
+function showKeyWarning(unprotected, passphraseGiven = false) {
+  const w = $("key-warning");
+  setText(w, unprotected
+    ? `Warning: this key file is not protected by a passphrase${passphraseGiven ? " (the passphrase you typed was not used)" : ""}: ` +
+      `anyone who copies it can decrypt every capture. Protect it with: ${PROTECT_COMMAND}`
+    : "");
+  w.hidden = !unprotected;
 }
 
 $("decrypt-button").addEventListener("click", () => {
@@ -107,7 +119,8 @@ $("decrypt-form").addEventListener("submit", async (ev) => {
   if (!file) { setText(err, "Choose the private key file (keypair.pem)."); err.hidden = false; return; }
   submit.disabled = true;
   try {
-    await vault.unlock(file, pass.value);
+    const { unprotected } = await vault.unlock(file, pass.value);
+    showKeyWarning(unprotected, pass.value !== "");
     pass.value = "";
     $("key-file").value = "";
     $("decrypt-dialog").close();

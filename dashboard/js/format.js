@@ -228,7 +228,7 @@ export function parseBlobHeader(bytes, what = "sealed blob") {
   }
   if (bytes[10] !== 1) throw new FormatError("unsupportedVersion", `${what}: algorithm suite ${bytes[10]} at byte 10 (expected 1)`);
   const kind = KINDS[bytes[75]];
-  if (!kind) throw new FormatError("malformed", `${what}: capture kind ${bytes[75]} at byte 75 (expected 1, 2 or 3)`);
+  if (!kind) throw new FormatError("malformed", `${what}: capture kind ${bytes[75]} at byte 75 (expected 1, 2, 3 or 4)`);
   const n = bytes[92];
   if (109 + n > length) throw new FormatError("malformed", `${what}: agent id length ${n} at byte 92 runs past the record (length ${length})`);
   const agentID = readAgentID(bytes, 93, n, what);

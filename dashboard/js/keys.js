@@ -13,6 +13,10 @@ export const CONVERT_COMMAND =
   "openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 -in old.pem -out keypair.pem";
 
 /** A key that cannot be used. `code`: "wrongPassphrase" (or a KeyFormatError's codes). */
+/** The command that gives an unencrypted key file a passphrase (PKCS#8 PBES2, as keys.js reads). */
+export const PROTECT_COMMAND =
+  "openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 -in keypair.pem -out keypair-protected.pem";
+
 export class KeyError extends Error {
   constructor(code, message) {
     super(message);
@@ -160,7 +164,7 @@ export function parsePEM(text) {
 /**
  * Unlocks a private key file's text with its passphrase.
  * @param {string} pemText the whole file (keypair.pem)
- * @param {string} passphrase ignored for an unencrypted "BEGIN PRIVATE KEY"
+ * @param {string} passphrase not used for an unencrypted "BEGIN PRIVATE KEY" (`unlockKey` says so)
  * @returns {Promise<CryptoKey>} RSA-OAEP SHA-256, non-extractable, usages decrypt + unwrapKey
  * @throws {KeyError} wrongPassphrase; {KeyFormatError} for any other form (message says how to convert)
  */
@@ -170,8 +174,10 @@ export async function unlockPrivateKey(pemText, passphrase) {
 
 /**
  * As `unlockPrivateKey`, with the key's KEK id (SHA-256 of the public key's SPKI DER, hex:
- * what `custos keys id publickey.crt` prints) and size.
- * @returns {Promise<{privateKey: CryptoKey, kekID: string, bits: number}>}
+ * what `custos keys id publickey.crt` prints) and size. `unprotected` is true for an
+ * unencrypted "BEGIN PRIVATE KEY" file: it was not protected by a passphrase (the one given
+ * was not used); the page accepts it and warns (`PROTECT_COMMAND` encrypts it).
+ * @returns {Promise<{privateKey: CryptoKey, kekID: string, bits: number, unprotected: boolean}>}
  */
 export async function unlockKey(pemText, passphrase) {
   if (typeof pemText !== "string" || !pemText.includes("-----BEGIN ")) {
@@ -213,7 +219,7 @@ export async function unlockKey(pemText, passphrase) {
       throw new KeyFormatError("invalidKey", `the browser refused the RSA private key (${e.name})`);
     }
     const kekID = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", spki)));
-    return { privateKey, kekID, bits };
+    return { privateKey, kekID, bits, unprotected: !owned };
   } finally {
     if (owned) pkcs8.fill(0);
   }

@@ -25,15 +25,18 @@ export function unlockedKEK() { return kekID; }
  * Unlocks the private key read from the file picker (File API: the file never leaves the page).
  * @param {File} file keypair.pem
  * @param {string} passphrase
+ * @returns {Promise<{unprotected: boolean}>} unprotected: the file held an unencrypted key (no
+ *   passphrase protects it; the one given was not used), also in the "unlock" event
  * @throws {KeyError|KeyFormatError} as keys.js
  */
 export async function unlock(file, passphrase) {
   const text = await file.text();
-  const { privateKey, kekID: id } = await unlockKey(text, passphrase);
+  const { privateKey, kekID: id, unprotected } = await unlockKey(text, passphrase);
   lock("replaced", false);
   ring = new KeyRing(privateKey, id);
   kekID = id;
-  emit({ type: "unlock", kekID: id });
+  emit({ type: "unlock", kekID: id, unprotected });
+  return { unprotected };
 }
 
 /**

@@ -1,7 +1,7 @@
 // Dashboard benchmark (Benchmarks/dashboard.sh): medians of decrypt+show of one 1920x1080 frame
 // and of seeks in a one-hour session, with the dashboard's own modules.
 import { KeyRing } from "/js/envelope.js";
-import { splitRecords } from "/js/format.js";
+import { isBlobRecord, splitRecords } from "/js/format.js";
 import { unlockKey } from "/js/keys.js";
 import { decodePayload } from "/js/payload.js";
 import { MonitorPlayer } from "/js/player.js";
@@ -25,7 +25,7 @@ try {
 
   const video = splitRecords(await bytes(cfg.video));
   const dekRecord = video.find((r) => r.type === 1).bytes;
-  const blobs = video.filter((r) => r.type === 2).map((r) => r.bytes);
+  const blobs = video.filter((r) => isBlobRecord(r.type)).map((r) => r.bytes);
   // Find the keyframe blob (packet 0) with one ring.
   const ring0 = new KeyRing(key.privateKey, key.kekID);
   await ring0.addDEKRecord(dekRecord);
@@ -68,7 +68,7 @@ try {
   const png = splitRecords(await bytes(cfg.png));
   const ringP = new KeyRing(key.privateKey, key.kekID);
   await ringP.addDEKRecord(png.find((r) => r.type === 1).bytes);
-  const pngBlob = png.filter((r) => r.type === 2).map((r) => r.bytes).find((b) => b[75] === 1);
+  const pngBlob = png.filter((r) => isBlobRecord(r.type)).map((r) => r.bytes).find((b) => b[75] === 1);
   const pngFrame = [];
   let pngSize = 0;
   for (let i = 0; i < cfg.runs + 1; i++) {

@@ -276,6 +276,22 @@ test("agent recording (video): every record opens; packets are CVPK streams; the
   assert(typed.includes(m.video.typed), `typed text "${typed}" holds "${m.video.typed}"`);
   video = packets;
 });
+test("sealed session blobs (type 3, docs/FORMAT.md): the agent's records name user and display; both are authenticated", async () => {
+  const records = splitRecords(await fetchBytes(F + m.video.sealed));
+  const session = records.filter((r) => r.type === 3);
+  assertEqual(session.length, records.filter((r) => r.type !== 1).length, "every blob of a display=auto agent is type 3");
+  const blob = session[0].bytes;
+  const h = parseBlobHeader(blob);
+  assert(typeof h.user === "string" && h.user.length > 0, `user ${h.user}`);
+  assert(/^:\d+$/.test(h.display), `display ${h.display}`);
+  const n = blob[92], mu = blob[93 + n];
+  assertEqual(h.headerLength, 95 + n + mu + blob[94 + n + mu], "header length 95 + n + m + d");
+  const ring = await ringFor(records);
+  for (const [what, at] of [["user name", 94 + n], ["display", h.headerLength - 1]]) {
+    await rejects(ring.open(flip(blob, at)), "authenticationFailed", "authentication failed", what);
+  }
+  assertEqual((await ring.open(blob)).header.display, h.display, "the untouched blob opens");
+});
 test("webcodecs: the recorded AV1 packets decode; the first picture shows the painted colour, the last the repainted one", async () => {
   assert(video, "needs the previous test");
   const meta = video[0].meta;

@@ -11,28 +11,9 @@ import TestSupport
         let rig = try AgentRig(name: "activity")
         rig.extraConfig = "activity-interval-seconds=10\nidle-threshold-seconds=1\n"
         try rig.writeConfig(encryption: true)
-        var clients: [Process] = []
-        defer { clients.forEach { kill($0.processIdentifier, SIGKILL); $0.waitUntilExit() } }
-        for (name, title) in [("alpha", "Alpha Window"), ("beta", "Beta Window")] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["xmessage", "-name", name, "-title", title, "hello"]
-            p.environment = ProcessInfo.processInfo.environment.merging(rig.xvfb.environment) { _, n in n }
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            clients.append(p)
-        }
-        func window(_ title: String) throws -> String {
-            var id = ""
-            _ = waitUntil(timeout: 10) {
-                let r = try? runCommand(["xdotool", "search", "--name", "^\(title)$"], environment: rig.xvfb.environment)
-                id = r?.stdoutString.split(separator: "\n").first.map(String.init) ?? ""
-                return !id.isEmpty
-            }
-            if id.isEmpty { throw TestSupportError("window \(title) did not appear") }
-            return id
-        }
-        let alpha = try window("Alpha Window"), beta = try window("Beta Window")
+        let windows = try rig.xvfb.openMessageWindows([("alpha", "Alpha Window"), ("beta", "Beta Window")])
+        defer { windows.close() }
+        let (alpha, beta) = (windows.ids[0], windows.ids[1])
         try rig.startCollector()
         try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
         try rig.xvfb.run(["xdotool", "windowfocus", "--sync", alpha])

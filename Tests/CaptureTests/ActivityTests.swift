@@ -67,27 +67,9 @@ struct ActivityTests {
     func x11FocusAndIdle() throws {
         let xvfb = try keyboardXvfb()
         try requireTool("xmessage")
-        var clients: [Process] = []
-        defer { clients.forEach { kill($0.processIdentifier, SIGKILL); $0.waitUntilExit() } }
-        for (name, title) in [("alpha", "Alpha Window"), ("beta", "Beta — Window")] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["xmessage", "-name", name, "-title", title, "hello"]
-            p.environment = ProcessInfo.processInfo.environment.merging(xvfb.environment) { _, n in n }
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            clients.append(p)
-        }
-        func window(_ title: String) throws -> String {
-            let deadline = Date().addingTimeInterval(10)
-            while Date() < deadline {
-                let r = try runCommand(["xdotool", "search", "--name", "^\(title)$"], environment: xvfb.environment)
-                if r.status == 0, let id = r.stdoutString.split(separator: "\n").first { return String(id) }
-                usleep(50_000)
-            }
-            throw TestSupportError("window \(title) did not appear")
-        }
-        let alpha = try window("Alpha Window"), beta = try window("Beta — Window")
+        let windows = try xvfb.openMessageWindows([("alpha", "Alpha Window"), ("beta", "Beta — Window")])
+        defer { windows.close() }
+        let (alpha, beta) = (windows.ids[0], windows.ids[1])
         let monitor = X11ActivityMonitor(display: xvfb.name, xauthority: nil, logger: testLogger("activity"),
                                          health: DisplayHealth(logger: testLogger("activity")))
         var timeline = ActivityTimeline(idleThresholdMs: 1000)

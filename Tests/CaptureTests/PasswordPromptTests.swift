@@ -102,27 +102,9 @@ struct PasswordPromptTests {
     func sensitiveWindowClass() async throws {
         let xvfb = try keyboardXvfb()
         try requireTool("xmessage")
-        var clients: [Process] = []
-        defer { clients.forEach { kill($0.processIdentifier, SIGKILL); $0.waitUntilExit() } }
-        for (name, title) in [("vault", "Password Vault"), ("notes", "Notes")] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["xmessage", "-name", name, "-title", title, "hello"]
-            p.environment = ProcessInfo.processInfo.environment.merging(xvfb.environment) { _, n in n }
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            clients.append(p)
-        }
-        func window(_ title: String) throws -> String {
-            let deadline = Date().addingTimeInterval(10)
-            while Date() < deadline {
-                let r = try runCommand(["xdotool", "search", "--name", "^\(title)$"], environment: xvfb.environment)
-                if r.status == 0, let id = r.stdoutString.split(separator: "\n").first { return String(id) }
-                usleep(50_000)
-            }
-            throw TestSupportError("window \(title) did not appear")
-        }
-        let vault = try window("Password Vault"), notes = try window("Notes")
+        let windows = try xvfb.openMessageWindows([("vault", "Password Vault"), ("notes", "Notes")])
+        defer { windows.close() }
+        let (vault, notes) = (windows.ids[0], windows.ids[1])
         // The instance "vault" matches exactly; the class Xmessage of both would match /^Xmess/.
         let policy = CapturePolicy(WindowRules(sensitiveClasses: [try WindowPattern("vault", field: "sensitive-window-class")]))
         let recorder = try KeystrokeRecorder(display: xvfb.name, xauthority: nil, idleMs: 10_000, maxKeysPerChunk: 1000,

@@ -115,6 +115,42 @@ public final class Xvfb: @unchecked Sendable {
         try runChecked(arguments, environment: environment, timeout: timeout)
     }
 
+    /// Small top-level windows (`xmessage -name NAME -title TITLE`, WM_CLASS `NAME`/`Xmessage`)
+    /// on this server, for focus, keystroke and exclusion tests. Waits (at most 10 s each) until
+    /// `xdotool search --name ^TITLE$` finds each.
+    /// - Returns: the clients (kill them with ``MessageWindows/close()``) and the window ids
+    ///   (decimal, as `xdotool` takes them), in the order given.
+    /// - Throws: `TestSupportError` when a window does not appear.
+    public func openMessageWindows(_ windows: [(name: String, title: String)]) throws -> MessageWindows {
+        let opened = MessageWindows()
+        do {
+            for (name, title) in windows {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+                p.arguments = ["xmessage", "-name", name, "-title", title, "hello"]
+                p.environment = ProcessInfo.processInfo.environment.merging(environment) { _, n in n }
+                p.standardError = FileHandle.nullDevice
+                try p.run()
+                opened.clients.append(p)
+            }
+            for (_, title) in windows {
+                var id = ""
+                let deadline = Date().addingTimeInterval(10)
+                while id.isEmpty && Date() < deadline {
+                    let r = try runCommand(["xdotool", "search", "--name", "^\(title)$"], environment: environment)
+                    id = r.status == 0 ? r.stdoutString.split(separator: "\n").first.map(String.init) ?? "" : ""
+                    if id.isEmpty { usleep(50_000) }
+                }
+                if id.isEmpty { throw TestSupportError("window \(title) did not appear on \(name)") }
+                opened.ids.append(id)
+            }
+        } catch {
+            opened.close()
+            throw error
+        }
+        return opened
+    }
+
     private func start(display: Int?) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -153,6 +189,19 @@ public final class Xvfb: @unchecked Sendable {
         self.number = number
         self.process = process
         lock.unlock()
+    }
+}
+
+/// Windows opened by ``Xvfb/openMessageWindows(_:)``.
+public final class MessageWindows: @unchecked Sendable {
+    public fileprivate(set) var clients: [Process] = []
+    /// Window ids, in the order asked for.
+    public fileprivate(set) var ids: [String] = []
+
+    /// Kills the clients and waits for them.
+    public func close() {
+        clients.forEach { kill($0.processIdentifier, SIGKILL); $0.waitUntilExit() }
+        clients = []
     }
 }
 

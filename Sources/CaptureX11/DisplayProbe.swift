@@ -48,9 +48,10 @@ public struct XAuthority: Sendable, Equatable {
         } else {
             return XAuthority(path: nil, source: "none", readable: false)
         }
-        guard let path = result.path, let bytes = FileManager.default.contents(atPath: path) else { return result }
+        guard let path = result.path,
+              let bytes = try? BoundedFile.regular(path, maxBytes: X11SessionDiscovery.maxCookieFileBytes) else { return result }
         result.readable = true
-        result.cookie = Self.cookie(in: [UInt8](bytes), host: host, number: number)
+        result.cookie = Self.cookie(in: bytes, host: host, number: number)
         return result
     }
 

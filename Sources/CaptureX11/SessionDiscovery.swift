@@ -61,6 +61,13 @@ public final class X11SessionDiscovery: SessionSource {
     private let cookies = Mutex<[String: String?]>([:])
     /// Displays skipped (a login screen), logged once each.
     private let skipped = Mutex<Set<String>>([])
+    /// Cookie files refused (too large, not a regular file), logged once each (path and reason).
+    private let refused = Mutex<Set<String>>([])
+
+    /// The largest cookie file read (bytes): a real one holds a few entries of ~50 bytes each.
+    public static let maxCookieFileBytes = 1 << 20
+    /// The most of a process's `/proc/PID/environ` read (bytes); the rest is ignored.
+    public static let maxEnvironmentBytes = 1 << 20
 
     /// `displays` nil: every session (`display=auto`); else those displays. `credentials`: the
     /// configured cookie file (`xauthority=`), used for every session when set.
@@ -235,7 +242,7 @@ public final class X11SessionDiscovery: SessionSource {
     /// The cookie file for display `number` of `uid` (see the type's documentation), or nil.
     private func cookieFile(number: String, uid: UInt32?, user: String?, leader: Int32?, _ table: ProcessTable) -> String? {
         let key = "\(number)|\(uid.map(String.init) ?? "-")|\(leader.map(String.init) ?? "-")"
-        if let known = cookies.withLock({ $0[key] }), let path = known, Self.hasCookie(path, number: number) {
+        if let known = cookies.withLock({ $0[key] }), let path = known, hasCookie(path, number: number) {
             return path
         }
         var candidates: [String] = []
@@ -252,15 +259,25 @@ public final class X11SessionDiscovery: SessionSource {
                 .map { run + "/" + $0 }
         }
         if let user { candidates.append(paths.lightdm + "/\(user)/xauthority") }
-        let found = candidates.first { Self.hasCookie($0, number: number) }
+        let found = candidates.first { hasCookie($0, number: number) }
         cookies.withLock { $0[key] = .some(found) }
         return found
     }
 
     /// Whether the file at `path` holds an MIT-MAGIC-COOKIE-1 entry for local display `number`.
-    static func hasCookie(_ path: String, number: String) -> Bool {
-        guard let bytes = FileManager.default.contents(atPath: path), bytes.count <= 1 << 20 else { return false }
-        return XAuthority.cookie(in: [UInt8](bytes), host: "", number: number) != nil
+    /// A file larger than ``maxCookieFileBytes`` or not a regular file (a symbolic link, FIFO,
+    /// device) is not read and is logged once (``BoundedFile``); a missing one is not logged.
+    func hasCookie(_ path: String, number: String) -> Bool {
+        do {
+            let bytes = try BoundedFile.regular(path, maxBytes: Self.maxCookieFileBytes)
+            return XAuthority.cookie(in: bytes, host: "", number: number) != nil
+        } catch {
+            if case .system(let e) = error, e.errno == ENOENT || e.errno == ENOTDIR { return false }
+            if refused.withLock({ $0.insert(path + "|" + error.description).inserted }) {
+                logger.warning("cookie file refused for display :\(number): \(error)", metadata: ["capture.display": ":\(number)"])
+            }
+            return false
+        }
     }
 
     // MARK: - Processes
@@ -287,11 +304,16 @@ public final class X11SessionDiscovery: SessionSource {
         return out.sorted { $0.pid < $1.pid }
     }
 
-    /// `/proc/PID/environ` (NUL-separated `KEY=VALUE`), or nil when it cannot be read.
+    /// `/proc/PID/environ` (NUL-separated `KEY=VALUE`, proc(5)), or nil when it cannot be read.
+    /// At most ``maxEnvironmentBytes`` are read; when there is more, the cut last entry is dropped.
     func environment(of pid: Int32) -> [String: String]? {
-        guard let data = FileManager.default.contents(atPath: paths.proc + "/\(pid)/environ") else { return nil }
+        guard let (data, truncated) = try? BoundedFile.prefix(paths.proc + "/\(pid)/environ", maxBytes: Self.maxEnvironmentBytes) else {
+            return nil
+        }
+        var entries = data.split(separator: 0)
+        if truncated, data.last != 0, !entries.isEmpty { entries.removeLast() }
         var env: [String: String] = [:]
-        for entry in data.split(separator: 0) {
+        for entry in entries {
             guard let eq = entry.firstIndex(of: UInt8(ascii: "=")) else { continue }
             env[String(decoding: entry[entry.startIndex..<eq], as: UTF8.self)] = String(decoding: entry[(eq + 1)...], as: UTF8.self)
         }
@@ -330,8 +352,8 @@ public final class X11SessionDiscovery: SessionSource {
     }
 
     private func readSmallFile(_ path: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path), data.count <= 64 << 10 else { return nil }
-        return String(data: data, encoding: .utf8)
+        guard let data = try? BoundedFile.regular(path, maxBytes: 64 << 10) else { return nil }
+        return String(validating: data, as: UTF8.self)
     }
 }
 

@@ -101,4 +101,46 @@ struct SessionDiscoveryTests {
                                           logger: testLogger("t"))
         #expect(capturer.connectError == nil)
     }
+
+    /// Bytes this process has read through read(2) and the like (`rchar` of /proc/self/io, proc(5)).
+    func bytesRead() throws -> Int {
+        let text = try String(contentsOfFile: "/proc/self/io", encoding: .utf8)
+        let line = try #require(text.split(separator: "\n").first { $0.hasPrefix("rchar:") })
+        return try #require(Int(line.dropFirst("rchar:".count).trimmingCharacters(in: .whitespaces)))
+    }
+
+    @Test("a user's sparse 1 GiB ~/.Xauthority and a FIFO in its place are refused unread, logged once each; the display is still found")
+    func hugeCookieFile() throws {
+        try requireRoot()
+        let user = try TestUser("dh")
+        let server = try Xvfb(user: user)
+        defer { server.stop(); user.remove() }
+        let emptyLogind = try TempDir("no-logind")
+        defer { emptyLogind.remove() }
+        // The server has read its cookie; the user now swaps the file for a 1 GiB sparse one.
+        let cookie = user.home + "/.Xauthority"
+        try FileManager.default.removeItem(atPath: cookie)
+        let fd = open(cookie, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        try #require(fd >= 0)
+        #expect(ftruncate(fd, 1 << 30) == 0 && fchown(fd, user.uid, gid_t.max) == 0)
+        close(fd)
+        let log = LogCapture()
+        let discovery = X11SessionDiscovery(displays: nil, credentials: nil, paths: .init(logindSessions: emptyLogind.path),
+                                            logger: log.logger("sessions"))
+        let before = try bytesRead()
+        for _ in 0..<3 {
+            let session = try #require(discovery.sessions().first { $0.display == server.name })
+            #expect(session.user == user.name && session.credentials == nil)
+        }
+        // Three discoveries read far less than one copy of the file would (1 GiB).
+        let read = try bytesRead() - before
+        #expect(read < 256 << 20, "read \(read) bytes")
+        let refusal = "cookie file refused for display \(server.name): '\(cookie)' is 1073741824 bytes, more than the 1048576 bytes allowed; not read"
+        #expect(log.count(refusal) == 1, "\(log.text)")
+        // A FIFO would block a plain open (nobody writes it): refused without blocking.
+        try FileManager.default.removeItem(atPath: cookie)
+        #expect(mkfifo(cookie, 0o600) == 0)
+        #expect(discovery.sessions().contains { $0.display == server.name && $0.credentials == nil })
+        #expect(log.count("'\(cookie)' is a FIFO, not a regular file") == 1, "\(log.text)")
+    }
 }

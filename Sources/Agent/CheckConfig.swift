@@ -59,8 +59,12 @@ enum CheckConfig {
             line(true, "server-url", "not set: captures stay in the spool", required: false)
         }
         let quiet = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
-        let sessions = backend.makeSessionSource(displays: config.displays.displays, credentials: config.xauthority,
-                                                 logger: quiet).sessions()
+        let source = backend.makeSessionSource(displays: config.displays.displays, credentials: config.xauthority, logger: quiet)
+        let sessions = source.sessions()
+        // The displays found but not recorded, with the reason the daemon logs.
+        for (display, reason) in source.notRecorded() {
+            line(true, "display", "\(display): not recorded: \(reason)", required: false)
+        }
         if sessions.isEmpty {
             // With display=auto nobody may be logged in yet: recording starts when someone is.
             line(config.displays == .auto, "display", config.displays == .auto

@@ -59,4 +59,12 @@ public struct GraphicalSession: Sendable, Hashable, CustomStringConvertible {
 public protocol SessionSource: AnyObject, Sendable {
     /// The sessions now, in a stable order (by display).
     func sessions() -> [GraphicalSession]
+    /// The displays the last ``sessions()`` call found but does not record, with why (e.g. "its
+    /// socket belongs to root and no process uses it (a login screen)"), by display; already
+    /// escaped. `--check-config` lists them with the reason the daemon logs.
+    func notRecorded() -> [(display: String, reason: String)]
+}
+
+extension SessionSource {
+    public func notRecorded() -> [(display: String, reason: String)] { [] }
 }

@@ -17,9 +17,13 @@ import Synchronization
 ///    for again among the sockets.
 /// 2. The X server sockets `/tmp/.X11-unix/XN` of displays logind does not name (an X server
 ///    started outside a logind session: `startx` without pam_systemd, Xvnc, Xvfb). The user is
-///    the socket's owner; a socket root owns (a display manager's server) belongs to the user
-///    whose processes use the display (`DISPLAY` in `/proc/PID/environ`), and is not recorded
-///    when none do (a login screen).
+///    the socket's owner. A socket root owns (a display manager's server) belongs to a user
+///    whose processes use the display (`DISPLAY` in `/proc/PID/environ`) only through a cookie
+///    file that user owns (a regular file, checked on the open descriptor) and that the display
+///    accepts (a connection setup with it succeeds, `DisplayProbe`): a process's `DISPLAY` and
+///    `XAUTHORITY` alone prove nothing (any user can set them, and name root's cookie file).
+///    Otherwise it is not recorded (a login screen, or a display only root uses), and why is
+///    logged once.
 ///
 /// **The cookie** of a session's display: the first of these files that holds an
 /// MIT-MAGIC-COOKIE-1 entry for the display: `XAUTHORITY` in the environment of the logind
@@ -63,6 +67,11 @@ public final class X11SessionDiscovery: SessionSource {
     private let skipped = Mutex<Set<String>>([])
     /// Cookie files refused (too large, not a regular file), logged once each (path and reason).
     private let refused = Mutex<Set<String>>([])
+    /// Root-owned displays given to a user, by display number: the user, the cookie file and
+    /// its cookie (probed once; probed again when the file's cookie changes).
+    private let attributed = Mutex<[String: (uid: UInt32, path: String, cookie: [UInt8])]>([:])
+    /// The displays the last `sessions()` call does not record, with why.
+    private let lastNotRecorded = Mutex<[(display: String, reason: String)]>([])
 
     /// The largest cookie file read (bytes): a real one holds a few entries of ~50 bytes each.
     public static let maxCookieFileBytes = 1 << 20
@@ -78,7 +87,10 @@ public final class X11SessionDiscovery: SessionSource {
         self.logger = logger
     }
 
+    public func notRecorded() -> [(display: String, reason: String)] { lastNotRecorded.withLock { $0 } }
+
     public func sessions() -> [GraphicalSession] {
+        lastNotRecorded.withLock { $0 = [] }
         let table = ProcessTable(self)
         var found: [GraphicalSession] = []
         if let displays {
@@ -217,14 +229,18 @@ public final class X11SessionDiscovery: SessionSource {
         guard lstat(paths.sockets + "/X" + number, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK, !serverGone(number) else {
             return nil
         }
-        var uid: UInt32 = st.st_uid
+        let uid: UInt32 = st.st_uid
         if uid == 0 {
             // A server root runs (a display manager's): whose session is it?
-            if let user = table.all.first(where: { $0.uid != 0 && $0.display == number }) {
-                uid = user.uid
-            } else if !configured {
-                noteSkipped(number, "its socket belongs to root and no user's process uses it (a login screen)")
-                return nil
+            switch rootDisplayUser(number, table) {
+            case .success(let found):
+                let name = Self.userName(found.uid)
+                return GraphicalSession(display: ":" + number, user: name, uid: found.uid, credentials: found.path, origin: .socket)
+            case .failure(let why):
+                if !configured {
+                    noteSkipped(number, why.text)
+                    return nil
+                }
             }
         }
         let name = Self.userName(uid)
@@ -232,7 +248,51 @@ public final class X11SessionDiscovery: SessionSource {
         return GraphicalSession(display: ":" + number, user: name, uid: uid, credentials: cookie, origin: .socket)
     }
 
+    struct NotAttributed: Error { var text: String }
+
+    /// The user of root-owned display `number` and the cookie file that proves it (see the
+    /// type's documentation), or why there is none.
+    private func rootDisplayUser(_ number: String, _ table: ProcessTable) -> Result<(uid: UInt32, path: String), NotAttributed> {
+        let using = table.all.filter { $0.display == number }
+        var uids: [UInt32] = []
+        for p in using where p.uid != 0 && !uids.contains(p.uid) { uids.append(p.uid) }
+        if uids.isEmpty {
+            let pids = using.prefix(5).map { String($0.pid) }.joined(separator: ", ")
+            return .failure(NotAttributed(text: using.isEmpty
+                ? "its socket belongs to root and no process uses it (a login screen)"
+                : "its socket belongs to root and only root's processes use it (pid \(pids)\(using.count > 5 ? ", ..." : ""))"))
+        }
+        let cached = attributed.withLock { $0[number] }
+        var tried: [String] = []
+        var missing = 0
+        for uid in uids {
+            for path in cookieCandidates(number: number, uid: uid, user: Self.userName(uid), leader: nil, table) {
+                let cookie: [UInt8]
+                switch readCookie(path, number: number, owner: uid) {
+                case .success(let c): cookie = c
+                case .failure(let why):
+                    if why.text == "missing" { missing += 1 } else { tried.append(why.text) }
+                    continue
+                }
+                if let cached, cached.uid == uid, cached.path == path, cached.cookie == cookie { return .success((uid, path)) }
+                do {
+                    _ = try DisplayProbe.check(DisplayProbe.name(":" + number), xauthority: path)
+                    attributed.withLock { $0[number] = (uid, path, cookie) }
+                    return .success((uid, path))
+                } catch {
+                    tried.append("\(SafeText.quoted(path)) refused by the display")
+                }
+            }
+        }
+        attributed.withLock { $0[number] = nil }
+        let who = uids.prefix(5).map { uid in Self.userName(uid).map(SafeText.escaped) ?? "uid \(uid)" }.joined(separator: ", ")
+        let files = tried.isEmpty ? "" : ": " + tried.joined(separator: "; ")
+        return .failure(NotAttributed(text: "its socket belongs to root; processes of \(who) use it, but no cookie file "
+            + "they own is accepted by the display (\(tried.count + missing) tried, \(missing) missing\(files))"))
+    }
+
     private func noteSkipped(_ number: String, _ why: String) {
+        lastNotRecorded.withLock { $0.append((":" + number, why)) }
         guard skipped.withLock({ $0.insert(number).inserted }) else { return }
         logger.info("display :\(number) is not recorded: \(why)", metadata: ["capture.display": ":\(number)"])
     }
@@ -245,6 +305,14 @@ public final class X11SessionDiscovery: SessionSource {
         if let known = cookies.withLock({ $0[key] }), let path = known, hasCookie(path, number: number) {
             return path
         }
+        let candidates = cookieCandidates(number: number, uid: uid, user: user, leader: leader, table)
+        let found = candidates.first { hasCookie($0, number: number) }
+        cookies.withLock { $0[key] = .some(found) }
+        return found
+    }
+
+    /// The files that may hold display `number`'s cookie, in the order tried (the type's documentation).
+    private func cookieCandidates(number: String, uid: UInt32?, user: String?, leader: Int32?, _ table: ProcessTable) -> [String] {
         var candidates: [String] = []
         if let leader, let env = environment(of: leader), let x = env["XAUTHORITY"] { candidates.append(x) }
         if let uid {
@@ -259,24 +327,34 @@ public final class X11SessionDiscovery: SessionSource {
                 .map { run + "/" + $0 }
         }
         if let user { candidates.append(paths.lightdm + "/\(user)/xauthority") }
-        let found = candidates.first { hasCookie($0, number: number) }
-        cookies.withLock { $0[key] = .some(found) }
-        return found
+        return candidates
     }
 
     /// Whether the file at `path` holds an MIT-MAGIC-COOKIE-1 entry for local display `number`.
     /// A file larger than ``maxCookieFileBytes`` or not a regular file (a symbolic link, FIFO,
     /// device) is not read and is logged once (``BoundedFile``); a missing one is not logged.
     func hasCookie(_ path: String, number: String) -> Bool {
+        if case .success = readCookie(path, number: number, owner: nil) { return true }
+        return false
+    }
+
+    /// The MIT-MAGIC-COOKIE-1 data for display `number` in the file at `path` (with `owner`:
+    /// only from a file that uid owns), or why not: "missing", or the reason, escaped.
+    /// Refusals for size or type are logged once (``hasCookie(_:number:)``).
+    private func readCookie(_ path: String, number: String, owner: UInt32?) -> Result<[UInt8], NotAttributed> {
         do {
-            let bytes = try BoundedFile.regular(path, maxBytes: Self.maxCookieFileBytes)
-            return XAuthority.cookie(in: bytes, host: "", number: number) != nil
+            let bytes = try BoundedFile.regular(path, maxBytes: Self.maxCookieFileBytes, owner: owner)
+            guard let cookie = XAuthority.cookie(in: bytes, host: "", number: number) else {
+                return .failure(NotAttributed(text: "\(SafeText.quoted(path)) has no MIT-MAGIC-COOKIE-1 entry for :\(number)"))
+            }
+            return .success(cookie)
         } catch {
-            if case .system(let e) = error, e.errno == ENOENT || e.errno == ENOTDIR { return false }
+            if case .system(let e) = error, e.errno == ENOENT || e.errno == ENOTDIR { return .failure(NotAttributed(text: "missing")) }
+            if case .wrongOwner = error { return .failure(NotAttributed(text: error.description)) }
             if refused.withLock({ $0.insert(path + "|" + error.description).inserted }) {
                 logger.warning("cookie file refused for display :\(number): \(error)", metadata: ["capture.display": ":\(number)"])
             }
-            return false
+            return .failure(NotAttributed(text: error.description))
         }
     }
 

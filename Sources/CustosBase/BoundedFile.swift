@@ -15,6 +15,8 @@ public enum BoundedFileError: Error, Sendable, Equatable, CustomStringConvertibl
     /// Larger than the limit (`size` and `limit` in bytes, `size` as `fstat` reports it: a
     /// sparse file counts its apparent size).
     case tooLarge(path: String, size: Int64, limit: Int)
+    /// Owned by another user than the one required (`owner` is the file's uid).
+    case wrongOwner(path: String, owner: UInt32, required: UInt32)
 
     public var description: String {
         switch self {
@@ -22,6 +24,8 @@ public enum BoundedFileError: Error, Sendable, Equatable, CustomStringConvertibl
         case .notRegular(let path, let kind): return "\(SafeText.quoted(path)) is \(kind), not a regular file"
         case .tooLarge(let path, let size, let limit):
             return "\(SafeText.quoted(path)) is \(size) bytes, more than the \(limit) bytes allowed; not read"
+        case .wrongOwner(let path, let owner, let required):
+            return "\(SafeText.quoted(path)) belongs to uid \(owner), not uid \(required); not read"
         }
     }
 }
@@ -32,14 +36,17 @@ public enum BoundedFileError: Error, Sendable, Equatable, CustomStringConvertibl
 /// that would block, a device are refused; man 2 open), checked with `fstat` on the descriptor
 /// (no race with a rename), and never read past a limit.
 public enum BoundedFile {
-    /// The bytes of the regular file at `path`, at most `maxBytes` of them.
+    /// The bytes of the regular file at `path`, at most `maxBytes` of them; with `owner`, only
+    /// when the open file belongs to that uid (checked on the descriptor, not the path).
     /// - Throws: ``BoundedFileError`` `.notRegular` for anything but a regular file, `.tooLarge`
-    ///   when `fstat` reports more than `maxBytes` (nothing is read), `.system` when a call fails.
-    public static func regular(_ path: String, maxBytes: Int) throws(BoundedFileError) -> [UInt8] {
+    ///   when `fstat` reports more than `maxBytes` (nothing is read), `.wrongOwner`, `.system`
+    ///   when a call fails.
+    public static func regular(_ path: String, maxBytes: Int, owner: UInt32? = nil) throws(BoundedFileError) -> [UInt8] {
         let fd = try open(path)
         var st = stat()
         do { try syscall("fstat", path) { fstat(fd.rawValue, &st) } } catch { throw .system(error) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw .notRegular(path: SafeText.escaped(path), kind: kind(st.st_mode)) }
+        if let owner, st.st_uid != owner { throw .wrongOwner(path: SafeText.escaped(path), owner: st.st_uid, required: owner) }
         guard st.st_size <= Int64(maxBytes) else {
             throw .tooLarge(path: SafeText.escaped(path), size: Int64(st.st_size), limit: maxBytes)
         }

@@ -143,4 +143,76 @@ struct SessionDiscoveryTests {
         #expect(discovery.sessions().contains { $0.display == server.name && $0.credentials == nil })
         #expect(log.count("'\(cookie)' is a FIFO, not a regular file") == 1, "\(log.text)")
     }
+
+    @Test("a root-owned display goes to a user only through a cookie file that user owns and the display accepts; DISPLAY and root's XAUTHORITY in a user's process are not enough")
+    func rootDisplayAttribution() throws {
+        try requireRoot()
+        let user = try TestUser("dr")
+        let dir = try TempDir("rootx")
+        defer { dir.remove() }
+        // Root's server with access control, its cookie in a file of root's (mode 644: readable,
+        // as a careless display manager may leave it).
+        let rootCookie = dir.file("root.xauth")
+        let cookie = try runChecked(["mcookie"]).trimmingCharacters(in: .whitespacesAndNewlines)
+        try runChecked(["xauth", "-f", rootCookie, "add", ":65000", ".", cookie])
+        chmod(rootCookie, 0o644)
+        let server = try Xvfb(width: 64, height: 64, depth: 24, extraArgs: ["-auth", rootCookie])
+        try runChecked(["xauth", "-f", rootCookie, "add", server.name, ".", cookie])
+        // The user's process claims the display and names root's cookie file.
+        let claimer = Process()
+        claimer.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        claimer.arguments = ["--reuid=\(user.name)", "--regid=\(user.name)", "--init-groups", "/bin/sleep", "60"]
+        claimer.environment = ["DISPLAY": server.name, "XAUTHORITY": rootCookie]
+        try claimer.run()
+        defer { kill(claimer.processIdentifier, SIGKILL); claimer.waitUntilExit(); server.stop(); user.remove() }
+        let emptyLogind = try TempDir("no-logind")
+        defer { emptyLogind.remove() }
+        let log = LogCapture()
+        let discovery = X11SessionDiscovery(displays: nil, credentials: nil, paths: .init(logindSessions: emptyLogind.path),
+                                            logger: log.logger("sessions"))
+        // Wait until the claimer runs as the user (setpriv has switched and exec'd sleep).
+        var reason = ""
+        for _ in 0..<50 {
+            #expect(!discovery.sessions().contains { $0.display == server.name })
+            reason = discovery.notRecorded().first { $0.display == server.name }?.reason ?? ""
+            if reason.contains("processes of") { break }
+            usleep(100_000)
+        }
+        #expect(reason.contains("its socket belongs to root; processes of \(user.name) use it, but no cookie file they own is accepted by the display"), "\(reason)")
+        #expect(reason.contains("'\(rootCookie)' belongs to uid 0, not uid \(user.uid); not read"), "\(reason)")
+        #expect(log.count("display \(server.name) is not recorded: its socket belongs to root; processes of") == 1, "\(log.text)")
+        // A file of the user's own with a wrong cookie: the display refuses it.
+        let own = user.home + "/.Xauthority"
+        try runChecked(["xauth", "-f", own, "add", server.name, ".", "00112233445566778899aabbccddeeff"])
+        try runChecked(["chown", "\(user.name):\(user.name)", own])
+        #expect(!discovery.sessions().contains { $0.display == server.name })
+        reason = discovery.notRecorded().first { $0.display == server.name }?.reason ?? ""
+        #expect(reason.contains("'\(own)' refused by the display"), "\(reason)")
+        // The user's own file with the real cookie: the display is theirs, with that file.
+        try runChecked(["xauth", "-f", own, "add", server.name, ".", cookie])
+        try runChecked(["chown", "\(user.name):\(user.name)", own])
+        let session = try #require(discovery.sessions().first { $0.display == server.name }, "\(discovery.notRecorded())")
+        #expect(session.user == user.name && session.uid == user.uid && session.credentials == own)
+        #expect(!discovery.notRecorded().contains { $0.display == server.name })
+    }
+
+    @Test("a root-owned display only root's processes use is not recorded, and the reason says so")
+    func rootOnlyDisplay() throws {
+        try requireRoot()
+        let server = try Xvfb(width: 64, height: 64, depth: 24)
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        client.arguments = ["60"]
+        client.environment = ["DISPLAY": server.name]
+        try client.run()
+        defer { kill(client.processIdentifier, SIGKILL); client.waitUntilExit(); server.stop() }
+        let emptyLogind = try TempDir("no-logind")
+        defer { emptyLogind.remove() }
+        let discovery = X11SessionDiscovery(displays: nil, credentials: nil, paths: .init(logindSessions: emptyLogind.path),
+                                            logger: testLogger("sessions"))
+        #expect(!discovery.sessions().contains { $0.display == server.name })
+        let reason = discovery.notRecorded().first { $0.display == server.name }?.reason ?? ""
+        #expect(reason.hasPrefix("its socket belongs to root and only root's processes use it (pid ") && reason.contains("\(client.processIdentifier)"),
+                "\(reason)")
+    }
 }

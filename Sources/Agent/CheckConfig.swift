@@ -73,7 +73,9 @@ enum CheckConfig {
         }
         var monitors: [(name: String, width: Int, height: Int)] = []
         for session in sessions {
-            let about = " (user \(SafeText.escaped(session.userName.rawValue)), \(session.origin), cookie \(SafeText.escaped(session.credentials ?? "default")))"
+            let cookie = session.credentials.map { "cookie \(SafeText.escaped($0))" + (session.credentialsSource.map { " (\($0))" } ?? " (xauthority=)") }
+                ?? "\(session.credentialsSource ?? "no cookie file"); the agent's own $XAUTHORITY or ~/.Xauthority is used"
+            let about = " (user \(SafeText.escaped(session.userName.rawValue)), \(session.origin), \(cookie))"
             do {
                 let capturer = try backend.makeFrameSource(session.target, encoding: config.screenEncoding,
                                                            policy: CapturePolicy(config.windowRules), logger: quiet,

@@ -62,8 +62,8 @@ public final class X11SessionDiscovery: SessionSource {
     private let paths: Paths
     private let logger: Logger
     /// Per display number and owner: the cookie file found (nil: none).
-    private let cookies = Mutex<[String: String?]>([:])
-    /// Displays skipped (a login screen), logged once each.
+    private let cookies = Mutex<[String: (path: String, source: String)]>([:])
+    /// Displays skipped (a login screen) with why, logged once each.
     private let skipped = Mutex<Set<String>>([])
     /// Cookie files refused (too large, not a regular file), logged once each (path and reason).
     private let refused = Mutex<Set<String>>([])
@@ -105,7 +105,7 @@ public final class X11SessionDiscovery: SessionSource {
                     ?? GraphicalSession(display: display, user: nil, uid: nil, credentials: nil, origin: .configured)
                 session.display = display
                 session.origin = .configured
-                if let credentials { session.credentials = credentials }
+                if let credentials { session.credentials = credentials; session.credentialsSource = nil }
                 found.append(session)
             }
             return found
@@ -123,7 +123,7 @@ public final class X11SessionDiscovery: SessionSource {
         for number in socketNumbers() where !covered.contains(number) {
             if let s = socketSession(number: number, table, configured: false) { found.append(s) }
         }
-        if let credentials { found = found.map { var s = $0; s.credentials = credentials; return s } }
+        if let credentials { found = found.map { var s = $0; s.credentials = credentials; s.credentialsSource = nil; return s } }
         return found.sorted { (Int($0.display.dropFirst()) ?? 0) < (Int($1.display.dropFirst()) ?? 0) }
     }
 
@@ -176,7 +176,9 @@ public final class X11SessionDiscovery: SessionSource {
         let uid = entry.uid
         let user = entry.values["USER"] ?? uid.flatMap(Self.userName)
         let cookie = cookieFile(number: number, uid: uid, user: user, leader: entry.leader, table)
-        return GraphicalSession(display: ":" + number, user: user, uid: uid, credentials: cookie, origin: .logind(entry.id))
+        var session = GraphicalSession(display: ":" + number, user: user, uid: uid, credentials: cookie.path, origin: .logind(entry.id))
+        session.credentialsSource = cookie.source
+        return session
     }
 
     // MARK: - Sockets
@@ -235,7 +237,9 @@ public final class X11SessionDiscovery: SessionSource {
             switch rootDisplayUser(number, table) {
             case .success(let found):
                 let name = Self.userName(found.uid)
-                return GraphicalSession(display: ":" + number, user: name, uid: found.uid, credentials: found.path, origin: .socket)
+                var session = GraphicalSession(display: ":" + number, user: name, uid: found.uid, credentials: found.path, origin: .socket)
+                session.credentialsSource = found.source
+                return session
             case .failure(let why):
                 if !configured {
                     noteSkipped(number, why.text)
@@ -245,14 +249,16 @@ public final class X11SessionDiscovery: SessionSource {
         }
         let name = Self.userName(uid)
         let cookie = cookieFile(number: number, uid: uid, user: name, leader: nil, table)
-        return GraphicalSession(display: ":" + number, user: name, uid: uid, credentials: cookie, origin: .socket)
+        var session = GraphicalSession(display: ":" + number, user: name, uid: uid, credentials: cookie.path, origin: .socket)
+        session.credentialsSource = cookie.source
+        return session
     }
 
     struct NotAttributed: Error { var text: String }
 
     /// The user of root-owned display `number` and the cookie file that proves it (see the
     /// type's documentation), or why there is none.
-    private func rootDisplayUser(_ number: String, _ table: ProcessTable) -> Result<(uid: UInt32, path: String), NotAttributed> {
+    private func rootDisplayUser(_ number: String, _ table: ProcessTable) -> Result<(uid: UInt32, path: String, source: String), NotAttributed> {
         let using = table.all.filter { $0.display == number }
         var uids: [UInt32] = []
         for p in using where p.uid != 0 && !uids.contains(p.uid) { uids.append(p.uid) }
@@ -266,7 +272,7 @@ public final class X11SessionDiscovery: SessionSource {
         var tried: [String] = []
         var missing = 0
         for uid in uids {
-            for path in cookieCandidates(number: number, uid: uid, user: Self.userName(uid), leader: nil, table) {
+            for (path, from) in cookieCandidates(number: number, uid: uid, user: Self.userName(uid), leader: nil, table) {
                 let cookie: [UInt8]
                 switch readCookie(path, number: number, owner: uid) {
                 case .success(let c): cookie = c
@@ -274,11 +280,11 @@ public final class X11SessionDiscovery: SessionSource {
                     if why.text == "missing" { missing += 1 } else { tried.append(why.text) }
                     continue
                 }
-                if let cached, cached.uid == uid, cached.path == path, cached.cookie == cookie { return .success((uid, path)) }
+                if let cached, cached.uid == uid, cached.path == path, cached.cookie == cookie { return .success((uid, path, from)) }
                 do {
                     _ = try DisplayProbe.check(DisplayProbe.name(":" + number), xauthority: path)
                     attributed.withLock { $0[number] = (uid, path, cookie) }
-                    return .success((uid, path))
+                    return .success((uid, path, from))
                 } catch {
                     tried.append("\(SafeText.quoted(path)) refused by the display")
                 }
@@ -293,40 +299,57 @@ public final class X11SessionDiscovery: SessionSource {
 
     private func noteSkipped(_ number: String, _ why: String) {
         lastNotRecorded.withLock { $0.append((":" + number, why)) }
-        guard skipped.withLock({ $0.insert(number).inserted }) else { return }
+        // Once per display and reason: a reason that changes (a user's process appears) is news.
+        guard skipped.withLock({ $0.insert(number + "|" + why).inserted }) else { return }
         logger.info("display :\(number) is not recorded: \(why)", metadata: ["capture.display": ":\(number)"])
     }
 
     // MARK: - Cookies
 
-    /// The cookie file for display `number` of `uid` (see the type's documentation), or nil.
-    private func cookieFile(number: String, uid: UInt32?, user: String?, leader: Int32?, _ table: ProcessTable) -> String? {
+    /// The cookie file for display `number` of `uid` (see the type's documentation) and where it
+    /// was found (e.g. "~/.Xauthority of user bob"); none: path nil and the files tried, each
+    /// with why it was not used (for the connection's error message and `--check-config`).
+    private func cookieFile(number: String, uid: UInt32?, user: String?, leader: Int32?, _ table: ProcessTable) -> (path: String?, source: String) {
         let key = "\(number)|\(uid.map(String.init) ?? "-")|\(leader.map(String.init) ?? "-")"
-        if let known = cookies.withLock({ $0[key] }), let path = known, hasCookie(path, number: number) {
-            return path
+        if let known = cookies.withLock({ $0[key] }), hasCookie(known.path, number: number) { return (known.path, known.source) }
+        var tried: [String] = []
+        for (path, from) in cookieCandidates(number: number, uid: uid, user: user, leader: leader, table) {
+            switch readCookie(path, number: number, owner: nil) {
+            case .success:
+                cookies.withLock { $0[key] = (path, from) }
+                return (path, from)
+            case .failure(let why):
+                tried.append(why.text == "missing" ? "\(SafeText.quoted(path)) missing" : why.text)
+            }
         }
-        let candidates = cookieCandidates(number: number, uid: uid, user: user, leader: leader, table)
-        let found = candidates.first { hasCookie($0, number: number) }
-        cookies.withLock { $0[key] = .some(found) }
-        return found
+        cookies.withLock { $0[key] = nil }
+        let whose = user.map { "user \(SafeText.escaped($0))" } ?? uid.map { "uid \($0)" } ?? "no user"
+        return (nil, "no cookie file of \(whose) for :\(number)" + (tried.isEmpty ? "" : " (tried \(tried.joined(separator: ", ")))"))
     }
 
     /// The files that may hold display `number`'s cookie, in the order tried (the type's documentation).
-    private func cookieCandidates(number: String, uid: UInt32?, user: String?, leader: Int32?, _ table: ProcessTable) -> [String] {
-        var candidates: [String] = []
-        if let leader, let env = environment(of: leader), let x = env["XAUTHORITY"] { candidates.append(x) }
+    /// Each with where it comes from, as messages name it ("~/.Xauthority of user bob").
+    private func cookieCandidates(number: String, uid: UInt32?, user: String?, leader: Int32?,
+                                  _ table: ProcessTable) -> [(path: String, from: String)] {
+        var candidates: [(path: String, from: String)] = []
+        let whose = user.map { "user \(SafeText.escaped($0))" } ?? uid.map { "uid \($0)" } ?? "no user"
+        if let leader, let env = environment(of: leader), let x = env["XAUTHORITY"] {
+            candidates.append((x, "XAUTHORITY of the logind session's leader"))
+        }
         if let uid {
             for p in table.all where p.uid == uid && p.display == number {
-                if let x = p.xauthority, !candidates.contains(x) { candidates.append(x) }
+                if let x = p.xauthority, !candidates.contains(where: { $0.path == x }) {
+                    candidates.append((x, "XAUTHORITY of a process of \(whose) on :\(number)"))
+                }
             }
-            if let home = Self.home(uid) { candidates.append(home + "/.Xauthority") }
+            if let home = Self.home(uid) { candidates.append((home + "/.Xauthority", "~/.Xauthority of \(whose)")) }
             let run = paths.runUser + "/\(uid)"
-            candidates.append(run + "/gdm/Xauthority")
+            candidates.append((run + "/gdm/Xauthority", "GDM's cookie of \(whose)"))
             let names = (try? FileManager.default.contentsOfDirectory(atPath: run)) ?? []
             candidates += names.filter { $0.hasPrefix("xauth_") || $0.hasPrefix(".mutter-Xwaylandauth.") }.sorted()
-                .map { run + "/" + $0 }
+                .map { (run + "/" + $0, "\($0.hasPrefix("xauth_") ? "SDDM" : "Xwayland")'s cookie of \(whose)") }
         }
-        if let user { candidates.append(paths.lightdm + "/\(user)/xauthority") }
+        if let user { candidates.append((paths.lightdm + "/\(user)/xauthority", "LightDM's cookie of \(whose)")) }
         return candidates
     }
 

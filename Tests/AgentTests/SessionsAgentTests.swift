@@ -40,7 +40,7 @@ import TestSupport
         #expect(check.contains("ok   display: \(loginScreen.name): not recorded: its socket belongs to root and no process uses it (a login screen)"),
                 "\(check)")
         for i in 0..<2 {
-            let want = "ok   display: \(servers[i].name): 1 monitor(s) readable (user \(users[i].name), socket, cookie \(users[i].home)/.Xauthority)"
+            let want = "ok   display: \(servers[i].name): 1 monitor(s) readable (user \(users[i].name), socket, cookie \(users[i].home)/.Xauthority (~/.Xauthority of user \(users[i].name)))"
             #expect(check.contains(want), "\(check)")
         }
         try rig.startAgent()

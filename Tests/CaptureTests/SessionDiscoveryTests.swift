@@ -215,4 +215,54 @@ struct SessionDiscoveryTests {
         #expect(reason.hasPrefix("its socket belongs to root and only root's processes use it (pid ") && reason.contains("\(client.processIdentifier)"),
                 "\(reason)")
     }
+
+    @Test("cookie errors name where the cookie came from and the files tried: a wrong cookie in the user's home, no cookie of the user at all")
+    func cookieErrorsNameTheirSource() throws {
+        try requireRoot()
+        let user = try TestUser("dc")
+        let server = try Xvfb(user: user)
+        defer { server.stop(); user.remove() }
+        let emptyLogind = try TempDir("no-logind")
+        defer { emptyLogind.remove() }
+        let discovery = X11SessionDiscovery(displays: nil, credentials: nil, paths: .init(logindSessions: emptyLogind.path),
+                                            logger: testLogger("sessions"))
+        let own = user.home + "/.Xauthority"
+        // A wrong cookie named by XAUTHORITY of the user's process on the display (the server
+        // re-reads ~/.Xauthority when it resets, so the wrong one cannot go there): found there,
+        // and the refusal names that source, not xauthority=.
+        let dir = try TempDir("wrongcookie")
+        defer { dir.remove() }
+        let wrongFile = dir.file("wrong.xauth")
+        try runChecked(["xauth", "-f", wrongFile, "add", server.name, ".", "00112233445566778899aabbccddeeff"])
+        try runChecked(["chown", "\(user.name):\(user.name)", wrongFile])
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        client.arguments = ["--reuid=\(user.name)", "--regid=\(user.name)", "--init-groups", "/bin/sleep", "60"]
+        client.environment = ["DISPLAY": server.name, "XAUTHORITY": wrongFile]
+        try client.run()
+        defer { kill(client.processIdentifier, SIGKILL); client.waitUntilExit() }
+        let source = "XAUTHORITY of a process of user \(user.name) on \(server.name)"
+        #expect(waitUntil(timeout: 10) { discovery.sessions().first { $0.display == server.name }?.credentialsSource == source })
+        let wrong = try #require(discovery.sessions().first { $0.display == server.name })
+        #expect(wrong.credentials == wrongFile && wrong.credentialsSource == source)
+        let refused = try ScreenCapturer(display: wrong.display, xauthority: wrong.credentials, xauthoritySource: wrong.credentialsSource,
+                                         encoding: .png(level: 1), logger: testLogger("t"))
+        let refusal = String(describing: try #require(refused.connectError))
+        #expect(refusal.contains("cookie file '\(wrongFile)' (from \(source)): its cookie for \(server.name) was refused"), "\(refusal)")
+        #expect(!refusal.contains("xauthority="), "\(refusal)")
+        kill(client.processIdentifier, SIGKILL)
+        client.waitUntilExit()
+        try FileManager.default.removeItem(atPath: wrongFile)
+        // No cookie of the user anywhere: the files tried are named, then the agent's own defaults.
+        try FileManager.default.removeItem(atPath: own)
+        let none = try #require(discovery.sessions().first { $0.display == server.name })
+        #expect(none.credentials == nil)
+        let tried = try #require(none.credentialsSource)
+        #expect(tried.hasPrefix("no cookie file of user \(user.name) for \(server.name) (tried '\(own)' missing, '/run/user/\(user.uid)/gdm/Xauthority' missing"),
+                "\(tried)")
+        let missing = try ScreenCapturer(display: none.display, xauthority: nil, xauthoritySource: none.credentialsSource,
+                                         encoding: .png(level: 1), logger: testLogger("t"))
+        let message = String(describing: try #require(missing.connectError))
+        #expect(message.contains(tried + "; then the agent's own: "), "\(message)")
+    }
 }

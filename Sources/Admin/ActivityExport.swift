@@ -1,4 +1,5 @@
 import CaptureFormat
+import CustosBase
 import Foundation
 
 /// The activity timeline of a decrypt or export (kind `activity`): every period of every chunk,
@@ -80,12 +81,16 @@ struct ActivityTimelineExport {
     }
 
     /// `activity.csv`: RFC 4180 (header line, CRLF line ends, a field with `"`, `,`, CR or LF
-    /// quoted with `"` doubled). A text field starting with `=`, `+`, `-`, `@`, tab or CR gets a
+    /// quoted with `"` doubled). Text fields (from the endpoint, whose user controls window
+    /// titles and classes) have their controls and bidi controls escaped with
+    /// `SafeText.escaped` (ESC as `\u{1B}`, a newline as `\u{A}`, U+202E as `\u{202E}`), as the
+    /// keystroke text's header has, so `cat` or a terminal pager shows no escape sequences and
+    /// every row is one line. A text field starting with `=`, `+`, `-`, `@`, tab or CR gets a
     /// leading `'`, so a spreadsheet shows a window title as text instead of running it as a
-    /// formula (OWASP "CSV Injection").
+    /// formula (OWASP "CSV Injection"). `activity.json` keeps the raw values (JSON escapes controls).
     static func csv(_ rows: [Row]) -> Data {
         func text(_ s: String) -> String {
-            var v = s
+            var v = SafeText.escaped(s)
             if let first = v.unicodeScalars.first, "=+-@\t\r".unicodeScalars.contains(first) { v = "'" + v }
             if v.contains(where: { $0 == "\"" || $0 == "," || $0 == "\r" || $0 == "\n" || $0 == "\r\n" }) {
                 v = "\"" + v.replacingOccurrences(of: "\"", with: "\"\"") + "\""

@@ -59,8 +59,12 @@ enum CheckConfig {
             line(true, "server-url", "not set: captures stay in the spool", required: false)
         }
         let quiet = Logger(label: "check-config") { _ in SwiftLogNoOpLogHandler() }
-        let sessions = backend.makeSessionSource(displays: config.displays.displays, credentials: config.xauthority,
-                                                 logger: quiet).sessions()
+        let source = backend.makeSessionSource(displays: config.displays.displays, credentials: config.xauthority, logger: quiet)
+        let sessions = source.sessions()
+        // The displays found but not recorded, with the reason the daemon logs.
+        for (display, reason) in source.notRecorded() {
+            line(true, "display", "\(display): not recorded: \(reason)", required: false)
+        }
         if sessions.isEmpty {
             // With display=auto nobody may be logged in yet: recording starts when someone is.
             line(config.displays == .auto, "display", config.displays == .auto
@@ -69,7 +73,9 @@ enum CheckConfig {
         }
         var monitors: [(name: String, width: Int, height: Int)] = []
         for session in sessions {
-            let about = " (user \(SafeText.escaped(session.userName.rawValue)), \(session.origin), cookie \(SafeText.escaped(session.credentials ?? "default")))"
+            let cookie = session.credentials.map { "cookie \(SafeText.escaped($0))" + (session.credentialsSource.map { " (\($0))" } ?? " (xauthority=)") }
+                ?? "\(session.credentialsSource ?? "no cookie file"); the agent's own $XAUTHORITY or ~/.Xauthority is used"
+            let about = " (user \(SafeText.escaped(session.userName.rawValue)), \(session.origin), \(cookie))"
             do {
                 let capturer = try backend.makeFrameSource(session.target, encoding: config.screenEncoding,
                                                            policy: CapturePolicy(config.windowRules), logger: quiet,

@@ -45,10 +45,14 @@ public enum FrameCapture: Sendable {
 public struct CaptureTarget: Sendable, Hashable {
     public var display: String?
     public var credentials: String?
+    /// Where `credentials` came from, for error messages (X11: "~/.Xauthority of user bob"); with
+    /// `credentials` nil, which files were tried. nil: the configured ones.
+    public var credentialsSource: String?
 
-    public init(display: String?, credentials: String?) {
+    public init(display: String?, credentials: String?, credentialsSource: String? = nil) {
         self.display = display
         self.credentials = credentials
+        self.credentialsSource = credentialsSource
     }
 }
 

@@ -30,6 +30,9 @@ public struct GraphicalSession: Sendable, Hashable, CustomStringConvertible {
     public var uid: UInt32?
     /// The credentials to connect with (X11: the cookie file); nil: the process's own defaults.
     public var credentials: String?
+    /// Where `credentials` came from (X11: "XAUTHORITY of the session leader", "~/.Xauthority
+    /// of user bob"), or, when nil, which files were tried; nil: the configured ones (`xauthority=`).
+    public var credentialsSource: String?
     public var origin: Origin
 
     public init(display: String, user: String?, uid: UInt32?, credentials: String?, origin: Origin) {
@@ -41,7 +44,7 @@ public struct GraphicalSession: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// What the sources connect to.
-    public var target: CaptureTarget { CaptureTarget(display: display, credentials: credentials) }
+    public var target: CaptureTarget { CaptureTarget(display: display, credentials: credentials, credentialsSource: credentialsSource) }
 
     /// The user as captures name it: the login name when it is a valid ``UserName``, else
     /// `uid-N`, else `?` (no user found; never someone's login name).
@@ -59,4 +62,12 @@ public struct GraphicalSession: Sendable, Hashable, CustomStringConvertible {
 public protocol SessionSource: AnyObject, Sendable {
     /// The sessions now, in a stable order (by display).
     func sessions() -> [GraphicalSession]
+    /// The displays the last ``sessions()`` call found but does not record, with why (e.g. "its
+    /// socket belongs to root and no process uses it (a login screen)"), by display; already
+    /// escaped. `--check-config` lists them with the reason the daemon logs.
+    func notRecorded() -> [(display: String, reason: String)]
+}
+
+extension SessionSource {
+    public func notRecorded() -> [(display: String, reason: String)] { [] }
 }

@@ -18,29 +18,37 @@ public struct XAuthority: Sendable, Equatable {
     public var readable: Bool
     /// The cookie (MIT-MAGIC-COOKIE-1 data) for the display, when the file has one.
     var cookie: [UInt8]?
+    /// When the process's own defaults are used: what session discovery tried before (e.g.
+    /// "no cookie file of user bob for :3 ('/home/bob/.Xauthority' missing, ...)").
+    var searched: String?
 
     /// How an error message names it: `/x/cookie (xauthority=)`, `… has no entry for :N`, or
     /// `no cookie file (xauthority= unset, $XAUTHORITY unset, ~/.Xauthority /root/.Xauthority missing)`.
     func described(display: String) -> String {
-        guard let path else { return "no cookie file (xauthority= unset, $XAUTHORITY unset, no home directory)" }
+        let before = searched.map { "\($0); then the agent's own: " } ?? ""
+        guard let path else { return before + "no cookie file (xauthority= unset, $XAUTHORITY unset, no home directory)" }
         let shown = SafeText.quoted(path)
         if !readable {
             if source == "~/.Xauthority" {
-                return "no cookie file (xauthority= unset, $XAUTHORITY unset, ~/.Xauthority \(shown) missing)"
+                return before + "no cookie file (xauthority= unset, $XAUTHORITY unset, ~/.Xauthority \(shown) missing)"
             }
+            if let before = searched { return "\(before); then the agent's own: cookie file \(shown) (from \(source)) cannot be read" }
             return "cookie file \(shown) (from \(source)) cannot be read"
         }
-        if cookie == nil { return "cookie file \(shown) (from \(source)) has no MIT-MAGIC-COOKIE-1 entry for \(display)" }
-        return "cookie file \(shown) (from \(source)): its cookie for \(display) was refused"
+        if cookie == nil { return before + "cookie file \(shown) (from \(source)) has no MIT-MAGIC-COOKIE-1 entry for \(display)" }
+        return before + "cookie file \(shown) (from \(source)): its cookie for \(display) was refused"
     }
 
     /// Chooses the file for `display` and reads its cookie. `host` is the display's host part
-    /// ("" or "unix" for a local socket), `number` its display number.
-    static func find(xauthority: String?, host: String, number: String) -> XAuthority {
+    /// ("" or "unix" for a local socket), `number` its display number. `source` names where
+    /// `xauthority` came from (session discovery: "~/.Xauthority of user bob"; nil: the
+    /// config's `xauthority=`); with `xauthority` nil it says which files discovery tried, and
+    /// the message adds the process's own defaults tried after them.
+    static func find(xauthority: String?, source: String? = nil, host: String, number: String) -> XAuthority {
         let env = ProcessInfo.processInfo.environment
         var result: XAuthority
         if let xauthority, !xauthority.isEmpty {
-            result = XAuthority(path: xauthority, source: "xauthority=", readable: false)
+            result = XAuthority(path: xauthority, source: source ?? "xauthority=", readable: false)
         } else if let fromEnv = env["XAUTHORITY"], !fromEnv.isEmpty {
             result = XAuthority(path: fromEnv, source: "$XAUTHORITY", readable: false)
         } else if let home = env["HOME"].flatMap({ $0.isEmpty ? nil : $0 }) ?? Self.passwdHome() {
@@ -48,9 +56,11 @@ public struct XAuthority: Sendable, Equatable {
         } else {
             return XAuthority(path: nil, source: "none", readable: false)
         }
-        guard let path = result.path, let bytes = FileManager.default.contents(atPath: path) else { return result }
+        if xauthority == nil || xauthority!.isEmpty { result.searched = source }
+        guard let path = result.path,
+              let bytes = try? BoundedFile.regular(path, maxBytes: X11SessionDiscovery.maxCookieFileBytes) else { return result }
         result.readable = true
-        result.cookie = Self.cookie(in: [UInt8](bytes), host: host, number: number)
+        result.cookie = Self.cookie(in: bytes, host: host, number: number)
         return result
     }
 
@@ -145,11 +155,11 @@ enum DisplayProbe {
     ///
     /// A server that closes the connection before answering is resetting (its previous last
     /// client just left): the probe tries again after 100 ms, at most ``resetRetries`` times.
-    static func check(_ name: Name, xauthority: String?) throws -> (XAuthority, connection: FileDescriptor) {
+    static func check(_ name: Name, xauthority: String?, source: String? = nil) throws -> (XAuthority, connection: FileDescriptor) {
         var closedDuringSetup = 0
         while true {
             do {
-                return try checkOnce(name, xauthority: xauthority)
+                return try checkOnce(name, xauthority: xauthority, source: source)
             } catch ProbeClosed.duringSetup where closedDuringSetup < resetRetries {
                 closedDuringSetup += 1
                 usleep(100_000)
@@ -166,8 +176,8 @@ enum DisplayProbe {
 
     private enum ProbeClosed: Error { case duringSetup }
 
-    private static func checkOnce(_ name: Name, xauthority: String?) throws -> (XAuthority, connection: FileDescriptor) {
-        let authority = XAuthority.find(xauthority: xauthority, host: name.host, number: name.number)
+    private static func checkOnce(_ name: Name, xauthority: String?, source: String?) throws -> (XAuthority, connection: FileDescriptor) {
+        let authority = XAuthority.find(xauthority: xauthority, source: source, host: name.host, number: name.number)
         let connection = FileDescriptor(takingOwnership: try connect(name))
         let fd = connection.rawValue
         var request: [UInt8] = [0x6c, 0, 11, 0, 0, 0]  // 'l' (LSB first), unused, protocol 11.0

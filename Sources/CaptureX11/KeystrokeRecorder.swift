@@ -26,6 +26,8 @@ import Synchronization
 public final class KeystrokeRecorder: Sendable {
     private let displayName: String?
     private let xauthority: String?
+    /// Where `xauthority` came from, for error messages; nil: `xauthority=`.
+    private let xauthoritySource: String?
     private let logger: Logger
     private let health: DisplayHealth
     private let policy: CapturePolicy
@@ -57,7 +59,7 @@ public final class KeystrokeRecorder: Sendable {
     /// Closed chunks go to `onChunk` when given (called on the record thread or the caller of
     /// `flush`/`stop`; it must not block long), else to `chunks`.
     /// - Throws: `CaptureError.invalidArgument` when `idleMs` < 1 or `maxKeysPerChunk` < 1.
-    public init(display: String?, xauthority: String?, idleMs: Int, maxKeysPerChunk: Int, logger: Logger,
+    public init(display: String?, xauthority: String?, xauthoritySource: String? = nil, idleMs: Int, maxKeysPerChunk: Int, logger: Logger,
                 includeReleases: Bool = false, health: DisplayHealth? = nil, policy: CapturePolicy = CapturePolicy(),
                 onChunk: (@Sendable (KeystrokeChunk) -> Void)? = nil) throws {
         guard idleMs >= 1 else { throw CaptureError(.invalidArgument, "idleMs \(idleMs) must be at least 1 ms") }
@@ -66,6 +68,7 @@ public final class KeystrokeRecorder: Sendable {
         }
         displayName = display
         self.xauthority = xauthority
+        self.xauthoritySource = xauthoritySource
         self.logger = logger
         self.health = health ?? DisplayHealth(logger: logger)
         self.policy = policy
@@ -91,7 +94,7 @@ public final class KeystrokeRecorder: Sendable {
             }
             let session: RecordSession
             do {
-                session = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, policy: policy,
+                session = try RecordSession(display: displayName, xauthority: xauthority, source: xauthoritySource, sink: sink, policy: policy,
                                             logger: logger)
             } catch let error as CaptureError where error.code == .displayUnavailable {
                 health.failed(error)
@@ -167,7 +170,7 @@ public final class KeystrokeRecorder: Sendable {
             while !shouldStop && ContinuousClock.now < until { usleep(50_000) }
             if shouldStop { break }
             do {
-                let fresh = try RecordSession(display: displayName, xauthority: xauthority, sink: sink, policy: policy,
+                let fresh = try RecordSession(display: displayName, xauthority: xauthority, source: xauthoritySource, sink: sink, policy: policy,
                                               logger: logger)
                 session = fresh
                 retry.succeeded()

@@ -35,8 +35,8 @@ final class RecordSession {
 
     /// Opens both connections, checks RECORD and XKEYBOARD, creates and enables the context.
     /// - Throws: `CaptureError.displayUnavailable`, `.extensionUnavailable`, `.xProtocolError`.
-    init(display: String?, xauthority: String?, sink: ChunkSink, policy: CapturePolicy, logger: Logger) throws {
-        control = try X11Display(name: display, xauthority: xauthority)
+    init(display: String?, xauthority: String?, source: String?, sink: ChunkSink, policy: CapturePolicy, logger: Logger) throws {
+        control = try X11Display(name: display, xauthority: xauthority, source: source)
         let dpy = control.dpy
         var major: Int32 = 0, event: Int32 = 0, error: Int32 = 0
         guard XQueryExtension(dpy, "RECORD", &major, &event, &error) != 0 else {
@@ -125,7 +125,7 @@ final class RecordSession {
             throw CaptureError(.xProtocolError, "XRecordCreateContext failed on \(control.name)")
         }
         self.context = context
-        data = try X11Display(name: display, xauthority: xauthority)
+        data = try X11Display(name: display, xauthority: xauthority, source: source)
         self.sink = sink
         self.policy = policy
         self.logger = logger

@@ -40,6 +40,8 @@ public final class ScreenCapturer {
 
     private let displayName: String?
     private let xauthority: String?
+    /// Where `xauthority` came from, for error messages (e.g. "~/.Xauthority of user bob"); nil: `xauthority=`.
+    private let xauthoritySource: String?
     /// What a changed monitor becomes: a PNG (with this encoder) or the next packet of its stream.
     private enum Output {
         case png(PNGEncoder)
@@ -180,7 +182,7 @@ public final class ScreenCapturer {
     ///   keyframe interval.
     /// Windows the rules of `policy` exclude are painted over before encoding (docs/CAPTURE.md
     /// "Pixel exclusions").
-    public init(display: String?, xauthority: String?, encoding: ScreenEncoding, logger: Logger,
+    public init(display: String?, xauthority: String?, xauthoritySource: String? = nil, encoding: ScreenEncoding, logger: Logger,
                 health: DisplayHealth? = nil, policy: CapturePolicy = CapturePolicy()) throws {
         switch encoding {
         case .png(let level):
@@ -196,6 +198,7 @@ public final class ScreenCapturer {
         }
         displayName = display
         self.xauthority = xauthority
+        self.xauthoritySource = xauthoritySource
         self.logger = logger
         self.health = health ?? DisplayHealth(logger: logger)
         self.policy = policy
@@ -296,7 +299,7 @@ public final class ScreenCapturer {
         if let connection { return connection }
         if now < nextAttempt, let lastConnectError { throw lastConnectError }
         do {
-            let display = try X11Display(name: displayName, xauthority: xauthority)
+            let display = try X11Display(name: displayName, xauthority: xauthority, source: xauthoritySource)
             let conn = try Connection(display: display, logger: logger)
             connection = conn
             previous.removeAll()

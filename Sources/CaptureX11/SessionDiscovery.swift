@@ -17,9 +17,13 @@ import Synchronization
 ///    for again among the sockets.
 /// 2. The X server sockets `/tmp/.X11-unix/XN` of displays logind does not name (an X server
 ///    started outside a logind session: `startx` without pam_systemd, Xvnc, Xvfb). The user is
-///    the socket's owner; a socket root owns (a display manager's server) belongs to the user
-///    whose processes use the display (`DISPLAY` in `/proc/PID/environ`), and is not recorded
-///    when none do (a login screen).
+///    the socket's owner. A socket root owns (a display manager's server) belongs to a user
+///    whose processes use the display (`DISPLAY` in `/proc/PID/environ`) only through a cookie
+///    file that user owns (a regular file, checked on the open descriptor) and that the display
+///    accepts (a connection setup with it succeeds, `DisplayProbe`): a process's `DISPLAY` and
+///    `XAUTHORITY` alone prove nothing (any user can set them, and name root's cookie file).
+///    Otherwise it is not recorded (a login screen, or a display only root uses), and why is
+///    logged once.
 ///
 /// **The cookie** of a session's display: the first of these files that holds an
 /// MIT-MAGIC-COOKIE-1 entry for the display: `XAUTHORITY` in the environment of the logind
@@ -58,9 +62,21 @@ public final class X11SessionDiscovery: SessionSource {
     private let paths: Paths
     private let logger: Logger
     /// Per display number and owner: the cookie file found (nil: none).
-    private let cookies = Mutex<[String: String?]>([:])
-    /// Displays skipped (a login screen), logged once each.
+    private let cookies = Mutex<[String: (path: String, source: String)]>([:])
+    /// Displays skipped (a login screen) with why, logged once each.
     private let skipped = Mutex<Set<String>>([])
+    /// Cookie files refused (too large, not a regular file), logged once each (path and reason).
+    private let refused = Mutex<Set<String>>([])
+    /// Root-owned displays given to a user, by display number: the user, the cookie file and
+    /// its cookie (probed once; probed again when the file's cookie changes).
+    private let attributed = Mutex<[String: (uid: UInt32, path: String, cookie: [UInt8])]>([:])
+    /// The displays the last `sessions()` call does not record, with why.
+    private let lastNotRecorded = Mutex<[(display: String, reason: String)]>([])
+
+    /// The largest cookie file read (bytes): a real one holds a few entries of ~50 bytes each.
+    public static let maxCookieFileBytes = 1 << 20
+    /// The most of a process's `/proc/PID/environ` read (bytes); the rest is ignored.
+    public static let maxEnvironmentBytes = 1 << 20
 
     /// `displays` nil: every session (`display=auto`); else those displays. `credentials`: the
     /// configured cookie file (`xauthority=`), used for every session when set.
@@ -71,7 +87,10 @@ public final class X11SessionDiscovery: SessionSource {
         self.logger = logger
     }
 
+    public func notRecorded() -> [(display: String, reason: String)] { lastNotRecorded.withLock { $0 } }
+
     public func sessions() -> [GraphicalSession] {
+        lastNotRecorded.withLock { $0 = [] }
         let table = ProcessTable(self)
         var found: [GraphicalSession] = []
         if let displays {
@@ -86,7 +105,7 @@ public final class X11SessionDiscovery: SessionSource {
                     ?? GraphicalSession(display: display, user: nil, uid: nil, credentials: nil, origin: .configured)
                 session.display = display
                 session.origin = .configured
-                if let credentials { session.credentials = credentials }
+                if let credentials { session.credentials = credentials; session.credentialsSource = nil }
                 found.append(session)
             }
             return found
@@ -104,7 +123,7 @@ public final class X11SessionDiscovery: SessionSource {
         for number in socketNumbers() where !covered.contains(number) {
             if let s = socketSession(number: number, table, configured: false) { found.append(s) }
         }
-        if let credentials { found = found.map { var s = $0; s.credentials = credentials; return s } }
+        if let credentials { found = found.map { var s = $0; s.credentials = credentials; s.credentialsSource = nil; return s } }
         return found.sorted { (Int($0.display.dropFirst()) ?? 0) < (Int($1.display.dropFirst()) ?? 0) }
     }
 
@@ -157,7 +176,9 @@ public final class X11SessionDiscovery: SessionSource {
         let uid = entry.uid
         let user = entry.values["USER"] ?? uid.flatMap(Self.userName)
         let cookie = cookieFile(number: number, uid: uid, user: user, leader: entry.leader, table)
-        return GraphicalSession(display: ":" + number, user: user, uid: uid, credentials: cookie, origin: .logind(entry.id))
+        var session = GraphicalSession(display: ":" + number, user: user, uid: uid, credentials: cookie.path, origin: .logind(entry.id))
+        session.credentialsSource = cookie.source
+        return session
     }
 
     // MARK: - Sockets
@@ -210,57 +231,154 @@ public final class X11SessionDiscovery: SessionSource {
         guard lstat(paths.sockets + "/X" + number, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK, !serverGone(number) else {
             return nil
         }
-        var uid: UInt32 = st.st_uid
+        let uid: UInt32 = st.st_uid
         if uid == 0 {
             // A server root runs (a display manager's): whose session is it?
-            if let user = table.all.first(where: { $0.uid != 0 && $0.display == number }) {
-                uid = user.uid
-            } else if !configured {
-                noteSkipped(number, "its socket belongs to root and no user's process uses it (a login screen)")
-                return nil
+            switch rootDisplayUser(number, table) {
+            case .success(let found):
+                let name = Self.userName(found.uid)
+                var session = GraphicalSession(display: ":" + number, user: name, uid: found.uid, credentials: found.path, origin: .socket)
+                session.credentialsSource = found.source
+                return session
+            case .failure(let why):
+                if !configured {
+                    noteSkipped(number, why.text)
+                    return nil
+                }
             }
         }
         let name = Self.userName(uid)
         let cookie = cookieFile(number: number, uid: uid, user: name, leader: nil, table)
-        return GraphicalSession(display: ":" + number, user: name, uid: uid, credentials: cookie, origin: .socket)
+        var session = GraphicalSession(display: ":" + number, user: name, uid: uid, credentials: cookie.path, origin: .socket)
+        session.credentialsSource = cookie.source
+        return session
+    }
+
+    struct NotAttributed: Error { var text: String }
+
+    /// The user of root-owned display `number` and the cookie file that proves it (see the
+    /// type's documentation), or why there is none.
+    private func rootDisplayUser(_ number: String, _ table: ProcessTable) -> Result<(uid: UInt32, path: String, source: String), NotAttributed> {
+        let using = table.all.filter { $0.display == number }
+        var uids: [UInt32] = []
+        for p in using where p.uid != 0 && !uids.contains(p.uid) { uids.append(p.uid) }
+        if uids.isEmpty {
+            let pids = using.prefix(5).map { String($0.pid) }.joined(separator: ", ")
+            return .failure(NotAttributed(text: using.isEmpty
+                ? "its socket belongs to root and no process uses it (a login screen)"
+                : "its socket belongs to root and only root's processes use it (pid \(pids)\(using.count > 5 ? ", ..." : ""))"))
+        }
+        let cached = attributed.withLock { $0[number] }
+        var tried: [String] = []
+        var missing = 0
+        for uid in uids {
+            for (path, from) in cookieCandidates(number: number, uid: uid, user: Self.userName(uid), leader: nil, table) {
+                let cookie: [UInt8]
+                switch readCookie(path, number: number, owner: uid) {
+                case .success(let c): cookie = c
+                case .failure(let why):
+                    if why.text == "missing" { missing += 1 } else { tried.append(why.text) }
+                    continue
+                }
+                if let cached, cached.uid == uid, cached.path == path, cached.cookie == cookie { return .success((uid, path, from)) }
+                do {
+                    _ = try DisplayProbe.check(DisplayProbe.name(":" + number), xauthority: path)
+                    attributed.withLock { $0[number] = (uid, path, cookie) }
+                    return .success((uid, path, from))
+                } catch {
+                    tried.append("\(SafeText.quoted(path)) refused by the display")
+                }
+            }
+        }
+        attributed.withLock { $0[number] = nil }
+        let who = uids.prefix(5).map { uid in Self.userName(uid).map(SafeText.escaped) ?? "uid \(uid)" }.joined(separator: ", ")
+        let files = tried.isEmpty ? "" : ": " + tried.joined(separator: "; ")
+        return .failure(NotAttributed(text: "its socket belongs to root; processes of \(who) use it, but no cookie file "
+            + "they own is accepted by the display (\(tried.count + missing) tried, \(missing) missing\(files))"))
     }
 
     private func noteSkipped(_ number: String, _ why: String) {
-        guard skipped.withLock({ $0.insert(number).inserted }) else { return }
+        lastNotRecorded.withLock { $0.append((":" + number, why)) }
+        // Once per display and reason: a reason that changes (a user's process appears) is news.
+        guard skipped.withLock({ $0.insert(number + "|" + why).inserted }) else { return }
         logger.info("display :\(number) is not recorded: \(why)", metadata: ["capture.display": ":\(number)"])
     }
 
     // MARK: - Cookies
 
-    /// The cookie file for display `number` of `uid` (see the type's documentation), or nil.
-    private func cookieFile(number: String, uid: UInt32?, user: String?, leader: Int32?, _ table: ProcessTable) -> String? {
+    /// The cookie file for display `number` of `uid` (see the type's documentation) and where it
+    /// was found (e.g. "~/.Xauthority of user bob"); none: path nil and the files tried, each
+    /// with why it was not used (for the connection's error message and `--check-config`).
+    private func cookieFile(number: String, uid: UInt32?, user: String?, leader: Int32?, _ table: ProcessTable) -> (path: String?, source: String) {
         let key = "\(number)|\(uid.map(String.init) ?? "-")|\(leader.map(String.init) ?? "-")"
-        if let known = cookies.withLock({ $0[key] }), let path = known, Self.hasCookie(path, number: number) {
-            return path
+        if let known = cookies.withLock({ $0[key] }), hasCookie(known.path, number: number) { return (known.path, known.source) }
+        var tried: [String] = []
+        for (path, from) in cookieCandidates(number: number, uid: uid, user: user, leader: leader, table) {
+            switch readCookie(path, number: number, owner: nil) {
+            case .success:
+                cookies.withLock { $0[key] = (path, from) }
+                return (path, from)
+            case .failure(let why):
+                tried.append(why.text == "missing" ? "\(SafeText.quoted(path)) missing" : why.text)
+            }
         }
-        var candidates: [String] = []
-        if let leader, let env = environment(of: leader), let x = env["XAUTHORITY"] { candidates.append(x) }
+        cookies.withLock { $0[key] = nil }
+        let whose = user.map { "user \(SafeText.escaped($0))" } ?? uid.map { "uid \($0)" } ?? "no user"
+        return (nil, "no cookie file of \(whose) for :\(number)" + (tried.isEmpty ? "" : " (tried \(tried.joined(separator: ", ")))"))
+    }
+
+    /// The files that may hold display `number`'s cookie, in the order tried (the type's documentation).
+    /// Each with where it comes from, as messages name it ("~/.Xauthority of user bob").
+    private func cookieCandidates(number: String, uid: UInt32?, user: String?, leader: Int32?,
+                                  _ table: ProcessTable) -> [(path: String, from: String)] {
+        var candidates: [(path: String, from: String)] = []
+        let whose = user.map { "user \(SafeText.escaped($0))" } ?? uid.map { "uid \($0)" } ?? "no user"
+        if let leader, let env = environment(of: leader), let x = env["XAUTHORITY"] {
+            candidates.append((x, "XAUTHORITY of the logind session's leader"))
+        }
         if let uid {
             for p in table.all where p.uid == uid && p.display == number {
-                if let x = p.xauthority, !candidates.contains(x) { candidates.append(x) }
+                if let x = p.xauthority, !candidates.contains(where: { $0.path == x }) {
+                    candidates.append((x, "XAUTHORITY of a process of \(whose) on :\(number)"))
+                }
             }
-            if let home = Self.home(uid) { candidates.append(home + "/.Xauthority") }
+            if let home = Self.home(uid) { candidates.append((home + "/.Xauthority", "~/.Xauthority of \(whose)")) }
             let run = paths.runUser + "/\(uid)"
-            candidates.append(run + "/gdm/Xauthority")
+            candidates.append((run + "/gdm/Xauthority", "GDM's cookie of \(whose)"))
             let names = (try? FileManager.default.contentsOfDirectory(atPath: run)) ?? []
             candidates += names.filter { $0.hasPrefix("xauth_") || $0.hasPrefix(".mutter-Xwaylandauth.") }.sorted()
-                .map { run + "/" + $0 }
+                .map { (run + "/" + $0, "\($0.hasPrefix("xauth_") ? "SDDM" : "Xwayland")'s cookie of \(whose)") }
         }
-        if let user { candidates.append(paths.lightdm + "/\(user)/xauthority") }
-        let found = candidates.first { Self.hasCookie($0, number: number) }
-        cookies.withLock { $0[key] = .some(found) }
-        return found
+        if let user { candidates.append((paths.lightdm + "/\(user)/xauthority", "LightDM's cookie of \(whose)")) }
+        return candidates
     }
 
     /// Whether the file at `path` holds an MIT-MAGIC-COOKIE-1 entry for local display `number`.
-    static func hasCookie(_ path: String, number: String) -> Bool {
-        guard let bytes = FileManager.default.contents(atPath: path), bytes.count <= 1 << 20 else { return false }
-        return XAuthority.cookie(in: [UInt8](bytes), host: "", number: number) != nil
+    /// A file larger than ``maxCookieFileBytes`` or not a regular file (a symbolic link, FIFO,
+    /// device) is not read and is logged once (``BoundedFile``); a missing one is not logged.
+    func hasCookie(_ path: String, number: String) -> Bool {
+        if case .success = readCookie(path, number: number, owner: nil) { return true }
+        return false
+    }
+
+    /// The MIT-MAGIC-COOKIE-1 data for display `number` in the file at `path` (with `owner`:
+    /// only from a file that uid owns), or why not: "missing", or the reason, escaped.
+    /// Refusals for size or type are logged once (``hasCookie(_:number:)``).
+    private func readCookie(_ path: String, number: String, owner: UInt32?) -> Result<[UInt8], NotAttributed> {
+        do {
+            let bytes = try BoundedFile.regular(path, maxBytes: Self.maxCookieFileBytes, owner: owner)
+            guard let cookie = XAuthority.cookie(in: bytes, host: "", number: number) else {
+                return .failure(NotAttributed(text: "\(SafeText.quoted(path)) has no MIT-MAGIC-COOKIE-1 entry for :\(number)"))
+            }
+            return .success(cookie)
+        } catch {
+            if case .system(let e) = error, e.errno == ENOENT || e.errno == ENOTDIR { return .failure(NotAttributed(text: "missing")) }
+            if case .wrongOwner = error { return .failure(NotAttributed(text: error.description)) }
+            if refused.withLock({ $0.insert(path + "|" + error.description).inserted }) {
+                logger.warning("cookie file refused for display :\(number): \(error)", metadata: ["capture.display": ":\(number)"])
+            }
+            return .failure(NotAttributed(text: error.description))
+        }
     }
 
     // MARK: - Processes
@@ -287,11 +405,16 @@ public final class X11SessionDiscovery: SessionSource {
         return out.sorted { $0.pid < $1.pid }
     }
 
-    /// `/proc/PID/environ` (NUL-separated `KEY=VALUE`), or nil when it cannot be read.
+    /// `/proc/PID/environ` (NUL-separated `KEY=VALUE`, proc(5)), or nil when it cannot be read.
+    /// At most ``maxEnvironmentBytes`` are read; when there is more, the cut last entry is dropped.
     func environment(of pid: Int32) -> [String: String]? {
-        guard let data = FileManager.default.contents(atPath: paths.proc + "/\(pid)/environ") else { return nil }
+        guard let (data, truncated) = try? BoundedFile.prefix(paths.proc + "/\(pid)/environ", maxBytes: Self.maxEnvironmentBytes) else {
+            return nil
+        }
+        var entries = data.split(separator: 0)
+        if truncated, data.last != 0, !entries.isEmpty { entries.removeLast() }
         var env: [String: String] = [:]
-        for entry in data.split(separator: 0) {
+        for entry in entries {
             guard let eq = entry.firstIndex(of: UInt8(ascii: "=")) else { continue }
             env[String(decoding: entry[entry.startIndex..<eq], as: UTF8.self)] = String(decoding: entry[(eq + 1)...], as: UTF8.self)
         }
@@ -330,8 +453,8 @@ public final class X11SessionDiscovery: SessionSource {
     }
 
     private func readSmallFile(_ path: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path), data.count <= 64 << 10 else { return nil }
-        return String(data: data, encoding: .utf8)
+        guard let data = try? BoundedFile.regular(path, maxBytes: 64 << 10) else { return nil }
+        return String(validating: data, as: UTF8.self)
     }
 }
 

@@ -17,6 +17,8 @@ public final class X11ActivityMonitor: ActivitySource {
     public var reconnectBackoff = Backoff(initial: .milliseconds(250), cap: .seconds(30))
     private let displayName: String?
     private let xauthority: String?
+    /// Where `xauthority` came from, for error messages; nil: `xauthority=`.
+    private let xauthoritySource: String?
     private let logger: Logger
     private let health: DisplayHealth
     private var connection: (display: X11Display, reader: WindowReader, screenSaver: Bool)?
@@ -24,9 +26,10 @@ public final class X11ActivityMonitor: ActivitySource {
     private var nextAttempt = Date.distantPast
     private var lastError: CaptureError?
 
-    public init(display: String?, xauthority: String?, logger: Logger, health: DisplayHealth) {
+    public init(display: String?, xauthority: String?, xauthoritySource: String? = nil, logger: Logger, health: DisplayHealth) {
         displayName = display
         self.xauthority = xauthority
+        self.xauthoritySource = xauthoritySource
         self.logger = logger
         self.health = health
     }
@@ -61,7 +64,7 @@ public final class X11ActivityMonitor: ActivitySource {
         if let connection { return connection }
         if now < nextAttempt, let lastError { throw lastError }
         do {
-            let display = try X11Display(name: displayName, xauthority: xauthority)
+            let display = try X11Display(name: displayName, xauthority: xauthority, source: xauthoritySource)
             var event: Int32 = 0, error: Int32 = 0
             let screenSaver = XScreenSaverQueryExtension(display.dpy, &event, &error) != 0
             if !screenSaver {

@@ -95,10 +95,10 @@ final class X11Display {
     /// and the environment is never modified).
     /// - Throws: `CaptureError.displayUnavailable` with `problem` `.noServer`,
     ///   `.authorizationRefused` or `.badName`.
-    init(name: String?, xauthority: String?) throws {
+    init(name: String?, xauthority: String?, source: String? = nil) throws {
         _ = XErrorState.installed
         let parsed = try DisplayProbe.name(name)
-        let (authority, probeConnection) = try DisplayProbe.check(parsed, xauthority: xauthority)
+        let (authority, probeConnection) = try DisplayProbe.check(parsed, xauthority: xauthority, source: source)
         let displayName = name ?? ProcessInfo.processInfo.environment["DISPLAY"] ?? ""
         // The probe's connection stays open until Xlib's is made (see DisplayProbe.check).
         let opened: OpaquePointer? = withExtendedLifetime(probeConnection) { XErrorState.openLock.withLock { _ in

@@ -11,6 +11,23 @@ import Testing
 /// activity.json: continuations joined, per agent in time order, CSV escaped for spreadsheets.
 @Suite("Activity timeline decrypt")
 struct ActivityDecryptTests {
+    @Test("activity.csv escapes controls and bidi controls of window titles (ESC, newline, U+202E), keeps RFC 4180 quoting and the formula guard; activity.json escapes them as JSON")
+    func controlsInTitles() throws {
+        var export = ActivityTimelineExport()
+        let title = "=1+2 \u{1B}]0;pwned\u{7} \"a\",b\nline2 \u{202E}txt.exe"
+        export.add(ActivityChunk(startMs: 0, endMs: 1000, idleThresholdMs: 5000, periods: [
+            ActivityPeriod(type: .focus, startMs: 0, endMs: 1000, wmClass: "x\u{1B}[31m", windowTitle: title)]), agent: "pc-1")
+        let rows = export.rows()
+        let csv = String(decoding: ActivityTimelineExport.csv(rows), as: UTF8.self)
+        #expect(!csv.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x7 || $0.value == 0x202E })
+        #expect(csv.components(separatedBy: "\r\n").filter { !$0.isEmpty }.count == 2, "one header and one row: \(csv)")
+        #expect(csv.contains(",x\\u{1B}[31m,\"'=1+2 \\u{1B}]0;pwned\\u{7} \"\"a\"\",b\\u{A}line2 \\u{202E}txt.exe\","), "\(csv)")
+        let json = try #require(try JSONSerialization.jsonObject(with: ActivityTimelineExport.json(rows)) as? [[String: Any]])
+        #expect(json.first?["windowTitle"] as? String == title)
+        let jsonText = String(decoding: ActivityTimelineExport.json(rows), as: UTF8.self)
+        #expect(!jsonText.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" && $0 != " " }, "\(jsonText)")
+    }
+
     @Test("two chunks of a collector database: periods cut at the seal are one row; CSV and JSON agree")
     func timeline() async throws {
         let tmp = try TempDir("adm-activity")

@@ -32,9 +32,15 @@ import TestSupport
         try rig.registerKEK(publicKey: rig.e2e.publicKey, privateKey: rig.e2e.privateKey)
         // --check-config names each session with its user and the cookie found in their home,
         // and reads it through that cookie.
+        // A root-owned server nobody uses (a login screen) is listed as not recorded, with the
+        // daemon's reason.
+        let loginScreen = try Xvfb(width: 64, height: 64, depth: 24)
+        defer { loginScreen.stop() }
         let check = try runCommand([try builtProduct("custos-agent"), "--config", rig.configPath, "--check-config"]).stdoutString
+        #expect(check.contains("ok   display: \(loginScreen.name): not recorded: its socket belongs to root and no process uses it (a login screen)"),
+                "\(check)")
         for i in 0..<2 {
-            let want = "ok   display: \(servers[i].name): 1 monitor(s) readable (user \(users[i].name), socket, cookie \(users[i].home)/.Xauthority)"
+            let want = "ok   display: \(servers[i].name): 1 monitor(s) readable (user \(users[i].name), socket, cookie \(users[i].home)/.Xauthority (~/.Xauthority of user \(users[i].name)))"
             #expect(check.contains(want), "\(check)")
         }
         try rig.startAgent()

@@ -51,9 +51,14 @@ public struct ActivityTimeline: Sendable {
         self.idleThresholdMs = idleThresholdMs
     }
 
-    /// Feeds one observation at `timeMs`; returns the periods it closed. `excluded`: whether
-    /// the rules exclude the focused window (its title is then not kept).
+    /// Feeds one observation at `timeMs`; returns the periods it closed that lasted (a period
+    /// of 0 ms, e.g. the active one when the user is already idle at the first observation, is
+    /// dropped). `excluded`: whether the rules exclude the focused window (its title is then not kept).
     public mutating func observe(_ o: ActivityObservation, timeMs: Int64, excluded: Bool) -> [ActivityPeriod] {
+        observeAll(o, timeMs: timeMs, excluded: excluded).filter { $0.endMs > $0.startMs }
+    }
+
+    private mutating func observeAll(_ o: ActivityObservation, timeMs: Int64, excluded: Bool) -> [ActivityPeriod] {
         var closed: [ActivityPeriod] = []
         let title = excluded ? "" : o.focus.title
         if let open = focus, open.focusID == o.focusID, open.period.wmClass == o.focus.wmClass,

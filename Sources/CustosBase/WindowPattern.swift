@@ -12,7 +12,7 @@ public struct WindowPattern: Sendable, Hashable, CustomStringConvertible {
     private let regex: NSRegularExpression?
 
     /// - Throws: ``ValueError`` naming `field` for an empty pattern, `//`, or a regular expression
-    ///   that does not compile (with the engine's reason).
+    ///   that does not compile (Foundation gives no reason to quote).
     public init(_ text: String, field: String) throws(ValueError) {
         guard !text.isEmpty else { throw ValueError(field: field, "expected a window class or title, or /regular expression/, found nothing") }
         self.text = text
@@ -25,7 +25,11 @@ public struct WindowPattern: Sendable, Hashable, CustomStringConvertible {
         do {
             regex = try NSRegularExpression(pattern: body)
         } catch {
-            throw ValueError(field: field, "\(SafeText.quoted(text)) is not a valid regular expression (ICU syntax): \((error as NSError).localizedDescription)")
+            // swift-corelibs-foundation's error carries only the pattern (NSInvalidValue), not
+            // ICU's status or offset, and its text is the generic "The operation could not be
+            // completed": left out.
+            throw ValueError(field: field, "\(SafeText.quoted(text)) is not a valid regular expression "
+                             + "(ICU syntax: https://unicode-org.github.io/icu/userguide/strings/regexp.html)")
         }
     }
 

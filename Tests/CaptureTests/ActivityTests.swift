@@ -48,6 +48,23 @@ struct ActivityTests {
                                                        wmClass: cut[0].wmClass, windowTitle: cut[0].windowTitle)))
     }
 
+    @Test("timeline: no 0 ms periods: a user whose last input was before recording starts idle, a focus change in the same ms leaves none")
+    func noZeroLengthPeriods() {
+        var t = ActivityTimeline(idleThresholdMs: 1000)
+        var periods: [ActivityPeriod] = []
+        // The last input was before recording began (9_500): active at 10_000, idle at 10_500
+        // since 9_500, so the active period would end where it started.
+        periods += t.observe(ActivityObservation(focus: Self.alpha, focusID: 1, idleMs: 500), timeMs: 10_000, excluded: false)
+        periods += t.observe(ActivityObservation(focus: Self.alpha, focusID: 1, idleMs: 1000), timeMs: 10_500, excluded: false)
+        #expect(periods.isEmpty, "\(periods)")
+        // Input at 10_800: the idle period ends there; a focus change at the same instant twice.
+        periods += t.observe(ActivityObservation(focus: Self.beta, focusID: 2, idleMs: 200), timeMs: 11_000, excluded: false)
+        periods += t.observe(ActivityObservation(focus: Self.alpha, focusID: 1, idleMs: 200), timeMs: 11_000, excluded: false)
+        #expect(periods == [ActivityPeriod(type: .focus, startMs: 10_000, endMs: 11_000, wmClass: "alpha.Xmessage", windowTitle: "Alpha"),
+                            ActivityPeriod(type: .idle, startMs: 10_000, endMs: 10_800)], "\(periods)")
+        #expect(!periods.contains { $0.endMs == $0.startMs })
+    }
+
     @Test("payload: sorted-key JSON round trip; a period ending before it starts is refused")
     func payload() throws {
         let chunk = ActivityChunk(startMs: 1, endMs: 9, idleThresholdMs: 300_000, periods: [

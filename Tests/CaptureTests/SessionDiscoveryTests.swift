@@ -242,7 +242,13 @@ struct SessionDiscoveryTests {
         try client.run()
         defer { kill(client.processIdentifier, SIGKILL); client.waitUntilExit() }
         let source = "XAUTHORITY of a process of user \(user.name) on \(server.name)"
-        #expect(waitUntil(timeout: 10) { discovery.sessions().first { $0.display == server.name }?.credentialsSource == source })
+        // Discovery keeps a cookie it found while it still works: look only once the client runs
+        // as the user (setpriv has switched and exec'd sleep), or ~/.Xauthority is found first.
+        #expect(waitUntil(timeout: 10) {
+            var st = stat()
+            let comm = (try? String(contentsOfFile: "/proc/\(client.processIdentifier)/comm", encoding: .utf8)) ?? ""
+            return stat("/proc/\(client.processIdentifier)", &st) == 0 && st.st_uid == user.uid && comm.hasPrefix("sleep")
+        })
         let wrong = try #require(discovery.sessions().first { $0.display == server.name })
         #expect(wrong.credentials == wrongFile && wrong.credentialsSource == source)
         let refused = try ScreenCapturer(display: wrong.display, xauthority: wrong.credentials, xauthoritySource: wrong.credentialsSource,

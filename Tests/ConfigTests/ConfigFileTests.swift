@@ -230,6 +230,8 @@ private func error(_ text: String) -> ConfigError? {
         #expect(e?.line == 3 && e?.key == "sensitive-window-class", "\(String(describing: e))")
         #expect(e?.description.hasPrefix("\(path):3: sensitive-window-class: '/a(b/' is not a valid regular expression") == true,
                 "\(String(describing: e))")
+        // Foundation's generic text says nothing: not appended.
+        #expect(e?.description.contains("could not be completed") == false, "\(String(describing: e))")
         #expect(error("sensitive-window-class=//\n")?.line == 1)
         #expect(error("sensitive-window-class=\n")?.line == 1)
     }

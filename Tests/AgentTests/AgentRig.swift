@@ -125,6 +125,12 @@ final class AgentRig: @unchecked Sendable {
         try runCommand(["ffmpeg", "-v", "error", "-i", path, "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]).stdout
     }
 
+    /// The last picture of a video file as RGB24 (ffmpeg decodes every picture; `pictureBytes`
+    /// = width × height × 3 of the last one). Empty when nothing decodes.
+    func rgbOfLastPicture(_ path: String, pictureBytes: Int) throws -> Data {
+        try runCommand(["ffmpeg", "-v", "error", "-i", path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]).stdout.suffix(pictureBytes)
+    }
+
     /// The number of video packets in `files` (``webmPacketCount(_:)``).
     func packetCount(_ files: [String]) throws -> Int { try webmPacketCount(files) }
 

@@ -74,8 +74,9 @@ import TestSupport
         for (i, user) in users.enumerated() {
             let videos = rig.files(in: out + "/\(rig.agentID)/users/\(user.name)", suffix: ".webm")
             try #require(!videos.isEmpty, "no video in \(out)/\(rig.agentID)/users/\(user.name)")
-            // The user's folder holds their own screen: the first picture is their root colour.
-            let rgb = [UInt8](try rig.rgb(ofPNG: videos[0]))
+            // The user's folder holds their own screen: the last picture is their root colour (the
+            // first may precede xsetroot: a session is recorded as soon as it is found).
+            let rgb = [UInt8](try rig.rgbOfLastPicture(videos.sorted().last!, pictureBytes: 160 * 120 * 3))
             let want = [UInt8](arrayLiteral: colors[i] == "#aa0000" ? 0xaa : 0, colors[i] == "#00aa00" ? 0xaa : 0,
                                              colors[i] == "#0000aa" ? 0xaa : 0)
             let off = rgb.indices.first { abs(Int(rgb[$0]) - Int(want[$0 % 3])) > 12 }

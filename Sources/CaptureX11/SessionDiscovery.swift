@@ -363,7 +363,8 @@ public final class X11SessionDiscovery: SessionSource {
 
     /// The MIT-MAGIC-COOKIE-1 data for display `number` in the file at `path` (with `owner`:
     /// only from a file that uid owns), or why not: "missing", or the reason, escaped.
-    /// Refusals for size or type are logged once (``hasCookie(_:number:)``).
+    /// Refusals for size or type are logged once (``hasCookie(_:number:)``); other errors
+    /// (EACCES) are only returned.
     private func readCookie(_ path: String, number: String, owner: UInt32?) -> Result<[UInt8], NotAttributed> {
         do {
             let bytes = try BoundedFile.regular(path, maxBytes: Self.maxCookieFileBytes, owner: owner)
@@ -374,6 +375,11 @@ public final class X11SessionDiscovery: SessionSource {
         } catch {
             if case .system(let e) = error, e.errno == ENOENT || e.errno == ENOTDIR { return .failure(NotAttributed(text: "missing")) }
             if case .wrongOwner = error { return .failure(NotAttributed(text: error.description)) }
+            // Not readable by this agent (a non-root agent and another user's cookie, EACCES):
+            // only a reason, where a not-recorded display or --check-config names the files
+            // tried; another source may well work. Only a file refused for its size or type (a
+            // user's attempt to exhaust the agent) is logged.
+            if case .system = error { return .failure(NotAttributed(text: error.description)) }
             if refused.withLock({ $0.insert(path + "|" + error.description).inserted }) {
                 logger.warning("cookie file refused for display :\(number): \(error)", metadata: ["capture.display": ":\(number)"])
             }

@@ -35,7 +35,8 @@ import Video
 /// reconnects on a later call after `reconnectBackoff`'s delay; until then it throws the same
 /// error again without touching the X server.
 public final class ScreenCapturer {
-    /// Delays between reconnection attempts (250 ms doubling to 30 s, jittered).
+    /// Delays between reconnection attempts (250 ms doubling to 30 s, jittered); read at the
+    /// first capture (``ReconnectGate``), so set it before.
     public var reconnectBackoff = Backoff(initial: .milliseconds(250), cap: .seconds(30))
 
     private let displayName: String?
@@ -59,9 +60,7 @@ public final class ScreenCapturer {
     private var lastMask: [MaskRect] = []
 
     private var connection: Connection?
-    private var failures = 0
-    private var nextAttempt: Date = .distantPast
-    private var lastConnectError: CaptureError?
+    private lazy var gate = ReconnectGate(reconnectBackoff)
     private var convertBuffer: [UInt8] = []
     /// Per monitor index: the geometry and raw-pixel hash of the last frame handed out.
     private var previous: [Int: (geometry: Geometry, hash: UInt64)] = [:]
@@ -213,7 +212,7 @@ public final class ScreenCapturer {
     public var isConnected: Bool { connection != nil }
 
     /// Why the last connection attempt failed, while disconnected; nil when connected.
-    public var connectError: CaptureError? { connection == nil ? lastConnectError : nil }
+    public var connectError: CaptureError? { connection == nil ? gate.lastError : nil }
 
     /// The monitors of the connected display (name, width, height in pixels), for sizing
     /// checks; empty while disconnected. A monitor outside the screen is not listed.
@@ -297,21 +296,18 @@ public final class ScreenCapturer {
 
     private func ensureConnection(now: Date) throws -> Connection {
         if let connection { return connection }
-        if now < nextAttempt, let lastConnectError { throw lastConnectError }
+        try gate.checkDue(now: now)
         do {
             let display = try X11Display(name: displayName, xauthority: xauthority, source: xauthoritySource)
             let conn = try Connection(display: display, logger: logger)
             connection = conn
             previous.removeAll()
             streams.removeAll()
-            failures = 0
-            lastConnectError = nil
+            gate.connected()
             health.connected(display.name)
             return conn
         } catch let error as CaptureError {
-            failures += 1
-            nextAttempt = now.addingTimeInterval(Double(reconnectBackoff.delayMs(afterFailures: failures)) / 1000)
-            lastConnectError = error
+            gate.failed(error, now: now)
             if error.code == .displayUnavailable { health.failed(error) }
             throw error
         }
@@ -323,9 +319,7 @@ public final class ScreenCapturer {
         connection = nil
         previous.removeAll()
         streams.removeAll()
-        failures = 1
-        lastConnectError = error
-        nextAttempt = now.addingTimeInterval(Double(reconnectBackoff.delayMs(afterFailures: 1)) / 1000)
+        gate.lost(error, now: now)
     }
 
     // MARK: - Capture

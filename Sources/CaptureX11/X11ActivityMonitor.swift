@@ -13,7 +13,8 @@ import Logging
 /// is reported to `health` and reconnected with `reconnectBackoff` on later calls.
 /// Not thread-safe: one caller (the agent's capture thread).
 public final class X11ActivityMonitor: ActivitySource {
-    /// Delays between reconnection attempts (250 ms doubling to 30 s, jittered).
+    /// Delays between reconnection attempts (250 ms doubling to 30 s, jittered); read at the
+    /// first capture (``ReconnectGate``), so set it before.
     public var reconnectBackoff = Backoff(initial: .milliseconds(250), cap: .seconds(30))
     private let displayName: String?
     private let xauthority: String?
@@ -22,9 +23,7 @@ public final class X11ActivityMonitor: ActivitySource {
     private let logger: Logger
     private let health: DisplayHealth
     private var connection: (display: X11Display, reader: WindowReader, screenSaver: Bool)?
-    private var failures = 0
-    private var nextAttempt = Date.distantPast
-    private var lastError: CaptureError?
+    private lazy var gate = ReconnectGate(reconnectBackoff)
 
     public init(display: String?, xauthority: String?, xauthoritySource: String? = nil, logger: Logger, health: DisplayHealth) {
         displayName = display
@@ -50,9 +49,7 @@ public final class X11ActivityMonitor: ActivitySource {
         if conn.display.isDead {
             let lost = conn.display.lostError()
             connection = nil
-            failures = 1
-            lastError = lost
-            nextAttempt = now.addingTimeInterval(Double(reconnectBackoff.delayMs(afterFailures: 1)) / 1000)
+            gate.lost(lost, now: now)
             health.failed(lost)
             throw lost
         }
@@ -62,7 +59,7 @@ public final class X11ActivityMonitor: ActivitySource {
 
     private func connect(now: Date) throws -> (display: X11Display, reader: WindowReader, screenSaver: Bool) {
         if let connection { return connection }
-        if now < nextAttempt, let lastError { throw lastError }
+        try gate.checkDue(now: now)
         do {
             let display = try X11Display(name: displayName, xauthority: xauthority, source: xauthoritySource)
             var event: Int32 = 0, error: Int32 = 0
@@ -73,14 +70,11 @@ public final class X11ActivityMonitor: ActivitySource {
             }
             let conn = (display, WindowReader(display), screenSaver)
             connection = conn
-            failures = 0
-            lastError = nil
+            gate.connected()
             health.connected(display.name)
             return conn
         } catch let error as CaptureError {
-            failures += 1
-            nextAttempt = now.addingTimeInterval(Double(reconnectBackoff.delayMs(afterFailures: failures)) / 1000)
-            lastError = error
+            gate.failed(error, now: now)
             if error.code == .displayUnavailable { health.failed(error) }
             throw error
         }

@@ -32,6 +32,25 @@ struct ReconnectGate {
         nextAttempt = now.addingTimeInterval(Double(delay.components.seconds) + Double(delay.components.attoseconds) / 1e18)
     }
 
+    /// One connection attempt when it is due. `connect` opens the connection and returns it
+    /// with its display's name; success is reported to `health`, and so is a display that
+    /// cannot be used (`.displayUnavailable`; other errors are the caller's to report).
+    /// - Throws: ``lastError`` while the next attempt is not due; `connect`'s error otherwise.
+    mutating func attempt<Connection>(now: Date, health: DisplayHealth,
+                                      _ connect: () throws -> (Connection, displayName: String)) throws -> Connection {
+        try checkDue(now: now)
+        do {
+            let (connection, name) = try connect()
+            connected()
+            health.connected(name)
+            return connection
+        } catch let error as CaptureError {
+            failed(error, now: now)
+            if error.code == .displayUnavailable { health.failed(error) }
+            throw error
+        }
+    }
+
     /// A working connection was lost with `error`: the next attempt after the first delay.
     mutating func lost(_ error: CaptureError, now: Date) {
         retry.succeeded()

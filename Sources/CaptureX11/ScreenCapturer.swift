@@ -296,21 +296,14 @@ public final class ScreenCapturer {
 
     private func ensureConnection(now: Date) throws -> Connection {
         if let connection { return connection }
-        try gate.checkDue(now: now)
-        do {
+        let conn = try gate.attempt(now: now, health: health) {
             let display = try X11Display(name: displayName, xauthority: xauthority, source: xauthoritySource)
-            let conn = try Connection(display: display, logger: logger)
-            connection = conn
-            previous.removeAll()
-            streams.removeAll()
-            gate.connected()
-            health.connected(display.name)
-            return conn
-        } catch let error as CaptureError {
-            gate.failed(error, now: now)
-            if error.code == .displayUnavailable { health.failed(error) }
-            throw error
+            return (try Connection(display: display, logger: logger), display.name)
         }
+        connection = conn
+        previous.removeAll()
+        streams.removeAll()
+        return conn
     }
 
     /// Forgets a lost connection; the next attempt comes after the first backoff delay.

@@ -59,8 +59,7 @@ public final class X11ActivityMonitor: ActivitySource {
 
     private func connect(now: Date) throws -> (display: X11Display, reader: WindowReader, screenSaver: Bool) {
         if let connection { return connection }
-        try gate.checkDue(now: now)
-        do {
+        let conn = try gate.attempt(now: now, health: health) {
             let display = try X11Display(name: displayName, xauthority: xauthority, source: xauthoritySource)
             var event: Int32 = 0, error: Int32 = 0
             let screenSaver = XScreenSaverQueryExtension(display.dpy, &event, &error) != 0
@@ -68,15 +67,9 @@ public final class X11ActivityMonitor: ActivitySource {
                 logger.notice("X display has no MIT-SCREEN-SAVER extension: activity records focus changes only, no idle time",
                               metadata: ["capture.display": "\(display.name)"])
             }
-            let conn = (display, WindowReader(display), screenSaver)
-            connection = conn
-            gate.connected()
-            health.connected(display.name)
-            return conn
-        } catch let error as CaptureError {
-            gate.failed(error, now: now)
-            if error.code == .displayUnavailable { health.failed(error) }
-            throw error
+            return ((display, WindowReader(display), screenSaver), display.name)
         }
+        connection = conn
+        return conn
     }
 }
